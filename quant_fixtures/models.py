@@ -1,0 +1,182 @@
+"""Load one (model, variant) pair: resolve the weights, quantize on load, measure the footprint."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ModelSpec
+from .gguf import convert_gguf_package
+from .variants import Variant, VariantOptions, torch_dtype
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+
+
+class ModelUnavailableError(RuntimeError):
+    """The weights are neither reachable nor cached; the message names the remedy in one line."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A local directory holding the model, and a string identifying its exact weights."""
+
+    directory: Path
+    identity: str
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    footprint_bytes: int
+    weight_dtype: str
+    compute_dtype: str
+    device: str
+    load_seconds: float
+    quantization_config: dict[str, Any] | None
+
+
+def _file_digest(path: Path, cache_dir: Path) -> str:
+    """sha256 of a file, memoised by (path, size, mtime) so large weights are hashed once."""
+    stat = path.stat()
+    memo_key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    memo = cache_dir / "digests" / memo_key
+    if memo.is_file():
+        return memo.read_text().strip()
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(block)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(digest.hexdigest())
+    tmp.replace(memo)
+    return digest.hexdigest()
+
+
+def directory_identity(directory: Path, cache_dir: Path) -> str:
+    """sha256 over the names and contents of a directory's weight and config files."""
+    files = sorted({p for pat in WEIGHT_PATTERNS for p in directory.glob(pat)})
+    if not files:
+        raise ModelUnavailableError(f"{directory}: no weight files ({', '.join(WEIGHT_PATTERNS)}) in this directory")
+    summary = hashlib.sha256()
+    for p in files + [directory / "config.json"]:
+        if p.is_file():
+            summary.update(f"{p.name}:{_file_digest(p, cache_dir)}\n".encode())
+    return "sha256:" + summary.hexdigest()
+
+
+def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
+    from huggingface_hub import snapshot_download
+
+    revision = spec.revision or "main"
+    try:
+        directory = Path(snapshot_download(spec.hub_id, revision=revision, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:  # offline, unknown repo, gated repo: all end in the same remedy
+        raise ModelUnavailableError(
+            f"model {spec.key!r} ({spec.hub_id}@{revision}) is not in the local Hugging Face cache and the Hub "
+            f"could not serve it ({type(exc).__name__}); remedy: download it where the Hub is reachable "
+            f"(`hf download {spec.hub_id} --revision {revision}`) and point HF_HOME at that cache, or set "
+            f"`path = \"/local/dir\"` for {spec.key} in quant_suite.toml"
+        ) from None
+    if not any(directory.glob("*.safetensors")):
+        raise ModelUnavailableError(f"model {spec.key!r} ({spec.hub_id}@{revision}) has no safetensors weights")
+    # Snapshot directories are named by the commit hash, which pins the weights exactly.
+    return ResolvedModel(directory, f"hub:{spec.hub_id}@{directory.name}")
+
+
+def resolve_model(spec: ModelSpec, cache_dir: Path) -> ResolvedModel:
+    """Find (or make) a local Hugging Face directory for the spec and identify its weights."""
+    if spec.source_kind == "hub":
+        return _resolve_hub(spec)
+    if spec.source_kind == "local":
+        directory = Path(spec.path).expanduser()
+        if not (directory / "config.json").is_file():
+            raise ModelUnavailableError(f"model {spec.key!r}: {directory} is not a Hugging Face model directory (no config.json)")
+        return ResolvedModel(directory, directory_identity(directory, cache_dir))
+    converted = convert_gguf_package(spec.gguf_package, spec.gguf_file, cache_dir / "gguf")
+    return ResolvedModel(converted.directory, converted.identity)
+
+
+def upcast_unquantized(model: Any, dtype: Any) -> None:
+    """Cast float parameters and buffers that are not quantized storage to ``dtype``.
+
+    Used on CPU after the footprint is taken: weights stay as stored (16-bit or quantized) for
+    the footprint, activations run in float32 for speed and accuracy. ``model.to(dtype)`` cannot
+    be used because transformers forbids it on quantized models.
+    """
+    import torch
+
+    quantized_types: tuple[type, ...] = ()
+    try:
+        import bitsandbytes as bnb
+
+        quantized_types = (bnb.nn.Int8Params, bnb.nn.Params4bit)
+    except ImportError:
+        pass
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.is_floating_point() and param.dtype != dtype and not isinstance(param, quantized_types):
+                param.data = param.data.to(dtype)
+        for name, buffer in module.named_buffers(recurse=False):
+            # Rotary inverse frequencies are kept in float32 by the models themselves.
+            if buffer.is_floating_point() and buffer.dtype not in (dtype, torch.float32):
+                module.register_buffer(name, buffer.to(dtype), persistent=name not in module._non_persistent_buffers_set)
+        if hasattr(module, "compute_dtype") and module.compute_dtype is not None:  # bnb Linear4bit
+            module.compute_dtype = dtype
+
+
+def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, options: VariantOptions,
+               device: str) -> LoadedModel:
+    """Load the pair on ``device`` ("cuda:N" or "cpu"), quantizing on load when the variant says so."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    kwargs = variant.load_kwargs(options)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.directory, trust_remote_code=spec.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolved.directory,
+        dtype=torch_dtype(options.weight_dtype),
+        device_map={"": device},
+        trust_remote_code=spec.trust_remote_code,
+        **kwargs,
+    )
+    model.eval()
+    footprint = int(model.get_memory_footprint())
+    if options.compute_dtype != options.weight_dtype:
+        upcast_unquantized(model, torch_dtype(options.compute_dtype))
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+    qconfig = kwargs.get("quantization_config")
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        footprint_bytes=footprint,
+        weight_dtype=options.weight_dtype,
+        compute_dtype=options.compute_dtype,
+        device=device,
+        load_seconds=time.perf_counter() - start,
+        quantization_config=json.loads(qconfig.to_json_string()) if qconfig is not None else None,
+    )
+
+
+def release(loaded: LoadedModel | None) -> None:
+    """Drop the model and return its memory before the next one loads."""
+    if loaded is None:
+        return
+    device = loaded.device
+    loaded.model = None
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()

@@ -1,0 +1,184 @@
+"""pytest plugin: options, markers, (model, variant) parametrization, the session fixture, summary.
+
+Hooks only; the work happens in :class:`quant_fixtures.session.EvaluationSession`, kept in
+``config.stash``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .config import ConfigError, SuiteConfig, load_config
+from .data import SOURCES
+from .variants import DTYPE_NAMES, VARIANTS
+
+SESSION_KEY = pytest.StashKey["Any"]()
+CONFIG_KEY = pytest.StashKey[SuiteConfig]()
+GATE_MODES = ("enforce", "report")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("quant", "quantization-harm suite")
+    g.addoption("--suite-config", default=None, help="suite TOML (default: quant_suite.toml in the repo)")
+    g.addoption("--models", default=None, help="comma-separated model keys (default: every configured model)")
+    g.addoption("--variants", default=None, help=f"comma-separated variants (default: {','.join(VARIANTS)})")
+    g.addoption("--ctx", type=int, default=None, help="perplexity window in tokens (default from config: 2048)")
+    g.addoption("--ppl-max-tokens", default=None,
+                help="token budget of the perplexity pass: an integer or 'all' (default: all on CUDA, "
+                     "[defaults].cpu_ppl_max_tokens on CPU)")
+    g.addoption("--ppl-stride", type=int, default=None, help="use the HF guide's strided method with this stride")
+    g.addoption("--batch-size", type=int, default=None, help="perplexity windows per forward pass")
+    g.addoption("--results-dir", default="results", help="where JSON reports go (default: results/)")
+    g.addoption("--baselines-dir", default="baselines", help="stored FP16 baselines (default: baselines/)")
+    g.addoption("--cache-dir", default=None,
+                help="converted models and digests (default: $QUANT_FIXTURES_CACHE or ~/.cache/quant_fixtures)")
+    g.addoption("--weight-dtype", default="float16", choices=("float16", "bfloat16"),
+                help="16-bit dtype of the baseline and of unquantized weights")
+    g.addoption("--nf4-compute-dtype", default=None, choices=DTYPE_NAMES, help="NF4 compute dtype")
+    g.addoption("--nf4-double-quant", action="store_true", help="NF4 with double quantization of the scales")
+    g.addoption("--dataset-source", default="auto", choices=SOURCES, help="WikiText-2 from the Hub or vendored copy")
+    g.addoption("--frozen-baselines", action="store_true", help="error instead of recomputing a stale FP16 baseline")
+    g.addoption("--gate-mode", default="enforce", choices=GATE_MODES,
+                help="enforce: a failed gate fails its test; report: record verdicts, mark failures xfail")
+
+
+def _split(value: str | None, valid: list[str], what: str) -> list[str] | None:
+    if value is None:
+        return None
+    keys = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [k for k in keys if k not in valid]
+    if unknown or not keys:
+        raise pytest.UsageError(f"unknown {what} {', '.join(unknown) or repr(value)}; valid: {', '.join(valid)}")
+    return keys
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs CUDA; skipped (never passed) without it")
+    config.addinivalue_line("markers", "slow: takes minutes")
+    path = config.getoption("--suite-config")
+    try:
+        config.stash[CONFIG_KEY] = load_config(path) if path else load_config()
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    suite = config.stash[CONFIG_KEY]
+    _split(config.getoption("--models"), list(suite.models), "model")
+    _split(config.getoption("--variants"), list(VARIANTS), "variant")
+    budget = config.getoption("--ppl-max-tokens")
+    if budget is not None and budget != "all" and not (budget.isdigit() and int(budget) > 0):
+        raise pytest.UsageError(f"--ppl-max-tokens: expected a positive integer or 'all', got {budget!r}")
+    for name in ("--ctx", "--ppl-stride", "--batch-size"):
+        value = config.getoption(name)
+        if value is not None and value < 1:
+            raise pytest.UsageError(f"{name}: expected a positive integer, got {value}")
+
+
+def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
+    suite = config.stash[CONFIG_KEY]
+    models = _split(config.getoption("--models"), list(suite.models), "model") or list(suite.models)
+    variants = _split(config.getoption("--variants"), list(VARIANTS), "variant") or list(VARIANTS)
+    variants = [v for v in VARIANTS if v in variants]  # registry order: the baseline first
+    return [(m, v) for m in models for v in variants]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "variant_eval" not in metafunc.fixturenames:
+        return
+    suite = metafunc.config.stash[CONFIG_KEY]
+    wants = getattr(metafunc.function, "quant_variants", None)  # e.g. only quantized variants
+    params = []
+    for model, variant in selected_pairs(metafunc.config):
+        if wants is not None and variant not in wants:
+            continue
+        marks = [pytest.mark.gpu] if suite.models[model].requires_gpu else []
+        params.append(pytest.param((model, variant), id=f"{model}-{variant}", marks=marks))
+    metafunc.parametrize("variant_eval", params, indirect=True, scope="session")
+
+
+def quantized_only(func: Any) -> Any:
+    """Parametrize a test over quantized variants only (the baseline has no gates)."""
+    func.quant_variants = [k for k, v in VARIANTS.items() if not v.is_baseline]
+    return func
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA: no GPU visible to torch")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def build_session(config: pytest.Config) -> Any:
+    from .session import EvaluationSession, RunOptions
+
+    suite = config.stash[CONFIG_KEY]
+    device = _device()
+    on_cuda = device.startswith("cuda")
+    budget = config.getoption("--ppl-max-tokens")
+    if budget is None:
+        max_tokens = None if on_cuda else suite.defaults.cpu_ppl_max_tokens
+    else:
+        max_tokens = None if budget == "all" else int(budget)
+    cache = config.getoption("--cache-dir") or os.environ.get("QUANT_FIXTURES_CACHE") or "~/.cache/quant_fixtures"
+    root = config.rootpath
+    pairs = selected_pairs(config)
+    options = RunOptions(
+        models=sorted({m for m, _ in pairs}), variants=sorted({v for _, v in pairs}),
+        ctx=config.getoption("--ctx") or suite.defaults.ctx, ppl_max_tokens=max_tokens,
+        ppl_stride=config.getoption("--ppl-stride"),
+        results_dir=root / config.getoption("--results-dir"), baselines_dir=root / config.getoption("--baselines-dir"),
+        cache_dir=Path(cache).expanduser(),
+        batch_size=config.getoption("--batch-size") or (suite.defaults.batch_size_cuda if on_cuda
+                                                        else suite.defaults.batch_size_cpu),
+        device=device, weight_dtype=config.getoption("--weight-dtype"),
+        nf4_compute_dtype=config.getoption("--nf4-compute-dtype"),
+        nf4_double_quant=config.getoption("--nf4-double-quant"),
+        dataset_source=config.getoption("--dataset-source"),
+        frozen_baselines=config.getoption("--frozen-baselines"), gate_mode=config.getoption("--gate-mode"),
+    )
+    return EvaluationSession(config=suite, options=options)
+
+
+@pytest.fixture(scope="session")
+def quant_session(pytestconfig: pytest.Config) -> Any:
+    if SESSION_KEY not in pytestconfig.stash:
+        pytestconfig.stash[SESSION_KEY] = build_session(pytestconfig)
+    return pytestconfig.stash[SESSION_KEY]
+
+
+@pytest.fixture(scope="session")
+def variant_eval(request: pytest.FixtureRequest, quant_session: Any) -> dict[str, Any]:
+    """The finished evaluation document of one (model, variant); the model is loaded and released
+    inside, so at most one model is resident at a time."""
+    from .models import ModelUnavailableError
+
+    model, variant = request.param
+    try:
+        return quant_session.evaluate(model, variant)
+    except ModelUnavailableError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or not session.evaluations:
+        return
+    from .summary import summary_lines
+
+    terminalreporter.section("quantization harm")
+    for line in summary_lines(session):
+        terminalreporter.write_line(line)

@@ -1,0 +1,94 @@
+"""JSON report documents: atomic writes, file names, environment, the comparison summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+PACKAGES = ("torch", "transformers", "bitsandbytes", "accelerate", "datasets", "safetensors", "gguf", "pytest")
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """Write JSON to a temporary file in the same directory, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(document, fh, indent=2, sort_keys=False, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def evaluation_path(results_dir: Path, model: str, variant: str) -> Path:
+    return Path(results_dir) / f"{variant}_quantized_{model}_evaluation.json"
+
+
+def comparison_path(results_dir: Path, model: str) -> Path:
+    return Path(results_dir) / f"{model}_quantization_comparison.json"
+
+
+def environment(device: str) -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                           "packages": versions, "device": device}
+    if device.startswith("cuda"):
+        import torch
+
+        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        env["cuda"] = torch.version.cuda
+    else:
+        env["device_name"] = platform.processor() or platform.machine()
+    return env
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def comparison_document(model: str, evaluations: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """All evaluated variants of one model side by side, from their evaluation documents."""
+    rows = {}
+    for variant, doc in evaluations.items():
+        ppl, mem = doc["perplexity"], doc["memory"]
+        rows[variant] = {
+            "method": doc["variant"]["method"],
+            "ppl": ppl["ppl"],
+            "delta_ppl_pct": ppl["delta_ppl_pct"],
+            "footprint_gb": mem["footprint_gb"],
+            "reduction_pct": mem["reduction_pct"],
+            "compression_ratio": mem["compression_ratio"],
+            "peak_gb": mem["peak_gb"],
+            "tokens_per_s": doc["timing"]["ppl_tokens_per_s"],
+            "gates_passed": all(g["passed"] for g in doc["gates"]),
+            "gates": doc["gates"],
+        }
+    first = next(iter(evaluations.values()))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": now_utc(),
+        "model": first["model"],
+        "fp16_ppl": first["perplexity"]["fp16_ppl"],
+        "perplexity_protocol": {k: first["perplexity"][k] for k in
+                                ("method", "ctx", "stride", "tokens", "windows", "dataset_sha256", "protocol")},
+        "variants": rows,
+        "failed_gates": [f"{v}: {g['metric']} = {g['value']} (limit {g['op']} {g['limit']})"
+                         for v, r in rows.items() for g in r["gates"] if not g["passed"]],
+    }

@@ -1,0 +1,91 @@
+"""The registry of quantization methods: one entry per method, nothing else to touch to add one.
+
+A variant turns the run's options into the keyword arguments of ``from_pretrained`` (usually a
+``quantization_config``). Imports of transformers happen inside the builders so that ``--help``
+and collection stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+DTYPE_NAMES = ("float16", "bfloat16", "float32")
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype for one of DTYPE_NAMES (torch is imported only here, lazily)."""
+    import torch
+
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, name)
+
+
+@dataclass(frozen=True)
+class VariantOptions:
+    """Run-wide choices that shape how every variant is loaded.
+
+    ``weight_dtype`` is the 16-bit dtype of stored float weights (fp16 baseline, and the parts
+    bitsandbytes leaves unquantized). ``compute_dtype`` is what activations run in: the weight
+    dtype on CUDA, float32 on CPU (where float16 matmuls are very slow).
+    """
+
+    weight_dtype: str = "float16"
+    compute_dtype: str = "float16"
+    nf4_compute_dtype: str | None = None  # None: follow compute_dtype
+    nf4_double_quant: bool = False
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    method: str
+    description: str
+    load_kwargs: Callable[[VariantOptions], dict[str, Any]]
+    is_baseline: bool = False
+
+
+def _baseline_kwargs(options: VariantOptions) -> dict[str, Any]:
+    return {}
+
+
+def _int8_kwargs(options: VariantOptions) -> dict[str, Any]:
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
+
+
+def _nf4_kwargs(options: VariantOptions) -> dict[str, Any]:
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch_dtype(options.nf4_compute_dtype or options.compute_dtype),
+            bnb_4bit_use_double_quant=options.nf4_double_quant,
+        )
+    }
+
+
+VARIANTS: dict[str, Variant] = {
+    v.key: v
+    for v in (
+        Variant("fp16", "none", "16-bit floating point reference (float16, or bfloat16 by option)",
+                _baseline_kwargs, is_baseline=True),
+        Variant("int8", "bitsandbytes-llm.int8", "bitsandbytes LLM.int8(): 8-bit absmax linear weights, "
+                "fp16 outlier decomposition (threshold 6.0)", _int8_kwargs),
+        Variant("nf4", "bitsandbytes-nf4", "bitsandbytes 4-bit NormalFloat linear weights, block size 64",
+                _nf4_kwargs),
+    )
+}
+
+BASELINE_VARIANT = next(k for k, v in VARIANTS.items() if v.is_baseline)
+
+
+def get_variant(key: str) -> Variant:
+    try:
+        return VARIANTS[key]
+    except KeyError:
+        raise KeyError(f"unknown variant {key!r}; valid: {', '.join(VARIANTS)}") from None
