@@ -65,6 +65,10 @@ class Defaults:
     cpu_ppl_max_tokens: int = 16384
     batch_size_cuda: int = 8
     batch_size_cpu: int = 1
+    cpu_max_new_tokens: int = 32
+    gen_batch_size_cuda: int = 96
+    gen_batch_size_cpu: int = 32
+    top_k: int = 256
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--nf4-double-quant", action="store_true", help="NF4 with double quantization of the scales")
     g.addoption("--dataset-source", default="auto", choices=SOURCES, help="WikiText-2 from the Hub or vendored copy")
     g.addoption("--frozen-baselines", action="store_true", help="error instead of recomputing a stale FP16 baseline")
+    g.addoption("--prompts", default=None, help="prompt suite JSONL (default: prompts/suite.jsonl)")
+    g.addoption("--categories", default=None, help="comma-separated prompt categories to run")
+    g.addoption("--no-chat-template", action="store_true", help="feed prompts as plain text")
+    g.addoption("--max-new-tokens", type=int, default=None,
+                help="cap on generated tokens per prompt (default: each prompt's own on CUDA, "
+                     "[defaults].cpu_max_new_tokens on CPU)")
+    g.addoption("--top-k", type=int, default=None, help="FP16 log-probs kept per response position (default 256)")
+    g.addoption("--gen-batch-size", type=int, default=None, help="prompts generated per batch")
+    g.addoption("--skip-prompts", action="store_true", help="perplexity and memory only: no prompt KL stage")
+    g.addoption("--gate-on", default="point", choices=("point", "upper"),
+                help="gate ΔPPL%% and mean KL on the point estimate or on the 95%% CI's upper bound")
     g.addoption("--gate-mode", default="enforce", choices=GATE_MODES,
                 help="enforce: a failed gate fails its test; report: record verdicts, mark failures xfail")
 
@@ -67,13 +78,27 @@ def pytest_configure(config: pytest.Config) -> None:
     suite = config.stash[CONFIG_KEY]
     _split(config.getoption("--models"), list(suite.models), "model")
     _split(config.getoption("--variants"), list(VARIANTS), "variant")
+    _prompt_suite_options(config)
     budget = config.getoption("--ppl-max-tokens")
     if budget is not None and budget != "all" and not (budget.isdigit() and int(budget) > 0):
         raise pytest.UsageError(f"--ppl-max-tokens: expected a positive integer or 'all', got {budget!r}")
-    for name in ("--ctx", "--ppl-stride", "--batch-size"):
+    for name in ("--ctx", "--ppl-stride", "--batch-size", "--max-new-tokens", "--top-k", "--gen-batch-size"):
         value = config.getoption(name)
         if value is not None and value < 1:
             raise pytest.UsageError(f"{name}: expected a positive integer, got {value}")
+
+
+def _prompt_suite_options(config: pytest.Config) -> tuple[Path, tuple[str, ...] | None]:
+    """The prompt file and category filter, validated up front so a bad file is a usage error."""
+    from .prompts import CATEGORIES, DEFAULT_SUITE, PromptSuiteError, load_prompt_suite
+
+    path = Path(config.getoption("--prompts") or DEFAULT_SUITE).expanduser().resolve()
+    cats = _split(config.getoption("--categories"), list(CATEGORIES), "category")
+    try:
+        load_prompt_suite(path, cats)
+    except PromptSuiteError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return path, tuple(cats) if cats else None
 
 
 def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
@@ -136,6 +161,9 @@ def build_session(config: pytest.Config) -> Any:
     cache = config.getoption("--cache-dir") or os.environ.get("QUANT_FIXTURES_CACHE") or "~/.cache/quant_fixtures"
     root = config.rootpath
     pairs = selected_pairs(config)
+    prompts_path, categories = _prompt_suite_options(config)
+    d = suite.defaults
+    cap = config.getoption("--max-new-tokens") or (None if on_cuda else d.cpu_max_new_tokens)
     options = RunOptions(
         models=sorted({m for m, _ in pairs}), variants=sorted({v for _, v in pairs}),
         ctx=config.getoption("--ctx") or suite.defaults.ctx, ppl_max_tokens=max_tokens,
@@ -149,6 +177,11 @@ def build_session(config: pytest.Config) -> Any:
         nf4_double_quant=config.getoption("--nf4-double-quant"),
         dataset_source=config.getoption("--dataset-source"),
         frozen_baselines=config.getoption("--frozen-baselines"), gate_mode=config.getoption("--gate-mode"),
+        prompts_path=prompts_path, categories=categories, use_chat_template=not config.getoption("--no-chat-template"),
+        max_new_tokens_cap=cap, top_k=config.getoption("--top-k") or d.top_k,
+        gen_batch_size=config.getoption("--gen-batch-size") or (d.gen_batch_size_cuda if on_cuda
+                                                                else d.gen_batch_size_cpu),
+        skip_prompts=config.getoption("--skip-prompts"), gate_on=config.getoption("--gate-on"),
     )
     return EvaluationSession(config=suite, options=options)
 

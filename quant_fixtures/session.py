@@ -1,28 +1,36 @@
 """The evaluation session: loads each (model, variant) once, evaluates it, writes its reports.
 
-Data flows one way: config -> resolved model -> loaded variant -> perplexity windows -> metrics
--> report + gates. Tests read finished evaluation documents from here; they never recompute.
+Data flows one way: config -> resolved model -> loaded variant -> perplexity windows and prompt
+scores -> metrics -> report + gates. Tests read finished evaluation documents from here.
+The FP16 pass of a model produces three stored references: the perplexity baseline (small JSON in
+baselines/), the corpus top-k log-probs and the prompt reference (both safetensors in the cache).
+A quantized variant needs all three; if one is missing or stale the FP16 pass runs first.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .baseline import Baseline, BaselineKey, StaleBaselineError, load_baseline, store_baseline
 from .config import SuiteConfig
+from .corpus_kl import (CORPUS_TOP_K, KLAgainstReference, TopkRecorder, corpus_reference_path,
+                        load_corpus_reference, store_corpus_reference)
 from .data import EvalText, load_wikitext2_test, tokenize_text
+from .documents import Measurements, evaluation_document
 from .evaluation import check_output_head, score_windows
-from .gates import evaluate_gates
+from .kl_report import flip_summary, kl_method_text, kl_section
 from .metrics.divergence import METRICS_VERSION
 from .metrics.perplexity import nonoverlapping_windows, strided_windows
-from .metrics.stats import delta_pct
 from .models import ResolvedModel, load_model, release, resolve_model
-from .report import (SCHEMA_VERSION, comparison_document, comparison_path, environment, evaluation_path, now_utc,
-                     write_json_atomic)
+from .prompt_eval import (compute_reference, generate_responses, per_prompt_records, score_against_reference)
+from .prompts import Prompt, load_prompt_suite, suite_sha256
+from .reference import PromptReference, ReferenceKey, load_reference, store_reference, tokenizer_sha256
+from .report import comparison_document, comparison_path, evaluation_path, write_json_atomic
 from .variants import BASELINE_VARIANT, VARIANTS, VariantOptions
 
 log = logging.getLogger("quant_fixtures")
@@ -36,19 +44,28 @@ class RunOptions:
     models: list[str]
     variants: list[str]
     ctx: int
-    ppl_max_tokens: int | None  # None: whole test split; resolved per device by the plugin
+    ppl_max_tokens: int | None  # None: the whole test split
     ppl_stride: int | None
     results_dir: Path
     baselines_dir: Path
     cache_dir: Path
     batch_size: int
     device: str
+    prompts_path: Path
+    categories: tuple[str, ...] | None = None
+    use_chat_template: bool = True
+    max_new_tokens_cap: int | None = None  # None: each prompt's own max_new_tokens
+    top_k: int = 256
+    gen_batch_size: int = 96
+    score_batch_size: int = 16
+    skip_prompts: bool = False
     weight_dtype: str = "float16"
     nf4_compute_dtype: str | None = None
     nf4_double_quant: bool = False
     dataset_source: str = "auto"
     frozen_baselines: bool = False
     gate_mode: str = "enforce"  # "enforce" fails gate tests; "report" records verdicts only
+    gate_on: str = "point"  # "point" or "upper" (the 95 % CI's upper bound)
 
     @property
     def compute_dtype(self) -> str:
@@ -60,19 +77,34 @@ class RunOptions:
 
 
 @dataclass
+class References:
+    baseline: Baseline
+    corpus: dict[str, Any] | None
+    prompts: PromptReference | None
+    noise_floor: dict[str, Any] | None
+
+
+@dataclass
 class EvaluationSession:
     config: SuiteConfig
     options: RunOptions
     evaluations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     _text: EvalText | None = None
+    _prompts: list[Prompt] | None = None
     _resolved: dict[str, ResolvedModel] = field(default_factory=dict)
     _tokens: dict[str, Any] = field(default_factory=dict)
+    _tokenizer_sha: dict[str, str] = field(default_factory=dict)
 
-    # -- inputs ------------------------------------------------------------------------------
+    # -- inputs -----------------------------------------------------------------------------------
     def text(self) -> EvalText:
         if self._text is None:
             self._text = load_wikitext2_test(self.options.dataset_source)
         return self._text
+
+    def prompts(self) -> list[Prompt]:
+        if self._prompts is None:
+            self._prompts = load_prompt_suite(self.options.prompts_path, self.options.categories)
+        return self._prompts
 
     def resolved(self, model: str) -> ResolvedModel:
         if model not in self._resolved:
@@ -103,48 +135,90 @@ class EvaluationSession:
             max_tokens=o.ppl_max_tokens, weight_dtype=o.weight_dtype, compute_dtype=o.compute_dtype,
             device_type=o.device.split(":")[0], metrics_version=METRICS_VERSION)
 
-    # -- evaluation ------------------------------------------------------------------------------
-    def baseline(self, model: str, ctx: int) -> Baseline:
-        """The stored FP16 evaluation for the current settings, computed first if needed."""
-        key = self.baseline_key(model, ctx)
-        stored, reason = load_baseline(self.options.baselines_dir, key)
-        if stored is not None:
-            return stored
-        if self.options.frozen_baselines:
-            raise StaleBaselineError(f"--frozen-baselines: {reason}")
-        log.warning("computing the FP16 baseline of %s: %s", model, reason)
-        self.evaluate(model, BASELINE_VARIANT)
-        stored, reason = load_baseline(self.options.baselines_dir, key)
-        if stored is None:
-            raise RuntimeError(f"FP16 baseline of {model} was computed but cannot be read back: {reason}")
-        return stored
+    def reference_key(self, model: str) -> ReferenceKey:
+        o = self.options
+        if model not in self._tokenizer_sha:
+            from transformers import AutoTokenizer
 
+            spec = self.config.models[model]
+            tok = AutoTokenizer.from_pretrained(self.resolved(model).directory, trust_remote_code=spec.trust_remote_code)
+            self._tokenizer_sha[model] = tokenizer_sha256(tok)
+        return ReferenceKey(
+            model=model, weights_identity=self.resolved(model).identity, tokenizer_sha256=self._tokenizer_sha[model],
+            prompts_sha256=suite_sha256(o.prompts_path), categories=o.categories, use_chat_template=o.use_chat_template,
+            max_new_tokens_cap=o.max_new_tokens_cap, top_k=o.top_k, weight_dtype=o.weight_dtype,
+            compute_dtype=o.compute_dtype, device_type=o.device.split(":")[0], metrics_version=METRICS_VERSION)
+
+    def _prompt_summary_path(self, key: ReferenceKey) -> Path:
+        return self.options.baselines_dir / f"{key.model}-prompts-{key.digest()[:12]}.json"
+
+    # -- stored FP16 references --------------------------------------------------------------------
+    def stored_references(self, model: str, ctx: int) -> tuple[References | None, str]:
+        """All FP16 references for the current settings, or None and why they cannot be used."""
+        key = self.baseline_key(model, ctx)
+        baseline, reason = load_baseline(self.options.baselines_dir, key)
+        if baseline is None:
+            return None, reason
+        corpus = load_corpus_reference(corpus_reference_path(self.options.cache_dir, key.digest(), CORPUS_TOP_K),
+                                       key.digest(), baseline.tokens)
+        if corpus is None and not self.options.ppl_stride:
+            return None, "FP16 corpus top-k log-probs missing or stale in the cache"
+        prompts, noise = None, None
+        if not self.options.skip_prompts:
+            rkey = self.reference_key(model)
+            prompts, reason = load_reference(self.options.cache_dir, rkey)
+            if prompts is None:
+                return None, reason
+            try:
+                import json
+
+                noise = json.loads(self._prompt_summary_path(rkey).read_text()).get("noise_floor")
+            except (OSError, ValueError):
+                noise = None
+        return References(baseline, corpus, prompts, noise), "ok"
+
+    def references(self, model: str, ctx: int) -> References:
+        refs, reason = self.stored_references(model, ctx)
+        if refs is not None:
+            return refs
+        if self.options.frozen_baselines:
+            raise StaleBaselineError(f"--frozen-baselines: {model}: {reason}")
+        log.warning("running the FP16 pass of %s first: %s", model, reason)
+        self.evaluate(model, BASELINE_VARIANT)
+        refs, reason = self.stored_references(model, ctx)
+        if refs is None:
+            raise RuntimeError(f"FP16 references of {model} were computed but cannot be read back: {reason}")
+        return refs
+
+    # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, model: str, variant: str) -> dict[str, Any]:
-        """Evaluate one pair (once per session) and write its report; returns the document."""
+        """Evaluate one pair (once per session) and write its reports; returns the document."""
         done = self.evaluations.get(model, {}).get(variant)
         if done is not None:
             return done
-        spec, spec_variant = self.config.models[model], VARIANTS[variant]
-        resolved = self.resolved(model)
-        baseline: Baseline | None = None
-        if not spec_variant.is_baseline:
-            # Needs a loaded config for ctx; the FP16 pass (if any) runs before this variant loads.
+        spec, var = self.config.models[model], VARIANTS[variant]
+        refs = None
+        if not var.is_baseline:
             from transformers import AutoConfig
 
-            ctx = self.ctx_for(AutoConfig.from_pretrained(resolved.directory, trust_remote_code=spec.trust_remote_code))
-            baseline = self.baseline(model, ctx)
-        loaded = load_model(spec, resolved, spec_variant, self.options.variant_options(), self.options.device)
+            config = AutoConfig.from_pretrained(self.resolved(model).directory, trust_remote_code=spec.trust_remote_code)
+            refs = self.references(model, self.ctx_for(config))  # may run the FP16 pass first
+        loaded = load_model(spec, self.resolved(model), var, self.options.variant_options(), self.options.device)
         try:
-            document = self._measure(model, variant, loaded, baseline)
+            measured = self._measure(model, var, loaded, refs)
         finally:
             release(loaded)
+        limits = self.config.gates_for(model, variant)
+        if self.options.skip_prompts:
+            limits.pop("max_mean_kl", None)
+        document = evaluation_document(measured, self.options, limits)
         self.evaluations.setdefault(model, {})[variant] = document
         write_json_atomic(evaluation_path(self.options.results_dir, model, variant), document)
         write_json_atomic(comparison_path(self.options.results_dir, model),
                           comparison_document(model, self.evaluations[model]))
         return document
 
-    def _measure(self, model: str, variant: str, loaded: Any, baseline: Baseline | None) -> dict[str, Any]:
+    def _measure(self, model: str, var: Any, loaded: Any, refs: References | None) -> Measurements:
         import torch
 
         o = self.options
@@ -155,74 +229,99 @@ class EvaluationSession:
         on_cuda = o.device.startswith("cuda")
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(o.device)
-        bar = _progress(len(plan), f"{model} {variant} perplexity")
-        try:
-            scores = score_windows(loaded.model, ids, plan, o.batch_size, progress=bar.update if bar else None)
-        finally:
-            if bar:
-                bar.close()
+        hook: Any = None
+        if not o.ppl_stride:
+            hook = TopkRecorder(len(plan)) if refs is None else (
+                KLAgainstReference(refs.corpus, refs.baseline.window_tokens) if refs.corpus is not None else None)
+        bar = _progress(len(plan), f"{model} {var.key} perplexity", "win")
+        scores = score_windows(loaded.model, ids, plan, o.batch_size, hook=hook, progress=bar.update if bar else None)
+        _close(bar)
         peak = torch.cuda.max_memory_allocated(o.device) / GB if on_cuda else None
-        if baseline is None:  # this is the FP16 pass: it becomes the stored baseline
-            baseline = Baseline(key=self.baseline_key(model, ctx), ppl=scores.ppl, window_nll=scores.window_nll,
+        if refs is None:  # the FP16 pass: its results become the stored references
+            key = self.baseline_key(model, ctx)
+            baseline = Baseline(key=key, ppl=scores.ppl, window_nll=scores.window_nll,
                                 window_tokens=scores.window_tokens, footprint_bytes=loaded.footprint_bytes)
             store_baseline(o.baselines_dir, baseline)
-        if baseline.window_tokens != scores.window_tokens:
-            raise RuntimeError(f"{model} {variant}: perplexity windows differ from the FP16 baseline's")
-        return self._document(model, variant, loaded, ctx, plan, scores, baseline, peak)
+            if isinstance(hook, TopkRecorder):
+                store_corpus_reference(corpus_reference_path(o.cache_dir, key.digest(), CORPUS_TOP_K), hook.tensors(),
+                                       key.digest())
+            corpus_kl = None
+        else:
+            baseline = refs.baseline
+            if baseline.window_tokens != scores.window_tokens:
+                raise RuntimeError(f"{model} {var.key}: perplexity windows differ from the FP16 baseline's")
+            corpus_kl = hook.acc.result() if isinstance(hook, KLAgainstReference) else None
+            if corpus_kl is not None:
+                corpus_kl["method"] = (f"KL(P_fp16 || Q_variant) in nats at every scored WikiText-2 position of the "
+                                       f"perplexity pass, over the FP16 top-{CORPUS_TOP_K} tokens plus one bucket "
+                                       "for the rest; same_top1_rate: argmax agreement")
+        kl = flips = noise = None
+        prompt_seconds = None
+        if not o.skip_prompts:
+            start = time.perf_counter()
+            kl, flips, noise = self._prompt_stage(model, loaded, refs)
+            prompt_seconds = time.perf_counter() - start
+        return Measurements(
+            model=model, variant=var, loaded=loaded, source=self.config.models[model].source,
+            weights_identity=self.resolved(model).identity, ctx=ctx, windows=len(plan), scores=scores,
+            baseline=baseline, peak_gb=peak, dataset_source=self.text().source, dataset_sha256=self.text().sha256,
+            corpus_kl=corpus_kl, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=prompt_seconds)
 
-    def _document(self, model, variant, loaded, ctx, plan, scores, baseline, peak) -> dict[str, Any]:
-        o, text = self.options, self.text()
-        footprint, fp16_footprint = loaded.footprint_bytes / GB, baseline.footprint_bytes / GB
-        ppl = scores.ppl
-        metrics = {"delta_ppl_pct": delta_pct(ppl, baseline.ppl),
-                   "memory_reduction_pct": 100.0 * (1.0 - footprint / fp16_footprint)}
-        gates = [] if VARIANTS[variant].is_baseline else evaluate_gates(self.config.gates_for(model, variant), metrics)
-        method = "strided" if o.ppl_stride else "nonoverlapping"
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "generated_at": now_utc(),
-            "model": {"key": model, "source": self.config.models[model].source,
-                      "weights_identity": self.resolved(model).identity},
-            "variant": {"key": variant, "method": VARIANTS[variant].method,
-                        "description": VARIANTS[variant].description,
-                        "quantization_config": loaded.quantization_config,
-                        "weight_dtype": loaded.weight_dtype, "compute_dtype": loaded.compute_dtype},
-            "environment": environment(o.device),
-            "perplexity": {
-                "ppl": ppl, "fp16_ppl": baseline.ppl, "delta_ppl_pct": metrics["delta_ppl_pct"],
-                "tokens": scores.tokens, "windows": len(plan), "ctx": ctx, "stride": o.ppl_stride,
-                "method": method, "max_tokens": o.ppl_max_tokens, "batch_size": o.batch_size,
-                "dataset": "wikitext-2-raw-v1 test", "dataset_source": text.source,
-                "dataset_sha256": text.sha256, "protocol": _protocol_text(method, ctx, o.ppl_stride),
-                "window_nll": scores.window_nll, "window_tokens": scores.window_tokens,
-            },
-            "memory": {"footprint_gb": footprint, "fp16_footprint_gb": fp16_footprint,
-                       "reduction_pct": metrics["memory_reduction_pct"],
-                       "compression_ratio": fp16_footprint / footprint, "peak_gb": peak,
-                       "footprint_method": "model.get_memory_footprint() as loaded, before any CPU upcast"},
-            "timing": {"load_s": loaded.load_seconds, "ppl_s": scores.seconds,
-                       "ppl_tokens_per_s": scores.tokens / scores.seconds if scores.seconds else None},
-            "gates": [g.to_dict() for g in gates],
-        }
+    def _prompt_stage(self, model: str, loaded: Any, refs: References | None) -> tuple[Any, Any, Any]:
+        """Per-prompt KL and flips against FP16; on the FP16 pass, build the reference and noise floor."""
+        o, prompts = self.options, self.prompts()
+        key = self.reference_key(model)
+        method = kl_method_text(o.top_k, o.use_chat_template, o.max_new_tokens_cap)
+        if refs is None:  # FP16: reuse a valid cached reference, else generate it
+            reference, reason = load_reference(o.cache_dir, key)
+            if reference is None:
+                log.warning("generating the FP16 prompt reference of %s: %s", model, reason)
+                bar = _progress(len(prompts), f"{model} fp16 generation", "prompt")
+                reference = compute_reference(loaded.model, loaded.tokenizer, prompts, key, o.gen_batch_size,
+                                              o.score_batch_size, bar.update if bar else None)
+                _close(bar)
+                store_reference(o.cache_dir, reference)
+            # Noise floor: FP16 against itself, scored with a different batch composition.
+            other = 1 if o.score_batch_size > 1 else 4
+            scores = score_against_reference(loaded.model, loaded.tokenizer, reference, other)
+            records = per_prompt_records(prompts, reference, scores, reference.response_ids, loaded.tokenizer)
+            kl = kl_section(records, o.top_k, method + f" Here: FP16 against itself, batch size {other} "
+                            f"instead of {o.score_batch_size} (the noise floor).")
+            noise = {k: kl[k] for k in ("mean", "max", "p99", "ci95")}
+            self._write_prompt_summary(key, reference, loaded.tokenizer, noise)
+            return kl, flip_summary(records), noise
+        reference = refs.prompts
+        scores = score_against_reference(loaded.model, loaded.tokenizer, reference, o.score_batch_size)
+        bar = _progress(len(prompts), f"{model} generation", "prompt")
+        responses = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, o.gen_batch_size,
+                                       bar.update if bar else None)
+        _close(bar)
+        records = per_prompt_records(prompts, reference, scores, responses, loaded.tokenizer)
+        return kl_section(records, o.top_k, method), flip_summary(records), refs.noise_floor
+
+    def _write_prompt_summary(self, key: ReferenceKey, reference: PromptReference, tokenizer: Any,
+                              noise: dict[str, Any]) -> None:
+        """The small committed companion of the cached prompt reference: FP16 responses and settings."""
+        from dataclasses import asdict
+
+        prompts = self.prompts()
+        write_json_atomic(self._prompt_summary_path(key), {
+            "schema_version": 1, "key": asdict(key), "key_sha256": key.digest(),
+            "noise_floor": noise,
+            "responses": {p.id: tokenizer.decode(r, skip_special_tokens=True)
+                          for p, r in zip(prompts, reference.response_ids)},
+        })
 
 
-def _protocol_text(method: str, ctx: int, stride: int | None) -> str:
-    common = ("WikiText-2 raw test rows joined with '\\n\\n', tokenized once with the model's tokenizer "
-              "(default special tokens); ")
-    tail = ("PPL = exp(sum of token NLL / scored tokens), natural log; log-softmax in float32 over the "
-            "full vocabulary, sums in float64.")
-    if method == "strided":
-        return common + (f"windows of up to {ctx} tokens starting every {stride} tokens (Hugging Face "
-                         "perplexity guide); each scores only tokens no earlier window scored; ") + tail
-    return common + (f"consecutive non-overlapping windows of {ctx} tokens from the start, incomplete tail "
-                     f"dropped; each window scores its tokens 2..{ctx} from the tokens before them in the "
-                     "window; ") + tail
-
-
-def _progress(total: int, desc: str) -> Any:
+def _progress(total: int, desc: str, unit: str) -> Any:
     """A tqdm bar on an interactive terminal, nothing otherwise."""
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="win", leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
+
+
+def _close(bar: Any) -> None:
+    if bar is not None:
+        bar.close()

@@ -22,3 +22,8 @@ def test_delta_perplexity_within_limit(quant_session, variant_eval):
 @quantized_only
 def test_memory_reduction_within_limit(quant_session, variant_eval):
     assert_gate(quant_session, variant_eval, "memory_reduction_pct")
+
+
+@quantized_only
+def test_mean_kl_within_limit(quant_session, variant_eval):
+    assert_gate(quant_session, variant_eval, "kl_mean")

@@ -1,0 +1,77 @@
+"""Aggregate per-prompt harm into the report's `kl_divergence` and `flips` sections."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+
+from .metrics.stats import bootstrap_ci, summarize
+
+WORST_PROMPTS = 5
+RESPONSE_CHARS = 200
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= RESPONSE_CHARS else text[:RESPONSE_CHARS] + "..."
+
+
+def flip_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    checkable = [r for r in records if r["flip"] is not None]
+    return {
+        "checkable_prompts": len(checkable),
+        "fp16_correct": sum(bool(r["fp16_correct"]) for r in checkable),
+        "variant_correct": sum(bool(r["correct"]) for r in checkable),
+        "flips": sum(r["flip"] for r in checkable),
+        "correct_to_wrong": sum(r["fp16_correct"] and not r["correct"] for r in checkable),
+        "wrong_to_correct": sum(r["correct"] and not r["fp16_correct"] for r in checkable),
+        "flipped_ids": [r["id"] for r in checkable if r["flip"]],
+        "exact_match_rate": float(np.mean([r["exact_match"] for r in records])) if records else None,
+    }
+
+
+def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, seed: int = 0) -> dict[str, Any]:
+    """Per-prompt KL statistics with 95 % bootstrap CIs resampling prompts (seeded)."""
+    scored = [r for r in records if r["kl_mean"] is not None]
+    if not scored:
+        raise ValueError("no prompt has a scored response position")
+    kl = np.array([r["kl_mean"] for r in scored])
+    top1 = np.array([r["top1_agreement"] for r in scored])
+    by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_category[r["category"]].append(r)
+    per_category = {
+        cat: {"prompts": len(rs),
+              "kl_mean": float(np.mean([r["kl_mean"] for r in rs if r["kl_mean"] is not None] or [np.nan])),
+              "top1_agreement": float(np.mean([r["top1_agreement"] for r in rs if r["top1_agreement"] is not None]
+                                              or [np.nan])),
+              "flips": sum(bool(r["flip"]) for r in rs),
+              "exact_match": sum(r["exact_match"] for r in rs)}
+        for cat, rs in by_category.items()
+    }
+    worst = sorted(scored, key=lambda r: r["kl_mean"], reverse=True)[:WORST_PROMPTS]
+    stats = summarize(kl)
+    return {
+        "mean": stats["mean"], "median": stats["median"], "min": stats["min"], "max": stats["max"],
+        "p90": stats["p90"], "p99": stats["p99"], "prompts": len(scored),
+        "ci95": list(bootstrap_ci(kl, seed=seed)),
+        "top1_agreement": float(top1.mean()), "top1_agreement_ci95": list(bootstrap_ci(top1, seed=seed)),
+        "tail_mass": float(np.mean([r["tail_mass_mean"] for r in scored])),
+        "per_prompt": list(records),
+        "per_category": per_category,
+        "worst_prompts": [{"id": r["id"], "category": r["category"], "kl_mean": r["kl_mean"],
+                           "first_divergence": r["first_divergence"], "fp16_response": _truncate(r["fp16_response"]),
+                           "response": _truncate(r["response"])} for r in worst],
+        "method": method,
+    }
+
+
+def kl_method_text(top_k: int, use_chat_template: bool, cap: int | None) -> str:
+    return (f"KL(P_fp16 || Q_variant) in nats at every position whose next token is an FP16 greedy response "
+            f"token (last prompt token through second-to-last response token; EOS included when generated), "
+            f"teacher-forced on prompt + FP16 response; computed over the FP16 top-{top_k} tokens plus one "
+            f"bucket for the remaining mass (a lower bound of the exact KL). A prompt's KL is the mean over its "
+            f"positions; summary statistics are over prompts, each weighted equally; CIs are 95 % percentile "
+            f"bootstrap (2000 resamples of prompts, seed 0). Prompts {'through the chat template' if use_chat_template else 'as plain text'}; "
+            f"max_new_tokens {'per prompt' if cap is None else f'per prompt, capped at {cap}'}.")
