@@ -82,12 +82,12 @@ def load_baseline(directory: Path, key: BaselineKey) -> tuple[Baseline | None, s
     """The stored baseline for ``key``, or None with the reason it cannot be used."""
     path = baseline_path(directory, key)
     if not path.is_file():
-        return None, f"{path}: no stored baseline for these settings"
+        return None, f"{path}: no stored baseline for these settings{_nearest_difference(directory, key)}"
     try:
         document = json.loads(path.read_text())
         body = {k: document[k] for k in ("key", "ppl", "window_nll", "window_tokens", "footprint_bytes")}
-    except (ValueError, KeyError, OSError) as exc:
-        return None, f"{path}: unreadable baseline ({exc})"
+    except (ValueError, KeyError, OSError, TypeError) as exc:  # TypeError: valid JSON that is not an object
+        return None, f"{path}: unreadable baseline ({type(exc).__name__}: {exc})"
     if document.get("schema_version") != BASELINE_SCHEMA:
         return None, f"{path}: schema {document.get('schema_version')} != {BASELINE_SCHEMA}"
     if document.get("checksum") != _content_checksum(body):
@@ -99,3 +99,21 @@ def load_baseline(directory: Path, key: BaselineKey) -> tuple[Baseline | None, s
         return None, f"{path}: window arrays differ in length"
     return Baseline(key=key, ppl=body["ppl"], window_nll=body["window_nll"],
                     window_tokens=body["window_tokens"], footprint_bytes=body["footprint_bytes"]), "ok"
+
+
+def _nearest_difference(directory: Path, key: BaselineKey) -> str:
+    """'; closest stored one differs in: ...' for the same model's other baselines, if any."""
+    wanted = asdict(key)
+    best: list[str] | None = None
+    safe_model = re.sub(r"[^A-Za-z0-9._-]", "_", key.model)
+    for other in Path(directory).glob(f"{safe_model}-*.json"):
+        try:
+            stored = json.loads(other.read_text()).get("key")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(stored, dict) or stored.get("model") != key.model:
+            continue
+        changed = sorted(k for k in wanted if stored.get(k) != wanted[k])
+        if best is None or len(changed) < len(best):
+            best = changed
+    return f" (the closest stored baseline differs in: {', '.join(best)})" if best else ""

@@ -136,11 +136,14 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     unknown = set(raw) - {"defaults", "gates", "models"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level tables {sorted(unknown)}")
+    for table in ("defaults", "gates", "models"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise ConfigError(f"{path}: [{table}] must be a table, got {raw[table]!r}")
     defaults_raw = raw.get("defaults", {})
     bad = set(defaults_raw) - _DEFAULT_KEYS
     if bad:

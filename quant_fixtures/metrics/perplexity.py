@@ -48,9 +48,10 @@ def strided_windows(n_tokens: int, ctx: int, stride: int, max_tokens: int | None
     """The sliding-window plan of the Hugging Face perplexity guide.
 
     Windows start every ``stride`` tokens and are ``ctx`` long (the last one may be shorter);
-    each scores only the tokens that no earlier window scored, so every token after the first is
-    scored exactly once, with up to ctx - 1 tokens of context. ``max_tokens`` truncates the
-    sequence first.
+    each scores only the tokens that no earlier window scored. With stride < ctx every token after
+    the first is scored exactly once, with up to ctx - 1 tokens of context. With stride == ctx the
+    windows do not overlap and, as in the guide's loop, the first token of each window has no
+    context and is not scored. ``max_tokens`` truncates the sequence first.
     """
     if ctx < 2:
         raise ValueError(f"ctx must be at least 2, got {ctx}")

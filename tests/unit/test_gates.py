@@ -1,0 +1,115 @@
+"""Unit tests for quant_fixtures.gates: limit directions, boundaries, missing values, one-line verdicts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from quant_fixtures.gates import GateResult, evaluate_gates
+
+
+def only(limits: dict[str, float], metrics: dict[str, float | None]) -> GateResult:
+    results = evaluate_gates(limits, metrics)
+    assert len(results) == 1
+    return results[0]
+
+
+# -- directions and boundaries ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, passed", [(4.99, True), (5.0, True), (5.01, False), (-3.0, True), (0.0, True)])
+def test_max_limit(value: float, passed: bool) -> None:
+    result = only({"max_delta_ppl_pct": 5.0}, {"delta_ppl_pct": value})
+    assert result == GateResult(metric="delta_ppl_pct", value=value, limit=5.0, op="<=", passed=passed)
+
+
+@pytest.mark.parametrize("value, passed", [(44.99, False), (45.0, True), (45.01, True), (99.0, True), (-1.0, False)])
+def test_min_limit(value: float, passed: bool) -> None:
+    result = only({"min_memory_reduction_pct": 45.0}, {"memory_reduction_pct": value})
+    assert result == GateResult(metric="memory_reduction_pct", value=value, limit=45.0, op=">=", passed=passed)
+
+
+def test_mean_kl_is_a_max_limit() -> None:
+    assert only({"max_mean_kl": 0.1}, {"kl_mean": 0.1}).passed
+    assert not only({"max_mean_kl": 0.1}, {"kl_mean": 0.1000001}).passed
+    assert only({"max_mean_kl": 0.1}, {"kl_mean": 0.05}).op == "<="
+
+
+def test_integer_values_at_the_boundary() -> None:
+    assert only({"max_delta_ppl_pct": 5.0}, {"delta_ppl_pct": 5}).passed
+    assert only({"min_memory_reduction_pct": 70.0}, {"memory_reduction_pct": 70}).passed
+
+
+def test_several_limits_sorted_by_name_each_judged_alone() -> None:
+    limits = {"min_memory_reduction_pct": 45.0, "max_delta_ppl_pct": 5.0, "max_mean_kl": 0.2}
+    metrics = {"delta_ppl_pct": 7.0, "memory_reduction_pct": 50.0, "kl_mean": 0.1}
+    results = evaluate_gates(limits, metrics)
+    assert [r.metric for r in results] == ["delta_ppl_pct", "kl_mean", "memory_reduction_pct"]
+    assert [r.passed for r in results] == [False, True, True]
+
+
+def test_no_limits_no_results() -> None:
+    assert evaluate_gates({}, {"delta_ppl_pct": 100.0}) == []
+
+
+def test_passed_is_a_real_bool() -> None:
+    for result in evaluate_gates({"max_delta_ppl_pct": 5.0, "min_memory_reduction_pct": 45.0},
+                                 {"delta_ppl_pct": 1.0, "memory_reduction_pct": None}):
+        assert type(result.passed) is bool
+
+
+# -- missing and non-finite values fail -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit_name", ["max_delta_ppl_pct", "min_memory_reduction_pct", "max_mean_kl"])
+def test_missing_metric_fails(limit_name: str) -> None:
+    result = only({limit_name: 5.0}, {})
+    assert result.value is None and not result.passed
+
+
+def test_explicit_none_fails() -> None:
+    assert not only({"max_delta_ppl_pct": 5.0}, {"delta_ppl_pct": None}).passed
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("limit_name, metric", [("max_delta_ppl_pct", "delta_ppl_pct"),
+                                                ("min_memory_reduction_pct", "memory_reduction_pct")])
+def test_non_finite_fails(limit_name: str, metric: str, value: float) -> None:
+    result = only({limit_name: 5.0}, {metric: value})
+    assert not result.passed
+
+
+def test_unknown_limit_name_is_rejected() -> None:
+    with pytest.raises(KeyError):
+        evaluate_gates({"max_bogus": 1.0}, {"bogus": 0.0})
+
+
+# -- describe and to_dict -------------------------------------------------------------------------
+
+
+def test_describe_failed_line() -> None:
+    result = only({"max_delta_ppl_pct": 5.0}, {"delta_ppl_pct": 7.25})
+    line = result.describe("mistral7b", "int8")
+    assert "\n" not in line
+    for part in ("mistral7b", "int8", "delta_ppl_pct", "7.25", "<= 5", "FAILED"):
+        assert part in line, (part, line)
+    assert line == "mistral7b int8: delta_ppl_pct = 7.25 (limit <= 5) FAILED"
+
+
+def test_describe_passed_line() -> None:
+    result = only({"min_memory_reduction_pct": 30.0}, {"memory_reduction_pct": 36.1234})
+    line = result.describe("qwen2.5-0.5b", "nf4")
+    assert line == "qwen2.5-0.5b nf4: memory_reduction_pct = 36.12 (limit >= 30) passed"
+
+
+def test_describe_missing_and_nan() -> None:
+    missing = only({"max_delta_ppl_pct": 20.0}, {}).describe("m", "nf4")
+    assert "delta_ppl_pct = missing" in missing and "FAILED" in missing and "20" in missing
+    nan = only({"max_delta_ppl_pct": 20.0}, {"delta_ppl_pct": math.nan}).describe("m", "nf4")
+    assert "delta_ppl_pct = nan" in nan and "FAILED" in nan
+
+
+def test_to_dict_has_report_keys() -> None:
+    result = only({"max_delta_ppl_pct": 5.0}, {"delta_ppl_pct": 1.0})
+    assert result.to_dict() == {"metric": "delta_ppl_pct", "value": 1.0, "limit": 5.0, "op": "<=", "passed": True}

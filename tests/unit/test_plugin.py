@@ -1,0 +1,238 @@
+"""Unit tests for the pytest plugin (quant_fixtures.plugin), run as inner pytest sessions via pytester.
+
+Nothing here loads a model: usage errors stop in pytest_configure, collection never builds the
+evaluation session, and GPU tests are skipped before their fixtures run on a machine without CUDA.
+
+The inner sessions run in-process (a child process per run costs ~2 s of torch import each).
+torch is imported here, before any inner run, because pytester drops modules first imported
+inside an in-process run, and importing torch a second time in one process is not safe.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+from quant_fixtures.config import load_config
+from quant_fixtures.variants import VARIANTS
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_CONFIG = REPO / "quant_suite.toml"
+RELEASE_GATES = REPO / "tests" / "harm" / "test_release_gates.py"
+
+SEED_MODELS = ["mistral7b", "qwen2.5-0.5b"]
+ALL_VARIANTS = ["fp16", "int8", "nf4"]
+QUANTIZED = ["int8", "nf4"]
+PPL_TEST = "test_perplexity_is_measured"
+
+
+def _parametrized_tests() -> tuple[list[str], list[str]]:
+    """The release-gate tests over every variant and those over quantized variants only.
+
+    Read from the module itself (its ``@quantized_only`` attribute) so that gates added there
+    later need no edit here.
+    """
+    spec = importlib.util.spec_from_file_location("_release_gates_for_unit_tests", RELEASE_GATES)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    every, quantized = [], []
+    for name, func in vars(module).items():
+        if name.startswith("test_") and "variant_eval" in inspect.signature(func).parameters:
+            (quantized if hasattr(func, "quant_variants") else every).append(name)
+    return every, quantized
+
+
+EVERY_VARIANT_TESTS, QUANTIZED_TESTS = _parametrized_tests()
+
+SMALL_CONFIG = """
+[gates.int8]
+max_delta_ppl_pct = 5.0
+
+[models.alpha]
+path = "/nonexistent/alpha"
+
+[models.beta]
+hub_id = "org/beta"
+requires_gpu = true
+"""
+
+
+@pytest.fixture
+def suite_dir(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A pytester directory holding the plugin conftest and a copy of the release-gate tests."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pytester.makeini("[pytest]\n")  # pin the rootdir here, away from the repo's pyproject.toml
+    pytester.makeconftest('pytest_plugins = ["quant_fixtures.plugin"]\n')
+    pytester.makepyfile(test_release_gates=RELEASE_GATES.read_text(encoding="utf-8"))
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str, config: Path = SHIPPED_CONFIG) -> pytest.RunResult:
+    # One "--opt=value" word: as two words, pytest would take the TOML path as a path argument
+    # when it picks the rootdir (the plugin's options are unknown then) and root it in the repo.
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--suite-config={config}", *args)
+
+
+def collected_ids(result: pytest.RunResult) -> list[str]:
+    """Node ids from `--collect-only -q` output."""
+    return [line.strip() for line in result.outlines if "::" in line]
+
+
+def node(test: str, model: str, variant: str) -> str:
+    return f"test_release_gates.py::{test}[{model}-{variant}]"
+
+
+def expected_matrix(models: list[str]) -> set[str]:
+    ids = {node(t, m, v) for t in EVERY_VARIANT_TESTS for m in models for v in ALL_VARIANTS}
+    ids |= {node(t, m, v) for t in QUANTIZED_TESTS for m in models for v in QUANTIZED}
+    return ids
+
+
+def test_registry_and_config_match_these_expectations() -> None:
+    # Guards the constants above against drift in the registry or the shipped TOML.
+    assert list(VARIANTS) == ALL_VARIANTS
+    assert [k for k, v in VARIANTS.items() if not v.is_baseline] == QUANTIZED
+    suite = load_config(SHIPPED_CONFIG)
+    assert suite.gpu_models == SEED_MODELS
+    assert [k for k in suite.models if k not in SEED_MODELS] == ["smollm2-135m"]
+    assert EVERY_VARIANT_TESTS == [PPL_TEST]
+    assert {"test_delta_perplexity_within_limit", "test_memory_reduction_within_limit"} <= set(QUANTIZED_TESTS)
+
+
+# -- usage errors ---------------------------------------------------------------------------------
+
+
+def test_unknown_model_is_usage_error(suite_dir: pytest.Pytester) -> None:
+    result = run(suite_dir, "--models", "nosuch")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown model nosuch; valid: mistral7b, qwen2.5-0.5b, smollm2-135m*"])
+
+
+def test_unknown_model_among_valid_ones(suite_dir: pytest.Pytester) -> None:
+    result = run(suite_dir, "--models", "mistral7b,nosuch,other")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown model nosuch, other; valid:*smollm2-135m*"])
+
+
+def test_unknown_variant_is_usage_error(suite_dir: pytest.Pytester) -> None:
+    result = run(suite_dir, "--variants", "nosuch")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown variant nosuch; valid: fp16, int8, nf4*"])
+
+
+def test_empty_selection_is_usage_error(suite_dir: pytest.Pytester) -> None:
+    result = run(suite_dir, "--variants", ",")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown variant*valid: fp16, int8, nf4*"])
+
+
+@pytest.mark.parametrize("args", [["--ppl-max-tokens", "-3"], ["--ppl-max-tokens=0"], ["--ppl-max-tokens=lots"]],
+                         ids=["negative", "zero", "word"])
+def test_bad_ppl_max_tokens_is_usage_error(suite_dir: pytest.Pytester, args: list[str]) -> None:
+    result = run(suite_dir, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--ppl-max-tokens: expected a positive integer or 'all'*"])
+
+
+@pytest.mark.parametrize("option", ["--ctx", "--ppl-stride", "--batch-size"])
+def test_non_positive_int_options_are_usage_errors(suite_dir: pytest.Pytester, option: str) -> None:
+    result = run(suite_dir, f"{option}=0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{option}: expected a positive integer, got 0*"])
+
+
+def test_bad_suite_config_is_usage_error_naming_file(suite_dir: pytest.Pytester) -> None:
+    bad = suite_dir.path / "bad_suite.toml"
+    bad.write_text('[models.x]\nhub_id = "a"\npath = "/b"\n', encoding="utf-8")
+    result = run(suite_dir, config=bad)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{bad}*models.x*exactly one*"])
+
+
+def test_valid_options_collect_fine(suite_dir: pytest.Pytester) -> None:
+    result = run(suite_dir, "--collect-only", "-q", "--ppl-max-tokens", "all", "--ctx", "512",
+                 "--models", "smollm2-135m", "--variants", "int8")
+    assert result.ret == pytest.ExitCode.OK
+    assert set(collected_ids(result)) == {node(t, "smollm2-135m", "int8")
+                                          for t in [*EVERY_VARIANT_TESTS, *QUANTIZED_TESTS]}
+
+
+# -- collection of the shipped matrix ---------------------------------------------------------------
+
+
+def test_gpu_collection_is_the_seed_matrix(suite_dir: pytest.Pytester) -> None:
+    result = run(suite_dir, "-m", "gpu", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    ids = collected_ids(result)
+    expected = expected_matrix(SEED_MODELS)
+    assert len(ids) == len(set(ids)) == len(SEED_MODELS) * (3 * len(EVERY_VARIANT_TESTS) + 2 * len(QUANTIZED_TESTS))
+    assert set(ids) == expected
+    # The baseline variant never appears in the quantized-only tests.
+    assert not [i for i in ids if "-fp16]" in i and PPL_TEST not in i]
+
+
+def test_not_gpu_collection_has_no_seed_models(suite_dir: pytest.Pytester) -> None:
+    result = run(suite_dir, "-m", "not gpu", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    ids = collected_ids(result)
+    assert ids, result.outlines
+    assert not [i for i in ids if any(f"[{m}-" in i for m in SEED_MODELS)]
+    assert set(ids) == expected_matrix(["smollm2-135m"])
+
+
+def test_unfiltered_collection_is_the_whole_matrix(suite_dir: pytest.Pytester) -> None:
+    result = run(suite_dir, "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    assert set(collected_ids(result)) == expected_matrix([*SEED_MODELS, "smollm2-135m"])
+
+
+def test_selection_follows_registry_order(suite_dir: pytest.Pytester) -> None:
+    result = run(suite_dir, "--collect-only", "-q", "--models", "qwen2.5-0.5b", "--variants", "nf4,fp16")
+    assert result.ret == pytest.ExitCode.OK
+    ppl_ids = [i for i in collected_ids(result) if PPL_TEST in i]
+    assert ppl_ids == [node(PPL_TEST, "qwen2.5-0.5b", "fp16"), node(PPL_TEST, "qwen2.5-0.5b", "nf4")]
+
+
+def test_requires_gpu_comes_from_the_config(suite_dir: pytest.Pytester) -> None:
+    small = suite_dir.path / "small_suite.toml"
+    small.write_text(SMALL_CONFIG, encoding="utf-8")
+    gpu = run(suite_dir, "-m", "gpu", "--collect-only", "-q", config=small)
+    cpu = run(suite_dir, "-m", "not gpu", "--collect-only", "-q", config=small)
+    assert gpu.ret == cpu.ret == pytest.ExitCode.OK
+    assert set(collected_ids(gpu)) == expected_matrix(["beta"])
+    assert set(collected_ids(cpu)) == expected_matrix(["alpha"])
+
+
+# -- running GPU tests without CUDA -----------------------------------------------------------------
+
+
+def test_gpu_tests_skip_without_cuda(suite_dir: pytest.Pytester) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this check is for machines without CUDA")
+    junit = suite_dir.path / "junit.xml"
+    result = run(suite_dir, "-m", "gpu", "-rs", f"--junitxml={junit}")
+    assert result.ret == pytest.ExitCode.OK
+    n_gpu = len(expected_matrix(SEED_MODELS))
+    n_cpu = len(expected_matrix(["smollm2-135m"]))
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("skipped") == n_gpu and outcomes.get("deselected") == n_cpu
+    assert "passed" not in outcomes and "failed" not in outcomes and "error" not in outcomes
+    result.stdout.fnmatch_lines(["SKIPPED *needs CUDA*"])
+
+    cases = ET.parse(junit).getroot().iter("testcase")
+    reasons = {}
+    for case in cases:
+        skipped = case.find("skipped")
+        assert skipped is not None, ET.tostring(case)
+        reasons[f"{case.get('name')}"] = skipped.get("message", "")
+    assert len(reasons) == n_gpu
+    assert all("needs CUDA" in message for message in reasons.values()), reasons
+    # No model was touched: no report or baseline was written.
+    assert not (suite_dir.path / "results").exists() and not (suite_dir.path / "baselines").exists()

@@ -1,0 +1,190 @@
+"""Unit tests for quant_fixtures.report: atomic JSON writes, file names, the comparison document."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quant_fixtures.report import (
+    SCHEMA_VERSION,
+    comparison_document,
+    comparison_path,
+    evaluation_path,
+    now_utc,
+    write_json_atomic,
+)
+
+# -- write_json_atomic ------------------------------------------------------------------------------
+
+
+def test_write_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "out.json"
+    document = {"b": 1, "a": [1.5, None, "x"], "nested": {"z": True}}
+    write_json_atomic(path, document)
+    text = path.read_text(encoding="utf-8")
+    assert json.loads(text) == document
+    assert text.endswith("\n")
+    assert list(json.loads(text)) == ["b", "a", "nested"]  # key order kept
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_write_creates_parent_directories(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "c.json"
+    write_json_atomic(path, [1, 2])
+    assert json.loads(path.read_text()) == [1, 2]
+
+
+def test_write_replaces_existing(tmp_path: Path) -> None:
+    path = tmp_path / "out.json"
+    write_json_atomic(path, {"v": 1})
+    write_json_atomic(path, {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        ({"ppl": float("nan")}, ValueError),
+        ({"ppl": float("inf")}, ValueError),
+        ({"ok": list(range(1000)), "then": object()}, TypeError),
+        ({"path": Path("/x")}, TypeError),
+        ({1.5j: "complex key"}, TypeError),
+    ],
+    ids=["nan", "inf", "object-after-content", "path", "bad-key"],
+)
+def test_failed_serialisation_keeps_old_file_and_leaves_no_temp(tmp_path: Path, bad: Any, error: type) -> None:
+    path = tmp_path / "report.json"
+    write_json_atomic(path, {"version": "old"})
+    before = path.read_bytes()
+    with pytest.raises(error):
+        write_json_atomic(path, bad)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_failed_serialisation_creates_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "new.json"
+    with pytest.raises(ValueError):
+        write_json_atomic(path, [float("-inf")])
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- file names -----------------------------------------------------------------------------------
+
+
+def test_evaluation_path(tmp_path: Path) -> None:
+    assert evaluation_path(tmp_path, "mistral7b", "int8") == tmp_path / "int8_quantized_mistral7b_evaluation.json"
+    assert evaluation_path(Path("results"), "qwen2.5-0.5b", "nf4").name == "nf4_quantized_qwen2.5-0.5b_evaluation.json"
+    assert evaluation_path("results", "m", "fp16") == Path("results/fp16_quantized_m_evaluation.json")
+
+
+def test_comparison_path(tmp_path: Path) -> None:
+    assert comparison_path(tmp_path, "mistral7b") == tmp_path / "mistral7b_quantization_comparison.json"
+    assert comparison_path("results", "smollm2-135m") == Path("results/smollm2-135m_quantization_comparison.json")
+
+
+def test_now_utc_is_iso_seconds() -> None:
+    stamp = now_utc()
+    parsed = datetime.fromisoformat(stamp)
+    assert parsed.utcoffset().total_seconds() == 0
+    assert parsed.microsecond == 0
+
+
+# -- comparison_document ----------------------------------------------------------------------
+
+
+def gate(metric: str, value: float | None, limit: float, op: str, passed: bool) -> dict[str, Any]:
+    return {"metric": metric, "value": value, "limit": limit, "op": op, "passed": passed}
+
+
+def evaluation(variant: str, method: str, ppl: float, delta: float, footprint: float, reduction: float,
+               gates: list[dict[str, Any]]) -> dict[str, Any]:
+    """A minimal evaluation document: only the keys comparison_document reads."""
+    return {
+        "model": {"key": "tiny", "source": "org/tiny@main"},
+        "variant": {"key": variant, "method": method},
+        "perplexity": {
+            "ppl": ppl, "fp16_ppl": 10.0, "delta_ppl_pct": delta, "method": "nonoverlapping", "ctx": 256,
+            "stride": None, "tokens": 1020, "windows": 4, "dataset_sha256": "ab" * 32, "protocol": "text",
+        },
+        "memory": {"footprint_gb": footprint, "reduction_pct": reduction, "compression_ratio": 2.0 / footprint,
+                   "peak_gb": None},
+        "timing": {"ppl_tokens_per_s": 1234.5},
+        "gates": gates,
+    }
+
+
+FP16 = evaluation("fp16", "none", 10.0, 0.0, 2.0, 0.0, [])
+INT8 = evaluation("int8", "bitsandbytes-llm.int8", 10.3, 3.0, 1.1, 45.0, [
+    gate("delta_ppl_pct", 3.0, 5.0, "<=", True),
+    gate("memory_reduction_pct", 45.0, 45.0, ">=", True),
+])
+NF4 = evaluation("nf4", "bitsandbytes-nf4", 12.5, 25.0, 0.6, 70.0, [
+    gate("delta_ppl_pct", 25.0, 20.0, "<=", False),
+    gate("memory_reduction_pct", 70.0, 70.0, ">=", True),
+])
+
+
+def test_comparison_lists_variants_in_order() -> None:
+    doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4})
+    assert list(doc["variants"]) == ["fp16", "int8", "nf4"]
+    assert doc["schema_version"] == SCHEMA_VERSION
+    assert doc["model"] == FP16["model"]
+    assert doc["fp16_ppl"] == 10.0
+    assert doc["perplexity_protocol"] == {
+        "method": "nonoverlapping", "ctx": 256, "stride": None, "tokens": 1020, "windows": 4,
+        "dataset_sha256": "ab" * 32, "protocol": "text",
+    }
+    datetime.fromisoformat(doc["generated_at"])
+
+
+def test_comparison_rows() -> None:
+    doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4})
+    int8 = doc["variants"]["int8"]
+    assert int8 == {
+        "method": "bitsandbytes-llm.int8", "ppl": 10.3, "delta_ppl_pct": 3.0, "footprint_gb": 1.1,
+        "reduction_pct": 45.0, "compression_ratio": 2.0 / 1.1, "peak_gb": None, "tokens_per_s": 1234.5,
+        "gates_passed": True, "gates": INT8["gates"],
+    }
+    assert doc["variants"]["fp16"]["gates_passed"] is True  # no gates: nothing failed
+    assert doc["variants"]["nf4"]["gates_passed"] is False
+
+
+def test_comparison_failed_gates() -> None:
+    doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4})
+    assert doc["failed_gates"] == ["nf4: delta_ppl_pct = 25.0 (limit <= 20.0)"]
+
+
+def test_comparison_failed_gates_several_and_missing_value() -> None:
+    int8 = evaluation("int8", "bitsandbytes-llm.int8", 11.0, 10.0, 1.5, 25.0, [
+        gate("delta_ppl_pct", 10.0, 5.0, "<=", False),
+        gate("memory_reduction_pct", None, 45.0, ">=", False),
+    ])
+    doc = comparison_document("tiny", {"int8": int8, "nf4": NF4})
+    assert list(doc["variants"]) == ["int8", "nf4"]
+    assert doc["failed_gates"] == [
+        "int8: delta_ppl_pct = 10.0 (limit <= 5.0)",
+        "int8: memory_reduction_pct = None (limit >= 45.0)",
+        "nf4: delta_ppl_pct = 25.0 (limit <= 20.0)",
+    ]
+
+
+def test_comparison_all_passed_has_no_failures() -> None:
+    doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8})
+    assert doc["failed_gates"] == []
+    assert all(row["gates_passed"] for row in doc["variants"].values())
+
+
+def test_comparison_document_is_writable_json(tmp_path: Path) -> None:
+    doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4})
+    path = comparison_path(tmp_path, "tiny")
+    write_json_atomic(path, doc)
+    back = json.loads(path.read_text())
+    assert back["failed_gates"] == doc["failed_gates"]
+    assert math.isclose(back["variants"]["int8"]["compression_ratio"], 2.0 / 1.1)
