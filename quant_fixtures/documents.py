@@ -67,6 +67,7 @@ def evaluation_document(m: Measurements, options: Any, limits: dict[str, float])
     return {
         "schema_version": SCHEMA_VERSION,
         "generated_at": now_utc(),
+        "run_id": o.run_id,
         "model": {"key": m.model, "source": m.source, "weights_identity": m.weights_identity},
         "variant": {"key": m.variant.key, "method": m.variant.method, "description": m.variant.description,
                     "quantization_config": m.loaded.quantization_config,

@@ -31,7 +31,8 @@ def flip_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, seed: int = 0) -> dict[str, Any]:
+def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, method_settings: str = "",
+               seed: int = 0) -> dict[str, Any]:
     """Per-prompt KL statistics with 95 % bootstrap CIs resampling prompts (seeded)."""
     scored = [r for r in records if r["kl_mean"] is not None]
     if not scored:
@@ -64,6 +65,7 @@ def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, seed:
                            "first_divergence": r["first_divergence"], "fp16_response": _truncate(r["fp16_response"]),
                            "response": _truncate(r["response"])} for r in worst],
         "method": method,
+        "method_settings": method_settings,
     }
 
 
@@ -75,3 +77,9 @@ def kl_method_text(top_k: int, use_chat_template: bool, cap: int | None) -> str:
             f"positions; summary statistics are over prompts, each weighted equally; CIs are 95 % percentile "
             f"bootstrap (2000 resamples of prompts, seed 0). Prompts {'through the chat template' if use_chat_template else 'as plain text'}; "
             f"max_new_tokens {'per prompt' if cap is None else f'per prompt, capped at {cap}'}.")
+
+
+def kl_settings_text(prompts: int, top_k: int, use_chat_template: bool, cap: int | None) -> str:
+    """One short line for the summary: how much of the prompt suite ran and how."""
+    tokens = "own max_new_tokens" if cap is None else f"max_new_tokens <= {cap}"
+    return f"{prompts} prompts, {tokens}, top-{top_k}, {'chat template' if use_chat_template else 'plain text'}"

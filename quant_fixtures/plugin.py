@@ -70,12 +70,17 @@ def _split(value: str | None, valid: list[str], what: str) -> list[str] | None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped (never passed) without it")
     config.addinivalue_line("markers", "slow: takes minutes")
+    config.addinivalue_line("markers", "xdist_group(name): tests of one (model, variant) share an xdist worker")
     path = config.getoption("--suite-config")
     try:
         config.stash[CONFIG_KEY] = load_config(path) if path else load_config()
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     suite = config.stash[CONFIG_KEY]
+    if config.pluginmanager.hasplugin("xdist"):
+        from .parallel import XdistHooks
+
+        config.pluginmanager.register(XdistHooks(config), "quant_fixtures_xdist")
     _split(config.getoption("--models"), list(suite.models), "model")
     _split(config.getoption("--variants"), list(VARIANTS), "variant")
     _prompt_suite_options(config)
@@ -118,7 +123,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for model, variant in selected_pairs(metafunc.config):
         if wants is not None and variant not in wants:
             continue
-        marks = [pytest.mark.gpu] if suite.models[model].requires_gpu else []
+        # One xdist group per pair: with --dist loadgroup a worker loads each model once.
+        marks = [pytest.mark.xdist_group(f"{model}-{variant}")]
+        if suite.models[model].requires_gpu:
+            marks.append(pytest.mark.gpu)
         params.append(pytest.param((model, variant), id=f"{model}-{variant}", marks=marks))
     metafunc.parametrize("variant_eval", params, indirect=True, scope="session")
 
@@ -141,17 +149,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
 def build_session(config: pytest.Config) -> Any:
+    from .parallel import device_for, run_id
     from .session import EvaluationSession, RunOptions
 
     suite = config.stash[CONFIG_KEY]
-    device = _device()
+    device = device_for(config)
     on_cuda = device.startswith("cuda")
     budget = config.getoption("--ppl-max-tokens")
     if budget is None:
@@ -182,6 +185,7 @@ def build_session(config: pytest.Config) -> Any:
         gen_batch_size=config.getoption("--gen-batch-size") or (d.gen_batch_size_cuda if on_cuda
                                                                 else d.gen_batch_size_cpu),
         skip_prompts=config.getoption("--skip-prompts"), gate_on=config.getoption("--gate-on"),
+        run_id=run_id(config),
     )
     return EvaluationSession(config=suite, options=options)
 
@@ -206,12 +210,22 @@ def variant_eval(request: pytest.FixtureRequest, quant_session: Any) -> dict[str
         pytest.fail(str(exc), pytrace=False)
 
 
+def results_dir(config: pytest.Config) -> Path:
+    return config.rootpath / config.getoption("--results-dir")
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    session = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.evaluations:
-        return
+    """The harm table of this run, assembled from every worker's evaluation documents."""
+    from .parallel import is_worker, run_id
+    from .report import collect_run_documents
     from .summary import summary_lines
 
+    if is_worker(config):
+        return
+    documents = collect_run_documents(results_dir(config), run_id(config))
+    if not documents:
+        return
     terminalreporter.section("quantization harm")
-    for line in summary_lines(session):
+    for line in summary_lines(documents):
         terminalreporter.write_line(line)
+    terminalreporter.write_line(f"reports: {results_dir(config)}")

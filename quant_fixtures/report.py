@@ -63,6 +63,23 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def collect_run_documents(results_dir: Path, run_id: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every evaluation document of this run in ``results_dir`` (from all xdist workers), as
+    {model: {variant: document}} with variants in registry order."""
+    from .variants import VARIANTS
+
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in sorted(Path(results_dir).glob("*_quantized_*_evaluation.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("run_id") == run_id:
+            found.setdefault(doc["model"]["key"], {})[doc["variant"]["key"]] = doc
+    order = {k: i for i, k in enumerate(VARIANTS)}
+    return {m: dict(sorted(v.items(), key=lambda kv: order.get(kv[0], len(order)))) for m, v in found.items()}
+
+
 def comparison_document(model: str, evaluations: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """All evaluated variants of one model side by side, from their evaluation documents."""
     rows = {}

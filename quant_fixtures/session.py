@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .baseline import Baseline, BaselineKey, StaleBaselineError, load_baseline, store_baseline
 from .config import SuiteConfig
@@ -23,14 +24,15 @@ from .corpus_kl import (CORPUS_TOP_K, KLAgainstReference, TopkRecorder, corpus_r
 from .data import EvalText, load_wikitext2_test, tokenize_text
 from .documents import Measurements, evaluation_document
 from .evaluation import check_output_head, score_windows
-from .kl_report import flip_summary, kl_method_text, kl_section
+from .kl_report import flip_summary, kl_method_text, kl_section, kl_settings_text
 from .metrics.divergence import METRICS_VERSION
 from .metrics.perplexity import nonoverlapping_windows, strided_windows
 from .models import ResolvedModel, load_model, release, resolve_model
 from .prompt_eval import (compute_reference, generate_responses, per_prompt_records, score_against_reference)
 from .prompts import Prompt, load_prompt_suite, suite_sha256
 from .reference import PromptReference, ReferenceKey, load_reference, store_reference, tokenizer_sha256
-from .report import comparison_document, comparison_path, evaluation_path, write_json_atomic
+from .parallel import file_lock
+from .report import collect_run_documents, comparison_document, comparison_path, evaluation_path, write_json_atomic
 from .variants import BASELINE_VARIANT, VARIANTS, VariantOptions
 
 log = logging.getLogger("quant_fixtures")
@@ -66,6 +68,7 @@ class RunOptions:
     frozen_baselines: bool = False
     gate_mode: str = "enforce"  # "enforce" fails gate tests; "report" records verdicts only
     gate_on: str = "point"  # "point" or "upper" (the 95 % CI's upper bound)
+    run_id: str = "local"  # shared by all xdist workers of one run
 
     @property
     def compute_dtype(self) -> str:
@@ -94,6 +97,14 @@ class EvaluationSession:
     _resolved: dict[str, ResolvedModel] = field(default_factory=dict)
     _tokens: dict[str, Any] = field(default_factory=dict)
     _tokenizer_sha: dict[str, str] = field(default_factory=dict)
+    _locks: dict[str, Any] = field(default_factory=dict)
+
+    def fp16_lock(self, model: str) -> Any:
+        """Serialises FP16 passes across xdist workers: one computes, the others wait and read.
+        One (reentrant) lock object per model and process."""
+        if model not in self._locks:
+            self._locks[model] = file_lock(self.options.cache_dir / "locks" / f"{model}.lock")
+        return self._locks[model]
 
     # -- inputs -----------------------------------------------------------------------------------
     def text(self) -> EvalText:
@@ -178,14 +189,15 @@ class EvaluationSession:
         return References(baseline, corpus, prompts, noise), "ok"
 
     def references(self, model: str, ctx: int) -> References:
-        refs, reason = self.stored_references(model, ctx)
-        if refs is not None:
-            return refs
-        if self.options.frozen_baselines:
-            raise StaleBaselineError(f"--frozen-baselines: {model}: {reason}")
-        log.warning("running the FP16 pass of %s first: %s", model, reason)
-        self.evaluate(model, BASELINE_VARIANT)
-        refs, reason = self.stored_references(model, ctx)
+        with self.fp16_lock(model):
+            refs, reason = self.stored_references(model, ctx)
+            if refs is not None:
+                return refs
+            if self.options.frozen_baselines:
+                raise StaleBaselineError(f"--frozen-baselines: {model}: {reason}")
+            log.warning("running the FP16 pass of %s first: %s", model, reason)
+            self.evaluate(model, BASELINE_VARIANT)
+            refs, reason = self.stored_references(model, ctx)
         if refs is None:
             raise RuntimeError(f"FP16 references of {model} were computed but cannot be read back: {reason}")
         return refs
@@ -203,19 +215,22 @@ class EvaluationSession:
 
             config = AutoConfig.from_pretrained(self.resolved(model).directory, trust_remote_code=spec.trust_remote_code)
             refs = self.references(model, self.ctx_for(config))  # may run the FP16 pass first
-        loaded = load_model(spec, self.resolved(model), var, self.options.variant_options(), self.options.device)
-        try:
-            measured = self._measure(model, var, loaded, refs)
-        finally:
-            release(loaded)
+        with self.fp16_lock(model) if var.is_baseline else _no_lock():
+            loaded = load_model(spec, self.resolved(model), var, self.options.variant_options(), self.options.device)
+            try:
+                measured = self._measure(model, var, loaded, refs)
+            finally:
+                release(loaded)
         limits = self.config.gates_for(model, variant)
         if self.options.skip_prompts:
             limits.pop("max_mean_kl", None)
         document = evaluation_document(measured, self.options, limits)
         self.evaluations.setdefault(model, {})[variant] = document
-        write_json_atomic(evaluation_path(self.options.results_dir, model, variant), document)
-        write_json_atomic(comparison_path(self.options.results_dir, model),
-                          comparison_document(model, self.evaluations[model]))
+        results = self.options.results_dir
+        write_json_atomic(evaluation_path(results, model, variant), document)
+        with file_lock(results / f".{model}.lock"):  # workers each add their variants
+            this_run = collect_run_documents(results, self.options.run_id).get(model, {})
+            write_json_atomic(comparison_path(results, model), comparison_document(model, this_run))
         return document
 
     def _measure(self, model: str, var: Any, loaded: Any, refs: References | None) -> Measurements:
@@ -272,6 +287,7 @@ class EvaluationSession:
         o, prompts = self.options, self.prompts()
         key = self.reference_key(model)
         method = kl_method_text(o.top_k, o.use_chat_template, o.max_new_tokens_cap)
+        settings = kl_settings_text(len(prompts), o.top_k, o.use_chat_template, o.max_new_tokens_cap)
         if refs is None:  # FP16: reuse a valid cached reference, else generate it
             reference, reason = load_reference(o.cache_dir, key)
             if reference is None:
@@ -286,7 +302,7 @@ class EvaluationSession:
             scores = score_against_reference(loaded.model, loaded.tokenizer, reference, other)
             records = per_prompt_records(prompts, reference, scores, reference.response_ids, loaded.tokenizer)
             kl = kl_section(records, o.top_k, method + f" Here: FP16 against itself, batch size {other} "
-                            f"instead of {o.score_batch_size} (the noise floor).")
+                            f"instead of {o.score_batch_size} (the noise floor).", settings)
             noise = {k: kl[k] for k in ("mean", "max", "p99", "ci95")}
             self._write_prompt_summary(key, reference, loaded.tokenizer, noise)
             return kl, flip_summary(records), noise
@@ -297,7 +313,7 @@ class EvaluationSession:
                                        bar.update if bar else None)
         _close(bar)
         records = per_prompt_records(prompts, reference, scores, responses, loaded.tokenizer)
-        return kl_section(records, o.top_k, method), flip_summary(records), refs.noise_floor
+        return kl_section(records, o.top_k, method, settings), flip_summary(records), refs.noise_floor
 
     def _write_prompt_summary(self, key: ReferenceKey, reference: PromptReference, tokenizer: Any,
                               noise: dict[str, Any]) -> None:
@@ -311,6 +327,11 @@ class EvaluationSession:
             "responses": {p.id: tokenizer.decode(r, skip_special_tokens=True)
                           for p, r in zip(prompts, reference.response_ids)},
         })
+
+
+@contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
 
 
 def _progress(total: int, desc: str, unit: str) -> Any:
