@@ -17,6 +17,21 @@ GATE_METRICS: dict[str, str] = {
 }
 
 
+# Snapshot comparison: per metric, a number matches when |new - old| <= abs or <= rel * |old|.
+SNAPSHOT_METRICS = ("ppl", "delta_ppl_pct", "kl_mean", "kl_p99", "top1_agreement", "flips", "footprint_gb",
+                    "reduction_pct")
+DEFAULT_SNAPSHOT_TOLERANCES: dict[str, dict[str, float]] = {
+    "ppl": {"rel": 1e-3},
+    "delta_ppl_pct": {"abs": 0.1},
+    "kl_mean": {"rel": 0.02, "abs": 5e-4},
+    "kl_p99": {"rel": 0.05, "abs": 1e-3},
+    "top1_agreement": {"abs": 0.01},
+    "flips": {"abs": 0},
+    "footprint_gb": {"rel": 1e-4},
+    "reduction_pct": {"abs": 0.05},
+}
+
+
 class ConfigError(ValueError):
     """The suite configuration file is missing or invalid."""
 
@@ -77,6 +92,8 @@ class SuiteConfig:
     defaults: Defaults
     gates: dict[str, dict[str, float]]
     models: dict[str, ModelSpec]
+    snapshot_tolerances: dict[str, dict[str, float]] = field(
+        default_factory=lambda: dict(DEFAULT_SNAPSHOT_TOLERANCES))
 
     def gates_for(self, model: str, variant: str) -> dict[str, float]:
         """The limits for one (model, variant): the global ones, then the model's overrides."""
@@ -138,10 +155,10 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
         raise ConfigError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    unknown = set(raw) - {"defaults", "gates", "models"}
+    unknown = set(raw) - {"defaults", "gates", "models", "snapshot_tolerances"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level tables {sorted(unknown)}")
-    for table in ("defaults", "gates", "models"):
+    for table in ("defaults", "gates", "models", "snapshot_tolerances"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{path}: [{table}] must be a table, got {raw[table]!r}")
     defaults_raw = raw.get("defaults", {})
@@ -159,4 +176,21 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
         defaults=Defaults(**defaults_raw),
         gates=_check_gates(f"{path}: [gates]", raw.get("gates", {})),
         models=models,
+        snapshot_tolerances=_parse_tolerances(path, raw.get("snapshot_tolerances", {})),
     )
+
+
+def _parse_tolerances(path: Path, table: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The defaults, overridden metric by metric by [snapshot_tolerances]."""
+    merged = dict(DEFAULT_SNAPSHOT_TOLERANCES)
+    for metric, tol in table.items():
+        where = f"{path}: [snapshot_tolerances] {metric}"
+        if metric not in SNAPSHOT_METRICS:
+            raise ConfigError(f"{where}: unknown metric; valid: {', '.join(SNAPSHOT_METRICS)}")
+        if not isinstance(tol, dict) or not tol or set(tol) - {"abs", "rel"}:
+            raise ConfigError(f"{where}: expected a table with abs and/or rel, got {tol!r}")
+        for kind, value in tol.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{where}.{kind}: expected a non-negative number, got {value!r}")
+        merged[metric] = {k: float(v) for k, v in tol.items()}
+    return merged

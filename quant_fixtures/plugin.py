@@ -115,9 +115,14 @@ def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    suite = metafunc.config.stash[CONFIG_KEY]
+    if "model_documents" in metafunc.fixturenames:
+        models = list(dict.fromkeys(m for m, _ in selected_pairs(metafunc.config)))
+        metafunc.parametrize("model_documents", [
+            pytest.param(m, id=m, marks=[pytest.mark.gpu] if suite.models[m].requires_gpu else [])
+            for m in models], indirect=True, scope="session")
     if "variant_eval" not in metafunc.fixturenames:
         return
-    suite = metafunc.config.stash[CONFIG_KEY]
     wants = getattr(metafunc.function, "quant_variants", None)  # e.g. only quantized variants
     params = []
     for model, variant in selected_pairs(metafunc.config):
@@ -212,6 +217,28 @@ def variant_eval(request: pytest.FixtureRequest, quant_session: Any) -> dict[str
 
 def results_dir(config: pytest.Config) -> Path:
     return config.rootpath / config.getoption("--results-dir")
+
+
+@pytest.fixture(scope="session")
+def model_documents(request: pytest.FixtureRequest, quant_session: Any) -> dict[str, dict[str, Any]]:
+    """{variant: evaluation document} of one model, every selected variant (reused when this run
+    already evaluated it, in this process or another xdist worker)."""
+    from .models import ModelUnavailableError
+
+    model = request.param
+    try:
+        return {v: quant_session.evaluate(m, v) for m, v in selected_pairs(request.config) if m == model}
+    except ModelUnavailableError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def harm_snapshot(snapshot: Any, quant_session: Any) -> Any:
+    """syrupy's snapshot with per-metric tolerances, named after the run's settings."""
+    from .snapshot import settings_tag, tolerant_json_extension
+
+    extension = tolerant_json_extension(quant_session.config.snapshot_tolerances)
+    return snapshot.use_extension(extension)(name=settings_tag(quant_session.options))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -80,32 +80,45 @@ def collect_run_documents(results_dir: Path, run_id: str) -> dict[str, dict[str,
     return {m: dict(sorted(v.items(), key=lambda kv: order.get(kv[0], len(order)))) for m, v in found.items()}
 
 
+def variant_row(doc: dict[str, Any]) -> dict[str, Any]:
+    """One variant's headline numbers (the comparison file's row)."""
+    ppl, mem = doc["perplexity"], doc["memory"]
+    kl, flips, corpus = doc.get("kl_divergence"), doc.get("flips"), doc.get("corpus_kl")
+    return {
+        "method": doc["variant"]["method"],
+        "ppl": ppl["ppl"], "delta_ppl_pct": ppl["delta_ppl_pct"], "delta_ppl_pct_ci95": ppl.get("delta_ppl_pct_ci95"),
+        "kl_mean": kl and kl["mean"], "kl_ci95": kl and kl["ci95"], "kl_median": kl and kl["median"],
+        "kl_p99": kl and kl["p99"], "kl_max": kl and kl["max"],
+        "top1_agreement": kl and kl["top1_agreement"], "top1_agreement_ci95": kl and kl["top1_agreement_ci95"],
+        "flips": flips and flips["flips"], "checkable_prompts": flips and flips["checkable_prompts"],
+        "exact_match_rate": flips and flips["exact_match_rate"],
+        "corpus_kl_mean": corpus and corpus["mean"], "corpus_kl_p99": corpus and corpus["p99"],
+        "corpus_same_top1_rate": corpus and corpus["same_top1_rate"],
+        "footprint_gb": mem["footprint_gb"], "reduction_pct": mem["reduction_pct"],
+        "compression_ratio": mem["compression_ratio"], "peak_gb": mem["peak_gb"],
+        "tokens_per_s": doc["timing"]["ppl_tokens_per_s"],
+        "gates_passed": all(g["passed"] for g in doc["gates"]),
+        "gates": doc["gates"],
+    }
+
+
 def comparison_document(model: str, evaluations: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """All evaluated variants of one model side by side, from their evaluation documents."""
-    rows = {}
-    for variant, doc in evaluations.items():
-        ppl, mem = doc["perplexity"], doc["memory"]
-        rows[variant] = {
-            "method": doc["variant"]["method"],
-            "ppl": ppl["ppl"],
-            "delta_ppl_pct": ppl["delta_ppl_pct"],
-            "footprint_gb": mem["footprint_gb"],
-            "reduction_pct": mem["reduction_pct"],
-            "compression_ratio": mem["compression_ratio"],
-            "peak_gb": mem["peak_gb"],
-            "tokens_per_s": doc["timing"]["ppl_tokens_per_s"],
-            "gates_passed": all(g["passed"] for g in doc["gates"]),
-            "gates": doc["gates"],
-        }
+    """All evaluated variants of one model side by side, with findings, from their documents."""
+    from .findings import findings
+
     first = next(iter(evaluations.values()))
     return {
         "schema_version": SCHEMA_VERSION,
         "generated_at": now_utc(),
+        "run_id": first.get("run_id"),
         "model": first["model"],
         "fp16_ppl": first["perplexity"]["fp16_ppl"],
         "perplexity_protocol": {k: first["perplexity"][k] for k in
                                 ("method", "ctx", "stride", "tokens", "windows", "dataset_sha256", "protocol")},
-        "variants": rows,
+        "kl_method": (first.get("kl_divergence") or {}).get("method"),
+        "noise_floor": first.get("noise_floor"),
+        "variants": {v: variant_row(doc) for v, doc in evaluations.items()},
         "failed_gates": [f"{v}: {g['metric']} = {g['value']} (limit {g['op']} {g['limit']})"
-                         for v, r in rows.items() for g in r["gates"] if not g["passed"]],
+                         for v, doc in evaluations.items() for g in doc["gates"] if not g["passed"]],
+        "findings": findings(evaluations),
     }

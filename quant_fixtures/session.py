@@ -205,7 +205,7 @@ class EvaluationSession:
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, model: str, variant: str) -> dict[str, Any]:
         """Evaluate one pair (once per session) and write its reports; returns the document."""
-        done = self.evaluations.get(model, {}).get(variant)
+        done = self.evaluations.get(model, {}).get(variant) or self._from_other_worker(model, variant)
         if done is not None:
             return done
         spec, var = self.config.models[model], VARIANTS[variant]
@@ -232,6 +232,19 @@ class EvaluationSession:
             this_run = collect_run_documents(results, self.options.run_id).get(model, {})
             write_json_atomic(comparison_path(results, model), comparison_document(model, this_run))
         return document
+
+    def _from_other_worker(self, model: str, variant: str) -> dict[str, Any] | None:
+        """A document this run already wrote (another xdist worker evaluated the pair)."""
+        import json
+
+        try:
+            doc = json.loads(evaluation_path(self.options.results_dir, model, variant).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("run_id") != self.options.run_id:
+            return None
+        self.evaluations.setdefault(model, {})[variant] = doc
+        return doc
 
     def _measure(self, model: str, var: Any, loaded: Any, refs: References | None) -> Measurements:
         import torch

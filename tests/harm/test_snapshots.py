@@ -1,0 +1,10 @@
+"""Release diffing: each model's harm summary against its committed snapshot, within tolerances.
+
+Accept a deliberate change with `pytest --snapshot-update` and commit the snapshot file.
+"""
+
+from quant_fixtures.snapshot import harm_summary
+
+
+def test_harm_summary_matches_snapshot(model_documents, harm_snapshot):
+    assert harm_summary(model_documents) == harm_snapshot

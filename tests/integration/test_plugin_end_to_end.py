@@ -1,0 +1,297 @@
+"""The suite end to end: the pytest plugin and the release-gate tests, run by pytest in a subprocess.
+
+Each run is a fresh pytest process in a pytester directory holding a conftest.py that loads the
+plugin, a suite TOML whose only model is a tiny random Llama (``path = ...``), and a copy of
+tests/harm/test_release_gates.py. The first full run's baselines are shared (copied where a test
+changes them) so that later runs only evaluate what they are about.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from integration_support import load_variant, plain_window_nll
+from quant_fixtures.data import WIKITEXT_SHA256
+from quant_fixtures.metrics.perplexity import nonoverlapping_windows
+
+pytest_plugins = ["pytester"]
+
+HARM_TESTS = Path(__file__).resolve().parents[1] / "harm" / "test_release_gates.py"
+VARIANT_KEYS = ("fp16", "int8", "nf4")
+METHODS = {"fp16": "none", "int8": "bitsandbytes-llm.int8", "nf4": "bitsandbytes-nf4"}
+CTX, MAX_TOKENS = 64, 256
+# The prompt-KL stage runs too, kept small: the 8 question-answering prompts, 4 new tokens each.
+PROMPT_ARGS = ("--categories", "question_answering", "--max-new-tokens", "4")
+# The tiny model's 49,152 x 64 embedding and head dominate its size and stay 16-bit, so quantizing
+# its linears saves under 1 %: the memory limits are set to pass, as are the others.
+PASSING_GATES = {"int8": {"max_delta_ppl_pct": 5.0, "min_memory_reduction_pct": 0.1, "max_mean_kl": 1.0},
+                 "nf4": {"max_delta_ppl_pct": 50.0, "min_memory_reduction_pct": 0.1, "max_mean_kl": 1.0}}
+FAILING_GATES = {"int8": {"max_delta_ppl_pct": -1.0, "min_memory_reduction_pct": 0.1, "max_mean_kl": 1.0}}
+
+DOCUMENT_KEYS = {"schema_version", "model", "variant", "environment", "perplexity", "memory", "timing", "gates"}
+PERPLEXITY_KEYS = {"ppl", "fp16_ppl", "delta_ppl_pct", "tokens", "windows", "ctx", "method", "dataset_sha256",
+                   "window_nll"}
+MEMORY_KEYS = {"footprint_gb", "fp16_footprint_gb", "reduction_pct", "compression_ratio", "peak_gb"}
+
+
+def suite_toml(model_dir: Path, gates: dict) -> str:
+    lines = ["[defaults]", "ctx = 2048", "", "[models.tiny]", f"path = {json.dumps(str(model_dir))}",
+             "default = true", ""]
+    for variant, limits in gates.items():
+        lines.append(f"[models.tiny.gates.{variant}]")
+        lines += [f"{name} = {value}" for name, value in limits.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def make_project(pytester: pytest.Pytester, e2e: SimpleNamespace, gates: dict) -> None:
+    pytester.makeconftest('pytest_plugins = ["quant_fixtures.plugin"]\n')
+    (pytester.path / "suite.toml").write_text(suite_toml(e2e.model_dir, gates))
+    shutil.copy(HARM_TESTS, pytester.path / "test_release_gates.py")
+
+
+def run_suite(pytester: pytest.Pytester, e2e: SimpleNamespace, results: Path, baselines: Path,
+              *extra: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        "test_release_gates.py", "-p", "no:cacheprovider", "-ra",
+        f"--suite-config={pytester.path / 'suite.toml'}", "--models", "tiny",
+        "--ctx", str(CTX), "--ppl-max-tokens", str(MAX_TOKENS),
+        "--results-dir", str(results), "--baselines-dir", str(baselines), "--cache-dir", str(e2e.cache),
+        "--dataset-source", "vendored", *PROMPT_ARGS, *extra, timeout=300)
+
+
+def report(results: Path, variant: str) -> dict:
+    return json.loads((results / f"{variant}_quantized_tiny_evaluation.json").read_text())
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(directory.iterdir())}
+
+
+def ppl_baselines(directory: Path) -> list[Path]:
+    """The stored perplexity baselines (beside them: the prompt reference summaries)."""
+    return sorted(p for p in directory.glob("tiny-*.json") if not p.name.startswith("tiny-prompts-"))
+
+
+def copy_baselines(e2e: SimpleNamespace, destination: Path) -> Path:
+    shutil.copytree(e2e.baselines, destination)
+    return destination
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+@pytest.fixture(scope="module")
+def e2e(tiny_models, tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("e2e")
+    return SimpleNamespace(model_dir=tiny_models["llama"], cache=root / "C", baselines=root / "B",
+                           results=root / "R", datasets=root / "datasets-cache", full=None)
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch, e2e):
+    # pytester gives every run a fresh HOME; share the datasets cache so the vendored parquet is
+    # prepared once, and keep the Hub out of it.
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(e2e.datasets))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def full_run(pytester, e2e) -> SimpleNamespace:
+    """The full run (fp16, int8, nf4) with passing gates; run once per module, by the first test
+    that needs it. Its results and baselines directories are shared, read-only, with later tests."""
+    if e2e.full is None:
+        make_project(pytester, e2e, PASSING_GATES)
+        result = run_suite(pytester, e2e, e2e.results, e2e.baselines)
+        outcomes = {k: v for k, v in result.parseoutcomes().items() if k not in ("warnings", "warning")}
+        e2e.full = SimpleNamespace(ret=result.ret, outcomes=outcomes, lines=result.outlines,
+                                   stderr=result.errlines)
+    return e2e.full
+
+
+def test_full_run_passes_and_writes_reports(full_run, e2e):
+    assert full_run.ret == 0, "\n".join(full_run.lines[-60:] + full_run.stderr[-30:])
+    # 3 perplexity tests, 2 quantized variants x 3 gates.
+    assert full_run.outcomes == {"passed": 9}, full_run.outcomes
+    summary = full_run.lines.index(next(x for x in full_run.lines if "quantization harm" in x))
+    table = "\n".join(full_run.lines[summary:])
+    assert all(re.search(rf"^{v} +\d", table, re.M) for v in VARIANT_KEYS), table
+
+    docs = {v: report(e2e.results, v) for v in VARIANT_KEYS}
+    fp16 = docs["fp16"]
+    for variant, doc in docs.items():
+        assert DOCUMENT_KEYS <= set(doc), f"{variant}: missing {DOCUMENT_KEYS - set(doc)}"
+        assert doc["schema_version"] == 1
+        assert doc["model"]["key"] == "tiny" and doc["model"]["source"] == str(e2e.model_dir)
+        assert doc["model"]["weights_identity"].startswith("sha256:")
+        assert doc["variant"]["key"] == variant and doc["variant"]["method"] == METHODS[variant]
+        assert doc["variant"]["compute_dtype"] == "float32" and doc["variant"]["weight_dtype"] == "float16"
+        assert doc["environment"]["device"] == "cpu" and doc["environment"]["packages"]["torch"]
+
+        ppl = doc["perplexity"]
+        assert PERPLEXITY_KEYS <= set(ppl), f"{variant}: missing {PERPLEXITY_KEYS - set(ppl)}"
+        assert (ppl["ctx"], ppl["windows"], ppl["tokens"], ppl["method"]) == (CTX, 4, 4 * (CTX - 1), "nonoverlapping")
+        assert ppl["dataset_sha256"] == WIKITEXT_SHA256 and len(ppl["window_nll"]) == 4
+        assert _rel(ppl["ppl"], math.exp(math.fsum(ppl["window_nll"]) / ppl["tokens"])) < 1e-12
+        assert ppl["fp16_ppl"] == fp16["perplexity"]["ppl"]
+        assert ppl["delta_ppl_pct"] == pytest.approx(100 * (ppl["ppl"] / ppl["fp16_ppl"] - 1), abs=1e-9)
+
+        memory = doc["memory"]
+        assert MEMORY_KEYS <= set(memory), f"{variant}: missing {MEMORY_KEYS - set(memory)}"
+        assert memory["fp16_footprint_gb"] == fp16["memory"]["footprint_gb"]
+        assert memory["reduction_pct"] == pytest.approx(
+            100 * (1 - memory["footprint_gb"] / memory["fp16_footprint_gb"]), abs=1e-9)
+        assert memory["compression_ratio"] == pytest.approx(memory["fp16_footprint_gb"] / memory["footprint_gb"])
+        assert memory["peak_gb"] is None  # CPU: no allocator statistics
+        assert {"load_s", "ppl_s", "ppl_tokens_per_s"} <= set(doc["timing"])
+
+    assert fp16["variant"]["quantization_config"] is None and fp16["gates"] == []
+    assert docs["int8"]["variant"]["quantization_config"]["load_in_8bit"] is True
+    assert docs["nf4"]["variant"]["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
+    assert fp16["perplexity"]["delta_ppl_pct"] == 0.0
+    footprints = [docs[v]["memory"]["footprint_gb"] for v in VARIANT_KEYS]
+    assert footprints[0] > footprints[1] > footprints[2]
+    for variant in ("int8", "nf4"):
+        gates = {g["metric"]: g for g in docs[variant]["gates"]}
+        assert set(gates) == {"delta_ppl_pct", "memory_reduction_pct", "kl_mean"}
+        assert all(g["passed"] for g in gates.values())
+        assert gates["delta_ppl_pct"]["limit"] == PASSING_GATES[variant]["max_delta_ppl_pct"]
+        assert gates["delta_ppl_pct"]["value"] == docs[variant]["perplexity"]["delta_ppl_pct"]
+
+    comparison = json.loads((e2e.results / "tiny_quantization_comparison.json").read_text())
+    assert list(comparison["variants"]) == list(VARIANT_KEYS) and comparison["failed_gates"] == []
+    assert comparison["fp16_ppl"] == fp16["perplexity"]["ppl"]
+    assert comparison["perplexity_protocol"]["ctx"] == CTX
+    for variant in VARIANT_KEYS:
+        assert comparison["variants"][variant]["ppl"] == docs[variant]["perplexity"]["ppl"]
+
+    (baseline_file,) = ppl_baselines(e2e.baselines)
+    assert re.fullmatch(r"tiny-[0-9a-f]{12}\.json", baseline_file.name)
+    baseline = json.loads(baseline_file.read_text())
+    assert baseline["ppl"] == fp16["perplexity"]["ppl"]
+    assert baseline["window_nll"] == fp16["perplexity"]["window_nll"]
+    assert {k: baseline["key"][k] for k in ("model", "ctx", "max_tokens", "method", "compute_dtype", "device_type")} \
+        == {"model": "tiny", "ctx": CTX, "max_tokens": MAX_TOKENS, "method": "nonoverlapping",
+            "compute_dtype": "float32", "device_type": "cpu"}
+    assert baseline["key"]["weights_identity"] == fp16["model"]["weights_identity"]
+
+
+def test_reported_fp16_perplexity_matches_plain_computation(full_run, e2e, digest_cache, wikitext_ids):
+    """The subprocess's FP16 numbers, recomputed here from scratch, window by window."""
+    fp16 = report(e2e.results, "fp16")["perplexity"]
+    loaded = load_variant(e2e.model_dir, "fp16", digest_cache, key="tiny")
+    plan = nonoverlapping_windows(len(wikitext_ids), CTX, MAX_TOKENS)
+    plain = [plain_window_nll(loaded.model, wikitext_ids, w) for w in plan]
+    assert fp16["window_tokens"] == [count for _, count in plain]
+    for i, (reported, (reference, _)) in enumerate(zip(fp16["window_nll"], plain)):
+        assert _rel(reported, reference) < 1e-6, f"window {i}: reported {reported!r}, plain {reference!r}"
+
+
+def test_second_run_reuses_the_stored_baseline(pytester, full_run, e2e):
+    make_project(pytester, e2e, PASSING_GATES)
+    before = snapshot(e2e.baselines)
+    results = pytester.path / "R"
+    result = run_suite(pytester, e2e, results, e2e.baselines, "--variants", "int8")
+    assert result.ret == 0, result.stdout.str()[-4000:]
+    result.assert_outcomes(passed=4)
+    # The FP16 pass did not run: no fp16 report here, the stored baseline untouched.
+    assert sorted(p.name for p in results.iterdir()) == ["int8_quantized_tiny_evaluation.json",
+                                                         "tiny_quantization_comparison.json"]
+    assert snapshot(e2e.baselines) == before
+    int8, first = report(results, "int8"), report(e2e.results, "int8")
+    assert int8["perplexity"]["fp16_ppl"] == report(e2e.results, "fp16")["perplexity"]["ppl"]
+    assert int8["memory"]["fp16_footprint_gb"] == first["memory"]["fp16_footprint_gb"]
+    assert _rel(int8["perplexity"]["ppl"], first["perplexity"]["ppl"]) < 1e-9
+
+
+def test_changing_ctx_makes_a_new_baseline(pytester, full_run, e2e):
+    make_project(pytester, e2e, PASSING_GATES)
+    baselines = copy_baselines(e2e, pytester.path / "B")
+    before = snapshot(baselines)
+    results = pytester.path / "R"
+    (old,) = ppl_baselines(baselines)
+    result = run_suite(pytester, e2e, results, baselines, "--variants", "int8", "--ctx", "32")
+    assert result.ret == 0, result.stdout.str()[-4000:]
+    result.assert_outcomes(passed=4)
+    after = snapshot(baselines)
+    (new,) = set(after) - set(before)
+    assert after[old.name] == before[old.name]  # the ctx-64 baseline is kept as it was
+    assert json.loads((baselines / new).read_text())["key"]["ctx"] == 32
+    # The baseline was computed in this run: its FP16 report is here, for ctx 32.
+    fp16 = report(results, "fp16")["perplexity"]
+    assert (fp16["ctx"], fp16["windows"]) == (32, MAX_TOKENS // 32)
+    assert report(results, "int8")["perplexity"]["fp16_ppl"] == fp16["ppl"]
+
+
+def _tamper_ppl(baselines: Path) -> None:
+    (path,) = ppl_baselines(baselines)
+    document = json.loads(path.read_text())
+    document["ppl"] *= 0.5  # an edit that keeps the old checksum
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("case, extra, reason", [
+    ("missing", ("--ctx", "32"), "no stored baseline for these settings"),
+    ("edited", (), "checksum mismatch"),
+])
+def test_frozen_baselines_refuse_to_recompute(pytester, full_run, e2e, case, extra, reason):
+    make_project(pytester, e2e, PASSING_GATES)
+    baselines = copy_baselines(e2e, pytester.path / "B")
+    if case == "edited":
+        _tamper_ppl(baselines)
+    before = snapshot(baselines)
+    results = pytester.path / "R"
+    result = run_suite(pytester, e2e, results, baselines, "--variants", "int8", "--frozen-baselines", *extra)
+    assert result.ret == 1, result.stdout.str()[-4000:]
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) >= 1 and "passed" not in outcomes, outcomes
+    result.stdout.fnmatch_lines([f"*StaleBaselineError: --frozen-baselines: tiny: *{reason}*"])
+    assert snapshot(baselines) == before
+    assert not results.exists() or not any(results.iterdir())
+
+
+def _gate_line(result: pytest.RunResult, prefix: str) -> re.Match:
+    pattern = re.compile(prefix + r"tiny int8: delta_ppl_pct = (?P<value>\S+), limit (?P<op><=) (?P<limit>\S+)$")
+    matches = [m for m in (pattern.search(line) for line in result.outlines) if m]
+    assert matches, result.stdout.str()[-4000:]
+    return matches[0]
+
+
+def test_failed_gate_fails_the_run_with_one_line(pytester, full_run, e2e):
+    make_project(pytester, e2e, FAILING_GATES)
+    baselines = copy_baselines(e2e, pytester.path / "B")
+    results = pytester.path / "R"
+    result = run_suite(pytester, e2e, results, baselines, "--variants", "int8")
+    assert result.ret == 1
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_release_gates.py::test_delta_perplexity_within_limit[[]tiny-int8[]]*"])
+    match = _gate_line(result, r"gate failed: ")
+    int8 = report(results, "int8")
+    assert float(match["value"]) == float(f"{int8['perplexity']['delta_ppl_pct']:.4g}")
+    assert float(match["limit"]) == -1.0
+    # The failure's whole report is that one line: no traceback.
+    start = next(i for i, line in enumerate(result.outlines) if "test_delta_perplexity_within_limit" in line
+                 and line.startswith("_"))
+    body = [line for line in result.outlines[start + 1:] if line.strip()]
+    assert body[0].startswith("gate failed: tiny int8: delta_ppl_pct = ") and body[1].startswith("=")
+    (gate,) = [g for g in int8["gates"] if g["metric"] == "delta_ppl_pct"]
+    assert gate["passed"] is False and gate["limit"] == -1.0
+    comparison = json.loads((results / "tiny_quantization_comparison.json").read_text())
+    assert comparison["failed_gates"] == [f"int8: delta_ppl_pct = {gate['value']} (limit <= -1.0)"]
+
+
+def test_report_mode_records_the_failed_gate_as_xfail(pytester, full_run, e2e):
+    make_project(pytester, e2e, FAILING_GATES)
+    baselines = copy_baselines(e2e, pytester.path / "B")
+    result = run_suite(pytester, e2e, pytester.path / "R", baselines, "--variants", "int8", "--gate-mode", "report")
+    assert result.ret == 0, result.stdout.str()[-4000:]
+    result.assert_outcomes(passed=3, xfailed=1)
+    _gate_line(result, r"gate failed \(report mode\): ")

@@ -1,0 +1,313 @@
+"""Unit tests (no model) of the generation helpers and of the FP16 prompt-reference cache.
+
+Covers quant_fixtures.generation (truncate_response, length_batches, eos/pad selection),
+quant_fixtures.prompt_eval.first_divergence, and the safetensors round trip of
+quant_fixtures.reference with small hand-made tensors: stale keys, unreadable files and edited
+content must all be refused with a reason, never returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from quant_fixtures.generation import eos_token_ids, length_batches, pad_token_id, truncate_response
+from quant_fixtures.prompt_eval import first_divergence
+from quant_fixtures.reference import (REFERENCE_FORMAT, PromptReference, ReferenceKey, load_reference,
+                                      reference_path, store_reference, tensors_digest)
+
+# --- truncate_response ---------------------------------------------------------------------------
+
+
+def test_truncate_caps_the_length_without_eos():
+    assert truncate_response([5, 6, 7, 8, 9], 3, {2}) == [5, 6, 7]
+    assert truncate_response([5, 6], 10, {2}) == [5, 6]
+    assert truncate_response([], 4, {2}) == []
+
+
+def test_truncate_keeps_the_first_eos_and_drops_the_rest():
+    assert truncate_response([5, 6, 2, 7, 2, 8], 10, {2}) == [5, 6, 2]
+    assert truncate_response([2, 5, 6], 10, {2}) == [2]
+    # Padding after EOS (pad == eos, as for SmolLM2) is cut too.
+    assert truncate_response([5, 2, 2, 2, 2], 10, {2}) == [5, 2]
+
+
+def test_truncate_cap_before_eos_wins():
+    assert truncate_response([5, 6, 7, 2], 3, {2}) == [5, 6, 7]
+    assert truncate_response([5, 6, 2, 7], 3, {2}) == [5, 6, 2]  # EOS exactly at the cap is kept
+
+
+def test_truncate_stops_at_whichever_eos_id_comes_first():
+    eos = {2, 49, 100}
+    assert truncate_response([5, 100, 6, 2], 10, eos) == [5, 100]
+    assert truncate_response([5, 6, 49, 2, 100], 10, eos) == [5, 6, 49]
+    assert truncate_response([5, 6, 7], 10, eos) == [5, 6, 7]
+
+
+def test_truncate_accepts_tensors_and_returns_python_ints():
+    out = truncate_response(torch.tensor([5, 6, 2, 7]).tolist(), 10, {2})
+    assert out == [5, 6, 2] and all(type(t) is int for t in out)
+    out = truncate_response(range(4, 20), 3, {2})
+    assert out == [4, 5, 6] and all(type(t) is int for t in out)
+
+
+# --- first_divergence ----------------------------------------------------------------------------
+
+
+def test_first_divergence_identical_is_none():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([], []) is None
+
+
+def test_first_divergence_index_of_the_first_difference():
+    assert first_divergence([1, 2, 3, 4], [1, 2, 9, 4]) == 2
+    assert first_divergence([7, 2, 3], [1, 2, 3]) == 0
+    assert first_divergence([1, 2, 3, 4], [1, 2, 3, 5]) == 3
+    assert first_divergence([1, 2, 3, 4], [1, 9, 3]) == 1  # a difference before the shorter one ends
+
+
+def test_first_divergence_prefix_gives_the_shorter_length():
+    assert first_divergence([1, 2], [1, 2, 3, 4]) == 2
+    assert first_divergence([1, 2, 3, 4], [1, 2]) == 2
+    assert first_divergence([], [5]) == 0
+    assert first_divergence([5], []) == 0
+
+
+# --- length_batches ------------------------------------------------------------------------------
+
+
+def test_length_batches_sorted_by_length_with_index_tiebreak():
+    lengths = [5, 1, 3, 5, 2, 1, 4]
+    batches = length_batches(lengths, 3)
+    assert batches == [[1, 5, 4], [2, 6, 0], [3]]
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))  # every index exactly once
+    assert [lengths[i] for i in flat] == sorted(lengths)
+
+
+@pytest.mark.parametrize("n,batch_size,sizes", [(7, 3, [3, 3, 1]), (6, 3, [3, 3]), (6, 1, [1] * 6),
+                                                 (4, 10, [4]), (1, 1, [1]), (0, 4, [])])
+def test_length_batches_sizes(n, batch_size, sizes):
+    lengths = [(i * 7) % 5 for i in range(n)]
+    batches = length_batches(lengths, batch_size)
+    assert [len(b) for b in batches] == sizes
+    assert sorted(i for b in batches for i in b) == list(range(n))
+
+
+# --- eos / pad selection -------------------------------------------------------------------------
+
+
+def _fake(eos_model, eos_tok, pad_tok=None, pad_model=None):
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=eos_model, pad_token_id=pad_model))
+    tok = SimpleNamespace(eos_token_id=eos_tok, pad_token_id=pad_tok)
+    return model, tok
+
+
+def test_eos_ids_from_generation_config_list_or_tokenizer():
+    assert eos_token_ids(*_fake([2, 7], 9)) == {2, 7}
+    assert eos_token_ids(*_fake(2, 9)) == {2}
+    assert eos_token_ids(*_fake(None, 9)) == {9}
+    assert eos_token_ids(*_fake([2, None], 9)) == {2}
+    assert eos_token_ids(*_fake(None, None)) == set()
+
+
+def test_pad_id_preference_order():
+    assert pad_token_id(*_fake(2, 3, pad_tok=5, pad_model=6)) == 5
+    assert pad_token_id(*_fake(2, 3, pad_tok=None, pad_model=6)) == 6
+    assert pad_token_id(*_fake(2, 3, pad_tok=None, pad_model=None)) == 3
+    assert pad_token_id(*_fake(2, None)) == 0
+    assert pad_token_id(*_fake(2, 3, pad_tok=0, pad_model=6)) == 0  # id 0 is a valid pad id
+
+
+# --- reference store / load ----------------------------------------------------------------------
+
+K = 4
+
+
+def make_key(**changes) -> ReferenceKey:
+    key = ReferenceKey(model="tiny", weights_identity="sha256:abc", tokenizer_sha256="tok123",
+                       prompts_sha256="prompts456", categories=("question_answering", "creative_writing"),
+                       use_chat_template=True, max_new_tokens_cap=12, top_k=K, weight_dtype="float16",
+                       compute_dtype="float32", device_type="cpu", metrics_version=1)
+    return dataclasses.replace(key, **changes)
+
+
+def make_reference(key: ReferenceKey) -> PromptReference:
+    gen = torch.Generator().manual_seed(0)
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    responses = [[10, 11, 2], [12], [13, 14, 15, 16, 2]]
+    logp, idx = [], []
+    for r in responses:
+        values = torch.log_softmax(torch.randn(len(r), 10, generator=gen), -1)
+        v, i = values.topk(K, dim=-1)
+        logp.append(v.float())
+        idx.append(i.long())
+    return PromptReference(key=key, prompt_ids=prompts, response_ids=responses, topk_logp=logp, topk_idx=idx)
+
+
+def assert_same_reference(got: PromptReference, want: PromptReference) -> None:
+    assert got.key == want.key
+    assert got.prompt_ids == want.prompt_ids
+    assert got.response_ids == want.response_ids
+    assert len(got.topk_logp) == len(want.topk_logp) == len(got.topk_idx)
+    for a, b in zip(got.topk_logp, want.topk_logp):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    for a, b in zip(got.topk_idx, want.topk_idx):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_round_trip(tmp_path):
+    key = make_key()
+    ref = make_reference(key)
+    path = store_reference(tmp_path, ref)
+    assert path == reference_path(tmp_path, key) and path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    loaded, reason = load_reference(tmp_path, key)
+    assert reason == "ok"
+    assert_same_reference(loaded, ref)
+
+
+def test_round_trip_with_an_empty_response_and_no_categories(tmp_path):
+    key = make_key(categories=None, max_new_tokens_cap=None)
+    ref = make_reference(key)
+    ref.response_ids[1] = []
+    ref.topk_logp[1] = torch.zeros(0, K)
+    ref.topk_idx[1] = torch.zeros(0, K, dtype=torch.int64)
+    store_reference(tmp_path, ref)
+    loaded, reason = load_reference(tmp_path, key)
+    assert reason == "ok"
+    assert_same_reference(loaded, ref)
+    assert loaded.topk_logp[1].shape == (0, K)
+
+
+def test_missing_file(tmp_path):
+    loaded, reason = load_reference(tmp_path, make_key())
+    assert loaded is None and "no cached FP16 prompt reference" in reason
+
+
+CHANGED = {
+    "model": "other", "weights_identity": "sha256:def", "tokenizer_sha256": "tok999",
+    "prompts_sha256": "prompts000", "categories": ("question_answering",), "use_chat_template": False,
+    "max_new_tokens_cap": 64, "top_k": K + 1, "weight_dtype": "bfloat16", "compute_dtype": "float16",
+    "device_type": "cuda", "metrics_version": 2,
+}
+
+
+def test_every_key_field_is_covered():
+    assert set(CHANGED) == {f.name for f in dataclasses.fields(ReferenceKey)}
+
+
+@pytest.mark.parametrize("field", sorted(CHANGED))
+def test_changed_key_field_is_not_served(tmp_path, field):
+    store_reference(tmp_path, make_reference(make_key()))
+    new_key = make_key(**{field: CHANGED[field]})
+    assert new_key.digest() != make_key().digest()
+    loaded, reason = load_reference(tmp_path, new_key)
+    assert loaded is None and reason  # a different key looks up a different file ...
+    # ... and a file planted under the new key's name is refused as stale by its metadata.
+    reference_path(tmp_path, new_key).write_bytes(reference_path(tmp_path, make_key()).read_bytes())
+    loaded, reason = load_reference(tmp_path, new_key)
+    assert loaded is None and "stale" in reason
+
+
+@pytest.mark.parametrize("keep", [0, 7, 100, -1])
+def test_truncated_file_is_refused(tmp_path, keep):
+    key = make_key()
+    path = store_reference(tmp_path, make_reference(key))
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep >= 0 else data[:-1])
+    loaded, reason = load_reference(tmp_path, key)
+    assert loaded is None
+    assert "unreadable" in reason or "mismatch" in reason
+
+
+def test_garbage_file_is_refused(tmp_path):
+    key = make_key()
+    path = reference_path(tmp_path, key)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not a safetensors file at all" * 10)
+    loaded, reason = load_reference(tmp_path, key)
+    assert loaded is None and "unreadable" in reason
+
+
+def test_flipped_byte_in_tensor_data_is_a_digest_mismatch(tmp_path):
+    key = make_key()
+    path = store_reference(tmp_path, make_reference(key))
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # inside the last tensor's bytes; the header stays valid
+    path.write_bytes(bytes(data))
+    loaded, reason = load_reference(tmp_path, key)
+    assert loaded is None and "digest mismatch" in reason
+
+
+def _resave(path: Path, tensors: dict, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+
+
+def _read(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return {n: fh.get_tensor(n) for n in fh.keys()}, fh.metadata()
+
+
+def test_edited_tensor_with_the_same_metadata_is_a_digest_mismatch(tmp_path):
+    key = make_key()
+    path = store_reference(tmp_path, make_reference(key))
+    tensors, meta = _read(path)
+    tensors["topk_logp"] = tensors["topk_logp"].clone()
+    tensors["topk_logp"][0, 0] += 0.5
+    _resave(path, tensors, meta)
+    loaded, reason = load_reference(tmp_path, key)
+    assert loaded is None and "digest mismatch" in reason
+
+
+def test_edited_response_ids_with_the_same_metadata_is_a_digest_mismatch(tmp_path):
+    key = make_key()
+    path = store_reference(tmp_path, make_reference(key))
+    tensors, meta = _read(path)
+    tensors["response_ids"] = tensors["response_ids"].flip(0)
+    _resave(path, tensors, meta)
+    loaded, reason = load_reference(tmp_path, key)
+    assert loaded is None and "digest mismatch" in reason
+
+
+def test_unchanged_resave_still_loads(tmp_path):
+    """The control for the edit tests: re-saving the same tensors and metadata is accepted."""
+    key = make_key()
+    ref = make_reference(key)
+    path = store_reference(tmp_path, ref)
+    tensors, meta = _read(path)
+    assert meta["tensors_sha256"] == tensors_digest(tensors)
+    assert json.loads(meta["key"])["top_k"] == K
+    _resave(path, tensors, meta)
+    loaded, reason = load_reference(tmp_path, key)
+    assert reason == "ok"
+    assert_same_reference(loaded, ref)
+
+
+def test_other_format_is_refused(tmp_path):
+    key = make_key()
+    path = store_reference(tmp_path, make_reference(key))
+    tensors, meta = _read(path)
+    _resave(path, tensors, dict(meta, format=str(REFERENCE_FORMAT + 1)))
+    loaded, reason = load_reference(tmp_path, key)
+    assert loaded is None and "format" in reason
+
+
+def test_store_overwrites_the_previous_file(tmp_path):
+    key = make_key()
+    first = make_reference(key)
+    store_reference(tmp_path, first)
+    second = make_reference(key)
+    second.response_ids[0] = [10, 11, 3]
+    store_reference(tmp_path, second)
+    loaded, reason = load_reference(tmp_path, key)
+    assert reason == "ok" and loaded.response_ids[0] == [10, 11, 3]
