@@ -18,6 +18,7 @@ from .variants import DTYPE_NAMES, VARIANTS
 
 SESSION_KEY = pytest.StashKey["Any"]()
 CONFIG_KEY = pytest.StashKey[SuiteConfig]()
+REPORT_KEY = pytest.StashKey[Path]()
 GATE_MODES = ("enforce", "report")
 
 
@@ -241,6 +242,21 @@ def harm_snapshot(snapshot: Any, quant_session: Any) -> Any:
     return snapshot.use_extension(extension)(name=settings_tag(quant_session.options))
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Controller only: REPORT.md and plots from every document of this run."""
+    from .parallel import is_worker, run_id
+    from .report import collect_run_documents
+
+    config = session.config
+    if is_worker(config) or CONFIG_KEY not in config.stash:
+        return
+    documents = collect_run_documents(results_dir(config), run_id(config))
+    if documents:
+        from .markdown_report import write_report
+
+        config.stash[REPORT_KEY] = write_report(results_dir(config), documents)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """The harm table of this run, assembled from every worker's evaluation documents."""
     from .parallel import is_worker, run_id
@@ -255,4 +271,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("quantization harm")
     for line in summary_lines(documents):
         terminalreporter.write_line(line)
-    terminalreporter.write_line(f"reports: {results_dir(config)}")
+    report = config.stash.get(REPORT_KEY, None)
+    terminalreporter.write_line(f"reports: {results_dir(config)}" + (f" (read {report})" if report else ""))
