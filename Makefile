@@ -8,7 +8,7 @@ PYTEST := $(PY) -m pytest
 TORCH_SPEC ?= torch==2.13.0
 EVAL_ARGS ?=
 
-.PHONY: install eval test gpu clean-results
+.PHONY: install eval test gpu bench clean-results
 
 install: $(VENV)/.installed
 
@@ -23,10 +23,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 # The embedded model, all three variants, on CUDA or CPU: prints the harm table, writes results/.
 # Exits 0 once the evaluation completed, whatever the verdicts (failed gates show as xfail).
 eval: install
-	$(PYTEST) tests/harm -m "not gpu" --models smollm2-135m --gate-mode report $(EVAL_ARGS)
+	$(PYTEST) tests/harm/test_release_gates.py -m "not gpu" --models smollm2-135m --gate-mode report $(EVAL_ARGS)
 
+# CI-sized: unit and integration tests, the embedded model's gates and snapshot on a small budget,
+# then the benchmarks with a tiny budget (timings are printed, never asserted).
+TEST_ARGS ?= --ppl-max-tokens 4096 --max-new-tokens 16
 test: install
-	$(PYTEST) tests -q
+	$(PYTEST) tests -q $(TEST_ARGS)
+	$(PYTEST) benchmarks -q --bench-rounds 1 --benchmark-json=results/benchmarks.json
+
+# Throughput of every variant of the embedded model (CPU) or, with `-m gpu`, of the seed models.
+bench: install
+	$(PYTEST) benchmarks --benchmark-json=results/benchmarks.json $(BENCH_ARGS)
 
 # The seed's release check (needs CUDA and the seed models in the HF cache); exits 1 on a failed gate.
 gpu: install

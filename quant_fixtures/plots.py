@@ -73,7 +73,8 @@ def footprint_vs_delta_ppl(model: str, documents: dict[str, dict[str, Any]], pat
         x, y = doc["memory"]["footprint_gb"], doc["perplexity"]["delta_ppl_pct"]
         ci = doc["perplexity"].get("delta_ppl_pct_ci95")
         if ci:
-            ax.errorbar([x], [y], yerr=[[y - ci[0]], [ci[1] - y]], fmt="o", capsize=4)
+            # A percentile interval need not contain the point estimate: clip negative arm lengths.
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]], fmt="o", capsize=4)
         else:
             ax.plot([x], [y], "o")
         ax.annotate(variant, (x, y), textcoords="offset points", xytext=(6, 6))

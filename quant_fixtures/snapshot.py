@@ -42,9 +42,9 @@ def within_tolerance(new: Any, old: Any, tolerances: dict[str, dict[str, float]]
         return new.keys() == old.keys() and all(within_tolerance(new[k], old[k], tolerances, k) for k in new)
     if isinstance(new, list) and isinstance(old, list):
         return len(new) == len(old) and all(within_tolerance(a, b, tolerances, key) for a, b in zip(new, old))
-    numbers = (int, float)
-    if isinstance(new, numbers) and isinstance(old, numbers) and not isinstance(new, bool) \
-            and not isinstance(old, bool):
+    if isinstance(new, bool) or isinstance(old, bool):  # True == 1 in Python; not here
+        return type(new) is type(old) and new == old
+    if isinstance(new, (int, float)) and isinstance(old, (int, float)):
         if key not in tolerances:
             return new == old
         if not (math.isfinite(new) and math.isfinite(old)):

@@ -1,0 +1,100 @@
+"""Findings, the Markdown report, the terminal table and the benchmark summary, on hand-made
+documents whose numbers are known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quant_fixtures.bench_summary import throughput_summary
+from quant_fixtures.findings import best_tradeoff, findings, most_affected_categories
+from quant_fixtures.markdown_report import write_report
+from quant_fixtures.summary import summary_lines
+
+
+def _doc(variant, ppl, footprint, kl=None, gates=(), speed=100.0):
+    per_prompt = [] if kl is None else [
+        {"id": f"p{i}", "category": cat, "kl_mean": k, "flip": False, "fp16_response": "a|b", "response": "a\nc",
+         "first_divergence": 1}
+        for i, (cat, k) in enumerate(kl)]
+    kl_section = None if kl is None else {
+        "mean": sum(k for _, k in kl) / len(kl), "ci95": [0.0, 1.0], "median": 0.0, "p99": 0.0, "max": 0.0,
+        "top1_agreement": 0.9, "top1_agreement_ci95": [0.8, 1.0], "method": "how", "method_settings": "2 prompts",
+        "per_prompt": per_prompt,
+        "per_category": {c: {"kl_mean": k, "flips": 0} for c, k in kl},
+        "worst_prompts": [{"id": "p0", "category": kl[0][0], "kl_mean": kl[0][1], "first_divergence": 1,
+                           "fp16_response": "a|b", "response": "a\nc"}]}
+    return {
+        "generated_at": "2026-11-27T00:00:00+00:00", "run_id": "r",
+        "model": {"key": "m", "source": "src"}, "variant": {"key": variant, "method": variant, "compute_dtype": "float32"},
+        "environment": {"device": "cpu", "device_name": "x86_64", "packages": {"torch": "2"}},
+        "perplexity": {"ppl": ppl, "fp16_ppl": 10.0, "delta_ppl_pct": 100 * (ppl / 10.0 - 1), "tokens": 100,
+                       "windows": 2, "ctx": 50, "max_tokens": 100, "protocol": "p.", "delta_ppl_pct_ci95": [0.5, 1.5]},
+        "memory": {"footprint_gb": footprint, "reduction_pct": 100 * (1 - footprint / 2.0),
+                   "compression_ratio": 2.0 / footprint, "peak_gb": None},
+        "timing": {"ppl_tokens_per_s": speed},
+        "kl_divergence": kl_section, "flips": None if kl is None else {"flips": 1, "checkable_prompts": 2},
+        "corpus_kl": None, "noise_floor": {"mean": 1e-9, "max": 2e-9},
+        "gates": [{"metric": m, "value": v, "limit": lim, "op": "<=", "passed": v <= lim} for m, v, lim in gates],
+    }
+
+
+DOCS = {
+    "fp16": _doc("fp16", 10.0, 2.0, kl=[("math", 0.0), ("code", 0.0)]),
+    "int8": _doc("int8", 10.2, 1.2, kl=[("math", 0.01), ("code", 0.03)], gates=[("delta_ppl_pct", 2.0, 5.0)],
+                 speed=50.0),
+    "nf4": _doc("nf4", 11.0, 0.7, kl=[("math", 0.2), ("code", 0.1)], gates=[("delta_ppl_pct", 10.0, 5.0)]),
+}
+
+
+def test_best_tradeoff_is_smallest_passing_variant():
+    best = best_tradeoff(DOCS)
+    assert best["variant"] == "int8" and "pass every gate" in best["reason"]
+
+
+def test_best_tradeoff_when_nothing_passes_is_least_ppl_loss():
+    failing = {**DOCS, "int8": _doc("int8", 10.5, 1.2, gates=[("delta_ppl_pct", 5.0001, 5.0)])}
+    assert best_tradeoff(failing)["variant"] == "int8"
+    assert "no variant passes" in best_tradeoff(failing)["reason"]
+
+
+def test_most_affected_categories_sorted_by_kl():
+    assert [c["category"] for c in most_affected_categories(DOCS["int8"])] == ["code", "math"]
+    assert [c["category"] for c in most_affected_categories(DOCS["nf4"])] == ["math", "code"]
+
+
+def test_findings_name_failed_gates_and_speed():
+    found = findings(DOCS)
+    assert found["failed_gates"] == ["nf4: delta_ppl_pct = 10 (limit <= 5)"]
+    assert found["speed_vs_fp16"]["int8"] == 0.5
+    assert any(s.startswith("nf4 FAILS delta_ppl_pct 10") for s in found["assessment"])
+    assert any(s.startswith("int8 passes all its gates") and "+2.00 %" in s for s in found["assessment"])
+
+
+def test_summary_table_has_every_variant_and_verdict():
+    text = "\n".join(summary_lines({"m": DOCS}))
+    assert "int8" in text and "PASS" in text and "FAIL delta_ppl_pct" in text and "+10.00" in text
+
+
+def test_report_written_with_tables_and_plots(tmp_path: Path):
+    path = write_report(tmp_path, {"m": DOCS})
+    text = path.read_text()
+    for needle in ("# Quantization harm report", "## m", "Best size/quality trade-off: int8", "**FAIL**",
+                   "| nf4 | delta_ppl_pct | 10 | <= 5 | **FAIL** |", "Most affected categories",
+                   "a\\|b", "a ⏎ c", "![KL by category](m_kl_by_category.png)"):
+        assert needle in text, needle
+    for png in ("m_kl_distribution.png", "m_kl_by_category.png", "m_footprint_vs_delta_ppl.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_throughput_summary_rates_and_ratios():
+    bench = [
+        {"extra_info": {"kind": "ppl_batched", "model": "m", "variant": "fp16", "tokens": 1000}, "stats": {"mean": 2.0}},
+        {"extra_info": {"kind": "ppl_batched", "model": "m", "variant": "int8", "tokens": 1000}, "stats": {"mean": 4.0}},
+        {"extra_info": {"kind": "ppl_hf_guide", "model": "m", "variant": "fp16", "tokens": 1000}, "stats": {"mean": 8.0}},
+        {"extra_info": {}, "stats": {"mean": 1.0}},
+    ]
+    s = throughput_summary(bench)["m"]
+    assert s["tokens_per_s"]["ppl_batched"] == {"fp16": 500.0, "int8": 250.0}
+    assert s["ratios"]["ppl_batched_vs_fp16"]["int8"] == 0.5
+    assert s["ratios"]["fp16_batched_vs_hf_guide"] == 4.0

@@ -1,0 +1,77 @@
+"""The tolerance-aware snapshot: exact storage, tolerant comparison, readable failure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quant_fixtures.config import DEFAULT_SNAPSHOT_TOLERANCES
+from quant_fixtures.snapshot import tolerant_json_extension, within_tolerance
+
+pytest_plugins = ["pytester"]
+
+TOL = {"kl_mean": {"rel": 0.02, "abs": 5e-4}, "ppl": {"rel": 1e-3}, "flips": {"abs": 0}}
+
+
+def test_numbers_within_abs_or_rel_match():
+    assert within_tolerance({"kl_mean": 0.1004}, {"kl_mean": 0.1}, TOL)  # |d| 4e-4 <= abs
+    assert within_tolerance({"kl_mean": 1.019}, {"kl_mean": 1.0}, TOL)  # rel 1.9 %
+    assert not within_tolerance({"kl_mean": 1.03}, {"kl_mean": 1.0}, TOL)
+    assert within_tolerance({"ppl": 20.019}, {"ppl": 20.0}, TOL)
+    assert not within_tolerance({"ppl": 20.03}, {"ppl": 20.0}, TOL)
+
+
+def test_untolerated_values_and_structure_must_be_equal():
+    assert not within_tolerance({"flips": 3}, {"flips": 2}, TOL)
+    assert not within_tolerance({"other": 1.0000001}, {"other": 1.0}, TOL)  # no tolerance: exact
+    assert not within_tolerance({"gates": {"kl_mean": "FAIL"}}, {"gates": {"kl_mean": "pass"}}, TOL)
+    assert not within_tolerance({"ppl": 1.0, "extra": 1}, {"ppl": 1.0}, TOL)
+    assert not within_tolerance({"kl_mean": None}, {"kl_mean": 0.1}, TOL)
+    assert not within_tolerance({"kl_mean": True}, {"kl_mean": 1}, TOL)
+    assert within_tolerance({"v": {"int8": {"kl_mean": 0.1002}}}, {"v": {"int8": {"kl_mean": 0.1}}}, TOL)
+
+
+def test_extension_compares_parsed_json():
+    ext = tolerant_json_extension(TOL)()
+    assert ext.matches(serialized_data=json.dumps({"ppl": 20.01}), snapshot_data=json.dumps({"ppl": 20.0}))
+    assert not ext.matches(serialized_data=json.dumps({"ppl": 21.0}), snapshot_data=json.dumps({"ppl": 20.0}))
+    assert not ext.matches(serialized_data=json.dumps({"ppl": 21.0}), snapshot_data=None)
+
+
+def test_serializer_does_not_round():
+    ext = tolerant_json_extension(TOL)()
+    text = ext.serialize({"kl_mean": 0.123456789012345})
+    assert "0.123456789012345" in text
+
+
+TEST_FILE = """
+from quant_fixtures.snapshot import tolerant_json_extension
+
+TOL = {tol!r}
+
+def test_summary(snapshot):
+    summary = {{"variants": {{"int8": {{"kl_mean": {kl}, "ppl": 20.0, "gates": {{"kl_mean": "pass"}}}}}}}}
+    assert summary == snapshot.use_extension(tolerant_json_extension(TOL))
+"""
+
+
+@pytest.mark.parametrize("new_kl, passes", [(0.1004, True), (0.1019, True), (0.2, False)])
+def test_perturbed_result_inside_tolerance_passes_outside_fails(pytester, new_kl, passes):
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_snap=TEST_FILE.format(tol=TOL, kl=0.1))
+    assert pytester.runpytest("--snapshot-update").ret == 0
+    pytester.makepyfile(test_snap=TEST_FILE.format(tol=TOL, kl=new_kl))
+    result = pytester.runpytest("-vv")
+    if passes:
+        assert result.ret == 0
+    else:
+        assert result.ret == 1
+        out = result.stdout.str()
+        assert "kl_mean" in out and "0.2" in out  # the diff names the metric and shows the new value
+
+
+def test_default_tolerances_cover_every_snapshot_metric():
+    from quant_fixtures.config import SNAPSHOT_METRICS
+
+    assert set(DEFAULT_SNAPSHOT_TOLERANCES) == set(SNAPSHOT_METRICS)
