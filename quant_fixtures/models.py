@@ -131,13 +131,22 @@ def upcast_unquantized(model: Any, dtype: Any) -> None:
                 module.register_buffer(name, buffer.to(dtype), persistent=name not in module._non_persistent_buffers_set)
         if hasattr(module, "compute_dtype") and module.compute_dtype is not None:  # bnb Linear4bit
             module.compute_dtype = dtype
+            # On CPUs with AVX512-BF16, bitsandbytes repacks NF4 weights on the first call and then
+            # computes in bfloat16 whatever compute_dtype says; keep the float32 path we report.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
 
 
 def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, options: VariantOptions,
                device: str) -> LoadedModel:
     """Load the pair on ``device`` ("cuda:N" or "cpu"), quantizing on load when the variant says so."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import sys
 
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not sys.stderr.isatty():  # loading bars only on an interactive terminal (not CI, not xdist workers)
+        hf_logging.disable_progress_bar()
     start = time.perf_counter()
     kwargs = variant.load_kwargs(options)
     tokenizer = AutoTokenizer.from_pretrained(resolved.directory, trust_remote_code=spec.trust_remote_code)

@@ -50,6 +50,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="cap on generated tokens per prompt (default: each prompt's own on CUDA, "
                      "[defaults].cpu_max_new_tokens on CPU)")
     g.addoption("--top-k", type=int, default=None, help="FP16 log-probs kept per response position (default 256)")
+    g.addoption("--exact-kl-max-mb", type=int, default=1024,
+                help="also compute exact full-vocabulary KL when the FP16 distributions fit this many MiB "
+                     "(default 1024; 0 turns it off)")
     g.addoption("--gen-batch-size", type=int, default=None, help="prompts generated per batch")
     g.addoption("--skip-prompts", action="store_true", help="perplexity and memory only: no prompt KL stage")
     g.addoption("--gate-on", default="point", choices=("point", "upper"),
@@ -191,7 +194,7 @@ def build_session(config: pytest.Config) -> Any:
         gen_batch_size=config.getoption("--gen-batch-size") or (d.gen_batch_size_cuda if on_cuda
                                                                 else d.gen_batch_size_cpu),
         skip_prompts=config.getoption("--skip-prompts"), gate_on=config.getoption("--gate-on"),
-        run_id=run_id(config),
+        run_id=run_id(config), exact_kl_max_mb=config.getoption("--exact-kl-max-mb"),
     )
     return EvaluationSession(config=suite, options=options)
 

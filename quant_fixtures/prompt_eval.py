@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .generation import greedy_generate, pad_token_id, prompt_token_ids, response_logits
-from .metrics.divergence import kl_topk, nll_of_targets, tail_mass, topk_reference
+from .metrics.divergence import kl_exact, kl_topk, nll_of_targets, tail_mass, topk_reference
 from .prompts import Prompt
 from .reference import PromptReference, ReferenceKey
 
@@ -25,6 +25,7 @@ class PromptScore:
     top1: np.ndarray
     nll: np.ndarray
     tail: np.ndarray
+    kl_exact: np.ndarray | None = None  # full-vocabulary KL, where the reference keeps P whole
 
 
 def compute_reference(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey, gen_batch: int,
@@ -33,16 +34,24 @@ def compute_reference(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key
     prompt_ids = [prompt_token_ids(tokenizer, p.prompt, key.use_chat_template) for p in prompts]
     limits = [min(p.max_new_tokens, key.max_new_tokens_cap or p.max_new_tokens) for p in prompts]
     responses = greedy_generate(model, tokenizer, prompt_ids, limits, gen_batch, progress)
-    logp: list[Any] = [None] * len(prompts)
-    idx: list[Any] = [None] * len(prompts)
-    for i, logits in response_logits(model, prompt_ids, responses, score_batch, pad_token_id(model, tokenizer)):
-        logp[i], idx[i] = (t.cpu() for t in topk_reference(logits, key.top_k))
     import torch
 
+    logp: list[Any] = [None] * len(prompts)
+    idx: list[Any] = [None] * len(prompts)
+    full: list[Any] | None = [None] * len(prompts) if key.full_logprobs else None
+    vocab = model.get_output_embeddings().weight.shape[0]
+    for i, logits in response_logits(model, prompt_ids, responses, score_batch, pad_token_id(model, tokenizer)):
+        logits = logits.double()  # normalise in float64, store float32
+        logp[i], idx[i] = (t.cpu() for t in topk_reference(logits, key.top_k))
+        if full is not None:
+            full[i] = torch.log_softmax(logits, -1).float().cpu()
     for i in range(len(prompts)):  # empty responses (cannot happen with max_new_tokens >= 1) stay empty
         if logp[i] is None:
             logp[i], idx[i] = torch.zeros(0, key.top_k), torch.zeros(0, key.top_k, dtype=torch.int64)
-    return PromptReference(key=key, prompt_ids=prompt_ids, response_ids=responses, topk_logp=logp, topk_idx=idx)
+            if full is not None:
+                full[i] = torch.zeros(0, vocab)
+    return PromptReference(key=key, prompt_ids=prompt_ids, response_ids=responses, topk_logp=logp, topk_idx=idx,
+                           full_logp=full)
 
 
 def score_against_reference(model: Any, tokenizer: Any, reference: PromptReference,
@@ -51,6 +60,8 @@ def score_against_reference(model: Any, tokenizer: Any, reference: PromptReferen
     scores: list[PromptScore | None] = [None] * len(reference.prompt_ids)
     pad = pad_token_id(model, tokenizer)
     for i, logits in response_logits(model, reference.prompt_ids, reference.response_ids, batch_size, pad):
+        # float64 log-softmax: KL of two close distributions is a small difference of large logs.
+        logits = logits.double()
         ref_logp, ref_idx = reference.topk_logp[i].to(logits.device), reference.topk_idx[i].to(logits.device)
         targets = logits.new_tensor(reference.response_ids[i], dtype=ref_idx.dtype)
         scores[i] = PromptScore(
@@ -58,6 +69,8 @@ def score_against_reference(model: Any, tokenizer: Any, reference: PromptReferen
             top1=(logits.argmax(-1) == ref_idx[:, 0]).cpu().numpy(),
             nll=nll_of_targets(logits, targets).cpu().numpy(),
             tail=tail_mass(ref_logp).cpu().numpy(),
+            kl_exact=(kl_exact(reference.full_logp[i].to(logits.device), logits).cpu().numpy()
+                      if reference.full_logp is not None else None),
         )
     empty = np.zeros(0)
     return [s or PromptScore(empty, empty.astype(bool), empty, empty) for s in scores]
@@ -80,10 +93,15 @@ def per_prompt_records(prompts: Sequence[Prompt], reference: PromptReference, sc
         text = tokenizer.decode(resp, skip_special_tokens=True)
         fp16_ok, ok = p.is_correct(fp16_text), p.is_correct(text)
         n = len(score.kl)
+        best = score.kl_exact if score.kl_exact is not None else score.kl
         records.append({
             "id": p.id, "category": p.category, "positions": n,
-            "kl_mean": float(score.kl.mean()) if n else None,
-            "kl_max": float(score.kl.max()) if n else None,
+            # The prompt's KL: exact where the whole FP16 distribution is kept, else the top-k bound.
+            "kl_mean": float(best.mean()) if n else None,
+            "kl_max": float(best.max()) if n else None,
+            "kl_basis": "exact" if score.kl_exact is not None else "topk",
+            "kl_topk_mean": float(score.kl.mean()) if n else None,
+            "kl_exact_mean": float(score.kl_exact.mean()) if n and score.kl_exact is not None else None,
             "top1_agreement": float(score.top1.mean()) if n else None,
             "nll_fp16_tokens": float(score.nll.sum()), "tail_mass_mean": float(score.tail.mean()) if n else None,
             "first_divergence": first_divergence(ref_resp, resp), "exact_match": list(ref_resp) == list(resp),

@@ -29,6 +29,7 @@ class ReferenceKey:
     use_chat_template: bool
     max_new_tokens_cap: int | None
     top_k: int
+    full_logprobs: bool  # also keep the whole FP16 distribution, for exact KL (small models)
     weight_dtype: str
     compute_dtype: str
     device_type: str
@@ -47,6 +48,7 @@ class PromptReference:
     response_ids: list[list[int]]
     topk_logp: list[torch.Tensor]
     topk_idx: list[torch.Tensor]
+    full_logp: list[torch.Tensor] | None = None  # [R, V] float32 per prompt when key.full_logprobs
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         def flat(rows: list[list[int]]) -> torch.Tensor:
@@ -56,7 +58,8 @@ class PromptReference:
             return torch.tensor([len(r) for r in rows], dtype=torch.int64)
 
         k = self.key.top_k
-        return {
+        full = {"full_logp": torch.cat(self.full_logp)} if self.full_logp else {}
+        return {**full,
             "prompt_ids": flat(self.prompt_ids), "prompt_lengths": lengths(self.prompt_ids),
             "response_ids": flat(self.response_ids), "response_lengths": lengths(self.response_ids),
             "topk_logp": torch.cat(self.topk_logp) if self.topk_logp else torch.zeros(0, k),
@@ -121,6 +124,7 @@ def load_reference(cache_dir: Path, key: ReferenceKey) -> tuple[PromptReference 
         response_ids=[t.tolist() for t in _split(tensors["response_ids"], response_lengths)],
         topk_logp=_split(tensors["topk_logp"], response_lengths),
         topk_idx=_split(tensors["topk_idx"], response_lengths),
+        full_logp=_split(tensors["full_logp"], response_lengths) if "full_logp" in tensors else None,
     ), "ok"
 
 

@@ -60,6 +60,7 @@ class RunOptions:
     top_k: int = 256
     gen_batch_size: int = 96
     score_batch_size: int = 16
+    exact_kl_max_mb: int = 1024  # keep the full FP16 distribution (exact KL) when it fits; 0: never
     skip_prompts: bool = False
     weight_dtype: str = "float16"
     nf4_compute_dtype: str | None = None
@@ -157,8 +158,21 @@ class EvaluationSession:
         return ReferenceKey(
             model=model, weights_identity=self.resolved(model).identity, tokenizer_sha256=self._tokenizer_sha[model],
             prompts_sha256=suite_sha256(o.prompts_path), categories=o.categories, use_chat_template=o.use_chat_template,
-            max_new_tokens_cap=o.max_new_tokens_cap, top_k=o.top_k, weight_dtype=o.weight_dtype,
+            max_new_tokens_cap=o.max_new_tokens_cap, top_k=o.top_k, full_logprobs=self._exact_kl_fits(model),
+            weight_dtype=o.weight_dtype,
             compute_dtype=o.compute_dtype, device_type=o.device.split(":")[0], metrics_version=METRICS_VERSION)
+
+    def _exact_kl_fits(self, model: str) -> bool:
+        """Whether the whole FP16 distribution at every response position (float32) fits the
+        --exact-kl-max-mb budget, counted at each prompt's maximum response length."""
+        from transformers import AutoConfig
+
+        spec = self.config.models[model]
+        vocab = AutoConfig.from_pretrained(self.resolved(model).directory,
+                                           trust_remote_code=spec.trust_remote_code).vocab_size
+        cap = self.options.max_new_tokens_cap
+        positions = sum(min(p.max_new_tokens, cap or p.max_new_tokens) for p in self.prompts())
+        return positions * vocab * 4 <= self.options.exact_kl_max_mb * 2**20
 
     def _prompt_summary_path(self, key: ReferenceKey) -> Path:
         return self.options.baselines_dir / f"{key.model}-prompts-{key.digest()[:12]}.json"
@@ -299,7 +313,7 @@ class EvaluationSession:
         """Per-prompt KL and flips against FP16; on the FP16 pass, build the reference and noise floor."""
         o, prompts = self.options, self.prompts()
         key = self.reference_key(model)
-        method = kl_method_text(o.top_k, o.use_chat_template, o.max_new_tokens_cap)
+        method = kl_method_text(o.top_k, o.use_chat_template, o.max_new_tokens_cap, key.full_logprobs)
         settings = kl_settings_text(len(prompts), o.top_k, o.use_chat_template, o.max_new_tokens_cap)
         if refs is None:  # FP16: reuse a valid cached reference, else generate it
             reference, reason = load_reference(o.cache_dir, key)

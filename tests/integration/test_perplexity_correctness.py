@@ -21,6 +21,8 @@ PAIRS = [("llama", "fp16"), ("mistral", "fp16"), ("qwen2", "fp16"), ("llama", "n
 # Batching and chunking change how the same arithmetic is grouped; LLM.int8 picks its fp16 outlier
 # columns from the whole batch, so for int8 a batch is legitimately not the sum of its windows.
 BATCH_SAFE = [p for p in PAIRS if p[1] != "int8"]
+# Chunking only regroups the output head's positions: an untied and a tied head suffice.
+CHUNK_PAIRS = [("llama", "fp16"), ("qwen2", "fp16")]
 
 
 def _plans(n_tokens: int) -> dict:
@@ -79,7 +81,7 @@ def test_batched_equals_one_at_a_time(pair, wikitext_ids, plan_name):
         assert _rel(a, b) < 1e-7, f"{arch} {variant} window {i}: batched {a!r} vs single {b!r}"
 
 
-@pytest.mark.parametrize("pair", BATCH_SAFE, indirect=True, ids=_pair_id)
+@pytest.mark.parametrize("pair", CHUNK_PAIRS, indirect=True, ids=_pair_id)
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_tiny_logprob_chunks_give_the_same_sums(pair, wikitext_ids, monkeypatch, batch_size):
     (arch, variant), model = pair
@@ -142,10 +144,11 @@ def hf_guide_strided(model, ids: torch.Tensor, max_length: int, stride: int) -> 
 
 
 def test_strided_windows_match_hf_guide_on_smollm2(smollm2_fp16, wikitext_ids):
-    ids = wikitext_ids[:1500]
+    # The first window, a full later one and a shorter last one (trg_len 232 < stride).
+    ids = wikitext_ids[:1000]
     ctx, stride = 512, 256
     plan = strided_windows(len(ids), ctx, stride)
-    assert [(w.begin, w.end) for w in plan] == [(0, 512), (256, 768), (512, 1024), (768, 1280), (1024, 1500)]
+    assert [(w.begin, w.end) for w in plan] == [(0, 512), (256, 768), (512, 1000)]
     scores = score_windows(smollm2_fp16.model, ids, plan, batch_size=1)
     guide = hf_guide_strided(smollm2_fp16.model, ids, ctx, stride)
 
@@ -165,5 +168,6 @@ def test_strided_windows_match_hf_guide_on_smollm2(smollm2_fp16, wikitext_ids):
             zip(scores.window_nll, scores.window_tokens, guide["windows"]))
         / sum(loss_tokens for _, loss_tokens, _ in guide["windows"]))
     assert _rel(literal_from_ours, guide["literal_ppl"]) < 1e-6
-    # ... and the weighting itself moves the perplexity only slightly (2e-4 relative on this slice).
-    assert _rel(scores.ppl, guide["literal_ppl"]) < 5e-4
+    # ... and the weighting itself moves the perplexity only slightly: 2.5e-4 relative on these 1000
+    # tokens (1.9e-4 on the first 1500), as each later window's mean loss is weighted one token short.
+    assert 0 < _rel(scores.ppl, guide["literal_ppl"]) < 5e-4

@@ -4,13 +4,22 @@ Every library number is checked against a plain computation written here: one pr
 the model's own full forward (`model(input_ids=...).logits`, no padding, no chunking), softmax over
 the whole vocabulary in float64.
 
-Tolerances, and why they hold:
-* top-k(256) + tail bucket vs exact KL, per prompt mean, 1e-3 relative: the bucket is a lower bound
-  whose gap is the divergence *inside* the FP16 tail, small when the top-256 hold almost all mass.
-* library vs the plain top-k + tail computation, per prompt mean, 1e-4 relative: the same formula;
-  only float32 logits of a padded batch differ from float32 logits of a lone unpadded forward.
-* batched (6) vs one-at-a-time (1) scoring: 1e-4 nats ABSOLUTE per position (and identical top-1).
-* corpus KL (top-32 + tail bucket): mean token KL within 1e-5 relative of the plain computation.
+Findings these tests pin down (measured on this machine; see the xfail reasons):
+* bitsandbytes 0.50.2 on a CPU with AVX512-BF16 packs NF4 weights on the first inference call and
+  then runs Linear4bit on bfloat16 inputs, whatever `compute_dtype` says; the bf16 rounding made NF4
+  prompt scores depend on the batch composition. models.upcast_unquantized now turns that path off
+  (`support_avx512bf16_for_cpu = False`); the float32 and batch-invariance tests below guard it.
+* The top-256 + tail-bucket KL is a lower bound of the exact KL; on SmolLM2 it is 4-6 % below it (tail
+  mass ~1.7 %), so at k = 256 a 1e-3 relative agreement does not hold. It holds from k of about 8k on
+  this model (checked at 16,384 below), and where the FP16 distribution fits in memory the suite
+  reports the exact KL beside the top-k figure (checked against the plain computation below).
+* score_windows takes log-softmax in float32 by design; against a float64 log-softmax the corpus
+  mean KL moves by ~1e-5 relative. The hook arithmetic itself matches a float32-log-softmax plain
+  computation to ~1e-8.
+
+Tolerances: library vs plain top-k + tail (same formula), per-prompt mean, 1e-4 relative; batched vs
+one-at-a-time scoring, 1e-4 nats ABSOLUTE per position; corpus mean KL, 5e-5 relative against the
+float64 plain computation and 1e-6 relative against the float32-log-softmax one.
 """
 
 from __future__ import annotations
@@ -31,13 +40,15 @@ from quant_fixtures.data import load_wikitext2_test
 from quant_fixtures.evaluation import score_windows
 from quant_fixtures.generation import greedy_generate
 from quant_fixtures.gguf import convert_gguf_package
-from quant_fixtures.metrics.divergence import METRICS_VERSION
+from quant_fixtures.metrics.divergence import METRICS_VERSION, kl_topk, topk_reference
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 from quant_fixtures.models import load_model, resolve_model
 from quant_fixtures.prompt_eval import compute_reference, score_against_reference
 from quant_fixtures.prompts import CATEGORIES, load_prompt_suite
 from quant_fixtures.reference import ReferenceKey
 from quant_fixtures.variants import VARIANTS, VariantOptions
+
+
 
 GGUF_CACHE = Path.home() / ".cache" / "quant_fixtures" / "gguf"  # reuses the converted copy when valid
 TOP_K = 256
@@ -61,15 +72,22 @@ PROMPTS = [
      "prompt": "In one sentence, explain what photosynthesis produces from sunlight, water and carbon dioxide."},
 ]
 
-MEASURED: dict[str, float] = {}
-
 
 def _report(name: str, value: float) -> None:
-    MEASURED[name] = value
     print(f"\n[measured] {name} = {value:.3e}")
 
 
 # --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread while this module runs: on the shared 2-core machine two spinning OpenMP
+    threads made FP16 generation ~30x slower (90 s instead of 3 s for 6 prompts). Restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +109,7 @@ def prompts(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
     loaded = load_prompt_suite(path)
     assert [p.id for p in loaded] == [p["id"] for p in PROMPTS]
     assert all(p.category in CATEGORIES for p in loaded)
+    assert len({p.category for p in loaded}) == 3
     assert sum(p.answer is not None for p in loaded) >= 2
     return loaded
 
@@ -99,7 +118,8 @@ def prompts(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
 def key(smol: dict[str, Any]) -> ReferenceKey:
     return ReferenceKey(model="smollm2-test", weights_identity=smol["identity"], tokenizer_sha256="test-tokenizer",
                         prompts_sha256="test-prompts", categories=None, use_chat_template=True,
-                        max_new_tokens_cap=CAP, top_k=TOP_K, weight_dtype="float16", compute_dtype="float32",
+                        max_new_tokens_cap=CAP, top_k=TOP_K, full_logprobs=True, weight_dtype="float16",
+                        compute_dtype="float32",
                         device_type="cpu", metrics_version=METRICS_VERSION)
 
 
@@ -109,8 +129,9 @@ def reference(smol: dict[str, Any], prompts: list[Any], key: ReferenceKey) -> An
 
 
 @pytest.fixture(scope="module")
-def nf4_scores(smol: dict[str, Any], reference: Any) -> list[Any]:
-    return score_against_reference(smol["nf4"], smol["tok"], reference, batch_size=3)
+def nf4_scores(smol: dict[str, Any], reference: Any) -> dict[int, list[Any]]:
+    """NF4 scored against the reference with batch sizes 3 (as the suite batches), 6 and 1."""
+    return {bs: score_against_reference(smol["nf4"], smol["tok"], reference, batch_size=bs) for bs in (3, 6, 1)}
 
 
 @pytest.fixture(scope="module")
@@ -146,13 +167,16 @@ def exact_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 
 def topk_tail_kl(logp: torch.Tensor, logq: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL over P's top-k tokens plus one bucket for the rest (float64), and P's top-1 index."""
+    """KL over P's top-k tokens plus one bucket for the rest (float64), and P's top-1 index.
+
+    The bucket masses are log-sum-exps over the complement of the top-k, for P and Q alike.
+    """
     top_logp, idx = logp.topk(k, dim=-1)
     top_logq = logq.gather(-1, idx)
     head = (top_logp.exp() * (top_logp - top_logq)).sum(-1)
-    outside = torch.ones_like(logp, dtype=torch.bool).scatter(-1, idx, False)
-    logp_tail = logp.masked_fill(~outside, float("-inf")).logsumexp(-1)
-    logq_tail = logq.masked_fill(~outside, float("-inf")).logsumexp(-1)
+    in_top = torch.zeros_like(logp, dtype=torch.bool).scatter(-1, idx, True)
+    logp_tail = logp.masked_fill(in_top, float("-inf")).logsumexp(-1)
+    logq_tail = logq.masked_fill(in_top, float("-inf")).logsumexp(-1)
     return head + logp_tail.exp() * (logp_tail - logq_tail), idx[:, 0]
 
 
@@ -182,37 +206,94 @@ def test_reference_prompts_and_greedy_responses(prompts, reference, plain, smol)
         assert idx[:, 0].tolist() == mine["response"]
 
 
-def test_prompt_kl_matches_exact_and_plain_topk(reference, nf4_scores, plain):
-    worst_vs_exact = worst_vs_plain = 0.0
-    for score, mine in zip(nf4_scores, plain):
+def test_topk_estimate_is_a_lower_bound_of_the_exact_kl(plain, nf4_scores):
+    """Plain float64: top-256+tail <= top-1024+tail <= exact, per position (log-sum inequality,
+    refined partitions); the library's unpadded per-prompt means sit below the exact ones too."""
+    worst_gap = 0.0
+    for mine, score in zip(plain, nf4_scores[1]):
         exact = exact_kl(mine["logp"], mine["logq"])
+        k256, _ = topk_tail_kl(mine["logp"], mine["logq"], TOP_K)
+        k1024, _ = topk_tail_kl(mine["logp"], mine["logq"], 4 * TOP_K)
+        assert torch.all(k256 <= exact + 1e-9), float((k256 - exact).max())
+        assert torch.all(k256 <= k1024 + 1e-9) and torch.all(k1024 <= exact + 1e-9)
+        assert float(exact.mean()) > 0  # NF4 really changed the model
+        lib = float(np.mean(score.kl))
+        assert lib <= float(exact.mean())
+        worst_gap = max(worst_gap, rel(lib, float(exact.mean())))
+    assert worst_gap < 0.10
+    _report("max rel (exact - library top-256 KL) / exact, per-prompt mean, batch 1", worst_gap)
+
+
+def test_topk_estimate_within_1e3_of_exact_when_k_covers_the_tail(plain):
+    """The library's top-k + tail bucket formula converges to the exact KL: at k = 16,384 (tail mass
+    ~7e-5 on this model) every per-prompt mean is within 1e-3 relative of the exact one."""
+    worst = 0.0
+    for mine in plain:
+        exact = float(exact_kl(mine["logp"], mine["logq"]).mean())
+        ref_logp, ref_idx = topk_reference(mine["logp"], 16384)
+        estimate = float(kl_topk(ref_logp, ref_idx, mine["logq"]).mean())
+        assert estimate == pytest.approx(exact, rel=1e-3)
+        worst = max(worst, rel(estimate, exact))
+    _report("max rel |top-16384 KL - exact KL|, per-prompt mean", worst)
+
+
+def test_library_exact_kl_matches_plain(plain, nf4_scores):
+    """With the FP16 distribution kept whole, the suite's exact KL equals the plain float64 one within
+    the 1e-3 relative the suite promises (measured ~1e-4: the reference is scored in padded batches,
+    the plain computation one prompt at a time, and float32 logits differ by ~1e-5 between the two)."""
+    worst = 0.0
+    for mine, score in zip(plain, nf4_scores[1]):
+        exact = float(exact_kl(mine["logp"], mine["logq"]).mean())
+        assert float(np.mean(score.kl_exact)) == pytest.approx(exact, rel=1e-3)
+        assert float(np.mean(score.kl)) <= float(np.mean(score.kl_exact)) + 1e-9
+        worst = max(worst, rel(float(np.mean(score.kl_exact)), exact))
+    _report("max rel |library exact KL - plain exact KL|, per-prompt mean", worst)
+
+
+def _check_against_plain(scores: list[Any], plain: list[dict[str, Any]], label: str) -> None:
+    worst_kl = worst_nll = worst_tail = 0.0
+    for score, mine in zip(scores, plain):
         topk, _ = topk_tail_kl(mine["logp"], mine["logq"], TOP_K)
-        # Log-sum inequality: the bucketed estimate never exceeds the exact KL.
-        assert torch.all(topk <= exact + 1e-9), (topk - exact).max()
         assert len(score.kl) == len(mine["response"])
         lib = float(np.mean(score.kl))
-        worst_vs_exact = max(worst_vs_exact, rel(lib, float(exact.mean())))
-        worst_vs_plain = max(worst_vs_plain, rel(lib, float(topk.mean())))
-        assert lib == pytest.approx(float(exact.mean()), rel=1e-3)
+        worst_kl = max(worst_kl, rel(lib, float(topk.mean())))
         assert lib == pytest.approx(float(topk.mean()), rel=1e-4)
-        assert float(exact.mean()) > 0  # NF4 really changed the model
-    _report("max rel |library top-k KL - exact KL| (per-prompt mean)", worst_vs_exact)
-    _report("max rel |library top-k KL - plain top-k KL| (per-prompt mean)", worst_vs_plain)
-
-
-def test_top1_nll_and_tail_match_plain(nf4_scores, plain):
-    worst_nll = 0.0
-    for score, mine in zip(nf4_scores, plain):
-        response = torch.tensor(mine["response"])
         top1 = (mine["logq"].argmax(-1) == mine["logp"].argmax(-1)).numpy()
         np.testing.assert_array_equal(score.top1, top1)
+        response = torch.tensor(mine["response"])
         nll = -mine["logq"].gather(-1, response[:, None])[:, 0].numpy()
-        np.testing.assert_allclose(score.nll, nll, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(score.nll, nll, rtol=0, atol=1e-4)
         assert float(score.nll.sum()) == pytest.approx(float(nll.sum()), rel=1e-4)
         worst_nll = max(worst_nll, float(np.abs(score.nll - nll).max()))
-        tail = 1.0 - mine["logp"].topk(TOP_K, -1).values.exp().sum(-1)
-        np.testing.assert_allclose(score.tail, tail.clamp_min(0).numpy(), rtol=0, atol=1e-5)
-    _report("max abs |library NLL - plain NLL| (nats)", worst_nll)
+        # Tail mass from float32 log-probs: the float32 log-softmax normaliser is off by ~1e-5.
+        tail = (1.0 - mine["logp"].topk(TOP_K, -1).values.exp().sum(-1)).clamp_min(0).numpy()
+        np.testing.assert_allclose(score.tail, tail, rtol=0, atol=5e-5)
+        worst_tail = max(worst_tail, float(np.abs(score.tail - tail).max()))
+    _report(f"max rel |library KL - plain top-k KL| per-prompt mean, {label}", worst_kl)
+    _report(f"max abs |library NLL - plain NLL| per position (nats), {label}", worst_nll)
+    _report(f"max abs |library tail mass - plain| per position, {label}", worst_tail)
+
+
+def test_unpadded_library_scores_match_plain(nf4_scores, plain):
+    """Batch size 1 (no padding): KL, top-1 agreement, NLL and tail mass agree with the plain maths."""
+    _check_against_plain(nf4_scores[1], plain, "batch 1")
+
+
+def test_batched_library_scores_match_plain(nf4_scores, plain):
+    """As the suite scores (batch 3, left padding) the same agreement should hold."""
+    _check_against_plain(nf4_scores[3], plain, "batch 3")
+
+
+def test_nf4_linear_computes_in_float32(smol):
+    """upcast_unquantized sets compute_dtype float32; a float32 matmul does not give outputs that are
+    all exactly representable in bfloat16."""
+    layer = smol["nf4"].model.layers[0].self_attn.q_proj
+    assert layer.compute_dtype == torch.float32
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        y = layer(x)
+    assert y.dtype == torch.float32
+    assert not torch.equal(y, y.to(torch.bfloat16).to(torch.float32))
 
 
 # --- b. batch composition does not matter --------------------------------------------------------
@@ -220,47 +301,52 @@ def test_top1_nll_and_tail_match_plain(nf4_scores, plain):
 
 @pytest.mark.parametrize("variant", ["fp16", "nf4"])
 def test_greedy_batched_equals_one_at_a_time(smol, prompts, reference, variant):
+    """Identical tokens for every prompt. (For NF4 this holds on these prompts despite the bf16
+    kernel: its padding noise moves probabilities, not, here, any argmax.)"""
     limits = [min(p.max_new_tokens, CAP) for p in prompts]
     batched = greedy_generate(smol[variant], smol["tok"], reference.prompt_ids, limits, batch_size=6)
     single = greedy_generate(smol[variant], smol["tok"], reference.prompt_ids, limits, batch_size=1)
     assert batched == single
+    assert all(1 <= len(r) <= n for r, n in zip(batched, limits))
     if variant == "fp16":
-        assert batched == reference.response_ids  # and the reference itself was made with batch 3
+        assert batched == reference.response_ids  # and the reference itself was generated with batch 3
 
 
-def test_scoring_batched_equals_one_at_a_time(smol, reference, nf4_scores):
-    """Per position: KL and NLL within 1e-4 nats ABSOLUTE, identical top-1 agreement."""
-    batched = score_against_reference(smol["nf4"], smol["tok"], reference, batch_size=6)
-    single = score_against_reference(smol["nf4"], smol["tok"], reference, batch_size=1)
+def test_nf4_scoring_batched_equals_one_at_a_time(nf4_scores):
+    """fp16-vs-nf4: per position, KL and NLL within 1e-4 nats ABSOLUTE, identical top-1."""
+    batched, single = nf4_scores[6], nf4_scores[1]
     worst_abs = worst_rel = 0.0
-    for b, s, three in zip(batched, single, nf4_scores):
-        assert len(b.kl) == len(s.kl) == len(three.kl) > 0
-        np.testing.assert_allclose(b.kl, s.kl, rtol=0, atol=1e-4)
-        np.testing.assert_allclose(three.kl, s.kl, rtol=0, atol=1e-4)
-        np.testing.assert_allclose(b.nll, s.nll, rtol=0, atol=1e-4)
-        np.testing.assert_array_equal(b.top1, s.top1)
-        np.testing.assert_array_equal(three.top1, s.top1)
+    for b, s in zip(batched, single):
+        assert len(b.kl) == len(s.kl) > 0
         worst_abs = max(worst_abs, float(np.abs(b.kl - s.kl).max()))
         worst_rel = max(worst_rel, rel(float(b.kl.mean()), float(s.kl.mean())))
-    _report("max abs per-position |KL batch 6 - KL batch 1| (nats)", worst_abs)
-    _report("max rel per-prompt-mean |KL batch 6 - KL batch 1|", worst_rel)
+    _report("max abs per-position |KL batch 6 - KL batch 1| (nats), fp16 vs nf4", worst_abs)
+    _report("max rel per-prompt-mean |KL batch 6 - KL batch 1|, fp16 vs nf4", worst_rel)
+    for b, s in zip(batched, single):
+        np.testing.assert_allclose(b.kl, s.kl, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(b.nll, s.nll, rtol=0, atol=1e-4)
+        np.testing.assert_array_equal(b.top1, s.top1)
 
 
-# --- c. FP16 against itself ----------------------------------------------------------------------
+# --- c. FP16 against itself ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("batch_size", [1, 6])
-def test_fp16_against_itself_is_zero(smol, reference, batch_size):
-    scores = score_against_reference(smol["fp16"], smol["tok"], reference, batch_size=batch_size)
-    worst = 0.0
+def test_fp16_against_itself_is_zero(smol, reference):
+    """FP16 scored against its own reference, in a batch of 6 (the reference was scored in batches of
+    3, so the padding differs): KL ~ 0, full top-1 agreement, and the NLL of each response token is
+    minus its stored top-1 log-prob. This also shows the harness is batch independent for FP16."""
+    scores = score_against_reference(smol["fp16"], smol["tok"], reference, batch_size=6)
+    worst_kl = worst_nll = 0.0
     for score, logp, resp in zip(scores, reference.topk_logp, reference.response_ids):
         assert len(score.kl) == len(resp)
         assert float(score.kl.max()) < 1e-6
         assert score.top1.all()
-        # The response token is FP16's top-1, so its NLL is minus the stored top-1 log-prob.
-        np.testing.assert_allclose(score.nll, -logp[:, 0].double().numpy(), rtol=0, atol=1e-4)
-        worst = max(worst, float(score.kl.max()))
-    _report(f"max FP16-vs-FP16 per-position KL, batch {batch_size} (nats)", worst)
+        nll = -logp[:, 0].double().numpy()
+        np.testing.assert_allclose(score.nll, nll, rtol=0, atol=1e-4)
+        worst_kl = max(worst_kl, float(score.kl.max()))
+        worst_nll = max(worst_nll, float(np.abs(score.nll - nll).max()))
+    _report("max FP16-vs-FP16 per-position KL, batch 6 (nats)", worst_kl)
+    _report("max abs |FP16 NLL batch 6 - stored top-1 log-prob batch 3| (nats)", worst_nll)
 
 
 # --- d. corpus KL hooks --------------------------------------------------------------------------
@@ -274,52 +360,74 @@ def corpus_ids(smol: dict[str, Any]) -> torch.Tensor:
     return ids
 
 
-def plain_corpus(smol: dict[str, Any], ids: torch.Tensor, windows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Per scored position, window after window: top-32 + tail KL (float64) and same-top-1."""
-    kls, same = [], []
+def plain_corpus(smol: dict[str, Any], ids: torch.Tensor, windows: list[Any]) -> dict[str, np.ndarray]:
+    """Per scored position, window after window: top-32 + tail KL and same-top-1.
+
+    "kl": everything in float64. "kl_f32": the log-softmax in float32 (as score_windows takes it),
+    the tail mass as 1 - sum of the top-32 probabilities; the rest in float64.
+    """
+    kl64, kl32, same = [], [], []
     for w in windows:
         inputs = ids[w.begin:w.end][None]
         first = w.first_target - w.begin - 1  # position predicting the first target
         with torch.inference_mode():
-            logp = torch.log_softmax(smol["fp16"](input_ids=inputs).logits[0, first:-1].double(), -1)
-            logq = torch.log_softmax(smol["nf4"](input_ids=inputs).logits[0, first:-1].double(), -1)
+            a = smol["fp16"](input_ids=inputs).logits[0, first:-1]
+            b = smol["nf4"](input_ids=inputs).logits[0, first:-1]
+        logp, logq = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
         kl, top1 = topk_tail_kl(logp, logq, CORPUS_K)
         assert torch.all(kl <= exact_kl(logp, logq) + 1e-9)
-        kls.append(kl.numpy())
+        kl64.append(kl.numpy())
         same.append((logq.argmax(-1) == top1).numpy())
-    return np.concatenate(kls), np.concatenate(same)
+
+        logp32 = torch.log_softmax(a.float(), -1).double()
+        logq32 = torch.log_softmax(b.float(), -1).double()
+        top_logp, idx = logp32.topk(CORPUS_K, -1)
+        top_logq = logq32.gather(-1, idx)
+        head = (top_logp.exp() * (top_logp - top_logq)).sum(-1)
+        p_tail = (1.0 - top_logp.exp().sum(-1)).clamp_min(0.0)
+        in_top = torch.zeros_like(logq32, dtype=torch.bool).scatter(-1, idx, True)
+        logq_tail = logq32.masked_fill(in_top, float("-inf")).logsumexp(-1)
+        tail = torch.where(p_tail > 0, p_tail * (p_tail.log() - logq_tail), torch.zeros_like(p_tail))
+        kl32.append((head + tail).clamp_min(0.0).numpy())
+    return {"kl": np.concatenate(kl64), "kl_f32": np.concatenate(kl32), "same": np.concatenate(same)}
 
 
-@pytest.mark.parametrize("nf4_batch", [2, 1])
-def test_corpus_kl_hooks_match_plain(smol, corpus_ids, monkeypatch, nf4_batch):
+def test_corpus_kl_hooks_match_plain(smol, corpus_ids, monkeypatch):
     vocab = smol["fp16"].get_output_embeddings().weight.shape[0]
-    # 40 positions per chunk for a batch of 2 windows (80 for one): each window spans several chunks.
-    monkeypatch.setattr(evaluation, "LOGPROB_ELEMENTS_PER_CHUNK", 2 * vocab * 40)
     windows = nonoverlapping_windows(corpus_ids.numel(), CORPUS_CTX, max_tokens=2 * CORPUS_CTX)
     assert len(windows) == 2
     window_tokens = [w.scored for w in windows]
 
+    # FP16 pass: 40 positions per chunk for the batch of 2 windows, so 255 positions span 7 chunks.
+    monkeypatch.setattr(evaluation, "LOGPROB_ELEMENTS_PER_CHUNK", 2 * vocab * 40)
     recorder = TopkRecorder(len(windows), k=CORPUS_K)
-    calls: list[int] = []
+    chunks: list[int] = []
 
     def fp16_hook(batch, targets, logp, mask):
-        calls.append(int(mask.sum()))
+        chunks.append(int(mask.sum()))
         recorder(batch, targets, logp, mask)
 
     score_windows(smol["fp16"], corpus_ids, windows, batch_size=2, hook=fp16_hook)
-    assert len(calls) == 7 and sum(calls) == sum(window_tokens)  # 255 positions in chunks of 40
+    assert len(chunks) == 7 and sum(chunks) == sum(window_tokens)
     tensors = recorder.tensors()
     assert tensors["logp"].shape == tensors["idx"].shape == (sum(window_tokens), CORPUS_K)
 
+    # NF4 pass with other chunk boundaries (64 positions): the per-window cursors must line up.
+    monkeypatch.setattr(evaluation, "LOGPROB_ELEMENTS_PER_CHUNK", 2 * vocab * 64)
     hook = KLAgainstReference(tensors, window_tokens)
-    score_windows(smol["nf4"], corpus_ids, windows, batch_size=nf4_batch, hook=hook)
+    score_windows(smol["nf4"], corpus_ids, windows, batch_size=2, hook=hook)
+    assert hook.cursor == hook.end  # every reference row consumed exactly once
     result = hook.acc.result()
 
-    kl, same = plain_corpus(smol, corpus_ids, windows)
-    assert result["tokens"] == kl.size == sum(window_tokens)
+    mine = plain_corpus(smol, corpus_ids, windows)
+    assert result["tokens"] == mine["kl"].size == sum(window_tokens)
     assert result["nonfinite"] == 0
-    assert result["mean"] == pytest.approx(float(kl.mean()), rel=1e-5)
-    assert result["same_top1_rate"] == float(same.mean())
-    assert result["max"] == pytest.approx(float(kl.max()), rel=1e-4)
-    assert hook.cursor == hook.end  # every reference row consumed exactly once
-    _report(f"corpus KL rel |library mean - plain mean| (nf4 batch {nf4_batch})", rel(result["mean"], float(kl.mean())))
+    assert result["same_top1_rate"] == float(mine["same"].mean())
+    err64 = rel(result["mean"], float(mine["kl"].mean()))
+    err32 = rel(result["mean"], float(mine["kl_f32"].mean()))
+    _report("corpus KL rel |library mean - plain float64 mean|", err64)
+    _report("corpus KL rel |library mean - plain float32-log-softmax mean|", err32)
+    assert result["mean"] == pytest.approx(float(mine["kl"].mean()), rel=5e-5)
+    assert result["mean"] == pytest.approx(float(mine["kl_f32"].mean()), rel=1e-6)
+    assert result["max"] == pytest.approx(float(mine["kl_f32"].max()), rel=1e-5)
+    assert result["median"] == pytest.approx(float(np.median(mine["kl_f32"])), rel=1e-5)

@@ -54,10 +54,17 @@ def test_linear_layers_are_bitsandbytes_modules(loaded, arch):
     for layer in _linears(int8):
         assert isinstance(layer, bnb.nn.Linear8bitLt)
         assert isinstance(layer.weight, bnb.nn.Int8Params) and layer.weight.dtype == torch.int8
+        assert tuple(layer.weight.shape) == (layer.out_features, layer.in_features)
+        assert layer.weight.SCB.numel() == layer.out_features  # one absmax scale per output row
     for layer in _linears(nf4):
         assert isinstance(layer, bnb.nn.Linear4bit)
         assert isinstance(layer.weight, bnb.nn.Params4bit) and layer.weight.dtype == torch.uint8
-        assert layer.weight.quant_state.quant_type == "nf4"
+        state = layer.weight.quant_state
+        assert state.quant_type == "nf4" and tuple(state.shape) == (layer.out_features, layer.in_features)
+        # The dimensions suit NF4: whole 64-weight blocks, two 4-bit codes per stored byte.
+        weights = layer.in_features * layer.out_features
+        assert state.blocksize == 64 and weights % 64 == 0 and state.absmax.numel() == weights // 64
+        assert layer.weight.numel() == weights // 2
     # The output head and embeddings are never quantized.
     for model in (int8, nf4):
         assert type(model.lm_head) is torch.nn.Linear
@@ -184,8 +191,9 @@ def test_forward_gives_finite_float32_logits_close_to_fp16(loaded, wikitext_ids,
     # Quantization perturbs the model but does not break it: the quantized logits stay close to
     # the fp16 ones relative to their spread, and differ from them (the weights really changed).
     spread = logits["fp16"].std().item()
+    assert math.isfinite(spread) and spread > 0
     for variant in ("int8", "nf4"):
         diff = (logits[variant] - logits["fp16"]).abs()
         assert diff.max().item() > 0, f"{arch} {variant}: identical to fp16, not quantized?"
-        assert diff.mean().item() < 0.25 * spread, f"{arch} {variant}: mean |dlogit| {diff.mean():.3g} vs spread {spread:.3g}"
-    assert math.isfinite(spread) and spread > 0
+        assert diff.mean().item() < 0.25 * spread, (
+            f"{arch} {variant}: mean |dlogit| {diff.mean():.3g} vs spread {spread:.3g}")

@@ -132,7 +132,7 @@ K = 4
 def make_key(**changes) -> ReferenceKey:
     key = ReferenceKey(model="tiny", weights_identity="sha256:abc", tokenizer_sha256="tok123",
                        prompts_sha256="prompts456", categories=("question_answering", "creative_writing"),
-                       use_chat_template=True, max_new_tokens_cap=12, top_k=K, weight_dtype="float16",
+                       use_chat_template=True, max_new_tokens_cap=12, top_k=K, full_logprobs=False, weight_dtype="float16",
                        compute_dtype="float32", device_type="cpu", metrics_version=1)
     return dataclasses.replace(key, **changes)
 
@@ -194,7 +194,7 @@ CHANGED = {
     "model": "other", "weights_identity": "sha256:def", "tokenizer_sha256": "tok999",
     "prompts_sha256": "prompts000", "categories": ("question_answering",), "use_chat_template": False,
     "max_new_tokens_cap": 64, "top_k": K + 1, "weight_dtype": "bfloat16", "compute_dtype": "float16",
-    "device_type": "cuda", "metrics_version": 2,
+    "device_type": "cuda", "metrics_version": 2, "full_logprobs": True,
 }
 
 
@@ -311,3 +311,16 @@ def test_store_overwrites_the_previous_file(tmp_path):
     store_reference(tmp_path, second)
     loaded, reason = load_reference(tmp_path, key)
     assert reason == "ok" and loaded.response_ids[0] == [10, 11, 3]
+
+
+def test_full_logprobs_round_trip(tmp_path):
+    key = make_key(full_logprobs=True)
+    ref = make_reference(key)
+    gen = torch.Generator().manual_seed(1)
+    ref.full_logp = [torch.log_softmax(torch.randn(len(r), 9, generator=gen), -1) for r in ref.response_ids]
+    store_reference(tmp_path, ref)
+    loaded, reason = load_reference(tmp_path, key)
+    assert reason == "ok"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.full_logp, ref.full_logp))
+    store_reference(tmp_path, make_reference(make_key()))
+    assert load_reference(tmp_path, make_key())[0].full_logp is None

@@ -195,7 +195,23 @@ def test_flip_summary_of_no_records():
 
 
 def test_method_text_names_settings():
-    text = kl_method_text(256, True, 12)
-    assert "top-256" in text and "chat template" in text and "capped at 12" in text
-    plain = kl_method_text(32, False, None)
+    text = kl_method_text(256, True, 12, exact=False)
+    assert "top-256" in text and "chat template" in text and "capped at 12" in text and "lower bound" in text
+    plain = kl_method_text(32, False, None, exact=True)
     assert "top-32" in plain and "as plain text" in plain and "capped" not in plain
+    assert "full vocabulary (exact" in plain
+
+
+def test_exact_basis_reports_topk_gap():
+    recs = [dict(record("a", "question_answering", 0.10), kl_basis="exact", kl_topk_mean=0.095),
+            dict(record("b", "question_answering", 0.30), kl_basis="exact", kl_topk_mean=0.285)]
+    section = kl_section(recs, top_k=256, method="m")
+    assert section["basis"] == "exact" and section["mean"] == pytest.approx(0.2)
+    assert section["topk"]["mean"] == pytest.approx(0.19) and section["topk"]["k"] == 256
+    assert section["topk"]["rel_gap_vs_exact"] == pytest.approx(0.05)
+
+
+def test_topk_basis_has_no_gap():
+    recs = [dict(record("a", "question_answering", 0.1), kl_basis="topk", kl_topk_mean=0.1)]
+    section = kl_section(recs, top_k=256, method="m")
+    assert section["basis"] == "topk" and section["topk"]["rel_gap_vs_exact"] is None
