@@ -85,9 +85,13 @@ def evaluation_document(m: Measurements, options: Any, limits: dict[str, float])
         "memory": {"footprint_gb": footprint, "fp16_footprint_gb": fp16_footprint,
                    "reduction_pct": metrics["memory_reduction_pct"],
                    "compression_ratio": fp16_footprint / footprint, "peak_gb": m.peak_gb,
+                   "quant_state_gb": m.loaded.quant_state_bytes / GB,
+                   "resident_gb": footprint + m.loaded.quant_state_bytes / GB,
                    "footprint_method": "model.get_memory_footprint() as loaded (16-bit or quantized storage), "
-                                       "before any CPU upcast; peak_gb: torch.cuda.max_memory_allocated during "
-                                       "the perplexity pass (CUDA only)"},
+                                       "before any CPU upcast; it leaves out bitsandbytes' scales (int8 row "
+                                       "scales, NF4 block absmax), given as quant_state_gb, and resident_gb = "
+                                       "footprint + quant state; reduction and ratio use footprint_gb; peak_gb: "
+                                       "torch.cuda.max_memory_allocated during the perplexity pass (CUDA only)"},
         "timing": {"load_s": m.loaded.load_seconds, "ppl_s": s.seconds,
                    "ppl_tokens_per_s": s.tokens / s.seconds if s.seconds else None,
                    "prompts_s": m.prompt_seconds},

@@ -41,6 +41,7 @@ class LoadedModel:
     device: str
     load_seconds: float
     quantization_config: dict[str, Any] | None
+    quant_state_bytes: int = 0  # bitsandbytes scales kept outside the parameters (not in the footprint)
 
 
 def _file_digest(path: Path, cache_dir: Path) -> str:
@@ -137,6 +138,22 @@ def upcast_unquantized(model: Any, dtype: Any) -> None:
                 module.support_avx512bf16_for_cpu = False
 
 
+def quantization_state_bytes(model: Any) -> int:
+    """Bytes of quantization state that ``get_memory_footprint`` does not count, because bitsandbytes
+    keeps it as attributes of the weights: LLM.int8 row scales (SCB) and the NF4 block absmax and
+    code book (with double quantization, the second-level state too)."""
+    total = 0
+    for param in model.parameters():
+        scb = getattr(param, "SCB", None)
+        if scb is not None:
+            total += scb.numel() * scb.element_size()
+        state = getattr(param, "quant_state", None)
+        while state is not None:
+            total += sum(t.numel() * t.element_size() for t in (state.absmax, state.code) if t is not None)
+            state = getattr(state, "state2", None)
+    return total
+
+
 def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, options: VariantOptions,
                device: str) -> LoadedModel:
     """Load the pair on ``device`` ("cuda:N" or "cpu"), quantizing on load when the variant says so."""
@@ -159,6 +176,7 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
     )
     model.eval()
     footprint = int(model.get_memory_footprint())
+    state_bytes = quantization_state_bytes(model)
     if options.compute_dtype != options.weight_dtype:
         upcast_unquantized(model, torch_dtype(options.compute_dtype))
     if device.startswith("cuda"):
@@ -174,7 +192,9 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
         compute_dtype=options.compute_dtype,
         device=device,
         load_seconds=time.perf_counter() - start,
-        quantization_config=json.loads(qconfig.to_json_string()) if qconfig is not None else None,
+        # use_diff=False: every effective setting, not only those that differ from the defaults
+        quantization_config=json.loads(qconfig.to_json_string(use_diff=False)) if qconfig is not None else None,
+        quant_state_bytes=state_bytes,
     )
 
 

@@ -4,7 +4,7 @@ Every library number is checked against a plain computation written here: one pr
 the model's own full forward (`model(input_ids=...).logits`, no padding, no chunking), softmax over
 the whole vocabulary in float64.
 
-Findings these tests pin down (measured on this machine; see the xfail reasons):
+Findings these tests pin down (measured on this machine):
 * bitsandbytes 0.50.2 on a CPU with AVX512-BF16 packs NF4 weights on the first inference call and
   then runs Linear4bit on bfloat16 inputs, whatever `compute_dtype` says; the bf16 rounding made NF4
   prompt scores depend on the batch composition. models.upcast_unquantized now turns that path off
