@@ -97,7 +97,9 @@ def main() -> None:
     entries = []
     for key in args.models.split(","):
         build(key, args.out / key, tokenizer_dir, args.device)
-        entries.append(f'\n[models."{key}"]\npath = "{(args.out / key).resolve()}"\nrequires_gpu = true\n')
+        entries.append(f'\n[models."{key}"]\npath = "{(args.out / key).resolve()}"\nrequires_gpu = true\n'
+                       'note = "RANDOM WEIGHTS with the real architecture: footprints and speed are real, '
+                       'perplexity, KL and flips mean nothing"\n')
         for variant, limits in seed.models[key].gates.items():
             entries.append(f'[models."{key}".gates.{variant}]\n'
                            + "".join(f"{name} = {value}\n" for name, value in limits.items()))

@@ -54,6 +54,7 @@ class ModelSpec:
     requires_gpu: bool = False
     default: bool = False
     trust_remote_code: bool = False
+    note: str | None = None  # printed with every report of this model (e.g. "random weights")
     gates: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
@@ -77,10 +78,10 @@ class ModelSpec:
 @dataclass(frozen=True)
 class Defaults:
     ctx: int = 2048
-    cpu_ppl_max_tokens: int = 16384
+    cpu_ppl_max_tokens: int = 8192
     batch_size_cuda: int = 8
     batch_size_cpu: int = 1
-    cpu_max_new_tokens: int = 32
+    cpu_max_new_tokens: int = 24
     gen_batch_size_cuda: int = 96
     gen_batch_size_cpu: int = 32
     top_k: int = 256
@@ -140,6 +141,8 @@ def _parse_model(path: Path, key: str, table: Any) -> ModelSpec:
     sources = [s for s in ("hub_id", "path", "gguf_package") if table.get(s)]
     if len(sources) != 1:
         raise ConfigError(f"{where}: give exactly one of hub_id, path, gguf_package (got {sources or 'none'})")
+    if "note" in table and not isinstance(table["note"], str):
+        raise ConfigError(f"{where}: note must be a string")
     if table.get("gguf_package") and not table.get("gguf_file"):
         raise ConfigError(f"{where}: gguf_package needs gguf_file")
     gates = _check_gates(f"{where}.gates", table.get("gates", {}))

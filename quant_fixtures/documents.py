@@ -22,6 +22,7 @@ class Measurements:
     variant: Any  # variants.Variant
     loaded: Any  # models.LoadedModel
     source: str
+    note: str | None
     weights_identity: str
     ctx: int
     windows: int
@@ -68,7 +69,7 @@ def evaluation_document(m: Measurements, options: Any, limits: dict[str, float])
         "schema_version": SCHEMA_VERSION,
         "generated_at": now_utc(),
         "run_id": o.run_id,
-        "model": {"key": m.model, "source": m.source, "weights_identity": m.weights_identity},
+        "model": {"key": m.model, "source": m.source, "weights_identity": m.weights_identity, "note": m.note},
         "variant": {"key": m.variant.key, "method": m.variant.method, "description": m.variant.description,
                     "quantization_config": m.loaded.quantization_config,
                     "weight_dtype": m.loaded.weight_dtype, "compute_dtype": m.loaded.compute_dtype},

@@ -70,7 +70,9 @@ def model_section(model: str, documents: dict[str, dict[str, Any]], plots: dict[
     first = next(iter(documents.values()))
     p = first["perplexity"]
     found = findings(documents)
-    lines = [f"## {model}", "", f"Source: `{first['model']['source']}`. {settings_line(first)}.", "",
+    note = first["model"].get("note")
+    lines = [f"## {model}", "", *([f"> **Note: {note}**", ""] if note else []),
+             f"Source: `{first['model']['source']}`. {settings_line(first)}.", "",
              f"Perplexity: {p['protocol']} {p['windows']} windows, {p['tokens']} scored tokens.", "",
              *_variants_table(documents), "", "### Assessment", ""]
     lines += [f"- {s}" for s in found["assessment"]] or ["- Only the FP16 baseline was evaluated."]

@@ -97,6 +97,20 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"{name}: expected a positive integer, got {value}")
 
 
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    """The budgets this run uses, printed before anything runs (CPU defaults are smaller)."""
+    if CONFIG_KEY not in config.stash:
+        return None
+    from .parallel import device_for
+
+    suite, on_cuda = config.stash[CONFIG_KEY], device_for(config).startswith("cuda")
+    budget = config.getoption("--ppl-max-tokens") or ("all" if on_cuda else suite.defaults.cpu_ppl_max_tokens)
+    cap = config.getoption("--max-new-tokens") or (None if on_cuda else suite.defaults.cpu_max_new_tokens)
+    return [f"quant-fixtures: device {device_for(config)}; WikiText-2 tokens: {budget}; ctx "
+            f"{config.getoption('--ctx') or suite.defaults.ctx}; max_new_tokens: "
+            f"{'per prompt' if cap is None else f'<= {cap}'}"]
+
+
 def _prompt_suite_options(config: pytest.Config) -> tuple[Path, tuple[str, ...] | None]:
     """The prompt file and category filter, validated up front so a bad file is a usage error."""
     from .prompts import CATEGORIES, DEFAULT_SUITE, PromptSuiteError, load_prompt_suite

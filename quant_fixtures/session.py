@@ -305,6 +305,7 @@ class EvaluationSession:
             prompt_seconds = time.perf_counter() - start
         return Measurements(
             model=model, variant=var, loaded=loaded, source=self.config.models[model].source,
+            note=self.config.models[model].note,
             weights_identity=self.resolved(model).identity, ctx=ctx, windows=len(plan), scores=scores,
             baseline=baseline, peak_gb=peak, dataset_source=self.text().source, dataset_sha256=self.text().sha256,
             corpus_kl=corpus_kl, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=prompt_seconds)

@@ -33,7 +33,8 @@ def summary_lines(documents: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     for model, variants in documents.items():
         first = next(iter(variants.values()))
         p = first["perplexity"]
-        lines += ["", settings_line(first),
+        note = first["model"].get("note")
+        lines += ["", settings_line(first), *([f"NOTE: {note}"] if note else []),
                   f"{model}  (FP16 PPL {p['fp16_ppl']:.4f}, {p['tokens']} tokens in {p['windows']} windows of "
                   f"{p['ctx']})", header]
         for variant, doc in variants.items():
