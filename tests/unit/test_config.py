@@ -45,7 +45,8 @@ def test_shipped_config_parses() -> None:
     assert suite.path == REPO_CONFIG
     assert set(suite.models) == {"mistral7b", "qwen2.5-0.5b", "smollm2-135m"}
     d = suite.defaults
-    assert (d.ctx, d.cpu_ppl_max_tokens, d.batch_size_cuda, d.batch_size_cpu) == (2048, 16384, 8, 1)
+    assert (d.ctx, d.cpu_ppl_max_tokens, d.batch_size_cuda, d.batch_size_cpu) == (2048, 8192, 8, 1)
+    assert (d.cpu_max_new_tokens, d.top_k) == (24, 256)
     assert set(suite.gates) == {"int8", "nf4"}
     assert all(set(limits) <= set(GATE_METRICS) for limits in suite.gates.values())
     assert all(isinstance(v, float) for limits in suite.gates.values() for v in limits.values())
