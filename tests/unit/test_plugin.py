@@ -70,7 +70,8 @@ def suite_dir(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyt
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pytester.makeini("[pytest]\n")  # pin the rootdir here, away from the repo's pyproject.toml
     pytester.makeconftest('pytest_plugins = ["quant_fixtures.plugin"]\n')
-    pytester.makepyfile(test_release_gates=RELEASE_GATES.read_text(encoding="utf-8"))
+    # A module name of its own: in one process with tests/harm, "test_release_gates" is taken.
+    pytester.makepyfile(test_gates_under_test=RELEASE_GATES.read_text(encoding="utf-8"))
     return pytester
 
 
@@ -86,7 +87,7 @@ def collected_ids(result: pytest.RunResult) -> list[str]:
 
 
 def node(test: str, model: str, variant: str) -> str:
-    return f"test_release_gates.py::{test}[{model}-{variant}]"
+    return f"test_gates_under_test.py::{test}[{model}-{variant}]"
 
 
 def expected_matrix(models: list[str]) -> set[str]:
