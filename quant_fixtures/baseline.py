@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .hashing import settings_digest
 from .report import write_json_atomic
 
 BASELINE_SCHEMA = 1
@@ -38,7 +39,7 @@ class BaselineKey:
     metrics_version: int
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return settings_digest(self)
 
 
 @dataclass(frozen=True)

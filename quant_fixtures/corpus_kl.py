@@ -6,13 +6,13 @@ pass compares its full distribution at the same positions against them.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from .hashing import tensors_digest
 from .metrics.divergence import CorpusKL, kl_topk, topk_reference
 
 CORPUS_TOP_K = 32
@@ -71,20 +71,12 @@ def corpus_reference_path(cache_dir: Path, baseline_digest: str, k: int) -> Path
     return Path(cache_dir) / "corpus_reference" / f"{baseline_digest[:16]}-top{k}.safetensors"
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def store_corpus_reference(path: Path, tensors: dict[str, torch.Tensor], baseline_digest: str) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"baseline_key_sha256": baseline_digest, "sha256": _digest(tensors)})
+    save_file(tensors, str(tmp), metadata={"baseline_key_sha256": baseline_digest, "sha256": tensors_digest(tensors)})
     os.replace(tmp, path)
 
 
@@ -100,7 +92,7 @@ def load_corpus_reference(path: Path, baseline_digest: str, positions: int) -> d
             tensors = {n: fh.get_tensor(n) for n in fh.keys()}
     except Exception:
         return None
-    if meta.get("baseline_key_sha256") != baseline_digest or meta.get("sha256") != _digest(tensors):
+    if meta.get("baseline_key_sha256") != baseline_digest or meta.get("sha256") != tensors_digest(tensors):
         return None
     if set(tensors) != {"logp", "idx"} or tensors["logp"].shape[0] != positions:
         return None

@@ -17,6 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .hashing import sha256_file
+
 MANIFEST = "quant_fixtures_manifest.json"
 CONVERTER_VERSION = 1
 
@@ -46,14 +48,6 @@ def package_file(package: str, filename: str) -> Path:
     if not path.is_file():
         raise GGUFSourceError(f"{path}: GGUF file {filename!r} not found in package {package!r}")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _manifest_ok(directory: Path, expected: dict) -> bool:

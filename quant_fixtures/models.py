@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import ModelSpec
 from .gguf import convert_gguf_package
+from .hashing import sha256_file
 from .variants import Variant, VariantOptions, torch_dtype
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
@@ -51,15 +52,12 @@ def _file_digest(path: Path, cache_dir: Path) -> str:
     memo = cache_dir / "digests" / memo_key
     if memo.is_file():
         return memo.read_text().strip()
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            digest.update(block)
+    digest = sha256_file(path)
     memo.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(digest.hexdigest())
+    tmp.write_text(digest)
     tmp.replace(memo)
-    return digest.hexdigest()
+    return digest
 
 
 def directory_identity(directory: Path, cache_dir: Path) -> str:

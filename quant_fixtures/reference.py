@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .hashing import settings_digest, tensors_digest
+
 REFERENCE_FORMAT = 1
 
 
@@ -36,7 +38,7 @@ class ReferenceKey:
     metrics_version: int
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return settings_digest(self)
 
 
 @dataclass
@@ -65,15 +67,6 @@ class PromptReference:
             "topk_logp": torch.cat(self.topk_logp) if self.topk_logp else torch.zeros(0, k),
             "topk_idx": torch.cat(self.topk_idx) if self.topk_idx else torch.zeros(0, k, dtype=torch.int64),
         }
-
-
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def reference_path(cache_dir: Path, key: ReferenceKey) -> Path:
