@@ -9,6 +9,7 @@ A quantized variant needs all three; if one is missing or stale the FP16 pass ru
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -97,7 +98,8 @@ class EvaluationSession:
     _prompts: list[Prompt] | None = None
     _resolved: dict[str, ResolvedModel] = field(default_factory=dict)
     _tokens: dict[str, Any] = field(default_factory=dict)
-    _tokenizer_sha: dict[str, str] = field(default_factory=dict)
+    _configs: dict[str, Any] = field(default_factory=dict)
+    _reference_keys: dict[str, ReferenceKey] = field(default_factory=dict)
     _locks: dict[str, Any] = field(default_factory=dict)
 
     def fp16_lock(self, model: str) -> Any:
@@ -122,6 +124,16 @@ class EvaluationSession:
         if model not in self._resolved:
             self._resolved[model] = resolve_model(self.config.models[model], self.options.cache_dir)
         return self._resolved[model]
+
+    def model_config(self, model: str) -> Any:
+        """The model's transformers config, read once per session."""
+        if model not in self._configs:
+            from transformers import AutoConfig
+
+            spec = self.config.models[model]
+            self._configs[model] = AutoConfig.from_pretrained(self.resolved(model).directory,
+                                                              trust_remote_code=spec.trust_remote_code)
+        return self._configs[model]
 
     def token_ids(self, model: str, tokenizer: Any) -> Any:
         """The corpus tokenized once per model (all variants share the tokenizer)."""
@@ -148,15 +160,18 @@ class EvaluationSession:
             device_type=o.device.split(":")[0], metrics_version=METRICS_VERSION)
 
     def reference_key(self, model: str) -> ReferenceKey:
-        o = self.options
-        if model not in self._tokenizer_sha:
-            from transformers import AutoTokenizer
+        """The prompt reference's key, built once per model (it reads the tokenizer and hashes files)."""
+        if model not in self._reference_keys:
+            self._reference_keys[model] = self._make_reference_key(model)
+        return self._reference_keys[model]
 
-            spec = self.config.models[model]
-            tok = AutoTokenizer.from_pretrained(self.resolved(model).directory, trust_remote_code=spec.trust_remote_code)
-            self._tokenizer_sha[model] = tokenizer_sha256(tok)
+    def _make_reference_key(self, model: str) -> ReferenceKey:
+        from transformers import AutoTokenizer
+
+        o, spec = self.options, self.config.models[model]
+        tok = AutoTokenizer.from_pretrained(self.resolved(model).directory, trust_remote_code=spec.trust_remote_code)
         return ReferenceKey(
-            model=model, weights_identity=self.resolved(model).identity, tokenizer_sha256=self._tokenizer_sha[model],
+            model=model, weights_identity=self.resolved(model).identity, tokenizer_sha256=tokenizer_sha256(tok),
             prompts_sha256=suite_sha256(o.prompts_path), categories=o.categories, use_chat_template=o.use_chat_template,
             max_new_tokens_cap=o.max_new_tokens_cap, top_k=o.top_k, full_logprobs=self._exact_kl_fits(model),
             weight_dtype=o.weight_dtype,
@@ -165,11 +180,7 @@ class EvaluationSession:
     def _exact_kl_fits(self, model: str) -> bool:
         """Whether the whole FP16 distribution at every response position (float32) fits the
         --exact-kl-max-mb budget, counted at each prompt's maximum response length."""
-        from transformers import AutoConfig
-
-        spec = self.config.models[model]
-        vocab = AutoConfig.from_pretrained(self.resolved(model).directory,
-                                           trust_remote_code=spec.trust_remote_code).vocab_size
+        vocab = self.model_config(model).vocab_size
         cap = self.options.max_new_tokens_cap
         positions = sum(min(p.max_new_tokens, cap or p.max_new_tokens) for p in self.prompts())
         return positions * vocab * 4 <= self.options.exact_kl_max_mb * 2**20
@@ -195,8 +206,6 @@ class EvaluationSession:
             if prompts is None:
                 return None, reason
             try:
-                import json
-
                 noise = json.loads(self._prompt_summary_path(rkey).read_text()).get("noise_floor")
             except (OSError, ValueError):
                 noise = None
@@ -225,10 +234,7 @@ class EvaluationSession:
         spec, var = self.config.models[model], VARIANTS[variant]
         refs = None
         if not var.is_baseline:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(self.resolved(model).directory, trust_remote_code=spec.trust_remote_code)
-            refs = self.references(model, self.ctx_for(config))  # may run the FP16 pass first
+            refs = self.references(model, self.ctx_for(self.model_config(model)))  # may run the FP16 pass first
         with self.fp16_lock(model) if var.is_baseline else _no_lock():
             loaded = load_model(spec, self.resolved(model), var, self.options.variant_options(), self.options.device)
             try:
@@ -249,8 +255,6 @@ class EvaluationSession:
 
     def _from_other_worker(self, model: str, variant: str) -> dict[str, Any] | None:
         """A document this run already wrote (another xdist worker evaluated the pair)."""
-        import json
-
         try:
             doc = json.loads(evaluation_path(self.options.results_dir, model, variant).read_text())
         except (OSError, ValueError):
