@@ -13,7 +13,12 @@ def assert_gate(session: Any, document: dict[str, Any], metric: str) -> None:
     model, variant = document["model"]["key"], document["variant"]["key"]
     gates = [g for g in document["gates"] if g["metric"] == metric]
     if not gates:
-        pytest.skip(f"{model} {variant}: no limit configured for {metric}")
+        # Only an explicit opt-out skips; a limit that is simply missing fails (a typo must not
+        # silently remove a release gate).
+        reason = (document.get("ungated") or {}).get(metric)
+        if reason:
+            pytest.skip(f"{model} {variant}: {metric} not gated: {reason}")
+        pytest.fail(f"{model} {variant}: no limit configured for {metric} and no explicit opt-out", pytrace=False)
     for gate in gates:
         if gate["passed"]:
             continue

@@ -1,13 +1,12 @@
 """The FP16 reference of a model: computed once, stored as a small JSON, validated on every load.
 
-A stored baseline is reused only when its key (model, weights identity, dataset hash, protocol,
-dtypes, device type, metrics version) equals the key of the current run and its checksum over
+A stored baseline is reused only when its key (model, weights and tokenizer identity, dataset hash,
+protocol, dtypes, device type, metrics version, the numerics-relevant environment) equals the key of the current run and its checksum over
 the content verifies; otherwise it is recomputed (or, with ``frozen``, the run stops).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .hashing import settings_digest
-from .report import write_json_atomic
+from .records import read_record, write_record
 
 BASELINE_SCHEMA = 1
 
@@ -26,8 +25,11 @@ class StaleBaselineError(RuntimeError):
 
 @dataclass(frozen=True)
 class BaselineKey:
+    """Everything that shapes the FP16 perplexity numbers (see environment.numerics_key)."""
+
     model: str
     weights_identity: str
+    tokenizer_sha256: str
     dataset_sha256: str
     method: str
     ctx: int
@@ -37,6 +39,7 @@ class BaselineKey:
     compute_dtype: str
     device_type: str
     metrics_version: int
+    environment: dict[str, Any]  # library versions and the kernels' device/ISA
 
     def digest(self) -> str:
         return settings_digest(self)
@@ -55,51 +58,33 @@ class Baseline:
         return sum(self.window_tokens)
 
 
-def _content_checksum(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
 def baseline_path(directory: Path, key: BaselineKey) -> Path:
     safe_model = re.sub(r"[^A-Za-z0-9._-]", "_", key.model)
     return Path(directory) / f"{safe_model}-{key.digest()[:12]}.json"
 
 
-def store_baseline(directory: Path, baseline: Baseline) -> Path:
-    body = {
-        "key": asdict(baseline.key),
-        "ppl": baseline.ppl,
-        "window_nll": baseline.window_nll,
-        "window_tokens": baseline.window_tokens,
-        "footprint_bytes": baseline.footprint_bytes,
-    }
-    document = {"schema_version": BASELINE_SCHEMA, "key_sha256": baseline.key.digest(), **body,
-                "checksum": _content_checksum(body)}
+BODY_FIELDS = ("ppl", "window_nll", "window_tokens", "footprint_bytes")
+
+
+def store_baseline(directory: Path, baseline: Baseline, environment: dict[str, Any] | None = None) -> Path:
+    """Write the baseline; ``environment`` (where it was measured) is recorded beside it."""
     path = baseline_path(directory, baseline.key)
-    write_json_atomic(path, document)
+    body = {"ppl": baseline.ppl, "window_nll": baseline.window_nll, "window_tokens": baseline.window_tokens,
+            "footprint_bytes": baseline.footprint_bytes}
+    write_record(path, BASELINE_SCHEMA, asdict(baseline.key), baseline.key.digest(), body,
+                 **({"environment": environment} if environment else {}))
     return path
 
 
 def load_baseline(directory: Path, key: BaselineKey) -> tuple[Baseline | None, str]:
     """The stored baseline for ``key``, or None with the reason it cannot be used."""
     path = baseline_path(directory, key)
-    if not path.is_file():
-        return None, f"{path}: no stored baseline for these settings{_nearest_difference(directory, key)}"
-    try:
-        document = json.loads(path.read_text())
-        body = {k: document[k] for k in ("key", "ppl", "window_nll", "window_tokens", "footprint_bytes")}
-    except (ValueError, KeyError, OSError, TypeError) as exc:  # TypeError: valid JSON that is not an object
-        return None, f"{path}: unreadable baseline ({type(exc).__name__}: {exc})"
-    if document.get("schema_version") != BASELINE_SCHEMA:
-        return None, f"{path}: schema {document.get('schema_version')} != {BASELINE_SCHEMA}"
-    if document.get("checksum") != _content_checksum(body):
-        return None, f"{path}: checksum mismatch (edited or corrupt)"
-    if body["key"] != asdict(key):
-        changed = sorted(k for k in asdict(key) if body["key"].get(k) != asdict(key)[k])
-        return None, f"{path}: stale, settings changed: {', '.join(changed)}"
+    body, reason = read_record(path, BASELINE_SCHEMA, asdict(key), BODY_FIELDS, "baseline")
+    if body is None:
+        return None, reason + (_nearest_difference(directory, key) if "no stored" in reason else "")
     if len(body["window_nll"]) != len(body["window_tokens"]):
         return None, f"{path}: window arrays differ in length"
-    return Baseline(key=key, ppl=body["ppl"], window_nll=body["window_nll"],
-                    window_tokens=body["window_tokens"], footprint_bytes=body["footprint_bytes"]), "ok"
+    return Baseline(key=key, **body), "ok"
 
 
 def _nearest_difference(directory: Path, key: BaselineKey) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,12 +10,38 @@ from typing import Any
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "quant_suite.toml"
 
-# Gate metrics and the direction each limit bounds: "max" fails above, "min" fails below.
-GATE_METRICS: dict[str, str] = {
-    "max_delta_ppl_pct": "delta_ppl_pct",
-    "min_memory_reduction_pct": "memory_reduction_pct",
-    "max_mean_kl": "kl_mean",
-}
+@dataclass(frozen=True)
+class LimitSpec:
+    """One configurable release limit: the metric it bounds, its direction and its valid range."""
+
+    name: str
+    metric: str
+    op: str  # "<=": fails above the limit; ">=": fails below it
+    low: float  # smallest valid limit
+    high: float | None = None  # largest valid limit (None: unbounded)
+    low_inclusive: bool = True
+    unit: str = ""
+
+    def check(self, value: float) -> str | None:
+        """Why ``value`` is not a valid limit, or None."""
+        if not math.isfinite(value):
+            return "must be a finite number"
+        if value < self.low or (value == self.low and not self.low_inclusive):
+            return f"must be {'>=' if self.low_inclusive else '>'} {self.low:g}{self.unit}"
+        if self.high is not None and value >= self.high:
+            return f"must be < {self.high:g}{self.unit}"
+        return None
+
+
+LIMITS: dict[str, LimitSpec] = {s.name: s for s in (
+    LimitSpec("max_delta_ppl_pct", "delta_ppl_pct", "<=", 0.0, unit=" %"),
+    # A reduction limit of 0 or below passes every model: refused as a typo, not a gate.
+    LimitSpec("min_memory_reduction_pct", "memory_reduction_pct", ">=", 0.0, 100.0, low_inclusive=False, unit=" %"),
+    LimitSpec("max_mean_kl", "kl_mean", "<=", 0.0, low_inclusive=False, unit=" nats"),
+)}
+# Gate metrics and the direction each limit bounds (derived from LIMITS).
+GATE_METRICS: dict[str, str] = {name: spec.metric for name, spec in LIMITS.items()}
+UNGATED_KEY = "ungated"  # a gate table's explicit opt-out: ungated = ["max_mean_kl"]
 
 
 # Snapshot comparison: per metric, a number matches when |new - old| <= abs or <= rel * |old|.
@@ -53,9 +80,11 @@ class ModelSpec:
     gguf_file: str | None = None
     requires_gpu: bool = False
     default: bool = False
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # opt-in: run the model repository's own Python code
+    allow_pickle: bool = False  # opt-in: load pickle (.bin) weights, which can run code when loaded
     note: str | None = None  # printed with every report of this model (e.g. "random weights")
     gates: dict[str, dict[str, float]] = field(default_factory=dict)
+    ungated: dict[str, frozenset[str]] = field(default_factory=dict)  # variant -> limits opted out
 
     @property
     def source_kind(self) -> str:
@@ -93,42 +122,91 @@ class SuiteConfig:
     defaults: Defaults
     gates: dict[str, dict[str, float]]
     models: dict[str, ModelSpec]
+    ungated: dict[str, frozenset[str]] = field(default_factory=dict)
     snapshot_tolerances: dict[str, dict[str, float]] = field(
         default_factory=lambda: dict(DEFAULT_SNAPSHOT_TOLERANCES))
 
     def gates_for(self, model: str, variant: str) -> dict[str, float]:
-        """The limits for one (model, variant): the global ones, then the model's overrides."""
-        limits = dict(self.gates.get(variant, {}))
+        """The limits for one (model, variant): the global ones, then the model's overrides; a
+        limit the model opts out of (``ungated``) is left out."""
+        limits = {k: v for k, v in self.gates.get(variant, {}).items()
+                  if k not in self.models[model].ungated.get(variant, ())}
         limits.update(self.models[model].gates.get(variant, {}))
         return limits
 
-    @property
-    def default_models(self) -> list[str]:
-        return [k for k, m in self.models.items() if m.default]
+    def ungated_for(self, model: str, variant: str) -> set[str]:
+        """Limit names this (model, variant) explicitly opts out of (model table or global table)."""
+        global_opt_out = set(self.ungated.get(variant, ())) - set(self.models[model].gates.get(variant, {}))
+        return (global_opt_out | set(self.models[model].ungated.get(variant, ()))) - set(self.gates_for(model, variant))
 
-    @property
-    def gpu_models(self) -> list[str]:
-        return [k for k, m in self.models.items() if m.requires_gpu]
+    def missing_limits(self, model: str, variant: str) -> list[str]:
+        """Limits neither configured nor opted out of for a quantized (model, variant)."""
+        configured = set(self.gates_for(model, variant)) | self.ungated_for(model, variant)
+        return sorted(set(LIMITS) - configured)
+
+    def missing_limits_message(self, model: str, variant: str) -> str | None:
+        missing = self.missing_limits(model, variant)
+        if not missing:
+            return None
+        return (f"{self.path}: no limit {', '.join(missing)} for model {model!r} variant {variant!r}: set it under "
+                f"[gates.{variant}] or [models.{model}.gates.{variant}], or opt out there with "
+                f"{UNGATED_KEY} = {_toml_list(missing)}")
 
 
-_MODEL_KEYS = {f for f in ModelSpec.__dataclass_fields__ if f != "key"}
+def _toml_list(names: list[str]) -> str:
+    return "[" + ", ".join(f'"{n}"' for n in names) + "]"
+
+
+_MODEL_KEYS = {f for f in ModelSpec.__dataclass_fields__ if f not in ("key", "ungated")}
 _DEFAULT_KEYS = set(Defaults.__dataclass_fields__)
 
 
-def _check_gates(where: str, table: Any) -> dict[str, dict[str, float]]:
+def _check_gates(where: str, table: Any) -> tuple[dict[str, dict[str, float]], dict[str, frozenset[str]]]:
+    """(limits per variant, opted-out limit names per variant) of one gates table; every key is
+    checked against the variant registry and LIMITS, every value for type, finiteness and range."""
+    from .variants import VARIANTS
+
+    gated = [k for k, v in VARIANTS.items() if not v.is_baseline]
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table of variants, got {table!r}")
     parsed: dict[str, dict[str, float]] = {}
+    ungated: dict[str, frozenset[str]] = {}
     for variant, limits in table.items():
+        if variant not in gated:
+            raise ConfigError(f"{where}: unknown variant {variant!r} (a typo removes a release gate); "
+                              f"valid: {', '.join(gated)}")
         if not isinstance(limits, dict):
             raise ConfigError(f"{where}.{variant}: expected a table of limits, got {limits!r}")
+        valid = f"valid: {', '.join(LIMITS)}, {UNGATED_KEY}"
+        values: dict[str, float] = {}
         for name, value in limits.items():
-            if name not in GATE_METRICS:
-                raise ConfigError(f"{where}.{variant}: unknown limit {name!r}; valid: {sorted(GATE_METRICS)}")
+            if name == UNGATED_KEY:
+                continue
+            if name not in LIMITS:
+                raise ConfigError(f"{where}.{variant}: unknown limit {name!r}; {valid}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}.{variant}.{name}: expected a number, got {value!r}")
-        parsed[variant] = {k: float(v) for k, v in limits.items()}
-    return parsed
+            problem = LIMITS[name].check(float(value))
+            if problem:
+                raise ConfigError(f"{where}.{variant}.{name} = {value!r}: {problem}")
+            values[name] = float(value)
+        opted_out = limits.get(UNGATED_KEY, [])
+        if not isinstance(opted_out, list) or not all(isinstance(n, str) for n in opted_out):
+            raise ConfigError(f"{where}.{variant}.{UNGATED_KEY}: expected a list of limit names, got {opted_out!r}")
+        for name in opted_out:
+            if name not in LIMITS:
+                raise ConfigError(f"{where}.{variant}.{UNGATED_KEY}: unknown limit {name!r}; valid: {', '.join(LIMITS)}")
+            if name in values:
+                raise ConfigError(f"{where}.{variant}: {name} is both set and listed in {UNGATED_KEY}")
+        parsed[variant] = values
+        if opted_out:
+            ungated[variant] = frozenset(opted_out)
+    return parsed, ungated
+
+
+_MODEL_TYPES: dict[str, type] = {"hub_id": str, "revision": str, "path": str, "gguf_package": str, "gguf_file": str,
+                                 "requires_gpu": bool, "default": bool, "trust_remote_code": bool,
+                                 "allow_pickle": bool, "note": str}
 
 
 def _parse_model(path: Path, key: str, table: Any) -> ModelSpec:
@@ -141,12 +219,15 @@ def _parse_model(path: Path, key: str, table: Any) -> ModelSpec:
     sources = [s for s in ("hub_id", "path", "gguf_package") if table.get(s)]
     if len(sources) != 1:
         raise ConfigError(f"{where}: give exactly one of hub_id, path, gguf_package (got {sources or 'none'})")
-    if "note" in table and not isinstance(table["note"], str):
-        raise ConfigError(f"{where}: note must be a string")
+    for name, value in table.items():
+        expected = _MODEL_TYPES.get(name)
+        if expected is not None and not isinstance(value, expected):
+            raise ConfigError(f"{where}: {name} must be a {'boolean' if expected is bool else 'string'}, "
+                              f"got {value!r}")
     if table.get("gguf_package") and not table.get("gguf_file"):
         raise ConfigError(f"{where}: gguf_package needs gguf_file")
-    gates = _check_gates(f"{where}.gates", table.get("gates", {}))
-    return ModelSpec(key=key, **{**table, "gates": gates})
+    gates, ungated = _check_gates(f"{where}.gates", table.get("gates", {}))
+    return ModelSpec(key=key, **{**table, "gates": gates, "ungated": ungated})
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
@@ -174,10 +255,12 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
     models = {key: _parse_model(path, key, table) for key, table in raw.get("models", {}).items()}
     if not models:
         raise ConfigError(f"{path}: no [models.*] tables")
+    gates, ungated = _check_gates(f"{path}: [gates]", raw.get("gates", {}))
     return SuiteConfig(
         path=path,
         defaults=Defaults(**defaults_raw),
-        gates=_check_gates(f"{path}: [gates]", raw.get("gates", {})),
+        gates=gates,
+        ungated=ungated,
         models=models,
         snapshot_tolerances=_parse_tolerances(path, raw.get("snapshot_tolerances", {})),
     )
@@ -193,7 +276,7 @@ def _parse_tolerances(path: Path, table: dict[str, Any]) -> dict[str, dict[str, 
         if not isinstance(tol, dict) or not tol or set(tol) - {"abs", "rel"}:
             raise ConfigError(f"{where}: expected a table with abs and/or rel, got {tol!r}")
         for kind, value in tol.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ConfigError(f"{where}.{kind}: expected a non-negative number, got {value!r}")
         merged[metric] = {k: float(v) for k, v in tol.items()}
     return merged

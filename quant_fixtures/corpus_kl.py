@@ -6,13 +6,12 @@ pass compares its full distribution at the same positions against them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .hashing import tensors_digest
+from .atomic import load_tensors, save_tensors
 from .metrics.divergence import CorpusKL, kl_topk, topk_reference
 
 CORPUS_TOP_K = 32
@@ -72,27 +71,13 @@ def corpus_reference_path(cache_dir: Path, baseline_digest: str, k: int) -> Path
 
 
 def store_corpus_reference(path: Path, tensors: dict[str, torch.Tensor], baseline_digest: str) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"baseline_key_sha256": baseline_digest, "sha256": tensors_digest(tensors)})
-    os.replace(tmp, path)
+    save_tensors(path, tensors, {"baseline_key_sha256": baseline_digest})
 
 
 def load_corpus_reference(path: Path, baseline_digest: str, positions: int) -> dict[str, torch.Tensor] | None:
     """The stored top-k rows if they belong to this baseline and are intact, else None."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {n: fh.get_tensor(n) for n in fh.keys()}
-    except Exception:
-        return None
-    if meta.get("baseline_key_sha256") != baseline_digest or meta.get("sha256") != tensors_digest(tensors):
+    tensors, meta, _ = load_tensors(path)
+    if tensors is None or meta.get("baseline_key_sha256") != baseline_digest:
         return None
     if set(tensors) != {"logp", "idx"} or tensors["logp"].shape[0] != positions:
         return None

@@ -9,7 +9,7 @@ from .baseline import Baseline
 from .evaluation import WindowScores
 from .gates import evaluate_gates
 from .metrics.stats import delta_pct, paired_bootstrap_delta_ppl_ci
-from .report import SCHEMA_VERSION, environment, now_utc
+from .report import SCHEMA_VERSION, now_utc
 
 GB = 1e9
 
@@ -36,6 +36,9 @@ class Measurements:
     flips: dict[str, Any] | None
     noise_floor: dict[str, Any] | None
     prompt_seconds: float | None
+    batching: dict[str, Any]
+    environment: dict[str, Any]
+    keys: dict[str, str | None]  # digests of the FP16 references compared against
 
 
 def protocol_text(method: str, ctx: int, stride: int | None) -> str:
@@ -51,7 +54,8 @@ def protocol_text(method: str, ctx: int, stride: int | None) -> str:
                      "window; ") + tail
 
 
-def evaluation_document(m: Measurements, options: Any, limits: dict[str, float]) -> dict[str, Any]:
+def evaluation_document(m: Measurements, options: Any, limits: dict[str, float],
+                        ungated: dict[str, str] | None = None) -> dict[str, Any]:
     """The `{variant}_quantized_{model}_evaluation.json` document, gates included."""
     o, s, b = options, m.scores, m.baseline
     footprint, fp16_footprint = m.loaded.footprint_bytes / GB, b.footprint_bytes / GB
@@ -73,11 +77,13 @@ def evaluation_document(m: Measurements, options: Any, limits: dict[str, float])
         "variant": {"key": m.variant.key, "method": m.variant.method, "description": m.variant.description,
                     "quantization_config": m.loaded.quantization_config,
                     "weight_dtype": m.loaded.weight_dtype, "compute_dtype": m.loaded.compute_dtype},
-        "environment": environment(o.device),
+        "environment": m.environment,
+        "reference_keys": m.keys,
+        "batching": m.batching,
         "perplexity": {
             "ppl": s.ppl, "fp16_ppl": b.ppl, "delta_ppl_pct": delta, "delta_ppl_pct_ci95": delta_ci,
             "tokens": s.tokens, "windows": m.windows, "ctx": m.ctx, "stride": o.ppl_stride,
-            "method": method, "max_tokens": o.ppl_max_tokens, "batch_size": o.batch_size,
+            "method": method, "max_tokens": o.ppl_max_tokens, "batch_size": m.batching["perplexity_windows_per_pass"],
             "dataset": "wikitext-2-raw-v1 test", "dataset_source": m.dataset_source,
             "dataset_sha256": m.dataset_sha256, "protocol": protocol_text(method, m.ctx, o.ppl_stride),
             "ci_method": "paired percentile bootstrap over perplexity windows (2000 resamples, seed 0)",
@@ -102,4 +108,5 @@ def evaluation_document(m: Measurements, options: Any, limits: dict[str, float])
         "noise_floor": m.noise_floor,
         "gate_on": o.gate_on,
         "gates": [g.to_dict() for g in gates],
+        "ungated": {} if m.variant.is_baseline else dict(ungated or {}),  # metric -> why it has no gate
     }

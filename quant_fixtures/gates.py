@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .config import GATE_METRICS
+from .config import LIMITS
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,9 @@ def evaluate_gates(limits: dict[str, float], metrics: dict[str, float | None]) -
     """One result per limit; a metric that was not measured (or is not finite) fails its gate."""
     results = []
     for limit_name, limit in sorted(limits.items()):
-        metric = GATE_METRICS[limit_name]
+        spec = LIMITS[limit_name]
+        metric, op = spec.metric, spec.op
         value = metrics.get(metric)
-        op = "<=" if limit_name.startswith("max_") else ">="
         ok = value is not None and math.isfinite(value) and (value <= limit if op == "<=" else value >= limit)
         results.append(GateResult(metric=metric, value=value, limit=limit, op=op, passed=bool(ok)))
     return results

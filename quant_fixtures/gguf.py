@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_path, file_lock
 from .hashing import sha256_file
 
 MANIFEST = "quant_fixtures_manifest.json"
@@ -103,22 +103,13 @@ def convert_gguf_package(package: str, filename: str, cache_root: Path) -> Conve
     identity = f"gguf:{gguf_sha}:transformers-{transformers.__version__}:v{CONVERTER_VERSION}"
     if _manifest_ok(target, source):
         return ConvertedModel(target, identity)
-    if target.exists():
-        shutil.rmtree(target)  # stale or half-written: never reused
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = cache_root / f".{target.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        _write_hf_directory(gguf_path, tmp)
-        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps({"source": source, "files": files}, indent=2))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first; keep theirs if it validates
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not _manifest_ok(target, source):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with file_lock(cache_root / f".{target.name}.lock"):  # concurrent runs convert once
+        if _manifest_ok(target, source):
+            return ConvertedModel(target, identity)
+        if target.exists():
+            shutil.rmtree(target)  # stale or half-written: never reused
+        with atomic_path(target, directory=True) as tmp:
+            _write_hf_directory(gguf_path, tmp)
+            files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+            (tmp / MANIFEST).write_text(json.dumps({"source": source, "files": files}, indent=2))
     return ConvertedModel(target, identity)

@@ -13,6 +13,10 @@ WORST_PROMPTS = 5
 RESPONSE_CHARS = 200
 
 
+def _p99(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.percentile(values, 99.0, axis=axis)
+
+
 def _truncate(text: str) -> str:
     return text if len(text) <= RESPONSE_CHARS else text[:RESPONSE_CHARS] + "..."
 
@@ -28,6 +32,23 @@ def flip_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "wrong_to_correct": sum(r["correct"] and not r["fp16_correct"] for r in checkable),
         "flipped_ids": [r["id"] for r in checkable if r["flip"]],
         "exact_match_rate": float(np.mean([r["exact_match"] for r in records])) if records else None,
+    }
+
+
+def batch_sensitivity(records: Sequence[dict[str, Any]], again: Sequence[dict[str, Any]], batch: int,
+                      other_batch: int) -> dict[str, Any]:
+    """How much a batch-dependent variant's generation moves when every prompt gets other
+    neighbours: the same prompts generated in batches of ``other_batch`` instead of ``batch``."""
+    checkable = [(a, b) for a, b in zip(records, again) if a["flip"] is not None]
+    return {
+        "batch_size": batch, "other_batch_size": other_batch, "prompts": len(records),
+        "responses_changed": sum(a["response"] != b["response"] for a, b in zip(records, again)),
+        "verdicts_changed": sum(a["correct"] != b["correct"] for a, b in checkable),
+        "flips": sum(bool(a["flip"]) for a, _ in checkable),
+        "flips_other_batch": sum(bool(b["flip"]) for _, b in checkable),
+        "method": ("the variant's greedy responses generated a second time in batches of "
+                   f"{other_batch} instead of {batch} prompts (other neighbours, other padding); "
+                   "counts of prompts whose response or answer verdict changed"),
     }
 
 
@@ -63,6 +84,7 @@ def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, metho
         "mean": stats["mean"], "median": stats["median"], "min": stats["min"], "max": stats["max"],
         "p90": stats["p90"], "p99": stats["p99"], "prompts": len(scored),
         "ci95": list(bootstrap_ci(kl, seed=seed)),
+        "p99_ci95": list(bootstrap_ci(kl, statistic=_p99, seed=seed)),
         "top1_agreement": float(top1.mean()), "top1_agreement_ci95": list(bootstrap_ci(top1, seed=seed)),
         "tail_mass": float(np.mean([r["tail_mass_mean"] for r in scored])),
         "basis": basis,

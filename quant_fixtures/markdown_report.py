@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text_atomic
 from .findings import findings
 from .plots import model_plots
 from .summary import settings_line
@@ -123,7 +123,5 @@ def write_report(results_dir: Path, documents: dict[str, dict[str, dict[str, Any
     for model, docs in documents.items():
         lines += model_section(model, docs, model_plots(model, docs, results_dir))
     path = results_dir / "REPORT.md"
-    tmp = results_dir / f".REPORT.md.{os.getpid()}.tmp"
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(lines))
     return path

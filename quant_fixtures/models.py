@@ -5,12 +5,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text_atomic
 from .config import ModelSpec
 from .gguf import convert_gguf_package
 from .hashing import sha256_file
@@ -50,13 +51,14 @@ def _file_digest(path: Path, cache_dir: Path) -> str:
     stat = path.stat()
     memo_key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
     memo = cache_dir / "digests" / memo_key
-    if memo.is_file():
-        return memo.read_text().strip()
+    try:
+        memoised = memo.read_text().strip()
+    except OSError:
+        memoised = ""
+    if re.fullmatch(r"[0-9a-f]{64}", memoised):  # anything else (empty, edited) is recomputed
+        return memoised
     digest = sha256_file(path)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(digest)
-    tmp.replace(memo)
+    write_text_atomic(memo, digest)
     return digest
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_ID_KEY = "quant_fixtures_run_id"
+PATHS_KEY = "quant_fixtures_paths"  # the controller's resolved output directories
 
 
 def is_worker(config: Any) -> bool:
@@ -43,19 +44,31 @@ def device_for(config: Any) -> str:
     return f"cuda:{worker_index(config) % torch.cuda.device_count()}"
 
 
-def file_lock(path: Path, timeout: float = -1) -> Any:
-    """An inter-process lock file (filelock); waits until the holder releases it."""
-    from filelock import FileLock
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path), timeout=timeout)
-
-
 class XdistHooks:
-    """Registered only when pytest-xdist is active: hands the run id to every worker."""
+    """Registered only when pytest-xdist is active: hands the run id and output directories to
+    every worker, and runs the up-front model checks on the controller."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
+        self.checked = False
 
     def pytest_configure_node(self, node: Any) -> None:
+        from .plugin import output_dirs
+
         node.workerinput[RUN_ID_KEY] = run_id(self.config)
+        node.workerinput[PATHS_KEY] = {k: str(v) for k, v in output_dirs(self.config).items()}
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """The controller's up-front model checks, once, for the models the workers collected."""
+        from .plugin import CONFIG_KEY, preflight_models, selected_pairs
+
+        if self.checked:
+            return
+        self.checked = True
+        import torch
+
+        suite = self.config.stash[CONFIG_KEY]
+        models = {m for m, _ in selected_pairs(self.config)
+                  if any(f"[{m}-" in i or f"[{m}]" in i for i in ids)
+                  and (torch.cuda.is_available() or not suite.models[m].requires_gpu)}
+        preflight_models(self.config, models)

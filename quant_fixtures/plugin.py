@@ -33,8 +33,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "[defaults].cpu_ppl_max_tokens on CPU)")
     g.addoption("--ppl-stride", type=int, default=None, help="use the HF guide's strided method with this stride")
     g.addoption("--batch-size", type=int, default=None, help="perplexity windows per forward pass")
-    g.addoption("--results-dir", default="results", help="where JSON reports go (default: results/)")
-    g.addoption("--baselines-dir", default="baselines", help="stored FP16 baselines (default: baselines/)")
+    g.addoption("--results-dir", default=None,
+                help="where JSON reports go (default: results/ under the rootdir; a relative path is taken "
+                     "from the current directory)")
+    g.addoption("--baselines-dir", default=None, help="stored FP16 baselines (default: baselines/ under the rootdir)")
     g.addoption("--cache-dir", default=None,
                 help="converted models and digests (default: $QUANT_FIXTURES_CACHE or ~/.cache/quant_fixtures)")
     g.addoption("--weight-dtype", default="float16", choices=("float16", "bfloat16"),
@@ -80,11 +82,19 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[CONFIG_KEY] = load_config(path) if path else load_config()
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    suite = config.stash[CONFIG_KEY]
     if config.pluginmanager.hasplugin("xdist"):
         from .parallel import XdistHooks
 
         config.pluginmanager.register(XdistHooks(config), "quant_fixtures_xdist")
+    _check_options(config)
+    _terminate_as_interrupt(config)
+
+
+def _check_options(config: pytest.Config) -> None:
+    """Every option, limit and output location, before anything loads (exit 4, one line)."""
+    from .preflight import PreflightError, check_budgets, check_limits, check_output_dirs
+
+    suite = config.stash[CONFIG_KEY]
     _split(config.getoption("--models"), list(suite.models), "model")
     _split(config.getoption("--variants"), list(VARIANTS), "variant")
     _prompt_suite_options(config)
@@ -95,6 +105,62 @@ def pytest_configure(config: pytest.Config) -> None:
         value = config.getoption(name)
         if value is not None and value < 1:
             raise pytest.UsageError(f"{name}: expected a positive integer, got {value}")
+    if config.getoption("--exact-kl-max-mb") < 0:
+        raise pytest.UsageError(f"--exact-kl-max-mb: expected 0 or more, got {config.getoption('--exact-kl-max-mb')}")
+    try:
+        check_budgets(config.getoption("--ctx") or suite.defaults.ctx, _ppl_budget(config),
+                      config.getoption("--ppl-stride"))
+        check_limits(suite, selected_pairs(config))
+        check_output_dirs(output_dirs(config))
+    except PreflightError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _ppl_budget(config: pytest.Config) -> int | None:
+    """The perplexity token budget: None for the whole split."""
+    from .parallel import device_for
+
+    budget = config.getoption("--ppl-max-tokens")
+    if budget is None:
+        on_cuda = device_for(config).startswith("cuda")
+        return None if on_cuda else config.stash[CONFIG_KEY].defaults.cpu_ppl_max_tokens
+    return None if budget == "all" else int(budget)
+
+
+def output_dirs(config: pytest.Config) -> dict[str, Path]:
+    """Where results, baselines and caches go. Defaults live under the rootdir (the project's);
+    a path the user gives is taken, like any command-line path, from the invocation directory.
+    xdist workers receive the controller's resolved paths."""
+    from .parallel import PATHS_KEY, is_worker
+
+    if is_worker(config):
+        return {k: Path(v) for k, v in config.workerinput[PATHS_KEY].items()}
+    here = Path(config.invocation_params.dir)
+
+    def given(option: str, default: Path) -> Path:
+        value = config.getoption(option)
+        return default if value is None else here / Path(value).expanduser()
+
+    cache = config.getoption("--cache-dir") or os.environ.get("QUANT_FIXTURES_CACHE")
+    return {"--results-dir": given("--results-dir", config.rootpath / "results"),
+            "--baselines-dir": given("--baselines-dir", config.rootpath / "baselines"),
+            "--cache-dir": here / Path(cache).expanduser() if cache else Path("~/.cache/quant_fixtures").expanduser()}
+
+
+def _terminate_as_interrupt(config: pytest.Config) -> None:
+    """SIGTERM (a CI job cancelled, a container stopped) ends the run like Ctrl-C: pytest reports
+    it as interrupted (exit 2) and every writer removes its temporary file on the way out."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -113,12 +179,16 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 def _prompt_suite_options(config: pytest.Config) -> tuple[Path, tuple[str, ...] | None]:
     """The prompt file and category filter, validated up front so a bad file is a usage error."""
-    from .prompts import CATEGORIES, DEFAULT_SUITE, PromptSuiteError, load_prompt_suite
+    from .prompts import DEFAULT_SUITE, PromptSuiteError, load_prompt_suite
 
-    path = Path(config.getoption("--prompts") or DEFAULT_SUITE).expanduser().resolve()
-    cats = _split(config.getoption("--categories"), list(CATEGORIES), "category")
+    given = config.getoption("--prompts")
+    path = (Path(config.invocation_params.dir) / Path(given).expanduser() if given else DEFAULT_SUITE).resolve()
+    raw = config.getoption("--categories")
+    cats = [c.strip() for c in raw.split(",") if c.strip()] if raw is not None else None
+    if cats is not None and not cats:
+        raise pytest.UsageError(f"--categories: no category given in {raw!r}")
     try:
-        load_prompt_suite(path, cats)
+        load_prompt_suite(path, cats)  # a filter naming a category the file lacks is an error there
     except PromptSuiteError as exc:
         raise pytest.UsageError(str(exc)) from None
     return path, tuple(cats) if cats else None
@@ -160,16 +230,46 @@ def quantized_only(func: Any) -> Any:
     return func
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: only what will run is checked
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_items = [i for i in items if i.get_closest_marker("gpu")]
-    if not gpu_items:
-        return
-    import torch
+    if gpu_items:
+        import torch
 
-    if not torch.cuda.is_available():
-        skip = pytest.mark.skip(reason="needs CUDA: no GPU visible to torch")
-        for item in gpu_items:
-            item.add_marker(skip)
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="needs CUDA: no GPU visible to torch")
+            for item in gpu_items:
+                item.add_marker(skip)
+    from .parallel import is_worker
+
+    if not is_worker(config) and not config.option.collectonly:  # xdist: the controller checks (parallel.py)
+        preflight_models(config, models_in(items))
+
+
+def models_in(items: list[pytest.Item]) -> set[str]:
+    """Models whose tests will run (not skipped for want of CUDA)."""
+    models = set()
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or item.get_closest_marker("skip"):
+            continue
+        for name in ("variant_eval", "model_documents", "bench_model"):
+            value = callspec.params.get(name)
+            if value is not None:
+                models.add(value[0] if isinstance(value, tuple) else value)
+    return models
+
+
+def preflight_models(config: pytest.Config, models: set[str]) -> None:
+    """Checks that need a model's config or its stored references, before any model loads."""
+    from .preflight import PreflightError, check_models
+
+    if not models:
+        return
+    try:
+        check_models(session_of(config), sorted(models))
+    except PreflightError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def build_session(config: pytest.Config) -> Any:
@@ -179,13 +279,8 @@ def build_session(config: pytest.Config) -> Any:
     suite = config.stash[CONFIG_KEY]
     device = device_for(config)
     on_cuda = device.startswith("cuda")
-    budget = config.getoption("--ppl-max-tokens")
-    if budget is None:
-        max_tokens = None if on_cuda else suite.defaults.cpu_ppl_max_tokens
-    else:
-        max_tokens = None if budget == "all" else int(budget)
-    cache = config.getoption("--cache-dir") or os.environ.get("QUANT_FIXTURES_CACHE") or "~/.cache/quant_fixtures"
-    root = config.rootpath
+    max_tokens = _ppl_budget(config)
+    dirs = output_dirs(config)
     pairs = selected_pairs(config)
     prompts_path, categories = _prompt_suite_options(config)
     d = suite.defaults
@@ -194,8 +289,7 @@ def build_session(config: pytest.Config) -> Any:
         models=sorted({m for m, _ in pairs}), variants=sorted({v for _, v in pairs}),
         ctx=config.getoption("--ctx") or suite.defaults.ctx, ppl_max_tokens=max_tokens,
         ppl_stride=config.getoption("--ppl-stride"),
-        results_dir=root / config.getoption("--results-dir"), baselines_dir=root / config.getoption("--baselines-dir"),
-        cache_dir=Path(cache).expanduser(),
+        results_dir=dirs["--results-dir"], baselines_dir=dirs["--baselines-dir"], cache_dir=dirs["--cache-dir"],
         batch_size=config.getoption("--batch-size") or (suite.defaults.batch_size_cuda if on_cuda
                                                         else suite.defaults.batch_size_cpu),
         device=device, weight_dtype=config.getoption("--weight-dtype"),
@@ -213,11 +307,16 @@ def build_session(config: pytest.Config) -> Any:
     return EvaluationSession(config=suite, options=options)
 
 
+def session_of(config: pytest.Config) -> Any:
+    """The run's evaluation session, built on first use and kept in config.stash."""
+    if SESSION_KEY not in config.stash:
+        config.stash[SESSION_KEY] = build_session(config)
+    return config.stash[SESSION_KEY]
+
+
 @pytest.fixture(scope="session")
 def quant_session(pytestconfig: pytest.Config) -> Any:
-    if SESSION_KEY not in pytestconfig.stash:
-        pytestconfig.stash[SESSION_KEY] = build_session(pytestconfig)
-    return pytestconfig.stash[SESSION_KEY]
+    return session_of(pytestconfig)
 
 
 @pytest.fixture(scope="session")
@@ -234,7 +333,7 @@ def variant_eval(request: pytest.FixtureRequest, quant_session: Any) -> dict[str
 
 
 def results_dir(config: pytest.Config) -> Path:
-    return config.rootpath / config.getoption("--results-dir")
+    return output_dirs(config)["--results-dir"]
 
 
 @pytest.fixture(scope="session")

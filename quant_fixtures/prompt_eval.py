@@ -28,6 +28,10 @@ class PromptScore:
     kl_exact: np.ndarray | None = None  # full-vocabulary KL, where the reference keeps P whole
 
 
+_EMPTY = np.zeros(0)
+NO_SCORE = PromptScore(_EMPTY, _EMPTY.astype(bool), _EMPTY, _EMPTY)  # a prompt with nothing scored
+
+
 def compute_reference(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey, gen_batch: int,
                       score_batch: int, progress: Callable[[int], None] | None = None) -> PromptReference:
     """Greedy FP16 responses, then the FP16 top-k log-probs at every response position."""
@@ -72,8 +76,7 @@ def score_against_reference(model: Any, tokenizer: Any, reference: PromptReferen
             kl_exact=(kl_exact(reference.full_logp[i].to(logits.device), logits).cpu().numpy()
                       if reference.full_logp is not None else None),
         )
-    empty = np.zeros(0)
-    return [s or PromptScore(empty, empty.astype(bool), empty, empty) for s in scores]
+    return [s or NO_SCORE for s in scores]
 
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .hashing import settings_digest, tensors_digest
+from .atomic import load_tensors, save_tensors
+from .hashing import settings_digest
 
 REFERENCE_FORMAT = 1
 
@@ -36,6 +36,7 @@ class ReferenceKey:
     compute_dtype: str
     device_type: str
     metrics_version: int
+    environment: dict[str, Any]  # library versions and the kernels' device/ISA
 
     def digest(self) -> str:
         return settings_digest(self)
@@ -74,16 +75,9 @@ def reference_path(cache_dir: Path, key: ReferenceKey) -> Path:
 
 
 def store_reference(cache_dir: Path, reference: PromptReference) -> Path:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.contiguous() for k, v in reference.to_tensors().items()}
-    meta = {"format": str(REFERENCE_FORMAT), "key": json.dumps(asdict(reference.key), sort_keys=True),
-            "tensors_sha256": tensors_digest(tensors)}
     path = reference_path(cache_dir, reference.key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    save_tensors(path, reference.to_tensors(),
+                 {"format": str(REFERENCE_FORMAT), "key": json.dumps(asdict(reference.key), sort_keys=True)})
     return path
 
 
@@ -93,23 +87,16 @@ def _split(flat: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
 
 def load_reference(cache_dir: Path, key: ReferenceKey) -> tuple[PromptReference | None, str]:
     """The cached reference for ``key``, or None with the reason it cannot be used."""
-    from safetensors import safe_open
-
     path = reference_path(cache_dir, key)
     if not path.is_file():
         return None, f"{path}: no cached FP16 prompt reference for these settings"
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    except Exception as exc:  # truncated or not a safetensors file
-        return None, f"{path}: unreadable ({type(exc).__name__}: {exc})"
+    tensors, meta, reason = load_tensors(path)
+    if tensors is None:
+        return None, reason
     if meta.get("format") != str(REFERENCE_FORMAT):
         return None, f"{path}: format {meta.get('format')} != {REFERENCE_FORMAT}"
     if meta.get("key") != json.dumps(asdict(key), sort_keys=True):
         return None, f"{path}: stale (settings differ)"
-    if meta.get("tensors_sha256") != tensors_digest(tensors):
-        return None, f"{path}: content digest mismatch (corrupt)"
     response_lengths = tensors["response_lengths"]
     return PromptReference(
         key=key,
@@ -122,7 +109,13 @@ def load_reference(cache_dir: Path, key: ReferenceKey) -> tuple[PromptReference 
 
 
 def tokenizer_sha256(tokenizer: Any) -> str:
-    """A digest of the tokenizer's vocabulary, special tokens and chat template."""
-    state = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map,
-             "chat_template": getattr(tokenizer, "chat_template", None), "class": type(tokenizer).__name__}
+    """A digest of everything that decides how the tokenizer turns text into ids: for a fast
+    tokenizer its whole serialization (normalizer, pre-tokenizer, model and merges, added tokens,
+    post-processor), else the vocabulary; plus special tokens, BOS/EOS settings and chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = {"backend": backend.to_str() if backend is not None else None,
+             "vocab": None if backend is not None else sorted(tokenizer.get_vocab().items()),
+             "special": tokenizer.special_tokens_map, "class": type(tokenizer).__name__,
+             "add_bos": getattr(tokenizer, "add_bos_token", None), "add_eos": getattr(tokenizer, "add_eos_token", None),
+             "chat_template": getattr(tokenizer, "chat_template", None)}
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()

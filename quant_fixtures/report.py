@@ -3,33 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
-import tempfile
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_json_atomic  # noqa: F401  (re-exported: reports are written with it)
+
 SCHEMA_VERSION = 1
-PACKAGES = ("torch", "transformers", "bitsandbytes", "accelerate", "datasets", "safetensors", "gguf", "pytest")
-
-
-def write_json_atomic(path: Path, document: Any) -> None:
-    """Write JSON to a temporary file in the same directory, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(document, fh, indent=2, sort_keys=False, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def evaluation_path(results_dir: Path, model: str, variant: str) -> Path:
@@ -38,25 +18,6 @@ def evaluation_path(results_dir: Path, model: str, variant: str) -> Path:
 
 def comparison_path(results_dir: Path, model: str) -> Path:
     return Path(results_dir) / f"{model}_quantization_comparison.json"
-
-
-def environment(device: str) -> dict[str, Any]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                           "packages": versions, "device": device}
-    if device.startswith("cuda"):
-        import torch
-
-        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
-        env["cuda"] = torch.version.cuda
-    else:
-        env["device_name"] = platform.processor() or platform.machine()
-    return env
 
 
 def now_utc() -> str:

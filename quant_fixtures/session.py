@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 import sys
 import time
 from contextlib import contextmanager
@@ -19,25 +20,28 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .baseline import Baseline, BaselineKey, StaleBaselineError, load_baseline, store_baseline
-from .config import SuiteConfig
+from .config import LIMITS, SuiteConfig
 from .corpus_kl import (CORPUS_TOP_K, KLAgainstReference, TopkRecorder, corpus_reference_path,
                         load_corpus_reference, store_corpus_reference)
 from .data import EvalText, load_wikitext2_test, tokenize_text
 from .documents import Measurements, evaluation_document
 from .evaluation import check_output_head, score_windows
-from .kl_report import flip_summary, kl_method_text, kl_section, kl_settings_text
+from .kl_report import batch_sensitivity, flip_summary, kl_method_text, kl_section, kl_settings_text
 from .metrics.divergence import METRICS_VERSION
 from .metrics.perplexity import nonoverlapping_windows, strided_windows
 from .models import ResolvedModel, load_model, release, resolve_model
-from .prompt_eval import (compute_reference, generate_responses, per_prompt_records, score_against_reference)
+from .prompt_eval import (NO_SCORE as _NO_SCORE, compute_reference, generate_responses, per_prompt_records,
+                          score_against_reference)
 from .prompts import Prompt, load_prompt_suite, suite_sha256
+from .records import read_record, write_record
 from .reference import PromptReference, ReferenceKey, load_reference, store_reference, tokenizer_sha256
-from .parallel import file_lock
+from .atomic import file_lock
 from .report import collect_run_documents, comparison_document, comparison_path, evaluation_path, write_json_atomic
 from .variants import BASELINE_VARIANT, VARIANTS, VariantOptions
 
 log = logging.getLogger("quant_fixtures")
 GB = 1e9
+PROMPT_SUMMARY_SCHEMA = 2  # 2: validated like a baseline (key, checksum); the environment recorded
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,25 @@ class EvaluationSession:
     _tokens: dict[str, Any] = field(default_factory=dict)
     _configs: dict[str, Any] = field(default_factory=dict)
     _reference_keys: dict[str, ReferenceKey] = field(default_factory=dict)
+    _tokenizer_ids: dict[str, str] = field(default_factory=dict)
     _locks: dict[str, Any] = field(default_factory=dict)
+    _environment: dict[str, Any] | None = None
+    _failed: dict[tuple[str, str], str] = field(default_factory=dict)
+    _stage: str = "start"
+
+    def environment(self) -> dict[str, Any]:
+        """This run's fingerprint (versions, device, CPU ISA), taken once."""
+        if self._environment is None:
+            from .environment import fingerprint
+
+            self._environment = fingerprint(self.options.device)
+        return self._environment
+
+    def numerics(self) -> dict[str, Any]:
+        """The parts of the environment that change FP16 numbers: in every stored reference's key."""
+        from .environment import numerics_key
+
+        return numerics_key(self.environment())
 
     def fp16_lock(self, model: str) -> Any:
         """Serialises FP16 passes across xdist workers: one computes, the others wait and read.
@@ -151,13 +173,24 @@ class EvaluationSession:
             return strided_windows(n_tokens, ctx, o.ppl_stride, o.ppl_max_tokens)
         return nonoverlapping_windows(n_tokens, ctx, o.ppl_max_tokens)
 
+    def tokenizer_identity(self, model: str) -> str:
+        """sha256 of how the model's tokenizer turns text into ids (read once per model)."""
+        if model not in self._tokenizer_ids:
+            from transformers import AutoTokenizer
+
+            spec = self.config.models[model]
+            tok = AutoTokenizer.from_pretrained(self.resolved(model).directory, trust_remote_code=spec.trust_remote_code)
+            self._tokenizer_ids[model] = tokenizer_sha256(tok)
+        return self._tokenizer_ids[model]
+
     def baseline_key(self, model: str, ctx: int) -> BaselineKey:
         o = self.options
         return BaselineKey(
-            model=model, weights_identity=self.resolved(model).identity, dataset_sha256=self.text().sha256,
+            model=model, weights_identity=self.resolved(model).identity,
+            tokenizer_sha256=self.tokenizer_identity(model), dataset_sha256=self.text().sha256,
             method="strided" if o.ppl_stride else "nonoverlapping", ctx=ctx, stride=o.ppl_stride,
             max_tokens=o.ppl_max_tokens, weight_dtype=o.weight_dtype, compute_dtype=o.compute_dtype,
-            device_type=o.device.split(":")[0], metrics_version=METRICS_VERSION)
+            device_type=o.device.split(":")[0], metrics_version=METRICS_VERSION, environment=self.numerics())
 
     def reference_key(self, model: str) -> ReferenceKey:
         """The prompt reference's key, built once per model (it reads the tokenizer and hashes files)."""
@@ -166,16 +199,14 @@ class EvaluationSession:
         return self._reference_keys[model]
 
     def _make_reference_key(self, model: str) -> ReferenceKey:
-        from transformers import AutoTokenizer
-
-        o, spec = self.options, self.config.models[model]
-        tok = AutoTokenizer.from_pretrained(self.resolved(model).directory, trust_remote_code=spec.trust_remote_code)
+        o = self.options
         return ReferenceKey(
-            model=model, weights_identity=self.resolved(model).identity, tokenizer_sha256=tokenizer_sha256(tok),
+            model=model, weights_identity=self.resolved(model).identity, tokenizer_sha256=self.tokenizer_identity(model),
             prompts_sha256=suite_sha256(o.prompts_path), categories=o.categories, use_chat_template=o.use_chat_template,
             max_new_tokens_cap=o.max_new_tokens_cap, top_k=o.top_k, full_logprobs=self._exact_kl_fits(model),
             weight_dtype=o.weight_dtype,
-            compute_dtype=o.compute_dtype, device_type=o.device.split(":")[0], metrics_version=METRICS_VERSION)
+            compute_dtype=o.compute_dtype, device_type=o.device.split(":")[0], metrics_version=METRICS_VERSION,
+            environment=self.numerics())
 
     def _exact_kl_fits(self, model: str) -> bool:
         """Whether the whole FP16 distribution at every response position (float32) fits the
@@ -205,10 +236,11 @@ class EvaluationSession:
             prompts, reason = load_reference(self.options.cache_dir, rkey)
             if prompts is None:
                 return None, reason
-            try:
-                noise = json.loads(self._prompt_summary_path(rkey).read_text()).get("noise_floor")
-            except (OSError, ValueError):
-                noise = None
+            summary, reason = read_record(self._prompt_summary_path(rkey), PROMPT_SUMMARY_SCHEMA, asdict(rkey),
+                                          ("noise_floor", "responses"), "FP16 prompt summary")
+            if summary is None:  # corrupt or stale: the FP16 pass rebuilds it (the noise floor with it)
+                return None, reason
+            noise = summary["noise_floor"]
         return References(baseline, corpus, prompts, noise), "ok"
 
     def references(self, model: str, ctx: int) -> References:
@@ -219,7 +251,10 @@ class EvaluationSession:
             if self.options.frozen_baselines:
                 raise StaleBaselineError(f"--frozen-baselines: {model}: {reason}")
             log.warning("running the FP16 pass of %s first: %s", model, reason)
-            self.evaluate(model, BASELINE_VARIANT)
+            try:
+                self.evaluate(model, BASELINE_VARIANT)
+            except EvaluationFailed as exc:
+                raise EvaluationFailed(f"the FP16 pass this variant is compared with failed: {exc}") from None
             refs, reason = self.stored_references(model, ctx)
         if refs is None:
             raise RuntimeError(f"FP16 references of {model} were computed but cannot be read back: {reason}")
@@ -227,24 +262,53 @@ class EvaluationSession:
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, model: str, variant: str) -> dict[str, Any]:
-        """Evaluate one pair (once per session) and write its reports; returns the document."""
+        """Evaluate one pair (once per session) and write its reports; returns the document.
+
+        Running out of memory fails this pair only, with one line naming model, variant and stage;
+        the model is released and the other pairs run. A failure is remembered for the session."""
         done = self.evaluations.get(model, {}).get(variant) or self._from_other_worker(model, variant)
         if done is not None:
             return done
+        if (model, variant) in self._failed:
+            raise EvaluationFailed(self._failed[model, variant])
+        self._stage = "start"
+        try:
+            return self._evaluate(model, variant)
+        except EvaluationFailed as exc:
+            self._failed[model, variant] = str(exc)
+            raise
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self._failed[model, variant] = f"{model} {variant}: out of memory in stage {self._stage}: {first_line}"
+            raise EvaluationFailed(self._failed[model, variant]) from None
+
+    @contextmanager
+    def _in_stage(self, name: str) -> Iterator[None]:
+        """Names the stage an error (out of memory) happened in."""
+        self._stage = name
+        yield
+
+    def _evaluate(self, model: str, variant: str) -> dict[str, Any]:
         spec, var = self.config.models[model], VARIANTS[variant]
         refs = None
         if not var.is_baseline:
             refs = self.references(model, self.ctx_for(self.model_config(model)))  # may run the FP16 pass first
         with self.fp16_lock(model) if var.is_baseline else _no_lock():
-            loaded = load_model(spec, self.resolved(model), var, self.options.variant_options(), self.options.device)
+            with self._in_stage("load"):
+                loaded = load_model(spec, self.resolved(model), var, self.options.variant_options(),
+                                    self.options.device)
             try:
                 measured = self._measure(model, var, loaded, refs)
             finally:
                 release(loaded)
         limits = self.config.gates_for(model, variant)
-        if self.options.skip_prompts:
-            limits.pop("max_mean_kl", None)
-        document = evaluation_document(measured, self.options, limits)
+        ungated = {LIMITS[name].metric: f"opted out with ungated in {self.config.path}"
+                   for name in self.config.ungated_for(model, variant)}
+        if self.options.skip_prompts and limits.pop("max_mean_kl", None) is not None:
+            ungated["kl_mean"] = "--skip-prompts: prompt KL was not measured"
+        document = evaluation_document(measured, self.options, limits, ungated)
         self.evaluations.setdefault(model, {})[variant] = document
         results = self.options.results_dir
         write_json_atomic(evaluation_path(results, model, variant), document)
@@ -280,14 +344,16 @@ class EvaluationSession:
             hook = TopkRecorder(len(plan)) if refs is None else (
                 KLAgainstReference(refs.corpus, refs.baseline.window_tokens) if refs.corpus is not None else None)
         bar = _progress(len(plan), f"{model} {var.key} perplexity", "win")
-        scores = score_windows(loaded.model, ids, plan, o.batch_size, hook=hook, progress=bar.update if bar else None)
+        with self._in_stage("perplexity"):
+            scores = score_windows(loaded.model, ids, plan, self.batching(var)["perplexity_windows_per_pass"],
+                                   hook=hook, progress=bar.update if bar else None)
         _close(bar)
         peak = torch.cuda.max_memory_allocated(o.device) / GB if on_cuda else None
         if refs is None:  # the FP16 pass: its results become the stored references
             key = self.baseline_key(model, ctx)
             baseline = Baseline(key=key, ppl=scores.ppl, window_nll=scores.window_nll,
                                 window_tokens=scores.window_tokens, footprint_bytes=loaded.footprint_bytes)
-            store_baseline(o.baselines_dir, baseline)
+            store_baseline(o.baselines_dir, baseline, self.environment())
             if isinstance(hook, TopkRecorder):
                 store_corpus_reference(corpus_reference_path(o.cache_dir, key.digest(), CORPUS_TOP_K), hook.tensors(),
                                        key.digest())
@@ -305,16 +371,30 @@ class EvaluationSession:
         prompt_seconds = None
         if not o.skip_prompts:
             start = time.perf_counter()
-            kl, flips, noise = self._prompt_stage(model, loaded, refs)
+            kl, flips, noise = self._prompt_stage(model, var, loaded, refs)
             prompt_seconds = time.perf_counter() - start
         return Measurements(
             model=model, variant=var, loaded=loaded, source=self.config.models[model].source,
             note=self.config.models[model].note,
             weights_identity=self.resolved(model).identity, ctx=ctx, windows=len(plan), scores=scores,
             baseline=baseline, peak_gb=peak, dataset_source=self.text().source, dataset_sha256=self.text().sha256,
-            corpus_kl=corpus_kl, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=prompt_seconds)
+            corpus_kl=corpus_kl, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=prompt_seconds,
+            batching=self.batching(var), environment=self.environment(),
+            keys={"baseline_sha256": baseline.key.digest(),
+                  "reference_sha256": None if o.skip_prompts else self.reference_key(model).digest()})
 
-    def _prompt_stage(self, model: str, loaded: Any, refs: References | None) -> tuple[Any, Any, Any]:
+    def batching(self, var: Any) -> dict[str, Any]:
+        """Sequences per forward pass. A variant whose kernels depend on the batch (LLM.int8 picks
+        outlier columns over the whole batch) is scored one sequence per pass, so its numbers do
+        not depend on the other windows, prompts or the batch size; its generation stays batched
+        and how much it moves with the batch composition is measured (flips.batch_sensitivity)."""
+        o = self.options
+        alone = not var.batch_invariant
+        return {"perplexity_windows_per_pass": 1 if alone else o.batch_size,
+                "prompt_scoring_per_pass": 1 if alone else o.score_batch_size,
+                "generation_batch": o.gen_batch_size, "batch_invariant": var.batch_invariant}
+
+    def _prompt_stage(self, model: str, var: Any, loaded: Any, refs: References | None) -> tuple[Any, Any, Any]:
         """Per-prompt KL and flips against FP16; on the FP16 pass, build the reference and noise floor."""
         o, prompts = self.options, self.prompts()
         key = self.reference_key(model)
@@ -325,40 +405,67 @@ class EvaluationSession:
             if reference is None:
                 log.warning("generating the FP16 prompt reference of %s: %s", model, reason)
                 bar = _progress(len(prompts), f"{model} fp16 generation", "prompt")
-                reference = compute_reference(loaded.model, loaded.tokenizer, prompts, key, o.gen_batch_size,
-                                              o.score_batch_size, bar.update if bar else None)
+                with self._in_stage("FP16 prompt reference"):
+                    reference = compute_reference(loaded.model, loaded.tokenizer, prompts, key, o.gen_batch_size,
+                                                  o.score_batch_size, bar.update if bar else None)
                 _close(bar)
                 store_reference(o.cache_dir, reference)
             # Noise floor: FP16 against itself, scored with a different batch composition.
             other = 1 if o.score_batch_size > 1 else 4
-            scores = score_against_reference(loaded.model, loaded.tokenizer, reference, other)
+            with self._in_stage("noise floor"):
+                scores = score_against_reference(loaded.model, loaded.tokenizer, reference, other)
             records = per_prompt_records(prompts, reference, scores, reference.response_ids, loaded.tokenizer)
             kl = kl_section(records, o.top_k, method + f" Here: FP16 against itself, batch size {other} "
                             f"instead of {o.score_batch_size} (the noise floor).", settings)
             noise = {k: kl[k] for k in ("mean", "max", "p99", "ci95")}
             self._write_prompt_summary(key, reference, loaded.tokenizer, noise)
             return kl, flip_summary(records), noise
-        reference = refs.prompts
-        scores = score_against_reference(loaded.model, loaded.tokenizer, reference, o.score_batch_size)
+        reference, batching = refs.prompts, self.batching(var)
+        with self._in_stage("prompt scoring"):
+            scores = score_against_reference(loaded.model, loaded.tokenizer, reference,
+                                             batching["prompt_scoring_per_pass"])
         bar = _progress(len(prompts), f"{model} generation", "prompt")
-        responses = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, o.gen_batch_size,
-                                       bar.update if bar else None)
+        with self._in_stage("generation"):
+            responses = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, o.gen_batch_size,
+                                           bar.update if bar else None)
         _close(bar)
         records = per_prompt_records(prompts, reference, scores, responses, loaded.tokenizer)
-        return kl_section(records, o.top_k, method, settings), flip_summary(records), refs.noise_floor
+        flips = flip_summary(records)
+        if not var.batch_invariant:
+            with self._in_stage("generation (other batch composition)"):
+                flips["batch_sensitivity"] = self._batch_sensitivity(loaded, reference, records)
+        return kl_section(records, o.top_k, method, settings), flips, refs.noise_floor
+
+    def _batch_sensitivity(self, loaded: Any, reference: PromptReference, records: list[dict[str, Any]]) -> dict:
+        """Generate again in batches of another size (other neighbours for every prompt) and count
+        what moved: responses, correctness verdicts, flips."""
+        o, prompts = self.options, self.prompts()
+        other = max(1, o.gen_batch_size // 2) if o.gen_batch_size > 1 else 2
+        again = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, other)
+        moved = per_prompt_records(prompts, reference, [_NO_SCORE] * len(prompts), again, loaded.tokenizer)
+        return batch_sensitivity(records, moved, o.gen_batch_size, other)
 
     def _write_prompt_summary(self, key: ReferenceKey, reference: PromptReference, tokenizer: Any,
                               noise: dict[str, Any]) -> None:
-        """The small committed companion of the cached prompt reference: FP16 responses and settings."""
-        from dataclasses import asdict
+        """The small committed companion of the cached prompt reference: FP16 responses, settings and
+        the noise floor; validated like a baseline on every read."""
+        responses = {p.id: tokenizer.decode(r, skip_special_tokens=True)
+                     for p, r in zip(self.prompts(), reference.response_ids)}
+        write_record(self._prompt_summary_path(key), PROMPT_SUMMARY_SCHEMA, asdict(key), key.digest(),
+                     {"noise_floor": noise, "responses": responses}, environment=self.environment())
 
-        prompts = self.prompts()
-        write_json_atomic(self._prompt_summary_path(key), {
-            "schema_version": 1, "key": asdict(key), "key_sha256": key.digest(),
-            "noise_floor": noise,
-            "responses": {p.id: tokenizer.decode(r, skip_special_tokens=True)
-                          for p, r in zip(prompts, reference.response_ids)},
-        })
+
+class EvaluationFailed(RuntimeError):
+    """One (model, variant) could not be evaluated; the message is one line."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    import torch
+
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
 
 
 @contextmanager

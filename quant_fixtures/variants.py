@@ -44,6 +44,9 @@ class Variant:
     description: str
     load_kwargs: Callable[[VariantOptions], dict[str, Any]]
     is_baseline: bool = False
+    # False when a sequence's numbers depend on what else is in the batch (LLM.int8 picks its
+    # outlier columns over the whole batch): such a variant is scored one sequence per pass.
+    batch_invariant: bool = True
 
 
 def _baseline_kwargs(options: VariantOptions) -> dict[str, Any]:
@@ -75,7 +78,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("fp16", "none", "16-bit floating point reference (float16, or bfloat16 by option)",
                 _baseline_kwargs, is_baseline=True),
         Variant("int8", "bitsandbytes-llm.int8", "bitsandbytes LLM.int8(): 8-bit absmax linear weights, "
-                "fp16 outlier decomposition (threshold 6.0)", _int8_kwargs),
+                "fp16 outlier decomposition (threshold 6.0)", _int8_kwargs, batch_invariant=False),
         Variant("nf4", "bitsandbytes-nf4", "bitsandbytes 4-bit NormalFloat linear weights, block size 64",
                 _nf4_kwargs),
     )

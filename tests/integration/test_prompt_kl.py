@@ -120,7 +120,7 @@ def key(smol: dict[str, Any]) -> ReferenceKey:
                         prompts_sha256="test-prompts", categories=None, use_chat_template=True,
                         max_new_tokens_cap=CAP, top_k=TOP_K, full_logprobs=True, weight_dtype="float16",
                         compute_dtype="float32",
-                        device_type="cpu", metrics_version=METRICS_VERSION)
+                        device_type="cpu", metrics_version=METRICS_VERSION, environment={"device_type": "cpu"})
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from quant_fixtures.baseline import (
 KEY = BaselineKey(
     model="qwen2.5-0.5b",
     weights_identity="Qwen/Qwen2.5-0.5B@0123abcd",
+    tokenizer_sha256="a" * 64,
     dataset_sha256="f" * 64,
     method="nonoverlapping",
     ctx=2048,
@@ -31,6 +32,7 @@ KEY = BaselineKey(
     compute_dtype="float32",
     device_type="cpu",
     metrics_version=1,
+    environment={"device_type": "cpu", "torch": "2.13.0", "cpu_capability": "AVX512"},
 )
 
 BASELINE = Baseline(
@@ -45,6 +47,7 @@ BASELINE = Baseline(
 CHANGED: dict[str, Any] = {
     "model": "mistral7b",
     "weights_identity": "Qwen/Qwen2.5-0.5B@ffffffff",
+    "tokenizer_sha256": "b" * 64,
     "dataset_sha256": "0" * 64,
     "method": "strided",
     "ctx": 1024,
@@ -54,6 +57,7 @@ CHANGED: dict[str, Any] = {
     "compute_dtype": "float16",
     "device_type": "cuda",
     "metrics_version": 2,
+    "environment": {"device_type": "cpu", "torch": "2.13.0", "cpu_capability": "AVX2"},
 }
 
 
@@ -144,7 +148,10 @@ def test_stale_reason_names_the_field(tmp_path: Path, field_name: str) -> None:
     loaded, reason = load_baseline(tmp_path, new_key)
     assert loaded is None
     assert "stale" in reason
-    assert reason.endswith(f"settings changed: {field_name}")
+    if field_name == "environment":  # a table: the reason also says what changed in it
+        assert reason.endswith("settings changed: environment (cpu_capability: AVX512 -> AVX2)")
+    else:
+        assert reason.endswith(f"settings changed: {field_name}")
 
 
 def test_stale_reason_names_several_fields(tmp_path: Path) -> None:

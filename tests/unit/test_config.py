@@ -89,8 +89,8 @@ def test_gates_for_does_not_mutate_the_global_table() -> None:
 
 def test_shipped_models_flags_and_sources() -> None:
     suite = load_config(REPO_CONFIG)
-    assert sorted(suite.gpu_models) == ["mistral7b", "qwen2.5-0.5b"]
-    assert suite.default_models == ["smollm2-135m"]
+    assert sorted(k for k, m in suite.models.items() if m.requires_gpu) == ["mistral7b", "qwen2.5-0.5b"]
+    assert [k for k, m in suite.models.items() if m.default] == ["smollm2-135m"]
     mistral = suite.models["mistral7b"]
     assert mistral.source_kind == "hub" and mistral.source == "mistralai/Mistral-7B-v0.1@main"
     smol = suite.models["smollm2-135m"]
@@ -109,7 +109,7 @@ max_delta_ppl_pct = 5
 path = "/weights/a"
 [models.a.gates.int8]
 max_mean_kl = 0.25
-[models.a.gates.int4]
+[models.a.gates.nf4]
 min_memory_reduction_pct = 80
 [models.b]
 hub_id = "org/b"
@@ -118,13 +118,13 @@ max_delta_ppl_pct = 7.5
 """)
     suite = load_config(path)
     assert suite.gates_for("a", "int8") == {"max_delta_ppl_pct": 5.0, "max_mean_kl": 0.25}
-    assert suite.gates_for("a", "int4") == {"min_memory_reduction_pct": 80.0}
+    assert suite.gates_for("a", "nf4") == {"min_memory_reduction_pct": 80.0}
     assert suite.gates_for("b", "int8") == {"max_delta_ppl_pct": 7.5}
     assert suite.gates_for("b", "nf4") == {}
     assert isinstance(suite.gates["int8"]["max_delta_ppl_pct"], float)
     assert suite.models["a"].source_kind == "local" and suite.models["a"].source == "/weights/a"
     assert suite.models["b"].source == "org/b@main"
-    assert suite.gpu_models == [] and suite.default_models == []
+    assert not any(m.requires_gpu or m.default for m in suite.models.values())
 
 
 def test_missing_defaults_and_gates_use_dataclass_defaults(tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ import torch
 
 from quant_fixtures.generation import eos_token_ids, length_batches, pad_token_id, truncate_response
 from quant_fixtures.prompt_eval import first_divergence
+from quant_fixtures.hashing import tensors_digest
 from quant_fixtures.reference import (REFERENCE_FORMAT, PromptReference, ReferenceKey, load_reference,
-                                      reference_path, store_reference, tensors_digest)
+                                      reference_path, store_reference)
 
 # --- truncate_response ---------------------------------------------------------------------------
 
@@ -133,7 +134,8 @@ def make_key(**changes) -> ReferenceKey:
     key = ReferenceKey(model="tiny", weights_identity="sha256:abc", tokenizer_sha256="tok123",
                        prompts_sha256="prompts456", categories=("question_answering", "creative_writing"),
                        use_chat_template=True, max_new_tokens_cap=12, top_k=K, full_logprobs=False, weight_dtype="float16",
-                       compute_dtype="float32", device_type="cpu", metrics_version=1)
+                       compute_dtype="float32", device_type="cpu", metrics_version=1,
+                       environment={"device_type": "cpu", "torch": "2.13.0"})
     return dataclasses.replace(key, **changes)
 
 
@@ -195,6 +197,7 @@ CHANGED = {
     "prompts_sha256": "prompts000", "categories": ("question_answering",), "use_chat_template": False,
     "max_new_tokens_cap": 64, "top_k": K + 1, "weight_dtype": "bfloat16", "compute_dtype": "float16",
     "device_type": "cuda", "metrics_version": 2, "full_logprobs": True,
+    "environment": {"device_type": "cpu", "torch": "2.14.0"},
 }
 
 

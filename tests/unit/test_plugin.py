@@ -54,6 +54,10 @@ EVERY_VARIANT_TESTS, QUANTIZED_TESTS = _parametrized_tests()
 SMALL_CONFIG = """
 [gates.int8]
 max_delta_ppl_pct = 5.0
+ungated = ["min_memory_reduction_pct", "max_mean_kl"]
+
+[gates.nf4]
+ungated = ["max_delta_ppl_pct", "min_memory_reduction_pct", "max_mean_kl"]
 
 [models.alpha]
 path = "/nonexistent/alpha"
@@ -69,7 +73,6 @@ def suite_dir(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyt
     """A pytester directory holding the plugin conftest and a copy of the release-gate tests."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pytester.makeini("[pytest]\n")  # pin the rootdir here, away from the repo's pyproject.toml
-    pytester.makeconftest('pytest_plugins = ["quant_fixtures.plugin"]\n')
     # A module name of its own: in one process with tests/harm, "test_release_gates" is taken.
     pytester.makepyfile(test_gates_under_test=RELEASE_GATES.read_text(encoding="utf-8"))
     return pytester
@@ -101,7 +104,7 @@ def test_registry_and_config_match_these_expectations() -> None:
     assert list(VARIANTS) == ALL_VARIANTS
     assert [k for k, v in VARIANTS.items() if not v.is_baseline] == QUANTIZED
     suite = load_config(SHIPPED_CONFIG)
-    assert suite.gpu_models == SEED_MODELS
+    assert [k for k, m in suite.models.items() if m.requires_gpu] == SEED_MODELS
     assert [k for k in suite.models if k not in SEED_MODELS] == ["smollm2-135m"]
     assert EVERY_VARIANT_TESTS == [PPL_TEST]
     assert {"test_delta_perplexity_within_limit", "test_memory_reduction_within_limit"} <= set(QUANTIZED_TESTS)

@@ -1,0 +1,140 @@
+"""The environment a number was measured in: package versions, accelerator, CPU and its ISA.
+
+The same code gives different numbers in different environments (bitsandbytes INT8 on the CPU
+moves with the instruction set the kernels pick), so every stored result records a fingerprint,
+keys include the parts that change numbers, and a comparison across environments says so.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+from importlib import metadata
+from typing import Any
+
+PACKAGES = ("torch", "transformers", "bitsandbytes", "accelerate", "datasets", "safetensors", "gguf", "pytest")
+# CPU features the kernels choose between (torch/oneDNN/MKL matmuls, bitsandbytes' CPU ops).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+             "amx_bf16", "amx_int8")
+# Environment switches that restrict those choices (ATen's dispatch, oneDNN, MKL).
+ISA_SWITCHES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                "MKL_CBWR")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """(model name, flags) from /proc/cpuinfo; platform.processor() elsewhere."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return platform.processor() or platform.machine(), frozenset()
+    name, flags = platform.processor() or platform.machine(), frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and value.strip():
+            name = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = frozenset(value.split())
+    return name, flags
+
+
+def _bitsandbytes_cpu_paths() -> dict[str, Any]:
+    """Which CPU kernels bitsandbytes takes here: int8 matmul through torch._int_mm only when ATen
+    dispatches AVX512, NF4 in bfloat16 where its own library reports AVX512-BF16."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+
+        bf16 = bool(has_avx512bf16())
+    except Exception:  # bitsandbytes missing or its library failed to load
+        bf16 = None
+    return {"int8_matmul": "torch._int_mm" if capability == "AVX512" else "float32 matmul",
+            "avx512bf16": bf16}
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        first = open("/proc/driver/nvidia/version", encoding="utf-8").readline()
+    except OSError:
+        return None
+    parts = first.split("Kernel Module")
+    return parts[1].split()[0] if len(parts) > 1 and parts[1].split() else first.strip() or None
+
+
+def fingerprint(device: str) -> dict[str, Any]:
+    """Everything recorded about where a number was measured (for reports and messages)."""
+    import torch
+
+    cpu_name, flags = _cpuinfo()
+    env: dict[str, Any] = {
+        "python": platform.python_version(), "platform": platform.platform(), "packages": package_versions(),
+        "device": device, "device_type": device.split(":")[0],
+        "cpu": {"model": cpu_name, "isa": sorted(f for f in ISA_FLAGS if f in flags),
+                "torch_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                "switches": {k: os.environ[k] for k in ISA_SWITCHES if os.environ.get(k)},
+                "bitsandbytes": _bitsandbytes_cpu_paths()},
+    }
+    if device.startswith("cuda"):
+        index = torch.device(device)
+        major, minor = torch.cuda.get_device_capability(index)
+        env["gpu"] = {"name": torch.cuda.get_device_name(index), "capability": f"{major}.{minor}",
+                      "cuda": torch.version.cuda, "driver": _nvidia_driver()}
+        env["device_name"], env["cuda"] = env["gpu"]["name"], torch.version.cuda
+    else:
+        env["device_name"] = cpu_name
+    return env
+
+
+def numerics_key(env: dict[str, Any], packages: tuple[str, ...] = ("torch", "transformers")) -> dict[str, Any]:
+    """The parts of a fingerprint that change the numbers of the named packages' computations:
+    their versions, the device type and, on CUDA, the GPU and CUDA version; on the CPU, the kernels'
+    instruction set (ATen's capability, the ISA features and any restricting switch)."""
+    key: dict[str, Any] = {"device_type": env["device_type"],
+                           **{name: env["packages"].get(name) for name in packages}}
+    if env["device_type"] == "cuda":
+        gpu = env["gpu"]
+        key.update(gpu=gpu["name"], capability=gpu["capability"], cuda=gpu["cuda"])
+    else:
+        cpu = env["cpu"]
+        key.update(cpu_capability=cpu["torch_capability"], cpu_isa=",".join(cpu["isa"]),
+                   cpu_switches=",".join(f"{k}={v}" for k, v in sorted(cpu["switches"].items())))
+    return key
+
+
+def describe(env: dict[str, Any]) -> str:
+    """A short phrase: 'torch 2.13.0, transformers 5.24.0, bitsandbytes 0.50.2 on a CPU with AVX512, AMX'."""
+    packages = ", ".join(f"{k} {env['packages'].get(k)}" for k in ("torch", "transformers", "bitsandbytes"))
+    if env.get("device_type") == "cuda" and env.get("gpu"):
+        gpu = env["gpu"]
+        where = f"{gpu['name']} (CUDA {gpu['cuda']}, driver {gpu['driver']})"
+    else:
+        cpu = env.get("cpu", {})
+        isa = set(cpu.get("isa", []))
+        features = [cpu.get("torch_capability") or "?"]
+        features += [label for label, flag in (("AVX512-BF16", "avx512_bf16"), ("AVX512-FP16", "avx512_fp16"),
+                                               ("AMX", "amx_tile")) if flag in isa]
+        switches = cpu.get("switches") or {}
+        features += [f"{k}={v}" for k, v in sorted(switches.items())]
+        where = f"a CPU with {', '.join(features)} ({cpu.get('model', '?')})"
+    return f"{packages} on {where}"
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The numerics-relevant fields that differ between two fingerprints, as 'name: old -> new'."""
+    a = numerics_key(old, ("torch", "transformers", "bitsandbytes"))
+    b = numerics_key(new, ("torch", "transformers", "bitsandbytes"))
+    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
