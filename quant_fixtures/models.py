@@ -17,8 +17,11 @@ from .gguf import convert_gguf_package
 from .hashing import sha256_file
 from .variants import Variant, VariantOptions, torch_dtype
 
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+SAFE_WEIGHTS = ("*.safetensors",)
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth")  # torch pickles: loading one can run arbitrary code
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+# Files besides the weights that change what the model computes or generates.
+IDENTITY_FILES = ("config.json", "generation_config.json")
 
 
 class ModelUnavailableError(RuntimeError):
@@ -62,13 +65,28 @@ def _file_digest(path: Path, cache_dir: Path) -> str:
     return digest
 
 
-def directory_identity(directory: Path, cache_dir: Path) -> str:
-    """sha256 over the names and contents of a directory's weight and config files."""
-    files = sorted({p for pat in WEIGHT_PATTERNS for p in directory.glob(pat)})
-    if not files:
-        raise ModelUnavailableError(f"{directory}: no weight files ({', '.join(WEIGHT_PATTERNS)}) in this directory")
+def weight_files(directory: Path, allow_pickle: bool = False, key: str = "model") -> list[Path]:
+    """The directory's weight files: safetensors, plus pickles only when the model opts in."""
+    files = sorted({p for pat in SAFE_WEIGHTS for p in directory.glob(pat)})
+    pickles = sorted({p for pat in PICKLE_WEIGHTS for p in directory.glob(pat)})
+    if allow_pickle:
+        files = sorted(set(files) | set(pickles))
+    if files:
+        return files
+    if pickles:
+        raise ModelUnavailableError(
+            f"model {key!r}: {directory} holds only pickle weights ({', '.join(p.name for p in pickles[:3])}); "
+            "loading a pickle can run arbitrary code, so they are refused unless the model's entry says "
+            "allow_pickle = true (only for a source you trust), or convert them to safetensors")
+    raise ModelUnavailableError(f"{directory}: no weight files ({', '.join(SAFE_WEIGHTS)}) in this directory")
+
+
+def directory_identity(directory: Path, cache_dir: Path, allow_pickle: bool = False, key: str = "model") -> str:
+    """sha256 over the names and contents of a directory's weight, config and generation-config files
+    (the tokenizer has its own digest in every key)."""
+    files = weight_files(directory, allow_pickle, key)
     summary = hashlib.sha256()
-    for p in files + [directory / "config.json"]:
+    for p in files + [directory / name for name in IDENTITY_FILES]:
         if p.is_file():
             summary.update(f"{p.name}:{_file_digest(p, cache_dir)}\n".encode())
     return "sha256:" + summary.hexdigest()
@@ -79,7 +97,8 @@ def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
 
     revision = spec.revision or "main"
     try:
-        directory = Path(snapshot_download(spec.hub_id, revision=revision, allow_patterns=HUB_PATTERNS))
+        patterns = HUB_PATTERNS + (list(PICKLE_WEIGHTS) if spec.allow_pickle else [])
+        directory = Path(snapshot_download(spec.hub_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:  # offline, unknown repo, gated repo: all end in the same remedy
         raise ModelUnavailableError(
             f"model {spec.key!r} ({spec.hub_id}@{revision}) is not in the local Hugging Face cache and the Hub "
@@ -87,8 +106,7 @@ def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
             f"(`hf download {spec.hub_id} --revision {revision}`) and point HF_HOME at that cache, or set "
             f"`path = \"/local/dir\"` for {spec.key} in quant_suite.toml"
         ) from None
-    if not any(directory.glob("*.safetensors")):
-        raise ModelUnavailableError(f"model {spec.key!r} ({spec.hub_id}@{revision}) has no safetensors weights")
+    weight_files(directory, spec.allow_pickle, spec.key)  # safetensors, or pickles only by opt-in
     # Snapshot directories are named by the commit hash, which pins the weights exactly.
     return ResolvedModel(directory, f"hub:{spec.hub_id}@{directory.name}")
 
@@ -101,7 +119,7 @@ def resolve_model(spec: ModelSpec, cache_dir: Path) -> ResolvedModel:
         directory = Path(spec.path).expanduser()
         if not (directory / "config.json").is_file():
             raise ModelUnavailableError(f"model {spec.key!r}: {directory} is not a Hugging Face model directory (no config.json)")
-        return ResolvedModel(directory, directory_identity(directory, cache_dir))
+        return ResolvedModel(directory, directory_identity(directory, cache_dir, spec.allow_pickle, spec.key))
     converted = convert_gguf_package(spec.gguf_package, spec.gguf_file, cache_dir / "gguf")
     return ResolvedModel(converted.directory, converted.identity)
 
@@ -172,6 +190,7 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
         dtype=torch_dtype(options.weight_dtype),
         device_map={"": device},
         trust_remote_code=spec.trust_remote_code,
+        use_safetensors=None if spec.allow_pickle else True,  # never unpickle weights without the opt-in
         **kwargs,
     )
     model.eval()

@@ -8,7 +8,6 @@ document carrying this run's id.
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
 RUN_ID_KEY = "quant_fixtures_run_id"

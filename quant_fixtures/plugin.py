@@ -274,7 +274,8 @@ def preflight_models(config: pytest.Config, models: set[str]) -> None:
 
 def build_session(config: pytest.Config) -> Any:
     from .parallel import device_for, run_id
-    from .session import EvaluationSession, RunOptions
+    from .run_options import RunOptions
+    from .session import EvaluationSession
 
     suite = config.stash[CONFIG_KEY]
     device = device_for(config)
@@ -350,27 +351,39 @@ def model_documents(request: pytest.FixtureRequest, quant_session: Any) -> dict[
 
 
 @pytest.fixture
-def harm_snapshot(snapshot: Any, quant_session: Any) -> Any:
-    """syrupy's snapshot with per-metric tolerances, named after the run's settings."""
+def harm_snapshot(snapshot: Any, quant_session: Any, request: pytest.FixtureRequest) -> Any:
+    """syrupy's snapshot with per-metric tolerances, named after the run's settings; it claims
+    only this run's snapshot files, so other settings' snapshots are never deleted as unused."""
+    from syrupy.extensions.json import JSONSnapshotExtension
+
     from .snapshot import settings_tag, tolerant_json_extension
 
-    extension = tolerant_json_extension(quant_session.config.snapshot_tolerances)
-    return snapshot.use_extension(extension)(name=settings_tag(quant_session.options))
+    tag = settings_tag(quant_session.options)
+    owned = {JSONSnapshotExtension._sanitize_filename(f"{request.node.originalname}[{m}][{tag}]")
+             for m in quant_session.options.models}
+    extension = tolerant_json_extension(quant_session.config.snapshot_tolerances, owned)
+    return snapshot.use_extension(extension)(name=tag)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Controller only: REPORT.md and plots from every document of this run."""
+    """Controller only: REPORT.md and plots from every document of this run, and from other runs
+    into the same directory that were measured against the same FP16 references. An interrupt
+    here leaves the previous REPORT.md as it was (atomic writes) and ends the run as interrupted."""
     from .parallel import is_worker, run_id
-    from .report import collect_run_documents
+    from .report import collect_comparable_documents
 
     config = session.config
     if is_worker(config) or CONFIG_KEY not in config.stash:
         return
-    documents = collect_run_documents(results_dir(config), run_id(config))
-    if documents:
-        from .markdown_report import write_report
+    try:
+        documents = collect_comparable_documents(results_dir(config), run_id(config))
+        if documents:
+            from .markdown_report import write_report
 
-        config.stash[REPORT_KEY] = write_report(results_dir(config), documents)
+            config.stash[REPORT_KEY] = write_report(results_dir(config), documents)
+    except KeyboardInterrupt:
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
+        config.get_terminal_writer().line("interrupted while writing REPORT.md: not written", red=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

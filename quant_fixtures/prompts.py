@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
+# The shipped suite's twelve categories (8 prompts each). A user's prompt file brings its own.
 CATEGORIES: tuple[str, ...] = (
     "code_generation",
     "mathematical_reasoning",
@@ -30,6 +31,7 @@ MAX_NEW_TOKENS_CAP = 4096
 _REQUIRED_KEYS = frozenset({"id", "category", "prompt"})
 _ALLOWED_KEYS = _REQUIRED_KEYS | {"max_new_tokens", "answer"}
 _WS = re.compile(r"\s+")
+MAX_CATEGORY_CHARS = 64
 
 
 def _normalise(text: str) -> str:
@@ -109,8 +111,10 @@ def _parse_record(raw: str, where: str) -> Prompt:
     category = record.get("category")
     if "category" not in record:
         fail(f"prompt {pid!r}: missing 'category'")
-    if category not in CATEGORIES:
-        fail(f"prompt {pid!r}: unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
+    if (not isinstance(category, str) or not category.strip() or category != category.strip()
+            or len(category) > MAX_CATEGORY_CHARS or any(not c.isprintable() for c in category)):
+        fail(f"prompt {pid!r}: 'category' must be a non-empty name of at most {MAX_CATEGORY_CHARS} printable "
+             f"characters without surrounding spaces, got {category!r}")
 
     text = record.get("prompt")
     if not isinstance(text, str) or not text.strip():
@@ -148,14 +152,8 @@ def load_prompt_suite(
     the file and the 1-based line number. Prompts are returned in file order.
     """
     path = Path(path)
-    if categories is not None:
-        if isinstance(categories, str):
-            categories = [categories]
-        bad = [c for c in categories if c not in CATEGORIES]
-        if bad:
-            raise PromptSuiteError(
-                f"{path}: unknown category filter {bad}; valid: {', '.join(CATEGORIES)}"
-            )
+    if isinstance(categories, str):
+        categories = [categories]
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -180,6 +178,13 @@ def load_prompt_suite(
     if not prompts:
         raise PromptSuiteError(f"{path}: prompt suite is empty")
     if categories is not None:
+        present = list(dict.fromkeys(p.category for p in prompts))
+        unknown = [c for c in categories if c not in present]
+        if unknown:
+            raise PromptSuiteError(
+                f"{path}: unknown category filter {unknown}: not a category of this file; "
+                f"its categories: {', '.join(present)}"
+            )
         wanted = set(categories)
         prompts = [p for p in prompts if p.category in wanted]
         if not prompts:

@@ -7,8 +7,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json_atomic  # noqa: F401  (re-exported: reports are written with it)
-
 SCHEMA_VERSION = 1
 
 
@@ -24,21 +22,51 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def collect_run_documents(results_dir: Path, run_id: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """Every evaluation document of this run in ``results_dir`` (from all xdist workers), as
-    {model: {variant: document}} with variants in registry order."""
+def _documents(results_dir: Path) -> list[dict[str, Any]]:
+    """Every readable evaluation document in ``results_dir``."""
+    docs = []
+    for path in sorted(Path(results_dir).glob("*_quantized_*_evaluation.json")):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("model"), dict) and isinstance(doc.get("variant"), dict):
+            docs.append(doc)
+    return docs
+
+
+def _by_model(docs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{model: {variant: document}}, variants in registry order."""
     from .variants import VARIANTS
 
     found: dict[str, dict[str, dict[str, Any]]] = {}
-    for path in sorted(Path(results_dir).glob("*_quantized_*_evaluation.json")):
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(doc, dict) and doc.get("run_id") == run_id:
-            found.setdefault(doc["model"]["key"], {})[doc["variant"]["key"]] = doc
+    for doc in docs:
+        found.setdefault(doc["model"]["key"], {})[doc["variant"]["key"]] = doc
     order = {k: i for i, k in enumerate(VARIANTS)}
     return {m: dict(sorted(v.items(), key=lambda kv: order.get(kv[0], len(order)))) for m, v in found.items()}
+
+
+def collect_run_documents(results_dir: Path, run_id: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every evaluation document of this run in ``results_dir`` (from all xdist workers), as
+    {model: {variant: document}} with variants in registry order."""
+    return _by_model([d for d in _documents(results_dir) if d.get("run_id") == run_id])
+
+
+def collect_comparable_documents(results_dir: Path, run_id: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """This run's documents plus, per model, those other runs left in ``results_dir`` that were
+    measured against the same FP16 references (same reference keys: weights, tokenizer, data,
+    protocol, prompts, environment). Two runs into one directory (``--variants int8`` and
+    ``--variants nf4``) so give one comparison with every variant; a stale document is left out."""
+    docs = _documents(results_dir)
+    this_run = _by_model([d for d in docs if d.get("run_id") == run_id])
+    for model, variants in this_run.items():
+        keys = next(iter(variants.values())).get("reference_keys")
+        for doc in docs:
+            if (keys and doc["model"]["key"] == model and doc.get("reference_keys") == keys
+                    and doc["variant"]["key"] not in variants):
+                variants[doc["variant"]["key"]] = doc
+        this_run[model] = _by_model(list(variants.values()))[model]
+    return this_run
 
 
 def variant_row(doc: dict[str, Any]) -> dict[str, Any]:

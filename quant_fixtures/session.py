@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
-import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
+from .atomic import file_lock, write_json_atomic
 from .baseline import Baseline, BaselineKey, StaleBaselineError, load_baseline, store_baseline
 from .config import LIMITS, SuiteConfig
 from .corpus_kl import (CORPUS_TOP_K, KLAgainstReference, TopkRecorder, corpus_reference_path,
@@ -26,63 +24,19 @@ from .corpus_kl import (CORPUS_TOP_K, KLAgainstReference, TopkRecorder, corpus_r
 from .data import EvalText, load_wikitext2_test, tokenize_text
 from .documents import Measurements, evaluation_document
 from .evaluation import check_output_head, score_windows
-from .kl_report import batch_sensitivity, flip_summary, kl_method_text, kl_section, kl_settings_text
 from .metrics.divergence import METRICS_VERSION
 from .metrics.perplexity import nonoverlapping_windows, strided_windows
 from .models import ResolvedModel, load_model, release, resolve_model
-from .prompt_eval import (NO_SCORE as _NO_SCORE, compute_reference, generate_responses, per_prompt_records,
-                          score_against_reference)
+from .prompt_stage import PROMPT_SUMMARY_SCHEMA, close_bar, progress_bar, prompt_stage, prompt_summary_path
 from .prompts import Prompt, load_prompt_suite, suite_sha256
-from .records import read_record, write_record
-from .reference import PromptReference, ReferenceKey, load_reference, store_reference, tokenizer_sha256
-from .atomic import file_lock
-from .report import collect_run_documents, comparison_document, comparison_path, evaluation_path, write_json_atomic
-from .variants import BASELINE_VARIANT, VARIANTS, VariantOptions
+from .records import read_record
+from .reference import PromptReference, ReferenceKey, load_reference, tokenizer_sha256
+from .report import collect_comparable_documents, comparison_document, comparison_path, evaluation_path
+from .run_options import RunOptions
+from .variants import BASELINE_VARIANT, VARIANTS
 
 log = logging.getLogger("quant_fixtures")
 GB = 1e9
-PROMPT_SUMMARY_SCHEMA = 2  # 2: validated like a baseline (key, checksum); the environment recorded
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The run's choices, parsed once from the command line."""
-
-    models: list[str]
-    variants: list[str]
-    ctx: int
-    ppl_max_tokens: int | None  # None: the whole test split
-    ppl_stride: int | None
-    results_dir: Path
-    baselines_dir: Path
-    cache_dir: Path
-    batch_size: int
-    device: str
-    prompts_path: Path
-    categories: tuple[str, ...] | None = None
-    use_chat_template: bool = True
-    max_new_tokens_cap: int | None = None  # None: each prompt's own max_new_tokens
-    top_k: int = 256
-    gen_batch_size: int = 96
-    score_batch_size: int = 16
-    exact_kl_max_mb: int = 1024  # keep the full FP16 distribution (exact KL) when it fits; 0: never
-    skip_prompts: bool = False
-    weight_dtype: str = "float16"
-    nf4_compute_dtype: str | None = None
-    nf4_double_quant: bool = False
-    dataset_source: str = "auto"
-    frozen_baselines: bool = False
-    gate_mode: str = "enforce"  # "enforce" fails gate tests; "report" records verdicts only
-    gate_on: str = "point"  # "point" or "upper" (the 95 % CI's upper bound)
-    run_id: str = "local"  # shared by all xdist workers of one run
-
-    @property
-    def compute_dtype(self) -> str:
-        return self.weight_dtype if self.device.startswith("cuda") else "float32"
-
-    def variant_options(self) -> VariantOptions:
-        return VariantOptions(weight_dtype=self.weight_dtype, compute_dtype=self.compute_dtype,
-                              nf4_compute_dtype=self.nf4_compute_dtype, nf4_double_quant=self.nf4_double_quant)
 
 
 @dataclass
@@ -216,9 +170,6 @@ class EvaluationSession:
         positions = sum(min(p.max_new_tokens, cap or p.max_new_tokens) for p in self.prompts())
         return positions * vocab * 4 <= self.options.exact_kl_max_mb * 2**20
 
-    def _prompt_summary_path(self, key: ReferenceKey) -> Path:
-        return self.options.baselines_dir / f"{key.model}-prompts-{key.digest()[:12]}.json"
-
     # -- stored FP16 references --------------------------------------------------------------------
     def stored_references(self, model: str, ctx: int) -> tuple[References | None, str]:
         """All FP16 references for the current settings, or None and why they cannot be used."""
@@ -236,7 +187,7 @@ class EvaluationSession:
             prompts, reason = load_reference(self.options.cache_dir, rkey)
             if prompts is None:
                 return None, reason
-            summary, reason = read_record(self._prompt_summary_path(rkey), PROMPT_SUMMARY_SCHEMA, asdict(rkey),
+            summary, reason = read_record(prompt_summary_path(self.options, rkey), PROMPT_SUMMARY_SCHEMA, asdict(rkey),
                                           ("noise_floor", "responses"), "FP16 prompt summary")
             if summary is None:  # corrupt or stale: the FP16 pass rebuilds it (the noise floor with it)
                 return None, reason
@@ -313,8 +264,8 @@ class EvaluationSession:
         results = self.options.results_dir
         write_json_atomic(evaluation_path(results, model, variant), document)
         with file_lock(results / f".{model}.lock"):  # workers each add their variants
-            this_run = collect_run_documents(results, self.options.run_id).get(model, {})
-            write_json_atomic(comparison_path(results, model), comparison_document(model, this_run))
+            comparable = collect_comparable_documents(results, self.options.run_id).get(model, {})
+            write_json_atomic(comparison_path(results, model), comparison_document(model, comparable))
         return document
 
     def _from_other_worker(self, model: str, variant: str) -> dict[str, Any] | None:
@@ -343,11 +294,11 @@ class EvaluationSession:
         if not o.ppl_stride:
             hook = TopkRecorder(len(plan)) if refs is None else (
                 KLAgainstReference(refs.corpus, refs.baseline.window_tokens) if refs.corpus is not None else None)
-        bar = _progress(len(plan), f"{model} {var.key} perplexity", "win")
+        bar = progress_bar(len(plan), f"{model} {var.key} perplexity", "win")
         with self._in_stage("perplexity"):
             scores = score_windows(loaded.model, ids, plan, self.batching(var)["perplexity_windows_per_pass"],
                                    hook=hook, progress=bar.update if bar else None)
-        _close(bar)
+        close_bar(bar)
         peak = torch.cuda.max_memory_allocated(o.device) / GB if on_cuda else None
         if refs is None:  # the FP16 pass: its results become the stored references
             key = self.baseline_key(model, ctx)
@@ -371,7 +322,7 @@ class EvaluationSession:
         prompt_seconds = None
         if not o.skip_prompts:
             start = time.perf_counter()
-            kl, flips, noise = self._prompt_stage(model, var, loaded, refs)
+            kl, flips, noise = prompt_stage(self, model, var, loaded, refs)
             prompt_seconds = time.perf_counter() - start
         return Measurements(
             model=model, variant=var, loaded=loaded, source=self.config.models[model].source,
@@ -394,67 +345,6 @@ class EvaluationSession:
                 "prompt_scoring_per_pass": 1 if alone else o.score_batch_size,
                 "generation_batch": o.gen_batch_size, "batch_invariant": var.batch_invariant}
 
-    def _prompt_stage(self, model: str, var: Any, loaded: Any, refs: References | None) -> tuple[Any, Any, Any]:
-        """Per-prompt KL and flips against FP16; on the FP16 pass, build the reference and noise floor."""
-        o, prompts = self.options, self.prompts()
-        key = self.reference_key(model)
-        method = kl_method_text(o.top_k, o.use_chat_template, o.max_new_tokens_cap, key.full_logprobs)
-        settings = kl_settings_text(len(prompts), o.top_k, o.use_chat_template, o.max_new_tokens_cap)
-        if refs is None:  # FP16: reuse a valid cached reference, else generate it
-            reference, reason = load_reference(o.cache_dir, key)
-            if reference is None:
-                log.warning("generating the FP16 prompt reference of %s: %s", model, reason)
-                bar = _progress(len(prompts), f"{model} fp16 generation", "prompt")
-                with self._in_stage("FP16 prompt reference"):
-                    reference = compute_reference(loaded.model, loaded.tokenizer, prompts, key, o.gen_batch_size,
-                                                  o.score_batch_size, bar.update if bar else None)
-                _close(bar)
-                store_reference(o.cache_dir, reference)
-            # Noise floor: FP16 against itself, scored with a different batch composition.
-            other = 1 if o.score_batch_size > 1 else 4
-            with self._in_stage("noise floor"):
-                scores = score_against_reference(loaded.model, loaded.tokenizer, reference, other)
-            records = per_prompt_records(prompts, reference, scores, reference.response_ids, loaded.tokenizer)
-            kl = kl_section(records, o.top_k, method + f" Here: FP16 against itself, batch size {other} "
-                            f"instead of {o.score_batch_size} (the noise floor).", settings)
-            noise = {k: kl[k] for k in ("mean", "max", "p99", "ci95")}
-            self._write_prompt_summary(key, reference, loaded.tokenizer, noise)
-            return kl, flip_summary(records), noise
-        reference, batching = refs.prompts, self.batching(var)
-        with self._in_stage("prompt scoring"):
-            scores = score_against_reference(loaded.model, loaded.tokenizer, reference,
-                                             batching["prompt_scoring_per_pass"])
-        bar = _progress(len(prompts), f"{model} generation", "prompt")
-        with self._in_stage("generation"):
-            responses = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, o.gen_batch_size,
-                                           bar.update if bar else None)
-        _close(bar)
-        records = per_prompt_records(prompts, reference, scores, responses, loaded.tokenizer)
-        flips = flip_summary(records)
-        if not var.batch_invariant:
-            with self._in_stage("generation (other batch composition)"):
-                flips["batch_sensitivity"] = self._batch_sensitivity(loaded, reference, records)
-        return kl_section(records, o.top_k, method, settings), flips, refs.noise_floor
-
-    def _batch_sensitivity(self, loaded: Any, reference: PromptReference, records: list[dict[str, Any]]) -> dict:
-        """Generate again in batches of another size (other neighbours for every prompt) and count
-        what moved: responses, correctness verdicts, flips."""
-        o, prompts = self.options, self.prompts()
-        other = max(1, o.gen_batch_size // 2) if o.gen_batch_size > 1 else 2
-        again = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, other)
-        moved = per_prompt_records(prompts, reference, [_NO_SCORE] * len(prompts), again, loaded.tokenizer)
-        return batch_sensitivity(records, moved, o.gen_batch_size, other)
-
-    def _write_prompt_summary(self, key: ReferenceKey, reference: PromptReference, tokenizer: Any,
-                              noise: dict[str, Any]) -> None:
-        """The small committed companion of the cached prompt reference: FP16 responses, settings and
-        the noise floor; validated like a baseline on every read."""
-        responses = {p.id: tokenizer.decode(r, skip_special_tokens=True)
-                     for p, r in zip(self.prompts(), reference.response_ids)}
-        write_record(self._prompt_summary_path(key), PROMPT_SUMMARY_SCHEMA, asdict(key), key.digest(),
-                     {"noise_floor": noise, "responses": responses}, environment=self.environment())
-
-
 class EvaluationFailed(RuntimeError):
     """One (model, variant) could not be evaluated; the message is one line."""
 
@@ -471,17 +361,3 @@ def is_out_of_memory(exc: BaseException) -> bool:
 @contextmanager
 def _no_lock() -> Iterator[None]:
     yield
-
-
-def _progress(total: int, desc: str, unit: str) -> Any:
-    """A tqdm bar on an interactive terminal, nothing otherwise."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, leave=False)
-
-
-def _close(bar: Any) -> None:
-    if bar is not None:
-        bar.close()

@@ -179,3 +179,20 @@ def delta_pct(candidate: float, base: float) -> float:
     if not base > 0 or math.isinf(base):
         raise ValueError(f"base must be a finite positive number, got {base}")
     return 100.0 * (candidate / base - 1.0)
+
+
+def counts_differ_p_value(a: int, b: int) -> float:
+    """Two-sided exact p-value that counts ``a`` and ``b`` (events out of the same number of
+    trials, e.g. answer flips in two runs of one prompt suite) come from the same rate.
+
+    Conditional on ``n = a + b``, equal rates make ``a ~ Binomial(n, 1/2)`` (the exact test of
+    two Poisson counts; McNemar's exact test when the events are the discordant pairs):
+    ``p = min(1, 2 * P(X <= min(a, b)))``, and ``p = 1`` when ``n = 0``.
+    """
+    if a < 0 or b < 0:
+        raise ValueError(f"counts must be non-negative, got {a} and {b}")
+    n = a + b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(a, b) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)

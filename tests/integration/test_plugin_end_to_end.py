@@ -260,10 +260,10 @@ def test_frozen_baselines_refuse_to_recompute(pytester, full_run, e2e, case, ext
     before = snapshot(baselines)
     results = pytester.path / "R"
     result = run_suite(pytester, e2e, results, baselines, "--variants", "int8", "--frozen-baselines", *extra)
-    assert result.ret == 1, result.stdout.str()[-4000:]
-    outcomes = result.parseoutcomes()
-    assert outcomes.get("errors", 0) >= 1 and "passed" not in outcomes, outcomes
-    result.stdout.fnmatch_lines([f"*StaleBaselineError: --frozen-baselines: tiny: *{reason}*"])
+    # A usage error found before any model loads: one line, no test ran, exit 4.
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-4000:]
+    assert "passed" not in result.stdout.str() and "Traceback" not in result.stderr.str()
+    result.stderr.fnmatch_lines([f"ERROR: --frozen-baselines: tiny: *{reason}*"])
     assert snapshot(baselines) == before
     assert not results.exists() or not [f for f in report_files(results) if f.endswith("_evaluation.json")]
 

@@ -9,6 +9,7 @@ import pytest
 from quant_fixtures.config import (
     DEFAULT_CONFIG_PATH,
     GATE_METRICS,
+    LIMITS,
     ConfigError,
     Defaults,
     ModelSpec,
@@ -270,3 +271,95 @@ def test_non_utf8_file(tmp_path: Path) -> None:
     path.write_bytes(b"# caf\xe9\n" + MINIMAL_MODEL.encode())
     message = config_error(path)
     assert str(path) in message
+
+
+# -- a typo or a nonsense limit never removes a release gate ------------------------------------------
+
+
+@pytest.mark.parametrize("table", ["[gates.nf44]", "[models.tiny.gates.int9]", "[gates.fp16]"])
+def test_unknown_variant_in_a_gate_table_is_an_error(tmp_path: Path, table: str) -> None:
+    path = write_toml(tmp_path, f"{MINIMAL_MODEL}{table}\nmax_delta_ppl_pct = 5\n")
+    message = config_error(path)
+    variant = table.strip("[]").rsplit(".", 1)[1]
+    assert str(path) in message and f"unknown variant {variant!r}" in message and "valid: int8, nf4" in message
+    if "models" in table:
+        assert "[models.tiny].gates" in message
+
+
+@pytest.mark.parametrize("name, value, why", [
+    ("max_delta_ppl_pct", "nan", "finite"), ("max_delta_ppl_pct", "inf", "finite"),
+    ("max_mean_kl", "-inf", "finite"), ("max_delta_ppl_pct", "-1", ">= 0"),
+    ("min_memory_reduction_pct", "-50", "> 0"), ("min_memory_reduction_pct", "0", "> 0"),
+    ("min_memory_reduction_pct", "100", "< 100"), ("max_mean_kl", "0", "> 0"),
+])
+def test_limit_of_wrong_value_is_an_error(tmp_path: Path, name: str, value: str, why: str) -> None:
+    path = write_toml(tmp_path, f"{MINIMAL_MODEL}[models.tiny.gates.int8]\n{name} = {value}\n")
+    message = config_error(path)
+    assert str(path) in message and f"int8.{name} = " in message and why in message
+
+
+def test_limits_in_range_load() -> None:
+    for name, spec in LIMITS.items():
+        assert spec.check(1.0) is None, name
+
+
+def test_missing_limit_is_named_and_an_explicit_opt_out_is_not(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, MINIMAL_MODEL + """
+[gates.int8]
+max_delta_ppl_pct = 5
+min_memory_reduction_pct = 40
+[models.tiny.gates.nf4]
+max_delta_ppl_pct = 20
+ungated = ["min_memory_reduction_pct", "max_mean_kl"]
+""")
+    suite = load_config(path)
+    assert suite.missing_limits("tiny", "int8") == ["max_mean_kl"]
+    message = suite.missing_limits_message("tiny", "int8")
+    assert str(path) in message and "max_mean_kl" in message and "[gates.int8]" in message
+    assert 'ungated = ["max_mean_kl"]' in message
+    assert suite.missing_limits("tiny", "nf4") == []
+    assert suite.ungated_for("tiny", "nf4") == {"min_memory_reduction_pct", "max_mean_kl"}
+    assert suite.gates_for("tiny", "nf4") == {"max_delta_ppl_pct": 20.0}
+
+
+def test_model_opt_out_and_override_of_global_limits(tmp_path: Path) -> None:
+    suite = load_config(write_toml(tmp_path, MINIMAL_MODEL + """
+[gates.int8]
+max_delta_ppl_pct = 5
+min_memory_reduction_pct = 40
+max_mean_kl = 0.1
+[models.tiny.gates.int8]
+ungated = ["min_memory_reduction_pct"]
+"""))
+    assert suite.gates_for("tiny", "int8") == {"max_delta_ppl_pct": 5.0, "max_mean_kl": 0.1}
+    assert suite.ungated_for("tiny", "int8") == {"min_memory_reduction_pct"} and not suite.missing_limits("tiny", "int8")
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ('ungated = ["max_ppl"]', "unknown limit 'max_ppl'"),
+    ('ungated = "max_mean_kl"', "expected a list of limit names"),
+    ('max_mean_kl = 0.1\nungated = ["max_mean_kl"]', "both set and listed in ungated"),
+])
+def test_bad_opt_out_is_an_error(tmp_path: Path, body: str, fragment: str) -> None:
+    message = config_error(write_toml(tmp_path, f"{MINIMAL_MODEL}[models.tiny.gates.int8]\n{body}\n"))
+    assert fragment in message
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_snapshot_tolerance_must_be_finite_and_non_negative(tmp_path: Path, value: str) -> None:
+    message = config_error(write_toml(tmp_path, f"{MINIMAL_MODEL}[snapshot_tolerances]\nppl = {{ rel = {value} }}\n"))
+    assert "snapshot_tolerances" in message and "non-negative number" in message
+
+
+@pytest.mark.parametrize("key, value", [("trust_remote_code", '"yes"'), ("allow_pickle", "1"), ("requires_gpu", '"no"'),
+                                        ("revision", "3")])
+def test_model_keys_have_types(tmp_path: Path, key: str, value: str) -> None:
+    message = config_error(write_toml(tmp_path, f"{MINIMAL_MODEL}{key} = {value}\n"))
+    assert "models.tiny" in message and key in message
+
+
+def test_security_opt_ins_default_off(tmp_path: Path) -> None:
+    spec = load_config(write_toml(tmp_path, MINIMAL_MODEL)).models["tiny"]
+    assert spec.trust_remote_code is False and spec.allow_pickle is False
+    spec = load_config(write_toml(tmp_path, MINIMAL_MODEL + "allow_pickle = true\ntrust_remote_code = true\n")).models["tiny"]
+    assert spec.trust_remote_code and spec.allow_pickle

@@ -240,3 +240,74 @@ def test_gpu_tests_skip_without_cuda(suite_dir: pytest.Pytester) -> None:
     assert all("needs CUDA" in message for message in reasons.values()), reasons
     # No model was touched: no report or baseline was written.
     assert not (suite_dir.path / "results").exists() and not (suite_dir.path / "baselines").exists()
+
+
+# -- up-front checks: every option and output location before anything loads ----------------------
+
+
+def test_results_dir_that_is_a_file_is_a_usage_error(suite_dir: pytest.Pytester) -> None:
+    target = suite_dir.path / "not-a-dir"
+    target.write_text("x")
+    result = run(suite_dir, "--collect-only", "--results-dir", str(target))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --results-dir {target}: exists and is not a directory"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_baselines_dir_under_a_file_is_a_usage_error(suite_dir: pytest.Pytester) -> None:
+    blocker = suite_dir.path / "file"
+    blocker.write_text("x")
+    result = run(suite_dir, "--collect-only", f"--baselines-dir={blocker / 'sub'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --baselines-dir {blocker / 'sub'}: cannot be created: {blocker} is a file"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ctx", "2048", "--ppl-max-tokens", "1000"], "*--ppl-max-tokens 1000 is less than one window of --ctx 2048*"),
+    (["--ctx", "512", "--ppl-stride", "1024"], "*--ppl-stride 1024 is larger than --ctx 512*"),
+    (["--exact-kl-max-mb=-1"], "*--exact-kl-max-mb: expected 0 or more, got -1*"),
+    (["--categories", " , "], "*--categories: no category given*"),
+])
+def test_budget_options_are_checked_up_front(suite_dir: pytest.Pytester, args: list[str], message: str) -> None:
+    result = run(suite_dir, "--collect-only", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_a_missing_limit_is_a_usage_error_not_a_skip(suite_dir: pytest.Pytester) -> None:
+    partial = suite_dir.path / "partial.toml"
+    partial.write_text(SMALL_CONFIG.replace('ungated = ["min_memory_reduction_pct", "max_mean_kl"]', ""))
+    result = run(suite_dir, "--collect-only", "--models", "alpha", config=partial)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {partial}: no limit max_mean_kl, min_memory_reduction_pct for model "
+                                 "'alpha' variant 'int8'*[gates.int8]*[models.alpha.gates.int8]*ungated*"])
+    # Selecting only what is fully gated is fine.
+    assert run(suite_dir, "--collect-only", "--models", "alpha", "--variants", "fp16,nf4", config=partial).ret == 0
+
+
+def test_a_prompt_file_with_its_own_categories(suite_dir: pytest.Pytester) -> None:
+    prompts = suite_dir.path / "mine.jsonl"
+    prompts.write_text('{"id": "a", "category": "customer_support", "prompt": "Where is my parcel?"}\n'
+                       '{"id": "b", "category": "billing", "prompt": "Why was I charged twice?"}\n')
+    ok = run(suite_dir, "--collect-only", "--prompts", "mine.jsonl", "--categories", "billing")
+    assert ok.ret == pytest.ExitCode.OK
+    bad = run(suite_dir, "--collect-only", "--prompts", "mine.jsonl", "--categories", "code_generation")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*unknown category filter*'code_generation'*its categories: customer_support, billing"])
+
+
+def test_options_work_with_a_space_from_any_directory(tmp_path: Path) -> None:
+    """The plugin is a pytest11 entry point: `--results-dir /tmp/x` (two words) is an option
+    value, not a test path, wherever pytest runs."""
+    import subprocess
+    import sys
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(RELEASE_GATES), "--collect-only", "-q",
+                           "-p", "no:cacheprovider", "--models", "smollm2-135m", "--variants", "int8",
+                           "--results-dir", str(tmp_path / "x"), "--baselines-dir", "b", "--suite-config",
+                           str(SHIPPED_CONFIG)], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "unrecognized arguments" not in proc.stderr
+    assert "test_perplexity_is_measured[smollm2-135m-int8]" in proc.stdout

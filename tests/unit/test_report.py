@@ -16,8 +16,8 @@ from quant_fixtures.report import (
     comparison_path,
     evaluation_path,
     now_utc,
-    write_json_atomic,
 )
+from quant_fixtures.atomic import write_json_atomic
 
 # -- write_json_atomic ------------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from quant_fixtures.config import DEFAULT_SNAPSHOT_TOLERANCES
-from quant_fixtures.snapshot import tolerant_json_extension, within_tolerance
+from quant_fixtures.snapshot import (environment_note, snapshot_differences, tolerant_json_extension,
+                                     within_tolerance)
 
 pytest_plugins = ["pytester"]
 
@@ -22,8 +23,39 @@ def test_numbers_within_abs_or_rel_match():
     assert not within_tolerance({"ppl": 20.03}, {"ppl": 20.0}, TOL)
 
 
+def test_flip_counts_differ_only_when_a_binomial_test_says_so():
+    # Never exact equality of a count: 4 / 5 / 6 flips out of 40 is what other CPUs give.
+    assert within_tolerance({"flips": 3}, {"flips": 2}, TOL)
+    assert within_tolerance({"flips": 6}, {"flips": 4}, TOL)
+    # 14 vs 4 (NF4's count where INT8's was): exact two-sided p = 0.031 < 0.05
+    lines = snapshot_differences({"flips": 14}, {"flips": 4}, TOL)
+    assert len(lines) == 1 and "flips: 14 vs snapshot 4" in lines[0] and "binomial" in lines[0]
+    assert not within_tolerance({"flips": 6}, {"flips": 0}, TOL)
+
+
+def test_measured_uncertainty_widens_the_tolerance():
+    # INT8's mean KL on an AVX2-only CPU vs the AVX512 snapshot: 0.0208 vs 0.0199 (+4.5 %), more
+    # than the configured 2 %, inside the 95 % CI half-width of either run (0.0027).
+    new = {"kl_mean": 0.0208, "uncertainty": {"kl_mean": 0.0027}}
+    old = {"kl_mean": 0.0199, "uncertainty": {"kl_mean": 0.0024}}
+    assert within_tolerance(new, old, TOL)
+    tight = {"kl_mean": 0.0208, "uncertainty": {"kl_mean": 1e-5}}
+    (line,) = snapshot_differences(tight, {**old, "uncertainty": {"kl_mean": 1e-5}}, TOL)
+    assert line.startswith("kl_mean: 0.0208 vs snapshot 0.0199") and "configured tolerance" in line
+    # The half-width of either side counts; the uncertainty values themselves are never compared.
+    assert within_tolerance(tight, old, TOL)
+
+
+def test_environment_is_recorded_not_compared():
+    new = {"ppl": 20.0, "environment": {"described": "AVX2 box", "cpu_capability": "AVX2"}}
+    old = {"ppl": 20.0, "environment": {"described": "AMX box", "cpu_capability": "AVX512"}}
+    assert within_tolerance(new, old, TOL)
+    note = environment_note(old["environment"], new["environment"])
+    assert note.startswith("snapshot made with AMX box; this run: AVX2 box") and "cpu_capability" in note
+    assert "same environment" in environment_note(old["environment"], old["environment"])
+
+
 def test_untolerated_values_and_structure_must_be_equal():
-    assert not within_tolerance({"flips": 3}, {"flips": 2}, TOL)
     assert not within_tolerance({"other": 1.0000001}, {"other": 1.0}, TOL)  # no tolerance: exact
     assert not within_tolerance({"gates": {"kl_mean": "FAIL"}}, {"gates": {"kl_mean": "pass"}}, TOL)
     assert not within_tolerance({"ppl": 1.0, "extra": 1}, {"ppl": 1.0}, TOL)
