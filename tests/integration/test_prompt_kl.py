@@ -328,6 +328,32 @@ def test_nf4_scoring_batched_equals_one_at_a_time(nf4_scores):
         np.testing.assert_array_equal(b.top1, s.top1)
 
 
+def test_int8_is_scored_alone_because_its_numbers_depend_on_the_batch(smol, reference, tmp_path_factory):
+    """bitsandbytes' LLM.int8 picks outlier columns over the whole batch, so a prompt's INT8 KL
+    moves with its neighbours when scored in a batch; the registry marks int8 batch-dependent and
+    the suite scores it one prompt per pass, where a prompt's numbers no longer depend on the rest
+    of the suite (here: all 6 prompts vs the last 3 alone)."""
+    from quant_fixtures.reference import PromptReference
+
+    directory = convert_gguf_package(SMOLLM2_PACKAGE, SMOLLM2_GGUF, GGUF_CACHE).directory
+    spec = ModelSpec(key="smol", path=str(directory))
+    int8 = load_model(spec, resolve_model(spec, tmp_path_factory.mktemp("int8-cache")), VARIANTS["int8"],
+                      VariantOptions(weight_dtype="float16", compute_dtype="float32"), "cpu").model
+    assert not VARIANTS["int8"].batch_invariant and VARIANTS["nf4"].batch_invariant
+    alone = score_against_reference(int8, smol["tok"], reference, batch_size=1)
+    batched = score_against_reference(int8, smol["tok"], reference, batch_size=6)
+    moved = max(rel(float(b.kl.mean()), float(a.kl.mean())) for a, b in zip(alone, batched))
+    _report("max rel per-prompt |KL batch 6 - KL alone|, fp16 vs int8", moved)
+    assert moved > 1e-4  # if bitsandbytes ever stops depending on the batch, int8 can be batched again
+    last3 = PromptReference(key=reference.key, prompt_ids=reference.prompt_ids[3:],
+                            response_ids=reference.response_ids[3:], topk_logp=reference.topk_logp[3:],
+                            topk_idx=reference.topk_idx[3:],
+                            full_logp=reference.full_logp[3:] if reference.full_logp else None)
+    subset = score_against_reference(int8, smol["tok"], last3, batch_size=1)
+    for a, s in zip(alone[3:], subset):
+        np.testing.assert_array_equal(a.kl, s.kl)
+
+
 # --- c. FP16 against itself ---------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from test_plugin_end_to_end import PASSING_GATES, make_project, run_suite
+from integration_support import PASSING_GATES, make_project, run_suite
 
 pytest_plugins = ["pytester"]
 

@@ -1,0 +1,230 @@
+"""Verdicts that travel: every input validated, every stored file whole, a number independent of its
+neighbours. Each test provokes one finding of the release review end to end (a pytest subprocess on
+the tiny random Llama, tiny budgets) and checks the one-line message and that nothing was left
+half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from integration_support import (PASSING_GATES, copy_baselines, make_project, report, run_suite, snapshot,
+                                 suite_args)
+from quant_fixtures.models import ModelUnavailableError, weight_files
+from quant_fixtures.records import read_record
+
+pytest_plugins = ["pytester"]
+
+SNAPSHOT_TESTS = Path(__file__).resolve().parents[1] / "harm" / "test_snapshots.py"
+
+
+@pytest.fixture(scope="module")
+def e2e(tiny_models, tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("travel")
+    return SimpleNamespace(model_dir=tiny_models["llama"], cache=root / "C", baselines=root / "B",
+                           results=root / "R", root=root, warm=False)
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch, e2e):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(e2e.root / "datasets-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def warm(pytester, e2e) -> SimpleNamespace:
+    """FP16 references of the tiny model for the default tiny settings, computed once per module."""
+    if not e2e.warm:
+        make_project(pytester, e2e, PASSING_GATES)
+        result = run_suite(pytester, e2e, e2e.results, e2e.baselines, "--variants", "fp16")
+        assert result.ret == 0, result.stdout.str()[-3000:]
+        e2e.warm = True
+    make_project(pytester, e2e, PASSING_GATES)
+    return e2e
+
+
+def no_temporaries(*directories: Path) -> list[Path]:
+    """Leftover temporary files (every writer's temporaries end in .tmp)."""
+    return [p for d in directories if d.exists() for p in d.rglob("*.tmp")]
+
+
+def test_a_changed_tokenizer_gets_its_own_fp16_baseline(pytester, warm, tmp_path):
+    model = tmp_path / "tiny-copy"
+    shutil.copytree(warm.model_dir, model)
+    e2e = SimpleNamespace(**{**vars(warm), "model_dir": model})
+    make_project(pytester, e2e, PASSING_GATES)
+    baselines, results = tmp_path / "B", tmp_path / "R"
+    first = run_suite(pytester, e2e, results, baselines, "--variants", "int8")
+    assert first.ret == 0, first.stdout.str()[-3000:]
+    before = report(results, "int8")["perplexity"]
+    # Same weights, other tokenization: the normalizer now lowercases everything.
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    tokenizer["normalizer"] = {"type": "Lowercase"}
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    second = run_suite(pytester, e2e, results, baselines, "--variants", "int8")
+    assert second.ret == 0, second.stdout.str()[-3000:]
+    after = report(results, "int8")["perplexity"]
+    fp16 = report(results, "fp16")["perplexity"]
+    # The FP16 pass ran again for the new tokenizer: the variant is compared with it, not the old one.
+    assert fp16["ppl"] != before["fp16_ppl"] and after["fp16_ppl"] == fp16["ppl"]
+    keys = [json.loads(p.read_text())["key"]["tokenizer_sha256"] for p in baselines.glob("tiny-*.json")
+            if "-prompts-" not in p.name]
+    assert len(set(keys)) == 2
+
+
+def test_a_corrupt_prompt_summary_is_rebuilt_not_used(pytester, warm, tmp_path):
+    baselines = copy_baselines(warm, tmp_path / "B")
+    (summary,) = baselines.glob("tiny-prompts-*.json")
+    summary.write_text('{"schema_version": 2, "noise_floor": null')  # truncated
+    result = run_suite(pytester, warm, tmp_path / "R", baselines, "--variants", "int8")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert "FP16 prompt summary" in result.stderr.str() + result.stdout.str()  # the reason, logged
+    document = json.loads(summary.read_text())
+    assert read_record(summary, document["schema_version"], document["key"], ("noise_floor",), "summary")[1] == "ok"
+    assert report(tmp_path / "R", "int8")["noise_floor"]["mean"] is not None
+
+
+def test_top_k_larger_than_the_vocabulary_is_a_usage_error(pytester, warm, tmp_path):
+    result = run_suite(pytester, warm, tmp_path / "R", warm.baselines, "--variants", "int8", "--top-k", "100000")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --top-k 100000 is larger than the vocabulary of tiny (49152 tokens)"])
+    assert not (tmp_path / "R").exists()
+
+
+def test_int8_numbers_do_not_depend_on_batch_sizes(pytester, warm, tmp_path):
+    """LLM.int8 picks outlier columns over the whole batch: the suite scores int8 one sequence per
+    pass, so its perplexity and each prompt's KL are the same whatever --batch-size; how much its
+    (batched) generation moves with the batch composition is measured and reported."""
+    one = run_suite(pytester, warm, tmp_path / "R1", warm.baselines, "--variants", "int8")
+    two = run_suite(pytester, warm, tmp_path / "R2", warm.baselines, "--variants", "int8", "--batch-size", "3",
+                    "--gen-batch-size", "5")
+    assert one.ret == two.ret == 0, two.stdout.str()[-3000:]
+    a, b = report(tmp_path / "R1", "int8"), report(tmp_path / "R2", "int8")
+    assert a["batching"]["prompt_scoring_per_pass"] == b["batching"]["perplexity_windows_per_pass"] == 1
+    assert a["batching"]["batch_invariant"] is False and b["perplexity"]["batch_size"] == 1
+    assert a["perplexity"]["window_nll"] == b["perplexity"]["window_nll"]
+    assert [r["kl_mean"] for r in a["kl_divergence"]["per_prompt"]] == [r["kl_mean"] for r in b["kl_divergence"]["per_prompt"]]
+    sensitivity = b["flips"]["batch_sensitivity"]
+    assert (sensitivity["batch_size"], sensitivity["other_batch_size"], sensitivity["prompts"]) == (5, 2, 8)
+    assert 0 <= sensitivity["responses_changed"] <= 8 and "flips_other_batch" in sensitivity
+    assert "batch_sensitivity" not in report(warm.results, "fp16")["flips"]  # FP16 is batch-invariant
+
+
+def test_two_runs_into_one_results_directory_compare_every_variant(pytester, warm, tmp_path):
+    """Sequential, then concurrent: every variant ends up in the comparison and REPORT.md, every
+    file is whole, and the shared caches are intact."""
+    results, baselines = tmp_path / "R", tmp_path / "B"
+    assert run_suite(pytester, warm, results, baselines, "--variants", "int8").ret == 0
+    assert run_suite(pytester, warm, results, baselines, "--variants", "nf4").ret == 0
+    comparison = json.loads((results / "tiny_quantization_comparison.json").read_text())
+    assert list(comparison["variants"]) == ["fp16", "int8", "nf4"]
+    assert all(f"| {v} |" in (results / "REPORT.md").read_text() for v in ("fp16", "int8", "nf4"))
+
+    together = tmp_path / "together"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "pytest",
+                               *suite_args(pytester, warm, together / "R", together / "B", "--variants", v)],
+                              cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for v in ("int8", "nf4")]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    for path in [*(together / "R").glob("*.json"), *(together / "B").glob("*.json")]:
+        json.loads(path.read_text())  # every file whole
+    comparison = json.loads((together / "R" / "tiny_quantization_comparison.json").read_text())
+    assert set(comparison["variants"]) == {"fp16", "int8", "nf4"}
+    assert not no_temporaries(together, warm.cache)
+
+
+CONFTEST_INTERRUPT_REPORT = '''
+import quant_fixtures.markdown_report as markdown_report
+from quant_fixtures.atomic import atomic_path
+
+
+def interrupted_write(path, text):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text[: len(text) // 2])
+        raise KeyboardInterrupt("simulated Ctrl-C while REPORT.md is written")
+
+
+markdown_report.write_text_atomic = interrupted_write
+'''
+
+
+def test_an_interrupt_while_the_report_is_written_leaves_no_half_file(pytester, warm, tmp_path):
+    results = tmp_path / "R"
+    results.mkdir()
+    (results / "REPORT.md").write_text("the previous report\n")
+    pytester.makeconftest(CONFTEST_INTERRUPT_REPORT)
+    result = run_suite(pytester, warm, results, warm.baselines, "--variants", "int8")
+    assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()[-3000:]
+    assert "interrupted while writing REPORT.md: not written" in result.stdout.str()
+    assert (results / "REPORT.md").read_text() == "the previous report\n"
+    assert not no_temporaries(results)
+    json.loads((results / "int8_quantized_tiny_evaluation.json").read_text())  # finished before: whole
+
+
+CONFTEST_OUT_OF_MEMORY = '''
+import torch
+import quant_fixtures.session as session
+
+real_score_windows = session.score_windows
+
+
+def score_windows(model, *args, **kwargs):
+    if getattr(model, "is_loaded_in_8bit", False):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+    return real_score_windows(model, *args, **kwargs)
+
+
+session.score_windows = score_windows
+'''
+
+
+def test_out_of_memory_fails_that_variant_and_the_others_run(pytester, warm, tmp_path):
+    pytester.makeconftest(CONFTEST_OUT_OF_MEMORY)
+    results = tmp_path / "R"
+    result = run_suite(pytester, warm, results, warm.baselines, "--variants", "int8,nf4")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=4, failed=4)
+    result.stdout.fnmatch_lines(["*tiny int8: out of memory in stage perplexity: CUDA out of memory. Tried to "
+                                 "allocate 20.00 GiB (simulated)"])
+    assert "Traceback" not in result.stdout.str()
+    assert report(results, "nf4")["gates"] and not (results / "int8_quantized_tiny_evaluation.json").exists()
+
+
+def test_snapshots_of_other_settings_survive_an_update(pytester, warm, tmp_path):
+    shutil.copy(SNAPSHOT_TESTS, pytester.path / "test_snapshots.py")
+    snapshots = pytester.path / "__snapshots__" / "test_snapshots"
+
+    def run(*extra: str) -> pytest.RunResult:
+        return run_suite(pytester, warm, tmp_path / "R", warm.baselines, *extra, tests="test_snapshots.py")
+
+    missing = run()
+    assert missing.ret == pytest.ExitCode.TESTS_FAILED
+    missing.stdout.fnmatch_lines(["*no snapshot test_harm_summary_matches_snapshot*for these settings yet: record "
+                                  "it with `pytest test_snapshots.py * --snapshot-update` and commit *__snapshots__*"])
+    assert run("--snapshot-update").ret == 0
+    assert run("--variants", "fp16,int8", "--snapshot-update").ret == 0
+    names = sorted(p.name for p in snapshots.iterdir())
+    assert len(names) == 2 and [n for n in names if "-fp16+int8." in n] and [n for n in names if "-fp16+int8+nf4." in n]
+    before = snapshot(snapshots)
+    assert run("--max-new-tokens", "3", "--snapshot-update").ret == 0  # a third setting: the two stay
+    assert {k: v for k, v in snapshot(snapshots).items() if k in before} == before and len(list(snapshots.iterdir())) == 3
+    assert run().ret == 0 and run("--variants", "fp16,int8", "--batch-size", "2").ret == 0
+
+
+def test_pickle_weights_need_an_explicit_opt_in(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ModelUnavailableError, match="allow_pickle = true"):
+        weight_files(tmp_path, key="m")
+    assert weight_files(tmp_path, allow_pickle=True) == [tmp_path / "pytorch_model.bin"]
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert weight_files(tmp_path) == [tmp_path / "model.safetensors"]  # the pickle is never read
