@@ -92,7 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _check_options(config: pytest.Config) -> None:
     """Every option, limit and output location, before anything loads (exit 4, one line)."""
-    from .preflight import PreflightError, check_budgets, check_limits, check_output_dirs
+    from .preflight import PreflightError, check_limits, check_output_dirs
 
     suite = config.stash[CONFIG_KEY]
     _split(config.getoption("--models"), list(suite.models), "model")
@@ -107,9 +107,7 @@ def _check_options(config: pytest.Config) -> None:
             raise pytest.UsageError(f"{name}: expected a positive integer, got {value}")
     if config.getoption("--exact-kl-max-mb") < 0:
         raise pytest.UsageError(f"--exact-kl-max-mb: expected 0 or more, got {config.getoption('--exact-kl-max-mb')}")
-    try:
-        check_budgets(config.getoption("--ctx") or suite.defaults.ctx, _ppl_budget(config),
-                      config.getoption("--ppl-stride"))
+    try:  # budgets against each model's window: in preflight_models, once its config is read
         check_limits(suite, selected_pairs(config))
         check_output_dirs(output_dirs(config))
     except PreflightError as exc:

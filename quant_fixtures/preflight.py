@@ -38,14 +38,18 @@ def check_output_dirs(dirs: dict[str, Path]) -> None:
             raise PreflightError(f"{option} {path}: {problem}")
 
 
-def check_budgets(ctx: int, ppl_max_tokens: int | None, stride: int | None) -> None:
-    """The perplexity pass must score at least one window, and a stride must not skip tokens."""
+def check_budgets(ctx: int, ppl_max_tokens: int | None, stride: int | None, model: str = "",
+                  requested_ctx: int | None = None) -> None:
+    """The perplexity pass must score at least one window, and a stride must not skip tokens.
+    ``ctx`` is the window a model gets: --ctx, capped at the model's maximum."""
+    window = f"--ctx {ctx}" if requested_ctx in (None, ctx) else (
+        f"{ctx} tokens (--ctx {requested_ctx}, capped at {model}'s maximum)")
     if ppl_max_tokens is not None and ppl_max_tokens < ctx:
-        raise PreflightError(f"--ppl-max-tokens {ppl_max_tokens} is less than one window of --ctx {ctx} tokens: "
-                             f"the perplexity pass would score nothing; give at least {ctx} or a smaller --ctx")
+        raise PreflightError(f"--ppl-max-tokens {ppl_max_tokens} is less than one window of {window}: the "
+                             f"perplexity pass would score nothing; give at least {ctx} or a smaller --ctx")
     if stride is not None and stride > ctx:
-        raise PreflightError(f"--ppl-stride {stride} is larger than --ctx {ctx}: tokens between windows would "
-                             "never be scored")
+        raise PreflightError(f"--ppl-stride {stride} is larger than the window of {window}: tokens between "
+                             "windows would never be scored")
 
 
 def check_limits(suite: Any, pairs: Iterable[tuple[str, str]]) -> None:
@@ -61,8 +65,8 @@ def check_limits(suite: Any, pairs: Iterable[tuple[str, str]]) -> None:
 
 
 def check_models(session: Any, models: Iterable[str]) -> None:
-    """What needs each model's config or stored references, before any model loads: the top-k
-    against the vocabulary, and with --frozen-baselines, that every FP16 reference is stored.
+    """What needs each model's config or stored references, before any model loads: the budgets
+    against the model's window, the top-k against the vocabulary, and with --frozen-baselines, that every FP16 reference is stored.
     A model that cannot be resolved (offline Hub) is left to its tests, which name the remedy."""
     from .models import ModelUnavailableError
 
@@ -72,6 +76,7 @@ def check_models(session: Any, models: Iterable[str]) -> None:
             config = session.model_config(model)
         except ModelUnavailableError:
             continue
+        check_budgets(session.ctx_for(config), o.ppl_max_tokens, o.ppl_stride, model, o.ctx)
         vocab = getattr(config, "vocab_size", None)
         if not o.skip_prompts and vocab and o.top_k > vocab:
             raise PreflightError(f"--top-k {o.top_k} is larger than the vocabulary of {model} ({vocab} tokens)")

@@ -99,6 +99,27 @@ def test_top_k_larger_than_the_vocabulary_is_a_usage_error(pytester, warm, tmp_p
     assert not (tmp_path / "R").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--ctx", "64", "--ppl-max-tokens", "32"), "ERROR: --ppl-max-tokens 32 is less than one window of --ctx 64*"),
+    (("--ctx", "4096", "--ppl-max-tokens", "256"), "ERROR: --ppl-max-tokens 256 is less than one window of 512 "
+                                                  "tokens (--ctx 4096, capped at tiny's maximum)*"),
+    (("--ctx", "64", "--ppl-stride", "128"), "ERROR: --ppl-stride 128 is larger than the window of --ctx 64*"),
+])
+def test_budgets_are_checked_against_the_models_window(pytester, warm, tmp_path, args, message):
+    result = run_suite(pytester, warm, tmp_path / "R", warm.baselines, "--variants", "int8", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert not (tmp_path / "R").exists()
+
+
+def test_ctx_above_the_models_maximum_is_capped_not_an_error(pytester, warm, tmp_path):
+    result = run_suite(pytester, warm, tmp_path / "R", tmp_path / "B", "--variants", "fp16", "--skip-prompts",
+                       "--ctx", "4096", "--ppl-max-tokens", "1024")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    ppl = report(tmp_path / "R", "fp16")["perplexity"]
+    assert (ppl["ctx"], ppl["windows"]) == (512, 2)
+
+
 def test_int8_numbers_do_not_depend_on_batch_sizes(pytester, warm, tmp_path):
     """LLM.int8 picks outlier columns over the whole batch: the suite scores int8 one sequence per
     pass, so its perplexity and each prompt's KL are the same whatever --batch-size; how much its

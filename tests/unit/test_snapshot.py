@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from quant_fixtures.config import DEFAULT_SNAPSHOT_TOLERANCES
-from quant_fixtures.snapshot import (environment_note, snapshot_differences, tolerant_json_extension,
+from quant_fixtures.config import DEFAULT_SNAPSHOT_TOLERANCES, load_config
+from quant_fixtures.snapshot import (environment_note, settings_tag, snapshot_differences, tolerant_json_extension,
                                      within_tolerance)
 
 pytest_plugins = ["pytester"]
@@ -107,3 +108,39 @@ def test_default_tolerances_cover_every_snapshot_metric():
     from quant_fixtures.config import SNAPSHOT_METRICS
 
     assert set(DEFAULT_SNAPSHOT_TOLERANCES) == set(SNAPSHOT_METRICS)
+
+
+COMMITTED = sorted((Path(__file__).resolve().parents[1] / "harm" / "__snapshots__" / "test_snapshots").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem.split("[")[1].rstrip("]"))
+def test_the_committed_snapshot_catches_a_real_change(path):
+    """INT8's numbers replaced by NF4's (a different quantization swapped in) fail, naming the
+    metrics; the snapshot compared with itself passes."""
+    old = json.loads(path.read_text())
+    tolerances = load_config().snapshot_tolerances
+    assert within_tolerance(old, old, tolerances)
+    swapped = json.loads(path.read_text())
+    nf4 = {k: v for k, v in old["variants"]["nf4"].items() if k != "gates"}
+    swapped["variants"]["int8"].update(nf4)
+    lines = snapshot_differences(swapped, old, tolerances)
+    moved = {line.split(":")[0] for line in lines}
+    assert {"variants.int8.ppl", "variants.int8.delta_ppl_pct", "variants.int8.kl_mean",
+            "variants.int8.top1_agreement", "variants.int8.footprint_gb", "variants.int8.flips"} <= moved, lines
+
+
+def test_settings_tag_carries_what_selects_the_content(tmp_path):
+    from quant_fixtures.run_options import RunOptions
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("{}\n")
+    base = dict(models=["m"], variants=["fp16", "int8", "nf4"], ctx=2048, ppl_max_tokens=4096, ppl_stride=None,
+                results_dir=tmp_path, baselines_dir=tmp_path, cache_dir=tmp_path, batch_size=1, device="cpu",
+                prompts_path=prompts, max_new_tokens_cap=16)
+    tag = settings_tag(RunOptions(**base))
+    assert tag.endswith("-float16-fp16+int8+nf4") and "ppl4096" in tag and "mnt16" in tag
+    assert settings_tag(RunOptions(**{**base, "variants": ["fp16", "int8"]})).endswith("-fp16+int8")
+    odd = settings_tag(RunOptions(**{**base, "categories": ("Legal Q&A/<misc>",)}))
+    assert "cats" in odd and not set('\\/?*:|"<>') & set(odd)  # any category name gives a safe file name
+    # Batch sizes do not select content: the same snapshot must hold whatever they are.
+    assert settings_tag(RunOptions(**{**base, "batch_size": 8, "gen_batch_size": 5})) == tag
