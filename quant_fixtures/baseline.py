@@ -71,8 +71,7 @@ def store_baseline(directory: Path, baseline: Baseline, environment: dict[str, A
     path = baseline_path(directory, baseline.key)
     body = {"ppl": baseline.ppl, "window_nll": baseline.window_nll, "window_tokens": baseline.window_tokens,
             "footprint_bytes": baseline.footprint_bytes}
-    write_record(path, BASELINE_SCHEMA, asdict(baseline.key), baseline.key.digest(), body,
-                 **({"environment": environment} if environment else {}))
+    write_record(path, BASELINE_SCHEMA, asdict(baseline.key), baseline.key.digest(), body, environment)
     return path
 
 

@@ -323,12 +323,14 @@ def variant_eval(request: pytest.FixtureRequest, quant_session: Any) -> dict[str
     """The finished evaluation document of one (model, variant); the model is loaded and released
     inside, so at most one model is resident at a time."""
     from .models import ModelUnavailableError
+    from .session import EvaluationFailed
 
     model, variant = request.param
     try:
         return quant_session.evaluate(model, variant)
-    except ModelUnavailableError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    except (ModelUnavailableError, EvaluationFailed) as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the except: one line, no chained exception
 
 
 def results_dir(config: pytest.Config) -> Path:
@@ -340,27 +342,40 @@ def model_documents(request: pytest.FixtureRequest, quant_session: Any) -> dict[
     """{variant: evaluation document} of one model, every selected variant (reused when this run
     already evaluated it, in this process or another xdist worker)."""
     from .models import ModelUnavailableError
+    from .session import EvaluationFailed
 
     model = request.param
     try:
         return {v: quant_session.evaluate(m, v) for m, v in selected_pairs(request.config) if m == model}
-    except ModelUnavailableError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    except (ModelUnavailableError, EvaluationFailed) as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)
 
 
 @pytest.fixture
-def harm_snapshot(snapshot: Any, quant_session: Any, request: pytest.FixtureRequest) -> Any:
-    """syrupy's snapshot with per-metric tolerances, named after the run's settings; it claims
-    only this run's snapshot files, so other settings' snapshots are never deleted as unused."""
+def harm_snapshot(quant_session: Any, request: pytest.FixtureRequest) -> Any:
+    """A syrupy snapshot assertion with per-metric tolerances, named after the run's settings.
+
+    Built here rather than from syrupy's ``snapshot`` fixture: that one registers the default
+    (amber) extension, whose discovery walks all of __snapshots__/ and would mark every other
+    settings' JSON snapshot as unused, so ``--snapshot-update`` would delete it. This extension
+    claims only the files of this run's own settings.
+    """
+    from syrupy.assertion import SnapshotAssertion
     from syrupy.extensions.json import JSONSnapshotExtension
+    from syrupy.location import PyTestLocation
 
     from .snapshot import settings_tag, tolerant_json_extension
 
     tag = settings_tag(quant_session.options)
     owned = {JSONSnapshotExtension._sanitize_filename(f"{request.node.originalname}[{m}][{tag}]")
              for m in quant_session.options.models}
-    extension = tolerant_json_extension(quant_session.config.snapshot_tolerances, owned)
-    return snapshot.use_extension(extension)(name=tag)
+    options = request.config.option
+    assertion = SnapshotAssertion(
+        update_snapshots=options.update_snapshots, update_new_snapshots_only=options.update_new_snapshots_only,
+        extension_class=tolerant_json_extension(quant_session.config.snapshot_tolerances, owned),
+        test_location=PyTestLocation(request.node), session=request.config._syrupy)  # as syrupy's own fixture
+    return assertion(name=tag)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

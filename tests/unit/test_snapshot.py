@@ -93,9 +93,10 @@ def test_summary(snapshot):
 def test_perturbed_result_inside_tolerance_passes_outside_fails(pytester, new_kl, passes):
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_snap=TEST_FILE.format(tol=TOL, kl=0.1))
-    assert pytester.runpytest("--snapshot-update").ret == 0
+    # The suite's own plugin is not needed here (and would import torch inside the inner run).
+    assert pytester.runpytest("-p", "no:quant_fixtures", "--snapshot-update").ret == 0
     pytester.makepyfile(test_snap=TEST_FILE.format(tol=TOL, kl=new_kl))
-    result = pytester.runpytest("-vv")
+    result = pytester.runpytest("-p", "no:quant_fixtures", "-vv")
     if passes:
         assert result.ret == 0
     else:
@@ -140,6 +141,7 @@ def test_settings_tag_carries_what_selects_the_content(tmp_path):
     tag = settings_tag(RunOptions(**base))
     assert tag.endswith("-float16-fp16+int8+nf4") and "ppl4096" in tag and "mnt16" in tag
     assert settings_tag(RunOptions(**{**base, "variants": ["fp16", "int8"]})).endswith("-fp16+int8")
+    assert "-billing+returns-" in settings_tag(RunOptions(**{**base, "categories": ("billing", "returns")}))
     odd = settings_tag(RunOptions(**{**base, "categories": ("Legal Q&A/<misc>",)}))
     assert "cats" in odd and not set('\\/?*:|"<>') & set(odd)  # any category name gives a safe file name
     # Batch sizes do not select content: the same snapshot must hold whatever they are.
