@@ -104,6 +104,14 @@ def model_section(model: str, documents: dict[str, dict[str, Any]], plots: dict[
     if noise:
         lines += ["", f"Noise floor (FP16 against itself, other batch composition): mean KL {noise['mean']:.3g}, "
                       f"max {noise['max']:.3g} nats."]
+    for variant, d in documents.items():
+        moved = (d.get("flips") or {}).get("batch_sensitivity")
+        if moved:
+            lines += ["", f"Batch sensitivity of {variant} (its kernels depend on the batch, so it is scored one "
+                          f"sequence per pass; generation stays batched): generated again in batches of "
+                          f"{moved['other_batch_size']} instead of {moved['batch_size']}, {moved['responses_changed']} "
+                          f"of {moved['prompts']} responses and {moved['verdicts_changed']} answer verdicts changed "
+                          f"(flips {moved['flips']} vs {moved['flips_other_batch']})."]
     kl_method = (first.get("kl_divergence") or {}).get("method")
     if kl_method:
         lines += ["", f"How KL is computed: {kl_method}"]
