@@ -52,10 +52,14 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (sorted), to keep padding small."""
+def length_batches(lengths: Sequence[int], batch_size: int, shift: int = 0) -> list[list[int]]:
+    """Indices grouped into batches of similar length (sorted), to keep padding small. With
+    ``shift``, the first batch holds only ``shift`` items, so every batch boundary moves and every
+    batch changes its members at the same batch size (how batch-dependence is measured)."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    head = [order[:shift]] if 0 < shift < len(order) else []
+    rest = order[len(head[0]):] if head else order
+    return head + [rest[i:i + batch_size] for i in range(0, len(rest), batch_size)]
 
 
 def truncate_response(tokens: Sequence[int], max_new_tokens: int, eos: set[int]) -> list[int]:
@@ -69,7 +73,8 @@ def truncate_response(tokens: Sequence[int], max_new_tokens: int, eos: set[int])
 
 
 def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int],
-                    batch_size: int, progress: Callable[[int], None] | None = None) -> list[list[int]]:
+                    batch_size: int, progress: Callable[[int], None] | None = None,
+                    shift: int = 0) -> list[list[int]]:
     """Greedy responses (token ids) for every prompt, generated in batches with left padding.
 
     A batch runs to its largest max_new_tokens; each response is then cut to its own limit and at
@@ -81,7 +86,7 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
     # Batch by (max_new_tokens, length) so short-answer prompts do not wait for long ones.
     keys = [max_new_tokens[i] * 100_000 + len(p) for i, p in enumerate(prompts)]
     with torch.inference_mode():
-        for batch in length_batches(keys, batch_size):
+        for batch in length_batches(keys, batch_size, shift):
             ids, mask = _left_pad([prompts[i] for i in batch], pad, device)
             steps = max(max_new_tokens[i] for i in batch)
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=0,

@@ -36,18 +36,18 @@ def flip_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def batch_sensitivity(records: Sequence[dict[str, Any]], again: Sequence[dict[str, Any]], batch: int,
-                      other_batch: int) -> dict[str, Any]:
+                      shift: int) -> dict[str, Any]:
     """How much a batch-dependent variant's generation moves when every prompt gets other
-    neighbours: the same prompts generated in batches of ``other_batch`` instead of ``batch``."""
+    neighbours: the same prompts generated again with the batch boundaries moved by ``shift``."""
     checkable = [(a, b) for a, b in zip(records, again) if a["flip"] is not None]
     return {
-        "batch_size": batch, "other_batch_size": other_batch, "prompts": len(records),
+        "batch_size": batch, "shift": shift, "prompts": len(records),
         "responses_changed": sum(a["response"] != b["response"] for a, b in zip(records, again)),
         "verdicts_changed": sum(a["correct"] != b["correct"] for a, b in checkable),
         "flips": sum(bool(a["flip"]) for a, _ in checkable),
         "flips_other_batch": sum(bool(b["flip"]) for _, b in checkable),
-        "method": ("the variant's greedy responses generated a second time in batches of "
-                   f"{other_batch} instead of {batch} prompts (other neighbours, other padding); "
+        "method": (f"the variant's greedy responses generated a second time in batches of {batch} prompts with "
+                   f"every batch boundary moved by {shift} (other neighbours and padding for every prompt); "
                    "counts of prompts whose response or answer verdict changed"),
     }
 

@@ -109,7 +109,7 @@ def model_section(model: str, documents: dict[str, dict[str, Any]], plots: dict[
         if moved:
             lines += ["", f"Batch sensitivity of {variant} (its kernels depend on the batch, so it is scored one "
                           f"sequence per pass; generation stays batched): generated again in batches of "
-                          f"{moved['other_batch_size']} instead of {moved['batch_size']}, {moved['responses_changed']} "
+                          f"{moved['batch_size']} with every boundary moved by {moved['shift']}, {moved['responses_changed']} "
                           f"of {moved['prompts']} responses and {moved['verdicts_changed']} answer verdicts changed "
                           f"(flips {moved['flips']} vs {moved['flips_other_batch']})."]
     kl_method = (first.get("kl_divergence") or {}).get("method")

@@ -115,8 +115,10 @@ def per_prompt_records(prompts: Sequence[Prompt], reference: PromptReference, sc
 
 
 def generate_responses(model: Any, tokenizer: Any, prompts: Sequence[Prompt], reference: PromptReference,
-                       gen_batch: int, progress: Callable[[int], None] | None = None) -> list[list[int]]:
-    """The variant's own greedy responses to the same prompt ids, with the FP16 length limits."""
+                       gen_batch: int, progress: Callable[[int], None] | None = None,
+                       shift: int = 0) -> list[list[int]]:
+    """The variant's own greedy responses to the same prompt ids, with the FP16 length limits
+    (``shift``: see generation.length_batches)."""
     cap = reference.key.max_new_tokens_cap
     limits = [min(p.max_new_tokens, cap or p.max_new_tokens) for p in prompts]
-    return greedy_generate(model, tokenizer, reference.prompt_ids, limits, gen_batch, progress)
+    return greedy_generate(model, tokenizer, reference.prompt_ids, limits, gen_batch, progress, shift)

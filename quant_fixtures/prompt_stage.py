@@ -70,13 +70,14 @@ def prompt_stage(self: Any, model: str, var: Any, loaded: Any, refs: Any) -> tup
     return kl_section(records, o.top_k, method, settings), flips, refs.noise_floor
 
 def _batch_sensitivity(self: Any, loaded: Any, reference: PromptReference, records: list[dict[str, Any]]) -> dict:
-    """Generate again in batches of another size (other neighbours for every prompt) and count
-    what moved: responses, correctness verdicts, flips."""
+    """Generate again with every batch boundary moved by half a batch (same batch size, other
+    neighbours for every prompt, about the same cost) and count what moved."""
     o, prompts = self.options, self.prompts()
-    other = max(1, o.gen_batch_size // 2) if o.gen_batch_size > 1 else 2
-    again = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, other)
+    shift = max(1, min(o.gen_batch_size, len(prompts)) // 2)
+    again = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, o.gen_batch_size, shift=shift)
     moved = per_prompt_records(prompts, reference, [NO_SCORE] * len(prompts), again, loaded.tokenizer)
-    return batch_sensitivity(records, moved, o.gen_batch_size, other)
+    return batch_sensitivity(records, moved, o.gen_batch_size, shift)
+
 
 def _write_prompt_summary(self: Any, key: ReferenceKey, reference: PromptReference, tokenizer: Any,
                           noise: dict[str, Any]) -> None:

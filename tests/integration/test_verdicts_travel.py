@@ -133,7 +133,7 @@ def test_int8_numbers_do_not_depend_on_batch_sizes(pytester, warm, tmp_path):
     assert a["perplexity"]["window_nll"] == b["perplexity"]["window_nll"]
     assert [r["kl_mean"] for r in a["kl_divergence"]["per_prompt"]] == [r["kl_mean"] for r in b["kl_divergence"]["per_prompt"]]
     sensitivity = b["flips"]["batch_sensitivity"]
-    assert (sensitivity["batch_size"], sensitivity["other_batch_size"], sensitivity["prompts"]) == (5, 2, 8)
+    assert (sensitivity["batch_size"], sensitivity["shift"], sensitivity["prompts"]) == (5, 2, 8)
     assert 0 <= sensitivity["responses_changed"] <= 8 and "flips_other_batch" in sensitivity
     assert "batch_sensitivity" not in report(warm.results, "fp16")["flips"]  # FP16 is batch-invariant
 

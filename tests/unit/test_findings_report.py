@@ -77,12 +77,13 @@ def test_summary_table_has_every_variant_and_verdict():
 
 def test_report_written_with_tables_and_plots(tmp_path: Path):
     docs = {**DOCS, "int8": {**DOCS["int8"], "flips": {**DOCS["int8"]["flips"], "batch_sensitivity": {
-        "batch_size": 32, "other_batch_size": 16, "prompts": 2, "responses_changed": 1, "verdicts_changed": 1,
+        "batch_size": 32, "shift": 16, "prompts": 2, "responses_changed": 1, "verdicts_changed": 1,
         "flips": 1, "flips_other_batch": 2}}}}
     path = write_report(tmp_path, {"m": docs})
     text = path.read_text()
     assert ("Batch sensitivity of int8 (its kernels depend on the batch, so it is scored one sequence per pass; "
-            "generation stays batched): generated again in batches of 16 instead of 32, 1 of 2 responses and 1 "
+            "generation stays batched): generated again in batches of 32 with every boundary moved by 16, 1 of 2 "
+            "responses and 1 "
             "answer verdicts changed (flips 1 vs 2).") in text
     for needle in ("# Quantization harm report", "## m", "Best size/quality trade-off: int8", "**FAIL**",
                    "| nf4 | delta_ppl_pct | 10 | <= 5 | **FAIL** |", "Most affected categories",

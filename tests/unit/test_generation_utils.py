@@ -327,3 +327,15 @@ def test_full_logprobs_round_trip(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.full_logp, ref.full_logp))
     store_reference(tmp_path, make_reference(make_key()))
     assert load_reference(tmp_path, make_key())[0].full_logp is None
+
+
+def test_length_batches_with_a_shift_change_every_batch():
+    lengths = list(range(10))
+    plain = length_batches(lengths, 4)
+    shifted = length_batches(lengths, 4, shift=2)
+    assert plain == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert shifted == [[0, 1], [2, 3, 4, 5], [6, 7, 8, 9]]
+    assert sorted(i for b in shifted for i in b) == lengths
+    together = {frozenset(b) for b in plain}
+    assert not any(frozenset(b) in together for b in shifted if len(b) > 1)
+    assert length_batches(lengths, 4, shift=0) == plain and length_batches(lengths, 4, shift=10) == plain
