@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .config import ConfigError, SuiteConfig, load_config
+from .config import DEFAULT_CONFIG_PATH, ConfigError, SuiteConfig, load_config
 from .data import SOURCES
 from .variants import DTYPE_NAMES, VARIANTS
 
@@ -24,7 +24,8 @@ GATE_MODES = ("enforce", "report")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("quant", "quantization-harm suite")
-    g.addoption("--suite-config", default=None, help="suite TOML (default: quant_suite.toml in the repo)")
+    g.addoption("--suite-config", default=None,
+                help="suite TOML (default: quant_suite.toml in the rootdir, else the repository's)")
     g.addoption("--models", default=None, help="comma-separated model keys (default: every configured model)")
     g.addoption("--variants", default=None, help=f"comma-separated variants (default: {','.join(VARIANTS)})")
     g.addoption("--ctx", type=int, default=None, help="perplexity window in tokens (default from config: 2048)")
@@ -77,9 +78,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped (never passed) without it")
     config.addinivalue_line("markers", "slow: takes minutes")
     config.addinivalue_line("markers", "xdist_group(name): tests of one (model, variant) share an xdist worker")
-    path = config.getoption("--suite-config")
+    path = suite_config_path(config)
+    if path is None:  # not a quantization-harm project: the plugin stays out of the way
+        return
     try:
-        config.stash[CONFIG_KEY] = load_config(path) if path else load_config()
+        config.stash[CONFIG_KEY] = load_config(path)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     if config.pluginmanager.hasplugin("xdist"):
@@ -88,6 +91,27 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(XdistHooks(config), "quant_fixtures_xdist")
     _check_options(config)
     _terminate_as_interrupt(config)
+
+
+def suite_config_path(config: pytest.Config) -> Path | None:
+    """--suite-config (from the invocation directory), else quant_suite.toml in the rootdir, else
+    the repository's; None when there is none (the package is installed for another project: its
+    pytest runs must not break)."""
+    given = config.getoption("--suite-config")
+    if given:
+        return Path(config.invocation_params.dir) / Path(given).expanduser()
+    for candidate in (config.rootpath / "quant_suite.toml", DEFAULT_CONFIG_PATH):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _suite(config: pytest.Config) -> SuiteConfig:
+    """The loaded suite config; a usage error where a test needs it and there is none."""
+    if CONFIG_KEY not in config.stash:
+        raise pytest.UsageError("no suite configuration: pass --suite-config PATH or put quant_suite.toml in the "
+                                f"rootdir ({config.rootpath})")
+    return config.stash[CONFIG_KEY]
 
 
 def _check_options(config: pytest.Config) -> None:
@@ -193,7 +217,7 @@ def _prompt_suite_options(config: pytest.Config) -> tuple[Path, tuple[str, ...] 
 
 
 def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
-    suite = config.stash[CONFIG_KEY]
+    suite = _suite(config)
     models = _split(config.getoption("--models"), list(suite.models), "model") or list(suite.models)
     variants = _split(config.getoption("--variants"), list(VARIANTS), "variant") or list(VARIANTS)
     variants = [v for v in VARIANTS if v in variants]  # registry order: the baseline first
@@ -201,7 +225,9 @@ def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    suite = metafunc.config.stash[CONFIG_KEY]
+    if not {"model_documents", "variant_eval"} & set(metafunc.fixturenames):
+        return
+    suite = _suite(metafunc.config)
     if "model_documents" in metafunc.fixturenames:
         models = list(dict.fromkeys(m for m, _ in selected_pairs(metafunc.config)))
         metafunc.parametrize("model_documents", [
@@ -240,7 +266,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
     from .parallel import is_worker
 
-    if not is_worker(config) and not config.option.collectonly:  # xdist: the controller checks (parallel.py)
+    if CONFIG_KEY in config.stash and not is_worker(config) and not config.option.collectonly:
+        # (xdist: the controller checks, in parallel.py)
         preflight_models(config, models_in(items))
 
 
@@ -405,7 +432,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     from .report import collect_run_documents
     from .summary import summary_lines
 
-    if is_worker(config):
+    if is_worker(config) or CONFIG_KEY not in config.stash:
         return
     documents = collect_run_documents(results_dir(config), run_id(config))
     if not documents:

@@ -327,3 +327,21 @@ def test_sigterm_ends_the_run_as_an_interrupt(pytester: pytest.Pytester) -> None
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
     assert "test_never_reached PASSED" not in result.stdout.str()
+
+
+def test_the_plugin_stays_out_of_other_projects(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed as an entry point, the plugin loads in every pytest run of the environment: with no
+    suite configuration (none given, none in the rootdir or the repository) it does nothing."""
+    import quant_fixtures.plugin as plugin
+
+    monkeypatch.setattr(plugin, "DEFAULT_CONFIG_PATH", pytester.path / "nowhere" / "quant_suite.toml")
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_other="def test_unrelated():\n    assert True\n")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK
+    assert "quant-fixtures:" not in result.stdout.str() and "quantization harm" not in result.stdout.str()
+    pytester.makepyfile(test_gate="def test_uses_the_suite(variant_eval):\n    pass\n")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "test_gate.py")
+    assert result.ret != pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*no suite configuration: pass --suite-config PATH or put quant_suite.toml in the "
+                                 "rootdir*"])
