@@ -236,7 +236,7 @@ class EvaluationSession:
             raise EvaluationFailed(self._failed[model, variant]) from None
 
     @contextmanager
-    def _in_stage(self, name: str) -> Iterator[None]:
+    def in_stage(self, name: str) -> Iterator[None]:
         """Names the stage an error (out of memory) happened in."""
         self._stage = name
         yield
@@ -247,7 +247,7 @@ class EvaluationSession:
         if not var.is_baseline:
             refs = self.references(model, self.ctx_for(self.model_config(model)))  # may run the FP16 pass first
         with self.fp16_lock(model) if var.is_baseline else _no_lock():
-            with self._in_stage("load"):
+            with self.in_stage("load"):
                 loaded = load_model(spec, self.resolved(model), var, self.options.variant_options(),
                                     self.options.device)
             try:
@@ -295,7 +295,7 @@ class EvaluationSession:
             hook = TopkRecorder(len(plan)) if refs is None else (
                 KLAgainstReference(refs.corpus, refs.baseline.window_tokens) if refs.corpus is not None else None)
         bar = progress_bar(len(plan), f"{model} {var.key} perplexity", "win")
-        with self._in_stage("perplexity"):
+        with self.in_stage("perplexity"):
             scores = score_windows(loaded.model, ids, plan, self.batching(var)["perplexity_windows_per_pass"],
                                    hook=hook, progress=bar.update if bar else None)
         close_bar(bar)
