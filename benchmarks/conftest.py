@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from quant_fixtures.plugin import CONFIG_KEY, selected_pairs
+from quant_fixtures.cli import CONFIG_KEY, selected_pairs
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

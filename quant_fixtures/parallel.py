@@ -52,14 +52,15 @@ class XdistHooks:
         self.checked = False
 
     def pytest_configure_node(self, node: Any) -> None:
-        from .plugin import output_dirs
+        from .cli import output_dirs
 
         node.workerinput[RUN_ID_KEY] = run_id(self.config)
         node.workerinput[PATHS_KEY] = {k: str(v) for k, v in output_dirs(self.config).items()}
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """The controller's up-front model checks, once, for the models the workers collected."""
-        from .plugin import CONFIG_KEY, preflight_models, selected_pairs
+        from .cli import CONFIG_KEY, selected_pairs
+        from .plugin import preflight_models
 
         if self.checked:
             return
