@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -30,7 +30,6 @@ class WindowScores:
     window_nll: list[float]
     window_tokens: list[int]
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tokens(self) -> int:

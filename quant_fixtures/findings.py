@@ -27,7 +27,8 @@ def most_affected_categories(doc: dict[str, Any], top: int = TOP_CATEGORIES) -> 
     kl = doc.get("kl_divergence")
     if not kl:
         return []
-    ranked = sorted(kl["per_category"].items(), key=lambda kv: kv[1]["kl_mean"], reverse=True)[:top]
+    scored = [(c, s) for c, s in kl["per_category"].items() if s["kl_mean"] is not None]
+    ranked = sorted(scored, key=lambda kv: kv[1]["kl_mean"], reverse=True)[:top]
     return [{"category": c, "kl_mean": s["kl_mean"], "flips": s["flips"]} for c, s in ranked]
 
 

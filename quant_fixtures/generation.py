@@ -66,8 +66,8 @@ def truncate_response(tokens: Sequence[int], max_new_tokens: int, eos: set[int])
     """The response as a user would see it: at most max_new_tokens, ending at the first EOS (kept)."""
     out: list[int] = []
     for token in list(tokens)[:max_new_tokens]:
-        out.append(int(token))
-        if token in eos:
+        out.append(int(token))  # a tensor element is not found in a set of ints: compare as int
+        if out[-1] in eos:
             break
     return out
 

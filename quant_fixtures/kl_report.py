@@ -13,6 +13,10 @@ WORST_PROMPTS = 5
 RESPONSE_CHARS = 200
 
 
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
 def _p99(values: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.percentile(values, 99.0, axis=axis)
 
@@ -63,11 +67,10 @@ def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, metho
     by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_category[r["category"]].append(r)
-    per_category = {
+    per_category = {  # a category none of whose prompts has a scored position reports null (not NaN: JSON)
         cat: {"prompts": len(rs),
-              "kl_mean": float(np.mean([r["kl_mean"] for r in rs if r["kl_mean"] is not None] or [np.nan])),
-              "top1_agreement": float(np.mean([r["top1_agreement"] for r in rs if r["top1_agreement"] is not None]
-                                              or [np.nan])),
+              "kl_mean": _mean_or_none([r["kl_mean"] for r in rs if r["kl_mean"] is not None]),
+              "top1_agreement": _mean_or_none([r["top1_agreement"] for r in rs if r["top1_agreement"] is not None]),
               "flips": sum(bool(r["flip"]) for r in rs),
               "exact_match": sum(r["exact_match"] for r in rs)}
         for cat, rs in by_category.items()

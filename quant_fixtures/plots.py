@@ -56,7 +56,7 @@ def kl_by_category(model: str, documents: dict[str, dict[str, Any]], path: Path)
     for i, (variant, doc) in enumerate(quantized.items()):
         per = doc["kl_divergence"]["per_category"]
         ax.barh([c_i + i * height for c_i in range(len(categories))],
-                [per.get(c, {}).get("kl_mean", 0.0) for c in categories], height=height, label=variant)
+                [per.get(c, {}).get("kl_mean") or 0.0 for c in categories], height=height, label=variant)
     ax.set_yticks([c_i + 0.4 - height / 2 for c_i in range(len(categories))], categories)
     ax.invert_yaxis()
     ax.set_xlabel("mean KL(FP16 || variant), nats")

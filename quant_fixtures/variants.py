@@ -85,10 +85,3 @@ VARIANTS: dict[str, Variant] = {
 }
 
 BASELINE_VARIANT = next(k for k, v in VARIANTS.items() if v.is_baseline)
-
-
-def get_variant(key: str) -> Variant:
-    try:
-        return VARIANTS[key]
-    except KeyError:
-        raise KeyError(f"unknown variant {key!r}; valid: {', '.join(VARIANTS)}") from None

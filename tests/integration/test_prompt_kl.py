@@ -25,7 +25,6 @@ float64 plain computation and 1e-6 relative against the float32-log-softmax one.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,13 +32,11 @@ import pytest
 import torch
 
 import quant_fixtures.evaluation as evaluation
-from integration_support import SMOLLM2_GGUF, SMOLLM2_PACKAGE
 from quant_fixtures.config import ModelSpec
 from quant_fixtures.corpus_kl import KLAgainstReference, TopkRecorder
 from quant_fixtures.data import load_wikitext2_test
 from quant_fixtures.evaluation import score_windows
 from quant_fixtures.generation import greedy_generate
-from quant_fixtures.gguf import convert_gguf_package
 from quant_fixtures.metrics.divergence import METRICS_VERSION, kl_topk, topk_reference
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 from quant_fixtures.models import load_model, resolve_model
@@ -50,7 +47,6 @@ from quant_fixtures.variants import VARIANTS, VariantOptions
 
 
 
-GGUF_CACHE = Path.home() / ".cache" / "quant_fixtures" / "gguf"  # reuses the converted copy when valid
 TOP_K = 256
 CAP = 12
 CORPUS_K = 32
@@ -91,9 +87,9 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def smol(tmp_path_factory: pytest.TempPathFactory, smollm2_converted: Any) -> dict[str, Any]:
     """FP16 and NF4 SmolLM2, both held at once (float16 weights as stored, float32 compute)."""
-    directory = convert_gguf_package(SMOLLM2_PACKAGE, SMOLLM2_GGUF, GGUF_CACHE).directory
+    directory = smollm2_converted.directory
     spec = ModelSpec(key="smol", path=str(directory))
     resolved = resolve_model(spec, tmp_path_factory.mktemp("prompt-kl-cache"))
     options = VariantOptions(weight_dtype="float16", compute_dtype="float32")
@@ -328,15 +324,15 @@ def test_nf4_scoring_batched_equals_one_at_a_time(nf4_scores):
         np.testing.assert_array_equal(b.top1, s.top1)
 
 
-def test_int8_is_scored_alone_because_its_numbers_depend_on_the_batch(smol, reference, tmp_path_factory):
+def test_int8_is_scored_alone_because_its_numbers_depend_on_the_batch(smol, reference, tmp_path_factory,
+                                                                      smollm2_converted):
     """bitsandbytes' LLM.int8 picks outlier columns over the whole batch, so a prompt's INT8 KL
     moves with its neighbours when scored in a batch; the registry marks int8 batch-dependent and
     the suite scores it one prompt per pass, where a prompt's numbers no longer depend on the rest
     of the suite (here: all 6 prompts vs the last 3 alone)."""
     from quant_fixtures.reference import PromptReference
 
-    directory = convert_gguf_package(SMOLLM2_PACKAGE, SMOLLM2_GGUF, GGUF_CACHE).directory
-    spec = ModelSpec(key="smol", path=str(directory))
+    spec = ModelSpec(key="smol", path=str(smollm2_converted.directory))
     int8 = load_model(spec, resolve_model(spec, tmp_path_factory.mktemp("int8-cache")), VARIANTS["int8"],
                       VariantOptions(weight_dtype="float16", compute_dtype="float32"), "cpu").model
     assert not VARIANTS["int8"].batch_invariant and VARIANTS["nf4"].batch_invariant

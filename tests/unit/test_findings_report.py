@@ -49,6 +49,11 @@ DOCS = {
 def test_best_tradeoff_is_smallest_passing_variant():
     best = best_tradeoff(DOCS)
     assert best["variant"] == "int8" and "pass every gate" in best["reason"]
+    # Two passing variants: the smaller one wins, whatever the registry order.
+    two = {**DOCS, "nf4": _doc("nf4", 10.5, 0.7, kl=[("math", 0.05)], gates=[("delta_ppl_pct", 5.0, 8.0)])}
+    assert best_tradeoff(two)["variant"] == "nf4"
+    bigger = {**DOCS, "nf4": _doc("nf4", 10.5, 1.5, kl=[("math", 0.05)], gates=[("delta_ppl_pct", 5.0, 8.0)])}
+    assert best_tradeoff(bigger)["variant"] == "int8"
 
 
 def test_best_tradeoff_when_nothing_passes_is_least_ppl_loss():

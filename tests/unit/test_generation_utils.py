@@ -51,6 +51,8 @@ def test_truncate_stops_at_whichever_eos_id_comes_first():
 
 
 def test_truncate_accepts_tensors_and_returns_python_ints():
+    out = truncate_response(torch.tensor([5, 6, 2, 7]), 10, {2})  # EOS found in a tensor row too
+    assert out == [5, 6, 2] and all(type(t) is int for t in out)
     out = truncate_response(torch.tensor([5, 6, 2, 7]).tolist(), 10, {2})
     assert out == [5, 6, 2] and all(type(t) is int for t in out)
     out = truncate_response(range(4, 20), 3, {2})

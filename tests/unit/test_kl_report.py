@@ -5,11 +5,11 @@ All records are hand-made; the expected numbers are worked out in the test from 
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
 
+from quant_fixtures.atomic import write_json_atomic
 from quant_fixtures.kl_report import (RESPONSE_CHARS, WORST_PROMPTS, flip_summary, kl_method_text,
                                       kl_section)
 
@@ -113,12 +113,14 @@ def test_per_category_means_flips_and_exact_matches(records):
     assert sci["exact_match"] == 1
 
 
-def test_category_without_any_scored_prompt_has_nan_means(records):
+def test_category_without_any_scored_prompt_reports_null_means(records, tmp_path):
     records.append(record("h1", "historical_knowledge", None, None))
-    cats = kl_section(records, top_k=256, method="m")["per_category"]
-    assert math.isnan(cats["historical_knowledge"]["kl_mean"])
-    assert math.isnan(cats["historical_knowledge"]["top1_agreement"])
+    section = kl_section(records, top_k=256, method="m")
+    cats = section["per_category"]
+    assert cats["historical_knowledge"]["kl_mean"] is None
+    assert cats["historical_knowledge"]["top1_agreement"] is None
     assert cats["historical_knowledge"]["prompts"] == 1
+    write_json_atomic(tmp_path / "r.json", section)  # JSON has no NaN: the report must still be writable
 
 
 def test_worst_prompts_sorted_descending_and_truncated(records):
