@@ -1,8 +1,8 @@
 """The FP16 reference of a model: computed once, stored as a small JSON, validated on every load.
 
 A stored baseline is reused only when its key (model, weights and tokenizer identity, dataset hash,
-protocol, dtypes, device type, metrics version, the numerics-relevant environment) equals the key of the current run and its checksum over
-the content verifies; otherwise it is recomputed (or, with ``frozen``, the run stops).
+protocol, dtypes, device type, metrics version, the numerics-relevant environment) equals the key
+of the current run and its checksum over the content verifies; otherwise it is recomputed (or, with ``frozen``, the run stops).
 """
 
 from __future__ import annotations
@@ -78,9 +78,11 @@ def store_baseline(directory: Path, baseline: Baseline, environment: dict[str, A
 def load_baseline(directory: Path, key: BaselineKey) -> tuple[Baseline | None, str]:
     """The stored baseline for ``key``, or None with the reason it cannot be used."""
     path = baseline_path(directory, key)
+    if not path.is_file():  # say which stored baseline of this model comes closest, and how it differs
+        return None, f"{path}: no stored baseline for these settings{_nearest_difference(directory, key)}"
     body, reason = read_record(path, BASELINE_SCHEMA, asdict(key), BODY_FIELDS, "baseline")
     if body is None:
-        return None, reason + (_nearest_difference(directory, key) if "no stored" in reason else "")
+        return None, reason
     if len(body["window_nll"]) != len(body["window_tokens"]):
         return None, f"{path}: window arrays differ in length"
     return Baseline(key=key, **body), "ok"

@@ -50,7 +50,7 @@ def check_options(config: pytest.Config) -> None:
     """Every option, limit and output location, before anything loads (exit 4, one line)."""
     from .preflight import PreflightError, check_limits, check_output_dirs
 
-    suite = config.stash[CONFIG_KEY]
+    suite = suite_of(config)
     split_keys(config.getoption("--models"), list(suite.models), "model")
     split_keys(config.getoption("--variants"), list(VARIANTS), "variant")
     prompt_suite_options(config)
@@ -77,7 +77,7 @@ def ppl_budget(config: pytest.Config) -> int | None:
     budget = config.getoption("--ppl-max-tokens")
     if budget is None:
         on_cuda = device_for(config).startswith("cuda")
-        return None if on_cuda else config.stash[CONFIG_KEY].defaults.cpu_ppl_max_tokens
+        return None if on_cuda else suite_of(config).defaults.cpu_ppl_max_tokens
     return None if budget == "all" else int(budget)
 
 
