@@ -1,0 +1,112 @@
+"""Hand-made measurements of one model's three variants, turned into the suite's JSON documents by
+the suite's own builders (used by test_document_golden.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from quant_fixtures.baseline import Baseline, BaselineKey
+from quant_fixtures.documents import Measurements, evaluation_document
+from quant_fixtures.evaluation import WindowScores
+from quant_fixtures.kl_report import batch_sensitivity, flip_summary, kl_section
+from quant_fixtures.report import comparison_document
+from quant_fixtures.snapshot import harm_summary
+from quant_fixtures.variants import VARIANTS
+
+ENVIRONMENT = {
+    "python": "3.12.0", "platform": "Linux-test", "device": "cpu", "device_type": "cpu",
+    "packages": {"torch": "2.13.0", "transformers": "5.24.0", "bitsandbytes": "0.50.2", "accelerate": "1.10.0",
+                 "datasets": "3.0.0", "safetensors": "0.5.0", "gguf": "0.17.0", "pytest": "8.3.0"},
+    "cpu": {"model": "Test CPU", "isa": ["avx2", "avx512f"], "torch_capability": "AVX512", "threads": 2,
+            "switches": {}, "bitsandbytes": {"int8_matmul": "torch._int_mm", "avx512bf16": True}},
+    "device_name": "Test CPU",
+}
+NUMERICS = {"device_type": "cpu", "torch": "2.13.0", "transformers": "5.24.0", "cpu_capability": "AVX512",
+            "cpu_isa": "avx2,avx512f", "cpu_switches": ""}
+WINDOW_TOKENS = [511, 511, 511, 511]
+FP16_NLL = [1400.25, 1523.5, 1388.125, 1450.75]
+GB = 1e9
+
+
+def _record(pid: str, category: str, kl: float | None, top1: float | None, fp16_ok: bool | None, ok: bool | None,
+            exact: bool, basis: str = "exact", response: str = "the answer is 4") -> dict[str, Any]:
+    scored = kl is not None
+    return {"id": pid, "category": category, "positions": 6 if scored else 0,
+            "kl_mean": kl, "kl_max": 3 * kl if scored else None, "kl_basis": basis,
+            "kl_topk_mean": 0.9 * kl if scored else None,
+            "kl_exact_mean": kl if scored and basis == "exact" else None,
+            "top1_agreement": top1, "nll_fp16_tokens": 2.5, "tail_mass_mean": 0.015 if scored else None,
+            "first_divergence": None if exact else 2, "exact_match": exact,
+            "fp16_correct": fp16_ok, "correct": ok, "flip": None if fp16_ok is None else fp16_ok != ok,
+            "fp16_response": "the answer is 4", "response": response if not exact else "the answer is 4"}
+
+
+def _records(scale: float) -> list[dict[str, Any]]:
+    return [
+        _record("math-1", "math", 0.010 * scale, 1.0, True, True, True),
+        _record("math-2", "math", 0.050 * scale, 0.8333333333333334, True, scale < 2, scale < 2,
+                response="the answer is 5"),
+        _record("code-1", "code", 0.020 * scale, 0.6666666666666666, None, None, False, response="def f(): pass"),
+        _record("code-2", "code", 0.035 * scale, 1.0, False, scale > 1, True),
+        _record("fact-1", "facts", 0.005 * scale, 1.0, True, True, True),
+        _record("fact-2", "facts", None, None, None, None, True),
+    ]
+
+
+def _kl(records: list[dict[str, Any]], text: str) -> dict[str, Any]:
+    return kl_section(records, 256, f"KL method ({text}).", "6 prompts, max_new_tokens <= 16, top-256, chat template")
+
+
+def _measurements(variant: str, nll: list[float], footprint: int, records: list[dict[str, Any]] | None,
+                  baseline: Baseline) -> Measurements:
+    var = VARIANTS[variant]
+    qconfig = None if var.is_baseline else {"quant_method": "bitsandbytes", f"load_in_{variant}": True}
+    loaded = SimpleNamespace(footprint_bytes=footprint, quantization_config=qconfig, weight_dtype="float16",
+                             compute_dtype="float32", quant_state_bytes=0 if var.is_baseline else 1_250_000,
+                             load_seconds=1.5)
+    kl = flips = corpus = None
+    if records is not None:
+        kl = _kl(records, "FP16 against itself" if var.is_baseline else variant)
+        flips = flip_summary(records)
+    if variant == "int8":
+        again = [dict(r, response="moved", correct=r["correct"]) for r in records]
+        flips["batch_sensitivity"] = batch_sensitivity(records, again, 48, 24)
+    if not var.is_baseline:
+        corpus = {"tokens": 2044, "nonfinite": 0, "mean": 0.0123, "median": 0.004, "p90": 0.03, "p99": 0.11,
+                  "p99_9": 0.4, "max": 1.25, "min": 0.0, "same_top1_rate": 0.93,
+                  "method": "KL(P_fp16 || Q_variant) over the FP16 top-32 tokens plus a tail bucket."}
+    noise = {"mean": 1e-7, "max": 4e-7, "p99": 3.5e-7, "ci95": [5e-8, 1.5e-7]}
+    return Measurements(
+        model="tiny", variant=var, loaded=loaded, source="org/tiny@main", note="random weights",
+        weights_identity="sha256:abc", ctx=512, windows=len(nll),
+        scores=WindowScores(window_nll=nll, window_tokens=list(WINDOW_TOKENS), seconds=2.0),
+        baseline=baseline, peak_gb=None, dataset_source="vendored", dataset_sha256="696cca6b",
+        corpus_kl=corpus, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=3.0,
+        batching={"perplexity_windows_per_pass": 1 if variant == "int8" else 2,
+                  "prompt_scoring_per_pass": 1 if variant == "int8" else 16, "generation_batch": 48,
+                  "batch_invariant": variant != "int8"},
+        environment=ENVIRONMENT, keys={"baseline_sha256": "b" * 64, "reference_sha256": "r" * 64})
+
+
+def golden_documents() -> dict[str, dict[str, Any]]:
+    key = BaselineKey(model="tiny", weights_identity="sha256:abc", tokenizer_sha256="t" * 64,
+                      dataset_sha256="696cca6b", method="nonoverlapping", ctx=512, stride=None, max_tokens=2048,
+                      weight_dtype="float16", compute_dtype="float32", device_type="cpu", metrics_version=3,
+                      environment=NUMERICS)
+    from quant_fixtures.metrics.perplexity import perplexity
+
+    baseline = Baseline(key=key, ppl=perplexity(FP16_NLL, WINDOW_TOKENS), window_nll=FP16_NLL,
+                        window_tokens=list(WINDOW_TOKENS), footprint_bytes=270_000_000)
+    options = SimpleNamespace(gate_on="point", run_id="golden-run", ppl_stride=None, ppl_max_tokens=2048)
+    limits = {"int8": {"max_delta_ppl_pct": 5.0, "min_memory_reduction_pct": 30.0},
+              "nf4": {"max_delta_ppl_pct": 2.0, "min_memory_reduction_pct": 50.0, "max_mean_kl": 0.05}}
+    ungated = {"int8": {"kl_mean": "opted out with ungated in quant_suite.toml"}}
+    cases = {
+        "fp16": _measurements("fp16", FP16_NLL, 270_000_000, _records(0.0), baseline),
+        "int8": _measurements("int8", [n * 1.01 for n in FP16_NLL], 162_000_000, _records(1.0), baseline),
+        "nf4": _measurements("nf4", [n * 1.04 for n in FP16_NLL], 108_000_000, _records(2.5), baseline),
+    }
+    docs = {v: evaluation_document(m, options, limits.get(v, {}), ungated.get(v)) for v, m in cases.items()}
+    return {"fp16_evaluation": docs["fp16"], "int8_evaluation": docs["int8"], "nf4_evaluation": docs["nf4"],
+            "comparison": comparison_document("tiny", docs), "harm_summary": harm_summary(docs)}
