@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from quant_fixtures.cli import CONFIG_KEY, selected_pairs
+from quant_fixtures.plugin.cli import CONFIG_KEY, selected_pairs
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,7 +51,7 @@ def bench_settings(pytestconfig: pytest.Config, quant_session: Any) -> dict[str,
 @pytest.fixture(scope="session")
 def bench_model(request: pytest.FixtureRequest, quant_session: Any) -> Any:
     """One (model, variant) loaded for the whole session; pytest releases it before the next."""
-    from quant_fixtures.models import load_model, release
+    from quant_fixtures.models.loading import load_model, release
     from quant_fixtures.variants import VARIANTS
 
     model, variant = request.param
@@ -64,6 +64,6 @@ def bench_model(request: pytest.FixtureRequest, quant_session: Any) -> Any:
 
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
     """Add tokens/s and speed ratios (vs FP16, and batched pass vs the HF guide loop) to the JSON."""
-    from quant_fixtures.bench_summary import throughput_summary
+    from quant_fixtures.report.bench_summary import throughput_summary
 
     output_json["quant_fixtures"] = throughput_summary(output_json.get("benchmarks", []))

@@ -55,7 +55,7 @@ def train_tokenizer(out: Path, vocab_size: int = 32000) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from quant_fixtures.data import load_wikitext2_test
+    from quant_fixtures.inputs.wikitext import load_wikitext2_test
 
     text = load_wikitext2_test("vendored").text
     tok = Tokenizer(models.BPE(unk_token=None))

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from quant_fixtures.benchmarking import hf_guide_strided_ppl, synchronized
-from quant_fixtures.evaluation import score_windows
-from quant_fixtures.generation import greedy_generate, prompt_token_ids
+from quant_fixtures.compute.benchmarking import hf_guide_strided_ppl, synchronized
+from quant_fixtures.compute.scoring import score_windows
+from quant_fixtures.compute.generation import greedy_generate, prompt_token_ids
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 
 pytestmark = pytest.mark.benchmark

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "quant_suite.toml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "inputs" / "quant_suite.toml"  # shipped in the package
 
 @dataclass(frozen=True)
 class LimitSpec:
@@ -164,7 +164,7 @@ _DEFAULT_KEYS = set(Defaults.__dataclass_fields__)
 def _check_gates(where: str, table: Any) -> tuple[dict[str, dict[str, float]], dict[str, frozenset[str]]]:
     """(limits per variant, opted-out limit names per variant) of one gates table; every key is
     checked against the variant registry and LIMITS, every value for type, finiteness and range."""
-    from .variants import VARIANTS
+    from quant_fixtures.variants import VARIANTS
 
     gated = [k for k, v in VARIANTS.items() if not v.is_baseline]
     if not isinstance(table, dict):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from quant_fixtures.assertions import assert_gate
-from quant_fixtures.plugin import quantized_only
+from quant_fixtures.plugin.assertions import assert_gate
+from quant_fixtures.plugin.hooks import quantized_only
 
 
 def test_perplexity_is_measured(variant_eval):

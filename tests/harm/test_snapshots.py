@@ -3,8 +3,8 @@
 Accept a deliberate change with `pytest --snapshot-update` and commit the snapshot file.
 """
 
-from quant_fixtures.assertions import assert_harm_snapshot
-from quant_fixtures.snapshot import harm_summary
+from quant_fixtures.plugin.assertions import assert_harm_snapshot
+from quant_fixtures.report.snapshot import harm_summary
 
 
 def test_harm_summary_matches_snapshot(model_documents, harm_snapshot, quant_session, pytestconfig):

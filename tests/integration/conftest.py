@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from integration_support import SMOLLM2_GGUF, SMOLLM2_PACKAGE, TINY_ARCHS, build_tiny_model, load_variant
-from quant_fixtures.data import load_wikitext2_test, tokenize_text
-from quant_fixtures.gguf import convert_gguf_package
+from quant_fixtures.inputs.wikitext import load_wikitext2_test, tokenize_text
+from quant_fixtures.models.gguf import convert_gguf_package
 
 
 @pytest.fixture(scope="session")

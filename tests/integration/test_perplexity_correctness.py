@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-import quant_fixtures.evaluation as evaluation
+import quant_fixtures.compute.scoring as evaluation
 from integration_support import load_variant, plain_window_nll
-from quant_fixtures.evaluation import score_windows
+from quant_fixtures.compute.scoring import score_windows
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows, perplexity, strided_windows
 
 VOCAB = 49152

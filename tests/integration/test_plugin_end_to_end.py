@@ -20,7 +20,7 @@ import pytest
 from integration_support import (CTX, FAILING_GATES, MAX_TOKENS, METHODS, PASSING_GATES, VARIANT_KEYS,
                                  copy_baselines, load_variant, make_project, plain_window_nll, ppl_baselines, report,
                                  report_files, run_suite, snapshot)
-from quant_fixtures.data import WIKITEXT_SHA256
+from quant_fixtures.inputs.wikitext import WIKITEXT_SHA256
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 
 pytest_plugins = ["pytester"]

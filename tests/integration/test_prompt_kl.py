@@ -31,18 +31,18 @@ import numpy as np
 import pytest
 import torch
 
-import quant_fixtures.evaluation as evaluation
+import quant_fixtures.compute.scoring as evaluation
 from quant_fixtures.config import ModelSpec
-from quant_fixtures.corpus_kl import KLAgainstReference, TopkRecorder
-from quant_fixtures.data import load_wikitext2_test
-from quant_fixtures.evaluation import score_windows
-from quant_fixtures.generation import greedy_generate
+from quant_fixtures.compute.corpus_kl import KLAgainstReference, TopkRecorder
+from quant_fixtures.inputs.wikitext import load_wikitext2_test
+from quant_fixtures.compute.scoring import score_windows
+from quant_fixtures.compute.generation import greedy_generate
 from quant_fixtures.metrics.divergence import METRICS_VERSION, kl_topk, topk_reference
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
-from quant_fixtures.models import load_model, resolve_model
-from quant_fixtures.prompt_eval import compute_reference, score_against_reference
-from quant_fixtures.prompts import CATEGORIES, load_prompt_suite
-from quant_fixtures.reference import ReferenceKey
+from quant_fixtures.models.loading import load_model, resolve_model
+from quant_fixtures.compute.prompt_scoring import compute_reference, score_against_reference
+from quant_fixtures.inputs.prompts import CATEGORIES, load_prompt_suite
+from quant_fixtures.store.prompt_reference import ReferenceKey
 from quant_fixtures.variants import VARIANTS, VariantOptions
 
 
@@ -330,7 +330,7 @@ def test_int8_is_scored_alone_because_its_numbers_depend_on_the_batch(smol, refe
     moves with its neighbours when scored in a batch; the registry marks int8 batch-dependent and
     the suite scores it one prompt per pass, where a prompt's numbers no longer depend on the rest
     of the suite (here: all 6 prompts vs the last 3 alone)."""
-    from quant_fixtures.reference import PromptReference
+    from quant_fixtures.store.prompt_reference import PromptReference
 
     spec = ModelSpec(key="smol", path=str(smollm2_converted.directory))
     int8 = load_model(spec, resolve_model(spec, tmp_path_factory.mktemp("int8-cache")), VARIANTS["int8"],

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-import quant_fixtures.gguf as gguf
+import quant_fixtures.models.gguf as gguf
 from integration_support import SMOLLM2_GGUF, SMOLLM2_PACKAGE, load_variant, plain_window_nll
-from quant_fixtures.evaluation import score_windows
+from quant_fixtures.compute.scoring import score_windows
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 
 

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from integration_support import PASSING_GATES, copy_baselines, make_project, report, run_suite, suite_args
-from quant_fixtures.models import ModelUnavailableError, weight_files
-from quant_fixtures.records import read_record
+from quant_fixtures.models.loading import ModelUnavailableError, weight_files
+from quant_fixtures.store.records import read_record
 
 pytest_plugins = ["pytester"]
 
@@ -164,8 +164,8 @@ def test_two_runs_into_one_results_directory_compare_every_variant(pytester, war
 
 
 CONFTEST_INTERRUPT_REPORT = '''
-import quant_fixtures.markdown_report as markdown_report
-from quant_fixtures.atomic import atomic_path
+import quant_fixtures.report.markdown as markdown_report
+from quant_fixtures.store.atomic import atomic_path
 
 
 def interrupted_write(path, text):
@@ -193,7 +193,7 @@ def test_an_interrupt_while_the_report_is_written_leaves_no_half_file(pytester, 
 
 CONFTEST_OUT_OF_MEMORY = '''
 import torch
-import quant_fixtures.session as session
+import quant_fixtures.session.orchestrator as session
 
 real_score_windows = session.score_windows
 

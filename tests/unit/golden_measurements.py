@@ -6,12 +6,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from quant_fixtures.baseline import Baseline, BaselineKey
-from quant_fixtures.documents import Measurements, evaluation_document
-from quant_fixtures.evaluation import WindowScores
-from quant_fixtures.kl_report import batch_sensitivity, flip_summary, kl_section
-from quant_fixtures.report import comparison_document
-from quant_fixtures.snapshot import harm_summary
+from quant_fixtures.store.baseline import Baseline, BaselineKey
+from quant_fixtures.report.build import Measurements, evaluation_document
+from quant_fixtures.compute.scoring import WindowScores
+from quant_fixtures.metrics.prompt_summary import batch_sensitivity, flip_summary, kl_section
+from quant_fixtures.report.comparison import comparison_document
+from quant_fixtures.report.snapshot import harm_summary
 from quant_fixtures.variants import VARIANTS
 
 ENVIRONMENT = {

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from quant_fixtures.baseline import (
+from quant_fixtures.store.baseline import (
     BASELINE_SCHEMA,
     Baseline,
     BaselineKey,

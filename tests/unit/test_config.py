@@ -36,9 +36,12 @@ def config_error(path: Path) -> str:
 # -- the shipped configuration ------------------------------------------------------------------
 
 
-def test_default_path_is_the_repo_file() -> None:
-    assert DEFAULT_CONFIG_PATH == REPO_CONFIG
-    assert load_config().path == REPO_CONFIG
+def test_default_config_ships_in_the_package_and_the_repo_file_is_it() -> None:
+    import quant_fixtures
+
+    assert DEFAULT_CONFIG_PATH.parent == Path(quant_fixtures.__file__).parent / "inputs"
+    assert DEFAULT_CONFIG_PATH.is_file() and load_config().path == DEFAULT_CONFIG_PATH
+    assert REPO_CONFIG.resolve() == DEFAULT_CONFIG_PATH  # the checkout's quant_suite.toml links to it
 
 
 def test_shipped_config_parses() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quant_fixtures.bench_summary import throughput_summary
-from quant_fixtures.findings import best_tradeoff, findings, most_affected_categories
-from quant_fixtures.markdown_report import write_report
-from quant_fixtures.summary import summary_lines
+from quant_fixtures.report.bench_summary import throughput_summary
+from quant_fixtures.report.findings import best_tradeoff, findings, most_affected_categories
+from quant_fixtures.report.markdown import write_report
+from quant_fixtures.report.terminal import summary_lines
 
 
 def _doc(variant, ppl, footprint, kl=None, gates=(), speed=100.0):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from quant_fixtures.gates import GateResult, evaluate_gates
+from quant_fixtures.report.gates import GateResult, evaluate_gates
 
 
 def only(limits: dict[str, float], metrics: dict[str, float | None]) -> GateResult:

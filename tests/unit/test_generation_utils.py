@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from quant_fixtures.generation import eos_token_ids, length_batches, pad_token_id, truncate_response
-from quant_fixtures.prompt_eval import first_divergence
-from quant_fixtures.hashing import tensors_digest
-from quant_fixtures.reference import (REFERENCE_FORMAT, PromptReference, ReferenceKey, load_reference,
+from quant_fixtures.compute.generation import eos_token_ids, length_batches, pad_token_id, truncate_response
+from quant_fixtures.compute.prompt_scoring import first_divergence
+from quant_fixtures.store.digests import tensors_digest
+from quant_fixtures.store.prompt_reference import (REFERENCE_FORMAT, PromptReference, ReferenceKey, load_reference,
                                       reference_path, store_reference)
 
 # --- truncate_response ---------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quant_fixtures.atomic import write_json_atomic
-from quant_fixtures.kl_report import (RESPONSE_CHARS, WORST_PROMPTS, flip_summary, kl_method_text,
+from quant_fixtures.store.atomic import write_json_atomic
+from quant_fixtures.metrics.prompt_summary import (RESPONSE_CHARS, WORST_PROMPTS, flip_summary, kl_method_text,
                                       kl_section)
 
 

@@ -332,7 +332,7 @@ def test_sigterm_ends_the_run_as_an_interrupt(pytester: pytest.Pytester) -> None
 def test_the_plugin_stays_out_of_other_projects(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """Installed as an entry point, the plugin loads in every pytest run of the environment: with no
     suite configuration (none given, none in the rootdir or the repository) it does nothing."""
-    import quant_fixtures.cli as cli
+    import quant_fixtures.plugin.cli as cli
 
     monkeypatch.setattr(cli, "DEFAULT_CONFIG_PATH", pytester.path / "nowhere" / "quant_suite.toml")
     pytester.makeini("[pytest]\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from quant_fixtures.prompts import (
+from quant_fixtures.inputs.prompts import (
     CATEGORIES,
     DEFAULT_SUITE,
     Prompt,
@@ -61,9 +61,12 @@ def test_categories_order_and_count() -> None:
     assert CHECKABLE <= set(CATEGORIES)
 
 
-def test_default_suite_location() -> None:
-    assert DEFAULT_SUITE == Path(__file__).resolve().parents[2] / "prompts" / "suite.jsonl"
-    assert DEFAULT_SUITE.is_file()
+def test_default_suite_ships_in_the_package() -> None:
+    import quant_fixtures
+
+    assert DEFAULT_SUITE.parent == Path(quant_fixtures.__file__).parent / "inputs" and DEFAULT_SUITE.is_file()
+    repo_copy = Path(__file__).resolve().parents[2] / "prompts" / "suite.jsonl"
+    assert repo_copy.resolve() == DEFAULT_SUITE  # prompts/suite.jsonl in the checkout links to it
 
 
 def test_shipped_suite_shape() -> None:

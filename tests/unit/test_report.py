@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from quant_fixtures.report import (
+from quant_fixtures.report.comparison import (
     SCHEMA_VERSION,
     comparison_document,
     comparison_path,
     evaluation_path,
     now_utc,
 )
-from quant_fixtures.atomic import write_json_atomic
+from quant_fixtures.store.atomic import write_json_atomic
 
 # -- write_json_atomic ------------------------------------------------------------------------------
 

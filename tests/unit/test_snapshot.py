@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from quant_fixtures.config import DEFAULT_SNAPSHOT_TOLERANCES, load_config
-from quant_fixtures.snapshot import (environment_note, settings_tag, snapshot_differences, tolerant_json_extension,
+from quant_fixtures.report.snapshot import (environment_note, settings_tag, snapshot_differences, tolerant_json_extension,
                                      within_tolerance)
 
 pytest_plugins = ["pytester"]
@@ -79,7 +79,7 @@ def test_serializer_does_not_round():
 
 
 TEST_FILE = """
-from quant_fixtures.snapshot import tolerant_json_extension
+from quant_fixtures.report.snapshot import tolerant_json_extension
 
 TOL = {tol!r}
 
@@ -131,7 +131,7 @@ def test_the_committed_snapshot_catches_a_real_change(path):
 
 
 def test_settings_tag_carries_what_selects_the_content(tmp_path):
-    from quant_fixtures.run_options import RunOptions
+    from quant_fixtures.settings import RunOptions
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("{}\n")

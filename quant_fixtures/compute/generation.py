@@ -1,0 +1,128 @@
+"""Batched greedy generation and batched teacher-forced scoring of prompt + response.
+
+Both pad on the left and pass an attention mask and explicit position ids, so a prompt's tokens
+and scores do not depend on which other prompts share its batch (proved in the integration tests).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from quant_fixtures.compute.scoring import LOGPROB_ELEMENTS_PER_CHUNK, model_device, output_logits
+
+
+def prompt_token_ids(tokenizer: Any, text: str, use_chat_template: bool) -> list[int]:
+    """Token ids of one user prompt: through the chat template (with the generation prompt) when
+    the tokenizer has one and it is wanted, else the plain text with default special tokens."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text)["input_ids"])
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+
+
+def pad_token_id(model: Any, tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, model.generation_config.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token, whatever its left padding."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, shift: int = 0) -> list[list[int]]:
+    """Indices grouped into batches of similar length (sorted), to keep padding small. With
+    ``shift``, the first batch holds only ``shift`` items, so every batch boundary moves and every
+    batch changes its members at the same batch size (how batch-dependence is measured)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    head = [order[:shift]] if 0 < shift < len(order) else []
+    rest = order[len(head[0]):] if head else order
+    return head + [rest[i:i + batch_size] for i in range(0, len(rest), batch_size)]
+
+
+def truncate_response(tokens: Sequence[int], max_new_tokens: int, eos: set[int]) -> list[int]:
+    """The response as a user would see it: at most max_new_tokens, ending at the first EOS (kept)."""
+    out: list[int] = []
+    for token in list(tokens)[:max_new_tokens]:
+        out.append(int(token))  # a tensor element is not found in a set of ints: compare as int
+        if out[-1] in eos:
+            break
+    return out
+
+
+def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int],
+                    batch_size: int, progress: Callable[[int], None] | None = None,
+                    shift: int = 0) -> list[list[int]]:
+    """Greedy responses (token ids) for every prompt, generated in batches with left padding.
+
+    A batch runs to its largest max_new_tokens; each response is then cut to its own limit and at
+    its first EOS (greedy decoding is prefix-consistent, so cutting equals stopping early).
+    """
+    device = model_device(model)
+    eos, pad = eos_token_ids(model, tokenizer), pad_token_id(model, tokenizer)
+    responses: list[list[int]] = [[] for _ in prompts]
+    # Batch by (max_new_tokens, length) so short-answer prompts do not wait for long ones.
+    keys = [max_new_tokens[i] * 100_000 + len(p) for i, p in enumerate(prompts)]
+    with torch.inference_mode():
+        for batch in length_batches(keys, batch_size, shift):
+            ids, mask = _left_pad([prompts[i] for i in batch], pad, device)
+            steps = max(max_new_tokens[i] for i in batch)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=0,
+                                 do_sample=False, temperature=None, top_p=None, top_k=None,
+                                 num_beams=1, pad_token_id=pad, eos_token_id=sorted(eos))
+            for row, i in enumerate(batch):
+                responses[i] = truncate_response(out[row, ids.shape[1]:].tolist(), max_new_tokens[i], eos)
+            if progress is not None:
+                progress(len(batch))
+    return responses
+
+
+def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                    batch_size: int, pad: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Teacher-forced logits (float32) at every position whose next token is a response token.
+
+    For prompt p (P tokens) and response r (R tokens) the model reads p + r[:-1]; the R positions
+    from the last prompt token through the second-to-last response token each predict one response
+    token. Yields (prompt index, logits [R, V]); prompts with an empty response are skipped.
+    """
+    device = model_device(model)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    todo = [i for i in range(len(prompts)) if responses[i]]
+    lengths = [len(prompts[i]) + len(responses[i]) - 1 for i in todo]
+    with torch.inference_mode():
+        for group in length_batches(lengths, batch_size):
+            batch = [todo[g] for g in group]
+            rows = [list(prompts[i]) + list(responses[i][:-1]) for i in batch]
+            ids, mask = _left_pad(rows, pad, device)
+            hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                                      use_cache=False).last_hidden_state
+            width = ids.shape[1]
+            chunk = max(1, LOGPROB_ELEMENTS_PER_CHUNK // vocab)
+            for row, i in enumerate(batch):
+                n = len(responses[i])
+                start = width - n  # last prompt token sits at width - n when the row is right-aligned
+                h = hidden[row, start:width]
+                parts = [output_logits(model, h[lo:lo + chunk]).float() for lo in range(0, n, chunk)]
+                yield i, torch.cat(parts)

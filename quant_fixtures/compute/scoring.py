@@ -1,0 +1,133 @@
+"""Run a causal LM over perplexity windows in batches and collect per-window NLL sums.
+
+The model's decoder runs once per batch of equal-length windows; the output head and the
+log-softmax then run over chunks of positions so the float32 log-probabilities of a whole batch
+(batch x ctx x vocab) never exist at once, which is what lets 150k-vocabulary models fit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from quant_fixtures.metrics.perplexity import Window, perplexity
+
+# Upper bound on float32 log-prob elements materialised at once (2**28 floats = 1 GiB).
+LOGPROB_ELEMENTS_PER_CHUNK = 2**28
+
+# Called with (window indices of the batch, target token ids [B, T], log-probs [B, T, V] float32,
+# scored mask [B, T] bool) for every chunk of positions, in order; used by consumers such as
+# corpus KL.
+LogprobHook = Callable[[Sequence[int], torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class WindowScores:
+    window_nll: list[float]
+    window_tokens: list[int]
+    seconds: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.window_tokens)
+
+    @property
+    def ppl(self) -> float:
+        return perplexity(self.window_nll, self.window_tokens)
+
+
+def model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits from final hidden states, as the model's own forward computes them."""
+    logits = model.get_output_embeddings()(hidden)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def check_output_head(model: Any, vocab_probe: int = 8) -> None:
+    """Fail loudly if decoder + head does not reproduce the model's forward (exotic heads)."""
+    device = model_device(model)
+    ids = torch.arange(1, vocab_probe + 1, device=device).unsqueeze(0)
+    with torch.inference_mode():
+        full = model(input_ids=ids, use_cache=False).logits.float()
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        ours = output_logits(model, hidden).float()
+    if not torch.allclose(full, ours, rtol=1e-3, atol=1e-3):
+        raise RuntimeError(
+            f"{type(model).__name__}: logits from decoder + output head differ from the model's "
+            f"forward (max abs diff {(full - ours).abs().max().item():.3g}); this architecture "
+            "needs its own head in quant_fixtures/evaluation.py"
+        )
+
+
+def _batches(windows: Sequence[Window], batch_size: int) -> list[list[int]]:
+    """Indices of consecutive windows grouped into batches of equal length."""
+    batches: list[list[int]] = []
+    for i, w in enumerate(windows):
+        if batches and len(batches[-1]) < batch_size and windows[batches[-1][0]].length == w.length:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def score_windows(
+    model: Any,
+    token_ids: torch.Tensor,
+    windows: Sequence[Window],
+    batch_size: int = 1,
+    hook: LogprobHook | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> WindowScores:
+    """Sum of -log p(target | preceding tokens in the window) per window, in float64.
+
+    Log-softmax runs in float32 on the head's output; sums accumulate in float64.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = model_device(model)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    nll = [0.0] * len(windows)
+    counts = [w.scored for w in windows]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in _batches(windows, batch_size):
+            group = [windows[i] for i in batch]
+            inputs = torch.stack([token_ids[w.begin:w.end] for w in group]).to(device)
+            hidden = model.base_model(input_ids=inputs, use_cache=False).last_hidden_state
+            # All windows in a batch share length; scored offsets may differ (strided plans).
+            offset = min(w.first_target - w.begin for w in group)
+            positions = hidden.shape[1] - offset  # logits at offset-1 .. L-2 predict offset .. L-1
+            chunk = max(1, LOGPROB_ELEMENTS_PER_CHUNK // (len(group) * vocab))
+            sums = torch.zeros(len(group), dtype=torch.float64, device=device)
+            for lo in range(0, positions, chunk):
+                hi = min(positions, lo + chunk)
+                logp = torch.log_softmax(output_logits(model, hidden[:, offset - 1 + lo:offset - 1 + hi]).float(), -1)
+                targets = inputs[:, offset + lo:offset + hi]
+                token_nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
+                first = torch.tensor([w.first_target - w.begin for w in group], device=device)
+                target_pos = torch.arange(offset + lo, offset + hi, device=device)
+                mask = target_pos.unsqueeze(0) >= first.unsqueeze(1)
+                sums += (token_nll * mask).sum(-1)
+                if hook is not None:
+                    hook(batch, targets, logp, mask)
+            for i, value in zip(batch, sums.tolist()):
+                nll[i] = value
+            if progress is not None:
+                progress(len(batch))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if not all(math.isfinite(v) for v in nll):
+        bad = [i for i, v in enumerate(nll) if not math.isfinite(v)]
+        raise FloatingPointError(f"non-finite NLL in windows {bad[:10]} (of {len(windows)}): the model produced NaN/inf")
+    return WindowScores(window_nll=nll, window_tokens=counts, seconds=seconds)

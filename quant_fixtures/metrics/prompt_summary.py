@@ -1,0 +1,122 @@
+"""Aggregate per-prompt harm into the report's `kl_divergence` and `flips` sections."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+
+from quant_fixtures.metrics.stats import bootstrap_ci, summarize
+
+WORST_PROMPTS = 5
+RESPONSE_CHARS = 200
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _p99(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.percentile(values, 99.0, axis=axis)
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= RESPONSE_CHARS else text[:RESPONSE_CHARS] + "..."
+
+
+def flip_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    checkable = [r for r in records if r["flip"] is not None]
+    return {
+        "checkable_prompts": len(checkable),
+        "fp16_correct": sum(bool(r["fp16_correct"]) for r in checkable),
+        "variant_correct": sum(bool(r["correct"]) for r in checkable),
+        "flips": sum(r["flip"] for r in checkable),
+        "correct_to_wrong": sum(r["fp16_correct"] and not r["correct"] for r in checkable),
+        "wrong_to_correct": sum(r["correct"] and not r["fp16_correct"] for r in checkable),
+        "flipped_ids": [r["id"] for r in checkable if r["flip"]],
+        "exact_match_rate": float(np.mean([r["exact_match"] for r in records])) if records else None,
+    }
+
+
+def batch_sensitivity(records: Sequence[dict[str, Any]], again: Sequence[dict[str, Any]], batch: int,
+                      shift: int) -> dict[str, Any]:
+    """How much a batch-dependent variant's generation moves when every prompt gets other
+    neighbours: the same prompts generated again with the batch boundaries moved by ``shift``."""
+    checkable = [(a, b) for a, b in zip(records, again) if a["flip"] is not None]
+    return {
+        "batch_size": batch, "shift": shift, "prompts": len(records),
+        "responses_changed": sum(a["response"] != b["response"] for a, b in zip(records, again)),
+        "verdicts_changed": sum(a["correct"] != b["correct"] for a, b in checkable),
+        "flips": sum(bool(a["flip"]) for a, _ in checkable),
+        "flips_other_batch": sum(bool(b["flip"]) for _, b in checkable),
+        "method": (f"the variant's greedy responses generated a second time in batches of {batch} prompts with "
+                   f"every batch boundary moved by {shift} (other neighbours and padding for every prompt); "
+                   "counts of prompts whose response or answer verdict changed"),
+    }
+
+
+def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, method_settings: str = "",
+               seed: int = 0) -> dict[str, Any]:
+    """Per-prompt KL statistics with 95 % bootstrap CIs resampling prompts (seeded)."""
+    scored = [r for r in records if r["kl_mean"] is not None]
+    if not scored:
+        raise ValueError("no prompt has a scored response position")
+    kl = np.array([r["kl_mean"] for r in scored])
+    top1 = np.array([r["top1_agreement"] for r in scored])
+    by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_category[r["category"]].append(r)
+    per_category = {  # a category none of whose prompts has a scored position reports null (not NaN: JSON)
+        cat: {"prompts": len(rs),
+              "kl_mean": _mean_or_none([r["kl_mean"] for r in rs if r["kl_mean"] is not None]),
+              "top1_agreement": _mean_or_none([r["top1_agreement"] for r in rs if r["top1_agreement"] is not None]),
+              "flips": sum(bool(r["flip"]) for r in rs),
+              "exact_match": sum(r["exact_match"] for r in rs)}
+        for cat, rs in by_category.items()
+    }
+    worst = sorted(scored, key=lambda r: r["kl_mean"], reverse=True)[:WORST_PROMPTS]
+    stats = summarize(kl)
+    basis = "exact" if all(r.get("kl_basis") == "exact" for r in scored) else "topk"
+    topk_values = np.array([r.get("kl_topk_mean", r["kl_mean"]) for r in scored])
+    topk = {"mean": float(topk_values.mean()), "ci95": list(bootstrap_ci(topk_values, seed=seed)), "k": top_k,
+            # (exact - top-k) / exact: how much the top-k + tail bucket lower bound leaves out
+            "rel_gap_vs_exact": (float((kl.mean() - topk_values.mean()) / kl.mean())
+                                 if basis == "exact" and kl.mean() > 0 else None)}
+    return {
+        "mean": stats["mean"], "median": stats["median"], "min": stats["min"], "max": stats["max"],
+        "p90": stats["p90"], "p99": stats["p99"], "prompts": len(scored),
+        "ci95": list(bootstrap_ci(kl, seed=seed)),
+        "p99_ci95": list(bootstrap_ci(kl, statistic=_p99, seed=seed)),
+        "top1_agreement": float(top1.mean()), "top1_agreement_ci95": list(bootstrap_ci(top1, seed=seed)),
+        "tail_mass": float(np.mean([r["tail_mass_mean"] for r in scored])),
+        "basis": basis,
+        "topk": topk,
+        "per_prompt": list(records),
+        "per_category": per_category,
+        "worst_prompts": [{"id": r["id"], "category": r["category"], "kl_mean": r["kl_mean"],
+                           "first_divergence": r["first_divergence"], "fp16_response": _truncate(r["fp16_response"]),
+                           "response": _truncate(r["response"])} for r in worst],
+        "method": method,
+        "method_settings": method_settings,
+    }
+
+
+def kl_method_text(top_k: int, use_chat_template: bool, cap: int | None, exact: bool) -> str:
+    how = ("over the full vocabulary (exact: the FP16 distributions were kept whole); the top-"
+           f"{top_k} + tail-bucket lower bound is reported beside it under 'topk'" if exact else
+           f"over the FP16 top-{top_k} tokens plus one bucket for the remaining mass (a lower bound of the exact "
+           "KL; the FP16 distributions were too large to keep whole)")
+    return (f"KL(P_fp16 || Q_variant) in nats at every position whose next token is an FP16 greedy response "
+            f"token (last prompt token through second-to-last response token; EOS included when generated), "
+            f"teacher-forced on prompt + FP16 response, log-softmax in float64; computed {how}. "
+            f"A prompt's KL is the mean over its "
+            f"positions; summary statistics are over prompts, each weighted equally; CIs are 95 % percentile "
+            f"bootstrap (2000 resamples of prompts, seed 0). Prompts {'through the chat template' if use_chat_template else 'as plain text'}; "
+            f"max_new_tokens {'per prompt' if cap is None else f'per prompt, capped at {cap}'}.")
+
+
+def kl_settings_text(prompts: int, top_k: int, use_chat_template: bool, cap: int | None) -> str:
+    """One short line for the summary: how much of the prompt suite ran and how."""
+    tokens = "own max_new_tokens" if cap is None else f"max_new_tokens <= {cap}"
+    return f"{prompts} prompts, {tokens}, top-{top_k}, {'chat template' if use_chat_template else 'plain text'}"

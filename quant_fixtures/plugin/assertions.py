@@ -1,0 +1,55 @@
+"""Assertion helpers for harm tests: a failed gate fails with one line naming everything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+def assert_gate(session: Any, document: dict[str, Any], metric: str) -> None:
+    """Fail (or, with --gate-mode report, xfail) when the document's gate on ``metric`` failed."""
+    __tracebackhide__ = True
+    model, variant = document["model"]["key"], document["variant"]["key"]
+    gates = [g for g in document["gates"] if g["metric"] == metric]
+    if not gates:
+        # Only an explicit opt-out skips; a limit that is simply missing fails (a typo must not
+        # silently remove a release gate).
+        reason = (document.get("ungated") or {}).get(metric)
+        if reason:
+            pytest.skip(f"{model} {variant}: {metric} not gated: {reason}")
+        pytest.fail(f"{model} {variant}: no limit configured for {metric} and no explicit opt-out", pytrace=False)
+    for gate in gates:
+        if gate["passed"]:
+            continue
+        value = "missing" if gate["value"] is None else f"{gate['value']:.4g}"
+        line = f"{model} {variant}: {metric} = {value}, limit {gate['op']} {gate['limit']:g}"
+        if session.options.gate_mode == "report":
+            pytest.xfail(f"gate failed (report mode): {line}")
+        pytest.fail(f"gate failed: {line}", pytrace=False)
+
+
+def assert_harm_snapshot(summary: dict[str, Any], snapshot: Any, tolerances: dict[str, dict[str, float]],
+                         config: pytest.Config) -> None:
+    """Compare with the committed snapshot; a failure lists only what moved beyond tolerance (and
+    where each snapshot was made), a missing snapshot says in one line how to record it."""
+    __tracebackhide__ = True
+    import json
+    import shlex
+
+    from quant_fixtures.report.snapshot import ENVIRONMENT, environment_note, snapshot_differences
+
+    if summary == snapshot:
+        return
+    result = snapshot.executions[snapshot.num_executions - 1]
+    if result.recalled_data is None:
+        command = shlex.join(["pytest", *config.invocation_params.args, "--snapshot-update"])
+        pytest.fail(f"no snapshot {result.snapshot_name} for these settings yet: record it with `{command}` "
+                    "and commit tests/harm/__snapshots__/", pytrace=False)
+    old = json.loads(result.recalled_data)
+    lines = snapshot_differences(summary, old, tolerances)
+    pytest.fail("\n".join([f"harm summary differs from the snapshot {result.snapshot_name} in {len(lines)} "
+                           "place(s):", *[f"  {line}" for line in lines],
+                           environment_note(old.get(ENVIRONMENT), summary.get(ENVIRONMENT)),
+                           "If the change is intended, accept it with --snapshot-update and commit the snapshot."]),
+                pytrace=False)

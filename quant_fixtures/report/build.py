@@ -1,0 +1,112 @@
+"""Build a variant's evaluation document from its finished measurements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from quant_fixtures.store.baseline import Baseline
+from quant_fixtures.compute.scoring import WindowScores
+from quant_fixtures.report.gates import evaluate_gates
+from quant_fixtures.metrics.stats import delta_pct, paired_bootstrap_delta_ppl_ci
+from quant_fixtures.report.comparison import SCHEMA_VERSION, now_utc
+
+GB = 1e9
+
+
+@dataclass
+class Measurements:
+    """Everything measured for one (model, variant), before it is written down."""
+
+    model: str
+    variant: Any  # variants.Variant
+    loaded: Any  # models.LoadedModel
+    source: str
+    note: str | None
+    weights_identity: str
+    ctx: int
+    windows: int
+    scores: WindowScores
+    baseline: Baseline
+    peak_gb: float | None
+    dataset_source: str
+    dataset_sha256: str
+    corpus_kl: dict[str, Any] | None
+    kl: dict[str, Any] | None
+    flips: dict[str, Any] | None
+    noise_floor: dict[str, Any] | None
+    prompt_seconds: float | None
+    batching: dict[str, Any]
+    environment: dict[str, Any]
+    keys: dict[str, str | None]  # digests of the FP16 references compared against
+
+
+def protocol_text(method: str, ctx: int, stride: int | None) -> str:
+    common = ("WikiText-2 raw test rows joined with '\\n\\n', tokenized once with the model's tokenizer "
+              "(default special tokens); ")
+    tail = ("PPL = exp(sum of token NLL / scored tokens), natural log; log-softmax in float32 over the "
+            "full vocabulary, sums in float64.")
+    if method == "strided":
+        return common + (f"windows of up to {ctx} tokens starting every {stride} tokens (Hugging Face "
+                         "perplexity guide); each scores only tokens no earlier window scored; ") + tail
+    return common + (f"consecutive non-overlapping windows of {ctx} tokens from the start, incomplete tail "
+                     f"dropped; each window scores its tokens 2..{ctx} from the tokens before them in the "
+                     "window; ") + tail
+
+
+def evaluation_document(m: Measurements, options: Any, limits: dict[str, float],
+                        ungated: dict[str, str] | None = None) -> dict[str, Any]:
+    """The `{variant}_quantized_{model}_evaluation.json` document, gates included."""
+    o, s, b = options, m.scores, m.baseline
+    footprint, fp16_footprint = m.loaded.footprint_bytes / GB, b.footprint_bytes / GB
+    method = "strided" if o.ppl_stride else "nonoverlapping"
+    delta = delta_pct(s.ppl, b.ppl)
+    delta_ci = (list(paired_bootstrap_delta_ppl_ci(b.window_nll, b.window_tokens, s.window_nll, s.window_tokens))
+                if len(s.window_nll) > 1 else None)
+    kl_value = None
+    if m.kl is not None:
+        kl_value = m.kl["ci95"][1] if o.gate_on == "upper" else m.kl["mean"]
+    metrics = {"delta_ppl_pct": delta if o.gate_on == "point" or delta_ci is None else delta_ci[1],
+               "memory_reduction_pct": 100.0 * (1.0 - footprint / fp16_footprint), "kl_mean": kl_value}
+    gates = [] if m.variant.is_baseline else evaluate_gates(limits, metrics)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": now_utc(),
+        "run_id": o.run_id,
+        "model": {"key": m.model, "source": m.source, "weights_identity": m.weights_identity, "note": m.note},
+        "variant": {"key": m.variant.key, "method": m.variant.method, "description": m.variant.description,
+                    "quantization_config": m.loaded.quantization_config,
+                    "weight_dtype": m.loaded.weight_dtype, "compute_dtype": m.loaded.compute_dtype},
+        "environment": m.environment,
+        "reference_keys": m.keys,
+        "batching": m.batching,
+        "perplexity": {
+            "ppl": s.ppl, "fp16_ppl": b.ppl, "delta_ppl_pct": delta, "delta_ppl_pct_ci95": delta_ci,
+            "tokens": s.tokens, "windows": m.windows, "ctx": m.ctx, "stride": o.ppl_stride,
+            "method": method, "max_tokens": o.ppl_max_tokens, "batch_size": m.batching["perplexity_windows_per_pass"],
+            "dataset": "wikitext-2-raw-v1 test", "dataset_source": m.dataset_source,
+            "dataset_sha256": m.dataset_sha256, "protocol": protocol_text(method, m.ctx, o.ppl_stride),
+            "ci_method": "paired percentile bootstrap over perplexity windows (2000 resamples, seed 0)",
+            "window_nll": s.window_nll, "window_tokens": s.window_tokens,
+        },
+        "memory": {"footprint_gb": footprint, "fp16_footprint_gb": fp16_footprint,
+                   "reduction_pct": metrics["memory_reduction_pct"],
+                   "compression_ratio": fp16_footprint / footprint, "peak_gb": m.peak_gb,
+                   "quant_state_gb": m.loaded.quant_state_bytes / GB,
+                   "resident_gb": footprint + m.loaded.quant_state_bytes / GB,
+                   "footprint_method": "model.get_memory_footprint() as loaded (16-bit or quantized storage), "
+                                       "before any CPU upcast; it leaves out bitsandbytes' scales (int8 row "
+                                       "scales, NF4 block absmax), given as quant_state_gb, and resident_gb = "
+                                       "footprint + quant state; reduction and ratio use footprint_gb; peak_gb: "
+                                       "torch.cuda.max_memory_allocated during the perplexity pass (CUDA only)"},
+        "timing": {"load_s": m.loaded.load_seconds, "ppl_s": s.seconds,
+                   "ppl_tokens_per_s": s.tokens / s.seconds if s.seconds else None,
+                   "prompts_s": m.prompt_seconds},
+        "kl_divergence": m.kl,
+        "corpus_kl": m.corpus_kl,
+        "flips": m.flips,
+        "noise_floor": m.noise_floor,
+        "gate_on": o.gate_on,
+        "gates": [g.to_dict() for g in gates],
+        "ungated": {} if m.variant.is_baseline else dict(ungated or {}),  # metric -> why it has no gate
+    }

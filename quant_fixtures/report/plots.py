@@ -1,0 +1,109 @@
+"""PNG plots for REPORT.md (matplotlib, Agg backend): KL distribution per variant, KL by category,
+footprint versus ΔPPL%."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from quant_fixtures.store.atomic import atomic_path
+from quant_fixtures.variants import BASELINE_VARIANT
+
+LOG_FLOOR = 1e-12
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _per_prompt_kl(doc: dict[str, Any]) -> list[float]:
+    kl = doc.get("kl_divergence") or {}
+    return [r["kl_mean"] for r in kl.get("per_prompt", []) if r["kl_mean"] is not None]
+
+
+def kl_distribution(model: str, documents: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Box plot with the points of per-prompt mean KL, one box per quantized variant (log scale)."""
+    data = {v: _per_prompt_kl(d) for v, d in documents.items() if v != BASELINE_VARIANT and _per_prompt_kl(d)}
+    if not data:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    series = [[max(x, LOG_FLOOR) for x in values] for values in data.values()]  # log axis: no zeros
+    ax.boxplot(series, tick_labels=list(data), showfliers=False)
+    for i, values in enumerate(series, start=1):
+        ax.scatter([i] * len(values), values, s=8, alpha=0.5)
+    ax.set_yscale("log")
+    ax.set_ylabel("per-prompt mean KL(FP16 || variant), nats")
+    ax.set_title(f"{model}: prompt KL distribution ({len(series[0])} prompts)")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def kl_by_category(model: str, documents: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Grouped horizontal bars: mean KL per prompt category, one bar per quantized variant."""
+    quantized = {v: d for v, d in documents.items() if v != BASELINE_VARIANT and d.get("kl_divergence")}
+    if not quantized:
+        return None
+    plt = _pyplot()
+    categories = sorted({c for d in quantized.values() for c in d["kl_divergence"]["per_category"]})
+    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(categories) + 1.5))
+    height = 0.8 / len(quantized)
+    for i, (variant, doc) in enumerate(quantized.items()):
+        per = doc["kl_divergence"]["per_category"]
+        ax.barh([c_i + i * height for c_i in range(len(categories))],
+                [per.get(c, {}).get("kl_mean") or 0.0 for c in categories], height=height, label=variant)
+    ax.set_yticks([c_i + 0.4 - height / 2 for c_i in range(len(categories))], categories)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean KL(FP16 || variant), nats")
+    ax.set_title(f"{model}: KL by prompt category")
+    ax.legend()
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def footprint_vs_delta_ppl(model: str, documents: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Scatter: weights footprint (GB) against ΔPPL% for every variant, FP16 included."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for variant, doc in documents.items():
+        x, y = doc["memory"]["footprint_gb"], doc["perplexity"]["delta_ppl_pct"]
+        ci = doc["perplexity"].get("delta_ppl_pct_ci95")
+        if ci:
+            # A percentile interval need not contain the point estimate: clip negative arm lengths.
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]], fmt="o", capsize=4)
+        else:
+            ax.plot([x], [y], "o")
+        ax.annotate(variant, (x, y), textcoords="offset points", xytext=(6, 6))
+    ax.set_xlabel("weights footprint, GB")
+    ax.set_ylabel("ΔPPL vs FP16, % (95 % CI)")
+    ax.set_title(f"{model}: size versus perplexity cost")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def model_plots(model: str, documents: dict[str, dict[str, Any]], directory: Path) -> dict[str, Path]:
+    """All plots of one model; returns {title: path} of those that had data."""
+    made = {
+        "KL distribution per variant": kl_distribution(model, documents, directory / f"{model}_kl_distribution.png"),
+        "KL by category": kl_by_category(model, documents, directory / f"{model}_kl_by_category.png"),
+        "Footprint versus ΔPPL%": footprint_vs_delta_ppl(model, documents,
+                                                         directory / f"{model}_footprint_vs_delta_ppl.png"),
+    }
+    return {title: p for title, p in made.items() if p is not None}

@@ -1,0 +1,86 @@
+"""Checks that run before any model loads: options, output locations, limits, stored references.
+
+Every problem is one line naming the option, file or location and what is wrong; the plugin turns
+it into a usage error (exit 4), so a typo never costs a whole evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+
+class PreflightError(ValueError):
+    """A run that cannot give a valid result; the message is one line."""
+
+
+def output_dir_problem(path: Path) -> str | None:
+    """Why results/baselines/cache cannot go to ``path``, or None. Nothing is created: the
+    directory, or its nearest existing parent (where it would be created), must be a writable
+    directory."""
+    if path.exists() and not path.is_dir():
+        return "exists and is not a directory"
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be created: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"is not writable ({existing} does not allow writing)"
+    return None
+
+
+def check_output_dirs(dirs: dict[str, Path]) -> None:
+    for option, path in dirs.items():
+        problem = output_dir_problem(path)
+        if problem:
+            raise PreflightError(f"{option} {path}: {problem}")
+
+
+def check_budgets(ctx: int, ppl_max_tokens: int | None, stride: int | None, model: str = "",
+                  requested_ctx: int | None = None) -> None:
+    """The perplexity pass must score at least one window, and a stride must not skip tokens.
+    ``ctx`` is the window a model gets: --ctx, capped at the model's maximum."""
+    window = f"--ctx {ctx}" if requested_ctx in (None, ctx) else (
+        f"{ctx} tokens (--ctx {requested_ctx}, capped at {model}'s maximum)")
+    if ppl_max_tokens is not None and ppl_max_tokens < ctx:
+        raise PreflightError(f"--ppl-max-tokens {ppl_max_tokens} is less than one window of {window}: the "
+                             f"perplexity pass would score nothing; give at least {ctx} or a smaller --ctx")
+    if stride is not None and stride > ctx:
+        raise PreflightError(f"--ppl-stride {stride} is larger than the window of {window}: tokens between "
+                             "windows would never be scored")
+
+
+def check_limits(suite: Any, pairs: Iterable[tuple[str, str]]) -> None:
+    """Every selected quantized (model, variant) has each limit configured or explicitly opted out."""
+    from quant_fixtures.variants import VARIANTS
+
+    for model, variant in pairs:
+        if VARIANTS[variant].is_baseline:
+            continue
+        message = suite.missing_limits_message(model, variant)
+        if message:
+            raise PreflightError(message)
+
+
+def check_models(session: Any, models: Iterable[str]) -> None:
+    """What needs each model's config or stored references, before any model loads: the budgets
+    against the model's window, the top-k against the vocabulary, and with --frozen-baselines, that every FP16 reference is stored.
+    A model that cannot be resolved (offline Hub) is left to its tests, which name the remedy."""
+    from quant_fixtures.models.loading import ModelUnavailableError
+
+    o = session.options
+    for model in models:
+        try:
+            config = session.model_config(model)
+        except ModelUnavailableError:
+            continue
+        check_budgets(session.ctx_for(config), o.ppl_max_tokens, o.ppl_stride, model, o.ctx)
+        vocab = getattr(config, "vocab_size", None)
+        if not o.skip_prompts and vocab and o.top_k > vocab:
+            raise PreflightError(f"--top-k {o.top_k} is larger than the vocabulary of {model} ({vocab} tokens)")
+        if o.frozen_baselines:
+            refs, reason = session.stored_references(model, session.ctx_for(config))
+            if refs is None:
+                raise PreflightError(f"--frozen-baselines: {model}: {reason}")

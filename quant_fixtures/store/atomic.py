@@ -1,0 +1,100 @@
+"""One way to write a file or directory: into a temporary sibling, then renamed into place.
+
+A reader never sees half a file; an error or an interrupt (Ctrl-C, SIGTERM: the plugin turns it
+into KeyboardInterrupt) removes the temporary and leaves the previous version, if any, intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (a file path, or an empty directory when
+    ``directory``); when the block ends normally it replaces ``path``, otherwise it is removed.
+
+    A directory replaces an existing one only if that one is gone by then: a concurrent writer
+    that finished first wins, and this one's copy is dropped (both were built from the same input).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory:
+            try:
+                tmp.rename(path)
+            except OSError:
+                if not path.is_dir():
+                    raise
+        else:
+            os.replace(tmp, path)
+    finally:
+        if directory:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """JSON (indented, NaN refused: it is not JSON) written atomically."""
+    write_text_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+
+
+def save_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """safetensors file with ``metadata`` plus a digest of the tensors (checked by load_tensors)."""
+    from safetensors.torch import save_file
+
+    from quant_fixtures.store.digests import tensors_digest
+
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={**metadata, "tensors_sha256": tensors_digest(tensors)})
+
+
+def load_tensors(path: Path) -> tuple[dict[str, Any] | None, dict[str, str], str]:
+    """(tensors, metadata, "ok"), or (None, metadata, why not) for a missing, unreadable or
+    corrupt file (its tensors no longer match the digest written with them)."""
+    from safetensors import safe_open
+
+    from quant_fixtures.store.digests import tensors_digest
+
+    if not Path(path).is_file():
+        return None, {}, f"{path}: not in the cache"
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except Exception as exc:  # truncated or not a safetensors file
+        return None, {}, f"{path}: unreadable ({type(exc).__name__}: {exc})"
+    if meta.get("tensors_sha256") != tensors_digest(tensors):
+        return None, meta, f"{path}: content digest mismatch (corrupt)"
+    return tensors, meta, "ok"
+
+
+def file_lock(path: Path, timeout: float = -1) -> Any:
+    """An inter-process lock file (filelock); waits until the holder releases it."""
+    from filelock import FileLock
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), timeout=timeout)

@@ -1,0 +1,121 @@
+"""The FP16 prompt reference: greedy responses and top-k log-probabilities at every response position.
+
+Stored as safetensors in the cache directory (outside git), keyed by a hash of everything that
+shapes it; the file's metadata carries the key and a digest of the tensors, both checked on load,
+so a stale or corrupt cache is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quant_fixtures.store.atomic import load_tensors, save_tensors
+from quant_fixtures.store.digests import settings_digest
+
+REFERENCE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ReferenceKey:
+    model: str
+    weights_identity: str
+    tokenizer_sha256: str
+    prompts_sha256: str
+    categories: tuple[str, ...] | None
+    use_chat_template: bool
+    max_new_tokens_cap: int | None
+    top_k: int
+    full_logprobs: bool  # also keep the whole FP16 distribution, for exact KL (small models)
+    weight_dtype: str
+    compute_dtype: str
+    device_type: str
+    metrics_version: int
+    environment: dict[str, Any]  # library versions and the kernels' device/ISA
+
+    def digest(self) -> str:
+        return settings_digest(self)
+
+
+@dataclass
+class PromptReference:
+    """Per prompt (in suite order): prompt ids, FP16 response ids, top-k log-probs [R, k] and ids."""
+
+    key: ReferenceKey
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    topk_logp: list[torch.Tensor]
+    topk_idx: list[torch.Tensor]
+    full_logp: list[torch.Tensor] | None = None  # [R, V] float32 per prompt when key.full_logprobs
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        def flat(rows: list[list[int]]) -> torch.Tensor:
+            return torch.tensor([t for r in rows for t in r], dtype=torch.int64)
+
+        def lengths(rows: list[list[int]]) -> torch.Tensor:
+            return torch.tensor([len(r) for r in rows], dtype=torch.int64)
+
+        k = self.key.top_k
+        full = {"full_logp": torch.cat(self.full_logp)} if self.full_logp else {}
+        return {**full,
+            "prompt_ids": flat(self.prompt_ids), "prompt_lengths": lengths(self.prompt_ids),
+            "response_ids": flat(self.response_ids), "response_lengths": lengths(self.response_ids),
+            "topk_logp": torch.cat(self.topk_logp) if self.topk_logp else torch.zeros(0, k),
+            "topk_idx": torch.cat(self.topk_idx) if self.topk_idx else torch.zeros(0, k, dtype=torch.int64),
+        }
+
+
+def reference_path(cache_dir: Path, key: ReferenceKey) -> Path:
+    return Path(cache_dir) / "reference" / f"{key.model}-{key.digest()[:16]}.safetensors"
+
+
+def store_reference(cache_dir: Path, reference: PromptReference) -> Path:
+    path = reference_path(cache_dir, reference.key)
+    save_tensors(path, reference.to_tensors(),
+                 {"format": str(REFERENCE_FORMAT), "key": json.dumps(asdict(reference.key), sort_keys=True)})
+    return path
+
+
+def _split(flat: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.split(flat, lengths.tolist()))
+
+
+def load_reference(cache_dir: Path, key: ReferenceKey) -> tuple[PromptReference | None, str]:
+    """The cached reference for ``key``, or None with the reason it cannot be used."""
+    path = reference_path(cache_dir, key)
+    if not path.is_file():
+        return None, f"{path}: no cached FP16 prompt reference for these settings"
+    tensors, meta, reason = load_tensors(path)
+    if tensors is None:
+        return None, reason
+    if meta.get("format") != str(REFERENCE_FORMAT):
+        return None, f"{path}: format {meta.get('format')} != {REFERENCE_FORMAT}"
+    if meta.get("key") != json.dumps(asdict(key), sort_keys=True):
+        return None, f"{path}: stale (settings differ)"
+    response_lengths = tensors["response_lengths"]
+    return PromptReference(
+        key=key,
+        prompt_ids=[t.tolist() for t in _split(tensors["prompt_ids"], tensors["prompt_lengths"])],
+        response_ids=[t.tolist() for t in _split(tensors["response_ids"], response_lengths)],
+        topk_logp=_split(tensors["topk_logp"], response_lengths),
+        topk_idx=_split(tensors["topk_idx"], response_lengths),
+        full_logp=_split(tensors["full_logp"], response_lengths) if "full_logp" in tensors else None,
+    ), "ok"
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """A digest of everything that decides how the tokenizer turns text into ids: for a fast
+    tokenizer its whole serialization (normalizer, pre-tokenizer, model and merges, added tokens,
+    post-processor), else the vocabulary; plus special tokens, BOS/EOS settings and chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = {"backend": backend.to_str() if backend is not None else None,
+             "vocab": None if backend is not None else sorted(tokenizer.get_vocab().items()),
+             "special": tokenizer.special_tokens_map, "class": type(tokenizer).__name__,
+             "add_bos": getattr(tokenizer, "add_bos_token", None), "add_eos": getattr(tokenizer, "add_eos_token", None),
+             "chat_template": getattr(tokenizer, "chat_template", None)}
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
