@@ -8,55 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quant_fixtures.metrics.registry import (GATEABLE, METRICS, REQUIRED_LIMITS, SNAPSHOT_METRICS, TOLERANCE_ALIASES,
+                                             limit_spec)
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "inputs" / "quant_suite.toml"  # shipped in the package
 
-@dataclass(frozen=True)
-class LimitSpec:
-    """One configurable release limit: the metric it bounds, its direction and its valid range."""
-
-    name: str
-    metric: str
-    op: str  # "<=": fails above the limit; ">=": fails below it
-    low: float  # smallest valid limit
-    high: float | None = None  # largest valid limit (None: unbounded)
-    low_inclusive: bool = True
-    unit: str = ""
-
-    def check(self, value: float) -> str | None:
-        """Why ``value`` is not a valid limit, or None."""
-        if not math.isfinite(value):
-            return "must be a finite number"
-        if value < self.low or (value == self.low and not self.low_inclusive):
-            return f"must be {'>=' if self.low_inclusive else '>'} {self.low:g}{self.unit}"
-        if self.high is not None and value >= self.high:
-            return f"must be < {self.high:g}{self.unit}"
-        return None
-
-
-LIMITS: dict[str, LimitSpec] = {s.name: s for s in (
-    LimitSpec("max_delta_ppl_pct", "delta_ppl_pct", "<=", 0.0, unit=" %"),
-    # A reduction limit of 0 or below passes every model: refused as a typo, not a gate.
-    LimitSpec("min_memory_reduction_pct", "memory_reduction_pct", ">=", 0.0, 100.0, low_inclusive=False, unit=" %"),
-    LimitSpec("max_mean_kl", "kl_mean", "<=", 0.0, low_inclusive=False, unit=" nats"),
-)}
-# Gate metrics and the direction each limit bounds (derived from LIMITS).
-GATE_METRICS: dict[str, str] = {name: spec.metric for name, spec in LIMITS.items()}
-UNGATED_KEY = "ungated"  # a gate table's explicit opt-out: ungated = ["max_mean_kl"]
-
-
-# Snapshot comparison: per metric, a number matches when |new - old| <= abs or <= rel * |old|.
-SNAPSHOT_METRICS = ("ppl", "delta_ppl_pct", "kl_mean", "kl_p99", "top1_agreement", "flips", "footprint_gb",
-                    "reduction_pct")
+UNGATED_KEY = "ungated"  # a gate table's explicit opt-out: ungated = ["max_kl_mean"]
 DEFAULT_SNAPSHOT_TOLERANCES: dict[str, dict[str, float]] = {
-    "ppl": {"rel": 1e-3},
-    "delta_ppl_pct": {"abs": 0.1},
-    "kl_mean": {"rel": 0.02, "abs": 5e-4},
-    "kl_p99": {"rel": 0.05, "abs": 1e-3},
-    "top1_agreement": {"abs": 0.01},
-    "flips": {"abs": 0},
-    "footprint_gb": {"rel": 1e-4},
-    "reduction_pct": {"abs": 0.05},
-}
+    name: dict(METRICS[name].tolerance or {}) for name in SNAPSHOT_METRICS}
 
 
 class ConfigError(ValueError):
@@ -79,7 +38,6 @@ class ModelSpec:
     gguf_package: str | None = None
     gguf_file: str | None = None
     requires_gpu: bool = False
-    default: bool = False
     trust_remote_code: bool = False  # opt-in: run the model repository's own Python code
     allow_pickle: bool = False  # opt-in: load pickle (.bin) weights, which can run code when loaded
     note: str | None = None  # printed with every report of this model (e.g. "random weights")
@@ -142,7 +100,7 @@ class SuiteConfig:
     def missing_limits(self, model: str, variant: str) -> list[str]:
         """Limits neither configured nor opted out of for a quantized (model, variant)."""
         configured = set(self.gates_for(model, variant)) | self.ungated_for(model, variant)
-        return sorted(set(LIMITS) - configured)
+        return sorted(set(REQUIRED_LIMITS) - configured)
 
     def missing_limits_message(self, model: str, variant: str) -> str | None:
         missing = self.missing_limits(model, variant)
@@ -161,9 +119,17 @@ _MODEL_KEYS = {f for f in ModelSpec.__dataclass_fields__ if f not in ("key", "un
 _DEFAULT_KEYS = set(Defaults.__dataclass_fields__)
 
 
+def _limit_name(where: str, name: Any) -> str:
+    """The canonical limit name (``max_mean_kl`` reads as ``max_kl_mean``); an unknown name is an error."""
+    spec = limit_spec(name) if isinstance(name, str) else None
+    if spec is None:
+        raise ConfigError(f"{where}: unknown limit {name!r}; valid: {', '.join(GATEABLE)}, {UNGATED_KEY}")
+    return spec.limit_name
+
+
 def _check_gates(where: str, table: Any) -> tuple[dict[str, dict[str, float]], dict[str, frozenset[str]]]:
     """(limits per variant, opted-out limit names per variant) of one gates table; every key is
-    checked against the variant registry and LIMITS, every value for type, finiteness and range."""
+    checked against the variant and metric registries, every value for type, finiteness and range."""
     from quant_fixtures.variants import VARIANTS
 
     gated = [k for k, v in VARIANTS.items() if not v.is_baseline]
@@ -177,35 +143,33 @@ def _check_gates(where: str, table: Any) -> tuple[dict[str, dict[str, float]], d
                               f"valid: {', '.join(gated)}")
         if not isinstance(limits, dict):
             raise ConfigError(f"{where}.{variant}: expected a table of limits, got {limits!r}")
-        valid = f"valid: {', '.join(LIMITS)}, {UNGATED_KEY}"
         values: dict[str, float] = {}
-        for name, value in limits.items():
-            if name == UNGATED_KEY:
+        for given, value in limits.items():
+            if given == UNGATED_KEY:
                 continue
-            if name not in LIMITS:
-                raise ConfigError(f"{where}.{variant}: unknown limit {name!r}; {valid}")
+            name = _limit_name(f"{where}.{variant}", given)
+            if name in values:
+                raise ConfigError(f"{where}.{variant}: {given} sets {name} a second time")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{where}.{variant}.{name}: expected a number, got {value!r}")
-            problem = LIMITS[name].check(float(value))
+                raise ConfigError(f"{where}.{variant}.{given}: expected a number, got {value!r}")
+            problem = GATEABLE[name].limit_problem(float(value))
             if problem:
-                raise ConfigError(f"{where}.{variant}.{name} = {value!r}: {problem}")
+                raise ConfigError(f"{where}.{variant}.{given} = {value!r}: {problem}")
             values[name] = float(value)
         opted_out = limits.get(UNGATED_KEY, [])
         if not isinstance(opted_out, list) or not all(isinstance(n, str) for n in opted_out):
             raise ConfigError(f"{where}.{variant}.{UNGATED_KEY}: expected a list of limit names, got {opted_out!r}")
-        for name in opted_out:
-            if name not in LIMITS:
-                raise ConfigError(f"{where}.{variant}.{UNGATED_KEY}: unknown limit {name!r}; valid: {', '.join(LIMITS)}")
-            if name in values:
-                raise ConfigError(f"{where}.{variant}: {name} is both set and listed in {UNGATED_KEY}")
+        names = {_limit_name(f"{where}.{variant}.{UNGATED_KEY}", n) for n in opted_out}
+        for name in names & set(values):
+            raise ConfigError(f"{where}.{variant}: {name} is both set and listed in {UNGATED_KEY}")
         parsed[variant] = values
-        if opted_out:
-            ungated[variant] = frozenset(opted_out)
+        if names:
+            ungated[variant] = frozenset(names)
     return parsed, ungated
 
 
 _MODEL_TYPES: dict[str, type] = {"hub_id": str, "revision": str, "path": str, "gguf_package": str, "gguf_file": str,
-                                 "requires_gpu": bool, "default": bool, "trust_remote_code": bool,
+                                 "requires_gpu": bool, "trust_remote_code": bool,
                                  "allow_pickle": bool, "note": str}
 
 
@@ -267,10 +231,11 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
 
 
 def _parse_tolerances(path: Path, table: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The defaults, overridden metric by metric by [snapshot_tolerances]."""
+    """The registry's defaults, overridden metric by metric by [snapshot_tolerances]."""
     merged = dict(DEFAULT_SNAPSHOT_TOLERANCES)
-    for metric, tol in table.items():
-        where = f"{path}: [snapshot_tolerances] {metric}"
+    for given, tol in table.items():
+        metric = TOLERANCE_ALIASES.get(given, given)
+        where = f"{path}: [snapshot_tolerances] {given}"
         if metric not in SNAPSHOT_METRICS:
             raise ConfigError(f"{where}: unknown metric; valid: {', '.join(SNAPSHOT_METRICS)}")
         if not isinstance(tol, dict) or not tol or set(tol) - {"abs", "rel"}:

@@ -1,28 +1,43 @@
-"""The run's choices, parsed once from the command line (plugin.build_session)."""
+"""A run's settings, parsed once at the edge (plugin/cli.py) into a few frozen groups.
+
+Each group is what one part of the suite needs: where files go (:class:`Paths`), how perplexity is
+measured (:class:`PerplexityProtocol`), how the prompt suite is run (:class:`PromptProtocol`), how
+models are loaded (:class:`LoadSettings`) and how verdicts are reached (:class:`GatePolicy`).
+Defaults that depend on the device (CPU budgets are smaller) are resolved here and nowhere else.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from quant_fixtures.variants import VariantOptions
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """The run's choices, parsed once from the command line."""
-
-    models: list[str]
-    variants: list[str]
-    ctx: int
-    ppl_max_tokens: int | None  # None: the whole test split
-    ppl_stride: int | None
+class Paths:
     results_dir: Path
     baselines_dir: Path
     cache_dir: Path
-    batch_size: int
-    device: str
-    prompts_path: Path
+
+
+@dataclass(frozen=True)
+class PerplexityProtocol:
+    ctx: int  # requested window; each model gets min(ctx, its maximum)
+    max_tokens: int | None  # None: the whole test split
+    stride: int | None  # None: non-overlapping windows; else the HF guide's strided method
+    batch_size: int  # windows per forward pass (batch-invariant variants)
+    dataset_source: str = "auto"
+
+    @property
+    def method(self) -> str:
+        return "strided" if self.stride else "nonoverlapping"
+
+
+@dataclass(frozen=True)
+class PromptProtocol:
+    path: Path
     categories: tuple[str, ...] | None = None
     use_chat_template: bool = True
     max_new_tokens_cap: int | None = None  # None: each prompt's own max_new_tokens
@@ -30,20 +45,83 @@ class RunOptions:
     gen_batch_size: int = 96
     score_batch_size: int = 16
     exact_kl_max_mb: int = 1024  # keep the full FP16 distribution (exact KL) when it fits; 0: never
-    skip_prompts: bool = False
+    skip: bool = False  # --skip-prompts: perplexity and memory only
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    device: str  # "cpu" or "cuda:N"
     weight_dtype: str = "float16"
     nf4_compute_dtype: str | None = None
     nf4_double_quant: bool = False
-    dataset_source: str = "auto"
-    frozen_baselines: bool = False
-    gate_mode: str = "enforce"  # "enforce" fails gate tests; "report" records verdicts only
-    gate_on: str = "point"  # "point" or "upper" (the 95 % CI's upper bound)
-    run_id: str = "local"  # shared by all xdist workers of one run
+
+    @property
+    def device_type(self) -> str:
+        return self.device.split(":")[0]
 
     @property
     def compute_dtype(self) -> str:
-        return self.weight_dtype if self.device.startswith("cuda") else "float32"
+        """Activations run in the weight dtype on CUDA, in float32 on the CPU (fp16 matmuls are slow there)."""
+        return self.weight_dtype if self.device_type == "cuda" else "float32"
 
     def variant_options(self) -> VariantOptions:
         return VariantOptions(weight_dtype=self.weight_dtype, compute_dtype=self.compute_dtype,
                               nf4_compute_dtype=self.nf4_compute_dtype, nf4_double_quant=self.nf4_double_quant)
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    mode: str = "enforce"  # "enforce" fails gate tests; "report" records verdicts, failures xfail
+    on: str = "point"  # "point", or "upper": the 95 % CI's bound on the failing side
+    frozen_baselines: bool = False  # a missing or stale FP16 reference is an error, not recomputed
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    models: tuple[str, ...]
+    variants: tuple[str, ...]
+    paths: Paths
+    perplexity: PerplexityProtocol
+    prompts: PromptProtocol
+    load: LoadSettings
+    gates: GatePolicy
+    run_id: str = "local"  # shared by all xdist workers of one run
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    """What a run uses where the command line is silent, for its device."""
+
+    ppl_max_tokens: int | None
+    batch_size: int
+    max_new_tokens_cap: int | None
+    gen_batch_size: int
+
+
+def device_defaults(defaults: Any, device: str) -> DeviceDefaults:
+    """``defaults`` is the config's [defaults] table: CUDA scores the whole split and each prompt's
+    own length; the CPU uses the smaller budgets it names."""
+    on_cuda = device.startswith("cuda")
+    return DeviceDefaults(
+        ppl_max_tokens=None if on_cuda else defaults.cpu_ppl_max_tokens,
+        batch_size=defaults.batch_size_cuda if on_cuda else defaults.batch_size_cpu,
+        max_new_tokens_cap=None if on_cuda else defaults.cpu_max_new_tokens,
+        gen_batch_size=defaults.gen_batch_size_cuda if on_cuda else defaults.gen_batch_size_cpu)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    windows: int
+    ctx: int
+    prompts: int
+    new_tokens: int
+    rounds: int
+
+
+BENCH_DEFAULTS = {"windows": (8, 1), "ctx": (2048, 512), "prompts": (96, 8), "new_tokens": (64, 8),
+                  "rounds": (5, 2)}  # (CUDA, CPU)
+
+
+def bench_settings(device: str, given: dict[str, int | None]) -> BenchSettings:
+    cuda = device.startswith("cuda")
+    return BenchSettings(**{k: given.get(k) or (v[0] if cuda else v[1]) for k, v in BENCH_DEFAULTS.items()})

@@ -6,15 +6,12 @@ pass compares its full distribution at the same positions against them.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from quant_fixtures.store.atomic import load_tensors, save_tensors
 from quant_fixtures.metrics.divergence import CorpusKL, kl_topk, topk_reference
-
-CORPUS_TOP_K = 32
+from quant_fixtures.store.corpus_reference import CORPUS_TOP_K
 
 
 class TopkRecorder:
@@ -64,21 +61,3 @@ class KLAgainstReference:
             ref_logp, ref_idx = self.ref_logp[lo:hi].to(cand.device), self.ref_idx[lo:hi].to(cand.device)
             self.acc.update(kl_topk(ref_logp, ref_idx, cand), cand.argmax(-1) == ref_idx[:, 0])
             self.cursor[w] = hi
-
-
-def corpus_reference_path(cache_dir: Path, baseline_digest: str, k: int) -> Path:
-    return Path(cache_dir) / "corpus_reference" / f"{baseline_digest[:16]}-top{k}.safetensors"
-
-
-def store_corpus_reference(path: Path, tensors: dict[str, torch.Tensor], baseline_digest: str) -> None:
-    save_tensors(path, tensors, {"baseline_key_sha256": baseline_digest})
-
-
-def load_corpus_reference(path: Path, baseline_digest: str, positions: int) -> dict[str, torch.Tensor] | None:
-    """The stored top-k rows if they belong to this baseline and are intact, else None."""
-    tensors, meta, _ = load_tensors(path)
-    if tensors is None or meta.get("baseline_key_sha256") != baseline_digest:
-        return None
-    if set(tensors) != {"logp", "idx"} or tensors["logp"].shape[0] != positions:
-        return None
-    return tensors

@@ -1,39 +1,16 @@
-"""Load one (model, variant) pair: resolve the weights, quantize on load, measure the footprint."""
+"""Load one (model, variant) pair: quantize on load, measure the footprint, release it after."""
 
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from quant_fixtures.store.atomic import write_text_atomic
 from quant_fixtures.config import ModelSpec
-from quant_fixtures.models.gguf import convert_gguf_package
-from quant_fixtures.store.digests import sha256_file
+from quant_fixtures.models.sources import ResolvedModel
 from quant_fixtures.variants import Variant, VariantOptions, torch_dtype
-
-SAFE_WEIGHTS = ("*.safetensors",)
-PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth")  # torch pickles: loading one can run arbitrary code
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
-# Files besides the weights that change what the model computes or generates.
-IDENTITY_FILES = ("config.json", "generation_config.json")
-
-
-class ModelUnavailableError(RuntimeError):
-    """The weights are neither reachable nor cached; the message names the remedy in one line."""
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A local directory holding the model, and a string identifying its exact weights."""
-
-    directory: Path
-    identity: str
 
 
 @dataclass
@@ -47,81 +24,6 @@ class LoadedModel:
     load_seconds: float
     quantization_config: dict[str, Any] | None
     quant_state_bytes: int = 0  # bitsandbytes scales kept outside the parameters (not in the footprint)
-
-
-def _file_digest(path: Path, cache_dir: Path) -> str:
-    """sha256 of a file, memoised by (path, size, mtime) so large weights are hashed once."""
-    stat = path.stat()
-    memo_key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    memo = cache_dir / "digests" / memo_key
-    try:
-        memoised = memo.read_text().strip()
-    except OSError:
-        memoised = ""
-    if re.fullmatch(r"[0-9a-f]{64}", memoised):  # anything else (empty, edited) is recomputed
-        return memoised
-    digest = sha256_file(path)
-    write_text_atomic(memo, digest)
-    return digest
-
-
-def weight_files(directory: Path, allow_pickle: bool = False, key: str = "model") -> list[Path]:
-    """The directory's weight files: safetensors, plus pickles only when the model opts in."""
-    files = sorted({p for pat in SAFE_WEIGHTS for p in directory.glob(pat)})
-    pickles = sorted({p for pat in PICKLE_WEIGHTS for p in directory.glob(pat)})
-    if allow_pickle:
-        files = sorted(set(files) | set(pickles))
-    if files:
-        return files
-    if pickles:
-        raise ModelUnavailableError(
-            f"model {key!r}: {directory} holds only pickle weights ({', '.join(p.name for p in pickles[:3])}); "
-            "loading a pickle can run arbitrary code, so they are refused unless the model's entry says "
-            "allow_pickle = true (only for a source you trust), or convert them to safetensors")
-    raise ModelUnavailableError(f"{directory}: no weight files ({', '.join(SAFE_WEIGHTS)}) in this directory")
-
-
-def directory_identity(directory: Path, cache_dir: Path, allow_pickle: bool = False, key: str = "model") -> str:
-    """sha256 over the names and contents of a directory's weight, config and generation-config files
-    (the tokenizer has its own digest in every key)."""
-    files = weight_files(directory, allow_pickle, key)
-    summary = hashlib.sha256()
-    for p in files + [directory / name for name in IDENTITY_FILES]:
-        if p.is_file():
-            summary.update(f"{p.name}:{_file_digest(p, cache_dir)}\n".encode())
-    return "sha256:" + summary.hexdigest()
-
-
-def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
-    from huggingface_hub import snapshot_download
-
-    revision = spec.revision or "main"
-    try:
-        patterns = HUB_PATTERNS + (list(PICKLE_WEIGHTS) if spec.allow_pickle else [])
-        directory = Path(snapshot_download(spec.hub_id, revision=revision, allow_patterns=patterns))
-    except Exception as exc:  # offline, unknown repo, gated repo: all end in the same remedy
-        raise ModelUnavailableError(
-            f"model {spec.key!r} ({spec.hub_id}@{revision}) is not in the local Hugging Face cache and the Hub "
-            f"could not serve it ({type(exc).__name__}); remedy: download it where the Hub is reachable "
-            f"(`hf download {spec.hub_id} --revision {revision}`) and point HF_HOME at that cache, or set "
-            f"`path = \"/local/dir\"` for {spec.key} in quant_suite.toml"
-        ) from None
-    weight_files(directory, spec.allow_pickle, spec.key)  # safetensors, or pickles only by opt-in
-    # Snapshot directories are named by the commit hash, which pins the weights exactly.
-    return ResolvedModel(directory, f"hub:{spec.hub_id}@{directory.name}")
-
-
-def resolve_model(spec: ModelSpec, cache_dir: Path) -> ResolvedModel:
-    """Find (or make) a local Hugging Face directory for the spec and identify its weights."""
-    if spec.source_kind == "hub":
-        return _resolve_hub(spec)
-    if spec.source_kind == "local":
-        directory = Path(spec.path).expanduser()
-        if not (directory / "config.json").is_file():
-            raise ModelUnavailableError(f"model {spec.key!r}: {directory} is not a Hugging Face model directory (no config.json)")
-        return ResolvedModel(directory, directory_identity(directory, cache_dir, spec.allow_pickle, spec.key))
-    converted = convert_gguf_package(spec.gguf_package, spec.gguf_file, cache_dir / "gguf")
-    return ResolvedModel(converted.directory, converted.identity)
 
 
 def upcast_unquantized(model: Any, dtype: Any) -> None:

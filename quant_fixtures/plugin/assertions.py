@@ -6,25 +6,26 @@ from typing import Any
 
 import pytest
 
+from quant_fixtures.report.schema import EvaluationDocument
 
-def assert_gate(session: Any, document: dict[str, Any], metric: str) -> None:
-    """Fail (or, with --gate-mode report, xfail) when the document's gate on ``metric`` failed."""
+
+def assert_gate(document: EvaluationDocument, metric: str, mode: str = "enforce") -> None:
+    """Fail (or, with ``mode == "report"``, xfail) when the document's gate on ``metric`` failed."""
     __tracebackhide__ = True
-    model, variant = document["model"]["key"], document["variant"]["key"]
-    gates = [g for g in document["gates"] if g["metric"] == metric]
+    model, variant = document.model.key, document.variant.key
+    gates = [g for g in document.gates if g.metric == metric]
     if not gates:
         # Only an explicit opt-out skips; a limit that is simply missing fails (a typo must not
         # silently remove a release gate).
-        reason = (document.get("ungated") or {}).get(metric)
+        reason = document.ungated.get(metric)
         if reason:
             pytest.skip(f"{model} {variant}: {metric} not gated: {reason}")
         pytest.fail(f"{model} {variant}: no limit configured for {metric} and no explicit opt-out", pytrace=False)
     for gate in gates:
-        if gate["passed"]:
+        if gate.passed:
             continue
-        value = "missing" if gate["value"] is None else f"{gate['value']:.4g}"
-        line = f"{model} {variant}: {metric} = {value}, limit {gate['op']} {gate['limit']:g}"
-        if session.options.gate_mode == "report":
+        line = f"{model} {variant}: {gate.line()}"
+        if mode == "report":
             pytest.xfail(f"gate failed (report mode): {line}")
         pytest.fail(f"gate failed: {line}", pytrace=False)
 

@@ -10,9 +10,14 @@ from typing import Any
 import pytest
 
 from quant_fixtures.config import DEFAULT_CONFIG_PATH, SuiteConfig
+from quant_fixtures.settings import (GatePolicy, LoadSettings, Paths, PerplexityProtocol, PromptProtocol, RunSettings,
+                                     device_defaults)
 from quant_fixtures.variants import VARIANTS
 
 CONFIG_KEY = pytest.StashKey[SuiteConfig]()
+SETTINGS_KEY = pytest.StashKey[RunSettings]()
+PROMPTS_KEY = pytest.StashKey[list]()  # the prompt suite as validated at start-up (parsed once)
+SHIPPED = "default"  # --suite-config default: the configuration shipped in the package
 
 
 def split_keys(value: str | None, valid: list[str], what: str) -> list[str] | None:
@@ -26,23 +31,23 @@ def split_keys(value: str | None, valid: list[str], what: str) -> list[str] | No
 
 
 def suite_config_path(config: pytest.Config) -> Path | None:
-    """--suite-config (from the invocation directory), else quant_suite.toml in the rootdir, else
-    the repository's; None when there is none (the package is installed for another project: its
-    pytest runs must not break)."""
+    """--suite-config (a path from the invocation directory, or ``default`` for the configuration
+    shipped in the package), else quant_suite.toml in the rootdir; None when neither is given (the
+    package is installed for another project: its pytest runs must not change)."""
     given = config.getoption("--suite-config")
+    if given == SHIPPED:
+        return DEFAULT_CONFIG_PATH
     if given:
         return Path(config.invocation_params.dir) / Path(given).expanduser()
-    for candidate in (config.rootpath / "quant_suite.toml", DEFAULT_CONFIG_PATH):
-        if candidate.is_file():
-            return candidate
-    return None
+    candidate = config.rootpath / "quant_suite.toml"
+    return candidate if candidate.is_file() else None
 
 
 def suite_of(config: pytest.Config) -> SuiteConfig:
     """The loaded suite config; a usage error where a test needs it and there is none."""
     if CONFIG_KEY not in config.stash:
-        raise pytest.UsageError("no suite configuration: pass --suite-config PATH or put quant_suite.toml in the "
-                                f"rootdir ({config.rootpath})")
+        raise pytest.UsageError("no suite configuration: pass --suite-config PATH (or --suite-config default for the "
+                                f"one shipped with quant_fixtures) or put quant_suite.toml in the rootdir ({config.rootpath})")
     return config.stash[CONFIG_KEY]
 
 
@@ -71,14 +76,9 @@ def check_options(config: pytest.Config) -> None:
 
 
 def ppl_budget(config: pytest.Config) -> int | None:
-    """The perplexity token budget: None for the whole split."""
-    from quant_fixtures.plugin.xdist import device_for
-
+    """--ppl-max-tokens as given: None for 'all' or when not given (then the device default)."""
     budget = config.getoption("--ppl-max-tokens")
-    if budget is None:
-        on_cuda = device_for(config).startswith("cuda")
-        return None if on_cuda else suite_of(config).defaults.cpu_ppl_max_tokens
-    return None if budget == "all" else int(budget)
+    return None if budget in (None, "all") else int(budget)
 
 
 def output_dirs(config: pytest.Config) -> dict[str, Path]:
@@ -127,8 +127,9 @@ def prompt_suite_options(config: pytest.Config) -> tuple[Path, tuple[str, ...] |
     cats = [c.strip() for c in raw.split(",") if c.strip()] if raw is not None else None
     if cats is not None and not cats:
         raise pytest.UsageError(f"--categories: no category given in {raw!r}")
-    try:
-        load_prompt_suite(path, cats)  # a filter naming a category the file lacks is an error there
+    try:  # a filter naming a category the file lacks is an error there
+        if PROMPTS_KEY not in config.stash:
+            config.stash[PROMPTS_KEY] = load_prompt_suite(path, cats)
     except PromptSuiteError as exc:
         raise pytest.UsageError(str(exc)) from None
     return path, tuple(cats) if cats else None
@@ -140,3 +141,44 @@ def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
     variants = split_keys(config.getoption("--variants"), list(VARIANTS), "variant") or list(VARIANTS)
     variants = [v for v in VARIANTS if v in variants]  # registry order: the baseline first
     return [(m, v) for m in models for v in variants]
+
+
+def build_settings(config: pytest.Config) -> RunSettings:
+    """Every command-line choice, with the config's device-dependent defaults, in one frozen object."""
+    from quant_fixtures.plugin.xdist import device_for, run_id
+
+    suite, device = suite_of(config), device_for(config)
+    defaults = device_defaults(suite.defaults, device)
+    option = config.getoption
+    pairs = selected_pairs(config)
+    dirs = output_dirs(config)
+    prompts_path, categories = prompt_suite_options(config)
+    budget = option("--ppl-max-tokens")
+    return RunSettings(
+        models=tuple(sorted({m for m, _ in pairs})), variants=tuple(sorted({v for _, v in pairs})),
+        paths=Paths(results_dir=dirs["--results-dir"], baselines_dir=dirs["--baselines-dir"],
+                    cache_dir=dirs["--cache-dir"]),
+        perplexity=PerplexityProtocol(
+            ctx=option("--ctx") or suite.defaults.ctx,
+            max_tokens=defaults.ppl_max_tokens if budget is None else ppl_budget(config),
+            stride=option("--ppl-stride"), batch_size=option("--batch-size") or defaults.batch_size,
+            dataset_source=option("--dataset-source")),
+        prompts=PromptProtocol(
+            path=prompts_path, categories=categories, use_chat_template=not option("--no-chat-template"),
+            max_new_tokens_cap=option("--max-new-tokens") or defaults.max_new_tokens_cap,
+            top_k=option("--top-k") or suite.defaults.top_k,
+            gen_batch_size=option("--gen-batch-size") or defaults.gen_batch_size,
+            exact_kl_max_mb=option("--exact-kl-max-mb"), skip=option("--skip-prompts")),
+        load=LoadSettings(device=device, weight_dtype=option("--weight-dtype"),
+                          nf4_compute_dtype=option("--nf4-compute-dtype"), nf4_double_quant=option("--nf4-double-quant")),
+        gates=GatePolicy(mode=option("--gate-mode"), on=option("--gate-on"),
+                         frozen_baselines=option("--frozen-baselines")),
+        run_id=run_id(config),
+    )
+
+
+def settings_of(config: pytest.Config) -> RunSettings:
+    """The run's settings, built once and kept in config.stash."""
+    if SETTINGS_KEY not in config.stash:
+        config.stash[SETTINGS_KEY] = build_settings(config)
+    return config.stash[SETTINGS_KEY]

@@ -1,7 +1,6 @@
-"""pytest plugin: options, markers, (model, variant) parametrization, the session fixture, summary.
-
-Hooks only; the work happens in :class:`quant_fixtures.session.EvaluationSession`, kept in
-``config.stash``.
+"""pytest plugin: options, markers, parametrization, the report at the end. Hooks only; the fixtures
+are in fixtures.py, the command line in cli.py, the work in
+:class:`quant_fixtures.session.orchestrator.EvaluationSession`, kept in ``config.stash``.
 """
 
 from __future__ import annotations
@@ -11,21 +10,23 @@ from typing import Any
 
 import pytest
 
-from quant_fixtures.plugin.cli import (CONFIG_KEY, check_options, output_dirs, ppl_budget, prompt_suite_options, selected_pairs,
-                  suite_config_path, suite_of, terminate_as_interrupt)
 from quant_fixtures.config import ConfigError, load_config
 from quant_fixtures.inputs.wikitext import SOURCES
+from quant_fixtures.plugin.cli import (CONFIG_KEY, SHIPPED, check_options, output_dirs, selected_pairs, settings_of,
+                                       suite_config_path, suite_of, terminate_as_interrupt)
+from quant_fixtures.plugin.state import preflight_models
 from quant_fixtures.variants import DTYPE_NAMES, VARIANTS
 
-SESSION_KEY = pytest.StashKey["Any"]()
 REPORT_KEY = pytest.StashKey[Path]()
 GATE_MODES = ("enforce", "report")
+PAIR_FIXTURES = ("variant_eval", "quantized_eval", "bench_model")  # parametrized over (model, variant)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("quant", "quantization-harm suite")
     g.addoption("--suite-config", default=None,
-                help="suite TOML (default: quant_suite.toml in the rootdir, else the repository's)")
+                help=f"suite TOML, or '{SHIPPED}' for the one shipped with quant_fixtures (default: quant_suite.toml "
+                     "in the rootdir; with neither, the plugin stays inactive)")
     g.addoption("--models", default=None, help="comma-separated model keys (default: every configured model)")
     g.addoption("--variants", default=None, help=f"comma-separated variants (default: {','.join(VARIANTS)})")
     g.addoption("--ctx", type=int, default=None, help="perplexity window in tokens (default from config: 2048)")
@@ -46,7 +47,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--nf4-double-quant", action="store_true", help="NF4 with double quantization of the scales")
     g.addoption("--dataset-source", default="auto", choices=SOURCES, help="WikiText-2 from the Hub or vendored copy")
     g.addoption("--frozen-baselines", action="store_true", help="error instead of recomputing a stale FP16 baseline")
-    g.addoption("--prompts", default=None, help="prompt suite JSONL (default: prompts/suite.jsonl)")
+    g.addoption("--prompts", default=None,
+                help="prompt suite JSONL (default: the 96-prompt suite shipped with quant_fixtures)")
     g.addoption("--categories", default=None, help="comma-separated prompt categories to run")
     g.addoption("--no-chat-template", action="store_true", help="feed prompts as plain text")
     g.addoption("--max-new-tokens", type=int, default=None,
@@ -59,7 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--gen-batch-size", type=int, default=None, help="prompts generated per batch")
     g.addoption("--skip-prompts", action="store_true", help="perplexity and memory only: no prompt KL stage")
     g.addoption("--gate-on", default="point", choices=("point", "upper"),
-                help="gate ΔPPL%% and mean KL on the point estimate or on the 95%% CI's upper bound")
+                help="gate on the point estimate, or on the 95%% CI's bound on the failing side where a CI exists")
     g.addoption("--gate-mode", default="enforce", choices=GATE_MODES,
                 help="enforce: a failed gate fails its test; report: record verdicts, mark failures xfail")
 
@@ -68,6 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped (never passed) without it")
     config.addinivalue_line("markers", "slow: takes minutes")
     config.addinivalue_line("markers", "xdist_group(name): tests of one (model, variant) share an xdist worker")
+    config.addinivalue_line("markers", "quant_variants(*keys): run this test for these variants only")
     path = suite_config_path(config)
     if path is None:  # not a quantization-harm project: the plugin stays out of the way
         return
@@ -75,6 +78,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[CONFIG_KEY] = load_config(path)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    from quant_fixtures.plugin import fixtures
+
+    config.pluginmanager.register(fixtures, "quant_fixtures.fixtures")  # only in a configured project
     if config.pluginmanager.hasplugin("xdist"):
         from quant_fixtures.plugin.xdist import XdistHooks
 
@@ -87,44 +93,52 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     """The budgets this run uses, printed before anything runs (CPU defaults are smaller)."""
     if CONFIG_KEY not in config.stash:
         return None
-    from quant_fixtures.plugin.xdist import device_for
+    s = settings_of(config)
+    cap = s.prompts.max_new_tokens_cap
+    return [f"quant-fixtures: device {s.load.device}; WikiText-2 tokens: {s.perplexity.max_tokens or 'all'}; ctx "
+            f"{s.perplexity.ctx}; max_new_tokens: {'per prompt' if cap is None else f'<= {cap}'}"]
 
-    suite, on_cuda = config.stash[CONFIG_KEY], device_for(config).startswith("cuda")
-    budget = config.getoption("--ppl-max-tokens") or ("all" if on_cuda else suite.defaults.cpu_ppl_max_tokens)
-    cap = config.getoption("--max-new-tokens") or (None if on_cuda else suite.defaults.cpu_max_new_tokens)
-    return [f"quant-fixtures: device {device_for(config)}; WikiText-2 tokens: {budget}; ctx "
-            f"{config.getoption('--ctx') or suite.defaults.ctx}; max_new_tokens: "
-            f"{'per prompt' if cap is None else f'<= {cap}'}"]
+
+def _pair_marks(config: pytest.Config, model: str, variant: str) -> list[Any]:
+    # One xdist group per pair: with --dist loadgroup a worker loads each model once.
+    marks = [pytest.mark.xdist_group(f"{model}-{variant}")]
+    if suite_of(config).models[model].requires_gpu:
+        marks.append(pytest.mark.gpu)
+    return marks
+
+
+def _gate_metrics(config: pytest.Config, model: str, variant: str) -> list[str]:
+    """The registered metrics one pair is gated on: every required gate (configured, or opted out
+    explicitly, which skips saying so) and every optional one that has a limit."""
+    from quant_fixtures.metrics.registry import GATEABLE, REQUIRED_LIMITS
+
+    names = set(REQUIRED_LIMITS) | set(suite_of(config).gates_for(model, variant))
+    return [spec.name for limit, spec in GATEABLE.items() if limit in names]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if not {"model_documents", "variant_eval"} & set(metafunc.fixturenames):
+    names = set(metafunc.fixturenames)
+    if not names & {"model_documents", "gated_metric", *PAIR_FIXTURES}:
         return
-    suite = suite_of(metafunc.config)
-    if "model_documents" in metafunc.fixturenames:
-        models = list(dict.fromkeys(m for m, _ in selected_pairs(metafunc.config)))
+    config, pairs = metafunc.config, selected_pairs(metafunc.config)
+    wanted = metafunc.definition.get_closest_marker("quant_variants")
+    if wanted is not None:
+        pairs = [(m, v) for m, v in pairs if v in wanted.args]
+    quantized = [(m, v) for m, v in pairs if not VARIANTS[v].is_baseline]
+    if "model_documents" in names:
+        models = list(dict.fromkeys(m for m, _ in pairs))
         metafunc.parametrize("model_documents", [
-            pytest.param(m, id=m, marks=[pytest.mark.gpu] if suite.models[m].requires_gpu else [])
+            pytest.param(m, id=m, marks=[pytest.mark.gpu] if suite_of(config).models[m].requires_gpu else [])
             for m in models], indirect=True, scope="session")
-    if "variant_eval" not in metafunc.fixturenames:
-        return
-    wants = getattr(metafunc.function, "quant_variants", None)  # e.g. only quantized variants
-    params = []
-    for model, variant in selected_pairs(metafunc.config):
-        if wants is not None and variant not in wants:
-            continue
-        # One xdist group per pair: with --dist loadgroup a worker loads each model once.
-        marks = [pytest.mark.xdist_group(f"{model}-{variant}")]
-        if suite.models[model].requires_gpu:
-            marks.append(pytest.mark.gpu)
-        params.append(pytest.param((model, variant), id=f"{model}-{variant}", marks=marks))
-    metafunc.parametrize("variant_eval", params, indirect=True, scope="session")
-
-
-def quantized_only(func: Any) -> Any:
-    """Parametrize a test over quantized variants only (the baseline has no gates)."""
-    func.quant_variants = [k for k, v in VARIANTS.items() if not v.is_baseline]
-    return func
+    for fixture in PAIR_FIXTURES:
+        if fixture in names:
+            chosen = quantized if fixture == "quantized_eval" else pairs
+            metafunc.parametrize(fixture, [pytest.param((m, v), id=f"{m}-{v}", marks=_pair_marks(config, m, v))
+                                           for m, v in chosen], indirect=True, scope="session")
+    if "gated_metric" in names:
+        metafunc.parametrize("gated_metric", [
+            pytest.param((m, v, metric), id=f"{m}-{v}-{metric}", marks=_pair_marks(config, m, v))
+            for m, v in quantized for metric in _gate_metrics(config, m, v)], indirect=True, scope="session")
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: only what will run is checked
@@ -140,7 +154,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from quant_fixtures.plugin.xdist import is_worker
 
     if CONFIG_KEY in config.stash and not is_worker(config) and not config.option.collectonly:
-        # (xdist: the controller checks, in parallel.py)
+        # (xdist: the controller checks, in xdist.py)
         preflight_models(config, models_in(items))
 
 
@@ -151,131 +165,15 @@ def models_in(items: list[pytest.Item]) -> set[str]:
         callspec = getattr(item, "callspec", None)
         if callspec is None or item.get_closest_marker("skip"):
             continue
-        for name in ("variant_eval", "model_documents", "bench_model"):
+        for name in ("model_documents", "gated_metric", *PAIR_FIXTURES):
             value = callspec.params.get(name)
             if value is not None:
-                models.add(value[0] if isinstance(value, tuple) else value)
+                models.add(value[0] if isinstance(value, tuple) else value)  # (model, variant[, metric]) or model
     return models
-
-
-def preflight_models(config: pytest.Config, models: set[str]) -> None:
-    """Checks that need a model's config or its stored references, before any model loads."""
-    from quant_fixtures.session.preflight import PreflightError, check_models
-
-    if not models:
-        return
-    try:
-        check_models(session_of(config), sorted(models))
-    except PreflightError as exc:
-        raise pytest.UsageError(str(exc)) from None
-
-
-def build_session(config: pytest.Config) -> Any:
-    from quant_fixtures.plugin.xdist import device_for, run_id
-    from quant_fixtures.settings import RunOptions
-    from quant_fixtures.session.orchestrator import EvaluationSession
-
-    suite = config.stash[CONFIG_KEY]
-    device = device_for(config)
-    on_cuda = device.startswith("cuda")
-    max_tokens = ppl_budget(config)
-    dirs = output_dirs(config)
-    pairs = selected_pairs(config)
-    prompts_path, categories = prompt_suite_options(config)
-    d = suite.defaults
-    cap = config.getoption("--max-new-tokens") or (None if on_cuda else d.cpu_max_new_tokens)
-    options = RunOptions(
-        models=sorted({m for m, _ in pairs}), variants=sorted({v for _, v in pairs}),
-        ctx=config.getoption("--ctx") or suite.defaults.ctx, ppl_max_tokens=max_tokens,
-        ppl_stride=config.getoption("--ppl-stride"),
-        results_dir=dirs["--results-dir"], baselines_dir=dirs["--baselines-dir"], cache_dir=dirs["--cache-dir"],
-        batch_size=config.getoption("--batch-size") or (suite.defaults.batch_size_cuda if on_cuda
-                                                        else suite.defaults.batch_size_cpu),
-        device=device, weight_dtype=config.getoption("--weight-dtype"),
-        nf4_compute_dtype=config.getoption("--nf4-compute-dtype"),
-        nf4_double_quant=config.getoption("--nf4-double-quant"),
-        dataset_source=config.getoption("--dataset-source"),
-        frozen_baselines=config.getoption("--frozen-baselines"), gate_mode=config.getoption("--gate-mode"),
-        prompts_path=prompts_path, categories=categories, use_chat_template=not config.getoption("--no-chat-template"),
-        max_new_tokens_cap=cap, top_k=config.getoption("--top-k") or d.top_k,
-        gen_batch_size=config.getoption("--gen-batch-size") or (d.gen_batch_size_cuda if on_cuda
-                                                                else d.gen_batch_size_cpu),
-        skip_prompts=config.getoption("--skip-prompts"), gate_on=config.getoption("--gate-on"),
-        run_id=run_id(config), exact_kl_max_mb=config.getoption("--exact-kl-max-mb"),
-    )
-    return EvaluationSession(config=suite, options=options)
-
-
-def session_of(config: pytest.Config) -> Any:
-    """The run's evaluation session, built on first use and kept in config.stash."""
-    if SESSION_KEY not in config.stash:
-        config.stash[SESSION_KEY] = build_session(config)
-    return config.stash[SESSION_KEY]
-
-
-@pytest.fixture(scope="session")
-def quant_session(pytestconfig: pytest.Config) -> Any:
-    return session_of(pytestconfig)
-
-
-@pytest.fixture(scope="session")
-def variant_eval(request: pytest.FixtureRequest, quant_session: Any) -> dict[str, Any]:
-    """The finished evaluation document of one (model, variant); the model is loaded and released
-    inside, so at most one model is resident at a time."""
-    from quant_fixtures.models.loading import ModelUnavailableError
-    from quant_fixtures.session.orchestrator import EvaluationFailed
-
-    model, variant = request.param
-    try:
-        return quant_session.evaluate(model, variant)
-    except (ModelUnavailableError, EvaluationFailed) as exc:
-        message = str(exc)
-    pytest.fail(message, pytrace=False)  # outside the except: one line, no chained exception
 
 
 def results_dir(config: pytest.Config) -> Path:
     return output_dirs(config)["--results-dir"]
-
-
-@pytest.fixture(scope="session")
-def model_documents(request: pytest.FixtureRequest, quant_session: Any) -> dict[str, dict[str, Any]]:
-    """{variant: evaluation document} of one model, every selected variant (reused when this run
-    already evaluated it, in this process or another xdist worker)."""
-    from quant_fixtures.models.loading import ModelUnavailableError
-    from quant_fixtures.session.orchestrator import EvaluationFailed
-
-    model = request.param
-    try:
-        return {v: quant_session.evaluate(m, v) for m, v in selected_pairs(request.config) if m == model}
-    except (ModelUnavailableError, EvaluationFailed) as exc:
-        message = str(exc)
-    pytest.fail(message, pytrace=False)
-
-
-@pytest.fixture
-def harm_snapshot(quant_session: Any, request: pytest.FixtureRequest) -> Any:
-    """A syrupy snapshot assertion with per-metric tolerances, named after the run's settings.
-
-    Built here rather than from syrupy's ``snapshot`` fixture: that one registers the default
-    (amber) extension, whose discovery walks all of __snapshots__/ and would mark every other
-    settings' JSON snapshot as unused, so ``--snapshot-update`` would delete it. This extension
-    claims only the files of this run's own settings.
-    """
-    from syrupy.assertion import SnapshotAssertion
-    from syrupy.extensions.json import JSONSnapshotExtension
-    from syrupy.location import PyTestLocation
-
-    from quant_fixtures.report.snapshot import settings_tag, tolerant_json_extension
-
-    tag = settings_tag(quant_session.options)
-    owned = {JSONSnapshotExtension._sanitize_filename(f"{request.node.originalname}[{m}][{tag}]")
-             for m in quant_session.options.models}
-    options = request.config.option
-    assertion = SnapshotAssertion(
-        update_snapshots=options.update_snapshots, update_new_snapshots_only=options.update_new_snapshots_only,
-        extension_class=tolerant_json_extension(quant_session.config.snapshot_tolerances, owned),
-        test_location=PyTestLocation(request.node), session=request.config._syrupy)  # as syrupy's own fixture
-    return assertion(name=tag)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -60,7 +60,7 @@ class XdistHooks:
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """The controller's up-front model checks, once, for the models the workers collected."""
         from quant_fixtures.plugin.cli import CONFIG_KEY, selected_pairs
-        from quant_fixtures.plugin.hooks import preflight_models
+        from quant_fixtures.plugin.state import preflight_models
 
         if self.checked:
             return

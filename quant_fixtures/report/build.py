@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from quant_fixtures.store.baseline import Baseline
 from quant_fixtures.compute.scoring import WindowScores
-from quant_fixtures.report.gates import evaluate_gates
 from quant_fixtures.metrics.stats import delta_pct, paired_bootstrap_delta_ppl_ci
-from quant_fixtures.report.comparison import SCHEMA_VERSION, now_utc
+from quant_fixtures.models.loading import LoadedModel
+from quant_fixtures.report.gates import evaluate_gates
+from quant_fixtures.report.schema import (SCHEMA_VERSION, Batching, CorpusKL, EvaluationDocument, Flips, Memory, ModelInfo,
+                                          NoiseFloor, Perplexity, PromptKL, Timing, VariantInfo, from_json_object,
+                                          now_utc)
+from quant_fixtures.settings import GatePolicy, PerplexityProtocol
+from quant_fixtures.store.baseline import Baseline
+from quant_fixtures.variants import Variant
 
 GB = 1e9
 
@@ -19,8 +24,8 @@ class Measurements:
     """Everything measured for one (model, variant), before it is written down."""
 
     model: str
-    variant: Any  # variants.Variant
-    loaded: Any  # models.LoadedModel
+    variant: Variant
+    loaded: LoadedModel
     source: str
     note: str | None
     weights_identity: str
@@ -36,7 +41,7 @@ class Measurements:
     flips: dict[str, Any] | None
     noise_floor: dict[str, Any] | None
     prompt_seconds: float | None
-    batching: dict[str, Any]
+    batching: Batching
     environment: dict[str, Any]
     keys: dict[str, str | None]  # digests of the FP16 references compared against
 
@@ -54,59 +59,49 @@ def protocol_text(method: str, ctx: int, stride: int | None) -> str:
                      "window; ") + tail
 
 
-def evaluation_document(m: Measurements, options: Any, limits: dict[str, float],
-                        ungated: dict[str, str] | None = None) -> dict[str, Any]:
+def evaluation_document(m: Measurements, protocol: PerplexityProtocol, policy: GatePolicy, run_id: str,
+                        limits: dict[str, float], ungated: dict[str, str] | None = None) -> EvaluationDocument:
     """The `{variant}_quantized_{model}_evaluation.json` document, gates included."""
-    o, s, b = options, m.scores, m.baseline
+    s, b = m.scores, m.baseline
     footprint, fp16_footprint = m.loaded.footprint_bytes / GB, b.footprint_bytes / GB
-    method = "strided" if o.ppl_stride else "nonoverlapping"
     delta = delta_pct(s.ppl, b.ppl)
     delta_ci = (list(paired_bootstrap_delta_ppl_ci(b.window_nll, b.window_tokens, s.window_nll, s.window_tokens))
                 if len(s.window_nll) > 1 else None)
-    kl_value = None
-    if m.kl is not None:
-        kl_value = m.kl["ci95"][1] if o.gate_on == "upper" else m.kl["mean"]
-    metrics = {"delta_ppl_pct": delta if o.gate_on == "point" or delta_ci is None else delta_ci[1],
-               "memory_reduction_pct": 100.0 * (1.0 - footprint / fp16_footprint), "kl_mean": kl_value}
-    gates = [] if m.variant.is_baseline else evaluate_gates(limits, metrics)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "generated_at": now_utc(),
-        "run_id": o.run_id,
-        "model": {"key": m.model, "source": m.source, "weights_identity": m.weights_identity, "note": m.note},
-        "variant": {"key": m.variant.key, "method": m.variant.method, "description": m.variant.description,
-                    "quantization_config": m.loaded.quantization_config,
-                    "weight_dtype": m.loaded.weight_dtype, "compute_dtype": m.loaded.compute_dtype},
-        "environment": m.environment,
-        "reference_keys": m.keys,
-        "batching": m.batching,
-        "perplexity": {
-            "ppl": s.ppl, "fp16_ppl": b.ppl, "delta_ppl_pct": delta, "delta_ppl_pct_ci95": delta_ci,
-            "tokens": s.tokens, "windows": m.windows, "ctx": m.ctx, "stride": o.ppl_stride,
-            "method": method, "max_tokens": o.ppl_max_tokens, "batch_size": m.batching["perplexity_windows_per_pass"],
-            "dataset": "wikitext-2-raw-v1 test", "dataset_source": m.dataset_source,
-            "dataset_sha256": m.dataset_sha256, "protocol": protocol_text(method, m.ctx, o.ppl_stride),
-            "ci_method": "paired percentile bootstrap over perplexity windows (2000 resamples, seed 0)",
-            "window_nll": s.window_nll, "window_tokens": s.window_tokens,
-        },
-        "memory": {"footprint_gb": footprint, "fp16_footprint_gb": fp16_footprint,
-                   "reduction_pct": metrics["memory_reduction_pct"],
-                   "compression_ratio": fp16_footprint / footprint, "peak_gb": m.peak_gb,
-                   "quant_state_gb": m.loaded.quant_state_bytes / GB,
-                   "resident_gb": footprint + m.loaded.quant_state_bytes / GB,
-                   "footprint_method": "model.get_memory_footprint() as loaded (16-bit or quantized storage), "
-                                       "before any CPU upcast; it leaves out bitsandbytes' scales (int8 row "
-                                       "scales, NF4 block absmax), given as quant_state_gb, and resident_gb = "
-                                       "footprint + quant state; reduction and ratio use footprint_gb; peak_gb: "
-                                       "torch.cuda.max_memory_allocated during the perplexity pass (CUDA only)"},
-        "timing": {"load_s": m.loaded.load_seconds, "ppl_s": s.seconds,
-                   "ppl_tokens_per_s": s.tokens / s.seconds if s.seconds else None,
-                   "prompts_s": m.prompt_seconds},
-        "kl_divergence": m.kl,
-        "corpus_kl": m.corpus_kl,
-        "flips": m.flips,
-        "noise_floor": m.noise_floor,
-        "gate_on": o.gate_on,
-        "gates": [g.to_dict() for g in gates],
-        "ungated": {} if m.variant.is_baseline else dict(ungated or {}),  # metric -> why it has no gate
-    }
+    quant_state_gb = m.loaded.quant_state_bytes / GB
+    document = EvaluationDocument(
+        schema_version=SCHEMA_VERSION, generated_at=now_utc(), run_id=run_id,
+        model=ModelInfo(key=m.model, source=m.source, weights_identity=m.weights_identity, note=m.note),
+        variant=VariantInfo(key=m.variant.key, method=m.variant.method, description=m.variant.description,
+                            quantization_config=m.loaded.quantization_config, weight_dtype=m.loaded.weight_dtype,
+                            compute_dtype=m.loaded.compute_dtype),
+        environment=m.environment, reference_keys=m.keys, batching=m.batching,
+        perplexity=Perplexity(
+            ppl=s.ppl, fp16_ppl=b.ppl, delta_ppl_pct=delta, delta_ppl_pct_ci95=delta_ci, tokens=s.tokens,
+            windows=m.windows, ctx=m.ctx, stride=protocol.stride, method=protocol.method,
+            max_tokens=protocol.max_tokens, batch_size=m.batching.perplexity_windows_per_pass,
+            dataset="wikitext-2-raw-v1 test", dataset_source=m.dataset_source, dataset_sha256=m.dataset_sha256,
+            protocol=protocol_text(protocol.method, m.ctx, protocol.stride),
+            ci_method="paired percentile bootstrap over perplexity windows (2000 resamples, seed 0)",
+            window_nll=s.window_nll, window_tokens=s.window_tokens),
+        memory=Memory(footprint_gb=footprint, fp16_footprint_gb=fp16_footprint,
+                      reduction_pct=100.0 * (1.0 - footprint / fp16_footprint),
+                      compression_ratio=fp16_footprint / footprint, peak_gb=m.peak_gb, quant_state_gb=quant_state_gb,
+                      resident_gb=footprint + quant_state_gb, footprint_method=FOOTPRINT_METHOD),
+        timing=Timing(load_s=m.loaded.load_seconds, ppl_s=s.seconds,
+                      ppl_tokens_per_s=s.tokens / s.seconds if s.seconds else None, prompts_s=m.prompt_seconds),
+        kl_divergence=from_json_object(PromptKL, m.kl, "kl_divergence") if m.kl is not None else None,
+        corpus_kl=from_json_object(CorpusKL, m.corpus_kl, "corpus_kl") if m.corpus_kl is not None else None,
+        flips=from_json_object(Flips, m.flips, "flips") if m.flips is not None else None,
+        noise_floor=from_json_object(NoiseFloor, m.noise_floor, "noise_floor") if m.noise_floor is not None else None,
+        gate_on=policy.on, gates=[], ungated={},
+    )
+    if not m.variant.is_baseline:
+        document.gates = evaluate_gates(limits, document, policy.on)
+        document.ungated = dict(ungated or {})
+    return document
+
+
+FOOTPRINT_METHOD = ("model.get_memory_footprint() as loaded (16-bit or quantized storage), before any CPU upcast; "
+                    "it leaves out bitsandbytes' scales (int8 row scales, NF4 block absmax), given as quant_state_gb, "
+                    "and resident_gb = footprint + quant state; reduction and ratio use footprint_gb; peak_gb: "
+                    "torch.cuda.max_memory_allocated during the perplexity pass (CUDA only)")

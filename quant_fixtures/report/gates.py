@@ -1,12 +1,12 @@
-"""Release gates: compare a variant's measured metrics with the configured limits."""
+"""Release gates: a variant's registered metrics against the configured limits, and the one way a
+gate is written out (terminal, REPORT.md, findings, the comparison file and failing tests)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from quant_fixtures.config import LIMITS
+from quant_fixtures.metrics.registry import GATEABLE
 
 
 @dataclass(frozen=True)
@@ -14,26 +14,39 @@ class GateResult:
     metric: str
     value: float | None
     limit: float
-    op: str  # "<=" or ">="
+    op: str  # "<=" or ">=" (from the metric's direction in the registry)
     passed: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def describe(self, model: str, variant: str) -> str:
-        """One line: model, variant, metric, value, limit."""
-        verdict = "passed" if self.passed else "FAILED"
+    def line(self) -> str:
+        """'<metric> = <value> (limit <op> <limit>)', the value formatted to 4 significant digits."""
         value = "missing" if self.value is None else f"{self.value:.4g}"
-        return f"{model} {variant}: {self.metric} = {value} (limit {self.op} {self.limit:g}) {verdict}"
+        return f"{self.metric} = {value} (limit {self.op} {self.limit:g})"
+
+    def describe(self, *who: str) -> str:
+        """'<who>: <line> passed|FAILED', e.g. 'mistral7b int8: delta_ppl_pct = 7.25 (limit <= 5) FAILED'."""
+        return f"{' '.join(who)}: {self.line()} {'passed' if self.passed else 'FAILED'}"
 
 
-def evaluate_gates(limits: dict[str, float], metrics: dict[str, float | None]) -> list[GateResult]:
-    """One result per limit; a metric that was not measured (or is not finite) fails its gate."""
+def evaluate_gates(limits: dict[str, float], document: Any, gate_on: str = "point") -> list[GateResult]:
+    """One result per configured limit, in limit-name order; a metric that was not measured (or
+    is not finite) fails its gate. ``document`` is the evaluation document (its gates unset)."""
     results = []
     for limit_name, limit in sorted(limits.items()):
-        spec = LIMITS[limit_name]
-        metric, op = spec.metric, spec.op
-        value = metrics.get(metric)
-        ok = value is not None and math.isfinite(value) and (value <= limit if op == "<=" else value >= limit)
-        results.append(GateResult(metric=metric, value=value, limit=limit, op=op, passed=bool(ok)))
+        spec = GATEABLE[limit_name]
+        value = spec.gate_value(document, gate_on)
+        results.append(GateResult(metric=spec.name, value=value, limit=limit, op=spec.op,
+                                  passed=spec.passes(value, limit)))
     return results
+
+
+def failed_gate_lines(documents: dict[str, Any]) -> list[str]:
+    """'<variant>: <gate line>' for every failed gate of {variant: document}."""
+    return [f"{v}: {g.line()}" for v, d in documents.items() for g in d.gates if not g.passed]
+
+
+def verdict(document: Any) -> str:
+    """'-' (no gates), 'PASS', or 'FAIL m1,m2'."""
+    if not document.gates:
+        return "-"
+    failed = [g.metric for g in document.gates if not g.passed]
+    return "PASS" if not failed else "FAIL " + ",".join(failed)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quant_fixtures.store.atomic import write_text_atomic
-from quant_fixtures.report.findings import findings
+from quant_fixtures.metrics.registry import METRICS, TABLE_METRICS, MetricSpec, lookup
+from quant_fixtures.report.findings import baseline_of, findings
 from quant_fixtures.report.plots import model_plots
+from quant_fixtures.report.schema import EvaluationDocument
 from quant_fixtures.report.terminal import settings_line
-from quant_fixtures.variants import BASELINE_VARIANT
+from quant_fixtures.store.atomic import write_text_atomic
+
+Documents = dict[str, EvaluationDocument]
 
 
 def _f(value: Any, spec: str = ".4f") -> str:
@@ -20,45 +23,47 @@ def _ci(pair: Any, spec: str) -> str:
     return "" if not pair else f" [{format(pair[0], spec)}, {format(pair[1], spec)}]"
 
 
-def _variants_table(documents: dict[str, dict[str, Any]]) -> list[str]:
-    fp16_speed = (documents.get(BASELINE_VARIANT) or {}).get("timing", {}).get("ppl_tokens_per_s")
-    rows = ["| variant | PPL | ΔPPL % [95 % CI] | mean KL [95 % CI] | top-1 agree [95 % CI] | flips | "
-            "footprint GB | reduction % | ratio | tok/s (× FP16) | gates |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+def _metric_cell(spec: MetricSpec, doc: EvaluationDocument, fp16: EvaluationDocument | None) -> str:
+    value = spec.value(doc)
+    if value is None:
+        return "–"
+    cell = format(value, spec.fmt) + _ci(spec.ci(doc), spec.fmt)
+    if spec.count_of:
+        cell += f"/{lookup(doc, spec.count_of)}"
+    reference = spec.value(fp16) if spec.vs_fp16 and fp16 is not None else None
+    return cell + (f" ({value / reference:.2f}× FP16)" if reference else "")
+
+
+def _variants_table(documents: Documents) -> list[str]:
+    fp16 = baseline_of(documents)
+    headings = [m.heading + (" [95 % CI]" if m.ci_path else "") for m in TABLE_METRICS]
+    rows = ["| variant | " + " | ".join(headings) + " | gates |", "|---" * (len(headings) + 2) + "|"]
     for variant, d in documents.items():
-        p, m, t = d["perplexity"], d["memory"], d["timing"]
-        kl, flips = d.get("kl_divergence"), d.get("flips")
-        speed = t.get("ppl_tokens_per_s")
-        ratio = f" ({speed / fp16_speed:.2f}×)" if speed and fp16_speed else ""
-        failed = [g["metric"] for g in d["gates"] if not g["passed"]]
-        verdict = "–" if not d["gates"] else ("**pass**" if not failed else "**FAIL**: " + ", ".join(failed))
-        rows.append(
-            f"| {variant} | {p['ppl']:.4f} | {p['delta_ppl_pct']:+.2f}{_ci(p.get('delta_ppl_pct_ci95'), '+.2f')} | "
-            f"{_f(kl and kl['mean'])}{_ci(kl and kl['ci95'], '.4f')} | "
-            f"{_f(kl and kl['top1_agreement'], '.3f')}{_ci(kl and kl['top1_agreement_ci95'], '.3f')} | "
-            f"{'–' if not flips else str(flips['flips']) + '/' + str(flips['checkable_prompts'])} | "
-            f"{m['footprint_gb']:.3f} | {m['reduction_pct']:.1f} | {m['compression_ratio']:.2f} | "
-            f"{_f(speed, '.0f')}{ratio} | {verdict} |")
+        failed = [g.metric for g in d.gates if not g.passed]
+        verdict = "–" if not d.gates else ("**pass**" if not failed else "**FAIL**: " + ", ".join(failed))
+        rows.append(f"| {variant} | " + " | ".join(_metric_cell(m, d, fp16) for m in TABLE_METRICS) +
+                    f" | {verdict} |")
     return rows
 
 
-def _gates_table(documents: dict[str, dict[str, Any]]) -> list[str]:
+def _gates_table(documents: Documents) -> list[str]:
     rows = ["| variant | metric | value | limit | verdict |", "|---|---|---|---|---|"]
     for variant, d in documents.items():
-        for g in d["gates"]:
-            rows.append(f"| {variant} | {g['metric']} | {_f(g['value'], '.4g')} | {g['op']} {g['limit']:g} | "
-                        f"{'pass' if g['passed'] else '**FAIL**'} |")
+        for g in d.gates:
+            unit = METRICS[g.metric].unit if g.metric in METRICS else ""
+            rows.append(f"| {variant} | {g.metric} | {_f(g.value, '.4g')} | {g.op} {g.limit:g}{' ' + unit if unit else ''} | "
+                        f"{'pass' if g.passed else '**FAIL**'} |")
     return rows if len(rows) > 2 else ["No gates configured."]
 
 
-def _corpus_table(documents: dict[str, dict[str, Any]]) -> list[str]:
+def _corpus_table(documents: Documents) -> list[str]:
     rows = ["| variant | tokens | mean | median | p90 | p99 | p99.9 | max | same top-1 |",
             "|---|---|---|---|---|---|---|---|---|"]
     for variant, d in documents.items():
-        c = d.get("corpus_kl")
+        c = d.corpus_kl
         if c:
-            rows.append(f"| {variant} | {c['tokens']} | {c['mean']:.4g} | {c['median']:.4g} | {c['p90']:.4g} | "
-                        f"{c['p99']:.4g} | {c['p99_9']:.4g} | {c['max']:.4g} | {100 * c['same_top1_rate']:.2f} % |")
+            rows.append(f"| {variant} | {c.tokens} | {c.mean:.4g} | {c.median:.4g} | {c.p90:.4g} | "
+                        f"{c.p99:.4g} | {c.p99_9:.4g} | {c.max:.4g} | {100 * c.same_top1_rate:.2f} % |")
     return rows if len(rows) > 2 else []
 
 
@@ -66,29 +71,29 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ⏎ ")
 
 
-def model_section(model: str, documents: dict[str, dict[str, Any]], plots: dict[str, Path]) -> list[str]:
+def model_section(model: str, documents: Documents, plots: dict[str, Path]) -> list[str]:
     first = next(iter(documents.values()))
-    p = first["perplexity"]
+    p = first.perplexity
     found = findings(documents)
-    note = first["model"].get("note")
+    note = first.model.note
     lines = [f"## {model}", "", *([f"> **Note: {note}**", ""] if note else []),
-             f"Source: `{first['model']['source']}`. {settings_line(first)}.", "",
-             f"Perplexity: {p['protocol']} {p['windows']} windows, {p['tokens']} scored tokens.", "",
+             f"Source: `{first.model.source}`. {settings_line(first)}.", "",
+             f"Perplexity: {p.protocol} {p.windows} windows, {p.tokens} scored tokens.", "",
              *_variants_table(documents), "", "### Assessment", ""]
-    lines += [f"- {s}" for s in found["assessment"]] or ["- Only the FP16 baseline was evaluated."]
-    best = found["best_tradeoff"]
+    lines += [f"- {s}" for s in found.assessment] or ["- Only the FP16 baseline was evaluated."]
+    best = found.best_tradeoff
     if best:
-        lines += ["", f"**Best size/quality trade-off: {best['variant']}** ({best['reason']}): "
-                      f"{best['footprint_gb']:.3f} GB, {best['reduction_pct']:.1f} % smaller, "
-                      f"ΔPPL {best['delta_ppl_pct']:+.2f} %, mean KL {_f(best['kl_mean'])}."]
+        lines += ["", f"**Best size/quality trade-off: {best.variant}** ({best.reason}): "
+                      f"{best.footprint_gb:.3f} GB, {best.reduction_pct:.1f} % smaller, "
+                      f"ΔPPL {best.delta_ppl_pct:+.2f} %, mean KL {_f(best.kl_mean)}."]
     lines += ["", "### Gates", "", *_gates_table(documents)]
-    categories = found["most_affected_categories"]
+    categories = found.most_affected_categories
     if any(categories.values()):
         lines += ["", "### Most affected categories", ""]
         for variant, cats in categories.items():
             lines.append(f"- {variant}: " + "; ".join(f"{c['category']} (KL {c['kl_mean']:.4f}, {c['flips']} flips)"
                                                       for c in cats))
-    worst = found["worst_prompts"]
+    worst = found.worst_prompts
     if any(worst.values()):
         lines += ["", "### Worst prompts", "", "| variant | prompt | category | KL | first divergence | FP16 response | "
                   "variant response |", "|---|---|---|---|---|---|---|"]
@@ -100,34 +105,33 @@ def model_section(model: str, documents: dict[str, dict[str, Any]], plots: dict[
     corpus = _corpus_table(documents)
     if corpus:
         lines += ["", "### Token-level KL over WikiText-2 (llama.cpp `--kl-divergence` parity)", "", *corpus]
-    noise = first.get("noise_floor")
+    noise = first.noise_floor
     if noise:
-        lines += ["", f"Noise floor (FP16 against itself, other batch composition): mean KL {noise['mean']:.3g}, "
-                      f"max {noise['max']:.3g} nats."]
+        lines += ["", f"Noise floor (FP16 against itself, other batch composition): mean KL {noise.mean:.3g}, "
+                      f"max {noise.max:.3g} nats."]
     for variant, d in documents.items():
-        moved = (d.get("flips") or {}).get("batch_sensitivity")
+        moved = d.flips.batch_sensitivity if d.flips else None
         if moved:
             lines += ["", f"Batch sensitivity of {variant} (its kernels depend on the batch, so it is scored one "
                           f"sequence per pass; generation stays batched): generated again in batches of "
-                          f"{moved['batch_size']} with every boundary moved by {moved['shift']}, {moved['responses_changed']} "
-                          f"of {moved['prompts']} responses and {moved['verdicts_changed']} answer verdicts changed "
-                          f"(flips {moved['flips']} vs {moved['flips_other_batch']})."]
-    kl_method = (first.get("kl_divergence") or {}).get("method")
-    if kl_method:
-        lines += ["", f"How KL is computed: {kl_method}"]
+                          f"{moved.batch_size} with every boundary moved by {moved.shift}, {moved.responses_changed} "
+                          f"of {moved.prompts} responses and {moved.verdicts_changed} answer verdicts changed "
+                          f"(flips {moved.flips} vs {moved.flips_other_batch})."]
+    if first.kl_divergence:
+        lines += ["", f"How KL is computed: {first.kl_divergence.method}"]
     for title, path in plots.items():
         lines += ["", f"### {title}", "", f"![{title}]({path.name})"]
     return lines + [""]
 
 
-def write_report(results_dir: Path, documents: dict[str, dict[str, dict[str, Any]]]) -> Path:
+def write_report(results_dir: Path, documents: dict[str, Documents]) -> Path:
     """Write REPORT.md and its PNGs next to the JSON reports (atomically); returns the path."""
     results_dir = Path(results_dir)
     lines = ["# Quantization harm report", ""]
     any_doc = next(iter(next(iter(documents.values())).values()))
-    env = any_doc["environment"]
+    env = any_doc.environment
     packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
-    lines += [f"Generated {any_doc['generated_at']} on {env['device']} ({env['device_name']}); {packages}.", ""]
+    lines += [f"Generated {any_doc.generated_at} on {env['device']} ({env['device_name']}); {packages}.", ""]
     for model, docs in documents.items():
         lines += model_section(model, docs, model_plots(model, docs, results_dir))
     path = results_dir / "REPORT.md"

@@ -6,8 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from quant_fixtures.metrics.registry import METRICS
+from quant_fixtures.report.findings import quantized
+from quant_fixtures.report.schema import EvaluationDocument
 from quant_fixtures.store.atomic import atomic_path
-from quant_fixtures.variants import BASELINE_VARIANT
+
+Documents = dict[str, EvaluationDocument]
 
 LOG_FLOOR = 1e-12
 
@@ -21,14 +25,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def _per_prompt_kl(doc: dict[str, Any]) -> list[float]:
-    kl = doc.get("kl_divergence") or {}
-    return [r["kl_mean"] for r in kl.get("per_prompt", []) if r["kl_mean"] is not None]
+def _per_prompt_kl(doc: EvaluationDocument) -> list[float]:
+    kl = doc.kl_divergence
+    return [r["kl_mean"] for r in kl.per_prompt if r["kl_mean"] is not None] if kl else []
 
 
-def kl_distribution(model: str, documents: dict[str, dict[str, Any]], path: Path) -> Path | None:
+def kl_distribution(model: str, documents: Documents, path: Path) -> Path | None:
     """Box plot with the points of per-prompt mean KL, one box per quantized variant (log scale)."""
-    data = {v: _per_prompt_kl(d) for v, d in documents.items() if v != BASELINE_VARIANT and _per_prompt_kl(d)}
+    data = {v: _per_prompt_kl(d) for v, d in quantized(documents).items() if _per_prompt_kl(d)}
     if not data:
         return None
     plt = _pyplot()
@@ -44,17 +48,17 @@ def kl_distribution(model: str, documents: dict[str, dict[str, Any]], path: Path
     return _save(fig, path)
 
 
-def kl_by_category(model: str, documents: dict[str, dict[str, Any]], path: Path) -> Path | None:
+def kl_by_category(model: str, documents: Documents, path: Path) -> Path | None:
     """Grouped horizontal bars: mean KL per prompt category, one bar per quantized variant."""
-    quantized = {v: d for v, d in documents.items() if v != BASELINE_VARIANT and d.get("kl_divergence")}
-    if not quantized:
+    measured = {v: d for v, d in quantized(documents).items() if d.kl_divergence}
+    if not measured:
         return None
     plt = _pyplot()
-    categories = sorted({c for d in quantized.values() for c in d["kl_divergence"]["per_category"]})
+    categories = sorted({c for d in measured.values() for c in d.kl_divergence.per_category})
     fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(categories) + 1.5))
-    height = 0.8 / len(quantized)
-    for i, (variant, doc) in enumerate(quantized.items()):
-        per = doc["kl_divergence"]["per_category"]
+    height = 0.8 / len(measured)
+    for i, (variant, doc) in enumerate(measured.items()):
+        per = doc.kl_divergence.per_category
         ax.barh([c_i + i * height for c_i in range(len(categories))],
                 [per.get(c, {}).get("kl_mean") or 0.0 for c in categories], height=height, label=variant)
     ax.set_yticks([c_i + 0.4 - height / 2 for c_i in range(len(categories))], categories)
@@ -66,21 +70,22 @@ def kl_by_category(model: str, documents: dict[str, dict[str, Any]], path: Path)
     return _save(fig, path)
 
 
-def footprint_vs_delta_ppl(model: str, documents: dict[str, dict[str, Any]], path: Path) -> Path | None:
+def footprint_vs_delta_ppl(model: str, documents: Documents, path: Path) -> Path | None:
     """Scatter: weights footprint (GB) against ΔPPL% for every variant, FP16 included."""
+    size, cost = METRICS["footprint_gb"], METRICS["delta_ppl_pct"]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for variant, doc in documents.items():
-        x, y = doc["memory"]["footprint_gb"], doc["perplexity"]["delta_ppl_pct"]
-        ci = doc["perplexity"].get("delta_ppl_pct_ci95")
+        x, y = size.value(doc), cost.value(doc)
+        ci = cost.ci(doc)
         if ci:
             # A percentile interval need not contain the point estimate: clip negative arm lengths.
             ax.errorbar([x], [y], yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]], fmt="o", capsize=4)
         else:
             ax.plot([x], [y], "o")
         ax.annotate(variant, (x, y), textcoords="offset points", xytext=(6, 6))
-    ax.set_xlabel("weights footprint, GB")
-    ax.set_ylabel("ΔPPL vs FP16, % (95 % CI)")
+    ax.set_xlabel(f"{size.description}, {size.unit}")
+    ax.set_ylabel(f"{cost.heading} vs FP16 (95 % CI)")
     ax.set_title(f"{model}: size versus perplexity cost")
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -98,7 +103,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def model_plots(model: str, documents: dict[str, dict[str, Any]], directory: Path) -> dict[str, Path]:
+def model_plots(model: str, documents: Documents, directory: Path) -> dict[str, Path]:
     """All plots of one model; returns {title: path} of those that had data."""
     made = {
         "KL distribution per variant": kl_distribution(model, documents, directory / f"{model}_kl_distribution.png"),

@@ -12,53 +12,39 @@ environment can be told from harm of the model. `pytest --snapshot-update` accep
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from syrupy.extensions.json import JSONSnapshotExtension
-
-from quant_fixtures.config import SNAPSHOT_METRICS
+from quant_fixtures.metrics.registry import METRICS, SNAPSHOT_METRICS
 from quant_fixtures.metrics.stats import counts_differ_p_value
+from quant_fixtures.report.schema import EvaluationDocument
+from quant_fixtures.settings import RunSettings
 
 FLIPS_ALPHA = 0.05  # two flip counts differ when the exact binomial test rejects equal rates at this level
 UNCERTAINTY = "uncertainty"  # per variant: CI half-widths, used as tolerances, never compared
 ENVIRONMENT = "environment"  # top level: where the numbers were measured, never compared
 
 
-def _half_width(pair: Any) -> float | None:
-    return None if not pair else (pair[1] - pair[0]) / 2.0
-
-
-def harm_summary(documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def harm_summary(documents: dict[str, EvaluationDocument]) -> dict[str, Any]:
     """What a release diff should show: settings, the environment, then per variant its gate
-    verdicts, numbers and their measured uncertainty (no timings, paths or versions)."""
+    verdicts, the registry's snapshot metrics and their measured uncertainty (no timings, paths or
+    versions)."""
     from quant_fixtures.environment import describe, numerics_key
 
     first = next(iter(documents.values()))
-    p, kl = first["perplexity"], first.get("kl_divergence")
-    settings = {"device_type": first["environment"]["device"].split(":")[0], "ctx": p["ctx"],
-                "ppl_method": p["method"], "ppl_tokens": p["tokens"], "dataset_sha256": p["dataset_sha256"],
-                "prompts": kl["method_settings"] if kl else None}
+    p, kl = first.perplexity, first.kl_divergence
+    settings = {"device_type": first.environment["device"].split(":")[0], "ctx": p.ctx,
+                "ppl_method": p.method, "ppl_tokens": p.tokens, "dataset_sha256": p.dataset_sha256,
+                "prompts": kl.method_settings if kl else None}
     variants = {}
     for variant, doc in documents.items():
-        p, kl, flips = doc["perplexity"], doc.get("kl_divergence"), doc.get("flips")
-        values = {"ppl": p["ppl"], "delta_ppl_pct": p["delta_ppl_pct"],
-                  "kl_mean": kl and kl["mean"], "kl_p99": kl and kl["p99"],
-                  "top1_agreement": kl and kl["top1_agreement"], "flips": flips and flips["flips"],
-                  "footprint_gb": doc["memory"]["footprint_gb"], "reduction_pct": doc["memory"]["reduction_pct"]}
-        delta_hw = _half_width(p.get("delta_ppl_pct_ci95"))
-        uncertainty = {  # 95 % CI half-widths (the variant's PPL moves with ΔPPL: FP16 PPL is fixed)
-            "delta_ppl_pct": delta_hw, "ppl": None if delta_hw is None else p["fp16_ppl"] * delta_hw / 100.0,
-            "kl_mean": kl and _half_width(kl["ci95"]), "kl_p99": kl and _half_width(kl.get("p99_ci95")),
-            "top1_agreement": kl and _half_width(kl["top1_agreement_ci95"])}
-        gates = {g["metric"]: "pass" if g["passed"] else "FAIL" for g in doc["gates"]}
-        variants[variant] = {"gates": gates, **{k: values[k] for k in SNAPSHOT_METRICS},
-                             "checkable_prompts": flips and flips["checkable_prompts"],
+        uncertainty = {name: METRICS[name].uncertainty(doc) for name in SNAPSHOT_METRICS}  # 95 % CI half-widths
+        variants[variant] = {"gates": {g.metric: "pass" if g.passed else "FAIL" for g in doc.gates},
+                             **{name: METRICS[name].value(doc) for name in SNAPSHOT_METRICS},
+                             "checkable_prompts": doc.flips.checkable_prompts if doc.flips else None,
                              UNCERTAINTY: {k: v for k, v in uncertainty.items() if v is not None}}
-    env = first["environment"]
+    env = first.environment
     return {"settings": settings, "variants": variants,
             ENVIRONMENT: {"described": describe(env), **numerics_key(env, ("torch", "transformers", "bitsandbytes"))}}
 
@@ -76,8 +62,9 @@ def _tolerance(metric: str, old: float, tolerances: dict[str, dict[str, float]],
 
 def _number_difference(path: str, metric: str | None, new: float, old: float,
                        tolerances: dict[str, dict[str, float]], uncertainty: tuple[dict, dict]) -> str | None:
-    if metric == "flips" and isinstance(new, int) and isinstance(old, int):
-        allowed = tolerances.get("flips", {}).get("abs", 0.0)
+    spec = METRICS.get(metric or "")
+    if spec is not None and spec.is_count and isinstance(new, int) and isinstance(old, int):
+        allowed = tolerances.get(metric, {}).get("abs", 0.0)
         p_value = counts_differ_p_value(new, old)
         if abs(new - old) <= allowed or p_value >= FLIPS_ALPHA:
             return None
@@ -133,51 +120,28 @@ def environment_note(old: Any, new: Any) -> str:
     return where + f" (differs in {', '.join(changed)}: the environment alone can move numbers)"
 
 
-def tolerant_json_extension(tolerances: dict[str, dict[str, float]],
-                            owned_stems: Iterable[str] | None = None) -> type[JSONSnapshotExtension]:
-    """A JSON snapshot extension class bound to these tolerances (syrupy instantiates the class).
-
-    With ``owned_stems``, the extension claims only those snapshot files: snapshots made with
-    other settings, models or variants are invisible to this run, so `--snapshot-update` never
-    deletes them as unused."""
-    owned = None if owned_stems is None else set(owned_stems)
-
-    class TolerantJSONExtension(JSONSnapshotExtension):
-        def matches(self, *, serialized_data: Any, snapshot_data: Any) -> bool:
-            try:
-                return within_tolerance(json.loads(serialized_data), json.loads(snapshot_data), tolerances)
-            except (TypeError, ValueError):  # no snapshot yet, or not JSON
-                return False
-
-        def owns_snapshot_collection(self, *, filepath: str, test_location: Any) -> bool:
-            if owned is not None and Path(filepath).name.removesuffix(".json") not in owned:
-                return False
-            return super().owns_snapshot_collection(filepath=filepath, test_location=test_location)
-
-    return TolerantJSONExtension
-
-
 def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def settings_tag(options: Any) -> str:
+def settings_tag(settings: RunSettings) -> str:
     """Snapshot name suffix carrying everything that selects the summary's content: device,
     protocol and budgets, prompt file and filter, variants and their options. Runs that differ in
     any of these keep their own snapshot files."""
     from quant_fixtures.inputs.prompts import suite_sha256
 
-    ppl = f"ppl{options.ppl_max_tokens or 'all'}" + (f"-stride{options.ppl_stride}" if options.ppl_stride else "")
-    if options.skip_prompts:
-        prompts = "noprompts"
+    ppl, prompts, load = settings.perplexity, settings.prompts, settings.load
+    budget = f"ppl{ppl.max_tokens or 'all'}" + (f"-stride{ppl.stride}" if ppl.stride else "")
+    if prompts.skip:
+        selection = "noprompts"
     else:
-        cats = "all" if not options.categories else "+".join(options.categories)
-        if options.categories and (len(cats) > 40 or not re.fullmatch(r"[A-Za-z0-9_.+-]+", cats)):
-            cats = f"cats{_short(','.join(options.categories))}"  # any name, a safe and short file name
-        prompts = (f"prompts{suite_sha256(options.prompts_path)[:8]}-{cats}-mnt{options.max_new_tokens_cap or 'own'}"
-                   f"-k{options.top_k}{'' if options.use_chat_template else '-plain'}")
-    variants = "+".join(options.variants)
-    extras = "".join([f"-nf4c{options.nf4_compute_dtype}" if options.nf4_compute_dtype else "",
-                      "-nf4dq" if options.nf4_double_quant else "",
-                      "-gateupper" if options.gate_on == "upper" else ""])
-    return f"{options.device.split(':')[0]}-ctx{options.ctx}-{ppl}-{prompts}-{options.weight_dtype}-{variants}{extras}"
+        cats = "all" if not prompts.categories else "+".join(prompts.categories)
+        if prompts.categories and (len(cats) > 40 or not re.fullmatch(r"[A-Za-z0-9_.+-]+", cats)):
+            cats = f"cats{_short(','.join(prompts.categories))}"  # any name, a safe and short file name
+        selection = (f"prompts{suite_sha256(prompts.path)[:8]}-{cats}-mnt{prompts.max_new_tokens_cap or 'own'}"
+                     f"-k{prompts.top_k}{'' if prompts.use_chat_template else '-plain'}")
+    variants = "+".join(settings.variants)
+    extras = "".join([f"-nf4c{load.nf4_compute_dtype}" if load.nf4_compute_dtype else "",
+                      "-nf4dq" if load.nf4_double_quant else "",
+                      "-gateupper" if settings.gates.on == "upper" else ""])
+    return f"{load.device_type}-ctx{ppl.ctx}-{budget}-{selection}-{load.weight_dtype}-{variants}{extras}"

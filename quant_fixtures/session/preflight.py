@@ -66,21 +66,23 @@ def check_limits(suite: Any, pairs: Iterable[tuple[str, str]]) -> None:
 
 def check_models(session: Any, models: Iterable[str]) -> None:
     """What needs each model's config or stored references, before any model loads: the budgets
-    against the model's window, the top-k against the vocabulary, and with --frozen-baselines, that every FP16 reference is stored.
-    A model that cannot be resolved (offline Hub) is left to its tests, which name the remedy."""
-    from quant_fixtures.models.loading import ModelUnavailableError
+    against the model's window, the top-k against the vocabulary, and with --frozen-baselines, that
+    every FP16 reference is stored. A model that cannot be resolved (offline Hub) is left to its
+    tests, which name the remedy."""
+    from quant_fixtures.models.sources import ModelUnavailableError
 
-    o = session.options
+    s = session.settings
     for model in models:
         try:
-            config = session.model_config(model)
+            config = session.inputs.model_config(model)
         except ModelUnavailableError:
             continue
-        check_budgets(session.ctx_for(config), o.ppl_max_tokens, o.ppl_stride, model, o.ctx)
+        check_budgets(session.inputs.ctx(model), s.perplexity.max_tokens, s.perplexity.stride, model,
+                      s.perplexity.ctx)
         vocab = getattr(config, "vocab_size", None)
-        if not o.skip_prompts and vocab and o.top_k > vocab:
-            raise PreflightError(f"--top-k {o.top_k} is larger than the vocabulary of {model} ({vocab} tokens)")
-        if o.frozen_baselines:
-            refs, reason = session.stored_references(model, session.ctx_for(config))
+        if not s.prompts.skip and vocab and s.prompts.top_k > vocab:
+            raise PreflightError(f"--top-k {s.prompts.top_k} is larger than the vocabulary of {model} ({vocab} tokens)")
+        if s.gates.frozen_baselines:
+            refs, reason = session.references.load(model)
             if refs is None:
                 raise PreflightError(f"--frozen-baselines: {model}: {reason}")

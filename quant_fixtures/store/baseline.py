@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quant_fixtures.store.digests import settings_digest
+from quant_fixtures.store.keys import StoreKey
 from quant_fixtures.store.records import read_record, write_record
 
 BASELINE_SCHEMA = 1
@@ -24,7 +24,7 @@ class StaleBaselineError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class BaselineKey:
+class BaselineKey(StoreKey):
     """Everything that shapes the FP16 perplexity numbers (see environment.numerics_key)."""
 
     model: str
@@ -40,9 +40,6 @@ class BaselineKey:
     device_type: str
     metrics_version: int
     environment: dict[str, Any]  # library versions and the kernels' device/ISA
-
-    def digest(self) -> str:
-        return settings_digest(self)
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,7 @@ def store_baseline(directory: Path, baseline: Baseline, environment: dict[str, A
     path = baseline_path(directory, baseline.key)
     body = {"ppl": baseline.ppl, "window_nll": baseline.window_nll, "window_tokens": baseline.window_tokens,
             "footprint_bytes": baseline.footprint_bytes}
-    write_record(path, BASELINE_SCHEMA, asdict(baseline.key), baseline.key.digest(), body, environment)
+    write_record(path, BASELINE_SCHEMA, baseline.key.as_dict(), baseline.key.digest(), body, environment)
     return path
 
 
@@ -80,7 +77,7 @@ def load_baseline(directory: Path, key: BaselineKey) -> tuple[Baseline | None, s
     path = baseline_path(directory, key)
     if not path.is_file():  # say which stored baseline of this model comes closest, and how it differs
         return None, f"{path}: no stored baseline for these settings{_nearest_difference(directory, key)}"
-    body, reason = read_record(path, BASELINE_SCHEMA, asdict(key), BODY_FIELDS, "baseline")
+    body, reason = read_record(path, BASELINE_SCHEMA, key.as_dict(), BODY_FIELDS, "baseline")
     if body is None:
         return None, reason
     if len(body["window_nll"]) != len(body["window_tokens"]):
@@ -90,7 +87,7 @@ def load_baseline(directory: Path, key: BaselineKey) -> tuple[Baseline | None, s
 
 def _nearest_difference(directory: Path, key: BaselineKey) -> str:
     """'; closest stored one differs in: ...' for the same model's other baselines, if any."""
-    wanted = asdict(key)
+    wanted = key.as_dict()
     best: list[str] | None = None
     safe_model = re.sub(r"[^A-Za-z0-9._-]", "_", key.model)
     for other in Path(directory).glob(f"{safe_model}-*.json"):

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from quant_fixtures.store.atomic import load_tensors, save_tensors
-from quant_fixtures.store.digests import settings_digest
+from quant_fixtures.store.keys import StoreKey
 
 REFERENCE_FORMAT = 1
 
 
 @dataclass(frozen=True)
-class ReferenceKey:
+class ReferenceKey(StoreKey):
     model: str
     weights_identity: str
     tokenizer_sha256: str
@@ -37,9 +37,6 @@ class ReferenceKey:
     device_type: str
     metrics_version: int
     environment: dict[str, Any]  # library versions and the kernels' device/ISA
-
-    def digest(self) -> str:
-        return settings_digest(self)
 
 
 @dataclass
@@ -77,7 +74,7 @@ def reference_path(cache_dir: Path, key: ReferenceKey) -> Path:
 def store_reference(cache_dir: Path, reference: PromptReference) -> Path:
     path = reference_path(cache_dir, reference.key)
     save_tensors(path, reference.to_tensors(),
-                 {"format": str(REFERENCE_FORMAT), "key": json.dumps(asdict(reference.key), sort_keys=True)})
+                 {"format": str(REFERENCE_FORMAT), "key": json.dumps(reference.key.as_dict(), sort_keys=True)})
     return path
 
 
@@ -95,7 +92,7 @@ def load_reference(cache_dir: Path, key: ReferenceKey) -> tuple[PromptReference 
         return None, reason
     if meta.get("format") != str(REFERENCE_FORMAT):
         return None, f"{path}: format {meta.get('format')} != {REFERENCE_FORMAT}"
-    if meta.get("key") != json.dumps(asdict(key), sort_keys=True):
+    if meta.get("key") != json.dumps(key.as_dict(), sort_keys=True):
         return None, f"{path}: stale (settings differ)"
     response_lengths = tensors["response_lengths"]
     return PromptReference(

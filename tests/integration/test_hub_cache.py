@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent('''
     from huggingface_hub import constants
 
     from quant_fixtures.config import ModelSpec
-    from quant_fixtures.models.loading import ModelUnavailableError, load_model, resolve_model
+    from quant_fixtures.models.loading import load_model
+    from quant_fixtures.models.sources import ModelUnavailableError, resolve_model
     from quant_fixtures.variants import VARIANTS, VariantOptions
 
     repo_id, commit, cache_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])

@@ -39,7 +39,8 @@ from quant_fixtures.compute.scoring import score_windows
 from quant_fixtures.compute.generation import greedy_generate
 from quant_fixtures.metrics.divergence import METRICS_VERSION, kl_topk, topk_reference
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
-from quant_fixtures.models.loading import load_model, resolve_model
+from quant_fixtures.models.loading import load_model
+from quant_fixtures.models.sources import resolve_model
 from quant_fixtures.compute.prompt_scoring import compute_reference, score_against_reference
 from quant_fixtures.inputs.prompts import CATEGORIES, load_prompt_suite
 from quant_fixtures.store.prompt_reference import ReferenceKey

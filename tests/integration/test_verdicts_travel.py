@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from integration_support import PASSING_GATES, copy_baselines, make_project, report, run_suite, suite_args
-from quant_fixtures.models.loading import ModelUnavailableError, weight_files
+from quant_fixtures.models.sources import ModelUnavailableError, weight_files
 from quant_fixtures.store.records import read_record
 
 pytest_plugins = ["pytester"]

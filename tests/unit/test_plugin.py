@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from quant_fixtures.config import load_config
+from quant_fixtures.metrics.registry import GATEABLE, REQUIRED_LIMITS
 from quant_fixtures.variants import VARIANTS
 
 pytest_plugins = ["pytester"]
@@ -34,30 +35,35 @@ PPL_TEST = "test_perplexity_is_measured"
 
 
 def _parametrized_tests() -> tuple[list[str], list[str]]:
-    """The release-gate tests over every variant and those over quantized variants only.
+    """The release-gate tests over every variant, and those over (quantized variant, gated metric).
 
-    Read from the module itself (its ``@quantized_only`` attribute) so that gates added there
-    later need no edit here.
+    Read from the module itself (the fixtures each test asks for), so that tests added there later
+    need no edit here.
     """
     spec = importlib.util.spec_from_file_location("_release_gates_for_unit_tests", RELEASE_GATES)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    every, quantized = [], []
+    every, gated = [], []
     for name, func in vars(module).items():
-        if name.startswith("test_") and "variant_eval" in inspect.signature(func).parameters:
-            (quantized if hasattr(func, "quant_variants") else every).append(name)
-    return every, quantized
+        if name.startswith("test_"):
+            params = inspect.signature(func).parameters
+            if "variant_eval" in params:
+                every.append(name)
+            if "gated_metric" in params:
+                gated.append(name)
+    return every, gated
 
 
-EVERY_VARIANT_TESTS, QUANTIZED_TESTS = _parametrized_tests()
+EVERY_VARIANT_TESTS, GATE_TESTS = _parametrized_tests()
+REQUIRED_METRICS = [GATEABLE[name].name for name in REQUIRED_LIMITS]  # gated for every quantized pair
 
 SMALL_CONFIG = """
 [gates.int8]
 max_delta_ppl_pct = 5.0
-ungated = ["min_memory_reduction_pct", "max_mean_kl"]
+ungated = ["min_memory_reduction_pct", "max_kl_mean"]
 
 [gates.nf4]
-ungated = ["max_delta_ppl_pct", "min_memory_reduction_pct", "max_mean_kl"]
+ungated = ["max_delta_ppl_pct", "min_memory_reduction_pct", "max_kl_mean"]
 
 [models.alpha]
 path = "/nonexistent/alpha"
@@ -95,7 +101,8 @@ def node(test: str, model: str, variant: str) -> str:
 
 def expected_matrix(models: list[str]) -> set[str]:
     ids = {node(t, m, v) for t in EVERY_VARIANT_TESTS for m in models for v in ALL_VARIANTS}
-    ids |= {node(t, m, v) for t in QUANTIZED_TESTS for m in models for v in QUANTIZED}
+    ids |= {node(t, m, f"{v}-{metric}") for t in GATE_TESTS for m in models for v in QUANTIZED
+            for metric in REQUIRED_METRICS}
     return ids
 
 
@@ -107,7 +114,8 @@ def test_registry_and_config_match_these_expectations() -> None:
     assert [k for k, m in suite.models.items() if m.requires_gpu] == SEED_MODELS
     assert [k for k in suite.models if k not in SEED_MODELS] == ["smollm2-135m"]
     assert EVERY_VARIANT_TESTS == [PPL_TEST]
-    assert {"test_delta_perplexity_within_limit", "test_memory_reduction_within_limit"} <= set(QUANTIZED_TESTS)
+    assert GATE_TESTS == ["test_within_limit"]
+    assert set(REQUIRED_METRICS) == {"delta_ppl_pct", "kl_mean", "memory_reduction_pct"}
 
 
 # -- usage errors ---------------------------------------------------------------------------------
@@ -164,8 +172,9 @@ def test_valid_options_collect_fine(suite_dir: pytest.Pytester) -> None:
     result = run(suite_dir, "--collect-only", "-q", "--ppl-max-tokens", "all", "--ctx", "512",
                  "--models", "smollm2-135m", "--variants", "int8")
     assert result.ret == pytest.ExitCode.OK
-    assert set(collected_ids(result)) == {node(t, "smollm2-135m", "int8")
-                                          for t in [*EVERY_VARIANT_TESTS, *QUANTIZED_TESTS]}
+    assert set(collected_ids(result)) == ({node(t, "smollm2-135m", "int8") for t in EVERY_VARIANT_TESTS} |
+                                          {node(t, "smollm2-135m", f"int8-{m}") for t in GATE_TESTS
+                                           for m in REQUIRED_METRICS})
 
 
 # -- collection of the shipped matrix ---------------------------------------------------------------
@@ -176,7 +185,8 @@ def test_gpu_collection_is_the_seed_matrix(suite_dir: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.OK
     ids = collected_ids(result)
     expected = expected_matrix(SEED_MODELS)
-    assert len(ids) == len(set(ids)) == len(SEED_MODELS) * (3 * len(EVERY_VARIANT_TESTS) + 2 * len(QUANTIZED_TESTS))
+    assert len(ids) == len(set(ids)) == len(SEED_MODELS) * (
+        3 * len(EVERY_VARIANT_TESTS) + 2 * len(GATE_TESTS) * len(REQUIRED_METRICS))
     assert set(ids) == expected
     # The baseline variant never appears in the quantized-only tests.
     assert not [i for i in ids if "-fp16]" in i and PPL_TEST not in i]
@@ -274,10 +284,10 @@ def test_options_are_checked_up_front(suite_dir: pytest.Pytester, args: list[str
 
 def test_a_missing_limit_is_a_usage_error_not_a_skip(suite_dir: pytest.Pytester) -> None:
     partial = suite_dir.path / "partial.toml"
-    partial.write_text(SMALL_CONFIG.replace('ungated = ["min_memory_reduction_pct", "max_mean_kl"]', ""))
+    partial.write_text(SMALL_CONFIG.replace('ungated = ["min_memory_reduction_pct", "max_kl_mean"]', ""))
     result = run(suite_dir, "--collect-only", "--models", "alpha", config=partial)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: {partial}: no limit max_mean_kl, min_memory_reduction_pct for model "
+    result.stderr.fnmatch_lines([f"ERROR: {partial}: no limit max_kl_mean, min_memory_reduction_pct for model "
                                  "'alpha' variant 'int8'*[gates.int8]*[models.alpha.gates.int8]*ungated*"])
     # Selecting only what is fully gated is fine.
     assert run(suite_dir, "--collect-only", "--models", "alpha", "--variants", "fp16,nf4", config=partial).ret == 0
@@ -331,10 +341,8 @@ def test_sigterm_ends_the_run_as_an_interrupt(pytester: pytest.Pytester) -> None
 
 def test_the_plugin_stays_out_of_other_projects(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """Installed as an entry point, the plugin loads in every pytest run of the environment: with no
-    suite configuration (none given, none in the rootdir or the repository) it does nothing."""
-    import quant_fixtures.plugin.cli as cli
-
-    monkeypatch.setattr(cli, "DEFAULT_CONFIG_PATH", pytester.path / "nowhere" / "quant_suite.toml")
+    suite configuration (none given, none in the rootdir) it does nothing; `--suite-config default`
+    turns it on with the configuration shipped in the package."""
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_other="def test_unrelated():\n    assert True\n")
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
@@ -343,5 +351,9 @@ def test_the_plugin_stays_out_of_other_projects(pytester: pytest.Pytester, monke
     pytester.makepyfile(test_gate="def test_uses_the_suite(variant_eval):\n    pass\n")
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "test_gate.py")
     assert result.ret != pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["*no suite configuration: pass --suite-config PATH or put quant_suite.toml in the "
-                                 "rootdir*"])
+    result.stdout.fnmatch_lines(["*no suite configuration: pass --suite-config PATH (or --suite-config default for "
+                                 "the one shipped with quant_fixtures) or put quant_suite.toml in the rootdir*"])
+    shipped = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--suite-config=default", "test_gate.py",
+                                           "--collect-only", "-q", "-m", "not gpu")
+    assert shipped.ret == pytest.ExitCode.OK
+    assert "test_gate.py::test_uses_the_suite[smollm2-135m-fp16]" in shipped.stdout.str()

@@ -10,14 +10,11 @@ from typing import Any
 
 import pytest
 
-from quant_fixtures.report.comparison import (
-    SCHEMA_VERSION,
-    comparison_document,
-    comparison_path,
-    evaluation_path,
-    now_utc,
-)
+from quant_fixtures.report.comparison import comparison_document, comparison_path, evaluation_path
+from quant_fixtures.report.schema import SCHEMA_VERSION, now_utc, to_json_object, write_document
 from quant_fixtures.store.atomic import write_json_atomic
+
+from documents_for_tests import typed
 
 # -- write_json_atomic ------------------------------------------------------------------------------
 
@@ -104,10 +101,10 @@ def gate(metric: str, value: float | None, limit: float, op: str, passed: bool) 
 
 
 def evaluation(variant: str, method: str, ppl: float, delta: float, footprint: float, reduction: float,
-               gates: list[dict[str, Any]]) -> dict[str, Any]:
-    """A minimal evaluation document: only the keys comparison_document reads."""
-    return {
-        "model": {"key": "tiny", "source": "org/tiny@main"},
+               gates: list[dict[str, Any]]) -> Any:
+    """An evaluation document whose numbers comparison_document reads are these, and no prompt KL."""
+    return typed({
+        "model": {"key": "tiny", "source": "org/tiny@main", "weights_identity": "sha256:abc", "note": None},
         "variant": {"key": variant, "method": method},
         "perplexity": {
             "ppl": ppl, "fp16_ppl": 10.0, "delta_ppl_pct": delta, "method": "nonoverlapping", "ctx": 256,
@@ -116,8 +113,8 @@ def evaluation(variant: str, method: str, ppl: float, delta: float, footprint: f
         "memory": {"footprint_gb": footprint, "reduction_pct": reduction, "compression_ratio": 2.0 / footprint,
                    "peak_gb": None},
         "timing": {"ppl_tokens_per_s": 1234.5},
-        "gates": gates,
-    }
+        "gates": gates, "kl_divergence": None, "flips": None, "corpus_kl": None,
+    })
 
 
 FP16 = evaluation("fp16", "none", 10.0, 0.0, 2.0, 0.0, [])
@@ -132,10 +129,10 @@ NF4 = evaluation("nf4", "bitsandbytes-nf4", 12.5, 25.0, 0.6, 70.0, [
 
 
 def test_comparison_lists_variants_in_order() -> None:
-    doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4})
+    doc = to_json_object(comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4}))
     assert list(doc["variants"]) == ["fp16", "int8", "nf4"]
     assert doc["schema_version"] == SCHEMA_VERSION
-    assert doc["model"] == FP16["model"]
+    assert doc["model"] == to_json_object(FP16.model)
     assert doc["fp16_ppl"] == 10.0
     assert doc["perplexity_protocol"] == {
         "method": "nonoverlapping", "ctx": 256, "stride": None, "tokens": 1020, "windows": 4,
@@ -145,12 +142,12 @@ def test_comparison_lists_variants_in_order() -> None:
 
 
 def test_comparison_rows() -> None:
-    doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4})
+    doc = to_json_object(comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4}))
     int8 = doc["variants"]["int8"]
     expected = {
         "method": "bitsandbytes-llm.int8", "ppl": 10.3, "delta_ppl_pct": 3.0, "footprint_gb": 1.1,
         "reduction_pct": 45.0, "compression_ratio": 2.0 / 1.1, "peak_gb": None, "tokens_per_s": 1234.5,
-        "gates_passed": True, "gates": INT8["gates"],
+        "gates_passed": True, "gates": to_json_object(INT8.gates), "memory_reduction_pct": 45.0,
     }
     assert {k: int8[k] for k in expected} == expected
     # These documents carry no prompt or corpus KL: those columns are empty, not invented.
@@ -161,7 +158,8 @@ def test_comparison_rows() -> None:
 
 def test_comparison_failed_gates() -> None:
     doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4})
-    assert doc["failed_gates"] == ["nf4: delta_ppl_pct = 25.0 (limit <= 20.0)"]
+    # one format for a failed gate, here and in the findings
+    assert doc.failed_gates == doc.findings.failed_gates == ["nf4: delta_ppl_pct = 25 (limit <= 20)"]
 
 
 def test_comparison_failed_gates_several_and_missing_value() -> None:
@@ -170,24 +168,24 @@ def test_comparison_failed_gates_several_and_missing_value() -> None:
         gate("memory_reduction_pct", None, 45.0, ">=", False),
     ])
     doc = comparison_document("tiny", {"int8": int8, "nf4": NF4})
-    assert list(doc["variants"]) == ["int8", "nf4"]
-    assert doc["failed_gates"] == [
-        "int8: delta_ppl_pct = 10.0 (limit <= 5.0)",
-        "int8: memory_reduction_pct = None (limit >= 45.0)",
-        "nf4: delta_ppl_pct = 25.0 (limit <= 20.0)",
+    assert list(doc.variants) == ["int8", "nf4"]
+    assert doc.failed_gates == [
+        "int8: delta_ppl_pct = 10 (limit <= 5)",
+        "int8: memory_reduction_pct = missing (limit >= 45)",
+        "nf4: delta_ppl_pct = 25 (limit <= 20)",
     ]
 
 
 def test_comparison_all_passed_has_no_failures() -> None:
     doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8})
-    assert doc["failed_gates"] == []
-    assert all(row["gates_passed"] for row in doc["variants"].values())
+    assert doc.failed_gates == []
+    assert all(row["gates_passed"] for row in doc.variants.values())
 
 
 def test_comparison_document_is_writable_json(tmp_path: Path) -> None:
     doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4})
     path = comparison_path(tmp_path, "tiny")
-    write_json_atomic(path, doc)
+    write_document(path, doc)
     back = json.loads(path.read_text())
-    assert back["failed_gates"] == doc["failed_gates"]
+    assert back["failed_gates"] == doc.failed_gates
     assert math.isclose(back["variants"]["int8"]["compression_ratio"], 2.0 / 1.1)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from quant_fixtures.config import DEFAULT_SNAPSHOT_TOLERANCES, load_config
-from quant_fixtures.report.snapshot import (environment_note, settings_tag, snapshot_differences, tolerant_json_extension,
-                                     within_tolerance)
+from quant_fixtures.plugin.snapshot_extension import tolerant_json_extension
+from quant_fixtures.report.snapshot import environment_note, settings_tag, snapshot_differences, within_tolerance
 
 pytest_plugins = ["pytester"]
 
@@ -79,7 +79,7 @@ def test_serializer_does_not_round():
 
 
 TEST_FILE = """
-from quant_fixtures.report.snapshot import tolerant_json_extension
+from quant_fixtures.plugin.snapshot_extension import tolerant_json_extension
 
 TOL = {tol!r}
 
@@ -106,9 +106,10 @@ def test_perturbed_result_inside_tolerance_passes_outside_fails(pytester, new_kl
 
 
 def test_default_tolerances_cover_every_snapshot_metric():
-    from quant_fixtures.config import SNAPSHOT_METRICS
+    from quant_fixtures.metrics.registry import METRICS, SNAPSHOT_METRICS
 
     assert set(DEFAULT_SNAPSHOT_TOLERANCES) == set(SNAPSHOT_METRICS)
+    assert all(DEFAULT_SNAPSHOT_TOLERANCES[m] == METRICS[m].tolerance for m in SNAPSHOT_METRICS)
 
 
 COMMITTED = sorted((Path(__file__).resolve().parents[1] / "harm" / "__snapshots__" / "test_snapshots").glob("*.json"))
@@ -131,18 +132,28 @@ def test_the_committed_snapshot_catches_a_real_change(path):
 
 
 def test_settings_tag_carries_what_selects_the_content(tmp_path):
-    from quant_fixtures.settings import RunOptions
+    from dataclasses import replace
+
+    from quant_fixtures.settings import (GatePolicy, LoadSettings, Paths, PerplexityProtocol, PromptProtocol,
+                                         RunSettings)
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("{}\n")
-    base = dict(models=["m"], variants=["fp16", "int8", "nf4"], ctx=2048, ppl_max_tokens=4096, ppl_stride=None,
-                results_dir=tmp_path, baselines_dir=tmp_path, cache_dir=tmp_path, batch_size=1, device="cpu",
-                prompts_path=prompts, max_new_tokens_cap=16)
-    tag = settings_tag(RunOptions(**base))
+    base = RunSettings(models=("m",), variants=("fp16", "int8", "nf4"), paths=Paths(tmp_path, tmp_path, tmp_path),
+                       perplexity=PerplexityProtocol(ctx=2048, max_tokens=4096, stride=None, batch_size=1),
+                       prompts=PromptProtocol(path=prompts, max_new_tokens_cap=16), load=LoadSettings(device="cpu"),
+                       gates=GatePolicy())
+
+    def with_prompts(**changes):
+        return replace(base, prompts=replace(base.prompts, **changes))
+
+    tag = settings_tag(base)
     assert tag.endswith("-float16-fp16+int8+nf4") and "ppl4096" in tag and "mnt16" in tag
-    assert settings_tag(RunOptions(**{**base, "variants": ["fp16", "int8"]})).endswith("-fp16+int8")
-    assert "-billing+returns-" in settings_tag(RunOptions(**{**base, "categories": ("billing", "returns")}))
-    odd = settings_tag(RunOptions(**{**base, "categories": ("Legal Q&A/<misc>",)}))
+    assert settings_tag(replace(base, variants=("fp16", "int8"))).endswith("-fp16+int8")
+    assert "-billing+returns-" in settings_tag(with_prompts(categories=("billing", "returns")))
+    odd = settings_tag(with_prompts(categories=("Legal Q&A/<misc>",)))
     assert "cats" in odd and not set('\\/?*:|"<>') & set(odd)  # any category name gives a safe file name
     # Batch sizes do not select content: the same snapshot must hold whatever they are.
-    assert settings_tag(RunOptions(**{**base, "batch_size": 8, "gen_batch_size": 5})) == tag
+    assert settings_tag(replace(base, perplexity=replace(base.perplexity, batch_size=8),
+                                prompts=replace(base.prompts, gen_batch_size=5))) == tag
+    assert settings_tag(replace(base, gates=GatePolicy(on="upper"))).endswith("-gateupper")

@@ -1,0 +1,35 @@
+"""The run's evaluation session, kept in ``config.stash``, and the checks that need it before any
+model loads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from quant_fixtures.plugin.cli import CONFIG_KEY, PROMPTS_KEY, settings_of
+
+SESSION_KEY = pytest.StashKey["Any"]()
+
+
+def session_of(config: pytest.Config) -> Any:
+    """The run's evaluation session, built on first use and kept in config.stash."""
+    if SESSION_KEY not in config.stash:
+        from quant_fixtures.session.orchestrator import EvaluationSession
+
+        session = EvaluationSession(config.stash[CONFIG_KEY], settings_of(config))
+        session.inputs.use_prompts(config.stash.get(PROMPTS_KEY, None))  # validated at start-up: not parsed again
+        config.stash[SESSION_KEY] = session
+    return config.stash[SESSION_KEY]
+
+
+def preflight_models(config: pytest.Config, models: set[str]) -> None:
+    """Checks that need a model's config or its stored references, before any model loads."""
+    from quant_fixtures.session.preflight import PreflightError, check_models
+
+    if not models:
+        return
+    try:
+        check_models(session_of(config), sorted(models))
+    except PreflightError as exc:
+        raise pytest.UsageError(str(exc)) from None

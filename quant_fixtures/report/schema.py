@@ -1,0 +1,305 @@
+"""The typed JSON documents the suite writes, and the one place they are serialised and read back.
+
+``{variant}_quantized_{model}_evaluation.json`` is an :class:`EvaluationDocument`;
+``{model}_quantization_comparison.json`` a :class:`ComparisonDocument`. Field order is the JSON's
+key order. Per-prompt records, per-category statistics and the environment stay plain JSON objects
+(their keys are documented where they are computed: metrics/prompt_summary.py, environment.py).
+Reading is strict: a file whose schema version, keys or types do not match is not this schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from quant_fixtures.report.gates import GateResult
+from quant_fixtures.store.atomic import write_json_atomic
+
+SCHEMA_VERSION = 1
+OMIT_IF_NONE = {"omit_if_none": True}  # field metadata: left out of the JSON when None
+T = TypeVar("T")
+
+
+class SchemaError(ValueError):
+    """A JSON object that does not have the shape of the schema type it is read as."""
+
+
+@dataclass
+class ModelInfo:
+    key: str
+    source: str
+    weights_identity: str
+    note: str | None
+
+
+@dataclass
+class VariantInfo:
+    key: str
+    method: str
+    description: str
+    quantization_config: dict[str, Any] | None
+    weight_dtype: str
+    compute_dtype: str
+
+
+@dataclass
+class Batching:
+    perplexity_windows_per_pass: int
+    prompt_scoring_per_pass: int
+    generation_batch: int
+    batch_invariant: bool
+
+
+@dataclass
+class Perplexity:
+    ppl: float
+    fp16_ppl: float
+    delta_ppl_pct: float
+    delta_ppl_pct_ci95: list[float] | None
+    tokens: int
+    windows: int
+    ctx: int
+    stride: int | None
+    method: str
+    max_tokens: int | None
+    batch_size: int
+    dataset: str
+    dataset_source: str
+    dataset_sha256: str
+    protocol: str
+    ci_method: str
+    window_nll: list[float]
+    window_tokens: list[int]
+
+
+@dataclass
+class Memory:
+    footprint_gb: float
+    fp16_footprint_gb: float
+    reduction_pct: float
+    compression_ratio: float
+    peak_gb: float | None
+    quant_state_gb: float
+    resident_gb: float
+    footprint_method: str
+
+
+@dataclass
+class Timing:
+    load_s: float
+    ppl_s: float
+    ppl_tokens_per_s: float | None
+    prompts_s: float | None
+
+
+@dataclass
+class PromptKL:
+    """Per-prompt KL(P_fp16 || Q_variant) statistics over the prompt suite (metrics/prompt_summary.py)."""
+
+    mean: float
+    median: float
+    min: float
+    max: float
+    p90: float
+    p99: float
+    prompts: int
+    ci95: list[float]
+    p99_ci95: list[float]
+    top1_agreement: float
+    top1_agreement_ci95: list[float]
+    tail_mass: float
+    basis: str
+    topk: dict[str, Any]
+    per_prompt: list[dict[str, Any]]
+    per_category: dict[str, dict[str, Any]]
+    worst_prompts: list[dict[str, Any]]
+    method: str
+    method_settings: str
+
+
+@dataclass
+class CorpusKL:
+    """Token-level KL over the WikiText-2 perplexity pass (metrics/divergence.CorpusKL)."""
+
+    tokens: int
+    nonfinite: int
+    mean: float
+    median: float
+    p90: float
+    p99: float
+    p99_9: float
+    max: float
+    min: float
+    same_top1_rate: float
+    method: str
+
+
+@dataclass
+class BatchSensitivity:
+    batch_size: int
+    shift: int
+    prompts: int
+    responses_changed: int
+    verdicts_changed: int
+    flips: int
+    flips_other_batch: int
+    method: str
+
+
+@dataclass
+class Flips:
+    checkable_prompts: int
+    fp16_correct: int
+    variant_correct: int
+    flips: int
+    correct_to_wrong: int
+    wrong_to_correct: int
+    flipped_ids: list[str]
+    exact_match_rate: float | None
+    batch_sensitivity: BatchSensitivity | None = field(default=None, metadata=OMIT_IF_NONE)
+
+
+@dataclass
+class NoiseFloor:
+    """Prompt KL of FP16 against itself scored with another batch composition."""
+
+    mean: float
+    max: float
+    p99: float
+    ci95: list[float]
+
+
+@dataclass
+class EvaluationDocument:
+    schema_version: int
+    generated_at: str
+    run_id: str
+    model: ModelInfo
+    variant: VariantInfo
+    environment: dict[str, Any]
+    reference_keys: dict[str, str | None]
+    batching: Batching
+    perplexity: Perplexity
+    memory: Memory
+    timing: Timing
+    kl_divergence: PromptKL | None
+    corpus_kl: CorpusKL | None
+    flips: Flips | None
+    noise_floor: NoiseFloor | None
+    gate_on: str
+    gates: list[GateResult]
+    ungated: dict[str, str]  # metric -> why it has no gate
+
+
+@dataclass
+class BestTradeoff:
+    variant: str
+    reason: str
+    footprint_gb: float
+    reduction_pct: float
+    delta_ppl_pct: float
+    kl_mean: float | None
+
+
+@dataclass
+class Findings:
+    worst_prompts: dict[str, list[dict[str, Any]]]
+    most_affected_categories: dict[str, list[dict[str, Any]]]
+    best_tradeoff: BestTradeoff | None
+    speed_vs_fp16: dict[str, float | None]
+    failed_gates: list[str]
+    assessment: list[str]
+
+
+@dataclass
+class ComparisonDocument:
+    schema_version: int
+    generated_at: str
+    run_id: str | None
+    model: ModelInfo
+    fp16_ppl: float
+    perplexity_protocol: dict[str, Any]
+    kl_method: str | None
+    noise_floor: NoiseFloor | None
+    variants: dict[str, dict[str, Any]]  # variant -> its row (report/comparison.variant_row)
+    failed_gates: list[str]
+    findings: Findings
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- the one serialiser and reader ------------------------------------------------------------------
+
+
+def to_json_object(value: Any) -> Any:
+    """Dataclasses as JSON objects in field order (None fields marked OMIT_IF_NONE left out)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json_object(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get("omit_if_none") and getattr(value, f.name) is None)}
+    if isinstance(value, dict):
+        return {k: to_json_object(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_object(v) for v in value]
+    return value
+
+
+def write_document(path: Path, document: Any) -> None:
+    """Atomically, indented, NaN refused."""
+    write_json_atomic(path, to_json_object(document))
+
+
+def from_json_object(cls: type[T], data: Any, where: str = "document") -> T:
+    """Read a JSON object back into ``cls``; nested schema types are read recursively. Every
+    field must be present (except omitted optional ones) and no other key may be."""
+    if not isinstance(data, dict):
+        raise SchemaError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise SchemaError(f"{where}: unknown keys {sorted(unknown)} for {cls.__name__}")
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.metadata.get("omit_if_none"):
+                continue
+            raise SchemaError(f"{where}: missing key {name!r} of {cls.__name__}")
+        values[name] = _read(hints[name], data[name], f"{where}.{name}")
+    return cls(**values)
+
+
+def _read(hint: Any, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _read(inner[0], value, where) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(hint):
+        return from_json_object(hint, value, where)
+    if origin is list and typing.get_args(hint) and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        if not isinstance(value, list):
+            raise SchemaError(f"{where}: expected a list, got {type(value).__name__}")
+        item = typing.get_args(hint)[0]
+        return [from_json_object(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def read_document(cls: type[T], path: Path) -> T:
+    """A stored document of type ``cls``; SchemaError (naming the file) when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        raise SchemaError(f"{path}: schema version {version!r}, this suite reads {SCHEMA_VERSION}")
+    return from_json_object(cls, data, str(path))

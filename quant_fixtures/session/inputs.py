@@ -1,0 +1,117 @@
+"""What the passes read, each computed once per run: the corpus, the prompt suite, each model's
+resolved weights, config, tokenizer digest, token ids and window plan, and the environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quant_fixtures.config import SuiteConfig
+from quant_fixtures.inputs.prompts import Prompt, load_prompt_suite, suite_sha256
+from quant_fixtures.inputs.wikitext import EvalText, load_wikitext2_test, tokenize_text
+from quant_fixtures.metrics.perplexity import Window, nonoverlapping_windows, strided_windows
+from quant_fixtures.models.sources import ResolvedModel, resolve_model
+from quant_fixtures.settings import RunSettings
+
+
+class RunInputs:
+    def __init__(self, config: SuiteConfig, settings: RunSettings) -> None:
+        self.config, self.settings = config, settings
+        self._text: EvalText | None = None
+        self._prompts: list[Prompt] | None = None
+        self._prompts_sha256: str | None = None
+        self._environment: dict[str, Any] | None = None
+        self._resolved: dict[str, ResolvedModel] = {}
+        self._configs: dict[str, Any] = {}
+        self._tokenizer_ids: dict[str, str] = {}
+        self._corpus_ids: dict[str, Any] = {}
+
+    # -- run-wide ---------------------------------------------------------------------------------
+    def text(self) -> EvalText:
+        if self._text is None:
+            self._text = load_wikitext2_test(self.settings.perplexity.dataset_source)
+        return self._text
+
+    def use_prompts(self, prompts: list[Prompt] | None) -> None:
+        """The suite as the command line validated it (so it is parsed once)."""
+        if prompts is not None:
+            self._prompts = prompts
+
+    def prompts(self) -> list[Prompt]:
+        if self._prompts is None:
+            p = self.settings.prompts
+            self._prompts = load_prompt_suite(p.path, p.categories)
+        return self._prompts
+
+    def prompts_sha256(self) -> str:
+        if self._prompts_sha256 is None:
+            self._prompts_sha256 = suite_sha256(self.settings.prompts.path)
+        return self._prompts_sha256
+
+    def environment(self) -> dict[str, Any]:
+        """This run's fingerprint (versions, device, CPU ISA), taken once."""
+        if self._environment is None:
+            from quant_fixtures.environment import fingerprint
+
+            self._environment = fingerprint(self.settings.load.device)
+        return self._environment
+
+    def numerics(self) -> dict[str, Any]:
+        """The parts of the environment that change FP16 numbers: in every stored reference's key."""
+        from quant_fixtures.environment import numerics_key
+
+        return numerics_key(self.environment())
+
+    # -- per model --------------------------------------------------------------------------------
+    def resolved(self, model: str) -> ResolvedModel:
+        if model not in self._resolved:
+            self._resolved[model] = resolve_model(self.config.models[model], self.settings.paths.cache_dir)
+        return self._resolved[model]
+
+    def model_config(self, model: str) -> Any:
+        """The model's transformers config."""
+        if model not in self._configs:
+            from transformers import AutoConfig
+
+            spec = self.config.models[model]
+            self._configs[model] = AutoConfig.from_pretrained(self.resolved(model).directory,
+                                                              trust_remote_code=spec.trust_remote_code)
+        return self._configs[model]
+
+    def tokenizer_sha256(self, model: str) -> str:
+        """sha256 of how the model's tokenizer turns text into ids."""
+        if model not in self._tokenizer_ids:
+            from transformers import AutoTokenizer
+
+            from quant_fixtures.store.prompt_reference import tokenizer_sha256
+
+            spec = self.config.models[model]
+            tok = AutoTokenizer.from_pretrained(self.resolved(model).directory, trust_remote_code=spec.trust_remote_code)
+            self._tokenizer_ids[model] = tokenizer_sha256(tok)
+        return self._tokenizer_ids[model]
+
+    def corpus_ids(self, model: str, tokenizer: Any) -> Any:
+        """The corpus tokenized once per model (all variants share the tokenizer)."""
+        if model not in self._corpus_ids:
+            self._corpus_ids[model] = tokenize_text(tokenizer, self.text().text)
+        return self._corpus_ids[model]
+
+    def ctx(self, model: str) -> int:
+        """The window this model gets: --ctx, capped at the model's maximum."""
+        requested = self.settings.perplexity.ctx
+        limit = getattr(self.model_config(model), "max_position_embeddings", None)
+        return min(requested, limit) if limit else requested
+
+    def windows(self, model: str, n_tokens: int) -> list[Window]:
+        p, ctx = self.settings.perplexity, self.ctx(model)
+        if p.stride:
+            return strided_windows(n_tokens, ctx, p.stride, p.max_tokens)
+        return nonoverlapping_windows(n_tokens, ctx, p.max_tokens)
+
+    def exact_kl_fits(self, model: str) -> bool:
+        """Whether the whole FP16 distribution at every response position (float32) fits the
+        --exact-kl-max-mb budget, counted at each prompt's maximum response length."""
+        p = self.settings.prompts
+        vocab = self.model_config(model).vocab_size
+        cap = p.max_new_tokens_cap
+        positions = sum(min(q.max_new_tokens, cap or q.max_new_tokens) for q in self.prompts())
+        return positions * vocab * 4 <= p.exact_kl_max_mb * 2**20

@@ -1,0 +1,110 @@
+"""The two passes over a loaded model. The FP16 pass measures the references and stores them; a
+variant's pass measures the variant against references it is given. Both return the
+:class:`Measurements` a document is built from."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from quant_fixtures.compute.corpus_kl import KLAgainstReference, TopkRecorder
+from quant_fixtures.compute.scoring import WindowScores, check_output_head, score_windows
+from quant_fixtures.models.loading import LoadedModel
+from quant_fixtures.report.build import Measurements
+from quant_fixtures.report.schema import Batching
+from quant_fixtures.session.context import PassContext, close_bar, progress_bar
+from quant_fixtures.session.prompt_stage import fp16_prompt_stage, variant_prompt_stage
+from quant_fixtures.session.references import References
+from quant_fixtures.settings import RunSettings
+from quant_fixtures.store.baseline import Baseline
+from quant_fixtures.variants import Variant
+
+GB = 1e9
+CORPUS_KL_METHOD = ("KL(P_fp16 || Q_variant) in nats at every scored WikiText-2 position of the perplexity pass, "
+                    "over the FP16 top-{k} tokens plus one bucket for the rest; same_top1_rate: argmax agreement")
+
+
+def batching_for(var: Variant, settings: RunSettings) -> Batching:
+    """Sequences per forward pass. A variant whose kernels depend on the batch (LLM.int8 picks
+    outlier columns over the whole batch) is scored one sequence per pass, so its numbers do
+    not depend on the other windows, prompts or the batch size; its generation stays batched
+    and how much it moves with the batch composition is measured (flips.batch_sensitivity)."""
+    alone = not var.batch_invariant
+    return Batching(perplexity_windows_per_pass=1 if alone else settings.perplexity.batch_size,
+                    prompt_scoring_per_pass=1 if alone else settings.prompts.score_batch_size,
+                    generation_batch=settings.prompts.gen_batch_size, batch_invariant=var.batch_invariant)
+
+
+def _perplexity(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, hook: Any,
+                batching: Batching) -> tuple[WindowScores, int, float | None]:
+    """(scores, windows, peak GPU GB) of the perplexity pass over the run's window plan."""
+    import torch
+
+    device = ctx.settings.load.device
+    check_output_head(loaded.model)
+    ids = ctx.inputs.corpus_ids(model, loaded.tokenizer)
+    plan = ctx.inputs.windows(model, len(ids))
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    bar = progress_bar(len(plan), f"{model} {var.key} perplexity", "win")
+    with ctx.stage("perplexity"):
+        scores = score_windows(loaded.model, ids, plan, batching.perplexity_windows_per_pass, hook=hook,
+                               progress=bar.update if bar else None)
+    close_bar(bar)
+    peak = torch.cuda.max_memory_allocated(device) / GB if on_cuda else None
+    return scores, len(plan), peak
+
+
+def _measurements(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, scores: WindowScores,
+                  windows: int, peak: float | None, baseline: Baseline, batching: Batching,
+                  corpus_kl: dict[str, Any] | None, prompt_results: Any, prompt_seconds: float | None) -> Measurements:
+    spec, inputs = ctx.inputs.config.models[model], ctx.inputs
+    kl, flips, noise = prompt_results or (None, None, None)
+    return Measurements(
+        model=model, variant=var, loaded=loaded, source=spec.source, note=spec.note,
+        weights_identity=inputs.resolved(model).identity, ctx=inputs.ctx(model), windows=windows, scores=scores,
+        baseline=baseline, peak_gb=peak, dataset_source=inputs.text().source, dataset_sha256=inputs.text().sha256,
+        corpus_kl=corpus_kl, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=prompt_seconds,
+        batching=batching, environment=inputs.environment(), keys=ctx.references.keys_of(model, baseline))
+
+
+def _timed(run: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = run()
+    return result, time.perf_counter() - start
+
+
+def fp16_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel) -> Measurements:
+    """Measure FP16 and store what variants are compared with: the baseline, the corpus top-k
+    log-probs and (unless prompts are skipped) the prompt reference with its noise floor."""
+    batching = batching_for(var, ctx.settings)
+    recorder = None if ctx.settings.perplexity.stride else TopkRecorder(
+        len(ctx.inputs.windows(model, len(ctx.inputs.corpus_ids(model, loaded.tokenizer)))))
+    scores, windows, peak = _perplexity(ctx, model, var, loaded, recorder, batching)
+    baseline = Baseline(key=ctx.references.baseline_key(model), ppl=scores.ppl, window_nll=scores.window_nll,
+                        window_tokens=scores.window_tokens, footprint_bytes=loaded.footprint_bytes)
+    ctx.references.save_perplexity(baseline, recorder.tensors() if recorder is not None else None)
+    prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
+        lambda: fp16_prompt_stage(ctx, model, loaded))
+    return _measurements(ctx, model, var, loaded, scores, windows, peak, baseline, batching, None, prompts, seconds)
+
+
+def variant_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, refs: References) -> Measurements:
+    """Measure a quantized variant against the stored FP16 references ``refs``."""
+    batching = batching_for(var, ctx.settings)
+    hook = None
+    if not ctx.settings.perplexity.stride and refs.corpus is not None:
+        hook = KLAgainstReference(refs.corpus, refs.baseline.window_tokens)
+    scores, windows, peak = _perplexity(ctx, model, var, loaded, hook, batching)
+    if refs.baseline.window_tokens != scores.window_tokens:
+        raise RuntimeError(f"{model} {var.key}: perplexity windows differ from the FP16 baseline's")
+    corpus_kl = None
+    if hook is not None:
+        from quant_fixtures.store.corpus_reference import CORPUS_TOP_K
+
+        corpus_kl = {**hook.acc.result(), "method": CORPUS_KL_METHOD.format(k=CORPUS_TOP_K)}
+    prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
+        lambda: variant_prompt_stage(ctx, model, var, loaded, refs, batching))
+    return _measurements(ctx, model, var, loaded, scores, windows, peak, refs.baseline, batching, corpus_kl,
+                         prompts, seconds)

@@ -1,0 +1,113 @@
+"""The FP16 references a variant is compared with: their keys, reading them back validated, and
+writing them once the FP16 pass has measured them.
+
+Three stored pieces per model: the perplexity baseline (small JSON in baselines/), the corpus top-k
+log-probs and the prompt reference (safetensors in the cache), plus the prompt summary (responses and
+noise floor, beside the baseline). A quantized variant needs all of them; if one is missing or
+stale, the FP16 pass runs first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from quant_fixtures.metrics.divergence import METRICS_VERSION
+from quant_fixtures.session.inputs import RunInputs
+from quant_fixtures.settings import RunSettings
+from quant_fixtures.store.atomic import file_lock
+from quant_fixtures.store.baseline import Baseline, BaselineKey, load_baseline, store_baseline
+from quant_fixtures.store.corpus_reference import (CORPUS_TOP_K, corpus_reference_path, load_corpus_reference,
+                                                   store_corpus_reference)
+from quant_fixtures.store.prompt_reference import PromptReference, ReferenceKey, load_reference, store_reference
+from quant_fixtures.store.prompt_summary import load_prompt_summary, store_prompt_summary
+
+
+@dataclass
+class References:
+    baseline: Baseline
+    corpus: dict[str, Any] | None
+    prompts: PromptReference | None
+    noise_floor: dict[str, Any] | None
+
+
+class ReferenceStore:
+    def __init__(self, inputs: RunInputs, settings: RunSettings) -> None:
+        self.inputs, self.settings = inputs, settings
+        self._prompt_keys: dict[str, ReferenceKey] = {}
+        self._locks: dict[str, Any] = {}
+
+    def lock(self, model: str) -> Any:
+        """Serialises FP16 passes across xdist workers: one computes, the others wait and read.
+        One (reentrant) lock object per model and process."""
+        if model not in self._locks:
+            self._locks[model] = file_lock(self.settings.paths.cache_dir / "locks" / f"{model}.lock")
+        return self._locks[model]
+
+    # -- keys -------------------------------------------------------------------------------------
+    def baseline_key(self, model: str) -> BaselineKey:
+        p, load, i = self.settings.perplexity, self.settings.load, self.inputs
+        return BaselineKey(
+            model=model, weights_identity=i.resolved(model).identity, tokenizer_sha256=i.tokenizer_sha256(model),
+            dataset_sha256=i.text().sha256, method=p.method, ctx=i.ctx(model), stride=p.stride,
+            max_tokens=p.max_tokens, weight_dtype=load.weight_dtype, compute_dtype=load.compute_dtype,
+            device_type=load.device_type, metrics_version=METRICS_VERSION, environment=i.numerics())
+
+    def prompt_key(self, model: str) -> ReferenceKey:
+        """Built once per model (it reads the tokenizer and hashes files)."""
+        if model not in self._prompt_keys:
+            q, load, i = self.settings.prompts, self.settings.load, self.inputs
+            self._prompt_keys[model] = ReferenceKey(
+                model=model, weights_identity=i.resolved(model).identity, tokenizer_sha256=i.tokenizer_sha256(model),
+                prompts_sha256=i.prompts_sha256(), categories=q.categories, use_chat_template=q.use_chat_template,
+                max_new_tokens_cap=q.max_new_tokens_cap, top_k=q.top_k, full_logprobs=i.exact_kl_fits(model),
+                weight_dtype=load.weight_dtype, compute_dtype=load.compute_dtype, device_type=load.device_type,
+                metrics_version=METRICS_VERSION, environment=i.numerics())
+        return self._prompt_keys[model]
+
+    def keys_of(self, model: str, baseline: Baseline) -> dict[str, str | None]:
+        """Digests of the references a document was measured against (comparable documents share them)."""
+        return {"baseline_sha256": baseline.key.digest(),
+                "reference_sha256": None if self.settings.prompts.skip else self.prompt_key(model).digest()}
+
+    # -- reading ----------------------------------------------------------------------------------
+    def load(self, model: str) -> tuple[References | None, str]:
+        """All FP16 references for the current settings, or None and why they cannot be used."""
+        paths = self.settings.paths
+        key = self.baseline_key(model)
+        baseline, reason = load_baseline(paths.baselines_dir, key)
+        if baseline is None:
+            return None, reason
+        corpus = load_corpus_reference(corpus_reference_path(paths.cache_dir, key.digest(), CORPUS_TOP_K),
+                                       key.digest(), baseline.tokens)
+        if corpus is None and not self.settings.perplexity.stride:
+            return None, "FP16 corpus top-k log-probs missing or stale in the cache"
+        prompts, noise = None, None
+        if not self.settings.prompts.skip:
+            pkey = self.prompt_key(model)
+            prompts, reason = load_reference(paths.cache_dir, pkey)
+            if prompts is None:
+                return None, reason
+            summary, reason = load_prompt_summary(paths.baselines_dir, pkey)
+            if summary is None:  # corrupt or stale: the FP16 pass rebuilds it (the noise floor with it)
+                return None, reason
+            noise = summary["noise_floor"]
+        return References(baseline, corpus, prompts, noise), "ok"
+
+    def cached_prompt_reference(self, model: str) -> tuple[PromptReference | None, str]:
+        return load_reference(self.settings.paths.cache_dir, self.prompt_key(model))
+
+    # -- writing (the FP16 pass) ------------------------------------------------------------------
+    def save_perplexity(self, baseline: Baseline, corpus_topk: dict[str, Any] | None) -> None:
+        paths = self.settings.paths
+        store_baseline(paths.baselines_dir, baseline, self.inputs.environment())
+        if corpus_topk is not None:
+            digest = baseline.key.digest()
+            store_corpus_reference(corpus_reference_path(paths.cache_dir, digest, CORPUS_TOP_K), corpus_topk, digest)
+
+    def save_prompt_reference(self, reference: PromptReference) -> None:
+        store_reference(self.settings.paths.cache_dir, reference)
+
+    def save_prompt_summary(self, model: str, responses: dict[str, str], noise_floor: dict[str, Any]) -> None:
+        store_prompt_summary(self.settings.paths.baselines_dir, self.prompt_key(model), responses, noise_floor,
+                             self.inputs.environment())

@@ -1,0 +1,22 @@
+"""The one key type of stored results: a frozen dataclass of every setting that shapes them.
+
+A stored result is reused only when its key equals the current run's (field by field) and its
+content verifies; ``digest`` names files, ``as_dict`` is what is stored and compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from quant_fixtures.store.digests import settings_digest
+
+
+@dataclass(frozen=True)
+class StoreKey:
+    def digest(self) -> str:
+        """sha256 of the key's fields, order independent."""
+        return settings_digest(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

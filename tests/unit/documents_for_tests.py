@@ -1,0 +1,26 @@
+"""Typed evaluation documents for report tests: the golden INT8 document (a complete one) with the
+sections a test cares about replaced, read back through the schema like a stored report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from quant_fixtures.report.schema import EvaluationDocument, from_json_object
+
+_BASE = json.loads((Path(__file__).parent / "golden" / "int8_evaluation.json").read_text(encoding="utf-8"))
+_BASE["generated_at"] = "2026-11-27T00:00:00+00:00"
+_BASE["timing"] = {"load_s": 1.0, "ppl_s": 2.0, "ppl_tokens_per_s": 100.0, "prompts_s": 3.0}
+
+
+def typed(partial: dict[str, Any]) -> EvaluationDocument:
+    """The base document with each given section updated key by key (a None or non-object value
+    replaces the section), parsed strictly into the schema."""
+    doc = json.loads(json.dumps(_BASE))
+    for section, value in partial.items():
+        if isinstance(value, dict) and isinstance(doc.get(section), dict) and section != "environment":
+            doc[section] = {**doc[section], **value}
+        else:
+            doc[section] = value
+    return from_json_object(EvaluationDocument, doc)
