@@ -40,12 +40,12 @@ ctx = 2048
 [gates.int8]
 max_delta_ppl_pct = 5.0
 min_memory_reduction_pct = 45.0
-max_mean_kl = 0.1
+max_kl_mean = 0.1
 
 [gates.nf4]
 max_delta_ppl_pct = 20.0
 min_memory_reduction_pct = 70.0
-max_mean_kl = 0.5
+max_kl_mean = 0.5
 {models}
 """
 

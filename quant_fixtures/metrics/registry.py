@@ -29,7 +29,7 @@ def lookup(document: Any, path: tuple[str, ...]) -> Any:
 @dataclass(frozen=True)
 class MetricSpec:
     name: str  # the one name: gate "metric", snapshot key, comparison column
-    path: tuple[str, ...]  # where the value lives in the evaluation document
+    path: tuple[str, ...]  # where the value lives in the evaluation document (for a derived metric: its inputs' section)
     better: str  # "lower" or "higher"
     label: str  # terminal column header
     fmt: str  # format spec of one value (".4f", "+.2f", "d")
@@ -49,6 +49,8 @@ class MetricSpec:
     vs_fp16: bool = False  # REPORT.md also shows the ratio to FP16's value
     is_count: bool = False  # a count of events: snapshots compare two counts with an exact binomial test
     title: str = ""  # REPORT.md column header (default: label)
+    # A metric computed from other numbers of the document rather than stored at ``path``.
+    derive: Callable[[Any], float | None] | None = None
     description: str = ""
 
     @property
@@ -65,6 +67,8 @@ class MetricSpec:
         return "<=" if self.better == "lower" else ">="
 
     def value(self, document: Any) -> Any:
+        if self.derive is not None:
+            return self.derive(document) if lookup(document, self.path[:1]) is not None else None
         return lookup(document, self.path)
 
     def ci(self, document: Any) -> list[float] | None:

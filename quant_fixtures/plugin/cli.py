@@ -85,7 +85,7 @@ def output_dirs(config: pytest.Config) -> dict[str, Path]:
     """Where results, baselines and caches go. Defaults live under the rootdir (the project's);
     a path the user gives is taken, like any command-line path, from the invocation directory.
     xdist workers receive the controller's resolved paths."""
-    from quant_fixtures.plugin.xdist import PATHS_KEY, is_worker
+    from quant_fixtures.plugin.workers import PATHS_KEY, is_worker
 
     if is_worker(config):
         return {k: Path(v) for k, v in config.workerinput[PATHS_KEY].items()}
@@ -145,7 +145,7 @@ def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
 
 def build_settings(config: pytest.Config) -> RunSettings:
     """Every command-line choice, with the config's device-dependent defaults, in one frozen object."""
-    from quant_fixtures.plugin.xdist import device_for, run_id
+    from quant_fixtures.plugin.workers import device_for, run_id
 
     suite, device = suite_of(config), device_for(config)
     defaults = device_defaults(suite.defaults, device)

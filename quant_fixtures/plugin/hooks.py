@@ -151,7 +151,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             skip = pytest.mark.skip(reason="needs CUDA: no GPU visible to torch")
             for item in gpu_items:
                 item.add_marker(skip)
-    from quant_fixtures.plugin.xdist import is_worker
+    from quant_fixtures.plugin.workers import is_worker
 
     if CONFIG_KEY in config.stash and not is_worker(config) and not config.option.collectonly:
         # (xdist: the controller checks, in xdist.py)
@@ -180,7 +180,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Controller only: REPORT.md and plots from every document of this run, and from other runs
     into the same directory that were measured against the same FP16 references. An interrupt
     here leaves the previous REPORT.md as it was (atomic writes) and ends the run as interrupted."""
-    from quant_fixtures.plugin.xdist import is_worker, run_id
+    from quant_fixtures.plugin.workers import is_worker, run_id
     from quant_fixtures.report.comparison import collect_comparable_documents
 
     config = session.config
@@ -199,7 +199,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """The harm table of this run, assembled from every worker's evaluation documents."""
-    from quant_fixtures.plugin.xdist import is_worker, run_id
+    from quant_fixtures.plugin.workers import is_worker, run_id
     from quant_fixtures.report.comparison import collect_run_documents
     from quant_fixtures.report.terminal import summary_lines
 

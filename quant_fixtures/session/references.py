@@ -36,6 +36,7 @@ class ReferenceStore:
         self.inputs, self.settings = inputs, settings
         self._prompt_keys: dict[str, ReferenceKey] = {}
         self._locks: dict[str, Any] = {}
+        self._loaded: dict[str, References] = {}  # read and verified once (preflight, then every variant)
 
     def lock(self, model: str) -> Any:
         """Serialises FP16 passes across xdist workers: one computes, the others wait and read.
@@ -73,6 +74,14 @@ class ReferenceStore:
     # -- reading ----------------------------------------------------------------------------------
     def load(self, model: str) -> tuple[References | None, str]:
         """All FP16 references for the current settings, or None and why they cannot be used."""
+        if model not in self._loaded:
+            refs, reason = self._read(model)
+            if refs is None:
+                return None, reason
+            self._loaded[model] = refs
+        return self._loaded[model], "ok"
+
+    def _read(self, model: str) -> tuple[References | None, str]:
         paths = self.settings.paths
         key = self.baseline_key(model)
         baseline, reason = load_baseline(paths.baselines_dir, key)
@@ -99,6 +108,7 @@ class ReferenceStore:
 
     # -- writing (the FP16 pass) ------------------------------------------------------------------
     def save_perplexity(self, baseline: Baseline, corpus_topk: dict[str, Any] | None) -> None:
+        self._loaded.pop(baseline.key.model, None)
         paths = self.settings.paths
         store_baseline(paths.baselines_dir, baseline, self.inputs.environment())
         if corpus_topk is not None:
@@ -106,8 +116,10 @@ class ReferenceStore:
             store_corpus_reference(corpus_reference_path(paths.cache_dir, digest, CORPUS_TOP_K), corpus_topk, digest)
 
     def save_prompt_reference(self, reference: PromptReference) -> None:
+        self._loaded.pop(reference.key.model, None)
         store_reference(self.settings.paths.cache_dir, reference)
 
     def save_prompt_summary(self, model: str, responses: dict[str, str], noise_floor: dict[str, Any]) -> None:
+        self._loaded.pop(model, None)
         store_prompt_summary(self.settings.paths.baselines_dir, self.prompt_key(model), responses, noise_floor,
                              self.inputs.environment())

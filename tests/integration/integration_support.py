@@ -100,8 +100,7 @@ FAILING_GATES = {"int8": {"max_delta_ppl_pct": 50.0, "min_memory_reduction_pct":
 
 
 def suite_toml(model_dir: Path, gates: dict) -> str:
-    lines = ["[defaults]", "ctx = 2048", "", "[models.tiny]", f"path = {json.dumps(str(model_dir))}",
-             "default = true", ""]
+    lines = ["[defaults]", "ctx = 2048", "", "[models.tiny]", f"path = {json.dumps(str(model_dir))}", ""]
     for variant, limits in gates.items():
         lines.append(f"[models.tiny.gates.{variant}]")
         lines += [f"{name} = {value}" for name, value in limits.items()]

@@ -208,7 +208,7 @@ def test_frozen_baselines_refuse_to_recompute(pytester, full_run, e2e, case, ext
 
 
 def _gate_line(result: pytest.RunResult, prefix: str) -> re.Match:
-    pattern = re.compile(prefix + r"tiny int8: memory_reduction_pct = (?P<value>\S+), limit (?P<op>>=) (?P<limit>\S+)$")
+    pattern = re.compile(prefix + r"tiny int8: memory_reduction_pct = (?P<value>\S+) \(limit (?P<op>>=) (?P<limit>\S+)\)$")
     matches = [m for m in (pattern.search(line) for line in result.outlines) if m]
     assert matches, result.stdout.str()[-4000:]
     return matches[0]
@@ -221,20 +221,21 @@ def test_failed_gate_fails_the_run_with_one_line(pytester, full_run, e2e):
     result = run_suite(pytester, e2e, results, baselines, "--variants", "int8")
     assert result.ret == 1
     result.assert_outcomes(passed=3, failed=1)
-    result.stdout.fnmatch_lines(["FAILED test_release_gates.py::test_memory_reduction_within_limit[[]tiny-int8[]]*"])
+    result.stdout.fnmatch_lines(["FAILED test_release_gates.py::test_within_limit[[]tiny-int8-memory_reduction_pct[]]*"])
     match = _gate_line(result, r"gate failed: ")
     int8 = report(results, "int8")
     assert float(match["value"]) == float(f"{int8['memory']['reduction_pct']:.4g}")
     assert float(match["limit"]) == 99.0
     # The failure's whole report is that one line: no traceback.
-    start = next(i for i, line in enumerate(result.outlines) if "test_memory_reduction_within_limit" in line
+    start = next(i for i, line in enumerate(result.outlines) if "test_within_limit[tiny-int8-memory_reduction_pct]" in line
                  and line.startswith("_"))
     body = [line for line in result.outlines[start + 1:] if line.strip()]
     assert body[0].startswith("gate failed: tiny int8: memory_reduction_pct = ") and re.match(r"[=_-]{3,}", body[1])
     (gate,) = [g for g in int8["gates"] if g["metric"] == "memory_reduction_pct"]
     assert gate["passed"] is False and gate["limit"] == 99.0
     comparison = json.loads((results / "tiny_quantization_comparison.json").read_text())
-    assert comparison["failed_gates"] == [f"int8: memory_reduction_pct = {gate['value']} (limit >= 99.0)"]
+    assert comparison["failed_gates"] == [f"int8: memory_reduction_pct = {gate['value']:.4g} (limit >= 99)"]
+    assert comparison["findings"]["failed_gates"] == comparison["failed_gates"]  # one format
 
 
 def test_report_mode_records_the_failed_gate_as_xfail(pytester, full_run, e2e):

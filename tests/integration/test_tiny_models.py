@@ -82,20 +82,23 @@ def test_footprint_strictly_decreases(loaded, arch):
     assert fp16.footprint_bytes == 2 * params + buffers
 
 
-def _quantized_weight_bytes(model) -> tuple[int, int, int]:
-    """(fp16 bytes those weights had, bytes of their quantized storage, bytes of the quantization
-    state bitsandbytes keeps beside them: int8 row scales SCB, NF4 block absmax + code book)."""
+NF4_BLOCK = 64  # bitsandbytes' 4-bit block size: one float32 absmax per 64 weights
+NF4_CODE_BYTES = 16 * 4  # the NF4 code book: 16 float32 levels per quantized weight
+
+
+def _quantized_weight_bytes(model, variant: str) -> tuple[int, int, int]:
+    """(fp16 bytes the quantized weights had, bytes of their quantized storage, bytes of the
+    quantization state), worked out from the layer shapes alone: LLM.int8 stores 1 byte per weight
+    and one float32 scale per output row; NF4 half a byte per weight, a float32 absmax per block of
+    64 and the code book."""
     fp16_bytes = stored = state = 0
     for layer in _linears(model):
-        weight = layer.weight
-        fp16_bytes += 2 * layer.in_features * layer.out_features
-        stored += weight.numel() * weight.element_size()
-        if getattr(weight, "SCB", None) is not None:
-            state += weight.SCB.numel() * weight.SCB.element_size()
-        quant_state = getattr(weight, "quant_state", None)
-        while quant_state is not None:
-            state += sum(t.numel() * t.element_size() for t in (quant_state.absmax, quant_state.code))
-            quant_state = quant_state.state2
+        n = layer.in_features * layer.out_features
+        fp16_bytes += 2 * n
+        if variant == "int8":
+            stored, state = stored + n, state + 4 * layer.out_features
+        else:
+            stored, state = stored + n // 2, state + 4 * math.ceil(n / NF4_BLOCK) + NF4_CODE_BYTES
     return fp16_bytes, stored, state
 
 
@@ -105,8 +108,9 @@ def test_footprint_counts_quantized_weights_at_their_storage_size(loaded, arch):
     fp16 = loaded[arch, "fp16"]
     for variant, bytes_per_weight in (("int8", 1.0), ("nf4", 0.5)):
         pair = loaded[arch, variant]
-        fp16_bytes, stored, state = _quantized_weight_bytes(pair.model)
+        fp16_bytes, stored, state = _quantized_weight_bytes(pair.model, variant)
         assert stored == bytes_per_weight * fp16_bytes / 2
+        assert stored == sum(layer.weight.numel() * layer.weight.element_size() for layer in _linears(pair.model))
         # Never more than the weights actually resident (the state is measured separately).
         assert pair.footprint_bytes <= fp16.footprint_bytes - fp16_bytes + stored + state
 
@@ -116,7 +120,7 @@ def test_footprint_plus_quantization_state_is_resident(loaded, variant):
     """get_memory_footprint (the footprint, as the seed figures use it) leaves out bitsandbytes'
     scales; the suite measures them separately, and footprint + state is what is resident."""
     fp16, pair = loaded["llama", "fp16"], loaded["llama", variant]
-    fp16_bytes, stored, state = _quantized_weight_bytes(pair.model)
+    fp16_bytes, stored, state = _quantized_weight_bytes(pair.model, variant)
     assert state > 0 and pair.quant_state_bytes == state
     resident = fp16.footprint_bytes - fp16_bytes + stored + state
     assert pair.footprint_bytes + pair.quant_state_bytes == resident, (

@@ -193,7 +193,7 @@ def test_an_interrupt_while_the_report_is_written_leaves_no_half_file(pytester, 
 
 CONFTEST_OUT_OF_MEMORY = '''
 import torch
-import quant_fixtures.session.orchestrator as session
+import quant_fixtures.session.passes as session
 
 real_score_windows = session.score_windows
 

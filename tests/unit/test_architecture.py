@@ -1,0 +1,109 @@
+"""The package's shape, checked: layers import only downwards, no import cycles, small modules,
+and only the plugin layer touches pytest and syrupy. Imports are read from the source (ast), so
+lazy imports inside functions count too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "quant_fixtures"
+# Bottom to top; a module may import modules of its own layer or below, never above.
+LAYERS = [
+    ("variants", "environment", "metrics"),
+    ("settings", "config", "inputs"),
+    ("store",),
+    ("models",),
+    ("compute",),
+    ("report",),
+    ("session",),
+    ("plugin",),
+]
+MAX_LINES = 400
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(p for p in parts if p != "__init__")
+        found[name or "__init__"] = path
+    return found
+
+
+def _imports(path: Path) -> set[str]:
+    """quant_fixtures modules imported anywhere in the file (top level or inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.startswith("quant_fixtures."):
+                base = node.module.removeprefix("quant_fixtures.")
+                names.add(base)
+                names.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}: relative import; the layers are read from absolute imports")
+        elif isinstance(node, ast.Import):
+            names.update(a.name.removeprefix("quant_fixtures.") for a in node.names
+                         if a.name.startswith("quant_fixtures."))
+    return names
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[0]
+    for index, group in enumerate(LAYERS):
+        if top in group:
+            return index
+    raise AssertionError(f"module {module} is in no layer: add its folder to LAYERS")
+
+
+MODULES = _modules()
+GRAPH = {name: {m for m in _imports(path) if m in MODULES} for name, path in MODULES.items()}
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m != "__init__"])
+def test_imports_go_down_the_layers(module: str) -> None:
+    upward = [m for m in GRAPH[module] if _layer(m) > _layer(module)]
+    assert not upward, f"{module} (layer {LAYERS[_layer(module)]}) imports from higher layers: {upward}"
+
+
+def test_no_import_cycles() -> None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(GRAPH[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in MODULES:
+        if module not in state:
+            visit(module, [module])
+
+
+@pytest.mark.parametrize("module", list(MODULES))
+def test_modules_stay_small(module: str) -> None:
+    lines = len(MODULES[module].read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{module}: {lines} lines"
+
+
+def test_only_the_plugin_layer_imports_pytest_or_syrupy() -> None:
+    offenders = []
+    for name, path in MODULES.items():
+        if name.startswith("plugin"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            imported = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                        [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{name}: {m}" for m in imported if m.split(".")[0] in ("pytest", "_pytest", "syrupy")]
+    assert not offenders
+
+
+def test_the_checks_see_a_violation() -> None:
+    """The layer rule is not vacuous: a report module importing the session would be caught."""
+    assert _layer("session.orchestrator") > _layer("report.build")
+    assert GRAPH["session.orchestrator"] and "report.build" in GRAPH["session.orchestrator"]
