@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quant_fixtures.variants import VariantOptions
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,6 @@ class LoadSettings:
     def compute_dtype(self) -> str:
         """Activations run in the weight dtype on CUDA, in float32 on the CPU (fp16 matmuls are slow there)."""
         return self.weight_dtype if self.device_type == "cuda" else "float32"
-
-    def variant_options(self) -> VariantOptions:
-        return VariantOptions(weight_dtype=self.weight_dtype, compute_dtype=self.compute_dtype,
-                              nf4_compute_dtype=self.nf4_compute_dtype, nf4_double_quant=self.nf4_double_quant)
 
 
 @dataclass(frozen=True)

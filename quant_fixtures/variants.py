@@ -1,14 +1,17 @@
 """The registry of quantization methods: one entry per method, nothing else to touch to add one.
 
-A variant turns the run's options into the keyword arguments of ``from_pretrained`` (usually a
-``quantization_config``). Imports of transformers happen inside the builders so that ``--help``
+A variant turns the run's load settings (settings.LoadSettings: device, weight and compute dtypes,
+NF4 options) into the keyword arguments of ``from_pretrained`` (usually a ``quantization_config``). Imports of transformers happen inside the builders so that ``--help``
 and collection stay fast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from quant_fixtures.settings import LoadSettings
 
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 
@@ -23,43 +26,28 @@ def torch_dtype(name: str) -> Any:
 
 
 @dataclass(frozen=True)
-class VariantOptions:
-    """Run-wide choices that shape how every variant is loaded.
-
-    ``weight_dtype`` is the 16-bit dtype of stored float weights (fp16 baseline, and the parts
-    bitsandbytes leaves unquantized). ``compute_dtype`` is what activations run in: the weight
-    dtype on CUDA, float32 on CPU (where float16 matmuls are very slow).
-    """
-
-    weight_dtype: str = "float16"
-    compute_dtype: str = "float16"
-    nf4_compute_dtype: str | None = None  # None: follow compute_dtype
-    nf4_double_quant: bool = False
-
-
-@dataclass(frozen=True)
 class Variant:
     key: str
     method: str
     description: str
-    load_kwargs: Callable[[VariantOptions], dict[str, Any]]
+    load_kwargs: Callable[[LoadSettings], dict[str, Any]]
     is_baseline: bool = False
     # False when a sequence's numbers depend on what else is in the batch (LLM.int8 picks its
     # outlier columns over the whole batch): such a variant is scored one sequence per pass.
     batch_invariant: bool = True
 
 
-def _baseline_kwargs(options: VariantOptions) -> dict[str, Any]:
+def _baseline_kwargs(options: LoadSettings) -> dict[str, Any]:
     return {}
 
 
-def _int8_kwargs(options: VariantOptions) -> dict[str, Any]:
+def _int8_kwargs(options: LoadSettings) -> dict[str, Any]:
     from transformers import BitsAndBytesConfig
 
     return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
 
 
-def _nf4_kwargs(options: VariantOptions) -> dict[str, Any]:
+def _nf4_kwargs(options: LoadSettings) -> dict[str, Any]:
     from transformers import BitsAndBytesConfig
 
     return {

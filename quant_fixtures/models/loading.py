@@ -10,7 +10,8 @@ from typing import Any
 
 from quant_fixtures.config import ModelSpec
 from quant_fixtures.models.sources import ResolvedModel
-from quant_fixtures.variants import Variant, VariantOptions, torch_dtype
+from quant_fixtures.settings import LoadSettings
+from quant_fixtures.variants import Variant, torch_dtype
 
 
 @dataclass
@@ -74,10 +75,11 @@ def quantization_state_bytes(model: Any) -> int:
     return total
 
 
-def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, options: VariantOptions,
-               device: str) -> LoadedModel:
-    """Load the pair on ``device`` ("cuda:N" or "cpu"), quantizing on load when the variant says so."""
+def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, options: LoadSettings) -> LoadedModel:
+    """Load the pair on ``options.device`` ("cuda:N" or "cpu"), quantizing on load when the variant says so."""
     import sys
+
+    device = options.device
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

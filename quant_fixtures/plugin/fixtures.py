@@ -76,7 +76,7 @@ def bench_model(request: pytest.FixtureRequest, quant_session: Any) -> Iterator[
     model, variant = request.param
     settings = quant_session.settings
     loaded = load_model(quant_session.config.models[model], quant_session.inputs.resolved(model), VARIANTS[variant],
-                        settings.load.variant_options(), settings.load.device)
+                        settings.load)
     yield model, variant, loaded
     release(loaded)
 

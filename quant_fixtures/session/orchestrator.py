@@ -98,8 +98,7 @@ class EvaluationSession:
         refs = None if var.is_baseline else self.fp16_references(model)  # may run the FP16 pass first
         with self.references.lock(model) if var.is_baseline else nullcontext():
             with ctx.stage("load"):
-                loaded = load_model(spec, self.inputs.resolved(model), var, self.settings.load.variant_options(),
-                                    self.settings.load.device)
+                loaded = load_model(spec, self.inputs.resolved(model), var, self.settings.load)
             try:
                 measured = (fp16_pass(ctx, model, var, loaded) if refs is None
                             else variant_pass(ctx, model, var, loaded, refs))

