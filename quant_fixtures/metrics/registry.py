@@ -118,6 +118,10 @@ def _ppl_half_width(document: Any) -> float | None:
     return None if not ci else fp16 * ((ci[1] - ci[0]) / 2.0) / 100.0  # FP16 PPL is fixed: PPL moves with ΔPPL
 
 
+def _share(part: int | None, whole: int | None) -> float | None:
+    return None if part is None or not whole else part / whole
+
+
 # Registry order is the order of table columns and snapshot keys.
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("ppl", ("perplexity", "ppl"), "lower", "PPL", ".4f", width=10, half_width=_ppl_half_width,
@@ -131,13 +135,19 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
                limit_low_inclusive=False, title="mean KL", description="mean over prompts of per-prompt KL(FP16 || variant)"),
     MetricSpec("kl_p99", ("kl_divergence", "p99"), "lower", "KL p99", ".4f", unit="nats", width=9,
                ci_path=("kl_divergence", "p99_ci95"), tolerance={"rel": 0.05, "abs": 1e-3}, in_table=False,
+               gate=OPTIONAL, limit_low_inclusive=False,
                title="KL p99", description="99th percentile over prompts of per-prompt KL"),
     MetricSpec("top1_agreement", ("kl_divergence", "top1_agreement"), "higher", "top1", ".3f", width=6,
                ci_path=("kl_divergence", "top1_agreement_ci95"), tolerance={"abs": 0.01},
+               gate=OPTIONAL, limit_low_inclusive=False, limit_high=1.0, limit_high_inclusive=True,
                title="top-1 agree", description="share of response positions where the variant's argmax is FP16's"),
     MetricSpec("flips", ("flips", "flips"), "lower", "flips", "d", width=5, tolerance={"abs": 0}, is_count=True,
                count_of=("flips", "checkable_prompts"),
                description="checkable answers whose verdict differs from FP16's"),
+    MetricSpec("flip_rate", ("flips",), "lower", "flip%", ".3f", width=6, in_table=False,
+               derive=lambda doc: _share(lookup(doc, ("flips", "flips")), lookup(doc, ("flips", "checkable_prompts"))),
+               gate=OPTIONAL, limit_high=1.0, limit_high_inclusive=True, title="flip rate",
+               description="flipped answers / prompts with a checkable answer"),
     MetricSpec("footprint_gb", ("memory", "footprint_gb"), "lower", "size GB", ".3f", unit="GB",
                tolerance={"rel": 1e-4}, gate=OPTIONAL, limit_low_inclusive=False,
                title="footprint GB", description="weights footprint as loaded (model.get_memory_footprint())"),

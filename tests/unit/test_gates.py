@@ -136,3 +136,26 @@ def test_gate_on_upper_uses_the_ci_bound_on_the_failing_side() -> None:
     upper = evaluate_gates({"max_delta_ppl_pct": 5.0}, doc, "upper")[0]
     assert upper.value == 6.0 and not upper.passed
     assert METRICS["top1_agreement"].gate_value(doc, "upper") == 0.90  # a minimum: the CI's lower bound
+
+
+def test_optional_gates_from_the_registry_read_from_a_real_document(tmp_path) -> None:
+    """max_kl_p99, min_top1_agreement and max_flip_rate: configured like any limit, judged on the
+    numbers the document holds (flip_rate is derived: flips / checkable prompts)."""
+    import json
+    from pathlib import Path
+
+    from quant_fixtures.config import load_config
+    from quant_fixtures.report.schema import EvaluationDocument, from_json_object
+
+    path = tmp_path / "suite.toml"
+    path.write_text('[models.tiny]\nhub_id = "org/tiny"\n[models.tiny.gates.nf4]\nmax_kl_p99 = 0.2\n'
+                    'min_top1_agreement = 0.95\nmax_flip_rate = 0.25\n')
+    limits = load_config(path).gates_for("tiny", "nf4")
+    golden = Path(__file__).parent / "golden" / "nf4_evaluation.json"
+    doc = from_json_object(EvaluationDocument, json.loads(golden.read_text()))
+    assert (doc.flips.flips, doc.flips.checkable_prompts) == (2, 4)
+    results = {r.metric: r for r in evaluate_gates(limits, doc)}
+    assert results["flip_rate"].value == 0.5 and not results["flip_rate"].passed
+    assert results["top1_agreement"].value == doc.kl_divergence.top1_agreement and results["top1_agreement"].op == ">="
+    assert results["kl_p99"].value == doc.kl_divergence.p99 and results["kl_p99"].passed == (doc.kl_divergence.p99 <= 0.2)
+    assert METRICS["flip_rate"].value({"flips": None}) is None  # no prompt stage: nothing to judge, the gate fails
