@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# Part of every stored reference's key: bump it when a formula here changes what a stored number
+# means, so caches made with the old math are recomputed, never compared with the new. One line per bump:
+#   1  KL(P || Q) exact and over the FP16 top-k + one tail bucket; NLL of targets; log-softmax in >= float32
 METRICS_VERSION: int = 1
 """Bump whenever the maths of any metric changes; cached results carry it to be invalidated."""
 
