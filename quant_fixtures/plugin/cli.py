@@ -51,6 +51,37 @@ def suite_of(config: pytest.Config) -> SuiteConfig:
     return config.stash[CONFIG_KEY]
 
 
+PATH_OPTIONS = ("--suite-config", "--results-dir", "--baselines-dir", "--cache-dir", "--prompts")
+
+
+def check_rootdir_not_taken_from_an_option(config: pytest.Config) -> None:
+    """pytest picks the rootdir (and with it the ini file: testpaths, addopts such as -m 'not gpu',
+    markers) before it loads plugins, so in `--suite-config /x/suite.toml` it takes the existing
+    path after the space for a test path. When that moved the rootdir, stop with the remedy instead
+    of running with another project's settings and writing outputs under /x."""
+    args = [str(a) for a in config.invocation_params.args]
+    spaced = [name for name, value in zip(args, args[1:]) if name in PATH_OPTIONS
+              and (Path(config.invocation_params.dir) / Path(value).expanduser()).exists()]
+    if not spaced:
+        return
+    try:  # where the rootdir would be from the test paths alone (pytest's own function)
+        import inspect
+
+        from _pytest.config.findpaths import determine_setup
+
+        given = {"inifile": config.option.inifilename, "override_ini": config.option.override_ini,
+                 "args": [str(a) for a in config.option.file_or_dir or []],
+                 "rootdir_cmd_arg": config.option.rootdir or None, "invocation_dir": config.invocation_params.dir}
+        accepted = inspect.signature(determine_setup).parameters
+        expected = determine_setup(**{k: v for k, v in given.items() if k in accepted})[0]
+    except Exception:  # another pytest: without its function the check cannot tell, so it stays quiet
+        return
+    if Path(expected).resolve() != config.rootpath.resolve():
+        raise pytest.UsageError(
+            f"{spaced[0]} <path>: pytest took the path for a test path and chose the rootdir {config.rootpath} "
+            f"instead of {expected} (it decides the rootdir before plugins load); write {spaced[0]}=<path>")
+
+
 def check_options(config: pytest.Config) -> None:
     """Every option, limit and output location, before anything loads (exit 4, one line)."""
     from quant_fixtures.session.preflight import PreflightError, check_limits, check_output_dirs

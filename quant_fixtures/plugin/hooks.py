@@ -12,8 +12,9 @@ import pytest
 
 from quant_fixtures.config import ConfigError, load_config
 from quant_fixtures.inputs.wikitext import SOURCES
-from quant_fixtures.plugin.cli import (CONFIG_KEY, SHIPPED, check_options, output_dirs, selected_pairs, settings_of,
-                                       suite_config_path, suite_of, terminate_as_interrupt)
+from quant_fixtures.plugin.cli import (CONFIG_KEY, SHIPPED, check_options, check_rootdir_not_taken_from_an_option,
+                                       output_dirs, selected_pairs, settings_of, suite_config_path, suite_of,
+                                       terminate_as_interrupt)
 from quant_fixtures.plugin.state import preflight_models
 from quant_fixtures.variants import DTYPE_NAMES, VARIANTS
 
@@ -71,6 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes minutes")
     config.addinivalue_line("markers", "xdist_group(name): tests of one (model, variant) share an xdist worker")
     config.addinivalue_line("markers", "quant_variants(*keys): run this test for these variants only")
+    check_rootdir_not_taken_from_an_option(config)  # before the rootdir is used to find the config
     path = suite_config_path(config)
     if path is None:  # not a quantization-harm project: the plugin stays out of the way
         return

@@ -357,3 +357,27 @@ def test_the_plugin_stays_out_of_other_projects(pytester: pytest.Pytester, monke
                                            "--collect-only", "-q", "-m", "not gpu")
     assert shipped.ret == pytest.ExitCode.OK
     assert "test_gate.py::test_uses_the_suite[smollm2-135m-fp16]" in shipped.stdout.str()
+
+
+def test_a_path_option_that_moves_the_rootdir_is_a_usage_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """pytest decides the rootdir before plugins load: `--suite-config /x/suite.toml` (space) makes
+    /x the rootdir; the run stops naming the option and the `=` form, and `=` works."""
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_other="def test_unrelated():\n    assert True\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = elsewhere / "suite.toml"
+    config.write_text(SHIPPED_CONFIG.read_text(encoding="utf-8"))
+    spaced = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--suite-config", str(config))
+    assert spaced.ret == pytest.ExitCode.USAGE_ERROR
+    spaced.stderr.fnmatch_lines(["ERROR: --suite-config <path>: pytest took the path for a test path and chose the "
+                                 f"rootdir * instead of {pytester.path} *write --suite-config=<path>"])
+    joined = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--suite-config={config}")
+    assert joined.ret == pytest.ExitCode.OK
+    # With a test path beside it the rootdir stays where it was: nothing to stop.
+    beside = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--suite-config", str(config), "test_other.py")
+    assert beside.ret == pytest.ExitCode.OK
+    # A path that does not exist yet does not move the rootdir: the space form is fine there.
+    fine = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--suite-config={config}", "--results-dir",
+                                        str(tmp_path / "new-results"))
+    assert fine.ret == pytest.ExitCode.OK
