@@ -6,6 +6,11 @@ failed and opted out). The evaluation documents, the comparison document and the
 built by the suite's own code and compared with files in ``golden/`` after masking what changes
 from run to run (``generated_at`` and the ``timing`` section). Regenerate deliberately with
 ``QUANT_GOLDEN_UPDATE=1 pytest tests/unit/test_document_golden.py`` and review the diff.
+
+The files were recorded before the redesign of issue 8 (commit 83a5199). The evaluation documents
+came through it byte for byte; the intended changes since: the comparison file's failed-gate lines
+use the one gate format, its rows gained registry columns (memory_reduction_pct, flip_rate), and the
+harm summary's reduction_pct is memory_reduction_pct (one name per metric).
 """
 
 from __future__ import annotations
