@@ -120,7 +120,8 @@ def suite_args(pytester: pytest.Pytester, e2e: SimpleNamespace, results: Path, b
     return [tests, "-p", "no:cacheprovider", "-ra",
             f"--suite-config={pytester.path / 'suite.toml'}", "--models", "tiny",
             "--ctx", str(CTX), "--ppl-max-tokens", str(MAX_TOKENS),
-            "--results-dir", str(results), "--baselines-dir", str(baselines), "--cache-dir", str(e2e.cache),
+            # paths joined with '=': pytest picks the rootdir before plugins load (see README, Options)
+            f"--results-dir={results}", f"--baselines-dir={baselines}", f"--cache-dir={e2e.cache}",
             "--dataset-source", "vendored", *PROMPT_ARGS, *extra]
 
 
