@@ -163,6 +163,28 @@ def test_two_runs_into_one_results_directory_compare_every_variant(pytester, war
     assert not no_temporaries(together, warm.cache)
 
 
+def test_jobs_of_a_matrix_merge_into_one_comparison(pytester, warm, tmp_path):
+    """Real runs in separate directories, as the jobs of a matrix per variant would make them (each
+    with its own copy of the committed baselines), merged by the command into one comparison."""
+    jobs = {}
+    for variant in ("fp16", "int8", "nf4"):
+        job = tmp_path / variant
+        shutil.copytree(warm.baselines, job / "B")
+        assert run_suite(pytester, warm, job / "R", job / "B", "--variants", variant).ret == 0
+        jobs[variant] = job / "R"
+    merged = tmp_path / "merged"
+    done = subprocess.run([sys.executable, "-m", "quant_fixtures.report.merge", "--into", str(merged),
+                           *map(str, jobs.values())], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    comparison = json.loads((merged / "tiny_quantization_comparison.json").read_text())
+    assert list(comparison["variants"]) == ["fp16", "int8", "nf4"]
+    for variant, job in jobs.items():
+        assert comparison["variants"][variant]["ppl"] == report(job, variant)["perplexity"]["ppl"]
+        assert comparison["variants"][variant]["kl_mean"] == report(job, variant)["kl_divergence"]["mean"]
+    assert all(f"| {v} |" in (merged / "REPORT.md").read_text() for v in ("fp16", "int8", "nf4"))
+    assert "merged 3 documents" in done.stdout
+
+
 CONFTEST_INTERRUPT_REPORT = '''
 import quant_fixtures.report.markdown as markdown_report
 from quant_fixtures.store.atomic import atomic_path

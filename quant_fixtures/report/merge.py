@@ -1,0 +1,104 @@
+"""Merge the results directories of several jobs (a CI matrix: one job per model, or per model and
+variant) into one: every evaluation document, one comparison file per model, REPORT.md.
+
+    quant-harm-merge --into results/ job-a/results job-b/results ...
+    python -m quant_fixtures.report.merge --into results/ job-a/results job-b/results
+
+Documents of one model are compared only when they were measured against the same FP16 references
+(same reference keys: weights, tokenizer, data, protocol, prompts, numerics environment); if two
+jobs disagree the merge stops and says which. The same (model, variant) from several jobs (every job
+measures FP16 first) is kept once when the copies agree on the references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from quant_fixtures.report.comparison import comparison_document, comparison_path, evaluation_path
+from quant_fixtures.report.schema import EvaluationDocument, SchemaError, read_document, write_document
+
+
+class MergeError(ValueError):
+    """The directories cannot be merged; the message says which file or model and why."""
+
+
+def read_results(directory: Path) -> list[tuple[Path, EvaluationDocument]]:
+    """Every evaluation document in ``directory``; one that does not read is an error (a merge
+    that silently dropped a job's result would compare less than it claims)."""
+    paths = sorted(Path(directory).glob("*_quantized_*_evaluation.json"))
+    if not Path(directory).is_dir():
+        raise MergeError(f"{directory}: not a directory")
+    if not paths:
+        raise MergeError(f"{directory}: no *_quantized_*_evaluation.json in it")
+    found = []
+    for path in paths:
+        try:
+            found.append((path, read_document(EvaluationDocument, path)))
+        except SchemaError as exc:
+            raise MergeError(str(exc)) from None
+    return found
+
+
+def merge_documents(directories: list[Path]) -> dict[str, dict[str, EvaluationDocument]]:
+    """{model: {variant: document}} over all directories, variants in registry order."""
+    from quant_fixtures.variants import VARIANTS
+
+    merged: dict[str, dict[str, tuple[Path, EvaluationDocument]]] = {}
+    for directory in directories:
+        for path, doc in read_results(directory):
+            model = merged.setdefault(doc.model.key, {})
+            for other_path, other in model.values():
+                if other.reference_keys != doc.reference_keys:
+                    raise MergeError(
+                        f"model {doc.model.key}: {path} and {other_path} were measured against different FP16 "
+                        f"references ({_differing(other.reference_keys, doc.reference_keys)}): run the jobs with "
+                        "the same settings on the same kind of machine")
+                break
+            model.setdefault(doc.variant.key, (path, doc))  # a repeated pair (FP16 in every job): first kept
+    order = {k: i for i, k in enumerate(VARIANTS)}
+    return {m: {v: pair[1] for v, pair in sorted(variants.items(), key=lambda kv: order.get(kv[0], len(order)))}
+            for m, variants in merged.items()}
+
+
+def _differing(a: dict, b: dict) -> str:
+    return ", ".join(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "keys"
+
+
+def merge(directories: list[Path], into: Path) -> dict[str, dict[str, EvaluationDocument]]:
+    """Write the merged documents, comparison files and REPORT.md into ``into``."""
+    from quant_fixtures.report.markdown import write_report
+
+    documents = merge_documents(directories)
+    for model, variants in documents.items():
+        for variant, doc in variants.items():
+            write_document(evaluation_path(into, model, variant), doc)
+        write_document(comparison_path(into, model), comparison_document(model, variants))
+    write_report(into, documents)
+    return documents
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="quant-harm-merge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--into", required=True, type=Path, help="the merged results directory")
+    parser.add_argument("directories", nargs="+", type=Path, help="results directories of the jobs")
+    args = parser.parse_args(argv)
+    from quant_fixtures.report.terminal import summary_lines
+
+    try:
+        documents = merge(args.directories, args.into)
+    except MergeError as exc:
+        print(f"quant-harm-merge: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(documents)))
+    failed = [line for variants in documents.values() for d in variants.values() for g in d.gates if not g.passed
+              for line in [g.describe(d.model.key, d.variant.key)]]
+    print(f"merged {sum(len(v) for v in documents.values())} documents into {args.into} (read {args.into / 'REPORT.md'})")
+    for line in failed:
+        print(line)
+    return 1 if failed else 0  # like the gate tests: a failed gate fails the merge job
+
+
+if __name__ == "__main__":
+    sys.exit(main())
