@@ -106,12 +106,6 @@ def check_options(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
 
 
-def ppl_budget(config: pytest.Config) -> int | None:
-    """--ppl-max-tokens as given: None for 'all' or when not given (then the device default)."""
-    budget = config.getoption("--ppl-max-tokens")
-    return None if budget in (None, "all") else int(budget)
-
-
 def output_dirs(config: pytest.Config) -> dict[str, Path]:
     """Where results, baselines and caches go. Defaults live under the rootdir (the project's);
     a path the user gives is taken, like any command-line path, from the invocation directory.
@@ -191,7 +185,7 @@ def build_settings(config: pytest.Config) -> RunSettings:
                     cache_dir=dirs["--cache-dir"]),
         perplexity=PerplexityProtocol(
             ctx=option("--ctx") or suite.defaults.ctx,
-            max_tokens=defaults.ppl_max_tokens if budget is None else ppl_budget(config),
+            max_tokens=defaults.ppl_max_tokens if budget is None else None if budget == "all" else int(budget),
             stride=option("--ppl-stride"), batch_size=option("--batch-size") or defaults.batch_size,
             dataset_source=option("--dataset-source")),
         prompts=PromptProtocol(

@@ -44,9 +44,13 @@ def failed_gate_lines(documents: dict[str, Any]) -> list[str]:
     return [f"{v}: {g.line()}" for v, d in documents.items() for g in d.gates if not g.passed]
 
 
+def failed_metrics(document: Any) -> list[str]:
+    return [g.metric for g in document.gates if not g.passed]
+
+
 def verdict(document: Any) -> str:
     """'-' (no gates), 'PASS', or 'FAIL m1,m2'."""
     if not document.gates:
         return "-"
-    failed = [g.metric for g in document.gates if not g.passed]
+    failed = failed_metrics(document)
     return "PASS" if not failed else "FAIL " + ",".join(failed)

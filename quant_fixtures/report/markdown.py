@@ -7,6 +7,7 @@ from typing import Any
 
 from quant_fixtures.metrics.registry import METRICS, TABLE_METRICS, MetricSpec, lookup
 from quant_fixtures.report.findings import baseline_of, findings
+from quant_fixtures.report.gates import failed_metrics
 from quant_fixtures.report.plots import model_plots
 from quant_fixtures.report.schema import EvaluationDocument
 from quant_fixtures.report.terminal import settings_line
@@ -39,7 +40,7 @@ def _variants_table(documents: Documents) -> list[str]:
     headings = [m.heading + (" [95 % CI]" if m.ci_path else "") for m in TABLE_METRICS]
     rows = ["| variant | " + " | ".join(headings) + " | gates |", "|---" * (len(headings) + 2) + "|"]
     for variant, d in documents.items():
-        failed = [g.metric for g in d.gates if not g.passed]
+        failed = failed_metrics(d)
         verdict = "–" if not d.gates else ("**pass**" if not failed else "**FAIL**: " + ", ".join(failed))
         rows.append(f"| {variant} | " + " | ".join(_metric_cell(m, d, fp16) for m in TABLE_METRICS) +
                     f" | {verdict} |")

@@ -27,9 +27,9 @@ class MergeError(ValueError):
 def read_results(directory: Path) -> list[tuple[Path, EvaluationDocument]]:
     """Every evaluation document in ``directory``; one that does not read is an error (a merge
     that silently dropped a job's result would compare less than it claims)."""
-    paths = sorted(Path(directory).glob("*_quantized_*_evaluation.json"))
     if not Path(directory).is_dir():
         raise MergeError(f"{directory}: not a directory")
+    paths = sorted(Path(directory).glob("*_quantized_*_evaluation.json"))
     if not paths:
         raise MergeError(f"{directory}: no *_quantized_*_evaluation.json in it")
     found = []
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quant-harm-merge: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(documents)))
-    failed = [line for variants in documents.values() for d in variants.values() for g in d.gates if not g.passed
-              for line in [g.describe(d.model.key, d.variant.key)]]
+    failed = [g.describe(d.model.key, d.variant.key)
+              for variants in documents.values() for d in variants.values() for g in d.gates if not g.passed]
     print(f"merged {sum(len(v) for v in documents.values())} documents into {args.into} (read {args.into / 'REPORT.md'})")
     for line in failed:
         print(line)

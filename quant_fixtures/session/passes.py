@@ -9,6 +9,7 @@ from typing import Any
 
 from quant_fixtures.compute.corpus_kl import KLAgainstReference, TopkRecorder
 from quant_fixtures.compute.scoring import WindowScores, check_output_head, score_windows
+from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.build import Measurements
 from quant_fixtures.report.schema import Batching
@@ -17,6 +18,7 @@ from quant_fixtures.session.prompt_stage import fp16_prompt_stage, variant_promp
 from quant_fixtures.session.references import References
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.baseline import Baseline
+from quant_fixtures.store.corpus_reference import CORPUS_TOP_K
 from quant_fixtures.variants import Variant
 
 GB = 1e9
@@ -35,15 +37,19 @@ def batching_for(var: Variant, settings: RunSettings) -> Batching:
                     generation_batch=settings.prompts.gen_batch_size, batch_invariant=var.batch_invariant)
 
 
-def _perplexity(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, hook: Any,
-                batching: Batching) -> tuple[WindowScores, int, float | None]:
-    """(scores, windows, peak GPU GB) of the perplexity pass over the run's window plan."""
+def _plan(ctx: PassContext, model: str, loaded: LoadedModel) -> tuple[Any, list[Window]]:
+    """The corpus token ids and the perplexity windows over them (the same for every variant)."""
+    ids = ctx.inputs.corpus_ids(model, loaded.tokenizer)
+    return ids, ctx.inputs.windows(model, len(ids))
+
+
+def _perplexity(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, ids: Any, plan: list[Window],
+                hook: Any, batching: Batching) -> tuple[WindowScores, float | None]:
+    """(scores, peak GPU GB) of the perplexity pass over ``plan``."""
     import torch
 
     device = ctx.settings.load.device
     check_output_head(loaded.model)
-    ids = ctx.inputs.corpus_ids(model, loaded.tokenizer)
-    plan = ctx.inputs.windows(model, len(ids))
     on_cuda = device.startswith("cuda")
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -53,7 +59,7 @@ def _perplexity(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel,
                                progress=bar.update if bar else None)
     close_bar(bar)
     peak = torch.cuda.max_memory_allocated(device) / GB if on_cuda else None
-    return scores, len(plan), peak
+    return scores, peak
 
 
 def _measurements(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, scores: WindowScores,
@@ -79,15 +85,15 @@ def fp16_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel) -
     """Measure FP16 and store what variants are compared with: the baseline, the corpus top-k
     log-probs and (unless prompts are skipped) the prompt reference with its noise floor."""
     batching = batching_for(var, ctx.settings)
-    recorder = None if ctx.settings.perplexity.stride else TopkRecorder(
-        len(ctx.inputs.windows(model, len(ctx.inputs.corpus_ids(model, loaded.tokenizer)))))
-    scores, windows, peak = _perplexity(ctx, model, var, loaded, recorder, batching)
+    ids, plan = _plan(ctx, model, loaded)
+    recorder = None if ctx.settings.perplexity.stride else TopkRecorder(len(plan))
+    scores, peak = _perplexity(ctx, model, var, loaded, ids, plan, recorder, batching)
     baseline = Baseline(key=ctx.references.baseline_key(model), ppl=scores.ppl, window_nll=scores.window_nll,
                         window_tokens=scores.window_tokens, footprint_bytes=loaded.footprint_bytes)
     ctx.references.save_perplexity(baseline, recorder.tensors() if recorder is not None else None)
     prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
         lambda: fp16_prompt_stage(ctx, model, loaded))
-    return _measurements(ctx, model, var, loaded, scores, windows, peak, baseline, batching, None, prompts, seconds)
+    return _measurements(ctx, model, var, loaded, scores, len(plan), peak, baseline, batching, None, prompts, seconds)
 
 
 def variant_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, refs: References) -> Measurements:
@@ -96,15 +102,14 @@ def variant_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel
     hook = None
     if not ctx.settings.perplexity.stride and refs.corpus is not None:
         hook = KLAgainstReference(refs.corpus, refs.baseline.window_tokens)
-    scores, windows, peak = _perplexity(ctx, model, var, loaded, hook, batching)
+    ids, plan = _plan(ctx, model, loaded)
+    scores, peak = _perplexity(ctx, model, var, loaded, ids, plan, hook, batching)
     if refs.baseline.window_tokens != scores.window_tokens:
         raise RuntimeError(f"{model} {var.key}: perplexity windows differ from the FP16 baseline's")
     corpus_kl = None
     if hook is not None:
-        from quant_fixtures.store.corpus_reference import CORPUS_TOP_K
-
         corpus_kl = {**hook.acc.result(), "method": CORPUS_KL_METHOD.format(k=CORPUS_TOP_K)}
     prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
         lambda: variant_prompt_stage(ctx, model, var, loaded, refs, batching))
-    return _measurements(ctx, model, var, loaded, scores, windows, peak, refs.baseline, batching, corpus_kl,
+    return _measurements(ctx, model, var, loaded, scores, len(plan), peak, refs.baseline, batching, corpus_kl,
                          prompts, seconds)
