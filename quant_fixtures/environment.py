@@ -138,3 +138,16 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a = numerics_key(old, ("torch", "transformers", "bitsandbytes"))
     b = numerics_key(new, ("torch", "transformers", "bitsandbytes"))
     return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (interpreter, imports, collection: a run's start-up),
+    from /proc; None where there is no /proc."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - started_ticks / os.sysconf("SC_CLK_TCK"))

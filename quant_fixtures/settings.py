@@ -53,6 +53,7 @@ class LoadSettings:
     weight_dtype: str = "float16"
     nf4_compute_dtype: str | None = None
     nf4_double_quant: bool = False
+    max_gpu_memory: int | None = None  # bytes a process may hold on its GPU (--max-gpu-memory); None: the card
 
     @property
     def device_type(self) -> str:

@@ -22,6 +22,11 @@ class TopkRecorder:
         self.logp: list[list[torch.Tensor]] = [[] for _ in range(n_windows)]
         self.idx: list[list[torch.Tensor]] = [[] for _ in range(n_windows)]
 
+    def reset(self, batch: Sequence[int]) -> None:
+        """Forget what these windows recorded (their batch is being run again)."""
+        for w in batch:
+            self.logp[w], self.idx[w] = [], []
+
     def __call__(self, batch: Sequence[int], targets: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> None:
         for row, w in enumerate(batch):
             values, indices = topk_reference(logp[row][mask[row]], self.k)
@@ -37,7 +42,8 @@ class KLAgainstReference:
     """Logprob hook for a variant's pass: KL and same-top-1 at each scored position.
 
     The reference rows are stored window after window; a batch delivers chunks of positions for
-    several windows at once, so each window keeps its own cursor into its slice.
+    several windows at once, so each window keeps its own cursor into its slice and its own values
+    (a window whose batch is run again starts over; the summary reads the windows in order).
     """
 
     def __init__(self, reference: dict[str, torch.Tensor], window_tokens: Sequence[int]) -> None:
@@ -45,12 +51,17 @@ class KLAgainstReference:
         if self.ref_logp.shape[0] != sum(window_tokens):
             raise ValueError(f"corpus KL reference holds {self.ref_logp.shape[0]} positions, "
                              f"the windows score {sum(window_tokens)}")
-        starts = [0]
+        self.start = [0]
         for n in window_tokens[:-1]:
-            starts.append(starts[-1] + n)
-        self.cursor = starts
-        self.end = [s + n for s, n in zip(starts, window_tokens)]
-        self.acc = CorpusKL()
+            self.start.append(self.start[-1] + n)
+        self.cursor = list(self.start)
+        self.end = [s + n for s, n in zip(self.start, window_tokens)]
+        self.kl: list[list[torch.Tensor]] = [[] for _ in window_tokens]
+        self.same: list[list[torch.Tensor]] = [[] for _ in window_tokens]
+
+    def reset(self, batch: Sequence[int]) -> None:
+        for w in batch:
+            self.cursor[w], self.kl[w], self.same[w] = self.start[w], [], []
 
     def __call__(self, batch: Sequence[int], targets: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> None:
         for row, w in enumerate(batch):
@@ -59,5 +70,14 @@ class KLAgainstReference:
             if hi > self.end[w]:
                 raise RuntimeError(f"corpus KL: window {w} scored more positions than the FP16 reference holds")
             ref_logp, ref_idx = self.ref_logp[lo:hi].to(cand.device), self.ref_idx[lo:hi].to(cand.device)
-            self.acc.update(kl_topk(ref_logp, ref_idx, cand), cand.argmax(-1) == ref_idx[:, 0])
+            self.kl[w].append(kl_topk(ref_logp, ref_idx, cand).cpu())
+            self.same[w].append((cand.argmax(-1) == ref_idx[:, 0]).cpu())
             self.cursor[w] = hi
+
+    def summary(self) -> CorpusKL:
+        """Every scored position's KL and top-1 agreement, in window order."""
+        acc = CorpusKL()
+        for kl, same in zip(self.kl, self.same):
+            for k, s in zip(kl, same):
+                acc.update(k, s)
+        return acc

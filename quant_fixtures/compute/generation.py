@@ -6,10 +6,12 @@ and scores do not depend on which other prompts share its batch (proved in the i
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from quant_fixtures.compute.decoding import can_capture, static_greedy, supports_static_decoding
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget, chunked, run_batches, size_by_probe
 from quant_fixtures.compute.scoring import LOGPROB_ELEMENTS_PER_CHUNK, model_device, output_logits
 
 
@@ -72,57 +74,110 @@ def truncate_response(tokens: Sequence[int], max_new_tokens: int, eos: set[int])
     return out
 
 
+def kv_bytes_per_token(model: Any) -> int | None:
+    """Bytes of keys and values one token keeps in the cache (None when the config does not say)."""
+    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(c, "num_attention_heads", None)
+    layers, kv_heads = getattr(c, "num_hidden_layers", None), getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or (c.hidden_size // heads if heads else None)
+    if not (layers and kv_heads and head_dim):
+        return None
+    element = model.get_input_embeddings().weight.element_size()
+    return 2 * layers * kv_heads * head_dim * element
+
+
+def _prompt_bytes(model: Any, width: int, length: int) -> float:
+    """Memory one prompt of a generation batch needs: its static cache, the prefill's activations
+    (hidden states and the MLP's intermediates) and its logits."""
+    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    kv = kv_bytes_per_token(model)
+    if kv is None:
+        return 0.0
+    element = model.get_input_embeddings().weight.element_size()
+    hidden, inner = c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size)
+    return kv * length + width * (4 * hidden + 3 * inner) * element + 8 * c.vocab_size
+
+
 def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int],
-                    batch_size: int, progress: Callable[[int], None] | None = None,
-                    shift: int = 0) -> list[list[int]]:
+                    batch_size: int, progress: Callable[[int], None] | None = None, shift: int = 0,
+                    budget: MemoryBudget | None = None, log: BatchLog | None = None) -> list[list[int]]:
     """Greedy responses (token ids) for every prompt, generated in batches with left padding.
 
-    A batch runs to its largest max_new_tokens; each response is then cut to its own limit and at
-    its first EOS (greedy decoding is prefix-consistent, so cutting equals stopping early).
+    A batch runs to its largest max_new_tokens (or until every row has an EOS); each response is
+    then cut to its own limit and at its first EOS (greedy decoding is prefix-consistent, so
+    cutting equals stopping early). Batches are as large as ``batch_size`` and the memory allow.
     """
     device = model_device(model)
+    budget = budget or MemoryBudget(str(device))
+    log = log if log is not None else BatchLog()
     eos, pad = eos_token_ids(model, tokenizer), pad_token_id(model, tokenizer)
     responses: list[list[int]] = [[] for _ in prompts]
+    longest = max((len(p) for p in prompts), default=0) + max(max_new_tokens, default=0)
+    size = budget.fit(batch_size, _prompt_bytes(model, longest - max(max_new_tokens, default=0), longest))
+    if size < batch_size:
+        log.notes.append(f"generation: {size} prompts per batch, not {batch_size}, to fit the static cache "
+                         f"of {longest} tokens in {(budget.free() or 0) / 2**30:.2f} GiB")
+    static = supports_static_decoding(model, longest)
+    graph = static and can_capture(model)
+
+    def run(batch: list[int]) -> None:
+        ids, mask = _left_pad([prompts[i] for i in batch], pad, device)
+        steps = max(max_new_tokens[i] for i in batch)
+        if static:
+            out, how = static_greedy(model, ids, mask, steps, eos, graph)
+        else:
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=0,
+                                 do_sample=False, temperature=None, top_p=None, top_k=None, num_beams=1,
+                                 pad_token_id=pad, eos_token_id=sorted(eos))[:, ids.shape[1]:]
+            how = "transformers generate (dynamic cache)"
+        log.generation_method = how
+        rows = out.tolist()
+        for row, i in enumerate(batch):
+            responses[i] = truncate_response(rows[row], max_new_tokens[i], eos)
+        if progress is not None:
+            progress(len(batch))
+
     # Batch by (max_new_tokens, length) so short-answer prompts do not wait for long ones.
     keys = [max_new_tokens[i] * 100_000 + len(p) for i, p in enumerate(prompts)]
     with torch.inference_mode():
-        for batch in length_batches(keys, batch_size, shift):
-            ids, mask = _left_pad([prompts[i] for i in batch], pad, device)
-            steps = max(max_new_tokens[i] for i in batch)
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=0,
-                                 do_sample=False, temperature=None, top_p=None, top_k=None,
-                                 num_beams=1, pad_token_id=pad, eos_token_id=sorted(eos))
-            for row, i in enumerate(batch):
-                responses[i] = truncate_response(out[row, ids.shape[1]:].tolist(), max_new_tokens[i], eos)
-            if progress is not None:
-                progress(len(batch))
+        run_batches(length_batches(keys, size, shift), run, budget, log, "generation", "prompts")
     return responses
 
 
 def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                    batch_size: int, pad: int) -> Iterator[tuple[int, torch.Tensor]]:
+                    batch_size: int, pad: int, consume: Callable[[int, torch.Tensor], None],
+                    budget: MemoryBudget | None = None, log: BatchLog | None = None, stage: str = "scoring") -> None:
     """Teacher-forced logits (float32) at every position whose next token is a response token.
 
     For prompt p (P tokens) and response r (R tokens) the model reads p + r[:-1]; the R positions
     from the last prompt token through the second-to-last response token each predict one response
-    token. Yields (prompt index, logits [R, V]); prompts with an empty response are skipped.
+    token. Calls ``consume(prompt index, logits [R, V])`` per prompt (again for the same prompt if
+    its batch is rerun after running out of memory); prompts with an empty response are skipped.
+    Rows run longest first; on CUDA the longest runs alone first, to measure how many fit a pass.
     """
     device = model_device(model)
+    budget = budget or MemoryBudget(str(device))
+    log = log if log is not None else BatchLog()
     vocab = model.get_output_embeddings().weight.shape[0]
     todo = [i for i in range(len(prompts)) if responses[i]]
-    lengths = [len(prompts[i]) + len(responses[i]) - 1 for i in todo]
+    todo.sort(key=lambda i: (-(len(prompts[i]) + len(responses[i])), i))
+
+    def run(batch: list[int]) -> None:
+        rows = [list(prompts[i]) + list(responses[i][:-1]) for i in batch]
+        ids, mask = _left_pad(rows, pad, device)
+        hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                                  use_cache=False).last_hidden_state
+        width = ids.shape[1]
+        chunk = max(1, budget.logprob_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab) // vocab)
+        for row, i in enumerate(batch):
+            n = len(responses[i])
+            start = width - n  # last prompt token sits at width - n when the row is right-aligned
+            h = hidden[row, start:width]
+            consume(i, torch.cat([output_logits(model, h[lo:lo + chunk]).float() for lo in range(0, n, chunk)]))
+
+    size = batch_size
     with torch.inference_mode():
-        for group in length_batches(lengths, batch_size):
-            batch = [todo[g] for g in group]
-            rows = [list(prompts[i]) + list(responses[i][:-1]) for i in batch]
-            ids, mask = _left_pad(rows, pad, device)
-            hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
-                                      use_cache=False).last_hidden_state
-            width = ids.shape[1]
-            chunk = max(1, LOGPROB_ELEMENTS_PER_CHUNK // vocab)
-            for row, i in enumerate(batch):
-                n = len(responses[i])
-                start = width - n  # last prompt token sits at width - n when the row is right-aligned
-                h = hidden[row, start:width]
-                parts = [output_logits(model, h[lo:lo + chunk]).float() for lo in range(0, n, chunk)]
-                yield i, torch.cat(parts)
+        if budget.cuda and batch_size > 1 and len(todo) > 1:
+            size = size_by_probe(batch_size, lambda: run(todo[:1]), budget, log, stage, "prompts")
+            todo = todo[1:]
+        run_batches(chunked(todo, size), run, budget, log, stage, "prompts")

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget
 from quant_fixtures.compute.generation import greedy_generate, pad_token_id, prompt_token_ids, response_logits
 from quant_fixtures.metrics.divergence import kl_exact, kl_topk, nll_of_targets, tail_mass, topk_reference
 from quant_fixtures.inputs.prompts import Prompt
@@ -32,23 +33,34 @@ _EMPTY = np.zeros(0)
 NO_SCORE = PromptScore(_EMPTY, _EMPTY.astype(bool), _EMPTY, _EMPTY)  # a prompt with nothing scored
 
 
-def compute_reference(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey, gen_batch: int,
-                      score_batch: int, progress: Callable[[int], None] | None = None) -> PromptReference:
-    """Greedy FP16 responses, then the FP16 top-k log-probs at every response position."""
+def reference_responses(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey, gen_batch: int,
+                        progress: Callable[[int], None] | None = None, budget: MemoryBudget | None = None,
+                        log: BatchLog | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, greedy FP16 responses) of the suite."""
     prompt_ids = [prompt_token_ids(tokenizer, p.prompt, key.use_chat_template) for p in prompts]
     limits = [min(p.max_new_tokens, key.max_new_tokens_cap or p.max_new_tokens) for p in prompts]
-    responses = greedy_generate(model, tokenizer, prompt_ids, limits, gen_batch, progress)
+    return prompt_ids, greedy_generate(model, tokenizer, prompt_ids, limits, gen_batch, progress, budget=budget, log=log)
+
+
+def reference_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey,
+                       prompt_ids: list[list[int]], responses: list[list[int]], score_batch: int,
+                       budget: MemoryBudget | None = None, log: BatchLog | None = None) -> PromptReference:
+    """The FP16 top-k log-probs (and, if the key says so, the whole distribution) at every response position."""
     import torch
 
     logp: list[Any] = [None] * len(prompts)
     idx: list[Any] = [None] * len(prompts)
     full: list[Any] | None = [None] * len(prompts) if key.full_logprobs else None
     vocab = model.get_output_embeddings().weight.shape[0]
-    for i, logits in response_logits(model, prompt_ids, responses, score_batch, pad_token_id(model, tokenizer)):
+
+    def keep(i: int, logits: Any) -> None:
         logits = logits.double()  # normalise in float64, store float32
         logp[i], idx[i] = (t.cpu() for t in topk_reference(logits, key.top_k))
         if full is not None:
             full[i] = torch.log_softmax(logits, -1).float().cpu()
+
+    response_logits(model, prompt_ids, responses, score_batch, pad_token_id(model, tokenizer), keep, budget, log,
+                    "reference scoring")
     for i in range(len(prompts)):  # empty responses (cannot happen with max_new_tokens >= 1) stay empty
         if logp[i] is None:
             logp[i], idx[i] = torch.zeros(0, key.top_k), torch.zeros(0, key.top_k, dtype=torch.int64)
@@ -58,12 +70,21 @@ def compute_reference(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key
                            full_logp=full)
 
 
-def score_against_reference(model: Any, tokenizer: Any, reference: PromptReference,
-                            batch_size: int) -> list[PromptScore]:
+def compute_reference(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey, gen_batch: int,
+                      score_batch: int) -> PromptReference:
+    """Greedy FP16 responses, then the FP16 log-probs at every response position."""
+    prompt_ids, responses = reference_responses(model, tokenizer, prompts, key, gen_batch)
+    return reference_logprobs(model, tokenizer, prompts, key, prompt_ids, responses, score_batch)
+
+
+def score_against_reference(model: Any, tokenizer: Any, reference: PromptReference, batch_size: int,
+                            budget: MemoryBudget | None = None, log: BatchLog | None = None,
+                            stage: str = "scoring") -> list[PromptScore]:
     """Teacher-forced pass of the variant over prompt + FP16 response, scored against FP16."""
     scores: list[PromptScore | None] = [None] * len(reference.prompt_ids)
     pad = pad_token_id(model, tokenizer)
-    for i, logits in response_logits(model, reference.prompt_ids, reference.response_ids, batch_size, pad):
+
+    def score(i: int, logits: Any) -> None:
         # float64 log-softmax: KL of two close distributions is a small difference of large logs.
         logits = logits.double()
         ref_logp, ref_idx = reference.topk_logp[i].to(logits.device), reference.topk_idx[i].to(logits.device)
@@ -76,6 +97,8 @@ def score_against_reference(model: Any, tokenizer: Any, reference: PromptReferen
             kl_exact=(kl_exact(reference.full_logp[i].to(logits.device), logits).cpu().numpy()
                       if reference.full_logp is not None else None),
         )
+
+    response_logits(model, reference.prompt_ids, reference.response_ids, batch_size, pad, score, budget, log, stage)
     return [s or NO_SCORE for s in scores]
 
 
@@ -115,10 +138,10 @@ def per_prompt_records(prompts: Sequence[Prompt], reference: PromptReference, sc
 
 
 def generate_responses(model: Any, tokenizer: Any, prompts: Sequence[Prompt], reference: PromptReference,
-                       gen_batch: int, progress: Callable[[int], None] | None = None,
-                       shift: int = 0) -> list[list[int]]:
+                       gen_batch: int, progress: Callable[[int], None] | None = None, shift: int = 0,
+                       budget: MemoryBudget | None = None, log: BatchLog | None = None) -> list[list[int]]:
     """The variant's own greedy responses to the same prompt ids, with the FP16 length limits
     (``shift``: see generation.length_batches)."""
     cap = reference.key.max_new_tokens_cap
     limits = [min(p.max_new_tokens, cap or p.max_new_tokens) for p in prompts]
-    return greedy_generate(model, tokenizer, reference.prompt_ids, limits, gen_batch, progress, shift)
+    return greedy_generate(model, tokenizer, reference.prompt_ids, limits, gen_batch, progress, shift, budget, log)

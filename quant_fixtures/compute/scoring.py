@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget, chunked, run_batches, size_by_probe
 from quant_fixtures.metrics.perplexity import Window, perplexity
 
 # Upper bound on float32 log-prob elements materialised at once (2**28 floats = 1 GiB).
@@ -69,17 +70,6 @@ def check_output_head(model: Any, vocab_probe: int = 8) -> None:
         )
 
 
-def _batches(windows: Sequence[Window], batch_size: int) -> list[list[int]]:
-    """Indices of consecutive windows grouped into batches of equal length."""
-    batches: list[list[int]] = []
-    for i, w in enumerate(windows):
-        if batches and len(batches[-1]) < batch_size and windows[batches[-1][0]].length == w.length:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
 def score_windows(
     model: Any,
     token_ids: torch.Tensor,
@@ -87,43 +77,62 @@ def score_windows(
     batch_size: int = 1,
     hook: LogprobHook | None = None,
     progress: Callable[[int], None] | None = None,
+    budget: MemoryBudget | None = None,
+    log: BatchLog | None = None,
 ) -> WindowScores:
     """Sum of -log p(target | preceding tokens in the window) per window, in float64.
 
-    Log-softmax runs in float32 on the head's output; sums accumulate in float64.
+    Windows of equal length run together, at most ``batch_size`` per pass and as many as fit in
+    ``budget`` (see compute/memory.py). Log-softmax runs in float32 on the head's output over
+    chunks of positions; sums accumulate in float64. A hook with a ``reset(windows)`` method is
+    told when a batch is run again after running out of memory.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = model_device(model)
+    budget = budget or MemoryBudget(str(device))
     vocab = model.get_output_embeddings().weight.shape[0]
     nll = [0.0] * len(windows)
     counts = [w.scored for w in windows]
+
+    def run(batch: list[int]) -> None:
+        if hook is not None and hasattr(hook, "reset"):
+            hook.reset(batch)
+        group = [windows[i] for i in batch]
+        inputs = torch.stack([token_ids[w.begin:w.end] for w in group]).to(device)
+        hidden = model.base_model(input_ids=inputs, use_cache=False).last_hidden_state
+        # All windows in a batch share length; scored offsets may differ (strided plans).
+        offset = min(w.first_target - w.begin for w in group)
+        positions = hidden.shape[1] - offset  # logits at offset-1 .. L-2 predict offset .. L-1
+        elements = budget.logprob_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab)
+        chunk = max(1, elements // (len(group) * vocab))
+        sums = torch.zeros(len(group), dtype=torch.float64, device=device)
+        first = torch.tensor([w.first_target - w.begin for w in group], device=device)
+        for lo in range(0, positions, chunk):
+            hi = min(positions, lo + chunk)
+            logp = torch.log_softmax(output_logits(model, hidden[:, offset - 1 + lo:offset - 1 + hi]).float(), -1)
+            targets = inputs[:, offset + lo:offset + hi]
+            token_nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
+            target_pos = torch.arange(offset + lo, offset + hi, device=device)
+            mask = target_pos.unsqueeze(0) >= first.unsqueeze(1)
+            sums += (token_nll * mask).sum(-1)
+            if hook is not None:
+                hook(batch, targets, logp, mask)
+            del logp, token_nll
+        for i, value in zip(batch, sums.tolist()):
+            nll[i] = value
+        if progress is not None:
+            progress(len(batch))
+
+    log = log if log is not None else BatchLog()
     start = time.perf_counter()
+    todo, size = list(range(len(windows))), batch_size
     with torch.inference_mode():
-        for batch in _batches(windows, batch_size):
-            group = [windows[i] for i in batch]
-            inputs = torch.stack([token_ids[w.begin:w.end] for w in group]).to(device)
-            hidden = model.base_model(input_ids=inputs, use_cache=False).last_hidden_state
-            # All windows in a batch share length; scored offsets may differ (strided plans).
-            offset = min(w.first_target - w.begin for w in group)
-            positions = hidden.shape[1] - offset  # logits at offset-1 .. L-2 predict offset .. L-1
-            chunk = max(1, LOGPROB_ELEMENTS_PER_CHUNK // (len(group) * vocab))
-            sums = torch.zeros(len(group), dtype=torch.float64, device=device)
-            for lo in range(0, positions, chunk):
-                hi = min(positions, lo + chunk)
-                logp = torch.log_softmax(output_logits(model, hidden[:, offset - 1 + lo:offset - 1 + hi]).float(), -1)
-                targets = inputs[:, offset + lo:offset + hi]
-                token_nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
-                first = torch.tensor([w.first_target - w.begin for w in group], device=device)
-                target_pos = torch.arange(offset + lo, offset + hi, device=device)
-                mask = target_pos.unsqueeze(0) >= first.unsqueeze(1)
-                sums += (token_nll * mask).sum(-1)
-                if hook is not None:
-                    hook(batch, targets, logp, mask)
-            for i, value in zip(batch, sums.tolist()):
-                nll[i] = value
-            if progress is not None:
-                progress(len(batch))
+        if budget.cuda and batch_size > 1 and len(windows) > 1:
+            size = size_by_probe(batch_size, lambda: run([0]), budget, log, "perplexity", "windows")
+            todo = todo[1:]
+        batches = chunked(todo, size, same_group=lambda a, b: windows[a].length == windows[b].length)
+        run_batches(batches, run, budget, log, "perplexity", "windows")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

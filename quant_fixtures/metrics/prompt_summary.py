@@ -40,9 +40,10 @@ def flip_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def batch_sensitivity(records: Sequence[dict[str, Any]], again: Sequence[dict[str, Any]], batch: int,
-                      shift: int) -> dict[str, Any]:
+                      shift: int, which: str = "every prompt") -> dict[str, Any]:
     """How much a batch-dependent variant's generation moves when every prompt gets other
-    neighbours: the same prompts generated again with the batch boundaries moved by ``shift``."""
+    neighbours: the prompts of ``records`` (``which`` says which they are) generated again, alone
+    together, with the batch boundaries moved by ``shift``."""
     checkable = [(a, b) for a, b in zip(records, again) if a["flip"] is not None]
     return {
         "batch_size": batch, "shift": shift, "prompts": len(records),
@@ -50,9 +51,9 @@ def batch_sensitivity(records: Sequence[dict[str, Any]], again: Sequence[dict[st
         "verdicts_changed": sum(a["correct"] != b["correct"] for a, b in checkable),
         "flips": sum(bool(a["flip"]) for a, _ in checkable),
         "flips_other_batch": sum(bool(b["flip"]) for _, b in checkable),
-        "method": (f"the variant's greedy responses generated a second time in batches of {batch} prompts with "
-                   f"every batch boundary moved by {shift} (other neighbours and padding for every prompt); "
-                   "counts of prompts whose response or answer verdict changed"),
+        "method": (f"the variant's greedy responses to {which} generated a second time, without the other prompts, "
+                   f"in batches of up to {batch} with every batch boundary moved by {shift} (other neighbours and "
+                   "padding for every prompt); counts of prompts whose response or answer verdict changed"),
     }
 
 

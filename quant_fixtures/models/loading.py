@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quant_fixtures.config import ModelSpec
+from quant_fixtures.models.int8_on_device import int8_quantized_on_device
 from quant_fixtures.models.sources import ResolvedModel
 from quant_fixtures.settings import LoadSettings
 from quant_fixtures.variants import Variant, torch_dtype
@@ -89,14 +90,15 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
     start = time.perf_counter()
     kwargs = variant.load_kwargs(options)
     tokenizer = AutoTokenizer.from_pretrained(resolved.directory, trust_remote_code=spec.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolved.directory,
-        dtype=torch_dtype(options.weight_dtype),
-        device_map={"": device},
-        trust_remote_code=spec.trust_remote_code,
-        use_safetensors=None if spec.allow_pickle else True,  # never unpickle weights without the opt-in
-        **kwargs,
-    )
+    with int8_quantized_on_device(device):  # no host round trip per weight (models/int8_on_device.py)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.directory,
+            dtype=torch_dtype(options.weight_dtype),
+            device_map={"": device},
+            trust_remote_code=spec.trust_remote_code,
+            use_safetensors=None if spec.allow_pickle else True,  # never unpickle weights without the opt-in
+            **kwargs,
+        )
     model.eval()
     footprint = int(model.get_memory_footprint())
     state_bytes = quantization_state_bytes(model)

@@ -97,12 +97,32 @@ def check_options(config: pytest.Config) -> None:
         value = config.getoption(name)
         if value is not None and value < 1:
             raise pytest.UsageError(f"{name}: expected a positive integer, got {value}")
+    max_gpu_memory(config)
     if config.getoption("--exact-kl-max-mb") < 0:
         raise pytest.UsageError(f"--exact-kl-max-mb: expected 0 or more, got {config.getoption('--exact-kl-max-mb')}")
     try:  # budgets against each model's window: in preflight_models, once its config is read
         check_limits(suite, selected_pairs(config))
         check_output_dirs(output_dirs(config))
     except PreflightError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+MAX_GPU_MEMORY_ENV = "QUANT_MAX_GPU_MEMORY"
+
+
+def max_gpu_memory(config: pytest.Config) -> int | None:
+    """Bytes from --max-gpu-memory, else from $QUANT_MAX_GPU_MEMORY; a usage error naming the
+    source when it is not a size (an unreadable cap must not silently mean "no cap")."""
+    from quant_fixtures.compute.memory import parse_size
+
+    given, source = config.getoption("--max-gpu-memory"), "--max-gpu-memory"
+    if given is None and os.environ.get(MAX_GPU_MEMORY_ENV) is not None:
+        given, source = os.environ[MAX_GPU_MEMORY_ENV], f"${MAX_GPU_MEMORY_ENV}"
+    if given is None:
+        return None
+    try:
+        return parse_size(given, source)
+    except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
 
 
@@ -195,7 +215,8 @@ def build_settings(config: pytest.Config) -> RunSettings:
             gen_batch_size=option("--gen-batch-size") or defaults.gen_batch_size,
             exact_kl_max_mb=option("--exact-kl-max-mb"), skip=option("--skip-prompts")),
         load=LoadSettings(device=device, weight_dtype=option("--weight-dtype"),
-                          nf4_compute_dtype=option("--nf4-compute-dtype"), nf4_double_quant=option("--nf4-double-quant")),
+                          nf4_compute_dtype=option("--nf4-compute-dtype"), nf4_double_quant=option("--nf4-double-quant"),
+                          max_gpu_memory=max_gpu_memory(config)),
         gates=GatePolicy(mode=option("--gate-mode"), on=option("--gate-on"),
                          frozen_baselines=option("--frozen-baselines")),
         run_id=run_id(config),

@@ -60,6 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="also compute exact full-vocabulary KL when the FP16 distributions fit this many MiB "
                      "(default 1024; 0 turns it off)")
     g.addoption("--gen-batch-size", type=int, default=None, help="prompts generated per batch")
+    g.addoption("--max-gpu-memory", default=None,
+                help="cap on the GPU memory each process may use, e.g. 15GiB or 16GB (env QUANT_MAX_GPU_MEMORY); "
+                     "batch sizes are chosen to fit it and it is enforced for the whole run")
     g.addoption("--skip-prompts", action="store_true", help="perplexity and memory only: no prompt KL stage")
     g.addoption("--gate-on", default="point", choices=("point", "upper"),
                 help="gate on the point estimate, or on the 95%% CI's bound on the failing side where a CI exists")

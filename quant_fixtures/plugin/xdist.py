@@ -9,7 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from quant_fixtures.plugin.workers import PATHS_KEY, RUN_ID_KEY, run_id
+
+
+def local_weight_bytes(path: str | None) -> int:
+    """Bytes of a local model directory's weight files (0 for Hub models: their order is the config's)."""
+    if not path:
+        return 0
+    from pathlib import Path
+
+    folder = Path(path).expanduser()
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern)) \
+        if folder.is_dir() else 0
 
 
 class XdistHooks:
@@ -25,6 +38,28 @@ class XdistHooks:
 
         node.workerinput[RUN_ID_KEY] = run_id(self.config)
         node.workerinput[PATHS_KEY] = {k: str(v) for k, v in output_dirs(self.config).items()}
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: Any, log: Any) -> Any:
+        """`--dist loadgroup` in a suite run: the pair-aware order of plugin/scheduling.py."""
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        from quant_fixtures.plugin.cli import CONFIG_KEY
+        from quant_fixtures.plugin.scheduling import PairAwareScheduling, pair_of_group
+        from quant_fixtures.variants import BASELINE_VARIANT, VARIANTS
+
+        suite = config.stash[CONFIG_KEY]
+        models, variants = list(suite.models), list(VARIANTS)
+        sizes = {m: local_weight_bytes(suite.models[m].path) for m in models}
+
+        def pair(group: str) -> Any:
+            return pair_of_group(group, models, variants)
+
+        def size(group: str) -> float:
+            p = pair(group)
+            return float(sizes.get(p[0], 0)) if p else 0.0
+
+        return PairAwareScheduling(config, log, pair=pair, baseline=BASELINE_VARIANT, size=size)
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """The controller's up-front model checks, once, for the models the workers collected."""

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from quant_fixtures.report.gates import GateResult
 from quant_fixtures.store.atomic import write_json_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: batching records what memory allowed, timing has the stage table
 OMIT_IF_NONE = {"omit_if_none": True}  # field metadata: left out of the JSON when None
 T = TypeVar("T")
 
@@ -50,10 +50,16 @@ class VariantInfo:
 
 @dataclass
 class Batching:
+    """Batch sizes that ran (the largest of each stage), what was asked for, and why they differ."""
+
     perplexity_windows_per_pass: int
     prompt_scoring_per_pass: int
     generation_batch: int
     batch_invariant: bool
+    requested: dict[str, int] = field(default_factory=dict)
+    memory_limit_gb: float | None = None  # what the process could hold on its GPU (the cap, else the card)
+    notes: list[str] = field(default_factory=list)  # every size memory lowered, every out-of-memory retry
+    generation_method: str | None = None  # how decode steps ran: "cuda graph", "eager", or generate()
 
 
 @dataclass
@@ -96,6 +102,9 @@ class Timing:
     ppl_s: float
     ppl_tokens_per_s: float | None
     prompts_s: float | None
+    # Seconds per row of the stage table (session/context.STAGE_ROWS); start-up only in the first
+    # document a process evaluates, and an FP16 pass a variant triggered is in the FP16 document.
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,15 +1,23 @@
-"""What a pass receives: the run's settings, its inputs, the FP16 reference store, and the name of
-the stage it is in (so that running out of memory can say where)."""
+"""What a pass receives: the run's settings, its inputs, the FP16 reference store, the stage it is
+in (so that running out of memory can say where) and the seconds spent in each row of the stage
+table every report carries (``timing.stages``)."""
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget
 from quant_fixtures.session.inputs import RunInputs
 from quant_fixtures.session.references import ReferenceStore
 from quant_fixtures.settings import RunSettings
+
+# The rows of a report's stage table, in order. Every second of an evaluation is in one of them;
+# "other" is what the timed stages leave out (it should stay near zero).
+STAGE_ROWS = ("start-up", "tokenize", "references", "load", "perplexity", "generation", "scoring", "statistics",
+              "report", "other")
 
 
 @dataclass
@@ -17,13 +25,34 @@ class PassContext:
     settings: RunSettings
     inputs: RunInputs
     references: ReferenceStore
+    budget: MemoryBudget
     current_stage: str = "start"
+    failed_stage: str | None = None  # the innermost stage an exception left (clean-up stages run after it)
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGE_ROWS, 0.0))
+    batches: BatchLog = field(default_factory=BatchLog)
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Names the stage an error (out of memory) happened in."""
+    def stage(self, name: str, row: str) -> Iterator[None]:
+        """Names the stage an error (out of memory) happened in and adds its time to ``row``
+        (the device is synchronised first, so queued GPU work is counted where it was queued)."""
+        if row not in self.seconds:
+            raise ValueError(f"unknown stage-table row {row!r}")
         self.current_stage = name
-        yield
+        start = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            self.failed_stage = self.failed_stage or name
+            raise
+        finally:
+            self.budget.synchronize()
+            self.seconds[row] += time.perf_counter() - start
+
+    def stage_table(self, wall_seconds: float) -> dict[str, float]:
+        """The rows, with "other" = the evaluation's wall time not spent in a timed stage."""
+        table = dict(self.seconds)
+        table["other"] = max(0.0, wall_seconds - sum(v for k, v in table.items() if k != "other"))
+        return {k: round(v, 3) for k, v in table.items()}
 
 
 def progress_bar(total: int, desc: str, unit: str) -> Any:

@@ -8,9 +8,13 @@ needs the model's FP16 references; when they are missing or stale, the FP16 pass
 from __future__ import annotations
 
 import logging
+import re
+import time
 from contextlib import nullcontext
 
+from quant_fixtures.compute.memory import GiB, MemoryBudget, is_out_of_memory
 from quant_fixtures.config import SuiteConfig
+from quant_fixtures.environment import process_age
 from quant_fixtures.metrics.registry import GATEABLE
 from quant_fixtures.models.loading import load_model, release
 from quant_fixtures.report.build import evaluation_document
@@ -33,13 +37,15 @@ class EvaluationFailed(RuntimeError):
     """One (model, variant) could not be evaluated; the message is one line."""
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
-    import torch
-
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
+def out_of_memory_line(model: str, variant: str, stage: str, exc: BaseException, budget: MemoryBudget) -> str:
+    """One line: the pair, the stage, what the failed allocation asked for and what the process had."""
+    text = " ".join(str(exc).split())
+    asked = re.search(r"[Tt]ried to allocate ([0-9.]+ ?[KMGT]?i?B)", text)
+    need = f"needed {asked.group(1)} more" if asked else (text[:160] or type(exc).__name__)
+    held, limit = budget.held(), budget.limit()
+    had = (f"; {held / GiB:.2f} GiB held of the {limit / GiB:.2f} GiB this process may use"
+           if held is not None and limit is not None else "")
+    return f"{model} {variant}: out of memory in stage {stage}: {need}{had}"
 
 
 class EvaluationSession:
@@ -49,6 +55,10 @@ class EvaluationSession:
         self.references = ReferenceStore(self.inputs, settings)
         self.evaluations: dict[str, dict[str, EvaluationDocument]] = {}
         self._failed: dict[tuple[str, str], str] = {}
+        self.budget = MemoryBudget(settings.load.device, settings.load.max_gpu_memory)
+        self.budget.enforce()
+        self._startup_s: float | None = process_age()  # reported once, by the first evaluation
+        self._nested_s = 0.0  # wall time of FP16 passes that a variant's evaluation ran first
 
     def evaluate(self, model: str, variant: str) -> EvaluationDocument:
         """Evaluate one pair (once per session) and write its reports; returns the document.
@@ -60,7 +70,11 @@ class EvaluationSession:
             return done
         if (model, variant) in self._failed:
             raise EvaluationFailed(self._failed[model, variant])
-        ctx = PassContext(self.settings, self.inputs, self.references)
+        ctx = PassContext(self.settings, self.inputs, self.references, self.budget)
+        if self._startup_s is not None:
+            ctx.seconds["start-up"], self._startup_s = self._startup_s, None
+        started, nested_before = time.perf_counter(), self._nested_s
+        failure = None
         try:
             document = self._evaluate(ctx, model, variant)
         except EvaluationFailed as exc:
@@ -69,10 +83,14 @@ class EvaluationSession:
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            self._failed[model, variant] = f"{model} {variant}: out of memory in stage {ctx.current_stage}: {first_line}"
-            raise EvaluationFailed(self._failed[model, variant]) from None
-        self._write(model, variant, document)
+            failure = out_of_memory_line(model, variant, ctx.failed_stage or ctx.current_stage, exc, self.budget)
+        if failure is not None:  # raised here, once the exception and the tensors it holds are gone
+            self.budget.release_cached()
+            self._failed[model, variant] = failure
+            raise EvaluationFailed(failure)
+        wall = time.perf_counter() - started - (self._nested_s - nested_before)
+        document.timing.stages = ctx.stage_table(wall + ctx.seconds["start-up"])
+        self._write(model, variant, document)  # milliseconds; after the table is sealed
         return document
 
     def fp16_references(self, model: str) -> References:
@@ -84,10 +102,13 @@ class EvaluationSession:
             if self.settings.gates.frozen_baselines:
                 raise StaleBaselineError(f"--frozen-baselines: {model}: {reason}")
             log.warning("running the FP16 pass of %s first: %s", model, reason)
+            started = time.perf_counter()
             try:
                 self.evaluate(model, BASELINE_VARIANT)
             except EvaluationFailed as exc:
                 raise EvaluationFailed(f"the FP16 pass this variant is compared with failed: {exc}") from None
+            finally:
+                self._nested_s += time.perf_counter() - started
             refs, reason = self.references.load(model)
         if refs is None:
             raise RuntimeError(f"FP16 references of {model} were computed but cannot be read back: {reason}")
@@ -95,18 +116,26 @@ class EvaluationSession:
 
     def _evaluate(self, ctx: PassContext, model: str, variant: str) -> EvaluationDocument:
         spec, var = self.config.models[model], VARIANTS[variant]
-        refs = None if var.is_baseline else self.fp16_references(model)  # may run the FP16 pass first
+        refs = None
+        if not var.is_baseline:
+            with ctx.stage("FP16 references", "references"):  # may run the FP16 pass first (timed apart)
+                nested_before = self._nested_s
+                refs = self.fp16_references(model)
+            ctx.seconds["references"] -= self._nested_s - nested_before
         with self.references.lock(model) if var.is_baseline else nullcontext():
-            with ctx.stage("load"):
+            self.budget.start_peak()
+            with ctx.stage("load", "load"):
                 loaded = load_model(spec, self.inputs.resolved(model), var, self.settings.load)
             try:
                 measured = (fp16_pass(ctx, model, var, loaded) if refs is None
                             else variant_pass(ctx, model, var, loaded, refs))
             finally:
-                release(loaded)
-        limits, ungated = self._gates(model, variant)
-        return evaluation_document(measured, self.settings.perplexity, self.settings.gates, self.settings.run_id,
-                                   limits, ungated)
+                with ctx.stage("release", "load"):
+                    release(loaded)
+        with ctx.stage("report", "report"):
+            limits, ungated = self._gates(model, variant)
+            return evaluation_document(measured, self.settings.perplexity, self.settings.gates, self.settings.run_id,
+                                       limits, ungated)
 
     def _gates(self, model: str, variant: str) -> tuple[dict[str, float], dict[str, str]]:
         """The pair's limits, and why each registered metric that is not gated has no gate."""

@@ -27,52 +27,62 @@ CORPUS_KL_METHOD = ("KL(P_fp16 || Q_variant) in nats at every scored WikiText-2 
 
 
 def batching_for(var: Variant, settings: RunSettings) -> Batching:
-    """Sequences per forward pass. A variant whose kernels depend on the batch (LLM.int8 picks
-    outlier columns over the whole batch) is scored one sequence per pass, so its numbers do
-    not depend on the other windows, prompts or the batch size; its generation stays batched
-    and how much it moves with the batch composition is measured (flips.batch_sensitivity)."""
+    """Sequences per forward pass asked for (memory may lower them: see :func:`batching_used`). A
+    variant whose kernels depend on the batch (LLM.int8 picks outlier columns over the whole
+    batch) is scored one sequence per pass, so its numbers do not depend on the other windows,
+    prompts or the batch size; its generation stays batched and how much it moves with the batch
+    composition is measured (flips.batch_sensitivity)."""
     alone = not var.batch_invariant
     return Batching(perplexity_windows_per_pass=1 if alone else settings.perplexity.batch_size,
                     prompt_scoring_per_pass=1 if alone else settings.prompts.score_batch_size,
                     generation_batch=settings.prompts.gen_batch_size, batch_invariant=var.batch_invariant)
 
 
+def batching_used(ctx: PassContext, asked: Batching) -> Batching:
+    """What ran: the largest batch of each stage, the memory limit and every change memory forced."""
+    used, limit = ctx.batches.used, ctx.budget.limit()
+    return Batching(
+        perplexity_windows_per_pass=used.get("perplexity", asked.perplexity_windows_per_pass),
+        prompt_scoring_per_pass=used.get("prompt scoring", used.get("reference scoring",
+                                                                    asked.prompt_scoring_per_pass)),
+        generation_batch=used.get("generation", asked.generation_batch), batch_invariant=asked.batch_invariant,
+        requested={"perplexity": asked.perplexity_windows_per_pass, "scoring": asked.prompt_scoring_per_pass,
+                   "generation": asked.generation_batch},
+        memory_limit_gb=limit / GB if limit is not None else None, notes=list(ctx.batches.notes),
+        generation_method=ctx.batches.generation_method)
+
+
 def _plan(ctx: PassContext, model: str, loaded: LoadedModel) -> tuple[Any, list[Window]]:
     """The corpus token ids and the perplexity windows over them (the same for every variant)."""
-    ids = ctx.inputs.corpus_ids(model, loaded.tokenizer)
-    return ids, ctx.inputs.windows(model, len(ids))
+    with ctx.stage("tokenize", "tokenize"):
+        ids = ctx.inputs.corpus_ids(model, loaded.tokenizer)
+        return ids, ctx.inputs.windows(model, len(ids))
 
 
 def _perplexity(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, ids: Any, plan: list[Window],
-                hook: Any, batching: Batching) -> tuple[WindowScores, float | None]:
-    """(scores, peak GPU GB) of the perplexity pass over ``plan``."""
-    import torch
-
-    device = ctx.settings.load.device
-    check_output_head(loaded.model)
-    on_cuda = device.startswith("cuda")
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats(device)
+                hook: Any, batching: Batching) -> WindowScores:
+    """The perplexity pass over ``plan``."""
     bar = progress_bar(len(plan), f"{model} {var.key} perplexity", "win")
-    with ctx.stage("perplexity"):
+    with ctx.stage("perplexity", "perplexity"):
+        check_output_head(loaded.model)
         scores = score_windows(loaded.model, ids, plan, batching.perplexity_windows_per_pass, hook=hook,
-                               progress=bar.update if bar else None)
+                               progress=bar.update if bar else None, budget=ctx.budget, log=ctx.batches)
     close_bar(bar)
-    peak = torch.cuda.max_memory_allocated(device) / GB if on_cuda else None
-    return scores, peak
+    return scores
 
 
 def _measurements(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, scores: WindowScores,
-                  windows: int, peak: float | None, baseline: Baseline, batching: Batching,
+                  windows: int, baseline: Baseline, batching: Batching,
                   corpus_kl: dict[str, Any] | None, prompt_results: Any, prompt_seconds: float | None) -> Measurements:
     spec, inputs = ctx.inputs.config.models[model], ctx.inputs
     kl, flips, noise = prompt_results or (None, None, None)
+    peak = ctx.budget.peak_bytes()
     return Measurements(
         model=model, variant=var, loaded=loaded, source=spec.source, note=spec.note,
         weights_identity=inputs.resolved(model).identity, ctx=inputs.ctx(model), windows=windows, scores=scores,
-        baseline=baseline, peak_gb=peak, dataset_source=inputs.text().source, dataset_sha256=inputs.text().sha256,
+        baseline=baseline, peak_gb=peak / GB if peak is not None else None, dataset_source=inputs.text().source, dataset_sha256=inputs.text().sha256,
         corpus_kl=corpus_kl, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=prompt_seconds,
-        batching=batching, environment=inputs.environment(), keys=ctx.references.keys_of(model, baseline))
+        batching=batching_used(ctx, batching), environment=inputs.environment(), keys=ctx.references.keys_of(model, baseline))
 
 
 def _timed(run: Any) -> tuple[Any, float]:
@@ -87,13 +97,14 @@ def fp16_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel) -
     batching = batching_for(var, ctx.settings)
     ids, plan = _plan(ctx, model, loaded)
     recorder = None if ctx.settings.perplexity.stride else TopkRecorder(len(plan))
-    scores, peak = _perplexity(ctx, model, var, loaded, ids, plan, recorder, batching)
+    scores = _perplexity(ctx, model, var, loaded, ids, plan, recorder, batching)
     baseline = Baseline(key=ctx.references.baseline_key(model), ppl=scores.ppl, window_nll=scores.window_nll,
                         window_tokens=scores.window_tokens, footprint_bytes=loaded.footprint_bytes)
-    ctx.references.save_perplexity(baseline, recorder.tensors() if recorder is not None else None)
+    with ctx.stage("FP16 perplexity references (store)", "references"):
+        ctx.references.save_perplexity(baseline, recorder.tensors() if recorder is not None else None)
     prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
         lambda: fp16_prompt_stage(ctx, model, loaded))
-    return _measurements(ctx, model, var, loaded, scores, len(plan), peak, baseline, batching, None, prompts, seconds)
+    return _measurements(ctx, model, var, loaded, scores, len(plan), baseline, batching, None, prompts, seconds)
 
 
 def variant_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, refs: References) -> Measurements:
@@ -103,13 +114,14 @@ def variant_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel
     if not ctx.settings.perplexity.stride and refs.corpus is not None:
         hook = KLAgainstReference(refs.corpus, refs.baseline.window_tokens)
     ids, plan = _plan(ctx, model, loaded)
-    scores, peak = _perplexity(ctx, model, var, loaded, ids, plan, hook, batching)
+    scores = _perplexity(ctx, model, var, loaded, ids, plan, hook, batching)
     if refs.baseline.window_tokens != scores.window_tokens:
         raise RuntimeError(f"{model} {var.key}: perplexity windows differ from the FP16 baseline's")
     corpus_kl = None
     if hook is not None:
-        corpus_kl = {**hook.acc.result(), "method": CORPUS_KL_METHOD.format(k=CORPUS_TOP_K)}
+        with ctx.stage("statistics", "statistics"):
+            corpus_kl = {**hook.summary().result(), "method": CORPUS_KL_METHOD.format(k=CORPUS_TOP_K)}
     prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
         lambda: variant_prompt_stage(ctx, model, var, loaded, refs, batching))
-    return _measurements(ctx, model, var, loaded, scores, len(plan), peak, refs.baseline, batching, corpus_kl,
+    return _measurements(ctx, model, var, loaded, scores, len(plan), refs.baseline, batching, corpus_kl,
                          prompts, seconds)

@@ -7,11 +7,13 @@ responses and, for a batch-dependent variant, measures how much they move with t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
-from quant_fixtures.compute.prompt_scoring import (NO_SCORE, compute_reference, generate_responses, per_prompt_records,
-                                                   score_against_reference)
+from quant_fixtures.compute.memory import BatchLog
+from quant_fixtures.compute.prompt_scoring import (NO_SCORE, generate_responses, per_prompt_records, reference_logprobs,
+                                                   reference_responses, score_against_reference)
 from quant_fixtures.metrics.prompt_summary import (batch_sensitivity, flip_summary, kl_method_text, kl_section,
                                                    kl_settings_text)
 from quant_fixtures.models.loading import LoadedModel
@@ -40,23 +42,34 @@ def fp16_prompt_stage(ctx: PassContext, model: str, loaded: LoadedModel) -> Prom
     reference, reason = store.cached_prompt_reference(model)
     if reference is None:
         log.warning("generating the FP16 prompt reference of %s: %s", model, reason)
-        bar = progress_bar(len(prompts), f"{model} fp16 generation", "prompt")
-        with ctx.stage("FP16 prompt reference"):
-            reference = compute_reference(loaded.model, loaded.tokenizer, prompts, store.prompt_key(model),
-                                          q.gen_batch_size, q.score_batch_size, bar.update if bar else None)
+        key, bar = store.prompt_key(model), progress_bar(len(prompts), f"{model} fp16 generation", "prompt")
+        with ctx.stage("FP16 prompt reference (generation)", "generation"):
+            prompt_ids, responses = reference_responses(loaded.model, loaded.tokenizer, prompts, key, q.gen_batch_size,
+                                                        bar.update if bar else None, ctx.budget, ctx.batches)
         close_bar(bar)
-        store.save_prompt_reference(reference)
-    other = 1 if q.score_batch_size > 1 else 4
-    with ctx.stage("noise floor"):
-        scores = score_against_reference(loaded.model, loaded.tokenizer, reference, other)
-    records = per_prompt_records(prompts, reference, scores, reference.response_ids, loaded.tokenizer)
-    kl = kl_section(records, q.top_k, method + f" Here: FP16 against itself, batch size {other} "
-                    f"instead of {q.score_batch_size} (the noise floor).", settings)
-    noise = {k: kl[k] for k in ("mean", "max", "p99", "ci95")}
-    responses = {p.id: loaded.tokenizer.decode(r, skip_special_tokens=True)
-                 for p, r in zip(prompts, reference.response_ids)}
-    store.save_prompt_summary(model, responses, noise)
-    return kl, flip_summary(records), noise
+        with ctx.stage("FP16 prompt reference (scoring)", "scoring"):
+            reference = reference_logprobs(loaded.model, loaded.tokenizer, prompts, key, prompt_ids, responses,
+                                           q.score_batch_size, ctx.budget, ctx.batches)
+        with ctx.stage("FP16 prompt reference (store)", "references"):
+            store.save_prompt_reference(reference)
+    # The noise floor scores FP16 again in other batches: one prompt per pass when the reference was
+    # batched, else batches of four (memory permitting).
+    used = ctx.batches.used.get("reference scoring", q.score_batch_size)
+    other = 1 if used > 1 else 4
+    with ctx.stage("noise floor", "scoring"):
+        scores = score_against_reference(loaded.model, loaded.tokenizer, reference, other, ctx.budget, ctx.batches,
+                                         "noise floor")
+    with ctx.stage("statistics", "statistics"):
+        records = per_prompt_records(prompts, reference, scores, reference.response_ids, loaded.tokenizer)
+        kl = kl_section(records, q.top_k, method + f" Here: FP16 against itself, batch size {other} "
+                        f"instead of {used} (the noise floor).", settings)
+        noise = {k: kl[k] for k in ("mean", "max", "p99", "ci95")}
+        responses_text = {p.id: loaded.tokenizer.decode(r, skip_special_tokens=True)
+                          for p, r in zip(prompts, reference.response_ids)}
+        flips = flip_summary(records)
+    with ctx.stage("prompt summary (store)", "references"):
+        store.save_prompt_summary(model, responses_text, noise)
+    return kl, flips, noise
 
 
 def variant_prompt_stage(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, refs: References,
@@ -64,27 +77,43 @@ def variant_prompt_stage(ctx: PassContext, model: str, var: Variant, loaded: Loa
     """Score the variant against the FP16 reference, generate its own responses, count flips."""
     q, prompts, reference = ctx.settings.prompts, ctx.inputs.prompts(), refs.prompts
     method, settings = _texts(ctx, model)
-    with ctx.stage("prompt scoring"):
-        scores = score_against_reference(loaded.model, loaded.tokenizer, reference, batching.prompt_scoring_per_pass)
+    with ctx.stage("prompt scoring", "scoring"):
+        scores = score_against_reference(loaded.model, loaded.tokenizer, reference, batching.prompt_scoring_per_pass,
+                                         ctx.budget, ctx.batches)
     bar = progress_bar(len(prompts), f"{model} generation", "prompt")
-    with ctx.stage("generation"):
+    with ctx.stage("generation", "generation"):
         responses = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, q.gen_batch_size,
-                                       bar.update if bar else None)
+                                       bar.update if bar else None, budget=ctx.budget, log=ctx.batches)
     close_bar(bar)
-    records = per_prompt_records(prompts, reference, scores, responses, loaded.tokenizer)
-    flips = flip_summary(records)
+    with ctx.stage("statistics", "statistics"):
+        records = per_prompt_records(prompts, reference, scores, responses, loaded.tokenizer)
+        flips = flip_summary(records)
     if not var.batch_invariant:
-        with ctx.stage("generation (other batch composition)"):
+        with ctx.stage("generation (other batch composition)", "generation"):
             flips["batch_sensitivity"] = _batch_sensitivity(ctx, loaded, reference, records)
-    return kl_section(records, q.top_k, method, settings), flips, refs.noise_floor
+    with ctx.stage("statistics", "statistics"):
+        kl = kl_section(records, q.top_k, method, settings)
+    return kl, flips, refs.noise_floor
 
 
 def _batch_sensitivity(ctx: PassContext, loaded: LoadedModel, reference: PromptReference,
                        records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Generate again with every batch boundary moved by half a batch (same batch size, other
-    neighbours for every prompt, about the same cost) and count what moved."""
-    batch, prompts = ctx.settings.prompts.gen_batch_size, ctx.inputs.prompts()
-    shift = max(1, min(batch, len(prompts)) // 2)
-    again = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, batch, shift=shift)
-    moved = per_prompt_records(prompts, reference, [NO_SCORE] * len(prompts), again, loaded.tokenizer)
-    return batch_sensitivity(records, moved, batch, shift)
+    """Generate the prompts with a checkable answer again (every prompt if none has one), without
+    the others and with every batch boundary moved by half a batch: other neighbours for each, at
+    a fraction of a second full generation (the long free-text prompts are not rerun), and
+    verdicts, the thing flips count, are what it checks."""
+    batch, prompts = ctx.batches.used.get("generation", ctx.settings.prompts.gen_batch_size), ctx.inputs.prompts()
+    chosen = [i for i, r in enumerate(records) if r["flip"] is not None] or list(range(len(records)))
+    which = (f"the {len(chosen)} prompts with a checkable answer" if len(chosen) < len(records)
+             else f"all {len(chosen)} prompts")
+    subset = dataclasses.replace(
+        reference, prompt_ids=[reference.prompt_ids[i] for i in chosen],
+        response_ids=[reference.response_ids[i] for i in chosen], topk_logp=[reference.topk_logp[i] for i in chosen],
+        topk_idx=[reference.topk_idx[i] for i in chosen],
+        full_logp=[reference.full_logp[i] for i in chosen] if reference.full_logp is not None else None)
+    picked = [prompts[i] for i in chosen]
+    shift = max(1, min(batch, len(chosen)) // 2)
+    again = generate_responses(loaded.model, loaded.tokenizer, picked, subset, batch, shift=shift,
+                               budget=ctx.budget, log=BatchLog())
+    moved = per_prompt_records(picked, subset, [NO_SCORE] * len(chosen), again, loaded.tokenizer)
+    return batch_sensitivity([records[i] for i in chosen], moved, batch, shift, which)

@@ -22,6 +22,7 @@ from integration_support import (CTX, FAILING_GATES, MAX_TOKENS, METHODS, PASSIN
                                  report_files, run_suite, snapshot)
 from quant_fixtures.inputs.wikitext import WIKITEXT_SHA256
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
+from quant_fixtures.report.schema import SCHEMA_VERSION
 
 pytest_plugins = ["pytester"]
 
@@ -75,7 +76,7 @@ def test_full_run_passes_and_writes_reports(full_run, e2e):
     fp16 = docs["fp16"]
     for variant, doc in docs.items():
         assert DOCUMENT_KEYS <= set(doc), f"{variant}: missing {DOCUMENT_KEYS - set(doc)}"
-        assert doc["schema_version"] == 1
+        assert doc["schema_version"] == SCHEMA_VERSION
         assert doc["model"]["key"] == "tiny" and doc["model"]["source"] == str(e2e.model_dir)
         assert doc["model"]["weights_identity"].startswith("sha256:")
         assert doc["variant"]["key"] == variant and doc["variant"]["method"] == METHODS[variant]

@@ -310,6 +310,31 @@ def test_greedy_batched_equals_one_at_a_time(smol, prompts, reference, variant):
         assert batched == reference.response_ids  # and the reference itself was generated with batch 3
 
 
+@pytest.mark.parametrize("variant", ["fp16", "nf4"])
+def test_static_cache_decoding_gives_the_tokens_of_transformers_generate(smol, prompts, reference, variant):
+    """The suite's decoder (static cache, fixed 4D masks; on CUDA the step is a captured graph)
+    against transformers' own greedy search with its dynamic cache, batch by batch, left padding
+    included: the same tokens for every prompt (cut at the limit and the first EOS)."""
+    from quant_fixtures.compute.decoding import static_greedy, supports_static_decoding
+    from quant_fixtures.compute.generation import _left_pad, eos_token_ids, pad_token_id, truncate_response
+
+    model, tok = smol[variant], smol["tok"]
+    limits = [min(p.max_new_tokens, CAP) for p in prompts]
+    eos, pad = eos_token_ids(model, tok), pad_token_id(model, tok)
+    ids, mask = _left_pad(reference.prompt_ids, pad, torch.device("cpu"))
+    assert mask.min() == 0  # prompts of different lengths: left padding is exercised
+    assert supports_static_decoding(model, ids.shape[1] + max(limits))
+    ours, how = static_greedy(model, ids, mask, max(limits), eos, use_graph=False)
+    with torch.inference_mode():
+        theirs = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(limits), do_sample=False,
+                                temperature=None, top_p=None, top_k=None, pad_token_id=pad,
+                                eos_token_id=sorted(eos))[:, ids.shape[1]:]
+    assert how == "eager"
+    cut = [truncate_response(row, n, eos) for row, n in zip(ours.tolist(), limits)]
+    assert cut == [truncate_response(row, n, eos) for row, n in zip(theirs.tolist(), limits)]
+    assert sum(len(r) for r in cut) > len(cut)  # responses, not just one token each
+
+
 def test_nf4_scoring_batched_equals_one_at_a_time(nf4_scores):
     """fp16-vs-nf4: per position, KL and NLL within 1e-4 nats ABSOLUTE, identical top-1."""
     batched, single = nf4_scores[6], nf4_scores[1]
@@ -441,7 +466,7 @@ def test_corpus_kl_hooks_match_plain(smol, corpus_ids, monkeypatch):
     hook = KLAgainstReference(tensors, window_tokens)
     score_windows(smol["nf4"], corpus_ids, windows, batch_size=2, hook=hook)
     assert hook.cursor == hook.end  # every reference row consumed exactly once
-    result = hook.acc.result()
+    result = hook.summary().result()
 
     mine = plain_corpus(smol, corpus_ids, windows)
     assert result["tokens"] == mine["kl"].size == sum(window_tokens)

@@ -11,7 +11,7 @@ from quant_fixtures.report.schema import EvaluationDocument, from_json_object
 
 _BASE = json.loads((Path(__file__).parent / "golden" / "int8_evaluation.json").read_text(encoding="utf-8"))
 _BASE["generated_at"] = "2026-11-27T00:00:00+00:00"
-_BASE["timing"] = {"load_s": 1.0, "ppl_s": 2.0, "ppl_tokens_per_s": 100.0, "prompts_s": 3.0}
+_BASE["timing"] = {"load_s": 1.0, "ppl_s": 2.0, "ppl_tokens_per_s": 100.0, "prompts_s": 3.0, "stages": {"load": 1.0}}
 
 
 def typed(partial: dict[str, Any]) -> EvaluationDocument:

@@ -87,7 +87,13 @@ def _measurements(variant: str, nll: list[float], footprint: int, records: list[
         corpus_kl=corpus, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=3.0,
         batching=Batching(perplexity_windows_per_pass=1 if variant == "int8" else 2,
                           prompt_scoring_per_pass=1 if variant == "int8" else 16, generation_batch=48,
-                          batch_invariant=variant != "int8"),
+                          batch_invariant=variant != "int8",
+                          requested={"perplexity": 1 if variant == "int8" else 8, "scoring": 1 if variant == "int8" else 16,
+                                     "generation": 48},
+                          memory_limit_gb=15.0,
+                          notes=[] if variant == "int8" else ["perplexity: 2 windows per pass, not 8: one needs "
+                                                              "0.50 GiB and 1.20 GiB is free"],
+                          generation_method="eager" if variant == "int8" else "cuda graph"),
         environment=ENVIRONMENT, keys={"baseline_sha256": "b" * 64, "reference_sha256": "r" * 64})
 
 

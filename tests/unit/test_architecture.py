@@ -107,3 +107,19 @@ def test_the_checks_see_a_violation() -> None:
     """The layer rule is not vacuous: a report module importing the session would be caught."""
     assert _layer("session.orchestrator") > _layer("report.build")
     assert GRAPH["session.orchestrator"] and "report.build" in GRAPH["session.orchestrator"]
+
+
+def test_the_int8_loader_replacement_is_scoped_to_cuda_loads():
+    """On the CPU nothing is replaced; on CUDA transformers' converter is restored afterwards."""
+    from quant_fixtures.models import int8_on_device
+
+    converter = int8_on_device._round_trip_converter()
+    original = converter.convert if converter is not None else None
+    with int8_on_device.int8_quantized_on_device("cpu") as replaced:
+        assert not replaced
+        assert converter is None or converter.convert is original
+    with int8_on_device.int8_quantized_on_device("cuda:0") as replaced:
+        assert replaced == (converter is not None)
+        if converter is not None:
+            assert converter.convert is int8_on_device._convert_in_place
+    assert converter is None or converter.convert is original

@@ -10,7 +10,9 @@ from run to run (``generated_at`` and the ``timing`` section). Regenerate delibe
 The files were recorded before the redesign of issue 8 (commit 83a5199). The evaluation documents
 came through it byte for byte; the intended changes since: the comparison file's failed-gate lines
 use the one gate format, its rows gained registry columns (memory_reduction_pct, flip_rate), and the
-harm summary's reduction_pct is memory_reduction_pct (one name per metric).
+harm summary's reduction_pct is memory_reduction_pct (one name per metric). Schema version 2 (issue 9)
+adds to ``batching`` what was asked for, the memory limit, the notes on what memory changed and how
+generation ran, and to ``timing`` the stage table.
 """
 
 from __future__ import annotations

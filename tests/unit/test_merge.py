@@ -20,7 +20,7 @@ def _job(root: Path, name: str, variants: list[str], edit=None) -> Path:
     for variant in variants:
         data = json.loads((GOLDEN / f"{variant}_evaluation.json").read_text())
         data["generated_at"] = "2026-11-28T00:00:00+00:00"
-        data["timing"] = {"load_s": 1.0, "ppl_s": 2.0, "ppl_tokens_per_s": 100.0, "prompts_s": 3.0}
+        data["timing"] = {"load_s": 1.0, "ppl_s": 2.0, "ppl_tokens_per_s": 100.0, "prompts_s": 3.0, "stages": {"load": 1.0}}
         if edit:
             edit(data)
         (directory / f"{variant}_quantized_tiny_evaluation.json").write_text(json.dumps(data))

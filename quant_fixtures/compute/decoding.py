@@ -1,0 +1,156 @@
+"""Greedy decoding of a left-padded batch with a static KV cache; on CUDA the decode step is
+captured once as a CUDA graph and replayed, so a step costs GPU time only, not Python and kernel
+launches (about 80 ms a step through ``model.generate`` on the H200 host, shared/DEVICE.md).
+
+The cache, the attention mask and every input of a step live in fixed buffers; the step itself
+writes its token, opens the next cache slot in the mask and advances positions, so the host only
+replays. Where a kernel cannot be captured (bitsandbytes LLM.int8 finds its outlier columns with a
+data-dependent shape) the same step runs eagerly. The tokens are those of ``model.generate``'s
+greedy search: same model calls, masks with the same allowed keys (tested against it).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from quant_fixtures.compute.scoring import output_logits
+
+EOS_CHECK_EVERY = 16  # decode steps between checks whether every row has finished (one host sync)
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` in 5.2x; take whichever the decoder has."""
+    params = inspect.signature(model.base_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def supports_static_decoding(model: Any, length: int) -> bool:
+    """Whether the static path computes what ``generate`` would: a decoder that takes a cache and a
+    4D mask, and no sliding window shorter than the sequence (the mask here is fully causal)."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True) is not False and length > window:
+        return False
+    params = inspect.signature(model.base_model.forward).parameters
+    return ("cache" in params or "past_key_values" in params) and bool(getattr(model, "_supports_static_cache", True))
+
+
+def can_capture(model: Any) -> bool:
+    """CUDA graphs need static shapes and no host sync: not LLM.int8 layers (data-dependent outliers)."""
+    if next(model.parameters()).device.type != "cuda":
+        return False
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return True
+    return not any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+
+
+class StaticGreedyBatch:
+    """One batch: ``ids``/``mask`` [B, W] left-padded prompts, ``steps`` new tokens per row."""
+
+    def __init__(self, model: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos: set[int]) -> None:
+        from transformers import StaticCache
+
+        self.model, self.steps, self.eos = model, steps, sorted(eos)
+        batch, width = ids.shape
+        self.width, self.length = width, width + steps
+        self.cache = StaticCache(config=model.config, max_cache_len=self.length)
+        self.cache_kwarg = _cache_kwarg(model)
+        dtype = model.get_input_embeddings().weight.dtype
+        if not dtype.is_floating_point:
+            dtype = torch.float16
+        device = ids.device
+        valid = torch.ones(batch, self.length, dtype=torch.bool, device=device)
+        valid[:, :width] = mask.bool()
+        self.blocked = torch.finfo(dtype).min  # not -inf: a padding row attends nowhere and must stay finite
+        keys = torch.arange(self.length, device=device)
+        # Prefill: query i sees real keys j <= i. Decode: slots open one by one (the step does it).
+        causal = keys.view(1, 1, -1) <= torch.arange(width, device=device).view(1, -1, 1)
+        allowed = valid.view(batch, 1, self.length) & causal
+        self.prefill_mask = torch.zeros(batch, 1, width, self.length, dtype=dtype, device=device)
+        self.prefill_mask.masked_fill_(~allowed.unsqueeze(1), self.blocked)
+        self.step_mask = torch.full((batch, 1, 1, self.length), self.blocked, dtype=dtype, device=device)
+        self.step_mask[:, 0, 0, :width].masked_fill_(mask.bool(), 0.0)
+        self.ids, self.positions = ids, (mask.cumsum(-1) - 1).clamp(min=0)
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.position = self.positions[:, -1:].clone()
+        self.slot = torch.tensor([width], dtype=torch.long, device=device)  # cache slot of the next token
+        self.out = torch.zeros(batch, steps, dtype=torch.long, device=device)
+        self.column = torch.zeros(1, dtype=torch.long, device=device)  # where the step writes in ``out``
+
+    def _next_token(self, hidden: torch.Tensor) -> torch.Tensor:
+        return output_logits(self.model, hidden[:, -1]).argmax(-1, keepdim=True)
+
+    def prefill(self) -> None:
+        hidden = self.model.base_model(input_ids=self.ids, attention_mask=self.prefill_mask,
+                                       position_ids=self.positions, use_cache=True,
+                                       **{self.cache_kwarg: self.cache}).last_hidden_state
+        self.token.copy_(self._next_token(hidden))
+        self.out[:, :1].copy_(self.token)
+        self.column += 1
+
+    def step(self) -> None:
+        """Feed the last token, store the next: every input and output is a fixed buffer."""
+        self.step_mask.index_fill_(3, self.slot, 0.0)
+        self.position += 1
+        hidden = self.model.base_model(input_ids=self.token, attention_mask=self.step_mask,
+                                       position_ids=self.position, use_cache=True,
+                                       **{self.cache_kwarg: self.cache}).last_hidden_state
+        self.token.copy_(self._next_token(hidden))
+        self.out.index_copy_(1, self.column, self.token)
+        self.column += 1
+        self.slot += 1
+
+    def finished(self, done: int) -> bool:
+        """Whether every row has produced an EOS within its first ``done`` tokens."""
+        if not self.eos:
+            return False
+        hit = torch.isin(self.out[:, :done], torch.tensor(self.eos, device=self.out.device))
+        return bool(hit.any(-1).all())
+
+
+def static_greedy(model: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos: set[int],
+                  use_graph: bool) -> tuple[torch.Tensor, str]:
+    """Greedy tokens [B, steps] (rows past their EOS hold what greedy search would have gone on
+    with: callers cut at the first EOS) and how the steps ran ("cuda graph" or "eager")."""
+    run = StaticGreedyBatch(model, ids, mask, steps, eos)
+    with torch.inference_mode():
+        run.prefill()
+        done, graph, how = 1, None, "eager"
+        warmup = 2  # eager steps before capture (kernels pick their workspaces, lazy inits run)
+        while done < steps:
+            if done % EOS_CHECK_EVERY == 0 and run.finished(done):
+                break
+            if graph is not None:
+                graph.replay()
+            elif use_graph and done > warmup and steps - done > 2:
+                try:
+                    graph, how = _capture(run), "cuda graph"
+                except RuntimeError as exc:  # a kernel that cannot be captured: the same step, eagerly
+                    use_graph, how = False, f"eager (CUDA graph capture failed: {str(exc).splitlines()[0][:120]})"
+                continue  # a capture records the step without running it
+            elif use_graph and done <= warmup:
+                _on_side_stream(run.step)
+            else:
+                run.step()
+            done += 1
+    return run.out[:, :done], how
+
+
+def _on_side_stream(fn: Any) -> None:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+
+
+def _capture(run: StaticGreedyBatch) -> torch.cuda.CUDAGraph:
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run.step()
+    return graph

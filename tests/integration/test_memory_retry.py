@@ -1,0 +1,96 @@
+"""A real model's numbers do not change when memory forces smaller batches: perplexity windows and
+corpus KL after simulated out-of-memory retries (one mid-way through a batch's log-prob chunks,
+after the hooks saw part of it) equal a run that never failed; prompt scoring likewise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from integration_support import load_variant
+import quant_fixtures.compute.scoring as scoring
+from quant_fixtures.compute.corpus_kl import KLAgainstReference, TopkRecorder
+from quant_fixtures.compute.memory import GiB, BatchLog, MemoryBudget
+from quant_fixtures.metrics.perplexity import nonoverlapping_windows
+
+CTX = 64
+
+
+class PlannedBudget(MemoryBudget):
+    """Plans as on CUDA (probe, fit, small log-prob chunks) on the CPU."""
+
+    def __init__(self, chunk_elements: int) -> None:
+        super().__init__("cpu")
+        self.cuda, self.chunk_elements = True, chunk_elements
+
+    def free(self) -> int:
+        return 64 * GiB
+
+    def limit(self) -> int:
+        return 64 * GiB
+
+    def probe(self, run):
+        return run(), GiB  # 64 GiB x 0.9 / 1 GiB: the requested size fits
+
+    def logprob_elements(self, ceiling: int, floor: int) -> int:
+        return self.chunk_elements
+
+    def synchronize(self) -> None:
+        pass
+
+    def release_cached(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models, digest_cache):
+    return load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+
+
+@pytest.fixture(scope="module")
+def ids(wikitext_ids):
+    return wikitext_ids[: CTX * 12 + 1]
+
+
+def _fail_second_chunk_of_big_batches(monkeypatch):
+    """Out of memory on the second log-prob chunk of any batch of more than two windows."""
+    real, calls = scoring.output_logits, {}
+
+    def output_logits(model, hidden):
+        rows = hidden.shape[0] if hidden.dim() == 3 else 1
+        key = (id(hidden.untyped_storage()), rows)
+        calls[key] = calls.get(key, 0) + 1
+        if rows > 2 and calls[key] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
+        return real(model, hidden)
+
+    monkeypatch.setattr(scoring, "output_logits", output_logits)
+
+
+def test_perplexity_and_corpus_kl_survive_retries_unchanged(model, ids, monkeypatch):
+    windows = nonoverlapping_windows(len(ids), CTX)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    budget = PlannedBudget(chunk_elements=vocab * 8 * 16)  # 16 positions per chunk at 8 windows a pass
+
+    clean_recorder = TopkRecorder(len(windows))
+    clean = scoring.score_windows(model, ids, windows, 2, hook=clean_recorder, budget=budget)
+    reference = clean_recorder.tensors()
+    clean_kl = KLAgainstReference(reference, clean.window_tokens)
+    scoring.score_windows(model, ids, windows, 2, hook=clean_kl, budget=budget)
+
+    _fail_second_chunk_of_big_batches(monkeypatch)
+    log, recorder = BatchLog(), TopkRecorder(len(windows))
+    retried = scoring.score_windows(model, ids, windows, 8, hook=recorder, budget=budget, log=log)
+    assert log.notes == ["perplexity: out of memory at 8 windows per pass; retried at 4",
+                         "perplexity: out of memory at 4 windows per pass; retried at 2"]
+    assert log.used["perplexity"] == 2
+    torch.testing.assert_close(torch.tensor(retried.window_nll), torch.tensor(clean.window_nll), rtol=0, atol=1e-9)
+    again = recorder.tensors()
+    assert again["logp"].shape == reference["logp"].shape  # nothing recorded twice
+    torch.testing.assert_close(again["logp"], reference["logp"], rtol=0, atol=1e-5)
+
+    kl_hook = KLAgainstReference(reference, clean.window_tokens)
+    scoring.score_windows(model, ids, windows, 8, hook=kl_hook, budget=budget, log=BatchLog())
+    ours, theirs = kl_hook.summary().result(), clean_kl.summary().result()
+    assert ours["tokens"] == theirs["tokens"] == sum(clean.window_tokens)
+    assert ours["mean"] == pytest.approx(theirs["mean"], abs=1e-7)
