@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from quant_fixtures.compute.grouped_attention import grouped_attention_for
 from quant_fixtures.compute.scoring import output_logits
 
 EOS_CHECK_EVERY = 16  # decode steps between checks whether every row has finished (one host sync)
@@ -97,9 +98,10 @@ class StaticGreedyBatch:
         """Feed the last token, store the next: every input and output is a fixed buffer."""
         self.step_mask.index_fill_(3, self.slot, 0.0)
         self.position += 1
-        hidden = self.model.base_model(input_ids=self.token, attention_mask=self.step_mask,
-                                       position_ids=self.position, use_cache=True,
-                                       **{self.cache_kwarg: self.cache}).last_hidden_state
+        with grouped_attention_for(self.model):  # no copies of the key/value heads (grouped_attention.py)
+            hidden = self.model.base_model(input_ids=self.token, attention_mask=self.step_mask,
+                                           position_ids=self.position, use_cache=True,
+                                           **{self.cache_kwarg: self.cache}).last_hidden_state
         self.token.copy_(self._next_token(hidden))
         self.out.index_copy_(1, self.column, self.token)
         self.column += 1

@@ -52,10 +52,11 @@ def fp16_prompt_stage(ctx: PassContext, model: str, loaded: LoadedModel) -> Prom
                                            q.score_batch_size, ctx.budget, ctx.batches)
         with ctx.stage("FP16 prompt reference (store)", "references"):
             store.save_prompt_reference(reference)
-    # The noise floor scores FP16 again in other batches: one prompt per pass when the reference was
-    # batched, else batches of four (memory permitting).
+    # The noise floor scores FP16 again in other batches: a quarter of the reference's batch (other
+    # shapes and neighbours for every prompt, at a quarter of one-per-pass's forward passes), or
+    # batches of four when the reference ran one prompt per pass (memory permitting).
     used = ctx.batches.used.get("reference scoring", q.score_batch_size)
-    other = 1 if used > 1 else 4
+    other = max(1, used // 4) if used > 1 else 4
     with ctx.stage("noise floor", "scoring"):
         scores = score_against_reference(loaded.model, loaded.tokenizer, reference, other, ctx.budget, ctx.batches,
                                          "noise floor")
