@@ -12,6 +12,7 @@ greedy search: same model calls, masks with the same allowed keys (tested agains
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -120,7 +121,8 @@ def static_greedy(model: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int,
     """Greedy tokens [B, steps] (rows past their EOS hold what greedy search would have gone on
     with: callers cut at the first EOS) and how the steps ran ("cuda graph" or "eager")."""
     run = StaticGreedyBatch(model, ids, mask, steps, eos)
-    with torch.inference_mode():
+    on_device = torch.cuda.device(ids.device) if ids.device.type == "cuda" else nullcontext()
+    with torch.inference_mode(), on_device:  # graphs and side streams belong to the model's GPU
         run.prefill()
         done, graph, how = 1, None, "eager"
         warmup = 2  # eager steps before capture (kernels pick their workspaces, lazy inits run)

@@ -59,7 +59,10 @@ class MemoryBudget:
         self._peak = 0
 
     def enforce(self) -> None:
-        """Make the cap binding for every allocation of this process on the device."""
+        """Make this process's device its current one (graphs and streams are made there; it also
+        initialises CUDA) and the cap binding for every allocation of the process on it."""
+        if self.cuda:
+            torch.cuda.set_device(self.device)
         if self.cuda and self.cap_bytes is not None:
             total = torch.cuda.get_device_properties(self.device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, self.cap_bytes / total), self.device)

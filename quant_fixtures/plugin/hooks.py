@@ -133,7 +133,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "model_documents" in names:
         models = list(dict.fromkeys(m for m, _ in pairs))
         metafunc.parametrize("model_documents", [
-            pytest.param(m, id=m, marks=[pytest.mark.gpu] if suite_of(config).models[m].requires_gpu else [])
+            pytest.param(m, id=m, marks=[pytest.mark.xdist_group(m)]
+                         + ([pytest.mark.gpu] if suite_of(config).models[m].requires_gpu else []))
             for m in models], indirect=True, scope="session")
     for fixture in PAIR_FIXTURES:
         if fixture in names:

@@ -8,8 +8,11 @@ Here an idle worker takes, in order:
 1. an FP16 group, the largest model first (the longest passes start earliest);
 2. a quantized group whose FP16 group has finished (or runs on this same worker, earlier in its
    queue), the largest model first;
-3. other tests (not tied to a pair);
-4. only then a quantized group whose FP16 pass is still running elsewhere (it waits on the lock).
+3. a quantized group whose FP16 pass is still running elsewhere (it waits on the lock);
+4. other tests (not tied to a pair);
+5. last, a model's group (tests that read every variant of a model, e.g. its snapshot): by then
+   its pairs are done or being done elsewhere, and the suite's per-pair lock makes it wait for
+   them instead of evaluating them again.
 
 A worker is given one group at a time, when it is down to the test it holds back for pytest's
 teardown bookkeeping, so every choice is made with the latest knowledge of what has finished.
@@ -34,19 +37,21 @@ def pair_of_group(group: str, models: list[str], variants: list[str]) -> Pair | 
 
 
 def next_group(waiting: list[str], finished: set[str], here: set[str], assigned: set[str],
-               pair: Callable[[str], Pair | None], baseline: str, size: Callable[[str], float]) -> str:
+               pair: Callable[[str], Pair | None], baseline: str, size: Callable[[str], float],
+               models: frozenset[str] = frozenset()) -> str:
     """The group an idle worker takes next (see the module docstring). ``finished``: groups whose
-    every test has run; ``here``: groups this worker holds; ``assigned``: groups any worker holds."""
+    every test has run; ``here``: groups this worker holds; ``assigned``: groups any worker holds;
+    ``models``: the model keys (a group named after one holds that model's whole-model tests)."""
     def tier(group: str) -> int:
         p = pair(group)
         if p is None:
-            return 2
+            return 4 if group in models else 3
         if p[1] == baseline:
             return 0
         fp16 = f"{p[0]}-{baseline}"
         # ready: FP16 done, queued before it on this worker, or not part of this run (nobody makes it)
         ready = fp16 in finished or fp16 in here or (fp16 not in waiting and fp16 not in assigned)
-        return 1 if ready else 3
+        return 1 if ready else 2
 
     return min(waiting, key=lambda g: (tier(g), -size(g) if pair(g) else 0.0, waiting.index(g)))
 
@@ -55,8 +60,10 @@ class PairAwareScheduling(LoadGroupScheduling):
     """LoadGroupScheduling with the order above (see the module docstring)."""
 
     def __init__(self, config: Any, log: Any = None, pair: Callable[[str], Pair | None] | None = None,
-                 baseline: str = "fp16", size: Callable[[str], float] | None = None) -> None:
+                 baseline: str = "fp16", size: Callable[[str], float] | None = None,
+                 models: frozenset[str] = frozenset()) -> None:
         super().__init__(config, log)
+        self.models = models
         self.pair = pair or (lambda group: None)
         self.baseline = baseline
         self.size = size or (lambda group: 0.0)
@@ -67,7 +74,7 @@ class PairAwareScheduling(LoadGroupScheduling):
     def _assign_work_unit(self, node: Any) -> None:
         assigned = {scope for work in self.assigned_work.values() for scope in work}
         choice = next_group(list(self.workqueue), self._finished_groups(), set(self.assigned_work.get(node, {})),
-                            assigned, self.pair, self.baseline, self.size)
+                            assigned, self.pair, self.baseline, self.size, self.models)
         self.workqueue.move_to_end(choice, last=False)  # the parent hands out the head of the queue
         super()._assign_work_unit(node)
 

@@ -59,7 +59,8 @@ class XdistHooks:
             p = pair(group)
             return float(sizes.get(p[0], 0)) if p else 0.0
 
-        return PairAwareScheduling(config, log, pair=pair, baseline=BASELINE_VARIANT, size=size)
+        return PairAwareScheduling(config, log, pair=pair, baseline=BASELINE_VARIANT, size=size,
+                                   models=frozenset(models))
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """The controller's up-front model checks, once, for the models the workers collected."""

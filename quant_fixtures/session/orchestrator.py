@@ -70,6 +70,14 @@ class EvaluationSession:
             return done
         if (model, variant) in self._failed:
             raise EvaluationFailed(self._failed[model, variant])
+        if VARIANTS[variant].is_baseline:  # serialised by the FP16 references' lock
+            return self._evaluate_here(model, variant)
+        # One worker evaluates a quantized pair; another that needs it (a whole-model test) waits
+        # for its document instead of evaluating it again.
+        with file_lock(self.settings.paths.results_dir / f".{model}-{variant}.evaluating.lock"):
+            return self._from_other_worker(model, variant) or self._evaluate_here(model, variant)
+
+    def _evaluate_here(self, model: str, variant: str) -> EvaluationDocument:
         ctx = PassContext(self.settings, self.inputs, self.references, self.budget)
         if self._startup_s is not None:
             ctx.seconds["start-up"], self._startup_s = self._startup_s, None

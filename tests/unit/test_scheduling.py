@@ -25,6 +25,10 @@ def _pair(group: str) -> Any:
     return pair_of_group(group, MODELS, VARIANTS)
 
 
+OURS = dict(pair=_pair, baseline="fp16", size=lambda g: SIZE[_pair(g)[0]] if _pair(g) else 0.0,
+            models=frozenset(MODELS))
+
+
 class FakeNode:
     def __init__(self, name: str) -> None:
         self.name, self.queue, self.shutting_down = name, [], False
@@ -38,12 +42,14 @@ class FakeNode:
 
 
 def _collection() -> list[str]:
-    return [f"tests/test_gates.py::test_gate[{m}-{v}-{i}]@{m}-{v}"
-            for m in MODELS for v in VARIANTS for i in range(TESTS[v])]
+    """Each pair's tests, each model's whole-model test (its snapshot) and a test of no pair."""
+    return ([f"tests/test_gates.py::test_gate[{m}-{v}-{i}]@{m}-{v}"
+             for m in MODELS for v in VARIANTS for i in range(TESTS[v])]
+            + [f"tests/test_snapshots.py::test_snapshot[{m}]@{m}" for m in MODELS] + ["tests/test_unit.py::test_x"])
 
 
 def simulate(scheduler_class: type, workers: int = 2, **kwargs: Any) -> tuple[float, dict[str, list[str]], float]:
-    """(wall time, groups per worker in order, seconds workers spent waiting on another's FP16 pass).
+    """(wall time, groups per worker in order, seconds pair groups spent waiting on another worker).
     A variant whose FP16 pass has not started runs it first itself (the suite's lock does that)."""
     config = SimpleNamespace(getvalue=lambda name: {"tx": [f"{workers}*popen"], "dist": "loadgroup"}.get(name),
                              option=SimpleNamespace(loadscopereorder=True))
@@ -55,29 +61,35 @@ def simulate(scheduler_class: type, workers: int = 2, **kwargs: Any) -> tuple[fl
         sched.add_node(node)
         sched.add_node_collection(node, collection)
     sched.schedule()
-    fp16_done: dict[str, float] = {}  # model -> when its references exist
+    done_at: dict[tuple[str, str], float] = {}  # pair -> when its document (and references) exist
     order: dict[str, list[str]] = {n.name: [] for n in nodes}
     clock, waited, events, busy = {n.name: 0.0 for n in nodes}, 0.0, [], set()
 
-    def start_next(node: FakeNode) -> None:
+    def evaluate(model: str, variant: str, t: float, count_wait: bool = True) -> float:
+        """When this worker has the pair's document, starting at ``t``: wait for another worker
+        that is making it (the suite's locks), or make it here (FP16 first if nobody has)."""
         nonlocal waited
+        if (model, variant) in done_at:
+            waited += max(0.0, done_at[model, variant] - t) if count_wait else 0.0
+            return max(t, done_at[model, variant])
+        if variant != "fp16":
+            t = evaluate(model, "fp16", t)
+        done_at[model, variant] = t + SECONDS[model, variant]
+        return done_at[model, variant]
+
+    def start_next(node: FakeNode) -> None:
         if not node.queue:
             return
         index = node.queue.pop(0)
-        group = collection[index].split("@")[-1]
-        model, variant = _pair(group)
+        group = collection[index].split("@")[-1] if "@" in collection[index] else collection[index]
         t = clock[node.name]
-        first = not order[node.name] or order[node.name][-1] != group
-        if first:
+        if not order[node.name] or order[node.name][-1] != group:
             order[node.name].append(group)
-            if model in fp16_done:  # made (or being made) elsewhere: wait for it, if it is not done yet
-                waited += max(0.0, fp16_done[model] - t)
-                t = max(t, fp16_done[model])
-            else:  # this worker makes the references (the FP16 group itself, or a variant under the lock)
-                t += SECONDS[model, "fp16"]
-                fp16_done[model] = t
-            if variant != "fp16":
-                t += SECONDS[model, variant]
+            if group in MODELS:  # a whole-model test needs every pair of the model
+                for variant in VARIANTS:  # waiting here is what is left at the end: not counted
+                    t = evaluate(group, variant, t, count_wait=False)
+            elif _pair(group):
+                t = evaluate(*_pair(group), t)
         heapq.heappush(events, (t, node.name, index))
         busy.add(node.name)
 
@@ -98,18 +110,22 @@ def simulate(scheduler_class: type, workers: int = 2, **kwargs: Any) -> tuple[fl
 
 
 def test_fp16_groups_start_first_one_per_worker_largest_model_first():
-    _, order, _ = simulate(PairAwareScheduling, pair=_pair, baseline="fp16", size=lambda g: SIZE[_pair(g)[0]])
+    _, order, _ = simulate(PairAwareScheduling, **OURS)
     assert order["gw0"][0] == "mistral-7b-fp16" and order["gw1"][0] == "qwen-0.5b-fp16"
 
 
 def test_no_worker_waits_and_the_matrix_finishes_sooner_than_with_xdists_order():
-    ours, order, waited = simulate(PairAwareScheduling, pair=_pair, baseline="fp16",
-                                   size=lambda g: SIZE[_pair(g)[0]])
+    ours, order, waited = simulate(PairAwareScheduling, **OURS)
     theirs, _, _ = simulate(LoadGroupScheduling)
     serial = sum(SECONDS.values())
     assert waited == 0.0, order
     assert ours < theirs
     assert ours <= 0.6 * serial, (ours, serial, order)
+    chain = SECONDS["mistral-7b", "fp16"] + SECONDS["mistral-7b", "int8"]  # no schedule beats this
+    assert ours == chain
+    for worker in order.values():  # whole-model tests come after every pair
+        first = next((i for i, g in enumerate(worker) if g in MODELS), len(worker))
+        assert all(_pair(g) is None for g in worker[first:])
 
 
 def test_a_variant_waits_only_when_nothing_else_is_ready():
@@ -123,9 +139,11 @@ def test_a_variant_waits_only_when_nothing_else_is_ready():
     # an FP16 group of any model comes before every variant
     assert next_group(["qwen-0.5b-int8", "qwen-0.5b-fp16"], set(), set(), set(), _pair, "fp16",
                       lambda g: 0.0) == "qwen-0.5b-fp16"
-    # tests outside any pair come before a variant that would wait
-    assert next_group(["mistral-7b-int8", "tests/x.py::t"], set(), set(), {"mistral-7b-fp16"}, _pair, "fp16",
-                      lambda g: 0.0) == "tests/x.py::t"
+    # a variant that would wait comes before tests of no pair, and those before whole-model tests
+    assert next_group(["mistral-7b", "tests/x.py::t", "mistral-7b-int8"], set(), set(), {"mistral-7b-fp16"}, _pair,
+                      "fp16", lambda g: 0.0, frozenset(MODELS)) == "mistral-7b-int8"
+    assert next_group(["mistral-7b", "tests/x.py::t"], set(), set(), set(), _pair, "fp16", lambda g: 0.0,
+                      frozenset(MODELS)) == "tests/x.py::t"
 
 
 @pytest.mark.parametrize("group,expected", [("mistral-7b-int8", ("mistral-7b", "int8")),
