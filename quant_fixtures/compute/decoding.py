@@ -154,7 +154,10 @@ def _on_side_stream(fn: Any) -> None:
 
 
 def _capture(run: StaticGreedyBatch) -> torch.cuda.CUDAGraph:
+    # A capture stream on the model's device: torch.cuda.graph's default stream is made once per
+    # process, on whichever device was current then (a pytest-xdist worker on cuda:1 that later
+    # captured for cuda:0 replayed graphs that wrote nothing).
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=run.out.device)):
         run.step()
     return graph

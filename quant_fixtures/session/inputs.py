@@ -67,13 +67,26 @@ class RunInputs:
             self._resolved[model] = resolve_model(self.config.models[model], self.settings.paths.cache_dir)
         return self._resolved[model]
 
+    def _directory(self, model: str) -> Any:
+        """The model's directory. A local one is not resolved for it: resolving hashes every weight
+        file (its identity), which the up-front checks do not need and which would hold up every
+        xdist worker while the controller hashed."""
+        spec = self.config.models[model]
+        if model not in self._resolved and spec.source_kind == "local":
+            from pathlib import Path
+
+            directory = Path(spec.path).expanduser()
+            if (directory / "config.json").is_file():
+                return directory
+        return self.resolved(model).directory
+
     def model_config(self, model: str) -> Any:
         """The model's transformers config."""
         if model not in self._configs:
             from transformers import AutoConfig
 
             spec = self.config.models[model]
-            self._configs[model] = AutoConfig.from_pretrained(self.resolved(model).directory,
+            self._configs[model] = AutoConfig.from_pretrained(self._directory(model),
                                                               trust_remote_code=spec.trust_remote_code)
         return self._configs[model]
 
