@@ -95,7 +95,9 @@ def _prompt_bytes(model: Any, width: int, length: int) -> float:
         return 0.0
     element = model.get_input_embeddings().weight.element_size()
     hidden, inner = c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size)
-    return kv * length + width * (4 * hidden + 3 * inner) * element + 8 * c.vocab_size
+    # activations at twice their count: SDPA copies of the key/value heads and the allocator's
+    # slack (a 15 GiB-capped Mistral run ran out of memory at the plain estimate and retried at half)
+    return kv * length + 2 * width * (4 * hidden + 3 * inner) * element + 8 * c.vocab_size
 
 
 def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int],

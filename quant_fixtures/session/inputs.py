@@ -23,7 +23,9 @@ class RunInputs:
         self._resolved: dict[str, ResolvedModel] = {}
         self._configs: dict[str, Any] = {}
         self._tokenizer_ids: dict[str, str] = {}
-        self._corpus_ids: dict[str, Any] = {}
+        self._corpus_ids: dict[str, Any] = {}  # model -> Future of its ids
+        self._ids_by_tokenizer: dict[str, Any] = {}
+        self._pool: Any = None
 
     # -- run-wide ---------------------------------------------------------------------------------
     def text(self) -> EvalText:
@@ -98,15 +100,42 @@ class RunInputs:
             from quant_fixtures.store.prompt_reference import tokenizer_sha256
 
             spec = self.config.models[model]
-            tok = AutoTokenizer.from_pretrained(self.resolved(model).directory, trust_remote_code=spec.trust_remote_code)
+            tok = AutoTokenizer.from_pretrained(self._directory(model), trust_remote_code=spec.trust_remote_code)
             self._tokenizer_ids[model] = tokenizer_sha256(tok)
         return self._tokenizer_ids[model]
 
-    def corpus_ids(self, model: str, tokenizer: Any) -> Any:
-        """The corpus tokenized once per model (all variants share the tokenizer)."""
+    def prefetch_corpus_ids(self, model: str) -> None:
+        """Start getting the model's corpus ids in a background thread (while the model loads;
+        tokenizers run in Rust without the GIL)."""
         if model not in self._corpus_ids:
-            self._corpus_ids[model] = tokenize_text(tokenizer, self.text().text)
-        return self._corpus_ids[model]
+            from concurrent.futures import ThreadPoolExecutor
+
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-tokenize")
+            digest, text = self.tokenizer_sha256(model), self.text()  # here: memoised once, not raced
+            self._corpus_ids[model] = self._pool.submit(self._tokenized_corpus, model, digest, text)
+
+    def corpus_ids(self, model: str) -> Any:
+        """The corpus as the model's tokenizer splits it: once per tokenizer, cached on disk."""
+        self.prefetch_corpus_ids(model)
+        return self._corpus_ids[model].result()
+
+    def _tokenized_corpus(self, model: str, digest: str, text: EvalText) -> Any:
+        from transformers import AutoTokenizer
+
+        from quant_fixtures.store.corpus_tokens import load_corpus_tokens, save_corpus_tokens
+
+        if digest not in self._ids_by_tokenizer:
+            cache = self.settings.paths.cache_dir
+            ids, _ = load_corpus_tokens(cache, digest, text.sha256)
+            if ids is None:
+                spec = self.config.models[model]
+                tokenizer = AutoTokenizer.from_pretrained(self._directory(model),
+                                                          trust_remote_code=spec.trust_remote_code)
+                ids = tokenize_text(tokenizer, text.text)
+                save_corpus_tokens(cache, digest, text.sha256, ids)
+            self._ids_by_tokenizer[digest] = ids
+        return self._ids_by_tokenizer[digest]
 
     def ctx(self, model: str) -> int:
         """The window this model gets: --ctx, capped at the model's maximum."""

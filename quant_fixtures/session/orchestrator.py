@@ -130,6 +130,7 @@ class EvaluationSession:
                 nested_before = self._nested_s
                 refs = self.fp16_references(model)
             ctx.seconds["references"] -= self._nested_s - nested_before
+        self.inputs.prefetch_corpus_ids(model)  # tokenized (or read from the cache) while the model loads
         with self.references.lock(model) if var.is_baseline else nullcontext():
             self.budget.start_peak()
             with ctx.stage("load", "load"):

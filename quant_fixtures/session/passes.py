@@ -55,7 +55,7 @@ def batching_used(ctx: PassContext, asked: Batching) -> Batching:
 def _plan(ctx: PassContext, model: str, loaded: LoadedModel) -> tuple[Any, list[Window]]:
     """The corpus token ids and the perplexity windows over them (the same for every variant)."""
     with ctx.stage("tokenize", "tokenize"):
-        ids = ctx.inputs.corpus_ids(model, loaded.tokenizer)
+        ids = ctx.inputs.corpus_ids(model)
         return ids, ctx.inputs.windows(model, len(ids))
 
 

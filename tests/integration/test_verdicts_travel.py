@@ -268,3 +268,18 @@ def test_pickle_weights_need_an_explicit_opt_in(tmp_path):
     assert weight_files(tmp_path, allow_pickle=True) == [tmp_path / "pytorch_model.bin"]
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert weight_files(tmp_path) == [tmp_path / "model.safetensors"]  # the pickle is never read
+
+
+@pytest.mark.parametrize("option, env, message", [
+    (("--max-gpu-memory", "15 GiBs"), None, "ERROR: --max-gpu-memory: '15 GiBs' is not a memory size*"),
+    ((), "lots", "ERROR: $QUANT_MAX_GPU_MEMORY: 'lots' is not a memory size*"),
+    (("--max-gpu-memory=100MB",), None, "ERROR: --max-gpu-memory: '100MB' is 0.0931 GiB; below 0.25 GiB*"),
+])
+def test_an_unreadable_memory_cap_is_a_usage_error_not_no_cap(pytester, warm, tmp_path, monkeypatch, option, env,
+                                                              message):
+    if env is not None:
+        monkeypatch.setenv("QUANT_MAX_GPU_MEMORY", env)
+    result = run_suite(pytester, warm, tmp_path / "R", warm.baselines, "--variants", "int8", *option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert not (tmp_path / "R").exists()
