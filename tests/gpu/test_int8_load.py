@@ -12,18 +12,6 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-@pytest.fixture(scope="module")
-def tiny_mistral(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import MistralConfig, MistralForCausalLM
-
-    torch.manual_seed(0)
-    config = MistralConfig(vocab_size=512, hidden_size=256, intermediate_size=704, num_hidden_layers=3,
-                           num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512)
-    path = tmp_path_factory.mktemp("tiny-mistral")
-    MistralForCausalLM(config).to(torch.float16).save_pretrained(path)
-    return path
-
-
 def _load(path: Path):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -31,12 +19,12 @@ def _load(path: Path):
                                                 quantization_config=BitsAndBytesConfig(load_in_8bit=True)).eval()
 
 
-def test_on_device_quantization_matches_transformers_loader(tiny_mistral):
+def test_on_device_quantization_matches_transformers_loader(tiny_llama):
     from quant_fixtures.models.int8_on_device import int8_quantized_on_device
 
-    theirs = _load(tiny_mistral)
+    theirs = _load(tiny_llama)
     with int8_quantized_on_device("cuda:0") as replaced:
-        ours = _load(tiny_mistral)
+        ours = _load(tiny_llama)
     assert replaced, "the installed transformers no longer round-trips int8 weights: drop the replacement"
     quantized = 0
     for (name, a), (_, b) in zip(theirs.named_parameters(), ours.named_parameters()):
@@ -44,7 +32,7 @@ def test_on_device_quantization_matches_transformers_loader(tiny_mistral):
         if a.dtype == torch.int8:
             quantized += 1
             assert torch.equal(a.SCB, b.SCB), name
-    assert quantized == 3 * 7
+    assert quantized == 4 * 7
     ids = torch.randint(0, 512, (2, 64), device="cuda:0")
     with torch.inference_mode():
         assert torch.equal(theirs(ids).logits, ours(ids).logits)
