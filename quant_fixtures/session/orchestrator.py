@@ -70,8 +70,9 @@ class EvaluationSession:
             return done
         if (model, variant) in self._failed:
             raise EvaluationFailed(self._failed[model, variant])
-        if VARIANTS[variant].is_baseline:  # serialised by the FP16 references' lock
-            return self._evaluate_here(model, variant)
+        if VARIANTS[variant].is_baseline:  # one FP16 pass per model and run, under the references' lock
+            with self.references.lock(model):  # (a variant's worker may have run it first, for its references)
+                return self._from_other_worker(model, variant) or self._evaluate_here(model, variant)
         # One worker evaluates a quantized pair; another that needs it (a whole-model test) waits
         # for its document instead of evaluating it again.
         with file_lock(self.settings.paths.results_dir / f".{model}-{variant}.evaluating.lock"):
@@ -130,7 +131,8 @@ class EvaluationSession:
                 nested_before = self._nested_s
                 refs = self.fp16_references(model)
             ctx.seconds["references"] -= self._nested_s - nested_before
-        self.inputs.prefetch_corpus_ids(model)  # tokenized (or read from the cache) while the model loads
+        with ctx.stage("tokenize (start)", "tokenize"):  # tokenized (or read from the cache) while the model loads
+            self.inputs.prefetch_corpus_ids(model)
         with self.references.lock(model) if var.is_baseline else nullcontext():
             self.budget.start_peak()
             with ctx.stage("load", "load"):

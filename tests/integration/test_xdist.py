@@ -29,18 +29,41 @@ def project(pytester, tiny_models, tmp_path_factory, monkeypatch):
     return root, e2e
 
 
+CONFTEST_COUNT_PASSES = """
+import os
+import quant_fixtures.session.orchestrator as orchestrator
+
+def _counted(name, real):
+    def run(ctx, model, var, *args):
+        with open(os.environ["QUANT_TEST_PASS_LOG"], "a") as log:
+            log.write(f"{model} {var.key}\\n")
+        return real(ctx, model, var, *args)
+    return run
+
+orchestrator.fp16_pass = _counted("fp16", orchestrator.fp16_pass)
+orchestrator.variant_pass = _counted("variant", orchestrator.variant_pass)
+"""
+
+
 def _documents(results):
     return {p.name: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
 
 
-def test_parallel_run_matches_serial_run(pytester, project):
+def test_parallel_run_matches_serial_run(pytester, project, monkeypatch):
     root, e2e = project
+    pytester.makeconftest(CONFTEST_COUNT_PASSES)
+    passes = root / "passes.log"
+    monkeypatch.setenv("QUANT_TEST_PASS_LOG", str(passes))
     serial = run_suite(pytester, e2e, root / "R1", root / "B1")
     assert serial.ret == 0, serial.outlines[-30:]
     e2e.cache = root / "cache-parallel"
     parallel = run_suite(pytester, e2e, root / "R2", root / "B2", "-n", "2", "--dist", "loadgroup")
     assert parallel.ret == 0, parallel.outlines[-30:]
     assert "2 workers" in parallel.stdout.str() or "gw1" in parallel.stdout.str()
+    # every pair evaluated once in each run: no worker repeats an FP16 pass another has run for
+    # its variant, and the whole-model tests wait for documents instead of evaluating again
+    runs = passes.read_text().splitlines()
+    assert sorted(runs) == sorted(["tiny fp16", "tiny int8", "tiny nf4"] * 2), runs
 
     one, two = _documents(root / "R1"), _documents(root / "R2")
     assert sorted(one) == sorted(two)
