@@ -55,8 +55,10 @@ class EvaluationSession:
         self.references = ReferenceStore(self.inputs, settings)
         self.evaluations: dict[str, dict[str, EvaluationDocument]] = {}
         self._failed: dict[tuple[str, str], str] = {}
+        # Enforced at the first evaluation, not here: an xdist controller builds a session for its
+        # up-front checks and must not open a CUDA context on a worker's GPU.
         self.budget = MemoryBudget(settings.load.device, settings.load.max_gpu_memory)
-        self.budget.enforce()
+        self._budget_enforced = False
         self._startup_s: float | None = process_age()  # reported once, by the first evaluation
         self._nested_s = 0.0  # wall time of FP16 passes that a variant's evaluation ran first
 
@@ -79,6 +81,9 @@ class EvaluationSession:
             return self._from_other_worker(model, variant) or self._evaluate_here(model, variant)
 
     def _evaluate_here(self, model: str, variant: str) -> EvaluationDocument:
+        if not self._budget_enforced:
+            self.budget.enforce()
+            self._budget_enforced = True
         ctx = PassContext(self.settings, self.inputs, self.references, self.budget)
         if self._startup_s is not None:
             ctx.seconds["start-up"], self._startup_s = self._startup_s, None
