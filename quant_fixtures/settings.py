@@ -54,6 +54,7 @@ class LoadSettings:
     nf4_compute_dtype: str | None = None
     nf4_double_quant: bool = False
     max_gpu_memory: int | None = None  # bytes a process may hold on its GPU (--max-gpu-memory); None: the card
+    may_spread: bool = False  # a model too big for the GPU may use the host's others (serial runs, not xdist workers)
 
     @property
     def device_type(self) -> str:

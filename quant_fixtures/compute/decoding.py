@@ -42,7 +42,8 @@ def supports_static_decoding(model: Any, length: int) -> bool:
 
 def can_capture(model: Any) -> bool:
     """CUDA graphs need static shapes and no host sync: not LLM.int8 layers (data-dependent outliers)."""
-    if next(model.parameters()).device.type != "cuda":
+    devices = {p.device for p in model.parameters()}
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":  # one graph per GPU: not for a spread model
         return False
     try:
         import bitsandbytes as bnb

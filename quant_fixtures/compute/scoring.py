@@ -42,7 +42,13 @@ class WindowScores:
 
 
 def model_device(model: Any) -> torch.device:
+    """Where inputs go: the first parameter's device (the embeddings, when a model is spread)."""
     return next(model.parameters()).device
+
+
+def head_device(model: Any) -> torch.device:
+    """Where logits come out: the output head's device (the last GPU, when a model is spread)."""
+    return model.get_output_embeddings().weight.device
 
 
 def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
@@ -61,7 +67,7 @@ def check_output_head(model: Any, vocab_probe: int = 8) -> None:
     with torch.inference_mode():
         full = model(input_ids=ids, use_cache=False).logits.float()
         hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
-        ours = output_logits(model, hidden).float()
+        ours = output_logits(model, hidden).float().to(full.device)
     if not torch.allclose(full, ours, rtol=1e-3, atol=1e-3):
         raise RuntimeError(
             f"{type(model).__name__}: logits from decoder + output head differ from the model's "
@@ -89,7 +95,7 @@ def score_windows(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = model_device(model)
+    device, out = model_device(model), head_device(model)
     budget = budget or MemoryBudget(str(device))
     vocab = model.get_output_embeddings().weight.shape[0]
     nll = [0.0] * len(windows)
@@ -106,14 +112,15 @@ def score_windows(
         positions = hidden.shape[1] - offset  # logits at offset-1 .. L-2 predict offset .. L-1
         elements = budget.logprob_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab)
         chunk = max(1, elements // (len(group) * vocab))
-        sums = torch.zeros(len(group), dtype=torch.float64, device=device)
-        first = torch.tensor([w.first_target - w.begin for w in group], device=device)
+        sums = torch.zeros(len(group), dtype=torch.float64, device=out)
+        first = torch.tensor([w.first_target - w.begin for w in group], device=out)
+        targets_all = inputs.to(out)
         for lo in range(0, positions, chunk):
             hi = min(positions, lo + chunk)
             logp = torch.log_softmax(output_logits(model, hidden[:, offset - 1 + lo:offset - 1 + hi]).float(), -1)
-            targets = inputs[:, offset + lo:offset + hi]
+            targets = targets_all[:, offset + lo:offset + hi]
             token_nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
-            target_pos = torch.arange(offset + lo, offset + hi, device=device)
+            target_pos = torch.arange(offset + lo, offset + hi, device=out)
             mask = target_pos.unsqueeze(0) >= first.unsqueeze(1)
             sums += (token_nll * mask).sum(-1)
             if hook is not None:

@@ -10,7 +10,8 @@ from typing import Any
 
 from quant_fixtures.config import ModelSpec
 from quant_fixtures.models.int8_on_device import int8_quantized_on_device
-from quant_fixtures.models.sources import ResolvedModel
+from quant_fixtures.models.placement import gpu_limits, placement
+from quant_fixtures.models.sources import ResolvedModel, weight_files
 from quant_fixtures.settings import LoadSettings
 from quant_fixtures.variants import Variant, torch_dtype
 
@@ -26,6 +27,7 @@ class LoadedModel:
     load_seconds: float
     quantization_config: dict[str, Any] | None
     quant_state_bytes: int = 0  # bitsandbytes scales kept outside the parameters (not in the footprint)
+    placement_note: str | None = None  # set when the model is spread over several GPUs
 
 
 def upcast_unquantized(model: Any, dtype: Any) -> None:
@@ -89,12 +91,17 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
         hf_logging.disable_progress_bar()
     start = time.perf_counter()
     kwargs = variant.load_kwargs(options)
+    weight_bytes = sum(f.stat().st_size for f in weight_files(resolved.directory, spec.allow_pickle, spec.key))
+    where = placement(device, weight_bytes, variant.weight_share,
+                      gpu_limits(options.max_gpu_memory) if device.startswith("cuda") else [], options.may_spread)
+    if where.max_memory is not None:
+        kwargs["max_memory"] = where.max_memory
     tokenizer = AutoTokenizer.from_pretrained(resolved.directory, trust_remote_code=spec.trust_remote_code)
     with int8_quantized_on_device(device):  # no host round trip per weight (models/int8_on_device.py)
         model = AutoModelForCausalLM.from_pretrained(
             resolved.directory,
             dtype=torch_dtype(options.weight_dtype),
-            device_map={"": device},
+            device_map=where.device_map,
             trust_remote_code=spec.trust_remote_code,
             use_safetensors=None if spec.allow_pickle else True,  # never unpickle weights without the opt-in
             **kwargs,
@@ -120,6 +127,7 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
         # use_diff=False: every effective setting, not only those that differ from the defaults
         quantization_config=json.loads(qconfig.to_json_string(use_diff=False)) if qconfig is not None else None,
         quant_state_bytes=state_bytes,
+        placement_note=where.note,
     )
 
 

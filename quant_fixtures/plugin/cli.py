@@ -190,7 +190,7 @@ def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
 
 def build_settings(config: pytest.Config) -> RunSettings:
     """Every command-line choice, with the config's device-dependent defaults, in one frozen object."""
-    from quant_fixtures.plugin.workers import device_for, run_id
+    from quant_fixtures.plugin.workers import device_for, is_worker, run_id
 
     suite, device = suite_of(config), device_for(config)
     defaults = device_defaults(suite.defaults, device)
@@ -216,7 +216,7 @@ def build_settings(config: pytest.Config) -> RunSettings:
             exact_kl_max_mb=option("--exact-kl-max-mb"), skip=option("--skip-prompts")),
         load=LoadSettings(device=device, weight_dtype=option("--weight-dtype"),
                           nf4_compute_dtype=option("--nf4-compute-dtype"), nf4_double_quant=option("--nf4-double-quant"),
-                          max_gpu_memory=max_gpu_memory(config)),
+                          max_gpu_memory=max_gpu_memory(config), may_spread=not is_worker(config)),
         gates=GatePolicy(mode=option("--gate-mode"), on=option("--gate-on"),
                          frozen_baselines=option("--frozen-baselines")),
         run_id=run_id(config),

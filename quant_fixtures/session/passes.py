@@ -62,6 +62,8 @@ def _plan(ctx: PassContext, model: str, loaded: LoadedModel) -> tuple[Any, list[
 def _perplexity(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, ids: Any, plan: list[Window],
                 hook: Any, batching: Batching) -> WindowScores:
     """The perplexity pass over ``plan``."""
+    if loaded.placement_note:
+        ctx.batches.notes.append(loaded.placement_note)
     bar = progress_bar(len(plan), f"{model} {var.key} perplexity", "win")
     with ctx.stage("perplexity", "perplexity"):
         check_output_head(loaded.model)
