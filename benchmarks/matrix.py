@@ -82,7 +82,7 @@ def table(documents: list[EvaluationDocument]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--suite-config", required=True)
     parser.add_argument("--results-dir", required=True, type=Path)
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
