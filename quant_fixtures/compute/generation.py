@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from quant_fixtures.compute.decoding import can_capture, static_greedy, supports_static_decoding
-from quant_fixtures.compute.memory import BatchLog, MemoryBudget, chunked, run_batches, size_by_probe
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget, run_batches, run_sized
 from quant_fixtures.compute.scoring import LOGPROB_ELEMENTS_PER_CHUNK, model_device, output_logits
 
 
@@ -177,9 +177,5 @@ def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Seq
             h = hidden[row, start:width]
             consume(i, torch.cat([output_logits(model, h[lo:lo + chunk]).float() for lo in range(0, n, chunk)]))
 
-    size = batch_size
     with torch.inference_mode():
-        if budget.cuda and batch_size > 1 and len(todo) > 1:
-            size = size_by_probe(batch_size, lambda: run(todo[:1]), budget, log, stage, "prompts")
-            todo = todo[1:]
-        run_batches(chunked(todo, size), run, budget, log, stage, "prompts")
+        run_sized(todo, batch_size, run, budget, log, stage, "prompts")

@@ -78,8 +78,8 @@ class MemoryBudget:
         return torch.cuda.memory_allocated(self.device) if self.cuda else None
 
     def free(self) -> int | None:
-        limit = self.limit()
-        return None if limit is None else max(0, limit - torch.cuda.memory_allocated(self.device))
+        limit, held = self.limit(), self.held()
+        return None if limit is None or held is None else max(0, limit - held)
 
     def synchronize(self) -> None:
         if self.cuda:
@@ -147,6 +147,17 @@ def chunked(items: Sequence[int], size: int, same_group: Callable[[int, int], bo
         else:
             batches.append([item])
     return batches
+
+
+def run_sized(items: Sequence[int], requested: int, run: Callable[[list[int]], None], budget: MemoryBudget,
+              log: BatchLog, stage: str, unit: str, same_group: Callable[[int, int], bool] | None = None) -> None:
+    """Run ``items`` in consecutive batches of at most ``requested``: on CUDA the first item runs
+    alone to measure how many fit (:func:`size_by_probe`), then :func:`run_batches` runs the rest."""
+    size = requested
+    if budget.cuda and requested > 1 and len(items) > 1:
+        size = size_by_probe(requested, lambda: run([items[0]]), budget, log, stage, unit)
+        items = items[1:]
+    run_batches(chunked(items, size, same_group), run, budget, log, stage, unit)
 
 
 def run_batches(batches: Sequence[list[int]], run: Callable[[list[int]], None], budget: MemoryBudget, log: BatchLog,

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from quant_fixtures.compute.memory import BatchLog, MemoryBudget, chunked, run_batches, size_by_probe
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget, run_sized
 from quant_fixtures.metrics.perplexity import Window, perplexity
 
 # Upper bound on float32 log-prob elements materialised at once (2**28 floats = 1 GiB).
@@ -133,13 +133,9 @@ def score_windows(
 
     log = log if log is not None else BatchLog()
     start = time.perf_counter()
-    todo, size = list(range(len(windows))), batch_size
     with torch.inference_mode():
-        if budget.cuda and batch_size > 1 and len(windows) > 1:
-            size = size_by_probe(batch_size, lambda: run([0]), budget, log, "perplexity", "windows")
-            todo = todo[1:]
-        batches = chunked(todo, size, same_group=lambda a, b: windows[a].length == windows[b].length)
-        run_batches(batches, run, budget, log, "perplexity", "windows")
+        run_sized(list(range(len(windows))), batch_size, run, budget, log, "perplexity", "windows",
+                  same_group=lambda a, b: windows[a].length == windows[b].length)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
