@@ -11,7 +11,7 @@ from typing import Any
 from quant_fixtures.config import ModelSpec
 from quant_fixtures.models.int8_on_device import int8_quantized_on_device
 from quant_fixtures.models.placement import gpu_limits, placement
-from quant_fixtures.models.sources import ResolvedModel, weight_files
+from quant_fixtures.models.sources import ResolvedModel, weight_bytes
 from quant_fixtures.settings import LoadSettings
 from quant_fixtures.variants import Variant, torch_dtype
 
@@ -91,8 +91,7 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
         hf_logging.disable_progress_bar()
     start = time.perf_counter()
     kwargs = variant.load_kwargs(options)
-    weight_bytes = sum(f.stat().st_size for f in weight_files(resolved.directory, spec.allow_pickle, spec.key))
-    where = placement(device, weight_bytes, variant.weight_share,
+    where = placement(device, weight_bytes(resolved.directory, spec.allow_pickle, spec.key), variant.weight_share,
                       gpu_limits(options.max_gpu_memory) if device.startswith("cuda") else [], options.may_spread)
     if where.max_memory is not None:
         kwargs["max_memory"] = where.max_memory

@@ -64,6 +64,11 @@ def weight_files(directory: Path, allow_pickle: bool = False, key: str = "model"
     raise ModelUnavailableError(f"{directory}: no weight files ({', '.join(SAFE_WEIGHTS)}) in this directory")
 
 
+def weight_bytes(directory: Path, allow_pickle: bool = False, key: str = "model") -> int:
+    """Bytes of the directory's weight files (those :func:`weight_files` accepts)."""
+    return sum(p.stat().st_size for p in weight_files(directory, allow_pickle, key))
+
+
 def directory_identity(directory: Path, cache_dir: Path, allow_pickle: bool = False, key: str = "model") -> str:
     """sha256 over the names and contents of a directory's weight, config and generation-config files
     (the tokenizer has its own digest in every key)."""

@@ -14,15 +14,19 @@ import pytest
 from quant_fixtures.plugin.workers import PATHS_KEY, RUN_ID_KEY, run_id
 
 
-def local_weight_bytes(path: str | None) -> int:
-    """Bytes of a local model directory's weight files (0 for Hub models: their order is the config's)."""
-    if not path:
+def local_weight_bytes(spec: Any) -> int:
+    """Bytes of a local model's weight files (0 for Hub and packaged models, or a directory without
+    weights: their order is the config's)."""
+    if not spec.path:
         return 0
     from pathlib import Path
 
-    folder = Path(path).expanduser()
-    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern)) \
-        if folder.is_dir() else 0
+    from quant_fixtures.models.sources import ModelUnavailableError, weight_bytes
+
+    try:
+        return weight_bytes(Path(spec.path).expanduser(), spec.allow_pickle, spec.key)
+    except ModelUnavailableError:
+        return 0
 
 
 class XdistHooks:
@@ -50,7 +54,7 @@ class XdistHooks:
 
         suite = config.stash[CONFIG_KEY]
         models, variants = list(suite.models), list(VARIANTS)
-        sizes = {m: local_weight_bytes(suite.models[m].path) for m in models}
+        sizes = {m: local_weight_bytes(suite.models[m]) for m in models}
 
         def pair(group: str) -> Any:
             return pair_of_group(group, models, variants)
