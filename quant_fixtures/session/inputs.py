@@ -22,6 +22,7 @@ class RunInputs:
         self._environment: dict[str, Any] | None = None
         self._resolved: dict[str, ResolvedModel] = {}
         self._configs: dict[str, Any] = {}
+        self._tokenizers: dict[str, Any] = {}
         self._tokenizer_ids: dict[str, str] = {}
         self._corpus_ids: dict[str, Any] = {}  # model -> Future of its ids
         self._ids_by_tokenizer: dict[str, Any] = {}
@@ -92,16 +93,22 @@ class RunInputs:
                                                               trust_remote_code=spec.trust_remote_code)
         return self._configs[model]
 
+    def tokenizer(self, model: str) -> Any:
+        """The model's tokenizer, loaded once (for its digest and for the corpus)."""
+        if model not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            spec = self.config.models[model]
+            self._tokenizers[model] = AutoTokenizer.from_pretrained(self._directory(model),
+                                                                    trust_remote_code=spec.trust_remote_code)
+        return self._tokenizers[model]
+
     def tokenizer_sha256(self, model: str) -> str:
         """sha256 of how the model's tokenizer turns text into ids."""
         if model not in self._tokenizer_ids:
-            from transformers import AutoTokenizer
-
             from quant_fixtures.store.prompt_reference import tokenizer_sha256
 
-            spec = self.config.models[model]
-            tok = AutoTokenizer.from_pretrained(self._directory(model), trust_remote_code=spec.trust_remote_code)
-            self._tokenizer_ids[model] = tokenizer_sha256(tok)
+            self._tokenizer_ids[model] = tokenizer_sha256(self.tokenizer(model))
         return self._tokenizer_ids[model]
 
     def prefetch_corpus_ids(self, model: str) -> None:
@@ -121,18 +128,13 @@ class RunInputs:
         return self._corpus_ids[model].result()
 
     def _tokenized_corpus(self, model: str, digest: str, text: EvalText) -> Any:
-        from transformers import AutoTokenizer
-
         from quant_fixtures.store.corpus_tokens import load_corpus_tokens, save_corpus_tokens
 
         if digest not in self._ids_by_tokenizer:
             cache = self.settings.paths.cache_dir
             ids, _ = load_corpus_tokens(cache, digest, text.sha256)
-            if ids is None:
-                spec = self.config.models[model]
-                tokenizer = AutoTokenizer.from_pretrained(self._directory(model),
-                                                          trust_remote_code=spec.trust_remote_code)
-                ids = tokenize_text(tokenizer, text.text)
+            if ids is None:  # the tokenizer was loaded (for the digest) before this job was submitted
+                ids = tokenize_text(self.tokenizer(model), text.text)
                 save_corpus_tokens(cache, digest, text.sha256, ids)
             self._ids_by_tokenizer[digest] = ids
         return self._ids_by_tokenizer[digest]
