@@ -23,7 +23,7 @@ class Placement:
 def placement(device: str, weight_bytes: int, weight_share: float, gpu_limits: list[int],
               may_spread: bool) -> Placement:
     """``weight_bytes``: the 16-bit weights on disk; ``weight_share``: the variant's share of them
-    once loaded (1 for fp16, about 0.55 for int8, 0.3 for nf4); ``gpu_limits``: bytes each visible
+    once loaded (variants.Variant.weight_share); ``gpu_limits``: bytes each visible
     GPU may hold (the cap, else the card); ``device``: this process's GPU."""
     if not device.startswith("cuda") or not gpu_limits:
         return Placement({"": device}, None, None)

@@ -82,9 +82,11 @@ def _measurements(ctx: PassContext, model: str, var: Variant, loaded: LoadedMode
     return Measurements(
         model=model, variant=var, loaded=loaded, source=spec.source, note=spec.note,
         weights_identity=inputs.resolved(model).identity, ctx=inputs.ctx(model), windows=windows, scores=scores,
-        baseline=baseline, peak_gb=peak / GB if peak is not None else None, dataset_source=inputs.text().source, dataset_sha256=inputs.text().sha256,
+        baseline=baseline, peak_gb=peak / GB if peak is not None else None, dataset_source=inputs.text().source,
+        dataset_sha256=inputs.text().sha256,
         corpus_kl=corpus_kl, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=prompt_seconds,
-        batching=batching_used(ctx, batching), environment=inputs.environment(), keys=ctx.references.keys_of(model, baseline))
+        batching=batching_used(ctx, batching), environment=inputs.environment(),
+        keys=ctx.references.keys_of(model, baseline))
 
 
 def _timed(run: Any) -> tuple[Any, float]:
