@@ -74,9 +74,13 @@ def truncate_response(tokens: Sequence[int], max_new_tokens: int, eos: set[int])
     return out
 
 
+def _text_config(model: Any) -> Any:
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
 def kv_bytes_per_token(model: Any) -> int | None:
     """Bytes of keys and values one token keeps in the cache (None when the config does not say)."""
-    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    c = _text_config(model)
     heads = getattr(c, "num_attention_heads", None)
     layers, kv_heads = getattr(c, "num_hidden_layers", None), getattr(c, "num_key_value_heads", None) or heads
     head_dim = getattr(c, "head_dim", None) or (c.hidden_size // heads if heads else None)
@@ -89,7 +93,7 @@ def kv_bytes_per_token(model: Any) -> int | None:
 def _prompt_bytes(model: Any, width: int, length: int) -> float:
     """Memory one prompt of a generation batch needs: its static cache, the prefill's activations
     (hidden states and the MLP's intermediates) and its logits."""
-    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    c = _text_config(model)
     kv = kv_bytes_per_token(model)
     if kv is None:
         return 0.0
@@ -114,8 +118,9 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
     log = log if log is not None else BatchLog()
     eos, pad = eos_token_ids(model, tokenizer), pad_token_id(model, tokenizer)
     responses: list[list[int]] = [[] for _ in prompts]
-    longest = max((len(p) for p in prompts), default=0) + max(max_new_tokens, default=0)
-    size = budget.fit(batch_size, _prompt_bytes(model, longest - max(max_new_tokens, default=0), longest))
+    widest = max((len(p) for p in prompts), default=0)
+    longest = widest + max(max_new_tokens, default=0)
+    size = budget.fit(batch_size, _prompt_bytes(model, widest, longest))
     if size < batch_size:
         log.notes.append(f"generation: {size} prompts per batch, not {batch_size}, to fit the static cache "
                          f"of {longest} tokens in {(budget.free() or 0) / 2**30:.2f} GiB")
