@@ -11,7 +11,7 @@ from pathlib import Path
 from quant_fixtures.config import ModelSpec
 from quant_fixtures.models.gguf import convert_gguf_package
 from quant_fixtures.store.atomic import write_text_atomic
-from quant_fixtures.store.digests import sha256_file
+from quant_fixtures.store.digests import sha256_blocks
 
 SAFE_WEIGHTS = ("*.safetensors",)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth")  # torch pickles: loading one can run arbitrary code
@@ -33,9 +33,10 @@ class ResolvedModel:
 
 
 def _file_digest(path: Path, cache_dir: Path) -> str:
-    """sha256 of a file, memoised by (path, size, mtime) so large weights are hashed once."""
+    """Block-wise sha256 of a file (:func:`sha256_blocks`), memoised by (path, size, mtime) so large
+    weights are hashed once."""
     stat = path.stat()
-    memo_key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    memo_key = hashlib.sha256(f"blocks|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
     memo = cache_dir / "digests" / memo_key
     try:
         memoised = memo.read_text().strip()
@@ -43,7 +44,7 @@ def _file_digest(path: Path, cache_dir: Path) -> str:
         memoised = ""
     if re.fullmatch(r"[0-9a-f]{64}", memoised):  # anything else (empty, edited) is recomputed
         return memoised
-    digest = sha256_file(path)
+    digest = sha256_blocks(path)
     write_text_atomic(memo, digest)
     return digest
 
@@ -70,14 +71,14 @@ def weight_bytes(directory: Path, allow_pickle: bool = False, key: str = "model"
 
 
 def directory_identity(directory: Path, cache_dir: Path, allow_pickle: bool = False, key: str = "model") -> str:
-    """sha256 over the names and contents of a directory's weight, config and generation-config files
-    (the tokenizer has its own digest in every key)."""
+    """sha256 over the names and block-wise digests of a directory's weight, config and
+    generation-config files (the tokenizer has its own digest in every key)."""
     files = weight_files(directory, allow_pickle, key)
     summary = hashlib.sha256()
     for p in files + [directory / name for name in IDENTITY_FILES]:
         if p.is_file():
             summary.update(f"{p.name}:{_file_digest(p, cache_dir)}\n".encode())
-    return "sha256:" + summary.hexdigest()
+    return "sha256-blocks:" + summary.hexdigest()
 
 
 def _resolve_hub(spec: ModelSpec) -> ResolvedModel:

@@ -78,7 +78,7 @@ def test_full_run_passes_and_writes_reports(full_run, e2e):
         assert DOCUMENT_KEYS <= set(doc), f"{variant}: missing {DOCUMENT_KEYS - set(doc)}"
         assert doc["schema_version"] == SCHEMA_VERSION
         assert doc["model"]["key"] == "tiny" and doc["model"]["source"] == str(e2e.model_dir)
-        assert doc["model"]["weights_identity"].startswith("sha256:")
+        assert doc["model"]["weights_identity"].startswith("sha256-blocks:")
         assert doc["variant"]["key"] == variant and doc["variant"]["method"] == METHODS[variant]
         assert doc["variant"]["compute_dtype"] == "float32" and doc["variant"]["weight_dtype"] == "float16"
         assert doc["environment"]["device"] == "cpu" and doc["environment"]["packages"]["torch"]

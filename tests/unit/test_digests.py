@@ -1,0 +1,37 @@
+"""The block-wise file digest that identifies local weights, against a plain sequential computation."""
+
+import hashlib
+
+import pytest
+
+from quant_fixtures.models.sources import directory_identity
+from quant_fixtures.store import digests
+
+
+@pytest.mark.parametrize("size", [0, 1, 3 * 1024 + 17, 5 * 1024])
+def test_block_digest_is_sha256_over_block_digests(tmp_path, monkeypatch, size):
+    monkeypatch.setattr(digests, "BLOCK_BYTES", 1024)  # several blocks, the last one short
+    monkeypatch.setattr(digests, "READ_BYTES", 300)  # several reads a block, not dividing it
+    data = bytes((i * 7919) % 251 for i in range(size))
+    path = tmp_path / "w.bin"
+    path.write_bytes(data)
+    plain = hashlib.sha256(b"".join(hashlib.sha256(data[o:o + 1024]).digest()
+                                    for o in range(0, size, 1024))).hexdigest()
+    assert digests.sha256_blocks(path, workers=3) == plain
+    assert digests.sha256_blocks(path, workers=1) == plain
+
+
+def test_a_changed_byte_in_any_block_changes_the_identity(tmp_path, monkeypatch):
+    monkeypatch.setattr(digests, "BLOCK_BYTES", 1024)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    weights = model / "model.safetensors"
+    weights.write_bytes(bytes(4096))
+    first = directory_identity(model, tmp_path / "cache")
+    assert first.startswith("sha256-blocks:")
+    assert directory_identity(model, tmp_path / "cache") == first  # memoised, same answer
+    data = bytearray(4096)
+    data[3000] = 1  # third block
+    weights.write_bytes(bytes(data))
+    assert directory_identity(model, tmp_path / "cache") != first
