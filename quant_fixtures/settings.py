@@ -43,7 +43,6 @@ class PromptProtocol:
     top_k: int = 256
     gen_batch_size: int = 96
     score_batch_size: int = 16
-    exact_kl_max_mb: int = 1024  # keep the full FP16 distribution (exact KL) when it fits; 0: never
     skip: bool = False  # --skip-prompts: perplexity and memory only
 
 

@@ -1,83 +1,82 @@
-"""Token-level KL over the WikiText-2 perplexity pass (llama.cpp `--kl-divergence` parity).
+"""Exact token-level comparison with FP16 over the WikiText-2 perplexity pass.
 
-The FP16 pass keeps the top-k log-probs of every scored position (in window order); a variant's
-pass compares its full distribution at the same positions against them.
+The FP16 pass keeps the final hidden state of every scored position (window after window) and its
+output head (metrics/reference_head.py); a variant's pass rebuilds the FP16 logits at the same
+positions from them and compares the two distributions over the whole vocabulary
+(metrics/token_comparison.py). One model is resident at a time.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
-from quant_fixtures.metrics.divergence import CorpusKL, kl_topk, topk_reference
-from quant_fixtures.store.corpus_reference import CORPUS_TOP_K
+from quant_fixtures.metrics.reference_head import ReferenceHead
+from quant_fixtures.compute.scoring import ScoredChunk
+from quant_fixtures.metrics.token_comparison import compare_positions, concat_comparisons
 
 
-class TopkRecorder:
-    """Logprob hook for the FP16 pass: collects (logp, idx) top-k rows of scored positions per window."""
+class HiddenRecorder:
+    """Hook for the FP16 pass: the final hidden states of the scored positions, per window."""
 
-    def __init__(self, n_windows: int, k: int = CORPUS_TOP_K) -> None:
-        self.k = k
-        self.logp: list[list[torch.Tensor]] = [[] for _ in range(n_windows)]
-        self.idx: list[list[torch.Tensor]] = [[] for _ in range(n_windows)]
+    def __init__(self, n_windows: int) -> None:
+        self.hidden: list[list[torch.Tensor]] = [[] for _ in range(n_windows)]
 
     def reset(self, batch: Sequence[int]) -> None:
         """Forget what these windows recorded (their batch is being run again)."""
         for w in batch:
-            self.logp[w], self.idx[w] = [], []
+            self.hidden[w] = []
 
-    def __call__(self, batch: Sequence[int], targets: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> None:
-        for row, w in enumerate(batch):
-            values, indices = topk_reference(logp[row][mask[row]], self.k)
-            self.logp[w].append(values.cpu())
-            self.idx[w].append(indices.to(torch.int32).cpu())
+    def __call__(self, chunk: ScoredChunk) -> None:
+        for row, w in enumerate(chunk.windows):
+            self.hidden[w].append(chunk.hidden[row][chunk.mask[row]].cpu())
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"logp": torch.cat([t for w in self.logp for t in w]),
-                "idx": torch.cat([t for w in self.idx for t in w])}
+    def tensors(self, model: Any) -> dict[str, torch.Tensor]:
+        """What the corpus reference stores: the hidden states in window order and the output head."""
+        return {"hidden": torch.cat([t for w in self.hidden for t in w]), **ReferenceHead.of(model).to_tensors()}
 
 
 class KLAgainstReference:
-    """Logprob hook for a variant's pass: KL and same-top-1 at each scored position.
+    """Hook for a variant's pass: the full comparison with FP16 at every scored position.
 
     The reference rows are stored window after window; a batch delivers chunks of positions for
-    several windows at once, so each window keeps its own cursor into its slice and its own values
-    (a window whose batch is run again starts over; the summary reads the windows in order).
+    several windows at once, so each window keeps its own cursor into its slice and its own results
+    (a window whose batch is run again starts over; the results are read in window order).
     """
 
     def __init__(self, reference: dict[str, torch.Tensor], window_tokens: Sequence[int]) -> None:
-        self.ref_logp, self.ref_idx = reference["logp"], reference["idx"].long()
-        if self.ref_logp.shape[0] != sum(window_tokens):
-            raise ValueError(f"corpus KL reference holds {self.ref_logp.shape[0]} positions, "
+        self.hidden, self.head = reference["hidden"], ReferenceHead.from_tensors(reference)
+        if self.hidden.shape[0] != sum(window_tokens):
+            raise ValueError(f"corpus reference holds {self.hidden.shape[0]} positions, "
                              f"the windows score {sum(window_tokens)}")
         self.start = [0]
         for n in window_tokens[:-1]:
             self.start.append(self.start[-1] + n)
         self.cursor = list(self.start)
         self.end = [s + n for s, n in zip(self.start, window_tokens)]
-        self.kl: list[list[torch.Tensor]] = [[] for _ in window_tokens]
-        self.same: list[list[torch.Tensor]] = [[] for _ in window_tokens]
+        self.parts: list[list[dict[str, np.ndarray]]] = [[] for _ in window_tokens]
 
     def reset(self, batch: Sequence[int]) -> None:
         for w in batch:
-            self.cursor[w], self.kl[w], self.same[w] = self.start[w], [], []
+            self.cursor[w], self.parts[w] = self.start[w], []
 
-    def __call__(self, batch: Sequence[int], targets: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> None:
-        for row, w in enumerate(batch):
-            cand = logp[row][mask[row]]
+    def __call__(self, chunk: ScoredChunk) -> None:
+        for row, w in enumerate(chunk.windows):
+            cand = chunk.logits[row][chunk.mask[row]]
             lo, hi = self.cursor[w], self.cursor[w] + cand.shape[0]
             if hi > self.end[w]:
                 raise RuntimeError(f"corpus KL: window {w} scored more positions than the FP16 reference holds")
-            ref_logp, ref_idx = self.ref_logp[lo:hi].to(cand.device), self.ref_idx[lo:hi].to(cand.device)
-            self.kl[w].append(kl_topk(ref_logp, ref_idx, cand).cpu())
-            self.same[w].append((cand.argmax(-1) == ref_idx[:, 0]).cpu())
+            ref = self.head.logits(self.hidden[lo:hi].to(cand.device))
+            self.parts[w].append(compare_positions(ref, cand, chunk.targets[row][chunk.mask[row]]))
             self.cursor[w] = hi
 
-    def summary(self) -> CorpusKL:
-        """Every scored position's KL and top-1 agreement, in window order."""
-        acc = CorpusKL()
-        for kl, same in zip(self.kl, self.same):
-            for k, s in zip(kl, same):
-                acc.update(k, s)
-        return acc
+    def complete(self) -> bool:
+        return self.cursor == self.end
+
+    def positions(self) -> dict[str, np.ndarray]:
+        """Every scored position's comparison, in window order."""
+        if not self.complete():
+            raise RuntimeError("corpus KL: the pass did not score every position of the FP16 reference")
+        return concat_comparisons(p for parts in self.parts for p in parts)

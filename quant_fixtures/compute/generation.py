@@ -152,14 +152,15 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
 
 
 def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                    batch_size: int, pad: int, consume: Callable[[int, torch.Tensor], None],
+                    batch_size: int, pad: int, consume: Callable[[int, torch.Tensor, torch.Tensor], None],
                     budget: MemoryBudget | None = None, log: BatchLog | None = None, stage: str = "scoring") -> None:
     """Teacher-forced logits (float32) at every position whose next token is a response token.
 
     For prompt p (P tokens) and response r (R tokens) the model reads p + r[:-1]; the R positions
     from the last prompt token through the second-to-last response token each predict one response
-    token. Calls ``consume(prompt index, logits [R, V])`` per prompt (again for the same prompt if
-    its batch is rerun after running out of memory); prompts with an empty response are skipped.
+    token. Calls ``consume(prompt index, logits [R, V], final hidden states [R, H])`` per prompt
+    (again for the same prompt if its batch is rerun after running out of memory); prompts with an
+    empty response are skipped.
     Rows run longest first; on CUDA the longest runs alone first, to measure how many fit a pass.
     """
     device = model_device(model)
@@ -180,7 +181,8 @@ def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Seq
             n = len(responses[i])
             start = width - n  # last prompt token sits at width - n when the row is right-aligned
             h = hidden[row, start:width]
-            consume(i, torch.cat([output_logits(model, h[lo:lo + chunk]).float() for lo in range(0, n, chunk)]))
+            logits = torch.cat([output_logits(model, h[lo:lo + chunk]).float() for lo in range(0, n, chunk)])
+            consume(i, logits, h)
 
     with torch.inference_mode():
         run_sized(todo, batch_size, run, budget, log, stage, "prompts")

@@ -20,10 +20,22 @@ from quant_fixtures.metrics.perplexity import Window, perplexity
 # Upper bound on float32 log-prob elements materialised at once (2**28 floats = 1 GiB).
 LOGPROB_ELEMENTS_PER_CHUNK = 2**28
 
-# Called with (window indices of the batch, target token ids [B, T], log-probs [B, T, V] float32,
-# scored mask [B, T] bool) for every chunk of positions, in order; used by consumers such as
-# corpus KL.
-LogprobHook = Callable[[Sequence[int], torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class ScoredChunk:
+    """One chunk of positions of a batch of windows, as a :data:`LogprobHook` sees it."""
+
+    windows: Sequence[int]  # window indices of the batch's rows
+    targets: torch.Tensor  # [B, T] the next tokens
+    logits: torch.Tensor  # [B, T, V] the head's output, in the model's dtype
+    logp: torch.Tensor  # [B, T, V] float32 log-softmax of the logits
+    mask: torch.Tensor  # [B, T] bool: positions the window scores
+    hidden: torch.Tensor  # [B, T, H] final (post-norm) hidden states the logits came from
+
+
+# Called with every chunk of positions, in order; used by the corpus references and corpus KL.
+LogprobHook = Callable[[ScoredChunk], None]
 
 
 @dataclass
@@ -117,15 +129,17 @@ def score_windows(
         targets_all = inputs.to(out)
         for lo in range(0, positions, chunk):
             hi = min(positions, lo + chunk)
-            logp = torch.log_softmax(output_logits(model, hidden[:, offset - 1 + lo:offset - 1 + hi]).float(), -1)
+            states = hidden[:, offset - 1 + lo:offset - 1 + hi]
+            logits = output_logits(model, states)
+            logp = torch.log_softmax(logits.float(), -1)
             targets = targets_all[:, offset + lo:offset + hi]
             token_nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
             target_pos = torch.arange(offset + lo, offset + hi, device=out)
             mask = target_pos.unsqueeze(0) >= first.unsqueeze(1)
             sums += (token_nll * mask).sum(-1)
             if hook is not None:
-                hook(batch, targets, logp, mask)
-            del logp, token_nll
+                hook(ScoredChunk(batch, targets, logits, logp, mask, states))
+            del logits, logp, token_nll
         for i, value in zip(batch, sums.tolist()):
             nll[i] = value
         if progress is not None:

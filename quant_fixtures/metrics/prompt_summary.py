@@ -78,12 +78,11 @@ def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, metho
     }
     worst = sorted(scored, key=lambda r: r["kl_mean"], reverse=True)[:WORST_PROMPTS]
     stats = summarize(kl)
-    basis = "exact" if all(r.get("kl_basis") == "exact" for r in scored) else "topk"
-    topk_values = np.array([r.get("kl_topk_mean", r["kl_mean"]) for r in scored])
+    basis = "exact"  # the FP16 logits are rebuilt from stored hidden states: full vocabulary everywhere
+    topk_values = np.array([r["kl_topk_mean"] for r in scored])
     topk = {"mean": float(topk_values.mean()), "ci95": list(bootstrap_ci(topk_values, seed=seed)), "k": top_k,
             # (exact - top-k) / exact: how much the top-k + tail bucket lower bound leaves out
-            "rel_gap_vs_exact": (float((kl.mean() - topk_values.mean()) / kl.mean())
-                                 if basis == "exact" and kl.mean() > 0 else None)}
+            "rel_gap_vs_exact": float((kl.mean() - topk_values.mean()) / kl.mean()) if kl.mean() > 0 else None}
     return {
         "mean": stats["mean"], "median": stats["median"], "min": stats["min"], "max": stats["max"],
         "p90": stats["p90"], "p99": stats["p99"], "prompts": len(scored),
@@ -103,14 +102,12 @@ def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, metho
     }
 
 
-def kl_method_text(top_k: int, use_chat_template: bool, cap: int | None, exact: bool) -> str:
-    how = ("over the full vocabulary (exact: the FP16 distributions were kept whole); the top-"
-           f"{top_k} + tail-bucket lower bound is reported beside it under 'topk'" if exact else
-           f"over the FP16 top-{top_k} tokens plus one bucket for the remaining mass (a lower bound of the exact "
-           "KL; the FP16 distributions were too large to keep whole)")
+def kl_method_text(top_k: int, use_chat_template: bool, cap: int | None) -> str:
     return (f"KL(P_fp16 || Q_variant) in nats at every position whose next token is an FP16 greedy response "
             f"token (last prompt token through second-to-last response token; EOS included when generated), "
-            f"teacher-forced on prompt + FP16 response, log-softmax in float64; computed {how}. "
+            f"teacher-forced on prompt + FP16 response, over the full vocabulary: the FP16 logits are rebuilt "
+            f"from the stored FP16 final hidden states and output head, log-softmax of both in float64 "
+            f"(the FP16 top-{top_k} + tail-bucket lower bound is reported beside it under 'topk'). "
             f"A prompt's KL is the mean over its "
             f"positions; summary statistics are over prompts, each weighted equally; CIs are 95 % percentile "
             f"bootstrap (2000 resamples of prompts, seed 0). Prompts {'through the chat template' if use_chat_template else 'as plain text'}; "

@@ -98,8 +98,6 @@ def check_options(config: pytest.Config) -> None:
         if value is not None and value < 1:
             raise pytest.UsageError(f"{name}: expected a positive integer, got {value}")
     max_gpu_memory(config)
-    if config.getoption("--exact-kl-max-mb") < 0:
-        raise pytest.UsageError(f"--exact-kl-max-mb: expected 0 or more, got {config.getoption('--exact-kl-max-mb')}")
     try:  # budgets against each model's window: in preflight_models, once its config is read
         check_limits(suite, selected_pairs(config))
         check_output_dirs(output_dirs(config))
@@ -213,7 +211,7 @@ def build_settings(config: pytest.Config) -> RunSettings:
             max_new_tokens_cap=option("--max-new-tokens") or defaults.max_new_tokens_cap,
             top_k=option("--top-k") or suite.defaults.top_k,
             gen_batch_size=option("--gen-batch-size") or defaults.gen_batch_size,
-            exact_kl_max_mb=option("--exact-kl-max-mb"), skip=option("--skip-prompts")),
+            skip=option("--skip-prompts")),
         load=LoadSettings(device=device, weight_dtype=option("--weight-dtype"),
                           nf4_compute_dtype=option("--nf4-compute-dtype"), nf4_double_quant=option("--nf4-double-quant"),
                           max_gpu_memory=max_gpu_memory(config), may_spread=not is_worker(config)),

@@ -55,10 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--max-new-tokens", type=int, default=None,
                 help="cap on generated tokens per prompt (default: each prompt's own on CUDA, "
                      "[defaults].cpu_max_new_tokens on CPU)")
-    g.addoption("--top-k", type=int, default=None, help="FP16 log-probs kept per response position (default 256)")
-    g.addoption("--exact-kl-max-mb", type=int, default=1024,
-                help="also compute exact full-vocabulary KL when the FP16 distributions fit this many MiB "
-                     "(default 1024; 0 turns it off)")
+    g.addoption("--top-k", type=int, default=None, help="k of the FP16 top-k + tail-bucket KL bound reported beside the exact KL (default 256)")
     g.addoption("--gen-batch-size", type=int, default=None, help="prompts generated per batch")
     g.addoption("--max-gpu-memory", default=None,
                 help="cap on the GPU memory each process may use, e.g. 15GiB or 16GB (env QUANT_MAX_GPU_MEMORY); "

@@ -21,7 +21,10 @@ from typing import Any, TypeVar
 from quant_fixtures.report.gates import GateResult
 from quant_fixtures.store.atomic import write_json_atomic
 
-SCHEMA_VERSION = 2  # 2: batching records what memory allowed, timing has the stage table
+# 2: batching records what memory allowed, timing has the stage table
+# 3: exact KL from FP16 hidden states everywhere; corpus_kl gains reverse KL, top-K agreement, KL by
+#    FP16 confidence and llama.cpp's --kl-divergence tables
+SCHEMA_VERSION = 3
 OMIT_IF_NONE = {"omit_if_none": True}  # field metadata: left out of the JSON when None
 T = TypeVar("T")
 
@@ -134,7 +137,7 @@ class PromptKL:
 
 @dataclass
 class CorpusKL:
-    """Token-level KL over the WikiText-2 perplexity pass (metrics/divergence.CorpusKL)."""
+    """Position-level comparison over the WikiText-2 perplexity pass (metrics/corpus_stats.py)."""
 
     tokens: int
     nonfinite: int
@@ -146,6 +149,11 @@ class CorpusKL:
     max: float
     min: float
     same_top1_rate: float
+    basis: str
+    reverse: dict[str, float]
+    topk_agreement: list[float]
+    by_confidence: list[dict[str, Any]]
+    llama_cpp: dict[str, Any]
     method: str
 
 

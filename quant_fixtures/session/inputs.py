@@ -150,12 +150,3 @@ class RunInputs:
         if p.stride:
             return strided_windows(n_tokens, ctx, p.stride, p.max_tokens)
         return nonoverlapping_windows(n_tokens, ctx, p.max_tokens)
-
-    def exact_kl_fits(self, model: str) -> bool:
-        """Whether the whole FP16 distribution at every response position (float32) fits the
-        --exact-kl-max-mb budget, counted at each prompt's maximum response length."""
-        p = self.settings.prompts
-        vocab = self.model_config(model).vocab_size
-        cap = p.max_new_tokens_cap
-        positions = sum(min(q.max_new_tokens, cap or q.max_new_tokens) for q in self.prompts())
-        return positions * vocab * 4 <= p.exact_kl_max_mb * 2**20

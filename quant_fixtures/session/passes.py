@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from quant_fixtures.compute.corpus_kl import KLAgainstReference, TopkRecorder
+from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
 from quant_fixtures.compute.scoring import WindowScores, check_output_head, score_windows
 from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.models.loading import LoadedModel
@@ -18,12 +18,10 @@ from quant_fixtures.session.prompt_stage import fp16_prompt_stage, variant_promp
 from quant_fixtures.session.references import References
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.baseline import Baseline
-from quant_fixtures.store.corpus_reference import CORPUS_TOP_K
+from quant_fixtures.metrics.corpus_stats import corpus_comparison
 from quant_fixtures.variants import Variant
 
 GB = 1e9
-CORPUS_KL_METHOD = ("KL(P_fp16 || Q_variant) in nats at every scored WikiText-2 position of the perplexity pass, "
-                    "over the FP16 top-{k} tokens plus one bucket for the rest; same_top1_rate: argmax agreement")
 
 
 def batching_for(var: Variant, settings: RunSettings) -> Batching:
@@ -100,12 +98,12 @@ def fp16_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel) -
     log-probs and (unless prompts are skipped) the prompt reference with its noise floor."""
     batching = batching_for(var, ctx.settings)
     ids, plan = _plan(ctx, model, loaded)
-    recorder = None if ctx.settings.perplexity.stride else TopkRecorder(len(plan))
+    recorder = None if ctx.settings.perplexity.stride else HiddenRecorder(len(plan))
     scores = _perplexity(ctx, model, var, loaded, ids, plan, recorder, batching)
     baseline = Baseline(key=ctx.references.baseline_key(model), ppl=scores.ppl, window_nll=scores.window_nll,
                         window_tokens=scores.window_tokens, footprint_bytes=loaded.footprint_bytes)
     with ctx.stage("FP16 perplexity references (store)", "references"):
-        ctx.references.save_perplexity(baseline, recorder.tensors() if recorder is not None else None)
+        ctx.references.save_perplexity(baseline, recorder.tensors(loaded.model) if recorder is not None else None)
     prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
         lambda: fp16_prompt_stage(ctx, model, loaded))
     return _measurements(ctx, model, var, loaded, scores, len(plan), baseline, batching, None, prompts, seconds)
@@ -124,7 +122,7 @@ def variant_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel
     corpus_kl = None
     if hook is not None:
         with ctx.stage("statistics", "statistics"):
-            corpus_kl = {**hook.summary().result(), "method": CORPUS_KL_METHOD.format(k=CORPUS_TOP_K)}
+            corpus_kl = corpus_comparison(hook.positions(), scores.window_tokens)
     prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
         lambda: variant_prompt_stage(ctx, model, var, loaded, refs, batching))
     return _measurements(ctx, model, var, loaded, scores, len(plan), refs.baseline, batching, corpus_kl,

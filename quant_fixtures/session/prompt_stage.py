@@ -7,7 +7,6 @@ responses and, for a batch-dependent variant, measures how much they move with t
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -29,8 +28,7 @@ PromptResults = tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]  # 
 
 def _texts(ctx: PassContext, model: str) -> tuple[str, str]:
     q, prompts = ctx.settings.prompts, ctx.inputs.prompts()
-    method = kl_method_text(q.top_k, q.use_chat_template, q.max_new_tokens_cap,
-                            ctx.references.prompt_key(model).full_logprobs)
+    method = kl_method_text(q.top_k, q.use_chat_template, q.max_new_tokens_cap)
     return method, kl_settings_text(len(prompts), q.top_k, q.use_chat_template, q.max_new_tokens_cap)
 
 
@@ -107,11 +105,7 @@ def _batch_sensitivity(ctx: PassContext, loaded: LoadedModel, reference: PromptR
     chosen = [i for i, r in enumerate(records) if r["flip"] is not None] or list(range(len(records)))
     which = (f"the {len(chosen)} prompts with a checkable answer" if len(chosen) < len(records)
              else f"all {len(chosen)} prompts")
-    subset = dataclasses.replace(
-        reference, prompt_ids=[reference.prompt_ids[i] for i in chosen],
-        response_ids=[reference.response_ids[i] for i in chosen], topk_logp=[reference.topk_logp[i] for i in chosen],
-        topk_idx=[reference.topk_idx[i] for i in chosen],
-        full_logp=[reference.full_logp[i] for i in chosen] if reference.full_logp is not None else None)
+    subset = reference.subset(chosen)
     picked = [prompts[i] for i in chosen]
     shift = max(1, min(batch, len(chosen)) // 2)
     again = generate_responses(loaded.model, loaded.tokenizer, picked, subset, batch, shift=shift,

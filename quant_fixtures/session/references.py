@@ -1,9 +1,9 @@
 """The FP16 references a variant is compared with: their keys, reading them back validated, and
 writing them once the FP16 pass has measured them.
 
-Three stored pieces per model: the perplexity baseline (small JSON in baselines/), the corpus top-k
-log-probs and the prompt reference (safetensors in the cache), plus the prompt summary (responses and
-noise floor, beside the baseline). A quantized variant needs all of them; if one is missing or
+Three stored pieces per model: the perplexity baseline (small JSON in baselines/), the corpus
+reference (FP16 hidden states and output head) and the prompt reference (safetensors in the cache),
+plus the prompt summary (responses and noise floor, beside the baseline). A quantized variant needs all of them; if one is missing or
 stale, the FP16 pass runs first.
 """
 
@@ -17,7 +17,7 @@ from quant_fixtures.session.inputs import RunInputs
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.atomic import file_lock
 from quant_fixtures.store.baseline import Baseline, BaselineKey, load_baseline, store_baseline
-from quant_fixtures.store.corpus_reference import (CORPUS_TOP_K, corpus_reference_path, load_corpus_reference,
+from quant_fixtures.store.corpus_reference import (corpus_reference_path, load_corpus_reference,
                                                    store_corpus_reference)
 from quant_fixtures.store.prompt_reference import PromptReference, ReferenceKey, load_reference, store_reference
 from quant_fixtures.store.prompt_summary import load_prompt_summary, store_prompt_summary
@@ -61,7 +61,7 @@ class ReferenceStore:
             self._prompt_keys[model] = ReferenceKey(
                 model=model, weights_identity=i.resolved(model).identity, tokenizer_sha256=i.tokenizer_sha256(model),
                 prompts_sha256=i.prompts_sha256(), categories=q.categories, use_chat_template=q.use_chat_template,
-                max_new_tokens_cap=q.max_new_tokens_cap, top_k=q.top_k, full_logprobs=i.exact_kl_fits(model),
+                max_new_tokens_cap=q.max_new_tokens_cap, top_k=q.top_k,
                 weight_dtype=load.weight_dtype, compute_dtype=load.compute_dtype, device_type=load.device_type,
                 metrics_version=METRICS_VERSION, environment=i.numerics())
         return self._prompt_keys[model]
@@ -87,10 +87,10 @@ class ReferenceStore:
         baseline, reason = load_baseline(paths.baselines_dir, key)
         if baseline is None:
             return None, reason
-        corpus = load_corpus_reference(corpus_reference_path(paths.cache_dir, key.digest(), CORPUS_TOP_K),
+        corpus = load_corpus_reference(corpus_reference_path(paths.cache_dir, key.digest()),
                                        key.digest(), baseline.tokens)
         if corpus is None and not self.settings.perplexity.stride:
-            return None, "FP16 corpus top-k log-probs missing or stale in the cache"
+            return None, "FP16 corpus hidden states missing or stale in the cache"
         prompts, noise = None, None
         if not self.settings.prompts.skip:
             pkey = self.prompt_key(model)
@@ -107,13 +107,13 @@ class ReferenceStore:
         return load_reference(self.settings.paths.cache_dir, self.prompt_key(model))
 
     # -- writing (the FP16 pass) ------------------------------------------------------------------
-    def save_perplexity(self, baseline: Baseline, corpus_topk: dict[str, Any] | None) -> None:
+    def save_perplexity(self, baseline: Baseline, corpus: dict[str, Any] | None) -> None:
         self._loaded.pop(baseline.key.model, None)
         paths = self.settings.paths
         store_baseline(paths.baselines_dir, baseline, self.inputs.environment())
-        if corpus_topk is not None:
+        if corpus is not None:
             digest = baseline.key.digest()
-            store_corpus_reference(corpus_reference_path(paths.cache_dir, digest, CORPUS_TOP_K), corpus_topk, digest)
+            store_corpus_reference(corpus_reference_path(paths.cache_dir, digest), corpus, digest)
 
     def save_prompt_reference(self, reference: PromptReference) -> None:
         self._loaded.pop(reference.key.model, None)

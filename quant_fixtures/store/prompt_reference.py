@@ -1,4 +1,5 @@
-"""The FP16 prompt reference: greedy responses and top-k log-probabilities at every response position.
+"""The FP16 prompt reference: greedy responses, and the FP16 final hidden state at every response
+position with the FP16 output head, from which the exact FP16 logits are rebuilt.
 
 Stored as safetensors in the cache directory (outside git), keyed by a hash of everything that
 shapes it; the file's metadata carries the key and a digest of the tensors, both checked on load,
@@ -15,10 +16,11 @@ from typing import Any
 
 import torch
 
+from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.store.atomic import load_tensors, save_tensors
 from quant_fixtures.store.keys import StoreKey
 
-REFERENCE_FORMAT = 1
+REFERENCE_FORMAT = 2  # 2: hidden states + output head (1 kept top-k log-probs)
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,6 @@ class ReferenceKey(StoreKey):
     use_chat_template: bool
     max_new_tokens_cap: int | None
     top_k: int
-    full_logprobs: bool  # also keep the whole FP16 distribution, for exact KL (small models)
     weight_dtype: str
     compute_dtype: str
     device_type: str
@@ -41,14 +42,22 @@ class ReferenceKey(StoreKey):
 
 @dataclass
 class PromptReference:
-    """Per prompt (in suite order): prompt ids, FP16 response ids, top-k log-probs [R, k] and ids."""
+    """Per prompt (in suite order): prompt ids, FP16 response ids and the FP16 final hidden states
+    [R, H] at the R positions that predict the response tokens; plus the FP16 output head."""
 
     key: ReferenceKey
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
-    topk_logp: list[torch.Tensor]
-    topk_idx: list[torch.Tensor]
-    full_logp: list[torch.Tensor] | None = None  # [R, V] float32 per prompt when key.full_logprobs
+    hidden: list[torch.Tensor]
+    head: ReferenceHead
+
+    def logits(self, i: int, device: Any) -> torch.Tensor:
+        """The FP16 logits [R, V] of prompt ``i``'s response positions, rebuilt on ``device``."""
+        return self.head.logits(self.hidden[i].to(device))
+
+    def subset(self, chosen: list[int]) -> "PromptReference":
+        return PromptReference(self.key, [self.prompt_ids[i] for i in chosen], [self.response_ids[i] for i in chosen],
+                               [self.hidden[i] for i in chosen], self.head)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         def flat(rows: list[list[int]]) -> torch.Tensor:
@@ -57,14 +66,11 @@ class PromptReference:
         def lengths(rows: list[list[int]]) -> torch.Tensor:
             return torch.tensor([len(r) for r in rows], dtype=torch.int64)
 
-        k = self.key.top_k
-        full = {"full_logp": torch.cat(self.full_logp)} if self.full_logp else {}
-        return {**full,
-            "prompt_ids": flat(self.prompt_ids), "prompt_lengths": lengths(self.prompt_ids),
-            "response_ids": flat(self.response_ids), "response_lengths": lengths(self.response_ids),
-            "topk_logp": torch.cat(self.topk_logp) if self.topk_logp else torch.zeros(0, k),
-            "topk_idx": torch.cat(self.topk_idx) if self.topk_idx else torch.zeros(0, k, dtype=torch.int64),
-        }
+        width = self.head.weight.shape[1]
+        return {**self.head.to_tensors(),
+                "prompt_ids": flat(self.prompt_ids), "prompt_lengths": lengths(self.prompt_ids),
+                "response_ids": flat(self.response_ids), "response_lengths": lengths(self.response_ids),
+                "hidden": torch.cat(self.hidden) if self.hidden else torch.zeros(0, width)}
 
 
 def reference_path(cache_dir: Path, key: ReferenceKey) -> Path:
@@ -95,13 +101,14 @@ def load_reference(cache_dir: Path, key: ReferenceKey) -> tuple[PromptReference 
     if meta.get("key") != json.dumps(key.as_dict(), sort_keys=True):
         return None, f"{path}: stale (settings differ)"
     response_lengths = tensors["response_lengths"]
+    if tensors["hidden"].shape[0] != int(response_lengths.sum()):
+        return None, f"{path}: {tensors['hidden'].shape[0]} hidden states for {int(response_lengths.sum())} response tokens"
     return PromptReference(
         key=key,
         prompt_ids=[t.tolist() for t in _split(tensors["prompt_ids"], tensors["prompt_lengths"])],
         response_ids=[t.tolist() for t in _split(tensors["response_ids"], response_lengths)],
-        topk_logp=_split(tensors["topk_logp"], response_lengths),
-        topk_idx=_split(tensors["topk_idx"], response_lengths),
-        full_logp=_split(tensors["full_logp"], response_lengths) if "full_logp" in tensors else None,
+        hidden=_split(tensors["hidden"], response_lengths),
+        head=ReferenceHead.from_tensors(tensors),
     ), "ok"
 
 

@@ -40,7 +40,7 @@ def test_spread_model_gives_the_one_gpu_numbers(tiny_llama):
     limits = [12] * len(prompts)
     assert greedy_generate(spread, Tok(), prompts, limits, 4) == greedy_generate(one, Tok(), prompts, limits, 4)
     got = {}
-    response_logits(spread, prompts, [[3, 4, 5]] * len(prompts), 4, 0, lambda i, lg: got.__setitem__(i, lg))
+    response_logits(spread, prompts, [[3, 4, 5]] * len(prompts), 4, 0, lambda i, lg, _h: got.__setitem__(i, lg))
     want = {}
     response_logits(one, prompts, [[3, 4, 5]] * len(prompts), 4, 0, lambda i, lg: want.__setitem__(i, lg))
     for i in want:

@@ -9,7 +9,7 @@ import torch
 
 from integration_support import load_variant
 import quant_fixtures.compute.scoring as scoring
-from quant_fixtures.compute.corpus_kl import KLAgainstReference, TopkRecorder
+from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
 from quant_fixtures.compute.memory import GiB, BatchLog, MemoryBudget
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 
@@ -72,25 +72,25 @@ def test_perplexity_and_corpus_kl_survive_retries_unchanged(model, ids, monkeypa
     vocab = model.get_output_embeddings().weight.shape[0]
     budget = PlannedBudget(chunk_elements=vocab * 8 * 16)  # 16 positions per chunk at 8 windows a pass
 
-    clean_recorder = TopkRecorder(len(windows))
+    clean_recorder = HiddenRecorder(len(windows))
     clean = scoring.score_windows(model, ids, windows, 2, hook=clean_recorder, budget=budget)
-    reference = clean_recorder.tensors()
+    reference = clean_recorder.tensors(model)
     clean_kl = KLAgainstReference(reference, clean.window_tokens)
     scoring.score_windows(model, ids, windows, 2, hook=clean_kl, budget=budget)
 
     _fail_second_chunk_of_big_batches(monkeypatch)
-    log, recorder = BatchLog(), TopkRecorder(len(windows))
+    log, recorder = BatchLog(), HiddenRecorder(len(windows))
     retried = scoring.score_windows(model, ids, windows, 8, hook=recorder, budget=budget, log=log)
     assert log.notes == ["perplexity: out of memory at 8 windows per pass; retried at 4",
                          "perplexity: out of memory at 4 windows per pass; retried at 2"]
     assert log.used["perplexity"] == 2
     torch.testing.assert_close(torch.tensor(retried.window_nll), torch.tensor(clean.window_nll), rtol=0, atol=1e-9)
-    again = recorder.tensors()
-    assert again["logp"].shape == reference["logp"].shape  # nothing recorded twice
-    torch.testing.assert_close(again["logp"], reference["logp"], rtol=0, atol=1e-5)
+    again = recorder.tensors(model)
+    assert again["hidden"].shape == reference["hidden"].shape  # nothing recorded twice
+    torch.testing.assert_close(again["hidden"], reference["hidden"], rtol=0, atol=1e-5)
 
     kl_hook = KLAgainstReference(reference, clean.window_tokens)
     scoring.score_windows(model, ids, windows, 8, hook=kl_hook, budget=budget, log=BatchLog())
-    ours, theirs = kl_hook.summary().result(), clean_kl.summary().result()
-    assert ours["tokens"] == theirs["tokens"] == sum(clean.window_tokens)
-    assert ours["mean"] == pytest.approx(theirs["mean"], abs=1e-7)
+    ours, theirs = kl_hook.positions(), clean_kl.positions()
+    assert len(ours["kl_pq"]) == len(theirs["kl_pq"]) == sum(clean.window_tokens)
+    assert ours["kl_pq"].mean() == pytest.approx(theirs["kl_pq"].mean(), abs=1e-7)

@@ -89,8 +89,8 @@ def test_tiny_logprob_chunks_give_the_same_sums(pair, wikitext_ids, monkeypatch,
     whole = score_windows(model, wikitext_ids, plan, batch_size=batch_size)
     seen: list[int] = []
 
-    def hook(batch, targets, logp, mask):
-        seen.append(targets.shape[1])
+    def hook(chunk):
+        seen.append(chunk.targets.shape[1])
 
     # 3 positions per chunk for a single window, 1 for a batch of 3: many chunks per window.
     monkeypatch.setattr(evaluation, "LOGPROB_ELEMENTS_PER_CHUNK", VOCAB * 3)

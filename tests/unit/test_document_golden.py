@@ -12,7 +12,10 @@ came through it byte for byte; the intended changes since: the comparison file's
 use the one gate format, its rows gained registry columns (memory_reduction_pct, flip_rate), and the
 harm summary's reduction_pct is memory_reduction_pct (one name per metric). Schema version 2 (issue 9)
 adds to ``batching`` what was asked for, the memory limit, the notes on what memory changed and how
-generation ran, and to ``timing`` the stage table.
+generation ran, and to ``timing`` the stage table. Schema version 3 (issue 10): KL is exact everywhere
+(no per-record basis), records carry the reverse KL, and ``corpus_kl`` is built by the suite's own
+corpus_comparison from fixed per-position values (reverse KL, top-K agreement, KL by FP16
+confidence, llama.cpp's tables).
 """
 
 from __future__ import annotations

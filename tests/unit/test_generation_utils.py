@@ -19,6 +19,7 @@ import torch
 from quant_fixtures.compute.generation import eos_token_ids, length_batches, pad_token_id, truncate_response
 from quant_fixtures.compute.prompt_scoring import first_divergence
 from quant_fixtures.store.digests import tensors_digest
+from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.store.prompt_reference import (REFERENCE_FORMAT, PromptReference, ReferenceKey, load_reference,
                                       reference_path, store_reference)
 
@@ -135,7 +136,7 @@ K = 4
 def make_key(**changes) -> ReferenceKey:
     key = ReferenceKey(model="tiny", weights_identity="sha256:abc", tokenizer_sha256="tok123",
                        prompts_sha256="prompts456", categories=("question_answering", "creative_writing"),
-                       use_chat_template=True, max_new_tokens_cap=12, top_k=K, full_logprobs=False, weight_dtype="float16",
+                       use_chat_template=True, max_new_tokens_cap=12, top_k=K, weight_dtype="float16",
                        compute_dtype="float32", device_type="cpu", metrics_version=1,
                        environment={"device_type": "cpu", "torch": "2.13.0"})
     return dataclasses.replace(key, **changes)
@@ -145,24 +146,21 @@ def make_reference(key: ReferenceKey) -> PromptReference:
     gen = torch.Generator().manual_seed(0)
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
     responses = [[10, 11, 2], [12], [13, 14, 15, 16, 2]]
-    logp, idx = [], []
-    for r in responses:
-        values = torch.log_softmax(torch.randn(len(r), 10, generator=gen), -1)
-        v, i = values.topk(K, dim=-1)
-        logp.append(v.float())
-        idx.append(i.long())
-    return PromptReference(key=key, prompt_ids=prompts, response_ids=responses, topk_logp=logp, topk_idx=idx)
+    hidden = [torch.randn(len(r), 6, generator=gen).half() for r in responses]
+    head = ReferenceHead(torch.randn(10, 6, generator=gen).half(), softcap=30.0)
+    return PromptReference(key=key, prompt_ids=prompts, response_ids=responses, hidden=hidden, head=head)
 
 
 def assert_same_reference(got: PromptReference, want: PromptReference) -> None:
     assert got.key == want.key
     assert got.prompt_ids == want.prompt_ids
     assert got.response_ids == want.response_ids
-    assert len(got.topk_logp) == len(want.topk_logp) == len(got.topk_idx)
-    for a, b in zip(got.topk_logp, want.topk_logp):
+    assert len(got.hidden) == len(want.hidden)
+    for a, b in zip(got.hidden, want.hidden):
         assert a.dtype == b.dtype and torch.equal(a, b)
-    for a, b in zip(got.topk_idx, want.topk_idx):
-        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert torch.equal(got.head.weight, want.head.weight) and got.head.softcap == want.head.softcap
+    for i in range(len(want.hidden)):  # the rebuilt logits too
+        assert torch.equal(got.logits(i, "cpu"), want.logits(i, "cpu"))
 
 
 def test_round_trip(tmp_path):
@@ -180,13 +178,12 @@ def test_round_trip_with_an_empty_response_and_no_categories(tmp_path):
     key = make_key(categories=None, max_new_tokens_cap=None)
     ref = make_reference(key)
     ref.response_ids[1] = []
-    ref.topk_logp[1] = torch.zeros(0, K)
-    ref.topk_idx[1] = torch.zeros(0, K, dtype=torch.int64)
+    ref.hidden[1] = torch.zeros(0, 6, dtype=torch.float16)
     store_reference(tmp_path, ref)
     loaded, reason = load_reference(tmp_path, key)
     assert reason == "ok"
     assert_same_reference(loaded, ref)
-    assert loaded.topk_logp[1].shape == (0, K)
+    assert loaded.hidden[1].shape == (0, 6)
 
 
 def test_missing_file(tmp_path):
@@ -198,7 +195,7 @@ CHANGED = {
     "model": "other", "weights_identity": "sha256:def", "tokenizer_sha256": "tok999",
     "prompts_sha256": "prompts000", "categories": ("question_answering",), "use_chat_template": False,
     "max_new_tokens_cap": 64, "top_k": K + 1, "weight_dtype": "bfloat16", "compute_dtype": "float16",
-    "device_type": "cuda", "metrics_version": 2, "full_logprobs": True,
+    "device_type": "cuda", "metrics_version": 2,
     "environment": {"device_type": "cpu", "torch": "2.14.0"},
 }
 
@@ -267,8 +264,8 @@ def test_edited_tensor_with_the_same_metadata_is_a_digest_mismatch(tmp_path):
     key = make_key()
     path = store_reference(tmp_path, make_reference(key))
     tensors, meta = _read(path)
-    tensors["topk_logp"] = tensors["topk_logp"].clone()
-    tensors["topk_logp"][0, 0] += 0.5
+    tensors["hidden"] = tensors["hidden"].clone()
+    tensors["hidden"][0, 0] += 0.5
     _resave(path, tensors, meta)
     loaded, reason = load_reference(tmp_path, key)
     assert loaded is None and "digest mismatch" in reason
@@ -318,17 +315,13 @@ def test_store_overwrites_the_previous_file(tmp_path):
     assert reason == "ok" and loaded.response_ids[0] == [10, 11, 3]
 
 
-def test_full_logprobs_round_trip(tmp_path):
-    key = make_key(full_logprobs=True)
+def test_hidden_states_that_do_not_cover_the_responses_are_refused(tmp_path):
+    key = make_key()
     ref = make_reference(key)
-    gen = torch.Generator().manual_seed(1)
-    ref.full_logp = [torch.log_softmax(torch.randn(len(r), 9, generator=gen), -1) for r in ref.response_ids]
+    ref.hidden[2] = ref.hidden[2][:-1]  # one response position without its hidden state
     store_reference(tmp_path, ref)
     loaded, reason = load_reference(tmp_path, key)
-    assert reason == "ok"
-    assert all(torch.equal(a, b) for a, b in zip(loaded.full_logp, ref.full_logp))
-    store_reference(tmp_path, make_reference(make_key()))
-    assert load_reference(tmp_path, make_key())[0].full_logp is None
+    assert loaded is None and "hidden states for" in reason
 
 
 def test_length_batches_with_a_shift_change_every_batch():

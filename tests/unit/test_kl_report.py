@@ -23,6 +23,7 @@ def record(pid: str, category: str, kl: float | None, top1: float | None = 1.0, 
     return {
         "id": pid, "category": category, "positions": 4 if scored else 0,
         "kl_mean": kl, "kl_max": (2 * kl) if scored else None,
+        "kl_reverse_mean": (1.2 * kl) if scored else None, "kl_topk_mean": (0.95 * kl) if scored else None,
         "top1_agreement": top1 if scored else None,
         "nll_fp16_tokens": 1.5, "tail_mass_mean": tail if scored else None,
         "first_divergence": first_div, "exact_match": exact,
@@ -197,23 +198,19 @@ def test_flip_summary_of_no_records():
 
 
 def test_method_text_names_settings():
-    text = kl_method_text(256, True, 12, exact=False)
+    text = kl_method_text(256, True, 12)
     assert "top-256" in text and "chat template" in text and "capped at 12" in text and "lower bound" in text
-    plain = kl_method_text(32, False, None, exact=True)
+    plain = kl_method_text(32, False, None)
     assert "top-32" in plain and "as plain text" in plain and "capped" not in plain
-    assert "full vocabulary (exact" in plain
+    assert "over the full vocabulary" in plain and "hidden states" in plain
 
 
 def test_exact_basis_reports_topk_gap():
-    recs = [dict(record("a", "question_answering", 0.10), kl_basis="exact", kl_topk_mean=0.095),
-            dict(record("b", "question_answering", 0.30), kl_basis="exact", kl_topk_mean=0.285)]
+    recs = [dict(record("a", "question_answering", 0.10), kl_topk_mean=0.095),
+            dict(record("b", "question_answering", 0.30), kl_topk_mean=0.285)]
     section = kl_section(recs, top_k=256, method="m")
     assert section["basis"] == "exact" and section["mean"] == pytest.approx(0.2)
     assert section["topk"]["mean"] == pytest.approx(0.19) and section["topk"]["k"] == 256
     assert section["topk"]["rel_gap_vs_exact"] == pytest.approx(0.05)
 
 
-def test_topk_basis_has_no_gap():
-    recs = [dict(record("a", "question_answering", 0.1), kl_basis="topk", kl_topk_mean=0.1)]
-    section = kl_section(recs, top_k=256, method="m")
-    assert section["basis"] == "topk" and section["topk"]["rel_gap_vs_exact"] is None
