@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from quant_fixtures.metrics.stats import bootstrap_ci, summarize
+from quant_fixtures.metrics.stats import bootstrap_ci, counts_differ_p_value, summarize
 
 WORST_PROMPTS = 5
 RESPONSE_CHARS = 200
@@ -27,13 +27,16 @@ def _truncate(text: str) -> str:
 
 def flip_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     checkable = [r for r in records if r["flip"] is not None]
+    worse = sum(bool(r["fp16_correct"] and not r["correct"]) for r in checkable)
+    better = sum(bool(r["correct"] and not r["fp16_correct"]) for r in checkable)
     return {
         "checkable_prompts": len(checkable),
         "fp16_correct": sum(bool(r["fp16_correct"]) for r in checkable),
         "variant_correct": sum(bool(r["correct"]) for r in checkable),
         "flips": sum(r["flip"] for r in checkable),
-        "correct_to_wrong": sum(r["fp16_correct"] and not r["correct"] for r in checkable),
-        "wrong_to_correct": sum(r["correct"] and not r["fp16_correct"] for r in checkable),
+        "correct_to_wrong": worse,
+        "wrong_to_correct": better,
+        "mcnemar_p": counts_differ_p_value(worse, better),
         "flipped_ids": [r["id"] for r in checkable if r["flip"]],
         "exact_match_rate": float(np.mean([r["exact_match"] for r in records])) if records else None,
     }

@@ -177,6 +177,9 @@ class Flips:
     flips: int
     correct_to_wrong: int
     wrong_to_correct: int
+    # McNemar's exact test of correct_to_wrong vs wrong_to_correct (metrics/stats.counts_differ_p_value):
+    # small when the variant's answers changed one way more than the other, beyond chance
+    mcnemar_p: float
     flipped_ids: list[str]
     exact_match_rate: float | None
     batch_sensitivity: BatchSensitivity | None = field(default=None, metadata=OMIT_IF_NONE)

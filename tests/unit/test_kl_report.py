@@ -178,6 +178,8 @@ def test_flip_summary_counts(records):
     assert summary["correct_to_wrong"] == 2  # m2, s2
     assert summary["wrong_to_correct"] == 1  # m3
     assert summary["flips"] == summary["correct_to_wrong"] + summary["wrong_to_correct"]
+    # McNemar exact: 3 discordant pairs, 2 vs 1; p = 2 * P(X <= 1), X ~ Bin(3, 1/2) = 2 * 4/8, capped at 1
+    assert summary["mcnemar_p"] == 1.0
     assert summary["flipped_ids"] == ["m2", "m3", "s2"]
     assert summary["exact_match_rate"] == pytest.approx(4 / 8, rel=1e-12)  # m1, q1, q3, s1 of all 8
 
@@ -189,6 +191,13 @@ def test_flip_summary_without_checkable_prompts():
     assert summary["flips"] == 0 and summary["flipped_ids"] == []
     assert summary["fp16_correct"] == summary["variant_correct"] == 0
     assert summary["exact_match_rate"] == pytest.approx(0.5)
+
+
+def test_mcnemar_p_of_one_sided_flips():
+    recs = [record(f"r{i}", "mathematical_reasoning", 0.1, fp16_correct=True, correct=False) for i in range(6)]
+    summary = flip_summary(recs)
+    # 6 right-to-wrong, 0 wrong-to-right: p = 2 * (1/2)^6 = 1/32
+    assert summary["correct_to_wrong"] == 6 and summary["mcnemar_p"] == pytest.approx(2 / 64)
 
 
 def test_flip_summary_of_no_records():
