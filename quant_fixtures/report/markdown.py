@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from quant_fixtures.metrics.registry import METRICS, TABLE_METRICS, MetricSpec, lookup
+from quant_fixtures.report.corpus_markdown import corpus_section
 from quant_fixtures.report.findings import baseline_of, findings
 from quant_fixtures.report.gates import failed_metrics
 from quant_fixtures.report.plots import model_plots
@@ -57,17 +58,6 @@ def _gates_table(documents: Documents) -> list[str]:
     return rows if len(rows) > 2 else ["No gates configured."]
 
 
-def _corpus_table(documents: Documents) -> list[str]:
-    rows = ["| variant | tokens | mean | median | p90 | p99 | p99.9 | max | same top-1 |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for variant, d in documents.items():
-        c = d.corpus_kl
-        if c:
-            rows.append(f"| {variant} | {c.tokens} | {c.mean:.4g} | {c.median:.4g} | {c.p90:.4g} | "
-                        f"{c.p99:.4g} | {c.p99_9:.4g} | {c.max:.4g} | {100 * c.same_top1_rate:.2f} % |")
-    return rows if len(rows) > 2 else []
-
-
 def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ⏎ ")
 
@@ -103,9 +93,9 @@ def model_section(model: str, documents: Documents, plots: dict[str, Path]) -> l
                 lines.append(f"| {variant} | {w['id']} | {w['category']} | {w['kl_mean']:.4f} | "
                              f"{_f(w['first_divergence'], 'd')} | {_escape(w['fp16_response'])} | "
                              f"{_escape(w['response'])} |")
-    corpus = _corpus_table(documents)
+    corpus = corpus_section(documents)
     if corpus:
-        lines += ["", "### Token-level KL over WikiText-2 (llama.cpp `--kl-divergence` parity)", "", *corpus]
+        lines += ["", *corpus]
     noise = first.noise_floor
     if noise:
         lines += ["", f"Noise floor (FP16 against itself, other batch composition): mean KL {noise.mean:.3g}, "
