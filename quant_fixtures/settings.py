@@ -23,15 +23,16 @@ class Paths:
 
 @dataclass(frozen=True)
 class PerplexityProtocol:
-    ctx: int  # requested window; each model gets min(ctx, its maximum)
+    ctx: int | None  # requested window (None: the protocol's own default); each model gets min(ctx, its maximum)
     max_tokens: int | None  # None: the whole test split
-    stride: int | None  # None: non-overlapping windows; else the HF guide's strided method
+    stride: int | None  # the strided protocol's stride
     batch_size: int  # windows per forward pass (batch-invariant variants)
     dataset_source: str = "auto"
+    protocol: str = "nonoverlapping"  # inputs/corpus_protocols.PROTOCOLS
 
     @property
     def method(self) -> str:
-        return "strided" if self.stride else "nonoverlapping"
+        return self.protocol
 
 
 @dataclass(frozen=True)

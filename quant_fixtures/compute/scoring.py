@@ -117,16 +117,20 @@ def score_windows(
         if hook is not None and hasattr(hook, "reset"):
             hook.reset(batch)
         group = [windows[i] for i in batch]
-        inputs = torch.stack([token_ids[w.begin:w.end] for w in group]).to(device)
+        tokens = torch.stack([token_ids[w.begin:w.end] for w in group]).to(device)
+        inputs = tokens[:, :-1].clone()  # the last target is never read
+        for row, w in enumerate(group):
+            if w.first_input is not None:
+                inputs[row, 0] = w.first_input
         hidden = model.base_model(input_ids=inputs, use_cache=False).last_hidden_state
         # All windows in a batch share length; scored offsets may differ (strided plans).
         offset = min(w.first_target - w.begin for w in group)
-        positions = hidden.shape[1] - offset  # logits at offset-1 .. L-2 predict offset .. L-1
+        positions = tokens.shape[1] - offset  # logits at offset-1 .. L-2 predict offset .. L-1
         elements = budget.logprob_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab)
         chunk = max(1, elements // (len(group) * vocab))
         sums = torch.zeros(len(group), dtype=torch.float64, device=out)
         first = torch.tensor([w.first_target - w.begin for w in group], device=out)
-        targets_all = inputs.to(out)
+        targets_all = tokens.to(out)
         for lo in range(0, positions, chunk):
             hi = min(positions, lo + chunk)
             states = hidden[:, offset - 1 + lo:offset - 1 + hi]

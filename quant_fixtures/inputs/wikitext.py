@@ -23,6 +23,7 @@ class EvalText:
     text: str
     sha256: str
     source: str  # "hub" or "vendored"
+    rows: tuple[str, ...] = ()  # the split's rows (lines of wiki.test.raw), for the document-level protocol
 
 
 def _hub_offline() -> bool:
@@ -80,7 +81,7 @@ def load_wikitext2_test(source: str = "auto", parquet: Path = VENDORED_PARQUET) 
             f"WikiText-2 text from {used} ({parquet if used == 'vendored' else 'Hub'}) has sha256 {digest}, "
             f"expected {WIKITEXT_SHA256}: the data is not the standard test split"
         )
-    return EvalText(text=text, sha256=digest, source=used)
+    return EvalText(text=text, sha256=digest, source=used, rows=tuple(rows))
 
 
 def tokenize_text(tokenizer: Any, text: str) -> Any:

@@ -82,6 +82,22 @@ def check_rootdir_not_taken_from_an_option(config: pytest.Config) -> None:
             f"instead of {expected} (it decides the rootdir before plugins load); write {spaced[0]}=<path>")
 
 
+def ppl_protocol(config: pytest.Config) -> str:
+    """--ppl-protocol, checked against --ppl-stride: a stride means the strided protocol and needs it."""
+    from quant_fixtures.inputs.corpus_protocols import PROTOCOLS
+
+    name, stride = config.getoption("--ppl-protocol"), config.getoption("--ppl-stride")
+    if name is None:
+        return "strided" if stride else "nonoverlapping"
+    if name not in PROTOCOLS:
+        raise pytest.UsageError(f"--ppl-protocol: unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
+    if name == "strided" and not stride:
+        raise pytest.UsageError("--ppl-protocol strided needs --ppl-stride N (the tokens between window starts)")
+    if name != "strided" and stride:
+        raise pytest.UsageError(f"--ppl-stride belongs to the strided protocol, not --ppl-protocol {name}")
+    return name
+
+
 def check_options(config: pytest.Config) -> None:
     """Every option, limit and output location, before anything loads (exit 4, one line)."""
     from quant_fixtures.session.preflight import PreflightError, check_limits, check_output_dirs
@@ -98,6 +114,7 @@ def check_options(config: pytest.Config) -> None:
         if value is not None and value < 1:
             raise pytest.UsageError(f"{name}: expected a positive integer, got {value}")
     max_gpu_memory(config)
+    ppl_protocol(config)
     try:  # budgets against each model's window: in preflight_models, once its config is read
         check_limits(suite, selected_pairs(config))
         check_output_dirs(output_dirs(config))
@@ -202,7 +219,10 @@ def build_settings(config: pytest.Config) -> RunSettings:
         paths=Paths(results_dir=dirs["--results-dir"], baselines_dir=dirs["--baselines-dir"],
                     cache_dir=dirs["--cache-dir"]),
         perplexity=PerplexityProtocol(
-            ctx=option("--ctx") or suite.defaults.ctx,
+            protocol=ppl_protocol(config),
+            # the protocols of llama.cpp and lm-eval have their own default windows (inputs.ctx)
+            ctx=option("--ctx") or (suite.defaults.ctx if ppl_protocol(config) in ("nonoverlapping", "strided")
+                                    else None),
             max_tokens=defaults.ppl_max_tokens if budget is None else None if budget == "all" else int(budget),
             stride=option("--ppl-stride"), batch_size=option("--batch-size") or defaults.batch_size,
             dataset_source=option("--dataset-source")),

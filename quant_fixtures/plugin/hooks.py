@@ -35,6 +35,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="token budget of the perplexity pass: an integer or 'all' (default: all on CUDA, "
                      "[defaults].cpu_ppl_max_tokens on CPU)")
     g.addoption("--ppl-stride", type=int, default=None, help="use the HF guide's strided method with this stride")
+    g.addoption("--ppl-protocol", default=None,
+                help="perplexity protocol: nonoverlapping (default; the GPTQ papers'), strided (HF guide, with "
+                     "--ppl-stride), llama.cpp (llama-perplexity: chunks of --ctx, default 512, second half "
+                     "scored), lm-eval (lm-evaluation-harness wikitext: documents, rolling windows of the "
+                     "model's maximum length)")
     g.addoption("--batch-size", type=int, default=None, help="perplexity windows per forward pass")
     g.addoption("--results-dir", default=None,
                 help="where JSON reports go (default: results/ under the rootdir; a relative path is taken "
@@ -97,8 +102,10 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     s = settings_of(config)
     cap = s.prompts.max_new_tokens_cap
-    return [f"quant-fixtures: device {s.load.device}; WikiText-2 tokens: {s.perplexity.max_tokens or 'all'}; ctx "
-            f"{s.perplexity.ctx}; max_new_tokens: {'per prompt' if cap is None else f'<= {cap}'}"]
+    p = s.perplexity
+    return [f"quant-fixtures: device {s.load.device}; perplexity protocol {p.protocol}; WikiText-2 tokens: "
+            f"{p.max_tokens or 'all'}; ctx {p.ctx or 'the protocol default'}; max_new_tokens: "
+            f"{'per prompt' if cap is None else f'<= {cap}'}"]
 
 
 def _pair_marks(config: pytest.Config, model: str, variant: str) -> list[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,10 @@ class Measurements:
     weights_identity: str
     ctx: int
     windows: int
+    scored_bytes: int  # text the scored tokens stand for (inputs/corpus_protocols.py)
+    scored_words: int
+    documents: int | None
+    text_units: str
     scores: WindowScores
     baseline: Baseline
     peak_gb: float | None
@@ -50,13 +55,40 @@ def protocol_text(method: str, ctx: int, stride: int | None) -> str:
     common = ("WikiText-2 raw test rows joined with '\\n\\n', tokenized once with the model's tokenizer "
               "(default special tokens); ")
     tail = ("PPL = exp(sum of token NLL / scored tokens), natural log; log-softmax in float32 over the "
-            "full vocabulary, sums in float64.")
+            "full vocabulary, sums in float64. word_perplexity = exp(NLL / words), byte_perplexity = "
+            "exp(NLL / bytes), bits_per_byte = NLL / (bytes ln 2), over the text the scored tokens stand for.")
     if method == "strided":
         return common + (f"windows of up to {ctx} tokens starting every {stride} tokens (Hugging Face "
                          "perplexity guide); each scores only tokens no earlier window scored; ") + tail
+    if method == "llama.cpp":
+        return common + (f"llama-perplexity's protocol: consecutive chunks of {ctx} tokens, incomplete tail "
+                         "dropped, the first token of each chunk read as BOS when the tokenizer adds one; each "
+                         f"chunk scores its tokens {ctx // 2 + 2}..{ctx} (the second half); ") + tail
+    if method == "lm-eval":
+        return ("lm-evaluation-harness's wikitext protocol: WikiText-2 test as its 62 documents "
+                "(EleutherAI/wikitext_document_level), each detokenized as lm-eval does and tokenized without "
+                "special tokens after a prefix token (BOS, else EOS); every token of a document is scored with "
+                f"rolling windows of {ctx} tokens (the first from the prefix, each later one reading the {ctx} "
+                "tokens before its last target); words and bytes are lm-eval's, counted on the original page. ") + tail
     return common + (f"consecutive non-overlapping windows of {ctx} tokens from the start, incomplete tail "
                      f"dropped; each window scores its tokens 2..{ctx} from the tokens before them in the "
                      "window; ") + tail
+
+
+def text_units(nll: float, scored_bytes: int, scored_words: int) -> dict[str, float | None]:
+    """Bits per byte, byte and word perplexity of a total NLL (nats) over the scored text."""
+    return {"bits_per_byte": nll / (scored_bytes * math.log(2)) if scored_bytes else None,
+            "byte_perplexity": math.exp(nll / scored_bytes) if scored_bytes else None,
+            "word_perplexity": math.exp(nll / scored_words) if scored_words else None}
+
+
+def _units(m: Measurements) -> dict[str, float | None]:
+    ours = text_units(math.fsum(m.scores.window_nll), m.scored_bytes, m.scored_words)
+    fp16 = text_units(math.fsum(m.baseline.window_nll), m.scored_bytes, m.scored_words)
+    delta = (ours["bits_per_byte"] - fp16["bits_per_byte"]
+             if ours["bits_per_byte"] is not None and fp16["bits_per_byte"] is not None else None)
+    return {**ours, "fp16_bits_per_byte": fp16["bits_per_byte"], "bits_per_byte_delta": delta,
+            "fp16_word_perplexity": fp16["word_perplexity"]}
 
 
 def evaluation_document(m: Measurements, protocol: PerplexityProtocol, policy: GatePolicy, run_id: str,
@@ -81,6 +113,8 @@ def evaluation_document(m: Measurements, protocol: PerplexityProtocol, policy: G
             max_tokens=protocol.max_tokens, batch_size=m.batching.perplexity_windows_per_pass,
             dataset="wikitext-2-raw-v1 test", dataset_source=m.dataset_source, dataset_sha256=m.dataset_sha256,
             protocol=protocol_text(protocol.method, m.ctx, protocol.stride),
+            scored_bytes=m.scored_bytes, scored_words=m.scored_words, documents=m.documents,
+            text_units=m.text_units, **_units(m),
             ci_method="paired percentile bootstrap over perplexity windows (2000 resamples, seed 0)",
             window_nll=s.window_nll, window_tokens=s.window_tokens),
         memory=Memory(footprint_gb=footprint, fp16_footprint_gb=fp16_footprint,

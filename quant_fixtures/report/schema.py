@@ -82,6 +82,17 @@ class Perplexity:
     dataset_source: str
     dataset_sha256: str
     protocol: str
+    # the text the scored tokens stand for, and the tokenizer-independent figures over it
+    scored_bytes: int
+    scored_words: int
+    documents: int | None
+    text_units: str
+    bits_per_byte: float | None
+    byte_perplexity: float | None
+    word_perplexity: float | None
+    fp16_bits_per_byte: float | None
+    bits_per_byte_delta: float | None
+    fp16_word_perplexity: float | None
     ci_method: str
     window_nll: list[float]
     window_tokens: list[int]

@@ -1,5 +1,6 @@
 """What the passes read, each computed once per run: the corpus, the prompt suite, each model's
-resolved weights, config, tokenizer digest, token ids and window plan, and the environment."""
+resolved weights, config, tokenizer digest, corpus plan (token ids and windows of the perplexity
+protocol) and the environment."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from typing import Any
 
 from quant_fixtures.config import SuiteConfig
 from quant_fixtures.inputs.prompts import Prompt, load_prompt_suite, suite_sha256
-from quant_fixtures.inputs.wikitext import EvalText, load_wikitext2_test, tokenize_text
-from quant_fixtures.metrics.perplexity import Window, nonoverlapping_windows, strided_windows
+from quant_fixtures.inputs.corpus_protocols import (LLAMA_CPP_DEFAULT_CTX, CorpusPlan, adds_bos, document_tokens,
+                                                    documents_plan, joined_plan, joined_tokens, lm_eval_max_length,
+                                                    prefix_token)
+from quant_fixtures.inputs.wikitext import EvalText, load_wikitext2_test
+from quant_fixtures.inputs.wikitext_documents import detokenize, wikitext_pages
 from quant_fixtures.models.sources import ResolvedModel, resolve_model
 from quant_fixtures.settings import RunSettings
 
@@ -24,8 +28,9 @@ class RunInputs:
         self._configs: dict[str, Any] = {}
         self._tokenizers: dict[str, Any] = {}
         self._tokenizer_ids: dict[str, str] = {}
-        self._corpus_ids: dict[str, Any] = {}  # model -> Future of its ids
-        self._ids_by_tokenizer: dict[str, Any] = {}
+        self._corpus_tokens: dict[str, Any] = {}  # model -> Future of its corpus tokens
+        self._tokens_by_tokenizer: dict[tuple[str, str], dict[str, Any]] = {}
+        self._plans: dict[str, CorpusPlan] = {}
         self._pool: Any = None
 
     # -- run-wide ---------------------------------------------------------------------------------
@@ -111,42 +116,66 @@ class RunInputs:
             self._tokenizer_ids[model] = tokenizer_sha256(self.tokenizer(model))
         return self._tokenizer_ids[model]
 
-    def prefetch_corpus_ids(self, model: str) -> None:
-        """Start getting the model's corpus ids in a background thread (while the model loads;
+    def prefetch_corpus(self, model: str) -> None:
+        """Start tokenizing the model's corpus in a background thread (while the model loads;
         tokenizers run in Rust without the GIL)."""
-        if model not in self._corpus_ids:
+        if model not in self._corpus_tokens:
             from concurrent.futures import ThreadPoolExecutor
 
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-tokenize")
             digest, text = self.tokenizer_sha256(model), self.text()  # here: memoised once, not raced
-            self._corpus_ids[model] = self._pool.submit(self._tokenized_corpus, model, digest, text)
+            self._corpus_tokens[model] = self._pool.submit(self._tokenized_corpus, model, digest, text)
 
-    def corpus_ids(self, model: str) -> Any:
-        """The corpus as the model's tokenizer splits it: once per tokenizer, cached on disk."""
-        self.prefetch_corpus_ids(model)
-        return self._corpus_ids[model].result()
+    def _kind(self) -> str:
+        return "documents-v1" if self.settings.perplexity.protocol == "lm-eval" else "joined-v2"
 
-    def _tokenized_corpus(self, model: str, digest: str, text: EvalText) -> Any:
+    def _tokenized_corpus(self, model: str, digest: str, text: EvalText) -> dict[str, Any]:
+        """The tokens the protocol needs, once per tokenizer, cached on disk."""
+        import torch
+
         from quant_fixtures.store.corpus_tokens import load_corpus_tokens, save_corpus_tokens
 
-        if digest not in self._ids_by_tokenizer:
+        kind = self._kind()
+        names = ("ids", "lengths") if kind.startswith("documents") else ("ids", "ends")
+        if (digest, kind) not in self._tokens_by_tokenizer:
             cache = self.settings.paths.cache_dir
-            ids, _ = load_corpus_tokens(cache, digest, text.sha256)
-            if ids is None:  # the tokenizer was loaded (for the digest) before this job was submitted
-                ids = tokenize_text(self.tokenizer(model), text.text)
-                save_corpus_tokens(cache, digest, text.sha256, ids)
-            self._ids_by_tokenizer[digest] = ids
-        return self._ids_by_tokenizer[digest]
+            tensors, _ = load_corpus_tokens(cache, digest, text.sha256, kind, names)
+            if tensors is None:  # the tokenizer was loaded (for the digest) before this job was submitted
+                tokenizer = self.tokenizer(model)
+                if kind.startswith("documents"):
+                    docs = document_tokens(tokenizer, [detokenize(p) for p in wikitext_pages(text.rows)])
+                    tensors = {"ids": torch.tensor([t for d in docs for t in d], dtype=torch.long),
+                               "lengths": torch.tensor([len(d) for d in docs], dtype=torch.long)}
+                else:
+                    ids, ends = joined_tokens(tokenizer, text.text)
+                    tensors = {"ids": ids, "ends": ends}
+                save_corpus_tokens(cache, digest, text.sha256, kind, tensors)
+            self._tokens_by_tokenizer[(digest, kind)] = tensors
+        return self._tokens_by_tokenizer[(digest, kind)]
+
+    def corpus_plan(self, model: str) -> CorpusPlan:
+        """The token sequence and windows the protocol scores, with the bytes and words they stand for."""
+        if model not in self._plans:
+            self.prefetch_corpus(model)
+            tensors, p, ctx = self._corpus_tokens[model].result(), self.settings.perplexity, self.ctx(model)
+            tokenizer, text = self.tokenizer(model), self.text()
+            if p.protocol == "lm-eval":
+                docs = list(tensors["ids"].split(tensors["lengths"].tolist()))
+                self._plans[model] = documents_plan([d.tolist() for d in docs], wikitext_pages(text.rows),
+                                                    prefix_token(tokenizer), ctx, p.max_tokens)
+            else:
+                self._plans[model] = joined_plan(p.protocol, tensors["ids"], tensors["ends"], text.text, ctx,
+                                                 p.stride, p.max_tokens, adds_bos(tokenizer))
+        return self._plans[model]
 
     def ctx(self, model: str) -> int:
-        """The window this model gets: --ctx, capped at the model's maximum."""
-        requested = self.settings.perplexity.ctx
-        limit = getattr(self.model_config(model), "max_position_embeddings", None)
+        """The window this model gets: --ctx or the protocol's default (llama.cpp 512, lm-eval the
+        model's maximum length as lm-eval finds it), capped at the model's maximum."""
+        p, config = self.settings.perplexity, self.model_config(model)
+        requested = p.ctx
+        if requested is None:
+            requested = (LLAMA_CPP_DEFAULT_CTX if p.protocol == "llama.cpp"
+                         else lm_eval_max_length(config, self.tokenizer(model)))
+        limit = getattr(config, "max_position_embeddings", None)
         return min(requested, limit) if limit else requested
-
-    def windows(self, model: str, n_tokens: int) -> list[Window]:
-        p, ctx = self.settings.perplexity, self.ctx(model)
-        if p.stride:
-            return strided_windows(n_tokens, ctx, p.stride, p.max_tokens)
-        return nonoverlapping_windows(n_tokens, ctx, p.max_tokens)

@@ -137,7 +137,7 @@ class EvaluationSession:
                 refs = self.fp16_references(model)
             ctx.seconds["references"] -= self._nested_s - nested_before
         with ctx.stage("tokenize (start)", "tokenize"):  # tokenized (or read from the cache) while the model loads
-            self.inputs.prefetch_corpus_ids(model)
+            self.inputs.prefetch_corpus(model)
         with self.references.lock(model) if var.is_baseline else nullcontext():
             self.budget.start_peak()
             with ctx.stage("load", "load"):

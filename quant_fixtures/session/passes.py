@@ -9,7 +9,7 @@ from typing import Any
 
 from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
 from quant_fixtures.compute.scoring import WindowScores, check_output_head, score_windows
-from quant_fixtures.metrics.perplexity import Window
+from quant_fixtures.inputs.corpus_protocols import CorpusPlan
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.build import Measurements
 from quant_fixtures.report.schema import Batching
@@ -50,16 +50,16 @@ def batching_used(ctx: PassContext, asked: Batching) -> Batching:
         generation_method=ctx.batches.generation_method)
 
 
-def _plan(ctx: PassContext, model: str, loaded: LoadedModel) -> tuple[Any, list[Window]]:
-    """The corpus token ids and the perplexity windows over them (the same for every variant)."""
+def _plan(ctx: PassContext, model: str, loaded: LoadedModel) -> CorpusPlan:
+    """The corpus token ids and the protocol's windows over them (the same for every variant)."""
     with ctx.stage("tokenize", "tokenize"):
-        ids = ctx.inputs.corpus_ids(model)
-        return ids, ctx.inputs.windows(model, len(ids))
+        return ctx.inputs.corpus_plan(model)
 
 
-def _perplexity(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, ids: Any, plan: list[Window],
+def _perplexity(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, corpus: CorpusPlan,
                 hook: Any, batching: Batching) -> WindowScores:
-    """The perplexity pass over ``plan``."""
+    """The perplexity pass over the protocol's windows."""
+    ids, plan = corpus.ids, corpus.windows
     if loaded.placement_note:
         ctx.batches.notes.append(loaded.placement_note)
     bar = progress_bar(len(plan), f"{model} {var.key} perplexity", "win")
@@ -72,14 +72,16 @@ def _perplexity(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel,
 
 
 def _measurements(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, scores: WindowScores,
-                  windows: int, baseline: Baseline, batching: Batching,
+                  corpus: CorpusPlan, baseline: Baseline, batching: Batching,
                   corpus_kl: dict[str, Any] | None, prompt_results: Any, prompt_seconds: float | None) -> Measurements:
     spec, inputs = ctx.inputs.config.models[model], ctx.inputs
     kl, flips, noise = prompt_results or (None, None, None)
     peak = ctx.budget.peak_bytes()
     return Measurements(
         model=model, variant=var, loaded=loaded, source=spec.source, note=spec.note,
-        weights_identity=inputs.resolved(model).identity, ctx=inputs.ctx(model), windows=windows, scores=scores,
+        weights_identity=inputs.resolved(model).identity, ctx=inputs.ctx(model), windows=len(corpus.windows),
+        scored_bytes=corpus.scored_bytes, scored_words=corpus.scored_words, documents=corpus.documents,
+        text_units=corpus.units, scores=scores,
         baseline=baseline, peak_gb=peak / GB if peak is not None else None, dataset_source=inputs.text().source,
         dataset_sha256=inputs.text().sha256,
         corpus_kl=corpus_kl, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=prompt_seconds,
@@ -97,33 +99,29 @@ def fp16_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel) -
     """Measure FP16 and store what variants are compared with: the baseline, the corpus top-k
     log-probs and (unless prompts are skipped) the prompt reference with its noise floor."""
     batching = batching_for(var, ctx.settings)
-    ids, plan = _plan(ctx, model, loaded)
-    recorder = None if ctx.settings.perplexity.stride else HiddenRecorder(len(plan))
-    scores = _perplexity(ctx, model, var, loaded, ids, plan, recorder, batching)
+    corpus = _plan(ctx, model, loaded)
+    recorder = HiddenRecorder(len(corpus.windows))
+    scores = _perplexity(ctx, model, var, loaded, corpus, recorder, batching)
     baseline = Baseline(key=ctx.references.baseline_key(model), ppl=scores.ppl, window_nll=scores.window_nll,
                         window_tokens=scores.window_tokens, footprint_bytes=loaded.footprint_bytes)
     with ctx.stage("FP16 perplexity references (store)", "references"):
-        ctx.references.save_perplexity(baseline, recorder.tensors(loaded.model) if recorder is not None else None)
+        ctx.references.save_perplexity(baseline, recorder.tensors(loaded.model))
     prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
         lambda: fp16_prompt_stage(ctx, model, loaded))
-    return _measurements(ctx, model, var, loaded, scores, len(plan), baseline, batching, None, prompts, seconds)
+    return _measurements(ctx, model, var, loaded, scores, corpus, baseline, batching, None, prompts, seconds)
 
 
 def variant_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, refs: References) -> Measurements:
     """Measure a quantized variant against the stored FP16 references ``refs``."""
     batching = batching_for(var, ctx.settings)
-    hook = None
-    if not ctx.settings.perplexity.stride and refs.corpus is not None:
-        hook = KLAgainstReference(refs.corpus, refs.baseline.window_tokens)
-    ids, plan = _plan(ctx, model, loaded)
-    scores = _perplexity(ctx, model, var, loaded, ids, plan, hook, batching)
+    hook = KLAgainstReference(refs.corpus, refs.baseline.window_tokens)
+    corpus = _plan(ctx, model, loaded)
+    scores = _perplexity(ctx, model, var, loaded, corpus, hook, batching)
     if refs.baseline.window_tokens != scores.window_tokens:
         raise RuntimeError(f"{model} {var.key}: perplexity windows differ from the FP16 baseline's")
-    corpus_kl = None
-    if hook is not None:
-        with ctx.stage("statistics", "statistics"):
-            corpus_kl = corpus_comparison(hook.positions(), scores.window_tokens)
+    with ctx.stage("statistics", "statistics"):
+        corpus_kl = corpus_comparison(hook.positions(), scores.window_tokens)
     prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
         lambda: variant_prompt_stage(ctx, model, var, loaded, refs, batching))
-    return _measurements(ctx, model, var, loaded, scores, len(plan), refs.baseline, batching, corpus_kl,
+    return _measurements(ctx, model, var, loaded, scores, corpus, refs.baseline, batching, corpus_kl,
                          prompts, seconds)

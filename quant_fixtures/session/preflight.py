@@ -77,8 +77,9 @@ def check_models(session: Any, models: Iterable[str]) -> None:
             config = session.inputs.model_config(model)
         except ModelUnavailableError:
             continue
-        check_budgets(session.inputs.ctx(model), s.perplexity.max_tokens, s.perplexity.stride, model,
-                      s.perplexity.ctx)
+        if s.perplexity.protocol != "lm-eval":  # whole documents: a budget smaller than a window is fine
+            check_budgets(session.inputs.ctx(model), s.perplexity.max_tokens, s.perplexity.stride, model,
+                          s.perplexity.ctx)
         vocab = getattr(config, "vocab_size", None)
         if not s.prompts.skip and vocab and s.prompts.top_k > vocab:
             raise PreflightError(f"--top-k {s.prompts.top_k} is larger than the vocabulary of {model} ({vocab} tokens)")

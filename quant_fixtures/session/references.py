@@ -89,7 +89,7 @@ class ReferenceStore:
             return None, reason
         corpus = load_corpus_reference(corpus_reference_path(paths.cache_dir, key.digest()),
                                        key.digest(), baseline.tokens)
-        if corpus is None and not self.settings.perplexity.stride:
+        if corpus is None:
             return None, "FP16 corpus hidden states missing or stale in the cache"
         prompts, noise = None, None
         if not self.settings.prompts.skip:
@@ -107,13 +107,12 @@ class ReferenceStore:
         return load_reference(self.settings.paths.cache_dir, self.prompt_key(model))
 
     # -- writing (the FP16 pass) ------------------------------------------------------------------
-    def save_perplexity(self, baseline: Baseline, corpus: dict[str, Any] | None) -> None:
+    def save_perplexity(self, baseline: Baseline, corpus: dict[str, Any]) -> None:
         self._loaded.pop(baseline.key.model, None)
         paths = self.settings.paths
         store_baseline(paths.baselines_dir, baseline, self.inputs.environment())
-        if corpus is not None:
-            digest = baseline.key.digest()
-            store_corpus_reference(corpus_reference_path(paths.cache_dir, digest), corpus, digest)
+        digest = baseline.key.digest()
+        store_corpus_reference(corpus_reference_path(paths.cache_dir, digest), corpus, digest)
 
     def save_prompt_reference(self, reference: PromptReference) -> None:
         self._loaded.pop(reference.key.model, None)

@@ -94,7 +94,8 @@ def _measurements(variant: str, nll: list[float], footprint: int, records: list[
     noise = {"mean": 1e-7, "max": 4e-7, "p99": 3.5e-7, "ci95": [5e-8, 1.5e-7]}
     return Measurements(
         model="tiny", variant=var, loaded=loaded, source="org/tiny@main", note="random weights",
-        weights_identity="sha256:abc", ctx=512, windows=len(nll),
+        weights_identity="sha256:abc", ctx=512, windows=len(nll), scored_bytes=8190, scored_words=1500,
+        documents=None, text_units="bytes and words of the scored text (test)",
         scores=WindowScores(window_nll=nll, window_tokens=list(WINDOW_TOKENS), seconds=2.0),
         baseline=baseline, peak_gb=None, dataset_source="vendored", dataset_sha256="696cca6b",
         corpus_kl=corpus, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=3.0,
