@@ -5,8 +5,9 @@ models with different tokenizers).
 * ``nonoverlapping``: the GPTQ papers' protocol: windows of ctx tokens over the joined split.
 * ``strided``: the Hugging Face perplexity guide's sliding windows.
 * ``llama.cpp``: ``llama-perplexity``'s chunks of n_ctx (default 512), BOS first, second half scored.
-* ``lm-eval``: lm-evaluation-harness's ``wikitext`` task: document-level WikiText-2, each document
-  detokenized and scored whole with rolling windows of the model's maximum length.
+* ``lm-eval``: lm-evaluation-harness's ``wikitext`` task (as of lm-eval 0.4.13): document-level
+  WikiText-2, each document detokenized and scored whole with rolling windows of the model's
+  maximum length.
 
 For the joined-text protocols a scored token stands for the text from the end of the previous token
 to its own end (the tokenizer's character offsets), and a word is counted where it ends. For
@@ -116,11 +117,11 @@ def prefix_token(tokenizer: Any) -> int:
 
 
 def document_tokens(tokenizer: Any, detokenized: Sequence[str]) -> list[list[int]]:
-    """Each detokenized page's ids, without special tokens (as lm-eval up to 0.4.9.1 encodes rolling
-    requests; later versions use the tokenizer's default, which adds a second BOS after the prefix
-    for tokenizers that put BOS first)."""
-    return [list(tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"])
-            for text in detokenized]
+    """Each detokenized page's ids with the tokenizer's default special tokens, as lm-eval 0.4.13's
+    HFLM.tok_encode encodes a rolling request (models/huggingface.py; up to 0.4.9.1 it added none).
+    A tokenizer that puts BOS first therefore gives the first window BOS, BOS: the prefix and the
+    document's own, which is scored like any other token, as lm-eval scores it."""
+    return [list(tokenizer(text, return_attention_mask=False, verbose=False)["input_ids"]) for text in detokenized]
 
 
 def documents_plan(doc_ids: Sequence[Sequence[int]], pages: Sequence[str], prefix: int, max_len: int,

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from quant_fixtures.metrics.stats import ratio_bootstrap_ci
+
 PERCENTILES = (0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
 CONFIDENCE_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.99, 1.0)
 
@@ -100,6 +102,21 @@ def by_confidence(kl: np.ndarray, p_top1: np.ndarray, same_top1: np.ndarray) -> 
     return buckets
 
 
+def window_cis(kl: np.ndarray, same: np.ndarray, finite: np.ndarray,
+               window_tokens: Sequence[int]) -> tuple[list[float], list[float]]:
+    """95 % CIs of the mean KL and the same-top-1 rate, resampling windows (positions inside a window
+    are correlated, so they are not independent draws)."""
+    bounds = np.cumsum([0, *window_tokens])
+    kl_sums, same_sums, counts = [], [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        keep = finite[lo:hi]
+        if keep.any():
+            kl_sums.append(float(kl[lo:hi][keep].sum()))
+            same_sums.append(float(same[lo:hi][keep].sum()))
+            counts.append(float(keep.sum()))
+    return list(ratio_bootstrap_ci(kl_sums, counts)), list(ratio_bootstrap_ci(same_sums, counts))
+
+
 def corpus_comparison(positions: dict[str, np.ndarray], window_tokens: Sequence[int]) -> dict[str, Any]:
     """The report's ``corpus_kl`` section from :func:`metrics.token_comparison.compare_positions`
     output over every scored position (window order)."""
@@ -113,12 +130,13 @@ def corpus_comparison(positions: dict[str, np.ndarray], window_tokens: Sequence[
     same = positions["same_top1"]
     overlap = positions["topk_overlap"].astype(np.float64)
     k = np.arange(1, overlap.shape[1] + 1)
+    ci95, same_ci95 = window_cis(kl, same, finite, window_tokens)
     return {
         "tokens": int(kl.size), "nonfinite": int((~finite).sum()),
         "mean": float(kl_f.mean()), "median": float(np.median(kl_f)),
         "p90": float(np.percentile(kl_f, 90)), "p99": float(np.percentile(kl_f, 99)),
         "p99_9": float(np.percentile(kl_f, 99.9)), "max": float(kl_f.max()), "min": float(kl_f.min()),
-        "same_top1_rate": float(same.mean()),
+        "same_top1_rate": float(same.mean()), "ci95": ci95, "same_top1_rate_ci95": same_ci95,
         "basis": "exact",
         "reverse": {"mean": float(rev_f.mean()), "median": float(np.median(rev_f)),
                     "p99": float(np.percentile(rev_f, 99)), "max": float(rev_f.max())},
@@ -133,7 +151,8 @@ def corpus_comparison(positions: dict[str, np.ndarray], window_tokens: Sequence[
 CORPUS_METHOD = (
     "Every scored position of the perplexity pass (same windows as the PPL): FP16 logits rebuilt from the "
     "stored FP16 final hidden states and output head, log-softmax of FP16 and variant logits over the whole "
-    "vocabulary in float64. KL(P_fp16 || Q_variant) in nats (mean, median, percentiles over positions); "
+    "vocabulary in float64. KL(P_fp16 || Q_variant) in nats (mean, median, percentiles over positions; "
+    "95 % CIs of the mean and of same_top1_rate: percentile bootstrap over windows, 2000 resamples, seed 0); "
     "'reverse' is KL(Q || P); same_top1_rate: argmax agreement; topk_agreement[K-1]: mean |top-K(P) & "
     "top-K(Q)| / K; by_confidence: positions bucketed by FP16's probability of its own top token; "
     "llama_cpp: llama-perplexity --kl-divergence's statistics and uncertainties over the same positions "

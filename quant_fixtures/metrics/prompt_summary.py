@@ -17,6 +17,25 @@ def _mean_or_none(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _ci_or_none(values: list[float], seed: int) -> list[float] | None:
+    return list(bootstrap_ci(values, seed=seed)) if values else None
+
+
+def macro_average(groups: dict[str, np.ndarray], seed: int = 0, n_resamples: int = 2000) -> tuple[float, list[float]]:
+    """The mean of the groups' means, and its 95 % percentile-bootstrap CI resampling the items of
+    each group within the group (stratified: every resample keeps every group and its size)."""
+    if not groups:
+        raise ValueError("macro_average needs at least one non-empty group")
+    rng = np.random.default_rng(seed)
+    means = np.zeros(n_resamples)
+    for values in groups.values():
+        picks = rng.integers(0, values.size, size=(n_resamples, values.size))
+        means += values[picks].mean(axis=1)
+    means /= len(groups)
+    point = float(np.mean([v.mean() for v in groups.values()]))
+    return point, [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
 def _p99(values: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.percentile(values, 99.0, axis=axis)
 
@@ -74,11 +93,14 @@ def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, metho
     per_category = {  # a category none of whose prompts has a scored position reports null (not NaN: JSON)
         cat: {"prompts": len(rs),
               "kl_mean": _mean_or_none([r["kl_mean"] for r in rs if r["kl_mean"] is not None]),
+              "kl_ci95": _ci_or_none([r["kl_mean"] for r in rs if r["kl_mean"] is not None], seed),
               "top1_agreement": _mean_or_none([r["top1_agreement"] for r in rs if r["top1_agreement"] is not None]),
               "flips": sum(bool(r["flip"]) for r in rs),
               "exact_match": sum(r["exact_match"] for r in rs)}
         for cat, rs in by_category.items()
     }
+    groups = {c: np.array([r["kl_mean"] for r in rs if r["kl_mean"] is not None]) for c, rs in by_category.items()}
+    macro_mean, macro_ci = macro_average({c: v for c, v in groups.items() if v.size}, seed)
     worst = sorted(scored, key=lambda r: r["kl_mean"], reverse=True)[:WORST_PROMPTS]
     stats = summarize(kl)
     basis = "exact"  # the FP16 logits are rebuilt from stored hidden states: full vocabulary everywhere
@@ -97,6 +119,8 @@ def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, metho
         "topk": topk,
         "per_prompt": list(records),
         "per_category": per_category,
+        # every category weighted equally, whatever its number of prompts; CI: stratified bootstrap
+        "macro_kl_mean": macro_mean, "macro_kl_ci95": macro_ci,
         "worst_prompts": [{"id": r["id"], "category": r["category"], "kl_mean": r["kl_mean"],
                            "first_divergence": r["first_divergence"], "fp16_response": _truncate(r["fp16_response"]),
                            "response": _truncate(r["response"])} for r in worst],

@@ -174,6 +174,28 @@ def paired_bootstrap_delta_ppl_ci(
     return _percentile_interval(np.concatenate(deltas), confidence)
 
 
+def ratio_bootstrap_ci(
+    sums: Sequence[float] | np.ndarray,
+    counts: Sequence[float] | np.ndarray,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of ``sum(sums) / sum(counts)`` resampling the items (e.g. perplexity
+    windows: a per-token mean whose tokens are correlated inside a window, so windows, not tokens,
+    are the resampling unit). Per resample ``W``: ``sum_W sums / sum_W counts``."""
+    _check_bootstrap_args(n_resamples, confidence)
+    a, b = _as_1d_float(sums, "sums"), _as_1d_float(counts, "counts")
+    if a.shape != b.shape:
+        raise ValueError(f"sums has {a.size} items but counts has {b.size}")
+    if not (np.all(np.isfinite(a)) and np.all(b > 0)):
+        raise ValueError("ratio_bootstrap_ci needs finite sums and positive counts")
+    if a.size == 1:
+        return float(a[0] / b[0]), float(a[0] / b[0])
+    ratios = [a[idx].sum(axis=-1) / b[idx].sum(axis=-1) for idx in _resample_index_chunks(a.size, n_resamples, seed)]
+    return _percentile_interval(np.concatenate(ratios), confidence)
+
+
 def delta_pct(candidate: float, base: float) -> float:
     """Relative change in percent: ``100 * (candidate / base - 1)``; ValueError unless base > 0."""
     if not base > 0 or math.isinf(base):

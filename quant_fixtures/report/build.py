@@ -66,8 +66,9 @@ def protocol_text(method: str, ctx: int, stride: int | None) -> str:
                          f"chunk scores its tokens {ctx // 2 + 2}..{ctx} (the second half); ") + tail
     if method == "lm-eval":
         return ("lm-evaluation-harness's wikitext protocol: WikiText-2 test as its 62 documents "
-                "(EleutherAI/wikitext_document_level), each detokenized as lm-eval does and tokenized without "
-                "special tokens after a prefix token (BOS, else EOS); every token of a document is scored with "
+                "(EleutherAI/wikitext_document_level), each detokenized as lm-eval does and tokenized with the "
+                "tokenizer's default special tokens after a prefix token (BOS, else EOS), as lm-eval 0.4.13 does; "
+                "every token of a document is scored with "
                 f"rolling windows of {ctx} tokens (the first from the prefix, each later one reading the {ctx} "
                 "tokens before its last target); words and bytes are lm-eval's, counted on the original page. ") + tail
     return common + (f"consecutive non-overlapping windows of {ctx} tokens from the start, incomplete tail "

@@ -67,14 +67,53 @@ def assessment(documents: Documents) -> list[str]:
                          f"top-1 agreement {100 * kl.top1_agreement:.1f} %")
         flips = d.flips
         if flips and flips.checkable_prompts:
-            parts.append(f"{flips.flips} of {flips.checkable_prompts} checkable answers flipped")
+            parts.append(f"{flips.flips} of {flips.checkable_prompts} checkable answers flipped "
+                         f"({flips.correct_to_wrong} right to wrong, {flips.wrong_to_correct} wrong to right, "
+                         f"McNemar exact p = {flips.mcnemar_p:.3g})")
         speed = speed_ratio(d, fp16)
         if speed is not None:
             parts.append(f"perplexity pass at {speed:.2f}x FP16 speed")
         failed = [g for g in d.gates if not g.passed]
         verdict = "passes all its gates" if not failed else "FAILS " + "; ".join(g.line() for g in failed)
         sentences.append(f"{variant} {verdict}: " + "; ".join(parts) + ".")
+        sentences += [f"{variant}: {line}" for line in confidence_lines(d) + noise_floor_warnings(d)]
     return sentences
+
+
+def confidence_lines(doc: EvaluationDocument) -> list[str]:
+    """The non-inferiority reading of each passed gate whose metric has a 95 % CI: whether the CI's
+    failing-side bound is within the limit too, or only the point estimate is."""
+    from quant_fixtures.metrics.registry import METRICS
+
+    lines = []
+    for g in doc.gates:
+        spec = METRICS.get(g.metric)
+        pair = spec.ci(doc) if spec else None
+        if not g.passed or not pair:
+            continue
+        bound = pair[1] if spec.better == "lower" else pair[0]
+        if spec.passes(bound, g.limit):
+            lines.append(f"{g.metric} is within its limit with 95 % confidence (CI bound {bound:.4g} {g.op} {g.limit:g})")
+        else:
+            lines.append(f"{g.metric}: the point estimate {g.value:.4g} is within {g.op} {g.limit:g} but its 95 % CI "
+                         f"({pair[0]:.4g} to {pair[1]:.4g}) crosses the limit: not shown with 95 % confidence")
+    return lines
+
+
+KL_GATES = ("kl_mean", "kl_p99", "corpus_kl_mean", "corpus_kl_p99")
+NOISE_MULTIPLE = 10.0  # a KL limit must sit this far above FP16's own noise to mean anything
+
+
+def noise_floor_warnings(doc: EvaluationDocument) -> list[str]:
+    """A KL limit below 10x the noise floor (FP16 against itself in another batch composition: the
+    KL that batching alone produces) cannot tell quantization from noise."""
+    noise = doc.noise_floor
+    if noise is None:
+        return []
+    floors = {"kl_mean": noise.mean, "corpus_kl_mean": noise.mean, "kl_p99": noise.p99, "corpus_kl_p99": noise.p99}
+    return [f"WARNING: limit {g.metric} {g.op} {g.limit:g} is below {NOISE_MULTIPLE:g}x the noise floor "
+            f"({floors[g.metric]:.3g} nats): the gate cannot tell quantization from batch noise; raise the limit"
+            for g in doc.gates if g.metric in KL_GATES and g.limit < NOISE_MULTIPLE * floors[g.metric]]
 
 
 def speed_ratio(doc: EvaluationDocument, fp16: EvaluationDocument | None) -> float | None:

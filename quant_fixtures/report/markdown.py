@@ -7,7 +7,7 @@ from typing import Any
 
 from quant_fixtures.metrics.registry import METRICS, TABLE_METRICS, MetricSpec, lookup
 from quant_fixtures.report.corpus_markdown import corpus_section
-from quant_fixtures.report.findings import baseline_of, findings
+from quant_fixtures.report.findings import baseline_of, findings, quantized
 from quant_fixtures.report.gates import failed_metrics
 from quant_fixtures.report.plots import model_plots
 from quant_fixtures.report.schema import EvaluationDocument
@@ -48,6 +48,21 @@ def _variants_table(documents: Documents) -> list[str]:
     return rows
 
 
+def _units_table(documents: Documents) -> list[str]:
+    """lm-eval's three figures for every protocol, so models with different tokenizers compare."""
+    first = next(iter(documents.values())).perplexity
+    rows = [f"Tokenizer-independent ({first.scored_words} words, {first.scored_bytes} bytes of scored text; "
+            f"{first.text_units}):", "",
+            "| variant | PPL (tokens) | word perplexity | byte perplexity | bits per byte | Δ bits per byte |",
+            "|---|---|---|---|---|---|"]
+    for variant, d in documents.items():
+        p = d.perplexity
+        delta = "–" if p.bits_per_byte_delta is None else f"{p.bits_per_byte_delta:+.5f}"
+        rows.append(f"| {variant} | {p.ppl:.4f} | {_f(p.word_perplexity)} | {_f(p.byte_perplexity, '.5f')} | "
+                    f"{_f(p.bits_per_byte, '.5f')} | {delta} |")
+    return rows
+
+
 def _gates_table(documents: Documents) -> list[str]:
     rows = ["| variant | metric | value | limit | verdict |", "|---|---|---|---|---|"]
     for variant, d in documents.items():
@@ -70,7 +85,7 @@ def model_section(model: str, documents: Documents, plots: dict[str, Path]) -> l
     lines = [f"## {model}", "", *([f"> **Note: {note}**", ""] if note else []),
              f"Source: `{first.model.source}`. {settings_line(first)}.", "",
              f"Perplexity: {p.protocol} {p.windows} windows, {p.tokens} scored tokens.", "",
-             *_variants_table(documents), "", "### Assessment", ""]
+             *_variants_table(documents), "", *_units_table(documents), "", "### Assessment", ""]
     lines += [f"- {s}" for s in found.assessment] or ["- Only the FP16 baseline was evaluated."]
     best = found.best_tradeoff
     if best:
@@ -81,6 +96,12 @@ def model_section(model: str, documents: Documents, plots: dict[str, Path]) -> l
     categories = found.most_affected_categories
     if any(categories.values()):
         lines += ["", "### Most affected categories", ""]
+        for variant, d in quantized(documents).items():
+            kl = d.kl_divergence
+            if kl:
+                lines.append(f"- {variant}: macro-average KL over categories {kl.macro_kl_mean:.4f} "
+                             f"(95 % CI {kl.macro_kl_ci95[0]:.4f}-{kl.macro_kl_ci95[1]:.4f}; every category weighted "
+                             "equally)")
         for variant, cats in categories.items():
             lines.append(f"- {variant}: " + "; ".join(f"{c['category']} (KL {c['kl_mean']:.4f}, {c['flips']} flips)"
                                                       for c in cats))

@@ -141,6 +141,8 @@ class PromptKL:
     topk: dict[str, Any]
     per_prompt: list[dict[str, Any]]
     per_category: dict[str, dict[str, Any]]
+    macro_kl_mean: float
+    macro_kl_ci95: list[float]
     worst_prompts: list[dict[str, Any]]
     method: str
     method_settings: str
@@ -160,6 +162,8 @@ class CorpusKL:
     max: float
     min: float
     same_top1_rate: float
+    ci95: list[float]
+    same_top1_rate_ci95: list[float]
     basis: str
     reverse: dict[str, float]
     topk_agreement: list[float]

@@ -4,6 +4,7 @@ registry's table metrics."""
 from __future__ import annotations
 
 from quant_fixtures.metrics.registry import TABLE_METRICS, MetricSpec
+from quant_fixtures.report.findings import noise_floor_warnings
 from quant_fixtures.report.gates import verdict
 from quant_fixtures.report.schema import EvaluationDocument
 
@@ -32,8 +33,11 @@ def summary_lines(documents: dict[str, dict[str, EvaluationDocument]]) -> list[s
     for model, variants in documents.items():
         first = next(iter(variants.values()))
         p, note = first.perplexity, first.model.note
+        units = f", {p.fp16_bits_per_byte:.4f} bits/byte" if p.fp16_bits_per_byte is not None else ""
         lines += ["", settings_line(first), *([f"NOTE: {note}"] if note else []),
-                  f"{model}  (FP16 PPL {p.fp16_ppl:.4f}, {p.tokens} tokens in {p.windows} windows of {p.ctx})", header]
+                  f"{model}  (FP16 PPL {p.fp16_ppl:.4f}{units}; {p.method} protocol, {p.tokens} tokens in "
+                  f"{p.windows} windows of {p.ctx})", header]
         for variant, doc in variants.items():
             lines.append(f"{variant:<8} " + " ".join(_cell(doc, m) for m in TABLE_METRICS) + f"  {verdict(doc)}")
+        lines += [f"{variant}: {w}" for variant, doc in variants.items() for w in noise_floor_warnings(doc)]
     return lines

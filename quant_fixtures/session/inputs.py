@@ -128,7 +128,7 @@ class RunInputs:
             self._corpus_tokens[model] = self._pool.submit(self._tokenized_corpus, model, digest, text)
 
     def _kind(self) -> str:
-        return "documents-v1" if self.settings.perplexity.protocol == "lm-eval" else "joined-v2"
+        return "documents-v2" if self.settings.perplexity.protocol == "lm-eval" else "joined-v2"
 
     def _tokenized_corpus(self, model: str, digest: str, text: EvalText) -> dict[str, Any]:
         """The tokens the protocol needs, once per tokenizer, cached on disk."""

@@ -117,3 +117,29 @@ def test_throughput_summary_rates_and_ratios():
     assert s["tokens_per_s"]["ppl_batched"] == {"fp16": 500.0, "int8": 250.0}
     assert s["ratios"]["ppl_batched_vs_fp16"]["int8"] == 0.5
     assert s["ratios"]["fp16_batched_vs_hf_guide"] == 4.0
+
+
+def test_non_inferiority_reading_of_passed_gates():
+    from quant_fixtures.report.findings import confidence_lines
+
+    # ΔPPL CI [0.5, 1.5]: the upper bound is within 5 %, and not within 1.2 % though the point (1.0) is
+    sure = _doc("int8", 10.1, 1.2, kl=[("math", 0.01)], gates=[("delta_ppl_pct", 1.0, 5.0)])
+    assert confidence_lines(sure) == ["delta_ppl_pct is within its limit with 95 % confidence (CI bound 1.5 <= 5)"]
+    crossing = _doc("int8", 10.1, 1.2, kl=[("math", 0.01)], gates=[("delta_ppl_pct", 1.0, 1.2)])
+    assert confidence_lines(crossing) == ["delta_ppl_pct: the point estimate 1 is within <= 1.2 but its 95 % CI "
+                                          "(0.5 to 1.5) crosses the limit: not shown with 95 % confidence"]
+    failed = _doc("int8", 10.1, 1.2, kl=[("math", 0.01)], gates=[("delta_ppl_pct", 1.0, 0.8)])
+    assert confidence_lines(failed) == []  # a failed gate is reported as failed, not read for confidence
+    assert any("with 95 % confidence" in s for s in findings({"int8": sure}).assessment)
+
+
+def test_kl_limits_below_ten_times_the_noise_floor_are_called_out():
+    from quant_fixtures.report.findings import noise_floor_warnings
+
+    # the noise floor's mean is 1e-9 nats: a limit of 5e-9 is below 10x, 1e-8 is not
+    low = _doc("int8", 10.1, 1.2, kl=[("math", 1e-9)], gates=[("kl_mean", 1e-9, 5e-9)])
+    fine = _doc("int8", 10.1, 1.2, kl=[("math", 1e-9)], gates=[("kl_mean", 1e-9, 1e-8)])
+    warnings = noise_floor_warnings(low)
+    assert len(warnings) == 1 and "kl_mean <= 5e-09 is below 10x the noise floor (1e-09 nats)" in warnings[0]
+    assert noise_floor_warnings(fine) == []
+    assert any("WARNING" in line for line in summary_lines({"m": {"int8": low}}))

@@ -223,3 +223,15 @@ def test_exact_basis_reports_topk_gap():
     assert section["topk"]["rel_gap_vs_exact"] == pytest.approx(0.05)
 
 
+
+
+def test_macro_average_weights_categories_equally():
+    from quant_fixtures.metrics.prompt_summary import macro_average
+
+    groups = {"a": np.array([1.0, 1.0, 1.0, 1.0]), "b": np.array([3.0])}
+    mean, ci = macro_average(groups)
+    assert mean == 2.0  # (1 + 3) / 2, not the prompt mean 1.4
+    assert ci == [2.0, 2.0]  # no spread inside either group
+    spread = {"a": np.array([0.0, 2.0]), "b": np.array([3.0])}
+    mean, ci = macro_average(spread)
+    assert mean == 2.0 and ci[0] == pytest.approx(1.5) and ci[1] == pytest.approx(2.5)  # a's mean is 0, 1 or 2

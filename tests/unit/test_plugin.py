@@ -274,6 +274,11 @@ def test_baselines_dir_under_a_file_is_a_usage_error(suite_dir: pytest.Pytester)
 
 @pytest.mark.parametrize("args, message", [
     (["--categories", " , "], "*--categories: no category given*"),
+    (["--ppl-protocol", "llamacpp"], "*--ppl-protocol: unknown protocol 'llamacpp'; valid: nonoverlapping, strided, "
+                                     "llama.cpp, lm-eval*"),
+    (["--ppl-protocol", "strided"], "*--ppl-protocol strided needs --ppl-stride N*"),
+    (["--ppl-protocol", "lm-eval", "--ppl-stride", "8"], "*--ppl-stride belongs to the strided protocol, not "
+                                                         "--ppl-protocol lm-eval*"),
 ])
 def test_options_are_checked_up_front(suite_dir: pytest.Pytester, args: list[str], message: str) -> None:
     result = run(suite_dir, "--collect-only", *args)
