@@ -117,7 +117,17 @@ def window_cis(kl: np.ndarray, same: np.ndarray, finite: np.ndarray,
     return list(ratio_bootstrap_ci(kl_sums, counts)), list(ratio_bootstrap_ci(same_sums, counts))
 
 
-def corpus_comparison(positions: dict[str, np.ndarray], window_tokens: Sequence[int]) -> dict[str, Any]:
+def noise_floor(noise_kl: np.ndarray) -> dict[str, Any]:
+    """Summary of FP16's KL against itself (another batch composition) over the first windows."""
+    finite = noise_kl[np.isfinite(noise_kl)]
+    if finite.size == 0:
+        return {"positions": int(noise_kl.size), "mean": None, "p99": None, "max": None}
+    return {"positions": int(noise_kl.size), "mean": float(finite.mean()), "p99": float(np.percentile(finite, 99)),
+            "max": float(finite.max())}
+
+
+def corpus_comparison(positions: dict[str, np.ndarray], window_tokens: Sequence[int],
+                      noise_kl: np.ndarray | None = None) -> dict[str, Any]:
     """The report's ``corpus_kl`` section from :func:`metrics.token_comparison.compare_positions`
     output over every scored position (window order)."""
     kl, reverse = positions["kl_pq"], positions["kl_qp"]
@@ -138,6 +148,7 @@ def corpus_comparison(positions: dict[str, np.ndarray], window_tokens: Sequence[
         "p99_9": float(np.percentile(kl_f, 99.9)), "max": float(kl_f.max()), "min": float(kl_f.min()),
         "same_top1_rate": float(same.mean()), "ci95": ci95, "same_top1_rate_ci95": same_ci95,
         "basis": "exact",
+        "noise_floor": noise_floor(noise_kl) if noise_kl is not None else None,
         "reverse": {"mean": float(rev_f.mean()), "median": float(np.median(rev_f)),
                     "p99": float(np.percentile(rev_f, 99)), "max": float(rev_f.max())},
         "topk_agreement": [float(v) for v in (overlap / k).mean(axis=0)],
@@ -156,5 +167,6 @@ CORPUS_METHOD = (
     "'reverse' is KL(Q || P); same_top1_rate: argmax agreement; topk_agreement[K-1]: mean |top-K(P) & "
     "top-K(Q)| / K; by_confidence: positions bucketed by FP16's probability of its own top token; "
     "llama_cpp: llama-perplexity --kl-divergence's statistics and uncertainties over the same positions "
-    "(its base log-probs are 16-bit, these are exact)."
+    "(its base log-probs are 16-bit, these are exact); noise_floor: FP16 against its own reference over the "
+    "first 8 windows scored in another batch composition."
 )

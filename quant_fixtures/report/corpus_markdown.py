@@ -57,6 +57,12 @@ def corpus_section(documents: Documents) -> list[str]:
         lines.append(f"| {v} | {c.tokens} | {c.mean:.4g} | {c.median:.4g} | {c.p99:.4g} | {c.p99_9:.4g} | "
                      f"{c.max:.4g} | {c.reverse['mean']:.4g} | {100 * c.same_top1_rate:.2f} % | "
                      f"{'–' if top5 is None else f'{100 * top5:.2f} %'} |")
+    floors = [f"{v}: mean {c.noise_floor['mean']:.3g}, p99 {c.noise_floor['p99']:.3g} nats over "
+              f"{c.noise_floor['positions']} positions" for v, c in corpora.items()
+              if c.noise_floor and c.noise_floor.get("mean") is not None]
+    if floors:
+        lines += ["", "Noise floor beside these (FP16 against its own reference, first windows scored in another "
+                      "batch composition): " + floors[0].split(": ", 1)[1] + "."]
     lines += ["", "As `llama-perplexity --kl-divergence` prints them (same names and uncertainty formulas; "
               "P = base = FP16, Q = the variant; over the positions above):", "",
               "| statistic | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]

@@ -100,20 +100,22 @@ def confidence_lines(doc: EvaluationDocument) -> list[str]:
     return lines
 
 
-KL_GATES = ("kl_mean", "kl_p99", "corpus_kl_mean", "corpus_kl_p99")
 NOISE_MULTIPLE = 10.0  # a KL limit must sit this far above FP16's own noise to mean anything
 
 
 def noise_floor_warnings(doc: EvaluationDocument) -> list[str]:
-    """A KL limit below 10x the noise floor (FP16 against itself in another batch composition: the
-    KL that batching alone produces) cannot tell quantization from noise."""
-    noise = doc.noise_floor
-    if noise is None:
-        return []
-    floors = {"kl_mean": noise.mean, "corpus_kl_mean": noise.mean, "kl_p99": noise.p99, "corpus_kl_p99": noise.p99}
+    """A KL limit below 10x its noise floor (FP16 against itself in another batch composition: the
+    KL that batching alone produces; the prompt floor for prompt KL, the corpus floor for corpus KL)
+    cannot tell quantization from noise."""
+    noise, corpus = doc.noise_floor, doc.corpus_kl.noise_floor if doc.corpus_kl else None
+    floors = {}
+    if noise is not None:
+        floors.update(kl_mean=noise.mean, kl_p99=noise.p99)
+    if corpus and corpus.get("mean") is not None:
+        floors.update(corpus_kl_mean=corpus["mean"], corpus_kl_p99=corpus["p99"])
     return [f"WARNING: limit {g.metric} {g.op} {g.limit:g} is below {NOISE_MULTIPLE:g}x the noise floor "
             f"({floors[g.metric]:.3g} nats): the gate cannot tell quantization from batch noise; raise the limit"
-            for g in doc.gates if g.metric in KL_GATES and g.limit < NOISE_MULTIPLE * floors[g.metric]]
+            for g in doc.gates if g.metric in floors and g.limit < NOISE_MULTIPLE * floors[g.metric]]
 
 
 def speed_ratio(doc: EvaluationDocument, fp16: EvaluationDocument | None) -> float | None:

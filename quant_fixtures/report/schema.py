@@ -165,6 +165,7 @@ class CorpusKL:
     ci95: list[float]
     same_top1_rate_ci95: list[float]
     basis: str
+    noise_floor: dict[str, Any] | None
     reverse: dict[str, float]
     topk_agreement: list[float]
     by_confidence: list[dict[str, Any]]

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
+from quant_fixtures.compute.memory import BatchLog
 from quant_fixtures.compute.scoring import WindowScores, check_output_head, score_windows
 from quant_fixtures.inputs.corpus_protocols import CorpusPlan
 from quant_fixtures.models.loading import LoadedModel
@@ -95,6 +96,26 @@ def _timed(run: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
+NOISE_WINDOWS = 8  # windows of the corpus noise floor: enough positions for its mean and p99, a few % of the pass
+
+
+def _corpus_noise(ctx: PassContext, loaded: LoadedModel, corpus: CorpusPlan, reference: dict[str, Any],
+                  batching: Batching) -> Any:
+    """Per-position KL of FP16 against its own stored reference over the first windows, scored in
+    another batch composition (one window per pass if the pass batched, else two): the KL that
+    batching alone produces, beside every corpus KL figure."""
+    import torch
+
+    used = ctx.batches.used.get("perplexity", batching.perplexity_windows_per_pass)
+    other = 1 if used > 1 else 2
+    windows = corpus.windows[:NOISE_WINDOWS]
+    positions = sum(w.scored for w in windows)
+    subset = {**reference, "hidden": reference["hidden"][:positions]}
+    hook = KLAgainstReference(subset, [w.scored for w in windows])
+    score_windows(loaded.model, corpus.ids, windows, other, hook=hook, budget=ctx.budget, log=BatchLog())
+    return torch.from_numpy(hook.positions()["kl_pq"]).to(torch.float64)
+
+
 def fp16_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel) -> Measurements:
     """Measure FP16 and store what variants are compared with: the baseline, the corpus top-k
     log-probs and (unless prompts are skipped) the prompt reference with its noise floor."""
@@ -104,8 +125,11 @@ def fp16_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel) -
     scores = _perplexity(ctx, model, var, loaded, corpus, recorder, batching)
     baseline = Baseline(key=ctx.references.baseline_key(model), ppl=scores.ppl, window_nll=scores.window_nll,
                         window_tokens=scores.window_tokens, footprint_bytes=loaded.footprint_bytes)
+    reference = recorder.tensors(loaded.model)
+    with ctx.stage("corpus noise floor", "perplexity"):
+        reference["noise_kl"] = _corpus_noise(ctx, loaded, corpus, reference, batching)
     with ctx.stage("FP16 perplexity references (store)", "references"):
-        ctx.references.save_perplexity(baseline, recorder.tensors(loaded.model))
+        ctx.references.save_perplexity(baseline, reference)
     prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
         lambda: fp16_prompt_stage(ctx, model, loaded))
     return _measurements(ctx, model, var, loaded, scores, corpus, baseline, batching, None, prompts, seconds)
@@ -120,7 +144,7 @@ def variant_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel
     if refs.baseline.window_tokens != scores.window_tokens:
         raise RuntimeError(f"{model} {var.key}: perplexity windows differ from the FP16 baseline's")
     with ctx.stage("statistics", "statistics"):
-        corpus_kl = corpus_comparison(hook.positions(), scores.window_tokens)
+        corpus_kl = corpus_comparison(hook.positions(), scores.window_tokens, refs.corpus["noise_kl"].numpy())
     prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
         lambda: variant_prompt_stage(ctx, model, var, loaded, refs, batching))
     return _measurements(ctx, model, var, loaded, scores, corpus, refs.baseline, batching, corpus_kl,

@@ -1,6 +1,7 @@
-"""The FP16 corpus reference: the FP16 final hidden state at every scored WikiText-2 position and
-the FP16 output head (safetensors in the cache), tied to the FP16 baseline it was recorded with by
-that baseline's key digest."""
+"""The FP16 corpus reference: the FP16 final hidden state at every scored WikiText-2 position, the
+FP16 output head and the corpus noise floor (per-position KL of FP16 against itself in another batch
+composition), safetensors in the cache, tied to the FP16 baseline it was recorded with by that
+baseline's key digest."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from quant_fixtures.store.atomic import load_tensors, save_tensors
 
-REQUIRED = {"hidden", "head_weight"}
+REQUIRED = {"hidden", "head_weight", "noise_kl"}  # noise_kl: FP16 against itself (session/passes.py)
 OPTIONAL = {"head_bias", "head_softcap"}
 
 

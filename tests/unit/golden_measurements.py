@@ -90,7 +90,9 @@ def _measurements(variant: str, nll: list[float], footprint: int, records: list[
         again = [dict(r, response="moved", correct=r["correct"]) for r in records]
         flips["batch_sensitivity"] = batch_sensitivity(records, again, 48, 24)
     if not var.is_baseline:
-        corpus = corpus_comparison(_corpus_positions(2.0 if variant == "nf4" else 1.0), WINDOW_TOKENS)
+        noise = np.full(511, 2e-7)
+        noise[::100] = 5e-7
+        corpus = corpus_comparison(_corpus_positions(2.0 if variant == "nf4" else 1.0), WINDOW_TOKENS, noise)
     noise = {"mean": 1e-7, "max": 4e-7, "p99": 3.5e-7, "ci95": [5e-8, 1.5e-7]}
     return Measurements(
         model="tiny", variant=var, loaded=loaded, source="org/tiny@main", note="random weights",

@@ -109,3 +109,14 @@ def test_corpus_comparison_top_k_agreement_and_bad_input():
     assert out["same_top1_rate"] == 0.75 and out["basis"] == "exact"
     with pytest.raises(ValueError, match="4 positions for windows scoring 5"):
         cs.corpus_comparison(positions, [2, 3])
+
+
+def test_noise_floor_summary_and_its_place_in_the_section():
+    floor = cs.noise_floor(np.array([0.0, 1e-6, 3e-6, float("nan")]))
+    assert floor["positions"] == 4 and floor["mean"] == pytest.approx(4e-6 / 3) and floor["max"] == 3e-6
+    n = 4
+    positions = {"kl_pq": np.full(n, 0.1), "kl_qp": np.full(n, 0.1), "p_top1": np.full(n, 0.5),
+                 "same_top1": np.ones(n, dtype=bool), "topk_overlap": np.tile(np.arange(1, 11), (n, 1)),
+                 "logp_target": np.full(n, -1.0), "logq_target": np.full(n, -1.0)}
+    assert cs.corpus_comparison(positions, [4], np.array([1e-6, 2e-6]))["noise_floor"]["mean"] == pytest.approx(1.5e-6)
+    assert cs.corpus_comparison(positions, [4])["noise_floor"] is None
