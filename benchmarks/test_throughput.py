@@ -14,7 +14,7 @@ pytestmark = pytest.mark.benchmark
 
 
 def _corpus(quant_session, model, loaded, settings):
-    ids = quant_session.inputs.corpus_ids(model)
+    ids = quant_session.inputs.corpus_plan(model).ids  # the joined text (benchmarks run the default protocol)
     windows = nonoverlapping_windows(len(ids), settings.ctx, settings.ctx * settings.windows)
     return ids, windows
 

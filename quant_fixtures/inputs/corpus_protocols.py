@@ -17,6 +17,7 @@ the UTF-8 length of the original (not detokenized) page.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -52,10 +53,18 @@ def joined_tokens(tokenizer: Any, text: str) -> tuple[Any, Any]:
     return torch.tensor(enc["input_ids"], dtype=torch.long), torch.from_numpy(ends)
 
 
+@functools.lru_cache(maxsize=1)
+def _spaces() -> np.ndarray:
+    """Every code point str.isspace() accepts (a few dozen), so whitespace is found without a loop
+    over the text."""
+    return np.array([c for c in range(0x110000) if chr(c).isspace()], dtype=np.uint32)
+
+
 def _char_prefixes(text: str) -> tuple[np.ndarray, np.ndarray]:
     """UTF-8 bytes and word ends before each character position (length len(text) + 1)."""
-    sizes = np.fromiter((len(c.encode("utf-8")) for c in text), dtype=np.int64, count=len(text))
-    space = np.fromiter((c.isspace() for c in text), dtype=bool, count=len(text))
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    sizes = 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
+    space = np.isin(points, _spaces())
     word_end = ~space & np.append(space[1:], True)  # a non-space followed by space or the end
     zero = np.zeros(1, dtype=np.int64)
     return np.concatenate([zero, np.cumsum(sizes)]), np.concatenate([zero, np.cumsum(word_end)])
