@@ -168,5 +168,5 @@ CORPUS_METHOD = (
     "top-K(Q)| / K; by_confidence: positions bucketed by FP16's probability of its own top token; "
     "llama_cpp: llama-perplexity --kl-divergence's statistics and uncertainties over the same positions "
     "(its base log-probs are 16-bit, these are exact); noise_floor: FP16 against its own reference over the "
-    "first 8 windows scored in another batch composition."
+    "first windows (8, or a quarter of a short pass) scored in another batch composition."
 )

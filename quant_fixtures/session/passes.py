@@ -96,19 +96,20 @@ def _timed(run: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-NOISE_WINDOWS = 8  # windows of the corpus noise floor: enough positions for its mean and p99, a few % of the pass
+NOISE_WINDOWS = 8  # windows of the corpus noise floor: enough positions for its mean and p99, 6 % of a full pass
 
 
 def _corpus_noise(ctx: PassContext, loaded: LoadedModel, corpus: CorpusPlan, reference: dict[str, Any],
                   batching: Batching) -> Any:
-    """Per-position KL of FP16 against its own stored reference over the first windows, scored in
+    """Per-position KL of FP16 against its own stored reference over the first windows (8, or a
+    quarter of a short pass), scored in
     another batch composition (one window per pass if the pass batched, else two): the KL that
     batching alone produces, beside every corpus KL figure."""
     import torch
 
     used = ctx.batches.used.get("perplexity", batching.perplexity_windows_per_pass)
     other = 1 if used > 1 else 2
-    windows = corpus.windows[:NOISE_WINDOWS]
+    windows = corpus.windows[:min(NOISE_WINDOWS, -(-len(corpus.windows) // 4))]  # at most a quarter of the pass
     positions = sum(w.scored for w in windows)
     subset = {**reference, "hidden": reference["hidden"][:positions]}
     hook = KLAgainstReference(subset, [w.scored for w in windows])

@@ -50,7 +50,7 @@ def test_slicing_long_inputs_changes_nothing(monkeypatch):
     ref, cand = torch.randn(37, 50, generator=gen), torch.randn(37, 50, generator=gen)
     targets = torch.randint(0, 50, (37,), generator=gen)
     whole = tc.compare_positions(ref, cand, targets)
-    monkeypatch.setattr(tc, "ELEMENTS_PER_SLICE", 50 * 4)  # 4 positions a slice
+    monkeypatch.setattr(tc, "CPU_ELEMENTS_PER_SLICE", 50 * 4)  # 4 positions a slice
     sliced = tc.compare_positions(ref, cand, targets)
     for name in tc.FIELDS:
         np.testing.assert_array_equal(whole[name], sliced[name])
