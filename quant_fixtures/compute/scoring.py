@@ -42,7 +42,8 @@ LogprobHook = Callable[[ScoredChunk], None]
 class WindowScores:
     window_nll: list[float]
     window_tokens: list[int]
-    seconds: float
+    seconds: float  # the model's pass, without the hook's time (so speeds compare across variants)
+    hook_seconds: float = 0.0  # what the hook took (corpus references, exact comparison)
 
     @property
     def tokens(self) -> int:
@@ -86,6 +87,13 @@ def check_output_head(model: Any, vocab_probe: int = 8) -> None:
             f"forward (max abs diff {(full - ours).abs().max().item():.3g}); this architecture "
             "needs its own head in quant_fixtures/evaluation.py"
         )
+
+
+def _synced_clock(device: torch.device) -> float:
+    """perf_counter once the device's queued work is done (a hook's GPU time is then its own)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def score_windows(
@@ -142,7 +150,9 @@ def score_windows(
             mask = target_pos.unsqueeze(0) >= first.unsqueeze(1)
             sums += (token_nll * mask).sum(-1)
             if hook is not None:
+                hook_start = _synced_clock(out)
                 hook(ScoredChunk(batch, targets, logits, logp, mask, states))
+                hook_time[0] += _synced_clock(out) - hook_start
             del logits, logp, token_nll
         for i, value in zip(batch, sums.tolist()):
             nll[i] = value
@@ -150,14 +160,15 @@ def score_windows(
             progress(len(batch))
 
     log = log if log is not None else BatchLog()
+    hook_time = [0.0]
     start = time.perf_counter()
     with torch.inference_mode():
         run_sized(list(range(len(windows))), batch_size, run, budget, log, "perplexity", "windows",
                   same_group=lambda a, b: windows[a].length == windows[b].length)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - hook_time[0]
     if not all(math.isfinite(v) for v in nll):
         bad = [i for i, v in enumerate(nll) if not math.isfinite(v)]
         raise FloatingPointError(f"non-finite NLL in windows {bad[:10]} (of {len(windows)}): the model produced NaN/inf")
-    return WindowScores(window_nll=nll, window_tokens=counts, seconds=seconds)
+    return WindowScores(window_nll=nll, window_tokens=counts, seconds=seconds, hook_seconds=hook_time[0])

@@ -171,7 +171,7 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("compression_ratio", ("memory", "compression_ratio"), "higher", "ratio", ".2f", width=6,
                description="FP16 footprint / variant footprint"),
     MetricSpec("tokens_per_s", ("timing", "ppl_tokens_per_s"), "higher", "tok/s", ".0f", vs_fp16=True,
-               description="scored tokens per second of the perplexity pass (timing, never gated)"),
+               description="scored tokens per second of the perplexity pass, the comparison hooks excluded (timing, never gated)"),
 )}
 
 # Limit names people wrote before the names were derived from the registry; read as the new name.

@@ -171,3 +171,15 @@ def test_strided_windows_match_hf_guide_on_smollm2(smollm2_fp16, wikitext_ids):
     # ... and the weighting itself moves the perplexity only slightly: 2.5e-4 relative on these 1000
     # tokens (1.9e-4 on the first 1500), as each later window's mean loss is weighted one token short.
     assert 0 < _rel(scores.ppl, guide["literal_ppl"]) < 5e-4
+
+
+def test_hook_time_is_not_the_models(tiny_models, digest_cache, wikitext_ids):
+    """tok/s compares variants with FP16: the exact comparison a variant's hook does is timed apart."""
+    import time as clock
+
+    model = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    plan = nonoverlapping_windows(len(wikitext_ids), 64, 2 * 64)
+    bare = score_windows(model, wikitext_ids, plan, batch_size=1)
+    slow = score_windows(model, wikitext_ids, plan, batch_size=1, hook=lambda chunk: clock.sleep(0.25))
+    assert slow.hook_seconds >= 0.5 and bare.hook_seconds == 0.0
+    assert slow.seconds < 0.5  # the 0.5 s of sleeps are not in the model's time (two tiny windows)
