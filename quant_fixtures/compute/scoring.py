@@ -21,7 +21,6 @@ from quant_fixtures.metrics.perplexity import Window, perplexity
 LOGPROB_ELEMENTS_PER_CHUNK = 2**28
 
 
-
 @dataclass
 class ScoredChunk:
     """One chunk of positions of a batch of windows, as a :data:`LogprobHook` sees it."""

@@ -13,9 +13,6 @@ Conventions
 
 from __future__ import annotations
 
-from typing import Union
-
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,8 +21,6 @@ from torch import Tensor
 #   1  KL(P || Q) exact and over the FP16 top-k + one tail bucket; NLL of targets; log-softmax in >= float32
 METRICS_VERSION: int = 1
 """Bump whenever the maths of any metric changes; cached results carry it to be invalidated."""
-
-ArrayLike = Union[Tensor, np.ndarray]
 
 
 def _log_softmax(logits: Tensor) -> Tensor:
@@ -36,7 +31,7 @@ def _log_softmax(logits: Tensor) -> Tensor:
     return torch.log_softmax(logits.to(dtype), dim=-1)
 
 
-def _weighted_log_ratio(p: Tensor, logp: Tensor, logq: Tensor) -> Tensor:
+def weighted_log_ratio(p: Tensor, logp: Tensor, logq: Tensor) -> Tensor:
     """Elementwise ``p * (log p - log q)``, defined as 0 where ``p == 0`` (0*log0 = 0)."""
     return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
 
@@ -105,11 +100,11 @@ def kl_topk(ref_logp_topk: Tensor, ref_idx_topk: Tensor, cand_logits: Tensor) ->
     logq_all = _log_softmax(cand_logits)
     logq = logq_all.gather(-1, idx).to(torch.float64)
     logp = ref_logp_topk.to(device=cand_logits.device, dtype=torch.float64)
-    head = _weighted_log_ratio(torch.exp(logp), logp, logq).sum(dim=-1)
+    head = weighted_log_ratio(torch.exp(logp), logp, logq).sum(dim=-1)
     if idx.shape[-1] >= cand_logits.shape[-1]:
         return head.clamp_min(0.0)  # k == V: the tail bucket is empty, p_tail is exactly 0
     p_tail = tail_mass(logp)
-    tail = _weighted_log_ratio(p_tail, torch.log(p_tail), _log_tail_prob(logq_all, idx))
+    tail = weighted_log_ratio(p_tail, torch.log(p_tail), _log_tail_prob(logq_all, idx))
     return (head + tail).clamp_min(0.0)
 
 
@@ -129,7 +124,7 @@ def kl_exact(ref_logits: Tensor, cand_logits: Tensor) -> Tensor:
     logq = _log_softmax(cand_logits.to(ref_logits.device))
     dtype = torch.promote_types(logp.dtype, logq.dtype)
     logp, logq = logp.to(dtype), logq.to(dtype)
-    terms = _weighted_log_ratio(torch.exp(logp), logp, logq)
+    terms = weighted_log_ratio(torch.exp(logp), logp, logq)
     return terms.sum(dim=-1, dtype=torch.float64).clamp_min(0.0)
 
 
@@ -168,77 +163,3 @@ def nll_of_targets(cand_logits: Tensor, targets: Tensor) -> Tensor:
     idx = targets.to(device=cand_logits.device, dtype=torch.int64).unsqueeze(-1)
     logq = _log_softmax(cand_logits).gather(-1, idx).squeeze(-1)
     return -logq.to(torch.float64)
-
-
-def _to_flat_numpy(values: ArrayLike, dtype: type) -> np.ndarray:
-    """Flatten a tensor or array into a 1-D numpy copy of ``dtype`` (moved to CPU)."""
-    if isinstance(values, Tensor):
-        values = values.detach().to("cpu").numpy()
-    return np.asarray(values).reshape(-1).astype(dtype, copy=True)
-
-
-class CorpusKL:
-    """Streaming corpus-level token KL summary (parity with llama.cpp ``--kl-divergence``).
-
-    Feed per-token KL values (nats) and top-1 agreement flags batch by batch with
-    :meth:`update`; :meth:`result` summarises all tokens seen so far. Values are kept as
-    float64 numpy chunks and concatenated only in :meth:`result`.
-    """
-
-    def __init__(self) -> None:
-        self._kl: list[np.ndarray] = []
-        self._same: list[np.ndarray] = []
-
-    def update(self, kl_values: ArrayLike, same_top1: ArrayLike) -> None:
-        """Append a batch: ``kl_values[N]`` (any shape, flattened) and ``same_top1[N]`` bool."""
-        kl = _to_flat_numpy(kl_values, np.float64)
-        same = _to_flat_numpy(same_top1, np.bool_)
-        if kl.shape != same.shape:
-            raise ValueError(
-                f"kl_values has {kl.size} elements but same_top1 has {same.size}"
-            )
-        self._kl.append(kl)
-        self._same.append(same)
-
-    @property
-    def tokens(self) -> int:
-        """Number of tokens seen so far, non-finite KL values included."""
-        return int(sum(chunk.size for chunk in self._kl))
-
-    def _merged(self) -> tuple[np.ndarray, np.ndarray]:
-        """Concatenate the stored chunks once, keeping a single chunk for later calls."""
-        if len(self._kl) > 1:
-            self._kl = [np.concatenate(self._kl)]
-            self._same = [np.concatenate(self._same)]
-        return self._kl[0], self._same[0]
-
-    def result(self) -> dict[str, float | int]:
-        """Summary over all tokens seen.
-
-        Keys: ``tokens`` (all tokens), ``nonfinite`` (KL values that are NaN/inf; they are
-        excluded from every KL statistic), ``mean``, ``median``, ``p90``, ``p99``, ``p99_9``,
-        ``max``, ``min`` (nats, over finite values; percentiles use numpy's default
-        ``method="linear"`` interpolation between order statistics), and ``same_top1_rate``
-        (fraction of *all* tokens whose argmax matches). Raises ValueError when no tokens
-        were seen or none of the KL values is finite.
-        """
-        if self.tokens == 0:
-            raise ValueError("CorpusKL.result(): no tokens accumulated; call update() first")
-        kl, same = self._merged()
-        finite = kl[np.isfinite(kl)]
-        nonfinite = int(kl.size - finite.size)
-        if finite.size == 0:
-            raise ValueError(f"CorpusKL.result(): all {kl.size} KL values are non-finite")
-        p50, p90, p99, p999 = np.percentile(finite, [50.0, 90.0, 99.0, 99.9], method="linear")
-        return {
-            "tokens": int(kl.size),
-            "nonfinite": nonfinite,
-            "mean": float(finite.mean()),
-            "median": float(p50),
-            "p90": float(p90),
-            "p99": float(p99),
-            "p99_9": float(p999),
-            "max": float(finite.max()),
-            "min": float(finite.min()),
-            "same_top1_rate": float(same.mean()),
-        }

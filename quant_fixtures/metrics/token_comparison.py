@@ -15,6 +15,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from quant_fixtures.metrics.divergence import weighted_log_ratio
+
 TOPK_MAX = 10
 FIELDS = ("kl_pq", "kl_qp", "p_top1", "same_top1", "topk_overlap", "logp_target", "logq_target")
 # Bound on float64 elements of one [positions, vocab] temporary, so memory does not grow with the
@@ -22,11 +24,6 @@ FIELDS = ("kl_pq", "kl_qp", "p_top1", "same_top1", "topk_overlap", "logp_target"
 # that stay in cache made the comparison ~3x faster.
 ELEMENTS_PER_SLICE = 2**24
 CPU_ELEMENTS_PER_SLICE = 2**20
-
-
-def _kl_terms(prob: torch.Tensor, log_ratio: torch.Tensor) -> torch.Tensor:
-    """sum_v prob_v * log_ratio_v, a term counting 0 where prob_v = 0."""
-    return torch.where(prob > 0, prob * log_ratio, torch.zeros_like(prob)).sum(-1).clamp_min(0.0)
 
 
 def _topk_overlap(ref_idx: torch.Tensor, cand_idx: torch.Tensor, k_max: int) -> torch.Tensor:
@@ -43,7 +40,8 @@ def _both_kl(logp: torch.Tensor, logq: torch.Tensor) -> tuple[torch.Tensor, torc
     pq = torch.exp(logp).mul_(log_ratio)
     qp = torch.exp(logq).mul_(log_ratio).neg_()
     if not (torch.isfinite(pq).all() and torch.isfinite(qp).all()):
-        return _kl_terms(torch.exp(logp), log_ratio), _kl_terms(torch.exp(logq), -log_ratio)
+        pq = weighted_log_ratio(torch.exp(logp), logp, logq)
+        qp = weighted_log_ratio(torch.exp(logq), logq, logp)
     return pq.sum(-1).clamp_min(0.0), qp.sum(-1).clamp_min(0.0)
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from quant_fixtures.metrics.divergence import (
     METRICS_VERSION,
-    CorpusKL,
     kl_exact,
     kl_topk,
     nll_of_targets,
@@ -216,55 +214,3 @@ def test_nll_of_targets_hand_case_and_range_check() -> None:
     assert nll_of_targets(cand, torch.tensor([2])).item() == pytest.approx(2 * LN2, rel=1e-12)
     with pytest.raises(ValueError):
         nll_of_targets(cand, torch.tensor([3]))
-
-
-# --- CorpusKL ----------------------------------------------------------------------------
-
-
-def test_corpus_kl_matches_numpy_over_batches() -> None:
-    values = np.random.default_rng(0).exponential(0.05, size=1001)
-    same = np.arange(1001) % 4 != 0
-    acc = CorpusKL()
-    for start in range(0, 1001, 300):
-        acc.update(torch.from_numpy(values[start:start + 300]),
-                   torch.from_numpy(same[start:start + 300]))
-    res = acc.result()
-    assert res["tokens"] == 1001 and res["nonfinite"] == 0
-    assert res["mean"] == pytest.approx(values.mean(), rel=1e-12)
-    assert res["median"] == pytest.approx(np.median(values), rel=1e-12)
-    for key, q in (("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9)):
-        assert res[key] == pytest.approx(np.percentile(values, q), rel=1e-12)
-    assert res["max"] == values.max() and res["min"] == values.min()
-    assert res["same_top1_rate"] == pytest.approx(same.mean())
-
-
-def test_corpus_kl_known_percentiles_linear() -> None:
-    acc = CorpusKL()
-    acc.update(torch.arange(11, dtype=torch.float64), torch.ones(11, dtype=torch.bool))
-    res = acc.result()
-    # linear interpolation on 0..10: the q-th percentile is q/10
-    assert res["median"] == 5.0 and res["p90"] == pytest.approx(9.0)
-    assert res["p99"] == pytest.approx(9.9) and res["p99_9"] == pytest.approx(9.99)
-    assert res["mean"] == 5.0 and res["same_top1_rate"] == 1.0
-
-
-def test_corpus_kl_nonfinite_excluded_but_counted() -> None:
-    acc = CorpusKL()
-    acc.update(torch.tensor([0.1, float("inf"), 0.3]), torch.tensor([True, False, True]))
-    acc.update(torch.tensor([[float("nan")], [0.2]]), torch.tensor([[False], [False]]))
-    res = acc.result()
-    assert res["tokens"] == 5 and res["nonfinite"] == 2
-    assert res["mean"] == pytest.approx(0.2) and res["max"] == pytest.approx(0.3)
-    assert res["same_top1_rate"] == pytest.approx(2 / 5)
-    assert acc.result() == res  # repeatable after merging chunks
-
-
-def test_corpus_kl_errors() -> None:
-    acc = CorpusKL()
-    with pytest.raises(ValueError, match="no tokens"):
-        acc.result()
-    with pytest.raises(ValueError):
-        acc.update(torch.zeros(3), torch.zeros(2, dtype=torch.bool))
-    acc.update(torch.tensor([float("nan")]), torch.tensor([True]))
-    with pytest.raises(ValueError, match="non-finite"):
-        acc.result()
