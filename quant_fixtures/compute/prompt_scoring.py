@@ -56,7 +56,7 @@ def reference_responses(model: Any, tokenizer: Any, prompts: Sequence[Prompt], k
     return prompt_ids, greedy_generate(model, tokenizer, prompt_ids, limits, gen_batch, progress, budget=budget, log=log)
 
 
-def reference_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey,
+def reference_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey,
                        prompt_ids: list[list[int]], responses: list[list[int]], score_batch: int,
                        budget: MemoryBudget | None = None, log: BatchLog | None = None) -> PromptReference:
     """The FP16 final hidden states at every response position, and the FP16 output head."""
@@ -77,7 +77,7 @@ def compute_reference(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key
                       score_batch: int) -> PromptReference:
     """Greedy FP16 responses, then the FP16 hidden states at every response position."""
     prompt_ids, responses = reference_responses(model, tokenizer, prompts, key, gen_batch)
-    return reference_logprobs(model, tokenizer, prompts, key, prompt_ids, responses, score_batch)
+    return reference_hidden_states(model, tokenizer, prompts, key, prompt_ids, responses, score_batch)
 
 
 def score_against_reference(model: Any, tokenizer: Any, reference: PromptReference, batch_size: int,

@@ -31,6 +31,7 @@ class RunInputs:
         self._corpus_tokens: dict[str, Any] = {}  # model -> Future of its corpus tokens
         self._tokens_by_tokenizer: dict[tuple[str, str], dict[str, Any]] = {}
         self._plans: dict[str, CorpusPlan] = {}
+        self._pages: list[str] | None = None
         self._pool: Any = None
 
     # -- run-wide ---------------------------------------------------------------------------------
@@ -125,10 +126,19 @@ class RunInputs:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-tokenize")
             digest, text = self.tokenizer_sha256(model), self.text()  # here: memoised once, not raced
+            if self._by_document():
+                self.pages()  # likewise
             self._corpus_tokens[model] = self._pool.submit(self._tokenized_corpus, model, digest, text)
 
-    def _kind(self) -> str:
-        return "documents-v2" if self.settings.perplexity.protocol == "lm-eval" else "joined-v2"
+    def _by_document(self) -> bool:
+        """lm-eval's protocol reads WikiText-2 as documents; the others read the joined text."""
+        return self.settings.perplexity.protocol == "lm-eval"
+
+    def pages(self) -> list[str]:
+        """The document-level pages of the split (lm-eval's protocol), rebuilt once."""
+        if self._pages is None:
+            self._pages = wikitext_pages(self.text().rows)
+        return self._pages
 
     def _tokenized_corpus(self, model: str, digest: str, text: EvalText) -> dict[str, Any]:
         """The tokens the protocol needs, once per tokenizer, cached on disk."""
@@ -136,15 +146,14 @@ class RunInputs:
 
         from quant_fixtures.store.corpus_tokens import load_corpus_tokens, save_corpus_tokens
 
-        kind = self._kind()
-        names = ("ids", "lengths") if kind.startswith("documents") else ("ids", "ends")
+        kind, names = ("documents-v2", ("ids", "lengths")) if self._by_document() else ("joined-v2", ("ids", "ends"))
         if (digest, kind) not in self._tokens_by_tokenizer:
             cache = self.settings.paths.cache_dir
             tensors, _ = load_corpus_tokens(cache, digest, text.sha256, kind, names)
             if tensors is None:  # the tokenizer was loaded (for the digest) before this job was submitted
                 tokenizer = self.tokenizer(model)
-                if kind.startswith("documents"):
-                    docs = document_tokens(tokenizer, [detokenize(p) for p in wikitext_pages(text.rows)])
+                if self._by_document():
+                    docs = document_tokens(tokenizer, [detokenize(p) for p in self.pages()])
                     tensors = {"ids": torch.tensor([t for d in docs for t in d], dtype=torch.long),
                                "lengths": torch.tensor([len(d) for d in docs], dtype=torch.long)}
                 else:
@@ -160,9 +169,9 @@ class RunInputs:
             self.prefetch_corpus(model)
             tensors, p, ctx = self._corpus_tokens[model].result(), self.settings.perplexity, self.ctx(model)
             tokenizer, text = self.tokenizer(model), self.text()
-            if p.protocol == "lm-eval":
+            if self._by_document():
                 docs = list(tensors["ids"].split(tensors["lengths"].tolist()))
-                self._plans[model] = documents_plan([d.tolist() for d in docs], wikitext_pages(text.rows),
+                self._plans[model] = documents_plan([d.tolist() for d in docs], self.pages(),
                                                     prefix_token(tokenizer), ctx, p.max_tokens)
             else:
                 self._plans[model] = joined_plan(p.protocol, tensors["ids"], tensors["ends"], text.text, ctx,

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from quant_fixtures.compute.memory import BatchLog
-from quant_fixtures.compute.prompt_scoring import (NO_SCORE, generate_responses, per_prompt_records, reference_logprobs,
+from quant_fixtures.compute.prompt_scoring import (NO_SCORE, generate_responses, per_prompt_records, reference_hidden_states,
                                                    reference_responses, score_against_reference)
 from quant_fixtures.metrics.prompt_summary import (batch_sensitivity, flip_summary, kl_method_text, kl_section,
                                                    kl_settings_text)
@@ -46,7 +46,7 @@ def fp16_prompt_stage(ctx: PassContext, model: str, loaded: LoadedModel) -> Prom
                                                         bar.update if bar else None, ctx.budget, ctx.batches)
         close_bar(bar)
         with ctx.stage("FP16 prompt reference (scoring)", "scoring"):
-            reference = reference_logprobs(loaded.model, loaded.tokenizer, prompts, key, prompt_ids, responses,
+            reference = reference_hidden_states(loaded.model, loaded.tokenizer, prompts, key, prompt_ids, responses,
                                            q.score_batch_size, ctx.budget, ctx.batches)
         with ctx.stage("FP16 prompt reference (store)", "references"):
             store.save_prompt_reference(reference)
