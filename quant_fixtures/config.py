@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,50 @@ DEFAULT_SNAPSHOT_TOLERANCES: dict[str, dict[str, float]] = {
 
 class ConfigError(ValueError):
     """The suite configuration file is missing or invalid."""
+
+
+GGUF_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")  # what the gguf package can quantize (models/gguf_quantize.py)
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """A variant a model entry lists itself: weights quantized elsewhere, compared with the entry's
+    FP16 weights. Exactly one source: ``hub_id`` (+ ``revision``) or ``path`` (a pre-quantized
+    checkpoint: GPTQ, AWQ, compressed-tensors, bitsandbytes...), ``gguf_file`` (a GGUF file of the
+    same model, dequantized by transformers), or ``gguf_type`` (the base GGUF re-quantized to that
+    type by the suite with the gguf package)."""
+
+    key: str
+    model: str
+    hub_id: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    gguf_file: str | None = None
+    gguf_type: str | None = None
+    description: str = ""
+    default: bool = True  # in the matrix when --variants is not given
+    batch_invariant: bool = True  # false for a method that quantizes activations over the batch
+    packages: tuple[str, ...] = ()  # modules transformers needs to load it (e.g. gptqmodel)
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    @property
+    def source_kind(self) -> str:
+        return next(k for k in ("hub_id", "path", "gguf_file", "gguf_type") if getattr(self, k))
+
+    @property
+    def source(self) -> str:
+        if self.hub_id:
+            return f"{self.hub_id}@{self.revision or 'main'}"
+        if self.gguf_type:
+            return f"{self.model}'s GGUF re-quantized to {self.gguf_type} (gguf package)"
+        return self.path or self.gguf_file or ""
+
+    @property
+    def method(self) -> str:
+        if self.gguf_type:
+            return f"gguf-{self.gguf_type}"
+        return "gguf" if self.gguf_file else "pre-quantized"
 
 
 @dataclass(frozen=True)
@@ -43,6 +88,7 @@ class ModelSpec:
     note: str | None = None  # printed with every report of this model (e.g. "random weights")
     gates: dict[str, dict[str, float]] = field(default_factory=dict)
     ungated: dict[str, frozenset[str]] = field(default_factory=dict)  # variant -> limits opted out
+    variants: dict[str, CheckpointSpec] = field(default_factory=dict)  # the entry's own checkpoints
 
     @property
     def source_kind(self) -> str:
@@ -83,6 +129,24 @@ class SuiteConfig:
     ungated: dict[str, frozenset[str]] = field(default_factory=dict)
     snapshot_tolerances: dict[str, dict[str, float]] = field(
         default_factory=lambda: dict(DEFAULT_SNAPSHOT_TOLERANCES))
+
+    def variant(self, model: str, key: str) -> Any:
+        """The variants.Variant ``key`` of ``model``: a registered method or the model's own checkpoint."""
+        from quant_fixtures.variants import VARIANTS, checkpoint_variant
+
+        own = self.models[model].variants.get(key)
+        return checkpoint_variant(own) if own is not None else VARIANTS[key]
+
+    def variant_keys(self, model: str | None = None) -> list[str]:
+        """Registered methods, then the models' own variants in file order (one model's, or all)."""
+        from quant_fixtures.variants import VARIANTS
+
+        specs = [self.models[model]] if model else list(self.models.values())
+        return list(dict.fromkeys([*VARIANTS, *(k for spec in specs for k in spec.variants)]))
+
+    def default_variant_keys(self, model: str) -> list[str]:
+        """What runs for ``model`` when --variants is not given."""
+        return [k for k in self.variant_keys(model) if self.variant(model, k).default]
 
     def gates_for(self, model: str, variant: str) -> dict[str, float]:
         """The limits for one (model, variant): the global ones, then the model's overrides; a
@@ -127,12 +191,14 @@ def _limit_name(where: str, name: Any) -> str:
     return spec.limit_name
 
 
-def _check_gates(where: str, table: Any) -> tuple[dict[str, dict[str, float]], dict[str, frozenset[str]]]:
+def _check_gates(where: str, table: Any, own_variants: list[str]) -> tuple[dict[str, dict[str, float]],
+                                                                         dict[str, frozenset[str]]]:
     """(limits per variant, opted-out limit names per variant) of one gates table; every key is
-    checked against the variant and metric registries, every value for type, finiteness and range."""
+    checked against the variant registry (plus ``own_variants``, those the models list) and the
+    metric registry, every value for type, finiteness and range."""
     from quant_fixtures.variants import VARIANTS
 
-    gated = [k for k, v in VARIANTS.items() if not v.is_baseline]
+    gated = [k for k, v in VARIANTS.items() if not v.is_baseline] + own_variants
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table of variants, got {table!r}")
     parsed: dict[str, dict[str, float]] = {}
@@ -190,8 +256,56 @@ def _parse_model(path: Path, key: str, table: Any) -> ModelSpec:
                               f"got {value!r}")
     if table.get("gguf_package") and not table.get("gguf_file"):
         raise ConfigError(f"{where}: gguf_package needs gguf_file")
-    gates, ungated = _check_gates(f"{where}.gates", table.get("gates", {}))
-    return ModelSpec(key=key, **{**table, "gates": gates, "ungated": ungated})
+    variants = _parse_variants(where, key, table.get("variants", {}), table)
+    gates, ungated = _check_gates(f"{where}.gates", table.get("gates", {}), list(variants))
+    return ModelSpec(key=key, **{**table, "gates": gates, "ungated": ungated, "variants": variants})
+
+
+_VARIANT_TYPES: dict[str, type] = {"hub_id": str, "revision": str, "path": str, "gguf_file": str, "gguf_type": str,
+                                   "description": str, "default": bool, "batch_invariant": bool, "packages": list,
+                                   "trust_remote_code": bool, "allow_pickle": bool}
+_VARIANT_SOURCES = ("hub_id", "path", "gguf_file", "gguf_type")
+
+
+def _parse_variants(where: str, model: str, table: Any, model_table: dict[str, Any]) -> dict[str, CheckpointSpec]:
+    """A model's own variants, each checked: a key that is not a registered method's, one source,
+    known keys of the right types, a GGUF type the suite can write from a GGUF base."""
+    from quant_fixtures.variants import VARIANTS
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}.variants: expected a table of variants, got {table!r}")
+    parsed = {}
+    for key, entry in table.items():
+        here = f"{where}.variants.{key}"
+        if key in VARIANTS:
+            raise ConfigError(f"{here}: {key!r} is a registered method's key; name the checkpoint otherwise")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", key):
+            raise ConfigError(f"{here}: a variant key is letters, digits, '_', '.', '-' (it names report files)")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{here}: expected a table")
+        unknown = set(entry) - set(_VARIANT_TYPES)
+        if unknown:
+            raise ConfigError(f"{here}: unknown keys {sorted(unknown)}; valid: {sorted(_VARIANT_TYPES)}")
+        for name, value in entry.items():
+            if not isinstance(value, _VARIANT_TYPES[name]) or (name == "packages" and not all(
+                    isinstance(p, str) for p in value)):
+                kind = {bool: "boolean", list: "list of module names", str: "string"}[_VARIANT_TYPES[name]]
+                raise ConfigError(f"{here}: {name} must be a {kind}, got {value!r}")
+        sources = [s for s in _VARIANT_SOURCES if entry.get(s)]
+        if len(sources) != 1:
+            raise ConfigError(f"{here}: give exactly one of {', '.join(_VARIANT_SOURCES)} (got {sources or 'none'})")
+        gguf_type = entry.get("gguf_type")
+        if gguf_type is not None:
+            if gguf_type not in GGUF_TYPES:
+                raise ConfigError(f"{here}: gguf_type {gguf_type!r} is not one the gguf package can write; "
+                                  f"valid: {', '.join(GGUF_TYPES)}")
+            if not model_table.get("gguf_package"):
+                raise ConfigError(f"{here}: gguf_type re-quantizes the model's own GGUF, and {model!r} is not "
+                                  "a GGUF entry (gguf_package); point gguf_file at a GGUF file instead")
+        if entry.get("revision") and not entry.get("hub_id"):
+            raise ConfigError(f"{here}: revision needs hub_id")
+        parsed[key] = CheckpointSpec(key=key, model=model, **{**entry, "packages": tuple(entry.get("packages", ()))})
+    return parsed
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
@@ -219,7 +333,8 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
     models = {key: _parse_model(path, key, table) for key, table in raw.get("models", {}).items()}
     if not models:
         raise ConfigError(f"{path}: no [models.*] tables")
-    gates, ungated = _check_gates(f"{path}: [gates]", raw.get("gates", {}))
+    own = [k for spec in models.values() for k in spec.variants]
+    gates, ungated = _check_gates(f"{path}: [gates]", raw.get("gates", {}), own)
     return SuiteConfig(
         path=path,
         defaults=Defaults(**defaults_raw),

@@ -1,4 +1,5 @@
-"""Convert a GGUF file shipped inside a Python package into a float16 Hugging Face directory.
+"""Convert a GGUF file (one shipped inside a Python package, or any file) into a float16 Hugging
+Face directory.
 
 transformers dequantizes GGUF weights on load but marks the model as quantized and refuses
 ``save_pretrained``, so the float tensors are written with safetensors directly. The result is
@@ -92,9 +93,24 @@ def _write_hf_directory(gguf_path: Path, out: Path) -> None:
 
 def convert_gguf_package(package: str, filename: str, cache_root: Path) -> ConvertedModel:
     """The converted directory for ``package/filename``, converting on first use only."""
+    return convert_gguf_file(package_file(package, filename), cache_root)
+
+
+def gguf_tensor_bytes(gguf_path: Path) -> int:
+    """Bytes of the file's tensor data as stored (quantized blocks included): what llama.cpp holds."""
+    from gguf import GGUFReader
+
+    return sum(int(t.n_bytes) for t in GGUFReader(gguf_path).tensors)
+
+
+def convert_gguf_file(gguf_path: Path, cache_root: Path) -> ConvertedModel:
+    """The converted directory for a GGUF file, converting on first use only."""
     import transformers
 
-    gguf_path = package_file(package, filename)
+    gguf_path = Path(gguf_path).expanduser()
+    if not gguf_path.is_file():
+        raise GGUFSourceError(f"{gguf_path}: GGUF file not found")
+    filename = gguf_path.name
     gguf_sha = sha256_file(gguf_path)
     source = {"gguf_sha256": gguf_sha, "gguf_file": filename, "transformers": transformers.__version__,
               "converter_version": CONVERTER_VERSION}

@@ -6,9 +6,11 @@ import gc
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from quant_fixtures.config import ModelSpec
+from quant_fixtures.models.footprint import model_footprint, quantization_state_bytes
 from quant_fixtures.models.int8_on_device import int8_quantized_on_device
 from quant_fixtures.models.placement import gpu_limits, placement
 from quant_fixtures.models.sources import ResolvedModel, weight_bytes
@@ -28,14 +30,16 @@ class LoadedModel:
     quantization_config: dict[str, Any] | None
     quant_state_bytes: int = 0  # bitsandbytes scales kept outside the parameters (not in the footprint)
     placement_note: str | None = None  # set when the model is spread over several GPUs
+    footprint_method: str = ""  # how footprint_bytes was counted (models/footprint.py)
 
 
-def upcast_unquantized(model: Any, dtype: Any) -> None:
+def upcast_unquantized(model: Any, dtype: Any, keep_4bit_compute: Any = None) -> None:
     """Cast float parameters and buffers that are not quantized storage to ``dtype``.
 
     Used on CPU after the footprint is taken: weights stay as stored (16-bit or quantized) for
     the footprint, activations run in float32 for speed and accuracy. ``model.to(dtype)`` cannot
-    be used because transformers forbids it on quantized models.
+    be used because transformers forbids it on quantized models. ``keep_4bit_compute``: a
+    bitsandbytes 4-bit compute dtype the variant asks for (nf4_bf16), kept instead of ``dtype``.
     """
     import torch
 
@@ -48,40 +52,62 @@ def upcast_unquantized(model: Any, dtype: Any) -> None:
         pass
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
-            if param.is_floating_point() and param.dtype != dtype and not isinstance(param, quantized_types):
+            # Tensor subclasses (torchao, quanto) are quantized storage whose dtype cannot change.
+            plain = type(param.data) is torch.Tensor
+            if plain and param.is_floating_point() and param.dtype != dtype and not isinstance(param, quantized_types):
                 param.data = param.data.to(dtype)
         for name, buffer in module.named_buffers(recurse=False):
             # Rotary inverse frequencies are kept in float32 by the models themselves.
             if buffer.is_floating_point() and buffer.dtype not in (dtype, torch.float32):
                 module.register_buffer(name, buffer.to(dtype), persistent=name not in module._non_persistent_buffers_set)
-        if hasattr(module, "compute_dtype") and module.compute_dtype is not None:  # bnb Linear4bit
-            module.compute_dtype = dtype
+        if hasattr(module, "W_q") and isinstance(getattr(module, "meta", None), dict):  # hqq HQQLinear
+            module.compute_dtype = module.meta["compute_dtype"] = dtype
+            for key in ("scale", "zero"):
+                if isinstance(module.meta.get(key), torch.Tensor):
+                    module.meta[key] = module.meta[key].to(dtype)
+        elif hasattr(module, "compute_dtype") and module.compute_dtype is not None:  # bnb Linear4bit
+            module.compute_dtype = keep_4bit_compute or dtype
             # On CPUs with AVX512-BF16, bitsandbytes repacks NF4 weights on the first call and then
             # computes in bfloat16 whatever compute_dtype says; keep the float32 path we report.
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
 
 
-def quantization_state_bytes(model: Any) -> int:
-    """Bytes of quantization state that ``get_memory_footprint`` does not count, because bitsandbytes
-    keeps it as attributes of the weights: LLM.int8 row scales (SCB) and the NF4 block absmax and
-    code book (with double quantization, the second-level state too)."""
-    total = 0
-    for param in model.parameters():
-        scb = getattr(param, "SCB", None)
-        if scb is not None:
-            total += scb.numel() * scb.element_size()
-        state = getattr(param, "quant_state", None)
-        while state is not None:
-            total += sum(t.numel() * t.element_size() for t in (state.absmax, state.code) if t is not None)
-            state = getattr(state, "state2", None)
-    return total
+FOOTPRINT_METHOD = ("parameters and buffers as held: tensor-subclass weights by their inner tensors, unquantized "
+                    "floating-point parameters at the 16-bit weight dtype (equals model.get_memory_footprint() "
+                    "for 16-bit and bitsandbytes models); scales kept beside the weights are quant_state_gb")
+GGUF_FOOTPRINT_METHOD = ("the GGUF file's tensor data as stored (quantized blocks, what llama.cpp holds); "
+                         "transformers runs the weights dequantized to the 16-bit dtype")
 
 
-def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, options: LoadSettings) -> LoadedModel:
-    """Load the pair on ``options.device`` ("cuda:N" or "cpu"), quantizing on load when the variant says so."""
+class VariantUnavailableError(RuntimeError):
+    """The variant's method is not installed, or does not run on this device."""
+
+
+def _applied_config(model: Any, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """Every effective setting of the quantization that ran: the config given to from_pretrained, a
+    pre-quantized checkpoint's own, or (HQQ) the settings its layers hold."""
+    qconfig = kwargs.get("quantization_config") or getattr(model.config, "quantization_config", None)
+    if qconfig is not None:
+        # use_diff=False: every effective setting, not only those that differ from the defaults
+        return json.loads(qconfig.to_json_string(use_diff=False)) if hasattr(qconfig, "to_json_string") else dict(qconfig)
+    for module in model.modules():
+        if hasattr(module, "W_q") and isinstance(getattr(module, "meta", None), dict):
+            return {"quant_method": "hqq", **{k: module.meta[k] for k in ("nbits", "group_size", "axis", "packing")}}
+    return None
+
+
+def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, options: LoadSettings,
+               tokenizer_from: Path | None = None) -> LoadedModel:
+    """Load the pair on ``options.device`` ("cuda:N" or "cpu"), quantizing on load when the variant
+    says so. ``resolved``: the variant's weights (the model's own, or its checkpoint);
+    ``tokenizer_from``: the base model's directory, whose tokenizer a checkpoint variant uses."""
     import sys
 
+    reason = variant.unavailable_reason(options.device_type)
+    if reason:
+        raise VariantUnavailableError(reason)
+    options = variant.load_settings(options)
     device = options.device
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -91,30 +117,37 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
         hf_logging.disable_progress_bar()
     start = time.perf_counter()
     kwargs = variant.load_kwargs(options)
-    where = placement(device, weight_bytes(resolved.directory, spec.allow_pickle, spec.key), variant.weight_share,
+    own = variant.source
+    allow_pickle = own.allow_pickle if own else spec.allow_pickle
+    trust_code = spec.trust_remote_code or bool(own and own.trust_remote_code)
+    where = placement(device, weight_bytes(resolved.directory, allow_pickle, spec.key), variant.weight_share,
                       gpu_limits(options.max_gpu_memory) if device.startswith("cuda") else [], options.may_spread)
     if where.max_memory is not None:
         kwargs["max_memory"] = where.max_memory
-    tokenizer = AutoTokenizer.from_pretrained(resolved.directory, trust_remote_code=spec.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or resolved.directory, trust_remote_code=trust_code)
     with int8_quantized_on_device(device):  # no host round trip per weight (models/int8_on_device.py)
         model = AutoModelForCausalLM.from_pretrained(
             resolved.directory,
-            dtype=torch_dtype(options.weight_dtype),
+            dtype=torch_dtype(variant.load_dtype(options)),
             device_map=where.device_map,
-            trust_remote_code=spec.trust_remote_code,
-            use_safetensors=None if spec.allow_pickle else True,  # never unpickle weights without the opt-in
+            trust_remote_code=trust_code,
+            use_safetensors=None if allow_pickle else True,  # never unpickle weights without the opt-in
             **kwargs,
         )
+    if variant.quantize_loaded is not None:
+        variant.quantize_loaded(model, options)
     model.eval()
-    footprint = int(model.get_memory_footprint())
+    footprint, method = model_footprint(model, torch_dtype(options.weight_dtype)), FOOTPRINT_METHOD
+    if own is not None and resolved.gguf_tensor_bytes is not None:
+        footprint, method = resolved.gguf_tensor_bytes, GGUF_FOOTPRINT_METHOD
     state_bytes = quantization_state_bytes(model)
     if options.compute_dtype != options.weight_dtype:
-        upcast_unquantized(model, torch_dtype(options.compute_dtype))
+        upcast_unquantized(model, torch_dtype(options.compute_dtype),
+                           torch_dtype(variant.bnb_4bit_compute) if variant.bnb_4bit_compute else None)
     if device.startswith("cuda"):
         import torch
 
         torch.cuda.synchronize(device)
-    qconfig = kwargs.get("quantization_config")
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -123,10 +156,10 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
         compute_dtype=options.compute_dtype,
         device=device,
         load_seconds=time.perf_counter() - start,
-        # use_diff=False: every effective setting, not only those that differ from the defaults
-        quantization_config=json.loads(qconfig.to_json_string(use_diff=False)) if qconfig is not None else None,
+        quantization_config=_applied_config(model, kwargs),
         quant_state_bytes=state_bytes,
         placement_note=where.note,
+        footprint_method=method,
     )
 
 

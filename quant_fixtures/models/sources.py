@@ -8,8 +8,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from quant_fixtures.config import ModelSpec
-from quant_fixtures.models.gguf import convert_gguf_package
+from quant_fixtures.config import CheckpointSpec, ModelSpec
+from quant_fixtures.models.gguf import convert_gguf_file, convert_gguf_package, gguf_tensor_bytes, package_file
+from quant_fixtures.models.gguf_quantize import requantized_gguf
 from quant_fixtures.store.atomic import write_text_atomic
 from quant_fixtures.store.digests import sha256_blocks
 
@@ -30,6 +31,8 @@ class ResolvedModel:
 
     directory: Path
     identity: str
+    # A GGUF variant runs dequantized; its footprint is the file's quantized tensor bytes.
+    gguf_tensor_bytes: int | None = None
 
 
 def _file_digest(path: Path, cache_dir: Path) -> str:
@@ -81,7 +84,7 @@ def directory_identity(directory: Path, cache_dir: Path, allow_pickle: bool = Fa
     return "sha256-blocks:" + summary.hexdigest()
 
 
-def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
+def _resolve_hub(spec: ModelSpec | CheckpointSpec, key: str) -> ResolvedModel:
     from huggingface_hub import snapshot_download
 
     revision = spec.revision or "main"
@@ -90,24 +93,46 @@ def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
         directory = Path(snapshot_download(spec.hub_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:  # offline, unknown repo, gated repo: all end in the same remedy
         raise ModelUnavailableError(
-            f"model {spec.key!r} ({spec.hub_id}@{revision}) is not in the local Hugging Face cache and the Hub "
+            f"{key} ({spec.hub_id}@{revision}) is not in the local Hugging Face cache and the Hub "
             f"could not serve it ({type(exc).__name__}); remedy: download it where the Hub is reachable "
             f"(`hf download {spec.hub_id} --revision {revision}`) and point HF_HOME at that cache, or set "
-            f"`path = \"/local/dir\"` for {spec.key} in quant_suite.toml"
+            f"`path = \"/local/dir\"` for it in quant_suite.toml"
         ) from None
-    weight_files(directory, spec.allow_pickle, spec.key)  # safetensors, or pickles only by opt-in
+    weight_files(directory, spec.allow_pickle, key)  # safetensors, or pickles only by opt-in
     # Snapshot directories are named by the commit hash, which pins the weights exactly.
     return ResolvedModel(directory, f"hub:{spec.hub_id}@{directory.name}")
+
+
+def _local_directory(path: str, key: str, cache_dir: Path, allow_pickle: bool) -> ResolvedModel:
+    directory = Path(path).expanduser()
+    if not (directory / "config.json").is_file():
+        raise ModelUnavailableError(f"{key}: {directory} is not a Hugging Face model directory (no config.json)")
+    return ResolvedModel(directory, directory_identity(directory, cache_dir, allow_pickle, key))
+
+
+def _gguf(gguf_path: Path, cache_dir: Path) -> ResolvedModel:
+    converted = convert_gguf_file(gguf_path, cache_dir / "gguf")
+    return ResolvedModel(converted.directory, converted.identity, gguf_tensor_bytes(gguf_path))
+
+
+def resolve_checkpoint(spec: CheckpointSpec, base: ModelSpec, cache_dir: Path) -> ResolvedModel:
+    """A local Hugging Face directory for a model's own variant, and the identity of its weights."""
+    key = f"model {base.key!r} variant {spec.key!r}"
+    if spec.hub_id:
+        return _resolve_hub(spec, key)
+    if spec.path:
+        return _local_directory(spec.path, key, cache_dir, spec.allow_pickle)
+    if spec.gguf_file:
+        return _gguf(Path(spec.gguf_file).expanduser(), cache_dir)
+    source = package_file(base.gguf_package, base.gguf_file)
+    return _gguf(requantized_gguf(source, spec.gguf_type, cache_dir / "gguf-quantized"), cache_dir)
 
 
 def resolve_model(spec: ModelSpec, cache_dir: Path) -> ResolvedModel:
     """Find (or make) a local Hugging Face directory for the spec and identify its weights."""
     if spec.source_kind == "hub":
-        return _resolve_hub(spec)
+        return _resolve_hub(spec, f"model {spec.key!r}")
     if spec.source_kind == "local":
-        directory = Path(spec.path).expanduser()
-        if not (directory / "config.json").is_file():
-            raise ModelUnavailableError(f"model {spec.key!r}: {directory} is not a Hugging Face model directory (no config.json)")
-        return ResolvedModel(directory, directory_identity(directory, cache_dir, spec.allow_pickle, spec.key))
+        return _local_directory(spec.path, f"model {spec.key!r}", cache_dir, spec.allow_pickle)
     converted = convert_gguf_package(spec.gguf_package, spec.gguf_file, cache_dir / "gguf")
     return ResolvedModel(converted.directory, converted.identity)

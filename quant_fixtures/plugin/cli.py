@@ -12,7 +12,6 @@ import pytest
 from quant_fixtures.config import DEFAULT_CONFIG_PATH, SuiteConfig
 from quant_fixtures.settings import (GatePolicy, LoadSettings, Paths, PerplexityProtocol, PromptProtocol, RunSettings,
                                      device_defaults)
-from quant_fixtures.variants import VARIANTS
 
 CONFIG_KEY = pytest.StashKey[SuiteConfig]()
 SETTINGS_KEY = pytest.StashKey[RunSettings]()
@@ -104,7 +103,7 @@ def check_options(config: pytest.Config) -> None:
 
     suite = suite_of(config)
     split_keys(config.getoption("--models"), list(suite.models), "model")
-    split_keys(config.getoption("--variants"), list(VARIANTS), "variant")
+    selected_pairs(config)  # unknown keys, and variants that belong to no selected model
     prompt_suite_options(config)
     budget = config.getoption("--ppl-max-tokens")
     if budget is not None and budget != "all" and not (budget.isdigit() and int(budget) > 0):
@@ -196,11 +195,31 @@ def prompt_suite_options(config: pytest.Config) -> tuple[Path, tuple[str, ...] |
 
 
 def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
+    """(model, variant) pairs of this run, registry order (the baseline first). Without --variants
+    each model gets its default variants; with it, each selected model that has the variant."""
     suite = suite_of(config)
     models = split_keys(config.getoption("--models"), list(suite.models), "model") or list(suite.models)
-    variants = split_keys(config.getoption("--variants"), list(VARIANTS), "variant") or list(VARIANTS)
-    variants = [v for v in VARIANTS if v in variants]  # registry order: the baseline first
-    return [(m, v) for m in models for v in variants]
+    asked = split_keys(config.getoption("--variants"), suite.variant_keys(), "variant")
+    if asked is None:
+        return [(m, v) for m in models for v in suite.default_variant_keys(m)]
+    for key in asked:
+        if not any(key in suite.variant_keys(m) for m in models):
+            owners = [m for m in suite.models if key in suite.variant_keys(m)]
+            raise pytest.UsageError(f"--variants {key}: a variant of {', '.join(owners)} only, and --models "
+                                    f"selects {', '.join(models)}")
+    return [(m, v) for m in models for v in suite.variant_keys(m) if v in asked]
+
+
+def unavailable_reason(config: pytest.Config, model: str, variant: str) -> str | None:
+    """Why a selected pair cannot run on this machine (its method's package is not installed, or it
+    needs another device): the skip reason, naming the install command. Nothing is imported."""
+    from quant_fixtures.plugin.workers import device_for
+
+    return suite_of(config).variant(model, variant).unavailable_reason(device_for(config).split(":")[0])
+
+
+def runnable_pairs(config: pytest.Config) -> list[tuple[str, str]]:
+    return [(m, v) for m, v in selected_pairs(config) if unavailable_reason(config, m, v) is None]
 
 
 def build_settings(config: pytest.Config) -> RunSettings:

@@ -9,18 +9,20 @@ from typing import Any, Iterator
 import pytest
 
 from quant_fixtures.metrics.registry import MetricSpec
-from quant_fixtures.plugin.cli import selected_pairs
+from quant_fixtures.plugin.cli import runnable_pairs
 from quant_fixtures.plugin.state import session_of
 from quant_fixtures.report.schema import EvaluationDocument
 
 def _evaluate(session: Any, pairs: list[tuple[str, str]]) -> dict[str, EvaluationDocument]:
     """{variant: document}; a pair that cannot be evaluated fails the test with one line."""
+    from quant_fixtures.models.gguf import GGUFSourceError
     from quant_fixtures.models.sources import ModelUnavailableError
+    from quant_fixtures.models.tokenizer_match import TokenizerMismatchError
     from quant_fixtures.session.orchestrator import EvaluationFailed
 
     try:
         return {v: session.evaluate(m, v) for m, v in pairs}
-    except (ModelUnavailableError, EvaluationFailed) as exc:
+    except (ModelUnavailableError, EvaluationFailed, GGUFSourceError, TokenizerMismatchError) as exc:
         message = str(exc)
     pytest.fail(message, pytrace=False)  # outside the except: one line, no chained exception
 
@@ -64,18 +66,18 @@ def gated_metric(request: pytest.FixtureRequest, quant_session: Any) -> GatedMet
 def model_documents(request: pytest.FixtureRequest, quant_session: Any) -> dict[str, EvaluationDocument]:
     """{variant: evaluation document} of one model, every selected variant (reused when this run
     already evaluated it, in this process or another xdist worker)."""
-    return _evaluate(quant_session, [(m, v) for m, v in selected_pairs(request.config) if m == request.param])
+    return _evaluate(quant_session, [(m, v) for m, v in runnable_pairs(request.config) if m == request.param])
 
 
 @pytest.fixture(scope="session")
 def bench_model(request: pytest.FixtureRequest, quant_session: Any) -> Iterator[tuple[str, str, Any]]:
     """One (model, variant) loaded for the whole session; pytest releases it before the next."""
     from quant_fixtures.models.loading import load_model, release
-    from quant_fixtures.variants import VARIANTS
 
     model, variant = request.param
     settings = quant_session.settings
-    loaded = load_model(quant_session.config.models[model], quant_session.inputs.resolved(model), VARIANTS[variant],
+    var = quant_session.config.variant(model, variant)
+    loaded = load_model(quant_session.config.models[model], quant_session.inputs.weights(model, var), var,
                         settings.load)
     yield model, variant, loaded
     release(loaded)

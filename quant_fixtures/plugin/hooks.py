@@ -14,9 +14,10 @@ from quant_fixtures.config import ConfigError, load_config
 from quant_fixtures.inputs.wikitext import SOURCES
 from quant_fixtures.plugin.cli import (CONFIG_KEY, SHIPPED, check_options, check_rootdir_not_taken_from_an_option,
                                        output_dirs, selected_pairs, settings_of, suite_config_path, suite_of,
+                                       unavailable_reason,
                                        terminate_as_interrupt)
 from quant_fixtures.plugin.state import preflight_models
-from quant_fixtures.variants import DTYPE_NAMES, VARIANTS
+from quant_fixtures.variants import DEFAULT_VARIANTS, DTYPE_NAMES, VARIANTS
 
 REPORT_KEY = pytest.StashKey[Path]()
 GATE_MODES = ("enforce", "report")
@@ -29,7 +30,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help=f"suite TOML, or '{SHIPPED}' for the one shipped with quant_fixtures (default: quant_suite.toml "
                      "in the rootdir; with neither, the plugin stays inactive)")
     g.addoption("--models", default=None, help="comma-separated model keys (default: every configured model)")
-    g.addoption("--variants", default=None, help=f"comma-separated variants (default: {','.join(VARIANTS)})")
+    g.addoption("--variants", default=None, help=f"comma-separated variants: registered methods ({','.join(VARIANTS)}) or a model's own "
+                     f"[models.KEY.variants] (default: {','.join(DEFAULT_VARIANTS)} and the models' own)")
     g.addoption("--ctx", type=int, default=None, help="perplexity window in tokens (default from config: 2048)")
     g.addoption("--ppl-max-tokens", default=None,
                 help="token budget of the perplexity pass: an integer or 'all' (default: all on CUDA, "
@@ -113,6 +115,9 @@ def _pair_marks(config: pytest.Config, model: str, variant: str) -> list[Any]:
     marks = [pytest.mark.xdist_group(f"{model}-{variant}")]
     if suite_of(config).models[model].requires_gpu:
         marks.append(pytest.mark.gpu)
+    reason = unavailable_reason(config, model, variant)
+    if reason:
+        marks.append(pytest.mark.skip(reason=reason))
     return marks
 
 
@@ -133,7 +138,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     wanted = metafunc.definition.get_closest_marker("quant_variants")
     if wanted is not None:
         pairs = [(m, v) for m, v in pairs if v in wanted.args]
-    quantized = [(m, v) for m, v in pairs if not VARIANTS[v].is_baseline]
+    quantized = [(m, v) for m, v in pairs if not suite_of(config).variant(m, v).is_baseline]
     if "model_documents" in names:
         models = list(dict.fromkeys(m for m, _ in pairs))
         metafunc.parametrize("model_documents", [

@@ -50,10 +50,10 @@ class XdistHooks:
             return None
         from quant_fixtures.plugin.cli import CONFIG_KEY
         from quant_fixtures.plugin.scheduling import PairAwareScheduling, pair_of_group
-        from quant_fixtures.variants import BASELINE_VARIANT, VARIANTS
+        from quant_fixtures.variants import BASELINE_VARIANT
 
         suite = config.stash[CONFIG_KEY]
-        models, variants = list(suite.models), list(VARIANTS)
+        models, variants = list(suite.models), suite.variant_keys()
         sizes = {m: local_weight_bytes(suite.models[m]) for m in models}
 
         def pair(group: str) -> Any:

@@ -49,6 +49,7 @@ class Measurements:
     batching: Batching
     environment: dict[str, Any]
     keys: dict[str, str | None]  # digests of the FP16 references compared against
+    variant_identity: str | None = None  # a model's own variant: the identity of its weights
 
 
 def protocol_text(method: str, ctx: int, stride: int | None) -> str:
@@ -106,7 +107,9 @@ def evaluation_document(m: Measurements, protocol: PerplexityProtocol, policy: G
         model=ModelInfo(key=m.model, source=m.source, weights_identity=m.weights_identity, note=m.note),
         variant=VariantInfo(key=m.variant.key, method=m.variant.method, description=m.variant.description,
                             quantization_config=m.loaded.quantization_config, weight_dtype=m.loaded.weight_dtype,
-                            compute_dtype=m.loaded.compute_dtype),
+                            compute_dtype=m.loaded.compute_dtype,
+                            source=m.variant.source.source if m.variant.source else None,
+                            weights_identity=m.variant_identity),
         environment=m.environment, reference_keys=m.keys, batching=m.batching,
         perplexity=Perplexity(
             ppl=s.ppl, fp16_ppl=b.ppl, delta_ppl_pct=delta, delta_ppl_pct_ci95=delta_ci, tokens=s.tokens,
@@ -121,7 +124,8 @@ def evaluation_document(m: Measurements, protocol: PerplexityProtocol, policy: G
         memory=Memory(footprint_gb=footprint, fp16_footprint_gb=fp16_footprint,
                       reduction_pct=100.0 * (1.0 - footprint / fp16_footprint),
                       compression_ratio=fp16_footprint / footprint, peak_gb=m.peak_gb, quant_state_gb=quant_state_gb,
-                      resident_gb=footprint + quant_state_gb, footprint_method=FOOTPRINT_METHOD),
+                      resident_gb=footprint + quant_state_gb,
+                      footprint_method=f"footprint_gb: {m.loaded.footprint_method}; {FOOTPRINT_METHOD}"),
         timing=Timing(load_s=m.loaded.load_seconds, ppl_s=s.seconds,
                       ppl_tokens_per_s=s.tokens / s.seconds if s.seconds else None, prompts_s=m.prompt_seconds),
         kl_divergence=from_json_object(PromptKL, m.kl, "kl_divergence") if m.kl is not None else None,
@@ -136,7 +140,7 @@ def evaluation_document(m: Measurements, protocol: PerplexityProtocol, policy: G
     return document
 
 
-FOOTPRINT_METHOD = ("model.get_memory_footprint() as loaded (16-bit or quantized storage), before any CPU upcast; "
-                    "it leaves out bitsandbytes' scales (int8 row scales, NF4 block absmax), given as quant_state_gb, "
-                    "and resident_gb = footprint + quant state; reduction and ratio use footprint_gb; peak_gb: "
-                    "torch.cuda.max_memory_allocated during the perplexity pass (CUDA only)")
+FOOTPRINT_METHOD = ("quant_state_gb: scales kept beside the weights (bitsandbytes int8 row scales and NF4/FP4 "
+                    "block absmax, HQQ scales and zeros), resident_gb = footprint + quant state; reduction and "
+                    "ratio use footprint_gb; peak_gb: torch.cuda.max_memory_allocated over the pair's whole "
+                    "evaluation (CUDA only)")

@@ -24,7 +24,7 @@ from quant_fixtures.store.atomic import write_json_atomic
 # 2: batching records what memory allowed, timing has the stage table
 # 3: exact KL from FP16 hidden states everywhere; corpus_kl gains reverse KL, top-K agreement, KL by
 #    FP16 confidence and llama.cpp's --kl-divergence tables
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 OMIT_IF_NONE = {"omit_if_none": True}  # field metadata: left out of the JSON when None
 T = TypeVar("T")
 
@@ -49,6 +49,9 @@ class VariantInfo:
     quantization_config: dict[str, Any] | None
     weight_dtype: str
     compute_dtype: str
+    # A model's own variant (pre-quantized checkpoint, GGUF file): where its weights came from.
+    source: str | None = None
+    weights_identity: str | None = None
 
 
 @dataclass

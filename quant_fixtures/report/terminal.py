@@ -29,8 +29,9 @@ def _cell(doc: EvaluationDocument, spec: MetricSpec) -> str:
 def summary_lines(documents: dict[str, dict[str, EvaluationDocument]]) -> list[str]:
     """Lines of the harm table for {model: {variant: evaluation document}}."""
     lines: list[str] = []
-    header = f"{'variant':<8} " + " ".join(f"{m.label:>{m.width}}" for m in TABLE_METRICS) + "  gates"
     for model, variants in documents.items():
+        width = max(8, *(len(v) for v in variants))
+        header = f"{'variant':<{width}} " + " ".join(f"{m.label:>{m.width}}" for m in TABLE_METRICS) + "  gates"
         first = next(iter(variants.values()))
         p, note = first.perplexity, first.model.note
         units = f", {p.fp16_bits_per_byte:.4f} bits/byte" if p.fp16_bits_per_byte is not None else ""
@@ -38,6 +39,6 @@ def summary_lines(documents: dict[str, dict[str, EvaluationDocument]]) -> list[s
                   f"{model}  (FP16 PPL {p.fp16_ppl:.4f}{units}; {p.method} protocol, {p.tokens} tokens in "
                   f"{p.windows} windows of {p.ctx})", header]
         for variant, doc in variants.items():
-            lines.append(f"{variant:<8} " + " ".join(_cell(doc, m) for m in TABLE_METRICS) + f"  {verdict(doc)}")
+            lines.append(f"{variant:<{width}} " + " ".join(_cell(doc, m) for m in TABLE_METRICS) + f"  {verdict(doc)}")
         lines += [f"{variant}: {w}" for variant, doc in variants.items() for w in noise_floor_warnings(doc)]
     return lines

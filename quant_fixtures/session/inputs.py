@@ -13,7 +13,8 @@ from quant_fixtures.inputs.corpus_protocols import (LLAMA_CPP_DEFAULT_CTX, Corpu
                                                     prefix_token)
 from quant_fixtures.inputs.wikitext import EvalText, load_wikitext2_test
 from quant_fixtures.inputs.wikitext_documents import detokenize, wikitext_pages
-from quant_fixtures.models.sources import ResolvedModel, resolve_model
+from quant_fixtures.models.sources import ResolvedModel, resolve_checkpoint, resolve_model
+from quant_fixtures.models.tokenizer_match import check_same_tokenizer
 from quant_fixtures.settings import RunSettings
 
 
@@ -25,6 +26,7 @@ class RunInputs:
         self._prompts_sha256: str | None = None
         self._environment: dict[str, Any] | None = None
         self._resolved: dict[str, ResolvedModel] = {}
+        self._checkpoints: dict[tuple[str, str], ResolvedModel] = {}  # (model, variant) -> its own weights
         self._configs: dict[str, Any] = {}
         self._tokenizers: dict[str, Any] = {}
         self._tokenizer_ids: dict[str, str] = {}
@@ -75,6 +77,19 @@ class RunInputs:
         if model not in self._resolved:
             self._resolved[model] = resolve_model(self.config.models[model], self.settings.paths.cache_dir)
         return self._resolved[model]
+
+    def weights(self, model: str, variant: Any) -> ResolvedModel:
+        """Where a variant's weights come from: the model's own (a registered method quantizes them
+        on load), or the variant's own checkpoint, checked once to read the base's token ids."""
+        if variant.source is None:
+            return self.resolved(model)
+        if (model, variant.key) not in self._checkpoints:
+            spec = self.config.models[model]
+            resolved = resolve_checkpoint(variant.source, spec, self.settings.paths.cache_dir)
+            check_same_tokenizer(self._directory(model), resolved.directory, f"model {model!r} variant {variant.key!r}",
+                                 spec.trust_remote_code or variant.source.trust_remote_code)
+            self._checkpoints[model, variant.key] = resolved
+        return self._checkpoints[model, variant.key]
 
     def _directory(self, model: str) -> Any:
         """The model's directory. A local one is not resolved for it: resolving hashes every weight

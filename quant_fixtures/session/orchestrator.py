@@ -28,7 +28,7 @@ from quant_fixtures.session.references import References, ReferenceStore
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.atomic import file_lock
 from quant_fixtures.store.baseline import StaleBaselineError
-from quant_fixtures.variants import BASELINE_VARIANT, VARIANTS
+from quant_fixtures.variants import BASELINE_VARIANT
 
 log = logging.getLogger("quant_fixtures")
 
@@ -72,7 +72,7 @@ class EvaluationSession:
             return done
         if (model, variant) in self._failed:
             raise EvaluationFailed(self._failed[model, variant])
-        if VARIANTS[variant].is_baseline:  # one FP16 pass per model and run, under the references' lock
+        if self.config.variant(model, variant).is_baseline:  # one FP16 pass per model and run, under the references' lock
             with self.references.lock(model):  # (a variant's worker may have run it first, for its references)
                 return self._from_other_worker(model, variant) or self._evaluate_here(model, variant)
         # One worker evaluates a quantized pair; another that needs it (a whole-model test) waits
@@ -129,7 +129,7 @@ class EvaluationSession:
         return refs
 
     def _evaluate(self, ctx: PassContext, model: str, variant: str) -> EvaluationDocument:
-        spec, var = self.config.models[model], VARIANTS[variant]
+        spec, var = self.config.models[model], self.config.variant(model, variant)
         refs = None
         if not var.is_baseline:
             with ctx.stage("FP16 references", "references"):  # may run the FP16 pass first (timed apart)
@@ -141,7 +141,8 @@ class EvaluationSession:
         with self.references.lock(model) if var.is_baseline else nullcontext():
             self.budget.start_peak()
             with ctx.stage("load", "load"):
-                loaded = load_model(spec, self.inputs.resolved(model), var, self.settings.load)
+                loaded = load_model(spec, self.inputs.weights(model, var), var, self.settings.load,
+                                    tokenizer_from=self.inputs.resolved(model).directory if var.source else None)
             try:
                 measured = (fp16_pass(ctx, model, var, loaded) if refs is None
                             else variant_pass(ctx, model, var, loaded, refs))

@@ -87,7 +87,8 @@ def _measurements(ctx: PassContext, model: str, var: Variant, loaded: LoadedMode
         dataset_sha256=inputs.text().sha256,
         corpus_kl=corpus_kl, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=prompt_seconds,
         batching=batching_used(ctx, batching), environment=inputs.environment(),
-        keys=ctx.references.keys_of(model, baseline))
+        keys=ctx.references.keys_of(model, baseline),
+        variant_identity=inputs.weights(model, var).identity if var.source else None)
 
 
 def _timed(run: Any) -> tuple[Any, float]:

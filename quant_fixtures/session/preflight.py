@@ -54,10 +54,8 @@ def check_budgets(ctx: int, ppl_max_tokens: int | None, stride: int | None, mode
 
 def check_limits(suite: Any, pairs: Iterable[tuple[str, str]]) -> None:
     """Every selected quantized (model, variant) has each limit configured or explicitly opted out."""
-    from quant_fixtures.variants import VARIANTS
-
     for model, variant in pairs:
-        if VARIANTS[variant].is_baseline:
+        if suite.variant(model, variant).is_baseline:
             continue
         message = suite.missing_limits_message(model, variant)
         if message:
@@ -67,9 +65,12 @@ def check_limits(suite: Any, pairs: Iterable[tuple[str, str]]) -> None:
 def check_models(session: Any, models: Iterable[str]) -> None:
     """What needs each model's config or stored references, before any model loads: the budgets
     against the model's window, the top-k against the vocabulary, and with --frozen-baselines, that
-    every FP16 reference is stored. A model that cannot be resolved (offline Hub) is left to its
-    tests, which name the remedy."""
+    every FP16 reference is stored; each selected variant of the model's own (a checkpoint, a GGUF
+    file) is resolved and its tokenizer checked against the base's. A model or checkpoint that
+    cannot be resolved (offline Hub) is left to its tests, which name the remedy."""
+    from quant_fixtures.models.gguf import GGUFSourceError
     from quant_fixtures.models.sources import ModelUnavailableError
+    from quant_fixtures.models.tokenizer_match import TokenizerMismatchError
 
     s = session.settings
     for model in models:
@@ -87,3 +88,10 @@ def check_models(session: Any, models: Iterable[str]) -> None:
             refs, reason = session.references.load(model)
             if refs is None:
                 raise PreflightError(f"--frozen-baselines: {model}: {reason}")
+        for key in [k for k in s.variants if k in session.config.models[model].variants]:
+            try:
+                session.inputs.weights(model, session.config.variant(model, key))
+            except ModelUnavailableError:
+                continue
+            except (GGUFSourceError, TokenizerMismatchError) as exc:
+                raise PreflightError(str(exc)) from None

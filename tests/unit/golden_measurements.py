@@ -81,7 +81,7 @@ def _measurements(variant: str, nll: list[float], footprint: int, records: list[
     qconfig = None if var.is_baseline else {"quant_method": "bitsandbytes", f"load_in_{variant}": True}
     loaded = SimpleNamespace(footprint_bytes=footprint, quantization_config=qconfig, weight_dtype="float16",
                              compute_dtype="float32", quant_state_bytes=0 if var.is_baseline else 1_250_000,
-                             load_seconds=1.5)
+                             load_seconds=1.5, footprint_method="parameters and buffers as held")
     kl = flips = corpus = None
     if records is not None:
         kl = _kl(records, "FP16 against itself" if var.is_baseline else variant)
