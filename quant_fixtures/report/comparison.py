@@ -33,15 +33,21 @@ def _documents(results_dir: Path) -> list[EvaluationDocument]:
     return docs
 
 
-def _by_model(docs: list[EvaluationDocument]) -> dict[str, Documents]:
-    """{model: {variant: document}}, variants in registry order."""
+def variant_order(key: str) -> tuple[int, str]:
+    """Sort key of variants in reports: registry order (the baseline first), then a model's own
+    variants by name (a merge of CI jobs has no config to take another order from)."""
     from quant_fixtures.variants import VARIANTS
 
+    order = list(VARIANTS)
+    return (order.index(key), "") if key in order else (len(order), key)
+
+
+def _by_model(docs: list[EvaluationDocument]) -> dict[str, Documents]:
+    """{model: {variant: document}}, variants in :func:`variant_order`."""
     found: dict[str, Documents] = {}
     for doc in docs:
         found.setdefault(doc.model.key, {})[doc.variant.key] = doc
-    order = {k: i for i, k in enumerate(VARIANTS)}
-    return {m: dict(sorted(v.items(), key=lambda kv: order.get(kv[0], len(order)))) for m, v in found.items()}
+    return {m: dict(sorted(v.items(), key=lambda kv: variant_order(kv[0]))) for m, v in found.items()}
 
 
 def collect_run_documents(results_dir: Path, run_id: str) -> dict[str, Documents]:

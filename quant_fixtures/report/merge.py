@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quant_fixtures.report.comparison import comparison_document, comparison_path, evaluation_path
+from quant_fixtures.report.comparison import comparison_document, comparison_path, evaluation_path, variant_order
 from quant_fixtures.report.schema import EvaluationDocument, SchemaError, read_document, write_document
 
 
@@ -42,9 +42,7 @@ def read_results(directory: Path) -> list[tuple[Path, EvaluationDocument]]:
 
 
 def merge_documents(directories: list[Path]) -> dict[str, dict[str, EvaluationDocument]]:
-    """{model: {variant: document}} over all directories, variants in registry order."""
-    from quant_fixtures.variants import VARIANTS
-
+    """{model: {variant: document}} over all directories, variants in report order."""
     merged: dict[str, dict[str, tuple[Path, EvaluationDocument]]] = {}
     for directory in directories:
         for path, doc in read_results(directory):
@@ -57,8 +55,7 @@ def merge_documents(directories: list[Path]) -> dict[str, dict[str, EvaluationDo
                         "the same settings on the same kind of machine")
                 break
             model.setdefault(doc.variant.key, (path, doc))  # a repeated pair (FP16 in every job): first kept
-    order = {k: i for i, k in enumerate(VARIANTS)}
-    return {m: {v: pair[1] for v, pair in sorted(variants.items(), key=lambda kv: order.get(kv[0], len(order)))}
+    return {m: {v: pair[1] for v, pair in sorted(variants.items(), key=lambda kv: variant_order(kv[0]))}
             for m, variants in merged.items()}
 
 

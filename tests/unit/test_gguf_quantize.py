@@ -1,0 +1,69 @@
+"""The GGUF types the suite writes, checked against plain transcriptions of llama.cpp's reference
+quantizers (ggml-quants.c, quantize_row_q8_0_ref and quantize_row_q4_0_ref), and which tensors
+the writer quantizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from quant_fixtures.models.gguf_quantize import quantized_tensor  # noqa: E402
+
+BLOCK = 32
+
+
+def plain_q8_0(values: np.ndarray) -> np.ndarray:
+    """Per block of 32: d = max|x| / 127 stored as float16, q = round-half-away(x / d); x' = q * d."""
+    out = np.empty_like(values, dtype=np.float32)
+    for row in range(values.shape[0]):
+        for start in range(0, values.shape[1], BLOCK):
+            x = values[row, start:start + BLOCK].astype(np.float32)
+            d = np.float32(np.abs(x).max() / np.float32(127))
+            inv = np.float32(1) / d if d else np.float32(0)
+            q = np.sign(x * inv) * np.floor(np.abs(x * inv) + np.float32(0.5))
+            out[row, start:start + BLOCK] = q * np.float32(np.float16(d))
+    return out
+
+
+def plain_q4_0(values: np.ndarray) -> np.ndarray:
+    """Per block of 32: m = the value of largest magnitude, d = m / -8 stored as float16,
+    q = min(15, trunc(x / d + 8.5)); x' = (q - 8) * d."""
+    out = np.empty_like(values, dtype=np.float32)
+    for row in range(values.shape[0]):
+        for start in range(0, values.shape[1], BLOCK):
+            x = values[row, start:start + BLOCK].astype(np.float32)
+            m = x[np.argmax(np.abs(x))]
+            d = np.float32(m / np.float32(-8))
+            inv = np.float32(1) / d if d else np.float32(0)
+            q = np.minimum(np.float32(15), np.trunc(x * inv + np.float32(8.5)))
+            out[row, start:start + BLOCK] = (q - 8) * np.float32(np.float16(d))
+    return out
+
+
+@pytest.mark.parametrize("name, plain", [("Q8_0", plain_q8_0), ("Q4_0", plain_q4_0)])
+def test_quantized_values_match_llama_cpp_reference(name, plain):
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal((6, 128)) * rng.uniform(0.01, 3, (6, 1))).astype(np.float16).astype(np.float32)
+    values[2, :32] = 0.0  # an all-zero block: scale 0, values 0
+    qtype = gguf.GGMLQuantizationType[name]
+    data, kind = quantized_tensor(values, qtype)
+    assert kind == qtype
+    assert data.dtype == np.uint8 and data.shape == (6, 128 // BLOCK * gguf.GGML_QUANT_SIZES[qtype][1])
+    restored = gguf.quants.dequantize(data, qtype)
+    expected = plain(values)
+    step = np.abs(values).max() / (127 if name == "Q8_0" else 8)
+    assert np.abs(restored - expected).max() <= step  # a rounding tie may land one step apart
+    assert (restored == expected).mean() > 0.99
+    assert np.all(restored[2, :32] == 0)
+
+
+def test_which_tensors_are_quantized():
+    qtype = gguf.GGMLQuantizationType.Q8_0
+    norm, kind = quantized_tensor(np.ones(64, dtype=np.float32), qtype)
+    assert kind == gguf.GGMLQuantizationType.F32 and norm.dtype == np.float32  # 1-D stays float32
+    odd, kind = quantized_tensor(np.ones((4, 48), dtype=np.float32), qtype)
+    assert kind == gguf.GGMLQuantizationType.F16 and odd.dtype == np.float16  # rows not whole blocks
+    rounded, _ = quantized_tensor(np.array([1 + 2 ** -12], dtype=np.float32), qtype)
+    assert rounded[0] == 1.0  # values are first rounded to float16, the FP16 reference's precision
