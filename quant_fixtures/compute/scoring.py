@@ -84,7 +84,7 @@ def check_output_head(model: Any, vocab_probe: int = 8) -> None:
         raise RuntimeError(
             f"{type(model).__name__}: logits from decoder + output head differ from the model's "
             f"forward (max abs diff {(full - ours).abs().max().item():.3g}); this architecture "
-            "needs its own head in quant_fixtures/evaluation.py"
+            "needs its own head in quant_fixtures/compute/scoring.py (output_logits)"
         )
 
 

