@@ -15,7 +15,9 @@ adds to ``batching`` what was asked for, the memory limit, the notes on what mem
 generation ran, and to ``timing`` the stage table. Schema version 3 (issue 10): KL is exact everywhere
 (no per-record basis), records carry the reverse KL, and ``corpus_kl`` is built by the suite's own
 corpus_comparison from fixed per-position values (reverse KL, top-K agreement, KL by FP16
-confidence, llama.cpp's tables).
+confidence, llama.cpp's tables). Schema version 4 (issue 11): ``variant`` gains ``source`` and
+``weights_identity`` (null for registered methods), and ``memory.footprint_method`` describes the one
+footprint rule every method is counted by.
 """
 
 from __future__ import annotations
