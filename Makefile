@@ -32,7 +32,11 @@ eval: install
 # then the benchmarks with a tiny budget (timings are printed, never asserted). The committed
 # snapshot was recorded with the CPU's default batch sizes (1 window, 32 prompts per generation
 # batch); CI runs other ones, so every green run also shows the verdict does not hang on them.
-TEST_ARGS ?= --ppl-max-tokens 4096 --max-new-tokens 16 --batch-size 2 --gen-batch-size 48
+# The harm run reads 2 windows of 1,024 tokens and the 32 prompts of four categories (16 with a
+# checkable answer); make eval reads more (README).
+CI_BUDGET ?= --ctx 1024 --ppl-max-tokens 2048 --max-new-tokens 16 \
+	--categories question_answering,mathematical_reasoning,code_generation,text_summarization
+TEST_ARGS ?= $(CI_BUDGET) --batch-size 2 --gen-batch-size 48
 test: install
 	$(PYTEST) tests -q $(TEST_ARGS)
 	$(PYTEST) benchmarks -q --bench-rounds 1 --benchmark-json=results/benchmarks.json

@@ -189,7 +189,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("quanto_int8", "optimum-quanto", "optimum-quanto int8 linear weights (per-row scale); "
                 "activations stay 16-bit", _quanto("int8"), weight_share=0.64, **_QUANTO),
         Variant("quanto_int4", "optimum-quanto", "optimum-quanto int4 linear weights, groups of 128 (fewer "
-                "where 128 does not divide a row) with scale and shift; bfloat16 activations", _quanto("int4"), weight_share=0.46,
+                "where 128 does not divide a row) with scale and shift; bfloat16 activations", _quanto("int4"),
+                weight_share=0.46,
                 # Its float16 CUDA kernel gave NaN on the full-size seed architectures (H200): bfloat16.
                 # CUDA only: quanto 0.2.7's CPU int4 fallback fails under torch.inference_mode
                 # ("Cannot set version_counter for inference tensor").

@@ -14,8 +14,7 @@ from quant_fixtures.config import ConfigError, load_config
 from quant_fixtures.inputs.wikitext import SOURCES
 from quant_fixtures.plugin.cli import (CONFIG_KEY, SHIPPED, check_options, check_rootdir_not_taken_from_an_option,
                                        output_dirs, selected_pairs, settings_of, suite_config_path, suite_of,
-                                       unavailable_reason,
-                                       terminate_as_interrupt)
+                                       terminate_as_interrupt, unavailable_reason)
 from quant_fixtures.plugin.state import preflight_models
 from quant_fixtures.variants import DEFAULT_VARIANTS, DTYPE_NAMES, VARIANTS
 
@@ -30,7 +29,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help=f"suite TOML, or '{SHIPPED}' for the one shipped with quant_fixtures (default: quant_suite.toml "
                      "in the rootdir; with neither, the plugin stays inactive)")
     g.addoption("--models", default=None, help="comma-separated model keys (default: every configured model)")
-    g.addoption("--variants", default=None, help=f"comma-separated variants: registered methods ({','.join(VARIANTS)}) or a model's own "
+    g.addoption("--variants", default=None,
+                help=f"comma-separated variants: registered methods ({','.join(VARIANTS)}) or a model's own "
                      f"[models.KEY.variants] (default: {','.join(DEFAULT_VARIANTS)} and the models' own)")
     g.addoption("--ctx", type=int, default=None, help="perplexity window in tokens (default from config: 2048)")
     g.addoption("--ppl-max-tokens", default=None,
