@@ -127,8 +127,10 @@ def test_the_committed_snapshot_catches_a_real_change(path):
     swapped["variants"]["int8"].update(nf4)
     lines = snapshot_differences(swapped, old, tolerances)
     moved = {line.split(":")[0] for line in lines}
+    # (Flip counts are compared with a binomial test: at the CI budget's 16 checkable prompts INT8's
+    # 2 and NF4's 1 are rightly not told apart, so flips are not required to move here.)
     assert {"variants.int8.ppl", "variants.int8.delta_ppl_pct", "variants.int8.kl_mean",
-            "variants.int8.top1_agreement", "variants.int8.footprint_gb", "variants.int8.flips"} <= moved, lines
+            "variants.int8.top1_agreement", "variants.int8.footprint_gb"} <= moved, lines
 
 
 def test_settings_tag_carries_what_selects_the_content(tmp_path):
