@@ -28,7 +28,7 @@ class LoadedModel:
     device: str
     load_seconds: float
     quantization_config: dict[str, Any] | None
-    quant_state_bytes: int = 0  # bitsandbytes scales kept outside the parameters (not in the footprint)
+    quant_state_bytes: int = 0  # scales kept outside parameters and buffers (bitsandbytes, HQQ): not in the footprint
     placement_note: str | None = None  # set when the model is spread over several GPUs
     footprint_method: str = ""  # how footprint_bytes was counted (models/footprint.py)
 
@@ -90,7 +90,9 @@ def _applied_config(model: Any, kwargs: dict[str, Any]) -> dict[str, Any] | None
     qconfig = kwargs.get("quantization_config") or getattr(model.config, "quantization_config", None)
     if qconfig is not None:
         # use_diff=False: every effective setting, not only those that differ from the defaults
-        return json.loads(qconfig.to_json_string(use_diff=False)) if hasattr(qconfig, "to_json_string") else dict(qconfig)
+        if hasattr(qconfig, "to_json_string"):
+            return json.loads(qconfig.to_json_string(use_diff=False))
+        return dict(qconfig)
     for module in model.modules():
         if hasattr(module, "W_q") and isinstance(getattr(module, "meta", None), dict):
             return {"quant_method": "hqq", **{k: module.meta[k] for k in ("nbits", "group_size", "axis", "packing")}}

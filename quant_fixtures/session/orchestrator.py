@@ -72,7 +72,7 @@ class EvaluationSession:
             return done
         if (model, variant) in self._failed:
             raise EvaluationFailed(self._failed[model, variant])
-        if self.config.variant(model, variant).is_baseline:  # one FP16 pass per model and run, under the references' lock
+        if self.config.variant(model, variant).is_baseline:  # one FP16 pass per model and run, under its lock
             with self.references.lock(model):  # (a variant's worker may have run it first, for its references)
                 return self._from_other_worker(model, variant) or self._evaluate_here(model, variant)
         # One worker evaluates a quantized pair; another that needs it (a whole-model test) waits
