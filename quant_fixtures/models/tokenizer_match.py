@@ -31,9 +31,11 @@ def tokenizer_differences(base: Any, other: Any) -> list[str]:
     return problems
 
 
-def check_same_tokenizer(base_dir: Path, variant_dir: Path, what: str, trust_remote_code: bool = False) -> None:
+def check_same_tokenizer(base: Any, base_vocab_size: int | None, variant_dir: Path, what: str,
+                         trust_remote_code: bool = False) -> None:
     """Raise TokenizerMismatchError naming ``what`` unless the variant's tokenizer maps text to the
-    base's ids and its output layer has the base's vocabulary size."""
+    base's ids (``base``: the base model's tokenizer, already loaded) and its output layer has the
+    base's vocabulary size."""
     from transformers import AutoConfig, AutoTokenizer
 
     try:
@@ -42,12 +44,11 @@ def check_same_tokenizer(base_dir: Path, variant_dir: Path, what: str, trust_rem
         raise TokenizerMismatchError(f"{what}: no tokenizer could be read from {variant_dir} ({exc}); its ids "
                                      "cannot be checked against the base's: add the tokenizer files the "
                                      "checkpoint was quantized with") from None
-    base = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=trust_remote_code)
     problems = tokenizer_differences(base, other)
-    sizes = [getattr(AutoConfig.from_pretrained(d, trust_remote_code=trust_remote_code).get_text_config(),
-                     "vocab_size", None) for d in (base_dir, variant_dir)]
-    if sizes[0] != sizes[1]:
-        problems.append(f"an output layer of {sizes[1]} logits against the base's {sizes[0]}")
+    config = AutoConfig.from_pretrained(variant_dir, trust_remote_code=trust_remote_code).get_text_config()
+    size = getattr(config, "vocab_size", None)
+    if size != base_vocab_size:
+        problems.append(f"an output layer of {size} logits against the base's {base_vocab_size}")
     if problems:
         raise TokenizerMismatchError(f"{what}: its tokenizer does not match the base model's ({'; '.join(problems)}); "
                                      "a variant must be the same model with the same vocabulary and ids")

@@ -86,7 +86,9 @@ class RunInputs:
         if (model, variant.key) not in self._checkpoints:
             spec = self.config.models[model]
             resolved = resolve_checkpoint(variant.source, spec, self.settings.paths.cache_dir)
-            check_same_tokenizer(self._directory(model), resolved.directory, f"model {model!r} variant {variant.key!r}",
+            base_size = getattr(self.model_config(model).get_text_config(), "vocab_size", None)
+            check_same_tokenizer(self.tokenizer(model), base_size, resolved.directory,
+                                 f"model {model!r} variant {variant.key!r}",
                                  spec.trust_remote_code or variant.source.trust_remote_code)
             self._checkpoints[model, variant.key] = resolved
         return self._checkpoints[model, variant.key]
