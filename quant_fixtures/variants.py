@@ -40,8 +40,9 @@ class Variant:
     description: str
     load_kwargs: Callable[[LoadSettings], dict[str, Any]]
     is_baseline: bool = False
-    # False when a sequence's numbers depend on what else is in the batch (LLM.int8 picks its
-    # outlier columns over the whole batch): such a variant is scored one sequence per pass.
+    # False when a sequence's numbers depend on what else is in the batch: such a variant is scored
+    # one sequence per pass. (bitsandbytes' LLM.int8 picks outlier columns over the whole batch; the
+    # loader makes it pick them per sequence, models/int8_per_sequence.py, so int8 is invariant.)
     batch_invariant: bool = True
     # Share of the 16-bit weight bytes the variant holds once loaded, to place it before loading
     # (measured int8 / nf4: Mistral-7B 0.52 / 0.28, Qwen2.5-0.5B 0.64 / 0.46, whose large tied
@@ -155,7 +156,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("fp16", "none", "16-bit floating point reference (float16, or bfloat16 by option)",
                 _baseline_kwargs, is_baseline=True, default=True),
         Variant("int8", "bitsandbytes-llm.int8", "bitsandbytes LLM.int8(): 8-bit absmax linear weights, "
-                "fp16 outlier decomposition (threshold 6.0)", _bnb_int8(6.0), batch_invariant=False,
+                "fp16 outlier decomposition (threshold 6.0; outlier columns chosen per sequence)", _bnb_int8(6.0),
                 weight_share=0.64, default=True),
         Variant("nf4", "bitsandbytes-nf4", "bitsandbytes 4-bit NormalFloat linear weights, block size 64",
                 _bnb_4bit("nf4"), weight_share=0.46, default=True),

@@ -19,6 +19,7 @@ import torch
 
 from quant_fixtures.compute.grouped_attention import grouped_attention_for
 from quant_fixtures.compute.scoring import output_logits
+from quant_fixtures.models.int8_per_sequence import real_tokens
 
 EOS_CHECK_EVERY = 16  # decode steps between checks whether every row has finished (one host sync)
 
@@ -78,7 +79,7 @@ class StaticGreedyBatch:
         self.prefill_mask.masked_fill_(~allowed.unsqueeze(1), self.blocked)
         self.step_mask = torch.full((batch, 1, 1, self.length), self.blocked, dtype=dtype, device=device)
         self.step_mask[:, 0, 0, :width].masked_fill_(mask.bool(), 0.0)
-        self.ids, self.positions = ids, (mask.cumsum(-1) - 1).clamp(min=0)
+        self.ids, self.real, self.positions = ids, mask.bool(), (mask.cumsum(-1) - 1).clamp(min=0)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.position = self.positions[:, -1:].clone()
         self.slot = torch.tensor([width], dtype=torch.long, device=device)  # cache slot of the next token
@@ -89,9 +90,10 @@ class StaticGreedyBatch:
         return output_logits(self.model, hidden[:, -1]).argmax(-1, keepdim=True)
 
     def prefill(self) -> None:
-        hidden = self.model.base_model(input_ids=self.ids, attention_mask=self.prefill_mask,
-                                       position_ids=self.positions, use_cache=True,
-                                       **{self.cache_kwarg: self.cache}).last_hidden_state
+        with real_tokens(self.real):  # padding takes no part in LLM.int8's outlier choice
+            hidden = self.model.base_model(input_ids=self.ids, attention_mask=self.prefill_mask,
+                                           position_ids=self.positions, use_cache=True,
+                                           **{self.cache_kwarg: self.cache}).last_hidden_state
         self.token.copy_(self._next_token(hidden))
         self.out[:, :1].copy_(self.token)
         self.column += 1

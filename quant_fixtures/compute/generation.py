@@ -1,6 +1,7 @@
 """Batched greedy generation and batched teacher-forced scoring of prompt + response.
 
-Both pad on the left and pass an attention mask and explicit position ids, so a prompt's tokens
+Generation pads on the left (new tokens follow every row's last one), scoring on the right (each
+row's tokens keep the positions they have alone); both pass an attention mask, so a prompt's tokens
 and scores do not depend on which other prompts share its batch (proved in the integration tests).
 """
 
@@ -13,6 +14,7 @@ import torch
 from quant_fixtures.compute.decoding import can_capture, static_greedy, supports_static_decoding
 from quant_fixtures.compute.memory import BatchLog, MemoryBudget, run_batches, run_sized
 from quant_fixtures.compute.scoring import LOGPROB_ELEMENTS_PER_CHUNK, model_device, output_logits
+from quant_fixtures.models.int8_per_sequence import real_tokens
 
 
 def prompt_token_ids(tokenizer: Any, text: str, use_chat_template: bool) -> list[int]:
@@ -49,9 +51,14 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[tor
     return ids.to(device), mask.to(device)
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token, whatever its left padding."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
+def _right_pad(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return ids.to(device), mask.to(device)
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, shift: int = 0) -> list[list[int]]:
@@ -133,9 +140,10 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
         if static:
             out, how = static_greedy(model, ids, mask, steps, eos, graph)
         else:
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=0,
-                                 do_sample=False, temperature=None, top_p=None, top_k=None, num_beams=1,
-                                 pad_token_id=pad, eos_token_id=sorted(eos))[:, ids.shape[1]:]
+            with real_tokens(mask):  # the prefill's padding takes no part in LLM.int8's outlier choice
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=0,
+                                     do_sample=False, temperature=None, top_p=None, top_k=None, num_beams=1,
+                                     pad_token_id=pad, eos_token_id=sorted(eos))[:, ids.shape[1]:]
             how = "transformers generate (dynamic cache)"
         log.generation_method = how
         rows = out.tolist()
@@ -172,15 +180,16 @@ def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Seq
 
     def run(batch: list[int]) -> None:
         rows = [list(prompts[i]) + list(responses[i][:-1]) for i in batch]
-        ids, mask = _left_pad(rows, pad, device)
-        hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
-                                  use_cache=False).last_hidden_state
-        width = ids.shape[1]
+        # Right padding: every row's real tokens sit where they sit alone (positions 0..L-1, causal
+        # attention never reaches the padding after them), so the batch changes no summation order.
+        ids, mask = _right_pad(rows, pad, device)
+        with real_tokens(mask):  # padding takes no part in LLM.int8's outlier choice
+            hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         chunk = max(1, budget.logprob_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab) // vocab)
         for row, i in enumerate(batch):
             n = len(responses[i])
-            start = width - n  # last prompt token sits at width - n when the row is right-aligned
-            h = hidden[row, start:width]
+            start = len(prompts[i]) - 1  # the last prompt token predicts the first response token
+            h = hidden[row, start:start + n]
             logits = torch.cat([output_logits(model, h[lo:lo + chunk]).float() for lo in range(0, n, chunk)])
             consume(i, logits, h)
 

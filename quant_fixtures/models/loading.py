@@ -12,6 +12,7 @@ from typing import Any
 from quant_fixtures.config import ModelSpec
 from quant_fixtures.models.footprint import model_footprint, quantization_state_bytes
 from quant_fixtures.models.int8_on_device import int8_quantized_on_device
+from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8
 from quant_fixtures.models.placement import gpu_limits, placement
 from quant_fixtures.models.sources import ResolvedModel, weight_bytes
 from quant_fixtures.settings import LoadSettings
@@ -31,6 +32,7 @@ class LoadedModel:
     quant_state_bytes: int = 0  # scales kept outside parameters and buffers (bitsandbytes, HQQ): not in the footprint
     placement_note: str | None = None  # set when the model is spread over several GPUs
     footprint_method: str = ""  # how footprint_bytes was counted (models/footprint.py)
+    per_sequence_int8_layers: int = 0  # LLM.int8 layers that pick outlier columns per sequence
 
 
 def upcast_unquantized(model: Any, dtype: Any, keep_4bit_compute: Any = None) -> None:
@@ -139,6 +141,7 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
     if variant.quantize_loaded is not None:
         variant.quantize_loaded(model, options)
     model.eval()
+    per_sequence = install_per_sequence_int8(model)  # a sequence's numbers never hang on its batch
     footprint, method = model_footprint(model, torch_dtype(options.weight_dtype)), FOOTPRINT_METHOD
     if own is not None and resolved.gguf_tensor_bytes is not None:
         footprint, method = resolved.gguf_tensor_bytes, GGUF_FOOTPRINT_METHOD
@@ -162,6 +165,7 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
         quant_state_bytes=state_bytes,
         placement_note=where.note,
         footprint_method=method,
+        per_sequence_int8_layers=per_sequence,
     )
 
 

@@ -141,13 +141,28 @@ def _outlier_batch(model, tokens):
 
 @pytest.mark.parametrize("key", sorted(CPU_METHODS))
 def test_batch_dependence_is_as_registered(key, variant, tokens):
-    """A batch-invariant variant gives a sequence the same logits whatever its neighbours; LLM.int8
-    with its outlier threshold does not (it is then scored one sequence per pass)."""
+    """A batch-invariant variant gives a sequence the same logits whatever its neighbours (a
+    batch-dependent one would be scored one sequence per pass)."""
     moved = _outlier_batch(variant(key).model, tokens)
     if VARIANTS[key].batch_invariant:
         assert moved < 1e-4, f"{key} is registered batch-invariant but moved by {moved}"
     else:
         assert moved > 1e-3, f"{key} is registered batch-dependent but did not move"
+
+
+def test_stock_llm_int8_depends_on_the_batch_and_the_loader_makes_it_per_sequence(variant, tokens):
+    """bitsandbytes' own LLM.int8 moves a sequence when its neighbour has an outlier (the control);
+    the loader's per-sequence outlier columns (models/int8_per_sequence.py) give it back exactly."""
+    from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, remove_per_sequence_int8
+
+    loaded = variant("int8")
+    assert loaded.per_sequence_int8_layers == remove_per_sequence_int8(loaded.model) > 0
+    try:
+        stock = _outlier_batch(loaded.model, tokens)
+    finally:
+        install_per_sequence_int8(loaded.model)
+    assert stock > 1e-3
+    assert _outlier_batch(loaded.model, tokens) == 0.0
 
 
 @pytest.mark.parametrize("key", ["torchao_int4wo", "quanto_int4"])

@@ -120,22 +120,20 @@ def test_ctx_above_the_models_maximum_is_capped_not_an_error(pytester, warm, tmp
 
 
 def test_int8_numbers_do_not_depend_on_batch_sizes(pytester, warm, tmp_path):
-    """LLM.int8 picks outlier columns over the whole batch: the suite scores int8 one sequence per
-    pass, so its perplexity and each prompt's KL are the same whatever --batch-size; how much its
-    (batched) generation moves with the batch composition is measured and reported."""
+    """LLM.int8 picks outlier columns per sequence (models/int8_per_sequence.py), so the suite batches
+    int8 like every other variant and its perplexity and each prompt's KL stay what they are at
+    batch size 1."""
     one = run_suite(pytester, warm, tmp_path / "R1", warm.baselines, "--variants", "int8")
     two = run_suite(pytester, warm, tmp_path / "R2", warm.baselines, "--variants", "int8", "--batch-size", "3",
                     "--gen-batch-size", "5")
     assert one.ret == two.ret == 0, two.stdout.str()[-3000:]
     a, b = report(tmp_path / "R1", "int8"), report(tmp_path / "R2", "int8")
-    assert a["batching"]["prompt_scoring_per_pass"] == b["batching"]["perplexity_windows_per_pass"] == 1
-    assert a["batching"]["batch_invariant"] is False and b["perplexity"]["batch_size"] == 1
-    assert a["perplexity"]["window_nll"] == b["perplexity"]["window_nll"]
-    assert [r["kl_mean"] for r in a["kl_divergence"]["per_prompt"]] == [r["kl_mean"] for r in b["kl_divergence"]["per_prompt"]]
-    sensitivity = b["flips"]["batch_sensitivity"]
-    assert (sensitivity["batch_size"], sensitivity["shift"], sensitivity["prompts"]) == (5, 2, 8)
-    assert 0 <= sensitivity["responses_changed"] <= 8 and "flips_other_batch" in sensitivity
-    assert "batch_sensitivity" not in report(warm.results, "fp16")["flips"]  # FP16 is batch-invariant
+    assert a["batching"]["batch_invariant"] is True and b["perplexity"]["batch_size"] == 3
+    assert a["perplexity"]["batch_size"] == 1 and b["batching"]["prompt_scoring_per_pass"] > 1
+    assert a["perplexity"]["window_nll"] == pytest.approx(b["perplexity"]["window_nll"], rel=1e-6)
+    kl = [[r["kl_mean"] for r in doc["kl_divergence"]["per_prompt"]] for doc in (a, b)]
+    assert kl[0] == pytest.approx(kl[1], rel=1e-4)
+    assert "batch_sensitivity" not in b["flips"] and "batch_sensitivity" not in report(warm.results, "fp16")["flips"]
 
 
 def test_two_runs_into_one_results_directory_compare_every_variant(pytester, warm, tmp_path):

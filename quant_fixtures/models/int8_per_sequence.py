@@ -1,0 +1,159 @@
+"""LLM.int8 with outlier columns chosen per sequence, so a batch gives each sequence what it gets alone.
+
+bitsandbytes' ``MatMul8bitLt`` (0.45 and later) computes ``X @ W.T`` for a 2-D ``X`` of every token
+in the call as
+
+    int8 part:  X with the outlier columns zeroed, each row quantized by its own absmax (outlier
+                elements left out of the absmax), times the int8 weight, exact in int32;
+    float part: X[:, C] @ dequant(W)[:, C].T in the input's dtype,
+
+where C holds every column in which *any* row of the call has an element ``|x| >= threshold``. C is
+chosen over the whole batch (padding rows included), so a sequence's numbers depend on the other
+sequences and on how much padding it was given; and scoring one sequence per pass to avoid that
+costs half the throughput on the GPU.
+
+Here C is chosen per sequence (a row of ``X`` of shape [B, T, K]; padding positions named by
+:func:`real_tokens` take no part): row r of sequence s gets its own columns C_s in float and every
+other column in int8, in one batched call. bitsandbytes' own operators do the work (the row
+quantization, the int8 matmul and its dequantization, the weight dequantization); only the columns
+of the union that are not a row's own are quantized again here, with the default backend's formula
+(``round(x * 127 / absmax)``), and the float part runs once per distinct set of owned columns over
+exactly those columns, as bitsandbytes runs it for the sequence alone. On the CPU a sequence in a
+batch gets bit for bit what bitsandbytes gives it alone (tested); on CUDA the float products may
+sum in another order (cuBLAS picks kernels by shape, as it does for the 16-bit model). A 2-D input
+(no batch axis) is one sequence, as in bitsandbytes.
+
+The replacement is bound per module (``module.forward``), only to ``Linear8bitLt`` layers with
+int8 weights, a threshold above 0 and no training; :func:`remove_per_sequence_int8` restores
+bitsandbytes' own forward.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MethodType
+from typing import Any, Iterator
+
+import torch
+
+_REAL_TOKENS: ContextVar[torch.Tensor | None] = ContextVar("quant_fixtures_real_tokens", default=None)
+_MARK = "_quant_fixtures_per_sequence_int8"
+
+
+@contextmanager
+def real_tokens(mask: torch.Tensor | None) -> Iterator[None]:
+    """While active, a [B, T] input of a per-sequence int8 layer counts only the positions where
+    ``mask`` [B, T] is true (left padding is false) when it picks a sequence's outlier columns.
+    Inputs of another shape (decode steps) count every position."""
+    token = _REAL_TOKENS.set(mask.bool() if mask is not None else None)
+    try:
+        yield
+    finally:
+        _REAL_TOKENS.reset(token)
+
+
+def _real_positions(x: torch.Tensor) -> torch.Tensor | None:
+    mask = _REAL_TOKENS.get()
+    if mask is None or x.dim() != 3 or tuple(mask.shape) != tuple(x.shape[:2]):
+        return None
+    return mask.to(x.device)
+
+
+def per_sequence_int8_matmul(x: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor,
+                             bias: torch.Tensor | None, threshold: float,
+                             real: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` by LLM.int8 with outlier columns per sequence (see the module docstring).
+
+    ``x`` [B, T, K] (B sequences) or [N, K] (one sequence); ``weight_int8`` [O, K] int8 rows and
+    ``weight_scale`` [O] their absmax (bitsandbytes' CB and SCB); ``real`` [B, T] bool: positions
+    that take part in choosing outlier columns (None: all)."""
+    ops = torch.ops.bitsandbytes
+    shape, width = x.shape, x.shape[-1]
+    rows = x.reshape(-1, width)
+    sequences = shape[0] if x.dim() == 3 else 1
+    # bitsandbytes' row quantization: outlier elements zeroed and left out of each row's absmax; the
+    # columns in which any row has an outlier (``union``) come back zeroed in every row.
+    quantized, row_scale, union = ops.int8_vectorwise_quant.default(rows.to(torch.float16), threshold)
+    if union is None or union.numel() == 0:
+        out = ops.int8_scaled_mm.default(quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=x.dtype)
+        return out.view(*shape[:-1], -1)
+    # Which of the union's columns each sequence owns: those where one of its real rows has an outlier.
+    sub = rows[:, union].to(torch.float16)
+    outlier = sub.abs() >= threshold
+    per_sequence = outlier.view(sequences, -1, union.numel())
+    if real is not None:
+        per_sequence = per_sequence & real.unsqueeze(-1)
+    owned = per_sequence.any(1, keepdim=True).expand_as(per_sequence).reshape(outlier.shape)  # [rows, union]
+    # The union's columns a row does not own go back to int8 (default backend's formula), its own stay zero.
+    requantized = torch.round(sub.masked_fill(outlier, 0) * (127.0 / row_scale.unsqueeze(-1))).to(torch.int8)
+    quantized[:, union] = requantized.masked_fill(owned, 0)
+    out = ops.int8_scaled_mm.default(quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=x.dtype)
+    # The float part, once per distinct set of owned columns (usually one: the model's few massive
+    # activation dimensions), over exactly those columns: the product bitsandbytes computes alone.
+    owned_sets, set_of_sequence = torch.unique(per_sequence.any(1), dim=0, return_inverse=True)
+    if owned_sets.shape[0] == 1:
+        return _add_float_part(out, rows, weight_int8, weight_scale, union[owned_sets[0]], None).view(*shape[:-1], -1)
+    row_set = set_of_sequence.repeat_interleave(rows.shape[0] // sequences)
+    for index, owned_set in enumerate(owned_sets):
+        _add_float_part(out, rows, weight_int8, weight_scale, union[owned_set], (row_set == index).nonzero().view(-1))
+    return out.view(*shape[:-1], -1)
+
+
+def _add_float_part(out: torch.Tensor, rows: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor,
+                    columns: torch.Tensor, which: torch.Tensor | None) -> torch.Tensor:
+    """out[which] += rows[which][:, columns] @ dequant(W)[:, columns].T (every row when ``which`` is None)."""
+    if columns.numel() == 0:
+        return out
+    weights = torch.ops.bitsandbytes.int8_vectorwise_dequant.default(weight_int8[:, columns].contiguous(),
+                                                                     weight_scale).to(rows.dtype).t()
+    if which is None:
+        return out.addmm_(rows[:, columns], weights)
+    out[which] = out[which].addmm(rows[which][:, columns], weights)
+    return out
+
+
+def _forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """Linear8bitLt.forward for inference, with per-sequence outlier columns."""
+    if self.training or self.state.has_fp16_weights:
+        return type(self).forward(self, x)
+    if self.weight.CB is not None:  # bitsandbytes moves the int8 rows into the state on first use
+        self.init_8bit_state()
+    if self.state.CB is None:
+        return type(self).forward(self, x)
+    if self.bias is not None and self.bias.dtype != x.dtype:
+        self.bias.data = self.bias.data.to(x.dtype)
+    return per_sequence_int8_matmul(x, self.state.CB, self.state.SCB, self.bias, self.state.threshold,
+                                    _real_positions(x))
+
+
+def _int8_layers(model: Any) -> list[Any]:
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)
+            and not m.state.has_fp16_weights and m.state.threshold > 0]
+
+
+def install_per_sequence_int8(model: Any) -> int:
+    """Bind the per-sequence forward to every LLM.int8 layer with outlier decomposition; how many."""
+    layers = _int8_layers(model)
+    for module in layers:
+        module.forward = MethodType(_forward, module)
+        setattr(module, _MARK, True)
+    return len(layers)
+
+
+def remove_per_sequence_int8(model: Any) -> int:
+    """Give those layers bitsandbytes' own forward back (tests compare the two); how many."""
+    layers = [m for m in _int8_layers(model) if getattr(m, _MARK, False)]
+    for module in layers:
+        del module.forward
+        delattr(module, _MARK)
+    return len(layers)
+
+
+def has_batch_dependent_int8(model: Any) -> bool:
+    """Whether an LLM.int8 layer of ``model`` still picks outlier columns over the whole batch."""
+    return any(not getattr(m, _MARK, False) for m in _int8_layers(model))
