@@ -63,10 +63,12 @@ class Variant:
 
     def missing_packages(self) -> list[str]:
         """The method's modules that are not installed (nothing is imported)."""
-        return [p for p in self.packages if importlib.util.find_spec(p) is None]
+        return [p for p in self.packages if not _installed(p)]
 
     def install_hint(self) -> str:
-        return f"pip install -e '.[{self.extra}]'" if self.extra else f"pip install {' '.join(self.packages)}"
+        if self.extra:
+            return f"pip install -e '.[{self.extra}]'"
+        return "pip install " + " ".join(dict.fromkeys(p.split(".")[0] for p in self.packages))  # top-level names
 
     def unavailable_reason(self, device_type: str) -> str | None:
         """Why this variant cannot run here (a skip reason naming the remedy), or None."""
@@ -88,6 +90,15 @@ class Variant:
         if self.fixed_dtype_weights and options.device_type == "cpu":
             return options.compute_dtype
         return options.weight_dtype
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported. find_spec of a dotted name imports its parents and raises
+    ModuleNotFoundError when one is missing ("optimum.quanto" without optimum): that is "not installed"."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def _baseline_kwargs(options: LoadSettings) -> dict[str, Any]:

@@ -46,8 +46,10 @@ class KLAgainstReference:
     (a window whose batch is run again starts over; the results are read in window order).
     """
 
-    def __init__(self, reference: dict[str, torch.Tensor], window_tokens: Sequence[int]) -> None:
-        self.hidden, self.head = reference["hidden"], ReferenceHead.from_tensors(reference)
+    def __init__(self, reference: dict[str, torch.Tensor], window_tokens: Sequence[int],
+                 head: ReferenceHead | None = None) -> None:
+        """``head``: the FP16 head to use instead of the stored one (the live model's, for FP16 against itself)."""
+        self.hidden, self.head = reference["hidden"], head or ReferenceHead.from_tensors(reference)
         if self.hidden.shape[0] != sum(window_tokens):
             raise ValueError(f"corpus reference holds {self.hidden.shape[0]} positions, "
                              f"the windows score {sum(window_tokens)}")
@@ -69,7 +71,8 @@ class KLAgainstReference:
             if hi > self.end[w]:
                 raise RuntimeError(f"corpus KL: window {w} scored more positions than the FP16 reference holds")
             ref = self.head.logits(self.hidden[lo:hi].to(cand.device))
-            self.parts[w].append(compare_positions(ref, cand, chunk.targets[row][chunk.mask[row]]))
+            self.parts[w].append(compare_positions(ref, cand, chunk.targets[row][chunk.mask[row]],
+                                                   chunk.slice_elements))
             self.cursor[w] = hi
 
     def complete(self) -> bool:

@@ -185,7 +185,7 @@ def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Seq
         ids, mask = _right_pad(rows, pad, device)
         with real_tokens(mask):  # padding takes no part in LLM.int8's outlier choice
             hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        chunk = max(1, budget.logprob_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab) // vocab)
+        chunk = max(1, budget.chunk_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab) // vocab)
         for row, i in enumerate(batch):
             n = len(responses[i])
             start = len(prompts[i]) - 1  # the last prompt token predicts the first response token

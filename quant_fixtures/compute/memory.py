@@ -1,16 +1,23 @@
-"""How much a process may put on its device, and batch sizes that fit in it.
+"""How much a process may put on its device, and the one executor every batched stage runs through.
 
 A run may be capped (``--max-gpu-memory`` / ``QUANT_MAX_GPU_MEMORY``); the cap is enforced with
-``torch.cuda.set_per_process_memory_fraction`` so nothing in the process can exceed it. Batch sizes
-are upper bounds: the first batch of a stage runs one item alone and its peak memory sets how many
-fit in what is left; an out-of-memory error halves the batch and retries it. Every choice and retry
-is logged (:class:`BatchLog`) and lands in the report's ``batching`` section. On the CPU nothing is
-capped and the requested sizes are used.
+``torch.cuda.set_per_process_memory_fraction`` so nothing in the process can exceed it. Every
+batched forward pass of every stage (perplexity windows, references, generation, scoring, exact KL,
+noise floors) runs inside :func:`run_sized` / :func:`run_batches`: batch sizes are upper bounds; the
+first batch of a stage runs one item alone and its peak memory sets how many fit in what is left;
+an out-of-memory error halves the batch and retries it, and at one item halves the budget's
+``scale``, which every chunk of positions and every slice of vocabulary-wide work inside a pass is
+sized by (:meth:`MemoryBudget.chunk_elements`). Every choice and retry is logged (:class:`BatchLog`)
+and lands in the report's ``batching`` section. On the CPU nothing is capped and the requested
+sizes are used. :func:`executing_stage` names the stage being executed (None outside the executor);
+with ``QUANT_FIXTURES_STRICT_EXECUTOR=1`` a forward pass outside it is an error (the tests run so).
 """
 
 from __future__ import annotations
 
+import os
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -18,6 +25,9 @@ import torch
 
 GiB = 2**30
 HEADROOM = 0.10  # share of the free memory left unplanned (allocator fragmentation, kernels' workspaces)
+MIN_SCALE = 1 / 64  # the smallest share of the planned chunk sizes tried before out of memory is final
+STRICT_ENV = "QUANT_FIXTURES_STRICT_EXECUTOR"
+_STAGE: ContextVar[str | None] = ContextVar("quant_fixtures_executor_stage", default=None)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -57,6 +67,7 @@ class MemoryBudget:
         self.device, self.cap_bytes = device, cap_bytes
         self.cuda = device.startswith("cuda")
         self._peak = 0
+        self.scale = 1.0  # share of the planned chunk sizes (halved when one item does not fit)
 
     def enforce(self) -> None:
         """Make this process's device its current one (graphs and streams are made there; it also
@@ -117,13 +128,28 @@ class MemoryBudget:
             return requested
         return max(1, min(requested, int(free * (1 - HEADROOM) // bytes_per_item)))
 
-    def logprob_elements(self, ceiling: int, floor: int) -> int:
-        """Float32 log-prob elements to materialise at once: ``ceiling`` unless a quarter of the
-        free memory is smaller (about 16 bytes per element live: logits, float32 copy, log-softmax)."""
+    def chunk_elements(self, ceiling: int, floor: int, bytes_per_element: int = 16) -> int:
+        """Elements of vocabulary-wide work to materialise at once: ``ceiling`` unless a quarter of
+        the free memory is smaller (``bytes_per_element`` live per element: 16 for logits with their
+        float32 log-softmax; about 80 for the float64 comparison's temporaries), times ``scale``."""
         free = self.free()
-        if free is None:
-            return ceiling
-        return max(floor, min(ceiling, free // 4 // 16))
+        planned = ceiling if free is None else min(ceiling, free // 4 // bytes_per_element)
+        return max(floor, int(planned * self.scale))
+
+
+# The float64 full-vocabulary comparison (metrics/token_comparison.py) keeps about ten [positions,
+# vocab] temporaries live; on a GPU its slices grow with the free memory up to 2**26 elements (fewer,
+# larger kernels: 152k-token vocabularies gave 110-position slices at the fixed 2**24).
+COMPARISON_BYTES_PER_ELEMENT = 80
+COMPARISON_ELEMENTS_CEILING = 2**26
+
+
+def comparison_slice_elements(budget: MemoryBudget, vocab: int) -> int | None:
+    """Elements per slice of the exact comparison on this budget's device (None on the CPU: its
+    cache-sized default)."""
+    if not budget.cuda:
+        return None
+    return budget.chunk_elements(COMPARISON_ELEMENTS_CEILING, vocab, COMPARISON_BYTES_PER_ELEMENT)
 
 
 def size_by_probe(requested: int, run_one: Callable[[], None], budget: MemoryBudget, log: BatchLog, stage: str,
@@ -163,8 +189,9 @@ def run_sized(items: Sequence[int], requested: int, run: Callable[[list[int]], N
 def run_batches(batches: Sequence[list[int]], run: Callable[[list[int]], None], budget: MemoryBudget, log: BatchLog,
                 stage: str, unit: str) -> None:
     """Call ``run`` on each batch in order. Out of memory halves the batch and every later one
-    (``run`` must be safe to repeat for the same items); at one item the error is raised. The
-    largest size that ran is logged as the stage's batch size."""
+    (``run`` must be safe to repeat for the same items); at one item it halves ``budget.scale``
+    (the chunks inside a pass) down to :data:`MIN_SCALE`, then the error is raised. The largest
+    size that ran is logged as the stage's batch size."""
     queue, largest, cap = [list(b) for b in batches], 0, None
     while queue:
         batch = queue.pop(0)
@@ -172,17 +199,42 @@ def run_batches(batches: Sequence[list[int]], run: Callable[[list[int]], None], 
             queue[:0] = [batch[i:i + cap] for i in range(0, len(batch), cap)]
             continue
         out_of_memory = False
+        token = _STAGE.set(stage)
         try:
             run(batch)
         except Exception as exc:
-            if not is_out_of_memory(exc) or len(batch) == 1:
+            if not is_out_of_memory(exc) or (len(batch) == 1 and budget.scale <= MIN_SCALE):
                 raise
             out_of_memory = True  # handled below, once the exception (and the tensors its frames hold) is gone
+        finally:
+            _STAGE.reset(token)
         if out_of_memory:
             budget.release_cached()
-            cap = max(1, len(batch) // 2)
-            log.notes.append(f"{stage}: out of memory at {len(batch)} {unit} per pass; retried at {cap}")
+            if len(batch) > 1:
+                cap = max(1, len(batch) // 2)
+                log.notes.append(f"{stage}: out of memory at {len(batch)} {unit} per pass; retried at {cap}")
+            else:
+                budget.scale /= 2
+                log.notes.append(f"{stage}: out of memory at 1 {unit} per pass; retried with chunks at "
+                                 f"{budget.scale:g} of their planned size")
             queue.insert(0, batch)
             continue
         largest = max(largest, len(batch))
     log.used[stage] = max(largest, log.used.get(stage, 0))
+
+
+def executing_stage() -> str | None:
+    """The stage :func:`run_batches` is executing now, or None outside the executor."""
+    return _STAGE.get()
+
+
+def require_executor(module: Any, args: Any) -> None:
+    """Forward pre-hook (strict mode): a model's forward pass must run inside the executor."""
+    if _STAGE.get() is None:
+        raise RuntimeError(f"{type(module).__name__}: a forward pass ran outside the memory executor "
+                           "(compute/memory.run_batches): its memory is neither planned nor retried")
+
+
+def strict_executor() -> bool:
+    """Whether forward passes outside the executor are errors (``QUANT_FIXTURES_STRICT_EXECUTOR=1``)."""
+    return os.environ.get(STRICT_ENV, "") == "1"

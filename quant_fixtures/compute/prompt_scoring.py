@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from quant_fixtures.compute.memory import BatchLog, MemoryBudget
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget, comparison_slice_elements
 from quant_fixtures.compute.generation import greedy_generate, pad_token_id, prompt_token_ids, response_logits
 from quant_fixtures.inputs.prompts import Prompt
 from quant_fixtures.metrics.divergence import kl_topk, tail_mass, topk_reference
@@ -89,10 +89,11 @@ def score_against_reference(model: Any, tokenizer: Any, reference: PromptReferen
     k = reference.key.top_k
 
     def score(i: int, logits: Any, _states: Any) -> None:
+        slices = comparison_slice_elements(budget, reference.head.vocab) if budget is not None else None
         ref = reference.logits(i, logits.device)
         targets = logits.new_tensor(reference.response_ids[i]).long()
         ref_logp, ref_idx = topk_reference(ref.double(), k)
-        scores[i] = PromptScore(positions=compare_positions(ref, logits, targets),
+        scores[i] = PromptScore(positions=compare_positions(ref, logits, targets, slices),
                                 kl_topk=kl_topk(ref_logp, ref_idx, logits.double()).cpu().numpy(),
                                 tail=tail_mass(ref_logp).cpu().numpy())
 

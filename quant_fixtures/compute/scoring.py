@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from quant_fixtures.compute.memory import BatchLog, MemoryBudget, run_sized
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget, comparison_slice_elements, run_batches, run_sized
 from quant_fixtures.metrics.perplexity import Window, perplexity
 
 # Upper bound on float32 log-prob elements materialised at once (2**28 floats = 1 GiB).
@@ -31,6 +31,7 @@ class ScoredChunk:
     logp: torch.Tensor  # [B, T, V] float32 log-softmax of the logits
     mask: torch.Tensor  # [B, T] bool: positions the window scores
     hidden: torch.Tensor  # [B, T, H] final (post-norm) hidden states the logits came from
+    slice_elements: int | None = None  # elements per slice of vocabulary-wide work the memory allows
 
 
 # Called with every chunk of positions, in order; used by the corpus references and corpus KL.
@@ -76,10 +77,16 @@ def check_output_head(model: Any, vocab_probe: int = 8) -> None:
     """Fail loudly if decoder + head does not reproduce the model's forward (exotic heads)."""
     device = model_device(model)
     ids = torch.arange(1, vocab_probe + 1, device=device).unsqueeze(0)
-    with torch.inference_mode():
+    logits: list[torch.Tensor] = []
+
+    def run(_: list[int]) -> None:
         full = model(input_ids=ids, use_cache=False).logits.float()
         hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
-        ours = output_logits(model, hidden).float().to(full.device)
+        logits[:] = [full, output_logits(model, hidden).float().to(full.device)]
+
+    with torch.inference_mode():
+        run_batches([[0]], run, MemoryBudget(str(device)), BatchLog(), "output head check", "probe")
+    full, ours = logits
     if not torch.allclose(full, ours, rtol=1e-3, atol=1e-3):
         raise RuntimeError(
             f"{type(model).__name__}: logits from decoder + output head differ from the model's "
@@ -133,7 +140,8 @@ def score_windows(
         # All windows in a batch share length; scored offsets may differ (strided plans).
         offset = min(w.first_target - w.begin for w in group)
         positions = tokens.shape[1] - offset  # logits at offset-1 .. L-2 predict offset .. L-1
-        elements = budget.logprob_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab)
+        elements = budget.chunk_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab)
+        comparison = comparison_slice_elements(budget, vocab)
         chunk = max(1, elements // (len(group) * vocab))
         sums = torch.zeros(len(group), dtype=torch.float64, device=out)
         first = torch.tensor([w.first_target - w.begin for w in group], device=out)
@@ -150,7 +158,7 @@ def score_windows(
             sums += (token_nll * mask).sum(-1)
             if hook is not None:
                 hook_start = _synced_clock(out)
-                hook(ScoredChunk(batch, targets, logits, logp, mask, states))
+                hook(ScoredChunk(batch, targets, logits, logp, mask, states, comparison))
                 hook_time[0] += _synced_clock(out) - hook_start
             del logits, logp, token_nll
         for i, value in zip(batch, sums.tolist()):

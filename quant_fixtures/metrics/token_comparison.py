@@ -61,16 +61,17 @@ def _compare_slice(ref_logits: torch.Tensor, cand_logits: torch.Tensor, targets:
     }
 
 
-def compare_positions(ref_logits: torch.Tensor, cand_logits: torch.Tensor,
-                      targets: torch.Tensor) -> dict[str, np.ndarray]:
+def compare_positions(ref_logits: torch.Tensor, cand_logits: torch.Tensor, targets: torch.Tensor,
+                      slice_elements: int | None = None) -> dict[str, np.ndarray]:
     """Per-position comparison of ``ref_logits`` [N, V] (FP16) with ``cand_logits`` [N, V] (variant),
-    ``targets`` [N] the correct next tokens; numpy arrays on the CPU (see the module docstring)."""
+    ``targets`` [N] the correct next tokens; numpy arrays on the CPU (see the module docstring).
+    ``slice_elements``: float64 elements of one [positions, vocab] temporary (None: the defaults)."""
     if ref_logits.shape != cand_logits.shape:
         raise ValueError(f"FP16 logits {tuple(ref_logits.shape)} and variant logits "
                          f"{tuple(cand_logits.shape)} differ in shape")
     if tuple(targets.shape) != tuple(ref_logits.shape[:-1]):
         raise ValueError(f"targets {tuple(targets.shape)} do not match the logits' positions {tuple(ref_logits.shape[:-1])}")
-    per_slice = CPU_ELEMENTS_PER_SLICE if ref_logits.device.type == "cpu" else ELEMENTS_PER_SLICE
+    per_slice = slice_elements or (CPU_ELEMENTS_PER_SLICE if ref_logits.device.type == "cpu" else ELEMENTS_PER_SLICE)
     rows = max(1, per_slice // max(1, ref_logits.shape[-1]))
     parts = [_compare_slice(ref_logits[lo:lo + rows], cand_logits[lo:lo + rows], targets[lo:lo + rows])
              for lo in range(0, ref_logits.shape[0], rows)]

@@ -12,7 +12,7 @@ import re
 import time
 from contextlib import nullcontext
 
-from quant_fixtures.compute.memory import GiB, MemoryBudget, is_out_of_memory
+from quant_fixtures.compute.memory import GiB, MemoryBudget, is_out_of_memory, require_executor, strict_executor
 from quant_fixtures.config import SuiteConfig
 from quant_fixtures.environment import process_age
 from quant_fixtures.metrics.registry import GATEABLE
@@ -143,6 +143,8 @@ class EvaluationSession:
             with ctx.stage("load", "load"):
                 loaded = load_model(spec, self.inputs.weights(model, var), var, self.settings.load,
                                     tokenizer_from=self.inputs.resolved(model).directory if var.source else None)
+                if strict_executor():  # the tests: a forward pass outside the memory executor is an error
+                    loaded.model.base_model.register_forward_pre_hook(require_executor)
             try:
                 measured = (fp16_pass(ctx, model, var, loaded) if refs is None
                             else variant_pass(ctx, model, var, loaded, refs))

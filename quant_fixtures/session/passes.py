@@ -10,6 +10,7 @@ from typing import Any
 from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
 from quant_fixtures.compute.memory import BatchLog
 from quant_fixtures.compute.scoring import WindowScores, check_output_head, score_windows
+from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.inputs.corpus_protocols import CorpusPlan
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.build import Measurements
@@ -113,7 +114,7 @@ def _corpus_noise(ctx: PassContext, loaded: LoadedModel, corpus: CorpusPlan, ref
     windows = corpus.windows[:min(NOISE_WINDOWS, -(-len(corpus.windows) // 4))]  # at most a quarter of the pass
     positions = sum(w.scored for w in windows)
     subset = {**reference, "hidden": reference["hidden"][:positions]}
-    hook = KLAgainstReference(subset, [w.scored for w in windows])
+    hook = KLAgainstReference(subset, [w.scored for w in windows], ReferenceHead.live(loaded.model))
     score_windows(loaded.model, corpus.ids, windows, other, hook=hook, budget=ctx.budget, log=BatchLog())
     return torch.from_numpy(hook.positions()["kl_pq"]).to(torch.float64)
 

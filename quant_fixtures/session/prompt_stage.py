@@ -8,6 +8,7 @@ responses and, for a batch-dependent variant, measures how much they move with t
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from quant_fixtures.compute.memory import BatchLog
@@ -15,6 +16,7 @@ from quant_fixtures.compute.prompt_scoring import (NO_SCORE, generate_responses,
                                                    reference_responses, score_against_reference)
 from quant_fixtures.metrics.prompt_summary import (batch_sensitivity, flip_summary, kl_method_text, kl_section,
                                                    kl_settings_text)
+from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.schema import Batching
 from quant_fixtures.session.context import PassContext, close_bar, progress_bar
@@ -55,9 +57,10 @@ def fp16_prompt_stage(ctx: PassContext, model: str, loaded: LoadedModel) -> Prom
     # batches of four when the reference ran one prompt per pass (memory permitting).
     used = ctx.batches.used.get("reference scoring", q.score_batch_size)
     other = max(1, used // 4) if used > 1 else 4
-    with ctx.stage("noise floor", "scoring"):
-        scores = score_against_reference(loaded.model, loaded.tokenizer, reference, other, ctx.budget, ctx.batches,
-                                         "noise floor")
+    with ctx.stage("noise floor", "scoring"):  # FP16 against itself: its own head, no second copy on the device
+        scores = score_against_reference(loaded.model, loaded.tokenizer,
+                                         replace(reference, head=ReferenceHead.live(loaded.model)), other,
+                                         ctx.budget, ctx.batches, "noise floor")
     with ctx.stage("statistics", "statistics"):
         records = per_prompt_records(prompts, reference, scores, reference.response_ids, loaded.tokenizer)
         kl = kl_section(records, q.top_k, method + f" Here: FP16 against itself, batch size {other} "

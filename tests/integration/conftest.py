@@ -7,11 +7,18 @@ architectures (Llama, Mistral, Qwen2) that share SmolLM2's tokenizer. Run with H
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from quant_fixtures.compute.memory import STRICT_ENV
+
+# Every suite run of these tests (in process or a pytest subprocess, which inherits it) treats a
+# forward pass outside the memory executor as an error: the executor's coverage is checked end to end.
+os.environ[STRICT_ENV] = "1"
 
 from integration_support import SMOLLM2_GGUF, SMOLLM2_PACKAGE, TINY_ARCHS, build_tiny_model, load_variant
 from quant_fixtures.inputs.wikitext import load_wikitext2_test, tokenize_text

@@ -21,7 +21,7 @@ class PlannedBudget(MemoryBudget):
 
     def __init__(self, chunk_elements: int) -> None:
         super().__init__("cpu")
-        self.cuda, self.chunk_elements = True, chunk_elements
+        self.cuda, self.planned = True, chunk_elements
 
     def free(self) -> int:
         return 64 * GiB
@@ -32,8 +32,8 @@ class PlannedBudget(MemoryBudget):
     def probe(self, run):
         return run(), GiB  # 64 GiB x 0.9 / 1 GiB: the requested size fits
 
-    def logprob_elements(self, ceiling: int, floor: int) -> int:
-        return self.chunk_elements
+    def chunk_elements(self, ceiling: int, floor: int, bytes_per_element: int = 16) -> int:
+        return max(floor, int(self.planned * self.scale))
 
     def synchronize(self) -> None:
         pass
@@ -94,3 +94,38 @@ def test_perplexity_and_corpus_kl_survive_retries_unchanged(model, ids, monkeypa
     ours, theirs = kl_hook.positions(), clean_kl.positions()
     assert len(ours["kl_pq"]) == len(theirs["kl_pq"]) == sum(clean.window_tokens)
     assert ours["kl_pq"].mean() == pytest.approx(theirs["kl_pq"].mean(), abs=1e-7)
+
+
+def test_one_window_that_does_not_fit_is_retried_with_smaller_chunks(model, ids, monkeypatch):
+    """Out of memory at one window per pass halves the chunks inside the pass (the budget's scale),
+    not the run: the executor retries until the chunk fits, and the numbers are those of a clean run."""
+    windows = nonoverlapping_windows(len(ids), CTX)[:3]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    clean = scoring.score_windows(model, ids, windows, 1, budget=PlannedBudget(chunk_elements=vocab * 64))
+    real = scoring.output_logits
+
+    def output_logits(model, hidden):
+        if hidden.shape[-2] > 16:  # more than 16 positions at once does not "fit"
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
+        return real(model, hidden)
+
+    monkeypatch.setattr(scoring, "output_logits", output_logits)
+    budget, log = PlannedBudget(chunk_elements=vocab * 64), BatchLog()
+    retried = scoring.score_windows(model, ids, windows, 1, budget=budget, log=log)
+    assert budget.scale == 0.25
+    assert log.notes == ["perplexity: out of memory at 1 windows per pass; retried with chunks at 0.5 of their planned size",
+                         "perplexity: out of memory at 1 windows per pass; retried with chunks at 0.25 of their planned size"]
+    torch.testing.assert_close(torch.tensor(retried.window_nll), torch.tensor(clean.window_nll), rtol=0, atol=1e-9)
+
+
+def test_out_of_memory_at_the_smallest_chunk_is_raised(model, ids, monkeypatch):
+    windows = nonoverlapping_windows(len(ids), CTX)[:1]
+
+    def output_logits(model, hidden):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(scoring, "output_logits", output_logits)
+    budget = PlannedBudget(chunk_elements=10**9)
+    with pytest.raises(torch.OutOfMemoryError):
+        scoring.score_windows(model, ids, windows, 1, budget=budget, log=BatchLog())
+    assert budget.scale <= 1 / 64

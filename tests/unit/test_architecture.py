@@ -123,3 +123,65 @@ def test_the_int8_loader_replacement_is_scoped_to_cuda_loads():
         if converter is not None:
             assert converter.convert is int8_on_device._convert_in_place
     assert converter is None or converter.convert is original
+
+
+# -- every forward pass runs inside the memory executor (compute/memory.run_batches) -------------
+# A forward is a call of ``<x>.base_model(...)``, ``<x>.generate(...)`` or ``model(...)``. It may
+# stand only in a function named ``run`` (the callback handed to run_sized / run_batches) or in the
+# static decoder's batch object, whose methods only such a callback calls; the tests run the suite
+# with QUANT_FIXTURES_STRICT_EXECUTOR=1, which checks the same at run time.
+FORWARD_HOMES = {"run"}
+FORWARD_CLASSES = {"StaticGreedyBatch"}
+# Not a stage of an evaluation: the Hugging Face guide's one-window loop the benchmarks compare with.
+NOT_A_STAGE = {"compute.benchmarking"}
+
+
+def _is_forward(call: ast.Call) -> bool:
+    func = call.func
+    return ((isinstance(func, ast.Attribute) and func.attr in ("base_model", "generate", "model"))
+            or (isinstance(func, ast.Name) and func.id == "model"))
+
+
+def forwards_outside_the_executor(source: str) -> list[int]:
+    """Line numbers of forward calls that are not inside a ``run`` callback or the decoder class."""
+    outside: list[int] = []
+
+    def visit(node: ast.AST, homed: bool) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in FORWARD_HOMES:
+            homed = True
+        if isinstance(node, ast.ClassDef) and node.name in FORWARD_CLASSES:
+            homed = True
+        if isinstance(node, ast.Call) and _is_forward(node) and not homed:
+            outside.append(node.lineno)
+        for child in ast.iter_child_nodes(node):
+            visit(child, homed)
+
+    visit(ast.parse(source), False)
+    return outside
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m != "__init__" and m not in NOT_A_STAGE])
+def test_forward_passes_run_inside_the_memory_executor(module: str) -> None:
+    lines = forwards_outside_the_executor(MODULES[module].read_text(encoding="utf-8"))
+    assert not lines, f"{module}: forward pass outside compute/memory.run_batches at lines {lines}"
+
+
+def test_the_executor_check_sees_a_violation() -> None:
+    bad = "def score(model, ids):\n    return model.base_model(input_ids=ids)\n"
+    good = "def score(model, ids, budget):\n    def run(batch):\n        model(input_ids=ids)\n    run_batches([[0]], run)\n"
+    assert forwards_outside_the_executor(bad) == [2]
+    assert forwards_outside_the_executor(good) == []
+
+
+def test_strict_mode_refuses_a_forward_outside_the_executor() -> None:
+    import torch
+
+    from quant_fixtures.compute.memory import BatchLog, MemoryBudget, require_executor, run_batches
+
+    layer = torch.nn.Linear(2, 2)
+    layer.register_forward_pre_hook(require_executor)
+    with pytest.raises(RuntimeError, match="outside the memory executor"):
+        layer(torch.zeros(1, 2))
+    ran = []
+    run_batches([[0]], lambda batch: ran.append(layer(torch.zeros(1, 2))), MemoryBudget("cpu"), BatchLog(), "s", "x")
+    assert len(ran) == 1

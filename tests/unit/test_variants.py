@@ -66,6 +66,30 @@ def test_missing_package_names_the_install_command(monkeypatch):
     assert VARIANTS["int8"].unavailable_reason("cpu") is None
 
 
+def test_a_dotted_package_whose_parent_is_missing_is_a_skip_reason_not_an_error(monkeypatch):
+    """quanto's module is ``optimum.quanto``: without ``optimum`` find_spec raises ModuleNotFoundError
+    (it imports the parent); that is a missing package with its install command."""
+    import importlib.util
+    from dataclasses import replace
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name.split(".")[0] == "optimum":
+            if "." in name:
+                raise ModuleNotFoundError(f"No module named 'optimum'", name="optimum")
+            return None
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    for key in ("quanto_int8", "quanto_int4"):
+        reason = VARIANTS[key].unavailable_reason("cuda")
+        assert reason == f"variant {key} needs optimum.quanto: pip install -e '.[quanto]'"
+    other = replace(VARIANTS["int8"], packages=("no_such_parent_package_xyz.child",), extra=None)
+    assert other.unavailable_reason("cpu") == ("variant int8 needs no_such_parent_package_xyz.child: "
+                                              "pip install no_such_parent_package_xyz")
+
+
 def test_device_support_is_a_reason_too():
     variant = VARIANTS["torchao_int4wo"]
     if variant.missing_packages():
