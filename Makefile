@@ -10,7 +10,7 @@ EVAL_ARGS ?=
 # The embedded model's default matrix and its two GGUF re-quantizations (quant_suite.toml).
 EVAL_VARIANTS ?= fp16,int8,nf4,gguf_q8_0,gguf_q4_0
 
-.PHONY: install eval test gpu bench clean-results
+.PHONY: install eval test gpu gpu-check bench clean-results
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,13 @@ bench: install
 # The seed's release check (needs CUDA and the seed models in the HF cache); exits 1 on a failed gate.
 gpu: install
 	$(PYTEST) -m gpu
+
+# On the GPU machine: the seed matrix cold, then Mistral under a 15 GiB cap, recorded in
+# benchmarks/gpu-record.json for the commit it ran on (docs/PERFORMANCE.md). Needs no set-up beyond
+# what the GPU box has (GPU_PY: the .venv's python when there is one, else python3).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py --record benchmarks/gpu-record.json $(GPU_CHECK_ARGS)
 
 clean-results:
 	find results -mindepth 1 ! -name .gitkeep -delete

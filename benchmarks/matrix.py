@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -81,21 +82,20 @@ def table(documents: list[EvaluationDocument]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    parser.add_argument("--suite-config", required=True)
-    parser.add_argument("--results-dir", required=True, type=Path)
-    parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
-    args = parser.parse_args()
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", f"--suite-config={args.suite_config}",
-               f"--results-dir={args.results_dir}", "-p", "no:cacheprovider", "-q", *args.pytest_args]
+def measure(suite_config: str, results_dir: Path, pytest_args: list[str], echo: bool = True) -> dict[str, Any]:
+    """Run ``pytest -m gpu`` once (a JUnit file in ``results_dir``) and return what it measured: wall
+    time, pytest's exit code, GPU samples, and per pair its stage table, peak memory and batching."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", f"--suite-config={suite_config}",
+               f"--results-dir={results_dir}", f"--junitxml={results_dir / 'junit.xml'}", "-p", "no:cacheprovider",
+               "-q", *pytest_args]
     print("running:", " ".join(command), flush=True)
     start = time.perf_counter()
     with GpuSampler() as sampler:
-        rc = subprocess.call(command)
+        rc = subprocess.call(command, stdout=None if echo else subprocess.DEVNULL)
     wall = time.perf_counter() - start
     documents = []
-    for path in sorted(args.results_dir.glob("*_evaluation.json")):
+    for path in sorted(results_dir.glob("*_evaluation.json")):
         try:
             documents.append(read_document(EvaluationDocument, path))
         except SchemaError as exc:
@@ -109,11 +109,46 @@ def main() -> int:
     gpu = sampler.summary()
     print(f"wall {wall:.1f} s (pytest exit {rc}); GPU busy %: "
           + ", ".join(f"gpu{g} {v:.0f}" for g, v in gpu["busy_pct"].items()) + "; max used GiB: "
-          + ", ".join(f"gpu{g} {v:.1f}" for g, v in gpu["max_used_gib"].items()))
-    summary = {"command": command, "wall_s": wall, "pytest_exit": rc, "gpu": gpu,
-               "pairs": [{"model": d.model.key, "variant": d.variant.key, "stages": d.timing.stages,
-                          "peak_gb": d.memory.peak_gb, "batching": d.batching.__dict__} for d in documents]}
-    args.results_dir.mkdir(parents=True, exist_ok=True)
+          + ", ".join(f"gpu{g} {v:.1f}" for g, v in gpu["max_used_gib"].items()), flush=True)
+    return {"command": command, "wall_s": wall, "pytest_exit": rc, "gpu": gpu, "tests": junit_outcomes(results_dir / "junit.xml"),
+            "pairs": [{"model": d.model.key, "variant": d.variant.key, "stages": d.timing.stages,
+                       "peak_gb": d.memory.peak_gb, "batching": d.batching.__dict__} for d in documents]}
+
+
+def junit_outcomes(path: Path) -> dict[str, Any]:
+    """Counts, and every failed or erroring test by name with the first line of its message."""
+    import xml.etree.ElementTree as ET
+
+    if not path.exists():
+        return {"counts": {}, "failures": [], "errors": []}
+    counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+    failures, errors = [], []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        outcome = next((child for child in case if child.tag in ("failure", "error", "skipped")), None)
+        if outcome is None:
+            counts["passed"] += 1
+            continue
+        message = (outcome.get("message") or outcome.text or "").strip().splitlines()
+        entry = {"test": name, "message": message[0][:300] if message else ""}
+        if outcome.tag == "skipped":
+            counts["skipped"] += 1
+        elif outcome.tag == "failure":
+            counts["failed"] += 1
+            failures.append(entry)
+        else:
+            counts["error"] += 1
+            errors.append(entry)
+    return {"counts": counts, "failures": failures, "errors": errors}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("--suite-config", required=True)
+    parser.add_argument("--results-dir", required=True, type=Path)
+    parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
+    args = parser.parse_args()
+    summary = measure(args.suite_config, args.results_dir, args.pytest_args)
     (args.results_dir / "matrix_benchmark.json").write_text(json.dumps(summary, indent=2, default=str))
     return 0
 

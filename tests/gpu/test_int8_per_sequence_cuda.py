@@ -1,0 +1,99 @@
+"""LLM.int8 with per-sequence outlier columns on CUDA (models/int8_per_sequence.py) against
+bitsandbytes' own layer run one sequence at a time: a layer with outliers in some sequences and in
+left padding, and a real model's per-sequence KL to FP16 scored in one padded batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _layer(seed: int = 0):
+    import bitsandbytes as bnb
+
+    torch.manual_seed(seed)
+    layer = bnb.nn.Linear8bitLt(512, 384, bias=True, has_fp16_weights=False, threshold=6.0)
+    layer.weight = bnb.nn.Int8Params(torch.randn(384, 512, dtype=torch.float16) * 0.05, requires_grad=False,
+                                     has_fp16_weights=False)
+    layer.bias = torch.nn.Parameter(torch.randn(384, dtype=torch.float16) * 0.1)
+    return layer.cuda().eval()
+
+
+def test_layer_in_a_padded_batch_matches_bitsandbytes_alone():
+    from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, real_tokens
+
+    layer = _layer()
+    lengths = [37, 64, 9, 50]
+    width = max(lengths)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(len(lengths), width, 512, device="cuda", dtype=torch.float16, generator=g)
+    mask = torch.zeros(len(lengths), width, dtype=torch.bool, device="cuda")
+    for i, n in enumerate(lengths):
+        mask[i, width - n:] = True
+    x[1, 10, 7] = 9.0  # sequence 1 owns column 7
+    x[3, -1, 100] = -12.0  # sequence 3 owns column 100
+    x[2, 0, 200] = 40.0  # padding of sequence 2: must not count
+    with torch.inference_mode():
+        alone = [layer(x[i:i + 1, width - n:]) for i, n in enumerate(lengths)]
+        stock = layer(x)
+        install_per_sequence_int8(layer)
+        with real_tokens(mask):
+            ours = layer(x)
+    worst = stock_worst = 0.0
+    for i, n in enumerate(lengths):
+        scale = alone[i].float().abs().max()
+        worst = max(worst, float((ours[i, width - n:] - alone[i][0]).float().abs().max() / scale))
+        stock_worst = max(stock_worst, float((stock[i, width - n:] - alone[i][0]).float().abs().max() / scale))
+    print(f"\n[measured] max |per-sequence batch - bitsandbytes alone| / max|out| = {worst:.2e}; stock batch {stock_worst:.2e}")
+    assert worst < 2e-3  # float16 sums in another order at most
+    assert stock_worst > 10 * worst  # the control: bitsandbytes' own batch moves them
+
+
+def test_scoring_a_padded_batch_matches_one_prompt_alone(tiny_llama):
+    """Per-prompt KL of int8 against FP16 logits: batch of prompts of different lengths (per-sequence
+    outliers) vs bitsandbytes' own layer one prompt at a time; an outlier embedding makes every layer
+    decompose."""
+    from quant_fixtures.config import ModelSpec
+    from quant_fixtures.models.int8_per_sequence import remove_per_sequence_int8, install_per_sequence_int8, real_tokens
+    from quant_fixtures.models.loading import load_model
+    from quant_fixtures.models.sources import resolve_model
+    from quant_fixtures.settings import LoadSettings
+    from quant_fixtures.variants import VARIANTS
+
+    spec = ModelSpec(key="tiny", path=str(tiny_llama))
+    resolved = resolve_model(spec, tiny_llama / ".cache")
+    options = LoadSettings(device="cuda:0", weight_dtype="float16")
+    int8 = load_model(spec, resolved, VARIANTS["int8"], options).model
+    assert VARIANTS["int8"].batch_invariant
+    with torch.no_grad():
+        int8.model.embed_tokens.weight[7].zero_()
+        int8.model.embed_tokens.weight[7, 3] = 40.0
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(10, 500, (n,), generator=g).tolist() for n in (40, 23, 61, 12, 33)]
+    rows[2][5] = 7  # one prompt carries the outlier token
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+    ids, mask = ids.cuda(), mask.cuda()
+    with torch.inference_mode(), real_tokens(mask):
+        batched = torch.log_softmax(int8(input_ids=ids, attention_mask=mask).logits.double(), -1)
+    remove_per_sequence_int8(int8)
+    try:
+        with torch.inference_mode():
+            alone = [torch.log_softmax(int8(input_ids=torch.tensor([r]).cuda()).logits[0].double(), -1) for r in rows]
+            stock = torch.log_softmax(int8(input_ids=ids, attention_mask=mask).logits.double(), -1)
+    finally:
+        install_per_sequence_int8(int8)
+    worst = stock_worst = 0.0
+    for i, r in enumerate(rows):
+        n = len(r)
+        diff = (batched[i, :n] - alone[i]).abs().max()
+        worst = max(worst, float(diff))
+        stock_worst = max(stock_worst, float((stock[i, :n] - alone[i]).abs().max()))
+    print(f"\n[measured] max |log-prob batch - alone| per-sequence {worst:.2e}, stock bitsandbytes {stock_worst:.2e}")
+    assert worst < 5e-3
+    assert stock_worst > 10 * worst
