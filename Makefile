@@ -54,7 +54,7 @@ gpu: install
 # what the GPU box has (GPU_PY: the .venv's python when there is one, else python3).
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
-	$(GPU_PY) benchmarks/gpu_check.py --record benchmarks/gpu-record.json $(GPU_CHECK_ARGS)
+	$(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean-results:
 	find results -mindepth 1 ! -name .gitkeep -delete

@@ -57,14 +57,17 @@ def expected_on_random_weights(failure: dict[str, str]) -> bool:
 
 
 def commit() -> tuple[str | None, bool | None]:
-    """(commit, whether the tree differs from it) from git, else $GPU_CHECK_COMMIT with unknown state."""
+    """(commit, whether the tree differs from it): $GPU_CHECK_COMMIT when set (the device's copy of the
+    tree carries no current git), else git."""
+    if os.environ.get("GPU_CHECK_COMMIT"):
+        return os.environ["GPU_CHECK_COMMIT"], None
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True, check=True)
         return head.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("GPU_CHECK_COMMIT") or None, None
+        return None, None
 
 
 def environment() -> dict[str, Any]:
@@ -91,6 +94,8 @@ def run(suite: Path, work: Path, name: str, args: list[str]) -> dict[str, Any]:
         path.mkdir(parents=True, exist_ok=True)
     summary = measure(str(suite), dirs["results"], [f"--baselines-dir={dirs['baselines']}",
                                                      f"--cache-dir={dirs['cache']}", *args])
+    if summary["pytest_exit"] not in (0, 1):  # interrupted, internal or usage error, nothing collected
+        raise SystemExit(f"gpu-check: the {name} run ended with pytest exit {summary['pytest_exit']}; no record written")
     tests = summary["tests"]
     for failure in tests["failures"]:
         failure["expected_on_random_weights"] = expected_on_random_weights(failure)

@@ -86,7 +86,7 @@ def measure(suite_config: str, results_dir: Path, pytest_args: list[str], echo: 
     """Run ``pytest -m gpu`` once (a JUnit file in ``results_dir``) and return what it measured: wall
     time, pytest's exit code, GPU samples, and per pair its stage table, peak memory and batching."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", f"--suite-config={suite_config}",
+    command = [sys.executable, "-m", "pytest", *plugin_args(), "-m", "gpu", f"--suite-config={suite_config}",
                f"--results-dir={results_dir}", f"--junitxml={results_dir / 'junit.xml'}", "-p", "no:cacheprovider",
                "-q", *pytest_args]
     print("running:", " ".join(command), flush=True)
@@ -113,6 +113,15 @@ def measure(suite_config: str, results_dir: Path, pytest_args: list[str], echo: 
     return {"command": command, "wall_s": wall, "pytest_exit": rc, "gpu": gpu, "tests": junit_outcomes(results_dir / "junit.xml"),
             "pairs": [{"model": d.model.key, "variant": d.variant.key, "stages": d.timing.stages,
                        "peak_gb": d.memory.peak_gb, "batching": d.batching.__dict__} for d in documents]}
+
+
+def plugin_args() -> list[str]:
+    """``-p quant_fixtures.plugin.hooks`` where the package is not installed (a GPU box running the
+    checkout as it is): the plugin is otherwise loaded through its pytest11 entry point."""
+    from importlib.metadata import entry_points
+
+    installed = any(e.value.startswith("quant_fixtures.") for e in entry_points(group="pytest11"))
+    return [] if installed else ["-p", "quant_fixtures.plugin.hooks"]
 
 
 def junit_outcomes(path: Path) -> dict[str, Any]:
