@@ -161,7 +161,8 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
 
 def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                     batch_size: int, pad: int, consume: Callable[[int, torch.Tensor, torch.Tensor], None],
-                    budget: MemoryBudget | None = None, log: BatchLog | None = None, stage: str = "scoring") -> None:
+                    budget: MemoryBudget | None = None, log: BatchLog | None = None, stage: str = "scoring",
+                    equal_lengths: bool = False) -> None:
     """Teacher-forced logits (float32) at every position whose next token is a response token.
 
     For prompt p (P tokens) and response r (R tokens) the model reads p + r[:-1]; the R positions
@@ -170,6 +171,9 @@ def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Seq
     (again for the same prompt if its batch is rerun after running out of memory); prompts with an
     empty response are skipped.
     Rows run longest first; on CUDA the longest runs alone first, to measure how many fit a pass.
+    ``equal_lengths``: a pass holds only rows of one length, so every row runs exactly the kernels it
+    runs alone (attention reduces over the padded length: float noise of ~1e-7 that LLM.int8's outlier
+    threshold and rounding can turn into a different per-prompt KL).
     """
     device = model_device(model)
     budget = budget or MemoryBudget(str(device))
@@ -180,11 +184,13 @@ def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Seq
 
     def run(batch: list[int]) -> None:
         rows = [list(prompts[i]) + list(responses[i][:-1]) for i in batch]
-        # Right padding: every row's real tokens sit where they sit alone (positions 0..L-1, causal
-        # attention never reaches the padding after them), so the batch changes no summation order.
+        # Right padding and no attention mask: every row's real tokens sit where they sit alone
+        # (positions 0..L-1) and causal attention never reaches the padding after them, so a row runs
+        # the kernels it runs alone (a padding mask would pick other attention kernels, whose float
+        # noise LLM.int8's outlier threshold turns into different numbers).
         ids, mask = _right_pad(rows, pad, device)
         with real_tokens(mask):  # padding takes no part in LLM.int8's outlier choice
-            hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
         chunk = max(1, budget.chunk_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab) // vocab)
         for row, i in enumerate(batch):
             n = len(responses[i])
@@ -193,5 +199,7 @@ def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Seq
             logits = torch.cat([output_logits(model, h[lo:lo + chunk]).float() for lo in range(0, n, chunk)])
             consume(i, logits, h)
 
+    length = {i: len(prompts[i]) + len(responses[i]) for i in todo}
+    same = (lambda a, b: length[a] == length[b]) if equal_lengths else None
     with torch.inference_mode():
-        run_sized(todo, batch_size, run, budget, log, stage, "prompts")
+        run_sized(todo, batch_size, run, budget, log, stage, "prompts", same_group=same)

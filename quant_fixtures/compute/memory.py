@@ -178,11 +178,15 @@ def chunked(items: Sequence[int], size: int, same_group: Callable[[int, int], bo
 def run_sized(items: Sequence[int], requested: int, run: Callable[[list[int]], None], budget: MemoryBudget,
               log: BatchLog, stage: str, unit: str, same_group: Callable[[int, int], bool] | None = None) -> None:
     """Run ``items`` in consecutive batches of at most ``requested``: on CUDA the first item runs
-    alone to measure how many fit (:func:`size_by_probe`), then :func:`run_batches` runs the rest."""
+    alone, through :func:`run_batches` too, to measure how many fit (:func:`size_by_probe`), then
+    :func:`run_batches` runs the rest."""
     size = requested
     if budget.cuda and requested > 1 and len(items) > 1:
-        size = size_by_probe(requested, lambda: run([items[0]]), budget, log, stage, unit)
-        items = items[1:]
+        first = [items[0]]
+        sized: list[int] = []
+        run_batches([first], lambda batch: sized.append(size_by_probe(requested, lambda: run(batch), budget, log,
+                                                                      stage, unit)), budget, log, stage, unit)
+        size, items = sized[-1], items[1:]
     run_batches(chunked(items, size, same_group), run, budget, log, stage, unit)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import traceback
 from contextlib import nullcontext
 
 from quant_fixtures.compute.memory import GiB, MemoryBudget, is_out_of_memory, require_executor, strict_executor
@@ -96,6 +97,10 @@ class EvaluationSession:
             raise
         except Exception as exc:
             if not is_out_of_memory(exc):
+                # The traceback's frames hold the model's tensors: clear them, so a failed pair does
+                # not keep its memory from the next one (its lines are still reported).
+                traceback.clear_frames(exc.__traceback__)
+                self.budget.release_cached()
                 raise
             failure = out_of_memory_line(model, variant, ctx.failed_stage or ctx.current_stage, exc, self.budget)
         if failure is not None:  # raised here, once the exception and the tensors it holds are gone

@@ -90,7 +90,9 @@ def variant_prompt_stage(ctx: PassContext, model: str, var: Variant, loaded: Loa
     with ctx.stage("statistics", "statistics"):
         records = per_prompt_records(prompts, reference, scores, responses, loaded.tokenizer)
         flips = flip_summary(records)
-    if not var.batch_invariant:
+    # Generation can move with the batch even when scoring does not: LLM.int8 turns the float noise
+    # of other padding into other tokens now and then (models/int8_per_sequence.amplifies_float_noise).
+    if not var.batch_invariant or loaded.per_sequence_int8_layers:
         with ctx.stage("generation (other batch composition)", "generation"):
             flips["batch_sensitivity"] = _batch_sensitivity(ctx, loaded, reference, records)
     with ctx.stage("statistics", "statistics"):

@@ -55,18 +55,14 @@ def test_scoring_a_padded_batch_matches_one_prompt_alone(tiny_llama):
     """Per-prompt KL of int8 against FP16 logits: batch of prompts of different lengths (per-sequence
     outliers) vs bitsandbytes' own layer one prompt at a time; an outlier embedding makes every layer
     decompose."""
-    from quant_fixtures.config import ModelSpec
-    from quant_fixtures.models.int8_per_sequence import remove_per_sequence_int8, install_per_sequence_int8, real_tokens
-    from quant_fixtures.models.loading import load_model
-    from quant_fixtures.models.sources import resolve_model
-    from quant_fixtures.settings import LoadSettings
+    from transformers import AutoModelForCausalLM
+
+    from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, real_tokens, remove_per_sequence_int8
     from quant_fixtures.variants import VARIANTS
 
-    spec = ModelSpec(key="tiny", path=str(tiny_llama))
-    resolved = resolve_model(spec, tiny_llama / ".cache")
-    options = LoadSettings(device="cuda:0", weight_dtype="float16")
-    int8 = load_model(spec, resolved, VARIANTS["int8"], options).model
-    assert VARIANTS["int8"].batch_invariant
+    int8 = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float16, device_map="cuda:0",
+                                                **VARIANTS["int8"].load_kwargs(None)).eval()
+    assert install_per_sequence_int8(int8) > 0 and VARIANTS["int8"].batch_invariant
     with torch.no_grad():
         int8.model.embed_tokens.weight[7].zero_()
         int8.model.embed_tokens.weight[7, 3] = 40.0

@@ -129,11 +129,13 @@ def test_int8_numbers_do_not_depend_on_batch_sizes(pytester, warm, tmp_path):
     assert one.ret == two.ret == 0, two.stdout.str()[-3000:]
     a, b = report(tmp_path / "R1", "int8"), report(tmp_path / "R2", "int8")
     assert a["batching"]["batch_invariant"] is True and b["perplexity"]["batch_size"] == 3
-    assert a["perplexity"]["batch_size"] == 1 and b["batching"]["prompt_scoring_per_pass"] > 1
-    assert a["perplexity"]["window_nll"] == pytest.approx(b["perplexity"]["window_nll"], rel=1e-6)
-    kl = [[r["kl_mean"] for r in doc["kl_divergence"]["per_prompt"]] for doc in (a, b)]
-    assert kl[0] == pytest.approx(kl[1], rel=1e-4)
-    assert "batch_sensitivity" not in b["flips"] and "batch_sensitivity" not in report(warm.results, "fp16")["flips"]
+    assert a["perplexity"]["batch_size"] == 1
+    assert a["perplexity"]["window_nll"] == b["perplexity"]["window_nll"]
+    assert [r["kl_mean"] for r in a["kl_divergence"]["per_prompt"]] == [r["kl_mean"] for r in b["kl_divergence"]["per_prompt"]]
+    # Its greedy generation still meets other padding in other batches: how much that moves it is measured.
+    sensitivity = b["flips"]["batch_sensitivity"]
+    assert (sensitivity["batch_size"], sensitivity["shift"], sensitivity["prompts"]) == (5, 2, 8)
+    assert "batch_sensitivity" not in report(warm.results, "fp16")["flips"]  # FP16 is batch-invariant
 
 
 def test_two_runs_into_one_results_directory_compare_every_variant(pytester, warm, tmp_path):
