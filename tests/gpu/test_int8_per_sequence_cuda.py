@@ -51,10 +51,11 @@ def test_layer_in_a_padded_batch_matches_bitsandbytes_alone():
     assert stock_worst > 10 * worst  # the control: bitsandbytes' own batch moves them
 
 
-def test_scoring_a_padded_batch_matches_one_prompt_alone(tiny_llama):
-    """Per-prompt KL of int8 against FP16 logits: batch of prompts of different lengths (per-sequence
-    outliers) vs bitsandbytes' own layer one prompt at a time; an outlier embedding makes every layer
-    decompose."""
+def test_a_batch_of_one_length_matches_one_sequence_alone(tiny_llama):
+    """Log-probs of a batch of equal-length sequences (how the suite batches LLM.int8: perplexity
+    windows, and scoring rows of one length) with per-sequence outliers, against bitsandbytes' own
+    layer one sequence at a time; one sequence carries an outlier embedding that makes every layer
+    decompose, which moves the others under bitsandbytes' own batching (the control)."""
     from transformers import AutoModelForCausalLM
 
     from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, real_tokens, remove_per_sequence_int8
@@ -67,7 +68,7 @@ def test_scoring_a_padded_batch_matches_one_prompt_alone(tiny_llama):
         int8.model.embed_tokens.weight[7].zero_()
         int8.model.embed_tokens.weight[7, 3] = 40.0
     g = torch.Generator().manual_seed(0)
-    rows = [torch.randint(10, 500, (n,), generator=g).tolist() for n in (40, 23, 61, 12, 33)]
+    rows = [torch.randint(10, 500, (40,), generator=g).tolist() for _ in range(5)]
     rows[2][5] = 7  # one prompt carries the outlier token
     width = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
