@@ -39,6 +39,7 @@ import torch
 
 _REAL_TOKENS: ContextVar[torch.Tensor | None] = ContextVar("quant_fixtures_real_tokens", default=None)
 _MARK = "_quant_fixtures_per_sequence_int8"
+MAX_EXACT_SETS = 16  # distinct owned-column sets given a float product each (beyond: one masked product)
 
 
 @contextmanager
@@ -79,7 +80,7 @@ def per_sequence_int8_matmul(x: torch.Tensor, weight_int8: torch.Tensor, weight_
         out = ops.int8_scaled_mm.default(quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=x.dtype)
         return out.view(*shape[:-1], -1)
     # Which of the union's columns each sequence owns: those where one of its real rows has an outlier.
-    sub = rows[:, union].to(torch.float16)
+    sub = rows.index_select(1, union).to(torch.float16)
     outlier = sub.abs() >= threshold
     per_sequence = outlier.view(sequences, -1, union.numel())
     if real is not None:
@@ -87,30 +88,38 @@ def per_sequence_int8_matmul(x: torch.Tensor, weight_int8: torch.Tensor, weight_
     owned = per_sequence.any(1, keepdim=True).expand_as(per_sequence).reshape(outlier.shape)  # [rows, union]
     # The union's columns a row does not own go back to int8 (default backend's formula), its own stay zero.
     requantized = torch.round(sub.masked_fill(outlier, 0) * (127.0 / row_scale.unsqueeze(-1))).to(torch.int8)
-    quantized[:, union] = requantized.masked_fill(owned, 0)
+    quantized.index_copy_(1, union, requantized.masked_fill(owned, 0))
     out = ops.int8_scaled_mm.default(quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=x.dtype)
     # The float part, once per distinct set of owned columns (usually one: the model's few massive
     # activation dimensions), over exactly those columns: the product bitsandbytes computes alone.
-    owned_sets, set_of_sequence = torch.unique(per_sequence.any(1), dim=0, return_inverse=True)
-    if owned_sets.shape[0] == 1:
-        return _add_float_part(out, rows, weight_int8, weight_scale, union[owned_sets[0]], None).view(*shape[:-1], -1)
+    # Past MAX_EXACT_SETS sets (decode steps and prefills of many prompts, where every row or prompt
+    # has its own) one product over the union, the columns a row does not own zeroed: the same terms,
+    # summed in another order.
+    owned_sets, set_of_sequence = (torch.unique(per_sequence.any(1), dim=0, return_inverse=True)
+                                   if sequences <= MAX_EXACT_SETS else (None, None))
+    if owned_sets is None or owned_sets.shape[0] > MAX_EXACT_SETS:
+        own_values = rows.index_select(1, union).masked_fill(~owned, 0)
+        out.addmm_(own_values, _float_columns(weight_int8, weight_scale, union, x.dtype))
+        return out.view(*shape[:-1], -1)
     row_set = set_of_sequence.repeat_interleave(rows.shape[0] // sequences)
     for index, owned_set in enumerate(owned_sets):
-        _add_float_part(out, rows, weight_int8, weight_scale, union[owned_set], (row_set == index).nonzero().view(-1))
+        columns = union[owned_set]
+        if columns.numel() == 0:
+            continue
+        weights = _float_columns(weight_int8, weight_scale, columns, x.dtype)
+        if owned_sets.shape[0] == 1:
+            out.addmm_(rows.index_select(1, columns), weights)
+        else:
+            which = (row_set == index).nonzero().view(-1)
+            out.index_copy_(0, which, out.index_select(0, which).addmm(rows[which].index_select(1, columns), weights))
     return out.view(*shape[:-1], -1)
 
 
-def _add_float_part(out: torch.Tensor, rows: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor,
-                    columns: torch.Tensor, which: torch.Tensor | None) -> torch.Tensor:
-    """out[which] += rows[which][:, columns] @ dequant(W)[:, columns].T (every row when ``which`` is None)."""
-    if columns.numel() == 0:
-        return out
-    weights = torch.ops.bitsandbytes.int8_vectorwise_dequant.default(weight_int8[:, columns].contiguous(),
-                                                                     weight_scale).to(rows.dtype).t()
-    if which is None:
-        return out.addmm_(rows[:, columns], weights)
-    out[which] = out[which].addmm(rows[which][:, columns], weights)
-    return out
+def _float_columns(weight_int8: torch.Tensor, weight_scale: torch.Tensor, columns: torch.Tensor,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """dequant(W)[:, columns].T in ``dtype``, as bitsandbytes builds it for its float part."""
+    return torch.ops.bitsandbytes.int8_vectorwise_dequant.default(weight_int8.index_select(1, columns),
+                                                                  weight_scale).to(dtype).t()
 
 
 def _forward(self: Any, x: torch.Tensor) -> torch.Tensor:
