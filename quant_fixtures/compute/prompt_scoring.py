@@ -15,6 +15,7 @@ import numpy as np
 
 from quant_fixtures.compute.memory import BatchLog, MemoryBudget, comparison_slice_elements
 from quant_fixtures.compute.generation import greedy_generate, pad_token_id, prompt_token_ids, response_logits
+from quant_fixtures.compute.scoring import model_device
 from quant_fixtures.inputs.prompts import Prompt
 from quant_fixtures.models.int8_per_sequence import amplifies_float_noise
 from quant_fixtures.metrics.divergence import kl_topk, tail_mass, topk_reference
@@ -99,7 +100,7 @@ def score_against_reference(model: Any, tokenizer: Any, reference: PromptReferen
                                 tail=tail_mass(ref_logp).cpu().numpy())
 
     response_logits(model, reference.prompt_ids, reference.response_ids, batch_size, pad, score, budget, log, stage,
-                    equal_lengths=amplifies_float_noise(model))
+                    equal_lengths=amplifies_float_noise(model) and model_device(model).type == "cpu")
     return [s or NO_SCORE for s in scores]
 
 

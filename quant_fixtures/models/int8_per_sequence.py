@@ -17,10 +17,11 @@ Here C is chosen per sequence (a row of ``X`` of shape [B, T, K]; padding positi
 other column in int8, in one batched call. bitsandbytes' own operators do the work (the row
 quantization, the int8 matmul and its dequantization, the weight dequantization); only the columns
 of the union that are not a row's own are quantized again here, with the default backend's formula
-(``round(x * 127 / absmax)``), and the float part runs once per distinct set of owned columns over
-exactly those columns, as bitsandbytes runs it for the sequence alone. On the CPU a sequence in a
-batch gets bit for bit what bitsandbytes gives it alone (tested); on CUDA the float products may
-sum in another order (cuBLAS picks kernels by shape, as it does for the 16-bit model). A 2-D input
+(``round(x * 127 / absmax)``), and on the CPU the float part runs once per distinct set of owned columns over
+exactly those columns, as bitsandbytes runs it for the sequence alone, so a sequence in a batch gets
+bit for bit what bitsandbytes gives it alone (tested). On CUDA (and past 16 distinct sets) one float
+product over the union with the columns a row does not own zeroed: the same terms in another
+summation order, which cuBLAS changes with the shape anyway (for the 16-bit model too). A 2-D input
 (no batch axis) is one sequence, as in bitsandbytes.
 
 The replacement is bound per module (``module.forward``), only to ``Linear8bitLt`` layers with
@@ -93,10 +94,13 @@ def per_sequence_int8_matmul(x: torch.Tensor, weight_int8: torch.Tensor, weight_
     # The float part, once per distinct set of owned columns (usually one: the model's few massive
     # activation dimensions), over exactly those columns: the product bitsandbytes computes alone.
     # Past MAX_EXACT_SETS sets (decode steps and prefills of many prompts, where every row or prompt
-    # has its own) one product over the union, the columns a row does not own zeroed: the same terms,
-    # summed in another order.
+    # has its own), and on CUDA, one product over the union, the columns a row does not own zeroed:
+    # the same terms, summed in another order.
+    # On CUDA float16 kernels chosen by shape already sum differently than alone (for the 16-bit model
+    # too), so exactness buys nothing there and the one product is taken always.
+    exact = x.device.type == "cpu" and sequences <= MAX_EXACT_SETS
     owned_sets, set_of_sequence = (torch.unique(per_sequence.any(1), dim=0, return_inverse=True)
-                                   if sequences <= MAX_EXACT_SETS else (None, None))
+                                   if exact else (None, None))
     if owned_sets is None or owned_sets.shape[0] > MAX_EXACT_SETS:
         own_values = rows.index_select(1, union).masked_fill(~owned, 0)
         out.addmm_(own_values, _float_columns(weight_int8, weight_scale, union, x.dtype))
@@ -173,5 +177,6 @@ def amplifies_float_noise(model: Any) -> bool:
     noise of ~1e-7 (another kernel for another shape) moves an activation across the threshold or a
     rounding boundary: measured on SmolLM2-135M, a prompt's KL moved by up to 99 % when it was scored
     beside longer ones, by 0 when beside prompts of its own length. Such a model is scored in passes
-    of equal-length rows."""
+    of equal-length rows on the CPU (on CUDA float16 kernels chosen by shape differ from alone
+    whatever the padding, so padded batches run there)."""
     return bool(_int8_layers(model))
