@@ -91,13 +91,11 @@ def per_sequence_int8_matmul(x: torch.Tensor, weight_int8: torch.Tensor, weight_
     requantized = torch.round(sub.masked_fill(outlier, 0) * (127.0 / row_scale.unsqueeze(-1))).to(torch.int8)
     quantized.index_copy_(1, union, requantized.masked_fill(owned, 0))
     out = ops.int8_scaled_mm.default(quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=x.dtype)
-    # The float part, once per distinct set of owned columns (usually one: the model's few massive
-    # activation dimensions), over exactly those columns: the product bitsandbytes computes alone.
-    # Past MAX_EXACT_SETS sets (decode steps and prefills of many prompts, where every row or prompt
-    # has its own), and on CUDA, one product over the union, the columns a row does not own zeroed:
-    # the same terms, summed in another order.
-    # On CUDA float16 kernels chosen by shape already sum differently than alone (for the 16-bit model
-    # too), so exactness buys nothing there and the one product is taken always.
+    # The float part. On the CPU, once per distinct set of owned columns (usually one: the model's few
+    # massive activation dimensions) over exactly those columns: the product bitsandbytes computes
+    # alone. On CUDA, whose float16 kernels sum differently with the shape anyway, and past
+    # MAX_EXACT_SETS sets (decode steps, prefills of many prompts): one product over the union with
+    # the columns a row does not own zeroed, the same terms in another order.
     exact = x.device.type == "cpu" and sequences <= MAX_EXACT_SETS
     owned_sets, set_of_sequence = (torch.unique(per_sequence.any(1), dim=0, return_inverse=True)
                                    if exact else (None, None))
