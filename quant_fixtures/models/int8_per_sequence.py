@@ -93,10 +93,10 @@ def per_sequence_int8_matmul(x: torch.Tensor, weight_int8: torch.Tensor, weight_
     out = ops.int8_scaled_mm.default(quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=x.dtype)
     # The float part. On the CPU, once per distinct set of owned columns (usually one: the model's few
     # massive activation dimensions) over exactly those columns: the product bitsandbytes computes
-    # alone. On CUDA, whose float16 kernels sum differently with the shape anyway, and past
-    # MAX_EXACT_SETS sets (decode steps, prefills of many prompts): one product over the union with
-    # the columns a row does not own zeroed, the same terms in another order.
-    exact = x.device.type == "cpu" and sequences <= MAX_EXACT_SETS
+    # alone. On CUDA, whose float16 kernels sum differently with the shape anyway, for decode steps
+    # (one token per sequence: every row its own set) and past MAX_EXACT_SETS sets: one product over
+    # the union with the columns a row does not own zeroed, the same terms in another order.
+    exact = x.device.type == "cpu" and sequences <= MAX_EXACT_SETS and rows.shape[0] > sequences
     owned_sets, set_of_sequence = (torch.unique(per_sequence.any(1), dim=0, return_inverse=True)
                                    if exact else (None, None))
     if owned_sets is None or owned_sets.shape[0] > MAX_EXACT_SETS:

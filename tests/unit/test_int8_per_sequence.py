@@ -56,10 +56,11 @@ def test_padding_takes_no_part_in_choosing_columns(layer):
         torch.testing.assert_close(ours[i, 3:], alone[i], rtol=0, atol=0)
 
 
-def test_many_single_token_sequences_use_one_masked_product(layer):
-    """Decode steps: more sets than MAX_EXACT_SETS take one product over the union with the columns a
-    row does not own zeroed; the same terms, so within float rounding of alone."""
-    x = torch.randn(MAX_EXACT_SETS + 8, 1, 64) * 2
+@pytest.mark.parametrize("sequences", [5, MAX_EXACT_SETS + 8])
+def test_single_token_sequences_use_one_masked_product(layer, sequences):
+    """Decode steps (and more sets than MAX_EXACT_SETS) take one product over the union with the
+    columns a row does not own zeroed; the same terms, so within float rounding of alone."""
+    x = torch.randn(sequences, 1, 64) * 2
     for i in range(0, x.shape[0], 3):
         x[i, 0, i % 64] = 8.0 + i
     alone = _alone(layer, x)
