@@ -37,8 +37,12 @@ eval: install
 CI_BUDGET ?= --ctx 1024 --ppl-max-tokens 2048 --max-new-tokens 16 \
 	--categories question_answering,mathematical_reasoning,code_generation,text_summarization
 TEST_ARGS ?= $(CI_BUDGET) --batch-size 2 --gen-batch-size 48
+# Two xdist workers with one torch thread each: most tests are pytest subprocesses whose start-up is
+# single-threaded, and two workers at two threads each on two cores made OpenMP spin (measured on
+# a 2-core machine: 857 s serial, 570 s this way).
+TEST_WORKERS ?= -n 2 --dist loadgroup
 test: install
-	$(PYTEST) tests -q $(TEST_ARGS)
+	OMP_NUM_THREADS=1 $(PYTEST) tests -q $(TEST_WORKERS) $(TEST_ARGS)
 	$(PYTEST) benchmarks -q --bench-rounds 1 --benchmark-json=results/benchmarks.json
 
 # Throughput of every variant of the embedded model (CPU) or, with `-m gpu`, of the seed models.
