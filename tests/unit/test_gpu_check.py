@@ -1,0 +1,48 @@
+"""benchmarks/gpu_check.py's record keeping (the GPU runs themselves only run on a GPU machine)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import gpu_check  # noqa: E402
+
+
+def _run(wall: float, pairs=(), failures=(), errors=()) -> dict:
+    return {"wall_s": wall, "busy_pct": {"0": 50.0}, "pairs": list(pairs), "unexpected_failures": list(failures),
+            "tests": {"failures": [], "errors": list(errors)}}
+
+
+def test_steps_of_the_same_commit_are_kept_and_others_dropped(tmp_path):
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps({"commit": "abc", "cap_15gib": {"passed": True}, "matrix": None}))
+    assert gpu_check.earlier_steps(path, "abc") == {"cap_15gib": {"passed": True}}
+    assert gpu_check.earlier_steps(path, "def") == {}
+    assert gpu_check.earlier_steps(tmp_path / "missing.json", "abc") == {}
+    path.write_text("{not json")
+    assert gpu_check.earlier_steps(path, "abc") == {}
+
+
+def test_a_record_is_complete_only_with_the_cap_and_the_matrix():
+    pair = {"model": "mistral7b", "variant": "int8", "stages": {"start-up": 5.0, "perplexity": 30.0}, "peak_gb": 9.0}
+    nf4 = {**pair, "variant": "nf4", "stages": {"perplexity": 10.0}}
+    cap = {**_run(200.0, [pair]), "passed": True}
+    assert "targets" not in gpu_check.finish({"cap_15gib": cap}, two_gpus_possible=False)
+    record = gpu_check.finish({"cap_15gib": cap, "matrix": _run(120.0, [pair, nf4])}, two_gpus_possible=False)
+    assert record["complete"] is True
+    targets = record["targets"]
+    assert targets["matrix_cold_wall_s"] == {"goal": "<= 90.0", "measured": 120.0, "met": False}
+    assert targets["mistral_int8_over_nf4"]["measured"] == 3.0 and not targets["mistral_int8_over_nf4"]["met"]
+    assert targets["cap_15gib"]["met"] is True and targets["two_gpus_over_one"]["met"] is None
+    assert "targets" not in gpu_check.finish({"cap_15gib": cap, "matrix": _run(1.0)}, two_gpus_possible=True)
+
+
+def test_quality_gates_and_missing_snapshots_are_expected_on_random_weights():
+    expected = gpu_check.expected_on_random_weights
+    assert expected({"test": "t::test_within_limit[m-nf4-kl_mean]", "message": "gate failed: m nf4: kl_mean = 0.9"})
+    assert expected({"test": "t::test_harm_summary_matches_snapshot[m]", "message": "Failed: no snapshot for these"})
+    assert not expected({"test": "t::test_within_limit[m-int8-memory_reduction_pct]", "message": "gate failed: x"})
+    assert not expected({"test": "t::test_perplexity_is_measured[m-fp16]", "message": "RuntimeError: out of memory"})
