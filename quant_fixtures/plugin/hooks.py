@@ -32,7 +32,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--variants", default=None,
                 help=f"comma-separated variants: registered methods ({','.join(VARIANTS)}) or a model's own "
                      f"[models.KEY.variants] (default: {','.join(DEFAULT_VARIANTS)} and the models' own)")
-    g.addoption("--ctx", type=int, default=None, help="perplexity window in tokens (default from config: 2048)")
+    g.addoption("--ctx", type=int, default=None, help="perplexity window in tokens: nonoverlapping and strided windows, llama.cpp's n_ctx, "
+                     "lm-eval's max_length (default: the config's ctx; llama.cpp 512; lm-eval the model's maximum)")
     g.addoption("--ppl-max-tokens", default=None,
                 help="token budget of the perplexity pass: an integer or 'all' (default: all on CUDA, "
                      "[defaults].cpu_ppl_max_tokens on CPU)")
