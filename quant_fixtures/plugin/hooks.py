@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from quant_fixtures.config import ConfigError, load_config
-from quant_fixtures.inputs.wikitext import SOURCES
+from quant_fixtures.inputs.wikitext import DEFAULT_SOURCE, SOURCES
 from quant_fixtures.plugin.cli import (CONFIG_KEY, SHIPPED, check_options, check_rootdir_not_taken_from_an_option,
                                        output_dirs, selected_pairs, settings_of, suite_config_path, suite_of,
                                        terminate_as_interrupt, unavailable_reason)
@@ -54,7 +54,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="16-bit dtype of the baseline and of unquantized weights")
     g.addoption("--nf4-compute-dtype", default=None, choices=DTYPE_NAMES, help="NF4 compute dtype")
     g.addoption("--nf4-double-quant", action="store_true", help="NF4 with double quantization of the scales")
-    g.addoption("--dataset-source", default="auto", choices=SOURCES, help="WikiText-2 from the Hub or vendored copy")
+    g.addoption("--dataset-source", default=DEFAULT_SOURCE, choices=SOURCES,
+                help="WikiText-2 from the copy shipped in the package (vendored, the default; auto is the same) "
+                     "or downloaded from the Hub (hub); the same text, sha256-checked")
     g.addoption("--frozen-baselines", action="store_true", help="error instead of recomputing a stale FP16 baseline")
     g.addoption("--prompts", default=None,
                 help="prompt suite JSONL (default: the 96-prompt suite shipped with quant_fixtures)")
