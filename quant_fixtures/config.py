@@ -317,6 +317,11 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
         raise ConfigError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_table(raw, path)
+
+
+def config_from_table(raw: dict[str, Any], path: Path) -> SuiteConfig:
+    """Validate a parsed suite TOML (``path`` names it in errors)."""
     unknown = set(raw) - {"defaults", "gates", "models", "snapshot_tolerances"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level tables {sorted(unknown)}")

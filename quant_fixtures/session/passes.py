@@ -80,7 +80,8 @@ def _measurements(ctx: PassContext, model: str, var: Variant, loaded: LoadedMode
     kl, flips, noise = prompt_results or (None, None, None)
     peak = ctx.budget.peak_bytes()
     return Measurements(
-        model=model, variant=var, loaded=loaded, source=spec.source, note=spec.note,
+        model=model, variant=var, loaded=loaded, source=spec.source,
+        note="; ".join(n for n in (spec.note, inputs.resolved(model).reference_note) if n) or None,
         weights_identity=inputs.resolved(model).identity, ctx=inputs.ctx(model), windows=len(corpus.windows),
         scored_bytes=corpus.scored_bytes, scored_words=corpus.scored_words, documents=corpus.documents,
         text_units=corpus.units, scores=scores,
