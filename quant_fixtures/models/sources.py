@@ -99,7 +99,7 @@ def _resolve_hub(spec: ModelSpec | CheckpointSpec, key: str) -> ResolvedModel:
             f"{key} ({spec.hub_id}@{revision}) is not in the local Hugging Face cache and the Hub "
             f"could not serve it ({type(exc).__name__}); remedy: download it where the Hub is reachable "
             f"(`hf download {spec.hub_id} --revision {revision}`) and point HF_HOME at that cache, or set "
-            f"`path = \"/local/dir\"` for it in quant_suite.toml"
+            f"`path = \"/local/dir\"` for it in quant_suite.toml (or give --model=/local/dir)"
         ) from None
     weight_files(directory, spec.allow_pickle, key)  # safetensors, or pickles only by opt-in
     # Snapshot directories are named by the commit hash, which pins the weights exactly.

@@ -31,26 +31,31 @@ def split_keys(value: str | None, valid: list[str], what: str) -> list[str] | No
 
 def suite_config_path(config: pytest.Config) -> Path | None:
     """--suite-config (a path from the invocation directory, or ``default`` for the configuration
-    shipped in the package), else quant_suite.toml in the rootdir; None when neither is given (the
-    package is installed for another project: its pytest runs must not change)."""
+    shipped in the package), else quant_suite.toml in the rootdir, else the shipped one when --model
+    is given; None otherwise (the package is installed for another project: its pytest runs must not
+    change)."""
     given = config.getoption("--suite-config")
     if given == SHIPPED:
         return DEFAULT_CONFIG_PATH
     if given:
         return Path(config.invocation_params.dir) / Path(given).expanduser()
     candidate = config.rootpath / "quant_suite.toml"
-    return candidate if candidate.is_file() else None
+    if candidate.is_file():
+        return candidate
+    # --model asks for the suite by name: without a config of the project's, the shipped defaults and gates
+    return DEFAULT_CONFIG_PATH if config.getoption("--model") else None
 
 
 def suite_of(config: pytest.Config) -> SuiteConfig:
     """The loaded suite config; a usage error where a test needs it and there is none."""
     if CONFIG_KEY not in config.stash:
         raise pytest.UsageError("no suite configuration: pass --suite-config PATH (or --suite-config default for the "
-                                f"one shipped with quant_fixtures) or put quant_suite.toml in the rootdir ({config.rootpath})")
+                                "one shipped with quant_fixtures) or put quant_suite.toml in the rootdir "
+                                f"({config.rootpath}), or give --model org/name")
     return config.stash[CONFIG_KEY]
 
 
-PATH_OPTIONS = ("--suite-config", "--results-dir", "--baselines-dir", "--cache-dir", "--prompts")
+PATH_OPTIONS = ("--suite-config", "--results-dir", "--baselines-dir", "--cache-dir", "--prompts", "--model")
 
 
 def check_rootdir_not_taken_from_an_option(config: pytest.Config) -> None:
@@ -256,11 +261,23 @@ def prompt_suite_options(config: pytest.Config) -> tuple[Path, tuple[str, ...] |
     return path, tuple(cats) if cats else None
 
 
+def selected_models(config: pytest.Config) -> list[str]:
+    """--model's models then those --models names; without --model, --models or every configured one."""
+    from quant_fixtures.plugin.model_option import given_keys
+
+    suite = suite_of(config)
+    named = split_keys(config.getoption("--models"), list(suite.models), "model") or []
+    given = given_keys(config)
+    if given:
+        return list(dict.fromkeys([*given, *named]))
+    return named or list(suite.models)
+
+
 def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
     """(model, variant) pairs of this run, registry order (the baseline first). Without --variants
     each model gets its default variants; with it, each selected model that has the variant."""
     suite = suite_of(config)
-    models = split_keys(config.getoption("--models"), list(suite.models), "model") or list(suite.models)
+    models = selected_models(config)
     asked = split_keys(config.getoption("--variants"), suite.variant_keys(), "variant")
     if asked is None:
         return [(m, v) for m in models for v in suite.default_variant_keys(m)]

@@ -15,6 +15,7 @@ from quant_fixtures.inputs.wikitext import DEFAULT_SOURCE, SOURCES
 from quant_fixtures.plugin.cli import (CONFIG_KEY, SHIPPED, check_options, check_rootdir_not_taken_from_an_option,
                                        output_dirs, selected_pairs, settings_of, suite_config_path, suite_of,
                                        terminate_as_interrupt, unavailable_reason)
+from quant_fixtures.plugin.model_option import given_models, model_values, with_given_models
 from quant_fixtures.plugin.state import preflight_models
 from quant_fixtures.variants import DEFAULT_VARIANTS, DTYPE_NAMES, VARIANTS
 
@@ -27,8 +28,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("quant", "quantization-harm suite")
     g.addoption("--suite-config", default=None,
                 help=f"suite TOML, or '{SHIPPED}' for the one shipped with quant_fixtures (default: quant_suite.toml "
-                     "in the rootdir; with neither, the plugin stays inactive)")
+                     "in the rootdir, else with --model the shipped one; with none of them, the plugin stays "
+                     "inactive)")
     g.addoption("--models", default=None, help="comma-separated model keys (default: every configured model)")
+    g.addoption("--model", action="append", default=None, metavar="ORG/NAME",
+                help="a model by Hugging Face Hub id (org/name[@revision]) or checkpoint directory, without "
+                     "TOML: a new entry with the default variants and the config's [gates] (the shipped config "
+                     "when the project has none), or the configured entry of that source; KEY=ORG/NAME names "
+                     "its key; repeatable; the run covers these models (and any --models)")
     g.addoption("--variants", default=None,
                 help=f"comma-separated variants: registered methods ({','.join(VARIANTS)}) or a model's own "
                      f"[models.KEY.variants] (default: {','.join(DEFAULT_VARIANTS)} and the models' own)")
@@ -87,9 +94,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if path is None:  # not a quantization-harm project: the plugin stays out of the way
         return
     try:
-        config.stash[CONFIG_KEY] = load_config(path)
+        suite = load_config(path, require_models=not model_values(config))
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    config.stash[CONFIG_KEY] = with_given_models(config, suite)
     from quant_fixtures.plugin import fixtures
 
     config.pluginmanager.register(fixtures, "quant_fixtures.fixtures")  # only in a configured project
@@ -110,7 +118,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     p = s.perplexity
     return [f"quant-fixtures: device {s.load.device}; perplexity protocol {p.protocol}; WikiText-2 tokens: "
             f"{p.max_tokens or 'all'}; ctx {p.ctx or 'the protocol default'}; max_new_tokens: "
-            f"{'per prompt' if cap is None else f'<= {cap}'}"]
+            f"{'per prompt' if cap is None else f'<= {cap}'}",
+            *(f"quant-fixtures: {g.describe(suite_of(config))}" for g in given_models(config))]
 
 
 def _pair_marks(config: pytest.Config, model: str, variant: str) -> list[Any]:
@@ -229,5 +238,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("quantization harm")
     for line in summary_lines(documents):
         terminalreporter.write_line(line)
+    for given in given_models(config):  # the key a --model got names its report files
+        terminalreporter.write_line(f"--model {given.given}: model {given.key!r}")
     report = config.stash.get(REPORT_KEY, None)
     terminalreporter.write_line(f"reports: {results_dir(config)}" + (f" (read {report})" if report else ""))
