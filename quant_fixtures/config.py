@@ -318,11 +318,11 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH, require_models: bool = T
         raise ConfigError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return config_from_table(raw, path)
+    return config_from_table(raw, path, require_models)
 
 
-def config_from_table(raw: dict[str, Any], path: Path) -> SuiteConfig:
-    """Validate a parsed suite TOML (``path`` names it in errors)."""
+def config_from_table(raw: dict[str, Any], path: Path, require_models: bool = True) -> SuiteConfig:
+    """Validate a parsed suite TOML (``path`` names it in errors; ``require_models``: as load_config)."""
     unknown = set(raw) - {"defaults", "gates", "models", "snapshot_tolerances"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level tables {sorted(unknown)}")
