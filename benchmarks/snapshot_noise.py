@@ -6,8 +6,9 @@ other environments, and how far each snapshot number moves between them.
 PYTEST_ARGS select the snapshot's settings exactly as the snapshot run gives them (for CI's:
 `make snapshot-noise`). Each configuration runs tests/harm/test_release_gates.py in a fresh process
 with its own empty cache and baselines (as another machine would: FP16 references are recomputed
-there too): the arguments as given; other batch sizes; one thread; and on a CPU with AVX512, the
-AVX2 kernels (ATEN_CPU_CAPABILITY, oneDNN and MKL restricted to AVX2, as on a CPU without AVX512).
+there too): the arguments as given; other batch sizes; and on the CPU, one thread. (CPU kernels
+are pinned to AVX2 on every x86-64 CPU, cpu_kernels.py, so the instruction set is not a source of
+noise; a run with QUANT_FIXTURES_CPU_KERNELS=native is another environment, named as such.)
 The record (report/reproduction.py) goes to OUT/<model>[<settings>].json, one per model; the next
 `pytest --snapshot-update` with the same settings stores it in the snapshot, whose comparison then
 allows twice the measured spread (never less than [snapshot_tolerances]).
@@ -27,8 +28,6 @@ sys.path.insert(0, str(ROOT))
 
 from quant_fixtures.report.reproduction import documents_of, measure, write_record  # noqa: E402
 
-AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
-                "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 BATCH_OPTIONS = ("--batch-size", "--gen-batch-size")
 
 
@@ -46,14 +45,12 @@ def without_options(args: list[str], names: tuple[str, ...]) -> list[str]:
     return kept
 
 
-def configurations(args: list[str], cuda: bool, has_avx512: bool) -> dict[str, tuple[list[str], dict[str, str]]]:
+def configurations(args: list[str], cuda: bool) -> dict[str, tuple[list[str], dict[str, str]]]:
     """label -> (pytest arguments, environment additions)."""
     other_batches = [*without_options(args, BATCH_OPTIONS), "--batch-size=2", "--gen-batch-size=12"]
     runs = {"as-given": (args, {}), "other-batches": (other_batches, {})}
     if not cuda:
         runs["one-thread"] = (args, {"OMP_NUM_THREADS": "1"})
-        if has_avx512:
-            runs["avx2-kernels"] = (args, AVX2_KERNELS)
     return runs
 
 
@@ -98,23 +95,21 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from quant_fixtures.environment import fingerprint
     from quant_fixtures.report.snapshot import settings_tag
 
     cuda = torch.cuda.is_available() and "--device=cpu" not in args.pytest_args
-    has_avx512 = "avx512f" in fingerprint("cpu")["cpu"]["isa"]
     settings = snapshot_settings(args.pytest_args)
     tag = settings_tag(settings)
     work = args.work or Path(tempfile.mkdtemp(prefix="snapshot-noise-"))
     results = {label: run_one(label, run_args, env, work)
-               for label, (run_args, env) in configurations(args.pytest_args, cuda, has_avx512).items()}
+               for label, (run_args, env) in configurations(args.pytest_args, cuda).items()}
     measured = [m for m in settings.models if any(Path(results["as-given"]).glob(f"*_quantized_{m}_evaluation.json"))]
     if not measured:
         raise SystemExit(f"snapshot-noise: no evaluation document in {results['as-given']}: nothing ran")
     for model in measured:
         runs = {label: documents_of(directory, model) for label, directory in results.items()}
         descriptions = {label: " ".join([*(f"{k}={v}" for k, v in env.items()), *run_args])
-                        for label, (run_args, env) in configurations(args.pytest_args, cuda, has_avx512).items()}
+                        for label, (run_args, env) in configurations(args.pytest_args, cuda).items()}
         record = measure(model, runs, tag, descriptions)
         path = write_record(args.out, record)
         print(f"snapshot-noise: {model}: wrote {path}")

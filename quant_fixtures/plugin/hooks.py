@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from quant_fixtures import cpu_kernels
 from quant_fixtures.config import ConfigError, load_config
 from quant_fixtures.inputs.wikitext import DEFAULT_SOURCE, SOURCES
 from quant_fixtures.plugin.cli import (CONFIG_KEY, SHIPPED, check_options, check_rootdir_not_taken_from_an_option,
@@ -90,6 +91,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): tests of one (model, variant) share an xdist worker")
     config.addinivalue_line("markers", "quant_variants(*keys): run this test for these variants only")
     check_rootdir_not_taken_from_an_option(config)  # before the rootdir is used to find the config
+    try:
+        cpu_kernels.mode()
+    except cpu_kernels.CpuKernelsError as exc:
+        raise pytest.UsageError(str(exc)) from None
     path = suite_config_path(config)
     if path is None:  # not a quantization-harm project: the plugin stays out of the way
         return
@@ -116,9 +121,11 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     s = settings_of(config)
     cap = s.prompts.max_new_tokens_cap
     p = s.perplexity
+    kernels = cpu_kernels.problem() if s.load.device_type == "cpu" else None
     return [f"quant-fixtures: device {s.load.device}; perplexity protocol {p.protocol}; WikiText-2 tokens: "
             f"{p.max_tokens or 'all'}; ctx {p.ctx or 'the protocol default'}; max_new_tokens: "
             f"{'per prompt' if cap is None else f'<= {cap}'}",
+            *([f"quant-fixtures: WARNING: {kernels}"] if kernels else []),
             *(f"quant-fixtures: {g.describe(suite_of(config))}" for g in given_models(config))]
 
 
