@@ -57,6 +57,8 @@ def harm_summary(documents: dict[str, EvaluationDocument], floors: dict[str, dic
     env = first.environment
     summary[ENVIRONMENT] = {"described": describe(env),
                             **numerics_key(env, ("torch", "transformers", "bitsandbytes"))}
+    if env["device_type"] == "cpu":  # LLM.int8 on the CPU moves with the thread count too (README)
+        summary[ENVIRONMENT]["cpu_threads"] = env["cpu"]["threads"]
     return summary
 
 
