@@ -155,7 +155,8 @@ def environment_note(old: Any, new: Any) -> str:
     """One line saying where the snapshot and this run were made, and what differs."""
     if not isinstance(old, dict) or not isinstance(new, dict):
         return "the snapshot records no environment (made before environments were recorded)"
-    changed = [k for k in sorted(set(old) | set(new)) if k != "described" and old.get(k) != new.get(k)]
+    # A key the snapshot does not record (made by an earlier version) is not a difference.
+    changed = [k for k in sorted(old) if k != "described" and old.get(k) != new.get(k)]
     where = f"snapshot made with {old.get('described')}; this run: {new.get('described')}"
     if not changed:
         return where + " (same environment: the model's numbers changed)"

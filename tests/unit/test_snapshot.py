@@ -92,6 +92,10 @@ def test_environment_is_recorded_not_compared():
     note = environment_note(old["environment"], new["environment"])
     assert note.startswith("snapshot made with AMX box; this run: AVX2 box") and "cpu_capability" in note
     assert "same environment" in environment_note(old["environment"], old["environment"])
+    # Another thread count is named; a key an older snapshot lacks is not a difference.
+    threads = environment_note({**new["environment"], "cpu_threads": 2}, {**new["environment"], "cpu_threads": 16})
+    assert "differs in cpu_threads" in threads
+    assert "same environment" in environment_note(new["environment"], {**new["environment"], "cpu_threads": 2})
 
 
 def test_untolerated_values_and_structure_must_be_equal():
