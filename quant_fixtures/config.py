@@ -308,8 +308,9 @@ def _parse_variants(where: str, model: str, table: Any, model_table: dict[str, A
     return parsed
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
-    """Parse and validate the suite's TOML file; errors name the file and the offending key."""
+def load_config(path: str | Path = DEFAULT_CONFIG_PATH, require_models: bool = True) -> SuiteConfig:
+    """Parse and validate the suite's TOML file; errors name the file and the offending key.
+    ``require_models=False``: the models may all come from the command line (--model)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -317,6 +318,11 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
         raise ConfigError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_table(raw, path, require_models)
+
+
+def config_from_table(raw: dict[str, Any], path: Path, require_models: bool = True) -> SuiteConfig:
+    """Validate a parsed suite TOML (``path`` names it in errors; ``require_models``: as load_config)."""
     unknown = set(raw) - {"defaults", "gates", "models", "snapshot_tolerances"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level tables {sorted(unknown)}")
@@ -331,8 +337,8 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> SuiteConfig:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{path}: [defaults] {name} must be a positive integer, got {value!r}")
     models = {key: _parse_model(path, key, table) for key, table in raw.get("models", {}).items()}
-    if not models:
-        raise ConfigError(f"{path}: no [models.*] tables")
+    if not models and require_models:
+        raise ConfigError(f"{path}: no [models.*] tables (add one, or give the model with --model org/name)")
     own = [k for spec in models.values() for k in spec.variants]
     gates, ungated = _check_gates(f"{path}: [gates]", raw.get("gates", {}), own)
     return SuiteConfig(

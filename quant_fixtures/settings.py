@@ -27,7 +27,7 @@ class PerplexityProtocol:
     max_tokens: int | None  # None: the whole test split
     stride: int | None  # the strided protocol's stride
     batch_size: int  # windows per forward pass (batch-invariant variants)
-    dataset_source: str = "auto"
+    dataset_source: str = "vendored"
     protocol: str = "nonoverlapping"  # inputs/corpus_protocols.PROTOCOLS
 
     @property

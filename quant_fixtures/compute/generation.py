@@ -162,7 +162,7 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
 def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                     batch_size: int, pad: int, consume: Callable[[int, torch.Tensor, torch.Tensor], None],
                     budget: MemoryBudget | None = None, log: BatchLog | None = None, stage: str = "scoring",
-                    equal_lengths: bool = False) -> None:
+                    equal_lengths: bool = False, progress: Callable[[int], None] | None = None) -> None:
     """Teacher-forced logits (float32) at every position whose next token is a response token.
 
     For prompt p (P tokens) and response r (R tokens) the model reads p + r[:-1]; the R positions
@@ -174,6 +174,7 @@ def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Seq
     ``equal_lengths``: a pass holds only rows of one length, so every row runs exactly the kernels it
     runs alone (attention reduces over the padded length: float noise of ~1e-7 that LLM.int8's outlier
     threshold and rounding can turn into a different per-prompt KL).
+    ``progress`` is told the prompts done after each pass (those with an empty response at once).
     """
     device = model_device(model)
     budget = budget or MemoryBudget(str(device))
@@ -198,7 +199,11 @@ def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Seq
             h = hidden[row, start:start + n]
             logits = torch.cat([output_logits(model, h[lo:lo + chunk]).float() for lo in range(0, n, chunk)])
             consume(i, logits, h)
+        if progress is not None:
+            progress(len(batch))
 
+    if progress is not None and len(todo) < len(prompts):
+        progress(len(prompts) - len(todo))
     length = {i: len(prompts[i]) + len(responses[i]) for i in todo}
     same = (lambda a, b: length[a] == length[b]) if equal_lengths else None
     with torch.inference_mode():

@@ -59,8 +59,9 @@ def reference_responses(model: Any, tokenizer: Any, prompts: Sequence[Prompt], k
 
 
 def reference_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey,
-                       prompt_ids: list[list[int]], responses: list[list[int]], score_batch: int,
-                       budget: MemoryBudget | None = None, log: BatchLog | None = None) -> PromptReference:
+                            prompt_ids: list[list[int]], responses: list[list[int]], score_batch: int,
+                            budget: MemoryBudget | None = None, log: BatchLog | None = None,
+                            progress: Callable[[int], None] | None = None) -> PromptReference:
     """The FP16 final hidden states at every response position, and the FP16 output head."""
     import torch
 
@@ -71,7 +72,7 @@ def reference_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[Prompt
         hidden[i] = states.detach().to("cpu", copy=True)
 
     response_logits(model, prompt_ids, responses, score_batch, pad_token_id(model, tokenizer), keep, budget, log,
-                    "reference scoring")
+                    "reference scoring", progress=progress)
     return PromptReference(key=key, prompt_ids=prompt_ids, response_ids=responses, hidden=hidden, head=head)
 
 
@@ -84,7 +85,7 @@ def compute_reference(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key
 
 def score_against_reference(model: Any, tokenizer: Any, reference: PromptReference, batch_size: int,
                             budget: MemoryBudget | None = None, log: BatchLog | None = None,
-                            stage: str = "scoring") -> list[PromptScore]:
+                            stage: str = "scoring", progress: Callable[[int], None] | None = None) -> list[PromptScore]:
     """Teacher-forced pass of the variant over prompt + FP16 response, compared with FP16."""
     scores: list[PromptScore | None] = [None] * len(reference.prompt_ids)
     pad = pad_token_id(model, tokenizer)
@@ -100,7 +101,7 @@ def score_against_reference(model: Any, tokenizer: Any, reference: PromptReferen
                                 tail=tail_mass(ref_logp).cpu().numpy())
 
     response_logits(model, reference.prompt_ids, reference.response_ids, batch_size, pad, score, budget, log, stage,
-                    equal_lengths=amplifies_float_noise(model) and model_device(model).type == "cpu")
+                    equal_lengths=amplifies_float_noise(model) and model_device(model).type == "cpu", progress=progress)
     return [s or NO_SCORE for s in scores]
 
 

@@ -30,6 +30,9 @@ from quant_fixtures.metrics.perplexity import (Window, llama_cpp_windows, nonove
 PROTOCOLS = ("nonoverlapping", "strided", "llama.cpp", "lm-eval")
 LLAMA_CPP_DEFAULT_CTX = 512  # llama-perplexity's default n_ctx
 LM_EVAL_DEFAULT_MAX_LENGTH = 2048  # HFLM's fallback when neither config nor tokenizer says
+# The smallest --ctx each protocol can score with: a window needs a token of context before its
+# first target; llama.cpp scores the second half of a chunk whose first token is BOS.
+MIN_CTX = {"nonoverlapping": 2, "strided": 2, "llama.cpp": 4, "lm-eval": 1}
 
 
 @dataclass

@@ -164,7 +164,9 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
                description="flipped answers / prompts with a checkable answer"),
     MetricSpec("footprint_gb", ("memory", "footprint_gb"), "lower", "size GB", ".3f", unit="GB",
                tolerance={"rel": 1e-4}, gate=OPTIONAL, limit_low_inclusive=False,
-               title="footprint GB", description="weights footprint as loaded (model.get_memory_footprint())"),
+               title="footprint GB",
+               description="parameters and buffers as loaded, counted one way for every method (models/footprint.py; "
+                           "for 16-bit and bitsandbytes models model.get_memory_footprint())"),
     MetricSpec("memory_reduction_pct", ("memory", "reduction_pct"), "higher", "reduct%", ".1f", unit="%",
                tolerance={"abs": 0.05}, gate=REQUIRED, limit_low_inclusive=False, limit_high=100.0,
                title="reduction %", description="footprint reduction against FP16, in percent"),

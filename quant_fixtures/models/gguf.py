@@ -103,6 +103,23 @@ def gguf_tensor_bytes(gguf_path: Path) -> int:
     return sum(int(t.n_bytes) for t in GGUFReader(gguf_path).tensors)
 
 
+def reference_note(gguf_path: Path) -> str:
+    """What a model's FP16 reference is when its weights come from a GGUF: the file's tensors
+    dequantized to float16, so they carry the file's own quantization (said in every report)."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    types = Counter(t.tensor_type.name for t in GGUFReader(gguf_path).tensors)
+    stored = ", ".join(f"{name} x{count}" for name, count in types.most_common())
+    quantized = [name for name, _ in types.most_common() if name not in ("F32", "F16", "BF16")]
+    if not quantized:
+        return f"the FP16 reference is {gguf_path.name} ({stored}) converted to float16"
+    return (f"the FP16 reference is {gguf_path.name} dequantized to float16 (its tensors: {stored}): it carries "
+            f"the file's {'/'.join(quantized)} quantization, so harm is measured against that GGUF, not against "
+            "the original float16 model")
+
+
 def convert_gguf_file(gguf_path: Path, cache_root: Path) -> ConvertedModel:
     """The converted directory for a GGUF file, converting on first use only."""
     import transformers

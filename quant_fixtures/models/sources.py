@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quant_fixtures.config import CheckpointSpec, ModelSpec
-from quant_fixtures.models.gguf import convert_gguf_file, convert_gguf_package, gguf_tensor_bytes, package_file
+from quant_fixtures.models.gguf import (convert_gguf_file, convert_gguf_package, gguf_tensor_bytes, package_file,
+                                       reference_note)
 from quant_fixtures.models.gguf_quantize import requantized_gguf
 from quant_fixtures.store.atomic import write_text_atomic
 from quant_fixtures.store.digests import sha256_blocks
@@ -33,6 +34,8 @@ class ResolvedModel:
     identity: str
     # A GGUF variant runs dequantized; its footprint is the file's quantized tensor bytes.
     gguf_tensor_bytes: int | None = None
+    # A model whose weights come from a GGUF: what its FP16 reference really is (every report says it).
+    reference_note: str | None = None
 
 
 def _file_digest(path: Path, cache_dir: Path) -> str:
@@ -96,7 +99,7 @@ def _resolve_hub(spec: ModelSpec | CheckpointSpec, key: str) -> ResolvedModel:
             f"{key} ({spec.hub_id}@{revision}) is not in the local Hugging Face cache and the Hub "
             f"could not serve it ({type(exc).__name__}); remedy: download it where the Hub is reachable "
             f"(`hf download {spec.hub_id} --revision {revision}`) and point HF_HOME at that cache, or set "
-            f"`path = \"/local/dir\"` for it in quant_suite.toml"
+            f"`path = \"/local/dir\"` for it in quant_suite.toml (or give --model=/local/dir)"
         ) from None
     weight_files(directory, spec.allow_pickle, key)  # safetensors, or pickles only by opt-in
     # Snapshot directories are named by the commit hash, which pins the weights exactly.
@@ -135,4 +138,5 @@ def resolve_model(spec: ModelSpec, cache_dir: Path) -> ResolvedModel:
     if spec.source_kind == "local":
         return _local_directory(spec.path, f"model {spec.key!r}", cache_dir, spec.allow_pickle)
     converted = convert_gguf_package(spec.gguf_package, spec.gguf_file, cache_dir / "gguf")
-    return ResolvedModel(converted.directory, converted.identity)
+    return ResolvedModel(converted.directory, converted.identity,
+                         reference_note=reference_note(package_file(spec.gguf_package, spec.gguf_file)))

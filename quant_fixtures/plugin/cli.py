@@ -31,39 +31,61 @@ def split_keys(value: str | None, valid: list[str], what: str) -> list[str] | No
 
 def suite_config_path(config: pytest.Config) -> Path | None:
     """--suite-config (a path from the invocation directory, or ``default`` for the configuration
-    shipped in the package), else quant_suite.toml in the rootdir; None when neither is given (the
-    package is installed for another project: its pytest runs must not change)."""
+    shipped in the package), else quant_suite.toml in the rootdir, else the shipped one when --model
+    is given; None otherwise (the package is installed for another project: its pytest runs must not
+    change)."""
     given = config.getoption("--suite-config")
     if given == SHIPPED:
         return DEFAULT_CONFIG_PATH
     if given:
         return Path(config.invocation_params.dir) / Path(given).expanduser()
     candidate = config.rootpath / "quant_suite.toml"
-    return candidate if candidate.is_file() else None
+    if candidate.is_file():
+        return candidate
+    # --model asks for the suite by name: without a config of the project's, the shipped defaults and gates
+    return DEFAULT_CONFIG_PATH if config.getoption("--model") else None
 
 
 def suite_of(config: pytest.Config) -> SuiteConfig:
     """The loaded suite config; a usage error where a test needs it and there is none."""
     if CONFIG_KEY not in config.stash:
         raise pytest.UsageError("no suite configuration: pass --suite-config PATH (or --suite-config default for the "
-                                f"one shipped with quant_fixtures) or put quant_suite.toml in the rootdir ({config.rootpath})")
+                                "one shipped with quant_fixtures) or put quant_suite.toml in the rootdir "
+                                f"({config.rootpath}), or give --model org/name")
     return config.stash[CONFIG_KEY]
 
 
-PATH_OPTIONS = ("--suite-config", "--results-dir", "--baselines-dir", "--cache-dir", "--prompts")
+PATH_OPTIONS = ("--suite-config", "--results-dir", "--baselines-dir", "--cache-dir", "--prompts", "--model")
 
 
 def check_rootdir_not_taken_from_an_option(config: pytest.Config) -> None:
     """pytest picks the rootdir (and with it the ini file: testpaths, addopts such as -m 'not gpu',
-    markers) before it loads plugins, so in `--suite-config /x/suite.toml` it takes the existing
-    path after the space for a test path. When that moved the rootdir, stop with the remedy instead
-    of running with another project's settings and writing outputs under /x."""
+    markers) before it loads plugins, so in `--results-dir /x` it takes the existing path after the
+    space for a test path. When that moved the rootdir, a command-line run starts again with the
+    option written `--results-dir=/x` (nothing has run yet); a run pytest cannot restart (in-process,
+    or the restart did not help) stops with the remedy instead of using another project's settings."""
     args = [str(a) for a in config.invocation_params.args]
     spaced = [name for name, value in zip(args, args[1:]) if name in PATH_OPTIONS
               and (Path(config.invocation_params.dir) / Path(value).expanduser()).exists()]
     if not spaced:
         return
-    try:  # where the rootdir would be from the test paths alone (pytest's own function)
+    expected = _rootdir_from_test_paths(config)
+    if expected is None or Path(expected).resolve() == config.rootpath.resolve():
+        return
+    if _restartable(args):
+        _restart_with_joined_options(config, args)
+    raise pytest.UsageError(
+        f"{spaced[0]} <path>: pytest took the path for a test path and chose the rootdir {config.rootpath} "
+        f"instead of {expected} (it decides the rootdir before plugins load); write {spaced[0]}=<path>")
+
+
+RESTARTED_ENV = "QUANT_FIXTURES_JOINED_OPTIONS"  # set in the restarted run: never restart twice
+
+
+def _rootdir_from_test_paths(config: pytest.Config) -> Path | None:
+    """Where the rootdir would be from the test paths alone (pytest's own function); None where
+    this pytest lacks it (the check cannot tell, so it stays quiet)."""
+    try:
         import inspect
 
         from _pytest.config.findpaths import determine_setup
@@ -72,13 +94,47 @@ def check_rootdir_not_taken_from_an_option(config: pytest.Config) -> None:
                  "args": [str(a) for a in config.option.file_or_dir or []],
                  "rootdir_cmd_arg": config.option.rootdir or None, "invocation_dir": config.invocation_params.dir}
         accepted = inspect.signature(determine_setup).parameters
-        expected = determine_setup(**{k: v for k, v in given.items() if k in accepted})[0]
-    except Exception:  # another pytest: without its function the check cannot tell, so it stays quiet
-        return
-    if Path(expected).resolve() != config.rootpath.resolve():
-        raise pytest.UsageError(
-            f"{spaced[0]} <path>: pytest took the path for a test path and chose the rootdir {config.rootpath} "
-            f"instead of {expected} (it decides the rootdir before plugins load); write {spaced[0]}=<path>")
+        return Path(determine_setup(**{k: v for k, v in given.items() if k in accepted})[0])
+    except Exception:
+        return None
+
+
+def joined_path_options(args: list[str]) -> list[str]:
+    """``args`` with every path option and its value joined by '=' (``--results-dir /x`` ->
+    ``--results-dir=/x``); everything else as given."""
+    joined: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] in PATH_OPTIONS and i + 1 < len(args):
+            joined.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+        else:
+            joined.append(args[i])
+            i += 1
+    return joined
+
+
+def _restartable(args: list[str]) -> bool:
+    """A run started from the command line (``pytest ...`` or ``python -m pytest ...``) that has
+    not been restarted already; an in-process pytest.main() is not ours to replace."""
+    import sys
+
+    return not os.environ.get(RESTARTED_ENV) and sys.argv[1:] == args
+
+
+def _restart_with_joined_options(config: pytest.Config, args: list[str]) -> None:
+    """Replace this process with the same pytest run, path options joined (so the rootdir is the
+    one the test paths give). Output capture is stopped first: it redirects the file descriptors
+    the new process inherits."""
+    import sys
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.stop_global_capturing()
+    os.environ[RESTARTED_ENV] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "pytest", *joined_path_options(args)])
 
 
 def ppl_protocol(config: pytest.Config) -> str:
@@ -97,6 +153,17 @@ def ppl_protocol(config: pytest.Config) -> str:
     return name
 
 
+def check_ctx(ctx: int | None, protocol: str) -> None:
+    """--ctx against the smallest window the protocol can score with (before any model loads)."""
+    from quant_fixtures.inputs.corpus_protocols import MIN_CTX
+
+    if ctx is not None and ctx < MIN_CTX[protocol]:
+        raise pytest.UsageError(f"--ctx {ctx}: the {protocol} protocol needs at least {MIN_CTX[protocol]} tokens "
+                                "per window (one of context before the first scored token"
+                                + (", and llama.cpp scores only a chunk's second half)" if protocol == "llama.cpp"
+                                   else ")"))
+
+
 def check_options(config: pytest.Config) -> None:
     """Every option, limit and output location, before anything loads (exit 4, one line)."""
     from quant_fixtures.session.preflight import PreflightError, check_limits, check_output_dirs
@@ -113,7 +180,7 @@ def check_options(config: pytest.Config) -> None:
         if value is not None and value < 1:
             raise pytest.UsageError(f"{name}: expected a positive integer, got {value}")
     max_gpu_memory(config)
-    ppl_protocol(config)
+    check_ctx(config.getoption("--ctx"), ppl_protocol(config))
     try:  # budgets against each model's window: in preflight_models, once its config is read
         check_limits(suite, selected_pairs(config))
         check_output_dirs(output_dirs(config))
@@ -194,11 +261,23 @@ def prompt_suite_options(config: pytest.Config) -> tuple[Path, tuple[str, ...] |
     return path, tuple(cats) if cats else None
 
 
+def selected_models(config: pytest.Config) -> list[str]:
+    """--model's models then those --models names; without --model, --models or every configured one."""
+    from quant_fixtures.plugin.model_option import given_keys
+
+    suite = suite_of(config)
+    named = split_keys(config.getoption("--models"), list(suite.models), "model") or []
+    given = given_keys(config)
+    if given:
+        return list(dict.fromkeys([*given, *named]))
+    return named or list(suite.models)
+
+
 def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
     """(model, variant) pairs of this run, registry order (the baseline first). Without --variants
     each model gets its default variants; with it, each selected model that has the variant."""
     suite = suite_of(config)
-    models = split_keys(config.getoption("--models"), list(suite.models), "model") or list(suite.models)
+    models = selected_models(config)
     asked = split_keys(config.getoption("--variants"), suite.variant_keys(), "variant")
     if asked is None:
         return [(m, v) for m in models for v in suite.default_variant_keys(m)]

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
+from quant_fixtures import cpu_kernels
 from quant_fixtures.config import ConfigError, load_config
-from quant_fixtures.inputs.wikitext import SOURCES
+from quant_fixtures.inputs.wikitext import DEFAULT_SOURCE, SOURCES
 from quant_fixtures.plugin.cli import (CONFIG_KEY, SHIPPED, check_options, check_rootdir_not_taken_from_an_option,
                                        output_dirs, selected_pairs, settings_of, suite_config_path, suite_of,
                                        terminate_as_interrupt, unavailable_reason)
+from quant_fixtures.plugin.model_option import given_models, model_values, with_given_models
 from quant_fixtures.plugin.state import preflight_models
 from quant_fixtures.variants import DEFAULT_VARIANTS, DTYPE_NAMES, VARIANTS
 
@@ -27,12 +29,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("quant", "quantization-harm suite")
     g.addoption("--suite-config", default=None,
                 help=f"suite TOML, or '{SHIPPED}' for the one shipped with quant_fixtures (default: quant_suite.toml "
-                     "in the rootdir; with neither, the plugin stays inactive)")
+                     "in the rootdir, else with --model the shipped one; with none of them, the plugin stays "
+                     "inactive)")
     g.addoption("--models", default=None, help="comma-separated model keys (default: every configured model)")
+    g.addoption("--model", action="append", default=None, metavar="ORG/NAME",
+                help="a model by Hugging Face Hub id (org/name[@revision]) or checkpoint directory, without "
+                     "TOML: a new entry with the default variants and the config's [gates] (the shipped config "
+                     "when the project has none), or the configured entry of that source; KEY=ORG/NAME names "
+                     "its key; repeatable; the run covers these models (and any --models)")
     g.addoption("--variants", default=None,
                 help=f"comma-separated variants: registered methods ({','.join(VARIANTS)}) or a model's own "
                      f"[models.KEY.variants] (default: {','.join(DEFAULT_VARIANTS)} and the models' own)")
-    g.addoption("--ctx", type=int, default=None, help="perplexity window in tokens (default from config: 2048)")
+    g.addoption("--ctx", type=int, default=None, help="perplexity window in tokens: nonoverlapping and strided windows, llama.cpp's n_ctx, "
+                     "lm-eval's max_length (default: the config's ctx; llama.cpp 512; lm-eval the model's maximum)")
     g.addoption("--ppl-max-tokens", default=None,
                 help="token budget of the perplexity pass: an integer or 'all' (default: all on CUDA, "
                      "[defaults].cpu_ppl_max_tokens on CPU)")
@@ -53,7 +62,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="16-bit dtype of the baseline and of unquantized weights")
     g.addoption("--nf4-compute-dtype", default=None, choices=DTYPE_NAMES, help="NF4 compute dtype")
     g.addoption("--nf4-double-quant", action="store_true", help="NF4 with double quantization of the scales")
-    g.addoption("--dataset-source", default="auto", choices=SOURCES, help="WikiText-2 from the Hub or vendored copy")
+    g.addoption("--dataset-source", default=DEFAULT_SOURCE, choices=SOURCES,
+                help="WikiText-2 from the copy shipped in the package (vendored, the default; auto is the same) "
+                     "or downloaded from the Hub (hub); the same text, sha256-checked")
     g.addoption("--frozen-baselines", action="store_true", help="error instead of recomputing a stale FP16 baseline")
     g.addoption("--prompts", default=None,
                 help="prompt suite JSONL (default: the 96-prompt suite shipped with quant_fixtures)")
@@ -80,13 +91,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): tests of one (model, variant) share an xdist worker")
     config.addinivalue_line("markers", "quant_variants(*keys): run this test for these variants only")
     check_rootdir_not_taken_from_an_option(config)  # before the rootdir is used to find the config
+    try:
+        cpu_kernels.mode()
+    except cpu_kernels.CpuKernelsError as exc:
+        raise pytest.UsageError(str(exc)) from None
     path = suite_config_path(config)
     if path is None:  # not a quantization-harm project: the plugin stays out of the way
         return
     try:
-        config.stash[CONFIG_KEY] = load_config(path)
+        suite = load_config(path, require_models=not model_values(config))
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    config.stash[CONFIG_KEY] = with_given_models(config, suite)
     from quant_fixtures.plugin import fixtures
 
     config.pluginmanager.register(fixtures, "quant_fixtures.fixtures")  # only in a configured project
@@ -105,9 +121,12 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     s = settings_of(config)
     cap = s.prompts.max_new_tokens_cap
     p = s.perplexity
+    kernels = cpu_kernels.problem() if s.load.device_type == "cpu" else None
     return [f"quant-fixtures: device {s.load.device}; perplexity protocol {p.protocol}; WikiText-2 tokens: "
             f"{p.max_tokens or 'all'}; ctx {p.ctx or 'the protocol default'}; max_new_tokens: "
-            f"{'per prompt' if cap is None else f'<= {cap}'}"]
+            f"{'per prompt' if cap is None else f'<= {cap}'}",
+            *([f"quant-fixtures: WARNING: {kernels}"] if kernels else []),
+            *(f"quant-fixtures: {g.describe(suite_of(config))}" for g in given_models(config))]
 
 
 def _pair_marks(config: pytest.Config, model: str, variant: str) -> list[Any]:
@@ -226,5 +245,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("quantization harm")
     for line in summary_lines(documents):
         terminalreporter.write_line(line)
+    for given in given_models(config):  # the key a --model got names its report files
+        terminalreporter.write_line(f"--model {given.given}: model {given.key!r}")
     report = config.stash.get(REPORT_KEY, None)
     terminalreporter.write_line(f"reports: {results_dir(config)}" + (f" (read {report})" if report else ""))

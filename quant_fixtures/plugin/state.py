@@ -15,9 +15,10 @@ SESSION_KEY = pytest.StashKey["Any"]()
 def session_of(config: pytest.Config) -> Any:
     """The run's evaluation session, built on first use and kept in config.stash."""
     if SESSION_KEY not in config.stash:
+        from quant_fixtures.plugin.progress import terminal_progress
         from quant_fixtures.session.orchestrator import EvaluationSession
 
-        session = EvaluationSession(config.stash[CONFIG_KEY], settings_of(config))
+        session = EvaluationSession(config.stash[CONFIG_KEY], settings_of(config), terminal_progress(config))
         session.inputs.use_prompts(config.stash.get(PROMPTS_KEY, None))  # validated at start-up: not parsed again
         config.stash[SESSION_KEY] = session
     return config.stash[SESSION_KEY]

@@ -1,11 +1,14 @@
 """Tolerance-aware JSON snapshots of a model's harm summary (syrupy).
 
 The serializer stores exact numbers (nothing is rounded, so values near a tolerance boundary do
-not flip); only the comparison is tolerant. A number "changed" only when it moved by more than
-the larger of its configured tolerance ([snapshot_tolerances]) and the statistical uncertainty
-the suite measured for it (the half-width of its 95 % CI, in either run); a count of flips changed
-only when an exact binomial test says the two counts differ (p < 0.05). The environment each
-snapshot was made in is stored beside it and named when a comparison fails, so drift of the
+not flip); only the comparison is tolerant. A snapshot compares the same text, prompts and FP16
+responses measured again, so a number "changed" only when it moved by more than the larger of its
+configured tolerance ([snapshot_tolerances]) and MARGIN times the reproduction spread recorded in
+the snapshot (how far the number moved between environments: CPU kernels, threads, batch sizes;
+report/reproduction.py). The sampling uncertainty over prompts is not a tolerance: it says how
+well the prompts estimate the model's harm, not whether a re-measurement differs. A count of flips
+changed only when an exact binomial test says the two counts differ (p < 0.05). The environment
+each snapshot was made in is stored beside it and named when a comparison fails, so drift of the
 environment can be told from harm of the model. `pytest --snapshot-update` accepts a new snapshot.
 """
 
@@ -22,14 +25,21 @@ from quant_fixtures.report.schema import EvaluationDocument
 from quant_fixtures.settings import RunSettings
 
 FLIPS_ALPHA = 0.05  # two flip counts differ when the exact binomial test rejects equal rates at this level
-UNCERTAINTY = "uncertainty"  # per variant: CI half-widths, used as tolerances, never compared
 ENVIRONMENT = "environment"  # top level: where the numbers were measured, never compared
+REPRODUCTION = "reproduction"  # top level: the measured reproduction noise the tolerances come from
+TOLERANCES = "tolerances"  # top level: the move each number is allowed (for the reader), never compared
+NOT_COMPARED = (ENVIRONMENT, REPRODUCTION, TOLERANCES)
+# Environments not measured (another vendor's CPU, another core count) may move numbers further
+# than the ones measured: a change is called real only beyond twice the largest measured move.
+MARGIN = 2.0
 
 
-def harm_summary(documents: dict[str, EvaluationDocument]) -> dict[str, Any]:
-    """What a release diff should show: settings, the environment, then per variant its gate
-    verdicts, the registry's snapshot metrics and their measured uncertainty (no timings, paths or
-    versions)."""
+def harm_summary(documents: dict[str, EvaluationDocument], floors: dict[str, dict[str, float]] | None = None,
+                 reproduction: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a release diff should show: settings, per variant its gate verdicts and the registry's
+    snapshot metrics (no timings, paths or versions); then, never compared, the reproduction
+    measurement the tolerances come from, the move each number is allowed (with ``floors``, the
+    configured [snapshot_tolerances]) and the environment."""
     from quant_fixtures.environment import describe, numerics_key
 
     first = next(iter(documents.values()))
@@ -37,31 +47,56 @@ def harm_summary(documents: dict[str, EvaluationDocument]) -> dict[str, Any]:
     settings = {"device_type": first.environment["device"].split(":")[0], "ctx": p.ctx,
                 "ppl_method": p.method, "ppl_tokens": p.tokens, "dataset_sha256": p.dataset_sha256,
                 "prompts": kl.method_settings if kl else None}
-    variants = {}
-    for variant, doc in documents.items():
-        uncertainty = {name: METRICS[name].uncertainty(doc) for name in SNAPSHOT_METRICS}  # 95 % CI half-widths
-        variants[variant] = {"gates": {g.metric: "pass" if g.passed else "FAIL" for g in doc.gates},
-                             **{name: METRICS[name].value(doc) for name in SNAPSHOT_METRICS},
-                             "checkable_prompts": doc.flips.checkable_prompts if doc.flips else None,
-                             UNCERTAINTY: {k: v for k, v in uncertainty.items() if v is not None}}
+    variants = {variant: {"gates": {g.metric: "pass" if g.passed else "FAIL" for g in doc.gates},
+                          **{name: METRICS[name].value(doc) for name in SNAPSHOT_METRICS},
+                          "checkable_prompts": doc.flips.checkable_prompts if doc.flips else None}
+                for variant, doc in documents.items()}
+    summary: dict[str, Any] = {"settings": settings, "variants": variants, REPRODUCTION: reproduction}
+    if floors is not None:
+        summary[TOLERANCES] = allowed_moves(variants, floors, reproduction)
     env = first.environment
-    return {"settings": settings, "variants": variants,
-            ENVIRONMENT: {"described": describe(env), **numerics_key(env, ("torch", "transformers", "bitsandbytes"))}}
+    summary[ENVIRONMENT] = {"described": describe(env),
+                            **numerics_key(env, ("torch", "transformers", "bitsandbytes"))}
+    if env["device_type"] == "cpu":  # LLM.int8 on the CPU moves with the thread count too (README)
+        summary[ENVIRONMENT]["cpu_threads"] = env["cpu"]["threads"]
+    return summary
 
 
-def _tolerance(metric: str, old: float, tolerances: dict[str, dict[str, float]],
-               uncertainty: tuple[dict[str, Any], dict[str, Any]]) -> tuple[float, str]:
-    """The allowed |new - old| and where it comes from."""
-    tol = tolerances.get(metric, {})
-    configured = max(tol.get("abs", 0.0), tol.get("rel", 0.0) * abs(old))
-    measured = max((u.get(metric) or 0.0 for u in uncertainty), default=0.0)
-    if measured > configured:
-        return measured, "the 95 % CI half-width"
-    return configured, "the configured tolerance"
+def allowed_move(metric: str, old: float, floors: dict[str, dict[str, float]], spread: float | None) -> tuple[float, str]:
+    """How far ``metric`` may move from its snapshot value ``old``, and why: the configured floor
+    (abs, or rel of the old value) or MARGIN x the recorded reproduction spread, whichever is larger."""
+    tol = floors.get(metric, {})
+    floor = max(tol.get("abs", 0.0), tol.get("rel", 0.0) * abs(old))
+    noise = MARGIN * spread if spread is not None else 0.0
+    if noise > floor:
+        return noise, f"{MARGIN:g} x the reproduction spread {spread:.3g}"
+    return floor, "the configured tolerance"
+
+
+def _spread(reproduction: Any, variant: str, metric: str) -> float | None:
+    if not isinstance(reproduction, dict):
+        return None
+    value = (reproduction.get("spread") or {}).get(variant, {}).get(metric)
+    return value if isinstance(value, (int, float)) else None
+
+
+def allowed_moves(variants: dict[str, Any], floors: dict[str, dict[str, float]],
+                  reproduction: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Per variant and tolerated metric: the move allowed from this value, and where it comes from."""
+    moves: dict[str, dict[str, Any]] = {}
+    for variant, values in variants.items():
+        moves[variant] = {}
+        for metric in SNAPSHOT_METRICS:
+            value = values.get(metric)
+            if METRICS[metric].is_count or not isinstance(value, (int, float)) or metric not in floors:
+                continue
+            allowed, source = allowed_move(metric, value, floors, _spread(reproduction, variant, metric))
+            moves[variant][metric] = {"allowed": allowed, "from": source}
+    return moves
 
 
 def _number_difference(path: str, metric: str | None, new: float, old: float,
-                       tolerances: dict[str, dict[str, float]], uncertainty: tuple[dict, dict]) -> str | None:
+                       tolerances: dict[str, dict[str, float]], spread: float | None) -> str | None:
     spec = METRICS.get(metric or "")
     if spec is not None and spec.is_count and isinstance(new, int) and isinstance(old, int):
         allowed = tolerances.get(metric, {}).get("abs", 0.0)
@@ -71,36 +106,43 @@ def _number_difference(path: str, metric: str | None, new: float, old: float,
         return f"{path}: {new} vs snapshot {old} (exact binomial test p = {p_value:.3g} < {FLIPS_ALPHA})"
     if metric not in tolerances or not (math.isfinite(new) and math.isfinite(old)):
         return None if new == old else f"{path}: {new!r} vs snapshot {old!r} (must be equal)"
-    allowed, source = _tolerance(metric, old, tolerances, uncertainty)
+    allowed, source = allowed_move(metric, old, tolerances, spread)
     if abs(new - old) <= allowed:
         return None
     return (f"{path}: {new:.6g} vs snapshot {old:.6g} (moved {new - old:+.4g}, more than {allowed:.4g}, "
             f"{source})")
 
 
-def snapshot_differences(new: Any, old: Any, tolerances: dict[str, dict[str, float]], path: str = "",
-                         uncertainty: tuple[dict, dict] = ({}, {})) -> list[str]:
-    """Every difference beyond tolerance, one line each (empty: the snapshot matches)."""
+def snapshot_differences(new: Any, old: Any, tolerances: dict[str, dict[str, float]]) -> list[str]:
+    """Every difference beyond tolerance, one line each (empty: the snapshot matches). The spread
+    comes from the snapshot's own reproduction record: the measurement its numbers were made with."""
+    reproduction = old.get(REPRODUCTION) if isinstance(old, dict) else None
+    return _differences(new, old, tolerances, "", reproduction, None)
+
+
+def _differences(new: Any, old: Any, tolerances: dict[str, dict[str, float]], path: str,
+                 reproduction: Any, variant: str | None) -> list[str]:
     metric = path.rsplit(".", 1)[-1] if path else None
     if isinstance(new, dict) and isinstance(old, dict):
-        if new.keys() != old.keys():
+        compared = [k for k in new if not (path == "" and k in NOT_COMPARED)]
+        if set(compared) != {k for k in old if not (path == "" and k in NOT_COMPARED)}:
             return [f"{path or 'summary'}: keys {sorted(new)} vs snapshot {sorted(old)}"]
-        pair = (new.get(UNCERTAINTY) or {}, old.get(UNCERTAINTY) or {}) if UNCERTAINTY in new else uncertainty
         lines: list[str] = []
-        for key in new:
-            if key in (UNCERTAINTY, ENVIRONMENT):
-                continue
-            lines += snapshot_differences(new[key], old[key], tolerances, f"{path}.{key}" if path else key, pair)
+        for key in compared:
+            inner_variant = key if path == "variants" else variant
+            lines += _differences(new[key], old[key], tolerances, f"{path}.{key}" if path else key, reproduction,
+                                  inner_variant)
         return lines
     if isinstance(new, list) and isinstance(old, list):
         if len(new) != len(old):
             return [f"{path}: {len(new)} items vs snapshot {len(old)}"]
         return [line for i, (a, b) in enumerate(zip(new, old))
-                for line in snapshot_differences(a, b, tolerances, f"{path}[{i}]", uncertainty)]
+                for line in _differences(a, b, tolerances, f"{path}[{i}]", reproduction, variant)]
     if isinstance(new, bool) or isinstance(old, bool):  # True == 1 in Python; not here
         return [] if type(new) is type(old) and new == old else [f"{path}: {new!r} vs snapshot {old!r}"]
     if isinstance(new, (int, float)) and isinstance(old, (int, float)):
-        line = _number_difference(path, metric, new, old, tolerances, uncertainty)
+        spread = _spread(reproduction, variant, metric) if variant and metric else None
+        line = _number_difference(path, metric, new, old, tolerances, spread)
         return [line] if line else []
     return [] if new == old else [f"{path}: {new!r} vs snapshot {old!r}"]
 
@@ -113,7 +155,8 @@ def environment_note(old: Any, new: Any) -> str:
     """One line saying where the snapshot and this run were made, and what differs."""
     if not isinstance(old, dict) or not isinstance(new, dict):
         return "the snapshot records no environment (made before environments were recorded)"
-    changed = [k for k in sorted(set(old) | set(new)) if k != "described" and old.get(k) != new.get(k)]
+    # A key the snapshot does not record (made by an earlier version) is not a difference.
+    changed = [k for k in sorted(old) if k != "described" and old.get(k) != new.get(k)]
     where = f"snapshot made with {old.get('described')}; this run: {new.get('described')}"
     if not changed:
         return where + " (same environment: the model's numbers changed)"

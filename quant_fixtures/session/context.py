@@ -1,16 +1,17 @@
 """What a pass receives: the run's settings, its inputs, the FP16 reference store, the stage it is
-in (so that running out of memory can say where) and the seconds spent in each row of the stage
-table every report carries (``timing.stages``)."""
+in (so that running out of memory can say where), the seconds spent in each row of the stage
+table every report carries (``timing.stages``) and where the progress of long stages goes."""
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Callable, Iterator
 
 from quant_fixtures.compute.memory import BatchLog, MemoryBudget
 from quant_fixtures.session.inputs import RunInputs
+from quant_fixtures.session.progress import ProgressSink, StageProgress
 from quant_fixtures.session.references import ReferenceStore
 from quant_fixtures.settings import RunSettings
 
@@ -30,42 +31,32 @@ class PassContext:
     failed_stage: str | None = None  # the innermost stage an exception left (clean-up stages run after it)
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGE_ROWS, 0.0))
     batches: BatchLog = field(default_factory=BatchLog)
+    pair: str = ""  # "model variant", as progress names it
+    progress: ProgressSink | None = None  # None: progress is not shown
 
     @contextmanager
-    def stage(self, name: str, row: str) -> Iterator[None]:
+    def stage(self, name: str, row: str, shown: bool = False, total: int | None = None,
+              unit: str = "") -> Iterator[Callable[[int], None]]:
         """Names the stage an error (out of memory) happened in and adds its time to ``row``
-        (the device is synchronised first, so queued GPU work is counted where it was queued)."""
+        (the device is synchronised first, so queued GPU work is counted where it was queued).
+        A ``shown`` stage tells the progress sink its start, its end and, through the callable it
+        yields, how many of its ``total`` ``unit`` are done."""
         if row not in self.seconds:
             raise ValueError(f"unknown stage-table row {row!r}")
         self.current_stage = name
-        start = time.perf_counter()
-        try:
-            yield
-        except BaseException:
-            self.failed_stage = self.failed_stage or name
-            raise
-        finally:
-            self.budget.synchronize()
-            self.seconds[row] += time.perf_counter() - start
+        with StageProgress(self.progress if shown else None, self.pair, name, total, unit) as progress:
+            start = time.perf_counter()
+            try:
+                yield progress.advance
+            except BaseException:
+                self.failed_stage = self.failed_stage or name
+                raise
+            finally:
+                self.budget.synchronize()  # before the stage's end is told: its GPU work is done
+                self.seconds[row] += time.perf_counter() - start
 
     def stage_table(self, wall_seconds: float) -> dict[str, float]:
         """The rows, with "other" = the evaluation's wall time not spent in a timed stage."""
         table = dict(self.seconds)
         table["other"] = max(0.0, wall_seconds - sum(v for k, v in table.items() if k != "other"))
         return {k: round(v, 3) for k, v in table.items()}
-
-
-def progress_bar(total: int, desc: str, unit: str) -> Any:
-    """A tqdm bar on an interactive terminal, nothing otherwise."""
-    import sys
-
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, leave=False)
-
-
-def close_bar(bar: Any) -> None:
-    if bar is not None:
-        bar.close()

@@ -25,6 +25,7 @@ from quant_fixtures.report.schema import EvaluationDocument, SchemaError, read_d
 from quant_fixtures.session.context import PassContext
 from quant_fixtures.session.inputs import RunInputs
 from quant_fixtures.session.passes import fp16_pass, variant_pass
+from quant_fixtures.session.progress import ProgressSink, StageProgress
 from quant_fixtures.session.references import References, ReferenceStore
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.atomic import file_lock
@@ -50,8 +51,8 @@ def out_of_memory_line(model: str, variant: str, stage: str, exc: BaseException,
 
 
 class EvaluationSession:
-    def __init__(self, config: SuiteConfig, settings: RunSettings) -> None:
-        self.config, self.settings = config, settings
+    def __init__(self, config: SuiteConfig, settings: RunSettings, progress: ProgressSink | None = None) -> None:
+        self.config, self.settings, self.progress = config, settings, progress  # progress: None shows none
         self.inputs = RunInputs(config, settings)
         self.references = ReferenceStore(self.inputs, settings)
         self.evaluations: dict[str, dict[str, EvaluationDocument]] = {}
@@ -85,13 +86,15 @@ class EvaluationSession:
         if not self._budget_enforced:
             self.budget.enforce()
             self._budget_enforced = True
-        ctx = PassContext(self.settings, self.inputs, self.references, self.budget)
+        pair = f"{model} {variant}"
+        ctx = PassContext(self.settings, self.inputs, self.references, self.budget, pair=pair, progress=self.progress)
         if self._startup_s is not None:
             ctx.seconds["start-up"], self._startup_s = self._startup_s, None
         started, nested_before = time.perf_counter(), self._nested_s
         failure = None
         try:
-            document = self._evaluate(ctx, model, variant)
+            with StageProgress(self.progress, pair, "evaluation"):
+                document = self._evaluate(ctx, model, variant)
         except EvaluationFailed as exc:
             self._failed[model, variant] = str(exc)
             raise
@@ -137,7 +140,7 @@ class EvaluationSession:
         spec, var = self.config.models[model], self.config.variant(model, variant)
         refs = None
         if not var.is_baseline:
-            with ctx.stage("FP16 references", "references"):  # may run the FP16 pass first (timed apart)
+            with ctx.stage("FP16 references", "references", shown=True):  # may run the FP16 pass first (timed apart)
                 nested_before = self._nested_s
                 refs = self.fp16_references(model)
             ctx.seconds["references"] -= self._nested_s - nested_before
@@ -145,7 +148,7 @@ class EvaluationSession:
             self.inputs.prefetch_corpus(model)
         with self.references.lock(model) if var.is_baseline else nullcontext():
             self.budget.start_peak()
-            with ctx.stage("load", "load"):
+            with ctx.stage("load", "load", shown=True):
                 loaded = load_model(spec, self.inputs.weights(model, var), var, self.settings.load,
                                     tokenizer_from=self.inputs.resolved(model).directory if var.source else None)
                 if strict_executor():  # the tests: a forward pass outside the memory executor is an error

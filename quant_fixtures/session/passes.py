@@ -5,17 +5,18 @@ variant's pass measures the variant against references it is given. Both return 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
 from quant_fixtures.compute.memory import BatchLog
 from quant_fixtures.compute.scoring import WindowScores, check_output_head, score_windows
+from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.inputs.corpus_protocols import CorpusPlan
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.build import Measurements
 from quant_fixtures.report.schema import Batching
-from quant_fixtures.session.context import PassContext, close_bar, progress_bar
+from quant_fixtures.session.context import PassContext
 from quant_fixtures.session.prompt_stage import fp16_prompt_stage, variant_prompt_stage
 from quant_fixtures.session.references import References
 from quant_fixtures.settings import RunSettings
@@ -58,19 +59,16 @@ def _plan(ctx: PassContext, model: str, loaded: LoadedModel) -> CorpusPlan:
         return ctx.inputs.corpus_plan(model)
 
 
-def _perplexity(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, corpus: CorpusPlan,
-                hook: Any, batching: Batching) -> WindowScores:
+def _perplexity(ctx: PassContext, loaded: LoadedModel, corpus: CorpusPlan, hook: Any,
+                batching: Batching) -> WindowScores:
     """The perplexity pass over the protocol's windows."""
     ids, plan = corpus.ids, corpus.windows
     if loaded.placement_note:
         ctx.batches.notes.append(loaded.placement_note)
-    bar = progress_bar(len(plan), f"{model} {var.key} perplexity", "win")
-    with ctx.stage("perplexity", "perplexity"):
+    with ctx.stage("perplexity", "perplexity", shown=True, total=len(plan), unit="windows") as advance:
         check_output_head(loaded.model)
-        scores = score_windows(loaded.model, ids, plan, batching.perplexity_windows_per_pass, hook=hook,
-                               progress=bar.update if bar else None, budget=ctx.budget, log=ctx.batches)
-    close_bar(bar)
-    return scores
+        return score_windows(loaded.model, ids, plan, batching.perplexity_windows_per_pass, hook=hook,
+                             progress=advance, budget=ctx.budget, log=ctx.batches)
 
 
 def _measurements(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, scores: WindowScores,
@@ -80,7 +78,8 @@ def _measurements(ctx: PassContext, model: str, var: Variant, loaded: LoadedMode
     kl, flips, noise = prompt_results or (None, None, None)
     peak = ctx.budget.peak_bytes()
     return Measurements(
-        model=model, variant=var, loaded=loaded, source=spec.source, note=spec.note,
+        model=model, variant=var, loaded=loaded, source=spec.source,
+        note="; ".join(n for n in (spec.note, inputs.resolved(model).reference_note) if n) or None,
         weights_identity=inputs.resolved(model).identity, ctx=inputs.ctx(model), windows=len(corpus.windows),
         scored_bytes=corpus.scored_bytes, scored_words=corpus.scored_words, documents=corpus.documents,
         text_units=corpus.units, scores=scores,
@@ -101,21 +100,26 @@ def _timed(run: Any) -> tuple[Any, float]:
 NOISE_WINDOWS = 8  # windows of the corpus noise floor: enough positions for its mean and p99, 6 % of a full pass
 
 
+def noise_windows(corpus: CorpusPlan) -> list[Window]:
+    """The corpus noise floor's windows: the first 8, or a quarter of a short pass."""
+    return corpus.windows[:min(NOISE_WINDOWS, -(-len(corpus.windows) // 4))]
+
+
 def _corpus_noise(ctx: PassContext, loaded: LoadedModel, corpus: CorpusPlan, reference: dict[str, Any],
-                  batching: Batching) -> Any:
-    """Per-position KL of FP16 against its own stored reference over the first windows (8, or a
-    quarter of a short pass), scored in
+                  batching: Batching, advance: Callable[[int], None]) -> Any:
+    """Per-position KL of FP16 against its own stored reference over :func:`noise_windows`, scored in
     another batch composition (one window per pass if the pass batched, else two): the KL that
     batching alone produces, beside every corpus KL figure."""
     import torch
 
     used = ctx.batches.used.get("perplexity", batching.perplexity_windows_per_pass)
     other = 1 if used > 1 else 2
-    windows = corpus.windows[:min(NOISE_WINDOWS, -(-len(corpus.windows) // 4))]  # at most a quarter of the pass
+    windows = noise_windows(corpus)
     positions = sum(w.scored for w in windows)
     subset = {**reference, "hidden": reference["hidden"][:positions]}
     hook = KLAgainstReference(subset, [w.scored for w in windows], ReferenceHead.live(loaded.model))
-    score_windows(loaded.model, corpus.ids, windows, other, hook=hook, budget=ctx.budget, log=BatchLog())
+    score_windows(loaded.model, corpus.ids, windows, other, hook=hook, progress=advance, budget=ctx.budget,
+                  log=BatchLog())
     return torch.from_numpy(hook.positions()["kl_pq"]).to(torch.float64)
 
 
@@ -125,13 +129,14 @@ def fp16_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel) -
     batching = batching_for(var, ctx.settings)
     corpus = _plan(ctx, model, loaded)
     recorder = HiddenRecorder(len(corpus.windows))
-    scores = _perplexity(ctx, model, var, loaded, corpus, recorder, batching)
+    scores = _perplexity(ctx, loaded, corpus, recorder, batching)
     baseline = Baseline(key=ctx.references.baseline_key(model), ppl=scores.ppl, window_nll=scores.window_nll,
                         window_tokens=scores.window_tokens, footprint_bytes=loaded.footprint_bytes)
     reference = recorder.tensors(loaded.model)
-    with ctx.stage("corpus noise floor", "perplexity"):
-        reference["noise_kl"] = _corpus_noise(ctx, loaded, corpus, reference, batching)
-    with ctx.stage("FP16 perplexity references (store)", "references"):
+    with ctx.stage("corpus noise floor", "perplexity", shown=True, total=len(noise_windows(corpus)),
+                   unit="windows") as advance:
+        reference["noise_kl"] = _corpus_noise(ctx, loaded, corpus, reference, batching, advance)
+    with ctx.stage("FP16 perplexity references (store)", "references", shown=True):
         ctx.references.save_perplexity(baseline, reference)
     prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
         lambda: fp16_prompt_stage(ctx, model, loaded))
@@ -143,7 +148,7 @@ def variant_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel
     batching = batching_for(var, ctx.settings)
     hook = KLAgainstReference(refs.corpus, refs.baseline.window_tokens)
     corpus = _plan(ctx, model, loaded)
-    scores = _perplexity(ctx, model, var, loaded, corpus, hook, batching)
+    scores = _perplexity(ctx, loaded, corpus, hook, batching)
     if refs.baseline.window_tokens != scores.window_tokens:
         raise RuntimeError(f"{model} {var.key}: perplexity windows differ from the FP16 baseline's")
     with ctx.stage("statistics", "statistics"):

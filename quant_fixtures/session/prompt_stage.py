@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from quant_fixtures.compute.memory import BatchLog
 from quant_fixtures.compute.prompt_scoring import (NO_SCORE, generate_responses, per_prompt_records, reference_hidden_states,
@@ -19,7 +19,7 @@ from quant_fixtures.metrics.prompt_summary import (batch_sensitivity, flip_summa
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.schema import Batching
-from quant_fixtures.session.context import PassContext, close_bar, progress_bar
+from quant_fixtures.session.context import PassContext
 from quant_fixtures.session.references import References
 from quant_fixtures.store.prompt_reference import PromptReference
 from quant_fixtures.variants import Variant
@@ -42,25 +42,26 @@ def fp16_prompt_stage(ctx: PassContext, model: str, loaded: LoadedModel) -> Prom
     reference, reason = store.cached_prompt_reference(model)
     if reference is None:
         log.warning("generating the FP16 prompt reference of %s: %s", model, reason)
-        key, bar = store.prompt_key(model), progress_bar(len(prompts), f"{model} fp16 generation", "prompt")
-        with ctx.stage("FP16 prompt reference (generation)", "generation"):
+        key, n = store.prompt_key(model), len(prompts)
+        with ctx.stage("FP16 prompt reference (generation)", "generation", shown=True, total=n,
+                       unit="prompts") as advance:
             prompt_ids, responses = reference_responses(loaded.model, loaded.tokenizer, prompts, key, q.gen_batch_size,
-                                                        bar.update if bar else None, ctx.budget, ctx.batches)
-        close_bar(bar)
-        with ctx.stage("FP16 prompt reference (scoring)", "scoring"):
+                                                        advance, ctx.budget, ctx.batches)
+        with ctx.stage("FP16 prompt reference (scoring)", "scoring", shown=True, total=n, unit="prompts") as advance:
             reference = reference_hidden_states(loaded.model, loaded.tokenizer, prompts, key, prompt_ids, responses,
-                                           q.score_batch_size, ctx.budget, ctx.batches)
-        with ctx.stage("FP16 prompt reference (store)", "references"):
+                                                q.score_batch_size, ctx.budget, ctx.batches, advance)
+        with ctx.stage("FP16 prompt reference (store)", "references", shown=True):
             store.save_prompt_reference(reference)
     # The noise floor scores FP16 again in other batches: a quarter of the reference's batch (other
     # shapes and neighbours for every prompt, at a quarter of one-per-pass's forward passes), or
     # batches of four when the reference ran one prompt per pass (memory permitting).
     used = ctx.batches.used.get("reference scoring", q.score_batch_size)
     other = max(1, used // 4) if used > 1 else 4
-    with ctx.stage("noise floor", "scoring"):  # FP16 against itself: its own head, no second copy on the device
+    # FP16 against itself: its own head, no second copy on the device.
+    with ctx.stage("noise floor", "scoring", shown=True, total=len(prompts), unit="prompts") as advance:
         scores = score_against_reference(loaded.model, loaded.tokenizer,
                                          replace(reference, head=ReferenceHead.live(loaded.model)), other,
-                                         ctx.budget, ctx.batches, "noise floor")
+                                         ctx.budget, ctx.batches, "noise floor", advance)
     with ctx.stage("statistics", "statistics"):
         records = per_prompt_records(prompts, reference, scores, reference.response_ids, loaded.tokenizer)
         kl = kl_section(records, q.top_k, method + f" Here: FP16 against itself, batch size {other} "
@@ -79,41 +80,46 @@ def variant_prompt_stage(ctx: PassContext, model: str, var: Variant, loaded: Loa
     """Score the variant against the FP16 reference, generate its own responses, count flips."""
     q, prompts, reference = ctx.settings.prompts, ctx.inputs.prompts(), refs.prompts
     method, settings = _texts(ctx, model)
-    with ctx.stage("prompt scoring", "scoring"):
+    with ctx.stage("prompt scoring", "scoring", shown=True, total=len(prompts), unit="prompts") as advance:
         scores = score_against_reference(loaded.model, loaded.tokenizer, reference, batching.prompt_scoring_per_pass,
-                                         ctx.budget, ctx.batches)
-    bar = progress_bar(len(prompts), f"{model} generation", "prompt")
-    with ctx.stage("generation", "generation"):
+                                         ctx.budget, ctx.batches, progress=advance)
+    with ctx.stage("generation", "generation", shown=True, total=len(prompts), unit="prompts") as advance:
         responses = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, q.gen_batch_size,
-                                       bar.update if bar else None, budget=ctx.budget, log=ctx.batches)
-    close_bar(bar)
+                                       advance, budget=ctx.budget, log=ctx.batches)
     with ctx.stage("statistics", "statistics"):
         records = per_prompt_records(prompts, reference, scores, responses, loaded.tokenizer)
         flips = flip_summary(records)
     # Generation can move with the batch even when scoring does not: LLM.int8 turns the float noise
     # of other padding into other tokens now and then (models/int8_per_sequence.amplifies_float_noise).
     if not var.batch_invariant or loaded.per_sequence_int8_layers:
-        with ctx.stage("generation (other batch composition)", "generation"):
-            flips["batch_sensitivity"] = _batch_sensitivity(ctx, loaded, reference, records)
+        chosen = _rerun(records)
+        with ctx.stage("generation (other batch composition)", "generation", shown=True, total=len(chosen),
+                       unit="prompts") as advance:
+            flips["batch_sensitivity"] = _batch_sensitivity(ctx, loaded, reference, records, chosen, advance)
     with ctx.stage("statistics", "statistics"):
         kl = kl_section(records, q.top_k, method, settings)
     return kl, flips, refs.noise_floor
 
 
+def _rerun(records: list[dict[str, Any]]) -> list[int]:
+    """The prompts generated again: those with a checkable answer (every prompt if none has one)."""
+    return [i for i, r in enumerate(records) if r["flip"] is not None] or list(range(len(records)))
+
+
 def _batch_sensitivity(ctx: PassContext, loaded: LoadedModel, reference: PromptReference,
-                       records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Generate the prompts with a checkable answer again (every prompt if none has one), without
-    the others and with every batch boundary moved by half a batch: other neighbours for each, at
-    a fraction of a second full generation (the long free-text prompts are not rerun), and
-    verdicts, the thing flips count, are what it checks."""
+                       records: list[dict[str, Any]], chosen: list[int],
+                       advance: Callable[[int], None]) -> dict[str, Any]:
+    """Generate the ``chosen`` prompts (:func:`_rerun`) again, without the others and with every
+    batch boundary moved by half a batch: other neighbours for each, at a fraction of a second full
+    generation (the long free-text prompts are not rerun), and verdicts, the thing flips count, are
+    what it checks."""
     batch, prompts = ctx.batches.used.get("generation", ctx.settings.prompts.gen_batch_size), ctx.inputs.prompts()
-    chosen = [i for i, r in enumerate(records) if r["flip"] is not None] or list(range(len(records)))
     which = (f"the {len(chosen)} prompts with a checkable answer" if len(chosen) < len(records)
              else f"all {len(chosen)} prompts")
     subset = reference.subset(chosen)
     picked = [prompts[i] for i in chosen]
     shift = max(1, min(batch, len(chosen)) // 2)
-    again = generate_responses(loaded.model, loaded.tokenizer, picked, subset, batch, shift=shift,
+    again = generate_responses(loaded.model, loaded.tokenizer, picked, subset, batch, advance, shift=shift,
                                budget=ctx.budget, log=BatchLog())
     moved = per_prompt_records(picked, subset, [NO_SCORE] * len(chosen), again, loaded.tokenizer)
     return batch_sensitivity([records[i] for i in chosen], moved, batch, shift, which)

@@ -1,12 +1,22 @@
 """Release diffing: each model's harm summary against its committed snapshot, within tolerances.
 
-Accept a deliberate change with `pytest --snapshot-update` and commit the snapshot file.
+The tolerances come from the reproduction noise measured for these settings
+(tests/harm/reproduction/, made by benchmarks/snapshot_noise.py) and the configured
+[snapshot_tolerances]; the snapshot records both. Accept a deliberate change with
+`pytest --snapshot-update` and commit the snapshot file.
 """
 
+from pathlib import Path
+
 from quant_fixtures.plugin.assertions import assert_harm_snapshot
-from quant_fixtures.report.snapshot import harm_summary
+from quant_fixtures.report.reproduction import read_record
+from quant_fixtures.report.snapshot import harm_summary, settings_tag
+
+REPRODUCTION = Path(__file__).parent / "reproduction"
 
 
 def test_harm_summary_matches_snapshot(model_documents, harm_snapshot, quant_session, pytestconfig):
-    assert_harm_snapshot(harm_summary(model_documents), harm_snapshot, quant_session.config.snapshot_tolerances,
-                         pytestconfig)
+    model = next(iter(model_documents.values())).model.key
+    record = read_record(REPRODUCTION, model, settings_tag(quant_session.settings))
+    floors = quant_session.config.snapshot_tolerances
+    assert_harm_snapshot(harm_summary(model_documents, floors, record), harm_snapshot, floors, pytestconfig)

@@ -246,3 +246,46 @@ def test_report_mode_records_the_failed_gate_as_xfail(pytester, full_run, e2e):
     assert result.ret == 0, result.stdout.str()[-4000:]
     result.assert_outcomes(passed=3, xfailed=1)
     _gate_line(result, r"gate failed \(report mode\): ")
+
+
+# -- stage progress under pytest's output capture (plugin/progress.py) -----------------------------
+
+PROGRESS = "quant-fixtures: tiny"
+# The stages each evaluation shows, with their counts: 4 windows of perplexity, the 8 prompts.
+SHOWN_STAGES = {
+    "fp16": [("load", ""), ("perplexity", "4/4 windows"), ("corpus noise floor", "1/1 window"),
+             ("FP16 prompt reference (generation)", "8/8 prompts"), ("FP16 prompt reference (scoring)", "8/8 prompts"),
+             ("noise floor", "8/8 prompts")],
+    "int8": [("FP16 references", ""), ("load", ""), ("perplexity", "4/4 windows"), ("prompt scoring", "8/8 prompts"),
+             ("generation", "8/8 prompts")],
+}
+
+
+def _assert_stages_shown(lines: list[str], variant: str) -> None:
+    """Each stage: a line when it starts, then one when it ends with its count and seconds."""
+    shown = [line for line in lines if line.startswith(f"{PROGRESS} {variant} ")]
+    for stage, count in SHOWN_STAGES[variant] + [("evaluation", "")]:
+        head = f"{PROGRESS} {variant} {stage}"
+        starts = [i for i, line in enumerate(shown)
+                  if line.startswith(f"{head} ...") or (line.startswith(f"{head}: ") and line.endswith(" ..."))]
+        end = re.compile(rf"{re.escape(head)}: {re.escape(count or 'done')} in \d+\.\d s$")
+        ends = [i for i, line in enumerate(shown) if end.match(line)]
+        assert len(starts) == 1 and len(ends) == 1 and starts[0] < ends[0], (stage, shown)
+
+
+def test_stage_progress_shows_under_output_capture(full_run):
+    """The default capture, stdout not a terminal (a CI log): one line as each long stage starts and
+    one as it ends, on lines of their own, and none per batch."""
+    for variant in SHOWN_STAGES:
+        _assert_stages_shown(full_run.lines, variant)
+    progress = [line for line in full_run.lines if PROGRESS in line]
+    assert all(line.startswith(PROGRESS) for line in progress), progress  # never inside a line of results
+    assert not [line for line in progress if re.search(r"\d+/\d+ \w+, ", line)], progress  # no per-batch lines
+
+
+def test_stage_progress_shows_with_q(pytester, full_run, e2e):
+    make_project(pytester, e2e, PASSING_GATES)
+    result = run_suite(pytester, e2e, pytester.path / "R", e2e.baselines, "-q", "--variants", "int8")
+    assert result.ret == 0, result.stdout.str()[-4000:]
+    _assert_stages_shown(result.outlines, "int8")
+    assert not [line for line in result.outlines if line.startswith(f"{PROGRESS} fp16 ")]  # its references were stored

@@ -60,6 +60,9 @@ def test_parallel_run_matches_serial_run(pytester, project, monkeypatch):
     parallel = run_suite(pytester, e2e, root / "R2", root / "B2", "-n", "2", "--dist", "loadgroup")
     assert parallel.ret == 0, parallel.outlines[-30:]
     assert "2 workers" in parallel.stdout.str() or "gw1" in parallel.stdout.str()
+    # Stage progress: shown by a serial run; xdist workers stay quiet (their terminal is not the user's).
+    assert "quant-fixtures: tiny int8 perplexity: 4/4 windows in " in serial.stdout.str()
+    assert "quant-fixtures: tiny" not in parallel.stdout.str()
     # every pair evaluated once in each run: no worker repeats an FP16 pass another has run for
     # its variant, and the whole-model tests wait for documents instead of evaluating again
     runs = passes.read_text().splitlines()

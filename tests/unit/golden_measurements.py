@@ -113,7 +113,8 @@ def _measurements(variant: str, nll: list[float], footprint: int, records: list[
         environment=ENVIRONMENT, keys={"baseline_sha256": "b" * 64, "reference_sha256": "r" * 64})
 
 
-def golden_documents() -> dict[str, dict[str, Any]]:
+def golden_evaluations(int8_nll_scale: float = 1.01) -> dict[str, Any]:
+    """The three evaluation documents (objects); ``int8_nll_scale`` sets INT8's window NLLs against FP16's."""
     key = BaselineKey(model="tiny", weights_identity="sha256:abc", tokenizer_sha256="t" * 64,
                       dataset_sha256="696cca6b", method="nonoverlapping", ctx=512, stride=None, max_tokens=2048,
                       weight_dtype="float16", compute_dtype="float32", device_type="cpu", metrics_version=3,
@@ -128,11 +129,17 @@ def golden_documents() -> dict[str, dict[str, Any]]:
     ungated = {"int8": {"kl_mean": "opted out with ungated in quant_suite.toml"}}
     cases = {
         "fp16": _measurements("fp16", FP16_NLL, 270_000_000, _records(0.0), baseline),
-        "int8": _measurements("int8", [n * 1.01 for n in FP16_NLL], 162_000_000, _records(1.0), baseline),
+        "int8": _measurements("int8", [n * int8_nll_scale for n in FP16_NLL], 162_000_000, _records(1.0), baseline),
         "nf4": _measurements("nf4", [n * 1.04 for n in FP16_NLL], 108_000_000, _records(2.5), baseline),
     }
-    docs = {v: evaluation_document(m, protocol, GatePolicy(), "golden-run", limits.get(v, {}), ungated.get(v))
+    return {v: evaluation_document(m, protocol, GatePolicy(), "golden-run", limits.get(v, {}), ungated.get(v))
             for v, m in cases.items()}
+
+
+def golden_documents() -> dict[str, dict[str, Any]]:
+    from quant_fixtures.config import DEFAULT_SNAPSHOT_TOLERANCES
+
+    docs = golden_evaluations()
     built = {"fp16_evaluation": docs["fp16"], "int8_evaluation": docs["int8"], "nf4_evaluation": docs["nf4"],
-             "comparison": comparison_document("tiny", docs), "harm_summary": harm_summary(docs)}
+             "comparison": comparison_document("tiny", docs), "harm_summary": harm_summary(docs, DEFAULT_SNAPSHOT_TOLERANCES)}
     return {name: to_json_object(doc) for name, doc in built.items()}

@@ -12,8 +12,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "quant_fixtures"
 # Bottom to top; a module may import modules of its own layer or below, never above.
 LAYERS = [
-    ("environment", "metrics"),
-    ("settings", "variants", "config", "inputs"),
+    ("cpu_kernels", "environment", "metrics"),
+    ("settings", "variants", "config", "model_ids", "inputs"),
     ("store",),
     ("models",),
     ("compute",),

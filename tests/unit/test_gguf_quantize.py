@@ -67,3 +67,29 @@ def test_which_tensors_are_quantized():
     assert kind == gguf.GGMLQuantizationType.F16 and odd.dtype == np.float16  # rows not whole blocks
     rounded, _ = quantized_tensor(np.array([1 + 2 ** -12], dtype=np.float32), qtype)
     assert rounded[0] == 1.0  # values are first rounded to float16, the FP16 reference's precision
+
+
+def _gguf_with(path, tensors):
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for name, (array, raw_type) in tensors.items():
+        writer.add_tensor(name, array, raw_dtype=raw_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_the_reference_note_names_the_files_quantization(tmp_path):
+    """A model whose weights come from a GGUF is compared against that GGUF dequantized: every
+    report says so, naming the file's quantized types (most common first)."""
+    from quant_fixtures.models.gguf import reference_note
+
+    weights = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
+    q8 = quantized_tensor(weights, gguf.GGMLQuantizationType.Q8_0)
+    path = _gguf_with(tmp_path / "m.Q8_0.gguf", {"a.weight": q8, "b.weight": q8, "norm.weight": (weights[0], None)})
+    note = reference_note(path)
+    assert note.startswith("the FP16 reference is m.Q8_0.gguf dequantized to float16 (its tensors: Q8_0 x2, F32 x1)")
+    assert "carries the file's Q8_0 quantization" in note and "not against the original float16 model" in note
+    plain = _gguf_with(tmp_path / "m.F32.gguf", {"norm.weight": (weights[0], None)})
+    assert reference_note(plain) == "the FP16 reference is m.F32.gguf (F32 x1) converted to float16"

@@ -279,6 +279,9 @@ def test_baselines_dir_under_a_file_is_a_usage_error(suite_dir: pytest.Pytester)
     (["--ppl-protocol", "strided"], "*--ppl-protocol strided needs --ppl-stride N*"),
     (["--ppl-protocol", "lm-eval", "--ppl-stride", "8"], "*--ppl-stride belongs to the strided protocol, not "
                                                          "--ppl-protocol lm-eval*"),
+    (["--ctx", "1"], "ERROR: --ctx 1: the nonoverlapping protocol needs at least 2 tokens per window*"),
+    (["--ctx", "1", "--ppl-protocol", "strided", "--ppl-stride", "1"], "*--ctx 1: the strided protocol needs at least 2*"),
+    (["--ctx", "3", "--ppl-protocol", "llama.cpp"], "*--ctx 3: the llama.cpp protocol needs at least 4 tokens*"),
 ])
 def test_options_are_checked_up_front(suite_dir: pytest.Pytester, args: list[str], message: str) -> None:
     result = run(suite_dir, "--collect-only", *args)
@@ -363,9 +366,32 @@ def test_the_plugin_stays_out_of_other_projects(pytester: pytest.Pytester, monke
     assert "test_gate.py::test_uses_the_suite[smollm2-135m-fp16]" in shipped.stdout.str()
 
 
+def test_a_path_option_that_moves_the_rootdir_restarts_the_run_joined(pytester: pytest.Pytester,
+                                                                      tmp_path: Path) -> None:
+    """pytest decides the rootdir before plugins load: `--results-dir /x` (space) makes /x the
+    rootdir. A command-line run starts again with `--results-dir=/x` and uses the right rootdir."""
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_where="def test_rootdir(pytestconfig):\n"
+                                   "    print('ROOTDIR', pytestconfig.rootpath, pytestconfig.getoption('--results-dir'))\n")
+    results = tmp_path / "results-elsewhere"
+    results.mkdir()
+    spaced = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "--suite-config=default",
+                                           "--results-dir", str(results))
+    assert spaced.ret == pytest.ExitCode.OK, spaced.stderr.str()
+    spaced.stdout.fnmatch_lines([f"*ROOTDIR {pytester.path} {results}", "*1 passed*"])
+
+
+def test_joined_path_options() -> None:
+    from quant_fixtures.plugin.cli import joined_path_options
+
+    assert joined_path_options(["-q", "--results-dir", "/x", "--cache-dir=/c", "--prompts", "p.jsonl", "t.py"]) == [
+        "-q", "--results-dir=/x", "--cache-dir=/c", "--prompts=p.jsonl", "t.py"]
+    assert joined_path_options(["--baselines-dir"]) == ["--baselines-dir"]  # no value: left for pytest to refuse
+
+
 def test_a_path_option_that_moves_the_rootdir_is_a_usage_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    """pytest decides the rootdir before plugins load: `--suite-config /x/suite.toml` (space) makes
-    /x the rootdir; the run stops naming the option and the `=` form, and `=` works."""
+    """In a run pytest cannot restart (in-process here), `--suite-config /x/suite.toml` (space)
+    stops naming the option and the `=` form, and `=` works."""
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_other="def test_unrelated():\n    assert True\n")
     elsewhere = tmp_path / "elsewhere"

@@ -1,0 +1,121 @@
+"""Models given on the command line (``--model org/name``, ``--model ./checkpoint``) instead of in TOML.
+
+Each value becomes what a ``[models.KEY]`` table holding only its source would be (the registered
+default variants, the config's ``[gates]``), or selects the configured entry of the same source, so
+its tuned limits apply. No pytest here: the plugin turns a :class:`ConfigError` into a usage error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from quant_fixtures.config import ConfigError, ModelSpec, SuiteConfig
+
+# The Hub's rules for a repository id: letters, digits, '-', '_', '.'; no '--' or '..'; '-' and
+# '.' neither start nor end a part; at most 96 characters. A revision may follow after '@'.
+HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?/"
+                    r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?)(?:@(?P<revision>[^\s@]+))?")
+HUB_ID_MAX = 96
+MODEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # it names report and baseline files
+
+
+@dataclass(frozen=True)
+class GivenModel:
+    """One ``--model`` value and the model entry it stands for."""
+
+    given: str  # as typed after --model
+    spec: ModelSpec  # spec.key: the model's key in test ids, report file names and --models
+    configured: bool  # True: the config's own entry (its gates, variants, requires_gpu) was selected
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    def describe(self, suite: SuiteConfig) -> str:
+        """One line for the run's header: which key the model got and where its settings come from."""
+        if self.configured:
+            return f"--model {self.given}: model {self.key!r}, the entry configured in {suite.path}"
+        variants = ",".join(suite.default_variant_keys(self.key))
+        return (f"--model {self.given}: model {self.key!r} from {self.spec.source}; default variants {variants}, "
+                f"limits from [gates] of {suite.path}")
+
+
+def derive_key(name: str) -> str:
+    """The model key of a Hub repository name or directory name: lower case, every run of other
+    characters than letters, digits, '.', '_' and '-' made one '-' (``Qwen2.5-0.5B`` -> ``qwen2.5-0.5b``)."""
+    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")
+
+
+def _looks_like_path(source: str) -> bool:
+    # A Hub id is exactly org/name (a revision after '@' may hold more); other separators mean a directory.
+    return source.startswith(("/", ".", "~")) or "\\" in source or source.partition("@")[0].count("/") > 1
+
+
+def source_of(value: str, source: str, base_dir: Path) -> dict[str, str | None]:
+    """The source fields of a model entry (``path``, or ``hub_id`` and ``revision``). A directory
+    that exists wins over a Hub id of the same spelling, as in transformers' from_pretrained; a
+    relative one is taken from ``base_dir`` (where pytest was invoked)."""
+    where = f"--model {value}"
+    if not source.strip():
+        raise ConfigError(f"{where}: no model given; expected a Hugging Face Hub id (org/name) or a directory")
+    directory = base_dir / Path(source).expanduser()
+    if directory.is_dir():
+        if not (directory / "config.json").is_file():
+            raise ConfigError(f"{where}: {directory} is not a Hugging Face checkpoint directory (no config.json)")
+        return {"path": str(directory.resolve())}
+    if _looks_like_path(source):
+        raise ConfigError(f"{where}: no such directory {directory}")
+    match = HUB_ID.fullmatch(source)
+    repo = match.group("repo") if match else ""
+    if not match or len(repo) > HUB_ID_MAX or "--" in repo or ".." in repo:
+        raise ConfigError(f"{where}: expected a Hugging Face Hub id (org/name, optionally @revision) or a "
+                          "directory holding a Hugging Face checkpoint")
+    return {"hub_id": repo, "revision": match.group("revision")}
+
+
+def _same_source(spec: ModelSpec, source: dict[str, str | None], base_dir: Path) -> bool:
+    if source.get("hub_id"):
+        return (spec.hub_id is not None and spec.hub_id.lower() == str(source["hub_id"]).lower()
+                and (spec.revision or "main") == (source["revision"] or "main"))
+    return spec.path is not None and (base_dir / Path(spec.path).expanduser()).resolve() == Path(str(source["path"]))
+
+
+def _given_model(suite: SuiteConfig, value: str, base_dir: Path) -> GivenModel:
+    head, sep, rest = value.partition("=")
+    key, source = (head, rest) if sep and MODEL_KEY.fullmatch(head) else (None, value)
+    if key is None and source in suite.models:  # a configured key: select that entry
+        return GivenModel(value, suite.models[source], configured=True)
+    fields = source_of(value, source, base_dir)
+    if key is None:
+        same = next((s for s in suite.models.values() if _same_source(s, fields, base_dir)), None)
+        if same is not None:
+            return GivenModel(value, same, configured=True)
+        hub_id, path = fields.get("hub_id"), fields.get("path")
+        key = derive_key(hub_id.split("/")[-1] if hub_id else Path(str(path)).name)
+        if not key:
+            raise ConfigError(f"--model {value}: no model key can be made from it; name one: --model KEY={value}")
+    existing = suite.models.get(key)
+    if existing is not None:
+        if _same_source(existing, fields, base_dir):
+            return GivenModel(value, existing, configured=True)
+        raise ConfigError(f"--model {value}: its key {key!r} is already the model from {existing.source} in "
+                          f"{suite.path}; give this one another key: --model OTHER_KEY={source}")
+    return GivenModel(value, ModelSpec(key=key, **fields), configured=False)
+
+
+def add_given_models(suite: SuiteConfig, values: list[str], base_dir: Path) -> tuple[SuiteConfig, list[GivenModel]]:
+    """The suite with the models of ``values`` added, and what each value became (in order, each
+    model once). Errors are one line naming the value."""
+    given: list[GivenModel] = []
+    for value in values:
+        model = _given_model(suite, value, base_dir)
+        earlier = next((g for g in given if g.key == model.key), None)
+        if earlier is None:
+            given.append(model)
+        elif earlier.spec != model.spec:
+            raise ConfigError(f"--model {earlier.given} and --model {value} both make the model key "
+                              f"{model.key!r}; give one another key: --model OTHER_KEY={value}")
+    added = {g.key: g.spec for g in given if not g.configured}
+    return replace(suite, models={**suite.models, **added}), given
