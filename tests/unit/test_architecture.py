@@ -185,3 +185,14 @@ def test_strict_mode_refuses_a_forward_outside_the_executor() -> None:
     ran = []
     run_batches([[0]], lambda batch: ran.append(layer(torch.zeros(1, 2))), MemoryBudget("cpu"), BatchLog(), "s", "x")
     assert len(ran) == 1
+
+
+def test_test_modules_have_unique_basenames():
+    """Test folders are not packages, so pytest imports each test file by its basename: two files of
+    one name in different folders stop the whole collection ("import file mismatch")."""
+    root = PACKAGE.parent
+    names: dict[str, list[str]] = {}
+    for path in [*root.joinpath("tests").rglob("test_*.py"), *root.joinpath("benchmarks").rglob("test_*.py")]:
+        if "__snapshots__" not in path.parts:
+            names.setdefault(path.name, []).append(str(path.relative_to(root)))
+    assert not {name: paths for name, paths in names.items() if len(paths) > 1}
