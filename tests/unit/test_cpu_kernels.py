@@ -12,15 +12,20 @@ from quant_fixtures import cpu_kernels
 pytest_plugins = ["pytester"]
 
 PROBE = ("import quant_fixtures, os, torch; "
-         "print(os.environ.get('ATEN_CPU_CAPABILITY'), os.environ.get('ONEDNN_MAX_CPU_ISA'), "
+         "print(os.environ.get('ATEN_CPU_CAPABILITY'), os.environ.get('MKL_ENABLE_INSTRUCTIONS'), "
          "torch.backends.cpu.get_cpu_capability())")
+# int8 products must stay exact under the pin (oneDNN restricted to AVX2 saturates them).
+INT_MM = ("import quant_fixtures, torch; torch.manual_seed(0); "
+          "a = torch.randint(-127, 128, (64, 576), dtype=torch.int8); "
+          "b = torch.randint(-127, 128, (256, 576), dtype=torch.int8); "
+          "print(int((torch._int_mm(a, b.t()).long() - a.long() @ b.long().t()).abs().max()))")
 
 
-def run_probe(**env: str) -> str:
+def run_probe(code: str = PROBE, **env: str) -> str:
     import os
 
     base = {k: v for k, v in os.environ.items() if k not in (*cpu_kernels.AVX2_SWITCHES, cpu_kernels.MODE_ENV)}
-    done = subprocess.run([sys.executable, "-c", PROBE], env={**base, **env}, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip()
@@ -29,6 +34,10 @@ def run_probe(**env: str) -> str:
 @pytest.mark.skipif(not cpu_kernels._x86_64(), reason="the pin is for x86-64 CPUs")
 def test_importing_the_package_before_torch_pins_avx2_kernels():
     assert run_probe() == "avx2 AVX2 AVX2"
+
+
+def test_int8_products_stay_exact_with_the_pin():
+    assert run_probe(INT_MM) == "0"
 
 
 @pytest.mark.skipif(not cpu_kernels._x86_64(), reason="the pin is for x86-64 CPUs")
