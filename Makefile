@@ -45,7 +45,7 @@ TEST_ARGS ?= $(CI_BUDGET) --batch-size 2 --gen-batch-size 48
 # a 2-core machine: 857 s serial, 570 s this way).
 TEST_WORKERS ?= -n 2 --dist loadgroup
 test: install
-	OMP_NUM_THREADS=1 $(PYTEST) tests -q $(TEST_WORKERS) $(TEST_ARGS)
+	OMP_NUM_THREADS=1 $(PYTEST) tests -q --durations=12 $(TEST_WORKERS) $(TEST_ARGS)
 	$(PYTEST) benchmarks -q --bench-rounds 1 --benchmark-json=results/benchmarks.json
 
 # The committed CPU snapshot's reproduction noise (the same run cold with other batch sizes and
