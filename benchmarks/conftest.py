@@ -14,14 +14,19 @@ from typing import Any
 
 import pytest
 
-from quant_fixtures.settings import BENCH_DEFAULTS, BenchSettings, bench_settings as resolve_bench_settings
+from quant_fixtures.settings import BENCH_DEFAULTS, BenchSettings
+from quant_fixtures.settings import bench_settings as resolve_bench_settings
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("quant-bench", "quantization-harm benchmarks")
     for name, (cuda, cpu) in BENCH_DEFAULTS.items():
-        g.addoption(f"--bench-{name.replace('_', '-')}", type=int, default=None,
-                    help=f"{name.replace('_', ' ')} (CUDA {cuda}, CPU {cpu})")
+        g.addoption(
+            f"--bench-{name.replace('_', '-')}",
+            type=int,
+            default=None,
+            help=f"{name.replace('_', ' ')} (CUDA {cuda}, CPU {cpu})",
+        )
 
 
 @pytest.fixture(scope="session")

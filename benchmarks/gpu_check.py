@@ -45,8 +45,7 @@ CAP_BYTES = 15 * 2**30
 # Gates on memory hold for random weights (real footprints); the others measure quality, which random
 # weights do not have, and a snapshot of random weights' numbers is never committed.
 MEMORY_WORDS = ("footprint", "memory_reduction", "compression")
-TARGETS = {"matrix_cold_wall_s": 90.0, "mistral_int8_over_nf4": 2.0, "gpu_busy_pct": 70.0,
-           "two_gpus_over_one": 0.6}
+TARGETS = {"matrix_cold_wall_s": 90.0, "mistral_int8_over_nf4": 2.0, "gpu_busy_pct": 70.0, "two_gpus_over_one": 0.6}
 
 
 def expected_on_random_weights(failure: dict[str, str]) -> bool:
@@ -64,8 +63,13 @@ def commit() -> tuple[str | None, bool | None]:
         return os.environ["GPU_CHECK_COMMIT"], None
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return head.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         return None, None
@@ -74,16 +78,23 @@ def commit() -> tuple[str | None, bool | None]:
 def environment() -> dict[str, Any]:
     import torch
 
-    versions: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                                "cuda": torch.version.cuda}
+    versions: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
     for name in ("transformers", "bitsandbytes", "accelerate"):
         try:
             versions[name] = __import__(name).__version__
         except ImportError:
             versions[name] = None
-    cards = [{"name": torch.cuda.get_device_name(i),
-              "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
-             for i in range(torch.cuda.device_count())]
+    cards = [
+        {
+            "name": torch.cuda.get_device_name(i),
+            "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
+        }
+        for i in range(torch.cuda.device_count())
+    ]
     return {"cards": cards, "versions": versions, "host": platform.node()}
 
 
@@ -93,10 +104,13 @@ def run(suite: Path, work: Path, name: str, args: list[str]) -> dict[str, Any]:
     dirs = {d: base / d for d in ("results", "baselines", "cache")}
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
-    summary = measure(str(suite), dirs["results"], [f"--baselines-dir={dirs['baselines']}",
-                                                     f"--cache-dir={dirs['cache']}", *args])
+    summary = measure(
+        str(suite), dirs["results"], [f"--baselines-dir={dirs['baselines']}", f"--cache-dir={dirs['cache']}", *args]
+    )
     if summary["pytest_exit"] not in (0, 1):  # interrupted, internal or usage error, nothing collected
-        raise SystemExit(f"gpu-check: the {name} run ended with pytest exit {summary['pytest_exit']}; no record written")
+        raise SystemExit(
+            f"gpu-check: the {name} run ended with pytest exit {summary['pytest_exit']}; no record written"
+        )
     tests = summary["tests"]
     for failure in tests["failures"]:
         failure["expected_on_random_weights"] = expected_on_random_weights(failure)
@@ -107,8 +121,10 @@ def run(suite: Path, work: Path, name: str, args: list[str]) -> dict[str, Any]:
 
 def totals(summary: dict[str, Any]) -> dict[str, float]:
     """Seconds per pair, start-up left out (it is the process's, not the pair's)."""
-    return {f"{p['model']} {p['variant']}": sum(v for k, v in p["stages"].items() if k != "start-up")
-            for p in summary["pairs"]}
+    return {
+        f"{p['model']} {p['variant']}": sum(v for k, v in p["stages"].items() if k != "start-up")
+        for p in summary["pairs"]
+    }
 
 
 def targets(matrix: dict[str, Any], cap: dict[str, Any], two: dict[str, Any] | None) -> dict[str, Any]:
@@ -117,28 +133,50 @@ def targets(matrix: dict[str, Any], cap: dict[str, Any], two: dict[str, Any] | N
     busy = list(matrix["busy_pct"].values())
     cap_peaks = [p["peak_gb"] for p in cap["pairs"] if p["peak_gb"] is not None]
     result = {
-        "matrix_cold_wall_s": {"goal": f"<= {TARGETS['matrix_cold_wall_s']}", "measured": round(matrix["wall_s"], 1),
-                               "met": matrix["wall_s"] <= TARGETS["matrix_cold_wall_s"]},
-        "mistral_int8_over_nf4": {"goal": f"<= {TARGETS['mistral_int8_over_nf4']}",
-                                  "measured": round(int8 / nf4, 2) if int8 and nf4 else None,
-                                  "met": bool(int8 and nf4 and int8 / nf4 <= TARGETS["mistral_int8_over_nf4"])},
-        "gpu_busy_pct": {"goal": f">= {TARGETS['gpu_busy_pct']}", "measured": round(busy[0], 1) if busy else None,
-                         "met": bool(busy and busy[0] >= TARGETS["gpu_busy_pct"])},
-        "cap_15gib": {"goal": "0 errors, no unexpected failure, every peak <= 15 GiB",
-                      "measured": {"errors": len(cap["tests"]["errors"]), "unexpected": cap["unexpected_failures"],
-                                   "max_peak_gib": round(max(cap_peaks) * 1e9 / 2**30, 2) if cap_peaks else None},
-                      "met": cap["passed"]},
-        "no_unexpected_failure": {"goal": "none but gates random weights must fail",
-                                  "measured": matrix["unexpected_failures"] + [e["test"] for e in matrix["tests"]["errors"]],
-                                  "met": not matrix["unexpected_failures"] and not matrix["tests"]["errors"]},
+        "matrix_cold_wall_s": {
+            "goal": f"<= {TARGETS['matrix_cold_wall_s']}",
+            "measured": round(matrix["wall_s"], 1),
+            "met": matrix["wall_s"] <= TARGETS["matrix_cold_wall_s"],
+        },
+        "mistral_int8_over_nf4": {
+            "goal": f"<= {TARGETS['mistral_int8_over_nf4']}",
+            "measured": round(int8 / nf4, 2) if int8 and nf4 else None,
+            "met": bool(int8 and nf4 and int8 / nf4 <= TARGETS["mistral_int8_over_nf4"]),
+        },
+        "gpu_busy_pct": {
+            "goal": f">= {TARGETS['gpu_busy_pct']}",
+            "measured": round(busy[0], 1) if busy else None,
+            "met": bool(busy and busy[0] >= TARGETS["gpu_busy_pct"]),
+        },
+        "cap_15gib": {
+            "goal": "0 errors, no unexpected failure, every peak <= 15 GiB",
+            "measured": {
+                "errors": len(cap["tests"]["errors"]),
+                "unexpected": cap["unexpected_failures"],
+                "max_peak_gib": round(max(cap_peaks) * 1e9 / 2**30, 2) if cap_peaks else None,
+            },
+            "met": cap["passed"],
+        },
+        "no_unexpected_failure": {
+            "goal": "none but gates random weights must fail",
+            "measured": matrix["unexpected_failures"] + [e["test"] for e in matrix["tests"]["errors"]],
+            "met": not matrix["unexpected_failures"] and not matrix["tests"]["errors"],
+        },
     }
     if two is not None:
         ratio = two["wall_s"] / matrix["wall_s"]
-        result["two_gpus_over_one"] = {"goal": f"<= {TARGETS['two_gpus_over_one']}", "measured": round(ratio, 2),
-                                       "met": ratio <= TARGETS["two_gpus_over_one"]}
+        result["two_gpus_over_one"] = {
+            "goal": f"<= {TARGETS['two_gpus_over_one']}",
+            "measured": round(ratio, 2),
+            "met": ratio <= TARGETS["two_gpus_over_one"],
+        }
     else:
-        result["two_gpus_over_one"] = {"goal": f"<= {TARGETS['two_gpus_over_one']}", "measured": None,
-                                       "met": None, "why": "one GPU on this machine"}
+        result["two_gpus_over_one"] = {
+            "goal": f"<= {TARGETS['two_gpus_over_one']}",
+            "measured": None,
+            "met": None,
+            "why": "one GPU on this machine",
+        }
     return result
 
 
@@ -172,8 +210,11 @@ def main() -> int:
     parser.add_argument("--record", type=Path, default=ROOT / "benchmarks" / "gpu-record.json")
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "quant-fixtures-random")
     parser.add_argument("--work", type=Path, default=None, help="where the cold runs write (default: a temp dir)")
-    parser.add_argument("--steps", default=",".join(STEPS),
-                        help="steps to run now (default all); steps the record holds for the same commit are kept")
+    parser.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help="steps to run now (default all); steps the record holds for the same commit are kept",
+    )
     args = parser.parse_args()
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = sorted(set(steps) - set(STEPS))
@@ -190,21 +231,32 @@ def main() -> int:
     suite = args.models_dir / "suite.toml"
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if not suite.exists():
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "random_models.py"), str(args.models_dir)], check=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "random_models.py"), str(args.models_dir)], check=True
+        )
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
     two_gpus_possible = torch.cuda.device_count() >= 2
     record: dict[str, Any] = {
-        "commit": sha, "tree_differs_from_commit": dirty, "measured_at": started, "complete": False,
+        "commit": sha,
+        "tree_differs_from_commit": dirty,
+        "measured_at": started,
+        "complete": False,
         "weights": "random, full-size seed architectures (benchmarks/random_models.py): footprints, peaks "
-                   "and speed are real; perplexity, KL and flips mean nothing", **environment(),
-        **earlier_steps(args.record, sha)}
+        "and speed are real; perplexity, KL and flips mean nothing",
+        **environment(),
+        **earlier_steps(args.record, sha),
+    }
     # The cap first: it is the regression a 16 GB card meets. The record is written after every
     # step (complete: false until the cap and the matrix are in), so a check cut short still says
     # what it measured, and a later call for the same commit adds the steps it runs.
     if "cap_15gib" in steps:
         cap = run(suite, work, "cap", [f"--max-gpu-memory={CAP}", "--models=mistral7b"])
-        cap["passed"] = (not cap["tests"]["errors"] and not cap["unexpected_failures"] and bool(cap["pairs"])
-                         and all(p["peak_gb"] is not None and p["peak_gb"] * 1e9 <= CAP_BYTES for p in cap["pairs"]))
+        cap["passed"] = (
+            not cap["tests"]["errors"]
+            and not cap["unexpected_failures"]
+            and bool(cap["pairs"])
+            and all(p["peak_gb"] is not None and p["peak_gb"] * 1e9 <= CAP_BYTES for p in cap["pairs"])
+        )
         record["cap_15gib"] = cap
         write(args.record, finish(record, two_gpus_possible))
     if "matrix" in steps:
@@ -217,7 +269,8 @@ def main() -> int:
     print(f"wrote {args.record}")
     cap_ok = record.get("cap_15gib", {}).get("passed", True)
     matrix_ok = not record.get("matrix", {}).get("unexpected_failures") and not record.get("matrix", {}).get(
-        "tests", {}).get("errors")
+        "tests", {}
+    ).get("errors")
     return 0 if cap_ok and matrix_ok else 1
 
 

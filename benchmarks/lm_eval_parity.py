@@ -20,8 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quant_fixtures.compute.scoring import score_windows  # noqa: E402
 from quant_fixtures.config import ModelSpec  # noqa: E402
-from quant_fixtures.inputs.corpus_protocols import (document_tokens, documents_plan, lm_eval_max_length,  # noqa: E402
-                                                    prefix_token)
+from quant_fixtures.inputs.corpus_protocols import document_tokens, documents_plan, lm_eval_max_length, prefix_token  # noqa: E402
 from quant_fixtures.inputs.wikitext import load_wikitext2_test  # noqa: E402
 from quant_fixtures.inputs.wikitext_documents import detokenize, wikitext_pages  # noqa: E402
 from quant_fixtures.models.loading import load_model  # noqa: E402
@@ -47,10 +46,16 @@ def suite_figures(model_dir: Path | None, documents: int, max_length: int | None
     length = max_length or lm_eval_max_length(model.config, tokenizer)
     plan = documents_plan(docs, pages, prefix_token(tokenizer), length, sum(len(d) for d in docs))
     nll = math.fsum(score_windows(model, plan.ids, plan.windows, batch_size=1).window_nll)
-    return {"documents": plan.documents, "words": plan.scored_words, "bytes": plan.scored_bytes,
-            "max_length": length, "loglikelihood": -nll,
-            "word_perplexity": math.exp(nll / plan.scored_words), "byte_perplexity": math.exp(nll / plan.scored_bytes),
-            "bits_per_byte": nll / plan.scored_bytes / math.log(2)}
+    return {
+        "documents": plan.documents,
+        "words": plan.scored_words,
+        "bytes": plan.scored_bytes,
+        "max_length": length,
+        "loglikelihood": -nll,
+        "word_perplexity": math.exp(nll / plan.scored_words),
+        "byte_perplexity": math.exp(nll / plan.scored_bytes),
+        "bits_per_byte": nll / plan.scored_bytes / math.log(2),
+    }
 
 
 def main() -> None:
@@ -68,7 +73,10 @@ def main() -> None:
         theirs = next(iter(results.values()))
         for name in FIGURES:
             value = theirs[f"{name},none"]
-            print(f"{name:16} lm-eval {value:.12g}  suite {ours[name]:.12g}  rel diff {abs(ours[name] - value) / value:.2g}")
+            print(
+                f"{name:16} lm-eval {value:.12g}  suite {ours[name]:.12g}  "
+                f"rel diff {abs(ours[name] - value) / value:.2g}"
+            )
 
 
 if __name__ == "__main__":

@@ -34,11 +34,15 @@ class GpuSampler:
         self.samples: list[tuple[float, int, float, float]] = []  # (t, gpu, util %, MiB used)
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.ids = [int(x) for x in visible.split(",")] if visible else None
-        self.cmd = ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                    f"-lms={period_ms}"]
+        self.cmd = [
+            "nvidia-smi",
+            "--query-gpu=index,utilization.gpu,memory.used",
+            "--format=csv,noheader,nounits",
+            f"-lms={period_ms}",
+        ]
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         try:
             self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True)
         except OSError:
@@ -64,9 +68,12 @@ class GpuSampler:
     def summary(self) -> dict[str, object]:
         gpus = sorted({s[1] for s in self.samples})
         per_gpu = {g: [s for s in self.samples if s[1] == g] for g in gpus}
-        return {"gpus": gpus, "samples": len(self.samples),
-                "busy_pct": {g: sum(s[2] for s in v) / len(v) for g, v in per_gpu.items() if v},
-                "max_used_gib": {g: max(s[3] for s in v) / 1024 for g, v in per_gpu.items() if v}}
+        return {
+            "gpus": gpus,
+            "samples": len(self.samples),
+            "busy_pct": {g: sum(s[2] for s in v) / len(v) for g, v in per_gpu.items() if v},
+            "max_used_gib": {g: max(s[3] for s in v) / 1024 for g, v in per_gpu.items() if v},
+        }
 
 
 def table(documents: list[EvaluationDocument]) -> str:
@@ -77,8 +84,11 @@ def table(documents: list[EvaluationDocument]) -> str:
         stages = doc.timing.stages
         total = sum(stages.values())
         peak = doc.memory.peak_gb
-        lines.append(f"{doc.model.key:<14}{doc.variant.key:<8}" + "".join(f"{stages.get(r, 0.0):>11.1f}" for r in rows)
-                     + f"{total:>9.1f}{(f'{peak:.2f}' if peak is not None else '-'):>9}")
+        lines.append(
+            f"{doc.model.key:<14}{doc.variant.key:<8}"
+            + "".join(f"{stages.get(r, 0.0):>11.1f}" for r in rows)
+            + f"{total:>9.1f}{(f'{peak:.2f}' if peak is not None else '-'):>9}"
+        )
     return "\n".join(lines)
 
 
@@ -86,9 +96,21 @@ def measure(suite_config: str, results_dir: Path, pytest_args: list[str], echo: 
     """Run ``pytest -m gpu`` once (a JUnit file in ``results_dir``) and return what it measured: wall
     time, pytest's exit code, GPU samples, and per pair its stage table, peak memory and batching."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pytest", *plugin_args(), "-m", "gpu", f"--suite-config={suite_config}",
-               f"--results-dir={results_dir}", f"--junitxml={results_dir / 'junit.xml'}", "-p", "no:cacheprovider",
-               "-q", *pytest_args]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *plugin_args(),
+        "-m",
+        "gpu",
+        f"--suite-config={suite_config}",
+        f"--results-dir={results_dir}",
+        f"--junitxml={results_dir / 'junit.xml'}",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        *pytest_args,
+    ]
     print("running:", " ".join(command), flush=True)
     start = time.perf_counter()
     with GpuSampler() as sampler:
@@ -103,16 +125,36 @@ def measure(suite_config: str, results_dir: Path, pytest_args: list[str], echo: 
     print(table(documents))
     for doc in documents:
         b = doc.batching
-        print(f"{doc.model.key} {doc.variant.key}: batches ppl {b.perplexity_windows_per_pass} / scoring "
-              f"{b.prompt_scoring_per_pass} / generation {b.generation_batch}; decode: {b.generation_method}; "
-              + ("; ".join(b.notes) if b.notes else "no memory adjustments"))
+        print(
+            f"{doc.model.key} {doc.variant.key}: batches ppl {b.perplexity_windows_per_pass} / scoring "
+            f"{b.prompt_scoring_per_pass} / generation {b.generation_batch}; decode: {b.generation_method}; "
+            + ("; ".join(b.notes) if b.notes else "no memory adjustments")
+        )
     gpu = sampler.summary()
-    print(f"wall {wall:.1f} s (pytest exit {rc}); GPU busy %: "
-          + ", ".join(f"gpu{g} {v:.0f}" for g, v in gpu["busy_pct"].items()) + "; max used GiB: "
-          + ", ".join(f"gpu{g} {v:.1f}" for g, v in gpu["max_used_gib"].items()), flush=True)
-    return {"command": command, "wall_s": wall, "pytest_exit": rc, "gpu": gpu, "tests": junit_outcomes(results_dir / "junit.xml"),
-            "pairs": [{"model": d.model.key, "variant": d.variant.key, "stages": d.timing.stages,
-                       "peak_gb": d.memory.peak_gb, "batching": d.batching.__dict__} for d in documents]}
+    print(
+        f"wall {wall:.1f} s (pytest exit {rc}); GPU busy %: "
+        + ", ".join(f"gpu{g} {v:.0f}" for g, v in gpu["busy_pct"].items())
+        + "; max used GiB: "
+        + ", ".join(f"gpu{g} {v:.1f}" for g, v in gpu["max_used_gib"].items()),
+        flush=True,
+    )
+    return {
+        "command": command,
+        "wall_s": wall,
+        "pytest_exit": rc,
+        "gpu": gpu,
+        "tests": junit_outcomes(results_dir / "junit.xml"),
+        "pairs": [
+            {
+                "model": d.model.key,
+                "variant": d.variant.key,
+                "stages": d.timing.stages,
+                "peak_gb": d.memory.peak_gb,
+                "batching": d.batching.__dict__,
+            }
+            for d in documents
+        ],
+    }
 
 
 def plugin_args() -> list[str]:

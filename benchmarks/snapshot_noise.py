@@ -66,8 +66,17 @@ def snapshot_settings(args: list[str]):
         def pytest_collection_finish(self, session: pytest.Session) -> None:
             Grab.settings = settings_of(session.config)
 
-    code = pytest.main([str(ROOT / "tests" / "harm" / "test_release_gates.py"), "--collect-only", "-q",
-                        "-p", "no:cacheprovider", *args], plugins=[Grab()])
+    code = pytest.main(
+        [
+            str(ROOT / "tests" / "harm" / "test_release_gates.py"),
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *args,
+        ],
+        plugins=[Grab()],
+    )
     if code != 0 or Grab.settings is None:
         raise SystemExit(f"snapshot-noise: the pytest arguments do not collect (exit {code})")
     return Grab.settings
@@ -75,12 +84,25 @@ def snapshot_settings(args: list[str]):
 
 def run_one(label: str, args: list[str], env_extra: dict[str, str], work: Path) -> Path:
     results = work / label / "results"
-    command = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "harm" / "test_release_gates.py"), "-q",
-               "-p", "no:cacheprovider", "--gate-mode=report", f"--results-dir={results}",
-               f"--baselines-dir={work / label / 'baselines'}", f"--cache-dir={work / label / 'cache'}", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(ROOT / "tests" / "harm" / "test_release_gates.py"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--gate-mode=report",
+        f"--results-dir={results}",
+        f"--baselines-dir={work / label / 'baselines'}",
+        f"--cache-dir={work / label / 'cache'}",
+        *args,
+    ]
     env = {**os.environ, **env_extra}
-    print(f"snapshot-noise: {label}: {' '.join(f'{k}={v}' for k, v in env_extra.items())} {' '.join(command[3:])}",
-          flush=True)
+    print(
+        f"snapshot-noise: {label}: {' '.join(f'{k}={v}' for k, v in env_extra.items())} {' '.join(command[3:])}",
+        flush=True,
+    )
     done = subprocess.run(command, cwd=ROOT, env=env)
     if done.returncode not in (0, 1):  # 1: a gate or test failed, the documents are still written
         raise SystemExit(f"snapshot-noise: run {label} ended with exit {done.returncode}")
@@ -101,15 +123,19 @@ def main() -> int:
     settings = snapshot_settings(args.pytest_args)
     tag = settings_tag(settings)
     work = args.work or Path(tempfile.mkdtemp(prefix="snapshot-noise-"))
-    results = {label: run_one(label, run_args, env, work)
-               for label, (run_args, env) in configurations(args.pytest_args, cuda).items()}
+    results = {
+        label: run_one(label, run_args, env, work)
+        for label, (run_args, env) in configurations(args.pytest_args, cuda).items()
+    }
     measured = [m for m in settings.models if any(Path(results["as-given"]).glob(f"*_quantized_{m}_evaluation.json"))]
     if not measured:
         raise SystemExit(f"snapshot-noise: no evaluation document in {results['as-given']}: nothing ran")
     for model in measured:
         runs = {label: documents_of(directory, model) for label, directory in results.items()}
-        descriptions = {label: " ".join([*(f"{k}={v}" for k, v in env.items()), *run_args])
-                        for label, (run_args, env) in configurations(args.pytest_args, cuda).items()}
+        descriptions = {
+            label: " ".join([*(f"{k}={v}" for k, v in env.items()), *run_args])
+            for label, (run_args, env) in configurations(args.pytest_args, cuda).items()
+        }
         record = measure(model, runs, tag, descriptions)
         path = write_record(args.out, record)
         print(f"snapshot-noise: {model}: wrote {path}")

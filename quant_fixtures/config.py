@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -9,14 +10,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quant_fixtures.metrics.registry import (GATEABLE, METRICS, REQUIRED_LIMITS, SNAPSHOT_METRICS, TOLERANCE_ALIASES,
-                                             limit_spec)
+from quant_fixtures.metrics.registry import (
+    GATEABLE,
+    METRICS,
+    REQUIRED_LIMITS,
+    SNAPSHOT_METRICS,
+    TOLERANCE_ALIASES,
+    limit_spec,
+)
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "inputs" / "quant_suite.toml"  # shipped in the package
 
 UNGATED_KEY = "ungated"  # a gate table's explicit opt-out: ungated = ["max_kl_mean"]
 DEFAULT_SNAPSHOT_TOLERANCES: dict[str, dict[str, float]] = {
-    name: dict(METRICS[name].tolerance or {}) for name in SNAPSHOT_METRICS}
+    name: dict(METRICS[name].tolerance or {}) for name in SNAPSHOT_METRICS
+}
 
 
 class ConfigError(ValueError):
@@ -127,8 +135,7 @@ class SuiteConfig:
     gates: dict[str, dict[str, float]]
     models: dict[str, ModelSpec]
     ungated: dict[str, frozenset[str]] = field(default_factory=dict)
-    snapshot_tolerances: dict[str, dict[str, float]] = field(
-        default_factory=lambda: dict(DEFAULT_SNAPSHOT_TOLERANCES))
+    snapshot_tolerances: dict[str, dict[str, float]] = field(default_factory=lambda: dict(DEFAULT_SNAPSHOT_TOLERANCES))
 
     def variant(self, model: str, key: str) -> Any:
         """The variants.Variant ``key`` of ``model``: a registered method or the model's own checkpoint."""
@@ -151,8 +158,9 @@ class SuiteConfig:
     def gates_for(self, model: str, variant: str) -> dict[str, float]:
         """The limits for one (model, variant): the global ones, then the model's overrides; a
         limit the model opts out of (``ungated``) is left out."""
-        limits = {k: v for k, v in self.gates.get(variant, {}).items()
-                  if k not in self.models[model].ungated.get(variant, ())}
+        limits = {
+            k: v for k, v in self.gates.get(variant, {}).items() if k not in self.models[model].ungated.get(variant, ())
+        }
         limits.update(self.models[model].gates.get(variant, {}))
         return limits
 
@@ -170,13 +178,11 @@ class SuiteConfig:
         missing = self.missing_limits(model, variant)
         if not missing:
             return None
-        return (f"{self.path}: no limit {', '.join(missing)} for model {model!r} variant {variant!r}: set it under "
-                f"[gates.{variant}] or [models.{model}.gates.{variant}], or opt out there with "
-                f"{UNGATED_KEY} = {_toml_list(missing)}")
-
-
-def _toml_list(names: list[str]) -> str:
-    return "[" + ", ".join(f'"{n}"' for n in names) + "]"
+        return (
+            f"{self.path}: no limit {', '.join(missing)} for model {model!r} variant {variant!r}: set it under "
+            f"[gates.{variant}] or [models.{model}.gates.{variant}], or opt out there with "
+            f"{UNGATED_KEY} = {json.dumps(missing)}"  # a TOML list of strings
+        )
 
 
 _MODEL_KEYS = {f for f in ModelSpec.__dataclass_fields__ if f not in ("key", "ungated")}
@@ -191,8 +197,9 @@ def _limit_name(where: str, name: Any) -> str:
     return spec.limit_name
 
 
-def _check_gates(where: str, table: Any, own_variants: list[str]) -> tuple[dict[str, dict[str, float]],
-                                                                         dict[str, frozenset[str]]]:
+def _check_gates(
+    where: str, table: Any, own_variants: list[str]
+) -> tuple[dict[str, dict[str, float]], dict[str, frozenset[str]]]:
     """(limits per variant, opted-out limit names per variant) of one gates table; every key is
     checked against the variant registry (plus ``own_variants``, those the models list) and the
     metric registry, every value for type, finiteness and range."""
@@ -205,8 +212,9 @@ def _check_gates(where: str, table: Any, own_variants: list[str]) -> tuple[dict[
     ungated: dict[str, frozenset[str]] = {}
     for variant, limits in table.items():
         if variant not in gated:
-            raise ConfigError(f"{where}: unknown variant {variant!r} (a typo removes a release gate); "
-                              f"valid: {', '.join(gated)}")
+            raise ConfigError(
+                f"{where}: unknown variant {variant!r} (a typo removes a release gate); valid: {', '.join(gated)}"
+            )
         if not isinstance(limits, dict):
             raise ConfigError(f"{where}.{variant}: expected a table of limits, got {limits!r}")
         values: dict[str, float] = {}
@@ -234,9 +242,17 @@ def _check_gates(where: str, table: Any, own_variants: list[str]) -> tuple[dict[
     return parsed, ungated
 
 
-_MODEL_TYPES: dict[str, type] = {"hub_id": str, "revision": str, "path": str, "gguf_package": str, "gguf_file": str,
-                                 "requires_gpu": bool, "trust_remote_code": bool,
-                                 "allow_pickle": bool, "note": str}
+_MODEL_TYPES: dict[str, type] = {
+    "hub_id": str,
+    "revision": str,
+    "path": str,
+    "gguf_package": str,
+    "gguf_file": str,
+    "requires_gpu": bool,
+    "trust_remote_code": bool,
+    "allow_pickle": bool,
+    "note": str,
+}
 
 
 def _parse_model(path: Path, key: str, table: Any) -> ModelSpec:
@@ -252,8 +268,7 @@ def _parse_model(path: Path, key: str, table: Any) -> ModelSpec:
     for name, value in table.items():
         expected = _MODEL_TYPES.get(name)
         if expected is not None and not isinstance(value, expected):
-            raise ConfigError(f"{where}: {name} must be a {'boolean' if expected is bool else 'string'}, "
-                              f"got {value!r}")
+            raise ConfigError(f"{where}: {name} must be a {'boolean' if expected is bool else 'string'}, got {value!r}")
     if table.get("gguf_package") and not table.get("gguf_file"):
         raise ConfigError(f"{where}: gguf_package needs gguf_file")
     variants = _parse_variants(where, key, table.get("variants", {}), table)
@@ -261,9 +276,19 @@ def _parse_model(path: Path, key: str, table: Any) -> ModelSpec:
     return ModelSpec(key=key, **{**table, "gates": gates, "ungated": ungated, "variants": variants})
 
 
-_VARIANT_TYPES: dict[str, type] = {"hub_id": str, "revision": str, "path": str, "gguf_file": str, "gguf_type": str,
-                                   "description": str, "default": bool, "batch_invariant": bool, "packages": list,
-                                   "trust_remote_code": bool, "allow_pickle": bool}
+_VARIANT_TYPES: dict[str, type] = {
+    "hub_id": str,
+    "revision": str,
+    "path": str,
+    "gguf_file": str,
+    "gguf_type": str,
+    "description": str,
+    "default": bool,
+    "batch_invariant": bool,
+    "packages": list,
+    "trust_remote_code": bool,
+    "allow_pickle": bool,
+}
 _VARIANT_SOURCES = ("hub_id", "path", "gguf_file", "gguf_type")
 
 
@@ -287,8 +312,9 @@ def _parse_variants(where: str, model: str, table: Any, model_table: dict[str, A
         if unknown:
             raise ConfigError(f"{here}: unknown keys {sorted(unknown)}; valid: {sorted(_VARIANT_TYPES)}")
         for name, value in entry.items():
-            if not isinstance(value, _VARIANT_TYPES[name]) or (name == "packages" and not all(
-                    isinstance(p, str) for p in value)):
+            if not isinstance(value, _VARIANT_TYPES[name]) or (
+                name == "packages" and not all(isinstance(p, str) for p in value)
+            ):
                 kind = {bool: "boolean", list: "list of module names", str: "string"}[_VARIANT_TYPES[name]]
                 raise ConfigError(f"{here}: {name} must be a {kind}, got {value!r}")
         sources = [s for s in _VARIANT_SOURCES if entry.get(s)]
@@ -297,11 +323,15 @@ def _parse_variants(where: str, model: str, table: Any, model_table: dict[str, A
         gguf_type = entry.get("gguf_type")
         if gguf_type is not None:
             if gguf_type not in GGUF_TYPES:
-                raise ConfigError(f"{here}: gguf_type {gguf_type!r} is not one the gguf package can write; "
-                                  f"valid: {', '.join(GGUF_TYPES)}")
+                raise ConfigError(
+                    f"{here}: gguf_type {gguf_type!r} is not one the gguf package can write; "
+                    f"valid: {', '.join(GGUF_TYPES)}"
+                )
             if not model_table.get("gguf_package"):
-                raise ConfigError(f"{here}: gguf_type re-quantizes the model's own GGUF, and {model!r} is not "
-                                  "a GGUF entry (gguf_package); point gguf_file at a GGUF file instead")
+                raise ConfigError(
+                    f"{here}: gguf_type re-quantizes the model's own GGUF, and {model!r} is not "
+                    "a GGUF entry (gguf_package); point gguf_file at a GGUF file instead"
+                )
         if entry.get("revision") and not entry.get("hub_id"):
             raise ConfigError(f"{here}: revision needs hub_id")
         parsed[key] = CheckpointSpec(key=key, model=model, **{**entry, "packages": tuple(entry.get("packages", ()))})

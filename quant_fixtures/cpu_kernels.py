@@ -64,7 +64,9 @@ def problem() -> str | None:
 
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in ("AVX2", "DEFAULT"):
-        return (f"CPU kernels: ATen dispatches {capability}, not AVX2: torch was imported before the plugin could "
-                f"pin it (start pytest directly, or set ATEN_CPU_CAPABILITY=avx2 "
-                f"MKL_ENABLE_INSTRUCTIONS=AVX2 yourself, or {MODE_ENV}=native to accept this CPU's own kernels)")
+        return (
+            f"CPU kernels: ATen dispatches {capability}, not AVX2: torch was imported before the plugin could "
+            f"pin it (start pytest directly, or set ATEN_CPU_CAPABILITY=avx2 "
+            f"MKL_ENABLE_INSTRUCTIONS=AVX2 yourself, or {MODE_ENV}=native to accept this CPU's own kernels)"
+        )
     return None

@@ -15,11 +15,19 @@ from typing import Any
 
 PACKAGES = ("torch", "transformers", "bitsandbytes", "accelerate", "datasets", "safetensors", "gguf", "pytest")
 # CPU features the kernels choose between (torch/oneDNN/MKL matmuls, bitsandbytes' CPU ops).
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-             "amx_bf16", "amx_int8")
+ISA_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 # Environment switches that restrict those choices (ATen's dispatch, oneDNN, MKL).
-ISA_SWITCHES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-                "MKL_CBWR")
+ISA_SWITCHES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -62,8 +70,7 @@ def _bitsandbytes_cpu_paths() -> dict[str, Any]:
         bf16 = bool(has_avx512bf16())
     except Exception:  # bitsandbytes missing or its library failed to load
         bf16 = None
-    return {"int8_matmul": "torch._int_mm" if capability == "AVX512" else "float32 matmul",
-            "avx512bf16": bf16}
+    return {"int8_matmul": "torch._int_mm" if capability == "AVX512" else "float32 matmul", "avx512bf16": bf16}
 
 
 def _nvidia_driver() -> str | None:
@@ -81,18 +88,29 @@ def fingerprint(device: str) -> dict[str, Any]:
 
     cpu_name, flags = _cpuinfo()
     env: dict[str, Any] = {
-        "python": platform.python_version(), "platform": platform.platform(), "packages": package_versions(),
-        "device": device, "device_type": device.split(":")[0],
-        "cpu": {"model": cpu_name, "isa": sorted(f for f in ISA_FLAGS if f in flags),
-                "torch_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-                "switches": {k: os.environ[k] for k in ISA_SWITCHES if os.environ.get(k)},
-                "bitsandbytes": _bitsandbytes_cpu_paths()},
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "device": device,
+        "device_type": device.split(":")[0],
+        "cpu": {
+            "model": cpu_name,
+            "isa": sorted(f for f in ISA_FLAGS if f in flags),
+            "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "switches": {k: os.environ[k] for k in ISA_SWITCHES if os.environ.get(k)},
+            "bitsandbytes": _bitsandbytes_cpu_paths(),
+        },
     }
     if device.startswith("cuda"):
         index = torch.device(device)
         major, minor = torch.cuda.get_device_capability(index)
-        env["gpu"] = {"name": torch.cuda.get_device_name(index), "capability": f"{major}.{minor}",
-                      "cuda": torch.version.cuda, "driver": _nvidia_driver()}
+        env["gpu"] = {
+            "name": torch.cuda.get_device_name(index),
+            "capability": f"{major}.{minor}",
+            "cuda": torch.version.cuda,
+            "driver": _nvidia_driver(),
+        }
         env["device_name"], env["cuda"] = env["gpu"]["name"], torch.version.cuda
     else:
         env["device_name"] = cpu_name
@@ -103,15 +121,17 @@ def numerics_key(env: dict[str, Any], packages: tuple[str, ...] = ("torch", "tra
     """The parts of a fingerprint that change the numbers of the named packages' computations:
     their versions, the device type and, on CUDA, the GPU and CUDA version; on the CPU, the kernels'
     instruction set (ATen's capability, the ISA features and any restricting switch)."""
-    key: dict[str, Any] = {"device_type": env["device_type"],
-                           **{name: env["packages"].get(name) for name in packages}}
+    key: dict[str, Any] = {"device_type": env["device_type"], **{name: env["packages"].get(name) for name in packages}}
     if env["device_type"] == "cuda":
         gpu = env["gpu"]
         key.update(gpu=gpu["name"], capability=gpu["capability"], cuda=gpu["cuda"])
     else:
         cpu = env["cpu"]
-        key.update(cpu_capability=cpu["torch_capability"], cpu_isa=",".join(cpu["isa"]),
-                   cpu_switches=",".join(f"{k}={v}" for k, v in sorted(cpu["switches"].items())))
+        key.update(
+            cpu_capability=cpu["torch_capability"],
+            cpu_isa=",".join(cpu["isa"]),
+            cpu_switches=",".join(f"{k}={v}" for k, v in sorted(cpu["switches"].items())),
+        )
     return key
 
 
@@ -125,8 +145,11 @@ def describe(env: dict[str, Any]) -> str:
         cpu = env.get("cpu", {})
         isa = set(cpu.get("isa", []))
         features = [cpu.get("torch_capability") or "?"]
-        features += [label for label, flag in (("AVX512-BF16", "avx512_bf16"), ("AVX512-FP16", "avx512_fp16"),
-                                               ("AMX", "amx_tile")) if flag in isa]
+        features += [
+            label
+            for label, flag in (("AVX512-BF16", "avx512_bf16"), ("AVX512-FP16", "avx512_fp16"), ("AMX", "amx_tile"))
+            if flag in isa
+        ]
         switches = cpu.get("switches") or {}
         features += [f"{k}={v}" for k, v in sorted(switches.items())]
         where = f"a CPU with {', '.join(features)} ({cpu.get('model', '?')})"

@@ -15,8 +15,10 @@ from quant_fixtures.config import ConfigError, ModelSpec, SuiteConfig
 
 # The Hub's rules for a repository id: letters, digits, '-', '_', '.'; no '--' or '..'; '-' and
 # '.' neither start nor end a part; at most 96 characters. A revision may follow after '@'.
-HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?/"
-                    r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?)(?:@(?P<revision>[^\s@]+))?")
+HUB_ID = re.compile(
+    r"(?P<repo>[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?/"
+    r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?)(?:@(?P<revision>[^\s@]+))?"
+)
 HUB_ID_MAX = 96
 MODEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # it names report and baseline files
 
@@ -38,8 +40,10 @@ class GivenModel:
         if self.configured:
             return f"--model {self.given}: model {self.key!r}, the entry configured in {suite.path}"
         variants = ",".join(suite.default_variant_keys(self.key))
-        return (f"--model {self.given}: model {self.key!r} from {self.spec.source}; default variants {variants}, "
-                f"limits from [gates] of {suite.path}")
+        return (
+            f"--model {self.given}: model {self.key!r} from {self.spec.source}; default variants {variants}, "
+            f"limits from [gates] of {suite.path}"
+        )
 
 
 def derive_key(name: str) -> str:
@@ -70,15 +74,20 @@ def source_of(value: str, source: str, base_dir: Path) -> dict[str, str | None]:
     match = HUB_ID.fullmatch(source)
     repo = match.group("repo") if match else ""
     if not match or len(repo) > HUB_ID_MAX or "--" in repo or ".." in repo:
-        raise ConfigError(f"{where}: expected a Hugging Face Hub id (org/name, optionally @revision) or a "
-                          "directory holding a Hugging Face checkpoint")
+        raise ConfigError(
+            f"{where}: expected a Hugging Face Hub id (org/name, optionally @revision) or a "
+            "directory holding a Hugging Face checkpoint"
+        )
     return {"hub_id": repo, "revision": match.group("revision")}
 
 
 def _same_source(spec: ModelSpec, source: dict[str, str | None], base_dir: Path) -> bool:
     if source.get("hub_id"):
-        return (spec.hub_id is not None and spec.hub_id.lower() == str(source["hub_id"]).lower()
-                and (spec.revision or "main") == (source["revision"] or "main"))
+        return (
+            spec.hub_id is not None
+            and spec.hub_id.lower() == str(source["hub_id"]).lower()
+            and (spec.revision or "main") == (source["revision"] or "main")
+        )
     return spec.path is not None and (base_dir / Path(spec.path).expanduser()).resolve() == Path(str(source["path"]))
 
 
@@ -100,8 +109,10 @@ def _given_model(suite: SuiteConfig, value: str, base_dir: Path) -> GivenModel:
     if existing is not None:
         if _same_source(existing, fields, base_dir):
             return GivenModel(value, existing, configured=True)
-        raise ConfigError(f"--model {value}: its key {key!r} is already the model from {existing.source} in "
-                          f"{suite.path}; give this one another key: --model OTHER_KEY={source}")
+        raise ConfigError(
+            f"--model {value}: its key {key!r} is already the model from {existing.source} in "
+            f"{suite.path}; give this one another key: --model OTHER_KEY={source}"
+        )
     return GivenModel(value, ModelSpec(key=key, **fields), configured=False)
 
 
@@ -115,7 +126,9 @@ def add_given_models(suite: SuiteConfig, values: list[str], base_dir: Path) -> t
         if earlier is None:
             given.append(model)
         elif earlier.spec != model.spec:
-            raise ConfigError(f"--model {earlier.given} and --model {value} both make the model key "
-                              f"{model.key!r}; give one another key: --model OTHER_KEY={value}")
+            raise ConfigError(
+                f"--model {earlier.given} and --model {value} both make the model key "
+                f"{model.key!r}; give one another key: --model OTHER_KEY={value}"
+            )
     added = {g.key: g.spec for g in given if not g.configured}
     return replace(suite, models={**suite.models, **added}), given

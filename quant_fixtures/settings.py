@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class Paths:
     results_dir: Path
@@ -103,7 +102,8 @@ def device_defaults(defaults: Any, device: str) -> DeviceDefaults:
         ppl_max_tokens=None if on_cuda else defaults.cpu_ppl_max_tokens,
         batch_size=defaults.batch_size_cuda if on_cuda else defaults.batch_size_cpu,
         max_new_tokens_cap=None if on_cuda else defaults.cpu_max_new_tokens,
-        gen_batch_size=defaults.gen_batch_size_cuda if on_cuda else defaults.gen_batch_size_cpu)
+        gen_batch_size=defaults.gen_batch_size_cuda if on_cuda else defaults.gen_batch_size_cpu,
+    )
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,13 @@ class BenchSettings:
     rounds: int
 
 
-BENCH_DEFAULTS = {"windows": (8, 1), "ctx": (2048, 512), "prompts": (96, 8), "new_tokens": (64, 8),
-                  "rounds": (5, 2)}  # (CUDA, CPU)
+BENCH_DEFAULTS = {
+    "windows": (8, 1),
+    "ctx": (2048, 512),
+    "prompts": (96, 8),
+    "new_tokens": (64, 8),
+    "rounds": (5, 2),
+}  # (CUDA, CPU)
 
 
 def bench_settings(device: str, given: dict[str, int | None]) -> BenchSettings:

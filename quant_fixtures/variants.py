@@ -15,8 +15,9 @@ config (config.CheckpointSpec) with :func:`checkpoint_variant`.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from quant_fixtures.settings import LoadSettings
@@ -110,19 +111,27 @@ def _bnb_int8(threshold: float) -> Callable[[LoadSettings], dict[str, Any]]:
         from transformers import BitsAndBytesConfig
 
         return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold)}
+
     return kwargs
 
 
-def _bnb_4bit(quant_type: str, double_quant: bool | None = None,
-              compute: str | None = None) -> Callable[[LoadSettings], dict[str, Any]]:
+def _bnb_4bit(
+    quant_type: str, double_quant: bool | None = None, compute: str | None = None
+) -> Callable[[LoadSettings], dict[str, Any]]:
     """None: the run's options (--nf4-double-quant, --nf4-compute-dtype) decide."""
+
     def kwargs(options: LoadSettings) -> dict[str, Any]:
         from transformers import BitsAndBytesConfig
 
-        return {"quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-            bnb_4bit_compute_dtype=torch_dtype(compute or options.nf4_compute_dtype or options.compute_dtype),
-            bnb_4bit_use_double_quant=options.nf4_double_quant if double_quant is None else double_quant)}
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=quant_type,
+                bnb_4bit_compute_dtype=torch_dtype(compute or options.nf4_compute_dtype or options.compute_dtype),
+                bnb_4bit_use_double_quant=options.nf4_double_quant if double_quant is None else double_quant,
+            )
+        }
+
     return kwargs
 
 
@@ -132,6 +141,7 @@ def _torchao(config_name: str, **config_args: Any) -> Callable[[LoadSettings], d
         from transformers import TorchAoConfig
 
         return {"quantization_config": TorchAoConfig(getattr(ao, config_name)(**config_args))}
+
     return kwargs
 
 
@@ -140,6 +150,7 @@ def _quanto(weights: str) -> Callable[[LoadSettings], dict[str, Any]]:
         from transformers import QuantoConfig
 
         return {"quantization_config": QuantoConfig(weights=weights)}
+
     return kwargs
 
 
@@ -152,8 +163,13 @@ def _hqq(nbits: int) -> Callable[[Any, LoadSettings], None]:
         from hqq.models.hf.base import AutoHQQHFModel
 
         # Scales in the 16-bit weight dtype on every device (the CPU upcasts them after the footprint).
-        AutoHQQHFModel.quantize_model(model, quant_config=BaseQuantizeConfig(nbits=nbits, group_size=HQQ_GROUP_SIZE),
-                                      compute_dtype=torch_dtype(options.weight_dtype), device=options.device)
+        AutoHQQHFModel.quantize_model(
+            model,
+            quant_config=BaseQuantizeConfig(nbits=nbits, group_size=HQQ_GROUP_SIZE),
+            compute_dtype=torch_dtype(options.weight_dtype),
+            device=options.device,
+        )
+
     return quantize
 
 
@@ -164,49 +180,128 @@ _HQQ = dict(extra="hqq", packages=("hqq",), load_kwargs=_baseline_kwargs)
 VARIANTS: dict[str, Variant] = {
     v.key: v
     for v in (
-        Variant("fp16", "none", "16-bit floating point reference (float16, or bfloat16 by option)",
-                _baseline_kwargs, is_baseline=True, default=True),
-        Variant("int8", "bitsandbytes-llm.int8", "bitsandbytes LLM.int8(): 8-bit absmax linear weights, "
-                "fp16 outlier decomposition (threshold 6.0; outlier columns chosen per sequence)", _bnb_int8(6.0),
-                weight_share=0.64, default=True),
-        Variant("nf4", "bitsandbytes-nf4", "bitsandbytes 4-bit NormalFloat linear weights, block size 64",
-                _bnb_4bit("nf4"), weight_share=0.46, default=True),
-        Variant("fp4", "bitsandbytes-fp4", "bitsandbytes 4-bit float (e2m1) linear weights, block size 64",
-                _bnb_4bit("fp4"), weight_share=0.46),
-        Variant("nf4_dq", "bitsandbytes-nf4", "bitsandbytes NF4 with double quantization (the block "
-                "scales themselves quantized to 8 bits, blocks of 256)", _bnb_4bit("nf4", double_quant=True),
-                weight_share=0.46),
-        Variant("nf4_bf16", "bitsandbytes-nf4", "bitsandbytes NF4 computing its matrix products in bfloat16 "
-                "(on the CPU too)", _bnb_4bit("nf4", compute="bfloat16"), weight_share=0.46,
-                bnb_4bit_compute="bfloat16"),
+        Variant(
+            "fp16",
+            "none",
+            "16-bit floating point reference (float16, or bfloat16 by option)",
+            _baseline_kwargs,
+            is_baseline=True,
+            default=True,
+        ),
+        Variant(
+            "int8",
+            "bitsandbytes-llm.int8",
+            "bitsandbytes LLM.int8(): 8-bit absmax linear weights, "
+            "fp16 outlier decomposition (threshold 6.0; outlier columns chosen per sequence)",
+            _bnb_int8(6.0),
+            weight_share=0.64,
+            default=True,
+        ),
+        Variant(
+            "nf4",
+            "bitsandbytes-nf4",
+            "bitsandbytes 4-bit NormalFloat linear weights, block size 64",
+            _bnb_4bit("nf4"),
+            weight_share=0.46,
+            default=True,
+        ),
+        Variant(
+            "fp4",
+            "bitsandbytes-fp4",
+            "bitsandbytes 4-bit float (e2m1) linear weights, block size 64",
+            _bnb_4bit("fp4"),
+            weight_share=0.46,
+        ),
+        Variant(
+            "nf4_dq",
+            "bitsandbytes-nf4",
+            "bitsandbytes NF4 with double quantization (the block "
+            "scales themselves quantized to 8 bits, blocks of 256)",
+            _bnb_4bit("nf4", double_quant=True),
+            weight_share=0.46,
+        ),
+        Variant(
+            "nf4_bf16",
+            "bitsandbytes-nf4",
+            "bitsandbytes NF4 computing its matrix products in bfloat16 (on the CPU too)",
+            _bnb_4bit("nf4", compute="bfloat16"),
+            weight_share=0.46,
+            bnb_4bit_compute="bfloat16",
+        ),
         # threshold 0 turns the outlier decomposition off: every activation row is quantized to int8
         # by its own absmax, so a sequence no longer depends on its neighbours in the batch.
-        Variant("int8_threshold0", "bitsandbytes-llm.int8", "bitsandbytes LLM.int8() without outlier "
-                "decomposition (threshold 0): int8 weights and per-token int8 activations",
-                _bnb_int8(0.0), weight_share=0.64),
-        Variant("torchao_int8wo", "torchao-int8-weight-only", "torchao Int8WeightOnlyConfig: int8 linear "
-                "weights, one scale per output row; activations stay 16-bit",
-                _torchao("Int8WeightOnlyConfig"), weight_share=0.64, **_AO),
-        Variant("torchao_int8dq", "torchao-int8-dynamic", "torchao Int8DynamicActivationInt8WeightConfig: int8 "
-                "linear weights (per row) and int8 activations quantized per token at run time",
-                _torchao("Int8DynamicActivationInt8WeightConfig"), weight_share=0.64, **_AO),
-        Variant("torchao_int4wo", "torchao-int4-weight-only", "torchao Int4WeightOnlyConfig: 4-bit linear "
-                "weights, groups of 128 (tinygemm tile packing), bfloat16 activations",
-                _torchao("Int4WeightOnlyConfig", group_size=128, int4_packing_format="tile_packed_to_4d"),
-                weight_share=0.46, devices=("cuda",), weight_dtype="bfloat16", **_AO),
-        Variant("hqq_4bit", "hqq", f"HQQ half-quadratic 4-bit linear weights, groups of {HQQ_GROUP_SIZE}, "
-                "16-bit scale and zero", quantize_loaded=_hqq(4), **_HQQ),
-        Variant("hqq_3bit", "hqq", f"HQQ half-quadratic 3-bit linear weights, groups of {HQQ_GROUP_SIZE}, "
-                "16-bit scale and zero", quantize_loaded=_hqq(3), **_HQQ),
-        Variant("quanto_int8", "optimum-quanto", "optimum-quanto int8 linear weights (per-row scale); "
-                "activations stay 16-bit", _quanto("int8"), weight_share=0.64, **_QUANTO),
-        Variant("quanto_int4", "optimum-quanto", "optimum-quanto int4 linear weights, groups of 128 (fewer "
-                "where 128 does not divide a row) with scale and shift; bfloat16 activations", _quanto("int4"),
-                weight_share=0.46,
-                # Its float16 CUDA kernel gave NaN on the full-size seed architectures (H200): bfloat16.
-                # CUDA only: quanto 0.2.7's CPU int4 fallback fails under torch.inference_mode
-                # ("Cannot set version_counter for inference tensor").
-                weight_dtype="bfloat16", devices=("cuda",), **_QUANTO),
+        Variant(
+            "int8_threshold0",
+            "bitsandbytes-llm.int8",
+            "bitsandbytes LLM.int8() without outlier "
+            "decomposition (threshold 0): int8 weights and per-token int8 activations",
+            _bnb_int8(0.0),
+            weight_share=0.64,
+        ),
+        Variant(
+            "torchao_int8wo",
+            "torchao-int8-weight-only",
+            "torchao Int8WeightOnlyConfig: int8 linear weights, one scale per output row; activations stay 16-bit",
+            _torchao("Int8WeightOnlyConfig"),
+            weight_share=0.64,
+            **_AO,
+        ),
+        Variant(
+            "torchao_int8dq",
+            "torchao-int8-dynamic",
+            "torchao Int8DynamicActivationInt8WeightConfig: int8 "
+            "linear weights (per row) and int8 activations quantized per token at run time",
+            _torchao("Int8DynamicActivationInt8WeightConfig"),
+            weight_share=0.64,
+            **_AO,
+        ),
+        Variant(
+            "torchao_int4wo",
+            "torchao-int4-weight-only",
+            "torchao Int4WeightOnlyConfig: 4-bit linear "
+            "weights, groups of 128 (tinygemm tile packing), bfloat16 activations",
+            _torchao("Int4WeightOnlyConfig", group_size=128, int4_packing_format="tile_packed_to_4d"),
+            weight_share=0.46,
+            devices=("cuda",),
+            weight_dtype="bfloat16",
+            **_AO,
+        ),
+        Variant(
+            "hqq_4bit",
+            "hqq",
+            f"HQQ half-quadratic 4-bit linear weights, groups of {HQQ_GROUP_SIZE}, 16-bit scale and zero",
+            quantize_loaded=_hqq(4),
+            **_HQQ,
+        ),
+        Variant(
+            "hqq_3bit",
+            "hqq",
+            f"HQQ half-quadratic 3-bit linear weights, groups of {HQQ_GROUP_SIZE}, 16-bit scale and zero",
+            quantize_loaded=_hqq(3),
+            **_HQQ,
+        ),
+        Variant(
+            "quanto_int8",
+            "optimum-quanto",
+            "optimum-quanto int8 linear weights (per-row scale); activations stay 16-bit",
+            _quanto("int8"),
+            weight_share=0.64,
+            **_QUANTO,
+        ),
+        Variant(
+            "quanto_int4",
+            "optimum-quanto",
+            "optimum-quanto int4 linear weights, groups of 128 (fewer "
+            "where 128 does not divide a row) with scale and shift; bfloat16 activations",
+            _quanto("int4"),
+            weight_share=0.46,
+            # Its float16 CUDA kernel gave NaN on the full-size seed architectures (H200): bfloat16.
+            # CUDA only: quanto 0.2.7's CPU int4 fallback fails under torch.inference_mode
+            # ("Cannot set version_counter for inference tensor").
+            weight_dtype="bfloat16",
+            devices=("cuda",),
+            **_QUANTO,
+        ),
     )
 }
 
@@ -217,5 +312,14 @@ DEFAULT_VARIANTS = tuple(k for k, v in VARIANTS.items() if v.default)
 def checkpoint_variant(spec: Any) -> Variant:
     """The variant of a model's own checkpoint (config.CheckpointSpec): loaded as it is stored, its
     quantization config read from the checkpoint; a GGUF file is dequantized by transformers."""
-    return Variant(spec.key, spec.method, spec.description, _baseline_kwargs, default=spec.default,
-                   batch_invariant=spec.batch_invariant, extra=None, packages=tuple(spec.packages), source=spec)
+    return Variant(
+        spec.key,
+        spec.method,
+        spec.description,
+        _baseline_kwargs,
+        default=spec.default,
+        batch_invariant=spec.batch_invariant,
+        extra=None,
+        packages=tuple(spec.packages),
+        source=spec,
+    )

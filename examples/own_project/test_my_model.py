@@ -33,7 +33,8 @@ def test_quantized_weights_are_smaller(quantized_eval):
     """Every quantized variant (FP16 left out by the fixture) holds fewer bytes than FP16."""
     memory = quantized_eval.memory
     assert memory.footprint_gb < memory.fp16_footprint_gb, (
-        f"{quantized_eval.variant.key}: {memory.footprint_gb:.4f} GB, FP16 {memory.fp16_footprint_gb:.4f} GB")
+        f"{quantized_eval.variant.key}: {memory.footprint_gb:.4f} GB, FP16 {memory.fp16_footprint_gb:.4f} GB"
+    )
 
 
 @pytest.mark.quant_variants("int8")

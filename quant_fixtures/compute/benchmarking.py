@@ -4,7 +4,8 @@ perplexity guide's strided loop (the baseline our batched pass is compared with)
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

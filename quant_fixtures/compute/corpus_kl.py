@@ -8,13 +8,14 @@ positions from them and compares the two distributions over the whole vocabulary
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.compute.scoring import ScoredChunk
+from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.metrics.token_comparison import compare_positions, concat_comparisons
 
 
@@ -46,13 +47,15 @@ class KLAgainstReference:
     (a window whose batch is run again starts over; the results are read in window order).
     """
 
-    def __init__(self, reference: dict[str, torch.Tensor], window_tokens: Sequence[int],
-                 head: ReferenceHead | None = None) -> None:
+    def __init__(
+        self, reference: dict[str, torch.Tensor], window_tokens: Sequence[int], head: ReferenceHead | None = None
+    ) -> None:
         """``head``: the FP16 head to use instead of the stored one (the live model's, for FP16 against itself)."""
         self.hidden, self.head = reference["hidden"], head or ReferenceHead.from_tensors(reference)
         if self.hidden.shape[0] != sum(window_tokens):
-            raise ValueError(f"corpus reference holds {self.hidden.shape[0]} positions, "
-                             f"the windows score {sum(window_tokens)}")
+            raise ValueError(
+                f"corpus reference holds {self.hidden.shape[0]} positions, the windows score {sum(window_tokens)}"
+            )
         self.start = [0]
         for n in window_tokens[:-1]:
             self.start.append(self.start[-1] + n)
@@ -71,8 +74,9 @@ class KLAgainstReference:
             if hi > self.end[w]:
                 raise RuntimeError(f"corpus KL: window {w} scored more positions than the FP16 reference holds")
             ref = self.head.logits(self.hidden[lo:hi].to(cand.device))
-            self.parts[w].append(compare_positions(ref, cand, chunk.targets[row][chunk.mask[row]],
-                                                   chunk.slice_elements))
+            self.parts[w].append(
+                compare_positions(ref, cand, chunk.targets[row][chunk.mask[row]], chunk.slice_elements)
+            )
             self.cursor[w] = hi
 
     def complete(self) -> bool:

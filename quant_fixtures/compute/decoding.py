@@ -91,9 +91,13 @@ class StaticGreedyBatch:
 
     def prefill(self) -> None:
         with real_tokens(self.real):  # padding takes no part in LLM.int8's outlier choice
-            hidden = self.model.base_model(input_ids=self.ids, attention_mask=self.prefill_mask,
-                                           position_ids=self.positions, use_cache=True,
-                                           **{self.cache_kwarg: self.cache}).last_hidden_state
+            hidden = self.model.base_model(
+                input_ids=self.ids,
+                attention_mask=self.prefill_mask,
+                position_ids=self.positions,
+                use_cache=True,
+                **{self.cache_kwarg: self.cache},
+            ).last_hidden_state
         self.token.copy_(self._next_token(hidden))
         self.out[:, :1].copy_(self.token)
         self.column += 1
@@ -103,9 +107,13 @@ class StaticGreedyBatch:
         self.step_mask.index_fill_(3, self.slot, 0.0)
         self.position += 1
         with grouped_attention_for(self.model):  # no copies of the key/value heads (grouped_attention.py)
-            hidden = self.model.base_model(input_ids=self.token, attention_mask=self.step_mask,
-                                           position_ids=self.position, use_cache=True,
-                                           **{self.cache_kwarg: self.cache}).last_hidden_state
+            hidden = self.model.base_model(
+                input_ids=self.token,
+                attention_mask=self.step_mask,
+                position_ids=self.position,
+                use_cache=True,
+                **{self.cache_kwarg: self.cache},
+            ).last_hidden_state
         self.token.copy_(self._next_token(hidden))
         self.out.index_copy_(1, self.column, self.token)
         self.column += 1
@@ -119,8 +127,9 @@ class StaticGreedyBatch:
         return bool(hit.any(-1).all())
 
 
-def static_greedy(model: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos: set[int],
-                  use_graph: bool) -> tuple[torch.Tensor, str]:
+def static_greedy(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos: set[int], use_graph: bool
+) -> tuple[torch.Tensor, str]:
     """Greedy tokens [B, steps] (rows past their EOS hold what greedy search would have gone on
     with: callers cut at the first EOS) and how the steps ran ("cuda graph" or "eager")."""
     run = StaticGreedyBatch(model, ids, mask, steps, eos)

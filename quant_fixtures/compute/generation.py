@@ -7,7 +7,8 @@ and scores do not depend on which other prompts share its batch (proved in the i
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -21,8 +22,9 @@ def prompt_token_ids(tokenizer: Any, text: str, use_chat_template: bool) -> list
     """Token ids of one user prompt: through the chat template (with the generation prompt) when
     the tokenizer has one and it is wanted, else the plain text with default special tokens."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                 add_generation_prompt=True)
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
         return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
     return list(tokenizer(text)["input_ids"])
 
@@ -46,8 +48,8 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[tor
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -56,8 +58,8 @@ def _right_pad(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[to
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = 1
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -67,8 +69,8 @@ def length_batches(lengths: Sequence[int], batch_size: int, shift: int = 0) -> l
     batch changes its members at the same batch size (how batch-dependence is measured)."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     head = [order[:shift]] if 0 < shift < len(order) else []
-    rest = order[len(head[0]):] if head else order
-    return head + [rest[i:i + batch_size] for i in range(0, len(rest), batch_size)]
+    rest = order[len(head[0]) :] if head else order
+    return head + [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
 
 
 def truncate_response(tokens: Sequence[int], max_new_tokens: int, eos: set[int]) -> list[int]:
@@ -111,9 +113,17 @@ def _prompt_bytes(model: Any, width: int, length: int) -> float:
     return kv * length + 2 * width * (4 * hidden + 3 * inner) * element + 8 * c.vocab_size
 
 
-def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int],
-                    batch_size: int, progress: Callable[[int], None] | None = None, shift: int = 0,
-                    budget: MemoryBudget | None = None, log: BatchLog | None = None) -> list[list[int]]:
+def greedy_generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: Sequence[int],
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+    shift: int = 0,
+    budget: MemoryBudget | None = None,
+    log: BatchLog | None = None,
+) -> list[list[int]]:
     """Greedy responses (token ids) for every prompt, generated in batches with left padding.
 
     A batch runs to its largest max_new_tokens (or until every row has an EOS); each response is
@@ -129,8 +139,10 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
     longest = widest + max(max_new_tokens, default=0)
     size = budget.fit(batch_size, _prompt_bytes(model, widest, longest))
     if size < batch_size:
-        log.notes.append(f"generation: {size} prompts per batch, not {batch_size}, to fit the static cache "
-                         f"of {longest} tokens in {(budget.free() or 0) / 2**30:.2f} GiB")
+        log.notes.append(
+            f"generation: {size} prompts per batch, not {batch_size}, to fit the static cache "
+            f"of {longest} tokens in {(budget.free() or 0) / 2**30:.2f} GiB"
+        )
     static = supports_static_decoding(model, longest)
     graph = static and can_capture(model)
 
@@ -141,9 +153,19 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
             out, how = static_greedy(model, ids, mask, steps, eos, graph)
         else:
             with real_tokens(mask):  # the prefill's padding takes no part in LLM.int8's outlier choice
-                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=0,
-                                     do_sample=False, temperature=None, top_p=None, top_k=None, num_beams=1,
-                                     pad_token_id=pad, eos_token_id=sorted(eos))[:, ids.shape[1]:]
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=steps,
+                    min_new_tokens=0,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    num_beams=1,
+                    pad_token_id=pad,
+                    eos_token_id=sorted(eos),
+                )[:, ids.shape[1] :]
             how = "transformers generate (dynamic cache)"
         log.generation_method = how
         rows = out.tolist()
@@ -159,10 +181,19 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
     return responses
 
 
-def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                    batch_size: int, pad: int, consume: Callable[[int, torch.Tensor, torch.Tensor], None],
-                    budget: MemoryBudget | None = None, log: BatchLog | None = None, stage: str = "scoring",
-                    equal_lengths: bool = False, progress: Callable[[int], None] | None = None) -> None:
+def response_logits(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    batch_size: int,
+    pad: int,
+    consume: Callable[[int, torch.Tensor, torch.Tensor], None],
+    budget: MemoryBudget | None = None,
+    log: BatchLog | None = None,
+    stage: str = "scoring",
+    equal_lengths: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Teacher-forced logits (float32) at every position whose next token is a response token.
 
     For prompt p (P tokens) and response r (R tokens) the model reads p + r[:-1]; the R positions
@@ -196,8 +227,8 @@ def response_logits(model: Any, prompts: Sequence[Sequence[int]], responses: Seq
         for row, i in enumerate(batch):
             n = len(responses[i])
             start = len(prompts[i]) - 1  # the last prompt token predicts the first response token
-            h = hidden[row, start:start + n]
-            logits = torch.cat([output_logits(model, h[lo:lo + chunk]).float() for lo in range(0, n, chunk)])
+            h = hidden[row, start : start + n]
+            logits = torch.cat([output_logits(model, h[lo : lo + chunk]).float() for lo in range(0, n, chunk)])
             consume(i, logits, h)
         if progress is not None:
             progress(len(batch))

@@ -11,23 +11,31 @@ scores scaled, mask added, softmax in float32, cast back, weighted sum of values
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 NAME = "quant_fixtures_grouped"
 
 
-def grouped_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                      **kwargs: Any) -> tuple[torch.Tensor, None]:
+def grouped_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """query [B, H, Q, D], key/value [B, KV, L, D], additive mask [B, 1, Q, L'] (L' >= L) ->
     ([B, Q, H, D], None), the layout transformers' attention functions return."""
     batch, heads, q_len, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     group = heads // kv_heads
-    scale = scaling if scaling is not None else dim ** -0.5
+    scale = scaling if scaling is not None else dim**-0.5
     # Query head h uses key/value head h // group (transformers' repeat_kv order).
     q = query.reshape(batch, kv_heads, group * q_len, dim)
     scores = torch.matmul(q, key.transpose(2, 3)) * scale  # [B, KV, group*Q, L]

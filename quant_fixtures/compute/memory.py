@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -28,8 +29,18 @@ HEADROOM = 0.10  # share of the free memory left unplanned (allocator fragmentat
 MIN_SCALE = 1 / 64  # the smallest share of the planned chunk sizes tried before out of memory is final
 STRICT_ENV = "QUANT_FIXTURES_STRICT_EXECUTOR"
 _STAGE: ContextVar[str | None] = ContextVar("quant_fixtures_executor_stage", default=None)
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_size(text: str, what: str) -> int:
@@ -152,14 +163,17 @@ def comparison_slice_elements(budget: MemoryBudget, vocab: int) -> int | None:
     return budget.chunk_elements(COMPARISON_ELEMENTS_CEILING, vocab, COMPARISON_BYTES_PER_ELEMENT)
 
 
-def size_by_probe(requested: int, run_one: Callable[[], None], budget: MemoryBudget, log: BatchLog, stage: str,
-                  unit: str) -> int:
+def size_by_probe(
+    requested: int, run_one: Callable[[], None], budget: MemoryBudget, log: BatchLog, stage: str, unit: str
+) -> int:
     """Run one item alone (``run_one``) and return how many such items fit in one pass (<= requested)."""
     _, need = budget.probe(run_one)
     size = budget.fit(requested, need)
     if size < requested:
-        log.notes.append(f"{stage}: {size} {unit} per pass, not {requested}: one needs {need / GiB:.2f} GiB "
-                         f"and {(budget.free() or 0) / GiB:.2f} GiB is free")
+        log.notes.append(
+            f"{stage}: {size} {unit} per pass, not {requested}: one needs {need / GiB:.2f} GiB "
+            f"and {(budget.free() or 0) / GiB:.2f} GiB is free"
+        )
     return size
 
 
@@ -175,8 +189,16 @@ def chunked(items: Sequence[int], size: int, same_group: Callable[[int, int], bo
     return batches
 
 
-def run_sized(items: Sequence[int], requested: int, run: Callable[[list[int]], None], budget: MemoryBudget,
-              log: BatchLog, stage: str, unit: str, same_group: Callable[[int, int], bool] | None = None) -> None:
+def run_sized(
+    items: Sequence[int],
+    requested: int,
+    run: Callable[[list[int]], None],
+    budget: MemoryBudget,
+    log: BatchLog,
+    stage: str,
+    unit: str,
+    same_group: Callable[[int, int], bool] | None = None,
+) -> None:
     """Run ``items`` in consecutive batches of at most ``requested``: on CUDA the first item runs
     alone, through :func:`run_batches` too, to measure how many fit (:func:`size_by_probe`), then
     :func:`run_batches` runs the rest."""
@@ -184,14 +206,26 @@ def run_sized(items: Sequence[int], requested: int, run: Callable[[list[int]], N
     if budget.cuda and requested > 1 and len(items) > 1:
         first = [items[0]]
         sized: list[int] = []
-        run_batches([first], lambda batch: sized.append(size_by_probe(requested, lambda: run(batch), budget, log,
-                                                                      stage, unit)), budget, log, stage, unit)
+        run_batches(
+            [first],
+            lambda batch: sized.append(size_by_probe(requested, lambda: run(batch), budget, log, stage, unit)),
+            budget,
+            log,
+            stage,
+            unit,
+        )
         size, items = sized[-1], items[1:]
     run_batches(chunked(items, size, same_group), run, budget, log, stage, unit)
 
 
-def run_batches(batches: Sequence[list[int]], run: Callable[[list[int]], None], budget: MemoryBudget, log: BatchLog,
-                stage: str, unit: str) -> None:
+def run_batches(
+    batches: Sequence[list[int]],
+    run: Callable[[list[int]], None],
+    budget: MemoryBudget,
+    log: BatchLog,
+    stage: str,
+    unit: str,
+) -> None:
     """Call ``run`` on each batch in order. Out of memory halves the batch and every later one
     (``run`` must be safe to repeat for the same items); at one item it halves ``budget.scale``
     (the chunks inside a pass) down to :data:`MIN_SCALE`, then the error is raised. The largest
@@ -200,7 +234,7 @@ def run_batches(batches: Sequence[list[int]], run: Callable[[list[int]], None], 
     while queue:
         batch = queue.pop(0)
         if cap is not None and len(batch) > cap:
-            queue[:0] = [batch[i:i + cap] for i in range(0, len(batch), cap)]
+            queue[:0] = [batch[i : i + cap] for i in range(0, len(batch), cap)]
             continue
         out_of_memory = False
         token = _STAGE.set(stage)
@@ -219,8 +253,10 @@ def run_batches(batches: Sequence[list[int]], run: Callable[[list[int]], None], 
                 log.notes.append(f"{stage}: out of memory at {len(batch)} {unit} per pass; retried at {cap}")
             else:
                 budget.scale /= 2
-                log.notes.append(f"{stage}: out of memory at 1 {unit} per pass; retried with chunks at "
-                                 f"{budget.scale:g} of their planned size")
+                log.notes.append(
+                    f"{stage}: out of memory at 1 {unit} per pass; retried with chunks at "
+                    f"{budget.scale:g} of their planned size"
+                )
             queue.insert(0, batch)
             continue
         largest = max(largest, len(batch))
@@ -235,8 +271,10 @@ def executing_stage() -> str | None:
 def require_executor(module: Any, args: Any) -> None:
     """Forward pre-hook (strict mode): a model's forward pass must run inside the executor."""
     if _STAGE.get() is None:
-        raise RuntimeError(f"{type(module).__name__}: a forward pass ran outside the memory executor "
-                           "(compute/memory.run_batches): its memory is neither planned nor retried")
+        raise RuntimeError(
+            f"{type(module).__name__}: a forward pass ran outside the memory executor "
+            "(compute/memory.run_batches): its memory is neither planned nor retried"
+        )
 
 
 def strict_executor() -> bool:

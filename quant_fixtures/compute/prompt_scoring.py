@@ -8,19 +8,20 @@ computed from the same logits and reported beside the exact KL.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from quant_fixtures.compute.memory import BatchLog, MemoryBudget, comparison_slice_elements
 from quant_fixtures.compute.generation import greedy_generate, pad_token_id, prompt_token_ids, response_logits
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget, comparison_slice_elements
 from quant_fixtures.compute.scoring import model_device
 from quant_fixtures.inputs.prompts import Prompt
-from quant_fixtures.models.int8_per_sequence import amplifies_float_noise
 from quant_fixtures.metrics.divergence import kl_topk, tail_mass, topk_reference
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.metrics.token_comparison import compare_positions, empty_comparison
+from quant_fixtures.models.int8_per_sequence import amplifies_float_noise
 from quant_fixtures.store.prompt_reference import PromptReference, ReferenceKey
 
 
@@ -49,19 +50,36 @@ class PromptScore:
 NO_SCORE = PromptScore(empty_comparison(), np.zeros(0), np.zeros(0))  # a prompt with nothing scored
 
 
-def reference_responses(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey, gen_batch: int,
-                        progress: Callable[[int], None] | None = None, budget: MemoryBudget | None = None,
-                        log: BatchLog | None = None) -> tuple[list[list[int]], list[list[int]]]:
+def reference_responses(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    key: ReferenceKey,
+    gen_batch: int,
+    progress: Callable[[int], None] | None = None,
+    budget: MemoryBudget | None = None,
+    log: BatchLog | None = None,
+) -> tuple[list[list[int]], list[list[int]]]:
     """(prompt ids, greedy FP16 responses) of the suite."""
     prompt_ids = [prompt_token_ids(tokenizer, p.prompt, key.use_chat_template) for p in prompts]
     limits = [min(p.max_new_tokens, key.max_new_tokens_cap or p.max_new_tokens) for p in prompts]
-    return prompt_ids, greedy_generate(model, tokenizer, prompt_ids, limits, gen_batch, progress, budget=budget, log=log)
+    return prompt_ids, greedy_generate(
+        model, tokenizer, prompt_ids, limits, gen_batch, progress, budget=budget, log=log
+    )
 
 
-def reference_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey,
-                            prompt_ids: list[list[int]], responses: list[list[int]], score_batch: int,
-                            budget: MemoryBudget | None = None, log: BatchLog | None = None,
-                            progress: Callable[[int], None] | None = None) -> PromptReference:
+def reference_hidden_states(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    key: ReferenceKey,
+    prompt_ids: list[list[int]],
+    responses: list[list[int]],
+    score_batch: int,
+    budget: MemoryBudget | None = None,
+    log: BatchLog | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PromptReference:
     """The FP16 final hidden states at every response position, and the FP16 output head."""
     import torch
 
@@ -71,21 +89,39 @@ def reference_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[Prompt
     def keep(i: int, logits: Any, states: Any) -> None:
         hidden[i] = states.detach().to("cpu", copy=True)
 
-    response_logits(model, prompt_ids, responses, score_batch, pad_token_id(model, tokenizer), keep, budget, log,
-                    "reference scoring", progress=progress)
+    response_logits(
+        model,
+        prompt_ids,
+        responses,
+        score_batch,
+        pad_token_id(model, tokenizer),
+        keep,
+        budget,
+        log,
+        "reference scoring",
+        progress=progress,
+    )
     return PromptReference(key=key, prompt_ids=prompt_ids, response_ids=responses, hidden=hidden, head=head)
 
 
-def compute_reference(model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey, gen_batch: int,
-                      score_batch: int) -> PromptReference:
+def compute_reference(
+    model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey, gen_batch: int, score_batch: int
+) -> PromptReference:
     """Greedy FP16 responses, then the FP16 hidden states at every response position."""
     prompt_ids, responses = reference_responses(model, tokenizer, prompts, key, gen_batch)
     return reference_hidden_states(model, tokenizer, prompts, key, prompt_ids, responses, score_batch)
 
 
-def score_against_reference(model: Any, tokenizer: Any, reference: PromptReference, batch_size: int,
-                            budget: MemoryBudget | None = None, log: BatchLog | None = None,
-                            stage: str = "scoring", progress: Callable[[int], None] | None = None) -> list[PromptScore]:
+def score_against_reference(
+    model: Any,
+    tokenizer: Any,
+    reference: PromptReference,
+    batch_size: int,
+    budget: MemoryBudget | None = None,
+    log: BatchLog | None = None,
+    stage: str = "scoring",
+    progress: Callable[[int], None] | None = None,
+) -> list[PromptScore]:
     """Teacher-forced pass of the variant over prompt + FP16 response, compared with FP16."""
     scores: list[PromptScore | None] = [None] * len(reference.prompt_ids)
     pad = pad_token_id(model, tokenizer)
@@ -96,12 +132,25 @@ def score_against_reference(model: Any, tokenizer: Any, reference: PromptReferen
         ref = reference.logits(i, logits.device)
         targets = logits.new_tensor(reference.response_ids[i]).long()
         ref_logp, ref_idx = topk_reference(ref.double(), k)
-        scores[i] = PromptScore(positions=compare_positions(ref, logits, targets, slices),
-                                kl_topk=kl_topk(ref_logp, ref_idx, logits.double()).cpu().numpy(),
-                                tail=tail_mass(ref_logp).cpu().numpy())
+        scores[i] = PromptScore(
+            positions=compare_positions(ref, logits, targets, slices),
+            kl_topk=kl_topk(ref_logp, ref_idx, logits.double()).cpu().numpy(),
+            tail=tail_mass(ref_logp).cpu().numpy(),
+        )
 
-    response_logits(model, reference.prompt_ids, reference.response_ids, batch_size, pad, score, budget, log, stage,
-                    equal_lengths=amplifies_float_noise(model) and model_device(model).type == "cpu", progress=progress)
+    response_logits(
+        model,
+        reference.prompt_ids,
+        reference.response_ids,
+        batch_size,
+        pad,
+        score,
+        budget,
+        log,
+        stage,
+        equal_lengths=amplifies_float_noise(model) and model_device(model).type == "cpu",
+        progress=progress,
+    )
     return [s or NO_SCORE for s in scores]
 
 
@@ -113,8 +162,13 @@ def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def per_prompt_records(prompts: Sequence[Prompt], reference: PromptReference, scores: Sequence[PromptScore],
-                       responses: Sequence[Sequence[int]], tokenizer: Any) -> list[dict[str, Any]]:
+def per_prompt_records(
+    prompts: Sequence[Prompt],
+    reference: PromptReference,
+    scores: Sequence[PromptScore],
+    responses: Sequence[Sequence[int]],
+    tokenizer: Any,
+) -> list[dict[str, Any]]:
     """One report record per prompt (suite order)."""
     records = []
     for p, ref_resp, score, resp in zip(prompts, reference.response_ids, scores, responses):
@@ -122,24 +176,41 @@ def per_prompt_records(prompts: Sequence[Prompt], reference: PromptReference, sc
         text = tokenizer.decode(resp, skip_special_tokens=True)
         fp16_ok, ok = p.is_correct(fp16_text), p.is_correct(text)
         n = len(score.kl)
-        records.append({
-            "id": p.id, "category": p.category, "positions": n,
-            "kl_mean": float(score.kl.mean()) if n else None,  # exact, full vocabulary
-            "kl_max": float(score.kl.max()) if n else None,
-            "kl_reverse_mean": float(score.positions["kl_qp"].mean()) if n else None,
-            "kl_topk_mean": float(score.kl_topk.mean()) if n else None,
-            "top1_agreement": float(score.top1.mean()) if n else None,
-            "nll_fp16_tokens": float(score.nll.sum()), "tail_mass_mean": float(score.tail.mean()) if n else None,
-            "first_divergence": first_divergence(ref_resp, resp), "exact_match": list(ref_resp) == list(resp),
-            "fp16_correct": fp16_ok, "correct": ok, "flip": None if fp16_ok is None else fp16_ok != ok,
-            "fp16_response": fp16_text, "response": text,
-        })
+        records.append(
+            {
+                "id": p.id,
+                "category": p.category,
+                "positions": n,
+                "kl_mean": float(score.kl.mean()) if n else None,  # exact, full vocabulary
+                "kl_max": float(score.kl.max()) if n else None,
+                "kl_reverse_mean": float(score.positions["kl_qp"].mean()) if n else None,
+                "kl_topk_mean": float(score.kl_topk.mean()) if n else None,
+                "top1_agreement": float(score.top1.mean()) if n else None,
+                "nll_fp16_tokens": float(score.nll.sum()),
+                "tail_mass_mean": float(score.tail.mean()) if n else None,
+                "first_divergence": first_divergence(ref_resp, resp),
+                "exact_match": list(ref_resp) == list(resp),
+                "fp16_correct": fp16_ok,
+                "correct": ok,
+                "flip": None if fp16_ok is None else fp16_ok != ok,
+                "fp16_response": fp16_text,
+                "response": text,
+            }
+        )
     return records
 
 
-def generate_responses(model: Any, tokenizer: Any, prompts: Sequence[Prompt], reference: PromptReference,
-                       gen_batch: int, progress: Callable[[int], None] | None = None, shift: int = 0,
-                       budget: MemoryBudget | None = None, log: BatchLog | None = None) -> list[list[int]]:
+def generate_responses(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    reference: PromptReference,
+    gen_batch: int,
+    progress: Callable[[int], None] | None = None,
+    shift: int = 0,
+    budget: MemoryBudget | None = None,
+    log: BatchLog | None = None,
+) -> list[list[int]]:
     """The variant's own greedy responses to the same prompt ids, with the FP16 length limits
     (``shift``: see generation.length_batches)."""
     cap = reference.key.max_new_tokens_cap

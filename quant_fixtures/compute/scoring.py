@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -131,7 +132,7 @@ def score_windows(
         if hook is not None and hasattr(hook, "reset"):
             hook.reset(batch)
         group = [windows[i] for i in batch]
-        tokens = torch.stack([token_ids[w.begin:w.end] for w in group]).to(device)
+        tokens = torch.stack([token_ids[w.begin : w.end] for w in group]).to(device)
         inputs = tokens[:, :-1].clone()  # the last target is never read
         for row, w in enumerate(group):
             if w.first_input is not None:
@@ -148,10 +149,10 @@ def score_windows(
         targets_all = tokens.to(out)
         for lo in range(0, positions, chunk):
             hi = min(positions, lo + chunk)
-            states = hidden[:, offset - 1 + lo:offset - 1 + hi]
+            states = hidden[:, offset - 1 + lo : offset - 1 + hi]
             logits = output_logits(model, states)
             logp = torch.log_softmax(logits.float(), -1)
-            targets = targets_all[:, offset + lo:offset + hi]
+            targets = targets_all[:, offset + lo : offset + hi]
             token_nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
             target_pos = torch.arange(offset + lo, offset + hi, device=out)
             mask = target_pos.unsqueeze(0) >= first.unsqueeze(1)
@@ -170,12 +171,22 @@ def score_windows(
     hook_time = [0.0]
     start = time.perf_counter()
     with torch.inference_mode():
-        run_sized(list(range(len(windows))), batch_size, run, budget, log, "perplexity", "windows",
-                  same_group=lambda a, b: windows[a].length == windows[b].length)
+        run_sized(
+            list(range(len(windows))),
+            batch_size,
+            run,
+            budget,
+            log,
+            "perplexity",
+            "windows",
+            same_group=lambda a, b: windows[a].length == windows[b].length,
+        )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start - hook_time[0]
     if not all(math.isfinite(v) for v in nll):
         bad = [i for i, v in enumerate(nll) if not math.isfinite(v)]
-        raise FloatingPointError(f"non-finite NLL in windows {bad[:10]} (of {len(windows)}): the model produced NaN/inf")
+        raise FloatingPointError(
+            f"non-finite NLL in windows {bad[:10]} (of {len(windows)}): the model produced NaN/inf"
+        )
     return WindowScores(window_nll=nll, window_tokens=counts, seconds=seconds, hook_seconds=hook_time[0])

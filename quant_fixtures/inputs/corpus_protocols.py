@@ -19,13 +19,19 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from quant_fixtures.metrics.perplexity import (Window, llama_cpp_windows, nonoverlapping_windows, rolling_windows,
-                                               strided_windows)
+from quant_fixtures.metrics.perplexity import (
+    Window,
+    llama_cpp_windows,
+    nonoverlapping_windows,
+    rolling_windows,
+    strided_windows,
+)
 
 PROTOCOLS = ("nonoverlapping", "strided", "llama.cpp", "lm-eval")
 LLAMA_CPP_DEFAULT_CTX = 512  # llama-perplexity's default n_ctx
@@ -95,8 +101,16 @@ def adds_bos(tokenizer: Any) -> int | None:
     return bos if ids[:1] == [bos] else None
 
 
-def joined_plan(protocol: str, ids: Any, ends: Any, text: str, ctx: int, stride: int | None,
-                max_tokens: int | None, bos_id: int | None) -> CorpusPlan:
+def joined_plan(
+    protocol: str,
+    ids: Any,
+    ends: Any,
+    text: str,
+    ctx: int,
+    stride: int | None,
+    max_tokens: int | None,
+    bos_id: int | None,
+) -> CorpusPlan:
     n = int(ids.numel())
     if protocol == "nonoverlapping":
         windows = nonoverlapping_windows(n, ctx, max_tokens)
@@ -107,12 +121,18 @@ def joined_plan(protocol: str, ids: Any, ends: Any, text: str, ctx: int, stride:
     else:
         raise ValueError(f"{protocol!r} is not a joined-text protocol; valid: nonoverlapping, strided, llama.cpp")
     scored_bytes, scored_words = scored_text_units(text, ends, windows)
-    return CorpusPlan(ids, windows, scored_bytes, scored_words,
-                      units="bytes (UTF-8) and words (whitespace-separated, counted where they end) of the text "
-                            "from the end of the token before each scored token to the scored token's end")
+    return CorpusPlan(
+        ids,
+        windows,
+        scored_bytes,
+        scored_words,
+        units="bytes (UTF-8) and words (whitespace-separated, counted where they end) of the text "
+        "from the end of the token before each scored token to the scored token's end",
+    )
 
 
 # --- lm-eval's wikitext task ------------------------------------------------------------------------
+
 
 def lm_eval_word_count(page: str) -> int:
     """lm-eval's word count of a document: the pieces of re.split on runs of whitespace."""
@@ -136,8 +156,9 @@ def document_tokens(tokenizer: Any, detokenized: Sequence[str]) -> list[list[int
     return [list(tokenizer(text, return_attention_mask=False, verbose=False)["input_ids"]) for text in detokenized]
 
 
-def documents_plan(doc_ids: Sequence[Sequence[int]], pages: Sequence[str], prefix: int, max_len: int,
-                   max_tokens: int | None) -> CorpusPlan:
+def documents_plan(
+    doc_ids: Sequence[Sequence[int]], pages: Sequence[str], prefix: int, max_len: int, max_tokens: int | None
+) -> CorpusPlan:
     """The documents one after the other in one sequence, each after lm-eval's prefix token, scored
     with :func:`rolling_windows`. ``max_tokens``: whole documents from the start while their tokens
     fit."""
@@ -156,12 +177,18 @@ def documents_plan(doc_ids: Sequence[Sequence[int]], pages: Sequence[str], prefi
         scored_bytes += len(page.encode("utf-8"))
         scored_words += lm_eval_word_count(page)
     if not windows:
-        raise ValueError(f"no whole WikiText-2 document fits --ppl-max-tokens {max_tokens}: the first has "
-                         f"{len(doc_ids[0])} tokens")
+        raise ValueError(
+            f"no whole WikiText-2 document fits --ppl-max-tokens {max_tokens}: the first has {len(doc_ids[0])} tokens"
+        )
     ids = torch.tensor([t for piece in pieces for t in piece], dtype=torch.long)
-    return CorpusPlan(ids, windows, scored_bytes, scored_words, documents=len(pieces),
-                      units="lm-eval's: per document, UTF-8 bytes of the original page and "
-                            "len(re.split(r'\\s+', page)) words")
+    return CorpusPlan(
+        ids,
+        windows,
+        scored_bytes,
+        scored_words,
+        documents=len(pieces),
+        units="lm-eval's: per document, UTF-8 bytes of the original page and len(re.split(r'\\s+', page)) words",
+    )
 
 
 def lm_eval_max_length(config: Any, tokenizer: Any) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 # The shipped suite's twelve categories (8 prompts each). A user's prompt file brings its own.
 CATEGORIES: tuple[str, ...] = (
@@ -111,25 +112,25 @@ def _parse_record(raw: str, where: str) -> Prompt:
     category = record.get("category")
     if "category" not in record:
         fail(f"prompt {pid!r}: missing 'category'")
-    if (not isinstance(category, str) or not category.strip() or category != category.strip()
-            or len(category) > MAX_CATEGORY_CHARS or any(not c.isprintable() for c in category)):
-        fail(f"prompt {pid!r}: 'category' must be a non-empty name of at most {MAX_CATEGORY_CHARS} printable "
-             f"characters without surrounding spaces, got {category!r}")
+    if (
+        not isinstance(category, str)
+        or not category.strip()
+        or category != category.strip()
+        or len(category) > MAX_CATEGORY_CHARS
+        or any(not c.isprintable() for c in category)
+    ):
+        fail(
+            f"prompt {pid!r}: 'category' must be a non-empty name of at most {MAX_CATEGORY_CHARS} printable "
+            f"characters without surrounding spaces, got {category!r}"
+        )
 
     text = record.get("prompt")
     if not isinstance(text, str) or not text.strip():
         fail(f"prompt {pid!r}: missing or empty 'prompt'")
 
     max_new = record.get("max_new_tokens", 128)
-    if (
-        isinstance(max_new, bool)
-        or not isinstance(max_new, int)
-        or not 0 < max_new <= MAX_NEW_TOKENS_CAP
-    ):
-        fail(
-            f"prompt {pid!r}: 'max_new_tokens' must be an integer in "
-            f"1..{MAX_NEW_TOKENS_CAP}, got {max_new!r}"
-        )
+    if isinstance(max_new, bool) or not isinstance(max_new, int) or not 0 < max_new <= MAX_NEW_TOKENS_CAP:
+        fail(f"prompt {pid!r}: 'max_new_tokens' must be an integer in 1..{MAX_NEW_TOKENS_CAP}, got {max_new!r}")
 
     answer: str | None = None
     is_regex = False
@@ -143,9 +144,7 @@ def _parse_record(raw: str, where: str) -> Prompt:
     return Prompt(pid, category, text, max_new, answer, is_regex)
 
 
-def load_prompt_suite(
-    path: str | Path, categories: Sequence[str] | None = None
-) -> list[Prompt]:
+def load_prompt_suite(path: str | Path, categories: Sequence[str] | None = None) -> list[Prompt]:
     """Load and validate a JSONL prompt suite, optionally keeping only ``categories``.
 
     Blank lines are skipped. Every problem raises :class:`PromptSuiteError` naming
@@ -169,9 +168,7 @@ def load_prompt_suite(
         where = f"{path}:{lineno}"
         prompt = _parse_record(raw, where)
         if prompt.id in first_seen:
-            raise PromptSuiteError(
-                f"{where}: duplicate id {prompt.id!r} (first seen on line {first_seen[prompt.id]})"
-            )
+            raise PromptSuiteError(f"{where}: duplicate id {prompt.id!r} (first seen on line {first_seen[prompt.id]})")
         first_seen[prompt.id] = lineno
         prompts.append(prompt)
 
@@ -188,9 +185,7 @@ def load_prompt_suite(
         wanted = set(categories)
         prompts = [p for p in prompts if p.category in wanted]
         if not prompts:
-            raise PromptSuiteError(
-                f"{path}: category filter {list(categories)} matches no prompts"
-            )
+            raise PromptSuiteError(f"{path}: category filter {list(categories)} matches no prompts")
     return prompts
 
 

@@ -17,7 +17,7 @@ replacements below are its, in its order); words and bytes are still counted on 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def raw_lines(rows: Sequence[str]) -> list[str]:
@@ -46,15 +46,29 @@ def wikitext_pages(rows: Sequence[str]) -> list[str]:
 
 # (pattern, replacement, is_regex), applied in this order.
 _DETOKENIZE = (
-    ("s '", "s'", False), (r"/' [0-9]/", r"/'[0-9]/", True),
-    (" @-@ ", "-", False), (" @,@ ", ",", False), (" @.@ ", ".", False),
-    (" : ", ": ", False), (" ; ", "; ", False), (" . ", ". ", False), (" ! ", "! ", False),
-    (" ? ", "? ", False), (" , ", ", ", False),
-    (r"\(\s*([^\)]*?)\s*\)", r"(\1)", True), (r"\[\s*([^\]]*?)\s*\]", r"[\1]", True),
-    (r"{\s*([^}]*?)\s*}", r"{\1}", True), (r"\"\s*([^\"]*?)\s*\"", r'"\1"', True),
+    ("s '", "s'", False),
+    (r"/' [0-9]/", r"/'[0-9]/", True),
+    (" @-@ ", "-", False),
+    (" @,@ ", ",", False),
+    (" @.@ ", ".", False),
+    (" : ", ": ", False),
+    (" ; ", "; ", False),
+    (" . ", ". ", False),
+    (" ! ", "! ", False),
+    (" ? ", "? ", False),
+    (" , ", ", ", False),
+    (r"\(\s*([^\)]*?)\s*\)", r"(\1)", True),
+    (r"\[\s*([^\]]*?)\s*\]", r"[\1]", True),
+    (r"{\s*([^}]*?)\s*}", r"{\1}", True),
+    (r"\"\s*([^\"]*?)\s*\"", r'"\1"', True),
     (r"'\s*([^']*?)\s*'", r"'\1'", True),
-    ("= = = =", "====", False), ("= = =", "===", False), ("= =", "==", False),
-    (" \u00b0 ", "\u00b0", False), (" \n", "\n", False), ("\n ", "\n", False), (" N ", " 1 ", False),
+    ("= = = =", "====", False),
+    ("= = =", "===", False),
+    ("= =", "==", False),
+    (" \u00b0 ", "\u00b0", False),
+    (" \n", "\n", False),
+    ("\n ", "\n", False),
+    (" N ", " 1 ", False),
     (" 's", "'s", False),
 )
 

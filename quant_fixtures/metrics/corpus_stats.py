@@ -16,7 +16,8 @@ Two parts:
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +56,9 @@ def _with_unc(value: float, unc: float) -> dict[str, float]:
     return {"value": value, "uncertainty": unc}
 
 
-def llama_cpp_statistics(kld: np.ndarray, logq_target: np.ndarray, logp_target: np.ndarray,
-                         same_top1: np.ndarray) -> dict[str, Any]:
+def llama_cpp_statistics(
+    kld: np.ndarray, logq_target: np.ndarray, logp_target: np.ndarray, same_top1: np.ndarray
+) -> dict[str, Any]:
     """llama.cpp's three tables: perplexity, KL divergence, token probability."""
     nll, nll_base = -logq_target, -logp_target
     ln_q, unc_q = mean_and_uncertainty(nll)
@@ -72,18 +74,28 @@ def llama_cpp_statistics(kld: np.ndarray, logq_target: np.ndarray, logp_target: 
     n = kld.size
     return {
         "perplexity": {
-            "ppl_q": _with_unc(ppl, ppl_unc), "ppl_base": _with_unc(ppl_base, base_unc),
+            "ppl_q": _with_unc(ppl, ppl_unc),
+            "ppl_base": _with_unc(ppl_base, base_unc),
             "cor_ln_ppl": cov / (unc_q * unc_base) if unc_q > 0 and unc_base > 0 else None,
             "ln_ppl_ratio": _with_unc(ln_ratio, ln_ratio_unc),
             "ppl_ratio": _with_unc(math.exp(ln_ratio), math.exp(ln_ratio) * ln_ratio_unc),
-            "ppl_diff": _with_unc(ppl - ppl_base, math.sqrt(max(0.0, ppl_unc**2 + base_unc**2
-                                                                - 2 * ppl * ppl_base * cov))),
+            "ppl_diff": _with_unc(
+                ppl - ppl_base, math.sqrt(max(0.0, ppl_unc**2 + base_unc**2 - 2 * ppl * ppl_base * cov))
+            ),
         },
-        "kld": {"mean": _with_unc(*mean_and_uncertainty(kld)), "max": float(kld.max()), "min": float(kld.min()),
-                **percentiles(kld)},
-        "delta_p": {"mean": _with_unc(*mean_and_uncertainty(p_diff)), "max": float(p_diff.max()),
-                    "min": float(p_diff.min()), **percentiles(p_diff),
-                    "rms": _with_unc(rms, 0.5 / rms * mse_unc if rms > 0 else 0.0)},
+        "kld": {
+            "mean": _with_unc(*mean_and_uncertainty(kld)),
+            "max": float(kld.max()),
+            "min": float(kld.min()),
+            **percentiles(kld),
+        },
+        "delta_p": {
+            "mean": _with_unc(*mean_and_uncertainty(p_diff)),
+            "max": float(p_diff.max()),
+            "min": float(p_diff.min()),
+            **percentiles(p_diff),
+            "rms": _with_unc(rms, 0.5 / rms * mse_unc if rms > 0 else 0.0),
+        },
         "same_top_p": _with_unc(same, math.sqrt(same * (1 - same) / (n - 1)) if n > 1 else 0.0),
     }
 
@@ -94,16 +106,22 @@ def by_confidence(kl: np.ndarray, p_top1: np.ndarray, same_top1: np.ndarray) -> 
     for lo, hi in zip(CONFIDENCE_EDGES[:-1], CONFIDENCE_EDGES[1:]):
         inside = (p_top1 >= lo) & ((p_top1 < hi) if hi < 1.0 else (p_top1 <= hi))
         count = int(inside.sum())
-        buckets.append({"fp16_top1_prob": [lo, hi], "positions": count,
-                        "share": count / kl.size if kl.size else 0.0,
-                        "kl_mean": float(kl[inside].mean()) if count else None,
-                        "kl_share": float(kl[inside].sum() / kl.sum()) if count and kl.sum() > 0 else None,
-                        "same_top1_rate": float(same_top1[inside].mean()) if count else None})
+        buckets.append(
+            {
+                "fp16_top1_prob": [lo, hi],
+                "positions": count,
+                "share": count / kl.size if kl.size else 0.0,
+                "kl_mean": float(kl[inside].mean()) if count else None,
+                "kl_share": float(kl[inside].sum() / kl.sum()) if count and kl.sum() > 0 else None,
+                "same_top1_rate": float(same_top1[inside].mean()) if count else None,
+            }
+        )
     return buckets
 
 
-def window_cis(kl: np.ndarray, same: np.ndarray, finite: np.ndarray,
-               window_tokens: Sequence[int]) -> tuple[list[float], list[float]]:
+def window_cis(
+    kl: np.ndarray, same: np.ndarray, finite: np.ndarray, window_tokens: Sequence[int]
+) -> tuple[list[float], list[float]]:
     """95 % CIs of the mean KL and the same-top-1 rate, resampling windows (positions inside a window
     are correlated, so they are not independent draws)."""
     bounds = np.cumsum([0, *window_tokens])
@@ -122,12 +140,17 @@ def noise_floor(noise_kl: np.ndarray) -> dict[str, Any]:
     finite = noise_kl[np.isfinite(noise_kl)]
     if finite.size == 0:
         return {"positions": int(noise_kl.size), "mean": None, "p99": None, "max": None}
-    return {"positions": int(noise_kl.size), "mean": float(finite.mean()), "p99": float(np.percentile(finite, 99)),
-            "max": float(finite.max())}
+    return {
+        "positions": int(noise_kl.size),
+        "mean": float(finite.mean()),
+        "p99": float(np.percentile(finite, 99)),
+        "max": float(finite.max()),
+    }
 
 
-def corpus_comparison(positions: dict[str, np.ndarray], window_tokens: Sequence[int],
-                      noise_kl: np.ndarray | None = None) -> dict[str, Any]:
+def corpus_comparison(
+    positions: dict[str, np.ndarray], window_tokens: Sequence[int], noise_kl: np.ndarray | None = None
+) -> dict[str, Any]:
     """The report's ``corpus_kl`` section from :func:`metrics.token_comparison.compare_positions`
     output over every scored position (window order)."""
     kl, reverse = positions["kl_pq"], positions["kl_qp"]
@@ -142,19 +165,31 @@ def corpus_comparison(positions: dict[str, np.ndarray], window_tokens: Sequence[
     k = np.arange(1, overlap.shape[1] + 1)
     ci95, same_ci95 = window_cis(kl, same, finite, window_tokens)
     return {
-        "tokens": int(kl.size), "nonfinite": int((~finite).sum()),
-        "mean": float(kl_f.mean()), "median": float(np.median(kl_f)),
-        "p90": float(np.percentile(kl_f, 90)), "p99": float(np.percentile(kl_f, 99)),
-        "p99_9": float(np.percentile(kl_f, 99.9)), "max": float(kl_f.max()), "min": float(kl_f.min()),
-        "same_top1_rate": float(same.mean()), "ci95": ci95, "same_top1_rate_ci95": same_ci95,
+        "tokens": int(kl.size),
+        "nonfinite": int((~finite).sum()),
+        "mean": float(kl_f.mean()),
+        "median": float(np.median(kl_f)),
+        "p90": float(np.percentile(kl_f, 90)),
+        "p99": float(np.percentile(kl_f, 99)),
+        "p99_9": float(np.percentile(kl_f, 99.9)),
+        "max": float(kl_f.max()),
+        "min": float(kl_f.min()),
+        "same_top1_rate": float(same.mean()),
+        "ci95": ci95,
+        "same_top1_rate_ci95": same_ci95,
         "basis": "exact",
         "noise_floor": noise_floor(noise_kl) if noise_kl is not None else None,
-        "reverse": {"mean": float(rev_f.mean()), "median": float(np.median(rev_f)),
-                    "p99": float(np.percentile(rev_f, 99)), "max": float(rev_f.max())},
+        "reverse": {
+            "mean": float(rev_f.mean()),
+            "median": float(np.median(rev_f)),
+            "p99": float(np.percentile(rev_f, 99)),
+            "max": float(rev_f.max()),
+        },
         "topk_agreement": [float(v) for v in (overlap / k).mean(axis=0)],
         "by_confidence": by_confidence(kl_f, positions["p_top1"][finite], same[finite]),
-        "llama_cpp": llama_cpp_statistics(kl_f, positions["logq_target"][finite], positions["logp_target"][finite],
-                                          same[finite]),
+        "llama_cpp": llama_cpp_statistics(
+            kl_f, positions["logq_target"][finite], positions["logp_target"][finite], same[finite]
+        ),
         "method": CORPUS_METHOD,
     }
 

@@ -92,8 +92,7 @@ def kl_topk(ref_logp_topk: Tensor, ref_idx_topk: Tensor, cand_logits: Tensor) ->
     """
     if tuple(ref_logp_topk.shape) != tuple(ref_idx_topk.shape):
         raise ValueError(
-            f"ref_logp_topk shape {tuple(ref_logp_topk.shape)} != "
-            f"ref_idx_topk shape {tuple(ref_idx_topk.shape)}"
+            f"ref_logp_topk shape {tuple(ref_logp_topk.shape)} != ref_idx_topk shape {tuple(ref_idx_topk.shape)}"
         )
     _check_leading_shape(ref_idx_topk[..., 0], cand_logits, "ref_idx_topk[..., 0]")
     idx = ref_idx_topk.to(device=cand_logits.device, dtype=torch.int64)
@@ -116,10 +115,7 @@ def kl_exact(ref_logits: Tensor, cand_logits: Tensor) -> Tensor:
     Shapes: ``[..., V]`` twice -> float64 ``[...]``.
     """
     if tuple(ref_logits.shape) != tuple(cand_logits.shape):
-        raise ValueError(
-            f"ref_logits shape {tuple(ref_logits.shape)} != cand_logits shape "
-            f"{tuple(cand_logits.shape)}"
-        )
+        raise ValueError(f"ref_logits shape {tuple(ref_logits.shape)} != cand_logits shape {tuple(cand_logits.shape)}")
     logp = _log_softmax(ref_logits)
     logq = _log_softmax(cand_logits.to(ref_logits.device))
     dtype = torch.promote_types(logp.dtype, logq.dtype)
@@ -138,10 +134,7 @@ def top1_agree(ref: Tensor, cand_logits: Tensor) -> Tensor:
     """
     if ref.is_floating_point():
         if tuple(ref.shape) != tuple(cand_logits.shape):
-            raise ValueError(
-                f"ref logits shape {tuple(ref.shape)} != cand_logits shape "
-                f"{tuple(cand_logits.shape)}"
-            )
+            raise ValueError(f"ref logits shape {tuple(ref.shape)} != cand_logits shape {tuple(cand_logits.shape)}")
         ref = ref.argmax(dim=-1)
     _check_leading_shape(ref, cand_logits, "ref top-1 index")
     return cand_logits.argmax(dim=-1) == ref.to(device=cand_logits.device, dtype=torch.int64)
@@ -158,8 +151,7 @@ def nll_of_targets(cand_logits: Tensor, targets: Tensor) -> Tensor:
     _check_leading_shape(targets, cand_logits, "targets")
     vocab = cand_logits.shape[-1]
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
-        raise ValueError(f"targets must lie in [0, {vocab}), got range "
-                         f"[{int(targets.min())}, {int(targets.max())}]")
+        raise ValueError(f"targets must lie in [0, {vocab}), got range [{int(targets.min())}, {int(targets.max())}]")
     idx = targets.to(device=cand_logits.device, dtype=torch.int64).unsqueeze(-1)
     logq = _log_softmax(cand_logits).gather(-1, idx).squeeze(-1)
     return -logq.to(torch.float64)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,26 +62,36 @@ def flip_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def batch_sensitivity(records: Sequence[dict[str, Any]], again: Sequence[dict[str, Any]], batch: int,
-                      shift: int, which: str = "every prompt") -> dict[str, Any]:
+def batch_sensitivity(
+    records: Sequence[dict[str, Any]],
+    again: Sequence[dict[str, Any]],
+    batch: int,
+    shift: int,
+    which: str = "every prompt",
+) -> dict[str, Any]:
     """How much a batch-dependent variant's generation moves when every prompt gets other
     neighbours: the prompts of ``records`` (``which`` says which they are) generated again, alone
     together, with the batch boundaries moved by ``shift``."""
     checkable = [(a, b) for a, b in zip(records, again) if a["flip"] is not None]
     return {
-        "batch_size": batch, "shift": shift, "prompts": len(records),
+        "batch_size": batch,
+        "shift": shift,
+        "prompts": len(records),
         "responses_changed": sum(a["response"] != b["response"] for a, b in zip(records, again)),
         "verdicts_changed": sum(a["correct"] != b["correct"] for a, b in checkable),
         "flips": sum(bool(a["flip"]) for a, _ in checkable),
         "flips_other_batch": sum(bool(b["flip"]) for _, b in checkable),
-        "method": (f"the variant's greedy responses to {which} generated a second time, without the other prompts, "
-                   f"in batches of up to {batch} with every batch boundary moved by {shift} (other neighbours and "
-                   "padding for every prompt); counts of prompts whose response or answer verdict changed"),
+        "method": (
+            f"the variant's greedy responses to {which} generated a second time, without the other prompts, "
+            f"in batches of up to {batch} with every batch boundary moved by {shift} (other neighbours and "
+            "padding for every prompt); counts of prompts whose response or answer verdict changed"
+        ),
     }
 
 
-def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, method_settings: str = "",
-               seed: int = 0) -> dict[str, Any]:
+def kl_section(
+    records: Sequence[dict[str, Any]], top_k: int, method: str, method_settings: str = "", seed: int = 0
+) -> dict[str, Any]:
     """Per-prompt KL statistics with 95 % bootstrap CIs resampling prompts (seeded)."""
     scored = [r for r in records if r["kl_mean"] is not None]
     if not scored:
@@ -91,12 +102,14 @@ def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, metho
     for r in records:
         by_category[r["category"]].append(r)
     per_category = {  # a category none of whose prompts has a scored position reports null (not NaN: JSON)
-        cat: {"prompts": len(rs),
-              "kl_mean": _mean_or_none([r["kl_mean"] for r in rs if r["kl_mean"] is not None]),
-              "kl_ci95": _ci_or_none([r["kl_mean"] for r in rs if r["kl_mean"] is not None], seed),
-              "top1_agreement": _mean_or_none([r["top1_agreement"] for r in rs if r["top1_agreement"] is not None]),
-              "flips": sum(bool(r["flip"]) for r in rs),
-              "exact_match": sum(r["exact_match"] for r in rs)}
+        cat: {
+            "prompts": len(rs),
+            "kl_mean": _mean_or_none([r["kl_mean"] for r in rs if r["kl_mean"] is not None]),
+            "kl_ci95": _ci_or_none([r["kl_mean"] for r in rs if r["kl_mean"] is not None], seed),
+            "top1_agreement": _mean_or_none([r["top1_agreement"] for r in rs if r["top1_agreement"] is not None]),
+            "flips": sum(bool(r["flip"]) for r in rs),
+            "exact_match": sum(r["exact_match"] for r in rs),
+        }
         for cat, rs in by_category.items()
     }
     groups = {c: np.array([r["kl_mean"] for r in rs if r["kl_mean"] is not None]) for c, rs in by_category.items()}
@@ -105,40 +118,62 @@ def kl_section(records: Sequence[dict[str, Any]], top_k: int, method: str, metho
     stats = summarize(kl)
     basis = "exact"  # the FP16 logits are rebuilt from stored hidden states: full vocabulary everywhere
     topk_values = np.array([r["kl_topk_mean"] for r in scored])
-    topk = {"mean": float(topk_values.mean()), "ci95": list(bootstrap_ci(topk_values, seed=seed)), "k": top_k,
-            # (exact - top-k) / exact: how much the top-k + tail bucket lower bound leaves out
-            "rel_gap_vs_exact": float((kl.mean() - topk_values.mean()) / kl.mean()) if kl.mean() > 0 else None}
+    topk = {
+        "mean": float(topk_values.mean()),
+        "ci95": list(bootstrap_ci(topk_values, seed=seed)),
+        "k": top_k,
+        # (exact - top-k) / exact: how much the top-k + tail bucket lower bound leaves out
+        "rel_gap_vs_exact": float((kl.mean() - topk_values.mean()) / kl.mean()) if kl.mean() > 0 else None,
+    }
     return {
-        "mean": stats["mean"], "median": stats["median"], "min": stats["min"], "max": stats["max"],
-        "p90": stats["p90"], "p99": stats["p99"], "prompts": len(scored),
+        "mean": stats["mean"],
+        "median": stats["median"],
+        "min": stats["min"],
+        "max": stats["max"],
+        "p90": stats["p90"],
+        "p99": stats["p99"],
+        "prompts": len(scored),
         "ci95": list(bootstrap_ci(kl, seed=seed)),
         "p99_ci95": list(bootstrap_ci(kl, statistic=_p99, seed=seed)),
-        "top1_agreement": float(top1.mean()), "top1_agreement_ci95": list(bootstrap_ci(top1, seed=seed)),
+        "top1_agreement": float(top1.mean()),
+        "top1_agreement_ci95": list(bootstrap_ci(top1, seed=seed)),
         "tail_mass": float(np.mean([r["tail_mass_mean"] for r in scored])),
         "basis": basis,
         "topk": topk,
         "per_prompt": list(records),
         "per_category": per_category,
         # every category weighted equally, whatever its number of prompts; CI: stratified bootstrap
-        "macro_kl_mean": macro_mean, "macro_kl_ci95": macro_ci,
-        "worst_prompts": [{"id": r["id"], "category": r["category"], "kl_mean": r["kl_mean"],
-                           "first_divergence": r["first_divergence"], "fp16_response": _truncate(r["fp16_response"]),
-                           "response": _truncate(r["response"])} for r in worst],
+        "macro_kl_mean": macro_mean,
+        "macro_kl_ci95": macro_ci,
+        "worst_prompts": [
+            {
+                "id": r["id"],
+                "category": r["category"],
+                "kl_mean": r["kl_mean"],
+                "first_divergence": r["first_divergence"],
+                "fp16_response": _truncate(r["fp16_response"]),
+                "response": _truncate(r["response"]),
+            }
+            for r in worst
+        ],
         "method": method,
         "method_settings": method_settings,
     }
 
 
 def kl_method_text(top_k: int, use_chat_template: bool, cap: int | None) -> str:
-    return (f"KL(P_fp16 || Q_variant) in nats at every position whose next token is an FP16 greedy response "
-            f"token (last prompt token through second-to-last response token; EOS included when generated), "
-            f"teacher-forced on prompt + FP16 response, over the full vocabulary: the FP16 logits are rebuilt "
-            f"from the stored FP16 final hidden states and output head, log-softmax of both in float64 "
-            f"(the FP16 top-{top_k} + tail-bucket lower bound is reported beside it under 'topk'). "
-            f"A prompt's KL is the mean over its "
-            f"positions; summary statistics are over prompts, each weighted equally; CIs are 95 % percentile "
-            f"bootstrap (2000 resamples of prompts, seed 0). Prompts {'through the chat template' if use_chat_template else 'as plain text'}; "
-            f"max_new_tokens {'per prompt' if cap is None else f'per prompt, capped at {cap}'}.")
+    return (
+        f"KL(P_fp16 || Q_variant) in nats at every position whose next token is an FP16 greedy response "
+        f"token (last prompt token through second-to-last response token; EOS included when generated), "
+        f"teacher-forced on prompt + FP16 response, over the full vocabulary: the FP16 logits are rebuilt "
+        f"from the stored FP16 final hidden states and output head, log-softmax of both in float64 "
+        f"(the FP16 top-{top_k} + tail-bucket lower bound is reported beside it under 'topk'). "
+        f"A prompt's KL is the mean over its "
+        f"positions; summary statistics are over prompts, each weighted equally; CIs are 95 % percentile "
+        "bootstrap (2000 resamples of prompts, seed 0). "
+        f"Prompts {'through the chat template' if use_chat_template else 'as plain text'}; "
+        f"max_new_tokens {'per prompt' if cap is None else f'per prompt, capped at {cap}'}."
+    )
 
 
 def kl_settings_text(prompts: int, top_k: int, use_chat_template: bool, cap: int | None) -> str:

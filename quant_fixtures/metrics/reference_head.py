@@ -27,23 +27,28 @@ class ReferenceHead:
     _on_device: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, model: Any) -> "ReferenceHead":
+    def of(cls, model: Any) -> ReferenceHead:
         """A copy of the model's head on the CPU (what the references store)."""
         live = cls.live(model)
         bias = live.bias.to("cpu", copy=True) if live.bias is not None else None
         return cls(live.weight.to("cpu", copy=True), bias, live.softcap)
 
     @classmethod
-    def live(cls, model: Any) -> "ReferenceHead":
+    def live(cls, model: Any) -> ReferenceHead:
         """The loaded model's own head, not copied (FP16 against itself, the noise floors, needs no
         second copy of the head on the device)."""
         head = model.get_output_embeddings()
         if not isinstance(head, torch.nn.Linear):
-            raise UnsupportedHeadError(f"{type(model).__name__}: output head is {type(head).__name__}, not a "
-                                       "torch.nn.Linear; its FP16 logits cannot be rebuilt from hidden states")
+            raise UnsupportedHeadError(
+                f"{type(model).__name__}: output head is {type(head).__name__}, not a "
+                "torch.nn.Linear; its FP16 logits cannot be rebuilt from hidden states"
+            )
         softcap = getattr(model.config, "final_logit_softcapping", None)
-        return cls(head.weight.detach(), head.bias.detach() if head.bias is not None else None,
-                   float(softcap) if softcap else None)
+        return cls(
+            head.weight.detach(),
+            head.bias.detach() if head.bias is not None else None,
+            float(softcap) if softcap else None,
+        )
 
     @property
     def vocab(self) -> int:
@@ -71,7 +76,8 @@ class ReferenceHead:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "ReferenceHead":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> ReferenceHead:
         softcap = tensors.get("head_softcap")
-        return cls(tensors["head_weight"], tensors.get("head_bias"),
-                   float(softcap.item()) if softcap is not None else None)
+        return cls(
+            tensors["head_weight"], tensors.get("head_bias"), float(softcap.item()) if softcap is not None else None
+        )

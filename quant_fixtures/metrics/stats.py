@@ -8,7 +8,7 @@ given seed and numpy version.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -123,13 +123,9 @@ def _paired_window_arrays(
         "cand_nll": np.asarray(cand_nll, dtype=np.float64).reshape(-1),
         "cand_tokens": np.asarray(cand_tokens, dtype=np.float64).reshape(-1),
     }
-    for first, second in (("base_nll", "cand_nll"), ("base_nll", "base_tokens"),
-                          ("cand_nll", "cand_tokens")):
+    for first, second in (("base_nll", "cand_nll"), ("base_nll", "base_tokens"), ("cand_nll", "cand_tokens")):
         if arrays[first].size != arrays[second].size:
-            raise ValueError(
-                f"{first} has {arrays[first].size} windows but {second} has "
-                f"{arrays[second].size}"
-            )
+            raise ValueError(f"{first} has {arrays[first].size} windows but {second} has {arrays[second].size}")
     if arrays["base_nll"].size == 0:
         raise ValueError("no perplexity windows given")
     mismatch = np.flatnonzero(arrays["base_tokens"] != arrays["cand_tokens"])

@@ -10,7 +10,7 @@ Terms with p = 0 count 0 (0 log 0 = 0); q = 0 where p > 0 gives +inf.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -45,7 +45,9 @@ def _both_kl(logp: torch.Tensor, logq: torch.Tensor) -> tuple[torch.Tensor, torc
     return pq.sum(-1).clamp_min(0.0), qp.sum(-1).clamp_min(0.0)
 
 
-def _compare_slice(ref_logits: torch.Tensor, cand_logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+def _compare_slice(
+    ref_logits: torch.Tensor, cand_logits: torch.Tensor, targets: torch.Tensor
+) -> dict[str, torch.Tensor]:
     logp = torch.log_softmax(ref_logits.double(), -1)
     logq = torch.log_softmax(cand_logits.double().to(logp.device), -1)
     t = targets.to(device=logp.device, dtype=torch.int64).unsqueeze(-1)
@@ -53,28 +55,36 @@ def _compare_slice(ref_logits: torch.Tensor, cand_logits: torch.Tensor, targets:
     top_p, top_q = torch.topk(logp, k, dim=-1), torch.topk(logq, k, dim=-1)
     kl_pq, kl_qp = _both_kl(logp, logq)
     return {
-        "kl_pq": kl_pq, "kl_qp": kl_qp,
+        "kl_pq": kl_pq,
+        "kl_qp": kl_qp,
         "p_top1": torch.exp(top_p.values[:, 0]),
         "same_top1": logp.argmax(-1) == logq.argmax(-1),
         "topk_overlap": _topk_overlap(top_p.indices, top_q.indices, TOPK_MAX),
-        "logp_target": logp.gather(-1, t).squeeze(-1), "logq_target": logq.gather(-1, t).squeeze(-1),
+        "logp_target": logp.gather(-1, t).squeeze(-1),
+        "logq_target": logq.gather(-1, t).squeeze(-1),
     }
 
 
-def compare_positions(ref_logits: torch.Tensor, cand_logits: torch.Tensor, targets: torch.Tensor,
-                      slice_elements: int | None = None) -> dict[str, np.ndarray]:
+def compare_positions(
+    ref_logits: torch.Tensor, cand_logits: torch.Tensor, targets: torch.Tensor, slice_elements: int | None = None
+) -> dict[str, np.ndarray]:
     """Per-position comparison of ``ref_logits`` [N, V] (FP16) with ``cand_logits`` [N, V] (variant),
     ``targets`` [N] the correct next tokens; numpy arrays on the CPU (see the module docstring).
     ``slice_elements``: float64 elements of one [positions, vocab] temporary (None: the defaults)."""
     if ref_logits.shape != cand_logits.shape:
-        raise ValueError(f"FP16 logits {tuple(ref_logits.shape)} and variant logits "
-                         f"{tuple(cand_logits.shape)} differ in shape")
+        raise ValueError(
+            f"FP16 logits {tuple(ref_logits.shape)} and variant logits {tuple(cand_logits.shape)} differ in shape"
+        )
     if tuple(targets.shape) != tuple(ref_logits.shape[:-1]):
-        raise ValueError(f"targets {tuple(targets.shape)} do not match the logits' positions {tuple(ref_logits.shape[:-1])}")
+        raise ValueError(
+            f"targets {tuple(targets.shape)} do not match the logits' positions {tuple(ref_logits.shape[:-1])}"
+        )
     per_slice = slice_elements or (CPU_ELEMENTS_PER_SLICE if ref_logits.device.type == "cpu" else ELEMENTS_PER_SLICE)
     rows = max(1, per_slice // max(1, ref_logits.shape[-1]))
-    parts = [_compare_slice(ref_logits[lo:lo + rows], cand_logits[lo:lo + rows], targets[lo:lo + rows])
-             for lo in range(0, ref_logits.shape[0], rows)]
+    parts = [
+        _compare_slice(ref_logits[lo : lo + rows], cand_logits[lo : lo + rows], targets[lo : lo + rows])
+        for lo in range(0, ref_logits.shape[0], rows)
+    ]
     if not parts:
         return empty_comparison()
     return {f: torch.cat([p[f] for p in parts]).cpu().numpy() for f in FIELDS}

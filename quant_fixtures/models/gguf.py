@@ -115,9 +115,11 @@ def reference_note(gguf_path: Path) -> str:
     quantized = [name for name, _ in types.most_common() if name not in ("F32", "F16", "BF16")]
     if not quantized:
         return f"the FP16 reference is {gguf_path.name} ({stored}) converted to float16"
-    return (f"the FP16 reference is {gguf_path.name} dequantized to float16 (its tensors: {stored}): it carries "
-            f"the file's {'/'.join(quantized)} quantization, so harm is measured against that GGUF, not against "
-            "the original float16 model")
+    return (
+        f"the FP16 reference is {gguf_path.name} dequantized to float16 (its tensors: {stored}): it carries "
+        f"the file's {'/'.join(quantized)} quantization, so harm is measured against that GGUF, not against "
+        "the original float16 model"
+    )
 
 
 def convert_gguf_file(gguf_path: Path, cache_root: Path) -> ConvertedModel:
@@ -129,8 +131,12 @@ def convert_gguf_file(gguf_path: Path, cache_root: Path) -> ConvertedModel:
         raise GGUFSourceError(f"{gguf_path}: GGUF file not found")
     filename = gguf_path.name
     gguf_sha = sha256_file(gguf_path)
-    source = {"gguf_sha256": gguf_sha, "gguf_file": filename, "transformers": transformers.__version__,
-              "converter_version": CONVERTER_VERSION}
+    source = {
+        "gguf_sha256": gguf_sha,
+        "gguf_file": filename,
+        "transformers": transformers.__version__,
+        "converter_version": CONVERTER_VERSION,
+    }
     tag = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
     target = cache_root / f"{Path(filename).stem}-{tag}"
     identity = f"gguf:{gguf_sha}:transformers-{transformers.__version__}:v{CONVERTER_VERSION}"

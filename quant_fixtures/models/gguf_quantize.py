@@ -80,8 +80,12 @@ def requantized_gguf(source: Path, type_name: str, cache_root: Path) -> Path:
     import gguf
 
     source_sha = sha256_file(source)
-    key = {"source_sha256": source_sha, "type": type_name, "writer": WRITER_VERSION,
-           "gguf": getattr(gguf, "__version__", None) or _package_version("gguf")}
+    key = {
+        "source_sha256": source_sha,
+        "type": type_name,
+        "writer": WRITER_VERSION,
+        "gguf": getattr(gguf, "__version__", None) or _package_version("gguf"),
+    }
     tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     target = cache_root / f"{source.stem.split('.')[0]}.{type_name}-{tag}.gguf"
     manifest = target.with_suffix(".json")

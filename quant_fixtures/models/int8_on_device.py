@@ -14,8 +14,9 @@ written against (its source still does the round trip); anything else keeps tran
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 
 def _round_trip_converter() -> Any:
@@ -32,8 +33,9 @@ def _round_trip_converter() -> Any:
     return converter if 'value.to("cpu")' in source and "get_module_from_name" in source else None
 
 
-def _convert_in_place(self: Any, input_dict: dict[str, Any], model: Any = None, full_layer_name: str | None = None,
-                      **kwargs: Any) -> dict[str, Any]:
+def _convert_in_place(
+    self: Any, input_dict: dict[str, Any], model: Any = None, full_layer_name: str | None = None, **kwargs: Any
+) -> dict[str, Any]:
     import bitsandbytes as bnb
     from transformers.integrations import bitsandbytes as hf_bnb
 

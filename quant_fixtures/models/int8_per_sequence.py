@@ -31,10 +31,11 @@ bitsandbytes' own forward.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MethodType
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -62,9 +63,14 @@ def _real_positions(x: torch.Tensor) -> torch.Tensor | None:
     return mask.to(x.device)
 
 
-def per_sequence_int8_matmul(x: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor,
-                             bias: torch.Tensor | None, threshold: float,
-                             real: torch.Tensor | None = None) -> torch.Tensor:
+def per_sequence_int8_matmul(
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    threshold: float,
+    real: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``x @ W.T (+ bias)`` by LLM.int8 with outlier columns per sequence (see the module docstring).
 
     ``x`` [B, T, K] (B sequences) or [N, K] (one sequence); ``weight_int8`` [O, K] int8 rows and
@@ -97,8 +103,9 @@ def per_sequence_int8_matmul(x: torch.Tensor, weight_int8: torch.Tensor, weight_
     # (one token per sequence: every row its own set) and past MAX_EXACT_SETS sets: one product over
     # the union with the columns a row does not own zeroed, the same terms in another order.
     exact = x.device.type == "cpu" and sequences <= MAX_EXACT_SETS and rows.shape[0] > sequences
-    owned_sets, set_of_sequence = (torch.unique(per_sequence.any(1), dim=0, return_inverse=True)
-                                   if exact else (None, None))
+    owned_sets, set_of_sequence = (
+        torch.unique(per_sequence.any(1), dim=0, return_inverse=True) if exact else (None, None)
+    )
     if owned_sets is None or owned_sets.shape[0] > MAX_EXACT_SETS:
         own_values = rows.index_select(1, union).masked_fill(~owned, 0)
         out.addmm_(own_values, _float_columns(weight_int8, weight_scale, union, x.dtype))
@@ -117,11 +124,15 @@ def per_sequence_int8_matmul(x: torch.Tensor, weight_int8: torch.Tensor, weight_
     return out.view(*shape[:-1], -1)
 
 
-def _float_columns(weight_int8: torch.Tensor, weight_scale: torch.Tensor, columns: torch.Tensor,
-                   dtype: torch.dtype) -> torch.Tensor:
+def _float_columns(
+    weight_int8: torch.Tensor, weight_scale: torch.Tensor, columns: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """dequant(W)[:, columns].T in ``dtype``, as bitsandbytes builds it for its float part."""
-    return torch.ops.bitsandbytes.int8_vectorwise_dequant.default(weight_int8.index_select(1, columns),
-                                                                  weight_scale).to(dtype).t()
+    return (
+        torch.ops.bitsandbytes.int8_vectorwise_dequant.default(weight_int8.index_select(1, columns), weight_scale)
+        .to(dtype)
+        .t()
+    )
 
 
 def _forward(self: Any, x: torch.Tensor) -> torch.Tensor:
@@ -134,8 +145,9 @@ def _forward(self: Any, x: torch.Tensor) -> torch.Tensor:
         return type(self).forward(self, x)
     if self.bias is not None and self.bias.dtype != x.dtype:
         self.bias.data = self.bias.data.to(x.dtype)
-    return per_sequence_int8_matmul(x, self.state.CB, self.state.SCB, self.bias, self.state.threshold,
-                                    _real_positions(x))
+    return per_sequence_int8_matmul(
+        x, self.state.CB, self.state.SCB, self.bias, self.state.threshold, _real_positions(x)
+    )
 
 
 def _int8_layers(model: Any) -> list[Any]:
@@ -143,8 +155,11 @@ def _int8_layers(model: Any) -> list[Any]:
         import bitsandbytes as bnb
     except ImportError:
         return []
-    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)
-            and not m.state.has_fp16_weights and m.state.threshold > 0]
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, bnb.nn.Linear8bitLt) and not m.state.has_fp16_weights and m.state.threshold > 0
+    ]
 
 
 def install_per_sequence_int8(model: Any) -> int:

@@ -53,7 +53,7 @@ def upcast_unquantized(model: Any, dtype: Any, keep_4bit_compute: Any = None) ->
     except ImportError:
         pass
     for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
+        for param in module.parameters(recurse=False):
             # Tensor subclasses (torchao, quanto) are quantized storage whose dtype cannot change.
             plain = type(param.data) is torch.Tensor
             if plain and param.is_floating_point() and param.dtype != dtype and not isinstance(param, quantized_types):
@@ -61,7 +61,9 @@ def upcast_unquantized(model: Any, dtype: Any, keep_4bit_compute: Any = None) ->
         for name, buffer in module.named_buffers(recurse=False):
             # Rotary inverse frequencies are kept in float32 by the models themselves.
             if buffer.is_floating_point() and buffer.dtype not in (dtype, torch.float32):
-                module.register_buffer(name, buffer.to(dtype), persistent=name not in module._non_persistent_buffers_set)
+                module.register_buffer(
+                    name, buffer.to(dtype), persistent=name not in module._non_persistent_buffers_set
+                )
         if hasattr(module, "W_q") and isinstance(getattr(module, "meta", None), dict):  # hqq HQQLinear
             module.compute_dtype = module.meta["compute_dtype"] = dtype
             for key in ("scale", "zero"):
@@ -75,11 +77,15 @@ def upcast_unquantized(model: Any, dtype: Any, keep_4bit_compute: Any = None) ->
                 module.support_avx512bf16_for_cpu = False
 
 
-FOOTPRINT_METHOD = ("parameters and buffers as held: tensor-subclass weights by their inner tensors, unquantized "
-                    "floating-point parameters at the 16-bit weight dtype (equals model.get_memory_footprint() "
-                    "for 16-bit and bitsandbytes models); scales kept beside the weights are quant_state_gb")
-GGUF_FOOTPRINT_METHOD = ("the GGUF file's tensor data as stored (quantized blocks, what llama.cpp holds); "
-                         "transformers runs the weights dequantized to the 16-bit dtype")
+FOOTPRINT_METHOD = (
+    "parameters and buffers as held: tensor-subclass weights by their inner tensors, unquantized "
+    "floating-point parameters at the 16-bit weight dtype (equals model.get_memory_footprint() "
+    "for 16-bit and bitsandbytes models); scales kept beside the weights are quant_state_gb"
+)
+GGUF_FOOTPRINT_METHOD = (
+    "the GGUF file's tensor data as stored (quantized blocks, what llama.cpp holds); "
+    "transformers runs the weights dequantized to the 16-bit dtype"
+)
 
 
 class VariantUnavailableError(RuntimeError):
@@ -101,8 +107,13 @@ def _applied_config(model: Any, kwargs: dict[str, Any]) -> dict[str, Any] | None
     return None
 
 
-def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, options: LoadSettings,
-               tokenizer_from: Path | None = None) -> LoadedModel:
+def load_model(
+    spec: ModelSpec,
+    resolved: ResolvedModel,
+    variant: Variant,
+    options: LoadSettings,
+    tokenizer_from: Path | None = None,
+) -> LoadedModel:
     """Load the pair on ``options.device`` ("cuda:N" or "cpu"), quantizing on load when the variant
     says so. ``resolved``: the variant's weights (the model's own, or its checkpoint);
     ``tokenizer_from``: the base model's directory, whose tokenizer a checkpoint variant uses."""
@@ -124,8 +135,13 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
     own = variant.source
     allow_pickle = own.allow_pickle if own else spec.allow_pickle
     trust_code = spec.trust_remote_code or bool(own and own.trust_remote_code)
-    where = placement(device, weight_bytes(resolved.directory, allow_pickle, spec.key), variant.weight_share,
-                      gpu_limits(options.max_gpu_memory) if device.startswith("cuda") else [], options.may_spread)
+    where = placement(
+        device,
+        weight_bytes(resolved.directory, allow_pickle, spec.key),
+        variant.weight_share,
+        gpu_limits(options.max_gpu_memory) if device.startswith("cuda") else [],
+        options.may_spread,
+    )
     if where.max_memory is not None:
         kwargs["max_memory"] = where.max_memory
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or resolved.directory, trust_remote_code=trust_code)
@@ -147,8 +163,11 @@ def load_model(spec: ModelSpec, resolved: ResolvedModel, variant: Variant, optio
         footprint, method = resolved.gguf_tensor_bytes, GGUF_FOOTPRINT_METHOD
     state_bytes = quantization_state_bytes(model)
     if options.compute_dtype != options.weight_dtype:
-        upcast_unquantized(model, torch_dtype(options.compute_dtype),
-                           torch_dtype(variant.bnb_4bit_compute) if variant.bnb_4bit_compute else None)
+        upcast_unquantized(
+            model,
+            torch_dtype(options.compute_dtype),
+            torch_dtype(variant.bnb_4bit_compute) if variant.bnb_4bit_compute else None,
+        )
     if device.startswith("cuda"):
         import torch
 

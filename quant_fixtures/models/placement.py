@@ -20,8 +20,9 @@ class Placement:
     note: str | None  # said in the report when the model is spread
 
 
-def placement(device: str, weight_bytes: int, weight_share: float, gpu_limits: list[int],
-              may_spread: bool) -> Placement:
+def placement(
+    device: str, weight_bytes: int, weight_share: float, gpu_limits: list[int], may_spread: bool
+) -> Placement:
     """``weight_bytes``: the 16-bit weights on disk; ``weight_share``: the variant's share of them
     once loaded (variants.Variant.weight_share); ``gpu_limits``: bytes each visible
     GPU may hold (the cap, else the card); ``device``: this process's GPU."""
@@ -34,9 +35,12 @@ def placement(device: str, weight_bytes: int, weight_share: float, gpu_limits: l
     max_memory = {i: int(limit * (1 - HEADROOM)) for i, limit in enumerate(gpu_limits)}
     if need > sum(max_memory.values()):
         return Placement({"": device}, None, None)  # fits nowhere: fail on this GPU with one line
-    note = (f"load: {need / 2**30:.1f} GiB of weights do not fit {device} ({gpu_limits[index] / 2**30:.1f} GiB); "
-            f"spread over {len(gpu_limits)} GPUs with device_map=auto, at most "
-            + ", ".join(f"{v / 2**30:.1f}" for v in max_memory.values()) + " GiB each")
+    note = (
+        f"load: {need / 2**30:.1f} GiB of weights do not fit {device} ({gpu_limits[index] / 2**30:.1f} GiB); "
+        f"spread over {len(gpu_limits)} GPUs with device_map=auto, at most "
+        + ", ".join(f"{v / 2**30:.1f}" for v in max_memory.values())
+        + " GiB each"
+    )
     return Placement("auto", max_memory, note)
 
 

@@ -9,8 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quant_fixtures.config import CheckpointSpec, ModelSpec
-from quant_fixtures.models.gguf import (convert_gguf_file, convert_gguf_package, gguf_tensor_bytes, package_file,
-                                       reference_note)
+from quant_fixtures.models.gguf import (
+    convert_gguf_file,
+    convert_gguf_package,
+    gguf_tensor_bytes,
+    package_file,
+    reference_note,
+)
 from quant_fixtures.models.gguf_quantize import requantized_gguf
 from quant_fixtures.store.atomic import write_text_atomic
 from quant_fixtures.store.digests import sha256_blocks
@@ -67,7 +72,8 @@ def weight_files(directory: Path, allow_pickle: bool = False, key: str = "model"
         raise ModelUnavailableError(
             f"model {key!r}: {directory} holds only pickle weights ({', '.join(p.name for p in pickles[:3])}); "
             "loading a pickle can run arbitrary code, so they are refused unless the model's entry says "
-            "allow_pickle = true (only for a source you trust), or convert them to safetensors")
+            "allow_pickle = true (only for a source you trust), or convert them to safetensors"
+        )
     raise ModelUnavailableError(f"{directory}: no weight files ({', '.join(SAFE_WEIGHTS)}) in this directory")
 
 
@@ -99,7 +105,7 @@ def _resolve_hub(spec: ModelSpec | CheckpointSpec, key: str) -> ResolvedModel:
             f"{key} ({spec.hub_id}@{revision}) is not in the local Hugging Face cache and the Hub "
             f"could not serve it ({type(exc).__name__}); remedy: download it where the Hub is reachable "
             f"(`hf download {spec.hub_id} --revision {revision}`) and point HF_HOME at that cache, or set "
-            f"`path = \"/local/dir\"` for it in quant_suite.toml (or give --model=/local/dir)"
+            f'`path = "/local/dir"` for it in quant_suite.toml (or give --model=/local/dir)'
         ) from None
     weight_files(directory, spec.allow_pickle, key)  # safetensors, or pickles only by opt-in
     # Snapshot directories are named by the commit hash, which pins the weights exactly.
@@ -138,5 +144,8 @@ def resolve_model(spec: ModelSpec, cache_dir: Path) -> ResolvedModel:
     if spec.source_kind == "local":
         return _local_directory(spec.path, f"model {spec.key!r}", cache_dir, spec.allow_pickle)
     converted = convert_gguf_package(spec.gguf_package, spec.gguf_file, cache_dir / "gguf")
-    return ResolvedModel(converted.directory, converted.identity,
-                         reference_note=reference_note(package_file(spec.gguf_package, spec.gguf_file)))
+    return ResolvedModel(
+        converted.directory,
+        converted.identity,
+        reference_note=reference_note(package_file(spec.gguf_package, spec.gguf_file)),
+    )

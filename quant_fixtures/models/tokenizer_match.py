@@ -23,16 +23,19 @@ def tokenizer_differences(base: Any, other: Any) -> list[str]:
     moved = sorted(t for t, i in base_vocab.items() if other_vocab.get(t) != i)
     if moved:
         token = moved[0]
-        problems.append(f"{len(moved)} of the base's tokens have another id or none (e.g. {token!r}: "
-                        f"{base_vocab[token]} in the base, {other_vocab.get(token)} here)")
+        problems.append(
+            f"{len(moved)} of the base's tokens have another id or none (e.g. {token!r}: "
+            f"{base_vocab[token]} in the base, {other_vocab.get(token)} here)"
+        )
     for name in SPECIAL:
         if getattr(base, name, None) != getattr(other, name, None):
             problems.append(f"{name} {getattr(other, name, None)} against the base's {getattr(base, name, None)}")
     return problems
 
 
-def check_same_tokenizer(base: Any, base_vocab_size: int | None, variant_dir: Path, what: str,
-                         trust_remote_code: bool = False) -> None:
+def check_same_tokenizer(
+    base: Any, base_vocab_size: int | None, variant_dir: Path, what: str, trust_remote_code: bool = False
+) -> None:
     """Raise TokenizerMismatchError naming ``what`` unless the variant's tokenizer maps text to the
     base's ids (``base``: the base model's tokenizer, already loaded) and its output layer has the
     base's vocabulary size."""
@@ -41,14 +44,18 @@ def check_same_tokenizer(base: Any, base_vocab_size: int | None, variant_dir: Pa
     try:
         other = AutoTokenizer.from_pretrained(variant_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise TokenizerMismatchError(f"{what}: no tokenizer could be read from {variant_dir} ({exc}); its ids "
-                                     "cannot be checked against the base's: add the tokenizer files the "
-                                     "checkpoint was quantized with") from None
+        raise TokenizerMismatchError(
+            f"{what}: no tokenizer could be read from {variant_dir} ({exc}); its ids "
+            "cannot be checked against the base's: add the tokenizer files the "
+            "checkpoint was quantized with"
+        ) from None
     problems = tokenizer_differences(base, other)
     config = AutoConfig.from_pretrained(variant_dir, trust_remote_code=trust_remote_code).get_text_config()
     size = getattr(config, "vocab_size", None)
     if size != base_vocab_size:
         problems.append(f"an output layer of {size} logits against the base's {base_vocab_size}")
     if problems:
-        raise TokenizerMismatchError(f"{what}: its tokenizer does not match the base model's ({'; '.join(problems)}); "
-                                     "a variant must be the same model with the same vocabulary and ids")
+        raise TokenizerMismatchError(
+            f"{what}: its tokenizer does not match the base model's ({'; '.join(problems)}); "
+            "a variant must be the same model with the same vocabulary and ids"
+        )

@@ -30,8 +30,9 @@ def assert_gate(document: EvaluationDocument, metric: str, mode: str = "enforce"
         pytest.fail(f"gate failed: {line}", pytrace=False)
 
 
-def assert_harm_snapshot(summary: dict[str, Any], snapshot: Any, tolerances: dict[str, dict[str, float]],
-                         config: pytest.Config) -> None:
+def assert_harm_snapshot(
+    summary: dict[str, Any], snapshot: Any, tolerances: dict[str, dict[str, float]], config: pytest.Config
+) -> None:
     """Compare with the committed snapshot; a failure lists only what moved beyond tolerance (and
     where each snapshot was made), a missing snapshot says in one line how to record it."""
     __tracebackhide__ = True
@@ -45,12 +46,21 @@ def assert_harm_snapshot(summary: dict[str, Any], snapshot: Any, tolerances: dic
     result = snapshot.executions[snapshot.num_executions - 1]
     if result.recalled_data is None:
         command = shlex.join(["pytest", *config.invocation_params.args, "--snapshot-update"])
-        pytest.fail(f"no snapshot {result.snapshot_name} for these settings yet: record it with `{command}` "
-                    "and commit tests/harm/__snapshots__/", pytrace=False)
+        pytest.fail(
+            f"no snapshot {result.snapshot_name} for these settings yet: record it with `{command}` "
+            "and commit tests/harm/__snapshots__/",
+            pytrace=False,
+        )
     old = json.loads(result.recalled_data)
     lines = snapshot_differences(summary, old, tolerances)
-    pytest.fail("\n".join([f"harm summary differs from the snapshot {result.snapshot_name} in {len(lines)} "
-                           "place(s):", *[f"  {line}" for line in lines],
-                           environment_note(old.get(ENVIRONMENT), summary.get(ENVIRONMENT)),
-                           "If the change is intended, accept it with --snapshot-update and commit the snapshot."]),
-                pytrace=False)
+    pytest.fail(
+        "\n".join(
+            [
+                f"harm summary differs from the snapshot {result.snapshot_name} in {len(lines)} place(s):",
+                *[f"  {line}" for line in lines],
+                environment_note(old.get(ENVIRONMENT), summary.get(ENVIRONMENT)),
+                "If the change is intended, accept it with --snapshot-update and commit the snapshot.",
+            ]
+        ),
+        pytrace=False,
+    )

@@ -10,8 +10,15 @@ from typing import Any
 import pytest
 
 from quant_fixtures.config import DEFAULT_CONFIG_PATH, SuiteConfig
-from quant_fixtures.settings import (GatePolicy, LoadSettings, Paths, PerplexityProtocol, PromptProtocol, RunSettings,
-                                     device_defaults)
+from quant_fixtures.settings import (
+    GatePolicy,
+    LoadSettings,
+    Paths,
+    PerplexityProtocol,
+    PromptProtocol,
+    RunSettings,
+    device_defaults,
+)
 
 CONFIG_KEY = pytest.StashKey[SuiteConfig]()
 SETTINGS_KEY = pytest.StashKey[RunSettings]()
@@ -49,9 +56,11 @@ def suite_config_path(config: pytest.Config) -> Path | None:
 def suite_of(config: pytest.Config) -> SuiteConfig:
     """The loaded suite config; a usage error where a test needs it and there is none."""
     if CONFIG_KEY not in config.stash:
-        raise pytest.UsageError("no suite configuration: pass --suite-config PATH (or --suite-config default for the "
-                                "one shipped with quant_fixtures) or put quant_suite.toml in the rootdir "
-                                f"({config.rootpath}), or give --model org/name")
+        raise pytest.UsageError(
+            "no suite configuration: pass --suite-config PATH (or --suite-config default for the "
+            "one shipped with quant_fixtures) or put quant_suite.toml in the rootdir "
+            f"({config.rootpath}), or give --model org/name"
+        )
     return config.stash[CONFIG_KEY]
 
 
@@ -65,8 +74,11 @@ def check_rootdir_not_taken_from_an_option(config: pytest.Config) -> None:
     option written `--results-dir=/x` (nothing has run yet); a run pytest cannot restart (in-process,
     or the restart did not help) stops with the remedy instead of using another project's settings."""
     args = [str(a) for a in config.invocation_params.args]
-    spaced = [name for name, value in zip(args, args[1:]) if name in PATH_OPTIONS
-              and (Path(config.invocation_params.dir) / Path(value).expanduser()).exists()]
+    spaced = [
+        name
+        for name, value in zip(args, args[1:])
+        if name in PATH_OPTIONS and (Path(config.invocation_params.dir) / Path(value).expanduser()).exists()
+    ]
     if not spaced:
         return
     expected = _rootdir_from_test_paths(config)
@@ -76,7 +88,8 @@ def check_rootdir_not_taken_from_an_option(config: pytest.Config) -> None:
         _restart_with_joined_options(config, args)
     raise pytest.UsageError(
         f"{spaced[0]} <path>: pytest took the path for a test path and chose the rootdir {config.rootpath} "
-        f"instead of {expected} (it decides the rootdir before plugins load); write {spaced[0]}=<path>")
+        f"instead of {expected} (it decides the rootdir before plugins load); write {spaced[0]}=<path>"
+    )
 
 
 RESTARTED_ENV = "QUANT_FIXTURES_JOINED_OPTIONS"  # set in the restarted run: never restart twice
@@ -90,9 +103,13 @@ def _rootdir_from_test_paths(config: pytest.Config) -> Path | None:
 
         from _pytest.config.findpaths import determine_setup
 
-        given = {"inifile": config.option.inifilename, "override_ini": config.option.override_ini,
-                 "args": [str(a) for a in config.option.file_or_dir or []],
-                 "rootdir_cmd_arg": config.option.rootdir or None, "invocation_dir": config.invocation_params.dir}
+        given = {
+            "inifile": config.option.inifilename,
+            "override_ini": config.option.override_ini,
+            "args": [str(a) for a in config.option.file_or_dir or []],
+            "rootdir_cmd_arg": config.option.rootdir or None,
+            "invocation_dir": config.invocation_params.dir,
+        }
         accepted = inspect.signature(determine_setup).parameters
         return Path(determine_setup(**{k: v for k, v in given.items() if k in accepted})[0])
     except Exception:
@@ -158,10 +175,11 @@ def check_ctx(ctx: int | None, protocol: str) -> None:
     from quant_fixtures.inputs.corpus_protocols import MIN_CTX
 
     if ctx is not None and ctx < MIN_CTX[protocol]:
-        raise pytest.UsageError(f"--ctx {ctx}: the {protocol} protocol needs at least {MIN_CTX[protocol]} tokens "
-                                "per window (one of context before the first scored token"
-                                + (", and llama.cpp scores only a chunk's second half)" if protocol == "llama.cpp"
-                                   else ")"))
+        raise pytest.UsageError(
+            f"--ctx {ctx}: the {protocol} protocol needs at least {MIN_CTX[protocol]} tokens "
+            "per window (one of context before the first scored token"
+            + (", and llama.cpp scores only a chunk's second half)" if protocol == "llama.cpp" else ")")
+        )
 
 
 def check_options(config: pytest.Config) -> None:
@@ -222,9 +240,11 @@ def output_dirs(config: pytest.Config) -> dict[str, Path]:
         return default if value is None else here / Path(value).expanduser()
 
     cache = config.getoption("--cache-dir") or os.environ.get("QUANT_FIXTURES_CACHE")
-    return {"--results-dir": given("--results-dir", config.rootpath / "results"),
-            "--baselines-dir": given("--baselines-dir", config.rootpath / "baselines"),
-            "--cache-dir": here / Path(cache).expanduser() if cache else Path("~/.cache/quant_fixtures").expanduser()}
+    return {
+        "--results-dir": given("--results-dir", config.rootpath / "results"),
+        "--baselines-dir": given("--baselines-dir", config.rootpath / "baselines"),
+        "--cache-dir": here / Path(cache).expanduser() if cache else Path("~/.cache/quant_fixtures").expanduser(),
+    }
 
 
 def terminate_as_interrupt(config: pytest.Config) -> None:
@@ -284,8 +304,9 @@ def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
     for key in asked:
         if not any(key in suite.variant_keys(m) for m in models):
             owners = [m for m in suite.models if key in suite.variant_keys(m)]
-            raise pytest.UsageError(f"--variants {key}: a variant of {', '.join(owners)} only, and --models "
-                                    f"selects {', '.join(models)}")
+            raise pytest.UsageError(
+                f"--variants {key}: a variant of {', '.join(owners)} only, and --models selects {', '.join(models)}"
+            )
     return [(m, v) for m in models for v in suite.variant_keys(m) if v in asked]
 
 
@@ -313,28 +334,41 @@ def build_settings(config: pytest.Config) -> RunSettings:
     prompts_path, categories = prompt_suite_options(config)
     budget = option("--ppl-max-tokens")
     return RunSettings(
-        models=tuple(sorted({m for m, _ in pairs})), variants=tuple(sorted({v for _, v in pairs})),
-        paths=Paths(results_dir=dirs["--results-dir"], baselines_dir=dirs["--baselines-dir"],
-                    cache_dir=dirs["--cache-dir"]),
+        models=tuple(sorted({m for m, _ in pairs})),
+        variants=tuple(sorted({v for _, v in pairs})),
+        paths=Paths(
+            results_dir=dirs["--results-dir"], baselines_dir=dirs["--baselines-dir"], cache_dir=dirs["--cache-dir"]
+        ),
         perplexity=PerplexityProtocol(
             protocol=ppl_protocol(config),
             # the protocols of llama.cpp and lm-eval have their own default windows (inputs.ctx)
-            ctx=option("--ctx") or (suite.defaults.ctx if ppl_protocol(config) in ("nonoverlapping", "strided")
-                                    else None),
+            ctx=option("--ctx")
+            or (suite.defaults.ctx if ppl_protocol(config) in ("nonoverlapping", "strided") else None),
             max_tokens=defaults.ppl_max_tokens if budget is None else None if budget == "all" else int(budget),
-            stride=option("--ppl-stride"), batch_size=option("--batch-size") or defaults.batch_size,
-            dataset_source=option("--dataset-source")),
+            stride=option("--ppl-stride"),
+            batch_size=option("--batch-size") or defaults.batch_size,
+            dataset_source=option("--dataset-source"),
+        ),
         prompts=PromptProtocol(
-            path=prompts_path, categories=categories, use_chat_template=not option("--no-chat-template"),
+            path=prompts_path,
+            categories=categories,
+            use_chat_template=not option("--no-chat-template"),
             max_new_tokens_cap=option("--max-new-tokens") or defaults.max_new_tokens_cap,
             top_k=option("--top-k") or suite.defaults.top_k,
             gen_batch_size=option("--gen-batch-size") or defaults.gen_batch_size,
-            skip=option("--skip-prompts")),
-        load=LoadSettings(device=device, weight_dtype=option("--weight-dtype"),
-                          nf4_compute_dtype=option("--nf4-compute-dtype"), nf4_double_quant=option("--nf4-double-quant"),
-                          max_gpu_memory=max_gpu_memory(config), may_spread=not is_worker(config)),
-        gates=GatePolicy(mode=option("--gate-mode"), on=option("--gate-on"),
-                         frozen_baselines=option("--frozen-baselines")),
+            skip=option("--skip-prompts"),
+        ),
+        load=LoadSettings(
+            device=device,
+            weight_dtype=option("--weight-dtype"),
+            nf4_compute_dtype=option("--nf4-compute-dtype"),
+            nf4_double_quant=option("--nf4-double-quant"),
+            max_gpu_memory=max_gpu_memory(config),
+            may_spread=not is_worker(config),
+        ),
+        gates=GatePolicy(
+            mode=option("--gate-mode"), on=option("--gate-on"), frozen_baselines=option("--frozen-baselines")
+        ),
         run_id=run_id(config),
     )
 

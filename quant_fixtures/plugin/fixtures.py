@@ -3,8 +3,9 @@ model, one gated metric per test, the tolerant snapshot, and a loaded pair for b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from quant_fixtures.metrics.registry import MetricSpec
 from quant_fixtures.plugin.cli import runnable_pairs
 from quant_fixtures.plugin.state import session_of
 from quant_fixtures.report.schema import EvaluationDocument
+
 
 def _evaluate(session: Any, pairs: list[tuple[str, str]]) -> dict[str, EvaluationDocument]:
     """{variant: document}; a pair that cannot be evaluated fails the test with one line."""
@@ -77,8 +79,9 @@ def bench_model(request: pytest.FixtureRequest, quant_session: Any) -> Iterator[
     model, variant = request.param
     settings = quant_session.settings
     var = quant_session.config.variant(model, variant)
-    loaded = load_model(quant_session.config.models[model], quant_session.inputs.weights(model, var), var,
-                        settings.load)
+    loaded = load_model(
+        quant_session.config.models[model], quant_session.inputs.weights(model, var), var, settings.load
+    )
     yield model, variant, loaded
     release(loaded)
 
@@ -100,11 +103,16 @@ def harm_snapshot(quant_session: Any, request: pytest.FixtureRequest) -> Any:
     from quant_fixtures.report.snapshot import settings_tag
 
     tag = settings_tag(quant_session.settings)
-    owned = {JSONSnapshotExtension._sanitize_filename(f"{request.node.originalname}[{m}][{tag}]")
-             for m in quant_session.settings.models}
+    owned = {
+        JSONSnapshotExtension._sanitize_filename(f"{request.node.originalname}[{m}][{tag}]")
+        for m in quant_session.settings.models
+    }
     options = request.config.option
     assertion = SnapshotAssertion(
-        update_snapshots=options.update_snapshots, update_new_snapshots_only=options.update_new_snapshots_only,
+        update_snapshots=options.update_snapshots,
+        update_new_snapshots_only=options.update_new_snapshots_only,
         extension_class=tolerant_json_extension(quant_session.config.snapshot_tolerances, owned),
-        test_location=PyTestLocation(request.node), session=request.config._syrupy)  # as syrupy's own fixture
+        test_location=PyTestLocation(request.node),
+        session=request.config._syrupy,
+    )  # as syrupy's own fixture
     return assertion(name=tag)

@@ -13,9 +13,19 @@ import pytest
 from quant_fixtures import cpu_kernels
 from quant_fixtures.config import ConfigError, load_config
 from quant_fixtures.inputs.wikitext import DEFAULT_SOURCE, SOURCES
-from quant_fixtures.plugin.cli import (CONFIG_KEY, SHIPPED, check_options, check_rootdir_not_taken_from_an_option,
-                                       output_dirs, selected_pairs, settings_of, suite_config_path, suite_of,
-                                       terminate_as_interrupt, unavailable_reason)
+from quant_fixtures.plugin.cli import (
+    CONFIG_KEY,
+    SHIPPED,
+    check_options,
+    check_rootdir_not_taken_from_an_option,
+    output_dirs,
+    selected_pairs,
+    settings_of,
+    suite_config_path,
+    suite_of,
+    terminate_as_interrupt,
+    unavailable_reason,
+)
 from quant_fixtures.plugin.model_option import given_models, model_values, with_given_models
 from quant_fixtures.plugin.state import preflight_models
 from quant_fixtures.variants import DEFAULT_VARIANTS, DTYPE_NAMES, VARIANTS
@@ -27,62 +37,119 @@ PAIR_FIXTURES = ("variant_eval", "quantized_eval", "bench_model")  # parametrize
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("quant", "quantization-harm suite")
-    g.addoption("--suite-config", default=None,
-                help=f"suite TOML, or '{SHIPPED}' for the one shipped with quant_fixtures (default: quant_suite.toml "
-                     "in the rootdir, else with --model the shipped one; with none of them, the plugin stays "
-                     "inactive)")
+    g.addoption(
+        "--suite-config",
+        default=None,
+        help=f"suite TOML, or '{SHIPPED}' for the one shipped with quant_fixtures (default: quant_suite.toml "
+        "in the rootdir, else with --model the shipped one; with none of them, the plugin stays "
+        "inactive)",
+    )
     g.addoption("--models", default=None, help="comma-separated model keys (default: every configured model)")
-    g.addoption("--model", action="append", default=None, metavar="ORG/NAME",
-                help="a model by Hugging Face Hub id (org/name[@revision]) or checkpoint directory, without "
-                     "TOML: a new entry with the default variants and the config's [gates] (the shipped config "
-                     "when the project has none), or the configured entry of that source; KEY=ORG/NAME names "
-                     "its key; repeatable; the run covers these models (and any --models)")
-    g.addoption("--variants", default=None,
-                help=f"comma-separated variants: registered methods ({','.join(VARIANTS)}) or a model's own "
-                     f"[models.KEY.variants] (default: {','.join(DEFAULT_VARIANTS)} and the models' own)")
-    g.addoption("--ctx", type=int, default=None, help="perplexity window in tokens: nonoverlapping and strided windows, llama.cpp's n_ctx, "
-                     "lm-eval's max_length (default: the config's ctx; llama.cpp 512; lm-eval the model's maximum)")
-    g.addoption("--ppl-max-tokens", default=None,
-                help="token budget of the perplexity pass: an integer or 'all' (default: all on CUDA, "
-                     "[defaults].cpu_ppl_max_tokens on CPU)")
+    g.addoption(
+        "--model",
+        action="append",
+        default=None,
+        metavar="ORG/NAME",
+        help="a model by Hugging Face Hub id (org/name[@revision]) or checkpoint directory, without "
+        "TOML: a new entry with the default variants and the config's [gates] (the shipped config "
+        "when the project has none), or the configured entry of that source; KEY=ORG/NAME names "
+        "its key; repeatable; the run covers these models (and any --models)",
+    )
+    g.addoption(
+        "--variants",
+        default=None,
+        help=f"comma-separated variants: registered methods ({','.join(VARIANTS)}) or a model's own "
+        f"[models.KEY.variants] (default: {','.join(DEFAULT_VARIANTS)} and the models' own)",
+    )
+    g.addoption(
+        "--ctx",
+        type=int,
+        default=None,
+        help="perplexity window in tokens: nonoverlapping and strided windows, llama.cpp's n_ctx, "
+        "lm-eval's max_length (default: the config's ctx; llama.cpp 512; lm-eval the model's maximum)",
+    )
+    g.addoption(
+        "--ppl-max-tokens",
+        default=None,
+        help="token budget of the perplexity pass: an integer or 'all' (default: all on CUDA, "
+        "[defaults].cpu_ppl_max_tokens on CPU)",
+    )
     g.addoption("--ppl-stride", type=int, default=None, help="use the HF guide's strided method with this stride")
-    g.addoption("--ppl-protocol", default=None,
-                help="perplexity protocol: nonoverlapping (default; the GPTQ papers'), strided (HF guide, with "
-                     "--ppl-stride), llama.cpp (llama-perplexity: chunks of --ctx, default 512, second half "
-                     "scored), lm-eval (lm-evaluation-harness wikitext: documents, rolling windows of the "
-                     "model's maximum length)")
+    g.addoption(
+        "--ppl-protocol",
+        default=None,
+        help="perplexity protocol: nonoverlapping (default; the GPTQ papers'), strided (HF guide, with "
+        "--ppl-stride), llama.cpp (llama-perplexity: chunks of --ctx, default 512, second half "
+        "scored), lm-eval (lm-evaluation-harness wikitext: documents, rolling windows of the "
+        "model's maximum length)",
+    )
     g.addoption("--batch-size", type=int, default=None, help="perplexity windows per forward pass")
-    g.addoption("--results-dir", default=None,
-                help="where JSON reports go (default: results/ under the rootdir; a relative path is taken "
-                     "from the current directory)")
+    g.addoption(
+        "--results-dir",
+        default=None,
+        help="where JSON reports go (default: results/ under the rootdir; a relative path is taken "
+        "from the current directory)",
+    )
     g.addoption("--baselines-dir", default=None, help="stored FP16 baselines (default: baselines/ under the rootdir)")
-    g.addoption("--cache-dir", default=None,
-                help="converted models and digests (default: $QUANT_FIXTURES_CACHE or ~/.cache/quant_fixtures)")
-    g.addoption("--weight-dtype", default="float16", choices=("float16", "bfloat16"),
-                help="16-bit dtype of the baseline and of unquantized weights")
+    g.addoption(
+        "--cache-dir",
+        default=None,
+        help="converted models and digests (default: $QUANT_FIXTURES_CACHE or ~/.cache/quant_fixtures)",
+    )
+    g.addoption(
+        "--weight-dtype",
+        default="float16",
+        choices=("float16", "bfloat16"),
+        help="16-bit dtype of the baseline and of unquantized weights",
+    )
     g.addoption("--nf4-compute-dtype", default=None, choices=DTYPE_NAMES, help="NF4 compute dtype")
     g.addoption("--nf4-double-quant", action="store_true", help="NF4 with double quantization of the scales")
-    g.addoption("--dataset-source", default=DEFAULT_SOURCE, choices=SOURCES,
-                help="WikiText-2 from the copy shipped in the package (vendored, the default; auto is the same) "
-                     "or downloaded from the Hub (hub); the same text, sha256-checked")
+    g.addoption(
+        "--dataset-source",
+        default=DEFAULT_SOURCE,
+        choices=SOURCES,
+        help="WikiText-2 from the copy shipped in the package (vendored, the default; auto is the same) "
+        "or downloaded from the Hub (hub); the same text, sha256-checked",
+    )
     g.addoption("--frozen-baselines", action="store_true", help="error instead of recomputing a stale FP16 baseline")
-    g.addoption("--prompts", default=None,
-                help="prompt suite JSONL (default: the 96-prompt suite shipped with quant_fixtures)")
+    g.addoption(
+        "--prompts", default=None, help="prompt suite JSONL (default: the 96-prompt suite shipped with quant_fixtures)"
+    )
     g.addoption("--categories", default=None, help="comma-separated prompt categories to run")
     g.addoption("--no-chat-template", action="store_true", help="feed prompts as plain text")
-    g.addoption("--max-new-tokens", type=int, default=None,
-                help="cap on generated tokens per prompt (default: each prompt's own on CUDA, "
-                     "[defaults].cpu_max_new_tokens on CPU)")
-    g.addoption("--top-k", type=int, default=None, help="k of the FP16 top-k + tail-bucket KL bound reported beside the exact KL (default 256)")
+    g.addoption(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="cap on generated tokens per prompt (default: each prompt's own on CUDA, "
+        "[defaults].cpu_max_new_tokens on CPU)",
+    )
+    g.addoption(
+        "--top-k",
+        type=int,
+        default=None,
+        help="k of the FP16 top-k + tail-bucket KL bound reported beside the exact KL (default 256)",
+    )
     g.addoption("--gen-batch-size", type=int, default=None, help="prompts generated per batch")
-    g.addoption("--max-gpu-memory", default=None,
-                help="cap on the GPU memory each process may use, e.g. 15GiB or 16GB (env QUANT_MAX_GPU_MEMORY); "
-                     "batch sizes are chosen to fit it and it is enforced for the whole run")
+    g.addoption(
+        "--max-gpu-memory",
+        default=None,
+        help="cap on the GPU memory each process may use, e.g. 15GiB or 16GB (env QUANT_MAX_GPU_MEMORY); "
+        "batch sizes are chosen to fit it and it is enforced for the whole run",
+    )
     g.addoption("--skip-prompts", action="store_true", help="perplexity and memory only: no prompt KL stage")
-    g.addoption("--gate-on", default="point", choices=("point", "upper"),
-                help="gate on the point estimate, or on the 95%% CI's bound on the failing side where a CI exists")
-    g.addoption("--gate-mode", default="enforce", choices=GATE_MODES,
-                help="enforce: a failed gate fails its test; report: record verdicts, mark failures xfail")
+    g.addoption(
+        "--gate-on",
+        default="point",
+        choices=("point", "upper"),
+        help="gate on the point estimate, or on the 95%% CI's bound on the failing side where a CI exists",
+    )
+    g.addoption(
+        "--gate-mode",
+        default="enforce",
+        choices=GATE_MODES,
+        help="enforce: a failed gate fails its test; report: record verdicts, mark failures xfail",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -122,11 +189,13 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     cap = s.prompts.max_new_tokens_cap
     p = s.perplexity
     kernels = cpu_kernels.problem() if s.load.device_type == "cpu" else None
-    return [f"quant-fixtures: device {s.load.device}; perplexity protocol {p.protocol}; WikiText-2 tokens: "
-            f"{p.max_tokens or 'all'}; ctx {p.ctx or 'the protocol default'}; max_new_tokens: "
-            f"{'per prompt' if cap is None else f'<= {cap}'}",
-            *([f"quant-fixtures: WARNING: {kernels}"] if kernels else []),
-            *(f"quant-fixtures: {g.describe(suite_of(config))}" for g in given_models(config))]
+    return [
+        f"quant-fixtures: device {s.load.device}; perplexity protocol {p.protocol}; WikiText-2 tokens: "
+        f"{p.max_tokens or 'all'}; ctx {p.ctx or 'the protocol default'}; max_new_tokens: "
+        f"{'per prompt' if cap is None else f'<= {cap}'}",
+        *([f"quant-fixtures: WARNING: {kernels}"] if kernels else []),
+        *(f"quant-fixtures: {g.describe(suite_of(config))}" for g in given_models(config)),
+    ]
 
 
 def _pair_marks(config: pytest.Config, model: str, variant: str) -> list[Any]:
@@ -160,19 +229,40 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     quantized = [(m, v) for m, v in pairs if not suite_of(config).variant(m, v).is_baseline]
     if "model_documents" in names:
         models = list(dict.fromkeys(m for m, _ in pairs))
-        metafunc.parametrize("model_documents", [
-            pytest.param(m, id=m, marks=[pytest.mark.xdist_group(m)]
-                         + ([pytest.mark.gpu] if suite_of(config).models[m].requires_gpu else []))
-            for m in models], indirect=True, scope="session")
+        metafunc.parametrize(
+            "model_documents",
+            [
+                pytest.param(
+                    m,
+                    id=m,
+                    marks=[pytest.mark.xdist_group(m)]
+                    + ([pytest.mark.gpu] if suite_of(config).models[m].requires_gpu else []),
+                )
+                for m in models
+            ],
+            indirect=True,
+            scope="session",
+        )
     for fixture in PAIR_FIXTURES:
         if fixture in names:
             chosen = quantized if fixture == "quantized_eval" else pairs
-            metafunc.parametrize(fixture, [pytest.param((m, v), id=f"{m}-{v}", marks=_pair_marks(config, m, v))
-                                           for m, v in chosen], indirect=True, scope="session")
+            metafunc.parametrize(
+                fixture,
+                [pytest.param((m, v), id=f"{m}-{v}", marks=_pair_marks(config, m, v)) for m, v in chosen],
+                indirect=True,
+                scope="session",
+            )
     if "gated_metric" in names:
-        metafunc.parametrize("gated_metric", [
-            pytest.param((m, v, metric), id=f"{m}-{v}-{metric}", marks=_pair_marks(config, m, v))
-            for m, v in quantized for metric in _gate_metrics(config, m, v)], indirect=True, scope="session")
+        metafunc.parametrize(
+            "gated_metric",
+            [
+                pytest.param((m, v, metric), id=f"{m}-{v}-{metric}", marks=_pair_marks(config, m, v))
+                for m, v in quantized
+                for metric in _gate_metrics(config, m, v)
+            ],
+            indirect=True,
+            scope="session",
+        )
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: only what will run is checked

@@ -62,5 +62,9 @@ def terminal_progress(config: Any) -> ProgressSink | None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None or is_worker(config):
         return None
-    return TerminalProgress(reporter, config.get_terminal_writer(), config.pluginmanager.get_plugin("capturemanager"),
-                            live=bool(reporter.isatty()))
+    return TerminalProgress(
+        reporter,
+        config.get_terminal_writer(),
+        config.pluginmanager.get_plugin("capturemanager"),
+        live=bool(reporter.isatty()),
+    )

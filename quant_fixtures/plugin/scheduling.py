@@ -20,7 +20,8 @@ teardown bookkeeping, so every choice is made with the latest knowledge of what 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from xdist.scheduler import LoadGroupScheduling
 
@@ -30,18 +31,26 @@ Pair = tuple[str, str]
 def pair_of_group(group: str, models: list[str], variants: list[str]) -> Pair | None:
     """The (model, variant) an xdist group name "{model}-{variant}" stands for, else None."""
     for variant in variants:
-        model = group[:-len(variant) - 1] if group.endswith("-" + variant) else None
+        model = group[: -len(variant) - 1] if group.endswith("-" + variant) else None
         if model in models:
             return model, variant
     return None
 
 
-def next_group(waiting: list[str], finished: set[str], here: set[str], assigned: set[str],
-               pair: Callable[[str], Pair | None], baseline: str, size: Callable[[str], float],
-               models: frozenset[str] = frozenset()) -> str:
+def next_group(
+    waiting: list[str],
+    finished: set[str],
+    here: set[str],
+    assigned: set[str],
+    pair: Callable[[str], Pair | None],
+    baseline: str,
+    size: Callable[[str], float],
+    models: frozenset[str] = frozenset(),
+) -> str:
     """The group an idle worker takes next (see the module docstring). ``finished``: groups whose
     every test has run; ``here``: groups this worker holds; ``assigned``: groups any worker holds;
     ``models``: the model keys (a group named after one holds that model's whole-model tests)."""
+
     def tier(group: str) -> int:
         p = pair(group)
         if p is None:
@@ -59,9 +68,15 @@ def next_group(waiting: list[str], finished: set[str], here: set[str], assigned:
 class PairAwareScheduling(LoadGroupScheduling):
     """LoadGroupScheduling with the order above (see the module docstring)."""
 
-    def __init__(self, config: Any, log: Any = None, pair: Callable[[str], Pair | None] | None = None,
-                 baseline: str = "fp16", size: Callable[[str], float] | None = None,
-                 models: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        config: Any,
+        log: Any = None,
+        pair: Callable[[str], Pair | None] | None = None,
+        baseline: str = "fp16",
+        size: Callable[[str], float] | None = None,
+        models: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__(config, log)
         self.models = models
         self.pair = pair or (lambda group: None)
@@ -73,8 +88,16 @@ class PairAwareScheduling(LoadGroupScheduling):
 
     def _assign_work_unit(self, node: Any) -> None:
         assigned = {scope for work in self.assigned_work.values() for scope in work}
-        choice = next_group(list(self.workqueue), self._finished_groups(), set(self.assigned_work.get(node, {})),
-                            assigned, self.pair, self.baseline, self.size, self.models)
+        choice = next_group(
+            list(self.workqueue),
+            self._finished_groups(),
+            set(self.assigned_work.get(node, {})),
+            assigned,
+            self.pair,
+            self.baseline,
+            self.size,
+            self.models,
+        )
         self.workqueue.move_to_end(choice, last=False)  # the parent hands out the head of the queue
         super()._assign_work_unit(node)
 

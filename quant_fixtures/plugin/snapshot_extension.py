@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from syrupy.extensions.json import JSONSnapshotExtension
 
 from quant_fixtures.report.snapshot import within_tolerance
 
 
-def tolerant_json_extension(tolerances: dict[str, dict[str, float]],
-                            owned_stems: Iterable[str] | None = None) -> type[JSONSnapshotExtension]:
+def tolerant_json_extension(
+    tolerances: dict[str, dict[str, float]], owned_stems: Iterable[str] | None = None
+) -> type[JSONSnapshotExtension]:
     """A JSON snapshot extension class bound to these tolerances (syrupy instantiates the class).
 
     With ``owned_stems``, the extension claims only those snapshot files: snapshots made with

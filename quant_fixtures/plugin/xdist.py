@@ -63,8 +63,9 @@ class XdistHooks:
             p = pair(group)
             return float(sizes.get(p[0], 0)) if p else 0.0
 
-        return PairAwareScheduling(config, log, pair=pair, baseline=BASELINE_VARIANT, size=size,
-                                   models=frozenset(models))
+        return PairAwareScheduling(
+            config, log, pair=pair, baseline=BASELINE_VARIANT, size=size, models=frozenset(models)
+        )
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """The controller's up-front model checks, once, for the models the workers collected."""
@@ -77,7 +78,10 @@ class XdistHooks:
         import torch
 
         suite = self.config.stash[CONFIG_KEY]
-        models = {m for m, _ in selected_pairs(self.config)
-                  if any(f"[{m}-" in i or f"[{m}]" in i for i in ids)
-                  and (torch.cuda.is_available() or not suite.models[m].requires_gpu)}
+        models = {
+            m
+            for m, _ in selected_pairs(self.config)
+            if any(f"[{m}-" in i or f"[{m}]" in i for i in ids)
+            and (torch.cuda.is_available() or not suite.models[m].requires_gpu)
+        }
         preflight_models(self.config, models)

@@ -7,9 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from quant_fixtures.metrics.registry import METRICS
-from quant_fixtures.report.schema import (SCHEMA_VERSION, ComparisonDocument, EvaluationDocument, SchemaError,
-                                          now_utc, read_document, to_json_object)
 from quant_fixtures.report.gates import failed_gate_lines
+from quant_fixtures.report.schema import (
+    SCHEMA_VERSION,
+    ComparisonDocument,
+    EvaluationDocument,
+    SchemaError,
+    now_utc,
+    read_document,
+    to_json_object,
+)
 
 Documents = dict[str, EvaluationDocument]  # variant -> evaluation document, registry order
 
@@ -78,16 +85,26 @@ def variant_row(doc: EvaluationDocument) -> dict[str, Any]:
     kl, flips, corpus = doc.kl_divergence, doc.flips, doc.corpus_kl
     row = {
         "method": doc.variant.method,
-        "ppl": p.ppl, "delta_ppl_pct": p.delta_ppl_pct, "delta_ppl_pct_ci95": p.delta_ppl_pct_ci95,
-        "kl_mean": kl and kl.mean, "kl_ci95": kl and kl.ci95, "kl_median": kl and kl.median,
-        "kl_p99": kl and kl.p99, "kl_max": kl and kl.max,
-        "top1_agreement": kl and kl.top1_agreement, "top1_agreement_ci95": kl and kl.top1_agreement_ci95,
-        "flips": flips and flips.flips, "checkable_prompts": flips and flips.checkable_prompts,
+        "ppl": p.ppl,
+        "delta_ppl_pct": p.delta_ppl_pct,
+        "delta_ppl_pct_ci95": p.delta_ppl_pct_ci95,
+        "kl_mean": kl and kl.mean,
+        "kl_ci95": kl and kl.ci95,
+        "kl_median": kl and kl.median,
+        "kl_p99": kl and kl.p99,
+        "kl_max": kl and kl.max,
+        "top1_agreement": kl and kl.top1_agreement,
+        "top1_agreement_ci95": kl and kl.top1_agreement_ci95,
+        "flips": flips and flips.flips,
+        "checkable_prompts": flips and flips.checkable_prompts,
         "exact_match_rate": flips and flips.exact_match_rate,
-        "corpus_kl_mean": corpus and corpus.mean, "corpus_kl_p99": corpus and corpus.p99,
+        "corpus_kl_mean": corpus and corpus.mean,
+        "corpus_kl_p99": corpus and corpus.p99,
         "corpus_same_top1_rate": corpus and corpus.same_top1_rate,
-        "footprint_gb": m.footprint_gb, "reduction_pct": m.reduction_pct,
-        "compression_ratio": m.compression_ratio, "peak_gb": m.peak_gb,
+        "footprint_gb": m.footprint_gb,
+        "reduction_pct": m.reduction_pct,
+        "compression_ratio": m.compression_ratio,
+        "peak_gb": m.peak_gb,
         "tokens_per_s": doc.timing.ppl_tokens_per_s,
         "gates_passed": all(g.passed for g in doc.gates),
         "gates": to_json_object(doc.gates),
@@ -104,10 +121,20 @@ def comparison_document(model: str, evaluations: Documents) -> ComparisonDocumen
     first = next(iter(evaluations.values()))
     p = first.perplexity
     return ComparisonDocument(
-        schema_version=SCHEMA_VERSION, generated_at=now_utc(), run_id=first.run_id, model=first.model,
+        schema_version=SCHEMA_VERSION,
+        generated_at=now_utc(),
+        run_id=first.run_id,
+        model=first.model,
         fp16_ppl=p.fp16_ppl,
-        perplexity_protocol={"method": p.method, "ctx": p.ctx, "stride": p.stride, "tokens": p.tokens,
-                             "windows": p.windows, "dataset_sha256": p.dataset_sha256, "protocol": p.protocol},
+        perplexity_protocol={
+            "method": p.method,
+            "ctx": p.ctx,
+            "stride": p.stride,
+            "tokens": p.tokens,
+            "windows": p.windows,
+            "dataset_sha256": p.dataset_sha256,
+            "protocol": p.protocol,
+        },
         kl_method=first.kl_divergence.method if first.kl_divergence else None,
         noise_floor=first.noise_floor,
         variants={v: variant_row(doc) for v, doc in evaluations.items()},

@@ -9,9 +9,21 @@ from quant_fixtures.report.schema import CorpusKL, EvaluationDocument
 
 Documents = dict[str, EvaluationDocument]
 # (row label as llama-perplexity prints it, table, key, scale, unit)
-PERCENT_ROWS = [("Maximum", "max"), ("99.9%", "p99_9"), ("99.0%", "p99"), ("95.0%", "p95"), ("90.0%", "p90"),
-                ("75.0%", "p75"), ("Median", "p50"), ("25.0%", "p25"), ("10.0%", "p10"), (" 5.0%", "p5"),
-                (" 1.0%", "p1"), (" 0.1%", "p0_1"), ("Minimum", "min")]
+PERCENT_ROWS = [
+    ("Maximum", "max"),
+    ("99.9%", "p99_9"),
+    ("99.0%", "p99"),
+    ("95.0%", "p95"),
+    ("90.0%", "p90"),
+    ("75.0%", "p75"),
+    ("Median", "p50"),
+    ("25.0%", "p25"),
+    ("10.0%", "p10"),
+    (" 5.0%", "p5"),
+    (" 1.0%", "p1"),
+    (" 0.1%", "p0_1"),
+    ("Minimum", "min"),
+]
 
 
 def _pm(pair: dict[str, float], spec: str, scale: float = 1.0, unit: str = "") -> str:
@@ -27,8 +39,10 @@ def _llama_rows(corpora: dict[str, CorpusKL]) -> list[tuple[str, list[str]]]:
 
     row("Mean PPL(Q)", lambda x: _pm(x["perplexity"]["ppl_q"], ".6f"))
     row("Mean PPL(base)", lambda x: _pm(x["perplexity"]["ppl_base"], ".6f"))
-    row("Cor(ln(PPL(Q)), ln(PPL(base)))", lambda x: "–" if x["perplexity"]["cor_ln_ppl"] is None
-        else f"{100 * x['perplexity']['cor_ln_ppl']:.2f} %")
+    row(
+        "Cor(ln(PPL(Q)), ln(PPL(base)))",
+        lambda x: "–" if x["perplexity"]["cor_ln_ppl"] is None else f"{100 * x['perplexity']['cor_ln_ppl']:.2f} %",
+    )
     row("Mean ln(PPL(Q)/PPL(base))", lambda x: _pm(x["perplexity"]["ln_ppl_ratio"], ".6f"))
     row("Mean PPL(Q)/PPL(base)", lambda x: _pm(x["perplexity"]["ppl_ratio"], ".6f"))
     row("Mean PPL(Q)-PPL(base)", lambda x: _pm(x["perplexity"]["ppl_diff"], ".6f"))
@@ -49,27 +63,49 @@ def corpus_section(documents: Documents) -> list[str]:
     if not corpora:
         return []
     variants = list(corpora)
-    lines = ["### Token-level comparison over WikiText-2 (exact, full vocabulary)", "",
-             "| variant | tokens | KL(P‖Q) mean | median | p99 | p99.9 | max | KL(Q‖P) mean | same top-1 | "
-             "top-5 agreement |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "### Token-level comparison over WikiText-2 (exact, full vocabulary)",
+        "",
+        "| variant | tokens | KL(P‖Q) mean | median | p99 | p99.9 | max | KL(Q‖P) mean | same top-1 | "
+        "top-5 agreement |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for v, c in corpora.items():
         top5 = c.topk_agreement[4] if len(c.topk_agreement) >= 5 else None
-        lines.append(f"| {v} | {c.tokens} | {c.mean:.4g} | {c.median:.4g} | {c.p99:.4g} | {c.p99_9:.4g} | "
-                     f"{c.max:.4g} | {c.reverse['mean']:.4g} | {100 * c.same_top1_rate:.2f} % | "
-                     f"{'–' if top5 is None else f'{100 * top5:.2f} %'} |")
-    floors = [f"{v}: mean {c.noise_floor['mean']:.3g}, p99 {c.noise_floor['p99']:.3g} nats over "
-              f"{c.noise_floor['positions']} positions" for v, c in corpora.items()
-              if c.noise_floor and c.noise_floor.get("mean") is not None]
+        lines.append(
+            f"| {v} | {c.tokens} | {c.mean:.4g} | {c.median:.4g} | {c.p99:.4g} | {c.p99_9:.4g} | "
+            f"{c.max:.4g} | {c.reverse['mean']:.4g} | {100 * c.same_top1_rate:.2f} % | "
+            f"{'–' if top5 is None else f'{100 * top5:.2f} %'} |"
+        )
+    floors = [
+        f"{v}: mean {c.noise_floor['mean']:.3g}, p99 {c.noise_floor['p99']:.3g} nats over "
+        f"{c.noise_floor['positions']} positions"
+        for v, c in corpora.items()
+        if c.noise_floor and c.noise_floor.get("mean") is not None
+    ]
     if floors:
-        lines += ["", "Noise floor beside these (FP16 against its own reference, first windows scored in another "
-                      "batch composition): " + floors[0].split(": ", 1)[1] + "."]
-    lines += ["", "As `llama-perplexity --kl-divergence` prints them (same names and uncertainty formulas; "
-              "P = base = FP16, Q = the variant; over the positions above):", "",
-              "| statistic | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+        lines += [
+            "",
+            "Noise floor beside these (FP16 against its own reference, first windows scored in another "
+            "batch composition): " + floors[0].split(": ", 1)[1] + ".",
+        ]
+    lines += [
+        "",
+        "As `llama-perplexity --kl-divergence` prints them (same names and uncertainty formulas; "
+        "P = base = FP16, Q = the variant; over the positions above):",
+        "",
+        "| statistic | " + " | ".join(variants) + " |",
+        "|---" * (len(variants) + 1) + "|",
+    ]
     lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in _llama_rows(corpora)]
-    lines += ["", "Where quantization hurts, by FP16's probability of its own top token (share of positions, "
-              "mean KL, share of all KL):", "",
-              "| FP16 top-1 probability | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+    lines += [
+        "",
+        "Where quantization hurts, by FP16's probability of its own top token (share of positions, "
+        "mean KL, share of all KL):",
+        "",
+        "| FP16 top-1 probability | " + " | ".join(variants) + " |",
+        "|---" * (len(variants) + 1) + "|",
+    ]
     first = next(iter(corpora.values()))
     for i, bucket in enumerate(first.by_confidence):
         lo, hi = bucket["fp16_top1_prob"]

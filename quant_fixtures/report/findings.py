@@ -46,9 +46,14 @@ def best_tradeoff(documents: Documents) -> BestTradeoff | None:
         variant = min(candidates, key=lambda v: candidates[v].perplexity.delta_ppl_pct)
         why = "no variant passes every gate; this one loses the least perplexity"
     d = candidates[variant]
-    return BestTradeoff(variant=variant, reason=why, footprint_gb=d.memory.footprint_gb,
-                        reduction_pct=d.memory.reduction_pct, delta_ppl_pct=d.perplexity.delta_ppl_pct,
-                        kl_mean=d.kl_divergence.mean if d.kl_divergence else None)
+    return BestTradeoff(
+        variant=variant,
+        reason=why,
+        footprint_gb=d.memory.footprint_gb,
+        reduction_pct=d.memory.reduction_pct,
+        delta_ppl_pct=d.perplexity.delta_ppl_pct,
+        kl_mean=d.kl_divergence.mean if d.kl_divergence else None,
+    )
 
 
 def assessment(documents: Documents) -> list[str]:
@@ -59,17 +64,23 @@ def assessment(documents: Documents) -> list[str]:
         p, m = d.perplexity, d.memory
         ci = p.delta_ppl_pct_ci95
         ci_text = f" (95 % CI {ci[0]:+.2f} to {ci[1]:+.2f})" if ci else ""
-        parts = [f"perplexity {p.ppl:.3f} vs FP16 {p.fp16_ppl:.3f}, {p.delta_ppl_pct:+.2f} %{ci_text}",
-                 f"{m.footprint_gb:.3f} GB ({m.reduction_pct:.1f} % smaller, {m.compression_ratio:.2f}x)"]
+        parts = [
+            f"perplexity {p.ppl:.3f} vs FP16 {p.fp16_ppl:.3f}, {p.delta_ppl_pct:+.2f} %{ci_text}",
+            f"{m.footprint_gb:.3f} GB ({m.reduction_pct:.1f} % smaller, {m.compression_ratio:.2f}x)",
+        ]
         kl = d.kl_divergence
         if kl:
-            parts.append(f"mean prompt KL {kl.mean:.4f} nats (CI {kl.ci95[0]:.4f}-{kl.ci95[1]:.4f}), "
-                         f"top-1 agreement {100 * kl.top1_agreement:.1f} %")
+            parts.append(
+                f"mean prompt KL {kl.mean:.4f} nats (CI {kl.ci95[0]:.4f}-{kl.ci95[1]:.4f}), "
+                f"top-1 agreement {100 * kl.top1_agreement:.1f} %"
+            )
         flips = d.flips
         if flips and flips.checkable_prompts:
-            parts.append(f"{flips.flips} of {flips.checkable_prompts} checkable answers flipped "
-                         f"({flips.correct_to_wrong} right to wrong, {flips.wrong_to_correct} wrong to right, "
-                         f"McNemar exact p = {flips.mcnemar_p:.3g})")
+            parts.append(
+                f"{flips.flips} of {flips.checkable_prompts} checkable answers flipped "
+                f"({flips.correct_to_wrong} right to wrong, {flips.wrong_to_correct} wrong to right, "
+                f"McNemar exact p = {flips.mcnemar_p:.3g})"
+            )
         speed = speed_ratio(d, fp16)
         if speed is not None:
             parts.append(f"perplexity pass at {speed:.2f}x FP16 speed")
@@ -93,10 +104,14 @@ def confidence_lines(doc: EvaluationDocument) -> list[str]:
             continue
         bound = pair[1] if spec.better == "lower" else pair[0]
         if spec.passes(bound, g.limit):
-            lines.append(f"{g.metric} is within its limit with 95 % confidence (CI bound {bound:.4g} {g.op} {g.limit:g})")
+            lines.append(
+                f"{g.metric} is within its limit with 95 % confidence (CI bound {bound:.4g} {g.op} {g.limit:g})"
+            )
         else:
-            lines.append(f"{g.metric}: the point estimate {g.value:.4g} is within {g.op} {g.limit:g} but its 95 % CI "
-                         f"({pair[0]:.4g} to {pair[1]:.4g}) crosses the limit: not shown with 95 % confidence")
+            lines.append(
+                f"{g.metric}: the point estimate {g.value:.4g} is within {g.op} {g.limit:g} but its 95 % CI "
+                f"({pair[0]:.4g} to {pair[1]:.4g}) crosses the limit: not shown with 95 % confidence"
+            )
     return lines
 
 
@@ -113,9 +128,12 @@ def noise_floor_warnings(doc: EvaluationDocument) -> list[str]:
         floors.update(kl_mean=noise.mean, kl_p99=noise.p99)
     if corpus and corpus.get("mean") is not None:
         floors.update(corpus_kl_mean=corpus["mean"], corpus_kl_p99=corpus["p99"])
-    return [f"WARNING: limit {g.metric} {g.op} {g.limit:g} is below {NOISE_MULTIPLE:g}x the noise floor "
-            f"({floors[g.metric]:.3g} nats): the gate cannot tell quantization from batch noise; raise the limit"
-            for g in doc.gates if g.metric in floors and g.limit < NOISE_MULTIPLE * floors[g.metric]]
+    return [
+        f"WARNING: limit {g.metric} {g.op} {g.limit:g} is below {NOISE_MULTIPLE:g}x the noise floor "
+        f"({floors[g.metric]:.3g} nats): the gate cannot tell quantization from batch noise; raise the limit"
+        for g in doc.gates
+        if g.metric in floors and g.limit < NOISE_MULTIPLE * floors[g.metric]
+    ]
 
 
 def speed_ratio(doc: EvaluationDocument, fp16: EvaluationDocument | None) -> float | None:

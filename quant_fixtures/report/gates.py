@@ -34,8 +34,9 @@ def evaluate_gates(limits: dict[str, float], document: Any, gate_on: str = "poin
     for limit_name, limit in sorted(limits.items()):
         spec = GATEABLE[limit_name]
         value = spec.gate_value(document, gate_on)
-        results.append(GateResult(metric=spec.name, value=value, limit=limit, op=spec.op,
-                                  passed=spec.passes(value, limit)))
+        results.append(
+            GateResult(metric=spec.name, value=value, limit=limit, op=spec.op, passed=spec.passes(value, limit))
+        )
     return results
 
 

@@ -43,23 +43,27 @@ def _variants_table(documents: Documents) -> list[str]:
     for variant, d in documents.items():
         failed = failed_metrics(d)
         verdict = "–" if not d.gates else ("**pass**" if not failed else "**FAIL**: " + ", ".join(failed))
-        rows.append(f"| {variant} | " + " | ".join(_metric_cell(m, d, fp16) for m in TABLE_METRICS) +
-                    f" | {verdict} |")
+        rows.append(f"| {variant} | " + " | ".join(_metric_cell(m, d, fp16) for m in TABLE_METRICS) + f" | {verdict} |")
     return rows
 
 
 def _units_table(documents: Documents) -> list[str]:
     """lm-eval's three figures for every protocol, so models with different tokenizers compare."""
     first = next(iter(documents.values())).perplexity
-    rows = [f"Tokenizer-independent ({first.scored_words} words, {first.scored_bytes} bytes of scored text; "
-            f"{first.text_units}):", "",
-            "| variant | PPL (tokens) | word perplexity | byte perplexity | bits per byte | Δ bits per byte |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        f"Tokenizer-independent ({first.scored_words} words, {first.scored_bytes} bytes of scored text; "
+        f"{first.text_units}):",
+        "",
+        "| variant | PPL (tokens) | word perplexity | byte perplexity | bits per byte | Δ bits per byte |",
+        "|---|---|---|---|---|---|",
+    ]
     for variant, d in documents.items():
         p = d.perplexity
         delta = "–" if p.bits_per_byte_delta is None else f"{p.bits_per_byte_delta:+.5f}"
-        rows.append(f"| {variant} | {p.ppl:.4f} | {_f(p.word_perplexity)} | {_f(p.byte_perplexity, '.5f')} | "
-                    f"{_f(p.bits_per_byte, '.5f')} | {delta} |")
+        rows.append(
+            f"| {variant} | {p.ppl:.4f} | {_f(p.word_perplexity)} | {_f(p.byte_perplexity, '.5f')} | "
+            f"{_f(p.bits_per_byte, '.5f')} | {delta} |"
+        )
     return rows
 
 
@@ -68,8 +72,10 @@ def _gates_table(documents: Documents) -> list[str]:
     for variant, d in documents.items():
         for g in d.gates:
             unit = METRICS[g.metric].unit if g.metric in METRICS else ""
-            rows.append(f"| {variant} | {g.metric} | {_f(g.value, '.4g')} | {g.op} {g.limit:g}{' ' + unit if unit else ''} | "
-                        f"{'pass' if g.passed else '**FAIL**'} |")
+            rows.append(
+                f"| {variant} | {g.metric} | {_f(g.value, '.4g')} | {g.op} {g.limit:g}{' ' + unit if unit else ''} | "
+                f"{'pass' if g.passed else '**FAIL**'} |"
+            )
     return rows if len(rows) > 2 else ["No gates configured."]
 
 
@@ -82,16 +88,30 @@ def model_section(model: str, documents: Documents, plots: dict[str, Path]) -> l
     p = first.perplexity
     found = findings(documents)
     note = first.model.note
-    lines = [f"## {model}", "", *([f"> **Note: {note}**", ""] if note else []),
-             f"Source: `{first.model.source}`. {settings_line(first)}.", "",
-             f"Perplexity: {p.protocol} {p.windows} windows, {p.tokens} scored tokens.", "",
-             *_variants_table(documents), "", *_units_table(documents), "", "### Assessment", ""]
+    lines = [
+        f"## {model}",
+        "",
+        *([f"> **Note: {note}**", ""] if note else []),
+        f"Source: `{first.model.source}`. {settings_line(first)}.",
+        "",
+        f"Perplexity: {p.protocol} {p.windows} windows, {p.tokens} scored tokens.",
+        "",
+        *_variants_table(documents),
+        "",
+        *_units_table(documents),
+        "",
+        "### Assessment",
+        "",
+    ]
     lines += [f"- {s}" for s in found.assessment] or ["- Only the FP16 baseline was evaluated."]
     best = found.best_tradeoff
     if best:
-        lines += ["", f"**Best size/quality trade-off: {best.variant}** ({best.reason}): "
-                      f"{best.footprint_gb:.3f} GB, {best.reduction_pct:.1f} % smaller, "
-                      f"ΔPPL {best.delta_ppl_pct:+.2f} %, mean KL {_f(best.kl_mean)}."]
+        lines += [
+            "",
+            f"**Best size/quality trade-off: {best.variant}** ({best.reason}): "
+            f"{best.footprint_gb:.3f} GB, {best.reduction_pct:.1f} % smaller, "
+            f"ΔPPL {best.delta_ppl_pct:+.2f} %, mean KL {_f(best.kl_mean)}.",
+        ]
     lines += ["", "### Gates", "", *_gates_table(documents)]
     categories = found.most_affected_categories
     if any(categories.values()):
@@ -99,36 +119,53 @@ def model_section(model: str, documents: Documents, plots: dict[str, Path]) -> l
         for variant, d in quantized(documents).items():
             kl = d.kl_divergence
             if kl:
-                lines.append(f"- {variant}: macro-average KL over categories {kl.macro_kl_mean:.4f} "
-                             f"(95 % CI {kl.macro_kl_ci95[0]:.4f}-{kl.macro_kl_ci95[1]:.4f}; every category weighted "
-                             "equally)")
+                lines.append(
+                    f"- {variant}: macro-average KL over categories {kl.macro_kl_mean:.4f} "
+                    f"(95 % CI {kl.macro_kl_ci95[0]:.4f}-{kl.macro_kl_ci95[1]:.4f}; every category weighted "
+                    "equally)"
+                )
         for variant, cats in categories.items():
-            lines.append(f"- {variant}: " + "; ".join(f"{c['category']} (KL {c['kl_mean']:.4f}, {c['flips']} flips)"
-                                                      for c in cats))
+            lines.append(
+                f"- {variant}: "
+                + "; ".join(f"{c['category']} (KL {c['kl_mean']:.4f}, {c['flips']} flips)" for c in cats)
+            )
     worst = found.worst_prompts
     if any(worst.values()):
-        lines += ["", "### Worst prompts", "", "| variant | prompt | category | KL | first divergence | FP16 response | "
-                  "variant response |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "### Worst prompts",
+            "",
+            "| variant | prompt | category | KL | first divergence | FP16 response | variant response |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for variant, prompts in worst.items():
             for w in prompts:
-                lines.append(f"| {variant} | {w['id']} | {w['category']} | {w['kl_mean']:.4f} | "
-                             f"{_f(w['first_divergence'], 'd')} | {_escape(w['fp16_response'])} | "
-                             f"{_escape(w['response'])} |")
+                lines.append(
+                    f"| {variant} | {w['id']} | {w['category']} | {w['kl_mean']:.4f} | "
+                    f"{_f(w['first_divergence'], 'd')} | {_escape(w['fp16_response'])} | "
+                    f"{_escape(w['response'])} |"
+                )
     corpus = corpus_section(documents)
     if corpus:
         lines += ["", *corpus]
     noise = first.noise_floor
     if noise:
-        lines += ["", f"Noise floor (FP16 against itself, other batch composition): mean KL {noise.mean:.3g}, "
-                      f"max {noise.max:.3g} nats."]
+        lines += [
+            "",
+            f"Noise floor (FP16 against itself, other batch composition): mean KL {noise.mean:.3g}, "
+            f"max {noise.max:.3g} nats.",
+        ]
     for variant, d in documents.items():
         moved = d.flips.batch_sensitivity if d.flips else None
         if moved:
-            lines += ["", f"Batch sensitivity of {variant} (its kernels depend on the batch, so it is scored one "
-                          f"sequence per pass; generation stays batched): generated again in batches of "
-                          f"{moved.batch_size} with every boundary moved by {moved.shift}, {moved.responses_changed} "
-                          f"of {moved.prompts} responses and {moved.verdicts_changed} answer verdicts changed "
-                          f"(flips {moved.flips} vs {moved.flips_other_batch})."]
+            lines += [
+                "",
+                f"Batch sensitivity of {variant} (its kernels depend on the batch, so it is scored one "
+                f"sequence per pass; generation stays batched): generated again in batches of "
+                f"{moved.batch_size} with every boundary moved by {moved.shift}, {moved.responses_changed} "
+                f"of {moved.prompts} responses and {moved.verdicts_changed} answer verdicts changed "
+                f"(flips {moved.flips} vs {moved.flips_other_batch}).",
+            ]
     if first.kl_divergence:
         lines += ["", f"How KL is computed: {first.kl_divergence.method}"]
     for title, path in plots.items():

@@ -52,11 +52,14 @@ def merge_documents(directories: list[Path]) -> dict[str, dict[str, EvaluationDo
                     raise MergeError(
                         f"model {doc.model.key}: {path} and {other_path} were measured against different FP16 "
                         f"references ({_differing(other.reference_keys, doc.reference_keys)}): run the jobs with "
-                        "the same settings on the same kind of machine")
+                        "the same settings on the same kind of machine"
+                    )
                 break
             model.setdefault(doc.variant.key, (path, doc))  # a repeated pair (FP16 in every job): first kept
-    return {m: {v: pair[1] for v, pair in sorted(variants.items(), key=lambda kv: variant_order(kv[0]))}
-            for m, variants in merged.items()}
+    return {
+        m: {v: pair[1] for v, pair in sorted(variants.items(), key=lambda kv: variant_order(kv[0]))}
+        for m, variants in merged.items()
+    }
 
 
 def _differing(a: dict, b: dict) -> str:
@@ -89,9 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quant-harm-merge: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(documents)))
-    failed = [g.describe(d.model.key, d.variant.key)
-              for variants in documents.values() for d in variants.values() for g in d.gates if not g.passed]
-    print(f"merged {sum(len(v) for v in documents.values())} documents into {args.into} (read {args.into / 'REPORT.md'})")
+    failed = [
+        g.describe(d.model.key, d.variant.key)
+        for variants in documents.values()
+        for d in variants.values()
+        for g in d.gates
+        if not g.passed
+    ]
+    print(
+        f"merged {sum(len(v) for v in documents.values())} documents into {args.into} (read {args.into / 'REPORT.md'})"
+    )
     for line in failed:
         print(line)
     return 1 if failed else 0  # like the gate tests: a failed gate fails the merge job

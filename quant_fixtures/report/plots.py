@@ -59,8 +59,12 @@ def kl_by_category(model: str, documents: Documents, path: Path) -> Path | None:
     height = 0.8 / len(measured)
     for i, (variant, doc) in enumerate(measured.items()):
         per = doc.kl_divergence.per_category
-        ax.barh([c_i + i * height for c_i in range(len(categories))],
-                [per.get(c, {}).get("kl_mean") or 0.0 for c in categories], height=height, label=variant)
+        ax.barh(
+            [c_i + i * height for c_i in range(len(categories))],
+            [per.get(c, {}).get("kl_mean") or 0.0 for c in categories],
+            height=height,
+            label=variant,
+        )
     ax.set_yticks([c_i + 0.4 - height / 2 for c_i in range(len(categories))], categories)
     ax.invert_yaxis()
     ax.set_xlabel("mean KL(FP16 || variant), nats")
@@ -108,7 +112,8 @@ def model_plots(model: str, documents: Documents, directory: Path) -> dict[str, 
     made = {
         "KL distribution per variant": kl_distribution(model, documents, directory / f"{model}_kl_distribution.png"),
         "KL by category": kl_by_category(model, documents, directory / f"{model}_kl_by_category.png"),
-        "Footprint versus ΔPPL%": footprint_vs_delta_ppl(model, documents,
-                                                         directory / f"{model}_footprint_vs_delta_ppl.png"),
+        "Footprint versus ΔPPL%": footprint_vs_delta_ppl(
+            model, documents, directory / f"{model}_footprint_vs_delta_ppl.png"
+        ),
     }
     return {title: p for title, p in made.items() if p is not None}

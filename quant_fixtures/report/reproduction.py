@@ -22,6 +22,7 @@ from quant_fixtures.report.schema import EvaluationDocument, read_document
 from quant_fixtures.report.snapshot import MARGIN, harm_summary
 from quant_fixtures.store.atomic import write_json_atomic
 
+
 class ReproductionError(ValueError):
     """Result directories that do not make one reproduction measurement."""
 
@@ -43,17 +44,30 @@ def _per_prompt_kl(document: EvaluationDocument) -> dict[str, float]:
 def _paired_prompt_differences(runs: list[EvaluationDocument]) -> dict[str, float] | None:
     """Each prompt's KL in every run against its KL in the first: |b - a| / a, paired per prompt."""
     first = _per_prompt_kl(runs[0])
-    diffs = [abs(other[pid] - kl) / kl for doc in runs[1:] for other in [_per_prompt_kl(doc)]
-             for pid, kl in first.items() if kl and pid in other and other[pid] is not None]
+    diffs = [
+        abs(other[pid] - kl) / kl
+        for doc in runs[1:]
+        for other in [_per_prompt_kl(doc)]
+        for pid, kl in first.items()
+        if kl and pid in other and other[pid] is not None
+    ]
     if not diffs:
         return None
     ordered = sorted(diffs)
-    return {"median": statistics.median(ordered), "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
-            "max": ordered[-1], "pairs": len(ordered)}
+    return {
+        "median": statistics.median(ordered),
+        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        "max": ordered[-1],
+        "pairs": len(ordered),
+    }
 
 
-def measure(model: str, runs: dict[str, dict[str, EvaluationDocument]], settings_tag: str,
-            descriptions: dict[str, str] | None = None) -> dict[str, Any]:
+def measure(
+    model: str,
+    runs: dict[str, dict[str, EvaluationDocument]],
+    settings_tag: str,
+    descriptions: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The reproduction record of ``runs`` (label -> that run's documents by variant): every run
     must hold the same variants measured with the same settings, on the same text and prompts."""
     from quant_fixtures.environment import describe
@@ -65,23 +79,36 @@ def measure(model: str, runs: dict[str, dict[str, EvaluationDocument]], settings
     first_label, first = next(iter(summaries.items()))
     for label, summary in summaries.items():
         if summary["settings"] != first["settings"] or summary["variants"].keys() != first["variants"].keys():
-            raise ReproductionError(f"{model}: run {label!r} was measured with other settings or variants than "
-                                    f"{first_label!r}: {summary['settings']} vs {first['settings']}")
+            raise ReproductionError(
+                f"{model}: run {label!r} was measured with other settings or variants than "
+                f"{first_label!r}: {summary['settings']} vs {first['settings']}"
+            )
     spread: dict[str, dict[str, float]] = {}
     prompts: dict[str, Any] = {}
     for variant in first["variants"]:
         values = {m: [s["variants"][variant][m] for s in summaries.values()] for m in SNAPSHOT_METRICS}
-        spread[variant] = {m: max(v) - min(v) for m, v in values.items()
-                           if all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)}
+        spread[variant] = {
+            m: max(v) - min(v)
+            for m, v in values.items()
+            if all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+        }
         prompts[variant] = _paired_prompt_differences([docs[variant] for docs in runs.values()])
     return {
-        "model": model, "settings_tag": settings_tag, "margin": MARGIN,
-        "runs": [{"label": label, "environment": describe(docs[next(iter(docs))].environment),
-                  "settings": descriptions.get(label, "")} for label, docs in runs.items()],
+        "model": model,
+        "settings_tag": settings_tag,
+        "margin": MARGIN,
+        "runs": [
+            {
+                "label": label,
+                "environment": describe(docs[next(iter(docs))].environment),
+                "settings": descriptions.get(label, ""),
+            }
+            for label, docs in runs.items()
+        ],
         "spread": spread,
         "prompt_kl_paired_relative_difference": prompts,
         "how": "spread = largest minus smallest value of each metric over the runs (same text, prompts and FP16 "
-               "responses); prompt KL differences are paired per prompt against the first run",
+        "responses); prompt KL differences are paired per prompt against the first run",
     }
 
 
@@ -106,7 +133,10 @@ def read_record(directory: Path, model: str, settings_tag: str) -> dict[str, Any
         record = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ReproductionError(f"{path}: not JSON ({exc})") from None
-    if record.get("model") != model or record.get("settings_tag") != settings_tag or \
-            not isinstance(record.get("spread"), dict):
+    if (
+        record.get("model") != model
+        or record.get("settings_tag") != settings_tag
+        or not isinstance(record.get("spread"), dict)
+    ):
         raise ReproductionError(f"{path}: not a reproduction record of {model} with these settings")
     return record

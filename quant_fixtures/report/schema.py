@@ -13,8 +13,8 @@ import dataclasses
 import json
 import types
 import typing
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -272,7 +272,7 @@ class ComparisonDocument:
 
 
 def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # -- the one serialiser and reader ------------------------------------------------------------------
@@ -281,8 +281,11 @@ def now_utc() -> str:
 def to_json_object(value: Any) -> Any:
     """Dataclasses as JSON objects in field order (None fields marked OMIT_IF_NONE left out)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json_object(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if not (f.metadata.get("omit_if_none") and getattr(value, f.name) is None)}
+        return {
+            f.name: to_json_object(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not (f.metadata.get("omit_if_none") and getattr(value, f.name) is None)
+        }
     if isinstance(value, dict):
         return {k: to_json_object(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

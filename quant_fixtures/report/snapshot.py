@@ -34,8 +34,11 @@ NOT_COMPARED = (ENVIRONMENT, REPRODUCTION, TOLERANCES)
 MARGIN = 2.0
 
 
-def harm_summary(documents: dict[str, EvaluationDocument], floors: dict[str, dict[str, float]] | None = None,
-                 reproduction: dict[str, Any] | None = None) -> dict[str, Any]:
+def harm_summary(
+    documents: dict[str, EvaluationDocument],
+    floors: dict[str, dict[str, float]] | None = None,
+    reproduction: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """What a release diff should show: settings, per variant its gate verdicts and the registry's
     snapshot metrics (no timings, paths or versions); then, never compared, the reproduction
     measurement the tolerances come from, the move each number is allowed (with ``floors``, the
@@ -44,25 +47,35 @@ def harm_summary(documents: dict[str, EvaluationDocument], floors: dict[str, dic
 
     first = next(iter(documents.values()))
     p, kl = first.perplexity, first.kl_divergence
-    settings = {"device_type": first.environment["device"].split(":")[0], "ctx": p.ctx,
-                "ppl_method": p.method, "ppl_tokens": p.tokens, "dataset_sha256": p.dataset_sha256,
-                "prompts": kl.method_settings if kl else None}
-    variants = {variant: {"gates": {g.metric: "pass" if g.passed else "FAIL" for g in doc.gates},
-                          **{name: METRICS[name].value(doc) for name in SNAPSHOT_METRICS},
-                          "checkable_prompts": doc.flips.checkable_prompts if doc.flips else None}
-                for variant, doc in documents.items()}
+    settings = {
+        "device_type": first.environment["device"].split(":")[0],
+        "ctx": p.ctx,
+        "ppl_method": p.method,
+        "ppl_tokens": p.tokens,
+        "dataset_sha256": p.dataset_sha256,
+        "prompts": kl.method_settings if kl else None,
+    }
+    variants = {
+        variant: {
+            "gates": {g.metric: "pass" if g.passed else "FAIL" for g in doc.gates},
+            **{name: METRICS[name].value(doc) for name in SNAPSHOT_METRICS},
+            "checkable_prompts": doc.flips.checkable_prompts if doc.flips else None,
+        }
+        for variant, doc in documents.items()
+    }
     summary: dict[str, Any] = {"settings": settings, "variants": variants, REPRODUCTION: reproduction}
     if floors is not None:
         summary[TOLERANCES] = allowed_moves(variants, floors, reproduction)
     env = first.environment
-    summary[ENVIRONMENT] = {"described": describe(env),
-                            **numerics_key(env, ("torch", "transformers", "bitsandbytes"))}
+    summary[ENVIRONMENT] = {"described": describe(env), **numerics_key(env, ("torch", "transformers", "bitsandbytes"))}
     if env["device_type"] == "cpu":  # LLM.int8 on the CPU moves with the thread count too (README)
         summary[ENVIRONMENT]["cpu_threads"] = env["cpu"]["threads"]
     return summary
 
 
-def allowed_move(metric: str, old: float, floors: dict[str, dict[str, float]], spread: float | None) -> tuple[float, str]:
+def allowed_move(
+    metric: str, old: float, floors: dict[str, dict[str, float]], spread: float | None
+) -> tuple[float, str]:
     """How far ``metric`` may move from its snapshot value ``old``, and why: the configured floor
     (abs, or rel of the old value) or MARGIN x the recorded reproduction spread, whichever is larger."""
     tol = floors.get(metric, {})
@@ -80,8 +93,9 @@ def _spread(reproduction: Any, variant: str, metric: str) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
-def allowed_moves(variants: dict[str, Any], floors: dict[str, dict[str, float]],
-                  reproduction: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+def allowed_moves(
+    variants: dict[str, Any], floors: dict[str, dict[str, float]], reproduction: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
     """Per variant and tolerated metric: the move allowed from this value, and where it comes from."""
     moves: dict[str, dict[str, Any]] = {}
     for variant, values in variants.items():
@@ -95,8 +109,9 @@ def allowed_moves(variants: dict[str, Any], floors: dict[str, dict[str, float]],
     return moves
 
 
-def _number_difference(path: str, metric: str | None, new: float, old: float,
-                       tolerances: dict[str, dict[str, float]], spread: float | None) -> str | None:
+def _number_difference(
+    path: str, metric: str | None, new: float, old: float, tolerances: dict[str, dict[str, float]], spread: float | None
+) -> str | None:
     spec = METRICS.get(metric or "")
     if spec is not None and spec.is_count and isinstance(new, int) and isinstance(old, int):
         allowed = tolerances.get(metric, {}).get("abs", 0.0)
@@ -109,8 +124,7 @@ def _number_difference(path: str, metric: str | None, new: float, old: float,
     allowed, source = allowed_move(metric, old, tolerances, spread)
     if abs(new - old) <= allowed:
         return None
-    return (f"{path}: {new:.6g} vs snapshot {old:.6g} (moved {new - old:+.4g}, more than {allowed:.4g}, "
-            f"{source})")
+    return f"{path}: {new:.6g} vs snapshot {old:.6g} (moved {new - old:+.4g}, more than {allowed:.4g}, {source})"
 
 
 def snapshot_differences(new: Any, old: Any, tolerances: dict[str, dict[str, float]]) -> list[str]:
@@ -120,8 +134,9 @@ def snapshot_differences(new: Any, old: Any, tolerances: dict[str, dict[str, flo
     return _differences(new, old, tolerances, "", reproduction, None)
 
 
-def _differences(new: Any, old: Any, tolerances: dict[str, dict[str, float]], path: str,
-                 reproduction: Any, variant: str | None) -> list[str]:
+def _differences(
+    new: Any, old: Any, tolerances: dict[str, dict[str, float]], path: str, reproduction: Any, variant: str | None
+) -> list[str]:
     metric = path.rsplit(".", 1)[-1] if path else None
     if isinstance(new, dict) and isinstance(old, dict):
         compared = [k for k in new if not (path == "" and k in NOT_COMPARED)]
@@ -130,14 +145,18 @@ def _differences(new: Any, old: Any, tolerances: dict[str, dict[str, float]], pa
         lines: list[str] = []
         for key in compared:
             inner_variant = key if path == "variants" else variant
-            lines += _differences(new[key], old[key], tolerances, f"{path}.{key}" if path else key, reproduction,
-                                  inner_variant)
+            lines += _differences(
+                new[key], old[key], tolerances, f"{path}.{key}" if path else key, reproduction, inner_variant
+            )
         return lines
     if isinstance(new, list) and isinstance(old, list):
         if len(new) != len(old):
             return [f"{path}: {len(new)} items vs snapshot {len(old)}"]
-        return [line for i, (a, b) in enumerate(zip(new, old))
-                for line in _differences(a, b, tolerances, f"{path}[{i}]", reproduction, variant)]
+        return [
+            line
+            for i, (a, b) in enumerate(zip(new, old))
+            for line in _differences(a, b, tolerances, f"{path}[{i}]", reproduction, variant)
+        ]
     if isinstance(new, bool) or isinstance(old, bool):  # True == 1 in Python; not here
         return [] if type(new) is type(old) and new == old else [f"{path}: {new!r} vs snapshot {old!r}"]
     if isinstance(new, (int, float)) and isinstance(old, (int, float)):
@@ -181,10 +200,16 @@ def settings_tag(settings: RunSettings) -> str:
         cats = "all" if not prompts.categories else "+".join(prompts.categories)
         if prompts.categories and (len(cats) > 40 or not re.fullmatch(r"[A-Za-z0-9_.+-]+", cats)):
             cats = f"cats{_short(','.join(prompts.categories))}"  # any name, a safe and short file name
-        selection = (f"prompts{suite_sha256(prompts.path)[:8]}-{cats}-mnt{prompts.max_new_tokens_cap or 'own'}"
-                     f"-k{prompts.top_k}{'' if prompts.use_chat_template else '-plain'}")
+        selection = (
+            f"prompts{suite_sha256(prompts.path)[:8]}-{cats}-mnt{prompts.max_new_tokens_cap or 'own'}"
+            f"-k{prompts.top_k}{'' if prompts.use_chat_template else '-plain'}"
+        )
     variants = "+".join(settings.variants)
-    extras = "".join([f"-nf4c{load.nf4_compute_dtype}" if load.nf4_compute_dtype else "",
-                      "-nf4dq" if load.nf4_double_quant else "",
-                      "-gateupper" if settings.gates.on == "upper" else ""])
+    extras = "".join(
+        [
+            f"-nf4c{load.nf4_compute_dtype}" if load.nf4_compute_dtype else "",
+            "-nf4dq" if load.nf4_double_quant else "",
+            "-gateupper" if settings.gates.on == "upper" else "",
+        ]
+    )
     return f"{load.device_type}-ctx{ppl.ctx}-{budget}-{selection}-{load.weight_dtype}-{variants}{extras}"

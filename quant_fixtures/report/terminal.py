@@ -14,8 +14,10 @@ def settings_line(doc: EvaluationDocument) -> str:
     p, kl = doc.perplexity, doc.kl_divergence
     budget = "whole test split" if p.max_tokens is None else f"first {p.max_tokens} tokens"
     prompts = "prompt KL skipped" if kl is None else kl.method_settings
-    return (f"device {doc.environment['device']}, compute {doc.variant.compute_dtype}, "
-            f"WikiText-2 budget: {budget}; {prompts}")
+    return (
+        f"device {doc.environment['device']}, compute {doc.variant.compute_dtype}, "
+        f"WikiText-2 budget: {budget}; {prompts}"
+    )
 
 
 def _cell(doc: EvaluationDocument, spec: MetricSpec) -> str:
@@ -35,9 +37,14 @@ def summary_lines(documents: dict[str, dict[str, EvaluationDocument]]) -> list[s
         first = next(iter(variants.values()))
         p, note = first.perplexity, first.model.note
         units = f", {p.fp16_bits_per_byte:.4f} bits/byte" if p.fp16_bits_per_byte is not None else ""
-        lines += ["", settings_line(first), *([f"NOTE: {note}"] if note else []),
-                  f"{model}  (FP16 PPL {p.fp16_ppl:.4f}{units}; {p.method} protocol, {p.tokens} tokens in "
-                  f"{p.windows} windows of {p.ctx})", header]
+        lines += [
+            "",
+            settings_line(first),
+            *([f"NOTE: {note}"] if note else []),
+            f"{model}  (FP16 PPL {p.fp16_ppl:.4f}{units}; {p.method} protocol, {p.tokens} tokens in "
+            f"{p.windows} windows of {p.ctx})",
+            header,
+        ]
         for variant, doc in variants.items():
             lines.append(f"{variant:<{width}} " + " ".join(_cell(doc, m) for m in TABLE_METRICS) + f"  {verdict(doc)}")
         lines += [f"{variant}: {w}" for variant, doc in variants.items() for w in noise_floor_warnings(doc)]

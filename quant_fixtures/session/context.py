@@ -5,9 +5,9 @@ table every report carries (``timing.stages``) and where the progress of long st
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from quant_fixtures.compute.memory import BatchLog, MemoryBudget
 from quant_fixtures.session.inputs import RunInputs
@@ -17,8 +17,18 @@ from quant_fixtures.settings import RunSettings
 
 # The rows of a report's stage table, in order. Every second of an evaluation is in one of them;
 # "other" is what the timed stages leave out (it should stay near zero).
-STAGE_ROWS = ("start-up", "tokenize", "references", "load", "perplexity", "generation", "scoring", "statistics",
-              "report", "other")
+STAGE_ROWS = (
+    "start-up",
+    "tokenize",
+    "references",
+    "load",
+    "perplexity",
+    "generation",
+    "scoring",
+    "statistics",
+    "report",
+    "other",
+)
 
 
 @dataclass
@@ -35,8 +45,9 @@ class PassContext:
     progress: ProgressSink | None = None  # None: progress is not shown
 
     @contextmanager
-    def stage(self, name: str, row: str, shown: bool = False, total: int | None = None,
-              unit: str = "") -> Iterator[Callable[[int], None]]:
+    def stage(
+        self, name: str, row: str, shown: bool = False, total: int | None = None, unit: str = ""
+    ) -> Iterator[Callable[[int], None]]:
         """Names the stage an error (out of memory) happened in and adds its time to ``row``
         (the device is synchronised first, so queued GPU work is counted where it was queued).
         A ``shown`` stage tells the progress sink its start, its end and, through the callable it

@@ -7,10 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 from quant_fixtures.config import SuiteConfig
+from quant_fixtures.inputs.corpus_protocols import (
+    LLAMA_CPP_DEFAULT_CTX,
+    CorpusPlan,
+    adds_bos,
+    document_tokens,
+    documents_plan,
+    joined_plan,
+    joined_tokens,
+    lm_eval_max_length,
+    prefix_token,
+)
 from quant_fixtures.inputs.prompts import Prompt, load_prompt_suite, suite_sha256
-from quant_fixtures.inputs.corpus_protocols import (LLAMA_CPP_DEFAULT_CTX, CorpusPlan, adds_bos, document_tokens,
-                                                    documents_plan, joined_plan, joined_tokens, lm_eval_max_length,
-                                                    prefix_token)
 from quant_fixtures.inputs.wikitext import EvalText, load_wikitext2_test
 from quant_fixtures.inputs.wikitext_documents import detokenize, wikitext_pages
 from quant_fixtures.models.sources import ResolvedModel, resolve_checkpoint, resolve_model
@@ -87,9 +95,13 @@ class RunInputs:
             spec = self.config.models[model]
             resolved = resolve_checkpoint(variant.source, spec, self.settings.paths.cache_dir)
             base_size = getattr(self.model_config(model).get_text_config(), "vocab_size", None)
-            check_same_tokenizer(self.tokenizer(model), base_size, resolved.directory,
-                                 f"model {model!r} variant {variant.key!r}",
-                                 spec.trust_remote_code or variant.source.trust_remote_code)
+            check_same_tokenizer(
+                self.tokenizer(model),
+                base_size,
+                resolved.directory,
+                f"model {model!r} variant {variant.key!r}",
+                spec.trust_remote_code or variant.source.trust_remote_code,
+            )
             self._checkpoints[model, variant.key] = resolved
         return self._checkpoints[model, variant.key]
 
@@ -112,8 +124,9 @@ class RunInputs:
             from transformers import AutoConfig
 
             spec = self.config.models[model]
-            self._configs[model] = AutoConfig.from_pretrained(self._directory(model),
-                                                              trust_remote_code=spec.trust_remote_code)
+            self._configs[model] = AutoConfig.from_pretrained(
+                self._directory(model), trust_remote_code=spec.trust_remote_code
+            )
         return self._configs[model]
 
     def tokenizer(self, model: str) -> Any:
@@ -122,8 +135,9 @@ class RunInputs:
             from transformers import AutoTokenizer
 
             spec = self.config.models[model]
-            self._tokenizers[model] = AutoTokenizer.from_pretrained(self._directory(model),
-                                                                    trust_remote_code=spec.trust_remote_code)
+            self._tokenizers[model] = AutoTokenizer.from_pretrained(
+                self._directory(model), trust_remote_code=spec.trust_remote_code
+            )
         return self._tokenizers[model]
 
     def tokenizer_sha256(self, model: str) -> str:
@@ -171,8 +185,10 @@ class RunInputs:
                 tokenizer = self.tokenizer(model)
                 if self._by_document():
                     docs = document_tokens(tokenizer, [detokenize(p) for p in self.pages()])
-                    tensors = {"ids": torch.tensor([t for d in docs for t in d], dtype=torch.long),
-                               "lengths": torch.tensor([len(d) for d in docs], dtype=torch.long)}
+                    tensors = {
+                        "ids": torch.tensor([t for d in docs for t in d], dtype=torch.long),
+                        "lengths": torch.tensor([len(d) for d in docs], dtype=torch.long),
+                    }
                 else:
                     ids, ends = joined_tokens(tokenizer, text.text)
                     tensors = {"ids": ids, "ends": ends}
@@ -188,11 +204,20 @@ class RunInputs:
             tokenizer, text = self.tokenizer(model), self.text()
             if self._by_document():
                 docs = list(tensors["ids"].split(tensors["lengths"].tolist()))
-                self._plans[model] = documents_plan([d.tolist() for d in docs], self.pages(),
-                                                    prefix_token(tokenizer), ctx, p.max_tokens)
+                self._plans[model] = documents_plan(
+                    [d.tolist() for d in docs], self.pages(), prefix_token(tokenizer), ctx, p.max_tokens
+                )
             else:
-                self._plans[model] = joined_plan(p.protocol, tensors["ids"], tensors["ends"], text.text, ctx,
-                                                 p.stride, p.max_tokens, adds_bos(tokenizer))
+                self._plans[model] = joined_plan(
+                    p.protocol,
+                    tensors["ids"],
+                    tensors["ends"],
+                    text.text,
+                    ctx,
+                    p.stride,
+                    p.max_tokens,
+                    adds_bos(tokenizer),
+                )
         return self._plans[model]
 
     def ctx(self, model: str) -> int:
@@ -201,7 +226,10 @@ class RunInputs:
         p, config = self.settings.perplexity, self.model_config(model)
         requested = p.ctx
         if requested is None:
-            requested = (LLAMA_CPP_DEFAULT_CTX if p.protocol == "llama.cpp"
-                         else lm_eval_max_length(config, self.tokenizer(model)))
+            requested = (
+                LLAMA_CPP_DEFAULT_CTX
+                if p.protocol == "llama.cpp"
+                else lm_eval_max_length(config, self.tokenizer(model))
+            )
         limit = getattr(config, "max_position_embeddings", None)
         return min(requested, limit) if limit else requested

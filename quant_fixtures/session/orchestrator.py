@@ -19,8 +19,12 @@ from quant_fixtures.environment import process_age
 from quant_fixtures.metrics.registry import GATEABLE
 from quant_fixtures.models.loading import load_model, release
 from quant_fixtures.report.build import evaluation_document
-from quant_fixtures.report.comparison import (collect_comparable_documents, comparison_document, comparison_path,
-                                              evaluation_path)
+from quant_fixtures.report.comparison import (
+    collect_comparable_documents,
+    comparison_document,
+    comparison_path,
+    evaluation_path,
+)
 from quant_fixtures.report.schema import EvaluationDocument, SchemaError, read_document, write_document
 from quant_fixtures.session.context import PassContext
 from quant_fixtures.session.inputs import RunInputs
@@ -45,8 +49,11 @@ def out_of_memory_line(model: str, variant: str, stage: str, exc: BaseException,
     asked = re.search(r"[Tt]ried to allocate ([0-9.]+ ?[KMGT]?i?B)", text)
     need = f"needed {asked.group(1)} more" if asked else (text[:160] or type(exc).__name__)
     held, limit = budget.held(), budget.limit()
-    had = (f"; {held / GiB:.2f} GiB held of the {limit / GiB:.2f} GiB this process may use"
-           if held is not None and limit is not None else "")
+    had = (
+        f"; {held / GiB:.2f} GiB held of the {limit / GiB:.2f} GiB this process may use"
+        if held is not None and limit is not None
+        else ""
+    )
     return f"{model} {variant}: out of memory in stage {stage}: {need}{had}"
 
 
@@ -149,26 +156,35 @@ class EvaluationSession:
         with self.references.lock(model) if var.is_baseline else nullcontext():
             self.budget.start_peak()
             with ctx.stage("load", "load", shown=True):
-                loaded = load_model(spec, self.inputs.weights(model, var), var, self.settings.load,
-                                    tokenizer_from=self.inputs.resolved(model).directory if var.source else None)
+                loaded = load_model(
+                    spec,
+                    self.inputs.weights(model, var),
+                    var,
+                    self.settings.load,
+                    tokenizer_from=self.inputs.resolved(model).directory if var.source else None,
+                )
                 if strict_executor():  # the tests: a forward pass outside the memory executor is an error
                     loaded.model.base_model.register_forward_pre_hook(require_executor)
             try:
-                measured = (fp16_pass(ctx, model, var, loaded) if refs is None
-                            else variant_pass(ctx, model, var, loaded, refs))
+                measured = (
+                    fp16_pass(ctx, model, var, loaded) if refs is None else variant_pass(ctx, model, var, loaded, refs)
+                )
             finally:
                 with ctx.stage("release", "load"):
                     release(loaded)
         with ctx.stage("report", "report"):
             limits, ungated = self._gates(model, variant)
-            return evaluation_document(measured, self.settings.perplexity, self.settings.gates, self.settings.run_id,
-                                       limits, ungated)
+            return evaluation_document(
+                measured, self.settings.perplexity, self.settings.gates, self.settings.run_id, limits, ungated
+            )
 
     def _gates(self, model: str, variant: str) -> tuple[dict[str, float], dict[str, str]]:
         """The pair's limits, and why each registered metric that is not gated has no gate."""
         limits = self.config.gates_for(model, variant)
-        ungated = {GATEABLE[name].name: f"opted out with ungated in {self.config.path}"
-                   for name in self.config.ungated_for(model, variant)}
+        ungated = {
+            GATEABLE[name].name: f"opted out with ungated in {self.config.path}"
+            for name in self.config.ungated_for(model, variant)
+        }
         if self.settings.prompts.skip:
             for name in [n for n in limits if GATEABLE[n].path[0] in ("kl_divergence", "flips")]:
                 del limits[name]

@@ -5,14 +5,16 @@ variant's pass measures the variant against references it is given. Both return 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
 from quant_fixtures.compute.memory import BatchLog
 from quant_fixtures.compute.scoring import WindowScores, check_output_head, score_windows
+from quant_fixtures.inputs.corpus_protocols import CorpusPlan
+from quant_fixtures.metrics.corpus_stats import corpus_comparison
 from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.metrics.reference_head import ReferenceHead
-from quant_fixtures.inputs.corpus_protocols import CorpusPlan
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.build import Measurements
 from quant_fixtures.report.schema import Batching
@@ -21,7 +23,6 @@ from quant_fixtures.session.prompt_stage import fp16_prompt_stage, variant_promp
 from quant_fixtures.session.references import References
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.baseline import Baseline
-from quant_fixtures.metrics.corpus_stats import corpus_comparison
 from quant_fixtures.variants import Variant
 
 GB = 1e9
@@ -34,9 +35,12 @@ def batching_for(var: Variant, settings: RunSettings) -> Batching:
     prompts or the batch size; its generation stays batched and how much it moves with the batch
     composition is measured (flips.batch_sensitivity)."""
     alone = not var.batch_invariant
-    return Batching(perplexity_windows_per_pass=1 if alone else settings.perplexity.batch_size,
-                    prompt_scoring_per_pass=1 if alone else settings.prompts.score_batch_size,
-                    generation_batch=settings.prompts.gen_batch_size, batch_invariant=var.batch_invariant)
+    return Batching(
+        perplexity_windows_per_pass=1 if alone else settings.perplexity.batch_size,
+        prompt_scoring_per_pass=1 if alone else settings.prompts.score_batch_size,
+        generation_batch=settings.prompts.gen_batch_size,
+        batch_invariant=var.batch_invariant,
+    )
 
 
 def batching_used(ctx: PassContext, asked: Batching) -> Batching:
@@ -44,13 +48,20 @@ def batching_used(ctx: PassContext, asked: Batching) -> Batching:
     used, limit = ctx.batches.used, ctx.budget.limit()
     return Batching(
         perplexity_windows_per_pass=used.get("perplexity", asked.perplexity_windows_per_pass),
-        prompt_scoring_per_pass=used.get("prompt scoring", used.get("reference scoring",
-                                                                    asked.prompt_scoring_per_pass)),
-        generation_batch=used.get("generation", asked.generation_batch), batch_invariant=asked.batch_invariant,
-        requested={"perplexity": asked.perplexity_windows_per_pass, "scoring": asked.prompt_scoring_per_pass,
-                   "generation": asked.generation_batch},
-        memory_limit_gb=limit / GB if limit is not None else None, notes=list(ctx.batches.notes),
-        generation_method=ctx.batches.generation_method)
+        prompt_scoring_per_pass=used.get(
+            "prompt scoring", used.get("reference scoring", asked.prompt_scoring_per_pass)
+        ),
+        generation_batch=used.get("generation", asked.generation_batch),
+        batch_invariant=asked.batch_invariant,
+        requested={
+            "perplexity": asked.perplexity_windows_per_pass,
+            "scoring": asked.prompt_scoring_per_pass,
+            "generation": asked.generation_batch,
+        },
+        memory_limit_gb=limit / GB if limit is not None else None,
+        notes=list(ctx.batches.notes),
+        generation_method=ctx.batches.generation_method,
+    )
 
 
 def _plan(ctx: PassContext, model: str, loaded: LoadedModel) -> CorpusPlan:
@@ -59,36 +70,71 @@ def _plan(ctx: PassContext, model: str, loaded: LoadedModel) -> CorpusPlan:
         return ctx.inputs.corpus_plan(model)
 
 
-def _perplexity(ctx: PassContext, loaded: LoadedModel, corpus: CorpusPlan, hook: Any,
-                batching: Batching) -> WindowScores:
+def _perplexity(
+    ctx: PassContext, loaded: LoadedModel, corpus: CorpusPlan, hook: Any, batching: Batching
+) -> WindowScores:
     """The perplexity pass over the protocol's windows."""
     ids, plan = corpus.ids, corpus.windows
     if loaded.placement_note:
         ctx.batches.notes.append(loaded.placement_note)
     with ctx.stage("perplexity", "perplexity", shown=True, total=len(plan), unit="windows") as advance:
         check_output_head(loaded.model)
-        return score_windows(loaded.model, ids, plan, batching.perplexity_windows_per_pass, hook=hook,
-                             progress=advance, budget=ctx.budget, log=ctx.batches)
+        return score_windows(
+            loaded.model,
+            ids,
+            plan,
+            batching.perplexity_windows_per_pass,
+            hook=hook,
+            progress=advance,
+            budget=ctx.budget,
+            log=ctx.batches,
+        )
 
 
-def _measurements(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, scores: WindowScores,
-                  corpus: CorpusPlan, baseline: Baseline, batching: Batching,
-                  corpus_kl: dict[str, Any] | None, prompt_results: Any, prompt_seconds: float | None) -> Measurements:
+def _measurements(
+    ctx: PassContext,
+    model: str,
+    var: Variant,
+    loaded: LoadedModel,
+    scores: WindowScores,
+    corpus: CorpusPlan,
+    baseline: Baseline,
+    batching: Batching,
+    corpus_kl: dict[str, Any] | None,
+    prompt_results: Any,
+    prompt_seconds: float | None,
+) -> Measurements:
     spec, inputs = ctx.inputs.config.models[model], ctx.inputs
     kl, flips, noise = prompt_results or (None, None, None)
     peak = ctx.budget.peak_bytes()
     return Measurements(
-        model=model, variant=var, loaded=loaded, source=spec.source,
+        model=model,
+        variant=var,
+        loaded=loaded,
+        source=spec.source,
         note="; ".join(n for n in (spec.note, inputs.resolved(model).reference_note) if n) or None,
-        weights_identity=inputs.resolved(model).identity, ctx=inputs.ctx(model), windows=len(corpus.windows),
-        scored_bytes=corpus.scored_bytes, scored_words=corpus.scored_words, documents=corpus.documents,
-        text_units=corpus.units, scores=scores,
-        baseline=baseline, peak_gb=peak / GB if peak is not None else None, dataset_source=inputs.text().source,
+        weights_identity=inputs.resolved(model).identity,
+        ctx=inputs.ctx(model),
+        windows=len(corpus.windows),
+        scored_bytes=corpus.scored_bytes,
+        scored_words=corpus.scored_words,
+        documents=corpus.documents,
+        text_units=corpus.units,
+        scores=scores,
+        baseline=baseline,
+        peak_gb=peak / GB if peak is not None else None,
+        dataset_source=inputs.text().source,
         dataset_sha256=inputs.text().sha256,
-        corpus_kl=corpus_kl, kl=kl, flips=flips, noise_floor=noise, prompt_seconds=prompt_seconds,
-        batching=batching_used(ctx, batching), environment=inputs.environment(),
+        corpus_kl=corpus_kl,
+        kl=kl,
+        flips=flips,
+        noise_floor=noise,
+        prompt_seconds=prompt_seconds,
+        batching=batching_used(ctx, batching),
+        environment=inputs.environment(),
         keys=ctx.references.keys_of(model, baseline),
-        variant_identity=inputs.weights(model, var).identity if var.source else None)
+        variant_identity=inputs.weights(model, var).identity if var.source else None,
+    )
 
 
 def _timed(run: Any) -> tuple[Any, float]:
@@ -102,11 +148,17 @@ NOISE_WINDOWS = 8  # windows of the corpus noise floor: enough positions for its
 
 def noise_windows(corpus: CorpusPlan) -> list[Window]:
     """The corpus noise floor's windows: the first 8, or a quarter of a short pass."""
-    return corpus.windows[:min(NOISE_WINDOWS, -(-len(corpus.windows) // 4))]
+    return corpus.windows[: min(NOISE_WINDOWS, -(-len(corpus.windows) // 4))]
 
 
-def _corpus_noise(ctx: PassContext, loaded: LoadedModel, corpus: CorpusPlan, reference: dict[str, Any],
-                  batching: Batching, advance: Callable[[int], None]) -> Any:
+def _corpus_noise(
+    ctx: PassContext,
+    loaded: LoadedModel,
+    corpus: CorpusPlan,
+    reference: dict[str, Any],
+    batching: Batching,
+    advance: Callable[[int], None],
+) -> Any:
     """Per-position KL of FP16 against its own stored reference over :func:`noise_windows`, scored in
     another batch composition (one window per pass if the pass batched, else two): the KL that
     batching alone produces, beside every corpus KL figure."""
@@ -118,8 +170,9 @@ def _corpus_noise(ctx: PassContext, loaded: LoadedModel, corpus: CorpusPlan, ref
     positions = sum(w.scored for w in windows)
     subset = {**reference, "hidden": reference["hidden"][:positions]}
     hook = KLAgainstReference(subset, [w.scored for w in windows], ReferenceHead.live(loaded.model))
-    score_windows(loaded.model, corpus.ids, windows, other, hook=hook, progress=advance, budget=ctx.budget,
-                  log=BatchLog())
+    score_windows(
+        loaded.model, corpus.ids, windows, other, hook=hook, progress=advance, budget=ctx.budget, log=BatchLog()
+    )
     return torch.from_numpy(hook.positions()["kl_pq"]).to(torch.float64)
 
 
@@ -130,16 +183,23 @@ def fp16_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel) -
     corpus = _plan(ctx, model, loaded)
     recorder = HiddenRecorder(len(corpus.windows))
     scores = _perplexity(ctx, loaded, corpus, recorder, batching)
-    baseline = Baseline(key=ctx.references.baseline_key(model), ppl=scores.ppl, window_nll=scores.window_nll,
-                        window_tokens=scores.window_tokens, footprint_bytes=loaded.footprint_bytes)
+    baseline = Baseline(
+        key=ctx.references.baseline_key(model),
+        ppl=scores.ppl,
+        window_nll=scores.window_nll,
+        window_tokens=scores.window_tokens,
+        footprint_bytes=loaded.footprint_bytes,
+    )
     reference = recorder.tensors(loaded.model)
-    with ctx.stage("corpus noise floor", "perplexity", shown=True, total=len(noise_windows(corpus)),
-                   unit="windows") as advance:
+    with ctx.stage(
+        "corpus noise floor", "perplexity", shown=True, total=len(noise_windows(corpus)), unit="windows"
+    ) as advance:
         reference["noise_kl"] = _corpus_noise(ctx, loaded, corpus, reference, batching, advance)
     with ctx.stage("FP16 perplexity references (store)", "references", shown=True):
         ctx.references.save_perplexity(baseline, reference)
-    prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
-        lambda: fp16_prompt_stage(ctx, model, loaded))
+    prompts, seconds = (
+        (None, None) if ctx.settings.prompts.skip else _timed(lambda: fp16_prompt_stage(ctx, model, loaded))
+    )
     return _measurements(ctx, model, var, loaded, scores, corpus, baseline, batching, None, prompts, seconds)
 
 
@@ -153,7 +213,9 @@ def variant_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel
         raise RuntimeError(f"{model} {var.key}: perplexity windows differ from the FP16 baseline's")
     with ctx.stage("statistics", "statistics"):
         corpus_kl = corpus_comparison(hook.positions(), scores.window_tokens, refs.corpus["noise_kl"].numpy())
-    prompts, seconds = (None, None) if ctx.settings.prompts.skip else _timed(
-        lambda: variant_prompt_stage(ctx, model, var, loaded, refs, batching))
-    return _measurements(ctx, model, var, loaded, scores, corpus, refs.baseline, batching, corpus_kl,
-                         prompts, seconds)
+    prompts, seconds = (
+        (None, None)
+        if ctx.settings.prompts.skip
+        else _timed(lambda: variant_prompt_stage(ctx, model, var, loaded, refs, batching))
+    )
+    return _measurements(ctx, model, var, loaded, scores, corpus, refs.baseline, batching, corpus_kl, prompts, seconds)

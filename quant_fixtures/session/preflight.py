@@ -7,8 +7,9 @@ it into a usage error (exit 4), so a typo never costs a whole evaluation.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 
 class PreflightError(ValueError):
@@ -38,18 +39,25 @@ def check_output_dirs(dirs: dict[str, Path]) -> None:
             raise PreflightError(f"{option} {path}: {problem}")
 
 
-def check_budgets(ctx: int, ppl_max_tokens: int | None, stride: int | None, model: str = "",
-                  requested_ctx: int | None = None) -> None:
+def check_budgets(
+    ctx: int, ppl_max_tokens: int | None, stride: int | None, model: str = "", requested_ctx: int | None = None
+) -> None:
     """The perplexity pass must score at least one window, and a stride must not skip tokens.
     ``ctx`` is the window a model gets: --ctx, capped at the model's maximum."""
-    window = f"--ctx {ctx}" if requested_ctx in (None, ctx) else (
-        f"{ctx} tokens (--ctx {requested_ctx}, capped at {model}'s maximum)")
+    window = (
+        f"--ctx {ctx}"
+        if requested_ctx in (None, ctx)
+        else (f"{ctx} tokens (--ctx {requested_ctx}, capped at {model}'s maximum)")
+    )
     if ppl_max_tokens is not None and ppl_max_tokens < ctx:
-        raise PreflightError(f"--ppl-max-tokens {ppl_max_tokens} is less than one window of {window}: the "
-                             f"perplexity pass would score nothing; give at least {ctx} or a smaller --ctx")
+        raise PreflightError(
+            f"--ppl-max-tokens {ppl_max_tokens} is less than one window of {window}: the "
+            f"perplexity pass would score nothing; give at least {ctx} or a smaller --ctx"
+        )
     if stride is not None and stride > ctx:
-        raise PreflightError(f"--ppl-stride {stride} is larger than the window of {window}: tokens between "
-                             "windows would never be scored")
+        raise PreflightError(
+            f"--ppl-stride {stride} is larger than the window of {window}: tokens between windows would never be scored"
+        )
 
 
 def check_limits(suite: Any, pairs: Iterable[tuple[str, str]]) -> None:
@@ -79,8 +87,9 @@ def check_models(session: Any, models: Iterable[str]) -> None:
         except ModelUnavailableError:
             continue
         if s.perplexity.protocol != "lm-eval":  # whole documents: a budget smaller than a window is fine
-            check_budgets(session.inputs.ctx(model), s.perplexity.max_tokens, s.perplexity.stride, model,
-                          s.perplexity.ctx)
+            check_budgets(
+                session.inputs.ctx(model), s.perplexity.max_tokens, s.perplexity.stride, model, s.perplexity.ctx
+            )
         vocab = getattr(config, "vocab_size", None)
         if not s.prompts.skip and vocab and s.prompts.top_k > vocab:
             raise PreflightError(f"--top-k {s.prompts.top_k} is larger than the vocabulary of {model} ({vocab} tokens)")

@@ -9,21 +9,22 @@ log) is the sink's choice.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 PHASES = ("start", "step", "end", "failed")
 
 
 @dataclass(frozen=True)
 class StageEvent:
-    pair: str                 # the model and variant evaluated, e.g. "tiny int8"
-    stage: str                # e.g. "perplexity", "generation"
-    phase: str                # one of PHASES
-    done: int = 0             # units finished so far
+    pair: str  # the model and variant evaluated, e.g. "tiny int8"
+    stage: str  # e.g. "perplexity", "generation"
+    phase: str  # one of PHASES
+    done: int = 0  # units finished so far
     total: int | None = None  # units in the stage; None when the stage is not counted
-    unit: str = ""            # e.g. "windows", "prompts"
-    seconds: float = 0.0      # since the stage started
+    unit: str = ""  # e.g. "windows", "prompts"
+    seconds: float = 0.0  # since the stage started
 
 
 ProgressSink = Callable[[StageEvent], None]
@@ -49,8 +50,9 @@ class StageProgress:
     (:meth:`advance`, the ``progress`` callback of the compute functions) and when it ends. With
     no sink it does nothing, so callers need not check."""
 
-    def __init__(self, sink: ProgressSink | None, pair: str, stage: str, total: int | None = None,
-                 unit: str = "") -> None:
+    def __init__(
+        self, sink: ProgressSink | None, pair: str, stage: str, total: int | None = None, unit: str = ""
+    ) -> None:
         self.sink, self.pair, self.stage, self.total, self.unit = sink, pair, stage, total, unit
         self.done, self.started = 0, time.perf_counter()
 
@@ -61,8 +63,11 @@ class StageProgress:
 
     def _emit(self, phase: str) -> None:
         if self.sink is not None:
-            self.sink(StageEvent(self.pair, self.stage, phase, self.done, self.total, self.unit,
-                                 time.perf_counter() - self.started))
+            self.sink(
+                StageEvent(
+                    self.pair, self.stage, phase, self.done, self.total, self.unit, time.perf_counter() - self.started
+                )
+            )
 
     def __enter__(self) -> StageProgress:
         self.started = time.perf_counter()

@@ -8,14 +8,26 @@ responses and, for a batch-dependent variant, measures how much they move with t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from quant_fixtures.compute.memory import BatchLog
-from quant_fixtures.compute.prompt_scoring import (NO_SCORE, generate_responses, per_prompt_records, reference_hidden_states,
-                                                   reference_responses, score_against_reference)
-from quant_fixtures.metrics.prompt_summary import (batch_sensitivity, flip_summary, kl_method_text, kl_section,
-                                                   kl_settings_text)
+from quant_fixtures.compute.prompt_scoring import (
+    NO_SCORE,
+    generate_responses,
+    per_prompt_records,
+    reference_hidden_states,
+    reference_responses,
+    score_against_reference,
+)
+from quant_fixtures.metrics.prompt_summary import (
+    batch_sensitivity,
+    flip_summary,
+    kl_method_text,
+    kl_section,
+    kl_settings_text,
+)
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.schema import Batching
@@ -43,13 +55,25 @@ def fp16_prompt_stage(ctx: PassContext, model: str, loaded: LoadedModel) -> Prom
     if reference is None:
         log.warning("generating the FP16 prompt reference of %s: %s", model, reason)
         key, n = store.prompt_key(model), len(prompts)
-        with ctx.stage("FP16 prompt reference (generation)", "generation", shown=True, total=n,
-                       unit="prompts") as advance:
-            prompt_ids, responses = reference_responses(loaded.model, loaded.tokenizer, prompts, key, q.gen_batch_size,
-                                                        advance, ctx.budget, ctx.batches)
+        with ctx.stage(
+            "FP16 prompt reference (generation)", "generation", shown=True, total=n, unit="prompts"
+        ) as advance:
+            prompt_ids, responses = reference_responses(
+                loaded.model, loaded.tokenizer, prompts, key, q.gen_batch_size, advance, ctx.budget, ctx.batches
+            )
         with ctx.stage("FP16 prompt reference (scoring)", "scoring", shown=True, total=n, unit="prompts") as advance:
-            reference = reference_hidden_states(loaded.model, loaded.tokenizer, prompts, key, prompt_ids, responses,
-                                                q.score_batch_size, ctx.budget, ctx.batches, advance)
+            reference = reference_hidden_states(
+                loaded.model,
+                loaded.tokenizer,
+                prompts,
+                key,
+                prompt_ids,
+                responses,
+                q.score_batch_size,
+                ctx.budget,
+                ctx.batches,
+                advance,
+            )
         with ctx.stage("FP16 prompt reference (store)", "references", shown=True):
             store.save_prompt_reference(reference)
     # The noise floor scores FP16 again in other batches: a quarter of the reference's batch (other
@@ -59,33 +83,61 @@ def fp16_prompt_stage(ctx: PassContext, model: str, loaded: LoadedModel) -> Prom
     other = max(1, used // 4) if used > 1 else 4
     # FP16 against itself: its own head, no second copy on the device.
     with ctx.stage("noise floor", "scoring", shown=True, total=len(prompts), unit="prompts") as advance:
-        scores = score_against_reference(loaded.model, loaded.tokenizer,
-                                         replace(reference, head=ReferenceHead.live(loaded.model)), other,
-                                         ctx.budget, ctx.batches, "noise floor", advance)
+        scores = score_against_reference(
+            loaded.model,
+            loaded.tokenizer,
+            replace(reference, head=ReferenceHead.live(loaded.model)),
+            other,
+            ctx.budget,
+            ctx.batches,
+            "noise floor",
+            advance,
+        )
     with ctx.stage("statistics", "statistics"):
         records = per_prompt_records(prompts, reference, scores, reference.response_ids, loaded.tokenizer)
-        kl = kl_section(records, q.top_k, method + f" Here: FP16 against itself, batch size {other} "
-                        f"instead of {used} (the noise floor).", settings)
+        kl = kl_section(
+            records,
+            q.top_k,
+            method + f" Here: FP16 against itself, batch size {other} instead of {used} (the noise floor).",
+            settings,
+        )
         noise = {k: kl[k] for k in ("mean", "max", "p99", "ci95")}
-        responses_text = {p.id: loaded.tokenizer.decode(r, skip_special_tokens=True)
-                          for p, r in zip(prompts, reference.response_ids)}
+        responses_text = {
+            p.id: loaded.tokenizer.decode(r, skip_special_tokens=True) for p, r in zip(prompts, reference.response_ids)
+        }
         flips = flip_summary(records)
     with ctx.stage("prompt summary (store)", "references"):
         store.save_prompt_summary(model, responses_text, noise)
     return kl, flips, noise
 
 
-def variant_prompt_stage(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, refs: References,
-                         batching: Batching) -> PromptResults:
+def variant_prompt_stage(
+    ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, refs: References, batching: Batching
+) -> PromptResults:
     """Score the variant against the FP16 reference, generate its own responses, count flips."""
     q, prompts, reference = ctx.settings.prompts, ctx.inputs.prompts(), refs.prompts
     method, settings = _texts(ctx, model)
     with ctx.stage("prompt scoring", "scoring", shown=True, total=len(prompts), unit="prompts") as advance:
-        scores = score_against_reference(loaded.model, loaded.tokenizer, reference, batching.prompt_scoring_per_pass,
-                                         ctx.budget, ctx.batches, progress=advance)
+        scores = score_against_reference(
+            loaded.model,
+            loaded.tokenizer,
+            reference,
+            batching.prompt_scoring_per_pass,
+            ctx.budget,
+            ctx.batches,
+            progress=advance,
+        )
     with ctx.stage("generation", "generation", shown=True, total=len(prompts), unit="prompts") as advance:
-        responses = generate_responses(loaded.model, loaded.tokenizer, prompts, reference, q.gen_batch_size,
-                                       advance, budget=ctx.budget, log=ctx.batches)
+        responses = generate_responses(
+            loaded.model,
+            loaded.tokenizer,
+            prompts,
+            reference,
+            q.gen_batch_size,
+            advance,
+            budget=ctx.budget,
+            log=ctx.batches,
+        )
     with ctx.stage("statistics", "statistics"):
         records = per_prompt_records(prompts, reference, scores, responses, loaded.tokenizer)
         flips = flip_summary(records)
@@ -93,8 +145,9 @@ def variant_prompt_stage(ctx: PassContext, model: str, var: Variant, loaded: Loa
     # of other padding into other tokens now and then (models/int8_per_sequence.amplifies_float_noise).
     if not var.batch_invariant or loaded.per_sequence_int8_layers:
         chosen = _rerun(records)
-        with ctx.stage("generation (other batch composition)", "generation", shown=True, total=len(chosen),
-                       unit="prompts") as advance:
+        with ctx.stage(
+            "generation (other batch composition)", "generation", shown=True, total=len(chosen), unit="prompts"
+        ) as advance:
             flips["batch_sensitivity"] = _batch_sensitivity(ctx, loaded, reference, records, chosen, advance)
     with ctx.stage("statistics", "statistics"):
         kl = kl_section(records, q.top_k, method, settings)
@@ -106,20 +159,29 @@ def _rerun(records: list[dict[str, Any]]) -> list[int]:
     return [i for i, r in enumerate(records) if r["flip"] is not None] or list(range(len(records)))
 
 
-def _batch_sensitivity(ctx: PassContext, loaded: LoadedModel, reference: PromptReference,
-                       records: list[dict[str, Any]], chosen: list[int],
-                       advance: Callable[[int], None]) -> dict[str, Any]:
+def _batch_sensitivity(
+    ctx: PassContext,
+    loaded: LoadedModel,
+    reference: PromptReference,
+    records: list[dict[str, Any]],
+    chosen: list[int],
+    advance: Callable[[int], None],
+) -> dict[str, Any]:
     """Generate the ``chosen`` prompts (:func:`_rerun`) again, without the others and with every
     batch boundary moved by half a batch: other neighbours for each, at a fraction of a second full
     generation (the long free-text prompts are not rerun), and verdicts, the thing flips count, are
     what it checks."""
     batch, prompts = ctx.batches.used.get("generation", ctx.settings.prompts.gen_batch_size), ctx.inputs.prompts()
-    which = (f"the {len(chosen)} prompts with a checkable answer" if len(chosen) < len(records)
-             else f"all {len(chosen)} prompts")
+    which = (
+        f"the {len(chosen)} prompts with a checkable answer"
+        if len(chosen) < len(records)
+        else f"all {len(chosen)} prompts"
+    )
     subset = reference.subset(chosen)
     picked = [prompts[i] for i in chosen]
     shift = max(1, min(batch, len(chosen)) // 2)
-    again = generate_responses(loaded.model, loaded.tokenizer, picked, subset, batch, advance, shift=shift,
-                               budget=ctx.budget, log=BatchLog())
+    again = generate_responses(
+        loaded.model, loaded.tokenizer, picked, subset, batch, advance, shift=shift, budget=ctx.budget, log=BatchLog()
+    )
     moved = per_prompt_records(picked, subset, [NO_SCORE] * len(chosen), again, loaded.tokenizer)
     return batch_sensitivity([records[i] for i in chosen], moved, batch, shift, which)

@@ -3,8 +3,8 @@ writing them once the FP16 pass has measured them.
 
 Three stored pieces per model: the perplexity baseline (small JSON in baselines/), the corpus
 reference (FP16 hidden states and output head) and the prompt reference (safetensors in the cache),
-plus the prompt summary (responses and noise floor, beside the baseline). A quantized variant needs all of them; if one is missing or
-stale, the FP16 pass runs first.
+plus the prompt summary (responses and noise floor, beside the baseline). A quantized variant needs
+all of them; if one is missing or stale, the FP16 pass runs first.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from quant_fixtures.session.inputs import RunInputs
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.atomic import file_lock
 from quant_fixtures.store.baseline import Baseline, BaselineKey, load_baseline, store_baseline
-from quant_fixtures.store.corpus_reference import (corpus_reference_path, load_corpus_reference,
-                                                   store_corpus_reference)
+from quant_fixtures.store.corpus_reference import corpus_reference_path, load_corpus_reference, store_corpus_reference
 from quant_fixtures.store.prompt_reference import PromptReference, ReferenceKey, load_reference, store_reference
 from quant_fixtures.store.prompt_summary import load_prompt_summary, store_prompt_summary
 
@@ -49,27 +48,48 @@ class ReferenceStore:
     def baseline_key(self, model: str) -> BaselineKey:
         p, load, i = self.settings.perplexity, self.settings.load, self.inputs
         return BaselineKey(
-            model=model, weights_identity=i.resolved(model).identity, tokenizer_sha256=i.tokenizer_sha256(model),
-            dataset_sha256=i.text().sha256, method=p.method, ctx=i.ctx(model), stride=p.stride,
-            max_tokens=p.max_tokens, weight_dtype=load.weight_dtype, compute_dtype=load.compute_dtype,
-            device_type=load.device_type, metrics_version=METRICS_VERSION, environment=i.numerics())
+            model=model,
+            weights_identity=i.resolved(model).identity,
+            tokenizer_sha256=i.tokenizer_sha256(model),
+            dataset_sha256=i.text().sha256,
+            method=p.method,
+            ctx=i.ctx(model),
+            stride=p.stride,
+            max_tokens=p.max_tokens,
+            weight_dtype=load.weight_dtype,
+            compute_dtype=load.compute_dtype,
+            device_type=load.device_type,
+            metrics_version=METRICS_VERSION,
+            environment=i.numerics(),
+        )
 
     def prompt_key(self, model: str) -> ReferenceKey:
         """Built once per model (it reads the tokenizer and hashes files)."""
         if model not in self._prompt_keys:
             q, load, i = self.settings.prompts, self.settings.load, self.inputs
             self._prompt_keys[model] = ReferenceKey(
-                model=model, weights_identity=i.resolved(model).identity, tokenizer_sha256=i.tokenizer_sha256(model),
-                prompts_sha256=i.prompts_sha256(), categories=q.categories, use_chat_template=q.use_chat_template,
-                max_new_tokens_cap=q.max_new_tokens_cap, top_k=q.top_k,
-                weight_dtype=load.weight_dtype, compute_dtype=load.compute_dtype, device_type=load.device_type,
-                metrics_version=METRICS_VERSION, environment=i.numerics())
+                model=model,
+                weights_identity=i.resolved(model).identity,
+                tokenizer_sha256=i.tokenizer_sha256(model),
+                prompts_sha256=i.prompts_sha256(),
+                categories=q.categories,
+                use_chat_template=q.use_chat_template,
+                max_new_tokens_cap=q.max_new_tokens_cap,
+                top_k=q.top_k,
+                weight_dtype=load.weight_dtype,
+                compute_dtype=load.compute_dtype,
+                device_type=load.device_type,
+                metrics_version=METRICS_VERSION,
+                environment=i.numerics(),
+            )
         return self._prompt_keys[model]
 
     def keys_of(self, model: str, baseline: Baseline) -> dict[str, str | None]:
         """Digests of the references a document was measured against (comparable documents share them)."""
-        return {"baseline_sha256": baseline.key.digest(),
-                "reference_sha256": None if self.settings.prompts.skip else self.prompt_key(model).digest()}
+        return {
+            "baseline_sha256": baseline.key.digest(),
+            "reference_sha256": None if self.settings.prompts.skip else self.prompt_key(model).digest(),
+        }
 
     # -- reading ----------------------------------------------------------------------------------
     def load(self, model: str) -> tuple[References | None, str]:
@@ -87,8 +107,9 @@ class ReferenceStore:
         baseline, reason = load_baseline(paths.baselines_dir, key)
         if baseline is None:
             return None, reason
-        corpus = load_corpus_reference(corpus_reference_path(paths.cache_dir, key.digest()),
-                                       key.digest(), baseline.tokens)
+        corpus = load_corpus_reference(
+            corpus_reference_path(paths.cache_dir, key.digest()), key.digest(), baseline.tokens
+        )
         if corpus is None:
             return None, "FP16 corpus hidden states missing or stale in the cache"
         prompts, noise = None, None
@@ -120,5 +141,6 @@ class ReferenceStore:
 
     def save_prompt_summary(self, model: str, responses: dict[str, str], noise_floor: dict[str, Any]) -> None:
         self._loaded.pop(model, None)
-        store_prompt_summary(self.settings.paths.baselines_dir, self.prompt_key(model), responses, noise_floor,
-                             self.inputs.environment())
+        store_prompt_summary(
+            self.settings.paths.baselines_dir, self.prompt_key(model), responses, noise_floor, self.inputs.environment()
+        )

@@ -2,7 +2,8 @@
 
 A stored baseline is reused only when its key (model, weights and tokenizer identity, dataset hash,
 protocol, dtypes, device type, metrics version, the numerics-relevant environment) equals the key
-of the current run and its checksum over the content verifies; otherwise it is recomputed (or, with ``frozen``, the run stops).
+of the current run and its checksum over the content verifies; otherwise it is recomputed (or,
+with ``frozen``, the run stops).
 """
 
 from __future__ import annotations
@@ -66,8 +67,12 @@ BODY_FIELDS = ("ppl", "window_nll", "window_tokens", "footprint_bytes")
 def store_baseline(directory: Path, baseline: Baseline, environment: dict[str, Any] | None = None) -> Path:
     """Write the baseline; ``environment`` (where it was measured) is recorded beside it."""
     path = baseline_path(directory, baseline.key)
-    body = {"ppl": baseline.ppl, "window_nll": baseline.window_nll, "window_tokens": baseline.window_tokens,
-            "footprint_bytes": baseline.footprint_bytes}
+    body = {
+        "ppl": baseline.ppl,
+        "window_nll": baseline.window_nll,
+        "window_tokens": baseline.window_tokens,
+        "footprint_bytes": baseline.footprint_bytes,
+    }
     write_record(path, BASELINE_SCHEMA, baseline.key.as_dict(), baseline.key.digest(), body, environment)
     return path
 

@@ -19,22 +19,30 @@ def corpus_tokens_path(cache_dir: Path, tokenizer_sha256: str, text_sha256: str,
     return Path(cache_dir) / "corpus-tokens" / f"{tokenizer_sha256[:16]}-{text_sha256[:16]}-{kind}.safetensors"
 
 
-def load_corpus_tokens(cache_dir: Path, tokenizer_sha256: str, text_sha256: str, kind: str,
-                       names: tuple[str, ...]) -> tuple[dict[str, Any] | None, str]:
+def load_corpus_tokens(
+    cache_dir: Path, tokenizer_sha256: str, text_sha256: str, kind: str, names: tuple[str, ...]
+) -> tuple[dict[str, Any] | None, str]:
     """(the 1-D tensors ``names``, "ok") or (None, why the cached file cannot be used)."""
     path = corpus_tokens_path(cache_dir, tokenizer_sha256, text_sha256, kind)
     tensors, meta, status = load_tensors(path)
     if tensors is None:
         return None, status
-    if (meta.get("tokenizer_sha256"), meta.get("text_sha256"), meta.get("kind")) != (tokenizer_sha256, text_sha256,
-                                                                                      kind):
+    if (meta.get("tokenizer_sha256"), meta.get("text_sha256"), meta.get("kind")) != (
+        tokenizer_sha256,
+        text_sha256,
+        kind,
+    ):
         return None, f"{path}: made for another tokenizer, text or kind"
     if set(tensors) != set(names) or any(t.dim() != 1 for t in tensors.values()):
         return None, f"{path}: expected the 1-D tensors {', '.join(names)}"
     return tensors, "ok"
 
 
-def save_corpus_tokens(cache_dir: Path, tokenizer_sha256: str, text_sha256: str, kind: str,
-                       tensors: dict[str, Any]) -> None:
-    save_tensors(corpus_tokens_path(cache_dir, tokenizer_sha256, text_sha256, kind), tensors,
-                 {"tokenizer_sha256": tokenizer_sha256, "text_sha256": text_sha256, "kind": kind})
+def save_corpus_tokens(
+    cache_dir: Path, tokenizer_sha256: str, text_sha256: str, kind: str, tensors: dict[str, Any]
+) -> None:
+    save_tensors(
+        corpus_tokens_path(cache_dir, tokenizer_sha256, text_sha256, kind),
+        tensors,
+        {"tokenizer_sha256": tokenizer_sha256, "text_sha256": text_sha256, "kind": kind},
+    )

@@ -55,9 +55,14 @@ class PromptReference:
         """The FP16 logits [R, V] of prompt ``i``'s response positions, rebuilt on ``device``."""
         return self.head.logits(self.hidden[i].to(device))
 
-    def subset(self, chosen: list[int]) -> "PromptReference":
-        return PromptReference(self.key, [self.prompt_ids[i] for i in chosen], [self.response_ids[i] for i in chosen],
-                               [self.hidden[i] for i in chosen], self.head)
+    def subset(self, chosen: list[int]) -> PromptReference:
+        return PromptReference(
+            self.key,
+            [self.prompt_ids[i] for i in chosen],
+            [self.response_ids[i] for i in chosen],
+            [self.hidden[i] for i in chosen],
+            self.head,
+        )
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         def flat(rows: list[list[int]]) -> torch.Tensor:
@@ -67,10 +72,14 @@ class PromptReference:
             return torch.tensor([len(r) for r in rows], dtype=torch.int64)
 
         width = self.head.weight.shape[1]
-        return {**self.head.to_tensors(),
-                "prompt_ids": flat(self.prompt_ids), "prompt_lengths": lengths(self.prompt_ids),
-                "response_ids": flat(self.response_ids), "response_lengths": lengths(self.response_ids),
-                "hidden": torch.cat(self.hidden) if self.hidden else torch.zeros(0, width)}
+        return {
+            **self.head.to_tensors(),
+            "prompt_ids": flat(self.prompt_ids),
+            "prompt_lengths": lengths(self.prompt_ids),
+            "response_ids": flat(self.response_ids),
+            "response_lengths": lengths(self.response_ids),
+            "hidden": torch.cat(self.hidden) if self.hidden else torch.zeros(0, width),
+        }
 
 
 def reference_path(cache_dir: Path, key: ReferenceKey) -> Path:
@@ -79,8 +88,11 @@ def reference_path(cache_dir: Path, key: ReferenceKey) -> Path:
 
 def store_reference(cache_dir: Path, reference: PromptReference) -> Path:
     path = reference_path(cache_dir, reference.key)
-    save_tensors(path, reference.to_tensors(),
-                 {"format": str(REFERENCE_FORMAT), "key": json.dumps(reference.key.as_dict(), sort_keys=True)})
+    save_tensors(
+        path,
+        reference.to_tensors(),
+        {"format": str(REFERENCE_FORMAT), "key": json.dumps(reference.key.as_dict(), sort_keys=True)},
+    )
     return path
 
 
@@ -102,7 +114,10 @@ def load_reference(cache_dir: Path, key: ReferenceKey) -> tuple[PromptReference 
         return None, f"{path}: stale (settings differ)"
     response_lengths = tensors["response_lengths"]
     if tensors["hidden"].shape[0] != int(response_lengths.sum()):
-        return None, f"{path}: {tensors['hidden'].shape[0]} hidden states for {int(response_lengths.sum())} response tokens"
+        return (
+            None,
+            f"{path}: {tensors['hidden'].shape[0]} hidden states for {int(response_lengths.sum())} response tokens",
+        )
     return PromptReference(
         key=key,
         prompt_ids=[t.tolist() for t in _split(tensors["prompt_ids"], tensors["prompt_lengths"])],
@@ -117,9 +132,13 @@ def tokenizer_sha256(tokenizer: Any) -> str:
     tokenizer its whole serialization (normalizer, pre-tokenizer, model and merges, added tokens,
     post-processor), else the vocabulary; plus special tokens, BOS/EOS settings and chat template."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    state = {"backend": backend.to_str() if backend is not None else None,
-             "vocab": None if backend is not None else sorted(tokenizer.get_vocab().items()),
-             "special": tokenizer.special_tokens_map, "class": type(tokenizer).__name__,
-             "add_bos": getattr(tokenizer, "add_bos_token", None), "add_eos": getattr(tokenizer, "add_eos_token", None),
-             "chat_template": getattr(tokenizer, "chat_template", None)}
+    state = {
+        "backend": backend.to_str() if backend is not None else None,
+        "vocab": None if backend is not None else sorted(tokenizer.get_vocab().items()),
+        "special": tokenizer.special_tokens_map,
+        "class": type(tokenizer).__name__,
+        "add_bos": getattr(tokenizer, "add_bos_token", None),
+        "add_eos": getattr(tokenizer, "add_eos_token", None),
+        "chat_template": getattr(tokenizer, "chat_template", None),
+    }
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()

@@ -17,13 +17,25 @@ def prompt_summary_path(baselines_dir: Path, key: ReferenceKey) -> Path:
     return Path(baselines_dir) / f"{key.model}-prompts-{key.digest()[:12]}.json"
 
 
-def store_prompt_summary(baselines_dir: Path, key: ReferenceKey, responses: dict[str, str],
-                         noise_floor: dict[str, Any], environment: dict[str, Any]) -> None:
-    write_record(prompt_summary_path(baselines_dir, key), PROMPT_SUMMARY_SCHEMA, key.as_dict(), key.digest(),
-                 {"noise_floor": noise_floor, "responses": responses}, environment=environment)
+def store_prompt_summary(
+    baselines_dir: Path,
+    key: ReferenceKey,
+    responses: dict[str, str],
+    noise_floor: dict[str, Any],
+    environment: dict[str, Any],
+) -> None:
+    write_record(
+        prompt_summary_path(baselines_dir, key),
+        PROMPT_SUMMARY_SCHEMA,
+        key.as_dict(),
+        key.digest(),
+        {"noise_floor": noise_floor, "responses": responses},
+        environment=environment,
+    )
 
 
 def load_prompt_summary(baselines_dir: Path, key: ReferenceKey) -> tuple[dict[str, Any] | None, str]:
     """{"noise_floor", "responses"} of the stored summary, or None and why it cannot be used."""
-    return read_record(prompt_summary_path(baselines_dir, key), PROMPT_SUMMARY_SCHEMA, key.as_dict(), FIELDS,
-                       "FP16 prompt summary")
+    return read_record(
+        prompt_summary_path(baselines_dir, key), PROMPT_SUMMARY_SCHEMA, key.as_dict(), FIELDS, "FP16 prompt summary"
+    )

@@ -14,7 +14,6 @@ from typing import Any
 
 from quant_fixtures.store.atomic import write_json_atomic
 
-
 RECORDED = "environment"  # informative: where the record was made; outside the key and the checksum
 _NOT_CONTENT = {"schema_version", "key_sha256", "checksum", RECORDED}
 
@@ -23,17 +22,31 @@ def content_checksum(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def write_record(path: Path, schema: int, key: dict[str, Any], key_sha256: str, body: dict[str, Any],
-                 environment: dict[str, Any] | None = None) -> None:
+def write_record(
+    path: Path,
+    schema: int,
+    key: dict[str, Any],
+    key_sha256: str,
+    body: dict[str, Any],
+    environment: dict[str, Any] | None = None,
+) -> None:
     """The checksum covers the key and every body field; the environment is recorded beside them."""
     content = {"key": key, **body}
-    write_json_atomic(path, {"schema_version": schema, "key_sha256": key_sha256, **content,
-                             "checksum": content_checksum(content),
-                             **({RECORDED: environment} if environment is not None else {})})
+    write_json_atomic(
+        path,
+        {
+            "schema_version": schema,
+            "key_sha256": key_sha256,
+            **content,
+            "checksum": content_checksum(content),
+            **({RECORDED: environment} if environment is not None else {}),
+        },
+    )
 
 
-def read_record(path: Path, schema: int, key: dict[str, Any], fields: tuple[str, ...],
-                what: str) -> tuple[dict[str, Any] | None, str]:
+def read_record(
+    path: Path, schema: int, key: dict[str, Any], fields: tuple[str, ...], what: str
+) -> tuple[dict[str, Any] | None, str]:
     """The record's body fields, or None and why it cannot be used (``what`` names it)."""
     path = Path(path)
     key = json.loads(json.dumps(key))  # as stored: tuples become lists
@@ -67,7 +80,9 @@ def key_difference(stored: Any, wanted: dict[str, Any]) -> str:
         if old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
-            inner = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            inner = [
+                f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+            ]
             parts.append(f"{name} ({'; '.join(inner)})")
         else:
             parts.append(name)

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def _load(path: Path, variant: str) -> Any:
@@ -19,8 +18,9 @@ def _load(path: Path, variant: str) -> Any:
 
     extra = {}
     if variant == "nf4":
-        extra["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                          bnb_4bit_compute_dtype=torch.float16)
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16
+        )
     if variant == "int8":
         extra["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float16, device_map={"": "cuda:0"}, **extra).eval()
@@ -31,8 +31,9 @@ def _prompts(rows: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
     from quant_fixtures.compute.generation import _left_pad
 
     gen = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(3, 512, (int(n),), generator=gen).tolist()
-               for n in torch.randint(3, 41, (rows,), generator=gen)]
+    prompts = [
+        torch.randint(3, 512, (int(n),), generator=gen).tolist() for n in torch.randint(3, 41, (rows,), generator=gen)
+    ]
     return _left_pad(prompts, 0, torch.device("cuda:0"))
 
 
@@ -48,9 +49,16 @@ def test_captured_decoding_gives_the_eager_and_generate_tokens(tiny_llama, varia
     eager, how_eager = static_greedy(model, ids, mask, steps, set(), use_graph=False)
     model.generation_config.eos_token_id = None  # random weights: run every step, as ours did
     with torch.inference_mode():
-        generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
-                                   do_sample=False, temperature=None, top_p=None, top_k=None,
-                                   pad_token_id=0)[:, ids.shape[1]:]
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=steps,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=0,
+        )[:, ids.shape[1] :]
     assert (how, how_eager) == ("cuda graph", "eager")
     assert torch.equal(graphed, eager)
     # generate's own kernels see other key lengths: allow a rare near-tie to go the other way late

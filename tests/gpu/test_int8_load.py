@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def _load(path: Path):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float16, device_map={"": "cuda:0"},
-                                                quantization_config=BitsAndBytesConfig(load_in_8bit=True)).eval()
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float16, device_map={"": "cuda:0"}, quantization_config=BitsAndBytesConfig(load_in_8bit=True)
+    ).eval()
 
 
 def test_on_device_quantization_matches_transformers_loader(tiny_llama):

@@ -15,8 +15,9 @@ def _layer(seed: int = 0):
 
     torch.manual_seed(seed)
     layer = bnb.nn.Linear8bitLt(512, 384, bias=True, has_fp16_weights=False, threshold=6.0)
-    layer.weight = bnb.nn.Int8Params(torch.randn(384, 512, dtype=torch.float16) * 0.05, requires_grad=False,
-                                     has_fp16_weights=False)
+    layer.weight = bnb.nn.Int8Params(
+        torch.randn(384, 512, dtype=torch.float16) * 0.05, requires_grad=False, has_fp16_weights=False
+    )
     layer.bias = torch.nn.Parameter(torch.randn(384, dtype=torch.float16) * 0.1)
     return layer.cuda().eval()
 
@@ -31,12 +32,12 @@ def test_layer_in_a_padded_batch_matches_bitsandbytes_alone():
     x = torch.randn(len(lengths), width, 512, device="cuda", dtype=torch.float16, generator=g)
     mask = torch.zeros(len(lengths), width, dtype=torch.bool, device="cuda")
     for i, n in enumerate(lengths):
-        mask[i, width - n:] = True
+        mask[i, width - n :] = True
     x[1, 10, 7] = 9.0  # sequence 1 owns column 7
     x[3, -1, 100] = -12.0  # sequence 3 owns column 100
     x[2, 0, 200] = 40.0  # padding of sequence 2: must not count
     with torch.inference_mode():
-        alone = [layer(x[i:i + 1, width - n:]) for i, n in enumerate(lengths)]
+        alone = [layer(x[i : i + 1, width - n :]) for i, n in enumerate(lengths)]
         stock = layer(x)
         install_per_sequence_int8(layer)
         with real_tokens(mask):
@@ -44,9 +45,12 @@ def test_layer_in_a_padded_batch_matches_bitsandbytes_alone():
     worst = stock_worst = 0.0
     for i, n in enumerate(lengths):
         scale = alone[i].float().abs().max()
-        worst = max(worst, float((ours[i, width - n:] - alone[i][0]).float().abs().max() / scale))
-        stock_worst = max(stock_worst, float((stock[i, width - n:] - alone[i][0]).float().abs().max() / scale))
-    print(f"\n[measured] max |per-sequence batch - bitsandbytes alone| / max|out| = {worst:.2e}; stock batch {stock_worst:.2e}")
+        worst = max(worst, float((ours[i, width - n :] - alone[i][0]).float().abs().max() / scale))
+        stock_worst = max(stock_worst, float((stock[i, width - n :] - alone[i][0]).float().abs().max() / scale))
+    print(
+        f"\n[measured] max |per-sequence batch - bitsandbytes alone| / max|out| = {worst:.2e}; "
+        f"stock batch {stock_worst:.2e}"
+    )
     assert worst < 2e-3  # float16 sums in another order at most
     assert stock_worst > 10 * worst  # the control: bitsandbytes' own batch moves them
 
@@ -61,8 +65,9 @@ def test_a_batch_of_one_length_matches_one_sequence_alone(tiny_llama):
     from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, real_tokens, remove_per_sequence_int8
     from quant_fixtures.variants import VARIANTS
 
-    int8 = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float16, device_map="cuda:0",
-                                                **VARIANTS["int8"].load_kwargs(None)).eval()
+    int8 = AutoModelForCausalLM.from_pretrained(
+        tiny_llama, dtype=torch.float16, device_map="cuda:0", **VARIANTS["int8"].load_kwargs(None)
+    ).eval()
     assert install_per_sequence_int8(int8) > 0 and VARIANTS["int8"].batch_invariant
     with torch.no_grad():
         int8.model.embed_tokens.weight[7].zero_()
@@ -74,7 +79,7 @@ def test_a_batch_of_one_length_matches_one_sequence_alone(tiny_llama):
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
     ids, mask = ids.cuda(), mask.cuda()
     with torch.inference_mode(), real_tokens(mask):
         batched = torch.log_softmax(int8(input_ids=ids, attention_mask=mask).logits.double(), -1)

@@ -13,12 +13,10 @@ from quant_fixtures.config import ModelSpec
 from quant_fixtures.settings import LoadSettings
 from quant_fixtures.variants import VARIANTS
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 CUDA = LoadSettings(device="cuda:0", weight_dtype="float16")
-BITS = {"int8": 8, "int8_threshold0": 8, "torchao_int8wo": 8, "torchao_int8dq": 8, "quanto_int8": 8,
-        "hqq_3bit": 3}
+BITS = {"int8": 8, "int8_threshold0": 8, "torchao_int8wo": 8, "torchao_int8dq": 8, "quanto_int8": 8, "hqq_3bit": 3}
 KL_BOUND = {8: 0.01, 4: 0.3, 3: 0.8}
 
 
@@ -30,13 +28,27 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("methods-llama")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.05)
+    config = LlamaConfig(
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        initializer_range=0.05,
+    )
     LlamaForCausalLM(config).to(torch.float16).save_pretrained(path)
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 1024)}}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
-                                        bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
     tokenizer.save_pretrained(path)
     return path
 
@@ -74,5 +86,7 @@ def test_method_runs_on_cuda(key, model_dir, fp16):
         logp = torch.log_softmax(loaded.model(tokens).logits.double(), -1)
     kl = float((reference.exp() * (reference - logp)).sum(-1).mean())
     assert 0 <= kl < KL_BOUND[BITS.get(key, 4)], f"{key}: KL {kl}"
-    print(f"{key}: footprint {loaded.footprint_bytes} (fp16 {fp16_bytes}), state {loaded.quant_state_bytes}, "
-          f"KL {kl:.5f}, dtype {loaded.weight_dtype}, load {loaded.load_seconds:.2f} s")
+    print(
+        f"{key}: footprint {loaded.footprint_bytes} (fp16 {fp16_bytes}), state {loaded.quant_state_bytes}, "
+        f"KL {kl:.5f}, dtype {loaded.weight_dtype}, load {loaded.load_seconds:.2f} s"
+    )

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")]
 
 
 def _load(path, **placement):
@@ -36,7 +35,7 @@ def test_spread_model_gives_the_one_gpu_numbers(tiny_llama):
     class Tok:
         pad_token_id, eos_token_id = 0, 2
 
-    prompts = [ids[i:i + 5 + i % 7].tolist() for i in range(0, 60, 6)]
+    prompts = [ids[i : i + 5 + i % 7].tolist() for i in range(0, 60, 6)]
     limits = [12] * len(prompts)
     assert greedy_generate(spread, Tok(), prompts, limits, 4) == greedy_generate(one, Tok(), prompts, limits, 4)
     got = {}

@@ -21,6 +21,7 @@ from quant_fixtures.compute.memory import STRICT_ENV
 os.environ[STRICT_ENV] = "1"
 
 from integration_support import SMOLLM2_GGUF, SMOLLM2_PACKAGE, TINY_ARCHS, build_tiny_model, load_variant
+
 from quant_fixtures.inputs.wikitext import load_wikitext2_test, tokenize_text
 from quant_fixtures.models.gguf import convert_gguf_package
 

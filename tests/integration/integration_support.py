@@ -13,7 +13,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 import torch
 
 from quant_fixtures.config import ModelSpec
@@ -34,9 +33,16 @@ TINY_ARCHS = ("llama", "mistral", "qwen2")
 TINY_SEED = 1234
 # Small but real: 64-wide (a multiple of bitsandbytes' 4-bit block of 64), 2 layers, grouped-query
 # attention (4 query heads, 2 key/value heads of width 16), a 128-wide MLP.
-TINY_DIMS = dict(vocab_size=SMOLLM2_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                 initializer_range=0.1)
+TINY_DIMS = dict(
+    vocab_size=SMOLLM2_VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    initializer_range=0.1,
+)
 MISTRAL_SLIDING_WINDOW = 32
 
 
@@ -47,8 +53,7 @@ def tiny_config(arch: str, tokenizer: Any) -> Any:
     if arch == "llama":
         return LlamaConfig(**TINY_DIMS, **special, tie_word_embeddings=False)
     if arch == "mistral":
-        return MistralConfig(**TINY_DIMS, **special, tie_word_embeddings=False,
-                             sliding_window=MISTRAL_SLIDING_WINDOW)
+        return MistralConfig(**TINY_DIMS, **special, tie_word_embeddings=False, sliding_window=MISTRAL_SLIDING_WINDOW)
     if arch == "qwen2":
         return Qwen2Config(**TINY_DIMS, **special, tie_word_embeddings=True)
     raise ValueError(arch)
@@ -68,13 +73,13 @@ def build_tiny_model(arch: str, tokenizer: Any, directory: Path) -> Path:
 def plain_window_nll(model: Any, token_ids: torch.Tensor, window: Window) -> tuple[float, int]:
     """Independent reference: the model's own forward on the window alone, log-softmax in float64,
     minus the log-probs of the window's targets (first_target .. end-1), summed."""
-    inputs = token_ids[window.begin:window.end].unsqueeze(0)
+    inputs = token_ids[window.begin : window.end].unsqueeze(0)
     with torch.inference_mode():
         logits = model(input_ids=inputs).logits[0].to(torch.float64)
     logp = torch.log_softmax(logits, dim=-1)
     first = window.first_target - window.begin  # index of the first target inside the window
     targets = inputs[0, first:]
-    predicted = logp[first - 1:-1]  # position p predicts token p + 1
+    predicted = logp[first - 1 : -1]  # position p predicts token p + 1
     return -float(predicted.gather(1, targets.unsqueeze(1)).sum()), int(targets.numel())
 
 
@@ -93,11 +98,15 @@ CTX, MAX_TOKENS = 64, 256
 PROMPT_ARGS = ("--categories", "question_answering", "--max-new-tokens", "4")
 # The tiny model's 49,152 x 64 embedding and head dominate its size and stay 16-bit, so quantizing
 # its linears saves under 1 %: the memory limits are set to pass, as are the others.
-PASSING_GATES = {"int8": {"max_delta_ppl_pct": 5.0, "min_memory_reduction_pct": 0.1, "max_kl_mean": 1.0},
-                 "nf4": {"max_delta_ppl_pct": 50.0, "min_memory_reduction_pct": 0.1, "max_kl_mean": 1.0}}
+PASSING_GATES = {
+    "int8": {"max_delta_ppl_pct": 5.0, "min_memory_reduction_pct": 0.1, "max_kl_mean": 1.0},
+    "nf4": {"max_delta_ppl_pct": 50.0, "min_memory_reduction_pct": 0.1, "max_kl_mean": 1.0},
+}
 # Fails for certain: the tiny model's quantized linears are under 1 % of its bytes.
-FAILING_GATES = {"int8": {"max_delta_ppl_pct": 50.0, "min_memory_reduction_pct": 99.0, "max_kl_mean": 1.0},
-                 "nf4": PASSING_GATES["nf4"]}
+FAILING_GATES = {
+    "int8": {"max_delta_ppl_pct": 50.0, "min_memory_reduction_pct": 99.0, "max_kl_mean": 1.0},
+    "nf4": PASSING_GATES["nf4"],
+}
 
 
 def suite_toml(model_dir: Path, gates: dict) -> str:
@@ -114,21 +123,49 @@ def make_project(pytester: pytest.Pytester, e2e: SimpleNamespace, gates: dict) -
     shutil.copy(HARM_TESTS, pytester.path / "test_release_gates.py")
 
 
-def suite_args(pytester: pytest.Pytester, e2e: SimpleNamespace, results: Path, baselines: Path,
-               *extra: str, tests: str = "test_release_gates.py") -> list[str]:
+def suite_args(
+    pytester: pytest.Pytester,
+    e2e: SimpleNamespace,
+    results: Path,
+    baselines: Path,
+    *extra: str,
+    tests: str = "test_release_gates.py",
+) -> list[str]:
     """The command-line arguments of one end-to-end run (after `python -m pytest`)."""
-    return [tests, "-p", "no:cacheprovider", "-ra",
-            f"--suite-config={pytester.path / 'suite.toml'}", "--models", "tiny",
-            "--ctx", str(CTX), "--ppl-max-tokens", str(MAX_TOKENS),
-            # paths joined with '=': pytest picks the rootdir before plugins load (see README, Options)
-            f"--results-dir={results}", f"--baselines-dir={baselines}", f"--cache-dir={e2e.cache}",
-            "--dataset-source", "vendored", *PROMPT_ARGS, *extra]
+    return [
+        tests,
+        "-p",
+        "no:cacheprovider",
+        "-ra",
+        f"--suite-config={pytester.path / 'suite.toml'}",
+        "--models",
+        "tiny",
+        "--ctx",
+        str(CTX),
+        "--ppl-max-tokens",
+        str(MAX_TOKENS),
+        # paths joined with '=': pytest picks the rootdir before plugins load (see README, Options)
+        f"--results-dir={results}",
+        f"--baselines-dir={baselines}",
+        f"--cache-dir={e2e.cache}",
+        "--dataset-source",
+        "vendored",
+        *PROMPT_ARGS,
+        *extra,
+    ]
 
 
-def run_suite(pytester: pytest.Pytester, e2e: SimpleNamespace, results: Path, baselines: Path,
-              *extra: str, tests: str = "test_release_gates.py") -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*suite_args(pytester, e2e, results, baselines, *extra, tests=tests),
-                                         timeout=300)
+def run_suite(
+    pytester: pytest.Pytester,
+    e2e: SimpleNamespace,
+    results: Path,
+    baselines: Path,
+    *extra: str,
+    tests: str = "test_release_gates.py",
+) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        *suite_args(pytester, e2e, results, baselines, *extra, tests=tests), timeout=300
+    )
 
 
 def report(results: Path, variant: str) -> dict:

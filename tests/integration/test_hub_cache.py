@@ -20,7 +20,7 @@ import pytest
 REPO_ID = "tiny-org/tiny-llama"
 COMMIT = hashlib.sha1(b"tiny-llama integration snapshot").hexdigest()
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
 
@@ -58,7 +58,7 @@ SCRIPT = textwrap.dedent('''
                                              "suppressed": exc.__suppress_context__}
     out["errors"] = errors
     print("RESULT " + json.dumps(out))
-''')
+""")
 
 
 def build_hub_cache(model_dir: Path, cache: Path, repo_id: str, commit: str) -> Path:
@@ -81,13 +81,22 @@ def build_hub_cache(model_dir: Path, cache: Path, repo_id: str, commit: str) -> 
 def hub_run(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     snapshot = build_hub_cache(tiny_models["llama"], root / "hub-cache", REPO_ID, COMMIT)
-    env = {**os.environ, "HF_HUB_CACHE": str(root / "hub-cache"), "HF_HUB_OFFLINE": "1",
-           "HF_HOME": str(root / "hf-home")}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, REPO_ID, COMMIT, str(root / "quant-cache")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(root / "hub-cache"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(root / "hf-home"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, REPO_ID, COMMIT, str(root / "quant-cache")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return snapshot, json.loads(line[len("RESULT "):])
+    return snapshot, json.loads(line[len("RESULT ") :])
 
 
 def test_cache_is_laid_out_like_the_hub_client_writes_it(hub_run):

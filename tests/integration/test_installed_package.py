@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-USER_TEST = '''
+USER_TEST = """
 import json
 import os
 from pathlib import Path
@@ -38,15 +38,29 @@ def test_the_shipped_inputs_come_from_the_installed_package(quant_session):
 
 def test_perplexity_is_measured(variant_eval):
     assert variant_eval.perplexity.ppl > 1.0 and variant_eval.kl_divergence.prompts == 8
-'''
+"""
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(REPO)], check=True, cwd=build)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(REPO),
+        ],
+        check=True,
+        cwd=build,
+    )
     return site
 
 
@@ -57,13 +71,43 @@ def test_installed_package_runs_from_another_directory(installed: Path, tmp_path
     project = tmp_path / "elsewhere"
     project.mkdir()
     (project / "test_user.py").write_text(USER_TEST)
-    env = {**os.environ, "PYTHONPATH": str(installed), "QUANT_INSTALLED_SITE": str(installed),
-           "HF_HUB_OFFLINE": "1", "QUANT_FIXTURES_CACHE": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(installed),
+        "QUANT_INSTALLED_SITE": str(installed),
+        "HF_HUB_OFFLINE": "1",
+        "QUANT_FIXTURES_CACHE": str(tmp_path / "cache"),
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--suite-config", "default",
-         "--models", "smollm2-135m", "--variants", "fp16", "--ppl-max-tokens", "2048", "--ctx", "1024",
-         "--categories", "code_generation", "--max-new-tokens", "4", "test_user.py"],
-        cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--suite-config",
+            "default",
+            "--models",
+            "smollm2-135m",
+            "--variants",
+            "fp16",
+            "--ppl-max-tokens",
+            "2048",
+            "--ctx",
+            "1024",
+            "--categories",
+            "code_generation",
+            "--max-new-tokens",
+            "4",
+            "test_user.py",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "2 passed" in result.stdout
     written = json.loads((project / "results" / "fp16_quantized_smollm2-135m_evaluation.json").read_text())

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from integration_support import load_variant
+
 import quant_fixtures.compute.scoring as scoring
 from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
-from quant_fixtures.compute.memory import GiB, BatchLog, MemoryBudget
+from quant_fixtures.compute.memory import BatchLog, GiB, MemoryBudget
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 
 CTX = 64
@@ -81,8 +81,10 @@ def test_perplexity_and_corpus_kl_survive_retries_unchanged(model, ids, monkeypa
     _fail_second_chunk_of_big_batches(monkeypatch)
     log, recorder = BatchLog(), HiddenRecorder(len(windows))
     retried = scoring.score_windows(model, ids, windows, 8, hook=recorder, budget=budget, log=log)
-    assert log.notes == ["perplexity: out of memory at 8 windows per pass; retried at 4",
-                         "perplexity: out of memory at 4 windows per pass; retried at 2"]
+    assert log.notes == [
+        "perplexity: out of memory at 8 windows per pass; retried at 4",
+        "perplexity: out of memory at 4 windows per pass; retried at 2",
+    ]
     assert log.used["perplexity"] == 2
     torch.testing.assert_close(torch.tensor(retried.window_nll), torch.tensor(clean.window_nll), rtol=0, atol=1e-9)
     again = recorder.tensors(model)
@@ -113,8 +115,10 @@ def test_one_window_that_does_not_fit_is_retried_with_smaller_chunks(model, ids,
     budget, log = PlannedBudget(chunk_elements=vocab * 64), BatchLog()
     retried = scoring.score_windows(model, ids, windows, 1, budget=budget, log=log)
     assert budget.scale == 0.25
-    assert log.notes == ["perplexity: out of memory at 1 windows per pass; retried with chunks at 0.5 of their planned size",
-                         "perplexity: out of memory at 1 windows per pass; retried with chunks at 0.25 of their planned size"]
+    assert log.notes == [
+        "perplexity: out of memory at 1 windows per pass; retried with chunks at 0.5 of their planned size",
+        "perplexity: out of memory at 1 windows per pass; retried with chunks at 0.25 of their planned size",
+    ]
     torch.testing.assert_close(torch.tensor(retried.window_nll), torch.tensor(clean.window_nll), rtol=0, atol=1e-9)
 
 

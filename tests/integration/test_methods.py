@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from integration_support import CPU_OPTIONS, load_variant
+
 from quant_fixtures.models.loading import VariantUnavailableError, load_model
 from quant_fixtures.variants import VARIANTS
 
 # The method's module type on the linear layers, and its bits per weight.
 CPU_METHODS = {
-    "int8": ("Linear8bitLt", 8), "int8_threshold0": ("Linear8bitLt", 8), "fp4": ("Linear4bit", 4),
-    "nf4": ("Linear4bit", 4), "nf4_dq": ("Linear4bit", 4), "nf4_bf16": ("Linear4bit", 4),
-    "torchao_int8wo": ("Linear", 8), "torchao_int8dq": ("Linear", 8),
-    "hqq_4bit": ("HQQLinear", 4), "hqq_3bit": ("HQQLinear", 3),
+    "int8": ("Linear8bitLt", 8),
+    "int8_threshold0": ("Linear8bitLt", 8),
+    "fp4": ("Linear4bit", 4),
+    "nf4": ("Linear4bit", 4),
+    "nf4_dq": ("Linear4bit", 4),
+    "nf4_bf16": ("Linear4bit", 4),
+    "torchao_int8wo": ("Linear", 8),
+    "torchao_int8dq": ("Linear", 8),
+    "hqq_4bit": ("HQQLinear", 4),
+    "hqq_3bit": ("HQQLinear", 3),
     "quanto_int8": ("QLinear", 8),
 }
 # KL(FP16 || variant) per position on random tokens is far below these on the tiny model
@@ -53,6 +59,7 @@ def variant(tiny_llama, digest_cache):
                 pytest.skip(reason)
             cache[key] = load_variant(tiny_llama, key, digest_cache, key="tiny-llama")
         return cache[key]
+
     return loaded
 
 
@@ -66,8 +73,10 @@ def fp16(variant, tokens):
 
 def _projections(model):
     layer = model.model.layers[0]
-    return [getattr(layer.self_attn if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else layer.mlp, name)
-            for name in PROJECTIONS]
+    return [
+        getattr(layer.self_attn if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else layer.mlp, name)
+        for name in PROJECTIONS
+    ]
 
 
 @pytest.mark.parametrize("key", sorted(CPU_METHODS))
@@ -90,13 +99,25 @@ def test_method_quantizes_linear_layers_and_stays_near_fp16(key, variant, tokens
 
 def test_footprints_follow_bit_widths(variant, fp16):
     """Each family: fewer bits, smaller footprint; the 16-bit parts of the model are the same bytes."""
-    sizes = {k: variant(k).footprint_bytes
-             for k in ("int8", "nf4", "hqq_4bit", "hqq_3bit", "torchao_int8wo")
-             if not VARIANTS[k].unavailable_reason("cpu")}
+    sizes = {
+        k: variant(k).footprint_bytes
+        for k in ("int8", "nf4", "hqq_4bit", "hqq_3bit", "torchao_int8wo")
+        if not VARIANTS[k].unavailable_reason("cpu")
+    }
     base = fp16[0].footprint_bytes
-    linear = sum(p.weight.numel() for layer in fp16[0].model.model.layers
-                 for p in [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                           layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj])
+    linear = sum(
+        p.weight.numel()
+        for layer in fp16[0].model.model.layers
+        for p in [
+            layer.self_attn.q_proj,
+            layer.self_attn.k_proj,
+            layer.self_attn.v_proj,
+            layer.self_attn.o_proj,
+            layer.mlp.gate_proj,
+            layer.mlp.up_proj,
+            layer.mlp.down_proj,
+        ]
+    )
     # bitsandbytes: int8 holds one byte per linear weight, NF4 half a byte (scales are state).
     assert sizes["int8"] == base - 2 * linear + linear
     assert sizes["nf4"] == base - 2 * linear + linear // 2

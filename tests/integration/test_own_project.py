@@ -34,20 +34,43 @@ def test_the_example_runs_in_a_project_outside_the_repository(tiny_models, tmp_p
     shutil.copytree(EXAMPLE, project)
     assert not project.resolve().is_relative_to(REPO)
     model = tiny_models["llama"]  # a directory named tiny-llama: the model key tiny-llama
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
-           "QUANT_FIXTURES_CACHE": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
+        "QUANT_FIXTURES_CACHE": str(tmp_path / "cache"),
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra", f"--rootdir={project}", f"--model={model}",
-         "--gate-mode", "report", *BUDGET],
-        cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-ra",
+            f"--rootdir={project}",
+            f"--model={model}",
+            "--gate-mode",
+            "report",
+            *BUDGET,
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = result.stdout
     assert result.returncode == 0, out[-4000:] + result.stderr[-2000:]
     assert re.search(rf"\b{EXPECTED_TESTS - 2} passed, 2 xfailed\b", out), out[-3000:]
     assert sorted(re.findall(r"^XFAIL (\S+)", out, re.M)) == MEMORY_GATES, out[-3000:]
     # The key, before the run and in the summary; the configured model of the example was not run.
-    assert (f"quant-fixtures: --model {model}: model 'tiny-llama' from {model}; default variants fp16,int8,nf4, "
-            f"limits from [gates] of {project / 'quant_suite.toml'}") in out
+    assert (
+        f"quant-fixtures: --model {model}: model 'tiny-llama' from {model}; default variants fp16,int8,nf4, "
+        f"limits from [gates] of {project / 'quant_suite.toml'}"
+    ) in out
     assert f"--model {model}: model 'tiny-llama'" in out and "smollm2-135m-instruct" not in out
 
     results = project / "results"
@@ -59,4 +82,8 @@ def test_the_example_runs_in_a_project_outside_the_repository(tiny_models, tmp_p
     nf4 = json.loads((results / "nf4_quantized_tiny-llama_evaluation.json").read_text())
     # The limits are the example config's [gates], the optional flip-rate gate included.
     assert {g["metric"]: g["limit"] for g in nf4["gates"]} == {
-        "delta_ppl_pct": 35.0, "memory_reduction_pct": 55.0, "kl_mean": 0.5, "flip_rate": 0.25}
+        "delta_ppl_pct": 35.0,
+        "memory_reduction_pct": 55.0,
+        "kl_mean": 0.5,
+        "flip_rate": 0.25,
+    }

@@ -12,8 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from integration_support import HARM_TESTS, SMOLLM2_GGUF, SMOLLM2_PACKAGE
+
 from quant_fixtures.models.gguf import package_file
 from quant_fixtures.models.gguf_quantize import requantized_gguf
 
@@ -53,8 +53,10 @@ def own(tmp_path_factory, smollm2_converted, gguf_cache_root):
     q4_file = requantized_gguf(package_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF), "Q4_0", root / "files")
     checkpoint = root / "smollm2-nf4"
     model = AutoModelForCausalLM.from_pretrained(
-        smollm2_converted.directory, dtype=torch.float16,
-        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"))
+        smollm2_converted.directory,
+        dtype=torch.float16,
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+    )
     model.save_pretrained(checkpoint)
     AutoTokenizer.from_pretrained(smollm2_converted.directory).save_pretrained(checkpoint)
     return SimpleNamespace(root=root, cache=cache, q4_file=q4_file, checkpoint=checkpoint)
@@ -65,10 +67,29 @@ def _run(pytester, own, variants_toml, *args):
     shutil.copy(HARM_TESTS, pytester.path / "test_release_gates.py")
     results = pytester.path / "results"
     run = pytester.runpytest_subprocess(
-        "test_release_gates.py", "-p", "no:cacheprovider", "-ra", f"--suite-config={pytester.path / 'suite.toml'}",
-        "--models", MODEL, "--ctx", "128", "--ppl-max-tokens", "256", "--categories", "question_answering",
-        "--max-new-tokens", "4", f"--results-dir={results}", f"--baselines-dir={pytester.path / 'baselines'}",
-        f"--cache-dir={own.cache}", "--dataset-source", "vendored", *args, timeout=600)
+        "test_release_gates.py",
+        "-p",
+        "no:cacheprovider",
+        "-ra",
+        f"--suite-config={pytester.path / 'suite.toml'}",
+        "--models",
+        MODEL,
+        "--ctx",
+        "128",
+        "--ppl-max-tokens",
+        "256",
+        "--categories",
+        "question_answering",
+        "--max-new-tokens",
+        "4",
+        f"--results-dir={results}",
+        f"--baselines-dir={pytester.path / 'baselines'}",
+        f"--cache-dir={own.cache}",
+        "--dataset-source",
+        "vendored",
+        *args,
+        timeout=600,
+    )
     return run, results
 
 
@@ -92,8 +113,9 @@ def test_own_variants_end_to_end(pytester, own):
     }
     run, results = _run(pytester, own, variants, "--variants", ",".join([*VARIANTS, "needs_missing"]))
     assert run.ret == 0, run.stdout.str()[-3000:]
-    run.stdout.fnmatch_lines(["*SKIPPED*variant needs_missing needs no_such_quant_module: "
-                              "pip install no_such_quant_module*"])
+    run.stdout.fnmatch_lines(
+        ["*SKIPPED*variant needs_missing needs no_such_quant_module: pip install no_such_quant_module*"]
+    )
     docs = {v: json.loads((results / f"{v}_quantized_{MODEL}_evaluation.json").read_text()) for v in VARIANTS}
     assert not (results / f"needs_missing_quantized_{MODEL}_evaluation.json").exists()
     for key in ("gguf_q8_0", "gguf_q4_0"):
@@ -121,8 +143,9 @@ def test_own_variants_end_to_end(pytester, own):
     comparison = json.loads((results / f"{MODEL}_quantization_comparison.json").read_text())
     # registry order, then the model's own variants by name
     assert list(comparison["variants"]) == ["fp16", "nf4", "gguf_q4_0", "gguf_q8_0", "nf4_checkpoint"]
-    passing = {v: d["memory"]["footprint_gb"] for v, d in docs.items()
-               if v != "fp16" and all(g["passed"] for g in d["gates"])}
+    passing = {
+        v: d["memory"]["footprint_gb"] for v, d in docs.items() if v != "fp16" and all(g["passed"] for g in d["gates"])
+    }
     assert comparison["findings"]["best_tradeoff"]["footprint_gb"] == min(passing.values())
     report = (results / "REPORT.md").read_text()
     assert all(f"| {v} |" in report or f"| {v} " in report for v in VARIANTS)
@@ -139,6 +162,10 @@ def test_checkpoint_with_another_tokenizer_is_a_usage_error(pytester, own):
         tokenizer.save_pretrained(other)
     run, results = _run(pytester, own, {"retokenized": {"path": str(other)}}, "--variants", "fp16,retokenized")
     assert run.ret == pytest.ExitCode.USAGE_ERROR
-    run.stderr.fnmatch_lines(["*model 'smol' variant 'retokenized': its tokenizer does not match the base model's "
-                              "(49153 tokens against the base's 49152*"])
+    run.stderr.fnmatch_lines(
+        [
+            "*model 'smol' variant 'retokenized': its tokenizer does not match the base model's "
+            "(49153 tokens against the base's 49152*"
+        ]
+    )
     assert not results.exists() or not any(results.glob("*.json"))  # nothing was scored

@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
+from integration_support import load_variant, plain_window_nll
 
 import quant_fixtures.compute.scoring as evaluation
-from integration_support import load_variant, plain_window_nll
 from quant_fixtures.compute.scoring import score_windows
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows, perplexity, strided_windows
 
@@ -139,8 +139,12 @@ def hf_guide_strided(model, ids: torch.Tensor, max_length: int, stride: int) -> 
         prev_end_loc = end_loc
         if end_loc == seq_len:
             break
-    return {"literal_ppl": math.exp(literal_sum / literal_tokens), "exact_ppl": math.exp(exact_sum / exact_tokens),
-            "exact_tokens": exact_tokens, "windows": per_window}
+    return {
+        "literal_ppl": math.exp(literal_sum / literal_tokens),
+        "exact_ppl": math.exp(exact_sum / exact_tokens),
+        "exact_tokens": exact_tokens,
+        "windows": per_window,
+    }
 
 
 def test_strided_windows_match_hf_guide_on_smollm2(smollm2_fp16, wikitext_ids):
@@ -164,9 +168,12 @@ def test_strided_windows_match_hf_guide_on_smollm2(smollm2_fp16, wikitext_ids):
     # The guide's weighting counts one token too few in every window after the first. Applying that
     # same weighting to our per-window sums reproduces the guide's number exactly ...
     literal_from_ours = math.exp(
-        sum(nll / count * loss_tokens for nll, count, (_, loss_tokens, _) in
-            zip(scores.window_nll, scores.window_tokens, guide["windows"]))
-        / sum(loss_tokens for _, loss_tokens, _ in guide["windows"]))
+        sum(
+            nll / count * loss_tokens
+            for nll, count, (_, loss_tokens, _) in zip(scores.window_nll, scores.window_tokens, guide["windows"])
+        )
+        / sum(loss_tokens for _, loss_tokens, _ in guide["windows"])
+    )
     assert _rel(literal_from_ours, guide["literal_ppl"]) < 1e-6
     # ... and the weighting itself moves the perplexity only slightly: 2.5e-4 relative on these 1000
     # tokens (1.9e-4 on the first 1500), as each later window's mean loss is weighted one token short.

@@ -16,10 +16,24 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from integration_support import (
+    CTX,
+    FAILING_GATES,
+    MAX_TOKENS,
+    METHODS,
+    PASSING_GATES,
+    VARIANT_KEYS,
+    copy_baselines,
+    load_variant,
+    make_project,
+    plain_window_nll,
+    ppl_baselines,
+    report,
+    report_files,
+    run_suite,
+    snapshot,
+)
 
-from integration_support import (CTX, FAILING_GATES, MAX_TOKENS, METHODS, PASSING_GATES, VARIANT_KEYS,
-                                 copy_baselines, load_variant, make_project, plain_window_nll, ppl_baselines, report,
-                                 report_files, run_suite, snapshot)
 from quant_fixtures.inputs.wikitext import WIKITEXT_SHA256
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 from quant_fixtures.report.schema import SCHEMA_VERSION
@@ -27,8 +41,17 @@ from quant_fixtures.report.schema import SCHEMA_VERSION
 pytest_plugins = ["pytester"]
 
 DOCUMENT_KEYS = {"schema_version", "model", "variant", "environment", "perplexity", "memory", "timing", "gates"}
-PERPLEXITY_KEYS = {"ppl", "fp16_ppl", "delta_ppl_pct", "tokens", "windows", "ctx", "method", "dataset_sha256",
-                   "window_nll"}
+PERPLEXITY_KEYS = {
+    "ppl",
+    "fp16_ppl",
+    "delta_ppl_pct",
+    "tokens",
+    "windows",
+    "ctx",
+    "method",
+    "dataset_sha256",
+    "window_nll",
+}
 MEMORY_KEYS = {"footprint_gb", "fp16_footprint_gb", "reduction_pct", "compression_ratio", "peak_gb"}
 
 
@@ -39,8 +62,14 @@ def _rel(a: float, b: float) -> float:
 @pytest.fixture(scope="module")
 def e2e(tiny_models, tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("e2e")
-    return SimpleNamespace(model_dir=tiny_models["llama"], cache=root / "C", baselines=root / "B",
-                           results=root / "R", datasets=root / "datasets-cache", full=None)
+    return SimpleNamespace(
+        model_dir=tiny_models["llama"],
+        cache=root / "C",
+        baselines=root / "B",
+        results=root / "R",
+        datasets=root / "datasets-cache",
+        full=None,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +88,7 @@ def full_run(pytester, e2e) -> SimpleNamespace:
         make_project(pytester, e2e, PASSING_GATES)
         result = run_suite(pytester, e2e, e2e.results, e2e.baselines)
         outcomes = {k: v for k, v in result.parseoutcomes().items() if k not in ("warnings", "warning")}
-        e2e.full = SimpleNamespace(ret=result.ret, outcomes=outcomes, lines=result.outlines,
-                                   stderr=result.errlines)
+        e2e.full = SimpleNamespace(ret=result.ret, outcomes=outcomes, lines=result.outlines, stderr=result.errlines)
     return e2e.full
 
 
@@ -95,7 +123,8 @@ def test_full_run_passes_and_writes_reports(full_run, e2e):
         assert MEMORY_KEYS <= set(memory), f"{variant}: missing {MEMORY_KEYS - set(memory)}"
         assert memory["fp16_footprint_gb"] == fp16["memory"]["footprint_gb"]
         assert memory["reduction_pct"] == pytest.approx(
-            100 * (1 - memory["footprint_gb"] / memory["fp16_footprint_gb"]), abs=1e-9)
+            100 * (1 - memory["footprint_gb"] / memory["fp16_footprint_gb"]), abs=1e-9
+        )
         assert memory["compression_ratio"] == pytest.approx(memory["fp16_footprint_gb"] / memory["footprint_gb"])
         assert memory["peak_gb"] is None  # CPU: no allocator statistics
         assert {"load_s", "ppl_s", "ppl_tokens_per_s"} <= set(doc["timing"])
@@ -127,9 +156,16 @@ def test_full_run_passes_and_writes_reports(full_run, e2e):
     baseline = json.loads(baseline_file.read_text())
     assert baseline["ppl"] == fp16["perplexity"]["ppl"]
     assert baseline["window_nll"] == fp16["perplexity"]["window_nll"]
-    assert {k: baseline["key"][k] for k in ("model", "ctx", "max_tokens", "method", "compute_dtype", "device_type")} \
-        == {"model": "tiny", "ctx": CTX, "max_tokens": MAX_TOKENS, "method": "nonoverlapping",
-            "compute_dtype": "float32", "device_type": "cpu"}
+    assert {
+        k: baseline["key"][k] for k in ("model", "ctx", "max_tokens", "method", "compute_dtype", "device_type")
+    } == {
+        "model": "tiny",
+        "ctx": CTX,
+        "max_tokens": MAX_TOKENS,
+        "method": "nonoverlapping",
+        "compute_dtype": "float32",
+        "device_type": "cpu",
+    }
     assert baseline["key"]["weights_identity"] == fp16["model"]["weights_identity"]
 
 
@@ -188,10 +224,13 @@ def _tamper_ppl(baselines: Path) -> None:
     path.write_text(json.dumps(document))
 
 
-@pytest.mark.parametrize("case, extra, reason", [
-    ("missing", ("--ctx", "32"), "no stored baseline for these settings"),
-    ("edited", (), "checksum mismatch"),
-])
+@pytest.mark.parametrize(
+    "case, extra, reason",
+    [
+        ("missing", ("--ctx", "32"), "no stored baseline for these settings"),
+        ("edited", (), "checksum mismatch"),
+    ],
+)
 def test_frozen_baselines_refuse_to_recompute(pytester, full_run, e2e, case, extra, reason):
     make_project(pytester, e2e, PASSING_GATES)
     baselines = copy_baselines(e2e, pytester.path / "B")
@@ -209,7 +248,9 @@ def test_frozen_baselines_refuse_to_recompute(pytester, full_run, e2e, case, ext
 
 
 def _gate_line(result: pytest.RunResult, prefix: str) -> re.Match:
-    pattern = re.compile(prefix + r"tiny int8: memory_reduction_pct = (?P<value>\S+) \(limit (?P<op>>=) (?P<limit>\S+)\)$")
+    pattern = re.compile(
+        prefix + r"tiny int8: memory_reduction_pct = (?P<value>\S+) \(limit (?P<op>>=) (?P<limit>\S+)\)$"
+    )
     matches = [m for m in (pattern.search(line) for line in result.outlines) if m]
     assert matches, result.stdout.str()[-4000:]
     return matches[0]
@@ -222,15 +263,20 @@ def test_failed_gate_fails_the_run_with_one_line(pytester, full_run, e2e):
     result = run_suite(pytester, e2e, results, baselines, "--variants", "int8")
     assert result.ret == 1
     result.assert_outcomes(passed=3, failed=1)
-    result.stdout.fnmatch_lines(["FAILED test_release_gates.py::test_within_limit[[]tiny-int8-memory_reduction_pct[]]*"])
+    result.stdout.fnmatch_lines(
+        ["FAILED test_release_gates.py::test_within_limit[[]tiny-int8-memory_reduction_pct[]]*"]
+    )
     match = _gate_line(result, r"gate failed: ")
     int8 = report(results, "int8")
     assert float(match["value"]) == float(f"{int8['memory']['reduction_pct']:.4g}")
     assert float(match["limit"]) == 99.0
     # The failure's whole report is that one line: no traceback.
-    start = next(i for i, line in enumerate(result.outlines) if "test_within_limit[tiny-int8-memory_reduction_pct]" in line
-                 and line.startswith("_"))
-    body = [line for line in result.outlines[start + 1:] if line.strip()]
+    start = next(
+        i
+        for i, line in enumerate(result.outlines)
+        if "test_within_limit[tiny-int8-memory_reduction_pct]" in line and line.startswith("_")
+    )
+    body = [line for line in result.outlines[start + 1 :] if line.strip()]
     assert body[0].startswith("gate failed: tiny int8: memory_reduction_pct = ") and re.match(r"[=_-]{3,}", body[1])
     (gate,) = [g for g in int8["gates"] if g["metric"] == "memory_reduction_pct"]
     assert gate["passed"] is False and gate["limit"] == 99.0
@@ -253,11 +299,21 @@ def test_report_mode_records_the_failed_gate_as_xfail(pytester, full_run, e2e):
 PROGRESS = "quant-fixtures: tiny"
 # The stages each evaluation shows, with their counts: 4 windows of perplexity, the 8 prompts.
 SHOWN_STAGES = {
-    "fp16": [("load", ""), ("perplexity", "4/4 windows"), ("corpus noise floor", "1/1 window"),
-             ("FP16 prompt reference (generation)", "8/8 prompts"), ("FP16 prompt reference (scoring)", "8/8 prompts"),
-             ("noise floor", "8/8 prompts")],
-    "int8": [("FP16 references", ""), ("load", ""), ("perplexity", "4/4 windows"), ("prompt scoring", "8/8 prompts"),
-             ("generation", "8/8 prompts")],
+    "fp16": [
+        ("load", ""),
+        ("perplexity", "4/4 windows"),
+        ("corpus noise floor", "1/1 window"),
+        ("FP16 prompt reference (generation)", "8/8 prompts"),
+        ("FP16 prompt reference (scoring)", "8/8 prompts"),
+        ("noise floor", "8/8 prompts"),
+    ],
+    "int8": [
+        ("FP16 references", ""),
+        ("load", ""),
+        ("perplexity", "4/4 windows"),
+        ("prompt scoring", "8/8 prompts"),
+        ("generation", "8/8 prompts"),
+    ],
 }
 
 
@@ -266,8 +322,11 @@ def _assert_stages_shown(lines: list[str], variant: str) -> None:
     shown = [line for line in lines if line.startswith(f"{PROGRESS} {variant} ")]
     for stage, count in SHOWN_STAGES[variant] + [("evaluation", "")]:
         head = f"{PROGRESS} {variant} {stage}"
-        starts = [i for i, line in enumerate(shown)
-                  if line.startswith(f"{head} ...") or (line.startswith(f"{head}: ") and line.endswith(" ..."))]
+        starts = [
+            i
+            for i, line in enumerate(shown)
+            if line.startswith(f"{head} ...") or (line.startswith(f"{head}: ") and line.endswith(" ..."))
+        ]
         end = re.compile(rf"{re.escape(head)}: {re.escape(count or 'done')} in \d+\.\d s$")
         ends = [i for i, line in enumerate(shown) if end.match(line)]
         assert len(starts) == 1 and len(ends) == 1 and starts[0] < ends[0], (stage, shown)

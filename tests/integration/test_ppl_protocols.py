@@ -16,11 +16,17 @@ import re
 
 import pytest
 import torch
+from integration_support import PASSING_GATES, load_variant, make_project, report, run_suite
 
-from integration_support import load_variant, make_project, PASSING_GATES, report, run_suite
 from quant_fixtures.compute.scoring import score_windows
-from quant_fixtures.inputs.corpus_protocols import (adds_bos, document_tokens, documents_plan, joined_plan,
-                                                    joined_tokens, prefix_token)
+from quant_fixtures.inputs.corpus_protocols import (
+    adds_bos,
+    document_tokens,
+    documents_plan,
+    joined_plan,
+    joined_tokens,
+    prefix_token,
+)
 from quant_fixtures.inputs.wikitext_documents import detokenize, wikitext_pages
 
 pytest_plugins = ["pytester"]
@@ -58,7 +64,7 @@ def test_llama_cpp_protocol_matches_a_plain_llama_perplexity_loop(tiny, wikitext
     nll = count = 0.0
     tokens = ids.tolist()
     for i in range(5):
-        chunk = tokens[i * n_ctx:(i + 1) * n_ctx]
+        chunk = tokens[i * n_ctx : (i + 1) * n_ctx]
         logp = _logp(tiny, [bos] + chunk[1:])
         for j in range(n_ctx // 2, n_ctx - 1):
             nll -= float(logp[j, chunk[j + 1]])
@@ -70,15 +76,15 @@ def test_llama_cpp_protocol_matches_a_plain_llama_perplexity_loop(tiny, wikitext
 
 def _plain_rolling_loglikelihood(model, tokens, prefix, max_len):
     """lm-eval's rolling loglikelihood of one document, window by window."""
-    windows = [([prefix] + tokens[:min(max_len, len(tokens)) - 1], tokens[:min(max_len, len(tokens))])]
+    windows = [([prefix] + tokens[: min(max_len, len(tokens)) - 1], tokens[: min(max_len, len(tokens))])]
     done = len(windows[0][1])
     while done < len(tokens):
         size = min(len(tokens) - done, max_len)
-        windows.append((tokens[done + size - max_len - 1:done + size - 1], tokens[done:done + size]))
+        windows.append((tokens[done + size - max_len - 1 : done + size - 1], tokens[done : done + size]))
         done += size
     total = 0.0
     for context, continuation in windows:
-        context = context[:len(context) - (len(continuation) - 1)]  # make_disjoint_window
+        context = context[: len(context) - (len(continuation) - 1)]  # make_disjoint_window
         reads = (context + continuation)[:-1]
         logp = _logp(model, reads)
         first = len(reads) - len(continuation)
@@ -102,17 +108,31 @@ def test_lm_eval_protocol_matches_a_plain_rolling_loglikelihood(tiny, pages, smo
     assert (plan.scored_words, plan.scored_bytes) == (words, size)
 
 
-@pytest.mark.parametrize("protocol,extra", [("lm-eval", ("--ctx", "256", "--ppl-max-tokens", "6000")),
-                                            ("llama.cpp", ("--ctx", "64", "--ppl-max-tokens", "512"))])
-def test_protocol_end_to_end(pytester, tiny_models, tmp_path, monkeypatch, protocol, extra, pages,
-                             smollm2_tokenizer):
+@pytest.mark.parametrize(
+    "protocol,extra",
+    [
+        ("lm-eval", ("--ctx", "256", "--ppl-max-tokens", "6000")),
+        ("llama.cpp", ("--ctx", "64", "--ppl-max-tokens", "512")),
+    ],
+)
+def test_protocol_end_to_end(pytester, tiny_models, tmp_path, monkeypatch, protocol, extra, pages, smollm2_tokenizer):
     from types import SimpleNamespace
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     e2e = SimpleNamespace(model_dir=tiny_models["llama"], cache=tmp_path / "C")
     make_project(pytester, e2e, PASSING_GATES)
-    result = run_suite(pytester, e2e, tmp_path / "R", tmp_path / "B", "--variants", "fp16,nf4", "--skip-prompts",
-                       "--ppl-protocol", protocol, *extra)
+    result = run_suite(
+        pytester,
+        e2e,
+        tmp_path / "R",
+        tmp_path / "B",
+        "--variants",
+        "fp16,nf4",
+        "--skip-prompts",
+        "--ppl-protocol",
+        protocol,
+        *extra,
+    )
     assert result.ret == 0, "\n".join(result.outlines[-40:] + result.errlines[-20:])
     doc = report(tmp_path / "R", "nf4")
     p = doc["perplexity"]
@@ -121,8 +141,11 @@ def test_protocol_end_to_end(pytester, tiny_models, tmp_path, monkeypatch, proto
     assert p["bits_per_byte"] == pytest.approx(nll / p["scored_bytes"] / math.log(2), rel=1e-12)
     assert p["word_perplexity"] == pytest.approx(math.exp(nll / p["scored_words"]), rel=1e-12)
     assert p["bits_per_byte_delta"] == pytest.approx(
-        p["bits_per_byte"] - math.fsum(report(tmp_path / "R", "fp16")["perplexity"]["window_nll"])
-        / p["scored_bytes"] / math.log(2), rel=1e-9, abs=1e-12)
+        p["bits_per_byte"]
+        - math.fsum(report(tmp_path / "R", "fp16")["perplexity"]["window_nll"]) / p["scored_bytes"] / math.log(2),
+        rel=1e-9,
+        abs=1e-12,
+    )
     if protocol == "lm-eval":  # whole documents while they fit 6000 tokens
         lengths = [len(d) for d in document_tokens(smollm2_tokenizer, [detokenize(x) for x in pages[:5]])]
         fit = next(i for i in range(1, 6) if sum(lengths[:i]) > 6000) - 1
@@ -132,5 +155,5 @@ def test_protocol_end_to_end(pytester, tiny_models, tmp_path, monkeypatch, proto
         assert p["windows"] == 8 and p["tokens"] == 8 * 31 and p["documents"] is None
     assert doc["corpus_kl"]["tokens"] == p["tokens"]
     floor = doc["corpus_kl"]["noise_floor"]  # FP16 against itself over the first windows, another batch size
-    first = sum(p["window_tokens"][:min(8, -(-len(p["window_tokens"]) // 4))])  # 8, or a quarter of the pass
+    first = sum(p["window_tokens"][: min(8, -(-len(p["window_tokens"]) // 4))])  # 8, or a quarter of the pass
     assert floor["positions"] == first and 0.0 <= floor["mean"] <= floor["max"] < 1e-3

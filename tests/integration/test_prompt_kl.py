@@ -31,22 +31,20 @@ import pytest
 import torch
 
 import quant_fixtures.compute.scoring as evaluation
-from quant_fixtures.config import ModelSpec
 from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
-from quant_fixtures.inputs.wikitext import load_wikitext2_test
-from quant_fixtures.compute.scoring import score_windows
 from quant_fixtures.compute.generation import greedy_generate
+from quant_fixtures.compute.prompt_scoring import compute_reference, score_against_reference
+from quant_fixtures.compute.scoring import score_windows
+from quant_fixtures.config import ModelSpec
+from quant_fixtures.inputs.prompts import CATEGORIES, load_prompt_suite
+from quant_fixtures.inputs.wikitext import load_wikitext2_test
 from quant_fixtures.metrics.divergence import METRICS_VERSION, kl_topk, topk_reference
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 from quant_fixtures.models.loading import load_model
 from quant_fixtures.models.sources import resolve_model
-from quant_fixtures.compute.prompt_scoring import compute_reference, score_against_reference
-from quant_fixtures.inputs.prompts import CATEGORIES, load_prompt_suite
-from quant_fixtures.store.prompt_reference import ReferenceKey
 from quant_fixtures.settings import LoadSettings
+from quant_fixtures.store.prompt_reference import ReferenceKey
 from quant_fixtures.variants import VARIANTS
-
-
 
 TOP_K = 256
 CAP = 12
@@ -54,19 +52,44 @@ CORPUS_K = 32
 CORPUS_CTX = 256
 
 PROMPTS = [
-    {"id": "math-add", "category": "mathematical_reasoning", "max_new_tokens": 6, "answer": "12",
-     "prompt": "What is 7 + 5? Reply with the number only."},
-    {"id": "math-cows", "category": "mathematical_reasoning", "answer": {"regex": r"\b12\b"},
-     "prompt": "A farmer has 3 fields with 4 cows in each field. How many cows does the farmer have in total? "
-               "Explain briefly."},
-    {"id": "qa-capital", "category": "question_answering", "max_new_tokens": 8, "answer": "Paris",
-     "prompt": "What is the capital of France?"},
-    {"id": "qa-ocean", "category": "question_answering",
-     "prompt": "Which ocean is the largest on Earth, and roughly how much of the planet's surface does it cover?"},
-    {"id": "sci-ice", "category": "scientific_knowledge", "max_new_tokens": 10,
-     "prompt": "Why does ice float on water?"},
-    {"id": "sci-photo", "category": "scientific_knowledge", "answer": "oxygen",
-     "prompt": "In one sentence, explain what photosynthesis produces from sunlight, water and carbon dioxide."},
+    {
+        "id": "math-add",
+        "category": "mathematical_reasoning",
+        "max_new_tokens": 6,
+        "answer": "12",
+        "prompt": "What is 7 + 5? Reply with the number only.",
+    },
+    {
+        "id": "math-cows",
+        "category": "mathematical_reasoning",
+        "answer": {"regex": r"\b12\b"},
+        "prompt": "A farmer has 3 fields with 4 cows in each field. How many cows does the farmer have in total? "
+        "Explain briefly.",
+    },
+    {
+        "id": "qa-capital",
+        "category": "question_answering",
+        "max_new_tokens": 8,
+        "answer": "Paris",
+        "prompt": "What is the capital of France?",
+    },
+    {
+        "id": "qa-ocean",
+        "category": "question_answering",
+        "prompt": "Which ocean is the largest on Earth, and roughly how much of the planet's surface does it cover?",
+    },
+    {
+        "id": "sci-ice",
+        "category": "scientific_knowledge",
+        "max_new_tokens": 10,
+        "prompt": "Why does ice float on water?",
+    },
+    {
+        "id": "sci-photo",
+        "category": "scientific_knowledge",
+        "answer": "oxygen",
+        "prompt": "In one sentence, explain what photosynthesis produces from sunlight, water and carbon dioxide.",
+    },
 ]
 
 
@@ -95,8 +118,12 @@ def smol(tmp_path_factory: pytest.TempPathFactory, smollm2_converted: Any) -> di
     resolved = resolve_model(spec, tmp_path_factory.mktemp("prompt-kl-cache"))
     options = LoadSettings(device="cpu", weight_dtype="float16")
     loaded = {v: load_model(spec, resolved, VARIANTS[v], options) for v in ("fp16", "nf4")}
-    return {"fp16": loaded["fp16"].model, "nf4": loaded["nf4"].model, "tok": loaded["fp16"].tokenizer,
-            "identity": resolved.identity}
+    return {
+        "fp16": loaded["fp16"].model,
+        "nf4": loaded["nf4"].model,
+        "tok": loaded["fp16"].tokenizer,
+        "identity": resolved.identity,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +140,21 @@ def prompts(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def key(smol: dict[str, Any]) -> ReferenceKey:
-    return ReferenceKey(model="smollm2-test", weights_identity=smol["identity"], tokenizer_sha256="test-tokenizer",
-                        prompts_sha256="test-prompts", categories=None, use_chat_template=True,
-                        max_new_tokens_cap=CAP, top_k=TOP_K, weight_dtype="float16",
-                        compute_dtype="float32",
-                        device_type="cpu", metrics_version=METRICS_VERSION, environment={"device_type": "cpu"})
+    return ReferenceKey(
+        model="smollm2-test",
+        weights_identity=smol["identity"],
+        tokenizer_sha256="test-tokenizer",
+        prompts_sha256="test-prompts",
+        categories=None,
+        use_chat_template=True,
+        max_new_tokens_cap=CAP,
+        top_k=TOP_K,
+        weight_dtype="float16",
+        compute_dtype="float32",
+        device_type="cpu",
+        metrics_version=METRICS_VERSION,
+        environment={"device_type": "cpu"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +178,25 @@ def plain(smol: dict[str, Any], prompts: list[Any], reference: Any) -> list[dict
     tok = smol["tok"]
     out = []
     for p, response in zip(prompts, reference.response_ids):
-        prompt_ids = list(tok.apply_chat_template([{"role": "user", "content": p.prompt}], tokenize=True,
-                                                  add_generation_prompt=True, return_dict=True)["input_ids"])
+        prompt_ids = list(
+            tok.apply_chat_template(
+                [{"role": "user", "content": p.prompt}], tokenize=True, add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+        )
         ids = torch.tensor([prompt_ids + list(response[:-1])], dtype=torch.long)
         first = len(prompt_ids) - 1
         with torch.inference_mode():
             fp16 = smol["fp16"](input_ids=ids).logits[0, first:].to(torch.float64)
             nf4 = smol["nf4"](input_ids=ids).logits[0, first:].to(torch.float64)
         assert fp16.shape[0] == len(response)
-        out.append({"prompt_ids": prompt_ids, "response": list(response),
-                    "logp": torch.log_softmax(fp16, -1), "logq": torch.log_softmax(nf4, -1)})
+        out.append(
+            {
+                "prompt_ids": prompt_ids,
+                "response": list(response),
+                "logp": torch.log_softmax(fp16, -1),
+                "logq": torch.log_softmax(nf4, -1),
+            }
+        )
     return out
 
 
@@ -337,9 +383,17 @@ def test_static_cache_decoding_gives_the_tokens_of_transformers_generate(smol, p
     assert supports_static_decoding(model, ids.shape[1] + max(limits))
     ours, how = static_greedy(model, ids, mask, max(limits), eos, use_graph=False)
     with torch.inference_mode():
-        theirs = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(limits), do_sample=False,
-                                temperature=None, top_p=None, top_k=None, pad_token_id=pad,
-                                eos_token_id=sorted(eos))[:, ids.shape[1]:]
+        theirs = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max(limits),
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=pad,
+            eos_token_id=sorted(eos),
+        )[:, ids.shape[1] :]
     assert how == "eager"
     cut = [truncate_response(row, n, eos) for row, n in zip(ours.tolist(), limits)]
     assert cut == [truncate_response(row, n, eos) for row, n in zip(theirs.tolist(), limits)]
@@ -365,8 +419,12 @@ def test_nf4_scoring_batched_equals_one_at_a_time(nf4_scores):
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory, smollm2_converted) -> Any:
     spec = ModelSpec(key="smol", path=str(smollm2_converted.directory))
-    return load_model(spec, resolve_model(spec, tmp_path_factory.mktemp("int8-cache")), VARIANTS["int8"],
-                      LoadSettings(device="cpu", weight_dtype="float16")).model
+    return load_model(
+        spec,
+        resolve_model(spec, tmp_path_factory.mktemp("int8-cache")),
+        VARIANTS["int8"],
+        LoadSettings(device="cpu", weight_dtype="float16"),
+    ).model
 
 
 def test_int8_in_a_padded_batch_equals_bitsandbytes_one_prompt_alone(smol, reference, int8_model, monkeypatch):
@@ -405,8 +463,11 @@ def test_int8_rows_of_one_length_share_a_pass_and_get_exactly_what_they_get_alon
     passes and equal one-row passes of bitsandbytes' own layer bit for bit."""
     from quant_fixtures.compute.generation import response_logits
     from quant_fixtures.compute.memory import BatchLog
-    from quant_fixtures.models.int8_per_sequence import (amplifies_float_noise, install_per_sequence_int8,
-                                                         remove_per_sequence_int8)
+    from quant_fixtures.models.int8_per_sequence import (
+        amplifies_float_noise,
+        install_per_sequence_int8,
+        remove_per_sequence_int8,
+    )
 
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(100, 40000, (n,), generator=g).tolist() for n in (12, 15, 8, 17, 5)]
@@ -434,8 +495,14 @@ def test_int8_rows_of_one_length_share_a_pass_and_get_exactly_what_they_get_alon
     remove_per_sequence_int8(int8_model)
     try:
         for i in range(len(prompts)):
-            response_logits(int8_model, [prompts[i]], [responses[i]], 1, 0,
-                            lambda _, logits, __, i=i: alone.__setitem__(i, logits.clone()))
+            response_logits(
+                int8_model,
+                [prompts[i]],
+                [responses[i]],
+                1,
+                0,
+                lambda _, logits, __, i=i: alone.__setitem__(i, logits.clone()),
+            )
     finally:
         install_per_sequence_int8(int8_model)
     for i in range(len(prompts)):
@@ -480,9 +547,9 @@ def plain_corpus(smol: dict[str, Any], ids: torch.Tensor, windows: list[Any]) ->
     log-probabilities of the correct token and FP16's top-1 probability."""
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("kl_pq", "kl_qp", "same", "logp_t", "logq_t", "p_top1")}
     for w in windows:
-        inputs = ids[w.begin:w.end][None]
+        inputs = ids[w.begin : w.end][None]
         first = w.first_target - w.begin - 1  # position predicting the first target
-        targets = ids[w.first_target:w.end]
+        targets = ids[w.first_target : w.end]
         with torch.inference_mode():
             a = smol["fp16"](input_ids=inputs).logits[0, first:-1]
             b = smol["nf4"](input_ids=inputs).logits[0, first:-1]

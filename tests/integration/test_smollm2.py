@@ -8,9 +8,9 @@ import time
 
 import pytest
 import torch
+from integration_support import SMOLLM2_GGUF, SMOLLM2_PACKAGE, load_variant, plain_window_nll
 
 import quant_fixtures.models.gguf as gguf
-from integration_support import SMOLLM2_GGUF, SMOLLM2_PACKAGE, load_variant, plain_window_nll
 from quant_fixtures.compute.scoring import score_windows
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 
@@ -23,14 +23,18 @@ def test_converted_directory_is_a_plain_float16_hf_model(smollm2_converted):
     directory = smollm2_converted.directory
     manifest = json.loads((directory / gguf.MANIFEST).read_text())
     gguf_sha = gguf.sha256_file(gguf.package_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF))
-    assert manifest["source"] == {"gguf_sha256": gguf_sha, "gguf_file": SMOLLM2_GGUF,
-                                  "transformers": transformers.__version__,
-                                  "converter_version": gguf.CONVERTER_VERSION}
+    assert manifest["source"] == {
+        "gguf_sha256": gguf_sha,
+        "gguf_file": SMOLLM2_GGUF,
+        "transformers": transformers.__version__,
+        "converter_version": gguf.CONVERTER_VERSION,
+    }
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(manifest["files"])
     for name, size in manifest["files"].items():
         assert (directory / name).stat().st_size == size, name
     assert smollm2_converted.identity == (
-        f"gguf:{gguf_sha}:transformers-{transformers.__version__}:v{gguf.CONVERTER_VERSION}")
+        f"gguf:{gguf_sha}:transformers-{transformers.__version__}:v{gguf.CONVERTER_VERSION}"
+    )
 
     config = json.loads((directory / "config.json").read_text())
     assert "quantization_config" not in config
@@ -83,8 +87,11 @@ def _manifest_from_other_transformers(directory):
     path.write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("damage", [None, _truncate_weights, _drop_manifest, _manifest_from_other_transformers],
-                         ids=["intact", "truncated-weights", "no-manifest", "stale-manifest"])
+@pytest.mark.parametrize(
+    "damage",
+    [None, _truncate_weights, _drop_manifest, _manifest_from_other_transformers],
+    ids=["intact", "truncated-weights", "no-manifest", "stale-manifest"],
+)
 def test_damaged_conversion_is_redone_not_reused(smollm2_converted, tmp_path, monkeypatch, damage):
     """A copy of the real converted directory in a fresh cache root, damaged; the converter's writer is
     replaced by a recorder (a real reconversion costs ~20 s and is what the session fixture did)."""
@@ -106,7 +113,8 @@ def test_damaged_conversion_is_redone_not_reused(smollm2_converted, tmp_path, mo
     if damage is None:
         assert calls == []
         assert (copy / "model.safetensors").stat().st_size == (
-            smollm2_converted.directory / "model.safetensors").stat().st_size
+            smollm2_converted.directory / "model.safetensors"
+        ).stat().st_size
     else:
         assert len(calls) == 1 and calls[0][0] == SMOLLM2_GGUF
         assert calls[0][1] != copy  # written beside the target, renamed into place when complete

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from integration_support import CPU_OPTIONS, MISTRAL_SLIDING_WINDOW, TINY_ARCHS, TINY_DIMS, load_variant
 
 VARIANT_KEYS = ("fp16", "int8", "nf4")
@@ -17,13 +16,19 @@ LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 @pytest.fixture(scope="module")
 def loaded(tiny_models, digest_cache):
     """Every (arch, variant) loaded once; tiny, so all fit at once."""
-    return {(arch, variant): load_variant(tiny_models[arch], variant, digest_cache, key=f"tiny-{arch}")
-            for arch in TINY_ARCHS for variant in VARIANT_KEYS}
+    return {
+        (arch, variant): load_variant(tiny_models[arch], variant, digest_cache, key=f"tiny-{arch}")
+        for arch in TINY_ARCHS
+        for variant in VARIANT_KEYS
+    }
 
 
 def _linears(model):
-    return [getattr(layer.self_attn if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else layer.mlp, name)
-            for layer in model.model.layers for name in LINEAR_NAMES]
+    return [
+        getattr(layer.self_attn if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else layer.mlp, name)
+        for layer in model.model.layers
+        for name in LINEAR_NAMES
+    ]
 
 
 def test_saved_models_are_float16_safetensors_with_tokenizer(tiny_models):
@@ -125,7 +130,8 @@ def test_footprint_plus_quantization_state_is_resident(loaded, variant):
     resident = fp16.footprint_bytes - fp16_bytes + stored + state
     assert pair.footprint_bytes + pair.quant_state_bytes == resident, (
         f"{variant}: footprint {pair.footprint_bytes} B, resident weights + quantization state {resident} B "
-        f"({state} B of state missing)")
+        f"({state} B of state missing)"
+    )
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
@@ -192,4 +198,5 @@ def test_forward_gives_finite_float32_logits_close_to_fp16(loaded, wikitext_ids,
         diff = (logits[variant] - logits["fp16"]).abs()
         assert diff.max().item() > 0, f"{arch} {variant}: identical to fp16, not quantized?"
         assert diff.mean().item() < 0.25 * spread, (
-            f"{arch} {variant}: mean |dlogit| {diff.mean():.3g} vs spread {spread:.3g}")
+            f"{arch} {variant}: mean |dlogit| {diff.mean():.3g} vs spread {spread:.3g}"
+        )

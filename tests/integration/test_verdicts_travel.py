@@ -15,8 +15,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from integration_support import PASSING_GATES, copy_baselines, make_project, report, run_suite, suite_args
+
 from quant_fixtures.models.sources import ModelUnavailableError, weight_files
 from quant_fixtures.store.records import read_record
 
@@ -28,8 +28,14 @@ SNAPSHOT_TESTS = Path(__file__).resolve().parents[1] / "harm" / "test_snapshots.
 @pytest.fixture(scope="module")
 def e2e(tiny_models, tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("travel")
-    return SimpleNamespace(model_dir=tiny_models["llama"], cache=root / "C", baselines=root / "B",
-                           results=root / "R", root=root, warm=False)
+    return SimpleNamespace(
+        model_dir=tiny_models["llama"],
+        cache=root / "C",
+        baselines=root / "B",
+        results=root / "R",
+        root=root,
+        warm=False,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -74,8 +80,11 @@ def test_a_changed_tokenizer_gets_its_own_fp16_baseline(pytester, warm, tmp_path
     fp16 = report(results, "fp16")["perplexity"]
     # The FP16 pass ran again for the new tokenizer: the variant is compared with it, not the old one.
     assert fp16["ppl"] != before["fp16_ppl"] and after["fp16_ppl"] == fp16["ppl"]
-    keys = [json.loads(p.read_text())["key"]["tokenizer_sha256"] for p in baselines.glob("tiny-*.json")
-            if "-prompts-" not in p.name]
+    keys = [
+        json.loads(p.read_text())["key"]["tokenizer_sha256"]
+        for p in baselines.glob("tiny-*.json")
+        if "-prompts-" not in p.name
+    ]
     assert len(set(keys)) == 2
 
 
@@ -98,12 +107,17 @@ def test_top_k_larger_than_the_vocabulary_is_a_usage_error(pytester, warm, tmp_p
     assert not (tmp_path / "R").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--ctx", "64", "--ppl-max-tokens", "32"), "ERROR: --ppl-max-tokens 32 is less than one window of --ctx 64*"),
-    (("--ctx", "4096", "--ppl-max-tokens", "256"), "ERROR: --ppl-max-tokens 256 is less than one window of 512 "
-                                                  "tokens (--ctx 4096, capped at tiny's maximum)*"),
-    (("--ctx", "64", "--ppl-stride", "128"), "ERROR: --ppl-stride 128 is larger than the window of --ctx 64*"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--ctx", "64", "--ppl-max-tokens", "32"), "ERROR: --ppl-max-tokens 32 is less than one window of --ctx 64*"),
+        (
+            ("--ctx", "4096", "--ppl-max-tokens", "256"),
+            "ERROR: --ppl-max-tokens 256 is less than one window of 512 tokens (--ctx 4096, capped at tiny's maximum)*",
+        ),
+        (("--ctx", "64", "--ppl-stride", "128"), "ERROR: --ppl-stride 128 is larger than the window of --ctx 64*"),
+    ],
+)
 def test_budgets_are_checked_against_the_models_window(pytester, warm, tmp_path, args, message):
     result = run_suite(pytester, warm, tmp_path / "R", warm.baselines, "--variants", "int8", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -112,8 +126,19 @@ def test_budgets_are_checked_against_the_models_window(pytester, warm, tmp_path,
 
 
 def test_ctx_above_the_models_maximum_is_capped_not_an_error(pytester, warm, tmp_path):
-    result = run_suite(pytester, warm, tmp_path / "R", tmp_path / "B", "--variants", "fp16", "--skip-prompts",
-                       "--ctx", "4096", "--ppl-max-tokens", "1024")
+    result = run_suite(
+        pytester,
+        warm,
+        tmp_path / "R",
+        tmp_path / "B",
+        "--variants",
+        "fp16",
+        "--skip-prompts",
+        "--ctx",
+        "4096",
+        "--ppl-max-tokens",
+        "1024",
+    )
     assert result.ret == 0, result.stdout.str()[-3000:]
     ppl = report(tmp_path / "R", "fp16")["perplexity"]
     assert (ppl["ctx"], ppl["windows"]) == (512, 2)
@@ -124,14 +149,26 @@ def test_int8_numbers_do_not_depend_on_batch_sizes(pytester, warm, tmp_path):
     int8 like every other variant and its perplexity and each prompt's KL stay what they are at
     batch size 1."""
     one = run_suite(pytester, warm, tmp_path / "R1", warm.baselines, "--variants", "int8")
-    two = run_suite(pytester, warm, tmp_path / "R2", warm.baselines, "--variants", "int8", "--batch-size", "3",
-                    "--gen-batch-size", "5")
+    two = run_suite(
+        pytester,
+        warm,
+        tmp_path / "R2",
+        warm.baselines,
+        "--variants",
+        "int8",
+        "--batch-size",
+        "3",
+        "--gen-batch-size",
+        "5",
+    )
     assert one.ret == two.ret == 0, two.stdout.str()[-3000:]
     a, b = report(tmp_path / "R1", "int8"), report(tmp_path / "R2", "int8")
     assert a["batching"]["batch_invariant"] is True and b["perplexity"]["batch_size"] == 3
     assert a["perplexity"]["batch_size"] == 1
     assert a["perplexity"]["window_nll"] == b["perplexity"]["window_nll"]
-    assert [r["kl_mean"] for r in a["kl_divergence"]["per_prompt"]] == [r["kl_mean"] for r in b["kl_divergence"]["per_prompt"]]
+    assert [r["kl_mean"] for r in a["kl_divergence"]["per_prompt"]] == [
+        r["kl_mean"] for r in b["kl_divergence"]["per_prompt"]
+    ]
     # Its greedy generation still meets other padding in other batches: how much that moves it is measured.
     sensitivity = b["flips"]["batch_sensitivity"]
     assert (sensitivity["batch_size"], sensitivity["shift"], sensitivity["prompts"]) == (5, 2, 8)
@@ -150,10 +187,22 @@ def test_two_runs_into_one_results_directory_compare_every_variant(pytester, war
 
     together = tmp_path / "together"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "pytest",
-                               *suite_args(pytester, warm, together / "R", together / "B", "--variants", v)],
-                              cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for v in ("int8", "nf4")]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                *suite_args(pytester, warm, together / "R", together / "B", "--variants", v),
+            ],
+            cwd=pytester.path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for v in ("int8", "nf4")
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     for path in [*(together / "R").glob("*.json"), *(together / "B").glob("*.json")]:
@@ -173,8 +222,12 @@ def test_jobs_of_a_matrix_merge_into_one_comparison(pytester, warm, tmp_path):
         assert run_suite(pytester, warm, job / "R", job / "B", "--variants", variant).ret == 0
         jobs[variant] = job / "R"
     merged = tmp_path / "merged"
-    done = subprocess.run([sys.executable, "-m", "quant_fixtures.report.merge", "--into", str(merged),
-                           *map(str, jobs.values())], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "quant_fixtures.report.merge", "--into", str(merged), *map(str, jobs.values())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     comparison = json.loads((merged / "tiny_quantization_comparison.json").read_text())
     assert list(comparison["variants"]) == ["fp16", "int8", "nf4"]
@@ -185,7 +238,7 @@ def test_jobs_of_a_matrix_merge_into_one_comparison(pytester, warm, tmp_path):
     assert "merged 3 documents" in done.stdout
 
 
-CONFTEST_INTERRUPT_REPORT = '''
+CONFTEST_INTERRUPT_REPORT = """
 import quant_fixtures.report.markdown as markdown_report
 from quant_fixtures.store.atomic import atomic_path
 
@@ -197,7 +250,7 @@ def interrupted_write(path, text):
 
 
 markdown_report.write_text_atomic = interrupted_write
-'''
+"""
 
 
 def test_an_interrupt_while_the_report_is_written_leaves_no_half_file(pytester, warm, tmp_path):
@@ -213,7 +266,7 @@ def test_an_interrupt_while_the_report_is_written_leaves_no_half_file(pytester, 
     json.loads((results / "int8_quantized_tiny_evaluation.json").read_text())  # finished before: whole
 
 
-CONFTEST_OUT_OF_MEMORY = '''
+CONFTEST_OUT_OF_MEMORY = """
 import torch
 import quant_fixtures.session.passes as session
 
@@ -227,7 +280,7 @@ def score_windows(model, *args, **kwargs):
 
 
 session.score_windows = score_windows
-'''
+"""
 
 
 def test_out_of_memory_fails_that_variant_and_the_others_run(pytester, warm, tmp_path):
@@ -236,9 +289,14 @@ def test_out_of_memory_fails_that_variant_and_the_others_run(pytester, warm, tmp
     result = run_suite(pytester, warm, results, warm.baselines, "--variants", "int8,nf4")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=4, errors=4)  # int8's four tests error in the fixture's setup, nf4's pass
-    result.stdout.fnmatch_lines(["*ERROR at setup of test_perplexity_is_measured[[]tiny-int8[]]*",
-                                 "tiny int8: out of memory in stage perplexity: needed 20.00 GiB more",
-                                 "*Captured * setup*"], consecutive=True)  # one line, then what was captured
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_perplexity_is_measured[[]tiny-int8[]]*",
+            "tiny int8: out of memory in stage perplexity: needed 20.00 GiB more",
+            "*Captured * setup*",
+        ],
+        consecutive=True,
+    )  # one line, then what was captured
     assert "Traceback" not in result.stdout.str() and "session.py" not in result.stdout.str()
     assert report(results, "nf4")["gates"] and not (results / "int8_quantized_tiny_evaluation.json").exists()
 
@@ -252,14 +310,21 @@ def test_snapshots_of_other_settings_survive_an_update(pytester, warm, tmp_path)
 
     missing = run()
     assert missing.ret == pytest.ExitCode.TESTS_FAILED
-    missing.stdout.fnmatch_lines(["no snapshot test_harm_summary_matches_snapshot*-fp16+int8+nf4* for these settings "
-                                  "yet: record it with `pytest *test_snapshots.py* --snapshot-update` and commit "
-                                  "tests/harm/__snapshots__/"])
+    missing.stdout.fnmatch_lines(
+        [
+            "no snapshot test_harm_summary_matches_snapshot*-fp16+int8+nf4* for these settings "
+            "yet: record it with `pytest *test_snapshots.py* --snapshot-update` and commit "
+            "tests/harm/__snapshots__/"
+        ]
+    )
     assert run("--snapshot-update").ret == 0
     assert run("--variants", "fp16,int8", "--snapshot-update").ret == 0
     names = sorted(p.name for p in snapshots.iterdir())
-    assert len(names) == 2 and [n for n in names if "-fp16+int8]." in n] and [n for n in names if "-fp16+int8+nf4]." in n]
+    assert (
+        len(names) == 2 and [n for n in names if "-fp16+int8]." in n] and [n for n in names if "-fp16+int8+nf4]." in n]
+    )
     assert run().ret == 0  # and the all-variants snapshot, kept, still matches
+
 
 def test_pickle_weights_need_an_explicit_opt_in(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
@@ -270,13 +335,17 @@ def test_pickle_weights_need_an_explicit_opt_in(tmp_path):
     assert weight_files(tmp_path) == [tmp_path / "model.safetensors"]  # the pickle is never read
 
 
-@pytest.mark.parametrize("option, env, message", [
-    (("--max-gpu-memory", "15 GiBs"), None, "ERROR: --max-gpu-memory: '15 GiBs' is not a memory size*"),
-    ((), "lots", "ERROR: $QUANT_MAX_GPU_MEMORY: 'lots' is not a memory size*"),
-    (("--max-gpu-memory=100MB",), None, "ERROR: --max-gpu-memory: '100MB' is 0.0931 GiB; below 0.25 GiB*"),
-])
-def test_an_unreadable_memory_cap_is_a_usage_error_not_no_cap(pytester, warm, tmp_path, monkeypatch, option, env,
-                                                              message):
+@pytest.mark.parametrize(
+    "option, env, message",
+    [
+        (("--max-gpu-memory", "15 GiBs"), None, "ERROR: --max-gpu-memory: '15 GiBs' is not a memory size*"),
+        ((), "lots", "ERROR: $QUANT_MAX_GPU_MEMORY: 'lots' is not a memory size*"),
+        (("--max-gpu-memory=100MB",), None, "ERROR: --max-gpu-memory: '100MB' is 0.0931 GiB; below 0.25 GiB*"),
+    ],
+)
+def test_an_unreadable_memory_cap_is_a_usage_error_not_no_cap(
+    pytester, warm, tmp_path, monkeypatch, option, env, message
+):
     if env is not None:
         monkeypatch.setenv("QUANT_MAX_GPU_MEMORY", env)
     result = run_suite(pytester, warm, tmp_path / "R", warm.baselines, "--variants", "int8", *option)

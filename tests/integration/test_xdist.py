@@ -10,13 +10,18 @@ import json
 from types import SimpleNamespace
 
 import pytest
-
 from integration_support import PASSING_GATES, make_project, run_suite
 
 pytest_plugins = ["pytester"]
 
-SAME_NUMBERS = [("perplexity", "ppl"), ("perplexity", "fp16_ppl"), ("perplexity", "window_nll"),
-                ("perplexity", "window_tokens"), ("memory", "footprint_gb"), ("memory", "fp16_footprint_gb")]
+SAME_NUMBERS = [
+    ("perplexity", "ppl"),
+    ("perplexity", "fp16_ppl"),
+    ("perplexity", "window_nll"),
+    ("perplexity", "window_tokens"),
+    ("memory", "footprint_gb"),
+    ("memory", "fp16_footprint_gb"),
+]
 
 
 @pytest.fixture
@@ -76,7 +81,8 @@ def test_parallel_run_matches_serial_run(pytester, project, monkeypatch):
                 assert one[name][section][key] == pytest.approx(two[name][section][key], rel=1e-9), (name, key)
             kl1, kl2 = one[name]["kl_divergence"], two[name]["kl_divergence"]
             assert [r["kl_mean"] for r in kl1["per_prompt"]] == pytest.approx(
-                [r["kl_mean"] for r in kl2["per_prompt"]], rel=1e-6, abs=1e-12)
+                [r["kl_mean"] for r in kl2["per_prompt"]], rel=1e-6, abs=1e-12
+            )
             assert [r["response"] for r in kl1["per_prompt"]] == [r["response"] for r in kl2["per_prompt"]]
             assert [g["passed"] for g in one[name]["gates"]] == [g["passed"] for g in two[name]["gates"]]
     # The comparison file is assembled from both workers' documents.

@@ -45,8 +45,9 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level:
             raise AssertionError(f"{path}: relative import; the layers are read from absolute imports")
         elif isinstance(node, ast.Import):
-            names.update(a.name.removeprefix("quant_fixtures.") for a in node.names
-                         if a.name.startswith("quant_fixtures."))
+            names.update(
+                a.name.removeprefix("quant_fixtures.") for a in node.names if a.name.startswith("quant_fixtures.")
+            )
     return names
 
 
@@ -75,7 +76,7 @@ def test_no_import_cycles() -> None:
         state[node] = 1
         for nxt in sorted(GRAPH[node]):
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt) :] + [nxt]))
             if nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2
@@ -97,8 +98,13 @@ def test_only_the_plugin_layer_imports_pytest_or_syrupy() -> None:
         if name.startswith("plugin"):
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            imported = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                        [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            imported = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             offenders += [f"{name}: {m}" for m in imported if m.split(".")[0] in ("pytest", "_pytest", "syrupy")]
     assert not offenders
 
@@ -138,8 +144,9 @@ NOT_A_STAGE = {"compute.benchmarking"}
 
 def _is_forward(call: ast.Call) -> bool:
     func = call.func
-    return ((isinstance(func, ast.Attribute) and func.attr in ("base_model", "generate", "model"))
-            or (isinstance(func, ast.Name) and func.id == "model"))
+    return (isinstance(func, ast.Attribute) and func.attr in ("base_model", "generate", "model")) or (
+        isinstance(func, ast.Name) and func.id == "model"
+    )
 
 
 def forwards_outside_the_executor(source: str) -> list[int]:
@@ -168,7 +175,10 @@ def test_forward_passes_run_inside_the_memory_executor(module: str) -> None:
 
 def test_the_executor_check_sees_a_violation() -> None:
     bad = "def score(model, ids):\n    return model.base_model(input_ids=ids)\n"
-    good = "def score(model, ids, budget):\n    def run(batch):\n        model(input_ids=ids)\n    run_batches([[0]], run)\n"
+    good = (
+        "def score(model, ids, budget):\n    def run(batch):\n        model(input_ids=ids)\n"
+        "    run_batches([[0]], run)\n"
+    )
     assert forwards_outside_the_executor(bad) == [2]
     assert forwards_outside_the_executor(good) == []
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from quant_fixtures.metrics.registry import GATEABLE, REQUIRED_LIMITS
-
 from quant_fixtures.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
@@ -16,6 +14,7 @@ from quant_fixtures.config import (
     ModelSpec,
     load_config,
 )
+from quant_fixtures.metrics.registry import GATEABLE, REQUIRED_LIMITS
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "quant_suite.toml"
 
@@ -111,7 +110,9 @@ def test_shipped_models_flags_and_sources() -> None:
 
 
 def test_override_merge_adds_and_replaces(tmp_path: Path) -> None:
-    path = write_toml(tmp_path, """
+    path = write_toml(
+        tmp_path,
+        """
 [gates.int8]
 max_delta_ppl_pct = 5
 [models.a]
@@ -124,7 +125,8 @@ min_memory_reduction_pct = 80
 hub_id = "org/b"
 [models.b.gates.int8]
 max_delta_ppl_pct = 7.5
-""")
+""",
+    )
     suite = load_config(path)
     assert suite.gates_for("a", "int8") == {"max_delta_ppl_pct": 5.0, "max_kl_mean": 0.25}
     assert suite.gates_for("a", "nf4") == {"min_memory_reduction_pct": 80.0}
@@ -153,8 +155,10 @@ def test_limit_names_come_from_the_registry() -> None:
     # max_ for a metric where lower is better, min_ where higher is; required ones must be set or opted out of
     assert set(REQUIRED_LIMITS) == {"max_delta_ppl_pct", "min_memory_reduction_pct", "max_kl_mean"}
     assert {name: spec.name for name, spec in GATEABLE.items() if name in REQUIRED_LIMITS} == {
-        "max_delta_ppl_pct": "delta_ppl_pct", "min_memory_reduction_pct": "memory_reduction_pct",
-        "max_kl_mean": "kl_mean"}
+        "max_delta_ppl_pct": "delta_ppl_pct",
+        "min_memory_reduction_pct": "memory_reduction_pct",
+        "max_kl_mean": "kl_mean",
+    }
     assert all(name == f"{'max' if s.better == 'lower' else 'min'}_{s.name}" for name, s in GATEABLE.items())
 
 
@@ -302,12 +306,19 @@ def test_unknown_variant_in_a_gate_table_is_an_error(tmp_path: Path, table: str)
         assert "[models.tiny].gates" in message
 
 
-@pytest.mark.parametrize("name, value, why", [
-    ("max_delta_ppl_pct", "nan", "finite"), ("max_delta_ppl_pct", "inf", "finite"),
-    ("max_kl_mean", "-inf", "finite"), ("max_delta_ppl_pct", "-1", ">= 0"),
-    ("min_memory_reduction_pct", "-50", "> 0"), ("min_memory_reduction_pct", "0", "> 0"),
-    ("min_memory_reduction_pct", "100", "< 100"), ("max_kl_mean", "0", "> 0"),
-])
+@pytest.mark.parametrize(
+    "name, value, why",
+    [
+        ("max_delta_ppl_pct", "nan", "finite"),
+        ("max_delta_ppl_pct", "inf", "finite"),
+        ("max_kl_mean", "-inf", "finite"),
+        ("max_delta_ppl_pct", "-1", ">= 0"),
+        ("min_memory_reduction_pct", "-50", "> 0"),
+        ("min_memory_reduction_pct", "0", "> 0"),
+        ("min_memory_reduction_pct", "100", "< 100"),
+        ("max_kl_mean", "0", "> 0"),
+    ],
+)
 def test_limit_of_wrong_value_is_an_error(tmp_path: Path, name: str, value: str, why: str) -> None:
     path = write_toml(tmp_path, f"{MINIMAL_MODEL}[models.tiny.gates.int8]\n{name} = {value}\n")
     message = config_error(path)
@@ -320,14 +331,18 @@ def test_limits_in_range_load() -> None:
 
 
 def test_missing_limit_is_named_and_an_explicit_opt_out_is_not(tmp_path: Path) -> None:
-    path = write_toml(tmp_path, MINIMAL_MODEL + """
+    path = write_toml(
+        tmp_path,
+        MINIMAL_MODEL
+        + """
 [gates.int8]
 max_delta_ppl_pct = 5
 min_memory_reduction_pct = 40
 [models.tiny.gates.nf4]
 max_delta_ppl_pct = 20
 ungated = ["min_memory_reduction_pct", "max_kl_mean"]
-""")
+""",
+    )
     suite = load_config(path)
     assert suite.missing_limits("tiny", "int8") == ["max_kl_mean"]
     message = suite.missing_limits_message("tiny", "int8")
@@ -339,23 +354,34 @@ ungated = ["min_memory_reduction_pct", "max_kl_mean"]
 
 
 def test_model_opt_out_and_override_of_global_limits(tmp_path: Path) -> None:
-    suite = load_config(write_toml(tmp_path, MINIMAL_MODEL + """
+    suite = load_config(
+        write_toml(
+            tmp_path,
+            MINIMAL_MODEL
+            + """
 [gates.int8]
 max_delta_ppl_pct = 5
 min_memory_reduction_pct = 40
 max_kl_mean = 0.1
 [models.tiny.gates.int8]
 ungated = ["min_memory_reduction_pct"]
-"""))
+""",
+        )
+    )
     assert suite.gates_for("tiny", "int8") == {"max_delta_ppl_pct": 5.0, "max_kl_mean": 0.1}
-    assert suite.ungated_for("tiny", "int8") == {"min_memory_reduction_pct"} and not suite.missing_limits("tiny", "int8")
+    assert suite.ungated_for("tiny", "int8") == {"min_memory_reduction_pct"} and not suite.missing_limits(
+        "tiny", "int8"
+    )
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ('ungated = ["max_perplexity"]', "unknown limit 'max_perplexity'"),
-    ('ungated = "max_kl_mean"', "expected a list of limit names"),
-    ('max_kl_mean = 0.1\nungated = ["max_kl_mean"]', "both set and listed in ungated"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ('ungated = ["max_perplexity"]', "unknown limit 'max_perplexity'"),
+        ('ungated = "max_kl_mean"', "expected a list of limit names"),
+        ('max_kl_mean = 0.1\nungated = ["max_kl_mean"]', "both set and listed in ungated"),
+    ],
+)
 def test_bad_opt_out_is_an_error(tmp_path: Path, body: str, fragment: str) -> None:
     message = config_error(write_toml(tmp_path, f"{MINIMAL_MODEL}[models.tiny.gates.int8]\n{body}\n"))
     assert fragment in message
@@ -367,8 +393,9 @@ def test_snapshot_tolerance_must_be_finite_and_non_negative(tmp_path: Path, valu
     assert "snapshot_tolerances" in message and "non-negative number" in message
 
 
-@pytest.mark.parametrize("key, value", [("trust_remote_code", '"yes"'), ("allow_pickle", "1"), ("requires_gpu", '"no"'),
-                                        ("revision", "3")])
+@pytest.mark.parametrize(
+    "key, value", [("trust_remote_code", '"yes"'), ("allow_pickle", "1"), ("requires_gpu", '"no"'), ("revision", "3")]
+)
 def test_model_keys_have_types(tmp_path: Path, key: str, value: str) -> None:
     message = config_error(write_toml(tmp_path, f"{MINIMAL_MODEL}{key} = {value}\n"))
     assert "models.tiny" in message and key in message
@@ -377,5 +404,7 @@ def test_model_keys_have_types(tmp_path: Path, key: str, value: str) -> None:
 def test_security_opt_ins_default_off(tmp_path: Path) -> None:
     spec = load_config(write_toml(tmp_path, MINIMAL_MODEL)).models["tiny"]
     assert spec.trust_remote_code is False and spec.allow_pickle is False
-    spec = load_config(write_toml(tmp_path, MINIMAL_MODEL + "allow_pickle = true\ntrust_remote_code = true\n")).models["tiny"]
+    spec = load_config(write_toml(tmp_path, MINIMAL_MODEL + "allow_pickle = true\ntrust_remote_code = true\n")).models[
+        "tiny"
+    ]
     assert spec.trust_remote_code and spec.allow_pickle

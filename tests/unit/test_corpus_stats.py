@@ -17,11 +17,17 @@ def llama_cpp_by_running_sums(kld, logq_t, logp_t, same):
     n = len(kld)
     for k, lq, lp, sm in zip(kld, logq_t, logp_t, same):
         nll, nll_base = -lq, -lp
-        s["nll"] += nll; s["nll2"] += nll * nll
-        s["base"] += nll_base; s["base2"] += nll_base * nll_base; s["nb"] += nll * nll_base
-        s["kld"] += k; s["kld2"] += k * k
+        s["nll"] += nll
+        s["nll2"] += nll * nll
+        s["base"] += nll_base
+        s["base2"] += nll_base * nll_base
+        s["nb"] += nll * nll_base
+        s["kld"] += k
+        s["kld2"] += k * k
         d = math.exp(-nll) - math.exp(-nll_base)
-        s["dp"] += d; s["dp2"] += d * d; s["dp4"] += d ** 4
+        s["dp"] += d
+        s["dp2"] += d * d
+        s["dp4"] += d**4
         s["same"] += int(sm)
 
     def mu(total, total2):
@@ -36,11 +42,18 @@ def llama_cpp_by_running_sums(kld, logq_t, logp_t, same):
     ratio_unc = math.sqrt(uq * uq + ub * ub - 2 * cov)
     mse, mse_unc = mu(s["dp2"], s["dp4"])
     p = s["same"] / n
-    return {"ppl_q": (ppl, ppl * uq), "ppl_base": (ppl_b, ppl_b * ub), "cor": cov / (uq * ub),
-            "ln_ratio": (lq - lb, ratio_unc), "ratio": (math.exp(lq - lb), math.exp(lq - lb) * ratio_unc),
-            "diff": (ppl - ppl_b, math.sqrt((ppl * uq) ** 2 + (ppl_b * ub) ** 2 - 2 * ppl * ppl_b * cov)),
-            "kld": mu(s["kld"], s["kld2"]), "dp": mu(s["dp"], s["dp2"]),
-            "rms": (math.sqrt(mse), 0.5 / math.sqrt(mse) * mse_unc), "same": (p, math.sqrt(p * (1 - p) / (n - 1)))}
+    return {
+        "ppl_q": (ppl, ppl * uq),
+        "ppl_base": (ppl_b, ppl_b * ub),
+        "cor": cov / (uq * ub),
+        "ln_ratio": (lq - lb, ratio_unc),
+        "ratio": (math.exp(lq - lb), math.exp(lq - lb) * ratio_unc),
+        "diff": (ppl - ppl_b, math.sqrt((ppl * uq) ** 2 + (ppl_b * ub) ** 2 - 2 * ppl * ppl_b * cov)),
+        "kld": mu(s["kld"], s["kld2"]),
+        "dp": mu(s["dp"], s["dp2"]),
+        "rms": (math.sqrt(mse), 0.5 / math.sqrt(mse) * mse_unc),
+        "same": (p, math.sqrt(p * (1 - p) / (n - 1))),
+    }
 
 
 def _pair(d):
@@ -57,11 +70,17 @@ def test_llama_cpp_tables_equal_the_running_sum_transcription():
     want = llama_cpp_by_running_sums(kld, logq, logp, same)
     got = cs.llama_cpp_statistics(np.array(kld), np.array(logq), np.array(logp), np.array(same))
     ppl = got["perplexity"]
-    for mine, theirs in ((_pair(ppl["ppl_q"]), want["ppl_q"]), (_pair(ppl["ppl_base"]), want["ppl_base"]),
-                         (_pair(ppl["ln_ppl_ratio"]), want["ln_ratio"]), (_pair(ppl["ppl_ratio"]), want["ratio"]),
-                         (_pair(ppl["ppl_diff"]), want["diff"]), (_pair(got["kld"]["mean"]), want["kld"]),
-                         (_pair(got["delta_p"]["mean"]), want["dp"]), (_pair(got["delta_p"]["rms"]), want["rms"]),
-                         (_pair(got["same_top_p"]), want["same"])):
+    for mine, theirs in (
+        (_pair(ppl["ppl_q"]), want["ppl_q"]),
+        (_pair(ppl["ppl_base"]), want["ppl_base"]),
+        (_pair(ppl["ln_ppl_ratio"]), want["ln_ratio"]),
+        (_pair(ppl["ppl_ratio"]), want["ratio"]),
+        (_pair(ppl["ppl_diff"]), want["diff"]),
+        (_pair(got["kld"]["mean"]), want["kld"]),
+        (_pair(got["delta_p"]["mean"]), want["dp"]),
+        (_pair(got["delta_p"]["rms"]), want["rms"]),
+        (_pair(got["same_top_p"]), want["same"]),
+    ):
         assert mine == pytest.approx(theirs, rel=1e-9, abs=1e-15)
     assert ppl["cor_ln_ppl"] == pytest.approx(want["cor"], rel=1e-9)
     assert 0.9 < ppl["cor_ln_ppl"] <= 1.0  # Q's NLL follows the base's closely here
@@ -97,10 +116,15 @@ def test_confidence_buckets_by_hand():
 
 def test_corpus_comparison_top_k_agreement_and_bad_input():
     n = 4
-    positions = {"kl_pq": np.array([0.1, 0.2, 0.3, 0.4]), "kl_qp": np.array([0.1, 0.2, 0.3, 0.5]),
-                 "p_top1": np.full(n, 0.5), "same_top1": np.array([True, True, False, True]),
-                 "topk_overlap": np.tile(np.arange(1, 11), (n, 1)).astype(np.int16),
-                 "logp_target": np.full(n, -1.0), "logq_target": np.full(n, -1.1)}
+    positions = {
+        "kl_pq": np.array([0.1, 0.2, 0.3, 0.4]),
+        "kl_qp": np.array([0.1, 0.2, 0.3, 0.5]),
+        "p_top1": np.full(n, 0.5),
+        "same_top1": np.array([True, True, False, True]),
+        "topk_overlap": np.tile(np.arange(1, 11), (n, 1)).astype(np.int16),
+        "logp_target": np.full(n, -1.0),
+        "logq_target": np.full(n, -1.1),
+    }
     positions["topk_overlap"][2] = np.arange(0, 10)  # one position off by one at every K
     out = cs.corpus_comparison(positions, [2, 2])
     assert out["topk_agreement"][0] == pytest.approx(0.75)  # K=1: 3 of 4 positions share the top token
@@ -115,8 +139,14 @@ def test_noise_floor_summary_and_its_place_in_the_section():
     floor = cs.noise_floor(np.array([0.0, 1e-6, 3e-6, float("nan")]))
     assert floor["positions"] == 4 and floor["mean"] == pytest.approx(4e-6 / 3) and floor["max"] == 3e-6
     n = 4
-    positions = {"kl_pq": np.full(n, 0.1), "kl_qp": np.full(n, 0.1), "p_top1": np.full(n, 0.5),
-                 "same_top1": np.ones(n, dtype=bool), "topk_overlap": np.tile(np.arange(1, 11), (n, 1)),
-                 "logp_target": np.full(n, -1.0), "logq_target": np.full(n, -1.0)}
+    positions = {
+        "kl_pq": np.full(n, 0.1),
+        "kl_qp": np.full(n, 0.1),
+        "p_top1": np.full(n, 0.5),
+        "same_top1": np.ones(n, dtype=bool),
+        "topk_overlap": np.tile(np.arange(1, 11), (n, 1)),
+        "logp_target": np.full(n, -1.0),
+        "logq_target": np.full(n, -1.0),
+    }
     assert cs.corpus_comparison(positions, [4], np.array([1e-6, 2e-6]))["noise_floor"]["mean"] == pytest.approx(1.5e-6)
     assert cs.corpus_comparison(positions, [4])["noise_floor"] is None

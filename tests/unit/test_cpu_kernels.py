@@ -11,22 +11,27 @@ from quant_fixtures import cpu_kernels
 
 pytest_plugins = ["pytester"]
 
-PROBE = ("import quant_fixtures, os, torch; "
-         "print(os.environ.get('ATEN_CPU_CAPABILITY'), os.environ.get('MKL_ENABLE_INSTRUCTIONS'), "
-         "torch.backends.cpu.get_cpu_capability())")
+PROBE = (
+    "import quant_fixtures, os, torch; "
+    "print(os.environ.get('ATEN_CPU_CAPABILITY'), os.environ.get('MKL_ENABLE_INSTRUCTIONS'), "
+    "torch.backends.cpu.get_cpu_capability())"
+)
 # int8 products must stay exact under the pin (oneDNN restricted to AVX2 saturates them).
-INT_MM = ("import quant_fixtures, torch; torch.manual_seed(0); "
-          "a = torch.randint(-127, 128, (64, 576), dtype=torch.int8); "
-          "b = torch.randint(-127, 128, (256, 576), dtype=torch.int8); "
-          "print(int((torch._int_mm(a, b.t()).long() - a.long() @ b.long().t()).abs().max()))")
+INT_MM = (
+    "import quant_fixtures, torch; torch.manual_seed(0); "
+    "a = torch.randint(-127, 128, (64, 576), dtype=torch.int8); "
+    "b = torch.randint(-127, 128, (256, 576), dtype=torch.int8); "
+    "print(int((torch._int_mm(a, b.t()).long() - a.long() @ b.long().t()).abs().max()))"
+)
 
 
 def run_probe(code: str = PROBE, **env: str) -> str:
     import os
 
     base = {k: v for k, v in os.environ.items() if k not in (*cpu_kernels.AVX2_SWITCHES, cpu_kernels.MODE_ENV)}
-    done = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip()
 
@@ -51,8 +56,11 @@ def test_the_mode_is_checked(monkeypatch):
     monkeypatch.setenv(cpu_kernels.MODE_ENV, " Native ")
     assert cpu_kernels.mode() == "native"
     monkeypatch.setenv(cpu_kernels.MODE_ENV, "avx-2")
-    with pytest.raises(cpu_kernels.CpuKernelsError, match=r"QUANT_FIXTURES_CPU_KERNELS='avx-2': expected one of "
-                                                          r"avx2, native"):
+    with pytest.raises(
+        cpu_kernels.CpuKernelsError,
+        match=r"QUANT_FIXTURES_CPU_KERNELS='avx-2': expected one of "
+        r"avx2, native",
+    ):
         cpu_kernels.mode()
 
 
@@ -70,8 +78,11 @@ def test_kernels_not_pinned_are_reported(monkeypatch):
     import torch
 
     monkeypatch.delenv(cpu_kernels.MODE_ENV, raising=False)
-    expected = None if torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT") or not cpu_kernels._x86_64() \
+    expected = (
+        None
+        if torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT") or not cpu_kernels._x86_64()
         else "not AVX2"
+    )
     problem = cpu_kernels.problem()
     assert (problem is None) if expected is None else ("not AVX2" in problem and "native" in problem)
     monkeypatch.setenv(cpu_kernels.MODE_ENV, "native")

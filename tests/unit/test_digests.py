@@ -15,8 +15,9 @@ def test_block_digest_is_sha256_over_block_digests(tmp_path, monkeypatch, size):
     data = bytes((i * 7919) % 251 for i in range(size))
     path = tmp_path / "w.bin"
     path.write_bytes(data)
-    plain = hashlib.sha256(b"".join(hashlib.sha256(data[o:o + 1024]).digest()
-                                    for o in range(0, size, 1024))).hexdigest()
+    plain = hashlib.sha256(
+        b"".join(hashlib.sha256(data[o : o + 1024]).digest() for o in range(0, size, 1024))
+    ).hexdigest()
     assert digests.sha256_blocks(path, workers=3) == plain
     assert digests.sha256_blocks(path, workers=1) == plain
 

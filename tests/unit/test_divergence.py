@@ -97,8 +97,7 @@ def test_kl_identical_distributions_is_zero() -> None:
     logits = _random_logits(5, 11, seed=1)
     assert torch.all(kl_exact(logits, logits) == 0.0)
     logp, idx = topk_reference(logits, 4)
-    assert torch.allclose(kl_topk(logp, idx, logits), torch.zeros(5, dtype=torch.float64),
-                          atol=1e-6)
+    assert torch.allclose(kl_topk(logp, idx, logits), torch.zeros(5, dtype=torch.float64), atol=1e-6)
 
 
 def test_kl_exact_infinite_when_candidate_misses_support() -> None:
@@ -168,8 +167,7 @@ def test_kl_topk_tiny_candidate_tail_stays_finite() -> None:
     logp, idx = topk_reference(ref, 2)
     value = kl_topk(logp, idx, cand).item()
     assert math.isfinite(value)
-    assert value == pytest.approx(py_kl_topk(logp[0].tolist(), idx[0].tolist(),
-                                             cand[0].tolist()), rel=1e-6)
+    assert value == pytest.approx(py_kl_topk(logp[0].tolist(), idx[0].tolist(), cand[0].tolist()), rel=1e-6)
 
 
 def test_matches_plain_python_reference() -> None:
@@ -184,8 +182,7 @@ def test_matches_plain_python_reference() -> None:
     for r in range(rows):
         ref_row, cand_row = ref[r].tolist(), cand[r].tolist()
         assert exact[r].item() == pytest.approx(py_kl_exact(ref_row, cand_row), rel=1e-6)
-        assert bucketed[r].item() == pytest.approx(
-            py_kl_topk(logp[r].tolist(), idx[r].tolist(), cand_row), rel=1e-6)
+        assert bucketed[r].item() == pytest.approx(py_kl_topk(logp[r].tolist(), idx[r].tolist(), cand_row), rel=1e-6)
         assert nll[r].item() == pytest.approx(py_nll(cand_row, int(targets[r])), rel=1e-6)
 
 
@@ -194,8 +191,7 @@ def test_float16_logits_are_upcast() -> None:
     cand = ref + 0.3 * _random_logits(8, 40, seed=10, scale=1.0)
     half = kl_exact(ref.half(), cand.half())
     assert half.dtype == torch.float64
-    assert torch.allclose(half, kl_exact(ref.half().double(), cand.half().double()),
-                          rtol=1e-4, atol=1e-6)
+    assert torch.allclose(half, kl_exact(ref.half().double(), cand.half().double()), rtol=1e-4, atol=1e-6)
 
 
 def test_top1_agree_accepts_indices_or_logits() -> None:

@@ -27,7 +27,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from golden_measurements import golden_documents
 
 GOLDEN = Path(__file__).parent / "golden"

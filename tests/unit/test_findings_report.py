@@ -5,46 +5,97 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from documents_for_tests import typed
+
 from quant_fixtures.report.bench_summary import throughput_summary
 from quant_fixtures.report.findings import best_tradeoff, findings, most_affected_categories
 from quant_fixtures.report.markdown import write_report
 from quant_fixtures.report.terminal import summary_lines
 
-from documents_for_tests import typed
-
 
 def _doc(variant, ppl, footprint, kl=None, gates=(), speed=100.0):
-    per_prompt = [] if kl is None else [
-        {"id": f"p{i}", "category": cat, "kl_mean": k, "flip": False, "fp16_response": "a|b", "response": "a\nc",
-         "first_divergence": 1}
-        for i, (cat, k) in enumerate(kl)]
-    kl_section = None if kl is None else {
-        "mean": sum(k for _, k in kl) / len(kl), "ci95": [0.0, 1.0], "median": 0.0, "p99": 0.0, "max": 0.0,
-        "top1_agreement": 0.9, "top1_agreement_ci95": [0.8, 1.0], "method": "how", "method_settings": "2 prompts",
-        "per_prompt": per_prompt,
-        "per_category": {c: {"kl_mean": k, "flips": 0} for c, k in kl},
-        "worst_prompts": [{"id": "p0", "category": kl[0][0], "kl_mean": kl[0][1], "first_divergence": 1,
-                           "fp16_response": "a|b", "response": "a\nc"}]}
-    return typed({
-        "generated_at": "2026-11-27T00:00:00+00:00", "run_id": "r",
-        "model": {"key": "m", "source": "src", "note": None}, "variant": {"key": variant, "method": variant,
-                                                                          "compute_dtype": "float32"},
-        "environment": {"device": "cpu", "device_name": "x86_64", "packages": {"torch": "2"}},
-        "perplexity": {"ppl": ppl, "fp16_ppl": 10.0, "delta_ppl_pct": 100 * (ppl / 10.0 - 1), "tokens": 100,
-                       "windows": 2, "ctx": 50, "max_tokens": 100, "protocol": "p.", "delta_ppl_pct_ci95": [0.5, 1.5]},
-        "memory": {"footprint_gb": footprint, "reduction_pct": 100 * (1 - footprint / 2.0),
-                   "compression_ratio": 2.0 / footprint, "peak_gb": None},
-        "timing": {"ppl_tokens_per_s": speed},
-        "kl_divergence": kl_section, "flips": None if kl is None else {"flips": 1, "checkable_prompts": 2, "batch_sensitivity": None},
-        "corpus_kl": None, "noise_floor": {"mean": 1e-9, "max": 2e-9},
-        "gates": [{"metric": m, "value": v, "limit": lim, "op": "<=", "passed": v <= lim} for m, v, lim in gates],
-    })
+    per_prompt = (
+        []
+        if kl is None
+        else [
+            {
+                "id": f"p{i}",
+                "category": cat,
+                "kl_mean": k,
+                "flip": False,
+                "fp16_response": "a|b",
+                "response": "a\nc",
+                "first_divergence": 1,
+            }
+            for i, (cat, k) in enumerate(kl)
+        ]
+    )
+    kl_section = (
+        None
+        if kl is None
+        else {
+            "mean": sum(k for _, k in kl) / len(kl),
+            "ci95": [0.0, 1.0],
+            "median": 0.0,
+            "p99": 0.0,
+            "max": 0.0,
+            "top1_agreement": 0.9,
+            "top1_agreement_ci95": [0.8, 1.0],
+            "method": "how",
+            "method_settings": "2 prompts",
+            "per_prompt": per_prompt,
+            "per_category": {c: {"kl_mean": k, "flips": 0} for c, k in kl},
+            "worst_prompts": [
+                {
+                    "id": "p0",
+                    "category": kl[0][0],
+                    "kl_mean": kl[0][1],
+                    "first_divergence": 1,
+                    "fp16_response": "a|b",
+                    "response": "a\nc",
+                }
+            ],
+        }
+    )
+    return typed(
+        {
+            "generated_at": "2026-11-27T00:00:00+00:00",
+            "run_id": "r",
+            "model": {"key": "m", "source": "src", "note": None},
+            "variant": {"key": variant, "method": variant, "compute_dtype": "float32"},
+            "environment": {"device": "cpu", "device_name": "x86_64", "packages": {"torch": "2"}},
+            "perplexity": {
+                "ppl": ppl,
+                "fp16_ppl": 10.0,
+                "delta_ppl_pct": 100 * (ppl / 10.0 - 1),
+                "tokens": 100,
+                "windows": 2,
+                "ctx": 50,
+                "max_tokens": 100,
+                "protocol": "p.",
+                "delta_ppl_pct_ci95": [0.5, 1.5],
+            },
+            "memory": {
+                "footprint_gb": footprint,
+                "reduction_pct": 100 * (1 - footprint / 2.0),
+                "compression_ratio": 2.0 / footprint,
+                "peak_gb": None,
+            },
+            "timing": {"ppl_tokens_per_s": speed},
+            "kl_divergence": kl_section,
+            "flips": None if kl is None else {"flips": 1, "checkable_prompts": 2, "batch_sensitivity": None},
+            "corpus_kl": None,
+            "noise_floor": {"mean": 1e-9, "max": 2e-9},
+            "gates": [{"metric": m, "value": v, "limit": lim, "op": "<=", "passed": v <= lim} for m, v, lim in gates],
+        }
+    )
 
 
 DOCS = {
     "fp16": _doc("fp16", 10.0, 2.0, kl=[("math", 0.0), ("code", 0.0)]),
-    "int8": _doc("int8", 10.2, 1.2, kl=[("math", 0.01), ("code", 0.03)], gates=[("delta_ppl_pct", 2.0, 5.0)],
-                 speed=50.0),
+    "int8": _doc(
+        "int8", 10.2, 1.2, kl=[("math", 0.01), ("code", 0.03)], gates=[("delta_ppl_pct", 2.0, 5.0)], speed=50.0
+    ),
     "nf4": _doc("nf4", 11.0, 0.7, kl=[("math", 0.2), ("code", 0.1)], gates=[("delta_ppl_pct", 10.0, 5.0)]),
 }
 
@@ -88,18 +139,36 @@ def test_report_written_with_tables_and_plots(tmp_path: Path):
 
     from quant_fixtures.report.schema import BatchSensitivity
 
-    moved = BatchSensitivity(batch_size=32, shift=16, prompts=2, responses_changed=1, verdicts_changed=1, flips=1,
-                             flips_other_batch=2, method="m")
+    moved = BatchSensitivity(
+        batch_size=32,
+        shift=16,
+        prompts=2,
+        responses_changed=1,
+        verdicts_changed=1,
+        flips=1,
+        flips_other_batch=2,
+        method="m",
+    )
     docs = {**DOCS, "int8": replace(DOCS["int8"], flips=replace(DOCS["int8"].flips, batch_sensitivity=moved))}
     path = write_report(tmp_path, {"m": docs})
     text = path.read_text()
-    assert ("Batch sensitivity of int8 (its kernels depend on the batch, so it is scored one sequence per pass; "
-            "generation stays batched): generated again in batches of 32 with every boundary moved by 16, 1 of 2 "
-            "responses and 1 "
-            "answer verdicts changed (flips 1 vs 2).") in text
-    for needle in ("# Quantization harm report", "## m", "Best size/quality trade-off: int8", "**FAIL**",
-                   "| nf4 | delta_ppl_pct | 10 | <= 5 % | **FAIL** |", "Most affected categories",
-                   "a\\|b", "a ⏎ c", "![KL by category](m_kl_by_category.png)"):
+    assert (
+        "Batch sensitivity of int8 (its kernels depend on the batch, so it is scored one sequence per pass; "
+        "generation stays batched): generated again in batches of 32 with every boundary moved by 16, 1 of 2 "
+        "responses and 1 "
+        "answer verdicts changed (flips 1 vs 2)."
+    ) in text
+    for needle in (
+        "# Quantization harm report",
+        "## m",
+        "Best size/quality trade-off: int8",
+        "**FAIL**",
+        "| nf4 | delta_ppl_pct | 10 | <= 5 % | **FAIL** |",
+        "Most affected categories",
+        "a\\|b",
+        "a ⏎ c",
+        "![KL by category](m_kl_by_category.png)",
+    ):
         assert needle in text, needle
     for png in ("m_kl_distribution.png", "m_kl_by_category.png", "m_footprint_vs_delta_ppl.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
@@ -108,9 +177,18 @@ def test_report_written_with_tables_and_plots(tmp_path: Path):
 
 def test_throughput_summary_rates_and_ratios():
     bench = [
-        {"extra_info": {"kind": "ppl_batched", "model": "m", "variant": "fp16", "tokens": 1000}, "stats": {"mean": 2.0}},
-        {"extra_info": {"kind": "ppl_batched", "model": "m", "variant": "int8", "tokens": 1000}, "stats": {"mean": 4.0}},
-        {"extra_info": {"kind": "ppl_hf_guide", "model": "m", "variant": "fp16", "tokens": 1000}, "stats": {"mean": 8.0}},
+        {
+            "extra_info": {"kind": "ppl_batched", "model": "m", "variant": "fp16", "tokens": 1000},
+            "stats": {"mean": 2.0},
+        },
+        {
+            "extra_info": {"kind": "ppl_batched", "model": "m", "variant": "int8", "tokens": 1000},
+            "stats": {"mean": 4.0},
+        },
+        {
+            "extra_info": {"kind": "ppl_hf_guide", "model": "m", "variant": "fp16", "tokens": 1000},
+            "stats": {"mean": 8.0},
+        },
         {"extra_info": {}, "stats": {"mean": 1.0}},
     ]
     s = throughput_summary(bench)["m"]
@@ -126,8 +204,10 @@ def test_non_inferiority_reading_of_passed_gates():
     sure = _doc("int8", 10.1, 1.2, kl=[("math", 0.01)], gates=[("delta_ppl_pct", 1.0, 5.0)])
     assert confidence_lines(sure) == ["delta_ppl_pct is within its limit with 95 % confidence (CI bound 1.5 <= 5)"]
     crossing = _doc("int8", 10.1, 1.2, kl=[("math", 0.01)], gates=[("delta_ppl_pct", 1.0, 1.2)])
-    assert confidence_lines(crossing) == ["delta_ppl_pct: the point estimate 1 is within <= 1.2 but its 95 % CI "
-                                          "(0.5 to 1.5) crosses the limit: not shown with 95 % confidence"]
+    assert confidence_lines(crossing) == [
+        "delta_ppl_pct: the point estimate 1 is within <= 1.2 but its 95 % CI "
+        "(0.5 to 1.5) crosses the limit: not shown with 95 % confidence"
+    ]
     failed = _doc("int8", 10.1, 1.2, kl=[("math", 0.01)], gates=[("delta_ppl_pct", 1.0, 0.8)])
     assert confidence_lines(failed) == []  # a failed gate is reported as failed, not read for confidence
     assert any("with 95 % confidence" in s for s in findings({"int8": sure}).assessment)

@@ -68,8 +68,10 @@ def test_no_limits_no_results() -> None:
 
 
 def test_passed_is_a_real_bool() -> None:
-    for result in evaluate_gates({"max_delta_ppl_pct": 5.0, "min_memory_reduction_pct": 45.0},
-                                 document({"delta_ppl_pct": 1.0, "memory_reduction_pct": None})):
+    for result in evaluate_gates(
+        {"max_delta_ppl_pct": 5.0, "min_memory_reduction_pct": 45.0},
+        document({"delta_ppl_pct": 1.0, "memory_reduction_pct": None}),
+    ):
         assert type(result.passed) is bool
 
 
@@ -87,8 +89,9 @@ def test_explicit_none_fails() -> None:
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
-@pytest.mark.parametrize("limit_name, metric", [("max_delta_ppl_pct", "delta_ppl_pct"),
-                                                ("min_memory_reduction_pct", "memory_reduction_pct")])
+@pytest.mark.parametrize(
+    "limit_name, metric", [("max_delta_ppl_pct", "delta_ppl_pct"), ("min_memory_reduction_pct", "memory_reduction_pct")]
+)
 def test_non_finite_fails(limit_name: str, metric: str, value: float) -> None:
     result = only({limit_name: 5.0}, {metric: value})
     assert not result.passed
@@ -130,8 +133,10 @@ def test_to_dict_has_report_keys() -> None:
 
 
 def test_gate_on_upper_uses_the_ci_bound_on_the_failing_side() -> None:
-    doc = {"perplexity": {"delta_ppl_pct": 4.0, "delta_ppl_pct_ci95": [3.0, 6.0]},
-           "kl_divergence": {"top1_agreement": 0.95, "top1_agreement_ci95": [0.90, 0.97]}}
+    doc = {
+        "perplexity": {"delta_ppl_pct": 4.0, "delta_ppl_pct_ci95": [3.0, 6.0]},
+        "kl_divergence": {"top1_agreement": 0.95, "top1_agreement_ci95": [0.90, 0.97]},
+    }
     assert evaluate_gates({"max_delta_ppl_pct": 5.0}, doc)[0].passed
     upper = evaluate_gates({"max_delta_ppl_pct": 5.0}, doc, "upper")[0]
     assert upper.value == 6.0 and not upper.passed
@@ -148,8 +153,10 @@ def test_optional_gates_from_the_registry_read_from_a_real_document(tmp_path) ->
     from quant_fixtures.report.schema import EvaluationDocument, from_json_object
 
     path = tmp_path / "suite.toml"
-    path.write_text('[models.tiny]\nhub_id = "org/tiny"\n[models.tiny.gates.nf4]\nmax_kl_p99 = 0.2\n'
-                    'min_top1_agreement = 0.95\nmax_flip_rate = 0.25\n')
+    path.write_text(
+        '[models.tiny]\nhub_id = "org/tiny"\n[models.tiny.gates.nf4]\nmax_kl_p99 = 0.2\n'
+        "min_top1_agreement = 0.95\nmax_flip_rate = 0.25\n"
+    )
     limits = load_config(path).gates_for("tiny", "nf4")
     golden = Path(__file__).parent / "golden" / "nf4_evaluation.json"
     doc = from_json_object(EvaluationDocument, json.loads(golden.read_text()))
@@ -157,5 +164,7 @@ def test_optional_gates_from_the_registry_read_from_a_real_document(tmp_path) ->
     results = {r.metric: r for r in evaluate_gates(limits, doc)}
     assert results["flip_rate"].value == 0.5 and not results["flip_rate"].passed
     assert results["top1_agreement"].value == doc.kl_divergence.top1_agreement and results["top1_agreement"].op == ">="
-    assert results["kl_p99"].value == doc.kl_divergence.p99 and results["kl_p99"].passed == (doc.kl_divergence.p99 <= 0.2)
+    assert results["kl_p99"].value == doc.kl_divergence.p99 and results["kl_p99"].passed == (
+        doc.kl_divergence.p99 <= 0.2
+    )
     assert METRICS["flip_rate"].value({"flips": None}) is None  # no prompt stage: nothing to judge, the gate fails

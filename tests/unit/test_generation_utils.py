@@ -18,10 +18,16 @@ import torch
 
 from quant_fixtures.compute.generation import eos_token_ids, length_batches, pad_token_id, truncate_response
 from quant_fixtures.compute.prompt_scoring import first_divergence
-from quant_fixtures.store.digests import tensors_digest
 from quant_fixtures.metrics.reference_head import ReferenceHead
-from quant_fixtures.store.prompt_reference import (REFERENCE_FORMAT, PromptReference, ReferenceKey, load_reference,
-                                      reference_path, store_reference)
+from quant_fixtures.store.digests import tensors_digest
+from quant_fixtures.store.prompt_reference import (
+    REFERENCE_FORMAT,
+    PromptReference,
+    ReferenceKey,
+    load_reference,
+    reference_path,
+    store_reference,
+)
 
 # --- truncate_response ---------------------------------------------------------------------------
 
@@ -94,8 +100,9 @@ def test_length_batches_sorted_by_length_with_index_tiebreak():
     assert [lengths[i] for i in flat] == sorted(lengths)
 
 
-@pytest.mark.parametrize("n,batch_size,sizes", [(7, 3, [3, 3, 1]), (6, 3, [3, 3]), (6, 1, [1] * 6),
-                                                 (4, 10, [4]), (1, 1, [1]), (0, 4, [])])
+@pytest.mark.parametrize(
+    "n,batch_size,sizes", [(7, 3, [3, 3, 1]), (6, 3, [3, 3]), (6, 1, [1] * 6), (4, 10, [4]), (1, 1, [1]), (0, 4, [])]
+)
 def test_length_batches_sizes(n, batch_size, sizes):
     lengths = [(i * 7) % 5 for i in range(n)]
     batches = length_batches(lengths, batch_size)
@@ -134,11 +141,21 @@ K = 4
 
 
 def make_key(**changes) -> ReferenceKey:
-    key = ReferenceKey(model="tiny", weights_identity="sha256:abc", tokenizer_sha256="tok123",
-                       prompts_sha256="prompts456", categories=("question_answering", "creative_writing"),
-                       use_chat_template=True, max_new_tokens_cap=12, top_k=K, weight_dtype="float16",
-                       compute_dtype="float32", device_type="cpu", metrics_version=1,
-                       environment={"device_type": "cpu", "torch": "2.13.0"})
+    key = ReferenceKey(
+        model="tiny",
+        weights_identity="sha256:abc",
+        tokenizer_sha256="tok123",
+        prompts_sha256="prompts456",
+        categories=("question_answering", "creative_writing"),
+        use_chat_template=True,
+        max_new_tokens_cap=12,
+        top_k=K,
+        weight_dtype="float16",
+        compute_dtype="float32",
+        device_type="cpu",
+        metrics_version=1,
+        environment={"device_type": "cpu", "torch": "2.13.0"},
+    )
     return dataclasses.replace(key, **changes)
 
 
@@ -192,10 +209,18 @@ def test_missing_file(tmp_path):
 
 
 CHANGED = {
-    "model": "other", "weights_identity": "sha256:def", "tokenizer_sha256": "tok999",
-    "prompts_sha256": "prompts000", "categories": ("question_answering",), "use_chat_template": False,
-    "max_new_tokens_cap": 64, "top_k": K + 1, "weight_dtype": "bfloat16", "compute_dtype": "float16",
-    "device_type": "cuda", "metrics_version": 2,
+    "model": "other",
+    "weights_identity": "sha256:def",
+    "tokenizer_sha256": "tok999",
+    "prompts_sha256": "prompts000",
+    "categories": ("question_answering",),
+    "use_chat_template": False,
+    "max_new_tokens_cap": 64,
+    "top_k": K + 1,
+    "weight_dtype": "bfloat16",
+    "compute_dtype": "float16",
+    "device_type": "cuda",
+    "metrics_version": 2,
     "environment": {"device_type": "cpu", "torch": "2.14.0"},
 }
 

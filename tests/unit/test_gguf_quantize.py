@@ -19,11 +19,11 @@ def plain_q8_0(values: np.ndarray) -> np.ndarray:
     out = np.empty_like(values, dtype=np.float32)
     for row in range(values.shape[0]):
         for start in range(0, values.shape[1], BLOCK):
-            x = values[row, start:start + BLOCK].astype(np.float32)
+            x = values[row, start : start + BLOCK].astype(np.float32)
             d = np.float32(np.abs(x).max() / np.float32(127))
             inv = np.float32(1) / d if d else np.float32(0)
             q = np.sign(x * inv) * np.floor(np.abs(x * inv) + np.float32(0.5))
-            out[row, start:start + BLOCK] = q * np.float32(np.float16(d))
+            out[row, start : start + BLOCK] = q * np.float32(np.float16(d))
     return out
 
 
@@ -33,12 +33,12 @@ def plain_q4_0(values: np.ndarray) -> np.ndarray:
     out = np.empty_like(values, dtype=np.float32)
     for row in range(values.shape[0]):
         for start in range(0, values.shape[1], BLOCK):
-            x = values[row, start:start + BLOCK].astype(np.float32)
+            x = values[row, start : start + BLOCK].astype(np.float32)
             m = x[np.argmax(np.abs(x))]
             d = np.float32(m / np.float32(-8))
             inv = np.float32(1) / d if d else np.float32(0)
             q = np.minimum(np.float32(15), np.trunc(x * inv + np.float32(8.5)))
-            out[row, start:start + BLOCK] = (q - 8) * np.float32(np.float16(d))
+            out[row, start : start + BLOCK] = (q - 8) * np.float32(np.float16(d))
     return out
 
 
@@ -65,7 +65,7 @@ def test_which_tensors_are_quantized():
     assert kind == gguf.GGMLQuantizationType.F32 and norm.dtype == np.float32  # 1-D stays float32
     odd, kind = quantized_tensor(np.ones((4, 48), dtype=np.float32), qtype)
     assert kind == gguf.GGMLQuantizationType.F16 and odd.dtype == np.float16  # rows not whole blocks
-    rounded, _ = quantized_tensor(np.array([1 + 2 ** -12], dtype=np.float32), qtype)
+    rounded, _ = quantized_tensor(np.array([1 + 2**-12], dtype=np.float32), qtype)
     assert rounded[0] == 1.0  # values are first rounded to float16, the FP16 reference's precision
 
 

@@ -12,8 +12,13 @@ import gpu_check  # noqa: E402
 
 
 def _run(wall: float, pairs=(), failures=(), errors=()) -> dict:
-    return {"wall_s": wall, "busy_pct": {"0": 50.0}, "pairs": list(pairs), "unexpected_failures": list(failures),
-            "tests": {"failures": [], "errors": list(errors)}}
+    return {
+        "wall_s": wall,
+        "busy_pct": {"0": 50.0},
+        "pairs": list(pairs),
+        "unexpected_failures": list(failures),
+        "tests": {"failures": [], "errors": list(errors)},
+    }
 
 
 def test_steps_of_the_same_commit_are_kept_and_others_dropped(tmp_path):

@@ -12,7 +12,7 @@ from quant_fixtures.compute.grouped_attention import NAME, grouped_attention, gr
 def plain_attention(query, key, value, mask, scale):
     group = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
-    scores = query @ key.transpose(2, 3) * scale + mask[:, :, :, :key.shape[2]]
+    scores = query @ key.transpose(2, 3) * scale + mask[:, :, :, : key.shape[2]]
     return (torch.softmax(scores.double(), -1) @ value.double()).transpose(1, 2)
 
 
@@ -26,18 +26,25 @@ def test_grouped_attention_matches_head_copies(heads, kv_heads, q_len):
     mask = torch.zeros(batch, 1, q_len, length + 4)
     mask[0, :, :, :3] = torch.finfo(torch.float32).min  # a left-padded row
     mask[2, :, :, 7:] = torch.finfo(torch.float32).min  # slots not yet written
-    out, weights = grouped_attention(None, query, key, value, mask, scaling=dim ** -0.5)
+    out, weights = grouped_attention(None, query, key, value, mask, scaling=dim**-0.5)
     assert weights is None and out.shape == (batch, q_len, heads, dim)
-    torch.testing.assert_close(out.double(), plain_attention(query, key, value, mask, dim ** -0.5),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), plain_attention(query, key, value, mask, dim**-0.5), rtol=1e-5, atol=1e-5)
 
 
 def test_the_model_uses_it_only_inside_the_context():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     before = model.config._attn_implementation
     ids = torch.randint(0, 64, (2, 9))
     # the decoder always passes a prepared 4D additive mask: causal, first row left-padded by 2

@@ -9,23 +9,28 @@ import torch
 
 bnb = pytest.importorskip("bitsandbytes")
 
-from quant_fixtures.models.int8_per_sequence import (MAX_EXACT_SETS, install_per_sequence_int8,  # noqa: E402
-                                                     real_tokens, remove_per_sequence_int8)
+from quant_fixtures.models.int8_per_sequence import (  # noqa: E402
+    MAX_EXACT_SETS,
+    install_per_sequence_int8,
+    real_tokens,
+    remove_per_sequence_int8,
+)
 
 
 @pytest.fixture
 def layer():
     torch.manual_seed(0)
     module = bnb.nn.Linear8bitLt(64, 48, bias=True, has_fp16_weights=False, threshold=6.0)
-    module.weight = bnb.nn.Int8Params(torch.randn(48, 64, dtype=torch.float16), requires_grad=False,
-                                      has_fp16_weights=False)
+    module.weight = bnb.nn.Int8Params(
+        torch.randn(48, 64, dtype=torch.float16), requires_grad=False, has_fp16_weights=False
+    )
     module.bias = torch.nn.Parameter(torch.randn(48) * 0.1)
     return module.to("cpu").eval()
 
 
 def _alone(layer, x):
     with torch.inference_mode():
-        return [layer(x[i:i + 1])[0] for i in range(x.shape[0])]
+        return [layer(x[i : i + 1])[0] for i in range(x.shape[0])]
 
 
 def test_sequences_with_their_own_outliers_get_what_they_get_alone(layer):

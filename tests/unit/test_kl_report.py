@@ -5,31 +5,53 @@ All records are hand-made; the expected numbers are worked out in the test from 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
+from quant_fixtures.metrics.prompt_summary import (
+    RESPONSE_CHARS,
+    WORST_PROMPTS,
+    flip_summary,
+    kl_method_text,
+    kl_section,
+)
 from quant_fixtures.store.atomic import write_json_atomic
-from quant_fixtures.metrics.prompt_summary import (RESPONSE_CHARS, WORST_PROMPTS, flip_summary, kl_method_text,
-                                      kl_section)
 
 
-def record(pid: str, category: str, kl: float | None, top1: float | None = 1.0, *,
-           fp16_correct: bool | None = None, correct: bool | None = None, exact: bool = True,
-           tail: float | None = 0.01, first_div: int | None = None, fp16_text: str = "fp16 says",
-           text: str = "variant says") -> dict:
+def record(
+    pid: str,
+    category: str,
+    kl: float | None,
+    top1: float | None = 1.0,
+    *,
+    fp16_correct: bool | None = None,
+    correct: bool | None = None,
+    exact: bool = True,
+    tail: float | None = 0.01,
+    first_div: int | None = None,
+    fp16_text: str = "fp16 says",
+    text: str = "variant says",
+) -> dict:
     """One per-prompt record shaped like prompt_eval.per_prompt_records' output."""
     scored = kl is not None
     return {
-        "id": pid, "category": category, "positions": 4 if scored else 0,
-        "kl_mean": kl, "kl_max": (2 * kl) if scored else None,
-        "kl_reverse_mean": (1.2 * kl) if scored else None, "kl_topk_mean": (0.95 * kl) if scored else None,
+        "id": pid,
+        "category": category,
+        "positions": 4 if scored else 0,
+        "kl_mean": kl,
+        "kl_max": (2 * kl) if scored else None,
+        "kl_reverse_mean": (1.2 * kl) if scored else None,
+        "kl_topk_mean": (0.95 * kl) if scored else None,
         "top1_agreement": top1 if scored else None,
-        "nll_fp16_tokens": 1.5, "tail_mass_mean": tail if scored else None,
-        "first_divergence": first_div, "exact_match": exact,
-        "fp16_correct": fp16_correct, "correct": correct,
+        "nll_fp16_tokens": 1.5,
+        "tail_mass_mean": tail if scored else None,
+        "first_divergence": first_div,
+        "exact_match": exact,
+        "fp16_correct": fp16_correct,
+        "correct": correct,
         "flip": None if fp16_correct is None else fp16_correct != correct,
-        "fp16_response": fp16_text, "response": text,
+        "fp16_response": fp16_text,
+        "response": text,
     }
 
 
@@ -40,17 +62,35 @@ LONG = "x" * (RESPONSE_CHARS + 50)
 def records() -> list[dict]:
     return [
         record("m1", "mathematical_reasoning", 0.10, 0.75, fp16_correct=True, correct=True, tail=0.02),
-        record("m2", "mathematical_reasoning", 0.40, 0.50, fp16_correct=True, correct=False, exact=False,
-               first_div=3, fp16_text=LONG, text="short"),
-        record("m3", "mathematical_reasoning", 0.05, 1.00, fp16_correct=False, correct=True, exact=False,
-               first_div=0, tail=0.03),
+        record(
+            "m2",
+            "mathematical_reasoning",
+            0.40,
+            0.50,
+            fp16_correct=True,
+            correct=False,
+            exact=False,
+            first_div=3,
+            fp16_text=LONG,
+            text="short",
+        ),
+        record(
+            "m3",
+            "mathematical_reasoning",
+            0.05,
+            1.00,
+            fp16_correct=False,
+            correct=True,
+            exact=False,
+            first_div=0,
+            tail=0.03,
+        ),
         record("q1", "question_answering", 0.20, 0.80, fp16_correct=False, correct=False, tail=0.04),
         record("q2", "question_answering", 0.30, 0.60, exact=False, first_div=7, text=LONG),
         record("q3", "question_answering", 0.01, 1.00, fp16_correct=True, correct=True, tail=0.00),
         record("s1", "scientific_knowledge", 0.25, 0.90, tail=0.05),
         # No scored position (e.g. an empty FP16 response): counted per category, never in the KL stats.
-        record("s2", "scientific_knowledge", None, None, fp16_correct=True, correct=False, exact=False,
-               first_div=0),
+        record("s2", "scientific_knowledge", None, None, fp16_correct=True, correct=False, exact=False, first_div=0),
     ]
 
 
@@ -140,8 +180,11 @@ def test_worst_prompts_sorted_descending_and_truncated(records):
 
 
 def test_fewer_prompts_than_the_worst_list_keeps_them_all():
-    recs = [record("a", "question_answering", 0.2), record("b", "question_answering", 0.5),
-            record("c", "question_answering", None)]
+    recs = [
+        record("a", "question_answering", 0.2),
+        record("b", "question_answering", 0.5),
+        record("c", "question_answering", None),
+    ]
     section = kl_section(recs, top_k=8, method="m")
     assert [w["id"] for w in section["worst_prompts"]] == ["b", "a"]
     assert section["prompts"] == 2
@@ -215,14 +258,14 @@ def test_method_text_names_settings():
 
 
 def test_exact_basis_reports_topk_gap():
-    recs = [dict(record("a", "question_answering", 0.10), kl_topk_mean=0.095),
-            dict(record("b", "question_answering", 0.30), kl_topk_mean=0.285)]
+    recs = [
+        dict(record("a", "question_answering", 0.10), kl_topk_mean=0.095),
+        dict(record("b", "question_answering", 0.30), kl_topk_mean=0.285),
+    ]
     section = kl_section(recs, top_k=256, method="m")
     assert section["basis"] == "exact" and section["mean"] == pytest.approx(0.2)
     assert section["topk"]["mean"] == pytest.approx(0.19) and section["topk"]["k"] == 256
     assert section["topk"]["rel_gap_vs_exact"] == pytest.approx(0.05)
-
-
 
 
 def test_macro_average_weights_categories_equally():

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quant_fixtures.compute.memory import (GiB, BatchLog, MemoryBudget, chunked, is_out_of_memory, parse_size,
-                                           run_batches, size_by_probe)
+from quant_fixtures.compute.memory import (
+    BatchLog,
+    GiB,
+    MemoryBudget,
+    chunked,
+    is_out_of_memory,
+    parse_size,
+    run_batches,
+    size_by_probe,
+)
 
 
 class PlannedBudget(MemoryBudget):
@@ -35,8 +43,9 @@ def _oom() -> torch.OutOfMemoryError:
 
 def test_the_batch_is_as_large_as_fits_after_the_probe():
     log, ran = BatchLog(), []
-    size = size_by_probe(8, lambda: ran.append("probe"), PlannedBudget(free=10 * GiB, need=3 * GiB), log,
-                         "perplexity", "windows")
+    size = size_by_probe(
+        8, lambda: ran.append("probe"), PlannedBudget(free=10 * GiB, need=3 * GiB), log, "perplexity", "windows"
+    )
     assert ran == ["probe"]
     assert size == 3  # floor(10 GiB x 0.9 / 3 GiB)
     assert log.notes == ["perplexity: 3 windows per pass, not 8: one needs 3.00 GiB and 10.00 GiB is free"]
@@ -59,8 +68,10 @@ def test_out_of_memory_halves_the_batch_and_every_later_one():
 
     run_batches(chunked(range(10), 8), run, budget, log, "scoring", "prompts")
     assert seen == [[0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3], [0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
-    assert log.notes == ["scoring: out of memory at 8 prompts per pass; retried at 4",
-                         "scoring: out of memory at 4 prompts per pass; retried at 2"]
+    assert log.notes == [
+        "scoring: out of memory at 8 prompts per pass; retried at 4",
+        "scoring: out of memory at 4 prompts per pass; retried at 2",
+    ]
     assert log.used["scoring"] == 2 and budget.released == 2
 
 
@@ -85,8 +96,10 @@ def test_groups_keep_only_items_allowed_together():
     assert chunked(range(5), 2, lambda a, b: lengths[a] == lengths[b]) == [[0, 1], [2], [3, 4]]
 
 
-@pytest.mark.parametrize("text,expected", [("15GiB", 15 * GiB), ("16 GB", 16 * 10**9), ("15.5e9", int(15.5e9)),
-                                           ("800MiB", 800 * 2**20), ("1tib", 2**40)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [("15GiB", 15 * GiB), ("16 GB", 16 * 10**9), ("15.5e9", int(15.5e9)), ("800MiB", 800 * 2**20), ("1tib", 2**40)],
+)
 def test_memory_sizes_parse(text, expected):
     assert parse_size(text, "--max-gpu-memory") == expected
 

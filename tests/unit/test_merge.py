@@ -20,7 +20,13 @@ def _job(root: Path, name: str, variants: list[str], edit=None) -> Path:
     for variant in variants:
         data = json.loads((GOLDEN / f"{variant}_evaluation.json").read_text())
         data["generated_at"] = "2026-11-28T00:00:00+00:00"
-        data["timing"] = {"load_s": 1.0, "ppl_s": 2.0, "ppl_tokens_per_s": 100.0, "prompts_s": 3.0, "stages": {"load": 1.0}}
+        data["timing"] = {
+            "load_s": 1.0,
+            "ppl_s": 2.0,
+            "ppl_tokens_per_s": 100.0,
+            "prompts_s": 3.0,
+            "stages": {"load": 1.0},
+        }
         if edit:
             edit(data)
         (directory / f"{variant}_quantized_tiny_evaluation.json").write_text(json.dumps(data))
@@ -35,13 +41,17 @@ def test_jobs_split_by_variant_merge_into_one_comparison(tmp_path: Path) -> None
     comparison = json.loads((tmp_path / "out" / "tiny_quantization_comparison.json").read_text())
     assert list(comparison["variants"]) == ["fp16", "int8", "nf4"]
     assert comparison["failed_gates"] == [line for line in comparison["findings"]["failed_gates"]]
-    assert comparison["variants"]["nf4"]["ppl"] == json.loads((b / "nf4_quantized_tiny_evaluation.json").read_text())[
-        "perplexity"]["ppl"]
+    assert (
+        comparison["variants"]["nf4"]["ppl"]
+        == json.loads((b / "nf4_quantized_tiny_evaluation.json").read_text())["perplexity"]["ppl"]
+    )
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert all(f"| {v} |" in report for v in ("fp16", "int8", "nf4"))
     assert sorted(p.name for p in (tmp_path / "out").glob("*_evaluation.json")) == [
-        "fp16_quantized_tiny_evaluation.json", "int8_quantized_tiny_evaluation.json",
-        "nf4_quantized_tiny_evaluation.json"]
+        "fp16_quantized_tiny_evaluation.json",
+        "int8_quantized_tiny_evaluation.json",
+        "nf4_quantized_tiny_evaluation.json",
+    ]
 
 
 def test_jobs_measured_against_other_fp16_references_are_refused(tmp_path: Path) -> None:

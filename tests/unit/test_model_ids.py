@@ -30,28 +30,41 @@ def error(values: list[str], base_dir: Path, suite=SHIPPED) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("name, key", [
-    ("Qwen2.5-0.5B", "qwen2.5-0.5b"), ("Mistral-7B-v0.1", "mistral-7b-v0.1"), ("My_Model", "my_model"),
-    ("tiny llama (copy)", "tiny-llama-copy"), ("--odd--", "odd"), ("___", ""),
-])
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("Qwen2.5-0.5B", "qwen2.5-0.5b"),
+        ("Mistral-7B-v0.1", "mistral-7b-v0.1"),
+        ("My_Model", "my_model"),
+        ("tiny llama (copy)", "tiny-llama-copy"),
+        ("--odd--", "odd"),
+        ("___", ""),
+    ],
+)
 def test_the_key_is_the_lower_case_name(name: str, key: str) -> None:
     assert derive_key(name) == key
 
 
-@pytest.mark.parametrize("value, fields", [
-    ("Qwen/Qwen2.5-0.5B", {"hub_id": "Qwen/Qwen2.5-0.5B", "revision": None}),
-    ("org/name@3f1c9a0", {"hub_id": "org/name", "revision": "3f1c9a0"}),
-    ("org/name@refs/pr/1", {"hub_id": "org/name", "revision": "refs/pr/1"}),
-])
+@pytest.mark.parametrize(
+    "value, fields",
+    [
+        ("Qwen/Qwen2.5-0.5B", {"hub_id": "Qwen/Qwen2.5-0.5B", "revision": None}),
+        ("org/name@3f1c9a0", {"hub_id": "org/name", "revision": "3f1c9a0"}),
+        ("org/name@refs/pr/1", {"hub_id": "org/name", "revision": "refs/pr/1"}),
+    ],
+)
 def test_hub_ids(tmp_path: Path, value: str, fields: dict) -> None:
     assert source_of(value, value, tmp_path) == fields
 
 
-@pytest.mark.parametrize("value", ["gpt2", "org/na--me", "org/name.", "-org/name", "org/na me", "org/name@",
-                                   "org/" + "n" * 96])
+@pytest.mark.parametrize(
+    "value", ["gpt2", "org/na--me", "org/name.", "-org/name", "org/na me", "org/name@", "org/" + "n" * 96]
+)
 def test_what_is_not_a_hub_id_is_an_error(tmp_path: Path, value: str) -> None:
-    assert error([value], tmp_path) == (f"--model {value}: expected a Hugging Face Hub id (org/name, optionally "
-                                        "@revision) or a directory holding a Hugging Face checkpoint")
+    assert error([value], tmp_path) == (
+        f"--model {value}: expected a Hugging Face Hub id (org/name, optionally "
+        "@revision) or a directory holding a Hugging Face checkpoint"
+    )
 
 
 def test_a_directory_wins_over_a_hub_id_of_the_same_spelling(tmp_path: Path) -> None:
@@ -59,12 +72,15 @@ def test_a_directory_wins_over_a_hub_id_of_the_same_spelling(tmp_path: Path) -> 
     assert source_of("org/name", "org/name", tmp_path) == {"path": str((tmp_path / "org" / "name").resolve())}
 
 
-@pytest.mark.parametrize("value, message", [
-    ("./missing", "no such directory {base}/missing"),
-    ("a/b/c", "no such directory {base}/a/b/c"),
-    ("empty", "{base}/empty is not a Hugging Face checkpoint directory (no config.json)"),
-    ("", "no model given; expected a Hugging Face Hub id (org/name) or a directory"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("./missing", "no such directory {base}/missing"),
+        ("a/b/c", "no such directory {base}/a/b/c"),
+        ("empty", "{base}/empty is not a Hugging Face checkpoint directory (no config.json)"),
+        ("", "no model given; expected a Hugging Face Hub id (org/name) or a directory"),
+    ],
+)
 def test_directory_errors(tmp_path: Path, value: str, message: str) -> None:
     (tmp_path / "empty").mkdir()
     assert error([value], tmp_path) == f"--model {value}: " + message.format(base=tmp_path)
@@ -81,7 +97,8 @@ def test_a_hub_id_becomes_a_new_entry_with_the_default_variants_and_gates(tmp_pa
         assert suite.missing_limits("my-model", variant) == []
     assert model.describe(suite) == (
         f"--model Org/My-Model@v2: model 'my-model' from Org/My-Model@v2; default variants fp16,int8,nf4, "
-        f"limits from [gates] of {DEFAULT_CONFIG_PATH}")
+        f"limits from [gates] of {DEFAULT_CONFIG_PATH}"
+    )
 
 
 def test_a_directory_becomes_a_path_entry_keyed_by_its_name(tmp_path: Path) -> None:
@@ -90,12 +107,15 @@ def test_a_directory_becomes_a_path_entry_keyed_by_its_name(tmp_path: Path) -> N
     assert model.key == "tiny-llama" and suite.models["tiny-llama"].path == str(directory.resolve())
 
 
-@pytest.mark.parametrize("value, key", [
-    ("Qwen/Qwen2.5-0.5B", "qwen2.5-0.5b"),
-    ("qwen/qwen2.5-0.5b@main", "qwen2.5-0.5b"),  # Hub ids are case-insensitive; no revision means main
-    ("mistralai/Mistral-7B-v0.1", "mistral7b"),  # found by its source, whatever its key
-    ("smollm2-135m", "smollm2-135m"),  # a configured key
-])
+@pytest.mark.parametrize(
+    "value, key",
+    [
+        ("Qwen/Qwen2.5-0.5B", "qwen2.5-0.5b"),
+        ("qwen/qwen2.5-0.5b@main", "qwen2.5-0.5b"),  # Hub ids are case-insensitive; no revision means main
+        ("mistralai/Mistral-7B-v0.1", "mistral7b"),  # found by its source, whatever its key
+        ("smollm2-135m", "smollm2-135m"),  # a configured key
+    ],
+)
 def test_a_configured_source_or_key_selects_that_entry(tmp_path: Path, value: str, key: str) -> None:
     suite, (model,) = given([value], tmp_path)
     assert (model.key, model.configured) == (key, True)
@@ -106,8 +126,10 @@ def test_a_configured_source_or_key_selects_that_entry(tmp_path: Path, value: st
 def test_a_configured_directory_is_selected(tmp_path: Path) -> None:
     directory = checkpoint(tmp_path / "weights")
     config = tmp_path / "suite.toml"
-    config.write_text(f'[gates.int8]\nmax_delta_ppl_pct = 5.0\nmin_memory_reduction_pct = 40.0\nmax_kl_mean = 0.1\n\n'
-                      f'[models.mine]\npath = "{directory}"\n')
+    config.write_text(
+        f"[gates.int8]\nmax_delta_ppl_pct = 5.0\nmin_memory_reduction_pct = 40.0\nmax_kl_mean = 0.1\n\n"
+        f'[models.mine]\npath = "{directory}"\n'
+    )
     suite = load_config(config)
     assert given([str(directory)], tmp_path, suite)[1][0].key == "mine"
     assert given(["./weights"], tmp_path, suite)[1][0].key == "mine"
@@ -123,14 +145,16 @@ def test_key_equals_names_the_key(tmp_path: Path) -> None:
 def test_a_key_taken_by_another_source_is_an_error(tmp_path: Path) -> None:
     assert error(["Qwen/Qwen2.5-0.5B@abc123"], tmp_path) == (
         f"--model Qwen/Qwen2.5-0.5B@abc123: its key 'qwen2.5-0.5b' is already the model from Qwen/Qwen2.5-0.5B@main "
-        f"in {DEFAULT_CONFIG_PATH}; give this one another key: --model OTHER_KEY=Qwen/Qwen2.5-0.5B@abc123")
+        f"in {DEFAULT_CONFIG_PATH}; give this one another key: --model OTHER_KEY=Qwen/Qwen2.5-0.5B@abc123"
+    )
     assert "its key 'mistral7b' is already the model" in error(["mistral7b=org/other"], tmp_path)
 
 
 def test_two_values_of_one_key(tmp_path: Path) -> None:
     assert error(["a/model", "b/model"], tmp_path) == (
         "--model a/model and --model b/model both make the model key 'model'; give one another key: "
-        "--model OTHER_KEY=b/model")
+        "--model OTHER_KEY=b/model"
+    )
     suite, models = given(["a/model", "a/model", "x=a/model"], tmp_path)  # the same one twice counts once
     assert [m.key for m in models] == ["model", "x"]
 

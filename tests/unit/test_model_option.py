@@ -41,29 +41,47 @@ def ids(result: pytest.RunResult) -> set[str]:
 
 
 def matrix(model: str, variants: tuple[str, ...] = ("fp16", "int8", "nf4")) -> set[str]:
-    return ({f"{model}-{v}" for v in variants}
-            | {f"{model}-{v}-{metric}" for v in variants if v != "fp16" for metric in REQUIRED})
+    return {f"{model}-{v}" for v in variants} | {
+        f"{model}-{v}-{metric}" for v in variants if v != "fp16" for metric in REQUIRED
+    }
 
 
 def test_without_a_config_the_shipped_one_serves_and_only_the_given_model_runs(project: pytest.Pytester) -> None:
     result = collect(project, "--model", "Org/My-Model")
     assert result.ret == pytest.ExitCode.OK
     assert ids(result) == matrix("my-model")
-    result.stdout.fnmatch_lines([f"quant-fixtures: --model Org/My-Model: model 'my-model' from Org/My-Model@main; "
-                                 f"default variants fp16,int8,nf4, limits from [gates] of {DEFAULT_CONFIG_PATH}"])
+    result.stdout.fnmatch_lines(
+        [
+            f"quant-fixtures: --model Org/My-Model: model 'my-model' from Org/My-Model@main; "
+            f"default variants fp16,int8,nf4, limits from [gates] of {DEFAULT_CONFIG_PATH}"
+        ]
+    )
 
 
 def test_the_configured_entry_of_a_source_is_selected(project: pytest.Pytester) -> None:
     result = collect(project, "--suite-config=default", "--model", "Qwen/Qwen2.5-0.5B", "-m", "gpu")
     assert result.ret == pytest.ExitCode.OK
     assert ids(result) == matrix("qwen2.5-0.5b")  # its requires_gpu: the gpu marker
-    result.stdout.fnmatch_lines([f"quant-fixtures: --model Qwen/Qwen2.5-0.5B: model 'qwen2.5-0.5b', the entry "
-                                 f"configured in {DEFAULT_CONFIG_PATH}"])
+    result.stdout.fnmatch_lines(
+        [
+            f"quant-fixtures: --model Qwen/Qwen2.5-0.5B: model 'qwen2.5-0.5b', the entry "
+            f"configured in {DEFAULT_CONFIG_PATH}"
+        ]
+    )
 
 
 def test_with_models_and_variants(project: pytest.Pytester) -> None:
-    result = collect(project, "--model", "org/name", "--model", "second=org/name@v2", "--models", "smollm2-135m",
-                     "--variants", "int8")
+    result = collect(
+        project,
+        "--model",
+        "org/name",
+        "--model",
+        "second=org/name@v2",
+        "--models",
+        "smollm2-135m",
+        "--variants",
+        "int8",
+    )
     assert result.ret == pytest.ExitCode.OK
     assert ids(result) == matrix("name", ("int8",)) | matrix("second", ("int8",)) | matrix("smollm2-135m", ("int8",))
 
@@ -88,24 +106,37 @@ def test_a_project_config_gives_the_limits_and_may_list_no_model(project: pytest
     # Its [gates], not the shipped ones: it has none for nf4, so the default matrix misses a limit.
     missing = collect(project, "--model", "org/name")
     assert missing.ret == pytest.ExitCode.USAGE_ERROR
-    missing.stderr.fnmatch_lines([f"ERROR: {project.path / 'quant_suite.toml'}: no limit max_delta_ppl_pct, "
-                                  "max_kl_mean, min_memory_reduction_pct for model 'name' variant 'nf4'*"])
+    missing.stderr.fnmatch_lines(
+        [
+            f"ERROR: {project.path / 'quant_suite.toml'}: no limit max_delta_ppl_pct, "
+            "max_kl_mean, min_memory_reduction_pct for model 'name' variant 'nf4'*"
+        ]
+    )
     alone = collect(project)
     assert alone.ret == pytest.ExitCode.USAGE_ERROR
-    alone.stderr.fnmatch_lines(["ERROR: *quant_suite.toml: no [[]models.*[]] tables (add one, or give the model "
-                                "with --model org/name)"])
+    alone.stderr.fnmatch_lines(
+        ["ERROR: *quant_suite.toml: no [[]models.*[]] tables (add one, or give the model with --model org/name)"]
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "gpt2"], "--model gpt2: expected a Hugging Face Hub id (org/name, optionally @revision) or a "
-                          "directory holding a Hugging Face checkpoint"),
-    (["--model", "./nowhere"], "--model ./nowhere: no such directory */nowhere"),
-    (["--suite-config=default", "--model", "Qwen/Qwen2.5-0.5B@abc"],
-     "--model Qwen/Qwen2.5-0.5B@abc: its key 'qwen2.5-0.5b' is already the model from Qwen/Qwen2.5-0.5B@main in "
-     "*quant_suite.toml; give this one another key: --model OTHER_KEY=Qwen/Qwen2.5-0.5B@abc"),
-    (["--model", "a/m", "--model", "b/m"], "--model a/m and --model b/m both make the model key 'm'; *"),
-    (["--model", "org/name", "--models", "nosuch"], "unknown model nosuch; valid: *, name"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--model", "gpt2"],
+            "--model gpt2: expected a Hugging Face Hub id (org/name, optionally @revision) or a "
+            "directory holding a Hugging Face checkpoint",
+        ),
+        (["--model", "./nowhere"], "--model ./nowhere: no such directory */nowhere"),
+        (
+            ["--suite-config=default", "--model", "Qwen/Qwen2.5-0.5B@abc"],
+            "--model Qwen/Qwen2.5-0.5B@abc: its key 'qwen2.5-0.5b' is already the model from Qwen/Qwen2.5-0.5B@main in "
+            "*quant_suite.toml; give this one another key: --model OTHER_KEY=Qwen/Qwen2.5-0.5B@abc",
+        ),
+        (["--model", "a/m", "--model", "b/m"], "--model a/m and --model b/m both make the model key 'm'; *"),
+        (["--model", "org/name", "--models", "nosuch"], "unknown model nosuch; valid: *, name"),
+    ],
+)
 def test_usage_errors_are_one_line(project: pytest.Pytester, args: list[str], message: str) -> None:
     result = collect(project, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

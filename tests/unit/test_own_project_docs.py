@@ -64,8 +64,9 @@ def test_the_fixtures_table_is_the_plugins_fixtures() -> None:
     assert dict(rows) == _plugin_fixtures() and len(rows) == len(dict(rows))
 
 
-def test_the_example_collects_for_a_model_given_on_the_command_line(pytester: pytest.Pytester,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_example_collects_for_a_model_given_on_the_command_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for name in ("quant_suite.toml", "test_my_model.py"):
         shutil.copy(EXAMPLE / name, pytester.path / name)
@@ -74,9 +75,11 @@ def test_the_example_collects_for_a_model_given_on_the_command_line(pytester: py
     assert result.ret == pytest.ExitCode.OK
     ids = {line.split("::", 1)[1] for line in result.outlines if line.startswith("test_my_model.py::")}
     gates = [f"int8-{m}" for m in ("delta_ppl_pct", "kl_mean", "memory_reduction_pct")] + [
-        f"nf4-{m}" for m in ("delta_ppl_pct", "kl_mean", "flip_rate", "memory_reduction_pct")]
-    assert ids == ({f"test_perplexity_is_measured[name-{v}]" for v in ("fp16", "int8", "nf4")}
-                   | {f"test_within_limit[name-{g}]" for g in gates}
-                   | {f"test_quantized_weights_are_smaller[name-{v}]" for v in ("int8", "nf4")}
-                   | {"test_int8_keeps_every_prompt_near_fp16[name-int8]",
-                      "test_eight_bits_stay_closer_to_fp16_than_four[name]"})
+        f"nf4-{m}" for m in ("delta_ppl_pct", "kl_mean", "flip_rate", "memory_reduction_pct")
+    ]
+    assert ids == (
+        {f"test_perplexity_is_measured[name-{v}]" for v in ("fp16", "int8", "nf4")}
+        | {f"test_within_limit[name-{g}]" for g in gates}
+        | {f"test_quantized_weights_are_smaller[name-{v}]" for v in ("int8", "nf4")}
+        | {"test_int8_keeps_every_prompt_near_fp16[name-int8]", "test_eight_bits_stay_closer_to_fp16_than_four[name]"}
+    )

@@ -93,7 +93,7 @@ STRIDED_CASES = [
     (101, 16, 5),
     (37, 8, 1),
     (2, 2, 1),
-    (5, 8, 4),    # whole sequence fits one window
+    (5, 8, 4),  # whole sequence fits one window
     (64, 16, 15),
     (1000, 64, 32),
     (1001, 64, 63),
@@ -191,7 +191,7 @@ def test_perplexity_hand_computed() -> None:
 
 def test_perplexity_weights_by_tokens_not_windows() -> None:
     # Mean over tokens (ln 3 * 1 + 0 * 3) / 4, not over windows.
-    assert perplexity([math.log(3), 0.0], [1, 3]) == pytest.approx(3 ** 0.25)
+    assert perplexity([math.log(3), 0.0], [1, 3]) == pytest.approx(3**0.25)
 
 
 def test_perplexity_zero_nll_is_one() -> None:

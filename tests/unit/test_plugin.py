@@ -101,8 +101,13 @@ def node(test: str, model: str, variant: str) -> str:
 
 def expected_matrix(models: list[str]) -> set[str]:
     ids = {node(t, m, v) for t in EVERY_VARIANT_TESTS for m in models for v in ALL_VARIANTS}
-    ids |= {node(t, m, f"{v}-{metric}") for t in GATE_TESTS for m in models for v in QUANTIZED
-            for metric in REQUIRED_METRICS}
+    ids |= {
+        node(t, m, f"{v}-{metric}")
+        for t in GATE_TESTS
+        for m in models
+        for v in QUANTIZED
+        for metric in REQUIRED_METRICS
+    }
     return ids
 
 
@@ -145,8 +150,11 @@ def test_empty_selection_is_usage_error(suite_dir: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*unknown variant*valid: fp16, int8, nf4*"])
 
 
-@pytest.mark.parametrize("args", [["--ppl-max-tokens", "-3"], ["--ppl-max-tokens=0"], ["--ppl-max-tokens=lots"]],
-                         ids=["negative", "zero", "word"])
+@pytest.mark.parametrize(
+    "args",
+    [["--ppl-max-tokens", "-3"], ["--ppl-max-tokens=0"], ["--ppl-max-tokens=lots"]],
+    ids=["negative", "zero", "word"],
+)
 def test_bad_ppl_max_tokens_is_usage_error(suite_dir: pytest.Pytester, args: list[str]) -> None:
     result = run(suite_dir, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -169,12 +177,24 @@ def test_bad_suite_config_is_usage_error_naming_file(suite_dir: pytest.Pytester)
 
 
 def test_valid_options_collect_fine(suite_dir: pytest.Pytester) -> None:
-    result = run(suite_dir, "--collect-only", "-q", "--ppl-max-tokens", "all", "--ctx", "512",
-                 "--models", "smollm2-135m", "--variants", "int8")
+    result = run(
+        suite_dir,
+        "--collect-only",
+        "-q",
+        "--ppl-max-tokens",
+        "all",
+        "--ctx",
+        "512",
+        "--models",
+        "smollm2-135m",
+        "--variants",
+        "int8",
+    )
     assert result.ret == pytest.ExitCode.OK
-    assert set(collected_ids(result)) == ({node(t, "smollm2-135m", "int8") for t in EVERY_VARIANT_TESTS} |
-                                          {node(t, "smollm2-135m", f"int8-{m}") for t in GATE_TESTS
-                                           for m in REQUIRED_METRICS})
+    assert set(collected_ids(result)) == (
+        {node(t, "smollm2-135m", "int8") for t in EVERY_VARIANT_TESTS}
+        | {node(t, "smollm2-135m", f"int8-{m}") for t in GATE_TESTS for m in REQUIRED_METRICS}
+    )
 
 
 # -- collection of the shipped matrix ---------------------------------------------------------------
@@ -185,8 +205,11 @@ def test_gpu_collection_is_the_seed_matrix(suite_dir: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.OK
     ids = collected_ids(result)
     expected = expected_matrix(SEED_MODELS)
-    assert len(ids) == len(set(ids)) == len(SEED_MODELS) * (
-        3 * len(EVERY_VARIANT_TESTS) + 2 * len(GATE_TESTS) * len(REQUIRED_METRICS))
+    assert (
+        len(ids)
+        == len(set(ids))
+        == len(SEED_MODELS) * (3 * len(EVERY_VARIANT_TESTS) + 2 * len(GATE_TESTS) * len(REQUIRED_METRICS))
+    )
     assert set(ids) == expected
     # The baseline variant never appears in the quantized-only tests.
     assert not [i for i in ids if "-fp16]" in i and PPL_TEST not in i]
@@ -272,17 +295,27 @@ def test_baselines_dir_under_a_file_is_a_usage_error(suite_dir: pytest.Pytester)
     result.stderr.fnmatch_lines([f"ERROR: --baselines-dir {blocker / 'sub'}: cannot be created: {blocker} is a file"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--categories", " , "], "*--categories: no category given*"),
-    (["--ppl-protocol", "llamacpp"], "*--ppl-protocol: unknown protocol 'llamacpp'; valid: nonoverlapping, strided, "
-                                     "llama.cpp, lm-eval*"),
-    (["--ppl-protocol", "strided"], "*--ppl-protocol strided needs --ppl-stride N*"),
-    (["--ppl-protocol", "lm-eval", "--ppl-stride", "8"], "*--ppl-stride belongs to the strided protocol, not "
-                                                         "--ppl-protocol lm-eval*"),
-    (["--ctx", "1"], "ERROR: --ctx 1: the nonoverlapping protocol needs at least 2 tokens per window*"),
-    (["--ctx", "1", "--ppl-protocol", "strided", "--ppl-stride", "1"], "*--ctx 1: the strided protocol needs at least 2*"),
-    (["--ctx", "3", "--ppl-protocol", "llama.cpp"], "*--ctx 3: the llama.cpp protocol needs at least 4 tokens*"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--categories", " , "], "*--categories: no category given*"),
+        (
+            ["--ppl-protocol", "llamacpp"],
+            "*--ppl-protocol: unknown protocol 'llamacpp'; valid: nonoverlapping, strided, llama.cpp, lm-eval*",
+        ),
+        (["--ppl-protocol", "strided"], "*--ppl-protocol strided needs --ppl-stride N*"),
+        (
+            ["--ppl-protocol", "lm-eval", "--ppl-stride", "8"],
+            "*--ppl-stride belongs to the strided protocol, not --ppl-protocol lm-eval*",
+        ),
+        (["--ctx", "1"], "ERROR: --ctx 1: the nonoverlapping protocol needs at least 2 tokens per window*"),
+        (
+            ["--ctx", "1", "--ppl-protocol", "strided", "--ppl-stride", "1"],
+            "*--ctx 1: the strided protocol needs at least 2*",
+        ),
+        (["--ctx", "3", "--ppl-protocol", "llama.cpp"], "*--ctx 3: the llama.cpp protocol needs at least 4 tokens*"),
+    ],
+)
 def test_options_are_checked_up_front(suite_dir: pytest.Pytester, args: list[str], message: str) -> None:
     result = run(suite_dir, "--collect-only", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -294,16 +327,22 @@ def test_a_missing_limit_is_a_usage_error_not_a_skip(suite_dir: pytest.Pytester)
     partial.write_text(SMALL_CONFIG.replace('ungated = ["min_memory_reduction_pct", "max_kl_mean"]', ""))
     result = run(suite_dir, "--collect-only", "--models", "alpha", config=partial)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: {partial}: no limit max_kl_mean, min_memory_reduction_pct for model "
-                                 "'alpha' variant 'int8'*[gates.int8]*[models.alpha.gates.int8]*ungated*"])
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: {partial}: no limit max_kl_mean, min_memory_reduction_pct for model "
+            "'alpha' variant 'int8'*[gates.int8]*[models.alpha.gates.int8]*ungated*"
+        ]
+    )
     # Selecting only what is fully gated is fine.
     assert run(suite_dir, "--collect-only", "--models", "alpha", "--variants", "fp16,nf4", config=partial).ret == 0
 
 
 def test_a_prompt_file_with_its_own_categories(suite_dir: pytest.Pytester) -> None:
     prompts = suite_dir.path / "mine.jsonl"
-    prompts.write_text('{"id": "a", "category": "customer_support", "prompt": "Where is my parcel?"}\n'
-                       '{"id": "b", "category": "billing", "prompt": "Why was I charged twice?"}\n')
+    prompts.write_text(
+        '{"id": "a", "category": "customer_support", "prompt": "Where is my parcel?"}\n'
+        '{"id": "b", "category": "billing", "prompt": "Why was I charged twice?"}\n'
+    )
     ok = run(suite_dir, "--collect-only", "--prompts", "mine.jsonl", "--categories", "billing")
     assert ok.ret == pytest.ExitCode.OK
     bad = run(suite_dir, "--collect-only", "--prompts", "mine.jsonl", "--categories", "code_generation")
@@ -319,10 +358,32 @@ def test_options_work_with_a_space_from_any_directory(tmp_path: Path) -> None:
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(RELEASE_GATES), "--collect-only", "-q",
-                           "-p", "no:cacheprovider", "--models", "smollm2-135m", "--variants", "int8",
-                           "--results-dir", str(tmp_path / "x"), "--baselines-dir", "b", "--suite-config",
-                           str(SHIPPED_CONFIG)], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(RELEASE_GATES),
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--models",
+            "smollm2-135m",
+            "--variants",
+            "int8",
+            "--results-dir",
+            str(tmp_path / "x"),
+            "--baselines-dir",
+            "b",
+            "--suite-config",
+            str(SHIPPED_CONFIG),
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "unrecognized arguments" not in proc.stderr
     assert "test_perplexity_is_measured[smollm2-135m-int8]" in proc.stdout
@@ -331,7 +392,8 @@ def test_options_work_with_a_space_from_any_directory(tmp_path: Path) -> None:
 def test_sigterm_ends_the_run_as_an_interrupt(pytester: pytest.Pytester) -> None:
     """A cancelled CI job (SIGTERM) is reported like Ctrl-C (exit 2), so every writer's cleanup runs."""
     pytester.makeini("[pytest]\n")
-    pytester.makepyfile(test_term="""
+    pytester.makepyfile(
+        test_term="""
         import os, signal
 
         def test_cancelled():
@@ -339,7 +401,8 @@ def test_sigterm_ends_the_run_as_an_interrupt(pytester: pytest.Pytester) -> None
 
         def test_never_reached():
             pass
-    """)
+    """
+    )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--suite-config={SHIPPED_CONFIG}")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
@@ -358,25 +421,34 @@ def test_the_plugin_stays_out_of_other_projects(pytester: pytest.Pytester, monke
     pytester.makepyfile(test_gate="def test_uses_the_suite(variant_eval):\n    pass\n")
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "test_gate.py")
     assert result.ret != pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["*no suite configuration: pass --suite-config PATH (or --suite-config default for "
-                                 "the one shipped with quant_fixtures) or put quant_suite.toml in the rootdir*"])
-    shipped = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--suite-config=default", "test_gate.py",
-                                           "--collect-only", "-q", "-m", "not gpu")
+    result.stdout.fnmatch_lines(
+        [
+            "*no suite configuration: pass --suite-config PATH (or --suite-config default for "
+            "the one shipped with quant_fixtures) or put quant_suite.toml in the rootdir*"
+        ]
+    )
+    shipped = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "--suite-config=default", "test_gate.py", "--collect-only", "-q", "-m", "not gpu"
+    )
     assert shipped.ret == pytest.ExitCode.OK
     assert "test_gate.py::test_uses_the_suite[smollm2-135m-fp16]" in shipped.stdout.str()
 
 
-def test_a_path_option_that_moves_the_rootdir_restarts_the_run_joined(pytester: pytest.Pytester,
-                                                                      tmp_path: Path) -> None:
+def test_a_path_option_that_moves_the_rootdir_restarts_the_run_joined(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
     """pytest decides the rootdir before plugins load: `--results-dir /x` (space) makes /x the
     rootdir. A command-line run starts again with `--results-dir=/x` and uses the right rootdir."""
     pytester.makeini("[pytest]\n")
-    pytester.makepyfile(test_where="def test_rootdir(pytestconfig):\n"
-                                   "    print('ROOTDIR', pytestconfig.rootpath, pytestconfig.getoption('--results-dir'))\n")
+    pytester.makepyfile(
+        test_where="def test_rootdir(pytestconfig):\n"
+        "    print('ROOTDIR', pytestconfig.rootpath, pytestconfig.getoption('--results-dir'))\n"
+    )
     results = tmp_path / "results-elsewhere"
     results.mkdir()
-    spaced = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "--suite-config=default",
-                                           "--results-dir", str(results))
+    spaced = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-s", "--suite-config=default", "--results-dir", str(results)
+    )
     assert spaced.ret == pytest.ExitCode.OK, spaced.stderr.str()
     spaced.stdout.fnmatch_lines([f"*ROOTDIR {pytester.path} {results}", "*1 passed*"])
 
@@ -385,7 +457,12 @@ def test_joined_path_options() -> None:
     from quant_fixtures.plugin.cli import joined_path_options
 
     assert joined_path_options(["-q", "--results-dir", "/x", "--cache-dir=/c", "--prompts", "p.jsonl", "t.py"]) == [
-        "-q", "--results-dir=/x", "--cache-dir=/c", "--prompts=p.jsonl", "t.py"]
+        "-q",
+        "--results-dir=/x",
+        "--cache-dir=/c",
+        "--prompts=p.jsonl",
+        "t.py",
+    ]
     assert joined_path_options(["--baselines-dir"]) == ["--baselines-dir"]  # no value: left for pytest to refuse
 
 
@@ -400,14 +477,19 @@ def test_a_path_option_that_moves_the_rootdir_is_a_usage_error(pytester: pytest.
     config.write_text(SHIPPED_CONFIG.read_text(encoding="utf-8"))
     spaced = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--suite-config", str(config))
     assert spaced.ret == pytest.ExitCode.USAGE_ERROR
-    spaced.stderr.fnmatch_lines(["ERROR: --suite-config <path>: pytest took the path for a test path and chose the "
-                                 f"rootdir * instead of {pytester.path} *write --suite-config=<path>"])
+    spaced.stderr.fnmatch_lines(
+        [
+            "ERROR: --suite-config <path>: pytest took the path for a test path and chose the "
+            f"rootdir * instead of {pytester.path} *write --suite-config=<path>"
+        ]
+    )
     joined = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--suite-config={config}")
     assert joined.ret == pytest.ExitCode.OK
     # With a test path beside it the rootdir stays where it was: nothing to stop.
     beside = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--suite-config", str(config), "test_other.py")
     assert beside.ret == pytest.ExitCode.OK
     # A path that does not exist yet does not move the rootdir: the space form is fine there.
-    fine = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--suite-config={config}", "--results-dir",
-                                        str(tmp_path / "new-results"))
+    fine = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", f"--suite-config={config}", "--results-dir", str(tmp_path / "new-results")
+    )
     assert fine.ret == pytest.ExitCode.OK

@@ -21,16 +21,19 @@ def _event(phase: str, done: int = 0, total: int | None = 4, unit: str = "window
     return StageEvent("tiny int8", "perplexity", phase, done, total, unit, seconds)
 
 
-@pytest.mark.parametrize("event, line", [
-    (_event("start"), "quant-fixtures: tiny int8 perplexity: 4 windows ..."),
-    (_event("step", 2), "quant-fixtures: tiny int8 perplexity: 2/4 windows, 1.2 s"),
-    (_event("end", 4), "quant-fixtures: tiny int8 perplexity: 4/4 windows in 1.2 s"),
-    (_event("failed", 3), "quant-fixtures: tiny int8 perplexity: FAILED after 1.2 s (3/4 windows)"),
-    (_event("start", total=1), "quant-fixtures: tiny int8 perplexity: 1 window ..."),
-    (_event("start", total=None, unit=""), "quant-fixtures: tiny int8 perplexity ..."),
-    (_event("end", total=None, unit=""), "quant-fixtures: tiny int8 perplexity: done in 1.2 s"),
-    (_event("failed", total=None, unit=""), "quant-fixtures: tiny int8 perplexity: FAILED after 1.2 s"),
-])
+@pytest.mark.parametrize(
+    "event, line",
+    [
+        (_event("start"), "quant-fixtures: tiny int8 perplexity: 4 windows ..."),
+        (_event("step", 2), "quant-fixtures: tiny int8 perplexity: 2/4 windows, 1.2 s"),
+        (_event("end", 4), "quant-fixtures: tiny int8 perplexity: 4/4 windows in 1.2 s"),
+        (_event("failed", 3), "quant-fixtures: tiny int8 perplexity: FAILED after 1.2 s (3/4 windows)"),
+        (_event("start", total=1), "quant-fixtures: tiny int8 perplexity: 1 window ..."),
+        (_event("start", total=None, unit=""), "quant-fixtures: tiny int8 perplexity ..."),
+        (_event("end", total=None, unit=""), "quant-fixtures: tiny int8 perplexity: done in 1.2 s"),
+        (_event("failed", total=None, unit=""), "quant-fixtures: tiny int8 perplexity: FAILED after 1.2 s"),
+    ],
+)
 def test_each_event_is_one_line_with_counts_and_seconds(event, line):
     assert describe(event) == line
 
@@ -61,8 +64,14 @@ def test_without_a_sink_a_stage_does_nothing():
 
 def _context(events: list[StageEvent]) -> PassContext:
     # Only the budget is used by a stage (it synchronises the device).
-    return PassContext(settings=None, inputs=None, references=None,  # type: ignore[arg-type]
-                       budget=MemoryBudget("cpu"), pair="tiny nf4", progress=events.append)
+    return PassContext(
+        settings=None,
+        inputs=None,
+        references=None,  # type: ignore[arg-type]
+        budget=MemoryBudget("cpu"),
+        pair="tiny nf4",
+        progress=events.append,
+    )
 
 
 def test_only_shown_stages_of_a_pass_reach_the_sink():
@@ -73,7 +82,10 @@ def test_only_shown_stages_of_a_pass_reach_the_sink():
     with ctx.stage("perplexity", "perplexity", shown=True, total=2, unit="windows") as advance:
         advance(2)
     assert [(e.stage, e.phase, e.done) for e in events] == [
-        ("perplexity", "start", 0), ("perplexity", "step", 2), ("perplexity", "end", 2)]
+        ("perplexity", "start", 0),
+        ("perplexity", "step", 2),
+        ("perplexity", "end", 2),
+    ]
     assert all(e.pair == "tiny nf4" for e in events)
     assert ctx.seconds["perplexity"] > 0
 
@@ -88,6 +100,7 @@ def test_a_failed_pass_stage_is_told_and_still_named():
 
 
 # -- the terminal sink --------------------------------------------------------------------------
+
 
 class Reporter:
     """Records what the sink writes, as pytest's TerminalReporter and its writer would receive it."""
@@ -140,9 +153,11 @@ def test_in_a_log_each_stage_writes_its_start_and_end_only():
     sink, reporter, capture = _sink(live=False)
     reporter.write("test_release_gates.py ")  # pytest in the middle of a line of results
     _stage(sink)
-    assert reporter.out.splitlines() == ["test_release_gates.py ",
-                                         "quant-fixtures: tiny int8 perplexity: 4 windows ...",
-                                         "quant-fixtures: tiny int8 perplexity: 4/4 windows in 1.2 s"]
+    assert reporter.out.splitlines() == [
+        "test_release_gates.py ",
+        "quant-fixtures: tiny int8 perplexity: 4 windows ...",
+        "quant-fixtures: tiny int8 perplexity: 4/4 windows in 1.2 s",
+    ]
     assert capture.written_outside == len(reporter.out) - len("test_release_gates.py ")
     assert reporter.flushes == [True, True]  # once per line, while the capture was off
 
@@ -153,10 +168,11 @@ def test_on_a_terminal_one_line_is_redrawn_and_stays_when_the_stage_ends(monkeyp
     _stage(sink)
     sink(_event("start"))
     drawn = reporter.out.split("\n")
-    assert drawn[0].split("\r")[1:] == ["quant-fixtures: tiny int8 perplexity: 4 windows ...",
-                                        *[f"quant-fixtures: tiny int8 perplexity: {n}/4 windows, 1.2 s" for n in
-                                          (1, 2, 3, 4)],
-                                        "quant-fixtures: tiny int8 perplexity: 4/4 windows in 1.2 s"]
+    assert drawn[0].split("\r")[1:] == [
+        "quant-fixtures: tiny int8 perplexity: 4 windows ...",
+        *[f"quant-fixtures: tiny int8 perplexity: {n}/4 windows, 1.2 s" for n in (1, 2, 3, 4)],
+        "quant-fixtures: tiny int8 perplexity: 4/4 windows in 1.2 s",
+    ]
     assert drawn[1] == "\rquant-fixtures: tiny int8 perplexity: 4 windows ..."  # the next stage, below
 
 
@@ -169,8 +185,9 @@ def test_on_a_terminal_redraws_are_throttled(monkeypatch):
 
 def _config(workerinput: dict | None = None, reporter: object | None = None) -> SimpleNamespace:
     plugins = {"terminalreporter": reporter, "capturemanager": None}
-    config = SimpleNamespace(pluginmanager=SimpleNamespace(get_plugin=plugins.get),
-                             get_terminal_writer=lambda: reporter)
+    config = SimpleNamespace(
+        pluginmanager=SimpleNamespace(get_plugin=plugins.get), get_terminal_writer=lambda: reporter
+    )
     if workerinput is not None:
         config.workerinput = workerinput
     return config
@@ -194,9 +211,18 @@ def test_prompt_scoring_counts_every_prompt_once():
     from quant_fixtures.compute.generation import response_logits
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).eval()
     counts: list[int] = []
-    response_logits(model, [[1, 2], [3], [4, 5, 6]], [[7, 8], [], [9]], 2, 0, lambda i, logits, hidden: None,
-                    progress=counts.append)
+    response_logits(
+        model, [[1, 2], [3], [4, 5, 6]], [[7, 8], [], [9]], 2, 0, lambda i, logits, hidden: None, progress=counts.append
+    )
     assert sum(counts) == 3 and counts[0] == 1  # the empty response first, then the passes

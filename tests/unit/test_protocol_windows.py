@@ -11,37 +11,37 @@ from quant_fixtures.metrics.perplexity import llama_cpp_windows, rolling_windows
 
 def reads_and_scores(seq, w):
     """(token ids the model reads, target ids scored) of one window of the suite."""
-    reads = list(seq[w.begin:w.end - 1])
+    reads = list(seq[w.begin : w.end - 1])
     if w.first_input is not None:
         reads[0] = w.first_input
-    return reads, list(seq[w.first_target:w.end])
+    return reads, list(seq[w.first_target : w.end])
 
 
 def plain_llama_cpp(tokens, n_ctx, bos):
     out = []
     for i in range(len(tokens) // n_ctx):
-        chunk = list(tokens[i * n_ctx:(i + 1) * n_ctx])
+        chunk = list(tokens[i * n_ctx : (i + 1) * n_ctx])
         if bos is not None:
             chunk[0] = bos
         first = n_ctx // 2
         # logits at positions first .. n_ctx-2 predict chunk tokens first+1 .. n_ctx-1 (the originals)
-        out.append((chunk[:n_ctx - 1], list(tokens[i * n_ctx + first + 1:(i + 1) * n_ctx])))
+        out.append((chunk[: n_ctx - 1], list(tokens[i * n_ctx + first + 1 : (i + 1) * n_ctx])))
     return out
 
 
 def plain_rolling(tokens, prefix, max_len):
     pairs = []
     first = min(max_len, len(tokens))
-    pairs.append(([prefix] + tokens[:first - 1], tokens[:first]))
+    pairs.append(([prefix] + tokens[: first - 1], tokens[:first]))
     done = first
     while done < len(tokens):
         size = min(len(tokens) - done, max_len)
         end = done + size
-        pairs.append((tokens[end - max_len - 1:end - 1], tokens[end - size:end]))
+        pairs.append((tokens[end - max_len - 1 : end - 1], tokens[end - size : end]))
         done = end
     out = []
     for context, continuation in pairs:  # make_disjoint_window, then the model reads (context + cont)[:-1]
-        context = context[:len(context) - (len(continuation) - 1)]
+        context = context[: len(context) - (len(continuation) - 1)]
         out.append(((context + continuation)[:-1], continuation))
     return out
 
@@ -90,19 +90,34 @@ def test_word_count_is_lm_evals():
 
 
 def test_pages_of_a_small_split():
-    rows = ["", " = First = \n", "", " Text one .\n", "", " = = Section = = \n", "", " More @-@ text .\n",
-            "", " = Second = \n", "", " Two , words\n", ""]
+    rows = [
+        "",
+        " = First = \n",
+        "",
+        " Text one .\n",
+        "",
+        " = = Section = = \n",
+        "",
+        " More @-@ text .\n",
+        "",
+        " = Second = \n",
+        "",
+        " Two , words\n",
+        "",
+    ]
     pages = wikitext_pages(rows)
     assert raw_lines(rows)[:2] == [" ", " = First = "]
-    assert pages == [" = First = \n \n Text one .\n \n = = Section = = \n \n More @-@ text .\n ",
-                     " = Second = \n \n Two , words\n \n"]  # the last page keeps the file's final newline
+    assert pages == [
+        " = First = \n \n Text one .\n \n = = Section = = \n \n More @-@ text .\n ",
+        " = Second = \n \n Two , words\n \n",
+    ]  # the last page keeps the file's final newline
     # " . " needs a space after it: a line ending " .\n" keeps its space (real WikiText lines end " . ")
     assert detokenize(pages[0]) == " = First =\n\nText one .\n\n== Section ==\n\nMore-text .\n"
 
 
 def test_detokenizer_rules():
     # " N " -> " 1 " (WikiText's number placeholder), then " 's" -> "'s"
-    assert detokenize("a @,@ b @.@ c ( x ) [ y ] \" q \" 20 ° C N 's") == 'a,b.c (x) [y] "q" 20°C 1\'s'
+    assert detokenize('a @,@ b @.@ c ( x ) [ y ] " q " 20 ° C N \'s') == 'a,b.c (x) [y] "q" 20°C 1\'s'
     assert detokenize("the dogs ' bone ; yes ! no ? ok : fine") == "the dogs' bone; yes! no? ok: fine"
 
 

@@ -44,8 +44,11 @@ def test_every_readme_toml_block_works_added_to_the_shipped_configuration(block)
     assert_gated(suite, list(table.get("models", {})), SuiteConfig.variant_keys)
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if "gates" in tomllib.loads(b)],
-                         ids=[i for i, b in zip(IDS, BLOCKS) if "gates" in tomllib.loads(b)])
+@pytest.mark.parametrize(
+    "block",
+    [b for b in BLOCKS if "gates" in tomllib.loads(b)],
+    ids=[i for i, b in zip(IDS, BLOCKS) if "gates" in tomllib.loads(b)],
+)
 def test_a_whole_file_block_works_alone(block):
     table = tomllib.loads(block)
     suite = config_from_table(table, Path("README.md block"))

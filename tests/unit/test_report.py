@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from documents_for_tests import typed
 
 from quant_fixtures.report.comparison import comparison_document, comparison_path, evaluation_path
 from quant_fixtures.report.schema import SCHEMA_VERSION, now_utc, to_json_object, write_document
 from quant_fixtures.store.atomic import write_json_atomic
-
-from documents_for_tests import typed
 
 # -- write_json_atomic ------------------------------------------------------------------------------
 
@@ -100,32 +99,66 @@ def gate(metric: str, value: float | None, limit: float, op: str, passed: bool) 
     return {"metric": metric, "value": value, "limit": limit, "op": op, "passed": passed}
 
 
-def evaluation(variant: str, method: str, ppl: float, delta: float, footprint: float, reduction: float,
-               gates: list[dict[str, Any]]) -> Any:
+def evaluation(
+    variant: str, method: str, ppl: float, delta: float, footprint: float, reduction: float, gates: list[dict[str, Any]]
+) -> Any:
     """An evaluation document whose numbers comparison_document reads are these, and no prompt KL."""
-    return typed({
-        "model": {"key": "tiny", "source": "org/tiny@main", "weights_identity": "sha256:abc", "note": None},
-        "variant": {"key": variant, "method": method},
-        "perplexity": {
-            "ppl": ppl, "fp16_ppl": 10.0, "delta_ppl_pct": delta, "method": "nonoverlapping", "ctx": 256,
-            "stride": None, "tokens": 1020, "windows": 4, "dataset_sha256": "ab" * 32, "protocol": "text",
-        },
-        "memory": {"footprint_gb": footprint, "reduction_pct": reduction, "compression_ratio": 2.0 / footprint,
-                   "peak_gb": None},
-        "timing": {"ppl_tokens_per_s": 1234.5},
-        "gates": gates, "kl_divergence": None, "flips": None, "corpus_kl": None,
-    })
+    return typed(
+        {
+            "model": {"key": "tiny", "source": "org/tiny@main", "weights_identity": "sha256:abc", "note": None},
+            "variant": {"key": variant, "method": method},
+            "perplexity": {
+                "ppl": ppl,
+                "fp16_ppl": 10.0,
+                "delta_ppl_pct": delta,
+                "method": "nonoverlapping",
+                "ctx": 256,
+                "stride": None,
+                "tokens": 1020,
+                "windows": 4,
+                "dataset_sha256": "ab" * 32,
+                "protocol": "text",
+            },
+            "memory": {
+                "footprint_gb": footprint,
+                "reduction_pct": reduction,
+                "compression_ratio": 2.0 / footprint,
+                "peak_gb": None,
+            },
+            "timing": {"ppl_tokens_per_s": 1234.5},
+            "gates": gates,
+            "kl_divergence": None,
+            "flips": None,
+            "corpus_kl": None,
+        }
+    )
 
 
 FP16 = evaluation("fp16", "none", 10.0, 0.0, 2.0, 0.0, [])
-INT8 = evaluation("int8", "bitsandbytes-llm.int8", 10.3, 3.0, 1.1, 45.0, [
-    gate("delta_ppl_pct", 3.0, 5.0, "<=", True),
-    gate("memory_reduction_pct", 45.0, 45.0, ">=", True),
-])
-NF4 = evaluation("nf4", "bitsandbytes-nf4", 12.5, 25.0, 0.6, 70.0, [
-    gate("delta_ppl_pct", 25.0, 20.0, "<=", False),
-    gate("memory_reduction_pct", 70.0, 70.0, ">=", True),
-])
+INT8 = evaluation(
+    "int8",
+    "bitsandbytes-llm.int8",
+    10.3,
+    3.0,
+    1.1,
+    45.0,
+    [
+        gate("delta_ppl_pct", 3.0, 5.0, "<=", True),
+        gate("memory_reduction_pct", 45.0, 45.0, ">=", True),
+    ],
+)
+NF4 = evaluation(
+    "nf4",
+    "bitsandbytes-nf4",
+    12.5,
+    25.0,
+    0.6,
+    70.0,
+    [
+        gate("delta_ppl_pct", 25.0, 20.0, "<=", False),
+        gate("memory_reduction_pct", 70.0, 70.0, ">=", True),
+    ],
+)
 
 
 def test_comparison_lists_variants_in_order() -> None:
@@ -135,8 +168,13 @@ def test_comparison_lists_variants_in_order() -> None:
     assert doc["model"] == to_json_object(FP16.model)
     assert doc["fp16_ppl"] == 10.0
     assert doc["perplexity_protocol"] == {
-        "method": "nonoverlapping", "ctx": 256, "stride": None, "tokens": 1020, "windows": 4,
-        "dataset_sha256": "ab" * 32, "protocol": "text",
+        "method": "nonoverlapping",
+        "ctx": 256,
+        "stride": None,
+        "tokens": 1020,
+        "windows": 4,
+        "dataset_sha256": "ab" * 32,
+        "protocol": "text",
     }
     datetime.fromisoformat(doc["generated_at"])
 
@@ -145,9 +183,17 @@ def test_comparison_rows() -> None:
     doc = to_json_object(comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4}))
     int8 = doc["variants"]["int8"]
     expected = {
-        "method": "bitsandbytes-llm.int8", "ppl": 10.3, "delta_ppl_pct": 3.0, "footprint_gb": 1.1,
-        "reduction_pct": 45.0, "compression_ratio": 2.0 / 1.1, "peak_gb": None, "tokens_per_s": 1234.5,
-        "gates_passed": True, "gates": to_json_object(INT8.gates), "memory_reduction_pct": 45.0,
+        "method": "bitsandbytes-llm.int8",
+        "ppl": 10.3,
+        "delta_ppl_pct": 3.0,
+        "footprint_gb": 1.1,
+        "reduction_pct": 45.0,
+        "compression_ratio": 2.0 / 1.1,
+        "peak_gb": None,
+        "tokens_per_s": 1234.5,
+        "gates_passed": True,
+        "gates": to_json_object(INT8.gates),
+        "memory_reduction_pct": 45.0,
     }
     assert {k: int8[k] for k in expected} == expected
     # These documents carry no prompt or corpus KL: those columns are empty, not invented.
@@ -163,10 +209,18 @@ def test_comparison_failed_gates() -> None:
 
 
 def test_comparison_failed_gates_several_and_missing_value() -> None:
-    int8 = evaluation("int8", "bitsandbytes-llm.int8", 11.0, 10.0, 1.5, 25.0, [
-        gate("delta_ppl_pct", 10.0, 5.0, "<=", False),
-        gate("memory_reduction_pct", None, 45.0, ">=", False),
-    ])
+    int8 = evaluation(
+        "int8",
+        "bitsandbytes-llm.int8",
+        11.0,
+        10.0,
+        1.5,
+        25.0,
+        [
+            gate("delta_ppl_pct", 10.0, 5.0, "<=", False),
+            gate("memory_reduction_pct", None, 45.0, ">=", False),
+        ],
+    )
     doc = comparison_document("tiny", {"int8": int8, "nf4": NF4})
     assert list(doc.variants) == ["int8", "nf4"]
     assert doc.failed_gates == [

@@ -15,8 +15,14 @@ from quant_fixtures.plugin.scheduling import PairAwareScheduling, next_group, pa
 
 MODELS, VARIANTS = ["qwen-0.5b", "mistral-7b"], ["fp16", "int8", "nf4"]
 # seconds of each pair's evaluation (FP16 includes making the references); group sizes in tests
-SECONDS = {("mistral-7b", "fp16"): 30.0, ("mistral-7b", "int8"): 45.0, ("mistral-7b", "nf4"): 15.0,
-           ("qwen-0.5b", "fp16"): 12.0, ("qwen-0.5b", "int8"): 20.0, ("qwen-0.5b", "nf4"): 6.0}
+SECONDS = {
+    ("mistral-7b", "fp16"): 30.0,
+    ("mistral-7b", "int8"): 45.0,
+    ("mistral-7b", "nf4"): 15.0,
+    ("qwen-0.5b", "fp16"): 12.0,
+    ("qwen-0.5b", "int8"): 20.0,
+    ("qwen-0.5b", "nf4"): 6.0,
+}
 TESTS = {"fp16": 1, "int8": 4, "nf4": 4}
 SIZE = {"mistral-7b": 14.5e9, "qwen-0.5b": 1.0e9}
 
@@ -25,8 +31,9 @@ def _pair(group: str) -> Any:
     return pair_of_group(group, MODELS, VARIANTS)
 
 
-OURS = dict(pair=_pair, baseline="fp16", size=lambda g: SIZE[_pair(g)[0]] if _pair(g) else 0.0,
-            models=frozenset(MODELS))
+OURS = dict(
+    pair=_pair, baseline="fp16", size=lambda g: SIZE[_pair(g)[0]] if _pair(g) else 0.0, models=frozenset(MODELS)
+)
 
 
 class FakeNode:
@@ -43,16 +50,25 @@ class FakeNode:
 
 def _collection() -> list[str]:
     """Each pair's tests, each model's whole-model test (its snapshot) and a test of no pair."""
-    return ([f"tests/test_gates.py::test_gate[{m}-{v}-{i}]@{m}-{v}"
-             for m in MODELS for v in VARIANTS for i in range(TESTS[v])]
-            + [f"tests/test_snapshots.py::test_snapshot[{m}]@{m}" for m in MODELS] + ["tests/test_unit.py::test_x"])
+    return (
+        [
+            f"tests/test_gates.py::test_gate[{m}-{v}-{i}]@{m}-{v}"
+            for m in MODELS
+            for v in VARIANTS
+            for i in range(TESTS[v])
+        ]
+        + [f"tests/test_snapshots.py::test_snapshot[{m}]@{m}" for m in MODELS]
+        + ["tests/test_unit.py::test_x"]
+    )
 
 
 def simulate(scheduler_class: type, workers: int = 2, **kwargs: Any) -> tuple[float, dict[str, list[str]], float]:
     """(wall time, groups per worker in order, seconds pair groups spent waiting on another worker).
     A variant whose FP16 pass has not started runs it first itself (the suite's lock does that)."""
-    config = SimpleNamespace(getvalue=lambda name: {"tx": [f"{workers}*popen"], "dist": "loadgroup"}.get(name),
-                             option=SimpleNamespace(loadscopereorder=True))
+    config = SimpleNamespace(
+        getvalue=lambda name: {"tx": [f"{workers}*popen"], "dist": "loadgroup"}.get(name),
+        option=SimpleNamespace(loadscopereorder=True),
+    )
     sched = scheduler_class(config, None, **kwargs)
     sched.numnodes = workers
     nodes = [FakeNode(f"gw{i}") for i in range(workers)]
@@ -131,23 +147,66 @@ def test_no_worker_waits_and_the_matrix_finishes_sooner_than_with_xdists_order()
 def test_a_variant_waits_only_when_nothing_else_is_ready():
     waiting = ["mistral-7b-int8", "qwen-0.5b-nf4"]
     # Mistral's FP16 runs on another worker, Qwen's is finished: take Qwen's variant
-    assert next_group(waiting, {"qwen-0.5b-fp16"}, set(), {"mistral-7b-fp16", "qwen-0.5b-fp16"}, _pair, "fp16",
-                      lambda g: SIZE[_pair(g)[0]]) == "qwen-0.5b-nf4"
+    assert (
+        next_group(
+            waiting,
+            {"qwen-0.5b-fp16"},
+            set(),
+            {"mistral-7b-fp16", "qwen-0.5b-fp16"},
+            _pair,
+            "fp16",
+            lambda g: SIZE[_pair(g)[0]],
+        )
+        == "qwen-0.5b-nf4"
+    )
     # FP16 queued earlier on this same worker counts as ready; the larger model goes first
-    assert next_group(waiting, {"qwen-0.5b-fp16"}, {"mistral-7b-fp16"}, {"mistral-7b-fp16", "qwen-0.5b-fp16"},
-                      _pair, "fp16", lambda g: SIZE[_pair(g)[0]]) == "mistral-7b-int8"
+    assert (
+        next_group(
+            waiting,
+            {"qwen-0.5b-fp16"},
+            {"mistral-7b-fp16"},
+            {"mistral-7b-fp16", "qwen-0.5b-fp16"},
+            _pair,
+            "fp16",
+            lambda g: SIZE[_pair(g)[0]],
+        )
+        == "mistral-7b-int8"
+    )
     # an FP16 group of any model comes before every variant
-    assert next_group(["qwen-0.5b-int8", "qwen-0.5b-fp16"], set(), set(), set(), _pair, "fp16",
-                      lambda g: 0.0) == "qwen-0.5b-fp16"
+    assert (
+        next_group(["qwen-0.5b-int8", "qwen-0.5b-fp16"], set(), set(), set(), _pair, "fp16", lambda g: 0.0)
+        == "qwen-0.5b-fp16"
+    )
     # a variant that would wait comes before tests of no pair, and those before whole-model tests
-    assert next_group(["mistral-7b", "tests/x.py::t", "mistral-7b-int8"], set(), set(), {"mistral-7b-fp16"}, _pair,
-                      "fp16", lambda g: 0.0, frozenset(MODELS)) == "mistral-7b-int8"
-    assert next_group(["mistral-7b", "tests/x.py::t"], set(), set(), set(), _pair, "fp16", lambda g: 0.0,
-                      frozenset(MODELS)) == "tests/x.py::t"
+    assert (
+        next_group(
+            ["mistral-7b", "tests/x.py::t", "mistral-7b-int8"],
+            set(),
+            set(),
+            {"mistral-7b-fp16"},
+            _pair,
+            "fp16",
+            lambda g: 0.0,
+            frozenset(MODELS),
+        )
+        == "mistral-7b-int8"
+    )
+    assert (
+        next_group(
+            ["mistral-7b", "tests/x.py::t"], set(), set(), set(), _pair, "fp16", lambda g: 0.0, frozenset(MODELS)
+        )
+        == "tests/x.py::t"
+    )
 
 
-@pytest.mark.parametrize("group,expected", [("mistral-7b-int8", ("mistral-7b", "int8")),
-                                            ("qwen-0.5b-fp16", ("qwen-0.5b", "fp16")),
-                                            ("mistral-7b-int4", None), ("other-int8", None)])
+@pytest.mark.parametrize(
+    "group,expected",
+    [
+        ("mistral-7b-int8", ("mistral-7b", "int8")),
+        ("qwen-0.5b-fp16", ("qwen-0.5b", "fp16")),
+        ("mistral-7b-int4", None),
+        ("other-int8", None),
+    ],
+)
 def test_group_names_map_back_to_pairs(group, expected):
     assert pair_of_group(group, MODELS, VARIANTS) == expected

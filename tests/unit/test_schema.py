@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from quant_fixtures.report.schema import (SCHEMA_VERSION, EvaluationDocument, Flips, SchemaError, from_json_object,
-                                          read_document, to_json_object, write_document)
+from quant_fixtures.report.schema import (
+    SCHEMA_VERSION,
+    EvaluationDocument,
+    Flips,
+    SchemaError,
+    from_json_object,
+    read_document,
+    to_json_object,
+    write_document,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -37,12 +45,15 @@ def test_an_optional_section_left_out_when_empty_and_read_back_as_none() -> None
     assert from_json_object(Flips, int8["flips"]).batch_sensitivity.shift == 24
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["perplexity"].pop("ppl"), "missing key 'ppl' of Perplexity"),
-    (lambda d: d["memory"].update(typo_gb=1.0), "unknown keys ['typo_gb'] for Memory"),
-    (lambda d: d.update(gates={"metric": "x"}), "expected a list"),
-    (lambda d: d.update(model=[1, 2]), "expected an object for ModelInfo"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["perplexity"].pop("ppl"), "missing key 'ppl' of Perplexity"),
+        (lambda d: d["memory"].update(typo_gb=1.0), "unknown keys ['typo_gb'] for Memory"),
+        (lambda d: d.update(gates={"metric": "x"}), "expected a list"),
+        (lambda d: d.update(model=[1, 2]), "expected an object for ModelInfo"),
+    ],
+)
 def test_a_document_of_another_shape_is_refused_naming_where(change, message) -> None:
     data = _golden("int8_evaluation")
     change(data)

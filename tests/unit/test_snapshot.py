@@ -54,15 +54,21 @@ def test_the_snapshots_reproduction_spread_widens_the_tolerance():
     assert "the configured tolerance" in line
     # Only the snapshot's own record counts, not the new run's; nor another variant's spread.
     assert snapshot_differences(_int8(0.0208, spread=0.01), _int8(0.0199), TOL)
-    other = {"variants": {"int8": {"kl_mean": 0.0199}, "nf4": {"kl_mean": 0.2}},
-             "reproduction": {"spread": {"nf4": {"kl_mean": 0.01}}}}
+    other = {
+        "variants": {"int8": {"kl_mean": 0.0199}, "nf4": {"kl_mean": 0.2}},
+        "reproduction": {"spread": {"nf4": {"kl_mean": 0.01}}},
+    }
     assert snapshot_differences(_int8(0.0208), other, TOL)
 
 
 def test_the_records_never_compared():
     old = {**_int8(0.02, spread=0.0), "tolerances": {"int8": {}}, "environment": {"described": "a"}}
-    new = {**_int8(0.02), "reproduction": {"spread": {}}, "tolerances": {"int8": {"kl_mean": 1}},
-           "environment": {"described": "b"}}
+    new = {
+        **_int8(0.02),
+        "reproduction": {"spread": {}},
+        "tolerances": {"int8": {"kl_mean": 1}},
+        "environment": {"described": "b"},
+    }
     assert within_tolerance(new, old, TOL)
 
 
@@ -184,8 +190,9 @@ def test_a_ten_percent_change_of_any_gated_metric_fails_naming_it(path):
                 changed = json.loads(path.read_text())
                 changed["variants"][variant][metric] = values[metric] * factor
                 lines = snapshot_differences(changed, old, tolerances)
-                assert any(line.startswith(f"variants.{variant}.{metric}:") for line in lines), \
+                assert any(line.startswith(f"variants.{variant}.{metric}:") for line in lines), (
                     f"{variant} {metric} x{factor} passed: {old.get('tolerances', {}).get(variant, {}).get(metric)}"
+                )
                 checked += 1
     assert checked >= 10
 
@@ -209,15 +216,19 @@ def test_the_committed_snapshot_records_its_reproduction_noise(path):
 def test_settings_tag_carries_what_selects_the_content(tmp_path):
     from dataclasses import replace
 
-    from quant_fixtures.settings import (GatePolicy, LoadSettings, Paths, PerplexityProtocol, PromptProtocol,
-                                         RunSettings)
+    from quant_fixtures.settings import GatePolicy, LoadSettings, Paths, PerplexityProtocol, PromptProtocol, RunSettings
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("{}\n")
-    base = RunSettings(models=("m",), variants=("fp16", "int8", "nf4"), paths=Paths(tmp_path, tmp_path, tmp_path),
-                       perplexity=PerplexityProtocol(ctx=2048, max_tokens=4096, stride=None, batch_size=1),
-                       prompts=PromptProtocol(path=prompts, max_new_tokens_cap=16), load=LoadSettings(device="cpu"),
-                       gates=GatePolicy())
+    base = RunSettings(
+        models=("m",),
+        variants=("fp16", "int8", "nf4"),
+        paths=Paths(tmp_path, tmp_path, tmp_path),
+        perplexity=PerplexityProtocol(ctx=2048, max_tokens=4096, stride=None, batch_size=1),
+        prompts=PromptProtocol(path=prompts, max_new_tokens_cap=16),
+        load=LoadSettings(device="cpu"),
+        gates=GatePolicy(),
+    )
 
     def with_prompts(**changes):
         return replace(base, prompts=replace(base.prompts, **changes))
@@ -229,6 +240,12 @@ def test_settings_tag_carries_what_selects_the_content(tmp_path):
     odd = settings_tag(with_prompts(categories=("Legal Q&A/<misc>",)))
     assert "cats" in odd and not set('\\/?*:|"<>') & set(odd)  # any category name gives a safe file name
     # Batch sizes do not select content: the same snapshot must hold whatever they are.
-    assert settings_tag(replace(base, perplexity=replace(base.perplexity, batch_size=8),
-                                prompts=replace(base.prompts, gen_batch_size=5))) == tag
+    assert (
+        settings_tag(
+            replace(
+                base, perplexity=replace(base.perplexity, batch_size=8), prompts=replace(base.prompts, gen_batch_size=5)
+            )
+        )
+        == tag
+    )
     assert settings_tag(replace(base, gates=GatePolicy(on="upper"))).endswith("-gateupper")

@@ -77,8 +77,11 @@ def test_mismatched_shapes_are_refused():
 def test_reference_head_rebuilds_a_linear_heads_logits():
     gen = torch.Generator().manual_seed(3)
     layer = torch.nn.Linear(6, 11, bias=True)
-    model = type("M", (), {"get_output_embeddings": lambda self: layer,
-                           "config": type("C", (), {"final_logit_softcapping": 5.0})()})()
+    model = type(
+        "M",
+        (),
+        {"get_output_embeddings": lambda self: layer, "config": type("C", (), {"final_logit_softcapping": 5.0})()},
+    )()
     head = ReferenceHead.from_tensors(ReferenceHead.of(model).to_tensors())
     hidden = torch.randn(4, 6, generator=gen)
     with torch.no_grad():

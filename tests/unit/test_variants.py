@@ -35,6 +35,7 @@ def error_of(tmp_path: Path, text: str) -> str:
 
 # -- the registry ---------------------------------------------------------------------------------
 
+
 def test_registry_keys_name_report_files_and_defaults_are_the_seed_matrix():
     assert DEFAULT_VARIANTS == ("fp16", "int8", "nf4")
     for key in VARIANTS:
@@ -77,7 +78,7 @@ def test_a_dotted_package_whose_parent_is_missing_is_a_skip_reason_not_an_error(
     def find_spec(name, *args):
         if name.split(".")[0] == "optimum":
             if "." in name:
-                raise ModuleNotFoundError(f"No module named 'optimum'", name="optimum")
+                raise ModuleNotFoundError("No module named 'optimum'", name="optimum")
             return None
         return real(name, *args)
 
@@ -86,8 +87,9 @@ def test_a_dotted_package_whose_parent_is_missing_is_a_skip_reason_not_an_error(
         reason = VARIANTS[key].unavailable_reason("cuda")
         assert reason == f"variant {key} needs optimum.quanto: pip install -e '.[quanto]'"
     other = replace(VARIANTS["int8"], packages=("no_such_parent_package_xyz.child",), extra=None)
-    assert other.unavailable_reason("cpu") == ("variant int8 needs no_such_parent_package_xyz.child: "
-                                              "pip install no_such_parent_package_xyz")
+    assert other.unavailable_reason("cpu") == (
+        "variant int8 needs no_such_parent_package_xyz.child: pip install no_such_parent_package_xyz"
+    )
 
 
 def test_device_support_is_a_reason_too():
@@ -110,10 +112,13 @@ def test_method_settings_override_the_run_only_where_the_method_needs_it():
 
 # -- a model's own variants in the config ---------------------------------------------------------
 
+
 def test_own_variants_parse_with_their_gates(tmp_path):
-    text = (GGUF_BASE + '[models.smol.variants.q8]\ngguf_type = "Q8_0"\ndefault = false\n'
-            '[models.smol.variants.awq_4bit]\nhub_id = "org/awq"\nrevision = "abc"\npackages = ["gptqmodel"]\n'
-            f"[models.smol.gates.q8]\n{LIMITS}[gates.awq_4bit]\n{LIMITS}")
+    text = (
+        GGUF_BASE + '[models.smol.variants.q8]\ngguf_type = "Q8_0"\ndefault = false\n'
+        '[models.smol.variants.awq_4bit]\nhub_id = "org/awq"\nrevision = "abc"\npackages = ["gptqmodel"]\n'
+        f"[models.smol.gates.q8]\n{LIMITS}[gates.awq_4bit]\n{LIMITS}"
+    )
     suite = load_config(write(tmp_path, text))
     assert suite.variant_keys("smol")[-2:] == ["q8", "awq_4bit"]
     assert suite.default_variant_keys("smol") == ["fp16", "int8", "nf4", "awq_4bit"]
@@ -125,18 +130,21 @@ def test_own_variants_parse_with_their_gates(tmp_path):
     assert suite.variant("smol", "nf4") is VARIANTS["nf4"]
 
 
-@pytest.mark.parametrize("body, message", [
-    ('[models.smol.variants.int8]\npath = "/x"\n', "'int8' is a registered method's key"),
-    ('[models.smol.variants.q]\npath = "/x"\ngguf_file = "/y.gguf"\n', "give exactly one of hub_id, path"),
-    ('[models.smol.variants.q]\ndescription = "nothing"\n', "give exactly one of"),
-    ('[models.smol.variants.q]\npath = "/x"\nbits = 4\n', "unknown keys ['bits']"),
-    ('[models.smol.variants.q]\ngguf_type = "Q2_K"\n', "gguf_type 'Q2_K' is not one the gguf package can write"),
-    ('[models.smol.variants.q]\npath = "/x"\ndefault = "yes"\n', "default must be a boolean"),
-    ('[models.smol.variants.q]\npath = "/x"\npackages = "gptqmodel"\n', "packages must be a list of module names"),
-    ('[models.smol.variants.q]\npath = "/x"\nrevision = "abc"\n', "revision needs hub_id"),
-    ('[models.smol.variants."a b"]\npath = "/x"\n', "a variant key is letters, digits"),
-    (f"[models.smol.gates.nosuch]\n{LIMITS}", "unknown variant 'nosuch'"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('[models.smol.variants.int8]\npath = "/x"\n', "'int8' is a registered method's key"),
+        ('[models.smol.variants.q]\npath = "/x"\ngguf_file = "/y.gguf"\n', "give exactly one of hub_id, path"),
+        ('[models.smol.variants.q]\ndescription = "nothing"\n', "give exactly one of"),
+        ('[models.smol.variants.q]\npath = "/x"\nbits = 4\n', "unknown keys ['bits']"),
+        ('[models.smol.variants.q]\ngguf_type = "Q2_K"\n', "gguf_type 'Q2_K' is not one the gguf package can write"),
+        ('[models.smol.variants.q]\npath = "/x"\ndefault = "yes"\n', "default must be a boolean"),
+        ('[models.smol.variants.q]\npath = "/x"\npackages = "gptqmodel"\n', "packages must be a list of module names"),
+        ('[models.smol.variants.q]\npath = "/x"\nrevision = "abc"\n', "revision needs hub_id"),
+        ('[models.smol.variants."a b"]\npath = "/x"\n', "a variant key is letters, digits"),
+        (f"[models.smol.gates.nosuch]\n{LIMITS}", "unknown variant 'nosuch'"),
+    ],
+)
 def test_own_variant_errors_name_the_table(tmp_path, body, message):
     error = error_of(tmp_path, GGUF_BASE + body)
     assert "[models.smol]" in error and message in error
@@ -148,12 +156,15 @@ def test_gguf_type_needs_a_gguf_base(tmp_path):
 
 
 def test_a_model_gates_only_its_own_variants(tmp_path):
-    text = (GGUF_BASE + '[models.smol.variants.q8]\ngguf_type = "Q8_0"\n'
-            f'[models.other]\nhub_id = "org/o"\n[models.other.gates.q8]\n{LIMITS}')
+    text = (
+        GGUF_BASE + '[models.smol.variants.q8]\ngguf_type = "Q8_0"\n'
+        f'[models.other]\nhub_id = "org/o"\n[models.other.gates.q8]\n{LIMITS}'
+    )
     assert "[models.other].gates: unknown variant 'q8'" in error_of(tmp_path, text)
 
 
 # -- footprints -------------------------------------------------------------------------------------
+
 
 def test_footprint_equals_get_memory_footprint_for_plain_models():
     model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10)).to(torch.float16)
@@ -200,17 +211,23 @@ def test_state_beside_the_weights_is_counted():
         def __init__(self):
             super().__init__()
             self.W_q = torch.nn.Parameter(torch.zeros(16, 8, dtype=torch.uint8), requires_grad=False)
-            self.meta = {"scale": torch.ones(4, 1, dtype=torch.float16), "zero": torch.ones(4, 1, dtype=torch.float16),
-                         "nbits": 4, "shape": (16, 16)}
+            self.meta = {
+                "scale": torch.ones(4, 1, dtype=torch.float16),
+                "zero": torch.ones(4, 1, dtype=torch.float16),
+                "nbits": 4,
+                "shape": (16, 16),
+            }
 
     assert quantization_state_bytes(HQQLike()) == 4 * 2 * 2
 
 
 # -- tokenizer match --------------------------------------------------------------------------------
 
+
 def _tokenizer(vocab, bos=0, eos=1):
-    return SimpleNamespace(get_vocab=lambda: dict(vocab), bos_token_id=bos, eos_token_id=eos, unk_token_id=None,
-                           pad_token_id=None)
+    return SimpleNamespace(
+        get_vocab=lambda: dict(vocab), bos_token_id=bos, eos_token_id=eos, unk_token_id=None, pad_token_id=None
+    )
 
 
 def test_tokenizer_differences_name_what_moved():
@@ -225,6 +242,7 @@ def test_tokenizer_differences_name_what_moved():
 
 
 # -- README -------------------------------------------------------------------------------------------
+
 
 def test_readme_methods_table_lists_every_registered_variant():
     text = README.read_text(encoding="utf-8")

@@ -71,21 +71,37 @@ SELF_HOSTED_JOB = "jobs:\n  gate:\n    runs-on: [self-hosted, gpu]\n    steps: [
 READ_ONLY = "permissions:\n  contents: read\n"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("on: [push, pull_request]\n" + READ_ONLY + SELF_HOSTED_JOB,
-     ["self-hosted jobs triggered by pull_request without a label condition"]),
-    ("on:\n  pull_request_target:\n    types: [labeled]\n" + READ_ONLY + SELF_HOSTED_JOB,
-     ["self-hosted jobs triggered by pull_request_target without a label condition"]),  # no `if:` on the job
-    ("on: pull_request\n" + READ_ONLY + "jobs:\n  x:\n    runs-on: ${{ matrix.runner }}\n",
-     ["self-hosted jobs triggered by pull_request without a label condition"]),
-    ("on:\n  workflow_dispatch:\n" + SELF_HOSTED_JOB, ["no top-level `permissions: contents: read`"]),
-    ("on: pull_request\npermissions: write-all\njobs:\n  x:\n    runs-on: ubuntu-latest\n",
-     ["no top-level `permissions: contents: read`"]),
-    # Allowed: pull requests on GitHub's own runners, and a label a maintainer sets.
-    ("on: pull_request\n" + READ_ONLY + "jobs:\n  x:\n    runs-on: ubuntu-latest\n", []),
-    ("on:\n  pull_request:\n    types: [labeled]\n" + READ_ONLY
-     + SELF_HOSTED_JOB + "    if: github.event.label.name == 'run-gpu'\n", []),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "on: [push, pull_request]\n" + READ_ONLY + SELF_HOSTED_JOB,
+            ["self-hosted jobs triggered by pull_request without a label condition"],
+        ),
+        (
+            "on:\n  pull_request_target:\n    types: [labeled]\n" + READ_ONLY + SELF_HOSTED_JOB,
+            ["self-hosted jobs triggered by pull_request_target without a label condition"],
+        ),  # no `if:` on the job
+        (
+            "on: pull_request\n" + READ_ONLY + "jobs:\n  x:\n    runs-on: ${{ matrix.runner }}\n",
+            ["self-hosted jobs triggered by pull_request without a label condition"],
+        ),
+        ("on:\n  workflow_dispatch:\n" + SELF_HOSTED_JOB, ["no top-level `permissions: contents: read`"]),
+        (
+            "on: pull_request\npermissions: write-all\njobs:\n  x:\n    runs-on: ubuntu-latest\n",
+            ["no top-level `permissions: contents: read`"],
+        ),
+        # Allowed: pull requests on GitHub's own runners, and a label a maintainer sets.
+        ("on: pull_request\n" + READ_ONLY + "jobs:\n  x:\n    runs-on: ubuntu-latest\n", []),
+        (
+            "on:\n  pull_request:\n    types: [labeled]\n"
+            + READ_ONLY
+            + SELF_HOSTED_JOB
+            + "    if: github.event.label.name == 'run-gpu'\n",
+            [],
+        ),
+    ],
+)
 def test_the_check_sees_a_violation(text: str, expected: list[str]):
     workflow = yaml.safe_load(text)
     assert True in workflow  # the bare key `on` as PyYAML reads it
