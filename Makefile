@@ -13,7 +13,7 @@ EVAL_ARGS ?=
 # The embedded model's default matrix and its two GGUF re-quantizations (quant_suite.toml).
 EVAL_VARIANTS ?= fp16,int8,nf4,gguf_q8_0,gguf_q4_0
 
-.PHONY: install eval test lint lint-fix gpu gpu-check bench snapshot-noise snapshot-update clean-results
+.PHONY: install eval test lint lint-fix typecheck gpu gpu-check bench snapshot-noise snapshot-update clean-results
 
 install: $(VENV)/.installed
 
@@ -54,7 +54,11 @@ lint-fix: install
 	$(VENV)/bin/ruff check --fix $(LINTED)
 	$(VENV)/bin/ruff format $(LINTED)
 
-test: install lint
+# mypy over the package (settings in pyproject.toml).
+typecheck: install
+	$(VENV)/bin/mypy
+
+test: install lint typecheck
 	OMP_NUM_THREADS=1 $(PYTEST) tests -q --durations=12 $(TEST_WORKERS) $(TEST_ARGS)
 	$(PYTEST) benchmarks -q --bench-rounds 1 --benchmark-json=results/benchmarks.json
 

@@ -1,0 +1,9 @@
+"""The shape of JSON as the suite reads and writes it: records whose keys are documented where they
+are built travel as :data:`JsonObject`; readers narrow a value (isinstance) before using it."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue] | dict[str, JsonValue]"
+JsonObject: TypeAlias = "dict[str, JsonValue]"
