@@ -6,9 +6,9 @@ import json
 import math
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from quant_fixtures.metrics.registry import (
     GATEABLE,
@@ -18,6 +18,8 @@ from quant_fixtures.metrics.registry import (
     TOLERANCE_ALIASES,
     limit_spec,
 )
+from quant_fixtures.settings import Defaults  # the [defaults] table (importable from here too)
+from quant_fixtures.variants import VARIANTS, CheckpointSpec, Variant, checkpoint_variant  # CheckpointSpec: as Defaults
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "inputs" / "quant_suite.toml"  # shipped in the package
 
@@ -32,47 +34,6 @@ class ConfigError(ValueError):
 
 
 GGUF_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")  # what the gguf package can quantize (models/gguf_quantize.py)
-
-
-@dataclass(frozen=True)
-class CheckpointSpec:
-    """A variant a model entry lists itself: weights quantized elsewhere, compared with the entry's
-    FP16 weights. Exactly one source: ``hub_id`` (+ ``revision``) or ``path`` (a pre-quantized
-    checkpoint: GPTQ, AWQ, compressed-tensors, bitsandbytes...), ``gguf_file`` (a GGUF file of the
-    same model, dequantized by transformers), or ``gguf_type`` (the base GGUF re-quantized to that
-    type by the suite with the gguf package)."""
-
-    key: str
-    model: str
-    hub_id: str | None = None
-    revision: str | None = None
-    path: str | None = None
-    gguf_file: str | None = None
-    gguf_type: str | None = None
-    description: str = ""
-    default: bool = True  # in the matrix when --variants is not given
-    batch_invariant: bool = True  # false for a method that quantizes activations over the batch
-    packages: tuple[str, ...] = ()  # modules transformers needs to load it (e.g. gptqmodel)
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-
-    @property
-    def source_kind(self) -> str:
-        return next(k for k in ("hub_id", "path", "gguf_file", "gguf_type") if getattr(self, k))
-
-    @property
-    def source(self) -> str:
-        if self.hub_id:
-            return f"{self.hub_id}@{self.revision or 'main'}"
-        if self.gguf_type:
-            return f"{self.model}'s GGUF re-quantized to {self.gguf_type} (gguf package)"
-        return self.path or self.gguf_file or ""
-
-    @property
-    def method(self) -> str:
-        if self.gguf_type:
-            return f"gguf-{self.gguf_type}"
-        return "gguf" if self.gguf_file else "pre-quantized"
 
 
 @dataclass(frozen=True)
@@ -117,18 +78,6 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class Defaults:
-    ctx: int = 2048
-    cpu_ppl_max_tokens: int = 8192
-    batch_size_cuda: int = 8
-    batch_size_cpu: int = 1
-    cpu_max_new_tokens: int = 24
-    gen_batch_size_cuda: int = 96
-    gen_batch_size_cpu: int = 32
-    top_k: int = 256
-
-
-@dataclass(frozen=True)
 class SuiteConfig:
     path: Path
     defaults: Defaults
@@ -137,17 +86,13 @@ class SuiteConfig:
     ungated: dict[str, frozenset[str]] = field(default_factory=dict)
     snapshot_tolerances: dict[str, dict[str, float]] = field(default_factory=lambda: dict(DEFAULT_SNAPSHOT_TOLERANCES))
 
-    def variant(self, model: str, key: str) -> Any:
-        """The variants.Variant ``key`` of ``model``: a registered method or the model's own checkpoint."""
-        from quant_fixtures.variants import VARIANTS, checkpoint_variant
-
+    def variant(self, model: str, key: str) -> Variant:
+        """The variant ``key`` of ``model``: a registered method or the model's own checkpoint."""
         own = self.models[model].variants.get(key)
         return checkpoint_variant(own) if own is not None else VARIANTS[key]
 
     def variant_keys(self, model: str | None = None) -> list[str]:
         """Registered methods, then the models' own variants in file order (one model's, or all)."""
-        from quant_fixtures.variants import VARIANTS
-
         specs = [self.models[model]] if model else list(self.models.values())
         return list(dict.fromkeys([*VARIANTS, *(k for spec in specs for k in spec.variants)]))
 
@@ -155,41 +100,46 @@ class SuiteConfig:
         """What runs for ``model`` when --variants is not given."""
         return [k for k in self.variant_keys(model) if self.variant(model, k).default]
 
-    def gates_for(self, model: str, variant: str) -> dict[str, float]:
+    def gates_for(self, model: str, variant_key: str) -> dict[str, float]:
         """The limits for one (model, variant): the global ones, then the model's overrides; a
         limit the model opts out of (``ungated``) is left out."""
         limits = {
-            k: v for k, v in self.gates.get(variant, {}).items() if k not in self.models[model].ungated.get(variant, ())
+            k: v
+            for k, v in self.gates.get(variant_key, {}).items()
+            if k not in self.models[model].ungated.get(variant_key, ())
         }
-        limits.update(self.models[model].gates.get(variant, {}))
+        limits.update(self.models[model].gates.get(variant_key, {}))
         return limits
 
-    def ungated_for(self, model: str, variant: str) -> set[str]:
+    def ungated_for(self, model: str, variant_key: str) -> set[str]:
         """Limit names this (model, variant) explicitly opts out of (model table or global table)."""
-        global_opt_out = set(self.ungated.get(variant, ())) - set(self.models[model].gates.get(variant, {}))
-        return (global_opt_out | set(self.models[model].ungated.get(variant, ()))) - set(self.gates_for(model, variant))
+        global_opt_out = set(self.ungated.get(variant_key, ())) - set(self.models[model].gates.get(variant_key, {}))
+        return (global_opt_out | set(self.models[model].ungated.get(variant_key, ()))) - set(
+            self.gates_for(model, variant_key)
+        )
 
-    def missing_limits(self, model: str, variant: str) -> list[str]:
+    def missing_limits(self, model: str, variant_key: str) -> list[str]:
         """Limits neither configured nor opted out of for a quantized (model, variant)."""
-        configured = set(self.gates_for(model, variant)) | self.ungated_for(model, variant)
+        configured = set(self.gates_for(model, variant_key)) | self.ungated_for(model, variant_key)
         return sorted(set(REQUIRED_LIMITS) - configured)
 
-    def missing_limits_message(self, model: str, variant: str) -> str | None:
-        missing = self.missing_limits(model, variant)
+    def missing_limits_message(self, model: str, variant_key: str) -> str | None:
+        missing = self.missing_limits(model, variant_key)
         if not missing:
             return None
         return (
-            f"{self.path}: no limit {', '.join(missing)} for model {model!r} variant {variant!r}: set it under "
-            f"[gates.{variant}] or [models.{model}.gates.{variant}], or opt out there with "
+            f"{self.path}: no limit {', '.join(missing)} for model {model!r} variant {variant_key!r}: set it under "
+            f"[gates.{variant_key}] or [models.{model}.gates.{variant_key}], or opt out there with "
             f"{UNGATED_KEY} = {json.dumps(missing)}"  # a TOML list of strings
         )
 
 
 _MODEL_KEYS = {f for f in ModelSpec.__dataclass_fields__ if f not in ("key", "ungated")}
 _DEFAULT_KEYS = set(Defaults.__dataclass_fields__)
+_TOP_LEVEL = ("defaults", "gates", "models", "snapshot_tolerances")
 
 
-def _limit_name(where: str, name: Any) -> str:
+def _limit_name(where: str, name: object) -> str:
     """The canonical limit name (``max_mean_kl`` reads as ``max_kl_mean``); an unknown name is an error."""
     spec = limit_spec(name) if isinstance(name, str) else None
     if spec is None:
@@ -198,47 +148,45 @@ def _limit_name(where: str, name: Any) -> str:
 
 
 def _check_gates(
-    where: str, table: Any, own_variants: list[str]
+    where: str, table: object, own_variants: list[str]
 ) -> tuple[dict[str, dict[str, float]], dict[str, frozenset[str]]]:
     """(limits per variant, opted-out limit names per variant) of one gates table; every key is
     checked against the variant registry (plus ``own_variants``, those the models list) and the
     metric registry, every value for type, finiteness and range."""
-    from quant_fixtures.variants import VARIANTS
-
     gated = [k for k, v in VARIANTS.items() if not v.is_baseline] + own_variants
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table of variants, got {table!r}")
     parsed: dict[str, dict[str, float]] = {}
     ungated: dict[str, frozenset[str]] = {}
-    for variant, limits in table.items():
-        if variant not in gated:
+    for variant_key, limits in table.items():
+        if variant_key not in gated:
             raise ConfigError(
-                f"{where}: unknown variant {variant!r} (a typo removes a release gate); valid: {', '.join(gated)}"
+                f"{where}: unknown variant {variant_key!r} (a typo removes a release gate); valid: {', '.join(gated)}"
             )
         if not isinstance(limits, dict):
-            raise ConfigError(f"{where}.{variant}: expected a table of limits, got {limits!r}")
+            raise ConfigError(f"{where}.{variant_key}: expected a table of limits, got {limits!r}")
         values: dict[str, float] = {}
         for given, value in limits.items():
             if given == UNGATED_KEY:
                 continue
-            name = _limit_name(f"{where}.{variant}", given)
+            name = _limit_name(f"{where}.{variant_key}", given)
             if name in values:
-                raise ConfigError(f"{where}.{variant}: {given} sets {name} a second time")
+                raise ConfigError(f"{where}.{variant_key}: {given} sets {name} a second time")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{where}.{variant}.{given}: expected a number, got {value!r}")
+                raise ConfigError(f"{where}.{variant_key}.{given}: expected a number, got {value!r}")
             problem = GATEABLE[name].limit_problem(float(value))
             if problem:
-                raise ConfigError(f"{where}.{variant}.{given} = {value!r}: {problem}")
+                raise ConfigError(f"{where}.{variant_key}.{given} = {value!r}: {problem}")
             values[name] = float(value)
         opted_out = limits.get(UNGATED_KEY, [])
         if not isinstance(opted_out, list) or not all(isinstance(n, str) for n in opted_out):
-            raise ConfigError(f"{where}.{variant}.{UNGATED_KEY}: expected a list of limit names, got {opted_out!r}")
-        names = {_limit_name(f"{where}.{variant}.{UNGATED_KEY}", n) for n in opted_out}
+            raise ConfigError(f"{where}.{variant_key}.{UNGATED_KEY}: expected a list of limit names, got {opted_out!r}")
+        names = {_limit_name(f"{where}.{variant_key}.{UNGATED_KEY}", n) for n in opted_out}
         for name in names & set(values):
-            raise ConfigError(f"{where}.{variant}: {name} is both set and listed in {UNGATED_KEY}")
-        parsed[variant] = values
+            raise ConfigError(f"{where}.{variant_key}: {name} is both set and listed in {UNGATED_KEY}")
+        parsed[variant_key] = values
         if names:
-            ungated[variant] = frozenset(names)
+            ungated[variant_key] = frozenset(names)
     return parsed, ungated
 
 
@@ -255,7 +203,7 @@ _MODEL_TYPES: dict[str, type] = {
 }
 
 
-def _parse_model(path: Path, key: str, table: Any) -> ModelSpec:
+def _parse_model(path: Path, key: str, table: object) -> ModelSpec:
     where = f"{path}: [models.{key}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
@@ -292,14 +240,14 @@ _VARIANT_TYPES: dict[str, type] = {
 _VARIANT_SOURCES = ("hub_id", "path", "gguf_file", "gguf_type")
 
 
-def _parse_variants(where: str, model: str, table: Any, model_table: dict[str, Any]) -> dict[str, CheckpointSpec]:
+def _parse_variants(
+    where: str, model: str, table: object, model_table: Mapping[str, object]
+) -> dict[str, CheckpointSpec]:
     """A model's own variants, each checked: a key that is not a registered method's, one source,
     known keys of the right types, a GGUF type the suite can write from a GGUF base."""
-    from quant_fixtures.variants import VARIANTS
-
     if not isinstance(table, dict):
         raise ConfigError(f"{where}.variants: expected a table of variants, got {table!r}")
-    parsed = {}
+    parsed: dict[str, CheckpointSpec] = {}
     for key, entry in table.items():
         here = f"{where}.variants.{key}"
         if key in VARIANTS:
@@ -312,10 +260,11 @@ def _parse_variants(where: str, model: str, table: Any, model_table: dict[str, A
         if unknown:
             raise ConfigError(f"{here}: unknown keys {sorted(unknown)}; valid: {sorted(_VARIANT_TYPES)}")
         for name, value in entry.items():
-            if not isinstance(value, _VARIANT_TYPES[name]) or (
-                name == "packages" and not all(isinstance(p, str) for p in value)
+            expected = _VARIANT_TYPES[name]
+            if not isinstance(value, expected) or (
+                isinstance(value, list) and not all(isinstance(p, str) for p in value)
             ):
-                kind = {bool: "boolean", list: "list of module names", str: "string"}[_VARIANT_TYPES[name]]
+                kind = {bool: "boolean", list: "list of module names", str: "string"}[expected]
                 raise ConfigError(f"{here}: {name} must be a {kind}, got {value!r}")
         sources = [s for s in _VARIANT_SOURCES if entry.get(s)]
         if len(sources) != 1:
@@ -351,37 +300,41 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH, require_models: bool = T
     return config_from_table(raw, path, require_models)
 
 
-def config_from_table(raw: dict[str, Any], path: Path, require_models: bool = True) -> SuiteConfig:
+def config_from_table(raw: Mapping[str, object], path: Path, require_models: bool = True) -> SuiteConfig:
     """Validate a parsed suite TOML (``path`` names it in errors; ``require_models``: as load_config)."""
-    unknown = set(raw) - {"defaults", "gates", "models", "snapshot_tolerances"}
+    unknown = set(raw) - set(_TOP_LEVEL)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level tables {sorted(unknown)}")
-    for table in ("defaults", "gates", "models", "snapshot_tolerances"):
-        if not isinstance(raw.get(table, {}), dict):
-            raise ConfigError(f"{path}: [{table}] must be a table, got {raw[table]!r}")
-    defaults_raw = raw.get("defaults", {})
-    bad = set(defaults_raw) - _DEFAULT_KEYS
+    tables: dict[str, dict[str, object]] = {}
+    for name in _TOP_LEVEL:
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table, got {table!r}")
+        tables[name] = table
+    bad = set(tables["defaults"]) - _DEFAULT_KEYS
     if bad:
         raise ConfigError(f"{path}: [defaults] unknown keys {sorted(bad)}; valid: {sorted(_DEFAULT_KEYS)}")
-    for name, value in defaults_raw.items():
+    defaults: dict[str, int] = {}
+    for name, value in tables["defaults"].items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{path}: [defaults] {name} must be a positive integer, got {value!r}")
-    models = {key: _parse_model(path, key, table) for key, table in raw.get("models", {}).items()}
+        defaults[name] = value
+    models = {key: _parse_model(path, key, table) for key, table in tables["models"].items()}
     if not models and require_models:
         raise ConfigError(f"{path}: no [models.*] tables (add one, or give the model with --model org/name)")
     own = [k for spec in models.values() for k in spec.variants]
-    gates, ungated = _check_gates(f"{path}: [gates]", raw.get("gates", {}), own)
+    gates, ungated = _check_gates(f"{path}: [gates]", tables["gates"], own)
     return SuiteConfig(
         path=path,
-        defaults=Defaults(**defaults_raw),
+        defaults=Defaults(**defaults),
         gates=gates,
         ungated=ungated,
         models=models,
-        snapshot_tolerances=_parse_tolerances(path, raw.get("snapshot_tolerances", {})),
+        snapshot_tolerances=_parse_tolerances(path, tables["snapshot_tolerances"]),
     )
 
 
-def _parse_tolerances(path: Path, table: dict[str, Any]) -> dict[str, dict[str, float]]:
+def _parse_tolerances(path: Path, table: Mapping[str, object]) -> dict[str, dict[str, float]]:
     """The registry's defaults, overridden metric by metric by [snapshot_tolerances]."""
     merged = dict(DEFAULT_SNAPSHOT_TOLERANCES)
     for given, tol in table.items():

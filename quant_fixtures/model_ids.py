@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypedDict
 
 from quant_fixtures.config import ConfigError, ModelSpec, SuiteConfig
 
@@ -21,6 +22,14 @@ HUB_ID = re.compile(
 )
 HUB_ID_MAX = 96
 MODEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # it names report and baseline files
+
+
+class ModelSource(TypedDict, total=False):
+    """The source fields of a model entry a --model value gives: ``path``, or ``hub_id`` and ``revision``."""
+
+    path: str
+    hub_id: str
+    revision: str | None
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,7 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or "\\" in source or source.partition("@")[0].count("/") > 1
 
 
-def source_of(value: str, source: str, base_dir: Path) -> dict[str, str | None]:
+def source_of(value: str, source: str, base_dir: Path) -> ModelSource:
     """The source fields of a model entry (``path``, or ``hub_id`` and ``revision``). A directory
     that exists wins over a Hub id of the same spelling, as in transformers' from_pretrained; a
     relative one is taken from ``base_dir`` (where pytest was invoked)."""
@@ -81,14 +90,15 @@ def source_of(value: str, source: str, base_dir: Path) -> dict[str, str | None]:
     return {"hub_id": repo, "revision": match.group("revision")}
 
 
-def _same_source(spec: ModelSpec, source: dict[str, str | None], base_dir: Path) -> bool:
-    if source.get("hub_id"):
+def _same_source(spec: ModelSpec, source: ModelSource, base_dir: Path) -> bool:
+    hub_id = source.get("hub_id")
+    if hub_id:
         return (
             spec.hub_id is not None
-            and spec.hub_id.lower() == str(source["hub_id"]).lower()
-            and (spec.revision or "main") == (source["revision"] or "main")
+            and spec.hub_id.lower() == hub_id.lower()
+            and (spec.revision or "main") == (source.get("revision") or "main")
         )
-    return spec.path is not None and (base_dir / Path(spec.path).expanduser()).resolve() == Path(str(source["path"]))
+    return spec.path is not None and (base_dir / Path(spec.path).expanduser()).resolve() == Path(str(source.get("path")))
 
 
 def _given_model(suite: SuiteConfig, value: str, base_dir: Path) -> GivenModel:

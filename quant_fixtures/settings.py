@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,20 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class Defaults:
+    """The suite config's [defaults] table (config.py parses it)."""
+
+    ctx: int = 2048
+    cpu_ppl_max_tokens: int = 8192
+    batch_size_cuda: int = 8
+    batch_size_cpu: int = 1
+    cpu_max_new_tokens: int = 24
+    gen_batch_size_cuda: int = 96
+    gen_batch_size_cpu: int = 32
+    top_k: int = 256
+
+
+@dataclass(frozen=True)
 class DeviceDefaults:
     """What a run uses where the command line is silent, for its device."""
 
@@ -94,7 +107,7 @@ class DeviceDefaults:
     gen_batch_size: int
 
 
-def device_defaults(defaults: Any, device: str) -> DeviceDefaults:
+def device_defaults(defaults: Defaults, device: str) -> DeviceDefaults:
     """``defaults`` is the config's [defaults] table: CUDA scores the whole split and each prompt's
     own length; the CPU uses the smaller budgets it names."""
     on_cuda = device.startswith("cuda")

@@ -8,8 +8,8 @@ transformers 5). Methods outside the core dependencies name their optional depen
 importing, so collection stays fast and a missing package is a skip with the install command, not
 an import error. Imports of transformers and the methods happen inside the builders.
 
-Variants a model entry lists itself (pre-quantized checkpoints, GGUF files) are built from the
-config (config.CheckpointSpec) with :func:`checkpoint_variant`.
+Variants a model entry lists itself (pre-quantized checkpoints, GGUF files) are read from the
+config as :class:`CheckpointSpec` and made variants with :func:`checkpoint_variant`.
 """
 
 from __future__ import annotations
@@ -17,21 +17,71 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
 
 if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
     from quant_fixtures.settings import LoadSettings
 
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 
+# Keyword arguments for transformers' from_pretrained (a quantization_config; the loader adds
+# max_memory). Any: they are splatted into from_pretrained, whose typed keywords and untyped
+# **kwargs (transformers) take them.
+FromPretrainedKwargs: TypeAlias = "dict[str, Any]"
+QuantizeLoaded: TypeAlias = "Callable[[PreTrainedModel, LoadSettings], None]"
 
-def torch_dtype(name: str) -> Any:
+
+def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype for one of DTYPE_NAMES (torch is imported only here, lazily)."""
     import torch
 
     if name not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPE_NAMES)}")
-    return getattr(torch, name)
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """A variant a model entry lists itself: weights quantized elsewhere, compared with the entry's
+    FP16 weights. Exactly one source: ``hub_id`` (+ ``revision``) or ``path`` (a pre-quantized
+    checkpoint: GPTQ, AWQ, compressed-tensors, bitsandbytes...), ``gguf_file`` (a GGUF file of the
+    same model, dequantized by transformers), or ``gguf_type`` (the base GGUF re-quantized to that
+    type by the suite with the gguf package). Parsed and checked in config.py."""
+
+    key: str
+    model: str
+    hub_id: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    gguf_file: str | None = None
+    gguf_type: str | None = None
+    description: str = ""
+    default: bool = True  # in the matrix when --variants is not given
+    batch_invariant: bool = True  # false for a method that quantizes activations over the batch
+    packages: tuple[str, ...] = ()  # modules transformers needs to load it (e.g. gptqmodel)
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    @property
+    def source_kind(self) -> str:
+        return next(k for k in ("hub_id", "path", "gguf_file", "gguf_type") if getattr(self, k))
+
+    @property
+    def source(self) -> str:
+        if self.hub_id:
+            return f"{self.hub_id}@{self.revision or 'main'}"
+        if self.gguf_type:
+            return f"{self.model}'s GGUF re-quantized to {self.gguf_type} (gguf package)"
+        return self.path or self.gguf_file or ""
+
+    @property
+    def method(self) -> str:
+        if self.gguf_type:
+            return f"gguf-{self.gguf_type}"
+        return "gguf" if self.gguf_file else "pre-quantized"
 
 
 @dataclass(frozen=True)
@@ -39,7 +89,7 @@ class Variant:
     key: str
     method: str
     description: str
-    load_kwargs: Callable[[LoadSettings], dict[str, Any]]
+    load_kwargs: Callable[[LoadSettings], FromPretrainedKwargs]
     is_baseline: bool = False
     # False when a sequence's numbers depend on what else is in the batch: such a variant is scored
     # one sequence per pass. (bitsandbytes' LLM.int8 picks outlier columns over the whole batch; the
@@ -54,13 +104,13 @@ class Variant:
     packages: tuple[str, ...] = ()  # modules the method imports (checked with find_spec)
     devices: tuple[str, ...] = ("cpu", "cuda")
     # Quantizes the model after a 16-bit load (HQQ); None: from_pretrained does it.
-    quantize_loaded: Callable[[Any, LoadSettings], None] | None = None
+    quantize_loaded: QuantizeLoaded | None = None
     weight_dtype: str | None = None  # a 16-bit dtype the method needs (torchao int4: bfloat16)
     # Quantized weights are tensor subclasses whose dtype cannot change after loading (torchao,
     # quanto): on the CPU such a variant loads in float32 to compute in float32 like the others.
     fixed_dtype_weights: bool = False
     bnb_4bit_compute: str | None = None  # a 4-bit compute dtype kept on the CPU too (nf4_bf16)
-    source: Any = None  # config.CheckpointSpec of a model's own variant (pre-quantized or GGUF)
+    source: CheckpointSpec | None = None  # a model's own variant (pre-quantized or GGUF)
 
     def missing_packages(self) -> list[str]:
         """The method's modules that are not installed (nothing is imported)."""
@@ -102,12 +152,12 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _baseline_kwargs(options: LoadSettings) -> dict[str, Any]:
+def _baseline_kwargs(options: LoadSettings) -> FromPretrainedKwargs:
     return {}
 
 
-def _bnb_int8(threshold: float) -> Callable[[LoadSettings], dict[str, Any]]:
-    def kwargs(options: LoadSettings) -> dict[str, Any]:
+def _bnb_int8(threshold: float) -> Callable[[LoadSettings], FromPretrainedKwargs]:
+    def kwargs(options: LoadSettings) -> FromPretrainedKwargs:
         from transformers import BitsAndBytesConfig
 
         return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold)}
@@ -117,10 +167,10 @@ def _bnb_int8(threshold: float) -> Callable[[LoadSettings], dict[str, Any]]:
 
 def _bnb_4bit(
     quant_type: str, double_quant: bool | None = None, compute: str | None = None
-) -> Callable[[LoadSettings], dict[str, Any]]:
+) -> Callable[[LoadSettings], FromPretrainedKwargs]:
     """None: the run's options (--nf4-double-quant, --nf4-compute-dtype) decide."""
 
-    def kwargs(options: LoadSettings) -> dict[str, Any]:
+    def kwargs(options: LoadSettings) -> FromPretrainedKwargs:
         from transformers import BitsAndBytesConfig
 
         return {
@@ -135,8 +185,8 @@ def _bnb_4bit(
     return kwargs
 
 
-def _torchao(config_name: str, **config_args: Any) -> Callable[[LoadSettings], dict[str, Any]]:
-    def kwargs(options: LoadSettings) -> dict[str, Any]:
+def _torchao(config_name: str, **config_args: object) -> Callable[[LoadSettings], FromPretrainedKwargs]:
+    def kwargs(options: LoadSettings) -> FromPretrainedKwargs:
         import torchao.quantization as ao
         from transformers import TorchAoConfig
 
@@ -145,8 +195,8 @@ def _torchao(config_name: str, **config_args: Any) -> Callable[[LoadSettings], d
     return kwargs
 
 
-def _quanto(weights: str) -> Callable[[LoadSettings], dict[str, Any]]:
-    def kwargs(options: LoadSettings) -> dict[str, Any]:
+def _quanto(weights: str) -> Callable[[LoadSettings], FromPretrainedKwargs]:
+    def kwargs(options: LoadSettings) -> FromPretrainedKwargs:
         from transformers import QuantoConfig
 
         return {"quantization_config": QuantoConfig(weights=weights)}
@@ -157,8 +207,8 @@ def _quanto(weights: str) -> Callable[[LoadSettings], dict[str, Any]]:
 HQQ_GROUP_SIZE = 64
 
 
-def _hqq(nbits: int) -> Callable[[Any, LoadSettings], None]:
-    def quantize(model: Any, options: LoadSettings) -> None:
+def _hqq(nbits: int) -> QuantizeLoaded:
+    def quantize(model: PreTrainedModel, options: LoadSettings) -> None:
         from hqq.core.quantize import BaseQuantizeConfig
         from hqq.models.hf.base import AutoHQQHFModel
 
@@ -173,9 +223,17 @@ def _hqq(nbits: int) -> Callable[[Any, LoadSettings], None]:
     return quantize
 
 
-_AO = dict(extra="torchao", packages=("torchao",), fixed_dtype_weights=True)
-_QUANTO = dict(extra="quanto", packages=("optimum.quanto",), fixed_dtype_weights=True)
-_HQQ = dict(extra="hqq", packages=("hqq",), load_kwargs=_baseline_kwargs)
+class _Family(TypedDict, total=False):
+    """Keyword arguments of Variant that the variants of one optional method share."""
+
+    extra: str
+    packages: tuple[str, ...]
+    fixed_dtype_weights: bool
+
+
+_AO: _Family = {"extra": "torchao", "packages": ("torchao",), "fixed_dtype_weights": True}
+_QUANTO: _Family = {"extra": "quanto", "packages": ("optimum.quanto",), "fixed_dtype_weights": True}
+_HQQ: _Family = {"extra": "hqq", "packages": ("hqq",)}
 
 VARIANTS: dict[str, Variant] = {
     v.key: v
@@ -270,6 +328,7 @@ VARIANTS: dict[str, Variant] = {
             "hqq_4bit",
             "hqq",
             f"HQQ half-quadratic 4-bit linear weights, groups of {HQQ_GROUP_SIZE}, 16-bit scale and zero",
+            _baseline_kwargs,  # a 16-bit load; quantize_loaded quantizes it
             quantize_loaded=_hqq(4),
             **_HQQ,
         ),
@@ -277,6 +336,7 @@ VARIANTS: dict[str, Variant] = {
             "hqq_3bit",
             "hqq",
             f"HQQ half-quadratic 3-bit linear weights, groups of {HQQ_GROUP_SIZE}, 16-bit scale and zero",
+            _baseline_kwargs,  # a 16-bit load; quantize_loaded quantizes it
             quantize_loaded=_hqq(3),
             **_HQQ,
         ),
@@ -309,8 +369,8 @@ BASELINE_VARIANT = next(k for k, v in VARIANTS.items() if v.is_baseline)
 DEFAULT_VARIANTS = tuple(k for k, v in VARIANTS.items() if v.default)
 
 
-def checkpoint_variant(spec: Any) -> Variant:
-    """The variant of a model's own checkpoint (config.CheckpointSpec): loaded as it is stored, its
+def checkpoint_variant(spec: CheckpointSpec) -> Variant:
+    """The variant of a model's own checkpoint: loaded as it is stored, its
     quantization config read from the checkpoint; a GGUF file is dequantized by transformers."""
     return Variant(
         spec.key,
