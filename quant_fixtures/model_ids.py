@@ -98,7 +98,8 @@ def _same_source(spec: ModelSpec, source: ModelSource, base_dir: Path) -> bool:
             and spec.hub_id.lower() == hub_id.lower()
             and (spec.revision or "main") == (source.get("revision") or "main")
         )
-    return spec.path is not None and (base_dir / Path(spec.path).expanduser()).resolve() == Path(str(source.get("path")))
+    path = source.get("path")
+    return spec.path is not None and (base_dir / Path(spec.path).expanduser()).resolve() == Path(str(path))
 
 
 def _given_model(suite: SuiteConfig, value: str, base_dir: Path) -> GivenModel:

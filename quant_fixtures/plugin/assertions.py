@@ -2,36 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
+from quant_fixtures.json_types import JsonObject, JsonValue
 from quant_fixtures.report.schema import EvaluationDocument
+
+if TYPE_CHECKING:
+    from syrupy.assertion import SnapshotAssertion
 
 
 def assert_gate(document: EvaluationDocument, metric: str, mode: str = "enforce") -> None:
     """Fail (or, with ``mode == "report"``, xfail) when the document's gate on ``metric`` failed."""
     __tracebackhide__ = True
-    model, variant = document.model.key, document.variant.key
+    model, variant_key = document.model.key, document.variant.key
     gates = [g for g in document.gates if g.metric == metric]
     if not gates:
         # Only an explicit opt-out skips; a limit that is simply missing fails (a typo must not
         # silently remove a release gate).
         reason = document.ungated.get(metric)
         if reason:
-            pytest.skip(f"{model} {variant}: {metric} not gated: {reason}")
-        pytest.fail(f"{model} {variant}: no limit configured for {metric} and no explicit opt-out", pytrace=False)
+            pytest.skip(f"{model} {variant_key}: {metric} not gated: {reason}")
+        pytest.fail(f"{model} {variant_key}: no limit configured for {metric} and no explicit opt-out", pytrace=False)
     for gate in gates:
         if gate.passed:
             continue
-        line = f"{model} {variant}: {gate.line()}"
+        line = f"{model} {variant_key}: {gate.line()}"
         if mode == "report":
             pytest.xfail(f"gate failed (report mode): {line}")
         pytest.fail(f"gate failed: {line}", pytrace=False)
 
 
 def assert_harm_snapshot(
-    summary: dict[str, Any], snapshot: Any, tolerances: dict[str, dict[str, float]], config: pytest.Config
+    summary: JsonObject, snapshot: SnapshotAssertion, tolerances: dict[str, dict[str, float]], config: pytest.Config
 ) -> None:
     """Compare with the committed snapshot; a failure lists only what moved beyond tolerance (and
     where each snapshot was made), a missing snapshot says in one line how to record it."""
@@ -51,14 +55,14 @@ def assert_harm_snapshot(
             "and commit tests/harm/__snapshots__/",
             pytrace=False,
         )
-    old = json.loads(result.recalled_data)
+    old: JsonValue = json.loads(result.recalled_data)
     lines = snapshot_differences(summary, old, tolerances)
     pytest.fail(
         "\n".join(
             [
                 f"harm summary differs from the snapshot {result.snapshot_name} in {len(lines)} place(s):",
                 *[f"  {line}" for line in lines],
-                environment_note(old.get(ENVIRONMENT), summary.get(ENVIRONMENT)),
+                environment_note(old.get(ENVIRONMENT) if isinstance(old, dict) else None, summary.get(ENVIRONMENT)),
                 "If the change is intended, accept it with --snapshot-update and commit the snapshot.",
             ]
         ),

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,9 +21,13 @@ from quant_fixtures.settings import (
     device_defaults,
 )
 
+if TYPE_CHECKING:
+    from quant_fixtures.inputs.prompts import Prompt
+
 CONFIG_KEY = pytest.StashKey[SuiteConfig]()
 SETTINGS_KEY = pytest.StashKey[RunSettings]()
-PROMPTS_KEY = pytest.StashKey[list]()  # the prompt suite as validated at start-up (parsed once)
+PROMPTS_KEY: pytest.StashKey[list[Prompt]] = pytest.StashKey()  # the prompt suite as validated at start-up
+PAIRS_KEY: pytest.StashKey[list[tuple[str, str]]] = pytest.StashKey()  # what --models and --variants select
 SHIPPED = "default"  # --suite-config default: the configuration shipped in the package
 
 
@@ -64,101 +69,12 @@ def suite_of(config: pytest.Config) -> SuiteConfig:
     return config.stash[CONFIG_KEY]
 
 
-PATH_OPTIONS = ("--suite-config", "--results-dir", "--baselines-dir", "--cache-dir", "--prompts", "--model")
-
-
-def check_rootdir_not_taken_from_an_option(config: pytest.Config) -> None:
-    """pytest picks the rootdir (and with it the ini file: testpaths, addopts such as -m 'not gpu',
-    markers) before it loads plugins, so in `--results-dir /x` it takes the existing path after the
-    space for a test path. When that moved the rootdir, a command-line run starts again with the
-    option written `--results-dir=/x` (nothing has run yet); a run pytest cannot restart (in-process,
-    or the restart did not help) stops with the remedy instead of using another project's settings."""
-    args = [str(a) for a in config.invocation_params.args]
-    spaced = [
-        name
-        for name, value in zip(args, args[1:])
-        if name in PATH_OPTIONS and (Path(config.invocation_params.dir) / Path(value).expanduser()).exists()
-    ]
-    if not spaced:
-        return
-    expected = _rootdir_from_test_paths(config)
-    if expected is None or Path(expected).resolve() == config.rootpath.resolve():
-        return
-    if _restartable(args):
-        _restart_with_joined_options(config, args)
-    raise pytest.UsageError(
-        f"{spaced[0]} <path>: pytest took the path for a test path and chose the rootdir {config.rootpath} "
-        f"instead of {expected} (it decides the rootdir before plugins load); write {spaced[0]}=<path>"
-    )
-
-
-RESTARTED_ENV = "QUANT_FIXTURES_JOINED_OPTIONS"  # set in the restarted run: never restart twice
-
-
-def _rootdir_from_test_paths(config: pytest.Config) -> Path | None:
-    """Where the rootdir would be from the test paths alone (pytest's own function); None where
-    this pytest lacks it (the check cannot tell, so it stays quiet)."""
-    try:
-        import inspect
-
-        from _pytest.config.findpaths import determine_setup
-
-        given = {
-            "inifile": config.option.inifilename,
-            "override_ini": config.option.override_ini,
-            "args": [str(a) for a in config.option.file_or_dir or []],
-            "rootdir_cmd_arg": config.option.rootdir or None,
-            "invocation_dir": config.invocation_params.dir,
-        }
-        accepted = inspect.signature(determine_setup).parameters
-        return Path(determine_setup(**{k: v for k, v in given.items() if k in accepted})[0])
-    except Exception:
-        return None
-
-
-def joined_path_options(args: list[str]) -> list[str]:
-    """``args`` with every path option and its value joined by '=' (``--results-dir /x`` ->
-    ``--results-dir=/x``); everything else as given."""
-    joined: list[str] = []
-    i = 0
-    while i < len(args):
-        if args[i] in PATH_OPTIONS and i + 1 < len(args):
-            joined.append(f"{args[i]}={args[i + 1]}")
-            i += 2
-        else:
-            joined.append(args[i])
-            i += 1
-    return joined
-
-
-def _restartable(args: list[str]) -> bool:
-    """A run started from the command line (``pytest ...`` or ``python -m pytest ...``) that has
-    not been restarted already; an in-process pytest.main() is not ours to replace."""
-    import sys
-
-    return not os.environ.get(RESTARTED_ENV) and sys.argv[1:] == args
-
-
-def _restart_with_joined_options(config: pytest.Config, args: list[str]) -> None:
-    """Replace this process with the same pytest run, path options joined (so the rootdir is the
-    one the test paths give). Output capture is stopped first: it redirects the file descriptors
-    the new process inherits."""
-    import sys
-
-    capture = config.pluginmanager.getplugin("capturemanager")
-    if capture is not None:
-        capture.stop_global_capturing()
-    os.environ[RESTARTED_ENV] = "1"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "pytest", *joined_path_options(args)])
-
-
-def ppl_protocol(config: pytest.Config) -> str:
-    """--ppl-protocol, checked against --ppl-stride: a stride means the strided protocol and needs it."""
+def ppl_protocol(config: pytest.Config, stride: int | None) -> str:
+    """--ppl-protocol, checked against --ppl-stride (``stride``, as parsed): a stride means the
+    strided protocol and needs it."""
     from quant_fixtures.inputs.corpus_protocols import PROTOCOLS
 
-    name, stride = config.getoption("--ppl-protocol"), config.getoption("--ppl-stride")
+    name: str | None = config.getoption("--ppl-protocol")
     if name is None:
         return "strided" if stride else "nonoverlapping"
     if name not in PROTOCOLS:
@@ -182,26 +98,36 @@ def check_ctx(ctx: int | None, protocol: str) -> None:
         )
 
 
+def positive_int(config: pytest.Config, name: str) -> int | None:
+    """An integer option (argparse made it an int), None when not given; a usage error below 1."""
+    value: int | None = config.getoption(name)
+    if value is not None and value < 1:
+        raise pytest.UsageError(f"{name}: expected a positive integer, got {value}")
+    return value
+
+
+def ppl_max_tokens(config: pytest.Config, default: int | None) -> int | None:
+    """--ppl-max-tokens: a positive integer, 'all' (None: the whole split), or ``default`` when not given."""
+    budget: str | None = config.getoption("--ppl-max-tokens")
+    if budget is None:
+        return default
+    if budget == "all":
+        return None
+    if not (budget.isdigit() and int(budget) > 0):
+        raise pytest.UsageError(f"--ppl-max-tokens: expected a positive integer or 'all', got {budget!r}")
+    return int(budget)
+
+
 def check_options(config: pytest.Config) -> None:
-    """Every option, limit and output location, before anything loads (exit 4, one line)."""
+    """Every option, limit and output location, before anything loads (exit 4, one line). The
+    options are parsed, each once, into the run's settings (build_settings); what needs the
+    configuration or the file system besides is checked here."""
     from quant_fixtures.session.preflight import PreflightError, check_limits, check_output_dirs
 
-    suite = suite_of(config)
-    split_keys(config.getoption("--models"), list(suite.models), "model")
-    selected_pairs(config)  # unknown keys, and variants that belong to no selected model
-    prompt_suite_options(config)
-    budget = config.getoption("--ppl-max-tokens")
-    if budget is not None and budget != "all" and not (budget.isdigit() and int(budget) > 0):
-        raise pytest.UsageError(f"--ppl-max-tokens: expected a positive integer or 'all', got {budget!r}")
-    for name in ("--ctx", "--ppl-stride", "--batch-size", "--max-new-tokens", "--top-k", "--gen-batch-size"):
-        value = config.getoption(name)
-        if value is not None and value < 1:
-            raise pytest.UsageError(f"{name}: expected a positive integer, got {value}")
-    max_gpu_memory(config)
-    check_ctx(config.getoption("--ctx"), ppl_protocol(config))
+    settings = settings_of(config)
     try:  # budgets against each model's window: in preflight_models, once its config is read
-        check_limits(suite, selected_pairs(config))
-        check_output_dirs(output_dirs(config))
+        check_limits(suite_of(config), selected_pairs(config))
+        check_output_dirs(path_options(settings.paths))
     except PreflightError as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -214,7 +140,8 @@ def max_gpu_memory(config: pytest.Config) -> int | None:
     source when it is not a size (an unreadable cap must not silently mean "no cap")."""
     from quant_fixtures.compute.memory import parse_size
 
-    given, source = config.getoption("--max-gpu-memory"), "--max-gpu-memory"
+    given: str | None = config.getoption("--max-gpu-memory")
+    source = "--max-gpu-memory"
     if given is None and os.environ.get(MAX_GPU_MEMORY_ENV) is not None:
         given, source = os.environ[MAX_GPU_MEMORY_ENV], f"${MAX_GPU_MEMORY_ENV}"
     if given is None:
@@ -225,26 +152,35 @@ def max_gpu_memory(config: pytest.Config) -> int | None:
         raise pytest.UsageError(str(exc)) from None
 
 
-def output_dirs(config: pytest.Config) -> dict[str, Path]:
+def path_options(paths: Paths) -> dict[str, Path]:
+    """The output directories by the option that sets each (as messages and xdist workers name them)."""
+    return {"--results-dir": paths.results_dir, "--baselines-dir": paths.baselines_dir, "--cache-dir": paths.cache_dir}
+
+
+def output_dirs(config: pytest.Config) -> Paths:
     """Where results, baselines and caches go. Defaults live under the rootdir (the project's);
     a path the user gives is taken, like any command-line path, from the invocation directory.
-    xdist workers receive the controller's resolved paths."""
-    from quant_fixtures.plugin.workers import PATHS_KEY, is_worker
+    xdist workers receive the controller's resolved paths (path_options)."""
+    from quant_fixtures.plugin.workers import PATHS_KEY, worker_input
 
-    if is_worker(config):
-        return {k: Path(v) for k, v in config.workerinput[PATHS_KEY].items()}
+    handed = worker_input(config)
+    if handed is not None:
+        dirs = handed[PATHS_KEY]
+        if not isinstance(dirs, dict):
+            raise TypeError(f"xdist workerinput {PATHS_KEY}: expected the controller's paths, got {dirs!r}")
+        return Paths(*(Path(str(dirs[option])) for option in ("--results-dir", "--baselines-dir", "--cache-dir")))
     here = Path(config.invocation_params.dir)
 
     def given(option: str, default: Path) -> Path:
-        value = config.getoption(option)
+        value: str | None = config.getoption(option)
         return default if value is None else here / Path(value).expanduser()
 
-    cache = config.getoption("--cache-dir") or os.environ.get("QUANT_FIXTURES_CACHE")
-    return {
-        "--results-dir": given("--results-dir", config.rootpath / "results"),
-        "--baselines-dir": given("--baselines-dir", config.rootpath / "baselines"),
-        "--cache-dir": here / Path(cache).expanduser() if cache else Path("~/.cache/quant_fixtures").expanduser(),
-    }
+    cache: str | None = config.getoption("--cache-dir") or os.environ.get("QUANT_FIXTURES_CACHE")
+    return Paths(
+        results_dir=given("--results-dir", config.rootpath / "results"),
+        baselines_dir=given("--baselines-dir", config.rootpath / "baselines"),
+        cache_dir=here / Path(cache).expanduser() if cache else Path("~/.cache/quant_fixtures").expanduser(),
+    )
 
 
 def terminate_as_interrupt(config: pytest.Config) -> None:
@@ -256,29 +192,33 @@ def terminate_as_interrupt(config: pytest.Config) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
 
-    def interrupt(signum: int, frame: Any) -> None:
+    def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
-    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    config.add_cleanup(restore)
 
 
 def prompt_suite_options(config: pytest.Config) -> tuple[Path, tuple[str, ...] | None]:
     """The prompt file and category filter, validated up front so a bad file is a usage error."""
     from quant_fixtures.inputs.prompts import DEFAULT_SUITE, PromptSuiteError, load_prompt_suite
 
-    given = config.getoption("--prompts")
+    given: str | None = config.getoption("--prompts")
     path = (Path(config.invocation_params.dir) / Path(given).expanduser() if given else DEFAULT_SUITE).resolve()
-    raw = config.getoption("--categories")
-    cats = [c.strip() for c in raw.split(",") if c.strip()] if raw is not None else None
-    if cats is not None and not cats:
+    raw: str | None = config.getoption("--categories")
+    categories = [c.strip() for c in raw.split(",") if c.strip()] if raw is not None else None
+    if categories is not None and not categories:
         raise pytest.UsageError(f"--categories: no category given in {raw!r}")
     try:  # a filter naming a category the file lacks is an error there
         if PROMPTS_KEY not in config.stash:
-            config.stash[PROMPTS_KEY] = load_prompt_suite(path, cats)
+            config.stash[PROMPTS_KEY] = load_prompt_suite(path, categories)
     except PromptSuiteError as exc:
         raise pytest.UsageError(str(exc)) from None
-    return path, tuple(cats) if cats else None
+    return path, tuple(categories) if categories else None
 
 
 def selected_models(config: pytest.Config) -> list[str]:
@@ -294,8 +234,16 @@ def selected_models(config: pytest.Config) -> list[str]:
 
 
 def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
-    """(model, variant) pairs of this run, registry order (the baseline first). Without --variants
-    each model gets its default variants; with it, each selected model that has the variant."""
+    """(model, variant key) pairs of this run, registry order (the baseline first). Without
+    --variants each model gets its default variants; with it, each selected model that has the
+    variant. --models and --variants are parsed once; the pairs are kept in config.stash."""
+    if PAIRS_KEY not in config.stash:
+        config.stash[PAIRS_KEY] = _pairs(config)
+    pairs = config.stash[PAIRS_KEY]
+    return list(pairs)  # a copy: callers may filter theirs
+
+
+def _pairs(config: pytest.Config) -> list[tuple[str, str]]:
     suite = suite_of(config)
     models = selected_models(config)
     asked = split_keys(config.getoption("--variants"), suite.variant_keys(), "variant")
@@ -310,52 +258,62 @@ def selected_pairs(config: pytest.Config) -> list[tuple[str, str]]:
     return [(m, v) for m in models for v in suite.variant_keys(m) if v in asked]
 
 
-def unavailable_reason(config: pytest.Config, model: str, variant: str) -> str | None:
+def unavailable_reason(config: pytest.Config, model: str, variant_key: str) -> str | None:
     """Why a selected pair cannot run on this machine (its method's package is not installed, or it
     needs another device): the skip reason, naming the install command. Nothing is imported."""
-    from quant_fixtures.plugin.workers import device_for
-
-    return suite_of(config).variant(model, variant).unavailable_reason(device_for(config).split(":")[0])
+    device_type = settings_of(config).load.device_type
+    return suite_of(config).variant(model, variant_key).unavailable_reason(device_type)
 
 
 def runnable_pairs(config: pytest.Config) -> list[tuple[str, str]]:
     return [(m, v) for m, v in selected_pairs(config) if unavailable_reason(config, m, v) is None]
 
 
+# The protocols whose window defaults to the config's [defaults].ctx; llama.cpp and lm-eval have
+# their own defaults (session/inputs.py RunInputs.ctx). The --ctx help says so (plugin/hooks.py).
+CONFIG_CTX_PROTOCOLS = ("nonoverlapping", "strided")
+
+
 def build_settings(config: pytest.Config) -> RunSettings:
-    """Every command-line choice, with the config's device-dependent defaults, in one frozen object."""
+    """Every command-line choice, with the config's device-dependent defaults, in one frozen object.
+    Each option is parsed here once, in the order below, and a bad value is a usage error naming
+    the option and the value."""
     from quant_fixtures.plugin.workers import device_for, is_worker, run_id
 
     suite, device = suite_of(config), device_for(config)
     defaults = device_defaults(suite.defaults, device)
     option = config.getoption
     pairs = selected_pairs(config)
-    dirs = output_dirs(config)
     prompts_path, categories = prompt_suite_options(config)
-    budget = option("--ppl-max-tokens")
+    max_tokens = ppl_max_tokens(config, defaults.ppl_max_tokens)
+    ctx = positive_int(config, "--ctx")
+    stride = positive_int(config, "--ppl-stride")
+    batch_size = positive_int(config, "--batch-size")
+    max_new_tokens = positive_int(config, "--max-new-tokens")
+    top_k = positive_int(config, "--top-k")
+    gen_batch_size = positive_int(config, "--gen-batch-size")
+    gpu_memory = max_gpu_memory(config)
+    protocol = ppl_protocol(config, stride)
+    check_ctx(ctx, protocol)
     return RunSettings(
         models=tuple(sorted({m for m, _ in pairs})),
         variants=tuple(sorted({v for _, v in pairs})),
-        paths=Paths(
-            results_dir=dirs["--results-dir"], baselines_dir=dirs["--baselines-dir"], cache_dir=dirs["--cache-dir"]
-        ),
+        paths=output_dirs(config),
         perplexity=PerplexityProtocol(
-            protocol=ppl_protocol(config),
-            # the protocols of llama.cpp and lm-eval have their own default windows (inputs.ctx)
-            ctx=option("--ctx")
-            or (suite.defaults.ctx if ppl_protocol(config) in ("nonoverlapping", "strided") else None),
-            max_tokens=defaults.ppl_max_tokens if budget is None else None if budget == "all" else int(budget),
-            stride=option("--ppl-stride"),
-            batch_size=option("--batch-size") or defaults.batch_size,
+            protocol=protocol,
+            ctx=ctx or (suite.defaults.ctx if protocol in CONFIG_CTX_PROTOCOLS else None),
+            max_tokens=max_tokens,
+            stride=stride,
+            batch_size=batch_size or defaults.batch_size,
             dataset_source=option("--dataset-source"),
         ),
         prompts=PromptProtocol(
             path=prompts_path,
             categories=categories,
             use_chat_template=not option("--no-chat-template"),
-            max_new_tokens_cap=option("--max-new-tokens") or defaults.max_new_tokens_cap,
-            top_k=option("--top-k") or suite.defaults.top_k,
-            gen_batch_size=option("--gen-batch-size") or defaults.gen_batch_size,
+            max_new_tokens_cap=max_new_tokens or defaults.max_new_tokens_cap,
+            top_k=top_k or suite.defaults.top_k,
+            gen_batch_size=gen_batch_size or defaults.gen_batch_size,
             skip=option("--skip-prompts"),
         ),
         load=LoadSettings(
@@ -363,7 +321,7 @@ def build_settings(config: pytest.Config) -> RunSettings:
             weight_dtype=option("--weight-dtype"),
             nf4_compute_dtype=option("--nf4-compute-dtype"),
             nf4_double_quant=option("--nf4-double-quant"),
-            max_gpu_memory=max_gpu_memory(config),
+            max_gpu_memory=gpu_memory,
             may_spread=not is_worker(config),
         ),
         gates=GatePolicy(
@@ -374,7 +332,7 @@ def build_settings(config: pytest.Config) -> RunSettings:
 
 
 def settings_of(config: pytest.Config) -> RunSettings:
-    """The run's settings, built once and kept in config.stash."""
+    """The run's settings, built once (check_options, at start-up) and kept in config.stash."""
     if SETTINGS_KEY not in config.stash:
         config.stash[SETTINGS_KEY] = build_settings(config)
     return config.stash[SETTINGS_KEY]

@@ -6,7 +6,6 @@ are in fixtures.py, the command line in cli.py, the work in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,8 +16,6 @@ from quant_fixtures.plugin.cli import (
     CONFIG_KEY,
     SHIPPED,
     check_options,
-    check_rootdir_not_taken_from_an_option,
-    output_dirs,
     selected_pairs,
     settings_of,
     suite_config_path,
@@ -27,12 +24,36 @@ from quant_fixtures.plugin.cli import (
     unavailable_reason,
 )
 from quant_fixtures.plugin.model_option import given_models, model_values, with_given_models
+from quant_fixtures.plugin.rootdir import check_rootdir_not_taken_from_an_option
 from quant_fixtures.plugin.state import preflight_models
 from quant_fixtures.variants import DEFAULT_VARIANTS, DTYPE_NAMES, VARIANTS
 
 REPORT_KEY = pytest.StashKey[Path]()
 GATE_MODES = ("enforce", "report")
 PAIR_FIXTURES = ("variant_eval", "quantized_eval", "bench_model")  # parametrized over (model, variant)
+
+# What --ctx sets under each --ppl-protocol (the windows: inputs/corpus_protocols.py), and the
+# defaults of the protocols that do not take the config's ctx (build_settings, CONFIG_CTX_PROTOCOLS;
+# session/inputs.py RunInputs.ctx). tests/unit/test_plugin.py checks both against the code.
+CTX_MEANINGS = {
+    "nonoverlapping": "the length of each window, which scores ctx - 1 tokens",
+    "strided": "the length of each window, the windows starting every --ppl-stride tokens",
+    "llama.cpp": "llama-perplexity's n_ctx, the length of each chunk, whose second half is scored",
+    "lm-eval": "lm-eval's max_length, the length of the rolling windows over each document",
+}
+CTX_OWN_DEFAULTS = {
+    "llama.cpp": "512, llama-perplexity's",
+    "lm-eval": "the model's maximum length, as lm-eval reads it",
+}
+
+
+def ctx_help() -> str:
+    """The --ctx help: what the number means under each protocol, and its default there."""
+    meanings = [
+        f"{name}: {meaning} (default: {CTX_OWN_DEFAULTS.get(name, '[defaults].ctx of the suite config')})"
+        for name, meaning in CTX_MEANINGS.items()
+    ]
+    return "tokens of perplexity context, capped at each model's maximum, by --ppl-protocol: " + "; ".join(meanings)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,8 +86,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--ctx",
         type=int,
         default=None,
-        help="perplexity window in tokens: nonoverlapping and strided windows, llama.cpp's n_ctx, "
-        "lm-eval's max_length (default: the config's ctx; llama.cpp 512; lm-eval the model's maximum)",
+        help=ctx_help(),
     )
     g.addoption(
         "--ppl-max-tokens",
@@ -80,8 +100,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="perplexity protocol: nonoverlapping (default; the GPTQ papers'), strided (HF guide, with "
         "--ppl-stride), llama.cpp (llama-perplexity: chunks of --ctx, default 512, second half "
-        "scored), lm-eval (lm-evaluation-harness wikitext: documents, rolling windows of the "
-        "model's maximum length)",
+        "scored), lm-eval (lm-evaluation-harness wikitext: documents, rolling windows of --ctx, "
+        "default the model's maximum length); --ctx says what the window is under each",
     )
     g.addoption("--batch-size", type=int, default=None, help="perplexity windows per forward pass")
     g.addoption(
@@ -198,23 +218,23 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     ]
 
 
-def _pair_marks(config: pytest.Config, model: str, variant: str) -> list[Any]:
+def _pair_marks(config: pytest.Config, model: str, variant_key: str) -> list[pytest.MarkDecorator]:
     # One xdist group per pair: with --dist loadgroup a worker loads each model once.
-    marks = [pytest.mark.xdist_group(f"{model}-{variant}")]
+    marks = [pytest.mark.xdist_group(f"{model}-{variant_key}")]
     if suite_of(config).models[model].requires_gpu:
         marks.append(pytest.mark.gpu)
-    reason = unavailable_reason(config, model, variant)
+    reason = unavailable_reason(config, model, variant_key)
     if reason:
         marks.append(pytest.mark.skip(reason=reason))
     return marks
 
 
-def _gate_metrics(config: pytest.Config, model: str, variant: str) -> list[str]:
+def _gate_metrics(config: pytest.Config, model: str, variant_key: str) -> list[str]:
     """The registered metrics one pair is gated on: every required gate (configured, or opted out
     explicitly, which skips saying so) and every optional one that has a limit."""
     from quant_fixtures.metrics.registry import GATEABLE, REQUIRED_LIMITS
 
-    names = set(REQUIRED_LIMITS) | set(suite_of(config).gates_for(model, variant))
+    names = set(REQUIRED_LIMITS) | set(suite_of(config).gates_for(model, variant_key))
     return [spec.name for limit, spec in GATEABLE.items() if limit in names]
 
 
@@ -297,7 +317,7 @@ def models_in(items: list[pytest.Item]) -> set[str]:
 
 
 def results_dir(config: pytest.Config) -> Path:
-    return output_dirs(config)["--results-dir"]
+    return settings_of(config).paths.results_dir
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -321,7 +341,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.get_terminal_writer().line("interrupted while writing REPORT.md: not written", red=True)
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
     """The harm table of this run, assembled from every worker's evaluation documents."""
     from quant_fixtures.plugin.workers import is_worker, run_id
     from quant_fixtures.report.comparison import collect_run_documents

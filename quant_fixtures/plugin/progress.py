@@ -11,8 +11,10 @@ starts and one when it ends, never one per batch. An xdist worker's terminal is 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol
+
+import pytest
 
 from quant_fixtures.plugin.workers import is_worker
 from quant_fixtures.session.progress import ProgressSink, StageEvent, describe
@@ -20,10 +22,27 @@ from quant_fixtures.session.progress import ProgressSink, StageEvent, describe
 REDRAW_S = 0.2  # a live line is redrawn at most this often (generation reports every batch)
 
 
+class LineWidth(Protocol):
+    """What is read of pytest's terminal writer (``config.get_terminal_writer()``, whose class
+    pytest does not export)."""
+
+    @property
+    def width_of_current_line(self) -> int: ...
+
+
+class CaptureSwitch(Protocol):
+    """What is used of pytest's capture manager (the ``capturemanager`` plugin, a class pytest
+    does not export)."""
+
+    def global_and_fixture_disabled(self) -> AbstractContextManager[None]: ...
+
+
 class TerminalProgress:
     """A progress sink writing on pytest's terminal reporter; ``live``: rewrite one line in place."""
 
-    def __init__(self, reporter: Any, writer: Any, capture: Any, live: bool) -> None:
+    def __init__(
+        self, reporter: pytest.TerminalReporter, writer: LineWidth, capture: CaptureSwitch | None, live: bool
+    ) -> None:
         self.reporter, self.writer, self.capture, self.live = reporter, writer, capture, live
         self.drawn_at: float | None = None  # when the live line was last drawn; None: no live line
 
@@ -56,10 +75,10 @@ class TerminalProgress:
         self.drawn_at = None if final else time.monotonic()
 
 
-def terminal_progress(config: Any) -> ProgressSink | None:
+def terminal_progress(config: pytest.Config) -> ProgressSink | None:
     """The sink for this pytest process, or None where progress is not shown (an xdist worker,
     or a run without the terminal reporter, ``-p no:terminal``)."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    reporter: pytest.TerminalReporter | None = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None or is_worker(config):
         return None
     return TerminalProgress(

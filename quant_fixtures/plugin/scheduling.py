@@ -21,19 +21,28 @@ teardown bookkeeping, so every choice is made with the latest knowledge of what 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
+import pytest
 from xdist.scheduler import LoadGroupScheduling
 
 Pair = tuple[str, str]
 
 
+class WorkerNode(Protocol):
+    """What the scheduler uses of xdist's WorkerController (xdist ships no type information)."""
+
+    shutting_down: bool
+
+    def shutdown(self) -> None: ...
+
+
 def pair_of_group(group: str, models: list[str], variants: list[str]) -> Pair | None:
     """The (model, variant) an xdist group name "{model}-{variant}" stands for, else None."""
-    for variant in variants:
-        model = group[: -len(variant) - 1] if group.endswith("-" + variant) else None
-        if model in models:
-            return model, variant
+    for variant_key in variants:
+        model = group[: -len(variant_key) - 1] if group.endswith("-" + variant_key) else None
+        if model is not None and model in models:
+            return model, variant_key
     return None
 
 
@@ -70,8 +79,8 @@ class PairAwareScheduling(LoadGroupScheduling):
 
     def __init__(
         self,
-        config: Any,
-        log: Any = None,
+        config: pytest.Config,
+        log: object = None,  # xdist's Producer, handed on to LoadGroupScheduling
         pair: Callable[[str], Pair | None] | None = None,
         baseline: str = "fp16",
         size: Callable[[str], float] | None = None,
@@ -86,7 +95,7 @@ class PairAwareScheduling(LoadGroupScheduling):
     def _finished_groups(self) -> set[str]:
         return {scope for work in self.assigned_work.values() for scope, tests in work.items() if all(tests.values())}
 
-    def _assign_work_unit(self, node: Any) -> None:
+    def _assign_work_unit(self, node: WorkerNode) -> None:
         assigned = {scope for work in self.assigned_work.values() for scope in work}
         choice = next_group(
             list(self.workqueue),
@@ -101,7 +110,7 @@ class PairAwareScheduling(LoadGroupScheduling):
         self.workqueue.move_to_end(choice, last=False)  # the parent hands out the head of the queue
         super()._assign_work_unit(node)
 
-    def _reschedule(self, node: Any) -> None:
+    def _reschedule(self, node: WorkerNode) -> None:
         if node.shutting_down:
             return
         if not self.workqueue:

@@ -3,16 +3,19 @@ model loads."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from quant_fixtures.plugin.cli import CONFIG_KEY, PROMPTS_KEY, settings_of
 
-SESSION_KEY = pytest.StashKey["Any"]()
+if TYPE_CHECKING:
+    from quant_fixtures.session.orchestrator import EvaluationSession
+
+SESSION_KEY = pytest.StashKey["EvaluationSession"]()
 
 
-def session_of(config: pytest.Config) -> Any:
+def session_of(config: pytest.Config) -> EvaluationSession:
     """The run's evaluation session, built on first use and kept in config.stash."""
     if SESSION_KEY not in config.stash:
         from quant_fixtures.plugin.progress import terminal_progress

@@ -4,33 +4,44 @@ and device, and the controller's resolved paths handed to workers."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+
+import pytest
 
 RUN_ID_KEY = "quant_fixtures_run_id"
 PATHS_KEY = "quant_fixtures_paths"  # the controller's resolved output directories
+_RUN_ID = pytest.StashKey[str]()  # the controller's (or a serial run's) run id
 
 
-def is_worker(config: Any) -> bool:
-    return hasattr(config, "workerinput")
+def worker_input(config: pytest.Config) -> dict[str, object] | None:
+    """What the xdist controller handed this worker (``workerinput``, an attribute xdist sets on a
+    worker's config; pytest.Config does not declare it); None on the controller or in a serial run."""
+    given: object = getattr(config, "workerinput", None)
+    return given if isinstance(given, dict) else None
 
 
-def run_id(config: Any) -> str:
+def is_worker(config: pytest.Config) -> bool:
+    return worker_input(config) is not None
+
+
+def run_id(config: pytest.Config) -> str:
     """The controller's run id; workers receive it through xdist's workerinput."""
-    if is_worker(config):
-        return config.workerinput[RUN_ID_KEY]
-    if not hasattr(config, "_quant_run_id"):
-        config._quant_run_id = uuid.uuid4().hex
-    return config._quant_run_id
+    given = worker_input(config)
+    if given is not None:
+        return str(given[RUN_ID_KEY])
+    if _RUN_ID not in config.stash:
+        config.stash[_RUN_ID] = uuid.uuid4().hex
+    return config.stash[_RUN_ID]
 
 
-def worker_index(config: Any) -> int:
+def worker_index(config: pytest.Config) -> int:
     """0 for a serial run or the controller, N for xdist worker gwN."""
-    if not is_worker(config):
+    given = worker_input(config)
+    if given is None:
         return 0
-    return int(config.workerinput.get("workerid", "gw0").lstrip("gw") or 0)
+    return int(str(given.get("workerid", "gw0")).lstrip("gw") or 0)
 
 
-def device_for(config: Any) -> str:
+def device_for(config: pytest.Config) -> str:
     """CUDA when present (worker i uses GPU i mod count), else the CPU."""
     import torch
 

@@ -7,14 +7,25 @@ document carrying this run's id.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
 from quant_fixtures.plugin.workers import PATHS_KEY, RUN_ID_KEY, run_id
 
+if TYPE_CHECKING:
+    from quant_fixtures.config import ModelSpec
+    from quant_fixtures.plugin.scheduling import Pair, PairAwareScheduling
 
-def local_weight_bytes(spec: Any) -> int:
+
+class ConfiguredNode(Protocol):
+    """What the controller sets on xdist's WorkerController before it starts (xdist ships no type
+    information): the dict the worker finds as ``config.workerinput``."""
+
+    workerinput: dict[str, object]
+
+
+def local_weight_bytes(spec: ModelSpec) -> int:
     """Bytes of a local model's weight files (0 for Hub and packaged models, or a directory without
     weights: their order is the config's)."""
     if not spec.path:
@@ -33,18 +44,18 @@ class XdistHooks:
     """Registered only when pytest-xdist is active: hands the run id and output directories to
     every worker, and runs the up-front model checks on the controller."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.checked = False
 
-    def pytest_configure_node(self, node: Any) -> None:
-        from quant_fixtures.plugin.cli import output_dirs
+    def pytest_configure_node(self, node: ConfiguredNode) -> None:
+        from quant_fixtures.plugin.cli import path_options, settings_of
 
         node.workerinput[RUN_ID_KEY] = run_id(self.config)
-        node.workerinput[PATHS_KEY] = {k: str(v) for k, v in output_dirs(self.config).items()}
+        node.workerinput[PATHS_KEY] = {k: str(v) for k, v in path_options(settings_of(self.config).paths).items()}
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_xdist_make_scheduler(self, config: Any, log: Any) -> Any:
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: object) -> PairAwareScheduling | None:
         """`--dist loadgroup` in a suite run: the pair-aware order of plugin/scheduling.py."""
         if config.getvalue("dist") != "loadgroup":
             return None
@@ -56,7 +67,7 @@ class XdistHooks:
         models, variants = list(suite.models), suite.variant_keys()
         sizes = {m: local_weight_bytes(suite.models[m]) for m in models}
 
-        def pair(group: str) -> Any:
+        def pair(group: str) -> Pair | None:
             return pair_of_group(group, models, variants)
 
         def size(group: str) -> float:
@@ -67,7 +78,7 @@ class XdistHooks:
             config, log, pair=pair, baseline=BASELINE_VARIANT, size=size, models=frozenset(models)
         )
 
-    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+    def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
         """The controller's up-front model checks, once, for the models the workers collected."""
         from quant_fixtures.plugin.cli import CONFIG_KEY, selected_pairs
         from quant_fixtures.plugin.state import preflight_models

@@ -322,6 +322,48 @@ def test_options_are_checked_up_front(suite_dir: pytest.Pytester, args: list[str
     result.stderr.fnmatch_lines([message])
 
 
+class _RecordedOptions:
+    """Stands in for pytest's parser: records the help of every option pytest_addoption registers."""
+
+    def __init__(self) -> None:
+        self.help: dict[str, str] = {}
+
+    def getgroup(self, *args: str) -> _RecordedOptions:
+        return self
+
+    def addoption(self, name: str, *more: str, **attrs: object) -> None:
+        self.help[name] = str(attrs.get("help", ""))
+
+
+def test_the_ctx_help_says_what_ctx_is_under_every_protocol() -> None:
+    """--ctx is another length under each --ppl-protocol: the help names every protocol the code
+    has (a new one fails here until it is described), its meaning and its default."""
+    from quant_fixtures.inputs.corpus_protocols import LLAMA_CPP_DEFAULT_CTX, PROTOCOLS
+    from quant_fixtures.plugin import hooks
+    from quant_fixtures.plugin.cli import CONFIG_CTX_PROTOCOLS
+
+    options = _RecordedOptions()
+    hooks.pytest_addoption(options)
+    assert list(hooks.CTX_MEANINGS) == list(PROTOCOLS)
+    assert set(CONFIG_CTX_PROTOCOLS) <= set(PROTOCOLS)
+    assert set(hooks.CTX_OWN_DEFAULTS) == set(PROTOCOLS) - set(CONFIG_CTX_PROTOCOLS)
+    assert hooks.CTX_OWN_DEFAULTS["llama.cpp"].startswith(f"{LLAMA_CPP_DEFAULT_CTX},")
+    for protocol in PROTOCOLS:
+        default = hooks.CTX_OWN_DEFAULTS.get(protocol, "[defaults].ctx of the suite config")
+        assert f"{protocol}: {hooks.CTX_MEANINGS[protocol]} (default: {default})" in options.help["--ctx"]
+
+
+@pytest.mark.parametrize("protocol", ["nonoverlapping", "strided", "llama.cpp", "lm-eval"])
+def test_ctx_defaults_to_the_config_where_the_help_says(suite_dir: pytest.Pytester, protocol: str) -> None:
+    from quant_fixtures.plugin.cli import CONFIG_CTX_PROTOCOLS
+
+    stride = ["--ppl-stride=64"] if protocol == "strided" else []
+    result = run(suite_dir, "--collect-only", f"--ppl-protocol={protocol}", *stride)
+    assert result.ret == pytest.ExitCode.OK
+    ctx = load_config(SHIPPED_CONFIG).defaults.ctx if protocol in CONFIG_CTX_PROTOCOLS else "the protocol default"
+    result.stdout.fnmatch_lines([f"quant-fixtures: device *; perplexity protocol {protocol}; *; ctx {ctx}; *"])
+
+
 def test_a_missing_limit_is_a_usage_error_not_a_skip(suite_dir: pytest.Pytester) -> None:
     partial = suite_dir.path / "partial.toml"
     partial.write_text(SMALL_CONFIG.replace('ungated = ["min_memory_reduction_pct", "max_kl_mean"]', ""))
@@ -454,7 +496,7 @@ def test_a_path_option_that_moves_the_rootdir_restarts_the_run_joined(
 
 
 def test_joined_path_options() -> None:
-    from quant_fixtures.plugin.cli import joined_path_options
+    from quant_fixtures.plugin.rootdir import joined_path_options
 
     assert joined_path_options(["-q", "--results-dir", "/x", "--cache-dir=/c", "--prompts", "p.jsonl", "t.py"]) == [
         "-q",
