@@ -37,9 +37,9 @@ class WorkerNode(Protocol):
     def shutdown(self) -> None: ...
 
 
-def pair_of_group(group: str, models: list[str], variants: list[str]) -> Pair | None:
-    """The (model, variant) an xdist group name "{model}-{variant}" stands for, else None."""
-    for variant_key in variants:
+def pair_of_group(group: str, models: list[str], variant_keys: list[str]) -> Pair | None:
+    """The (model, variant key) an xdist group name "{model}-{variant key}" stands for, else None."""
+    for variant_key in variant_keys:
         model = group[: -len(variant_key) - 1] if group.endswith("-" + variant_key) else None
         if model is not None and model in models:
             return model, variant_key

@@ -64,11 +64,11 @@ class XdistHooks:
         from quant_fixtures.variants import BASELINE_VARIANT
 
         suite = config.stash[CONFIG_KEY]
-        models, variants = list(suite.models), suite.variant_keys()
+        models, variant_keys = list(suite.models), suite.variant_keys()
         sizes = {m: local_weight_bytes(suite.models[m]) for m in models}
 
         def pair(group: str) -> Pair | None:
-            return pair_of_group(group, models, variants)
+            return pair_of_group(group, models, variant_keys)
 
         def size(group: str) -> float:
             p = pair(group)
