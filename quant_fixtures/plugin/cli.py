@@ -168,7 +168,11 @@ def output_dirs(config: pytest.Config) -> Paths:
         dirs = handed[PATHS_KEY]
         if not isinstance(dirs, dict):
             raise TypeError(f"xdist workerinput {PATHS_KEY}: expected the controller's paths, got {dirs!r}")
-        return Paths(*(Path(str(dirs[option])) for option in ("--results-dir", "--baselines-dir", "--cache-dir")))
+        return Paths(
+            results_dir=Path(dirs["--results-dir"]),
+            baselines_dir=Path(dirs["--baselines-dir"]),
+            cache_dir=Path(dirs["--cache-dir"]),
+        )
     here = Path(config.invocation_params.dir)
 
     def given(option: str, default: Path) -> Path:
