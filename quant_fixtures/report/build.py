@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from quant_fixtures.compute.scoring import WindowScores
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.stats import delta_pct, paired_bootstrap_delta_ppl_ci
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.gates import evaluate_gates
@@ -23,7 +23,6 @@ from quant_fixtures.report.schema import (
     PromptKL,
     Timing,
     VariantInfo,
-    from_json_object,
     now_utc,
 )
 from quant_fixtures.settings import GatePolicy, PerplexityProtocol
@@ -54,13 +53,13 @@ class Measurements:
     peak_gb: float | None
     dataset_source: str
     dataset_sha256: str
-    corpus_kl: dict[str, Any] | None
-    kl: dict[str, Any] | None
-    flips: dict[str, Any] | None
-    noise_floor: dict[str, Any] | None
+    corpus_kl: CorpusKL | None
+    kl: PromptKL | None
+    flips: Flips | None
+    noise_floor: NoiseFloor | None
     prompt_seconds: float | None
     batching: Batching
-    environment: dict[str, Any]
+    environment: JsonObject
     keys: dict[str, str | None]  # digests of the FP16 references compared against
     variant_identity: str | None = None  # a model's own variant: the identity of its weights
 
@@ -216,10 +215,10 @@ def evaluation_document(
             ppl_tokens_per_s=s.tokens / s.seconds if s.seconds else None,
             prompts_s=m.prompt_seconds,
         ),
-        kl_divergence=from_json_object(PromptKL, m.kl, "kl_divergence") if m.kl is not None else None,
-        corpus_kl=from_json_object(CorpusKL, m.corpus_kl, "corpus_kl") if m.corpus_kl is not None else None,
-        flips=from_json_object(Flips, m.flips, "flips") if m.flips is not None else None,
-        noise_floor=from_json_object(NoiseFloor, m.noise_floor, "noise_floor") if m.noise_floor is not None else None,
+        kl_divergence=m.kl,
+        corpus_kl=m.corpus_kl,
+        flips=m.flips,
+        noise_floor=m.noise_floor,
         gate_on=policy.on,
         gates=[],
         ungated={},

@@ -4,8 +4,8 @@ found again in the results directory."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.registry import METRICS
 from quant_fixtures.report.gates import failed_gate_lines
 from quant_fixtures.report.schema import (
@@ -18,11 +18,11 @@ from quant_fixtures.report.schema import (
     to_json_object,
 )
 
-Documents = dict[str, EvaluationDocument]  # variant -> evaluation document, registry order
+Documents = dict[str, EvaluationDocument]  # variant key -> evaluation document, registry order
 
 
-def evaluation_path(results_dir: Path, model: str, variant: str) -> Path:
-    return Path(results_dir) / f"{variant}_quantized_{model}_evaluation.json"
+def evaluation_path(results_dir: Path, model: str, variant_key: str) -> Path:
+    return Path(results_dir) / f"{variant_key}_quantized_{model}_evaluation.json"
 
 
 def comparison_path(results_dir: Path, model: str) -> Path:
@@ -50,7 +50,7 @@ def variant_order(key: str) -> tuple[int, str]:
 
 
 def _by_model(docs: list[EvaluationDocument]) -> dict[str, Documents]:
-    """{model: {variant: document}}, variants in :func:`variant_order`."""
+    """{model: {variant key: document}}, variants in :func:`variant_order`."""
     found: dict[str, Documents] = {}
     for doc in docs:
         found.setdefault(doc.model.key, {})[doc.variant.key] = doc
@@ -59,7 +59,7 @@ def _by_model(docs: list[EvaluationDocument]) -> dict[str, Documents]:
 
 def collect_run_documents(results_dir: Path, run_id: str) -> dict[str, Documents]:
     """Every evaluation document of this run in ``results_dir`` (from all xdist workers), as
-    {model: {variant: document}} with variants in registry order."""
+    {model: {variant key: document}} with variants in registry order."""
     return _by_model([d for d in _documents(results_dir) if d.run_id == run_id])
 
 
@@ -70,20 +70,20 @@ def collect_comparable_documents(results_dir: Path, run_id: str) -> dict[str, Do
     ``--variants nf4``) so give one comparison with every variant; a stale document is left out."""
     docs = _documents(results_dir)
     this_run = _by_model([d for d in docs if d.run_id == run_id])
-    for model, variants in this_run.items():
-        keys = next(iter(variants.values())).reference_keys
+    for model, by_variant in this_run.items():
+        keys = next(iter(by_variant.values())).reference_keys
         for doc in docs:
-            if keys and doc.model.key == model and doc.reference_keys == keys and doc.variant.key not in variants:
-                variants[doc.variant.key] = doc
-        this_run[model] = _by_model(list(variants.values()))[model]
+            if keys and doc.model.key == model and doc.reference_keys == keys and doc.variant.key not in by_variant:
+                by_variant[doc.variant.key] = doc
+        this_run[model] = _by_model(list(by_variant.values()))[model]
     return this_run
 
 
-def variant_row(doc: EvaluationDocument) -> dict[str, Any]:
-    """One variant's headline numbers (the comparison file's row)."""
+def variant_row(doc: EvaluationDocument) -> JsonObject:
+    """One variant's headline numbers (the comparison file's row), then every registered metric."""
     p, m = doc.perplexity, doc.memory
     kl, flips, corpus = doc.kl_divergence, doc.flips, doc.corpus_kl
-    row = {
+    row: dict[str, object] = {
         "method": doc.variant.method,
         "ppl": p.ppl,
         "delta_ppl_pct": p.delta_ppl_pct,
@@ -107,11 +107,11 @@ def variant_row(doc: EvaluationDocument) -> dict[str, Any]:
         "peak_gb": m.peak_gb,
         "tokens_per_s": doc.timing.ppl_tokens_per_s,
         "gates_passed": all(g.passed for g in doc.gates),
-        "gates": to_json_object(doc.gates),
+        "gates": doc.gates,
     }
     for name, spec in METRICS.items():  # every registered metric under its registry name (a new one appears here)
         row.setdefault(name, spec.value(doc))
-    return row
+    return {name: to_json_object(value) for name, value in row.items()}
 
 
 def comparison_document(model: str, evaluations: Documents) -> ComparisonDocument:
@@ -137,7 +137,7 @@ def comparison_document(model: str, evaluations: Documents) -> ComparisonDocumen
         },
         kl_method=first.kl_divergence.method if first.kl_divergence else None,
         noise_floor=first.noise_floor,
-        variants={v: variant_row(doc) for v, doc in evaluations.items()},
+        variants={key: variant_row(doc) for key, doc in evaluations.items()},
         failed_gates=failed_gate_lines(evaluations),
         findings=findings(evaluations),
     )

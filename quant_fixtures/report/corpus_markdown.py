@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from quant_fixtures.report.schema import CorpusKL, EvaluationDocument
+from quant_fixtures.report.sections import LlamaCppTables, PercentileKey, WithUncertainty
 
-Documents = dict[str, EvaluationDocument]
-# (row label as llama-perplexity prints it, table, key, scale, unit)
-PERCENT_ROWS = [
+Documents = dict[str, EvaluationDocument]  # variant key -> document
+# (row label as llama-perplexity prints it, key of the distribution)
+PERCENT_ROWS: list[tuple[str, PercentileKey]] = [
     ("Maximum", "max"),
     ("99.9%", "p99_9"),
     ("99.0%", "p99"),
@@ -26,16 +27,22 @@ PERCENT_ROWS = [
 ]
 
 
-def _pm(pair: dict[str, float], spec: str, scale: float = 1.0, unit: str = "") -> str:
+def _pm(pair: WithUncertainty, spec: str, scale: float = 1.0, unit: str = "") -> str:
     return f"{scale * pair['value']:{spec}} ± {scale * pair['uncertainty']:{spec}}{unit}"
 
 
 def _llama_rows(corpora: dict[str, CorpusKL]) -> list[tuple[str, list[str]]]:
-    t = {v: c.llama_cpp for v, c in corpora.items()}
+    t = [c.llama_cpp for c in corpora.values()]
     rows: list[tuple[str, list[str]]] = []
 
-    def row(label: str, cell: Any) -> None:
-        rows.append((label, [cell(x) for x in t.values()]))
+    def row(label: str, cell: Callable[[LlamaCppTables], str]) -> None:
+        rows.append((label, [cell(x) for x in t]))
+
+    def kld(key: PercentileKey) -> Callable[[LlamaCppTables], str]:
+        return lambda x: f"{x['kld'][key]:.6f}"
+
+    def delta_p(key: PercentileKey) -> Callable[[LlamaCppTables], str]:
+        return lambda x: f"{100 * x['delta_p'][key]:.3f} %"
 
     row("Mean PPL(Q)", lambda x: _pm(x["perplexity"]["ppl_q"], ".6f"))
     row("Mean PPL(base)", lambda x: _pm(x["perplexity"]["ppl_base"], ".6f"))
@@ -49,20 +56,20 @@ def _llama_rows(corpora: dict[str, CorpusKL]) -> list[tuple[str, list[str]]]:
     row("Mean KLD", lambda x: _pm(x["kld"]["mean"], ".6f"))
     for label, key in PERCENT_ROWS:
         if key != "p75" and key != "p25":  # llama.cpp prints these two for Δp only; they are in the JSON
-            row(f"{label.strip()} KLD", lambda x, k=key: f"{x['kld'][k]:.6f}")
+            row(f"{label.strip()} KLD", kld(key))
     row("Mean Δp", lambda x: _pm(x["delta_p"]["mean"], ".3f", 100.0, " %"))
     for label, key in PERCENT_ROWS:
-        row(f"{label.strip()} Δp", lambda x, k=key: f"{100 * x['delta_p'][k]:.3f} %")
+        row(f"{label.strip()} Δp", delta_p(key))
     row("RMS Δp", lambda x: _pm(x["delta_p"]["rms"], ".3f", 100.0, " %"))
     row("Same top p", lambda x: _pm(x["same_top_p"], ".3f", 100.0, " %"))
     return rows
 
 
 def corpus_section(documents: Documents) -> list[str]:
-    corpora = {v: d.corpus_kl for v, d in documents.items() if d.corpus_kl is not None}
+    corpora = {key: d.corpus_kl for key, d in documents.items() if d.corpus_kl is not None}
     if not corpora:
         return []
-    variants = list(corpora)
+    variant_keys = list(corpora)
     lines = [
         "### Token-level comparison over WikiText-2 (exact, full vocabulary)",
         "",
@@ -70,17 +77,17 @@ def corpus_section(documents: Documents) -> list[str]:
         "top-5 agreement |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for v, c in corpora.items():
+    for key, c in corpora.items():
         top5 = c.topk_agreement[4] if len(c.topk_agreement) >= 5 else None
         lines.append(
-            f"| {v} | {c.tokens} | {c.mean:.4g} | {c.median:.4g} | {c.p99:.4g} | {c.p99_9:.4g} | "
+            f"| {key} | {c.tokens} | {c.mean:.4g} | {c.median:.4g} | {c.p99:.4g} | {c.p99_9:.4g} | "
             f"{c.max:.4g} | {c.reverse['mean']:.4g} | {100 * c.same_top1_rate:.2f} % | "
             f"{'–' if top5 is None else f'{100 * top5:.2f} %'} |"
         )
     floors = [
-        f"{v}: mean {c.noise_floor['mean']:.3g}, p99 {c.noise_floor['p99']:.3g} nats over "
+        f"{key}: mean {c.noise_floor['mean']:.3g}, p99 {c.noise_floor['p99']:.3g} nats over "
         f"{c.noise_floor['positions']} positions"
-        for v, c in corpora.items()
+        for key, c in corpora.items()
         if c.noise_floor and c.noise_floor.get("mean") is not None
     ]
     if floors:
@@ -94,8 +101,8 @@ def corpus_section(documents: Documents) -> list[str]:
         "As `llama-perplexity --kl-divergence` prints them (same names and uncertainty formulas; "
         "P = base = FP16, Q = the variant; over the positions above):",
         "",
-        "| statistic | " + " | ".join(variants) + " |",
-        "|---" * (len(variants) + 1) + "|",
+        "| statistic | " + " | ".join(variant_keys) + " |",
+        "|---" * (len(variant_keys) + 1) + "|",
     ]
     lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in _llama_rows(corpora)]
     lines += [
@@ -103,8 +110,8 @@ def corpus_section(documents: Documents) -> list[str]:
         "Where quantization hurts, by FP16's probability of its own top token (share of positions, "
         "mean KL, share of all KL):",
         "",
-        "| FP16 top-1 probability | " + " | ".join(variants) + " |",
-        "|---" * (len(variants) + 1) + "|",
+        "| FP16 top-1 probability | " + " | ".join(variant_keys) + " |",
+        "|---" * (len(variant_keys) + 1) + "|",
     ]
     first = next(iter(corpora.values()))
     for i, bucket in enumerate(first.by_confidence):
@@ -117,5 +124,5 @@ def corpus_section(documents: Documents) -> list[str]:
             cells.append(f"{100 * b['share']:.1f} % / {kl} / {share}")
         lines.append(f"| [{lo:g}, {hi:g}{']' if hi >= 1 else ')'} | " + " | ".join(cells) + " |")
     lines += ["", "Top-K agreement (mean share of FP16's top-K tokens among the variant's top-K), K = 1..10:", ""]
-    lines += [f"- {v}: " + ", ".join(f"{100 * a:.1f}" for a in c.topk_agreement) + " %" for v, c in corpora.items()]
+    lines += [f"- {key}: " + ", ".join(f"{100 * a:.1f}" for a in c.topk_agreement) + " %" for key, c in corpora.items()]
     return lines + ["", f"How: {first.method}"]

@@ -3,19 +3,18 @@ size/quality trade-off, failed gates and an overall assessment stated from numbe
 
 from __future__ import annotations
 
-from typing import Any
-
 from quant_fixtures.report.gates import failed_gate_lines
 from quant_fixtures.report.schema import BestTradeoff, EvaluationDocument, Findings
+from quant_fixtures.report.sections import AffectedCategory
 
 TOP_CATEGORIES = 3
-Documents = dict[str, EvaluationDocument]
+Documents = dict[str, EvaluationDocument]  # variant key -> document
 
 
 def quantized(documents: Documents) -> Documents:
     from quant_fixtures.variants import VARIANTS
 
-    return {v: d for v, d in documents.items() if not (v in VARIANTS and VARIANTS[v].is_baseline)}
+    return {key: d for key, d in documents.items() if not (key in VARIANTS and VARIANTS[key].is_baseline)}
 
 
 def baseline_of(documents: Documents) -> EvaluationDocument | None:
@@ -24,13 +23,13 @@ def baseline_of(documents: Documents) -> EvaluationDocument | None:
     return documents.get(BASELINE_VARIANT)
 
 
-def most_affected_categories(doc: EvaluationDocument, top: int = TOP_CATEGORIES) -> list[dict[str, Any]]:
+def most_affected_categories(doc: EvaluationDocument, top: int = TOP_CATEGORIES) -> list[AffectedCategory]:
     kl = doc.kl_divergence
     if not kl:
         return []
-    scored = [(c, s) for c, s in kl.per_category.items() if s["kl_mean"] is not None]
-    ranked = sorted(scored, key=lambda kv: kv[1]["kl_mean"], reverse=True)[:top]
-    return [{"category": c, "kl_mean": s["kl_mean"], "flips": s["flips"]} for c, s in ranked]
+    scored = [(c, mean, s["flips"]) for c, s in kl.per_category.items() if (mean := s["kl_mean"]) is not None]
+    ranked = sorted(scored, key=lambda row: row[1], reverse=True)[:top]
+    return [{"category": c, "kl_mean": mean, "flips": flips} for c, mean, flips in ranked]
 
 
 def best_tradeoff(documents: Documents) -> BestTradeoff | None:
@@ -38,16 +37,16 @@ def best_tradeoff(documents: Documents) -> BestTradeoff | None:
     candidates = quantized(documents)
     if not candidates:
         return None
-    passing = {v: d for v, d in candidates.items() if all(g.passed for g in d.gates)}
+    passing = {key: d for key, d in candidates.items() if all(g.passed for g in d.gates)}
     if passing:
-        variant = min(passing, key=lambda v: passing[v].memory.footprint_gb)
+        variant_key = min(passing, key=lambda key: passing[key].memory.footprint_gb)
         why = "smallest footprint among the variants that pass every gate"
     else:
-        variant = min(candidates, key=lambda v: candidates[v].perplexity.delta_ppl_pct)
+        variant_key = min(candidates, key=lambda key: candidates[key].perplexity.delta_ppl_pct)
         why = "no variant passes every gate; this one loses the least perplexity"
-    d = candidates[variant]
+    d = candidates[variant_key]
     return BestTradeoff(
-        variant=variant,
+        variant=variant_key,
         reason=why,
         footprint_gb=d.memory.footprint_gb,
         reduction_pct=d.memory.reduction_pct,
@@ -60,7 +59,7 @@ def assessment(documents: Documents) -> list[str]:
     """One sentence per quantized variant, each stating its numbers against its limits."""
     sentences = []
     fp16 = baseline_of(documents)
-    for variant, d in quantized(documents).items():
+    for variant_key, d in quantized(documents).items():
         p, m = d.perplexity, d.memory
         ci = p.delta_ppl_pct_ci95
         ci_text = f" (95 % CI {ci[0]:+.2f} to {ci[1]:+.2f})" if ci else ""
@@ -86,8 +85,8 @@ def assessment(documents: Documents) -> list[str]:
             parts.append(f"perplexity pass at {speed:.2f}x FP16 speed")
         failed = [g for g in d.gates if not g.passed]
         verdict = "passes all its gates" if not failed else "FAILS " + "; ".join(g.line() for g in failed)
-        sentences.append(f"{variant} {verdict}: " + "; ".join(parts) + ".")
-        sentences += [f"{variant}: {line}" for line in confidence_lines(d) + noise_floor_warnings(d)]
+        sentences.append(f"{variant_key} {verdict}: " + "; ".join(parts) + ".")
+        sentences += [f"{variant_key}: {line}" for line in confidence_lines(d) + noise_floor_warnings(d)]
     return sentences
 
 
@@ -100,7 +99,7 @@ def confidence_lines(doc: EvaluationDocument) -> list[str]:
     for g in doc.gates:
         spec = METRICS.get(g.metric)
         pair = spec.ci(doc) if spec else None
-        if not g.passed or not pair:
+        if spec is None or not g.passed or not pair:
             continue
         bound = pair[1] if spec.better == "lower" else pair[0]
         if spec.passes(bound, g.limit):
@@ -123,11 +122,11 @@ def noise_floor_warnings(doc: EvaluationDocument) -> list[str]:
     KL that batching alone produces; the prompt floor for prompt KL, the corpus floor for corpus KL)
     cannot tell quantization from noise."""
     noise, corpus = doc.noise_floor, doc.corpus_kl.noise_floor if doc.corpus_kl else None
-    floors = {}
+    floors: dict[str, float] = {}
     if noise is not None:
         floors.update(kl_mean=noise.mean, kl_p99=noise.p99)
-    if corpus and corpus.get("mean") is not None:
-        floors.update(corpus_kl_mean=corpus["mean"], corpus_kl_p99=corpus["p99"])
+    if corpus and (mean := corpus.get("mean")) is not None and (p99 := corpus.get("p99")) is not None:
+        floors.update(corpus_kl_mean=mean, corpus_kl_p99=p99)
     return [
         f"WARNING: limit {g.metric} {g.op} {g.limit:g} is below {NOISE_MULTIPLE:g}x the noise floor "
         f"({floors[g.metric]:.3g} nats): the gate cannot tell quantization from batch noise; raise the limit"
@@ -147,10 +146,10 @@ def findings(documents: Documents) -> Findings:
     fp16 = baseline_of(documents)
     variants = quantized(documents)
     return Findings(
-        worst_prompts={v: d.kl_divergence.worst_prompts if d.kl_divergence else [] for v, d in variants.items()},
-        most_affected_categories={v: most_affected_categories(d) for v, d in variants.items()},
+        worst_prompts={key: d.kl_divergence.worst_prompts if d.kl_divergence else [] for key, d in variants.items()},
+        most_affected_categories={key: most_affected_categories(d) for key, d in variants.items()},
         best_tradeoff=best_tradeoff(documents),
-        speed_vs_fp16={v: speed_ratio(d, fp16) for v, d in variants.items()},
+        speed_vs_fp16={key: speed_ratio(d, fp16) for key, d in variants.items()},
         failed_gates=failed_gate_lines(documents),
         assessment=assessment(documents),
     )

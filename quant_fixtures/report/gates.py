@@ -3,8 +3,9 @@ gate is written out (terminal, REPORT.md, findings, the comparison file and fail
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from quant_fixtures.metrics.registry import GATEABLE
 
@@ -27,7 +28,13 @@ class GateResult:
         return f"{' '.join(who)}: {self.line()} {'passed' if self.passed else 'FAILED'}"
 
 
-def evaluate_gates(limits: dict[str, float], document: Any, gate_on: str = "point") -> list[GateResult]:
+class Gated(Protocol):
+    """A document with its gates (report/schema.EvaluationDocument; the schema imports this module)."""
+
+    gates: list[GateResult]
+
+
+def evaluate_gates(limits: dict[str, float], document: object, gate_on: str = "point") -> list[GateResult]:
     """One result per configured limit, in limit-name order; a metric that was not measured (or
     is not finite) fails its gate. ``document`` is the evaluation document (its gates unset)."""
     results = []
@@ -40,16 +47,16 @@ def evaluate_gates(limits: dict[str, float], document: Any, gate_on: str = "poin
     return results
 
 
-def failed_gate_lines(documents: dict[str, Any]) -> list[str]:
-    """'<variant>: <gate line>' for every failed gate of {variant: document}."""
-    return [f"{v}: {g.line()}" for v, d in documents.items() for g in d.gates if not g.passed]
+def failed_gate_lines(documents: Mapping[str, Gated]) -> list[str]:
+    """'<variant>: <gate line>' for every failed gate of {variant key: document}."""
+    return [f"{key}: {g.line()}" for key, d in documents.items() for g in d.gates if not g.passed]
 
 
-def failed_metrics(document: Any) -> list[str]:
+def failed_metrics(document: Gated) -> list[str]:
     return [g.metric for g in document.gates if not g.passed]
 
 
-def verdict(document: Any) -> str:
+def verdict(document: Gated) -> str:
     """'-' (no gates), 'PASS', or 'FAIL m1,m2'."""
     if not document.gates:
         return "-"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from quant_fixtures.metrics.registry import METRICS, TABLE_METRICS, MetricSpec, lookup
 from quant_fixtures.report.corpus_markdown import corpus_section
@@ -14,14 +14,14 @@ from quant_fixtures.report.schema import EvaluationDocument
 from quant_fixtures.report.terminal import settings_line
 from quant_fixtures.store.atomic import write_text_atomic
 
-Documents = dict[str, EvaluationDocument]
+Documents = dict[str, EvaluationDocument]  # variant key -> document
 
 
-def _f(value: Any, spec: str = ".4f") -> str:
+def _f(value: float | None, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _ci(pair: Any, spec: str) -> str:
+def _ci(pair: Sequence[float] | None, spec: str) -> str:
     return "" if not pair else f" [{format(pair[0], spec)}, {format(pair[1], spec)}]"
 
 
@@ -40,10 +40,12 @@ def _variants_table(documents: Documents) -> list[str]:
     fp16 = baseline_of(documents)
     headings = [m.heading + (" [95 % CI]" if m.ci_path else "") for m in TABLE_METRICS]
     rows = ["| variant | " + " | ".join(headings) + " | gates |", "|---" * (len(headings) + 2) + "|"]
-    for variant, d in documents.items():
+    for variant_key, d in documents.items():
         failed = failed_metrics(d)
         verdict = "–" if not d.gates else ("**pass**" if not failed else "**FAIL**: " + ", ".join(failed))
-        rows.append(f"| {variant} | " + " | ".join(_metric_cell(m, d, fp16) for m in TABLE_METRICS) + f" | {verdict} |")
+        rows.append(
+            f"| {variant_key} | " + " | ".join(_metric_cell(m, d, fp16) for m in TABLE_METRICS) + f" | {verdict} |"
+        )
     return rows
 
 
@@ -57,11 +59,11 @@ def _units_table(documents: Documents) -> list[str]:
         "| variant | PPL (tokens) | word perplexity | byte perplexity | bits per byte | Δ bits per byte |",
         "|---|---|---|---|---|---|",
     ]
-    for variant, d in documents.items():
+    for variant_key, d in documents.items():
         p = d.perplexity
         delta = "–" if p.bits_per_byte_delta is None else f"{p.bits_per_byte_delta:+.5f}"
         rows.append(
-            f"| {variant} | {p.ppl:.4f} | {_f(p.word_perplexity)} | {_f(p.byte_perplexity, '.5f')} | "
+            f"| {variant_key} | {p.ppl:.4f} | {_f(p.word_perplexity)} | {_f(p.byte_perplexity, '.5f')} | "
             f"{_f(p.bits_per_byte, '.5f')} | {delta} |"
         )
     return rows
@@ -69,11 +71,11 @@ def _units_table(documents: Documents) -> list[str]:
 
 def _gates_table(documents: Documents) -> list[str]:
     rows = ["| variant | metric | value | limit | verdict |", "|---|---|---|---|---|"]
-    for variant, d in documents.items():
+    for key, d in documents.items():
         for g in d.gates:
             unit = METRICS[g.metric].unit if g.metric in METRICS else ""
             rows.append(
-                f"| {variant} | {g.metric} | {_f(g.value, '.4g')} | {g.op} {g.limit:g}{' ' + unit if unit else ''} | "
+                f"| {key} | {g.metric} | {_f(g.value, '.4g')} | {g.op} {g.limit:g}{' ' + unit if unit else ''} | "
                 f"{'pass' if g.passed else '**FAIL**'} |"
             )
     return rows if len(rows) > 2 else ["No gates configured."]
@@ -116,17 +118,17 @@ def model_section(model: str, documents: Documents, plots: dict[str, Path]) -> l
     categories = found.most_affected_categories
     if any(categories.values()):
         lines += ["", "### Most affected categories", ""]
-        for variant, d in quantized(documents).items():
+        for variant_key, d in quantized(documents).items():
             kl = d.kl_divergence
             if kl:
                 lines.append(
-                    f"- {variant}: macro-average KL over categories {kl.macro_kl_mean:.4f} "
+                    f"- {variant_key}: macro-average KL over categories {kl.macro_kl_mean:.4f} "
                     f"(95 % CI {kl.macro_kl_ci95[0]:.4f}-{kl.macro_kl_ci95[1]:.4f}; every category weighted "
                     "equally)"
                 )
-        for variant, cats in categories.items():
+        for variant_key, cats in categories.items():
             lines.append(
-                f"- {variant}: "
+                f"- {variant_key}: "
                 + "; ".join(f"{c['category']} (KL {c['kl_mean']:.4f}, {c['flips']} flips)" for c in cats)
             )
     worst = found.worst_prompts
@@ -138,10 +140,10 @@ def model_section(model: str, documents: Documents, plots: dict[str, Path]) -> l
             "| variant | prompt | category | KL | first divergence | FP16 response | variant response |",
             "|---|---|---|---|---|---|---|",
         ]
-        for variant, prompts in worst.items():
+        for variant_key, prompts in worst.items():
             for w in prompts:
                 lines.append(
-                    f"| {variant} | {w['id']} | {w['category']} | {w['kl_mean']:.4f} | "
+                    f"| {variant_key} | {w['id']} | {w['category']} | {w['kl_mean']:.4f} | "
                     f"{_f(w['first_divergence'], 'd')} | {_escape(w['fp16_response'])} | "
                     f"{_escape(w['response'])} |"
                 )
@@ -155,12 +157,12 @@ def model_section(model: str, documents: Documents, plots: dict[str, Path]) -> l
             f"Noise floor (FP16 against itself, other batch composition): mean KL {noise.mean:.3g}, "
             f"max {noise.max:.3g} nats.",
         ]
-    for variant, d in documents.items():
+    for variant_key, d in documents.items():
         moved = d.flips.batch_sensitivity if d.flips else None
         if moved:
             lines += [
                 "",
-                f"Batch sensitivity of {variant} (its kernels depend on the batch, so it is scored one "
+                f"Batch sensitivity of {variant_key} (its kernels depend on the batch, so it is scored one "
                 f"sequence per pass; generation stays batched): generated again in batches of "
                 f"{moved.batch_size} with every boundary moved by {moved.shift}, {moved.responses_changed} "
                 f"of {moved.prompts} responses and {moved.verdicts_changed} answer verdicts changed "
@@ -179,7 +181,8 @@ def write_report(results_dir: Path, documents: dict[str, Documents]) -> Path:
     lines = ["# Quantization harm report", ""]
     any_doc = next(iter(next(iter(documents.values())).values()))
     env = any_doc.environment
-    packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+    versions = env["packages"]
+    packages = ", ".join(f"{k} {v}" for k, v in versions.items() if v) if isinstance(versions, dict) else "–"
     lines += [f"Generated {any_doc.generated_at} on {env['device']} ({env['device_name']}); {packages}.", ""]
     for model, docs in documents.items():
         lines += model_section(model, docs, model_plots(model, docs, results_dir))

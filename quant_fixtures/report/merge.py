@@ -57,12 +57,12 @@ def merge_documents(directories: list[Path]) -> dict[str, dict[str, EvaluationDo
                 break
             model.setdefault(doc.variant.key, (path, doc))  # a repeated pair (FP16 in every job): first kept
     return {
-        m: {v: pair[1] for v, pair in sorted(variants.items(), key=lambda kv: variant_order(kv[0]))}
-        for m, variants in merged.items()
+        m: {key: pair[1] for key, pair in sorted(by_variant.items(), key=lambda kv: variant_order(kv[0]))}
+        for m, by_variant in merged.items()
     }
 
 
-def _differing(a: dict, b: dict) -> str:
+def _differing(a: dict[str, str | None], b: dict[str, str | None]) -> str:
     return ", ".join(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "keys"
 
 
@@ -71,10 +71,10 @@ def merge(directories: list[Path], into: Path) -> dict[str, dict[str, Evaluation
     from quant_fixtures.report.markdown import write_report
 
     documents = merge_documents(directories)
-    for model, variants in documents.items():
-        for variant, doc in variants.items():
-            write_document(evaluation_path(into, model, variant), doc)
-        write_document(comparison_path(into, model), comparison_document(model, variants))
+    for model, by_variant in documents.items():
+        for variant_key, doc in by_variant.items():
+            write_document(evaluation_path(into, model, variant_key), doc)
+        write_document(comparison_path(into, model), comparison_document(model, by_variant))
     write_report(into, documents)
     return documents
 
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(summary_lines(documents)))
     failed = [
         g.describe(d.model.key, d.variant.key)
-        for variants in documents.values()
-        for d in variants.values()
+        for by_variant in documents.values()
+        for d in by_variant.values()
         for g in d.gates
         if not g.passed
     ]

@@ -4,25 +4,26 @@ footprint versus ΔPPL%."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from quant_fixtures.metrics.registry import METRICS
 from quant_fixtures.report.findings import quantized
 from quant_fixtures.report.schema import EvaluationDocument
 from quant_fixtures.store.atomic import atomic_path
 
-Documents = dict[str, EvaluationDocument]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+Documents = dict[str, EvaluationDocument]  # variant key -> document
 
 LOG_FLOOR = 1e-12
 
 
-def _pyplot() -> Any:
+def _use_agg() -> None:
+    """Files only, no display: before pyplot is imported."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _per_prompt_kl(doc: EvaluationDocument) -> list[float]:
@@ -32,10 +33,12 @@ def _per_prompt_kl(doc: EvaluationDocument) -> list[float]:
 
 def kl_distribution(model: str, documents: Documents, path: Path) -> Path | None:
     """Box plot with the points of per-prompt mean KL, one box per quantized variant (log scale)."""
-    data = {v: _per_prompt_kl(d) for v, d in quantized(documents).items() if _per_prompt_kl(d)}
+    data = {key: _per_prompt_kl(d) for key, d in quantized(documents).items() if _per_prompt_kl(d)}
     if not data:
         return None
-    plt = _pyplot()
+    _use_agg()
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     series = [[max(x, LOG_FLOOR) for x in values] for values in data.values()]  # log axis: no zeros
     ax.boxplot(series, tick_labels=list(data), showfliers=False)
@@ -50,20 +53,21 @@ def kl_distribution(model: str, documents: Documents, path: Path) -> Path | None
 
 def kl_by_category(model: str, documents: Documents, path: Path) -> Path | None:
     """Grouped horizontal bars: mean KL per prompt category, one bar per quantized variant."""
-    measured = {v: d for v, d in quantized(documents).items() if d.kl_divergence}
+    measured = {key: d.kl_divergence.per_category for key, d in quantized(documents).items() if d.kl_divergence}
     if not measured:
         return None
-    plt = _pyplot()
-    categories = sorted({c for d in measured.values() for c in d.kl_divergence.per_category})
+    _use_agg()
+    import matplotlib.pyplot as plt
+
+    categories = sorted({c for per in measured.values() for c in per})
     fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(categories) + 1.5))
     height = 0.8 / len(measured)
-    for i, (variant, doc) in enumerate(measured.items()):
-        per = doc.kl_divergence.per_category
+    for i, (variant_key, per) in enumerate(measured.items()):
         ax.barh(
             [c_i + i * height for c_i in range(len(categories))],
-            [per.get(c, {}).get("kl_mean") or 0.0 for c in categories],
+            [(per[c]["kl_mean"] if c in per else None) or 0.0 for c in categories],
             height=height,
-            label=variant,
+            label=variant_key,
         )
     ax.set_yticks([c_i + 0.4 - height / 2 for c_i in range(len(categories))], categories)
     ax.invert_yaxis()
@@ -77,9 +81,11 @@ def kl_by_category(model: str, documents: Documents, path: Path) -> Path | None:
 def footprint_vs_delta_ppl(model: str, documents: Documents, path: Path) -> Path | None:
     """Scatter: weights footprint (GB) against ΔPPL% for every variant, FP16 included."""
     size, cost = METRICS["footprint_gb"], METRICS["delta_ppl_pct"]
-    plt = _pyplot()
+    _use_agg()
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    for variant, doc in documents.items():
+    for variant_key, doc in documents.items():
         x, y = size.value(doc), cost.value(doc)
         ci = cost.ci(doc)
         if ci:
@@ -87,7 +93,7 @@ def footprint_vs_delta_ppl(model: str, documents: Documents, path: Path) -> Path
             ax.errorbar([x], [y], yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]], fmt="o", capsize=4)
         else:
             ax.plot([x], [y], "o")
-        ax.annotate(variant, (x, y), textcoords="offset points", xytext=(6, 6))
+        ax.annotate(variant_key, (x, y), textcoords="offset points", xytext=(6, 6))
     ax.set_xlabel(f"{size.description}, {size.unit}")
     ax.set_ylabel(f"{cost.heading} vs FP16 (95 % CI)")
     ax.set_title(f"{model}: size versus perplexity cost")
@@ -95,7 +101,7 @@ def footprint_vs_delta_ppl(model: str, documents: Documents, path: Path) -> Path
     return _save(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.registry import SNAPSHOT_METRICS
 from quant_fixtures.report.schema import EvaluationDocument, read_document
 from quant_fixtures.report.snapshot import MARGIN, harm_summary
@@ -25,6 +26,31 @@ from quant_fixtures.store.atomic import write_json_atomic
 
 class ReproductionError(ValueError):
     """Result directories that do not make one reproduction measurement."""
+
+
+class PairedDifferences(TypedDict):
+    """|b - a| / a of each prompt's KL between runs, over every prompt and pair of runs."""
+
+    median: float
+    p90: float
+    max: float
+    pairs: int
+
+
+class ReproductionRun(TypedDict):
+    label: str
+    environment: str  # environment.describe
+    settings: str
+
+
+class ReproductionRecord(TypedDict):
+    model: str
+    settings_tag: str
+    margin: float
+    runs: list[ReproductionRun]
+    spread: dict[str, dict[str, float]]  # variant key -> metric -> largest minus smallest value
+    prompt_kl_paired_relative_difference: dict[str, PairedDifferences | None]
+    how: str
 
 
 def documents_of(directory: Path, model: str) -> dict[str, EvaluationDocument]:
@@ -36,20 +62,21 @@ def documents_of(directory: Path, model: str) -> dict[str, EvaluationDocument]:
     return {d.variant.key: d for d in documents}
 
 
-def _per_prompt_kl(document: EvaluationDocument) -> dict[str, float]:
+def _per_prompt_kl(document: EvaluationDocument) -> dict[str, float | None]:
     kl = document.kl_divergence
     return {} if kl is None else {p["id"]: p.get("kl_mean") for p in kl.per_prompt}
 
 
-def _paired_prompt_differences(runs: list[EvaluationDocument]) -> dict[str, float] | None:
+def _paired_prompt_differences(runs: list[EvaluationDocument]) -> PairedDifferences | None:
     """Each prompt's KL in every run against its KL in the first: |b - a| / a, paired per prompt."""
     first = _per_prompt_kl(runs[0])
     diffs = [
-        abs(other[pid] - kl) / kl
+        abs(again - kl) / kl
         for doc in runs[1:]
         for other in [_per_prompt_kl(doc)]
         for pid, kl in first.items()
-        if kl and pid in other and other[pid] is not None
+        for again in [other.get(pid)]
+        if kl and again is not None
     ]
     if not diffs:
         return None
@@ -67,7 +94,7 @@ def measure(
     runs: dict[str, dict[str, EvaluationDocument]],
     settings_tag: str,
     descriptions: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> ReproductionRecord:
     """The reproduction record of ``runs`` (label -> that run's documents by variant): every run
     must hold the same variants measured with the same settings, on the same text and prompts."""
     from quant_fixtures.environment import describe
@@ -84,15 +111,15 @@ def measure(
                 f"{first_label!r}: {summary['settings']} vs {first['settings']}"
             )
     spread: dict[str, dict[str, float]] = {}
-    prompts: dict[str, Any] = {}
-    for variant in first["variants"]:
-        values = {m: [s["variants"][variant][m] for s in summaries.values()] for m in SNAPSHOT_METRICS}
-        spread[variant] = {
-            m: max(v) - min(v)
-            for m, v in values.items()
-            if all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
-        }
-        prompts[variant] = _paired_prompt_differences([docs[variant] for docs in runs.values()])
+    prompts: dict[str, PairedDifferences | None] = {}
+    for variant_key in first["variants"]:
+        spread[variant_key] = {}
+        for metric in SNAPSHOT_METRICS:
+            values = [s["variants"][variant_key][metric] for s in summaries.values()]
+            finite = [x for x in values if isinstance(x, (int, float)) and math.isfinite(x)]
+            if len(finite) == len(values):
+                spread[variant_key][metric] = max(finite) - min(finite)
+        prompts[variant_key] = _paired_prompt_differences([docs[variant_key] for docs in runs.values()])
     return {
         "model": model,
         "settings_tag": settings_tag,
@@ -116,13 +143,13 @@ def record_path(directory: Path, model: str, settings_tag: str) -> Path:
     return Path(directory) / f"{model}[{settings_tag}].json"
 
 
-def write_record(directory: Path, record: dict[str, Any]) -> Path:
+def write_record(directory: Path, record: ReproductionRecord) -> Path:
     path = record_path(directory, record["model"], record["settings_tag"])
     write_json_atomic(path, record)
     return path
 
 
-def read_record(directory: Path, model: str, settings_tag: str) -> dict[str, Any] | None:
+def read_record(directory: Path, model: str, settings_tag: str) -> JsonObject | None:
     """The committed measurement for this model and settings, or None when there is none."""
     import json
 
@@ -134,7 +161,8 @@ def read_record(directory: Path, model: str, settings_tag: str) -> dict[str, Any
     except ValueError as exc:
         raise ReproductionError(f"{path}: not JSON ({exc})") from None
     if (
-        record.get("model") != model
+        not isinstance(record, dict)
+        or record.get("model") != model
         or record.get("settings_tag") != settings_tag
         or not isinstance(record.get("spread"), dict)
     ):

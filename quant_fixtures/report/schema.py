@@ -2,9 +2,10 @@
 
 ``{variant}_quantized_{model}_evaluation.json`` is an :class:`EvaluationDocument`;
 ``{model}_quantization_comparison.json`` a :class:`ComparisonDocument`. Field order is the JSON's
-key order. Per-prompt records, per-category statistics and the environment stay plain JSON objects
-(their keys are documented where they are computed: metrics/prompt_summary.py, environment.py).
-Reading is strict: a file whose schema version, keys or types do not match is not this schema.
+key order. Per-prompt records, per-category statistics and the corpus tables stay plain JSON objects
+with fixed keys (typed in report/sections.py); the environment and a row of the comparison are opaque
+JSON (environment.py, report/comparison.variant_row). Reading is strict: a file whose schema version,
+keys or types do not match is not this schema (the records inside a section are read as they are).
 """
 
 from __future__ import annotations
@@ -16,17 +17,35 @@ import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+from quant_fixtures.json_types import JsonObject, JsonValue
 from quant_fixtures.report.gates import GateResult
+from quant_fixtures.report.sections import (
+    AffectedCategory,
+    CategoryStats,
+    ConfidenceBucket,
+    CorpusNoiseFloor,
+    LlamaCppTables,
+    PromptRecord,
+    ProtocolSummary,
+    TopKBound,
+    WorstPrompt,
+)
 from quant_fixtures.store.atomic import write_json_atomic
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # 2: batching records what memory allowed, timing has the stage table
 # 3: exact KL from FP16 hidden states everywhere; corpus_kl gains reverse KL, top-K agreement, KL by
 #    FP16 confidence and llama.cpp's --kl-divergence tables
 SCHEMA_VERSION = 4
 OMIT_IF_NONE = {"omit_if_none": True}  # field metadata: left out of the JSON when None
-T = TypeVar("T")
+D = TypeVar("D", bound="DataclassInstance")
+# The JSON aliases are recursive strings, which typing.get_type_hints cannot evaluate: the reader
+# sees them as what they are at run time (an object, or any value), read as they are.
+_HINT_NAMES = {"JsonObject": dict, "JsonValue": object}
 
 
 class SchemaError(ValueError):
@@ -46,7 +65,7 @@ class VariantInfo:
     key: str
     method: str
     description: str
-    quantization_config: dict[str, Any] | None
+    quantization_config: JsonObject | None
     weight_dtype: str
     compute_dtype: str
     # A model's own variant (pre-quantized checkpoint, GGUF file): where its weights came from.
@@ -141,12 +160,12 @@ class PromptKL:
     top1_agreement_ci95: list[float]
     tail_mass: float
     basis: str
-    topk: dict[str, Any]
-    per_prompt: list[dict[str, Any]]
-    per_category: dict[str, dict[str, Any]]
+    topk: TopKBound
+    per_prompt: list[PromptRecord]
+    per_category: dict[str, CategoryStats]
     macro_kl_mean: float
     macro_kl_ci95: list[float]
-    worst_prompts: list[dict[str, Any]]
+    worst_prompts: list[WorstPrompt]
     method: str
     method_settings: str
 
@@ -168,11 +187,11 @@ class CorpusKL:
     ci95: list[float]
     same_top1_rate_ci95: list[float]
     basis: str
-    noise_floor: dict[str, Any] | None
+    noise_floor: CorpusNoiseFloor | None
     reverse: dict[str, float]
     topk_agreement: list[float]
-    by_confidence: list[dict[str, Any]]
-    llama_cpp: dict[str, Any]
+    by_confidence: list[ConfidenceBucket]
+    llama_cpp: LlamaCppTables
     method: str
 
 
@@ -221,7 +240,7 @@ class EvaluationDocument:
     run_id: str
     model: ModelInfo
     variant: VariantInfo
-    environment: dict[str, Any]
+    environment: JsonObject  # environment.fingerprint
     reference_keys: dict[str, str | None]
     batching: Batching
     perplexity: Perplexity
@@ -248,8 +267,8 @@ class BestTradeoff:
 
 @dataclass
 class Findings:
-    worst_prompts: dict[str, list[dict[str, Any]]]
-    most_affected_categories: dict[str, list[dict[str, Any]]]
+    worst_prompts: dict[str, list[WorstPrompt]]
+    most_affected_categories: dict[str, list[AffectedCategory]]
     best_tradeoff: BestTradeoff | None
     speed_vs_fp16: dict[str, float | None]
     failed_gates: list[str]
@@ -263,10 +282,10 @@ class ComparisonDocument:
     run_id: str | None
     model: ModelInfo
     fp16_ppl: float
-    perplexity_protocol: dict[str, Any]
+    perplexity_protocol: ProtocolSummary
     kl_method: str | None
     noise_floor: NoiseFloor | None
-    variants: dict[str, dict[str, Any]]  # variant -> its row (report/comparison.variant_row)
+    variants: dict[str, JsonObject]  # variant key -> its row (report/comparison.variant_row)
     failed_gates: list[str]
     findings: Findings
 
@@ -278,7 +297,7 @@ def now_utc() -> str:
 # -- the one serialiser and reader ------------------------------------------------------------------
 
 
-def to_json_object(value: Any) -> Any:
+def to_json_object(value: object) -> JsonValue:
     """Dataclasses as JSON objects in field order (None fields marked OMIT_IF_NONE left out)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
@@ -290,25 +309,27 @@ def to_json_object(value: Any) -> Any:
         return {k: to_json_object(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_json_object(v) for v in value]
-    return value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def write_document(path: Path, document: Any) -> None:
+def write_document(path: Path, document: object) -> None:
     """Atomically, indented, NaN refused."""
     write_json_atomic(path, to_json_object(document))
 
 
-def from_json_object(cls: type[T], data: Any, where: str = "document") -> T:
+def from_json_object(cls: type[D], data: object, where: str = "document") -> D:
     """Read a JSON object back into ``cls``; nested schema types are read recursively. Every
     field must be present (except omitted optional ones) and no other key may be."""
     if not isinstance(data, dict):
         raise SchemaError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls, localns=_HINT_NAMES)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
         raise SchemaError(f"{where}: unknown keys {sorted(unknown)} for {cls.__name__}")
-    values = {}
+    values: dict[str, object] = {}
     for name, f in fields.items():
         if name not in data:
             if f.metadata.get("omit_if_none"):
@@ -318,24 +339,24 @@ def from_json_object(cls: type[T], data: Any, where: str = "document") -> T:
     return cls(**values)
 
 
-def _read(hint: Any, value: Any, where: str) -> Any:
+def _read(hint: object, value: object, where: str) -> object:
     if value is None:
         return None
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
         return _read(inner[0], value, where) if len(inner) == 1 else value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_json_object(hint, value, where)
-    if origin is list and typing.get_args(hint) and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+    item = typing.get_args(hint)[0] if origin is list and typing.get_args(hint) else None
+    if isinstance(item, type) and dataclasses.is_dataclass(item):
         if not isinstance(value, list):
             raise SchemaError(f"{where}: expected a list, got {type(value).__name__}")
-        item = typing.get_args(hint)[0]
         return [from_json_object(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
 
 
-def read_document(cls: type[T], path: Path) -> T:
+def read_document(cls: type[D], path: Path) -> D:
     """A stored document of type ``cls``; SchemaError (naming the file) when it is not one."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))

@@ -17,28 +17,51 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Final, NotRequired, TypedDict
 
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.registry import METRICS, SNAPSHOT_METRICS
 from quant_fixtures.metrics.stats import counts_differ_p_value
 from quant_fixtures.report.schema import EvaluationDocument
 from quant_fixtures.settings import RunSettings
 
 FLIPS_ALPHA = 0.05  # two flip counts differ when the exact binomial test rejects equal rates at this level
-ENVIRONMENT = "environment"  # top level: where the numbers were measured, never compared
-REPRODUCTION = "reproduction"  # top level: the measured reproduction noise the tolerances come from
-TOLERANCES = "tolerances"  # top level: the move each number is allowed (for the reader), never compared
+ENVIRONMENT: Final = "environment"  # top level: where the numbers were measured, never compared
+REPRODUCTION: Final = "reproduction"  # top level: the measured reproduction noise the tolerances come from
+TOLERANCES: Final = "tolerances"  # top level: the move each number is allowed (for the reader), never compared
 NOT_COMPARED = (ENVIRONMENT, REPRODUCTION, TOLERANCES)
 # Environments not measured (another vendor's CPU, another core count) may move numbers further
 # than the ones measured: a change is called real only beyond twice the largest measured move.
 MARGIN = 2.0
+Tolerances = dict[str, dict[str, float]]  # metric -> {"abs": ..., "rel": ...} ([snapshot_tolerances])
+
+
+class SnapshotSettings(TypedDict):
+    device_type: str
+    ctx: int
+    ppl_method: str
+    ppl_tokens: int
+    dataset_sha256: str
+    prompts: str | None
+
+
+AllowedMove = TypedDict("AllowedMove", {"allowed": float, "from": str})
+
+
+class HarmSummary(TypedDict):
+    settings: SnapshotSettings
+    variants: dict[str, JsonObject]  # variant key -> its gate verdicts and the registry's snapshot metrics
+    reproduction: Mapping[str, object] | None  # report/reproduction.measure's record
+    tolerances: NotRequired[dict[str, dict[str, AllowedMove]]]
+    environment: JsonObject
 
 
 def harm_summary(
     documents: dict[str, EvaluationDocument],
-    floors: dict[str, dict[str, float]] | None = None,
-    reproduction: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    floors: Tolerances | None = None,
+    reproduction: Mapping[str, object] | None = None,
+) -> HarmSummary:
     """What a release diff should show: settings, per variant its gate verdicts and the registry's
     snapshot metrics (no timings, paths or versions); then, never compared, the reproduction
     measurement the tolerances come from, the move each number is allowed (with ``floors``, the
@@ -46,36 +69,42 @@ def harm_summary(
     from quant_fixtures.environment import describe, numerics_key
 
     first = next(iter(documents.values()))
-    p, kl = first.perplexity, first.kl_divergence
-    settings = {
-        "device_type": first.environment["device"].split(":")[0],
+    p, kl, env = first.perplexity, first.kl_divergence, first.environment
+    settings: SnapshotSettings = {
+        "device_type": str(env["device"]).split(":")[0],
         "ctx": p.ctx,
         "ppl_method": p.method,
         "ppl_tokens": p.tokens,
         "dataset_sha256": p.dataset_sha256,
         "prompts": kl.method_settings if kl else None,
     }
-    variants = {
-        variant: {
+    variants: dict[str, JsonObject] = {
+        variant_key: {
             "gates": {g.metric: "pass" if g.passed else "FAIL" for g in doc.gates},
             **{name: METRICS[name].value(doc) for name in SNAPSHOT_METRICS},
             "checkable_prompts": doc.flips.checkable_prompts if doc.flips else None,
         }
-        for variant, doc in documents.items()
+        for variant_key, doc in documents.items()
     }
-    summary: dict[str, Any] = {"settings": settings, "variants": variants, REPRODUCTION: reproduction}
-    if floors is not None:
-        summary[TOLERANCES] = allowed_moves(variants, floors, reproduction)
-    env = first.environment
-    summary[ENVIRONMENT] = {"described": describe(env), **numerics_key(env, ("torch", "transformers", "bitsandbytes"))}
-    if env["device_type"] == "cpu":  # LLM.int8 on the CPU moves with the thread count too (README)
-        summary[ENVIRONMENT]["cpu_threads"] = env["cpu"]["threads"]
-    return summary
+    environment: JsonObject = {
+        "described": describe(env),
+        **numerics_key(env, ("torch", "transformers", "bitsandbytes")),
+    }
+    cpu = env.get("cpu")
+    if env["device_type"] == "cpu" and isinstance(cpu, dict):  # LLM.int8 on the CPU moves with the thread count too
+        environment["cpu_threads"] = cpu["threads"]  # (README)
+    if floors is None:
+        return {"settings": settings, "variants": variants, REPRODUCTION: reproduction, ENVIRONMENT: environment}
+    return {
+        "settings": settings,
+        "variants": variants,
+        REPRODUCTION: reproduction,
+        TOLERANCES: allowed_moves(variants, floors, reproduction),
+        ENVIRONMENT: environment,
+    }
 
 
-def allowed_move(
-    metric: str, old: float, floors: dict[str, dict[str, float]], spread: float | None
-) -> tuple[float, str]:
+def allowed_move(metric: str, old: float, floors: Tolerances, spread: float | None) -> tuple[float, str]:
     """How far ``metric`` may move from its snapshot value ``old``, and why: the configured floor
     (abs, or rel of the old value) or MARGIN x the recorded reproduction spread, whichever is larger."""
     tol = floors.get(metric, {})
@@ -86,33 +115,34 @@ def allowed_move(
     return floor, "the configured tolerance"
 
 
-def _spread(reproduction: Any, variant: str, metric: str) -> float | None:
+def _spread(reproduction: object, variant_key: str, metric: str) -> float | None:
+    """The recorded spread of ``metric`` of a variant in a reproduction record (report/reproduction.py)."""
     if not isinstance(reproduction, dict):
         return None
-    value = (reproduction.get("spread") or {}).get(variant, {}).get(metric)
+    value = (reproduction.get("spread") or {}).get(variant_key, {}).get(metric)
     return value if isinstance(value, (int, float)) else None
 
 
 def allowed_moves(
-    variants: dict[str, Any], floors: dict[str, dict[str, float]], reproduction: dict[str, Any] | None
-) -> dict[str, dict[str, Any]]:
+    variants: Mapping[str, Mapping[str, object]], floors: Tolerances, reproduction: object
+) -> dict[str, dict[str, AllowedMove]]:
     """Per variant and tolerated metric: the move allowed from this value, and where it comes from."""
-    moves: dict[str, dict[str, Any]] = {}
-    for variant, values in variants.items():
-        moves[variant] = {}
+    moves: dict[str, dict[str, AllowedMove]] = {}
+    for variant_key, values in variants.items():
+        moves[variant_key] = {}
         for metric in SNAPSHOT_METRICS:
             value = values.get(metric)
             if METRICS[metric].is_count or not isinstance(value, (int, float)) or metric not in floors:
                 continue
-            allowed, source = allowed_move(metric, value, floors, _spread(reproduction, variant, metric))
-            moves[variant][metric] = {"allowed": allowed, "from": source}
+            allowed, source = allowed_move(metric, value, floors, _spread(reproduction, variant_key, metric))
+            moves[variant_key][metric] = {"allowed": allowed, "from": source}
     return moves
 
 
 def _number_difference(
-    path: str, metric: str | None, new: float, old: float, tolerances: dict[str, dict[str, float]], spread: float | None
+    path: str, metric: str, new: float, old: float, tolerances: Tolerances, spread: float | None
 ) -> str | None:
-    spec = METRICS.get(metric or "")
+    spec = METRICS.get(metric)
     if spec is not None and spec.is_count and isinstance(new, int) and isinstance(old, int):
         allowed = tolerances.get(metric, {}).get("abs", 0.0)
         p_value = counts_differ_p_value(new, old)
@@ -127,7 +157,7 @@ def _number_difference(
     return f"{path}: {new:.6g} vs snapshot {old:.6g} (moved {new - old:+.4g}, more than {allowed:.4g}, {source})"
 
 
-def snapshot_differences(new: Any, old: Any, tolerances: dict[str, dict[str, float]]) -> list[str]:
+def snapshot_differences(new: object, old: object, tolerances: Tolerances) -> list[str]:
     """Every difference beyond tolerance, one line each (empty: the snapshot matches). The spread
     comes from the snapshot's own reproduction record: the measurement its numbers were made with."""
     reproduction = old.get(REPRODUCTION) if isinstance(old, dict) else None
@@ -135,7 +165,7 @@ def snapshot_differences(new: Any, old: Any, tolerances: dict[str, dict[str, flo
 
 
 def _differences(
-    new: Any, old: Any, tolerances: dict[str, dict[str, float]], path: str, reproduction: Any, variant: str | None
+    new: object, old: object, tolerances: Tolerances, path: str, reproduction: object, variant_key: str | None
 ) -> list[str]:
     metric = path.rsplit(".", 1)[-1] if path else None
     if isinstance(new, dict) and isinstance(old, dict):
@@ -144,9 +174,9 @@ def _differences(
             return [f"{path or 'summary'}: keys {sorted(new)} vs snapshot {sorted(old)}"]
         lines: list[str] = []
         for key in compared:
-            inner_variant = key if path == "variants" else variant
+            inner_variant_key = key if path == "variants" else variant_key
             lines += _differences(
-                new[key], old[key], tolerances, f"{path}.{key}" if path else key, reproduction, inner_variant
+                new[key], old[key], tolerances, f"{path}.{key}" if path else key, reproduction, inner_variant_key
             )
         return lines
     if isinstance(new, list) and isinstance(old, list):
@@ -155,22 +185,22 @@ def _differences(
         return [
             line
             for i, (a, b) in enumerate(zip(new, old))
-            for line in _differences(a, b, tolerances, f"{path}[{i}]", reproduction, variant)
+            for line in _differences(a, b, tolerances, f"{path}[{i}]", reproduction, variant_key)
         ]
     if isinstance(new, bool) or isinstance(old, bool):  # True == 1 in Python; not here
         return [] if type(new) is type(old) and new == old else [f"{path}: {new!r} vs snapshot {old!r}"]
     if isinstance(new, (int, float)) and isinstance(old, (int, float)):
-        spread = _spread(reproduction, variant, metric) if variant and metric else None
-        line = _number_difference(path, metric, new, old, tolerances, spread)
+        spread = _spread(reproduction, variant_key, metric) if variant_key and metric else None
+        line = _number_difference(path, metric or "", new, old, tolerances, spread)
         return [line] if line else []
     return [] if new == old else [f"{path}: {new!r} vs snapshot {old!r}"]
 
 
-def within_tolerance(new: Any, old: Any, tolerances: dict[str, dict[str, float]]) -> bool:
+def within_tolerance(new: object, old: object, tolerances: Tolerances) -> bool:
     return not snapshot_differences(new, old, tolerances)
 
 
-def environment_note(old: Any, new: Any) -> str:
+def environment_note(old: object, new: object) -> str:
     """One line saying where the snapshot and this run were made, and what differs."""
     if not isinstance(old, dict) or not isinstance(new, dict):
         return "the snapshot records no environment (made before environments were recorded)"

@@ -31,10 +31,10 @@ def _cell(doc: EvaluationDocument, spec: MetricSpec) -> str:
 def summary_lines(documents: dict[str, dict[str, EvaluationDocument]]) -> list[str]:
     """Lines of the harm table for {model: {variant: evaluation document}}."""
     lines: list[str] = []
-    for model, variants in documents.items():
-        width = max(8, *(len(v) for v in variants))
+    for model, by_variant in documents.items():
+        width = max(8, *(len(key) for key in by_variant))
         header = f"{'variant':<{width}} " + " ".join(f"{m.label:>{m.width}}" for m in TABLE_METRICS) + "  gates"
-        first = next(iter(variants.values()))
+        first = next(iter(by_variant.values()))
         p, note = first.perplexity, first.model.note
         units = f", {p.fp16_bits_per_byte:.4f} bits/byte" if p.fp16_bits_per_byte is not None else ""
         lines += [
@@ -45,7 +45,9 @@ def summary_lines(documents: dict[str, dict[str, EvaluationDocument]]) -> list[s
             f"{p.windows} windows of {p.ctx})",
             header,
         ]
-        for variant, doc in variants.items():
-            lines.append(f"{variant:<{width}} " + " ".join(_cell(doc, m) for m in TABLE_METRICS) + f"  {verdict(doc)}")
-        lines += [f"{variant}: {w}" for variant, doc in variants.items() for w in noise_floor_warnings(doc)]
+        for variant_key, doc in by_variant.items():
+            lines.append(
+                f"{variant_key:<{width}} " + " ".join(_cell(doc, m) for m in TABLE_METRICS) + f"  {verdict(doc)}"
+            )
+        lines += [f"{key}: {w}" for key, doc in by_variant.items() for w in noise_floor_warnings(doc)]
     return lines

@@ -1,6 +1,7 @@
-"""What a pass receives: the run's settings, its inputs, the FP16 reference store, the stage it is
-in (so that running out of memory can say where), the seconds spent in each row of the stage
-table every report carries (``timing.stages``) and where the progress of long stages goes."""
+"""What a pass receives: the run's settings, what it reads (each model's facts and corpus plan, the
+text, the prompt suite, the environment), the FP16 reference store, the stage it is in (so that
+running out of memory can say where), the seconds spent in each row of the stage table every report
+carries (``timing.stages``) and where the progress of long stages goes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from quant_fixtures.compute.memory import BatchLog, MemoryBudget
-from quant_fixtures.session.inputs import RunInputs
+from quant_fixtures.session.corpus_plans import CorpusPlans
+from quant_fixtures.session.inputs import CorpusText, PromptSuite, RunEnvironment
+from quant_fixtures.session.model_facts import ModelFacts
 from quant_fixtures.session.progress import ProgressSink, StageProgress
 from quant_fixtures.session.references import ReferenceStore
 from quant_fixtures.settings import RunSettings
@@ -34,7 +37,11 @@ STAGE_ROWS = (
 @dataclass
 class PassContext:
     settings: RunSettings
-    inputs: RunInputs
+    models: ModelFacts
+    corpus_text: CorpusText
+    plans: CorpusPlans
+    prompt_suite: PromptSuite
+    environment: RunEnvironment
     references: ReferenceStore
     budget: MemoryBudget
     current_stage: str = "start"

@@ -1,8 +1,9 @@
 """The evaluation session: evaluates each (model, variant) once, in order, and writes its reports.
 
-Data flows one way: settings -> inputs -> loaded variant -> FP16 or variant pass -> measurements ->
-document (with gates) -> JSON files. Tests read finished documents from here. A quantized variant
-needs the model's FP16 references; when they are missing or stale, the FP16 pass runs first.
+Data flows one way: settings -> what the passes read (model facts, corpus plans, text, prompts) ->
+loaded variant -> FP16 or variant pass -> measurements -> document (with gates) -> JSON files. Tests
+read finished documents from here. A quantized variant needs the model's FP16 references; when they
+are missing or stale, the FP16 pass runs first.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from contextlib import nullcontext
 from quant_fixtures.compute.memory import GiB, MemoryBudget, is_out_of_memory, require_executor, strict_executor
 from quant_fixtures.config import SuiteConfig
 from quant_fixtures.environment import process_age
+from quant_fixtures.inputs.corpus_protocols import CorpusPlan
+from quant_fixtures.inputs.prompts import Prompt
+from quant_fixtures.inputs.wikitext import EvalText
 from quant_fixtures.metrics.registry import GATEABLE
 from quant_fixtures.models.loading import load_model, release
+from quant_fixtures.models.sources import ResolvedModel
 from quant_fixtures.report.build import evaluation_document
 from quant_fixtures.report.comparison import (
     collect_comparable_documents,
@@ -27,14 +32,16 @@ from quant_fixtures.report.comparison import (
 )
 from quant_fixtures.report.schema import EvaluationDocument, SchemaError, read_document, write_document
 from quant_fixtures.session.context import PassContext
-from quant_fixtures.session.inputs import RunInputs
+from quant_fixtures.session.corpus_plans import CorpusPlans
+from quant_fixtures.session.inputs import CorpusText, PromptSuite, RunEnvironment
+from quant_fixtures.session.model_facts import ModelFacts
 from quant_fixtures.session.passes import fp16_pass, variant_pass
 from quant_fixtures.session.progress import ProgressSink, StageProgress
 from quant_fixtures.session.references import References, ReferenceStore
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.atomic import file_lock
 from quant_fixtures.store.baseline import StaleBaselineError
-from quant_fixtures.variants import BASELINE_VARIANT
+from quant_fixtures.variants import BASELINE_VARIANT, Variant
 
 log = logging.getLogger("quant_fixtures")
 
@@ -43,7 +50,7 @@ class EvaluationFailed(RuntimeError):
     """One (model, variant) could not be evaluated; the message is one line."""
 
 
-def out_of_memory_line(model: str, variant: str, stage: str, exc: BaseException, budget: MemoryBudget) -> str:
+def out_of_memory_line(model: str, variant_key: str, stage: str, exc: BaseException, budget: MemoryBudget) -> str:
     """One line: the pair, the stage, what the failed allocation asked for and what the process had."""
     text = " ".join(str(exc).split())
     asked = re.search(r"[Tt]ried to allocate ([0-9.]+ ?[KMGT]?i?B)", text)
@@ -54,14 +61,46 @@ def out_of_memory_line(model: str, variant: str, stage: str, exc: BaseException,
         if held is not None and limit is not None
         else ""
     )
-    return f"{model} {variant}: out of memory in stage {stage}: {need}{had}"
+    return f"{model} {variant_key}: out of memory in stage {stage}: {need}{had}"
+
+
+class RunInputs:
+    """The run's inputs through one object, as callers written before they were split use them
+    (``session.inputs``: plugin/state.py, plugin/fixtures.py, tests/integration/test_installed_package.py,
+    benchmarks/test_throughput.py). New code uses the session's pieces: ``prompt_suite``,
+    ``corpus_text``, ``models``, ``plans``."""
+
+    def __init__(self, session: EvaluationSession) -> None:
+        self._session = session
+
+    def use_prompts(self, prompts: list[Prompt] | None) -> None:
+        self._session.prompt_suite.use(prompts)
+
+    def prompts(self) -> list[Prompt]:
+        return self._session.prompt_suite.prompts()
+
+    def text(self) -> EvalText:
+        return self._session.corpus_text.text()
+
+    def weights(self, model: str, variant: Variant) -> ResolvedModel:
+        return self._session.models.weights(model, variant)
+
+    def corpus_plan(self, model: str) -> CorpusPlan:
+        return self._session.plans.plan(model)
 
 
 class EvaluationSession:
-    def __init__(self, config: SuiteConfig, settings: RunSettings, progress: ProgressSink | None = None) -> None:
-        self.config, self.settings, self.progress = config, settings, progress  # progress: None shows none
-        self.inputs = RunInputs(config, settings)
-        self.references = ReferenceStore(self.inputs, settings)
+    def __init__(self, suite: SuiteConfig, settings: RunSettings, progress: ProgressSink | None = None) -> None:
+        self.suite, self.settings, self.progress = suite, settings, progress  # progress: None shows none
+        # What the passes read, each found once per run.
+        self.models = ModelFacts(suite, settings.paths.cache_dir)
+        self.corpus_text = CorpusText(settings.perplexity.dataset_source)
+        self.plans = CorpusPlans(settings.perplexity, settings.paths.cache_dir, self.corpus_text, self.models)
+        self.prompt_suite = PromptSuite(settings.prompts)
+        self.environment = RunEnvironment(settings.load.device)
+        self.references = ReferenceStore(
+            settings, self.models, self.corpus_text, self.plans, self.prompt_suite, self.environment
+        )
         self.evaluations: dict[str, dict[str, EvaluationDocument]] = {}
         self._failed: dict[tuple[str, str], str] = {}
         # Enforced at the first evaluation, not here: an xdist controller builds a session for its
@@ -71,39 +110,61 @@ class EvaluationSession:
         self._startup_s: float | None = process_age()  # reported once, by the first evaluation
         self._nested_s = 0.0  # wall time of FP16 passes that a variant's evaluation ran first
 
-    def evaluate(self, model: str, variant: str) -> EvaluationDocument:
+    @property
+    def config(self) -> SuiteConfig:
+        """The suite config, under its former name (plugin/fixtures.py, tests/harm, tests/integration,
+        examples/own_project still read it); new code reads ``suite``."""
+        return self.suite
+
+    @property
+    def inputs(self) -> RunInputs:
+        """The inputs as one object, under their former name, for the callers :class:`RunInputs` names."""
+        return RunInputs(self)
+
+    def evaluate(self, model: str, variant_key: str) -> EvaluationDocument:
         """Evaluate one pair (once per session) and write its reports; returns the document.
 
         Running out of memory fails this pair only, with one line naming model, variant and stage;
         the model is released and the other pairs run. A failure is remembered for the session."""
-        done = self.evaluations.get(model, {}).get(variant) or self._from_other_worker(model, variant)
+        done = self.evaluations.get(model, {}).get(variant_key) or self._from_other_worker(model, variant_key)
         if done is not None:
             return done
-        if (model, variant) in self._failed:
-            raise EvaluationFailed(self._failed[model, variant])
-        if self.config.variant(model, variant).is_baseline:  # one FP16 pass per model and run, under its lock
+        if (model, variant_key) in self._failed:
+            raise EvaluationFailed(self._failed[model, variant_key])
+        if self.suite.variant(model, variant_key).is_baseline:  # one FP16 pass per model and run, under its lock
             with self.references.lock(model):  # (a variant's worker may have run it first, for its references)
-                return self._from_other_worker(model, variant) or self._evaluate_here(model, variant)
+                return self._from_other_worker(model, variant_key) or self._evaluate_here(model, variant_key)
         # One worker evaluates a quantized pair; another that needs it (a whole-model test) waits
         # for its document instead of evaluating it again.
-        with file_lock(self.settings.paths.results_dir / f".{model}-{variant}.evaluating.lock"):
-            return self._from_other_worker(model, variant) or self._evaluate_here(model, variant)
+        with file_lock(self.settings.paths.results_dir / f".{model}-{variant_key}.evaluating.lock"):
+            return self._from_other_worker(model, variant_key) or self._evaluate_here(model, variant_key)
 
-    def _evaluate_here(self, model: str, variant: str) -> EvaluationDocument:
+    def _evaluate_here(self, model: str, variant_key: str) -> EvaluationDocument:
         if not self._budget_enforced:
             self.budget.enforce()
             self._budget_enforced = True
-        pair = f"{model} {variant}"
-        ctx = PassContext(self.settings, self.inputs, self.references, self.budget, pair=pair, progress=self.progress)
+        pair = f"{model} {variant_key}"
+        run = PassContext(
+            settings=self.settings,
+            models=self.models,
+            corpus_text=self.corpus_text,
+            plans=self.plans,
+            prompt_suite=self.prompt_suite,
+            environment=self.environment,
+            references=self.references,
+            budget=self.budget,
+            pair=pair,
+            progress=self.progress,
+        )
         if self._startup_s is not None:
-            ctx.seconds["start-up"], self._startup_s = self._startup_s, None
+            run.seconds["start-up"], self._startup_s = self._startup_s, None
         started, nested_before = time.perf_counter(), self._nested_s
         failure = None
         try:
             with StageProgress(self.progress, pair, "evaluation"):
-                document = self._evaluate(ctx, model, variant)
+                document = self._evaluate(run, model, variant_key)
         except EvaluationFailed as exc:
-            self._failed[model, variant] = str(exc)
+            self._failed[model, variant_key] = str(exc)
             raise
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -112,14 +173,14 @@ class EvaluationSession:
                 traceback.clear_frames(exc.__traceback__)
                 self.budget.release_cached()
                 raise
-            failure = out_of_memory_line(model, variant, ctx.failed_stage or ctx.current_stage, exc, self.budget)
+            failure = out_of_memory_line(model, variant_key, run.failed_stage or run.current_stage, exc, self.budget)
         if failure is not None:  # raised here, once the exception and the tensors it holds are gone
             self.budget.release_cached()
-            self._failed[model, variant] = failure
+            self._failed[model, variant_key] = failure
             raise EvaluationFailed(failure)
         wall = time.perf_counter() - started - (self._nested_s - nested_before)
-        document.timing.stages = ctx.stage_table(wall + ctx.seconds["start-up"])
-        self._write(model, variant, document)  # milliseconds; after the table is sealed
+        document.timing.stages = run.stage_table(wall + run.seconds["start-up"])
+        self._write(model, variant_key, document)  # milliseconds; after the table is sealed
         return document
 
     def fp16_references(self, model: str) -> References:
@@ -143,47 +204,49 @@ class EvaluationSession:
             raise RuntimeError(f"FP16 references of {model} were computed but cannot be read back: {reason}")
         return refs
 
-    def _evaluate(self, ctx: PassContext, model: str, variant: str) -> EvaluationDocument:
-        spec, var = self.config.models[model], self.config.variant(model, variant)
+    def _evaluate(self, run: PassContext, model: str, variant_key: str) -> EvaluationDocument:
+        spec, variant = self.models.spec(model), self.suite.variant(model, variant_key)
         refs = None
-        if not var.is_baseline:
-            with ctx.stage("FP16 references", "references", shown=True):  # may run the FP16 pass first (timed apart)
+        if not variant.is_baseline:
+            with run.stage("FP16 references", "references", shown=True):  # may run the FP16 pass first (timed apart)
                 nested_before = self._nested_s
                 refs = self.fp16_references(model)
-            ctx.seconds["references"] -= self._nested_s - nested_before
-        with ctx.stage("tokenize (start)", "tokenize"):  # tokenized (or read from the cache) while the model loads
-            self.inputs.prefetch_corpus(model)
-        with self.references.lock(model) if var.is_baseline else nullcontext():
+            run.seconds["references"] -= self._nested_s - nested_before
+        with run.stage("tokenize (start)", "tokenize"):  # tokenized (or read from the cache) while the model loads
+            self.plans.prefetch(model)
+        with self.references.lock(model) if variant.is_baseline else nullcontext():
             self.budget.start_peak()
-            with ctx.stage("load", "load", shown=True):
+            with run.stage("load", "load", shown=True):
                 loaded = load_model(
                     spec,
-                    self.inputs.weights(model, var),
-                    var,
+                    self.models.weights(model, variant),
+                    variant,
                     self.settings.load,
-                    tokenizer_from=self.inputs.resolved(model).directory if var.source else None,
+                    tokenizer_from=self.models.resolved(model).directory if variant.source else None,
                 )
                 if strict_executor():  # the tests: a forward pass outside the memory executor is an error
                     loaded.model.base_model.register_forward_pre_hook(require_executor)
             try:
                 measured = (
-                    fp16_pass(ctx, model, var, loaded) if refs is None else variant_pass(ctx, model, var, loaded, refs)
+                    fp16_pass(run, model, variant, loaded)
+                    if refs is None
+                    else variant_pass(run, model, variant, loaded, refs)
                 )
             finally:
-                with ctx.stage("release", "load"):
+                with run.stage("release", "load"):
                     release(loaded)
-        with ctx.stage("report", "report"):
-            limits, ungated = self._gates(model, variant)
+        with run.stage("report", "report"):
+            limits, ungated = self._gates(model, variant_key)
             return evaluation_document(
                 measured, self.settings.perplexity, self.settings.gates, self.settings.run_id, limits, ungated
             )
 
-    def _gates(self, model: str, variant: str) -> tuple[dict[str, float], dict[str, str]]:
+    def _gates(self, model: str, variant_key: str) -> tuple[dict[str, float], dict[str, str]]:
         """The pair's limits, and why each registered metric that is not gated has no gate."""
-        limits = self.config.gates_for(model, variant)
+        limits = self.suite.gates_for(model, variant_key)
         ungated = {
-            GATEABLE[name].name: f"opted out with ungated in {self.config.path}"
-            for name in self.config.ungated_for(model, variant)
+            GATEABLE[name].name: f"opted out with ungated in {self.suite.path}"
+            for name in self.suite.ungated_for(model, variant_key)
         }
         if self.settings.prompts.skip:
             for name in [n for n in limits if GATEABLE[n].path[0] in ("kl_divergence", "flips")]:
@@ -191,21 +254,22 @@ class EvaluationSession:
                 ungated[GATEABLE[name].name] = "--skip-prompts: prompt KL was not measured"
         return limits, ungated
 
-    def _write(self, model: str, variant: str, document: EvaluationDocument) -> None:
-        self.evaluations.setdefault(model, {})[variant] = document
+    def _write(self, model: str, variant_key: str, document: EvaluationDocument) -> None:
+        self.evaluations.setdefault(model, {})[variant_key] = document
         results = self.settings.paths.results_dir
-        write_document(evaluation_path(results, model, variant), document)
+        write_document(evaluation_path(results, model, variant_key), document)
         with file_lock(results / f".{model}.lock"):  # workers each add their variants
             comparable = collect_comparable_documents(results, self.settings.run_id).get(model, {})
             write_document(comparison_path(results, model), comparison_document(model, comparable))
 
-    def _from_other_worker(self, model: str, variant: str) -> EvaluationDocument | None:
+    def _from_other_worker(self, model: str, variant_key: str) -> EvaluationDocument | None:
         """A document this run already wrote (another xdist worker evaluated the pair)."""
+        path = evaluation_path(self.settings.paths.results_dir, model, variant_key)
         try:
-            doc = read_document(EvaluationDocument, evaluation_path(self.settings.paths.results_dir, model, variant))
+            doc = read_document(EvaluationDocument, path)
         except SchemaError:
             return None
         if doc.run_id != self.settings.run_id:
             return None
-        self.evaluations.setdefault(model, {})[variant] = doc
+        self.evaluations.setdefault(model, {})[variant_key] = doc
         return doc

@@ -6,46 +6,50 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
 from quant_fixtures.compute.memory import BatchLog
-from quant_fixtures.compute.scoring import WindowScores, check_output_head, score_windows
+from quant_fixtures.compute.scoring import LogprobHook, WindowScores, check_output_head, score_windows
 from quant_fixtures.inputs.corpus_protocols import CorpusPlan
 from quant_fixtures.metrics.corpus_stats import corpus_comparison
 from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.build import Measurements
-from quant_fixtures.report.schema import Batching
+from quant_fixtures.report.schema import Batching, CorpusKL, from_json_object
 from quant_fixtures.session.context import PassContext
-from quant_fixtures.session.prompt_stage import fp16_prompt_stage, variant_prompt_stage
+from quant_fixtures.session.prompt_stage import PromptResults, fp16_prompt_stage, variant_prompt_stage
 from quant_fixtures.session.references import References
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.baseline import Baseline
 from quant_fixtures.variants import Variant
 
+if TYPE_CHECKING:
+    import torch
+
 GB = 1e9
+T = TypeVar("T")
 
 
-def batching_for(var: Variant, settings: RunSettings) -> Batching:
+def batching_for(variant: Variant, settings: RunSettings) -> Batching:
     """Sequences per forward pass asked for (memory may lower them: see :func:`batching_used`). A
     variant whose kernels depend on the batch (LLM.int8 picks outlier columns over the whole
     batch) is scored one sequence per pass, so its numbers do not depend on the other windows,
     prompts or the batch size; its generation stays batched and how much it moves with the batch
     composition is measured (flips.batch_sensitivity)."""
-    alone = not var.batch_invariant
+    alone = not variant.batch_invariant
     return Batching(
         perplexity_windows_per_pass=1 if alone else settings.perplexity.batch_size,
         prompt_scoring_per_pass=1 if alone else settings.prompts.score_batch_size,
         generation_batch=settings.prompts.gen_batch_size,
-        batch_invariant=var.batch_invariant,
+        batch_invariant=variant.batch_invariant,
     )
 
 
-def batching_used(ctx: PassContext, asked: Batching) -> Batching:
+def batching_used(run: PassContext, asked: Batching) -> Batching:
     """What ran: the largest batch of each stage, the memory limit and every change memory forced."""
-    used, limit = ctx.batches.used, ctx.budget.limit()
+    used, limit = run.batches.used, run.budget.limit()
     return Batching(
         perplexity_windows_per_pass=used.get("perplexity", asked.perplexity_windows_per_pass),
         prompt_scoring_per_pass=used.get(
@@ -59,25 +63,25 @@ def batching_used(ctx: PassContext, asked: Batching) -> Batching:
             "generation": asked.generation_batch,
         },
         memory_limit_gb=limit / GB if limit is not None else None,
-        notes=list(ctx.batches.notes),
-        generation_method=ctx.batches.generation_method,
+        notes=list(run.batches.notes),
+        generation_method=run.batches.generation_method,
     )
 
 
-def _plan(ctx: PassContext, model: str, loaded: LoadedModel) -> CorpusPlan:
+def _plan(run: PassContext, model: str, loaded: LoadedModel) -> CorpusPlan:
     """The corpus token ids and the protocol's windows over them (the same for every variant)."""
-    with ctx.stage("tokenize", "tokenize"):
-        return ctx.inputs.corpus_plan(model)
+    with run.stage("tokenize", "tokenize"):
+        return run.plans.plan(model)
 
 
 def _perplexity(
-    ctx: PassContext, loaded: LoadedModel, corpus: CorpusPlan, hook: Any, batching: Batching
+    run: PassContext, loaded: LoadedModel, corpus: CorpusPlan, hook: LogprobHook, batching: Batching
 ) -> WindowScores:
     """The perplexity pass over the protocol's windows."""
     ids, plan = corpus.ids, corpus.windows
     if loaded.placement_note:
-        ctx.batches.notes.append(loaded.placement_note)
-    with ctx.stage("perplexity", "perplexity", shown=True, total=len(plan), unit="windows") as advance:
+        run.batches.notes.append(loaded.placement_note)
+    with run.stage("perplexity", "perplexity", shown=True, total=len(plan), unit="windows") as advance:
         check_output_head(loaded.model)
         return score_windows(
             loaded.model,
@@ -86,35 +90,35 @@ def _perplexity(
             batching.perplexity_windows_per_pass,
             hook=hook,
             progress=advance,
-            budget=ctx.budget,
-            log=ctx.batches,
+            budget=run.budget,
+            log=run.batches,
         )
 
 
 def _measurements(
-    ctx: PassContext,
+    run: PassContext,
     model: str,
-    var: Variant,
+    variant: Variant,
     loaded: LoadedModel,
     scores: WindowScores,
     corpus: CorpusPlan,
     baseline: Baseline,
     batching: Batching,
-    corpus_kl: dict[str, Any] | None,
-    prompt_results: Any,
+    corpus_kl: CorpusKL | None,
+    prompt_results: PromptResults | None,
     prompt_seconds: float | None,
 ) -> Measurements:
-    spec, inputs = ctx.inputs.config.models[model], ctx.inputs
+    spec, models, text = run.models.spec(model), run.models, run.corpus_text.text()
     kl, flips, noise = prompt_results or (None, None, None)
-    peak = ctx.budget.peak_bytes()
+    peak = run.budget.peak_bytes()
     return Measurements(
         model=model,
-        variant=var,
+        variant=variant,
         loaded=loaded,
         source=spec.source,
-        note="; ".join(n for n in (spec.note, inputs.resolved(model).reference_note) if n) or None,
-        weights_identity=inputs.resolved(model).identity,
-        ctx=inputs.ctx(model),
+        note="; ".join(n for n in (spec.note, models.resolved(model).reference_note) if n) or None,
+        weights_identity=models.resolved(model).identity,
+        ctx=run.plans.ctx(model),
         windows=len(corpus.windows),
         scored_bytes=corpus.scored_bytes,
         scored_words=corpus.scored_words,
@@ -123,23 +127,23 @@ def _measurements(
         scores=scores,
         baseline=baseline,
         peak_gb=peak / GB if peak is not None else None,
-        dataset_source=inputs.text().source,
-        dataset_sha256=inputs.text().sha256,
+        dataset_source=text.source,
+        dataset_sha256=text.sha256,
         corpus_kl=corpus_kl,
         kl=kl,
         flips=flips,
         noise_floor=noise,
         prompt_seconds=prompt_seconds,
-        batching=batching_used(ctx, batching),
-        environment=inputs.environment(),
-        keys=ctx.references.keys_of(model, baseline),
-        variant_identity=inputs.weights(model, var).identity if var.source else None,
+        batching=batching_used(run, batching),
+        environment=run.environment.fingerprint(),
+        keys=run.references.keys_of(model, baseline),
+        variant_identity=models.weights(model, variant).identity if variant.source else None,
     )
 
 
-def _timed(run: Any) -> tuple[Any, float]:
+def _timed(measure: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
-    result = run()
+    result = measure()
     return result, time.perf_counter() - start
 
 
@@ -152,70 +156,73 @@ def noise_windows(corpus: CorpusPlan) -> list[Window]:
 
 
 def _corpus_noise(
-    ctx: PassContext,
+    run: PassContext,
     loaded: LoadedModel,
     corpus: CorpusPlan,
-    reference: dict[str, Any],
+    reference: dict[str, torch.Tensor],
     batching: Batching,
     advance: Callable[[int], None],
-) -> Any:
+) -> torch.Tensor:
     """Per-position KL of FP16 against its own stored reference over :func:`noise_windows`, scored in
     another batch composition (one window per pass if the pass batched, else two): the KL that
     batching alone produces, beside every corpus KL figure."""
     import torch
 
-    used = ctx.batches.used.get("perplexity", batching.perplexity_windows_per_pass)
+    used = run.batches.used.get("perplexity", batching.perplexity_windows_per_pass)
     other = 1 if used > 1 else 2
     windows = noise_windows(corpus)
     positions = sum(w.scored for w in windows)
     subset = {**reference, "hidden": reference["hidden"][:positions]}
     hook = KLAgainstReference(subset, [w.scored for w in windows], ReferenceHead.live(loaded.model))
     score_windows(
-        loaded.model, corpus.ids, windows, other, hook=hook, progress=advance, budget=ctx.budget, log=BatchLog()
+        loaded.model, corpus.ids, windows, other, hook=hook, progress=advance, budget=run.budget, log=BatchLog()
     )
     return torch.from_numpy(hook.positions()["kl_pq"]).to(torch.float64)
 
 
-def fp16_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel) -> Measurements:
+def fp16_pass(run: PassContext, model: str, variant: Variant, loaded: LoadedModel) -> Measurements:
     """Measure FP16 and store what variants are compared with: the baseline, the corpus top-k
     log-probs and (unless prompts are skipped) the prompt reference with its noise floor."""
-    batching = batching_for(var, ctx.settings)
-    corpus = _plan(ctx, model, loaded)
+    batching = batching_for(variant, run.settings)
+    corpus = _plan(run, model, loaded)
     recorder = HiddenRecorder(len(corpus.windows))
-    scores = _perplexity(ctx, loaded, corpus, recorder, batching)
+    scores = _perplexity(run, loaded, corpus, recorder, batching)
     baseline = Baseline(
-        key=ctx.references.baseline_key(model),
+        key=run.references.baseline_key(model),
         ppl=scores.ppl,
         window_nll=scores.window_nll,
         window_tokens=scores.window_tokens,
         footprint_bytes=loaded.footprint_bytes,
     )
     reference = recorder.tensors(loaded.model)
-    with ctx.stage(
+    with run.stage(
         "corpus noise floor", "perplexity", shown=True, total=len(noise_windows(corpus)), unit="windows"
     ) as advance:
-        reference["noise_kl"] = _corpus_noise(ctx, loaded, corpus, reference, batching, advance)
-    with ctx.stage("FP16 perplexity references (store)", "references", shown=True):
-        ctx.references.save_perplexity(baseline, reference)
+        reference["noise_kl"] = _corpus_noise(run, loaded, corpus, reference, batching, advance)
+    with run.stage("FP16 perplexity references (store)", "references", shown=True):
+        run.references.save_perplexity(baseline, reference)
     prompts, seconds = (
-        (None, None) if ctx.settings.prompts.skip else _timed(lambda: fp16_prompt_stage(ctx, model, loaded))
+        (None, None) if run.settings.prompts.skip else _timed(lambda: fp16_prompt_stage(run, model, loaded))
     )
-    return _measurements(ctx, model, var, loaded, scores, corpus, baseline, batching, None, prompts, seconds)
+    return _measurements(run, model, variant, loaded, scores, corpus, baseline, batching, None, prompts, seconds)
 
 
-def variant_pass(ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, refs: References) -> Measurements:
+def variant_pass(run: PassContext, model: str, variant: Variant, loaded: LoadedModel, refs: References) -> Measurements:
     """Measure a quantized variant against the stored FP16 references ``refs``."""
-    batching = batching_for(var, ctx.settings)
+    batching = batching_for(variant, run.settings)
     hook = KLAgainstReference(refs.corpus, refs.baseline.window_tokens)
-    corpus = _plan(ctx, model, loaded)
-    scores = _perplexity(ctx, loaded, corpus, hook, batching)
+    corpus = _plan(run, model, loaded)
+    scores = _perplexity(run, loaded, corpus, hook, batching)
     if refs.baseline.window_tokens != scores.window_tokens:
-        raise RuntimeError(f"{model} {var.key}: perplexity windows differ from the FP16 baseline's")
-    with ctx.stage("statistics", "statistics"):
-        corpus_kl = corpus_comparison(hook.positions(), scores.window_tokens, refs.corpus["noise_kl"].numpy())
+        raise RuntimeError(f"{model} {variant.key}: perplexity windows differ from the FP16 baseline's")
+    with run.stage("statistics", "statistics"):
+        comparison = corpus_comparison(hook.positions(), scores.window_tokens, refs.corpus["noise_kl"].numpy())
+        corpus_kl = from_json_object(CorpusKL, comparison, "corpus_kl")
     prompts, seconds = (
         (None, None)
-        if ctx.settings.prompts.skip
-        else _timed(lambda: variant_prompt_stage(ctx, model, var, loaded, refs, batching))
+        if run.settings.prompts.skip
+        else _timed(lambda: variant_prompt_stage(run, model, variant, loaded, refs, batching))
     )
-    return _measurements(ctx, model, var, loaded, scores, corpus, refs.baseline, batching, corpus_kl, prompts, seconds)
+    return _measurements(
+        run, model, variant, loaded, scores, corpus, refs.baseline, batching, corpus_kl, prompts, seconds
+    )

@@ -9,7 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quant_fixtures.config import SuiteConfig
+    from quant_fixtures.session.orchestrator import EvaluationSession
 
 
 class PreflightError(ValueError):
@@ -60,17 +64,17 @@ def check_budgets(
         )
 
 
-def check_limits(suite: Any, pairs: Iterable[tuple[str, str]]) -> None:
-    """Every selected quantized (model, variant) has each limit configured or explicitly opted out."""
-    for model, variant in pairs:
-        if suite.variant(model, variant).is_baseline:
+def check_limits(suite: SuiteConfig, pairs: Iterable[tuple[str, str]]) -> None:
+    """Every selected quantized (model, variant key) has each limit configured or explicitly opted out."""
+    for model, variant_key in pairs:
+        if suite.variant(model, variant_key).is_baseline:
             continue
-        message = suite.missing_limits_message(model, variant)
+        message = suite.missing_limits_message(model, variant_key)
         if message:
             raise PreflightError(message)
 
 
-def check_models(session: Any, models: Iterable[str]) -> None:
+def check_models(session: EvaluationSession, models: Iterable[str]) -> None:
     """What needs each model's config or stored references, before any model loads: the budgets
     against the model's window, the top-k against the vocabulary, and with --frozen-baselines, that
     every FP16 reference is stored; each selected variant of the model's own (a checkpoint, a GGUF
@@ -83,23 +87,23 @@ def check_models(session: Any, models: Iterable[str]) -> None:
     s = session.settings
     for model in models:
         try:
-            config = session.inputs.model_config(model)
+            model_config = session.models.model_config(model)
         except ModelUnavailableError:
             continue
         if s.perplexity.protocol != "lm-eval":  # whole documents: a budget smaller than a window is fine
             check_budgets(
-                session.inputs.ctx(model), s.perplexity.max_tokens, s.perplexity.stride, model, s.perplexity.ctx
+                session.plans.ctx(model), s.perplexity.max_tokens, s.perplexity.stride, model, s.perplexity.ctx
             )
-        vocab = getattr(config, "vocab_size", None)
+        vocab = getattr(model_config, "vocab_size", None)
         if not s.prompts.skip and vocab and s.prompts.top_k > vocab:
             raise PreflightError(f"--top-k {s.prompts.top_k} is larger than the vocabulary of {model} ({vocab} tokens)")
         if s.gates.frozen_baselines:
             refs, reason = session.references.load(model)
             if refs is None:
                 raise PreflightError(f"--frozen-baselines: {model}: {reason}")
-        for key in [k for k in s.variants if k in session.config.models[model].variants]:
+        for key in [k for k in s.variants if k in session.suite.models[model].variants]:
             try:
-                session.inputs.weights(model, session.config.variant(model, key))
+                session.models.weights(model, session.suite.variant(model, key))
             except ModelUnavailableError:
                 continue
             except (GGUFSourceError, TokenizerMismatchError) as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 PHASES = ("start", "step", "end", "failed")
 
@@ -74,5 +73,5 @@ class StageProgress:
         self._emit("start")
         return self
 
-    def __exit__(self, kind: Any, *_: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         self._emit("end" if kind is None else "failed")

@@ -8,9 +8,8 @@ responses and, for a batch-dependent variant, measures how much they move with t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from quant_fixtures.compute.memory import BatchLog
 from quant_fixtures.compute.prompt_scoring import (
@@ -21,6 +20,7 @@ from quant_fixtures.compute.prompt_scoring import (
     reference_responses,
     score_against_reference,
 )
+from quant_fixtures.inputs.prompts import Prompt
 from quant_fixtures.metrics.prompt_summary import (
     batch_sensitivity,
     flip_summary,
@@ -30,38 +30,38 @@ from quant_fixtures.metrics.prompt_summary import (
 )
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.models.loading import LoadedModel
-from quant_fixtures.report.schema import Batching
+from quant_fixtures.report.schema import Batching, BatchSensitivity, Flips, NoiseFloor, PromptKL, from_json_object
 from quant_fixtures.session.context import PassContext
 from quant_fixtures.session.references import References
 from quant_fixtures.store.prompt_reference import PromptReference
 from quant_fixtures.variants import Variant
 
 log = logging.getLogger("quant_fixtures")
-PromptResults = tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]  # kl, flips, noise floor
+PromptResults = tuple[PromptKL, Flips, NoiseFloor | None]
 
 
-def _texts(ctx: PassContext, model: str) -> tuple[str, str]:
-    q, prompts = ctx.settings.prompts, ctx.inputs.prompts()
+def _texts(run: PassContext, model: str) -> tuple[str, str]:
+    q, prompts = run.settings.prompts, run.prompt_suite.prompts()
     method = kl_method_text(q.top_k, q.use_chat_template, q.max_new_tokens_cap)
     return method, kl_settings_text(len(prompts), q.top_k, q.use_chat_template, q.max_new_tokens_cap)
 
 
-def fp16_prompt_stage(ctx: PassContext, model: str, loaded: LoadedModel) -> PromptResults:
+def fp16_prompt_stage(run: PassContext, model: str, loaded: LoadedModel) -> PromptResults:
     """Reuse a valid cached FP16 reference or generate it; then the noise floor: FP16 against
     itself, scored with another batch composition; stores the prompt summary."""
-    q, prompts, store = ctx.settings.prompts, ctx.inputs.prompts(), ctx.references
-    method, settings = _texts(ctx, model)
+    q, prompts, store = run.settings.prompts, run.prompt_suite.prompts(), run.references
+    method, settings = _texts(run, model)
     reference, reason = store.cached_prompt_reference(model)
     if reference is None:
         log.warning("generating the FP16 prompt reference of %s: %s", model, reason)
         key, n = store.prompt_key(model), len(prompts)
-        with ctx.stage(
+        with run.stage(
             "FP16 prompt reference (generation)", "generation", shown=True, total=n, unit="prompts"
         ) as advance:
             prompt_ids, responses = reference_responses(
-                loaded.model, loaded.tokenizer, prompts, key, q.gen_batch_size, advance, ctx.budget, ctx.batches
+                loaded.model, loaded.tokenizer, prompts, key, q.gen_batch_size, advance, run.budget, run.batches
             )
-        with ctx.stage("FP16 prompt reference (scoring)", "scoring", shown=True, total=n, unit="prompts") as advance:
+        with run.stage("FP16 prompt reference (scoring)", "scoring", shown=True, total=n, unit="prompts") as advance:
             reference = reference_hidden_states(
                 loaded.model,
                 loaded.tokenizer,
@@ -70,64 +70,67 @@ def fp16_prompt_stage(ctx: PassContext, model: str, loaded: LoadedModel) -> Prom
                 prompt_ids,
                 responses,
                 q.score_batch_size,
-                ctx.budget,
-                ctx.batches,
+                run.budget,
+                run.batches,
                 advance,
             )
-        with ctx.stage("FP16 prompt reference (store)", "references", shown=True):
+        with run.stage("FP16 prompt reference (store)", "references", shown=True):
             store.save_prompt_reference(reference)
     # The noise floor scores FP16 again in other batches: a quarter of the reference's batch (other
     # shapes and neighbours for every prompt, at a quarter of one-per-pass's forward passes), or
     # batches of four when the reference ran one prompt per pass (memory permitting).
-    used = ctx.batches.used.get("reference scoring", q.score_batch_size)
+    used = run.batches.used.get("reference scoring", q.score_batch_size)
     other = max(1, used // 4) if used > 1 else 4
     # FP16 against itself: its own head, no second copy on the device.
-    with ctx.stage("noise floor", "scoring", shown=True, total=len(prompts), unit="prompts") as advance:
+    with run.stage("noise floor", "scoring", shown=True, total=len(prompts), unit="prompts") as advance:
         scores = score_against_reference(
             loaded.model,
             loaded.tokenizer,
             replace(reference, head=ReferenceHead.live(loaded.model)),
             other,
-            ctx.budget,
-            ctx.batches,
+            run.budget,
+            run.batches,
             "noise floor",
             advance,
         )
-    with ctx.stage("statistics", "statistics"):
+    with run.stage("statistics", "statistics"):
         records = per_prompt_records(prompts, reference, scores, reference.response_ids, loaded.tokenizer)
-        kl = kl_section(
+        section = kl_section(
             records,
             q.top_k,
             method + f" Here: FP16 against itself, batch size {other} instead of {used} (the noise floor).",
             settings,
         )
-        noise = {k: kl[k] for k in ("mean", "max", "p99", "ci95")}
+        kl = from_json_object(PromptKL, section, "kl_divergence")
+        noise = NoiseFloor(mean=kl.mean, max=kl.max, p99=kl.p99, ci95=kl.ci95)
         responses_text = {
             p.id: loaded.tokenizer.decode(r, skip_special_tokens=True) for p, r in zip(prompts, reference.response_ids)
         }
-        flips = flip_summary(records)
-    with ctx.stage("prompt summary (store)", "references"):
+        flips = from_json_object(Flips, flip_summary(records), "flips")
+    with run.stage("prompt summary (store)", "references"):
         store.save_prompt_summary(model, responses_text, noise)
     return kl, flips, noise
 
 
 def variant_prompt_stage(
-    ctx: PassContext, model: str, var: Variant, loaded: LoadedModel, refs: References, batching: Batching
+    run: PassContext, model: str, variant: Variant, loaded: LoadedModel, refs: References, batching: Batching
 ) -> PromptResults:
     """Score the variant against the FP16 reference, generate its own responses, count flips."""
-    q, prompts, reference = ctx.settings.prompts, ctx.inputs.prompts(), refs.prompts
-    method, settings = _texts(ctx, model)
-    with ctx.stage("prompt scoring", "scoring", shown=True, total=len(prompts), unit="prompts") as advance:
+    q, prompts, reference = run.settings.prompts, run.prompt_suite.prompts(), refs.prompts
+    if reference is None:
+        raise RuntimeError(f"{model} {variant.key}: the FP16 prompt reference was not loaded (prompts skipped?)")
+    method, settings = _texts(run, model)
+    with run.stage("prompt scoring", "scoring", shown=True, total=len(prompts), unit="prompts") as advance:
         scores = score_against_reference(
             loaded.model,
             loaded.tokenizer,
             reference,
             batching.prompt_scoring_per_pass,
-            ctx.budget,
-            ctx.batches,
+            run.budget,
+            run.batches,
             progress=advance,
         )
-    with ctx.stage("generation", "generation", shown=True, total=len(prompts), unit="prompts") as advance:
+    with run.stage("generation", "generation", shown=True, total=len(prompts), unit="prompts") as advance:
         responses = generate_responses(
             loaded.model,
             loaded.tokenizer,
@@ -135,53 +138,70 @@ def variant_prompt_stage(
             reference,
             q.gen_batch_size,
             advance,
-            budget=ctx.budget,
-            log=ctx.batches,
+            budget=run.budget,
+            log=run.batches,
         )
-    with ctx.stage("statistics", "statistics"):
+    with run.stage("statistics", "statistics"):
         records = per_prompt_records(prompts, reference, scores, responses, loaded.tokenizer)
-        flips = flip_summary(records)
+        flips = from_json_object(Flips, flip_summary(records), "flips")
     # Generation can move with the batch even when scoring does not: LLM.int8 turns the float noise
     # of other padding into other tokens now and then (models/int8_per_sequence.amplifies_float_noise).
-    if not var.batch_invariant or loaded.per_sequence_int8_layers:
+    if not variant.batch_invariant or loaded.per_sequence_int8_layers:
         chosen = _rerun(records)
-        with ctx.stage(
+        with run.stage(
             "generation (other batch composition)", "generation", shown=True, total=len(chosen), unit="prompts"
         ) as advance:
-            flips["batch_sensitivity"] = _batch_sensitivity(ctx, loaded, reference, records, chosen, advance)
-    with ctx.stage("statistics", "statistics"):
-        kl = kl_section(records, q.top_k, method, settings)
+            again = _generate_again(run, loaded, reference, chosen, advance)
+            moved = per_prompt_records(
+                again.prompts, again.reference, [NO_SCORE] * len(chosen), again.responses, loaded.tokenizer
+            )
+            before = [records[i] for i in chosen]
+            summary = batch_sensitivity(before, moved, again.batch, again.shift, _which(chosen, records))
+            flips.batch_sensitivity = from_json_object(BatchSensitivity, summary, "flips.batch_sensitivity")
+    with run.stage("statistics", "statistics"):
+        kl = from_json_object(PromptKL, kl_section(records, q.top_k, method, settings), "kl_divergence")
     return kl, flips, refs.noise_floor
 
 
-def _rerun(records: list[dict[str, Any]]) -> list[int]:
+def _rerun(records: Sequence[Mapping[str, object]]) -> list[int]:
     """The prompts generated again: those with a checkable answer (every prompt if none has one)."""
     return [i for i, r in enumerate(records) if r["flip"] is not None] or list(range(len(records)))
 
 
-def _batch_sensitivity(
-    ctx: PassContext,
-    loaded: LoadedModel,
-    reference: PromptReference,
-    records: list[dict[str, Any]],
-    chosen: list[int],
-    advance: Callable[[int], None],
-) -> dict[str, Any]:
-    """Generate the ``chosen`` prompts (:func:`_rerun`) again, without the others and with every
-    batch boundary moved by half a batch: other neighbours for each, at a fraction of a second full
-    generation (the long free-text prompts are not rerun), and verdicts, the thing flips count, are
-    what it checks."""
-    batch, prompts = ctx.batches.used.get("generation", ctx.settings.prompts.gen_batch_size), ctx.inputs.prompts()
-    which = (
+def _which(chosen: list[int], records: Sequence[object]) -> str:
+    """Which prompts :func:`_rerun` chose, for the batch sensitivity's method text."""
+    return (
         f"the {len(chosen)} prompts with a checkable answer"
         if len(chosen) < len(records)
         else f"all {len(chosen)} prompts"
     )
+
+
+@dataclass
+class _GeneratedAgain:
+    prompts: list[Prompt]  # the chosen prompts
+    reference: PromptReference  # their FP16 reference
+    responses: list[list[int]]  # the variant's responses, generated again
+    batch: int
+    shift: int
+
+
+def _generate_again(
+    run: PassContext,
+    loaded: LoadedModel,
+    reference: PromptReference,
+    chosen: list[int],
+    advance: Callable[[int], None],
+) -> _GeneratedAgain:
+    """Generate the ``chosen`` prompts (:func:`_rerun`) again, without the others and with every
+    batch boundary moved by half a batch: other neighbours for each, at a fraction of a second full
+    generation (the long free-text prompts are not rerun); their verdicts, the thing flips count,
+    are what the batch sensitivity compares."""
+    batch, prompts = run.batches.used.get("generation", run.settings.prompts.gen_batch_size), run.prompt_suite.prompts()
     subset = reference.subset(chosen)
     picked = [prompts[i] for i in chosen]
     shift = max(1, min(batch, len(chosen)) // 2)
     again = generate_responses(
-        loaded.model, loaded.tokenizer, picked, subset, batch, advance, shift=shift, budget=ctx.budget, log=BatchLog()
+        loaded.model, loaded.tokenizer, picked, subset, batch, advance, shift=shift, budget=run.budget, log=BatchLog()
     )
-    moved = per_prompt_records(picked, subset, [NO_SCORE] * len(chosen), again, loaded.tokenizer)
-    return batch_sensitivity([records[i] for i in chosen], moved, batch, shift, which)
+    return _GeneratedAgain(picked, subset, again, batch, shift)

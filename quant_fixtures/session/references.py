@@ -9,11 +9,14 @@ all of them; if one is missing or stale, the FP16 pass runs first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from quant_fixtures.metrics.divergence import METRICS_VERSION
-from quant_fixtures.session.inputs import RunInputs
+from quant_fixtures.report.schema import NoiseFloor, SchemaError, from_json_object
+from quant_fixtures.session.corpus_plans import CorpusPlans
+from quant_fixtures.session.inputs import CorpusText, PromptSuite, RunEnvironment
+from quant_fixtures.session.model_facts import ModelFacts
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.atomic import file_lock
 from quant_fixtures.store.baseline import Baseline, BaselineKey, load_baseline, store_baseline
@@ -21,23 +24,36 @@ from quant_fixtures.store.corpus_reference import corpus_reference_path, load_co
 from quant_fixtures.store.prompt_reference import PromptReference, ReferenceKey, load_reference, store_reference
 from quant_fixtures.store.prompt_summary import load_prompt_summary, store_prompt_summary
 
+if TYPE_CHECKING:
+    import torch
+    from filelock import BaseFileLock
+
 
 @dataclass
 class References:
     baseline: Baseline
-    corpus: dict[str, Any] | None
-    prompts: PromptReference | None
-    noise_floor: dict[str, Any] | None
+    corpus: dict[str, torch.Tensor]  # store/corpus_reference.py
+    prompts: PromptReference | None  # None with --skip-prompts
+    noise_floor: NoiseFloor | None
 
 
 class ReferenceStore:
-    def __init__(self, inputs: RunInputs, settings: RunSettings) -> None:
-        self.inputs, self.settings = inputs, settings
+    def __init__(
+        self,
+        settings: RunSettings,
+        models: ModelFacts,
+        corpus_text: CorpusText,
+        plans: CorpusPlans,
+        prompt_suite: PromptSuite,
+        environment: RunEnvironment,
+    ) -> None:
+        self.settings, self.models, self.corpus_text, self.plans = settings, models, corpus_text, plans
+        self.prompt_suite, self.environment = prompt_suite, environment
         self._prompt_keys: dict[str, ReferenceKey] = {}
-        self._locks: dict[str, Any] = {}
+        self._locks: dict[str, BaseFileLock] = {}
         self._loaded: dict[str, References] = {}  # read and verified once (preflight, then every variant)
 
-    def lock(self, model: str) -> Any:
+    def lock(self, model: str) -> BaseFileLock:
         """Serialises FP16 passes across xdist workers: one computes, the others wait and read.
         One (reentrant) lock object per model and process."""
         if model not in self._locks:
@@ -46,32 +62,32 @@ class ReferenceStore:
 
     # -- keys -------------------------------------------------------------------------------------
     def baseline_key(self, model: str) -> BaselineKey:
-        p, load, i = self.settings.perplexity, self.settings.load, self.inputs
+        p, load, models = self.settings.perplexity, self.settings.load, self.models
         return BaselineKey(
             model=model,
-            weights_identity=i.resolved(model).identity,
-            tokenizer_sha256=i.tokenizer_sha256(model),
-            dataset_sha256=i.text().sha256,
+            weights_identity=models.resolved(model).identity,
+            tokenizer_sha256=models.tokenizer_sha256(model),
+            dataset_sha256=self.corpus_text.text().sha256,
             method=p.method,
-            ctx=i.ctx(model),
+            ctx=self.plans.ctx(model),
             stride=p.stride,
             max_tokens=p.max_tokens,
             weight_dtype=load.weight_dtype,
             compute_dtype=load.compute_dtype,
             device_type=load.device_type,
             metrics_version=METRICS_VERSION,
-            environment=i.numerics(),
+            environment=self.environment.numerics(),
         )
 
     def prompt_key(self, model: str) -> ReferenceKey:
         """Built once per model (it reads the tokenizer and hashes files)."""
         if model not in self._prompt_keys:
-            q, load, i = self.settings.prompts, self.settings.load, self.inputs
+            q, load, models = self.settings.prompts, self.settings.load, self.models
             self._prompt_keys[model] = ReferenceKey(
                 model=model,
-                weights_identity=i.resolved(model).identity,
-                tokenizer_sha256=i.tokenizer_sha256(model),
-                prompts_sha256=i.prompts_sha256(),
+                weights_identity=models.resolved(model).identity,
+                tokenizer_sha256=models.tokenizer_sha256(model),
+                prompts_sha256=self.prompt_suite.sha256(),
                 categories=q.categories,
                 use_chat_template=q.use_chat_template,
                 max_new_tokens_cap=q.max_new_tokens_cap,
@@ -80,7 +96,7 @@ class ReferenceStore:
                 compute_dtype=load.compute_dtype,
                 device_type=load.device_type,
                 metrics_version=METRICS_VERSION,
-                environment=i.numerics(),
+                environment=self.environment.numerics(),
             )
         return self._prompt_keys[model]
 
@@ -121,17 +137,20 @@ class ReferenceStore:
             summary, reason = load_prompt_summary(paths.baselines_dir, pkey)
             if summary is None:  # corrupt or stale: the FP16 pass rebuilds it (the noise floor with it)
                 return None, reason
-            noise = summary["noise_floor"]
+            try:
+                noise = from_json_object(NoiseFloor, summary["noise_floor"], "noise_floor")
+            except SchemaError as exc:  # likewise
+                return None, f"FP16 prompt summary of {model}: {exc}"
         return References(baseline, corpus, prompts, noise), "ok"
 
     def cached_prompt_reference(self, model: str) -> tuple[PromptReference | None, str]:
         return load_reference(self.settings.paths.cache_dir, self.prompt_key(model))
 
     # -- writing (the FP16 pass) ------------------------------------------------------------------
-    def save_perplexity(self, baseline: Baseline, corpus: dict[str, Any]) -> None:
+    def save_perplexity(self, baseline: Baseline, corpus: dict[str, torch.Tensor]) -> None:
         self._loaded.pop(baseline.key.model, None)
         paths = self.settings.paths
-        store_baseline(paths.baselines_dir, baseline, self.inputs.environment())
+        store_baseline(paths.baselines_dir, baseline, self.environment.fingerprint())
         digest = baseline.key.digest()
         store_corpus_reference(corpus_reference_path(paths.cache_dir, digest), corpus, digest)
 
@@ -139,8 +158,12 @@ class ReferenceStore:
         self._loaded.pop(reference.key.model, None)
         store_reference(self.settings.paths.cache_dir, reference)
 
-    def save_prompt_summary(self, model: str, responses: dict[str, str], noise_floor: dict[str, Any]) -> None:
+    def save_prompt_summary(self, model: str, responses: dict[str, str], noise_floor: NoiseFloor) -> None:
         self._loaded.pop(model, None)
         store_prompt_summary(
-            self.settings.paths.baselines_dir, self.prompt_key(model), responses, noise_floor, self.inputs.environment()
+            self.settings.paths.baselines_dir,
+            self.prompt_key(model),
+            responses,
+            asdict(noise_floor),
+            self.environment.fingerprint(),
         )

@@ -13,7 +13,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from filelock import BaseFileLock
 
 
 @contextmanager
@@ -57,12 +61,12 @@ def write_text_atomic(path: Path, text: str) -> None:
             os.fsync(fh.fileno())
 
 
-def write_json_atomic(path: Path, document: Any) -> None:
+def write_json_atomic(path: Path, document: object) -> None:
     """JSON (indented, NaN refused: it is not JSON) written atomically."""
     write_text_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
 
 
-def save_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """safetensors file with ``metadata`` plus a digest of the tensors (checked by load_tensors)."""
     from safetensors.torch import save_file
 
@@ -73,7 +77,7 @@ def save_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) 
         save_file(tensors, str(tmp), metadata={**metadata, "tensors_sha256": tensors_digest(tensors)})
 
 
-def load_tensors(path: Path) -> tuple[dict[str, Any] | None, dict[str, str], str]:
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor] | None, dict[str, str], str]:
     """(tensors, metadata, "ok"), or (None, metadata, why not) for a missing, unreadable or
     corrupt file (its tensors no longer match the digest written with them)."""
     from safetensors import safe_open
@@ -93,7 +97,7 @@ def load_tensors(path: Path) -> tuple[dict[str, Any] | None, dict[str, str], str
     return tensors, meta, "ok"
 
 
-def file_lock(path: Path, timeout: float = -1) -> Any:
+def file_lock(path: Path, timeout: float = -1) -> BaseFileLock:
     """An inter-process lock file (filelock); waits until the holder releases it."""
     from filelock import FileLock
 

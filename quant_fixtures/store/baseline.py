@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.store.keys import StoreKey
-from quant_fixtures.store.records import read_record, write_record
+from quant_fixtures.store.records import integers, numbers, read_record, write_record
 
 BASELINE_SCHEMA = 1
 
@@ -40,7 +41,7 @@ class BaselineKey(StoreKey):
     compute_dtype: str
     device_type: str
     metrics_version: int
-    environment: dict[str, Any]  # library versions and the kernels' device/ISA
+    environment: JsonObject  # library versions and the kernels' device/ISA
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def baseline_path(directory: Path, key: BaselineKey) -> Path:
 BODY_FIELDS = ("ppl", "window_nll", "window_tokens", "footprint_bytes")
 
 
-def store_baseline(directory: Path, baseline: Baseline, environment: dict[str, Any] | None = None) -> Path:
+def store_baseline(directory: Path, baseline: Baseline, environment: Mapping[str, object] | None = None) -> Path:
     """Write the baseline; ``environment`` (where it was measured) is recorded beside it."""
     path = baseline_path(directory, baseline.key)
     body = {
@@ -85,9 +86,18 @@ def load_baseline(directory: Path, key: BaselineKey) -> tuple[Baseline | None, s
     body, reason = read_record(path, BASELINE_SCHEMA, key.as_dict(), BODY_FIELDS, "baseline")
     if body is None:
         return None, reason
-    if len(body["window_nll"]) != len(body["window_tokens"]):
+    ppl, footprint = body["ppl"], body["footprint_bytes"]
+    window_nll, window_tokens = numbers(body["window_nll"]), integers(body["window_tokens"])
+    if (
+        not isinstance(ppl, (int, float))
+        or not isinstance(footprint, int)
+        or window_nll is None
+        or window_tokens is None
+    ):
+        return None, f"{path}: a field of the wrong type (ppl, footprint_bytes: numbers; window arrays: lists of them)"
+    if len(window_nll) != len(window_tokens):
         return None, f"{path}: window arrays differ in length"
-    return Baseline(key=key, **body), "ok"
+    return Baseline(key, ppl, window_nll, window_tokens, footprint), "ok"
 
 
 def _nearest_difference(directory: Path, key: BaselineKey) -> str:

@@ -6,9 +6,12 @@ baseline's key digest."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from quant_fixtures.store.atomic import load_tensors, save_tensors
+
+if TYPE_CHECKING:
+    import torch
 
 REQUIRED = {"hidden", "head_weight", "noise_kl"}  # noise_kl: FP16 against itself (session/passes.py)
 OPTIONAL = {"head_bias", "head_softcap"}
@@ -18,11 +21,11 @@ def corpus_reference_path(cache_dir: Path, baseline_digest: str) -> Path:
     return Path(cache_dir) / "corpus_reference" / f"{baseline_digest[:16]}-hidden.safetensors"
 
 
-def store_corpus_reference(path: Path, tensors: dict[str, Any], baseline_digest: str) -> None:
+def store_corpus_reference(path: Path, tensors: dict[str, torch.Tensor], baseline_digest: str) -> None:
     save_tensors(path, tensors, {"baseline_key_sha256": baseline_digest})
 
 
-def load_corpus_reference(path: Path, baseline_digest: str, positions: int) -> dict[str, Any] | None:
+def load_corpus_reference(path: Path, baseline_digest: str, positions: int) -> dict[str, torch.Tensor] | None:
     """The stored hidden states and head if they belong to this baseline and are intact, else None."""
     tensors, meta, _ = load_tensors(path)
     if tensors is None or meta.get("baseline_key_sha256") != baseline_digest:

@@ -10,9 +10,12 @@ read, with the tensors' own digest: a stale or damaged file is tokenized again, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from quant_fixtures.store.atomic import load_tensors, save_tensors
+
+if TYPE_CHECKING:
+    import torch
 
 
 def corpus_tokens_path(cache_dir: Path, tokenizer_sha256: str, text_sha256: str, kind: str) -> Path:
@@ -21,7 +24,7 @@ def corpus_tokens_path(cache_dir: Path, tokenizer_sha256: str, text_sha256: str,
 
 def load_corpus_tokens(
     cache_dir: Path, tokenizer_sha256: str, text_sha256: str, kind: str, names: tuple[str, ...]
-) -> tuple[dict[str, Any] | None, str]:
+) -> tuple[dict[str, torch.Tensor] | None, str]:
     """(the 1-D tensors ``names``, "ok") or (None, why the cached file cannot be used)."""
     path = corpus_tokens_path(cache_dir, tokenizer_sha256, text_sha256, kind)
     tensors, meta, status = load_tensors(path)
@@ -39,7 +42,7 @@ def load_corpus_tokens(
 
 
 def save_corpus_tokens(
-    cache_dir: Path, tokenizer_sha256: str, text_sha256: str, kind: str, tensors: dict[str, Any]
+    cache_dir: Path, tokenizer_sha256: str, text_sha256: str, kind: str, tensors: dict[str, torch.Tensor]
 ) -> None:
     save_tensors(
         corpus_tokens_path(cache_dir, tokenizer_sha256, text_sha256, kind),

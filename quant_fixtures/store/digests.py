@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from _typeshed import DataclassInstance
 
 
-def settings_digest(key: Any) -> str:
+def settings_digest(key: DataclassInstance) -> str:
     """sha256 of a dataclass of settings, field order independent."""
     return hashlib.sha256(json.dumps(asdict(key), sort_keys=True).encode()).hexdigest()
 
@@ -57,7 +62,7 @@ def sha256_blocks(path: Path, workers: int | None = None) -> str:
         return hashlib.sha256(b"".join(blocks)).hexdigest()
 
 
-def tensors_digest(tensors: dict[str, Any]) -> str:
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 over names, dtypes, shapes and bytes of CPU tensors."""
     digest = hashlib.sha256()
     for name in sorted(tensors):

@@ -7,8 +7,8 @@ content verifies; ``digest`` names files, ``as_dict`` is what is stored and comp
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.store.digests import settings_digest
 
 
@@ -18,5 +18,5 @@ class StoreKey:
         """sha256 of the key's fields, order independent."""
         return settings_digest(self)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return asdict(self)

@@ -12,13 +12,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.store.atomic import load_tensors, save_tensors
 from quant_fixtures.store.keys import StoreKey
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 REFERENCE_FORMAT = 2  # 2: hidden states + output head (1 kept top-k log-probs)
 
@@ -37,7 +41,7 @@ class ReferenceKey(StoreKey):
     compute_dtype: str
     device_type: str
     metrics_version: int
-    environment: dict[str, Any]  # library versions and the kernels' device/ISA
+    environment: JsonObject  # library versions and the kernels' device/ISA
 
 
 @dataclass
@@ -51,7 +55,7 @@ class PromptReference:
     hidden: list[torch.Tensor]
     head: ReferenceHead
 
-    def logits(self, i: int, device: Any) -> torch.Tensor:
+    def logits(self, i: int, device: torch.device | str) -> torch.Tensor:
         """The FP16 logits [R, V] of prompt ``i``'s response positions, rebuilt on ``device``."""
         return self.head.logits(self.hidden[i].to(device))
 
@@ -127,7 +131,7 @@ def load_reference(cache_dir: Path, key: ReferenceKey) -> tuple[PromptReference 
     ), "ok"
 
 
-def tokenizer_sha256(tokenizer: Any) -> str:
+def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
     """A digest of everything that decides how the tokenizer turns text into ids: for a fast
     tokenizer its whole serialization (normalizer, pre-tokenizer, model and merges, added tokens,
     post-processor), else the vocabulary; plus special tokens, BOS/EOS settings and chat template."""

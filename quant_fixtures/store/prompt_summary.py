@@ -3,9 +3,10 @@ the FP16 responses and the noise floor, keyed and checksummed like a baseline.""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.store.prompt_reference import ReferenceKey
 from quant_fixtures.store.records import read_record, write_record
 
@@ -21,8 +22,8 @@ def store_prompt_summary(
     baselines_dir: Path,
     key: ReferenceKey,
     responses: dict[str, str],
-    noise_floor: dict[str, Any],
-    environment: dict[str, Any],
+    noise_floor: Mapping[str, object],
+    environment: Mapping[str, object],
 ) -> None:
     write_record(
         prompt_summary_path(baselines_dir, key),
@@ -34,7 +35,7 @@ def store_prompt_summary(
     )
 
 
-def load_prompt_summary(baselines_dir: Path, key: ReferenceKey) -> tuple[dict[str, Any] | None, str]:
+def load_prompt_summary(baselines_dir: Path, key: ReferenceKey) -> tuple[JsonObject | None, str]:
     """{"noise_floor", "responses"} of the stored summary, or None and why it cannot be used."""
     return read_record(
         prompt_summary_path(baselines_dir, key), PROMPT_SUMMARY_SCHEMA, key.as_dict(), FIELDS, "FP16 prompt summary"

@@ -9,26 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from quant_fixtures.json_types import JsonObject, JsonValue
 from quant_fixtures.store.atomic import write_json_atomic
 
 RECORDED = "environment"  # informative: where the record was made; outside the key and the checksum
 _NOT_CONTENT = {"schema_version", "key_sha256", "checksum", RECORDED}
 
 
-def content_checksum(body: dict[str, Any]) -> str:
+def content_checksum(body: Mapping[str, object]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def write_record(
     path: Path,
     schema: int,
-    key: dict[str, Any],
+    key: JsonObject,
     key_sha256: str,
-    body: dict[str, Any],
-    environment: dict[str, Any] | None = None,
+    body: Mapping[str, object],
+    environment: Mapping[str, object] | None = None,
 ) -> None:
     """The checksum covers the key and every body field; the environment is recorded beside them."""
     content = {"key": key, **body}
@@ -45,8 +46,8 @@ def write_record(
 
 
 def read_record(
-    path: Path, schema: int, key: dict[str, Any], fields: tuple[str, ...], what: str
-) -> tuple[dict[str, Any] | None, str]:
+    path: Path, schema: int, key: JsonObject, fields: tuple[str, ...], what: str
+) -> tuple[JsonObject | None, str]:
     """The record's body fields, or None and why it cannot be used (``what`` names it)."""
     path = Path(path)
     key = json.loads(json.dumps(key))  # as stored: tuples become lists
@@ -70,7 +71,7 @@ def read_record(
     return {k: content[k] for k in fields}, "ok"
 
 
-def key_difference(stored: Any, wanted: dict[str, Any]) -> str:
+def key_difference(stored: object, wanted: JsonObject) -> str:
     """The fields that differ, by name; a nested table (the environment) also says how."""
     if not isinstance(stored, dict):
         return "the whole key"
@@ -87,3 +88,19 @@ def key_difference(stored: Any, wanted: dict[str, Any]) -> str:
         else:
             parts.append(name)
     return ", ".join(parts)
+
+
+def numbers(value: JsonValue) -> list[float] | None:
+    """A stored list of numbers as it is, or None when it is not one."""
+    if not isinstance(value, list):
+        return None
+    found = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return found if len(found) == len(value) else None
+
+
+def integers(value: JsonValue) -> list[int] | None:
+    """A stored list of integers as it is, or None when it is not one."""
+    if not isinstance(value, list):
+        return None
+    found = [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    return found if len(found) == len(value) else None

@@ -13,7 +13,15 @@ from quant_fixtures.metrics.corpus_stats import corpus_comparison
 from quant_fixtures.metrics.prompt_summary import batch_sensitivity, flip_summary, kl_section
 from quant_fixtures.report.build import Measurements, evaluation_document
 from quant_fixtures.report.comparison import comparison_document
-from quant_fixtures.report.schema import Batching, to_json_object
+from quant_fixtures.report.schema import (
+    Batching,
+    CorpusKL,
+    Flips,
+    NoiseFloor,
+    PromptKL,
+    from_json_object,
+    to_json_object,
+)
 from quant_fixtures.report.snapshot import harm_summary
 from quant_fixtures.settings import GatePolicy, PerplexityProtocol
 from quant_fixtures.store.baseline import Baseline, BaselineKey
@@ -125,34 +133,34 @@ def _kl(records: list[dict[str, Any]], text: str) -> dict[str, Any]:
 
 
 def _measurements(
-    variant: str, nll: list[float], footprint: int, records: list[dict[str, Any]] | None, baseline: Baseline
+    variant_key: str, nll: list[float], footprint: int, records: list[dict[str, Any]] | None, baseline: Baseline
 ) -> Measurements:
-    var = VARIANTS[variant]
-    qconfig = None if var.is_baseline else {"quant_method": "bitsandbytes", f"load_in_{variant}": True}
+    variant = VARIANTS[variant_key]
+    qconfig = None if variant.is_baseline else {"quant_method": "bitsandbytes", f"load_in_{variant_key}": True}
     loaded = SimpleNamespace(
         footprint_bytes=footprint,
         quantization_config=qconfig,
         weight_dtype="float16",
         compute_dtype="float32",
-        quant_state_bytes=0 if var.is_baseline else 1_250_000,
+        quant_state_bytes=0 if variant.is_baseline else 1_250_000,
         load_seconds=1.5,
         footprint_method="parameters and buffers as held",
     )
     kl = flips = corpus = None
     if records is not None:
-        kl = _kl(records, "FP16 against itself" if var.is_baseline else variant)
+        kl = _kl(records, "FP16 against itself" if variant.is_baseline else variant_key)
         flips = flip_summary(records)
-    if variant == "int8":
+    if variant_key == "int8":
         again = [dict(r, response="moved", correct=r["correct"]) for r in records]
         flips["batch_sensitivity"] = batch_sensitivity(records, again, 48, 24)
-    if not var.is_baseline:
-        noise = np.full(511, 2e-7)
-        noise[::100] = 5e-7
-        corpus = corpus_comparison(_corpus_positions(2.0 if variant == "nf4" else 1.0), WINDOW_TOKENS, noise)
+    if not variant.is_baseline:
+        noise_kl = np.full(511, 2e-7)
+        noise_kl[::100] = 5e-7
+        corpus = corpus_comparison(_corpus_positions(2.0 if variant_key == "nf4" else 1.0), WINDOW_TOKENS, noise_kl)
     noise = {"mean": 1e-7, "max": 4e-7, "p99": 3.5e-7, "ci95": [5e-8, 1.5e-7]}
     return Measurements(
         model="tiny",
-        variant=var,
+        variant=variant,
         loaded=loaded,
         source="org/tiny@main",
         note="random weights",
@@ -168,26 +176,26 @@ def _measurements(
         peak_gb=None,
         dataset_source="vendored",
         dataset_sha256="696cca6b",
-        corpus_kl=corpus,
-        kl=kl,
-        flips=flips,
-        noise_floor=noise,
+        corpus_kl=from_json_object(CorpusKL, corpus, "corpus_kl") if corpus is not None else None,
+        kl=from_json_object(PromptKL, kl, "kl_divergence") if kl is not None else None,
+        flips=from_json_object(Flips, flips, "flips") if flips is not None else None,
+        noise_floor=from_json_object(NoiseFloor, noise, "noise_floor"),
         prompt_seconds=3.0,
         batching=Batching(
-            perplexity_windows_per_pass=1 if variant == "int8" else 2,
-            prompt_scoring_per_pass=1 if variant == "int8" else 16,
+            perplexity_windows_per_pass=1 if variant_key == "int8" else 2,
+            prompt_scoring_per_pass=1 if variant_key == "int8" else 16,
             generation_batch=48,
-            batch_invariant=variant != "int8",
+            batch_invariant=variant_key != "int8",
             requested={
-                "perplexity": 1 if variant == "int8" else 8,
-                "scoring": 1 if variant == "int8" else 16,
+                "perplexity": 1 if variant_key == "int8" else 8,
+                "scoring": 1 if variant_key == "int8" else 16,
                 "generation": 48,
             },
             memory_limit_gb=15.0,
             notes=[]
-            if variant == "int8"
+            if variant_key == "int8"
             else ["perplexity: 2 windows per pass, not 8: one needs 0.50 GiB and 1.20 GiB is free"],
-            generation_method="eager" if variant == "int8" else "cuda graph",
+            generation_method="eager" if variant_key == "int8" else "cuda graph",
         ),
         environment=ENVIRONMENT,
         keys={"baseline_sha256": "b" * 64, "reference_sha256": "r" * 64},
@@ -232,8 +240,8 @@ def golden_evaluations(int8_nll_scale: float = 1.01) -> dict[str, Any]:
         "nf4": _measurements("nf4", [n * 1.04 for n in FP16_NLL], 108_000_000, _records(2.5), baseline),
     }
     return {
-        v: evaluation_document(m, protocol, GatePolicy(), "golden-run", limits.get(v, {}), ungated.get(v))
-        for v, m in cases.items()
+        key: evaluation_document(m, protocol, GatePolicy(), "golden-run", limits.get(key, {}), ungated.get(key))
+        for key, m in cases.items()
     }
 
 

@@ -66,8 +66,12 @@ def _context(events: list[StageEvent]) -> PassContext:
     # Only the budget is used by a stage (it synchronises the device).
     return PassContext(
         settings=None,
-        inputs=None,
-        references=None,  # type: ignore[arg-type]
+        models=None,
+        corpus_text=None,
+        plans=None,
+        prompt_suite=None,
+        environment=None,
+        references=None,
         budget=MemoryBudget("cpu"),
         pair="tiny nf4",
         progress=events.append,
@@ -76,10 +80,10 @@ def _context(events: list[StageEvent]) -> PassContext:
 
 def test_only_shown_stages_of_a_pass_reach_the_sink():
     events: list[StageEvent] = []
-    ctx = _context(events)
-    with ctx.stage("statistics", "statistics") as advance:
+    run = _context(events)
+    with run.stage("statistics", "statistics") as advance:
         advance(1)  # a stage that is not shown still yields a callable
-    with ctx.stage("perplexity", "perplexity", shown=True, total=2, unit="windows") as advance:
+    with run.stage("perplexity", "perplexity", shown=True, total=2, unit="windows") as advance:
         advance(2)
     assert [(e.stage, e.phase, e.done) for e in events] == [
         ("perplexity", "start", 0),
@@ -87,16 +91,16 @@ def test_only_shown_stages_of_a_pass_reach_the_sink():
         ("perplexity", "end", 2),
     ]
     assert all(e.pair == "tiny nf4" for e in events)
-    assert ctx.seconds["perplexity"] > 0
+    assert run.seconds["perplexity"] > 0
 
 
 def test_a_failed_pass_stage_is_told_and_still_named():
     events: list[StageEvent] = []
-    ctx = _context(events)
+    run = _context(events)
     with pytest.raises(RuntimeError):
-        with ctx.stage("generation", "generation", shown=True, total=8, unit="prompts"):
+        with run.stage("generation", "generation", shown=True, total=8, unit="prompts"):
             raise RuntimeError("out of memory")
-    assert [e.phase for e in events] == ["start", "failed"] and ctx.failed_stage == "generation"
+    assert [e.phase for e in events] == ["start", "failed"] and run.failed_stage == "generation"
 
 
 # -- the terminal sink --------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""The corpus plan of each model: the WikiText-2 token ids as the perplexity protocol reads them
+(tokenized in a background thread while the model loads, cached on disk per tokenizer) and the
+windows the protocol scores over them, with the window length each model gets."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from quant_fixtures.inputs.corpus_protocols import (
+    LLAMA_CPP_DEFAULT_CTX,
+    CorpusPlan,
+    adds_bos,
+    document_tokens,
+    documents_plan,
+    joined_plan,
+    joined_tokens,
+    lm_eval_max_length,
+    prefix_token,
+)
+from quant_fixtures.inputs.wikitext import EvalText
+from quant_fixtures.inputs.wikitext_documents import detokenize
+from quant_fixtures.session.inputs import CorpusText
+from quant_fixtures.session.model_facts import ModelFacts
+from quant_fixtures.settings import PerplexityProtocol
+
+if TYPE_CHECKING:
+    import torch
+
+Tensors = dict[str, "torch.Tensor"]
+
+
+class CorpusPlans:
+    def __init__(self, protocol: PerplexityProtocol, cache_dir: Path, corpus: CorpusText, models: ModelFacts) -> None:
+        self.protocol, self.cache_dir, self.corpus, self.models = protocol, cache_dir, corpus, models
+        self._corpus_tokens: dict[str, Future[Tensors]] = {}  # model -> its corpus tokens
+        self._tokens_by_tokenizer: dict[tuple[str, str], Tensors] = {}
+        self._plans: dict[str, CorpusPlan] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _by_document(self) -> bool:
+        """lm-eval's protocol reads WikiText-2 as documents; the others read the joined text."""
+        return self.protocol.protocol == "lm-eval"
+
+    def prefetch(self, model: str) -> None:
+        """Start tokenizing the model's corpus in a background thread (while the model loads;
+        tokenizers run in Rust without the GIL)."""
+        if model not in self._corpus_tokens:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-tokenize")
+            digest, text = self.models.tokenizer_sha256(model), self.corpus.text()  # here: memoised once, not raced
+            if self._by_document():
+                self.corpus.pages()  # likewise
+            self._corpus_tokens[model] = self._pool.submit(self._tokenized_corpus, model, digest, text)
+
+    def _tokenized_corpus(self, model: str, digest: str, text: EvalText) -> Tensors:
+        """The tokens the protocol needs, once per tokenizer, cached on disk."""
+        import torch
+
+        from quant_fixtures.store.corpus_tokens import load_corpus_tokens, save_corpus_tokens
+
+        kind, names = ("documents-v2", ("ids", "lengths")) if self._by_document() else ("joined-v2", ("ids", "ends"))
+        if (digest, kind) not in self._tokens_by_tokenizer:
+            tensors, _ = load_corpus_tokens(self.cache_dir, digest, text.sha256, kind, names)
+            if tensors is None:  # the tokenizer was loaded (for the digest) before this job was submitted
+                tokenizer = self.models.tokenizer(model)
+                if self._by_document():
+                    docs = document_tokens(tokenizer, [detokenize(p) for p in self.corpus.pages()])
+                    tensors = {
+                        "ids": torch.tensor([t for d in docs for t in d], dtype=torch.long),
+                        "lengths": torch.tensor([len(d) for d in docs], dtype=torch.long),
+                    }
+                else:
+                    ids, ends = joined_tokens(tokenizer, text.text)
+                    tensors = {"ids": ids, "ends": ends}
+                save_corpus_tokens(self.cache_dir, digest, text.sha256, kind, tensors)
+            self._tokens_by_tokenizer[(digest, kind)] = tensors
+        return self._tokens_by_tokenizer[(digest, kind)]
+
+    def plan(self, model: str) -> CorpusPlan:
+        """The token sequence and windows the protocol scores, with the bytes and words they stand for."""
+        if model not in self._plans:
+            self.prefetch(model)
+            tensors, p, ctx = self._corpus_tokens[model].result(), self.protocol, self.ctx(model)
+            tokenizer, text = self.models.tokenizer(model), self.corpus.text()
+            if self._by_document():
+                docs = list(tensors["ids"].split(tensors["lengths"].tolist()))
+                self._plans[model] = documents_plan(
+                    [d.tolist() for d in docs], self.corpus.pages(), prefix_token(tokenizer), ctx, p.max_tokens
+                )
+            else:
+                self._plans[model] = joined_plan(
+                    p.protocol,
+                    tensors["ids"],
+                    tensors["ends"],
+                    text.text,
+                    ctx,
+                    p.stride,
+                    p.max_tokens,
+                    adds_bos(tokenizer),
+                )
+        return self._plans[model]
+
+    def ctx(self, model: str) -> int:
+        """The window this model gets: --ctx or the protocol's default (llama.cpp 512, lm-eval the
+        model's maximum length as lm-eval finds it), capped at the model's maximum."""
+        p, model_config = self.protocol, self.models.model_config(model)
+        requested = p.ctx
+        if requested is None:
+            requested = (
+                LLAMA_CPP_DEFAULT_CTX
+                if p.protocol == "llama.cpp"
+                else lm_eval_max_length(model_config, self.models.tokenizer(model))
+            )
+        limit = getattr(model_config, "max_position_embeddings", None)
+        return min(requested, limit) if limit else requested
