@@ -45,7 +45,7 @@ def test_int8_keeps_every_prompt_near_fp16(quantized_eval, quant_session):
     if kl is None:
         pytest.skip("--skip-prompts: no prompt KL measured")
     model, variant = quantized_eval.model.key, quantized_eval.variant.key
-    limit = quant_session.config.gates_for(model, variant)["max_kl_mean"]
+    limit = quant_session.suite.gates_for(model, variant)["max_kl_mean"]
     assert kl.max <= 10 * limit, f"{model} {variant}: worst prompt KL {kl.max:.4f} nats, limit 10 x {limit}"
 
 

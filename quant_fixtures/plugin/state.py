@@ -22,7 +22,7 @@ def session_of(config: pytest.Config) -> EvaluationSession:
         from quant_fixtures.session.orchestrator import EvaluationSession
 
         session = EvaluationSession(config.stash[CONFIG_KEY], settings_of(config), terminal_progress(config))
-        session.inputs.use_prompts(config.stash.get(PROMPTS_KEY, None))  # validated at start-up: not parsed again
+        session.prompt_suite.use(config.stash.get(PROMPTS_KEY, None))  # validated at start-up: not parsed again
         config.stash[SESSION_KEY] = session
     return config.stash[SESSION_KEY]
 

@@ -18,5 +18,5 @@ REPRODUCTION = Path(__file__).parent / "reproduction"
 def test_harm_summary_matches_snapshot(model_documents, harm_snapshot, quant_session, pytestconfig):
     model = next(iter(model_documents.values())).model.key
     record = read_record(REPRODUCTION, model, settings_tag(quant_session.settings))
-    floors = quant_session.config.snapshot_tolerances
+    floors = quant_session.suite.snapshot_tolerances
     assert_harm_snapshot(harm_summary(model_documents, floors, record), harm_snapshot, floors, pytestconfig)

@@ -30,10 +30,10 @@ SITE = Path(os.environ["QUANT_INSTALLED_SITE"]).resolve()
 
 def test_the_shipped_inputs_come_from_the_installed_package(quant_session):
     assert Path(quant_fixtures.__file__).resolve().is_relative_to(SITE)
-    assert quant_session.config.path.resolve().is_relative_to(SITE)
+    assert quant_session.suite.path.resolve().is_relative_to(SITE)
     assert quant_session.settings.prompts.path.resolve().is_relative_to(SITE)
-    assert len(quant_session.inputs.prompts()) >= 8
-    assert quant_session.inputs.text().source == "vendored"
+    assert len(quant_session.prompt_suite.prompts()) >= 8
+    assert quant_session.corpus_text.text().source == "vendored"
 
 
 def test_perplexity_is_measured(variant_eval):
