@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.stats import ratio_bootstrap_ci
 
 PERCENTILES = (0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
@@ -52,13 +53,60 @@ def percentiles(values: np.ndarray) -> dict[str, float]:
     return {f"p{p:g}".replace(".", "_"): float(v) for p, v in zip(PERCENTILES, points)}
 
 
-def _with_unc(value: float, unc: float) -> dict[str, float]:
+class ConfidenceBucket(TypedDict):
+    fp16_top1_prob: list[float]  # [low, high) of FP16's probability of its own top token
+    positions: int
+    share: float
+    kl_mean: float | None  # None: no position in the bucket
+    kl_share: float | None
+    same_top1_rate: float | None
+
+
+class CorpusNoiseFloor(TypedDict):
+    positions: int
+    mean: float | None  # None: no finite KL
+    p99: float | None
+    max: float | None
+
+
+class ReverseKL(TypedDict):
+    mean: float
+    median: float
+    p99: float
+    max: float
+
+
+class CorpusComparison(TypedDict):
+    """The report's ``corpus_kl`` section (report/schema.CorpusKL)."""
+
+    tokens: int
+    nonfinite: int
+    mean: float
+    median: float
+    p90: float
+    p99: float
+    p99_9: float
+    max: float
+    min: float
+    same_top1_rate: float
+    ci95: list[float]
+    same_top1_rate_ci95: list[float]
+    basis: str
+    noise_floor: CorpusNoiseFloor | None
+    reverse: ReverseKL
+    topk_agreement: list[float]
+    by_confidence: list[ConfidenceBucket]
+    llama_cpp: JsonObject  # llama.cpp's tables under its names (:func:`llama_cpp_statistics`)
+    method: str
+
+
+def _with_unc(value: float, unc: float) -> JsonObject:
     return {"value": value, "uncertainty": unc}
 
 
 def llama_cpp_statistics(
     kld: np.ndarray, logq_target: np.ndarray, logp_target: np.ndarray, same_top1: np.ndarray
-) -> dict[str, Any]:
+) -> JsonObject:
     """llama.cpp's three tables: perplexity, KL divergence, token probability."""
     nll, nll_base = -logq_target, -logp_target
     ln_q, unc_q = mean_and_uncertainty(nll)
@@ -100,9 +148,9 @@ def llama_cpp_statistics(
     }
 
 
-def by_confidence(kl: np.ndarray, p_top1: np.ndarray, same_top1: np.ndarray) -> list[dict[str, Any]]:
+def by_confidence(kl: np.ndarray, p_top1: np.ndarray, same_top1: np.ndarray) -> list[ConfidenceBucket]:
     """KL and top-1 agreement per bucket of FP16's probability of its own top token."""
-    buckets = []
+    buckets: list[ConfidenceBucket] = []
     for lo, hi in zip(CONFIDENCE_EDGES[:-1], CONFIDENCE_EDGES[1:]):
         inside = (p_top1 >= lo) & ((p_top1 < hi) if hi < 1.0 else (p_top1 <= hi))
         count = int(inside.sum())
@@ -135,7 +183,7 @@ def window_cis(
     return list(ratio_bootstrap_ci(kl_sums, counts)), list(ratio_bootstrap_ci(same_sums, counts))
 
 
-def noise_floor(noise_kl: np.ndarray) -> dict[str, Any]:
+def noise_floor(noise_kl: np.ndarray) -> CorpusNoiseFloor:
     """Summary of FP16's KL against itself (another batch composition) over the first windows."""
     finite = noise_kl[np.isfinite(noise_kl)]
     if finite.size == 0:
@@ -150,7 +198,7 @@ def noise_floor(noise_kl: np.ndarray) -> dict[str, Any]:
 
 def corpus_comparison(
     positions: dict[str, np.ndarray], window_tokens: Sequence[int], noise_kl: np.ndarray | None = None
-) -> dict[str, Any]:
+) -> CorpusComparison:
     """The report's ``corpus_kl`` section from :func:`metrics.token_comparison.compare_positions`
     output over every scored position (window order)."""
     kl, reverse = positions["kl_pq"], positions["kl_qp"]
