@@ -21,7 +21,6 @@ from typing import TypedDict
 
 import numpy as np
 
-from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.stats import ratio_bootstrap_ci
 
 PERCENTILES = (0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
@@ -47,10 +46,71 @@ def covariance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum() / n - (a.sum() / n) * (b.sum() / n)) / (n - 1))
 
 
-def percentiles(values: np.ndarray) -> dict[str, float]:
+class Percentiles(TypedDict):
+    """The :data:`PERCENTILES` of a distribution, named ``p<percent>`` ("." as "_")."""
+
+    p0_1: float
+    p1: float
+    p5: float
+    p10: float
+    p25: float
+    p50: float
+    p75: float
+    p90: float
+    p95: float
+    p99: float
+    p99_9: float
+
+
+def percentiles(values: np.ndarray) -> Percentiles:
     """Linear interpolation between order statistics at fraction * (n - 1) (llama.cpp's and numpy's)."""
-    points = np.percentile(values, PERCENTILES, method="linear")
-    return {f"p{p:g}".replace(".", "_"): float(v) for p, v in zip(PERCENTILES, points)}
+    p = [float(v) for v in np.percentile(values, PERCENTILES, method="linear")]
+    return {
+        "p0_1": p[0],
+        "p1": p[1],
+        "p5": p[2],
+        "p10": p[3],
+        "p25": p[4],
+        "p50": p[5],
+        "p75": p[6],
+        "p90": p[7],
+        "p95": p[8],
+        "p99": p[9],
+        "p99_9": p[10],
+    }
+
+
+class WithUncertainty(TypedDict):
+    value: float
+    uncertainty: float
+
+
+class LlamaCppPerplexity(TypedDict):
+    ppl_q: WithUncertainty
+    ppl_base: WithUncertainty
+    cor_ln_ppl: float | None  # None: an uncertainty is 0
+    ln_ppl_ratio: WithUncertainty
+    ppl_ratio: WithUncertainty
+    ppl_diff: WithUncertainty
+
+
+class KLDistribution(Percentiles):
+    mean: WithUncertainty
+    max: float
+    min: float
+
+
+class DeltaPDistribution(KLDistribution):
+    rms: WithUncertainty
+
+
+class LlamaCppTables(TypedDict):
+    """llama-perplexity --kl-divergence's three tables, under its names."""
+
+    perplexity: LlamaCppPerplexity
+    kld: KLDistribution
+    delta_p: DeltaPDistribution
+    same_top_p: WithUncertainty
 
 
 class ConfidenceBucket(TypedDict):
@@ -96,17 +156,17 @@ class CorpusComparison(TypedDict):
     reverse: ReverseKL
     topk_agreement: list[float]
     by_confidence: list[ConfidenceBucket]
-    llama_cpp: JsonObject  # llama.cpp's tables under its names (:func:`llama_cpp_statistics`)
+    llama_cpp: LlamaCppTables
     method: str
 
 
-def _with_unc(value: float, unc: float) -> JsonObject:
+def _with_unc(value: float, unc: float) -> WithUncertainty:
     return {"value": value, "uncertainty": unc}
 
 
 def llama_cpp_statistics(
     kld: np.ndarray, logq_target: np.ndarray, logp_target: np.ndarray, same_top1: np.ndarray
-) -> JsonObject:
+) -> LlamaCppTables:
     """llama.cpp's three tables: perplexity, KL divergence, token probability."""
     nll, nll_base = -logq_target, -logp_target
     ln_q, unc_q = mean_and_uncertainty(nll)
