@@ -213,7 +213,7 @@ def release(loaded: LoadedModel | None) -> None:
     if loaded is None:
         return
     device = loaded.device
-    del loaded.model
+    vars(loaded).pop("model", None)  # the one reference to the model goes (a second release finds none)
     gc.collect()
     if device.startswith("cuda"):
         import torch
