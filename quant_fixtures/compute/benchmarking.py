@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import torch
 
 from quant_fixtures.compute.scoring import model_device
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def synchronized(fn: Callable[..., Any], model: Any) -> Callable[..., Any]:
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def synchronized(fn: Callable[P, R], model: torch.nn.Module) -> Callable[P, R]:
     """``fn`` followed by a CUDA synchronise, so a benchmark's timer sees finished GPU work."""
     device = model_device(model)
 
-    def run(*args: Any, **kwargs: Any) -> Any:
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
         result = fn(*args, **kwargs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -25,7 +31,9 @@ def synchronized(fn: Callable[..., Any], model: Any) -> Callable[..., Any]:
     return run
 
 
-def hf_guide_strided_ppl(model: Any, token_ids: torch.Tensor, max_length: int, stride: int) -> tuple[float, int]:
+def hf_guide_strided_ppl(
+    model: PreTrainedModel, token_ids: torch.Tensor, max_length: int, stride: int
+) -> tuple[float, int]:
     """The loop of the Hugging Face perplexity guide, one window at a time with ``labels=``.
 
     Weighting follows exact token counts (each window's mean loss times the targets it scores),

@@ -9,7 +9,7 @@ positions from them and compares the two distributions over the whole vocabulary
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ import torch
 from quant_fixtures.compute.scoring import ScoredChunk
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.metrics.token_comparison import compare_positions, concat_comparisons
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class HiddenRecorder:
@@ -34,7 +37,7 @@ class HiddenRecorder:
         for row, w in enumerate(chunk.windows):
             self.hidden[w].append(chunk.hidden[row][chunk.mask[row]].cpu())
 
-    def tensors(self, model: Any) -> dict[str, torch.Tensor]:
+    def tensors(self, model: PreTrainedModel) -> dict[str, torch.Tensor]:
         """What the corpus reference stores: the hidden states in window order and the output head."""
         return {"hidden": torch.cat([t for w in self.hidden for t in w]), **ReferenceHead.of(model).to_tensors()}
 

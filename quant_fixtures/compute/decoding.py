@@ -12,36 +12,40 @@ greedy search: same model calls, masks with the same allowed keys (tested agains
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from quant_fixtures.compute.grouped_attention import grouped_attention_for
-from quant_fixtures.compute.scoring import output_logits
+from quant_fixtures.compute.scoring import embedding_weight, output_logits
 from quant_fixtures.models.int8_per_sequence import real_tokens
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 EOS_CHECK_EVERY = 16  # decode steps between checks whether every row has finished (one host sync)
 
 
-def _cache_kwarg(model: Any) -> str:
+def _cache_kwarg(model: PreTrainedModel) -> str:
     """transformers renamed ``past_key_values`` to ``cache`` in 5.2x; take whichever the decoder has."""
     params = inspect.signature(model.base_model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
-def supports_static_decoding(model: Any, length: int) -> bool:
+def supports_static_decoding(model: PreTrainedModel, length: int) -> bool:
     """Whether the static path computes what ``generate`` would: a decoder that takes a cache and a
     4D mask, and no sliding window shorter than the sequence (the mask here is fully causal)."""
-    config = model.config
-    window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "use_sliding_window", True) is not False and length > window:
+    model_config = model.config
+    window = getattr(model_config, "sliding_window", None)
+    if window is not None and getattr(model_config, "use_sliding_window", True) is not False and length > window:
         return False
     params = inspect.signature(model.base_model.forward).parameters
     return ("cache" in params or "past_key_values" in params) and bool(getattr(model, "_supports_static_cache", True))
 
 
-def can_capture(model: Any) -> bool:
+def can_capture(model: torch.nn.Module) -> bool:
     """CUDA graphs need static shapes and no host sync: not LLM.int8 layers (data-dependent outliers)."""
     devices = {p.device for p in model.parameters()}
     if len(devices) != 1 or next(iter(devices)).type != "cuda":  # one graph per GPU: not for a spread model
@@ -56,7 +60,9 @@ def can_capture(model: Any) -> bool:
 class StaticGreedyBatch:
     """One batch: ``ids``/``mask`` [B, W] left-padded prompts, ``steps`` new tokens per row."""
 
-    def __init__(self, model: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos: set[int]) -> None:
+    def __init__(
+        self, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos: set[int]
+    ) -> None:
         from transformers import StaticCache
 
         self.model, self.steps, self.eos = model, steps, sorted(eos)
@@ -64,7 +70,7 @@ class StaticGreedyBatch:
         self.width, self.length = width, width + steps
         self.cache = StaticCache(config=model.config, max_cache_len=self.length)
         self.cache_kwarg = _cache_kwarg(model)
-        dtype = model.get_input_embeddings().weight.dtype
+        dtype = embedding_weight(model).dtype
         if not dtype.is_floating_point:
             dtype = torch.float16
         device = ids.device
@@ -128,7 +134,7 @@ class StaticGreedyBatch:
 
 
 def static_greedy(
-    model: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos: set[int], use_graph: bool
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos: set[int], use_graph: bool
 ) -> tuple[torch.Tensor, str]:
     """Greedy tokens [B, steps] (rows past their EOS hold what greedy search would have gone on
     with: callers cut at the first EOS) and how the steps ran ("cuda graph" or "eager")."""
@@ -157,7 +163,7 @@ def static_greedy(
     return run.out[:, :done], how
 
 
-def _on_side_stream(fn: Any) -> None:
+def _on_side_stream(fn: Callable[[], None]) -> None:
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):

@@ -8,17 +8,26 @@ and scores do not depend on which other prompts share its batch (proved in the i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from quant_fixtures.compute.decoding import can_capture, static_greedy, supports_static_decoding
 from quant_fixtures.compute.memory import BatchLog, MemoryBudget, run_batches, run_sized
-from quant_fixtures.compute.scoring import LOGPROB_ELEMENTS_PER_CHUNK, model_device, output_logits
+from quant_fixtures.compute.scoring import (
+    LOGPROB_ELEMENTS_PER_CHUNK,
+    embedding_weight,
+    head_weight,
+    model_device,
+    output_logits,
+)
 from quant_fixtures.models.int8_per_sequence import real_tokens
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-def prompt_token_ids(tokenizer: Any, text: str, use_chat_template: bool) -> list[int]:
+
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, text: str, use_chat_template: bool) -> list[int]:
     """Token ids of one user prompt: through the chat template (with the generation prompt) when
     the tokenizer has one and it is wanted, else the plain text with default special tokens."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
@@ -29,21 +38,21 @@ def prompt_token_ids(tokenizer: Any, text: str, use_chat_template: bool) -> list
     return list(tokenizer(text)["input_ids"])
 
 
-def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
     return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
 
 
-def pad_token_id(model: Any, tokenizer: Any) -> int:
+def pad_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
     for candidate in (tokenizer.pad_token_id, model.generation_config.pad_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)
     return 0
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -53,7 +62,7 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[tor
     return ids.to(device), mask.to(device)
 
 
-def _right_pad(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _right_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -83,11 +92,11 @@ def truncate_response(tokens: Sequence[int], max_new_tokens: int, eos: set[int])
     return out
 
 
-def _text_config(model: Any) -> Any:
+def _text_config(model: PreTrainedModel) -> PreTrainedConfig:
     return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
 
 
-def kv_bytes_per_token(model: Any) -> int | None:
+def kv_bytes_per_token(model: PreTrainedModel) -> int | None:
     """Bytes of keys and values one token keeps in the cache (None when the config does not say)."""
     c = _text_config(model)
     heads = getattr(c, "num_attention_heads", None)
@@ -95,27 +104,29 @@ def kv_bytes_per_token(model: Any) -> int | None:
     head_dim = getattr(c, "head_dim", None) or (c.hidden_size // heads if heads else None)
     if not (layers and kv_heads and head_dim):
         return None
-    element = model.get_input_embeddings().weight.element_size()
-    return 2 * layers * kv_heads * head_dim * element
+    element = embedding_weight(model).element_size()
+    per_token: int = 2 * layers * kv_heads * head_dim * element  # the config's sizes are untyped
+    return per_token
 
 
-def _prompt_bytes(model: Any, width: int, length: int) -> float:
+def _prompt_bytes(model: PreTrainedModel, width: int, length: int) -> float:
     """Memory one prompt of a generation batch needs: its static cache, the prefill's activations
     (hidden states and the MLP's intermediates) and its logits."""
     c = _text_config(model)
     kv = kv_bytes_per_token(model)
     if kv is None:
         return 0.0
-    element = model.get_input_embeddings().weight.element_size()
+    element = embedding_weight(model).element_size()
     hidden, inner = c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size)
     # activations at twice their count: SDPA copies of the key/value heads and the allocator's
     # slack (a 15 GiB-capped Mistral run ran out of memory at the plain estimate and retried at half)
-    return kv * length + 2 * width * (4 * hidden + 3 * inner) * element + 8 * c.vocab_size
+    need: float = kv * length + 2 * width * (4 * hidden + 3 * inner) * element + 8 * c.vocab_size
+    return need
 
 
 def greedy_generate(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: Sequence[int],
     batch_size: int,
@@ -130,6 +141,8 @@ def greedy_generate(
     then cut to its own limit and at its first EOS (greedy decoding is prefix-consistent, so
     cutting equals stopping early). Batches are as large as ``batch_size`` and the memory allow.
     """
+    from transformers import GenerationMixin
+
     device = model_device(model)
     budget = budget or MemoryBudget(str(device))
     log = log if log is not None else BatchLog()
@@ -152,8 +165,10 @@ def greedy_generate(
         if static:
             out, how = static_greedy(model, ids, mask, steps, eos, graph)
         else:
+            if not isinstance(model, GenerationMixin):
+                raise TypeError(f"{type(model).__name__} cannot generate (not a transformers GenerationMixin)")
             with real_tokens(mask):  # the prefill's padding takes no part in LLM.int8's outlier choice
-                out = model.generate(
+                generated = model.generate(
                     input_ids=ids,
                     attention_mask=mask,
                     max_new_tokens=steps,
@@ -165,7 +180,10 @@ def greedy_generate(
                     num_beams=1,
                     pad_token_id=pad,
                     eos_token_id=sorted(eos),
-                )[:, ids.shape[1] :]
+                )
+            if not isinstance(generated, torch.Tensor):  # a tensor unless a dict output is asked for
+                raise TypeError(f"generate returned {type(generated).__name__}, not the token ids")
+            out = generated[:, ids.shape[1] :]
             how = "transformers generate (dynamic cache)"
         log.generation_method = how
         rows = out.tolist()
@@ -182,7 +200,7 @@ def greedy_generate(
 
 
 def response_logits(
-    model: Any,
+    model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]],
     batch_size: int,
@@ -210,7 +228,7 @@ def response_logits(
     device = model_device(model)
     budget = budget or MemoryBudget(str(device))
     log = log if log is not None else BatchLog()
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = head_weight(model).shape[0]
     todo = [i for i in range(len(prompts)) if responses[i]]
     todo.sort(key=lambda i: (-(len(prompts[i]) + len(responses[i])), i))
 

@@ -13,22 +13,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 NAME = "quant_fixtures_grouped"
 
 
 def grouped_attention(
-    module: Any,
+    module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    **kwargs: Any,
+    **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
     """query [B, H, Q, D], key/value [B, KV, L, D], additive mask [B, 1, Q, L'] (L' >= L) ->
     ([B, Q, H, D], None), the layout transformers' attention functions return."""
@@ -57,16 +60,16 @@ def _register() -> bool:
 
 
 @contextmanager
-def grouped_attention_for(model: Any) -> Iterator[None]:
+def grouped_attention_for(model: PreTrainedModel) -> Iterator[None]:
     """Inside, the model's attention layers use :func:`grouped_attention` (they read the name from
-    the shared config on every call); the model's own implementation is restored after."""
-    config = model.config
-    previous = getattr(config, "_attn_implementation", None)
+    the shared model config on every call); the model's own implementation is restored after."""
+    model_config = model.config
+    previous = getattr(model_config, "_attn_implementation", None)
     if previous not in ("sdpa", "eager") or not _register():  # other kernels (flash...) are left alone
         yield
         return
-    config._attn_implementation = NAME
+    model_config._attn_implementation = NAME
     try:
         yield
     finally:
-        config._attn_implementation = previous
+        model_config._attn_implementation = previous

@@ -20,15 +20,21 @@ import re
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 import torch
 
+from quant_fixtures.models.placement import gpu_limit
+
 GiB = 2**30
-HEADROOM = 0.10  # share of the free memory left unplanned (allocator fragmentation, kernels' workspaces)
+# Share of the free memory a batch size leaves unplanned: the measured need of one item misses the
+# allocator's fragmentation and kernels' workspaces. (Not the placement's ACTIVATION_HEADROOM, which
+# keeps a share of the whole GPU free of weights when a model is loaded.)
+BATCH_HEADROOM = 0.10
 MIN_SCALE = 1 / 64  # the smallest share of the planned chunk sizes tried before out of memory is final
 STRICT_ENV = "QUANT_FIXTURES_STRICT_EXECUTOR"
 _STAGE: ContextVar[str | None] = ContextVar("quant_fixtures_executor_stage", default=None)
+T = TypeVar("T")
 _UNITS = {
     "": 1,
     "b": 1,
@@ -87,14 +93,12 @@ class MemoryBudget:
             torch.cuda.set_device(self.device)
         if self.cuda and self.cap_bytes is not None:
             total = torch.cuda.get_device_properties(self.device).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, self.cap_bytes / total), self.device)
+            torch.cuda.set_per_process_memory_fraction(gpu_limit(self.device, self.cap_bytes) / total, self.device)
 
     def limit(self) -> int | None:
-        """Bytes this process may hold on the device; None on the CPU (not planned)."""
-        if not self.cuda:
-            return None
-        total = torch.cuda.get_device_properties(self.device).total_memory
-        return min(total, self.cap_bytes) if self.cap_bytes is not None else total
+        """Bytes this process may hold on the device (models/placement.gpu_limit: the card, or the cap
+        where smaller); None on the CPU (not planned)."""
+        return gpu_limit(self.device, self.cap_bytes) if self.cuda else None
 
     def held(self) -> int | None:
         return torch.cuda.memory_allocated(self.device) if self.cuda else None
@@ -122,7 +126,7 @@ class MemoryBudget:
             return None
         return max(self._peak, torch.cuda.max_memory_allocated(self.device))
 
-    def probe(self, run: Callable[[], Any]) -> tuple[Any, int]:
+    def probe(self, run: Callable[[], T]) -> tuple[T, int]:
         """(result, bytes ``run`` needed above what was allocated before it)."""
         if not self.cuda:
             return run(), 0
@@ -137,7 +141,7 @@ class MemoryBudget:
         free = self.free()
         if free is None or bytes_per_item <= 0:
             return requested
-        return max(1, min(requested, int(free * (1 - HEADROOM) // bytes_per_item)))
+        return max(1, min(requested, int(free * (1 - BATCH_HEADROOM) // bytes_per_item)))
 
     def chunk_elements(self, ceiling: int, floor: int, bytes_per_element: int = 16) -> int:
         """Elements of vocabulary-wide work to materialise at once: ``ceiling`` unless a quarter of
@@ -268,7 +272,7 @@ def executing_stage() -> str | None:
     return _STAGE.get()
 
 
-def require_executor(module: Any, args: Any) -> None:
+def require_executor(module: torch.nn.Module, args: object) -> None:
     """Forward pre-hook (strict mode): a model's forward pass must run inside the executor."""
     if _STAGE.get() is None:
         raise RuntimeError(

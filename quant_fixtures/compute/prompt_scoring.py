@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,10 +19,15 @@ from quant_fixtures.compute.memory import BatchLog, MemoryBudget, comparison_sli
 from quant_fixtures.compute.scoring import model_device
 from quant_fixtures.inputs.prompts import Prompt
 from quant_fixtures.metrics.divergence import kl_topk, tail_mass, topk_reference
+from quant_fixtures.metrics.prompt_summary import PromptRecord
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.metrics.token_comparison import compare_positions, empty_comparison
 from quant_fixtures.models.int8_per_sequence import amplifies_float_noise
 from quant_fixtures.store.prompt_reference import PromptReference, ReferenceKey
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -51,8 +56,8 @@ NO_SCORE = PromptScore(empty_comparison(), np.zeros(0), np.zeros(0))  # a prompt
 
 
 def reference_responses(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
     key: ReferenceKey,
     gen_batch: int,
@@ -69,8 +74,8 @@ def reference_responses(
 
 
 def reference_hidden_states(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
     key: ReferenceKey,
     prompt_ids: list[list[int]],
@@ -84,9 +89,9 @@ def reference_hidden_states(
     import torch
 
     head = ReferenceHead.of(model)
-    hidden: list[Any] = [torch.zeros(0, head.weight.shape[1], dtype=head.weight.dtype)] * len(prompts)
+    hidden: list[torch.Tensor] = [torch.zeros(0, head.weight.shape[1], dtype=head.weight.dtype)] * len(prompts)
 
-    def keep(i: int, logits: Any, states: Any) -> None:
+    def keep(i: int, logits: torch.Tensor, states: torch.Tensor) -> None:
         hidden[i] = states.detach().to("cpu", copy=True)
 
     response_logits(
@@ -105,7 +110,12 @@ def reference_hidden_states(
 
 
 def compute_reference(
-    model: Any, tokenizer: Any, prompts: Sequence[Prompt], key: ReferenceKey, gen_batch: int, score_batch: int
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    key: ReferenceKey,
+    gen_batch: int,
+    score_batch: int,
 ) -> PromptReference:
     """Greedy FP16 responses, then the FP16 hidden states at every response position."""
     prompt_ids, responses = reference_responses(model, tokenizer, prompts, key, gen_batch)
@@ -113,8 +123,8 @@ def compute_reference(
 
 
 def score_against_reference(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     reference: PromptReference,
     batch_size: int,
     budget: MemoryBudget | None = None,
@@ -127,7 +137,7 @@ def score_against_reference(
     pad = pad_token_id(model, tokenizer)
     k = reference.key.top_k
 
-    def score(i: int, logits: Any, _states: Any) -> None:
+    def score(i: int, logits: torch.Tensor, _states: torch.Tensor) -> None:
         slices = comparison_slice_elements(budget, reference.head.vocab) if budget is not None else None
         ref = reference.logits(i, logits.device)
         targets = logits.new_tensor(reference.response_ids[i]).long()
@@ -162,18 +172,25 @@ def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def response_text(tokenizer: PreTrainedTokenizerBase, token_ids: list[int]) -> str:
+    """A response's text, special tokens left out."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    if not isinstance(text, str):  # a list of texts is what a batch of id lists decodes to
+        raise TypeError(f"decoding one response gave {type(text).__name__}, not its text")
+    return text
+
+
 def per_prompt_records(
     prompts: Sequence[Prompt],
     reference: PromptReference,
     scores: Sequence[PromptScore],
-    responses: Sequence[Sequence[int]],
-    tokenizer: Any,
-) -> list[dict[str, Any]]:
+    responses: Sequence[list[int]],
+    tokenizer: PreTrainedTokenizerBase,
+) -> list[PromptRecord]:
     """One report record per prompt (suite order)."""
-    records = []
+    records: list[PromptRecord] = []
     for p, ref_resp, score, resp in zip(prompts, reference.response_ids, scores, responses):
-        fp16_text = tokenizer.decode(ref_resp, skip_special_tokens=True)
-        text = tokenizer.decode(resp, skip_special_tokens=True)
+        fp16_text, text = response_text(tokenizer, ref_resp), response_text(tokenizer, resp)
         fp16_ok, ok = p.is_correct(fp16_text), p.is_correct(text)
         n = len(score.kl)
         records.append(
@@ -201,8 +218,8 @@ def per_prompt_records(
 
 
 def generate_responses(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
     reference: PromptReference,
     gen_batch: int,

@@ -11,12 +11,15 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from quant_fixtures.compute.memory import BatchLog, MemoryBudget, comparison_slice_elements, run_batches, run_sized
 from quant_fixtures.metrics.perplexity import Window, perplexity
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Upper bound on float32 log-prob elements materialised at once (2**28 floats = 1 GiB).
 LOGPROB_ELEMENTS_PER_CHUNK = 2**28
@@ -55,26 +58,40 @@ class WindowScores:
         return perplexity(self.window_nll, self.window_tokens)
 
 
-def model_device(model: Any) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
     """Where inputs go: the first parameter's device (the embeddings, when a model is spread)."""
     return next(model.parameters()).device
 
 
-def head_device(model: Any) -> torch.device:
+def head_weight(model: PreTrainedModel) -> torch.Tensor:
+    """The output head's weight [V, H] (its rows are the vocabulary)."""
+    weight: torch.Tensor = model.get_output_embeddings().weight  # transformers returns the head untyped
+    return weight
+
+
+def embedding_weight(model: PreTrainedModel) -> torch.Tensor:
+    """The input embeddings' weight [V, H] (its dtype and element size are the model's)."""
+    weight = model.get_input_embeddings().weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(model).__name__}: the input embeddings' weight is not a tensor")
+    return weight
+
+
+def head_device(model: PreTrainedModel) -> torch.device:
     """Where logits come out: the output head's device (the last GPU, when a model is spread)."""
-    return model.get_output_embeddings().weight.device
+    return head_weight(model).device
 
 
-def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
     """Logits from final hidden states, as the model's own forward computes them."""
-    logits = model.get_output_embeddings()(hidden)
+    logits: torch.Tensor = model.get_output_embeddings()(hidden)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits
 
 
-def check_output_head(model: Any, vocab_probe: int = 8) -> None:
+def check_output_head(model: PreTrainedModel, vocab_probe: int = 8) -> None:
     """Fail loudly if decoder + head does not reproduce the model's forward (exotic heads)."""
     device = model_device(model)
     ids = torch.arange(1, vocab_probe + 1, device=device).unsqueeze(0)
@@ -104,7 +121,7 @@ def _synced_clock(device: torch.device) -> float:
 
 
 def score_windows(
-    model: Any,
+    model: PreTrainedModel,
     token_ids: torch.Tensor,
     windows: Sequence[Window],
     batch_size: int = 1,
@@ -124,7 +141,7 @@ def score_windows(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device, out = model_device(model), head_device(model)
     budget = budget or MemoryBudget(str(device))
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = head_weight(model).shape[0]
     nll = [0.0] * len(windows)
     counts = [w.scored for w in windows]
 
@@ -133,11 +150,11 @@ def score_windows(
             hook.reset(batch)
         group = [windows[i] for i in batch]
         tokens = torch.stack([token_ids[w.begin : w.end] for w in group]).to(device)
-        inputs = tokens[:, :-1].clone()  # the last target is never read
+        input_ids = tokens[:, :-1].clone()  # the last target is never read
         for row, w in enumerate(group):
             if w.first_input is not None:
-                inputs[row, 0] = w.first_input
-        hidden = model.base_model(input_ids=inputs, use_cache=False).last_hidden_state
+                input_ids[row, 0] = w.first_input
+        hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
         # All windows in a batch share length; scored offsets may differ (strided plans).
         offset = min(w.first_target - w.begin for w in group)
         positions = tokens.shape[1] - offset  # logits at offset-1 .. L-2 predict offset .. L-1

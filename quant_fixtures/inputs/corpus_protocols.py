@@ -21,9 +21,10 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from quant_fixtures.metrics.perplexity import (
     Window,
@@ -32,6 +33,10 @@ from quant_fixtures.metrics.perplexity import (
     rolling_windows,
     strided_windows,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 
 PROTOCOLS = ("nonoverlapping", "strided", "llama.cpp", "lm-eval")
 LLAMA_CPP_DEFAULT_CTX = 512  # llama-perplexity's default n_ctx
@@ -43,7 +48,7 @@ MIN_CTX = {"nonoverlapping": 2, "strided": 2, "llama.cpp": 4, "lm-eval": 1}
 
 @dataclass
 class CorpusPlan:
-    ids: Any  # 1-D int64 tensor: the sequence the windows index
+    ids: torch.Tensor  # 1-D int64: the sequence the windows index
     windows: list[Window]
     scored_bytes: int
     scored_words: int
@@ -51,15 +56,15 @@ class CorpusPlan:
     units: str = ""  # how bytes and words were counted
 
 
-def joined_tokens(tokenizer: Any, text: str) -> tuple[Any, Any]:
+def joined_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, character end of each token) of the whole text, default special tokens included."""
     import torch
 
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{type(tokenizer).__name__} gives no character offsets; bits per byte needs a fast tokenizer")
-    enc = tokenizer(text, return_offsets_mapping=True, return_attention_mask=False, verbose=False)
-    ends = np.maximum.accumulate(np.array([end for _, end in enc["offset_mapping"]], dtype=np.int64))
-    return torch.tensor(enc["input_ids"], dtype=torch.long), torch.from_numpy(ends)
+    encoded = tokenizer(text, return_offsets_mapping=True, return_attention_mask=False, verbose=False)
+    ends = np.maximum.accumulate(np.array([end for _, end in encoded["offset_mapping"]], dtype=np.int64))
+    return torch.tensor(encoded["input_ids"], dtype=torch.long), torch.from_numpy(ends)
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,19 +84,20 @@ def _char_prefixes(text: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([zero, np.cumsum(sizes)]), np.concatenate([zero, np.cumsum(word_end)])
 
 
-def scored_text_units(text: str, ends: Any, windows: Sequence[Window]) -> tuple[int, int]:
-    """Bytes and words of the text the windows' scored tokens stand for."""
+def scored_text_units(text: str, ends: npt.ArrayLike, windows: Sequence[Window]) -> tuple[int, int]:
+    """Bytes and words of the text the windows' scored tokens stand for (``ends``: the character end
+    of each token, :func:`joined_tokens`)."""
     byte_prefix, word_prefix = _char_prefixes(text)
-    ends = np.asarray(ends)
+    char_end = np.asarray(ends)
     total_bytes = total_words = 0
     for w in windows:
-        lo, hi = ends[w.first_target - 1], ends[w.end - 1]  # chars (lo, hi] belong to the scored tokens
+        lo, hi = char_end[w.first_target - 1], char_end[w.end - 1]  # chars (lo, hi] belong to the scored tokens
         total_bytes += int(byte_prefix[hi] - byte_prefix[lo])
         total_words += int(word_prefix[hi] - word_prefix[lo])
     return total_bytes, total_words
 
 
-def adds_bos(tokenizer: Any) -> int | None:
+def adds_bos(tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The BOS id when the tokenizer puts BOS first by default (llama.cpp then puts it first in
     every chunk), else None."""
     bos = getattr(tokenizer, "bos_token_id", None)
@@ -103,8 +109,8 @@ def adds_bos(tokenizer: Any) -> int | None:
 
 def joined_plan(
     protocol: str,
-    ids: Any,
-    ends: Any,
+    ids: torch.Tensor,
+    ends: npt.ArrayLike,
     text: str,
     ctx: int,
     stride: int | None,
@@ -139,7 +145,7 @@ def lm_eval_word_count(page: str) -> int:
     return len(re.split(r"\s+", page))
 
 
-def prefix_token(tokenizer: Any) -> int:
+def prefix_token(tokenizer: PreTrainedTokenizerBase) -> int:
     """lm-eval HFLM's prefix for rolling windows: BOS when the tokenizer has one, else EOS."""
     for name in ("bos_token_id", "eos_token_id"):
         token = getattr(tokenizer, name, None)
@@ -148,7 +154,7 @@ def prefix_token(tokenizer: Any) -> int:
     raise ValueError(f"{type(tokenizer).__name__} has neither a BOS nor an EOS token to start rolling windows with")
 
 
-def document_tokens(tokenizer: Any, detokenized: Sequence[str]) -> list[list[int]]:
+def document_tokens(tokenizer: PreTrainedTokenizerBase, detokenized: Sequence[str]) -> list[list[int]]:
     """Each detokenized page's ids with the tokenizer's default special tokens, as lm-eval 0.4.13's
     HFLM.tok_encode encodes a rolling request (models/huggingface.py; up to 0.4.9.1 it added none).
     A tokenizer that puts BOS first therefore gives the first window BOS, BOS: the prefix and the
@@ -191,11 +197,11 @@ def documents_plan(
     )
 
 
-def lm_eval_max_length(config: Any, tokenizer: Any) -> int:
-    """HFLM's default max_length: the config's n_positions, max_position_embeddings or n_ctx, else
-    the tokenizer's model_max_length when it is a real limit, else 2048."""
+def lm_eval_max_length(model_config: PreTrainedConfig, tokenizer: PreTrainedTokenizerBase) -> int:
+    """HFLM's default max_length: the model config's n_positions, max_position_embeddings or n_ctx,
+    else the tokenizer's model_max_length when it is a real limit, else 2048."""
     for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, name, None)
+        value = getattr(model_config, name, None)
         if value:
             return int(value)
     limit = getattr(tokenizer, "model_max_length", None)

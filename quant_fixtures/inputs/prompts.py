@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 # The shipped suite's twelve categories (8 prompts each). A user's prompt file brings its own.
 CATEGORIES: tuple[str, ...] = (
@@ -68,7 +68,7 @@ class Prompt:
         return _normalise(self.answer) in _normalise(response)
 
 
-def _parse_answer(value: Any, fail: Callable[[str], NoReturn]) -> tuple[str, bool]:
+def _parse_answer(value: object, fail: Callable[[str], NoReturn]) -> tuple[str, bool]:
     """Return ``(answer, is_regex)`` for a raw ``answer`` value or call ``fail``."""
     if isinstance(value, str):
         if not value.strip():

@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 VENDORED_PARQUET = Path(__file__).resolve().parent / "data" / "wikitext-2-raw-v1-test.parquet"
 WIKITEXT_SHA256 = "696cca6b65a171b0a358a4be6732cdfdf2dd6164a32e20fd70e3c13fc4dfae83"
@@ -41,7 +45,8 @@ def _rows_from_parquet(path: Path) -> list[str]:
 
     if not path.is_file():
         raise DatasetError(f"{path}: vendored WikiText-2 parquet is missing; reinstall the package")
-    return pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    rows: list[str] = pq.read_table(path, columns=["text"]).column("text").to_pylist()  # pyarrow is untyped
+    return rows
 
 
 def join_rows(rows: list[str]) -> str:
@@ -75,7 +80,7 @@ def load_wikitext2_test(source: str = DEFAULT_SOURCE, parquet: Path = VENDORED_P
     return EvalText(text=text, sha256=digest, source=used, rows=tuple(rows))
 
 
-def tokenize_text(tokenizer: Any, text: str) -> Any:
+def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
     """Token ids (1-D int64 tensor) of the whole text with the tokenizer's default special tokens."""
     import torch
 

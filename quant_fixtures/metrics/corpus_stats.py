@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
@@ -46,19 +46,127 @@ def covariance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum() / n - (a.sum() / n) * (b.sum() / n)) / (n - 1))
 
 
-def percentiles(values: np.ndarray) -> dict[str, float]:
+class Percentiles(TypedDict):
+    """The :data:`PERCENTILES` of a distribution, named ``p<percent>`` ("." as "_")."""
+
+    p0_1: float
+    p1: float
+    p5: float
+    p10: float
+    p25: float
+    p50: float
+    p75: float
+    p90: float
+    p95: float
+    p99: float
+    p99_9: float
+
+
+def percentiles(values: np.ndarray) -> Percentiles:
     """Linear interpolation between order statistics at fraction * (n - 1) (llama.cpp's and numpy's)."""
-    points = np.percentile(values, PERCENTILES, method="linear")
-    return {f"p{p:g}".replace(".", "_"): float(v) for p, v in zip(PERCENTILES, points)}
+    p = [float(v) for v in np.percentile(values, PERCENTILES, method="linear")]
+    return {
+        "p0_1": p[0],
+        "p1": p[1],
+        "p5": p[2],
+        "p10": p[3],
+        "p25": p[4],
+        "p50": p[5],
+        "p75": p[6],
+        "p90": p[7],
+        "p95": p[8],
+        "p99": p[9],
+        "p99_9": p[10],
+    }
 
 
-def _with_unc(value: float, unc: float) -> dict[str, float]:
+class WithUncertainty(TypedDict):
+    value: float
+    uncertainty: float
+
+
+class LlamaCppPerplexity(TypedDict):
+    ppl_q: WithUncertainty
+    ppl_base: WithUncertainty
+    cor_ln_ppl: float | None  # None: an uncertainty is 0
+    ln_ppl_ratio: WithUncertainty
+    ppl_ratio: WithUncertainty
+    ppl_diff: WithUncertainty
+
+
+class KLDistribution(Percentiles):
+    mean: WithUncertainty
+    max: float
+    min: float
+
+
+class DeltaPDistribution(KLDistribution):
+    rms: WithUncertainty
+
+
+class LlamaCppTables(TypedDict):
+    """llama-perplexity --kl-divergence's three tables, under its names."""
+
+    perplexity: LlamaCppPerplexity
+    kld: KLDistribution
+    delta_p: DeltaPDistribution
+    same_top_p: WithUncertainty
+
+
+class ConfidenceBucket(TypedDict):
+    fp16_top1_prob: list[float]  # [low, high) of FP16's probability of its own top token
+    positions: int
+    share: float
+    kl_mean: float | None  # None: no position in the bucket
+    kl_share: float | None
+    same_top1_rate: float | None
+
+
+class CorpusNoiseFloor(TypedDict):
+    positions: int
+    mean: float | None  # None: no finite KL
+    p99: float | None
+    max: float | None
+
+
+class ReverseKL(TypedDict):
+    mean: float
+    median: float
+    p99: float
+    max: float
+
+
+class CorpusComparison(TypedDict):
+    """The report's ``corpus_kl`` section (report/schema.CorpusKL)."""
+
+    tokens: int
+    nonfinite: int
+    mean: float
+    median: float
+    p90: float
+    p99: float
+    p99_9: float
+    max: float
+    min: float
+    same_top1_rate: float
+    ci95: list[float]
+    same_top1_rate_ci95: list[float]
+    basis: str
+    noise_floor: CorpusNoiseFloor | None
+    reverse: ReverseKL
+    topk_agreement: list[float]
+    by_confidence: list[ConfidenceBucket]
+    llama_cpp: LlamaCppTables
+    method: str
+
+
+def _with_unc(value: float, unc: float) -> WithUncertainty:
     return {"value": value, "uncertainty": unc}
 
 
 def llama_cpp_statistics(
     kld: np.ndarray, logq_target: np.ndarray, logp_target: np.ndarray, same_top1: np.ndarray
-) -> dict[str, Any]:
+) -> LlamaCppTables:
     """llama.cpp's three tables: perplexity, KL divergence, token probability."""
     nll, nll_base = -logq_target, -logp_target
     ln_q, unc_q = mean_and_uncertainty(nll)
@@ -100,9 +208,9 @@ def llama_cpp_statistics(
     }
 
 
-def by_confidence(kl: np.ndarray, p_top1: np.ndarray, same_top1: np.ndarray) -> list[dict[str, Any]]:
+def by_confidence(kl: np.ndarray, p_top1: np.ndarray, same_top1: np.ndarray) -> list[ConfidenceBucket]:
     """KL and top-1 agreement per bucket of FP16's probability of its own top token."""
-    buckets = []
+    buckets: list[ConfidenceBucket] = []
     for lo, hi in zip(CONFIDENCE_EDGES[:-1], CONFIDENCE_EDGES[1:]):
         inside = (p_top1 >= lo) & ((p_top1 < hi) if hi < 1.0 else (p_top1 <= hi))
         count = int(inside.sum())
@@ -135,7 +243,7 @@ def window_cis(
     return list(ratio_bootstrap_ci(kl_sums, counts)), list(ratio_bootstrap_ci(same_sums, counts))
 
 
-def noise_floor(noise_kl: np.ndarray) -> dict[str, Any]:
+def noise_floor(noise_kl: np.ndarray) -> CorpusNoiseFloor:
     """Summary of FP16's KL against itself (another batch composition) over the first windows."""
     finite = noise_kl[np.isfinite(noise_kl)]
     if finite.size == 0:
@@ -150,7 +258,7 @@ def noise_floor(noise_kl: np.ndarray) -> dict[str, Any]:
 
 def corpus_comparison(
     positions: dict[str, np.ndarray], window_tokens: Sequence[int], noise_kl: np.ndarray | None = None
-) -> dict[str, Any]:
+) -> CorpusComparison:
     """The report's ``corpus_kl`` section from :func:`metrics.token_comparison.compare_positions`
     output over every scored position (window order)."""
     kl, reverse = positions["kl_pq"], positions["kl_qp"]

@@ -1,10 +1,14 @@
-"""Aggregate per-prompt harm into the report's `kl_divergence` and `flips` sections."""
+"""Aggregate per-prompt harm into the report's `kl_divergence` and `flips` sections.
+
+The records and sections are typed here (TypedDicts: they are the JSON objects the evaluation
+document holds, key for key, in the order they are built); report/schema.py reads them back.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
@@ -12,6 +16,103 @@ from quant_fixtures.metrics.stats import bootstrap_ci, counts_differ_p_value, su
 
 WORST_PROMPTS = 5
 RESPONSE_CHARS = 200
+
+
+class PromptRecord(TypedDict):
+    """One prompt's harm (compute/prompt_scoring.per_prompt_records); None where nothing was scored."""
+
+    id: str
+    category: str
+    positions: int  # response positions scored
+    kl_mean: float | None  # exact, full vocabulary
+    kl_max: float | None
+    kl_reverse_mean: float | None
+    kl_topk_mean: float | None
+    top1_agreement: float | None
+    nll_fp16_tokens: float
+    tail_mass_mean: float | None
+    first_divergence: int | None  # index of the first token that differs from FP16's response
+    exact_match: bool
+    fp16_correct: bool | None  # None: the prompt has no checkable answer
+    correct: bool | None
+    flip: bool | None
+    fp16_response: str
+    response: str
+
+
+class BatchSensitivitySummary(TypedDict):
+    batch_size: int
+    shift: int
+    prompts: int
+    responses_changed: int
+    verdicts_changed: int
+    flips: int
+    flips_other_batch: int
+    method: str
+
+
+class FlipSummary(TypedDict):
+    checkable_prompts: int
+    fp16_correct: int
+    variant_correct: int
+    flips: int
+    correct_to_wrong: int
+    wrong_to_correct: int
+    mcnemar_p: float
+    flipped_ids: list[str]
+    exact_match_rate: float | None
+    batch_sensitivity: NotRequired[BatchSensitivitySummary]  # batch-dependent variants (session/prompt_stage.py)
+
+
+class CategoryStats(TypedDict):
+    prompts: int
+    kl_mean: float | None  # None: no prompt of the category has a scored position
+    kl_ci95: list[float] | None
+    top1_agreement: float | None
+    flips: int
+    exact_match: int
+
+
+class TopKBound(TypedDict):
+    mean: float
+    ci95: list[float]
+    k: int
+    rel_gap_vs_exact: float | None  # (exact - top-k) / exact
+
+
+class WorstPrompt(TypedDict):
+    id: str
+    category: str
+    kl_mean: float | None
+    first_divergence: int | None
+    fp16_response: str
+    response: str
+
+
+class KLSection(TypedDict):
+    """The report's ``kl_divergence`` section (report/schema.PromptKL)."""
+
+    mean: float
+    median: float
+    min: float
+    max: float
+    p90: float
+    p99: float
+    prompts: int
+    ci95: list[float]
+    p99_ci95: list[float]
+    top1_agreement: float
+    top1_agreement_ci95: list[float]
+    tail_mass: float
+    basis: str
+    topk: TopKBound
+    per_prompt: list[PromptRecord]
+    per_category: dict[str, CategoryStats]
+    macro_kl_mean: float
+    macro_kl_ci95: list[float]
+    worst_prompts: list[WorstPrompt]
+    method: str
+    method_settings: str
 
 
 def _mean_or_none(values: list[float]) -> float | None:
@@ -38,14 +139,14 @@ def macro_average(groups: dict[str, np.ndarray], seed: int = 0, n_resamples: int
 
 
 def _p99(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.percentile(values, 99.0, axis=axis)
+    return np.asarray(np.percentile(values, 99.0, axis=axis))
 
 
 def _truncate(text: str) -> str:
     return text if len(text) <= RESPONSE_CHARS else text[:RESPONSE_CHARS] + "..."
 
 
-def flip_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def flip_summary(records: Sequence[PromptRecord]) -> FlipSummary:
     checkable = [r for r in records if r["flip"] is not None]
     worse = sum(bool(r["fp16_correct"] and not r["correct"]) for r in checkable)
     better = sum(bool(r["correct"] and not r["fp16_correct"]) for r in checkable)
@@ -53,7 +154,7 @@ def flip_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "checkable_prompts": len(checkable),
         "fp16_correct": sum(bool(r["fp16_correct"]) for r in checkable),
         "variant_correct": sum(bool(r["correct"]) for r in checkable),
-        "flips": sum(r["flip"] for r in checkable),
+        "flips": sum(bool(r["flip"]) for r in checkable),
         "correct_to_wrong": worse,
         "wrong_to_correct": better,
         "mcnemar_p": counts_differ_p_value(worse, better),
@@ -63,12 +164,12 @@ def flip_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def batch_sensitivity(
-    records: Sequence[dict[str, Any]],
-    again: Sequence[dict[str, Any]],
+    records: Sequence[PromptRecord],
+    again: Sequence[PromptRecord],
     batch: int,
     shift: int,
     which: str = "every prompt",
-) -> dict[str, Any]:
+) -> BatchSensitivitySummary:
     """How much a batch-dependent variant's generation moves when every prompt gets other
     neighbours: the prompts of ``records`` (``which`` says which they are) generated again, alone
     together, with the batch boundaries moved by ``shift``."""
@@ -90,18 +191,19 @@ def batch_sensitivity(
 
 
 def kl_section(
-    records: Sequence[dict[str, Any]], top_k: int, method: str, method_settings: str = "", seed: int = 0
-) -> dict[str, Any]:
+    records: Sequence[PromptRecord], top_k: int, method: str, method_settings: str = "", seed: int = 0
+) -> KLSection:
     """Per-prompt KL statistics with 95 % bootstrap CIs resampling prompts (seeded)."""
     scored = [r for r in records if r["kl_mean"] is not None]
     if not scored:
         raise ValueError("no prompt has a scored response position")
     kl = np.array([r["kl_mean"] for r in scored])
     top1 = np.array([r["top1_agreement"] for r in scored])
-    by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_category: dict[str, list[PromptRecord]] = defaultdict(list)
     for r in records:
         by_category[r["category"]].append(r)
-    per_category = {  # a category none of whose prompts has a scored position reports null (not NaN: JSON)
+    # a category none of whose prompts has a scored position reports null (not NaN: JSON)
+    per_category: dict[str, CategoryStats] = {
         cat: {
             "prompts": len(rs),
             "kl_mean": _mean_or_none([r["kl_mean"] for r in rs if r["kl_mean"] is not None]),
@@ -114,11 +216,11 @@ def kl_section(
     }
     groups = {c: np.array([r["kl_mean"] for r in rs if r["kl_mean"] is not None]) for c, rs in by_category.items()}
     macro_mean, macro_ci = macro_average({c: v for c, v in groups.items() if v.size}, seed)
-    worst = sorted(scored, key=lambda r: r["kl_mean"], reverse=True)[:WORST_PROMPTS]
+    worst = sorted(scored, key=lambda r: r["kl_mean"] or 0.0, reverse=True)[:WORST_PROMPTS]  # scored: never None
     stats = summarize(kl)
     basis = "exact"  # the FP16 logits are rebuilt from stored hidden states: full vocabulary everywhere
     topk_values = np.array([r["kl_topk_mean"] for r in scored])
-    topk = {
+    topk: TopKBound = {
         "mean": float(topk_values.mean()),
         "ci95": list(bootstrap_ci(topk_values, seed=seed)),
         "k": top_k,

@@ -10,9 +10,12 @@ gives back are the forward pass's own: full-vocabulary KL with no top-k bound.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class UnsupportedHeadError(RuntimeError):
@@ -27,14 +30,14 @@ class ReferenceHead:
     _on_device: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, model: Any) -> ReferenceHead:
+    def of(cls, model: PreTrainedModel) -> ReferenceHead:
         """A copy of the model's head on the CPU (what the references store)."""
         live = cls.live(model)
         bias = live.bias.to("cpu", copy=True) if live.bias is not None else None
         return cls(live.weight.to("cpu", copy=True), bias, live.softcap)
 
     @classmethod
-    def live(cls, model: Any) -> ReferenceHead:
+    def live(cls, model: PreTrainedModel) -> ReferenceHead:
         """The loaded model's own head, not copied (FP16 against itself, the noise floors, needs no
         second copy of the head on the device)."""
         head = model.get_output_embeddings()

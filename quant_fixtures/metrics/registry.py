@@ -5,6 +5,10 @@ better, its unit and format, its 95 % CI (if measured), its default snapshot tol
 it can be gated. Gates (limit names ``max_<name>`` / ``min_<name>``, their direction and valid
 range), snapshots, the terminal table, REPORT.md, findings and plots all read this table, so adding
 a metric is one entry here plus the code that computes it into the document.
+
+A document is whatever holds the sections: report/schema.EvaluationDocument (typed sections), or
+its JSON object (dicts); this bottom layer reads either by name (:func:`lookup`) and narrows what it
+finds to a number (:func:`number`) or a CI pair.
 """
 
 from __future__ import annotations
@@ -12,12 +16,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 REQUIRED, OPTIONAL = "required", "optional"  # a required gate must be configured or opted out of
 
 
-def lookup(document: Any, path: tuple[str, ...]) -> Any:
+def lookup(document: object, path: tuple[str, ...]) -> object:
     """The value at ``path`` in a document (typed sections or dicts); None where a section is absent."""
     value = document
     for part in path:
@@ -25,6 +28,20 @@ def lookup(document: Any, path: tuple[str, ...]) -> Any:
             return None
         value = value.get(part) if isinstance(value, dict) else getattr(value, part)
     return value
+
+
+def number(value: object, where: tuple[str, ...] | str = "") -> float | None:
+    """A metric's value as the document holds it (an int or a float, unchanged), or None."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    raise TypeError(f"{where}: {value!r} is not a number")
+
+
+def _bounds(value: object, where: tuple[str, ...]) -> list[float] | None:
+    """A 95 % CI [low, high] as the document holds it, or None."""
+    if value is None or isinstance(value, list):
+        return value
+    raise TypeError(f"{where}: {value!r} is not a [low, high] interval")
 
 
 @dataclass(frozen=True)
@@ -40,7 +57,7 @@ class MetricSpec:
     width: int = 8  # terminal column width
     ci_path: tuple[str, ...] | None = None  # its 95 % CI [low, high] in the document
     # 95 % CI half-width when it is not (high - low) / 2 of ci_path (the variant's PPL: FP16 PPL x ΔPPL's)
-    half_width: Callable[[Any], float | None] | None = None
+    half_width: Callable[[object], float | None] | None = None
     tolerance: dict[str, float] | None = None  # default snapshot tolerance (None: not in snapshots)
     gate: str | None = None  # None: cannot be gated; REQUIRED or OPTIONAL
     limit_low: float = 0.0  # smallest valid limit
@@ -53,7 +70,7 @@ class MetricSpec:
     is_count: bool = False  # a count of events: snapshots compare two counts with an exact binomial test
     title: str = ""  # REPORT.md column header (default: label)
     # A metric computed from other numbers of the document rather than stored at ``path``.
-    derive: Callable[[Any], float | None] | None = None
+    derive: Callable[[object], float | None] | None = None
     description: str = ""
 
     @property
@@ -69,22 +86,22 @@ class MetricSpec:
     def op(self) -> str:
         return "<=" if self.better == "lower" else ">="
 
-    def value(self, document: Any) -> Any:
+    def value(self, document: object) -> float | None:
         if self.derive is not None:
             return self.derive(document) if lookup(document, self.path[:1]) is not None else None
-        return lookup(document, self.path)
+        return number(lookup(document, self.path), self.path)
 
-    def ci(self, document: Any) -> list[float] | None:
-        return lookup(document, self.ci_path) if self.ci_path else None
+    def ci(self, document: object) -> list[float] | None:
+        return _bounds(lookup(document, self.ci_path), self.ci_path) if self.ci_path else None
 
-    def uncertainty(self, document: Any) -> float | None:
+    def uncertainty(self, document: object) -> float | None:
         """The measured 95 % CI half-width, or None."""
         if self.half_width is not None:
             return self.half_width(document)
         pair = self.ci(document)
         return None if not pair else (pair[1] - pair[0]) / 2.0
 
-    def gate_value(self, document: Any, gate_on: str) -> Any:
+    def gate_value(self, document: object, gate_on: str) -> float | None:
         """The number a gate compares: the point estimate, or with ``gate_on == "upper"`` the CI's
         bound on the failing side (upper for a maximum, lower for a minimum) where a CI exists."""
         pair = self.ci(document) if gate_on == "upper" else None
@@ -92,7 +109,7 @@ class MetricSpec:
             return self.value(document)
         return pair[1] if self.better == "lower" else pair[0]
 
-    def passes(self, value: Any, limit: float) -> bool:
+    def passes(self, value: float | None, limit: float) -> bool:
         """A missing or non-finite value fails."""
         if value is None or not math.isfinite(value):
             return False
@@ -109,20 +126,25 @@ class MetricSpec:
             return f"must be {'<=' if self.limit_high_inclusive else '<'} {high:g}{self._unit()}"
         return None
 
-    def format(self, value: Any) -> str:
+    def format(self, value: float | None) -> str:
         return "missing" if value is None else f"{value:{self.fmt}}"
 
     def _unit(self) -> str:
         return f" {self.unit}" if self.unit else ""
 
 
-def _ppl_half_width(document: Any) -> float | None:
-    ci, fp16 = lookup(document, ("perplexity", "delta_ppl_pct_ci95")), lookup(document, ("perplexity", "fp16_ppl"))
-    return None if not ci else fp16 * ((ci[1] - ci[0]) / 2.0) / 100.0  # FP16 PPL is fixed: PPL moves with ΔPPL
+def _ppl_half_width(document: object) -> float | None:
+    ci_path, fp16_path = ("perplexity", "delta_ppl_pct_ci95"), ("perplexity", "fp16_ppl")
+    ci, fp16 = _bounds(lookup(document, ci_path), ci_path), number(lookup(document, fp16_path), fp16_path)
+    if not ci or fp16 is None:
+        return None
+    return fp16 * ((ci[1] - ci[0]) / 2.0) / 100.0  # FP16 PPL is fixed: PPL moves with ΔPPL
 
 
-def _share(part: int | None, whole: int | None) -> float | None:
-    return None if part is None or not whole else part / whole
+def _share(part: object, whole: object) -> float | None:
+    """``part / whole`` of two counts in the document; None when either is missing or whole is 0."""
+    numerator, denominator = number(part, "share"), number(whole, "share")
+    return None if numerator is None or not denominator else numerator / denominator
 
 
 # Registry order is the order of table columns and snapshot keys.

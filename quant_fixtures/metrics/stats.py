@@ -9,10 +9,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypedDict
 
 import numpy as np
 
 Statistic = Callable[..., np.ndarray]
+
+
+class Summary(TypedDict):
+    """:func:`summarize`'s statistics."""
+
+    n: int
+    nonfinite: int
+    mean: float
+    median: float
+    min: float
+    max: float
+    p90: float
+    p99: float
+
 
 _MAX_INDEX_ELEMENTS: int = 1 << 24
 """Upper bound on resample-index elements drawn at once (bounds memory to ~128 MiB)."""
@@ -26,7 +41,7 @@ def _as_1d_float(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def summarize(values: Sequence[float] | np.ndarray) -> dict[str, float | int]:
+def summarize(values: Sequence[float] | np.ndarray) -> Summary:
     """Descriptive statistics of the finite entries of ``values``.
 
     Keys: ``n`` (finite values used), ``nonfinite`` (NaN/inf values excluded), ``mean``,

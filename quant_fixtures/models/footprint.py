@@ -11,18 +11,19 @@ buffers as they are. For 16-bit and bitsandbytes models the footprint equals
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-
-def _is_subclass(tensor: Any) -> bool:
+if TYPE_CHECKING:
     import torch
 
-    return type(tensor) not in (torch.Tensor, torch.nn.Parameter) and hasattr(tensor, "__tensor_flatten__")
 
+def _bytes(tensor: torch.Tensor, seen: set[tuple[int, int, str]], float_itemsize: int | None = None) -> int:
+    import torch
 
-def _bytes(tensor: Any, seen: set[tuple[int, int, str]], float_itemsize: int | None = None) -> int:
-    if _is_subclass(tensor):
-        names, _ = tensor.__tensor_flatten__()
+    # A tensor subclass (torchao, quanto) names its inner tensors through PyTorch's flatten protocol.
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and flatten is not None:
+        names, _ = flatten()
         return sum(_bytes(getattr(tensor, name), seen) for name in names)
     key = (tensor.data_ptr(), tensor.numel(), str(tensor.device))
     if key in seen:  # tied weights and shared inner tensors count once
@@ -32,7 +33,7 @@ def _bytes(tensor: Any, seen: set[tuple[int, int, str]], float_itemsize: int | N
     return tensor.numel() * size
 
 
-def model_footprint(model: Any, weight_dtype: Any) -> int:
+def model_footprint(model: torch.nn.Module, weight_dtype: torch.dtype) -> int:
     """Bytes of the parameters and buffers as held (see the module docstring)."""
     import torch
 
@@ -42,7 +43,7 @@ def model_footprint(model: Any, weight_dtype: Any) -> int:
     return params + sum(_bytes(b, seen) for b in model.buffers())
 
 
-def _tensors(value: Any) -> list[Any]:
+def _tensors(value: object) -> list[torch.Tensor]:
     import torch
 
     if isinstance(value, torch.Tensor):
@@ -52,7 +53,7 @@ def _tensors(value: Any) -> list[Any]:
     return []
 
 
-def quantization_state_bytes(model: Any) -> int:
+def quantization_state_bytes(model: torch.nn.Module) -> int:
     """Bytes of quantization state kept outside parameters and buffers: LLM.int8 row scales (SCB),
     NF4/FP4 block absmax and code book (with double quantization the second level too), HQQ's
     scales and zeros (its ``meta``)."""

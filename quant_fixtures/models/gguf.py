@@ -82,11 +82,11 @@ def _write_hf_directory(gguf_path: Path, out: Path) -> None:
         seen.add(ptr)
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the tensors written are plain float16
-    config.dtype = torch.float16
-    config.save_pretrained(out)
+    model_config = model.config
+    if hasattr(model_config, "quantization_config"):
+        del model_config.quantization_config  # the tensors written are plain float16
+    model_config.dtype = torch.float16
+    model_config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

@@ -15,16 +15,22 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quant_fixtures.store.atomic import atomic_path, file_lock, write_text_atomic
 from quant_fixtures.store.digests import sha256_file
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 
 WRITER_VERSION = 1
 # llama.cpp's LLAMA_FTYPE_MOSTLY_* of each type (general.file_type).
 FILE_TYPES = {"Q8_0": 7, "Q5_1": 9, "Q5_0": 8, "Q4_1": 3, "Q4_0": 2}
 
 
-def _copy_metadata(reader: object, writer: object, file_type: int) -> None:
+def _copy_metadata(reader: GGUFReader, writer: GGUFWriter, file_type: int) -> None:
     import gguf
 
     for field in reader.fields.values():
@@ -39,7 +45,7 @@ def _copy_metadata(reader: object, writer: object, file_type: int) -> None:
         writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
 
 
-def quantized_tensor(values: object, qtype: object) -> tuple[object, object]:
+def quantized_tensor(values: npt.ArrayLike, qtype: GGMLQuantizationType) -> tuple[np.ndarray, GGMLQuantizationType]:
     """(data, GGML type) of one float32 tensor in the requantized file."""
     import numpy as np
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
@@ -100,7 +106,8 @@ def requantized_gguf(source: Path, type_name: str, cache_root: Path) -> Path:
 
 def _recorded_sha(manifest: Path) -> str | None:
     try:
-        return json.loads(manifest.read_text()).get("sha256")
+        recorded: str | None = json.loads(manifest.read_text()).get("sha256")
+        return recorded
     except (OSError, ValueError, AttributeError):
         return None
 

@@ -14,12 +14,19 @@ written against (its source still does the round trip); anything else keeps tran
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+    from transformers.integrations.bitsandbytes import Bnb8bitQuantize
+
+Convert = Callable[..., "dict[str, torch.Tensor]"]  # the converter's ``convert`` method
 
 
-def _round_trip_converter() -> Any:
+def _round_trip_converter() -> type[Bnb8bitQuantize] | None:
     """transformers' int8 converter class if it is the one with the host round trip, else None."""
     try:
         from transformers.integrations import bitsandbytes as hf_bnb
@@ -34,12 +41,19 @@ def _round_trip_converter() -> Any:
 
 
 def _convert_in_place(
-    self: Any, input_dict: dict[str, Any], model: Any = None, full_layer_name: str | None = None, **kwargs: Any
-) -> dict[str, Any]:
+    self: object,
+    input_dict: dict[str, list[torch.Tensor] | torch.Tensor],
+    model: PreTrainedModel | None = None,
+    full_layer_name: str | None = None,
+    **kwargs: object,
+) -> dict[str, torch.Tensor]:
+    """``Bnb8bitQuantize.convert`` (same parameters) without the host round trip."""
     import bitsandbytes as bnb
     from transformers.integrations import bitsandbytes as hf_bnb
 
-    result = {}
+    if model is None:
+        raise ValueError("LLM.int8 conversion needs the model its weights belong to")
+    result: dict[str, torch.Tensor] = {}
     for name, value in input_dict.items():
         value = value[0] if isinstance(value, list) else value
         module, _ = hf_bnb.get_module_from_name(model, name)
@@ -48,8 +62,17 @@ def _convert_in_place(
         options = dict(model.get_parameter_or_buffer(name).__dict__)
         options.pop("SCB", None)
         param = bnb.nn.Int8Params(value, requires_grad=False, **options)
-        result[name] = param._quantize(value.device) if value.device.type != "cpu" else param.to(value.device)
+        if value.device.type != "cpu":
+            result[name] = param._quantize(value.device)
+        else:  # bitsandbytes types Int8Params.to's self by a TypeVar bound to nn.Module (it is a Tensor)
+            result[name] = param.to(value.device)  # type: ignore[misc]
     return result
+
+
+def _set_convert(converter: type[Bnb8bitQuantize], convert: Convert) -> None:
+    """Replace (or restore) the converter's method: a deliberate patch of transformers' class, which
+    mypy refuses as an assignment to a method."""
+    setattr(converter, "convert", convert)  # noqa: B010
 
 
 @contextmanager
@@ -61,8 +84,8 @@ def int8_quantized_on_device(device: str) -> Iterator[bool]:
         yield False
         return
     original = converter.convert
-    converter.convert = _convert_in_place
+    _set_convert(converter, _convert_in_place)
     try:
         yield True
     finally:
-        converter.convert = original
+        _set_convert(converter, original)

@@ -35,9 +35,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MethodType
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from bitsandbytes.nn import Linear8bitLt
 
 _REAL_TOKENS: ContextVar[torch.Tensor | None] = ContextVar("quant_fixtures_real_tokens", default=None)
 _MARK = "_quant_fixtures_per_sequence_int8"
@@ -83,6 +86,7 @@ def per_sequence_int8_matmul(
     # bitsandbytes' row quantization: outlier elements zeroed and left out of each row's absmax; the
     # columns in which any row has an outlier (``union``) come back zeroed in every row.
     quantized, row_scale, union = ops.int8_vectorwise_quant.default(rows.to(torch.float16), threshold)
+    out: torch.Tensor  # torch.ops' operators are untyped
     if union is None or union.numel() == 0:
         out = ops.int8_scaled_mm.default(quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=x.dtype)
         return out.view(*shape[:-1], -1)
@@ -103,10 +107,11 @@ def per_sequence_int8_matmul(
     # (one token per sequence: every row its own set) and past MAX_EXACT_SETS sets: one product over
     # the union with the columns a row does not own zeroed, the same terms in another order.
     exact = x.device.type == "cpu" and sequences <= MAX_EXACT_SETS and rows.shape[0] > sequences
-    owned_sets, set_of_sequence = (
-        torch.unique(per_sequence.any(1), dim=0, return_inverse=True) if exact else (None, None)
-    )
-    if owned_sets is None or owned_sets.shape[0] > MAX_EXACT_SETS:
+    owned_sets: torch.Tensor | None = None
+    set_of_sequence: torch.Tensor | None = None
+    if exact:
+        owned_sets, set_of_sequence = torch.unique(per_sequence.any(1), dim=0, return_inverse=True)
+    if owned_sets is None or set_of_sequence is None or owned_sets.shape[0] > MAX_EXACT_SETS:
         own_values = rows.index_select(1, union).masked_fill(~owned, 0)
         out.addmm_(own_values, _float_columns(weight_int8, weight_scale, union, x.dtype))
         return out.view(*shape[:-1], -1)
@@ -128,29 +133,32 @@ def _float_columns(
     weight_int8: torch.Tensor, weight_scale: torch.Tensor, columns: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """dequant(W)[:, columns].T in ``dtype``, as bitsandbytes builds it for its float part."""
-    return (
-        torch.ops.bitsandbytes.int8_vectorwise_dequant.default(weight_int8.index_select(1, columns), weight_scale)
-        .to(dtype)
-        .t()
+    dequantized: torch.Tensor = torch.ops.bitsandbytes.int8_vectorwise_dequant.default(  # torch.ops: untyped
+        weight_int8.index_select(1, columns), weight_scale
     )
+    return dequantized.to(dtype).t()
 
 
-def _forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+def _own_forward(layer: Linear8bitLt, x: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = type(layer).forward(layer, x)  # bitsandbytes' forward has no return annotation
+    return out
+
+
+def _forward(self: Linear8bitLt, x: torch.Tensor) -> torch.Tensor:
     """Linear8bitLt.forward for inference, with per-sequence outlier columns."""
     if self.training or self.state.has_fp16_weights:
-        return type(self).forward(self, x)
-    if self.weight.CB is not None:  # bitsandbytes moves the int8 rows into the state on first use
+        return _own_forward(self, x)
+    if getattr(self.weight, "CB", None) is not None:  # bitsandbytes moves the int8 rows into the state on first use
         self.init_8bit_state()
-    if self.state.CB is None:
-        return type(self).forward(self, x)
+    rows, scales = self.state.CB, self.state.SCB
+    if rows is None or scales is None:
+        return _own_forward(self, x)
     if self.bias is not None and self.bias.dtype != x.dtype:
         self.bias.data = self.bias.data.to(x.dtype)
-    return per_sequence_int8_matmul(
-        x, self.state.CB, self.state.SCB, self.bias, self.state.threshold, _real_positions(x)
-    )
+    return per_sequence_int8_matmul(x, rows, scales, self.bias, self.state.threshold, _real_positions(x))
 
 
-def _int8_layers(model: Any) -> list[Any]:
+def _int8_layers(model: torch.nn.Module) -> list[Linear8bitLt]:
     try:
         import bitsandbytes as bnb
     except ImportError:
@@ -162,16 +170,17 @@ def _int8_layers(model: Any) -> list[Any]:
     ]
 
 
-def install_per_sequence_int8(model: Any) -> int:
+def install_per_sequence_int8(model: torch.nn.Module) -> int:
     """Bind the per-sequence forward to every LLM.int8 layer with outlier decomposition; how many."""
     layers = _int8_layers(model)
     for module in layers:
-        module.forward = MethodType(_forward, module)
+        # a per-instance override of the layer's method (mypy refuses an assignment to a method)
+        setattr(module, "forward", MethodType(_forward, module))  # noqa: B010
         setattr(module, _MARK, True)
     return len(layers)
 
 
-def remove_per_sequence_int8(model: Any) -> int:
+def remove_per_sequence_int8(model: torch.nn.Module) -> int:
     """Give those layers bitsandbytes' own forward back (tests compare the two); how many."""
     layers = [m for m in _int8_layers(model) if getattr(m, _MARK, False)]
     for module in layers:
@@ -180,12 +189,12 @@ def remove_per_sequence_int8(model: Any) -> int:
     return len(layers)
 
 
-def has_batch_dependent_int8(model: Any) -> bool:
+def has_batch_dependent_int8(model: torch.nn.Module) -> bool:
     """Whether an LLM.int8 layer of ``model`` still picks outlier columns over the whole batch."""
     return any(not getattr(m, _MARK, False) for m in _int8_layers(model))
 
 
-def amplifies_float_noise(model: Any) -> bool:
+def amplifies_float_noise(model: torch.nn.Module) -> bool:
     """Whether ``model`` has LLM.int8 layers with an outlier threshold. Their numbers jump when float
     noise of ~1e-7 (another kernel for another shape) moves an activation across the threshold or a
     rounding boundary: measured on SmolLM2-135M, a prompt's KL moved by up to 99 % when it was scored

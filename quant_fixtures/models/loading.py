@@ -5,11 +5,13 @@ from __future__ import annotations
 import gc
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from quant_fixtures.config import ModelSpec
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.models.footprint import model_footprint, quantization_state_bytes
 from quant_fixtures.models.int8_on_device import int8_quantized_on_device
 from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8
@@ -18,24 +20,36 @@ from quant_fixtures.models.sources import ResolvedModel, weight_bytes
 from quant_fixtures.settings import LoadSettings
 from quant_fixtures.variants import Variant, torch_dtype
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 @dataclass
 class LoadedModel:
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel  # deleted by :func:`release`
+    tokenizer: PreTrainedTokenizerBase
     footprint_bytes: int
     weight_dtype: str
     compute_dtype: str
     device: str
     load_seconds: float
-    quantization_config: dict[str, Any] | None
+    quantization_config: JsonObject | None
     quant_state_bytes: int = 0  # scales kept outside parameters and buffers (bitsandbytes, HQQ): not in the footprint
     placement_note: str | None = None  # set when the model is spread over several GPUs
     footprint_method: str = ""  # how footprint_bytes was counted (models/footprint.py)
     per_sequence_int8_layers: int = 0  # LLM.int8 layers that pick outlier columns per sequence
 
 
-def upcast_unquantized(model: Any, dtype: Any, keep_4bit_compute: Any = None) -> None:
+def _set(module: torch.nn.Module, name: str, value: object) -> None:
+    """Set a plain attribute of a quantized layer (torch types Module.__setattr__ for tensors and
+    modules only)."""
+    setattr(module, name, value)
+
+
+def upcast_unquantized(
+    model: torch.nn.Module, dtype: torch.dtype, keep_4bit_compute: torch.dtype | None = None
+) -> None:
     """Cast float parameters and buffers that are not quantized storage to ``dtype``.
 
     Used on CPU after the footprint is taken: weights stay as stored (16-bit or quantized) for
@@ -64,17 +78,19 @@ def upcast_unquantized(model: Any, dtype: Any, keep_4bit_compute: Any = None) ->
                 module.register_buffer(
                     name, buffer.to(dtype), persistent=name not in module._non_persistent_buffers_set
                 )
-        if hasattr(module, "W_q") and isinstance(getattr(module, "meta", None), dict):  # hqq HQQLinear
-            module.compute_dtype = module.meta["compute_dtype"] = dtype
+        meta = getattr(module, "meta", None)
+        if hasattr(module, "W_q") and isinstance(meta, dict):  # hqq HQQLinear
+            _set(module, "compute_dtype", dtype)
+            meta["compute_dtype"] = dtype
             for key in ("scale", "zero"):
-                if isinstance(module.meta.get(key), torch.Tensor):
-                    module.meta[key] = module.meta[key].to(dtype)
-        elif hasattr(module, "compute_dtype") and module.compute_dtype is not None:  # bnb Linear4bit
-            module.compute_dtype = keep_4bit_compute or dtype
+                if isinstance(meta.get(key), torch.Tensor):
+                    meta[key] = meta[key].to(dtype)
+        elif getattr(module, "compute_dtype", None) is not None:  # bnb Linear4bit
+            _set(module, "compute_dtype", keep_4bit_compute or dtype)
             # On CPUs with AVX512-BF16, bitsandbytes repacks NF4 weights on the first call and then
             # computes in bfloat16 whatever compute_dtype says; keep the float32 path we report.
             if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
+                _set(module, "support_avx512bf16_for_cpu", False)
 
 
 FOOTPRINT_METHOD = (
@@ -92,18 +108,22 @@ class VariantUnavailableError(RuntimeError):
     """The variant's method is not installed, or does not run on this device."""
 
 
-def _applied_config(model: Any, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+def _applied_config(model: PreTrainedModel, kwargs: Mapping[str, object]) -> JsonObject | None:
     """Every effective setting of the quantization that ran: the config given to from_pretrained, a
     pre-quantized checkpoint's own, or (HQQ) the settings its layers hold."""
     qconfig = kwargs.get("quantization_config") or getattr(model.config, "quantization_config", None)
     if qconfig is not None:
         # use_diff=False: every effective setting, not only those that differ from the defaults
         if hasattr(qconfig, "to_json_string"):
-            return json.loads(qconfig.to_json_string(use_diff=False))
-        return dict(qconfig)
+            settings: JsonObject = json.loads(qconfig.to_json_string(use_diff=False))
+            return settings
+        if isinstance(qconfig, Mapping):  # a plain dict of settings (a checkpoint's config.json)
+            return dict(qconfig)
+        raise TypeError(f"quantization_config {qconfig!r} is neither a transformers config nor a mapping")
     for module in model.modules():
-        if hasattr(module, "W_q") and isinstance(getattr(module, "meta", None), dict):
-            return {"quant_method": "hqq", **{k: module.meta[k] for k in ("nbits", "group_size", "axis", "packing")}}
+        meta = getattr(module, "meta", None)
+        if hasattr(module, "W_q") and isinstance(meta, dict):
+            return {"quant_method": "hqq", **{k: meta[k] for k in ("nbits", "group_size", "axis", "packing")}}
     return None
 
 
@@ -193,7 +213,7 @@ def release(loaded: LoadedModel | None) -> None:
     if loaded is None:
         return
     device = loaded.device
-    loaded.model = None
+    vars(loaded).pop("model", None)  # the one reference to the model goes (a second release finds none)
     gc.collect()
     if device.startswith("cuda"):
         import torch

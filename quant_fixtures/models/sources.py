@@ -96,6 +96,8 @@ def directory_identity(directory: Path, cache_dir: Path, allow_pickle: bool = Fa
 def _resolve_hub(spec: ModelSpec | CheckpointSpec, key: str) -> ResolvedModel:
     from huggingface_hub import snapshot_download
 
+    if not spec.hub_id:
+        raise ModelUnavailableError(f"{key}: no Hub id to download")
     revision = spec.revision or "main"
     try:
         patterns = HUB_PATTERNS + (list(PICKLE_WEIGHTS) if spec.allow_pickle else [])
@@ -133,19 +135,29 @@ def resolve_checkpoint(spec: CheckpointSpec, base: ModelSpec, cache_dir: Path) -
         return _local_directory(spec.path, key, cache_dir, spec.allow_pickle)
     if spec.gguf_file:
         return _gguf(Path(spec.gguf_file).expanduser(), cache_dir)
-    source = package_file(base.gguf_package, base.gguf_file)
+    if not spec.gguf_type:
+        raise ModelUnavailableError(f"{key}: no source (hub_id, path, gguf_file or gguf_type)")
+    source = package_file(*_gguf_package(base))
     return _gguf(requantized_gguf(source, spec.gguf_type, cache_dir / "gguf-quantized"), cache_dir)
+
+
+def _gguf_package(spec: ModelSpec) -> tuple[str, str]:
+    """(package, file) of a model whose weights are a GGUF shipped in a Python package."""
+    if not (spec.gguf_package and spec.gguf_file):
+        raise ModelUnavailableError(f"model {spec.key!r}: no source (hub_id, path, or gguf_package and gguf_file)")
+    return spec.gguf_package, spec.gguf_file
 
 
 def resolve_model(spec: ModelSpec, cache_dir: Path) -> ResolvedModel:
     """Find (or make) a local Hugging Face directory for the spec and identify its weights."""
-    if spec.source_kind == "hub":
+    if spec.hub_id:  # source_kind "hub"
         return _resolve_hub(spec, f"model {spec.key!r}")
-    if spec.source_kind == "local":
+    if spec.path:  # source_kind "local"
         return _local_directory(spec.path, f"model {spec.key!r}", cache_dir, spec.allow_pickle)
-    converted = convert_gguf_package(spec.gguf_package, spec.gguf_file, cache_dir / "gguf")
+    package, filename = _gguf_package(spec)
+    converted = convert_gguf_package(package, filename, cache_dir / "gguf")
     return ResolvedModel(
         converted.directory,
         converted.identity,
-        reference_note=reference_note(package_file(spec.gguf_package, spec.gguf_file)),
+        reference_note=reference_note(package_file(package, filename)),
     )

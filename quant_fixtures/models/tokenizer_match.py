@@ -5,7 +5,10 @@ predict over the same vocabulary; anything else is an error before any scoring."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SPECIAL = ("bos_token_id", "eos_token_id", "unk_token_id", "pad_token_id")
 
@@ -14,7 +17,7 @@ class TokenizerMismatchError(ValueError):
     """The variant's tokenizer or vocabulary differs from the base model's."""
 
 
-def tokenizer_differences(base: Any, other: Any) -> list[str]:
+def tokenizer_differences(base: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase) -> list[str]:
     """What differs between two tokenizers' id mappings, each a short phrase (empty: they match)."""
     problems = []
     base_vocab, other_vocab = base.get_vocab(), other.get_vocab()
@@ -34,7 +37,11 @@ def tokenizer_differences(base: Any, other: Any) -> list[str]:
 
 
 def check_same_tokenizer(
-    base: Any, base_vocab_size: int | None, variant_dir: Path, what: str, trust_remote_code: bool = False
+    base: PreTrainedTokenizerBase,
+    base_vocab_size: int | None,
+    variant_dir: Path,
+    what: str,
+    trust_remote_code: bool = False,
 ) -> None:
     """Raise TokenizerMismatchError naming ``what`` unless the variant's tokenizer maps text to the
     base's ids (``base``: the base model's tokenizer, already loaded) and its output layer has the
@@ -50,8 +57,8 @@ def check_same_tokenizer(
             "checkpoint was quantized with"
         ) from None
     problems = tokenizer_differences(base, other)
-    config = AutoConfig.from_pretrained(variant_dir, trust_remote_code=trust_remote_code).get_text_config()
-    size = getattr(config, "vocab_size", None)
+    model_config = AutoConfig.from_pretrained(variant_dir, trust_remote_code=trust_remote_code).get_text_config()
+    size = getattr(model_config, "vocab_size", None)
     if size != base_vocab_size:
         problems.append(f"an output layer of {size} logits against the base's {base_vocab_size}")
     if problems:

@@ -93,6 +93,7 @@ def test_percentiles_interpolate_like_llama_cpp():
     assert got["p25"] == 2.0 and got["p50"] == 3.0 and got["p10"] == pytest.approx(1.4)
     assert got["p99_9"] == pytest.approx(4.0 + 0.996 * 1.0)
     assert set(got) == {"p0_1", "p1", "p5", "p10", "p25", "p50", "p75", "p90", "p95", "p99", "p99_9"}
+    assert list(got) == [f"p{p:g}".replace(".", "_") for p in cs.PERCENTILES]  # named after PERCENTILES, in order
 
 
 def test_uncertainty_is_zero_for_ten_or_fewer_values():

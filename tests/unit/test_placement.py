@@ -1,9 +1,17 @@
 """Where a (model, variant) is loaded: its GPU when the weights fit, else (serial runs only) every
-GPU of the host with a memory limit each; never spread on the CPU or by an xdist worker."""
+GPU of the host with a memory limit each; never spread on the CPU or by an xdist worker. And how
+much a process may hold on a GPU: the card, or the cap where smaller (one rule for placement and
+for the memory budget of the batched stages)."""
 
 from __future__ import annotations
 
-from quant_fixtures.models.placement import placement
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from quant_fixtures.compute.memory import MemoryBudget
+from quant_fixtures.models.placement import gpu_limits, placement
 from quant_fixtures.variants import VARIANTS
 
 GiB = 2**30
@@ -37,3 +45,25 @@ def test_never_spread_by_a_worker_on_one_gpu_on_the_cpu_or_beyond_the_host():
     assert placement("cpu", MISTRAL_FP16, 1.0, [], may_spread=True).device_map == {"": "cpu"}
     # more than all GPUs together hold: stays, and fails there with its out-of-memory line
     assert placement("cuda:0", 40 * GiB, 1.0, [15 * GiB, 15 * GiB], may_spread=True).device_map == {"": "cuda:0"}
+
+
+@pytest.fixture
+def two_cards(monkeypatch):
+    """An 80 GiB cuda:0 and a 40 GiB cuda:1, as torch.cuda reports them."""
+    cards = [80 * GiB, 40 * GiB]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(cards))
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda device: SimpleNamespace(total_memory=cards[int(str(device).rsplit(":", 1)[-1])]),
+    )
+
+
+def test_a_gpu_holds_its_card_or_the_cap_where_smaller(two_cards):
+    assert gpu_limits(None) == [80 * GiB, 40 * GiB]
+    assert gpu_limits(60 * GiB) == [60 * GiB, 40 * GiB]
+    # the memory budget every batched stage plans with reads the same rule
+    assert MemoryBudget("cuda:0", 60 * GiB).limit() == 60 * GiB
+    assert MemoryBudget("cuda:1", 60 * GiB).limit() == 40 * GiB
+    assert MemoryBudget("cuda:0").limit() == 80 * GiB
