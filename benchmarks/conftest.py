@@ -10,12 +10,15 @@ to some variants says so with ``@pytest.mark.quant_variants(...)``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from quant_fixtures.settings import BENCH_DEFAULTS, BenchSettings
 from quant_fixtures.settings import bench_settings as resolve_bench_settings
+
+if TYPE_CHECKING:
+    from quant_fixtures.session.orchestrator import EvaluationSession
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,7 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture(scope="session")
-def bench_settings(pytestconfig: pytest.Config, quant_session: Any) -> BenchSettings:
+def bench_settings(pytestconfig: pytest.Config, quant_session: EvaluationSession) -> BenchSettings:
     given = {name: pytestconfig.getoption(f"--bench-{name.replace('_', '-')}") for name in BENCH_DEFAULTS}
     return resolve_bench_settings(quant_session.settings.load.device, given)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,39 +14,46 @@ from quant_fixtures.plugin.cli import runnable_pairs
 from quant_fixtures.plugin.state import session_of
 from quant_fixtures.report.schema import EvaluationDocument
 
+if TYPE_CHECKING:
+    from syrupy.assertion import SnapshotAssertion
 
-def _evaluate(session: Any, pairs: list[tuple[str, str]]) -> dict[str, EvaluationDocument]:
-    """{variant: document}; a pair that cannot be evaluated fails the test with one line."""
+    from quant_fixtures.models.loading import LoadedModel
+    from quant_fixtures.session.orchestrator import EvaluationSession
+
+
+def _evaluate(session: EvaluationSession, pairs: list[tuple[str, str]]) -> dict[str, EvaluationDocument]:
+    """{variant key: document}; a pair that cannot be evaluated fails the test with one line."""
     from quant_fixtures.models.gguf import GGUFSourceError
     from quant_fixtures.models.sources import ModelUnavailableError
     from quant_fixtures.models.tokenizer_match import TokenizerMismatchError
     from quant_fixtures.session.orchestrator import EvaluationFailed
 
     try:
-        return {v: session.evaluate(m, v) for m, v in pairs}
+        return {variant_key: session.evaluate(model, variant_key) for model, variant_key in pairs}
     except (ModelUnavailableError, EvaluationFailed, GGUFSourceError, TokenizerMismatchError) as exc:
         message = str(exc)
     pytest.fail(message, pytrace=False)  # outside the except: one line, no chained exception
 
 
 @pytest.fixture(scope="session")
-def quant_session(pytestconfig: pytest.Config) -> Any:
-    return session_of(pytestconfig)
+def quant_session(pytestconfig: pytest.Config) -> EvaluationSession:
+    session: EvaluationSession = session_of(pytestconfig)
+    return session
 
 
 @pytest.fixture(scope="session")
-def variant_eval(request: pytest.FixtureRequest, quant_session: Any) -> EvaluationDocument:
+def variant_eval(request: pytest.FixtureRequest, quant_session: EvaluationSession) -> EvaluationDocument:
     """The finished evaluation document of one (model, variant); the model is loaded and released
     inside, so at most one model is resident at a time."""
-    model, variant = request.param
-    return _evaluate(quant_session, [(model, variant)])[variant]
+    model, variant_key = request.param
+    return _evaluate(quant_session, [(model, variant_key)])[variant_key]
 
 
 @pytest.fixture(scope="session")
-def quantized_eval(request: pytest.FixtureRequest, quant_session: Any) -> EvaluationDocument:
+def quantized_eval(request: pytest.FixtureRequest, quant_session: EvaluationSession) -> EvaluationDocument:
     """As ``variant_eval``, over quantized variants only."""
-    model, variant = request.param
-    return _evaluate(quant_session, [(model, variant)])[variant]
+    model, variant_key = request.param
+    return _evaluate(quant_session, [(model, variant_key)])[variant_key]
 
 
 @dataclass(frozen=True)
@@ -56,63 +63,50 @@ class GatedMetric:
 
 
 @pytest.fixture(scope="session")
-def gated_metric(request: pytest.FixtureRequest, quant_session: Any) -> GatedMetric:
+def gated_metric(request: pytest.FixtureRequest, quant_session: EvaluationSession) -> GatedMetric:
     """One (model, quantized variant, gateable metric): the document and the metric's spec."""
     from quant_fixtures.metrics.registry import METRICS
 
-    model, variant, metric = request.param
-    return GatedMetric(_evaluate(quant_session, [(model, variant)])[variant], METRICS[metric])
+    model, variant_key, metric = request.param
+    return GatedMetric(_evaluate(quant_session, [(model, variant_key)])[variant_key], METRICS[metric])
 
 
 @pytest.fixture(scope="session")
-def model_documents(request: pytest.FixtureRequest, quant_session: Any) -> dict[str, EvaluationDocument]:
-    """{variant: evaluation document} of one model, every selected variant (reused when this run
+def model_documents(request: pytest.FixtureRequest, quant_session: EvaluationSession) -> dict[str, EvaluationDocument]:
+    """{variant key: evaluation document} of one model, every selected variant (reused when this run
     already evaluated it, in this process or another xdist worker)."""
     return _evaluate(quant_session, [(m, v) for m, v in runnable_pairs(request.config) if m == request.param])
 
 
 @pytest.fixture(scope="session")
-def bench_model(request: pytest.FixtureRequest, quant_session: Any) -> Iterator[tuple[str, str, Any]]:
-    """One (model, variant) loaded for the whole session; pytest releases it before the next."""
+def bench_model(
+    request: pytest.FixtureRequest, quant_session: EvaluationSession
+) -> Iterator[tuple[str, str, LoadedModel]]:
+    """One (model, variant key, loaded model) for the whole session; pytest releases it before the next."""
     from quant_fixtures.models.loading import load_model, release
 
-    model, variant = request.param
-    settings = quant_session.settings
-    var = quant_session.config.variant(model, variant)
+    model, variant_key = request.param
+    variant = quant_session.config.variant(model, variant_key)
     loaded = load_model(
-        quant_session.config.models[model], quant_session.inputs.weights(model, var), var, settings.load
+        quant_session.config.models[model],
+        quant_session.inputs.weights(model, variant),
+        variant,
+        quant_session.settings.load,
     )
-    yield model, variant, loaded
+    yield model, variant_key, loaded
     release(loaded)
 
 
 @pytest.fixture
-def harm_snapshot(quant_session: Any, request: pytest.FixtureRequest) -> Any:
+def harm_snapshot(quant_session: EvaluationSession, request: pytest.FixtureRequest) -> SnapshotAssertion:
     """A syrupy snapshot assertion with per-metric tolerances, named after the run's settings.
 
     Built here rather than from syrupy's ``snapshot`` fixture: that one registers the default
-    (amber) extension, whose discovery walks all of __snapshots__/ and would mark every other
-    settings' JSON snapshot as unused, so ``--snapshot-update`` would delete it. This extension
-    claims only the files of this run's own settings.
+    (amber) extension, whose discovery walks all of __snapshots__/ and reports every other
+    settings' JSON snapshot as an unknown collection, so ``--snapshot-update`` would delete it.
+    This extension claims only the file of this run's own settings (plugin/snapshot_extension.py).
     """
-    from syrupy.assertion import SnapshotAssertion
-    from syrupy.extensions.json import JSONSnapshotExtension
-    from syrupy.location import PyTestLocation
-
-    from quant_fixtures.plugin.snapshot_extension import tolerant_json_extension
+    from quant_fixtures.plugin.snapshot_extension import tolerant_snapshot
     from quant_fixtures.report.snapshot import settings_tag
 
-    tag = settings_tag(quant_session.settings)
-    owned = {
-        JSONSnapshotExtension._sanitize_filename(f"{request.node.originalname}[{m}][{tag}]")
-        for m in quant_session.settings.models
-    }
-    options = request.config.option
-    assertion = SnapshotAssertion(
-        update_snapshots=options.update_snapshots,
-        update_new_snapshots_only=options.update_new_snapshots_only,
-        extension_class=tolerant_json_extension(quant_session.config.snapshot_tolerances, owned),
-        test_location=PyTestLocation(request.node),
-        session=request.config._syrupy,
-    )  # as syrupy's own fixture
-    return assertion(name=tag)
+    return tolerant_snapshot(request, quant_session.config.snapshot_tolerances, settings_tag(quant_session.settings))

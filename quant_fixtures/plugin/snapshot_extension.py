@@ -1,15 +1,32 @@
-"""The syrupy extension of the harm snapshot: JSON stored exactly, compared with tolerances."""
+"""The syrupy extension of the harm snapshot: JSON stored exactly, compared with tolerances, one
+file per run settings.
+
+syrupy's public extension points carry most of it (an extension subclass overriding ``matches`` and
+``owns_snapshot_collection``; ``get_snapshot_name`` for the file it writes). One private name is
+needed: the run's ``SnapshotSession`` (``config._syrupy``), to build the assertion without syrupy's
+``snapshot`` fixture. That fixture registers the default (amber) extension, whose discovery is
+scoped to the whole ``__snapshots__/`` folder and reports every file it does not own -- the JSON
+snapshots of other settings -- as an unknown collection, so ``--snapshot-update`` deletes them.
+pyproject.toml therefore pins syrupy to the versions checked; tests/unit/test_snapshot_fixture.py
+checks the pin, the private name, the behaviour, and that the public route still deletes (when it
+stops doing so, switch to ``snapshot.use_extension``)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
+import pytest
+from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.json import JSONSnapshotExtension
+from syrupy.location import PyTestLocation
+from syrupy.session import SnapshotSession
 
 from quant_fixtures.report.snapshot import within_tolerance
+
+SYRUPY_SESSION_ATTRIBUTE = "_syrupy"  # set on pytest's config by syrupy's pytest_sessionstart
 
 
 def tolerant_json_extension(
@@ -23,15 +40,52 @@ def tolerant_json_extension(
     owned = None if owned_stems is None else set(owned_stems)
 
     class TolerantJSONExtension(JSONSnapshotExtension):
-        def matches(self, *, serialized_data: Any, snapshot_data: Any) -> bool:
+        def matches(self, *, serialized_data: object, snapshot_data: object) -> bool:
+            if not isinstance(serialized_data, (str, bytes)) or not isinstance(snapshot_data, (str, bytes)):
+                return False  # no snapshot yet
             try:
                 return within_tolerance(json.loads(serialized_data), json.loads(snapshot_data), tolerances)
-            except (TypeError, ValueError):  # no snapshot yet, or not JSON
+            except (TypeError, ValueError):  # not JSON
                 return False
 
-        def owns_snapshot_collection(self, *, filepath: str, test_location: Any) -> bool:
+        def owns_snapshot_collection(self, *, filepath: str, test_location: PyTestLocation) -> bool:
             if owned is not None and Path(filepath).name.removesuffix(".json") not in owned:
                 return False
             return super().owns_snapshot_collection(filepath=filepath, test_location=test_location)
 
     return TolerantJSONExtension
+
+
+def syrupy_session(config: pytest.Config) -> SnapshotSession:
+    """syrupy's session of this run (private in syrupy: see the module's docstring)."""
+    session = getattr(config, SYRUPY_SESSION_ATTRIBUTE, None)
+    if not isinstance(session, SnapshotSession):
+        raise RuntimeError(
+            f"syrupy {version('syrupy')} keeps no SnapshotSession in config.{SYRUPY_SESSION_ATTRIBUTE}, "
+            "which the harm snapshot needs: install the syrupy version pyproject.toml pins"
+            + ("" if session is not None else " (or syrupy is disabled: -p no:syrupy)")
+        )
+    return session
+
+
+def tolerant_snapshot(
+    request: pytest.FixtureRequest, tolerances: dict[str, dict[str, float]], name: str
+) -> SnapshotAssertion:
+    """A syrupy snapshot assertion for the requesting test with the tolerant extension, stored under
+    ``name`` (the file ``__snapshots__/<module>/<test id>[<name>].json``). The extension claims only
+    that one file, so the snapshots of other names (other settings) are never discovered, hence never
+    reported or deleted as unused."""
+    item = request.node
+    if not isinstance(item, pytest.Item):
+        raise TypeError(f"a snapshot belongs to a test, not to {item!r}")
+    location = PyTestLocation(item)
+    own = JSONSnapshotExtension.get_snapshot_name(test_location=location, index=name)
+    options = request.config.option
+    assertion = SnapshotAssertion(  # as syrupy's own ``snapshot`` fixture builds it, with this extension
+        update_snapshots=options.update_snapshots,
+        update_new_snapshots_only=options.update_new_snapshots_only,
+        extension_class=tolerant_json_extension(tolerances, [own]),
+        test_location=location,
+        session=syrupy_session(request.config),
+    )
+    return assertion(name=name)

@@ -33,17 +33,17 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _imports(path: Path) -> set[str]:
-    """quant_fixtures modules imported anywhere in the file (top level or inside functions)."""
+def imports_of(source: str, where: str = "<source>") -> set[str]:
+    """quant_fixtures modules imported anywhere in the source (top level or inside functions)."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module.startswith("quant_fixtures."):
                 base = node.module.removeprefix("quant_fixtures.")
                 names.add(base)
                 names.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
         elif isinstance(node, ast.ImportFrom) and node.level:
-            raise AssertionError(f"{path}: relative import; the layers are read from absolute imports")
+            raise AssertionError(f"{where}: relative import; the layers are read from absolute imports")
         elif isinstance(node, ast.Import):
             names.update(
                 a.name.removeprefix("quant_fixtures.") for a in node.names if a.name.startswith("quant_fixtures.")
@@ -59,60 +59,129 @@ def _layer(module: str) -> int:
     raise AssertionError(f"module {module} is in no layer: add its folder to LAYERS")
 
 
+def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    """{module: the modules of ``sources`` it imports}."""
+    return {name: {m for m in imports_of(source, name) if m in sources} for name, source in sources.items()}
+
+
+def upward_imports(graph: dict[str, set[str]], module: str) -> list[str]:
+    """The modules ``module`` imports from a higher layer."""
+    return sorted(m for m in graph[module] if _layer(m) > _layer(module))
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (its modules, the first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state:
+                found = visit(nxt, path + [nxt])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            found = visit(module, [module])
+            if found:
+                return found
+    return None
+
+
+def too_long(source: str) -> int | None:
+    """The number of lines when over MAX_LINES, else None."""
+    lines = len(source.splitlines())
+    return lines if lines > MAX_LINES else None
+
+
+def framework_imports(name: str, source: str) -> list[str]:
+    """pytest / syrupy imports of a module outside the plugin layer."""
+    if name.startswith("plugin"):
+        return []
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        imported = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
+        found += [f"{name}: {m}" for m in imported if m.split(".")[0] in ("pytest", "_pytest", "syrupy")]
+    return found
+
+
 MODULES = _modules()
-GRAPH = {name: {m for m in _imports(path) if m in MODULES} for name, path in MODULES.items()}
+SOURCES = {name: path.read_text(encoding="utf-8") for name, path in MODULES.items()}
+GRAPH = import_graph(SOURCES)
 
 
 @pytest.mark.parametrize("module", [m for m in MODULES if m != "__init__"])
 def test_imports_go_down_the_layers(module: str) -> None:
-    upward = [m for m in GRAPH[module] if _layer(m) > _layer(module)]
+    upward = upward_imports(GRAPH, module)
     assert not upward, f"{module} (layer {LAYERS[_layer(module)]}) imports from higher layers: {upward}"
 
 
 def test_no_import_cycles() -> None:
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for nxt in sorted(GRAPH[node]):
-            if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt) :] + [nxt]))
-            if nxt not in state:
-                visit(nxt, path + [nxt])
-        state[node] = 2
-
-    for module in MODULES:
-        if module not in state:
-            visit(module, [module])
+    cycle = import_cycle(GRAPH)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
 @pytest.mark.parametrize("module", list(MODULES))
 def test_modules_stay_small(module: str) -> None:
-    lines = len(MODULES[module].read_text(encoding="utf-8").splitlines())
-    assert lines <= MAX_LINES, f"{module}: {lines} lines"
+    lines = too_long(SOURCES[module])
+    assert lines is None, f"{module}: {lines} lines (at most {MAX_LINES})"
 
 
 def test_only_the_plugin_layer_imports_pytest_or_syrupy() -> None:
-    offenders = []
-    for name, path in MODULES.items():
-        if name.startswith("plugin"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            imported = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            offenders += [f"{name}: {m}" for m in imported if m.split(".")[0] in ("pytest", "_pytest", "syrupy")]
+    offenders = [line for name, source in SOURCES.items() for line in framework_imports(name, source)]
     assert not offenders
 
 
 def test_the_checks_see_a_violation() -> None:
-    """The layer rule is not vacuous: a report module importing the session would be caught."""
-    assert _layer("session.orchestrator") > _layer("report.build")
-    assert GRAPH["session.orchestrator"] and "report.build" in GRAPH["session.orchestrator"]
+    """Each check above, fed a synthetic package that breaks its rule, reports it (and stays quiet
+    on the same package without the violation)."""
+    sources = {
+        "metrics.stats": "import math\n",
+        "report.build": (
+            "from quant_fixtures.metrics import stats\n"
+            "def build():\n"
+            "    from quant_fixtures.session.orchestrator import EvaluationSession  # lazy: still counts\n"
+        ),
+        "session.orchestrator": "import quant_fixtures.report.build\nimport pytest\n",
+        "plugin.hooks": "import pytest\nfrom syrupy.assertion import SnapshotAssertion\n",
+    }
+    graph = import_graph(sources)
+    assert graph["report.build"] == {"metrics.stats", "session.orchestrator"}
+    # A report module importing the session is an upward import; the session importing a report is not.
+    assert upward_imports(graph, "report.build") == ["session.orchestrator"]
+    assert upward_imports(graph, "session.orchestrator") == []
+    assert upward_imports(graph, "metrics.stats") == []
+    # The same two modules form a cycle; without the lazy import there is none.
+    assert import_cycle(graph) == ["report.build", "session.orchestrator", "report.build"]
+    sources["report.build"] = "from quant_fixtures.metrics import stats\n"
+    assert import_cycle(import_graph(sources)) is None
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    # pytest outside the plugin layer is caught, inside it is allowed.
+    assert framework_imports("session.orchestrator", sources["session.orchestrator"]) == [
+        "session.orchestrator: pytest"
+    ]
+    assert framework_imports("report.x", "from _pytest.fixtures import FixtureRequest\n") == [
+        "report.x: _pytest.fixtures"
+    ]
+    assert framework_imports("plugin.hooks", sources["plugin.hooks"]) == []
+    # A long module, a relative import, a module outside every layer.
+    assert too_long("x = 1\n" * (MAX_LINES + 1)) == MAX_LINES + 1
+    assert too_long("x = 1\n" * MAX_LINES) is None
+    with pytest.raises(AssertionError, match="relative import"):
+        imports_of("from . import stats\n")
+    with pytest.raises(AssertionError, match="in no layer"):
+        upward_imports({"tools.x": {"metrics.stats"}, "metrics.stats": set()}, "tools.x")
 
 
 def test_the_int8_loader_replacement_is_scoped_to_cuda_loads():

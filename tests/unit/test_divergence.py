@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from quant_fixtures.metrics.divergence import (
-    METRICS_VERSION,
     kl_exact,
     kl_topk,
     nll_of_targets,
@@ -80,10 +79,6 @@ def py_nll(cand_row: list[float], target: int) -> float:
 
 
 # --- hand-computed cases -----------------------------------------------------------------
-
-
-def test_metrics_version_is_int() -> None:
-    assert isinstance(METRICS_VERSION, int) and METRICS_VERSION >= 1
 
 
 def test_kl_exact_hand_case() -> None:

@@ -68,11 +68,11 @@ def test_no_limits_no_results() -> None:
 
 
 def test_passed_is_a_real_bool() -> None:
-    for result in evaluate_gates(
+    results = evaluate_gates(
         {"max_delta_ppl_pct": 5.0, "min_memory_reduction_pct": 45.0},
         document({"delta_ppl_pct": 1.0, "memory_reduction_pct": None}),
-    ):
-        assert type(result.passed) is bool
+    )
+    assert [(r.passed, type(r.passed)) for r in results] == [(True, bool), (False, bool)]  # None fails
 
 
 # -- missing and non-finite values fail -----------------------------------------------------------

@@ -1,0 +1,141 @@
+"""The harm snapshot (plugin/snapshot_extension.tolerant_snapshot, which the ``harm_snapshot`` fixture
+returns): one file per settings tag, tolerant comparison, and the snapshots of other settings neither
+reported unused nor deleted by ``--snapshot-update``.
+
+It reaches syrupy's session through a private name (``config._syrupy``), so syrupy is pinned in
+pyproject.toml; these tests run syrupy itself (pytester) and fail, with the reason, on a syrupy that
+breaks what the plugin relies on, or that no longer needs the private name."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from packaging.requirements import Requirement
+
+from quant_fixtures.plugin.snapshot_extension import SYRUPY_SESSION_ATTRIBUTE, syrupy_session
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[2]
+TOL = {"kl_mean": {"rel": 0.02, "abs": 5e-4}}
+
+# The settings tag and the measured value come from the environment, as the settings come from the
+# command line in the real fixture.
+TEST_FILE = """
+import os
+
+import pytest
+
+from quant_fixtures.plugin.snapshot_extension import tolerant_snapshot
+
+
+@pytest.fixture
+def harm_snapshot(request):
+    return tolerant_snapshot(request, {tol!r}, os.environ["TAG"])
+
+
+@pytest.mark.parametrize("model", ["tiny"])
+def test_summary(model, harm_snapshot):
+    assert {{"variants": {{"int8": {{"kl_mean": float(os.environ["KL"])}}}}}} == harm_snapshot
+"""
+
+# The same through syrupy's public route: its ``snapshot`` fixture and ``use_extension``.
+PUBLIC_FILE = """
+import os
+
+import pytest
+from syrupy.extensions.json import JSONSnapshotExtension
+
+from quant_fixtures.plugin.snapshot_extension import tolerant_json_extension
+
+
+@pytest.fixture
+def harm_snapshot(snapshot):
+    tag = os.environ["TAG"]
+    own = JSONSnapshotExtension.get_snapshot_name(test_location=snapshot.test_location, index=tag)
+    return snapshot.use_extension(tolerant_json_extension({tol!r}, [own]))(name=tag)
+
+
+@pytest.mark.parametrize("model", ["tiny"])
+def test_summary(model, harm_snapshot):
+    assert {{"variants": {{"int8": {{"kl_mean": float(os.environ["KL"])}}}}}} == harm_snapshot
+"""
+
+
+def _run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tag: str, kl: float, *args: str
+) -> pytest.RunResult:
+    monkeypatch.setenv("TAG", tag)
+    monkeypatch.setenv("KL", repr(kl))
+    # The suite's own plugin is not needed here (and would import torch inside the inner run).
+    return pytester.runpytest("-p", "no:quant_fixtures", *args)
+
+
+def _snapshots(pytester: pytest.Pytester) -> list[str]:
+    folder = pytester.path / "__snapshots__" / "test_snap"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_each_settings_tag_keeps_its_own_file_through_updates(pytester: pytest.Pytester, monkeypatch) -> None:
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_snap=TEST_FILE.format(tol=TOL))
+    missing = _run(pytester, monkeypatch, "cpu-a", 0.1)
+    assert missing.ret == pytest.ExitCode.TESTS_FAILED, "a missing snapshot must fail"
+    assert _run(pytester, monkeypatch, "cpu-a", 0.1, "--snapshot-update").ret == 0
+    assert _run(pytester, monkeypatch, "cpu-b", 0.3, "--snapshot-update").ret == 0
+    assert _snapshots(pytester) == ["test_summary[tiny][cpu-a].json", "test_summary[tiny][cpu-b].json"]
+    # Each tag compares with its own file, within the tolerance, and no file is reported unused.
+    for tag, kl in (("cpu-a", 0.1004), ("cpu-b", 0.3)):
+        result = _run(pytester, monkeypatch, tag, kl)
+        assert result.ret == 0, result.stdout.str()
+        assert "unused" not in result.stdout.str()
+    assert _run(pytester, monkeypatch, "cpu-a", 0.2).ret == pytest.ExitCode.TESTS_FAILED  # outside the tolerance
+    assert _run(pytester, monkeypatch, "cpu-b", 0.1).ret == pytest.ExitCode.TESTS_FAILED  # b's value is b's
+    # A deliberate change, accepted, rewrites only that tag's file.
+    before = (pytester.path / "__snapshots__" / "test_snap" / "test_summary[tiny][cpu-b].json").read_text()
+    assert _run(pytester, monkeypatch, "cpu-a", 0.2, "--snapshot-update").ret == 0
+    assert _snapshots(pytester) == ["test_summary[tiny][cpu-a].json", "test_summary[tiny][cpu-b].json"]
+    assert (pytester.path / "__snapshots__" / "test_snap" / "test_summary[tiny][cpu-b].json").read_text() == before
+    assert _run(pytester, monkeypatch, "cpu-a", 0.2).ret == 0
+
+
+def test_syrupy_public_route_still_deletes_the_other_settings(pytester: pytest.Pytester, monkeypatch) -> None:
+    """Why the private name: through syrupy's ``snapshot`` fixture, with the same extension, the
+    default extension's discovery takes the other tag's file for an unknown collection and deletes
+    it. When this test fails, syrupy no longer does that: build harm_snapshot with
+    ``snapshot.use_extension`` (PUBLIC_FILE above) and drop the pin."""
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_snap=PUBLIC_FILE.format(tol=TOL))
+    assert _run(pytester, monkeypatch, "cpu-a", 0.1, "--snapshot-update").ret == 0
+    result = _run(pytester, monkeypatch, "cpu-b", 0.3, "--snapshot-update")
+    assert result.ret == 0
+    assert _snapshots(pytester) == ["test_summary[tiny][cpu-b].json"], result.stdout.str()
+
+
+def test_syrupy_is_pinned_to_a_version_checked_here() -> None:
+    """pyproject.toml pins syrupy (an upper bound: a later release may move its private names) and
+    the installed one is within the pin."""
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    [pin] = [Requirement(d) for d in dependencies if re.match(r"syrupy\b", d)]
+    assert any(s.operator in ("<", "<=", "==", "~=") for s in pin.specifier), (
+        f"pyproject.toml requires {pin}: pin syrupy (an upper bound), the harm snapshot uses its private "
+        f"config.{SYRUPY_SESSION_ATTRIBUTE}"
+    )
+    installed = version("syrupy")
+    assert pin.specifier.contains(installed, prereleases=True), (
+        f"syrupy {installed} is installed, pyproject.toml pins {pin}: install the pinned one, or check this "
+        "version with tests/unit/test_snapshot_fixture.py and widen the pin"
+    )
+
+
+def test_syrupy_keeps_its_session_where_the_plugin_reads_it(pytestconfig: pytest.Config) -> None:
+    from syrupy.session import SnapshotSession
+
+    assert isinstance(syrupy_session(pytestconfig), SnapshotSession)
+    with pytest.raises(RuntimeError, match=r"syrupy \S+ keeps no SnapshotSession in config\._syrupy.*pins"):
+        syrupy_session(SimpleNamespace())  # type: ignore[arg-type]  # a config without syrupy's session
