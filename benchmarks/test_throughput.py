@@ -29,7 +29,7 @@ pytestmark = pytest.mark.benchmark
 
 
 def _corpus(quant_session: EvaluationSession, model: str, settings: BenchSettings) -> tuple[torch.Tensor, list[Window]]:
-    ids = quant_session.inputs.corpus_plan(model).ids  # the joined text (benchmarks run the default protocol)
+    ids = quant_session.plans.plan(model).ids  # the joined text (benchmarks run the default protocol)
     windows = nonoverlapping_windows(len(ids), settings.ctx, settings.ctx * settings.windows)
     return ids, windows
 
@@ -89,7 +89,7 @@ def test_hf_guide_strided_loop(benchmark, bench_model, bench_settings, quant_ses
 
 def test_batched_generation(benchmark, bench_model, bench_settings, quant_session):
     model, variant_key, loaded = bench_model
-    prompts = quant_session.inputs.prompts()[: bench_settings.prompts]
+    prompts = quant_session.prompt_suite.prompts()[: bench_settings.prompts]
     ids = [
         prompt_token_ids(loaded.tokenizer, p.prompt, quant_session.settings.prompts.use_chat_template) for p in prompts
     ]

@@ -86,10 +86,10 @@ def bench_model(
     from quant_fixtures.models.loading import load_model, release
 
     model, variant_key = request.param
-    variant = quant_session.config.variant(model, variant_key)
+    variant = quant_session.suite.variant(model, variant_key)
     loaded = load_model(
-        quant_session.config.models[model],
-        quant_session.inputs.weights(model, variant),
+        quant_session.models.spec(model),
+        quant_session.models.weights(model, variant),
         variant,
         quant_session.settings.load,
     )
@@ -109,4 +109,4 @@ def harm_snapshot(quant_session: EvaluationSession, request: pytest.FixtureReque
     from quant_fixtures.plugin.snapshot_extension import tolerant_snapshot
     from quant_fixtures.report.snapshot import settings_tag
 
-    return tolerant_snapshot(request, quant_session.config.snapshot_tolerances, settings_tag(quant_session.settings))
+    return tolerant_snapshot(request, quant_session.suite.snapshot_tolerances, settings_tag(quant_session.settings))

@@ -87,6 +87,8 @@ def footprint_vs_delta_ppl(model: str, documents: Documents, path: Path) -> Path
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for variant_key, doc in documents.items():
         x, y = size.value(doc), cost.value(doc)
+        if x is None or y is None:
+            continue  # a variant without the figure has no point to place
         ci = cost.ci(doc)
         if ci:
             # A percentile interval need not contain the point estimate: clip negative arm lengths.

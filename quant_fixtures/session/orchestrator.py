@@ -17,12 +17,8 @@ from contextlib import nullcontext
 from quant_fixtures.compute.memory import GiB, MemoryBudget, is_out_of_memory, require_executor, strict_executor
 from quant_fixtures.config import SuiteConfig
 from quant_fixtures.environment import process_age
-from quant_fixtures.inputs.corpus_protocols import CorpusPlan
-from quant_fixtures.inputs.prompts import Prompt
-from quant_fixtures.inputs.wikitext import EvalText
 from quant_fixtures.metrics.registry import GATEABLE
 from quant_fixtures.models.loading import load_model, release
-from quant_fixtures.models.sources import ResolvedModel
 from quant_fixtures.report.build import evaluation_document
 from quant_fixtures.report.comparison import (
     collect_comparable_documents,
@@ -41,7 +37,7 @@ from quant_fixtures.session.references import References, ReferenceStore
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.atomic import file_lock
 from quant_fixtures.store.baseline import StaleBaselineError
-from quant_fixtures.variants import BASELINE_VARIANT, Variant
+from quant_fixtures.variants import BASELINE_VARIANT
 
 log = logging.getLogger("quant_fixtures")
 
@@ -64,31 +60,6 @@ def out_of_memory_line(model: str, variant_key: str, stage: str, exc: BaseExcept
     return f"{model} {variant_key}: out of memory in stage {stage}: {need}{had}"
 
 
-class RunInputs:
-    """The run's inputs through one object, as callers written before they were split use them
-    (``session.inputs``: plugin/state.py, plugin/fixtures.py, tests/integration/test_installed_package.py,
-    benchmarks/test_throughput.py). New code uses the session's pieces: ``prompt_suite``,
-    ``corpus_text``, ``models``, ``plans``."""
-
-    def __init__(self, session: EvaluationSession) -> None:
-        self._session = session
-
-    def use_prompts(self, prompts: list[Prompt] | None) -> None:
-        self._session.prompt_suite.use(prompts)
-
-    def prompts(self) -> list[Prompt]:
-        return self._session.prompt_suite.prompts()
-
-    def text(self) -> EvalText:
-        return self._session.corpus_text.text()
-
-    def weights(self, model: str, variant: Variant) -> ResolvedModel:
-        return self._session.models.weights(model, variant)
-
-    def corpus_plan(self, model: str) -> CorpusPlan:
-        return self._session.plans.plan(model)
-
-
 class EvaluationSession:
     def __init__(self, suite: SuiteConfig, settings: RunSettings, progress: ProgressSink | None = None) -> None:
         self.suite, self.settings, self.progress = suite, settings, progress  # progress: None shows none
@@ -109,17 +80,6 @@ class EvaluationSession:
         self._budget_enforced = False
         self._startup_s: float | None = process_age()  # reported once, by the first evaluation
         self._nested_s = 0.0  # wall time of FP16 passes that a variant's evaluation ran first
-
-    @property
-    def config(self) -> SuiteConfig:
-        """The suite config, under its former name (plugin/fixtures.py, tests/harm, tests/integration,
-        examples/own_project still read it); new code reads ``suite``."""
-        return self.suite
-
-    @property
-    def inputs(self) -> RunInputs:
-        """The inputs as one object, under their former name, for the callers :class:`RunInputs` names."""
-        return RunInputs(self)
 
     def evaluate(self, model: str, variant_key: str) -> EvaluationDocument:
         """Evaluate one pair (once per session) and write its reports; returns the document.
