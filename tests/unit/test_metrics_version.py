@@ -221,21 +221,22 @@ def _reference_store(tmp_path: Path) -> references.ReferenceStore:
     """The session's reference store over stand-in inputs and settings: only what its keys read."""
     from quant_fixtures.session.references import ReferenceStore
 
-    inputs = SimpleNamespace(
+    models = SimpleNamespace(
         resolved=lambda model: SimpleNamespace(identity=f"{model}@0123abcd"),
         tokenizer_sha256=lambda model: "a" * 64,
-        text=lambda: SimpleNamespace(sha256="f" * 64),
-        ctx=lambda model: 512,
-        numerics=lambda: {"device_type": "cpu", "torch": "2.13.0"},
-        prompts_sha256=lambda: "b" * 64,
     )
+    corpus_text = SimpleNamespace(text=lambda: SimpleNamespace(sha256="f" * 64))
+    plans = SimpleNamespace(ctx=lambda model: 512)
+    prompt_suite = SimpleNamespace(sha256=lambda: "b" * 64)
+    environment = SimpleNamespace(numerics=lambda: {"device_type": "cpu", "torch": "2.13.0"})
     settings = SimpleNamespace(
         perplexity=SimpleNamespace(method="nonoverlapping", stride=None, max_tokens=2048),
         prompts=SimpleNamespace(categories=None, use_chat_template=True, max_new_tokens_cap=16, top_k=256),
         load=SimpleNamespace(weight_dtype="float16", compute_dtype="float32", device_type="cpu"),
         paths=SimpleNamespace(baselines_dir=tmp_path, cache_dir=tmp_path / "cache"),
     )
-    return ReferenceStore(inputs, settings)  # type: ignore[arg-type]  # stand-ins of what the keys read
+    # stand-ins of what the keys read
+    return ReferenceStore(settings, models, corpus_text, plans, prompt_suite, environment)  # type: ignore[arg-type]
 
 
 def test_the_stored_references_are_keyed_by_the_metrics_version(tmp_path: Path, monkeypatch) -> None:
