@@ -4,7 +4,9 @@ torch, oneDNN and MKL pick kernels by instruction set (AVX2, AVX512, AMX); their
 differ in the last bits, and LLM.int8's outlier threshold and rounding turn such bits into other
 numbers (SmolLM2 INT8 at CI's budget: ΔPPL +1.88 % with AVX512 kernels, +1.42 % with AVX2, on
 one machine). Every x86-64 CPU in use has AVX2, so the suite asks for AVX2 kernels before torch
-loads: ATen's dispatch (ATEN_CPU_CAPABILITY) and MKL (MKL_ENABLE_INSTRUCTIONS). oneDNN is left
+loads: ATen's dispatch (ATEN_CPU_CAPABILITY) and MKL (MKL_ENABLE_INSTRUCTIONS, and MKL_CBWR=AVX2,STRICT,
+MKL's reproducible mode: without it, on an Intel Xeon with AMX, MKL's float GEMM gave a row other
+last bits in a batch than alone, so LLM.int8 rows depended on their neighbours). oneDNN is left
 alone on purpose: restricted to AVX2 its int8 GEMM saturates (torch._int_mm off by up to 119,357 on
 random int8 matrices, the overflow bitsandbytes avoids), which would make torchao's int8 wrong; its
 int8 products are exact on every other ISA. A variable the user set is left as it is, and
@@ -21,7 +23,7 @@ import sys
 MODE_ENV = "QUANT_FIXTURES_CPU_KERNELS"
 MODES = ("avx2", "native")
 DEFAULT_MODE = "avx2"
-AVX2_SWITCHES = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+AVX2_SWITCHES = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "MKL_CBWR": "AVX2,STRICT"}
 
 
 class CpuKernelsError(ValueError):

@@ -200,6 +200,21 @@ def within_tolerance(new: object, old: object, tolerances: Tolerances) -> bool:
     return not snapshot_differences(new, old, tolerances)
 
 
+# What a snapshot's numbers are only comparable within: the processor's kind and instruction set
+# (and the GPU). Measured with the kernels pinned (cpu_kernels.py) at CI's settings, SmolLM2 INT8 PPL
+# was 20.5220 on an AMD EPYC (AVX512) and 20.5523 on an Intel Xeon (AVX512 + AMX), ΔPPL +1.42 % and
+# +1.57 %: LLM.int8's outlier threshold turns the last bits of other CPUs' float kernels into other
+# numbers, so no tolerance that still catches a 10 % change covers both.
+HARDWARE_KEYS = ("device_type", "cpu_isa", "gpu", "capability")
+
+
+def hardware_differences(old: object, new: object) -> list[str]:
+    """The hardware keys in which two recorded environments differ (none when either records none)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
+    return [k for k in HARDWARE_KEYS if k in old and old.get(k) != new.get(k)]
+
+
 def environment_note(old: object, new: object) -> str:
     """One line saying where the snapshot and this run were made, and what differs."""
     if not isinstance(old, dict) or not isinstance(new, dict):

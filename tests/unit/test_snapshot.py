@@ -249,3 +249,15 @@ def test_settings_tag_carries_what_selects_the_content(tmp_path):
         == tag
     )
     assert settings_tag(replace(base, gates=GatePolicy(on="upper"))).endswith("-gateupper")
+
+
+def test_snapshots_of_other_hardware_are_told_apart():
+    from quant_fixtures.report.snapshot import hardware_differences
+
+    amd = {"device_type": "cpu", "cpu_isa": "avx2,avx512f", "cpu_threads": 2, "cpu_switches": "A=1"}
+    intel = {**amd, "cpu_isa": "amx_tile,avx2,avx512f"}
+    assert hardware_differences(amd, intel) == ["cpu_isa"]
+    # threads and switches move numbers too, but they are this run's choices, compared as usual
+    assert hardware_differences(amd, {**amd, "cpu_threads": 16, "cpu_switches": "B=2"}) == []
+    assert hardware_differences(amd, {**amd, "device_type": "cuda"}) == ["device_type"]
+    assert hardware_differences(None, intel) == [] and hardware_differences(amd, None) == []

@@ -71,6 +71,9 @@ def _run(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tag: str, kl: float, *args: str
 ) -> pytest.RunResult:
     monkeypatch.setenv("TAG", tag)
+    # The inner run is not an xdist worker, even when this test runs in one (syrupy acts on it).
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KL", repr(kl))
     # The suite's own plugin is not needed here (and would import torch inside the inner run).
     return pytester.runpytest("-p", "no:quant_fixtures", *args)
