@@ -18,6 +18,7 @@ from quant_fixtures.compute.prompt_scoring import (
     per_prompt_records,
     reference_hidden_states,
     reference_responses,
+    response_text,
     score_against_reference,
 )
 from quant_fixtures.inputs.prompts import Prompt
@@ -103,18 +104,11 @@ def fp16_prompt_stage(run: PassContext, model: str, loaded: LoadedModel) -> Prom
         )
         kl = from_json_object(PromptKL, section, "kl_divergence")
         noise = NoiseFloor(mean=kl.mean, max=kl.max, p99=kl.p99, ci95=kl.ci95)
-        responses_text = {p.id: _decoded(loaded, r) for p, r in zip(prompts, reference.response_ids)}
+        responses_text = {p.id: response_text(loaded.tokenizer, r) for p, r in zip(prompts, reference.response_ids)}
         flips = from_json_object(Flips, flip_summary(records), "flips")
     with run.stage("prompt summary (store)", "references"):
         store.save_prompt_summary(model, responses_text, noise)
     return kl, flips, noise
-
-
-def _decoded(loaded: LoadedModel, token_ids: list[int]) -> str:
-    text = loaded.tokenizer.decode(token_ids, skip_special_tokens=True)
-    if not isinstance(text, str):  # transformers types decode as str | list[str]; one sequence gives str
-        raise TypeError(f"the tokenizer decoded one response to {type(text).__name__}, not str")
-    return text
 
 
 def variant_prompt_stage(
