@@ -151,9 +151,31 @@ def measure(suite_config: str, results_dir: Path, pytest_args: list[str], echo: 
                 "stages": d.timing.stages,
                 "peak_gb": d.memory.peak_gb,
                 "batching": d.batching.__dict__,
+                "long_context": long_context_record(d),
             }
             for d in documents
         ],
+    }
+
+
+def long_context_record(doc: EvaluationDocument) -> dict[str, Any] | None:
+    """What the long-context stage took: its length, stretches and probes, seconds, its own GPU peak,
+    and (a quantized variant) the deepest bucket's ΔPPL and KL and the retrieval flips."""
+    long = doc.long_context
+    if long is None:
+        return None
+    deepest = long.deepest
+    retrieval = long.retrieval
+    return {
+        "length": long.length,
+        "stretches": long.stretches,
+        "probes": retrieval["probes"],
+        "seconds": long.seconds,
+        "peak_gb": long.peak_gb,
+        "deepest_bucket": None if deepest is None else f"{deepest['lo']}-{deepest['hi']}",
+        "deepest_delta_ppl_pct": None if deepest is None else deepest["delta_ppl_pct"],
+        "deepest_kl_mean": None if deepest is None else deepest["kl_mean"],
+        "retrieval_flips": retrieval.get("flips"),
     }
 
 

@@ -45,6 +45,33 @@ class PromptProtocol:
     skip: bool = False  # --skip-prompts: perplexity and memory only
 
 
+# Position buckets of the long-context measurement, in tokens of context before the predicted token
+# (the issue's 0-512, 512-2K, 2K-8K, 8K-32K, continued by fours for longer models).
+LONG_BUCKET_EDGES = (0, 512, 2048, 8192, 32768, 131072, 524288)
+PROBE_DEPTHS = (0.1, 0.5, 0.9)  # where the key sits in the filler, as a share of it
+SHORTEST_DEFAULT_PROBE = 256  # default probe lengths are at least this long
+
+
+@dataclass(frozen=True)
+class LongContextProtocol:
+    """How harm far into the context is measured (session/long_context_stage.py)."""
+
+    max_length: int  # tokens per WikiText-2 stretch asked for; each model gets min(this, its maximum)
+    stretches: int  # stretches scored (consecutive, from the start of the joined test split)
+    chunk_tokens: int  # positions per forward pass; earlier ones come from the KV cache
+    probe_lengths: tuple[int, ...] | None = None  # None: default_probe_lengths(the model's length)
+    probe_depths: tuple[float, ...] = PROBE_DEPTHS
+    probe_keys: int = 1  # probes (keys) per length and depth
+    bucket_edges: tuple[int, ...] = LONG_BUCKET_EDGES
+    skip: bool = False  # --skip-long-context
+
+
+def default_probe_lengths(length: int) -> tuple[int, ...]:
+    """The model's length and a quarter, a sixteenth and a 64th of it, each at least SHORTEST_DEFAULT_PROBE tokens."""
+    lengths = (length // 64, length // 16, length // 4, length)
+    return tuple(sorted({n for n in lengths if n >= SHORTEST_DEFAULT_PROBE})) or (length,)
+
+
 @dataclass(frozen=True)
 class LoadSettings:
     device: str  # "cpu" or "cuda:N"
@@ -80,6 +107,7 @@ class RunSettings:
     prompts: PromptProtocol
     load: LoadSettings
     gates: GatePolicy
+    long_context: LongContextProtocol = LongContextProtocol(max_length=2048, stretches=1, chunk_tokens=1024, skip=True)
     run_id: str = "local"  # shared by all xdist workers of one run
 
 
@@ -95,6 +123,14 @@ class Defaults:
     gen_batch_size_cuda: int = 96
     gen_batch_size_cpu: int = 32
     top_k: int = 256
+    long_ctx: int = 32768
+    cpu_long_ctx: int = 2048
+    long_stretches_cuda: int = 2
+    long_stretches_cpu: int = 1
+    long_chunk_cuda: int = 4096
+    long_chunk_cpu: int = 1024
+    probe_keys_cuda: int = 1
+    probe_keys_cpu: int = 1
 
 
 @dataclass(frozen=True)
@@ -105,6 +141,10 @@ class DeviceDefaults:
     batch_size: int
     max_new_tokens_cap: int | None
     gen_batch_size: int
+    long_ctx: int
+    long_stretches: int
+    long_chunk: int
+    probe_keys: int
 
 
 def device_defaults(defaults: Defaults, device: str) -> DeviceDefaults:
@@ -116,6 +156,10 @@ def device_defaults(defaults: Defaults, device: str) -> DeviceDefaults:
         batch_size=defaults.batch_size_cuda if on_cuda else defaults.batch_size_cpu,
         max_new_tokens_cap=None if on_cuda else defaults.cpu_max_new_tokens,
         gen_batch_size=defaults.gen_batch_size_cuda if on_cuda else defaults.gen_batch_size_cpu,
+        long_ctx=defaults.long_ctx if on_cuda else defaults.cpu_long_ctx,
+        long_stretches=defaults.long_stretches_cuda if on_cuda else defaults.long_stretches_cpu,
+        long_chunk=defaults.long_chunk_cuda if on_cuda else defaults.long_chunk_cpu,
+        probe_keys=defaults.probe_keys_cuda if on_cuda else defaults.probe_keys_cpu,
     )
 
 

@@ -37,9 +37,13 @@ class HiddenRecorder:
         for row, w in enumerate(chunk.windows):
             self.hidden[w].append(chunk.hidden[row][chunk.mask[row]].cpu())
 
+    def hidden_states(self) -> torch.Tensor:
+        """The recorded hidden states [positions, H], window after window."""
+        return torch.cat([t for w in self.hidden for t in w])
+
     def tensors(self, model: PreTrainedModel) -> dict[str, torch.Tensor]:
         """What the corpus reference stores: the hidden states in window order and the output head."""
-        return {"hidden": torch.cat([t for w in self.hidden for t in w]), **ReferenceHead.of(model).to_tensors()}
+        return {"hidden": self.hidden_states(), **ReferenceHead.of(model).to_tensors()}
 
 
 class KLAgainstReference:

@@ -121,6 +121,17 @@ class MemoryBudget:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
 
+    def start_stage_peak(self) -> None:
+        """Start measuring one stage's own peak (:meth:`stage_peak_bytes`); the evaluation's peak
+        (:meth:`peak_bytes`) keeps what came before."""
+        if self.cuda:
+            self._peak = max(self._peak, torch.cuda.max_memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def stage_peak_bytes(self) -> int | None:
+        """The most this process held on its GPU since :meth:`start_stage_peak` (None on the CPU)."""
+        return torch.cuda.max_memory_allocated(self.device) if self.cuda else None
+
     def peak_bytes(self) -> int | None:
         if not self.cuda:
             return None

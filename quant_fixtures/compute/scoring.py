@@ -120,6 +120,45 @@ def _synced_clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def score_hidden(
+    model: PreTrainedModel,
+    batch: Sequence[int],
+    states: torch.Tensor,
+    targets: torch.Tensor,
+    offset: int,
+    first: torch.Tensor,
+    budget: MemoryBudget,
+    hook: LogprobHook | None,
+    hook_time: list[float],
+) -> torch.Tensor:
+    """NLL sums [B] (float64) of ``targets`` [B, P] predicted by the final hidden ``states`` [B, P, H];
+    target ``j`` sits at window offset ``offset + j`` and counts where that offset is at least the
+    row's ``first`` scored offset. The head and log-softmax run over chunks of positions sized by
+    ``budget``; the hook sees every chunk (its time is added to ``hook_time[0]``)."""
+    out, vocab = head_device(model), head_weight(model).shape[0]
+    elements = budget.chunk_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab)
+    comparison = comparison_slice_elements(budget, vocab)
+    positions = targets.shape[1]
+    chunk = max(1, elements // (len(batch) * vocab))
+    sums = torch.zeros(len(batch), dtype=torch.float64, device=out)
+    for lo in range(0, positions, chunk):
+        hi = min(positions, lo + chunk)
+        chunk_states = states[:, lo:hi]
+        logits = output_logits(model, chunk_states)
+        logp = torch.log_softmax(logits.float(), -1)
+        chunk_targets = targets[:, lo:hi]
+        token_nll = -logp.gather(-1, chunk_targets.unsqueeze(-1)).squeeze(-1).double()
+        target_pos = torch.arange(offset + lo, offset + hi, device=out)
+        mask = target_pos.unsqueeze(0) >= first.unsqueeze(1)
+        sums += (token_nll * mask).sum(-1)
+        if hook is not None:
+            hook_start = _synced_clock(out)
+            hook(ScoredChunk(batch, chunk_targets, logits, logp, mask, chunk_states, comparison))
+            hook_time[0] += _synced_clock(out) - hook_start
+        del logits, logp, token_nll
+    return sums
+
+
 def score_windows(
     model: PreTrainedModel,
     token_ids: torch.Tensor,
@@ -141,7 +180,6 @@ def score_windows(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device, out = model_device(model), head_device(model)
     budget = budget or MemoryBudget(str(device))
-    vocab = head_weight(model).shape[0]
     nll = [0.0] * len(windows)
     counts = [w.scored for w in windows]
 
@@ -157,28 +195,10 @@ def score_windows(
         hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
         # All windows in a batch share length; scored offsets may differ (strided plans).
         offset = min(w.first_target - w.begin for w in group)
-        positions = tokens.shape[1] - offset  # logits at offset-1 .. L-2 predict offset .. L-1
-        elements = budget.chunk_elements(LOGPROB_ELEMENTS_PER_CHUNK, vocab)
-        comparison = comparison_slice_elements(budget, vocab)
-        chunk = max(1, elements // (len(group) * vocab))
-        sums = torch.zeros(len(group), dtype=torch.float64, device=out)
         first = torch.tensor([w.first_target - w.begin for w in group], device=out)
-        targets_all = tokens.to(out)
-        for lo in range(0, positions, chunk):
-            hi = min(positions, lo + chunk)
-            states = hidden[:, offset - 1 + lo : offset - 1 + hi]
-            logits = output_logits(model, states)
-            logp = torch.log_softmax(logits.float(), -1)
-            targets = targets_all[:, offset + lo : offset + hi]
-            token_nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
-            target_pos = torch.arange(offset + lo, offset + hi, device=out)
-            mask = target_pos.unsqueeze(0) >= first.unsqueeze(1)
-            sums += (token_nll * mask).sum(-1)
-            if hook is not None:
-                hook_start = _synced_clock(out)
-                hook(ScoredChunk(batch, targets, logits, logp, mask, states, comparison))
-                hook_time[0] += _synced_clock(out) - hook_start
-            del logits, logp, token_nll
+        sums = score_hidden(
+            model, batch, hidden[:, offset - 1 :], tokens[:, offset:].to(out), offset, first, budget, hook, hook_time
+        )
         for i, value in zip(batch, sums.tolist()):
             nll[i] = value
         if progress is not None:

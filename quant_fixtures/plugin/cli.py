@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from quant_fixtures.config import DEFAULT_CONFIG_PATH, SuiteConfig
+from quant_fixtures.plugin.long_context_options import long_context_settings
 from quant_fixtures.settings import (
     GatePolicy,
     LoadSettings,
@@ -297,6 +298,7 @@ def build_settings(config: pytest.Config) -> RunSettings:
     top_k = positive_int(config, "--top-k")
     gen_batch_size = positive_int(config, "--gen-batch-size")
     gpu_memory = max_gpu_memory(config)
+    long_context = long_context_settings(config, defaults)
     protocol = ppl_protocol(config, stride)
     check_ctx(ctx, protocol)
     return RunSettings(
@@ -331,6 +333,7 @@ def build_settings(config: pytest.Config) -> RunSettings:
         gates=GatePolicy(
             mode=option("--gate-mode"), on=option("--gate-on"), frozen_baselines=option("--frozen-baselines")
         ),
+        long_context=long_context,
         run_id=run_id(config),
     )
 

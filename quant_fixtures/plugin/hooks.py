@@ -23,6 +23,7 @@ from quant_fixtures.plugin.cli import (
     terminate_as_interrupt,
     unavailable_reason,
 )
+from quant_fixtures.plugin.long_context_options import add_long_context_options
 from quant_fixtures.plugin.model_option import given_models, model_values, with_given_models
 from quant_fixtures.plugin.rootdir import check_rootdir_not_taken_from_an_option
 from quant_fixtures.plugin.state import preflight_models
@@ -158,6 +159,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "batch sizes are chosen to fit it and it is enforced for the whole run",
     )
     g.addoption("--skip-prompts", action="store_true", help="perplexity and memory only: no prompt KL stage")
+    add_long_context_options(g)
     g.addoption(
         "--gate-on",
         default="point",

@@ -16,6 +16,7 @@ from quant_fixtures.report.schema import (
     CorpusKL,
     EvaluationDocument,
     Flips,
+    LongContext,
     Memory,
     ModelInfo,
     NoiseFloor,
@@ -62,6 +63,7 @@ class Measurements:
     environment: JsonObject
     keys: dict[str, str | None]  # digests of the FP16 references compared against
     variant_identity: str | None = None  # a model's own variant: the identity of its weights
+    long_context: LongContext | None = None  # None with --skip-long-context
 
 
 def protocol_text(method: str, ctx: int, stride: int | None) -> str:
@@ -222,6 +224,7 @@ def evaluation_document(
         gate_on=policy.on,
         gates=[],
         ungated={},
+        long_context=m.long_context,
     )
     if not m.variant.is_baseline:
         document.gates = evaluate_gates(limits, document, policy.on)

@@ -9,6 +9,7 @@ from quant_fixtures.metrics.registry import METRICS, TABLE_METRICS, MetricSpec, 
 from quant_fixtures.report.corpus_markdown import corpus_section
 from quant_fixtures.report.findings import baseline_of, findings, quantized
 from quant_fixtures.report.gates import failed_metrics
+from quant_fixtures.report.long_context_markdown import long_context_section
 from quant_fixtures.report.plots import model_plots
 from quant_fixtures.report.schema import EvaluationDocument
 from quant_fixtures.report.terminal import settings_line
@@ -150,6 +151,9 @@ def model_section(model: str, documents: Documents, plots: dict[str, Path]) -> l
     corpus = corpus_section(documents)
     if corpus:
         lines += ["", *corpus]
+    long = long_context_section(documents)
+    if long:
+        lines += ["", *long]
     noise = first.noise_floor
     if noise:
         lines += [

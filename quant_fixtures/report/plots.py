@@ -1,11 +1,12 @@
 """PNG plots for REPORT.md (matplotlib, Agg backend): KL distribution per variant, KL by category,
-footprint versus ΔPPL%."""
+footprint versus ΔPPL%, harm by position in a long context."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from quant_fixtures.metrics.position_buckets import is_comparison, is_variant_bucket
 from quant_fixtures.metrics.registry import METRICS
 from quant_fixtures.report.findings import quantized
 from quant_fixtures.report.schema import EvaluationDocument
@@ -103,6 +104,41 @@ def footprint_vs_delta_ppl(model: str, documents: Documents, path: Path) -> Path
     return _save(fig, path)
 
 
+def harm_by_position(model: str, documents: Documents, path: Path) -> Path | None:
+    """Mean KL(FP16 || variant) per position bucket against the bucket's mean context (log-log), one
+    line per quantized variant, with the buckets' 95 % CIs: how harm grows far into the context."""
+    measured = {
+        key: d.long_context.buckets["buckets"]
+        for key, d in quantized(documents).items()
+        if d.long_context is not None and is_comparison(d.long_context.buckets)
+    }
+    if not measured:
+        return None
+    _use_agg()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for variant_key, buckets in measured.items():
+        xs, ys, low, high = [], [], [], []
+        for b in buckets:
+            if not is_variant_bucket(b) or b["kl_mean"] is None:
+                continue  # a bucket without a finite KL has no point to place
+            y, ci = max(b["kl_mean"], LOG_FLOOR), b["kl_mean_ci95"]
+            xs.append(b["mean_context"])
+            ys.append(y)
+            low.append(max(0.0, y - max(ci[0], LOG_FLOOR)) if ci else 0.0)
+            high.append(max(0.0, ci[1] - y) if ci else 0.0)
+        ax.errorbar(xs, ys, yerr=[low, high], fmt="o-", capsize=3, label=variant_key)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens of context before the predicted token (bucket mean)")
+    ax.set_ylabel("mean KL(FP16 || variant), nats (95 % CI)")
+    ax.set_title(f"{model}: harm by position in a long context")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def _save(fig: Figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -122,6 +158,9 @@ def model_plots(model: str, documents: Documents, directory: Path) -> dict[str, 
         "KL by category": kl_by_category(model, documents, directory / f"{model}_kl_by_category.png"),
         "Footprint versus ΔPPL%": footprint_vs_delta_ppl(
             model, documents, directory / f"{model}_footprint_vs_delta_ppl.png"
+        ),
+        "Harm by position in a long context": harm_by_position(
+            model, documents, directory / f"{model}_harm_by_position.png"
         ),
     }
     return {title: p for title, p in made.items() if p is not None}

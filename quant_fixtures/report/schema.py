@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from quant_fixtures.json_types import JsonObject, JsonValue
+from quant_fixtures.metrics.position_buckets import LongContextComparison, LongContextFp16, VariantBucket
+from quant_fixtures.metrics.retrieval import Fp16RetrievalSummary, RetrievalSummary
 from quant_fixtures.report.gates import GateResult
 from quant_fixtures.report.sections import (
     AffectedCategory,
@@ -40,9 +42,12 @@ if TYPE_CHECKING:
 # 2: batching records what memory allowed, timing has the stage table
 # 3: exact KL from FP16 hidden states everywhere; corpus_kl gains reverse KL, top-K agreement, KL by
 #    FP16 confidence and llama.cpp's --kl-divergence tables
-SCHEMA_VERSION = 4
+# 5: long_context (harm by position bucket and retrieval probes)
+SCHEMA_VERSION = 5
 OMIT_IF_NONE = {"omit_if_none": True}  # field metadata: left out of the JSON when None
 D = TypeVar("D", bound="DataclassInstance")
+LongContextBuckets = LongContextComparison | LongContextFp16
+RetrievalCounts = RetrievalSummary | Fp16RetrievalSummary
 # The JSON aliases are recursive strings, which typing.get_type_hints cannot evaluate: the reader
 # sees them as what they are at run time (an object, or any value), read as they are.
 _HINT_NAMES = {"JsonObject": dict, "JsonValue": object}
@@ -234,6 +239,27 @@ class NoiseFloor:
 
 
 @dataclass
+class LongContext:
+    """Harm far into the context (session/long_context_stage.py): by position bucket over long
+    WikiText-2 stretches, and the retrieval probes. ``deepest`` is the last bucket's record (the
+    gated one); ``growth`` and ``deepest`` are None in the FP16 document."""
+
+    length: int  # tokens per stretch, the model's maximum context or --long-ctx
+    stretches: int
+    chunk_tokens: int
+    bucket_edges: list[int]
+    text: str
+    method: str
+    probe_protocol: str
+    retrieval_method: str
+    buckets: LongContextBuckets
+    deepest: VariantBucket | None  # the last bucket of a variant's comparison (None for FP16)
+    retrieval: RetrievalCounts
+    seconds: float
+    peak_gb: float | None  # the most the process held on its GPU during the stage (None on the CPU)
+
+
+@dataclass
 class EvaluationDocument:
     schema_version: int
     generated_at: str
@@ -253,6 +279,7 @@ class EvaluationDocument:
     gate_on: str
     gates: list[GateResult]
     ungated: dict[str, str]  # metric -> why it has no gate
+    long_context: LongContext | None = field(default=None, metadata=OMIT_IF_NONE)
 
 
 @dataclass

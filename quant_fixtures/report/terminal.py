@@ -3,7 +3,9 @@ registry's table metrics."""
 
 from __future__ import annotations
 
+from quant_fixtures.metrics.position_buckets import is_comparison
 from quant_fixtures.metrics.registry import TABLE_METRICS, MetricSpec
+from quant_fixtures.metrics.retrieval import is_variant_summary
 from quant_fixtures.report.findings import noise_floor_warnings
 from quant_fixtures.report.gates import verdict
 from quant_fixtures.report.schema import EvaluationDocument
@@ -50,4 +52,22 @@ def summary_lines(documents: dict[str, dict[str, EvaluationDocument]]) -> list[s
                 f"{variant_key:<{width}} " + " ".join(_cell(doc, m) for m in TABLE_METRICS) + f"  {verdict(doc)}"
             )
         lines += [f"{key}: {w}" for key, doc in by_variant.items() for w in noise_floor_warnings(doc)]
+        lines += [line for key, doc in by_variant.items() for line in long_context_line(key, doc)]
     return lines
+
+
+def long_context_line(variant_key: str, doc: EvaluationDocument) -> list[str]:
+    """One line per quantized variant with a long-context section: its deepest bucket, the growth of
+    KL over position and the retrieval flips."""
+    long = doc.long_context
+    if long is None or long.deepest is None or not is_comparison(long.buckets):
+        return []
+    deep, growth, probes = long.deepest, long.buckets["growth"], long.retrieval
+    slope = growth["kl_slope_per_doubling"]
+    kl = deep["kl_mean"]
+    flips = f"{probes['flips']}/{probes['probes']}" if is_variant_summary(probes) else "-"
+    return [
+        f"{variant_key} long context ({long.stretches} x {long.length} tokens): at {deep['lo']}-{deep['hi']} tokens "
+        f"of context dPPL {deep['delta_ppl_pct']:+.2f} %, KL {'-' if kl is None else f'{kl:.4f}'}; KL "
+        f"{'-' if slope is None else f'{slope:+.4f}'} nats per doubling; retrieval probes flipped {flips}"
+    ]

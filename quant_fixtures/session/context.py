@@ -28,6 +28,7 @@ STAGE_ROWS = (
     "perplexity",
     "generation",
     "scoring",
+    "long context",
     "statistics",
     "report",
     "other",

@@ -54,18 +54,20 @@ class CorpusPlans:
                 self.corpus.pages()  # likewise
             self._corpus_tokens[model] = self._pool.submit(self._tokenized_corpus, model, digest, text)
 
-    def _tokenized_corpus(self, model: str, digest: str, text: EvalText) -> Tensors:
-        """The tokens the protocol needs, once per tokenizer, cached on disk."""
+    def _tokenized_corpus(self, model: str, digest: str, text: EvalText, joined: bool = False) -> Tensors:
+        """The tokens the protocol needs (``joined``: the joined text's, whatever the protocol), once
+        per tokenizer, cached on disk."""
         import torch
 
         from quant_fixtures.store.corpus_tokens import load_corpus_tokens, save_corpus_tokens
 
-        kind, names = ("documents-v2", ("ids", "lengths")) if self._by_document() else ("joined-v2", ("ids", "ends"))
+        by_document = self._by_document() and not joined
+        kind, names = ("documents-v2", ("ids", "lengths")) if by_document else ("joined-v2", ("ids", "ends"))
         if (digest, kind) not in self._tokens_by_tokenizer:
             tensors, _ = load_corpus_tokens(self.cache_dir, digest, text.sha256, kind, names)
             if tensors is None:  # the tokenizer was loaded (for the digest) before this job was submitted
                 tokenizer = self.models.tokenizer(model)
-                if self._by_document():
+                if by_document:
                     docs = document_tokens(tokenizer, [detokenize(p) for p in self.corpus.pages()])
                     tensors = {
                         "ids": torch.tensor([t for d in docs for t in d], dtype=torch.long),
@@ -101,6 +103,20 @@ class CorpusPlans:
                     adds_bos(tokenizer),
                 )
         return self._plans[model]
+
+    def joined_ids(self, model: str) -> torch.Tensor:
+        """The whole joined test split as the model's tokens (the long-context stretches read it)."""
+        if not self._by_document():
+            self.prefetch(model)
+            return self._corpus_tokens[model].result()["ids"]
+        return self._tokenized_corpus(model, self.models.tokenizer_sha256(model), self.corpus.text(), joined=True)[
+            "ids"
+        ]
+
+    def max_length(self, model: str) -> int | None:
+        """The model's maximum context (max_position_embeddings), or None where its config has none."""
+        limit = getattr(self.models.model_config(model), "max_position_embeddings", None)
+        return int(limit) if limit else None
 
     def ctx(self, model: str) -> int:
         """The window this model gets: --ctx or the protocol's default (llama.cpp 512, lm-eval the

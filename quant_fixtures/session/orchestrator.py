@@ -212,6 +212,10 @@ class EvaluationSession:
             for name in [n for n in limits if GATEABLE[n].path[0] in ("kl_divergence", "flips")]:
                 del limits[name]
                 ungated[GATEABLE[name].name] = "--skip-prompts: prompt KL was not measured"
+        if self.settings.long_context.skip:
+            for name in [n for n in limits if GATEABLE[n].path[0] == "long_context"]:
+                del limits[name]
+                ungated[GATEABLE[name].name] = "--skip-long-context: long context was not measured"
         return limits, ungated
 
     def _write(self, model: str, variant_key: str, document: EvaluationDocument) -> None:

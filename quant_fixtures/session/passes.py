@@ -17,8 +17,9 @@ from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.build import Measurements
-from quant_fixtures.report.schema import Batching, CorpusKL, from_json_object
+from quant_fixtures.report.schema import Batching, CorpusKL, LongContext, from_json_object
 from quant_fixtures.session.context import PassContext
+from quant_fixtures.session.long_context_stage import fp16_long_stage, variant_long_stage
 from quant_fixtures.session.prompt_stage import PromptResults, fp16_prompt_stage, variant_prompt_stage
 from quant_fixtures.session.references import References
 from quant_fixtures.settings import RunSettings
@@ -107,6 +108,7 @@ def _measurements(
     corpus_kl: CorpusKL | None,
     prompt_results: PromptResults | None,
     prompt_seconds: float | None,
+    long_context: LongContext | None,
 ) -> Measurements:
     spec, models, text = run.models.spec(model), run.models, run.corpus_text.text()
     kl, flips, noise = prompt_results or (None, None, None)
@@ -138,6 +140,7 @@ def _measurements(
         environment=run.environment.fingerprint(),
         keys=run.references.keys_of(model, baseline),
         variant_identity=models.weights(model, variant).identity if variant.source else None,
+        long_context=long_context,
     )
 
 
@@ -204,7 +207,8 @@ def fp16_pass(run: PassContext, model: str, variant: Variant, loaded: LoadedMode
     prompts, seconds = (
         (None, None) if run.settings.prompts.skip else _timed(lambda: fp16_prompt_stage(run, model, loaded))
     )
-    return _measurements(run, model, variant, loaded, scores, corpus, baseline, batching, None, prompts, seconds)
+    long = None if run.settings.long_context.skip else fp16_long_stage(run, model, loaded)
+    return _measurements(run, model, variant, loaded, scores, corpus, baseline, batching, None, prompts, seconds, long)
 
 
 def variant_pass(run: PassContext, model: str, variant: Variant, loaded: LoadedModel, refs: References) -> Measurements:
@@ -223,6 +227,7 @@ def variant_pass(run: PassContext, model: str, variant: Variant, loaded: LoadedM
         if run.settings.prompts.skip
         else _timed(lambda: variant_prompt_stage(run, model, variant, loaded, refs, batching))
     )
+    long = None if refs.long is None else variant_long_stage(run, model, loaded, refs.long)
     return _measurements(
-        run, model, variant, loaded, scores, corpus, refs.baseline, batching, corpus_kl, prompts, seconds
+        run, model, variant, loaded, scores, corpus, refs.baseline, batching, corpus_kl, prompts, seconds, long
     )

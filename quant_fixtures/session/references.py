@@ -12,15 +12,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from quant_fixtures.inputs.retrieval_probe import PROBE_VERSION
 from quant_fixtures.metrics.divergence import METRICS_VERSION
 from quant_fixtures.report.schema import NoiseFloor, SchemaError, from_json_object
 from quant_fixtures.session.corpus_plans import CorpusPlans
 from quant_fixtures.session.inputs import CorpusText, PromptSuite, RunEnvironment
+from quant_fixtures.session.long_plan import long_shape
 from quant_fixtures.session.model_facts import ModelFacts
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.atomic import file_lock
 from quant_fixtures.store.baseline import Baseline, BaselineKey, load_baseline, store_baseline
 from quant_fixtures.store.corpus_reference import corpus_reference_path, load_corpus_reference, store_corpus_reference
+from quant_fixtures.store.long_reference import LongReferenceKey, load_long_reference, store_long_reference
 from quant_fixtures.store.prompt_reference import PromptReference, ReferenceKey, load_reference, store_reference
 from quant_fixtures.store.prompt_summary import load_prompt_summary, store_prompt_summary
 
@@ -35,6 +38,7 @@ class References:
     corpus: dict[str, torch.Tensor]  # store/corpus_reference.py
     prompts: PromptReference | None  # None with --skip-prompts
     noise_floor: NoiseFloor | None
+    long: dict[str, torch.Tensor] | None = None  # store/long_reference.py; None with --skip-long-context
 
 
 class ReferenceStore:
@@ -100,12 +104,37 @@ class ReferenceStore:
             )
         return self._prompt_keys[model]
 
+    def long_key(self, model: str) -> LongReferenceKey:
+        protocol, load, models = self.settings.long_context, self.settings.load, self.models
+        shape = long_shape(protocol, self.plans.max_length(model))
+        return LongReferenceKey(
+            model=model,
+            weights_identity=models.resolved(model).identity,
+            tokenizer_sha256=models.tokenizer_sha256(model),
+            dataset_sha256=self.corpus_text.text().sha256,
+            length=shape.length,
+            stretches=protocol.stretches,
+            chunk_tokens=protocol.chunk_tokens,
+            probe_lengths=shape.probe_lengths,
+            probe_depths=protocol.probe_depths,
+            probe_keys=protocol.probe_keys,
+            probe_version=PROBE_VERSION,
+            weight_dtype=load.weight_dtype,
+            compute_dtype=load.compute_dtype,
+            device_type=load.device_type,
+            metrics_version=METRICS_VERSION,
+            environment=self.environment.numerics(),
+        )
+
     def keys_of(self, model: str, baseline: Baseline) -> dict[str, str | None]:
         """Digests of the references a document was measured against (comparable documents share them)."""
-        return {
+        keys = {
             "baseline_sha256": baseline.key.digest(),
             "reference_sha256": None if self.settings.prompts.skip else self.prompt_key(model).digest(),
         }
+        if not self.settings.long_context.skip:
+            keys["long_reference_sha256"] = self.long_key(model).digest()
+        return keys
 
     # -- reading ----------------------------------------------------------------------------------
     def load(self, model: str) -> tuple[References | None, str]:
@@ -141,7 +170,12 @@ class ReferenceStore:
                 noise = from_json_object(NoiseFloor, summary["noise_floor"], "noise_floor")
             except SchemaError as exc:  # likewise
                 return None, f"FP16 prompt summary of {model}: {exc}"
-        return References(baseline, corpus, prompts, noise), "ok"
+        long = None
+        if not self.settings.long_context.skip:
+            long, reason = load_long_reference(paths.cache_dir, self.long_key(model))
+            if long is None:
+                return None, reason
+        return References(baseline, corpus, prompts, noise, long), "ok"
 
     def cached_prompt_reference(self, model: str) -> tuple[PromptReference | None, str]:
         return load_reference(self.settings.paths.cache_dir, self.prompt_key(model))
@@ -153,6 +187,10 @@ class ReferenceStore:
         store_baseline(paths.baselines_dir, baseline, self.environment.fingerprint())
         digest = baseline.key.digest()
         store_corpus_reference(corpus_reference_path(paths.cache_dir, digest), corpus, digest)
+
+    def save_long(self, model: str, tensors: dict[str, torch.Tensor]) -> None:
+        self._loaded.pop(model, None)
+        store_long_reference(self.settings.paths.cache_dir, self.long_key(model), tensors)
 
     def save_prompt_reference(self, reference: PromptReference) -> None:
         self._loaded.pop(reference.key.model, None)

@@ -96,6 +96,20 @@ METHODS = {"fp16": "none", "int8": "bitsandbytes-llm.int8", "nf4": "bitsandbytes
 CTX, MAX_TOKENS = 64, 256
 # The prompt-KL stage runs too, kept small: the 8 question-answering prompts, 4 new tokens each.
 PROMPT_ARGS = ("--categories", "question_answering", "--max-new-tokens", "4")
+# The long-context stage too, kept small: one stretch of 256 tokens in two position buckets, two
+# retrieval probes of 128 tokens.
+LONG_ARGS = (
+    "--long-ctx",
+    "256",
+    "--long-buckets",
+    "0,64,256",
+    "--long-chunk",
+    "100",
+    "--probe-lengths",
+    "128",
+    "--probe-depths",
+    "0.2,0.8",
+)
 # The tiny model's 49,152 x 64 embedding and head dominate its size and stay 16-bit, so quantizing
 # its linears saves under 1 %: the memory limits are set to pass, as are the others.
 PASSING_GATES = {
@@ -151,6 +165,7 @@ def suite_args(
         "--dataset-source",
         "vendored",
         *PROMPT_ARGS,
+        *LONG_ARGS,
         *extra,
     ]
 

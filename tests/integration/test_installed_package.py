@@ -100,6 +100,7 @@ def test_installed_package_runs_from_another_directory(installed: Path, tmp_path
             "code_generation",
             "--max-new-tokens",
             "4",
+            "--skip-long-context",
             "test_user.py",
         ],
         cwd=project,

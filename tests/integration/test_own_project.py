@@ -21,7 +21,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "own_project"
-BUDGET = ("--ctx", "64", "--ppl-max-tokens", "256", "--categories", "question_answering", "--max-new-tokens", "4")
+BUDGET = (
+    *("--ctx", "64", "--ppl-max-tokens", "256", "--categories", "question_answering", "--max-new-tokens", "4"),
+    *("--long-ctx", "256", "--probe-lengths", "128", "--probe-depths", "0.5"),
+)
 VARIANTS = ("fp16", "int8", "nf4")
 # The example's tests for one model: 3 perplexity checks, the gates (int8: 3 required; nf4: 3 and the
 # optional flip-rate gate of its config), 2 footprint checks, 1 int8-only check, 1 across variants.

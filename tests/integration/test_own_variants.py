@@ -82,6 +82,7 @@ def _run(pytester, own, variants_toml, *args):
         "question_answering",
         "--max-new-tokens",
         "4",
+        "--skip-long-context",
         f"--results-dir={results}",
         f"--baselines-dir={pytester.path / 'baselines'}",
         f"--cache-dir={own.cache}",

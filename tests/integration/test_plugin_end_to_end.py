@@ -15,10 +15,13 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import bitsandbytes  # noqa: F401  # imported before pytester snapshots sys.modules: a second import fails
 import pytest
+import torch
 from integration_support import (
     CTX,
     FAILING_GATES,
+    LONG_ARGS,
     MAX_TOKENS,
     METHODS,
     PASSING_GATES,
@@ -34,9 +37,11 @@ from integration_support import (
     snapshot,
 )
 
+from quant_fixtures.inputs.retrieval_probe import build_probes
 from quant_fixtures.inputs.wikitext import WIKITEXT_SHA256
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 from quant_fixtures.report.schema import SCHEMA_VERSION
+from quant_fixtures.session.long_plan import PROBE_SEED
 
 pytest_plugins = ["pytester"]
 
@@ -348,3 +353,65 @@ def test_stage_progress_shows_with_q(pytester, full_run, e2e):
     assert result.ret == 0, result.stdout.str()[-4000:]
     _assert_stages_shown(result.outlines, "int8")
     assert not [line for line in result.outlines if line.startswith(f"{PROGRESS} fp16 ")]  # its references were stored
+
+
+def _plain_positions(model, ids: torch.Tensor) -> torch.Tensor:
+    """log-softmax in float64 of the model's own forward over the whole sequence at once."""
+    with torch.inference_mode():
+        return torch.log_softmax(model(input_ids=ids.unsqueeze(0)).logits[0].double(), -1)
+
+
+def test_long_context_matches_plain_computation(full_run, e2e, digest_cache, wikitext_ids, smollm2_tokenizer):
+    """The long-context section, recomputed here from scratch: the stretch read at once (the suite
+    reads it in chunks with a KV cache), buckets by tokens of context, KL(FP16 || NF4) summed by
+    hand, and each probe's verdict from the argmax at its answer positions."""
+    docs = {v: report(e2e.results, v)["long_context"] for v in ("fp16", "nf4")}
+    length = LONG_ARGS[LONG_ARGS.index("--long-ctx") + 1]
+    assert docs["nf4"]["length"] == int(length) and docs["nf4"]["stretches"] == 1
+    ids = wikitext_ids[: int(length)].clone()
+    bos = smollm2_tokenizer.bos_token_id
+    if smollm2_tokenizer("a")["input_ids"][:1] == [bos]:
+        ids[0] = bos
+    fp16_model = load_variant(e2e.model_dir, "fp16", digest_cache, key="tiny").model
+    nf4_model = load_variant(e2e.model_dir, "nf4", digest_cache, key="tiny").model
+    logp, logq = _plain_positions(fp16_model, ids)[:-1], _plain_positions(nf4_model, ids)[:-1]
+    targets = ids[1:]
+    context = torch.arange(1, len(ids))  # the target at offset j has j tokens before it
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    fp16_buckets, nf4_buckets = docs["fp16"]["buckets"]["buckets"], docs["nf4"]["buckets"]["buckets"]
+    assert [(b["lo"], b["hi"]) for b in nf4_buckets] == [(0, 64), (64, int(length))]
+    for fp16_bucket, bucket in zip(fp16_buckets, nf4_buckets):
+        inside = (context >= bucket["lo"]) & (context < bucket["hi"])
+        p_nll = -logp[inside].gather(-1, targets[inside].unsqueeze(-1)).mean().item()
+        q_nll = -logq[inside].gather(-1, targets[inside].unsqueeze(-1)).mean().item()
+        assert bucket["positions"] == int(inside.sum())
+        assert _rel(fp16_bucket["fp16_ppl"], math.exp(p_nll)) < 1e-5
+        assert _rel(bucket["ppl"], math.exp(q_nll)) < 1e-4
+        assert bucket["delta_ppl_pct"] == pytest.approx(100 * (math.exp(q_nll - p_nll) - 1), abs=1e-3)
+        assert bucket["kl_mean"] == pytest.approx(kl[inside].mean().item(), rel=1e-3, abs=1e-7)
+    assert docs["nf4"]["deepest"] == nf4_buckets[-1]
+
+    depths = [float(d) for d in LONG_ARGS[LONG_ARGS.index("--probe-depths") + 1].split(",")]
+    probe_length = int(LONG_ARGS[LONG_ARGS.index("--probe-lengths") + 1])
+    probes = build_probes(smollm2_tokenizer, [probe_length], depths, 1, PROBE_SEED)
+    verdicts = {"fp16": [], "nf4": []}
+    for probe in probes:
+        probe_ids = torch.tensor(probe.ids)
+        answer = probe_ids[probe.answer_start :]
+        for name, model in (("fp16", fp16_model), ("nf4", nf4_model)):
+            predicted = _plain_positions(model, probe_ids)[probe.answer_start - 1 : -1].argmax(-1)
+            verdicts[name].append(bool((predicted == answer).all()))
+    retrieval = docs["nf4"]["retrieval"]
+    assert retrieval["probes"] == len(probes) == 2
+    assert retrieval["fp16_retrieved"] == sum(verdicts["fp16"]) == docs["fp16"]["retrieval"]["fp16_retrieved"]
+    assert retrieval["retrieved"] == sum(verdicts["nf4"])
+    assert retrieval["flips"] == sum(a != b for a, b in zip(verdicts["fp16"], verdicts["nf4"]))
+
+    # What a reader sees: the terminal line, REPORT.md's section and the plot.
+    deepest = nf4_buckets[-1]
+    line = next(x for x in full_run.lines if x.startswith("nf4 long context"))
+    assert f"(1 x {length} tokens): at {deepest['lo']}-{deepest['hi']} tokens" in line
+    assert f"dPPL {deepest['delta_ppl_pct']:+.2f} %" in line and f"flipped {retrieval['flips']}/2" in line
+    markdown = (e2e.results / "REPORT.md").read_text()
+    assert "### Long context" in markdown and f"| nf4 | {deepest['lo']}-{deepest['hi']} |" in markdown
+    assert (e2e.results / "tiny_harm_by_position.png").stat().st_size > 0

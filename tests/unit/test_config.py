@@ -66,7 +66,9 @@ def test_shipped_seed_gate_defaults() -> None:
     assert suite.gates == {v: {k: float(x) for k, x in limits.items()} for v, limits in raw["gates"].items()}
     for key, model in raw["models"].items():
         for variant, limits in model.get("gates", {}).items():
-            assert suite.models[key].gates[variant] == {k: float(x) for k, x in limits.items()}
+            expected = {k: float(x) for k, x in limits.items() if k != "ungated"}
+            assert suite.models[key].gates[variant] == expected
+            assert suite.models[key].ungated.get(variant, frozenset()) == frozenset(limits.get("ungated", ()))
     # A model without overrides gets exactly the seed limits.
     assert suite.models["mistral7b"].gates == {}
     assert suite.gates_for("mistral7b", "int8") == suite.gates["int8"]
@@ -83,7 +85,10 @@ def test_shipped_override_merge() -> None:
     # smollm2 overrides both the ppl and the memory limit.
     merged = suite.gates_for("smollm2-135m", "nf4")
     assert merged["max_delta_ppl_pct"] == 35.0 and merged["min_memory_reduction_pct"] == 55.0
-    assert set(merged) == set(suite.gates["nf4"]) | set(suite.models["smollm2-135m"].gates["nf4"])
+    # ... and opts out of the retrieval gate (2 probes in CI: a rate in steps of 0.5).
+    opted_out = suite.models["smollm2-135m"].ungated["nf4"]
+    assert opted_out == {"max_retrieval_flip_rate"}
+    assert set(merged) == (set(suite.gates["nf4"]) - opted_out) | set(suite.models["smollm2-135m"].gates["nf4"])
     # The baseline variant has no limits.
     assert suite.gates_for("mistral7b", "fp16") == {}
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch  # noqa: F401  (before any inner run: pytester drops modules first imported inside one)
 
-from quant_fixtures.config import DEFAULT_CONFIG_PATH
+from quant_fixtures.config import DEFAULT_CONFIG_PATH, load_config
+from quant_fixtures.metrics.registry import GATEABLE
 
 pytest_plugins = ["pytester"]
 
@@ -40,9 +41,18 @@ def ids(result: pytest.RunResult) -> set[str]:
     return {line.split("[", 1)[1].rstrip("]>") for line in result.outlines if "<Function " in line}
 
 
-def matrix(model: str, variants: tuple[str, ...] = ("fp16", "int8", "nf4")) -> set[str]:
+def shipped_gated(variant: str) -> list[str]:
+    """The metrics the shipped config's [gates] table gates for a variant (required and optional)."""
+    return [GATEABLE[limit].name for limit in load_config(DEFAULT_CONFIG_PATH).gates.get(variant, {})]
+
+
+def matrix(
+    model: str, variants: tuple[str, ...] = ("fp16", "int8", "nf4"), metrics: tuple[str, ...] | None = None
+) -> set[str]:
+    """Node ids of a model's tests: ``metrics`` gated per quantized variant (default: the shipped
+    config's limits of that variant)."""
     return {f"{model}-{v}" for v in variants} | {
-        f"{model}-{v}-{metric}" for v in variants if v != "fp16" for metric in REQUIRED
+        f"{model}-{v}-{metric}" for v in variants if v != "fp16" for metric in (metrics or shipped_gated(v))
     }
 
 
@@ -102,7 +112,7 @@ def test_a_checkpoint_directory(project: pytest.Pytester, tmp_path: Path) -> Non
 def test_a_project_config_gives_the_limits_and_may_list_no_model(project: pytest.Pytester) -> None:
     (project.path / "quant_suite.toml").write_text(PROJECT_GATES)
     result = collect(project, "--model", "org/name", "--variants", "fp16,int8")
-    assert result.ret == pytest.ExitCode.OK and ids(result) == matrix("name", ("fp16", "int8"))
+    assert result.ret == pytest.ExitCode.OK and ids(result) == matrix("name", ("fp16", "int8"), REQUIRED)
     # Its [gates], not the shipped ones: it has none for nf4, so the default matrix misses a limit.
     missing = collect(project, "--model", "org/name")
     assert missing.ret == pytest.ExitCode.USAGE_ERROR

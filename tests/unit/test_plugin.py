@@ -99,14 +99,21 @@ def node(test: str, model: str, variant: str) -> str:
     return f"test_gates_under_test.py::{test}[{model}-{variant}]"
 
 
-def expected_matrix(models: list[str]) -> set[str]:
+def gated_metrics(model: str, variant: str, config: Path = SHIPPED_CONFIG) -> list[str]:
+    """The metrics a config's gate tests cover for (model, variant): every required one (an opted-out
+    one too: its test skips, saying so), and the optional ones it sets."""
+    optional = [GATEABLE[limit].name for limit in load_config(config).gates_for(model, variant)]
+    return list(dict.fromkeys([*REQUIRED_METRICS, *optional]))
+
+
+def expected_matrix(models: list[str], config: Path = SHIPPED_CONFIG) -> set[str]:
     ids = {node(t, m, v) for t in EVERY_VARIANT_TESTS for m in models for v in ALL_VARIANTS}
     ids |= {
         node(t, m, f"{v}-{metric}")
         for t in GATE_TESTS
         for m in models
         for v in QUANTIZED
-        for metric in REQUIRED_METRICS
+        for metric in gated_metrics(m, v, config)
     }
     return ids
 
@@ -193,7 +200,7 @@ def test_valid_options_collect_fine(suite_dir: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.OK
     assert set(collected_ids(result)) == (
         {node(t, "smollm2-135m", "int8") for t in EVERY_VARIANT_TESTS}
-        | {node(t, "smollm2-135m", f"int8-{m}") for t in GATE_TESTS for m in REQUIRED_METRICS}
+        | {node(t, "smollm2-135m", f"int8-{m}") for t in GATE_TESTS for m in gated_metrics("smollm2-135m", "int8")}
     )
 
 
@@ -208,7 +215,10 @@ def test_gpu_collection_is_the_seed_matrix(suite_dir: pytest.Pytester) -> None:
     assert (
         len(ids)
         == len(set(ids))
-        == len(SEED_MODELS) * (3 * len(EVERY_VARIANT_TESTS) + 2 * len(GATE_TESTS) * len(REQUIRED_METRICS))
+        == sum(
+            3 * len(EVERY_VARIANT_TESTS) + len(GATE_TESTS) * sum(len(gated_metrics(m, v)) for v in QUANTIZED)
+            for m in SEED_MODELS
+        )
     )
     assert set(ids) == expected
     # The baseline variant never appears in the quantized-only tests.
@@ -243,8 +253,8 @@ def test_requires_gpu_comes_from_the_config(suite_dir: pytest.Pytester) -> None:
     gpu = run(suite_dir, "-m", "gpu", "--collect-only", "-q", config=small)
     cpu = run(suite_dir, "-m", "not gpu", "--collect-only", "-q", config=small)
     assert gpu.ret == cpu.ret == pytest.ExitCode.OK
-    assert set(collected_ids(gpu)) == expected_matrix(["beta"])
-    assert set(collected_ids(cpu)) == expected_matrix(["alpha"])
+    assert set(collected_ids(gpu)) == expected_matrix(["beta"], small)
+    assert set(collected_ids(cpu)) == expected_matrix(["alpha"], small)
 
 
 # -- running GPU tests without CUDA -----------------------------------------------------------------
