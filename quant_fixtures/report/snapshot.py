@@ -233,7 +233,8 @@ def _short(text: str) -> str:
 
 def settings_tag(settings: RunSettings) -> str:
     """Snapshot name suffix carrying everything that selects the summary's content: device,
-    protocol and budgets, prompt file and filter, variants and their options. Runs that differ in
+    protocol and budgets, prompt file and filter, the long-context stage's length, stretches and
+    probes (a digest of the rest of its settings), variants and their options. Runs that differ in
     any of these keep their own snapshot files."""
     from quant_fixtures.inputs.prompts import suite_sha256
 
@@ -250,6 +251,9 @@ def settings_tag(settings: RunSettings) -> str:
             f"-k{prompts.top_k}{'' if prompts.use_chat_template else '-plain'}"
         )
     variants = "+".join(settings.variants)
+    long = settings.long_context
+    long_shape = (long.chunk_tokens, long.probe_lengths, long.probe_depths, long.probe_keys, long.bucket_edges)
+    long_tag = "-nolong" if long.skip else f"-long{long.max_length}x{long.stretches}-{_short(repr(long_shape))}"
     extras = "".join(
         [
             f"-nf4c{load.nf4_compute_dtype}" if load.nf4_compute_dtype else "",
@@ -257,4 +261,4 @@ def settings_tag(settings: RunSettings) -> str:
             "-gateupper" if settings.gates.on == "upper" else "",
         ]
     )
-    return f"{load.device_type}-ctx{ppl.ctx}-{budget}-{selection}-{load.weight_dtype}-{variants}{extras}"
+    return f"{load.device_type}-ctx{ppl.ctx}-{budget}-{selection}{long_tag}-{load.weight_dtype}-{variants}{extras}"
