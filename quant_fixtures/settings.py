@@ -127,7 +127,7 @@ class Defaults:
     cpu_long_ctx: int = 2048
     long_stretches_cuda: int = 2
     long_stretches_cpu: int = 1
-    long_chunk_cuda: int = 4096
+    long_chunk_cuda: int = 1024
     long_chunk_cpu: int = 1024
     probe_keys_cuda: int = 1
     probe_keys_cpu: int = 1
