@@ -165,7 +165,7 @@ METRICS: dict[str, MetricSpec] = {
             "+.2f",
             unit="%",
             ci_path=("long_context", "deepest", "delta_ppl_pct_ci95"),
-            tolerance={"abs": 0.2},
+            tolerance={"abs": 0.1},
             in_table=False,
             gate=OPTIONAL,
             title="long-context ΔPPL %",
@@ -194,7 +194,7 @@ METRICS: dict[str, MetricSpec] = {
             "KL growth",
             "+.4f",
             unit="nats per doubling",
-            tolerance={"abs": 2e-3},
+            tolerance={"abs": 1e-4},
             in_table=False,
             gate=OPTIONAL,
             description="least-squares slope of the position buckets' mean KL against log2 of their mean context: "

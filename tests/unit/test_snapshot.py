@@ -163,6 +163,7 @@ def test_default_tolerances_cover_every_snapshot_metric():
 COMMITTED = sorted((Path(__file__).resolve().parents[1] / "harm" / "__snapshots__" / "test_snapshots").glob("*.json"))
 REPRODUCTION = Path(__file__).resolve().parents[1] / "harm" / "reproduction"
 CHANGE = 0.10  # a change of this size in any gated metric must fail
+RATE_OF_COUNT = {"flip_rate": "flips", "retrieval_flip_rate": "retrieval_flips"}
 
 
 def _committed_id(path: Path) -> str:
@@ -182,7 +183,9 @@ def test_a_ten_percent_change_of_any_gated_metric_fails_naming_it(path):
     for variant, values in old["variants"].items():
         if not values["gates"]:  # FP16: nothing is gated, its deltas are zero by definition
             continue
-        assert set(values["gates"]) <= set(tolerances), f"{variant}: a gated metric without a snapshot tolerance"
+        # A rate is compared through its count (exact binomial test on the count).
+        covered = set(tolerances) | {rate for rate, count in RATE_OF_COUNT.items() if count in tolerances}
+        assert set(values["gates"]) <= covered, f"{variant}: a gated metric without a snapshot tolerance"
         for metric in tolerances:
             if METRICS[metric].is_count or not values.get(metric):
                 continue
