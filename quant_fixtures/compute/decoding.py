@@ -156,15 +156,33 @@ def static_greedy(
                     use_graph, how = False, f"eager (CUDA graph capture failed: {str(exc).splitlines()[0][:120]})"
                 continue  # a capture records the step without running it
             elif use_graph and done <= warmup:
-                _on_side_stream(run.step)
+                _on_side_stream(run.step, run.out.device)
             else:
                 run.step()
             done += 1
     return run.out[:, :done], how
 
 
-def _on_side_stream(fn: Callable[[], None]) -> None:
-    stream = torch.cuda.Stream()
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The one stream of ``device`` that every warm-up step and capture runs on, for the process.
+    cuBLAS keeps a workspace (32 MiB on Hopper) for every stream it has run on until the process
+    ends, so a new stream per batch held 32 MiB more after each batch: Mistral-7B under the 15 GiB
+    cap carried 0.69 GiB of them (22 streams) into the long-context stage and ran out of memory
+    there (H100, 2026-12-05). Made on ``device`` itself: torch.cuda.graph's own default stream is
+    made once per process on whichever device was current then (a pytest-xdist worker on cuda:1
+    that later captured for cuda:0 replayed graphs that wrote nothing)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _SIDE_STREAMS[index]
+
+
+def _on_side_stream(fn: Callable[[], None], device: torch.device) -> None:
+    # Warm-up runs where the capture will: the capture then finds the stream's cuBLAS workspace made.
+    stream = side_stream(device)
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         fn()
@@ -172,10 +190,7 @@ def _on_side_stream(fn: Callable[[], None]) -> None:
 
 
 def _capture(run: StaticGreedyBatch) -> torch.cuda.CUDAGraph:
-    # A capture stream on the model's device: torch.cuda.graph's default stream is made once per
-    # process, on whichever device was current then (a pytest-xdist worker on cuda:1 that later
-    # captured for cuda:0 replayed graphs that wrote nothing).
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=run.out.device)):
+    with torch.cuda.graph(graph, stream=side_stream(run.out.device)):
         run.step()
     return graph
