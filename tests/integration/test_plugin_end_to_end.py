@@ -269,7 +269,7 @@ def test_failed_gate_fails_the_run_with_one_line(pytester, full_run, e2e):
     assert result.ret == 1
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(
-        ["FAILED test_release_gates.py::test_within_limit[[]tiny-int8-memory_reduction_pct[]]*"]
+        ["FAILED test_project_release_gates.py::test_within_limit[[]tiny-int8-memory_reduction_pct[]]*"]
     )
     match = _gate_line(result, r"gate failed: ")
     int8 = report(results, "int8")

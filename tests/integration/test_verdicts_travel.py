@@ -302,18 +302,18 @@ def test_out_of_memory_fails_that_variant_and_the_others_run(pytester, warm, tmp
 
 
 def test_snapshots_of_other_settings_survive_an_update(pytester, warm, tmp_path):
-    shutil.copy(SNAPSHOT_TESTS, pytester.path / "test_snapshots.py")
-    snapshots = pytester.path / "__snapshots__" / "test_snapshots"
+    shutil.copy(SNAPSHOT_TESTS, pytester.path / "test_project_snapshots.py")  # a name no module here has
+    snapshots = pytester.path / "__snapshots__" / "test_project_snapshots"
 
     def run(*extra: str) -> pytest.RunResult:
-        return run_suite(pytester, warm, tmp_path / "R", warm.baselines, *extra, tests="test_snapshots.py")
+        return run_suite(pytester, warm, tmp_path / "R", warm.baselines, *extra, tests="test_project_snapshots.py")
 
     missing = run()
     assert missing.ret == pytest.ExitCode.TESTS_FAILED
     missing.stdout.fnmatch_lines(
         [
             "no snapshot test_harm_summary_matches_snapshot*-fp16+int8+nf4* for these settings "
-            "yet: record it with `pytest *test_snapshots.py* --snapshot-update` and commit "
+            "yet: record it with `pytest *test_project_snapshots.py* --snapshot-update` and commit "
             "tests/harm/__snapshots__/"
         ]
     )
