@@ -33,8 +33,13 @@ def digest_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def gguf_cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("gguf-cache")
+def gguf_cache_root(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """One conversion cache for every xdist worker of the run (the root above each worker's own
+    temporary directory): the converter locks and validates it, so SmolLM2 is converted once."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base if worker_id == "master" else base.parent) / "gguf-cache"
+    root.mkdir(exist_ok=True)
+    return root
 
 
 @pytest.fixture(scope="session")
