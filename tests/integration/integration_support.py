@@ -99,7 +99,7 @@ def load_variant(directory: Path, variant: str, cache_dir: Path, key: str = "m")
     return load_model(spec, resolve_model(spec, cache_dir), VARIANTS[variant], CPU_OPTIONS)
 
 
-# -- end-to-end runs of the suite in a pytest subprocess (tiny budgets) ----------------------------
+# -- end-to-end runs of the suite, a pytest run of their own (tiny budgets) -----------------------
 
 HARM_TESTS = Path(__file__).resolve().parents[1] / "harm" / "test_release_gates.py"
 # The copy's name in a test project: pytest names a rootdir test module by its basename, and this

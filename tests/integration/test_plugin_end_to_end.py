@@ -1,7 +1,8 @@
-"""The suite end to end: the pytest plugin and the release-gate tests, run by pytest in a subprocess.
+"""The suite end to end: the pytest plugin and the release-gate tests, run by a pytest run of their own
+(integration_support.run_suite).
 
-Each run is a fresh pytest process in a pytester directory holding a conftest.py that loads the
-plugin, a suite TOML whose only model is a tiny random Llama (``path = ...``), and a copy of
+Each run is a pytest session of its own (in this process) in a pytester directory holding a suite
+TOML whose only model is a tiny random Llama (``path = ...``) and a copy of
 tests/harm/test_release_gates.py. Budgets are tiny: 4 perplexity windows of 64 tokens and a prompt
 stage of 8 prompts x 4 new tokens. The first full run's baselines are shared (copied where a test
 changes them) so that later runs only evaluate what they are about.
@@ -175,7 +176,7 @@ def test_full_run_passes_and_writes_reports(full_run, e2e):
 
 
 def test_reported_fp16_perplexity_matches_plain_computation(full_run, e2e, digest_cache, wikitext_ids):
-    """The subprocess's FP16 numbers, recomputed here from scratch, window by window."""
+    """The run's FP16 numbers, recomputed here from scratch, window by window."""
     fp16 = report(e2e.results, "fp16")["perplexity"]
     loaded = load_variant(e2e.model_dir, "fp16", digest_cache, key="tiny")
     plan = nonoverlapping_windows(len(wikitext_ids), CTX, MAX_TOKENS)

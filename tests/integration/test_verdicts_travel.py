@@ -1,5 +1,5 @@
 """Verdicts that travel: every input validated, every stored file whole, a number independent of its
-neighbours. Each test provokes one finding of the release review end to end (a pytest subprocess on
+neighbours. Each test provokes one finding of the release review end to end (a pytest run of its own on
 the tiny random Llama, tiny budgets) and checks the one-line message and that nothing was left
 half-written.
 """
