@@ -44,9 +44,10 @@ CI_BUDGET ?= --ctx 512 --ppl-max-tokens 1024 --max-new-tokens 16 \
 TEST_ARGS ?= $(CI_BUDGET) --batch-size 2 --gen-batch-size 48
 # The benchmarks in CI show they run, not how fast: one round of one 256-token window and 4 prompts.
 CI_BENCH_BUDGET ?= --bench-rounds 1 --bench-ctx 256 --bench-prompts 4 --bench-new-tokens 4
-# Two xdist workers with one torch thread each: most tests are pytest subprocesses whose start-up is
-# single-threaded, and two workers at two threads each on two cores made OpenMP spin (measured on
-# a 2-core machine: 857 s serial, 570 s this way).
+# Two xdist workers with one torch thread each: much of a test's time is single-threaded (pytest
+# runs of their own, in process or not, and their start-up), and two workers at two threads each on
+# two cores made OpenMP spin (measured on a 2-core machine, when every such run was a subprocess:
+# 857 s serial, 570 s this way).
 TEST_WORKERS ?= -n 2 --dist loadgroup
 LINTED = quant_fixtures tests benchmarks examples conftest.py
 # ruff's lint and format checks (settings in pyproject.toml); lint-fix applies what it can.

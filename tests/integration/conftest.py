@@ -20,10 +20,24 @@ from quant_fixtures.compute.memory import STRICT_ENV
 # forward pass outside the memory executor as an error: the executor's coverage is checked end to end.
 os.environ[STRICT_ENV] = "1"
 
-from integration_support import SMOLLM2_GGUF, SMOLLM2_PACKAGE, TINY_ARCHS, build_tiny_model, load_variant
+from integration_support import (
+    SMOLLM2_GGUF,
+    SMOLLM2_PACKAGE,
+    TINY_ARCHS,
+    build_tiny_model,
+    import_what_in_process_runs_import,
+    load_variant,
+)
 
 from quant_fixtures.inputs.wikitext import load_wikitext2_test, tokenize_text
 from quant_fixtures.models.gguf import convert_gguf_package
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _in_process_run_modules() -> None:
+    """Session-scoped, so set up before the first test's pytester; a run that deselects every
+    integration test (`-m gpu`) does not pay for the imports."""
+    import_what_in_process_runs_import()
 
 
 @pytest.fixture(scope="session")

@@ -6,26 +6,16 @@ shadows.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-# bitsandbytes, matplotlib, transformers' modeling and the suite's session, plugin and plots modules
-# (F401 below) are what an in-process end-to-end run (run_suite) imports; imported here, before any
-# test's pytester snapshot of sys.modules: pytester drops the modules first imported during a test,
-# and re-importing bitsandbytes, torchao or hqq would register their torch operators twice.
-import bitsandbytes  # noqa: F401
-import matplotlib.pyplot  # noqa: F401
 import pytest
 import torch
-import transformers.modeling_utils  # noqa: F401
-import transformers.models.llama.modeling_llama  # noqa: F401
 
-import quant_fixtures.plugin.hooks  # noqa: F401
-import quant_fixtures.report.plots  # noqa: F401
-import quant_fixtures.session.orchestrator  # noqa: F401
 from quant_fixtures.config import ModelSpec
 from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.models.loading import load_model
@@ -92,6 +82,32 @@ def plain_window_nll(model: Any, token_ids: torch.Tensor, window: Window) -> tup
     targets = inputs[0, first:]
     predicted = logp[first - 1 : -1]  # position p predicts token p + 1
     return -float(predicted.gather(1, targets.unsqueeze(1)).sum()), int(targets.numel())
+
+
+def import_what_in_process_runs_import() -> None:
+    """bitsandbytes, matplotlib, transformers' modeling and the suite's session, plugin and plots
+    modules: what an in-process end-to-end run (run_suite) imports. Called before any test's pytester
+    snapshot of sys.modules (conftest.py): pytester drops the modules first imported during a test,
+    and re-importing bitsandbytes, torchao or hqq would register their torch operators twice."""
+    for name in (
+        "bitsandbytes",
+        "matplotlib.pyplot",
+        "transformers.modeling_utils",
+        "transformers.models.llama.modeling_llama",
+        "quant_fixtures.plugin.hooks",
+        "quant_fixtures.report.plots",
+        "quant_fixtures.session.orchestrator",
+    ):
+        importlib.import_module(name)
+
+
+def suite_cache_holding(converted: Any, cache: Path) -> Path:
+    """A suite cache directory (``--cache-dir``) that holds the session's SmolLM2 conversion already:
+    the suite validates it by its manifest and reuses it instead of converting the GGUF again."""
+    link = cache / "gguf" / converted.directory.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(converted.directory)
+    return cache
 
 
 def load_variant(directory: Path, variant: str, cache_dir: Path, key: str = "m") -> Any:

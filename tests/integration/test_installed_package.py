@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from integration_support import suite_cache_holding
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,11 +66,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_installed_package_runs_from_another_directory(installed: Path, tmp_path: Path, smollm2_converted) -> None:
-    # The session's SmolLM2 conversion is reused (a cache entry is validated by its manifest): what
-    # this test is about is where the inputs come from, not converting the GGUF once more.
-    converted = tmp_path / "cache" / "gguf" / smollm2_converted.directory.name
-    converted.parent.mkdir(parents=True)
-    converted.symlink_to(smollm2_converted.directory)
+    # What this test is about is where the inputs come from, not converting the GGUF once more.
+    cache = suite_cache_holding(smollm2_converted, tmp_path / "cache")
     shipped = installed / "quant_fixtures" / "inputs"
     for name in ("quant_suite.toml", "prompt_suite.jsonl", "data/wikitext-2-raw-v1-test.parquet"):
         assert (shipped / name).is_file(), name
@@ -81,7 +79,7 @@ def test_installed_package_runs_from_another_directory(installed: Path, tmp_path
         "PYTHONPATH": str(installed),
         "QUANT_INSTALLED_SITE": str(installed),
         "HF_HUB_OFFLINE": "1",
-        "QUANT_FIXTURES_CACHE": str(tmp_path / "cache"),
+        "QUANT_FIXTURES_CACHE": str(cache),
     }
     result = subprocess.run(
         [

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from integration_support import HARM_TESTS, SMOLLM2_GGUF, SMOLLM2_PACKAGE
+from integration_support import HARM_TESTS, SMOLLM2_GGUF, SMOLLM2_PACKAGE, suite_cache_holding
 
 from quant_fixtures.models.gguf import package_file
 from quant_fixtures.models.gguf_quantize import requantized_gguf
@@ -39,17 +39,13 @@ def _toml(variants: dict[str, dict[str, object]]) -> str:
 
 
 @pytest.fixture(scope="module")
-def own(tmp_path_factory, smollm2_converted, gguf_cache_root):
+def own(tmp_path_factory, smollm2_converted):
     """The files the variants point at, and a suite cache that reuses the session's conversion."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     root = tmp_path_factory.mktemp("own-variants")
-    cache = root / "cache"
-    cache.mkdir()
-    (cache / "gguf").mkdir()
-    for converted in gguf_cache_root.iterdir():  # the base's float16 conversion is already there
-        (cache / "gguf" / converted.name).symlink_to(converted)
+    cache = suite_cache_holding(smollm2_converted, root / "cache")
     q4_file = requantized_gguf(package_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF), "Q4_0", root / "files")
     checkpoint = root / "smollm2-nf4"
     model = AutoModelForCausalLM.from_pretrained(

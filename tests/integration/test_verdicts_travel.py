@@ -23,6 +23,7 @@ from quant_fixtures.store.records import read_record
 pytest_plugins = ["pytester"]
 
 SNAPSHOT_TESTS = Path(__file__).resolve().parents[1] / "harm" / "test_snapshots.py"
+PROJECT_SNAPSHOT_TESTS = "test_project_snapshots.py"  # a name no module of this process has (PROJECT_TESTS)
 
 
 @pytest.fixture(scope="module")
@@ -302,11 +303,11 @@ def test_out_of_memory_fails_that_variant_and_the_others_run(pytester, warm, tmp
 
 
 def test_snapshots_of_other_settings_survive_an_update(pytester, warm, tmp_path):
-    shutil.copy(SNAPSHOT_TESTS, pytester.path / "test_project_snapshots.py")  # a name no module here has
-    snapshots = pytester.path / "__snapshots__" / "test_project_snapshots"
+    shutil.copy(SNAPSHOT_TESTS, pytester.path / PROJECT_SNAPSHOT_TESTS)
+    snapshots = pytester.path / "__snapshots__" / Path(PROJECT_SNAPSHOT_TESTS).stem
 
     def run(*extra: str) -> pytest.RunResult:
-        return run_suite(pytester, warm, tmp_path / "R", warm.baselines, *extra, tests="test_project_snapshots.py")
+        return run_suite(pytester, warm, tmp_path / "R", warm.baselines, *extra, tests=PROJECT_SNAPSHOT_TESTS)
 
     missing = run()
     assert missing.ret == pytest.ExitCode.TESTS_FAILED
