@@ -128,7 +128,7 @@ class Defaults:
     long_stretches_cuda: int = 2
     long_stretches_cpu: int = 1
     long_chunk_cuda: int = 1024
-    long_chunk_cpu: int = 1024
+    long_chunk_cpu: int = 2048
     probe_keys_cuda: int = 1
     probe_keys_cpu: int = 1
 

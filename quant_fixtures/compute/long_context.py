@@ -1,4 +1,5 @@
-"""Score long sequences in chunks of positions with a KV cache, so memory stays bounded at any length.
+"""Read long sequences in chunks of positions with a KV cache, so memory stays bounded at any length,
+and read retrieval probes as a user's model answers them.
 
 A stretch of L tokens read at once needs the activations of all L positions in every layer; read in
 chunks of ``chunk_tokens`` with the keys and values of earlier chunks cached, a pass holds one
@@ -7,8 +8,21 @@ Mistral-7B-v0.1, only the window's keys and values: transformers' ``DynamicCache
 Each chunk's final hidden states go through the same head, log-softmax and hooks as a window of the
 perplexity pass (compute/scoring.score_hidden), so FP16 references and the exact comparison with
 them work unchanged. One sequence per pass: LLM.int8 picks outlier columns over the rows a matmul
-sees, so the numbers of a sequence never depend on another; the chunk length is fixed by the
-settings (never by free memory) for the same reason.
+sees, so the numbers of a sequence never depend on another.
+
+What is read is what a user's model reads, whatever the chunk length:
+
+* A sequence's prefill (a whole stretch; a probe's prompt) is one read of the model. For a model
+  with LLM.int8 layers read in more than one chunk, the outlier columns are those of the whole
+  prefill (models/int8_per_sequence.WholeSequenceColumns): the sequence is read again with the
+  columns the previous read flagged until every layer's forced and flagged columns agree (usually
+  the second read; at most :data:`MAX_READS`), so the numbers equal a read of the prefill at once up
+  to float summation order. Other models are exact in chunks (tested against the whole forward).
+* From ``decode_from`` on (a probe's answer), one position per forward pass, as greedy decoding
+  feeds a model its answer token by token: position ``j`` predicts token ``j + 1`` from the cache of
+  everything before it. Fed the key's tokens, the argmax at each step is what greedy decoding
+  produces while it follows the key, so "every step's argmax is the key's token" is exactly
+  "greedy decoding of the answer's length produces the key" (tested against ``model.generate``).
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -24,12 +39,37 @@ from transformers import DynamicCache, PreTrainedModel
 from quant_fixtures.compute.memory import BatchLog, MemoryBudget, run_batches
 from quant_fixtures.compute.scoring import LogprobHook, WindowScores, head_device, model_device, score_hidden
 from quant_fixtures.metrics.perplexity import Window
+from quant_fixtures.models.int8_per_sequence import (
+    WholeSequenceColumns,
+    amplifies_float_noise,
+    has_batch_dependent_int8,
+    whole_sequence_columns,
+)
+
+
+@dataclass
+class ChunkedScores(WindowScores):
+    """:class:`WindowScores` and, per window, how many times its prefill was read (more than once only
+    for LLM.int8 in chunks) and whether its outlier columns settled within MAX_READS reads."""
+
+    reads: list[int] = field(default_factory=list)
+    settled: list[bool] = field(default_factory=list)
 
 
 def cache_argument(model: PreTrainedModel) -> str:
     """The forward argument that takes the KV cache: ``cache`` from transformers 5.25, where
     ``past_key_values`` is deprecated; ``past_key_values`` before."""
     return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
+
+
+MAX_READS = 4  # reads of one prefill until its LLM.int8 outlier columns settle (see the module docstring)
+
+
+def _calls(n_inputs: int, prefill: int, chunk_tokens: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` input positions of each forward call: chunks of ``chunk_tokens`` over the prefill
+    ``[0, prefill)``, then one position per call."""
+    starts = [*range(0, prefill, chunk_tokens), *range(prefill, n_inputs)]
+    return list(zip(starts, [*starts[1:], n_inputs]))
 
 
 def score_in_chunks(
@@ -42,41 +82,53 @@ def score_in_chunks(
     progress: Callable[[int], None] | None = None,
     budget: MemoryBudget | None = None,
     log: BatchLog | None = None,
-) -> WindowScores:
+    decode_from: Sequence[int] | None = None,
+) -> ChunkedScores:
     """Sum of -log p(target | the tokens before it in the window) per window, in float64, each window
-    read alone in chunks of ``chunk_tokens`` positions with a KV cache (see the module docstring).
-    Numerically the same quantities as compute/scoring.score_windows, which reads a window at once."""
+    read alone (see the module docstring): its prefill in chunks of ``chunk_tokens`` positions with a
+    KV cache, and with ``decode_from`` (one window offset per window, e.g. a probe's first answer
+    token) the positions from there on one per forward pass. The same quantities as
+    compute/scoring.score_windows, which reads a window at once, up to float summation order."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if decode_from is not None and len(decode_from) != len(windows):
+        raise ValueError(f"decode_from has {len(decode_from)} entries for {len(windows)} windows")
+    int8 = amplifies_float_noise(model)
+    if int8 and has_batch_dependent_int8(model):
+        raise ValueError(
+            f"{stage}: an LLM.int8 layer of this model picks outlier columns over its whole batch; load it with "
+            "quant_fixtures.models.loading (per-sequence int8 layers) to read it in chunks"
+        )
     device, out = model_device(model), head_device(model)
     budget = budget or MemoryBudget(str(device))
     nll = [0.0] * len(windows)
+    reads = [0] * len(windows)
+    settled = [True] * len(windows)
     hook_time = [0.0]
+    cache_arg = cache_argument(model)
 
-    def run(batch: list[int]) -> None:
-        (index,) = batch
-        if hook is not None and hasattr(hook, "reset"):
-            hook.reset(batch)
+    def read(
+        index: int, calls: list[tuple[int, int]], prefill: int, columns: WholeSequenceColumns | None, scoring: bool
+    ) -> float:
         w = windows[index]
         tokens = token_ids[w.begin : w.end].to(device)
         input_ids = tokens[:-1].clone()  # the last target is never read
         if w.first_input is not None:
             input_ids[0] = w.first_input
         first = torch.tensor([w.first_target - w.begin], device=out)
-        cache = {cache_argument(model): DynamicCache(config=model.config)}
+        cache = {cache_arg: DynamicCache(config=model.config)}
         total = torch.zeros(1, dtype=torch.float64, device=out)
-        for lo in range(0, input_ids.shape[0], chunk_tokens):
-            hi = min(input_ids.shape[0], lo + chunk_tokens)
-            if hi < w.first_target - w.begin:  # every target this chunk predicts is before the scored ones
-                model.base_model(input_ids=input_ids[lo:hi].unsqueeze(0), use_cache=True, **cache)
+        for lo, hi in calls:
+            with whole_sequence_columns(columns if lo < prefill else None):
+                hidden = model.base_model(
+                    input_ids=input_ids[lo:hi].unsqueeze(0), use_cache=True, **cache
+                ).last_hidden_state
+            if not scoring or hi < w.first_target - w.begin:  # every target it predicts is before the scored ones
                 continue
-            hidden = model.base_model(
-                input_ids=input_ids[lo:hi].unsqueeze(0), use_cache=True, **cache
-            ).last_hidden_state
             # hidden position j (window offset lo + j) predicts the token at offset lo + j + 1
             total += score_hidden(
                 model,
-                batch,
+                [index],
                 hidden,
                 tokens[lo + 1 : hi + 1].unsqueeze(0).to(out),
                 lo + 1,
@@ -87,7 +139,33 @@ def score_in_chunks(
             )
             del hidden
         del cache
-        nll[index] = float(total.item())
+        return float(total.item()) if scoring else 0.0
+
+    def run(batch: list[int]) -> None:
+        (index,) = batch
+        w = windows[index]
+        n_inputs = w.length - 1
+        prefill = n_inputs if decode_from is None else min(max(decode_from[index], 1), n_inputs)
+        calls = _calls(n_inputs, prefill, chunk_tokens)
+        # LLM.int8 in more than one prefill call: first a read that only flags columns, then reads
+        # that force them until they settle
+        columns = WholeSequenceColumns() if int8 and prefill > chunk_tokens else None
+        reads[index] = 0
+        if columns is not None:
+            read(index, calls, prefill, columns, scoring=False)
+            reads[index] = 1
+        while True:
+            if columns is not None:
+                columns.next_read()
+            if hook is not None and hasattr(hook, "reset"):
+                hook.reset(batch)
+            nll[index] = read(index, calls, prefill, columns, scoring=True)
+            reads[index] += 1
+            if columns is None or columns.agrees():
+                break
+            if reads[index] >= MAX_READS:
+                settled[index] = False
+                break
         if progress is not None:
             progress(1)
 
@@ -102,6 +180,11 @@ def score_in_chunks(
         bad = [i for i, v in enumerate(nll) if not math.isfinite(v)]
         raise FloatingPointError(f"{stage}: non-finite NLL in sequences {bad[:10]}: the model produced NaN/inf")
     seconds = time.perf_counter() - start - hook_time[0]
-    return WindowScores(
-        window_nll=nll, window_tokens=[w.scored for w in windows], seconds=seconds, hook_seconds=hook_time[0]
+    return ChunkedScores(
+        window_nll=nll,
+        window_tokens=[w.scored for w in windows],
+        seconds=seconds,
+        hook_seconds=hook_time[0],
+        reads=reads,
+        settled=settled,
     )

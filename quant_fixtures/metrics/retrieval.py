@@ -1,13 +1,13 @@
 """Scoring of the synthetic retrieval probes (inputs/retrieval_probe.py): did FP16 and the variant
 retrieve the hidden key, and on how many probes do they disagree.
 
-A probe is *retrieved* when, with the probe fed whole (teacher forcing), the model's argmax at every
-answer position is the key's token there: ``hits[i] = argmax(logits predicting answer token i) ==
-answer token i`` and ``retrieved = all(hits)``. This is exactly whether greedy decoding of as many
-tokens as the answer has would produce the key: greedy decoding starts from the same prefix, so while
-every step's argmax is the key's token it follows the key and sees the same prefixes as teacher
-forcing; at the first step whose argmax is not the key's token it leaves the key, and the result
-differs from the key whatever comes after.
+A probe is *retrieved* when greedy decoding of as many tokens as the answer has produces the key. It
+is read as a user's model answers (compute/long_context.py): the prompt in one prefill, then the
+answer one token per forward pass with the KV cache, fed the key's tokens; ``hits[i] = argmax(logits
+predicting answer token i) == answer token i`` and ``retrieved = all(hits)``. That is greedy decoding's
+verdict exactly: while every step's argmax is the key's token, greedy decoding feeds the same tokens in
+the same steps; at the first step whose argmax is not the key's token it leaves the key, and the result
+differs from the key whatever comes after (tested against ``model.generate``).
 
 Per probe: ``fp16 = all(fp16_hits)``, ``variant = all(variant_hits)``. Over probes:
 ``flips = #{fp16 != variant}``, ``lost = #{fp16 and not variant}``, ``gained = #{variant and not
@@ -98,10 +98,11 @@ class Fp16RetrievalSummary(TypedDict):
 
 
 RETRIEVAL_METHOD = (
-    "A probe is retrieved when, teacher-forced, the model's argmax at every answer position is the key's token "
-    "(the same verdict as greedy decoding of the answer's length). flips: probes whose verdict differs between "
-    "FP16 and the variant (lost: FP16 only; gained: variant only); flip_rate = flips / probes; answer_kl_mean: "
-    "mean over probes of the mean KL(FP16 || variant) in nats over the probe's answer positions."
+    "A probe is retrieved when greedy decoding of the answer's length produces the key: the prompt read in one "
+    "prefill, then the answer fed one token per forward pass with the KV cache, and the argmax at every step is "
+    "the key's token. flips: probes whose verdict differs between FP16 and the variant (lost: FP16 only; gained: "
+    "variant only); flip_rate = flips / probes; answer_kl_mean: mean over probes of the mean KL(FP16 || variant) "
+    "in nats over the probe's answer positions."
 )
 
 

@@ -27,6 +27,16 @@ summation order, which cuBLAS changes with the shape anyway (for the 16-bit mode
 The replacement is bound per module (``module.forward``), only to ``Linear8bitLt`` layers with
 int8 weights, a threshold above 0 and no training; :func:`remove_per_sequence_int8` restores
 bitsandbytes' own forward.
+
+**One sequence read in chunks** (the long-context stage, compute/long_context.py) would pick C per
+chunk, which no user's model does: a model reads a prompt in one pass, so C is chosen over the whole
+prompt. :class:`WholeSequenceColumns` gives every layer the columns a whole read would choose: while
+active (:func:`whole_sequence_columns`), each layer records the columns its rows flag and treats the
+columns of ``forced`` as outliers too; the reader repeats the chunked read with ``forced`` set to what
+the previous read flagged until the two agree for every layer. Then every chunk used exactly the
+columns the whole sequence flags, and a row's own quantization does not depend on other rows (its
+absmax leaves out only its own outlier elements), so the read equals a whole read up to float
+summation order.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ if TYPE_CHECKING:
     from bitsandbytes.nn import Linear8bitLt
 
 _REAL_TOKENS: ContextVar[torch.Tensor | None] = ContextVar("quant_fixtures_real_tokens", default=None)
+_WHOLE_SEQUENCE: ContextVar[WholeSequenceColumns | None] = ContextVar("quant_fixtures_whole_sequence", default=None)
 _MARK = "_quant_fixtures_per_sequence_int8"
 MAX_EXACT_SETS = 16  # distinct owned-column sets given a float product each (beyond: one masked product)
 
@@ -59,6 +70,42 @@ def real_tokens(mask: torch.Tensor | None) -> Iterator[None]:
         _REAL_TOKENS.reset(token)
 
 
+class WholeSequenceColumns:
+    """Outlier columns per LLM.int8 layer over one sequence read in several calls (see the module
+    docstring): ``forced`` holds what the previous read flagged, ``flagged`` what this read flags."""
+
+    def __init__(self) -> None:
+        self.forced: dict[int, torch.Tensor] = {}  # id(layer) -> bool [in_features]
+        self.flagged: dict[int, torch.Tensor] = {}
+
+    def next_read(self) -> None:
+        """Start another read of the same sequence, forcing what the last one flagged."""
+        self.forced, self.flagged = self.flagged, {}
+
+    def agrees(self) -> bool:
+        """Whether the last read forced exactly the columns it flagged, in every layer."""
+        return self.forced.keys() == self.flagged.keys() and all(
+            torch.equal(self.forced[k], self.flagged[k]) for k in self.flagged
+        )
+
+    def flagged_of(self, layer: object, width: int, device: torch.device) -> torch.Tensor:
+        mask = self.flagged.get(id(layer))
+        if mask is None:
+            mask = self.flagged[id(layer)] = torch.zeros(width, dtype=torch.bool, device=device)
+        return mask
+
+
+@contextmanager
+def whole_sequence_columns(columns: WholeSequenceColumns | None) -> Iterator[None]:
+    """While active, per-sequence int8 layers record and force outlier columns in ``columns``
+    (None: nothing recorded or forced)."""
+    token = _WHOLE_SEQUENCE.set(columns)
+    try:
+        yield
+    finally:
+        _WHOLE_SEQUENCE.reset(token)
+
+
 def _real_positions(x: torch.Tensor) -> torch.Tensor | None:
     mask = _REAL_TOKENS.get()
     if mask is None or x.dim() != 3 or tuple(mask.shape) != tuple(x.shape[:2]):
@@ -73,12 +120,16 @@ def per_sequence_int8_matmul(
     bias: torch.Tensor | None,
     threshold: float,
     real: torch.Tensor | None = None,
+    forced: torch.Tensor | None = None,
+    flagged: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x @ W.T (+ bias)`` by LLM.int8 with outlier columns per sequence (see the module docstring).
 
     ``x`` [B, T, K] (B sequences) or [N, K] (one sequence); ``weight_int8`` [O, K] int8 rows and
     ``weight_scale`` [O] their absmax (bitsandbytes' CB and SCB); ``real`` [B, T] bool: positions
-    that take part in choosing outlier columns (None: all)."""
+    that take part in choosing outlier columns (None: all); ``forced`` [K] bool: columns every
+    sequence treats as outliers besides its own; ``flagged`` [K] bool: set where a row of the call
+    has an outlier (recorded in place)."""
     ops = torch.ops.bitsandbytes
     shape, width = x.shape, x.shape[-1]
     rows = x.reshape(-1, width)
@@ -86,6 +137,14 @@ def per_sequence_int8_matmul(
     # bitsandbytes' row quantization: outlier elements zeroed and left out of each row's absmax; the
     # columns in which any row has an outlier (``union``) come back zeroed in every row.
     quantized, row_scale, union = ops.int8_vectorwise_quant.default(rows.to(torch.float16), threshold)
+    if flagged is not None and union is not None:
+        flagged[union] = True
+    if forced is not None:  # forced columns go to the float part too: zero them in the int8 rows
+        extra = forced.clone()
+        if union is not None:
+            extra[union] = False
+        quantized[:, extra] = 0
+        union = (extra | _column_mask(union, width, x.device)).nonzero().view(-1)
     out: torch.Tensor  # torch.ops' operators are untyped
     if union is None or union.numel() == 0:
         out = ops.int8_scaled_mm.default(quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=x.dtype)
@@ -96,7 +155,10 @@ def per_sequence_int8_matmul(
     per_sequence = outlier.view(sequences, -1, union.numel())
     if real is not None:
         per_sequence = per_sequence & real.unsqueeze(-1)
-    owned = per_sequence.any(1, keepdim=True).expand_as(per_sequence).reshape(outlier.shape)  # [rows, union]
+    owns = per_sequence.any(1)  # [sequences, union]
+    if forced is not None:
+        owns = owns | forced[union]
+    owned = owns.unsqueeze(1).expand_as(per_sequence).reshape(outlier.shape)  # [rows, union]
     # The union's columns a row does not own go back to int8 (default backend's formula), its own stay zero.
     requantized = torch.round(sub.masked_fill(outlier, 0) * (127.0 / row_scale.unsqueeze(-1))).to(torch.int8)
     quantized.index_copy_(1, union, requantized.masked_fill(owned, 0))
@@ -110,7 +172,7 @@ def per_sequence_int8_matmul(
     owned_sets: torch.Tensor | None = None
     set_of_sequence: torch.Tensor | None = None
     if exact:
-        owned_sets, set_of_sequence = torch.unique(per_sequence.any(1), dim=0, return_inverse=True)
+        owned_sets, set_of_sequence = torch.unique(owns, dim=0, return_inverse=True)
     if owned_sets is None or set_of_sequence is None or owned_sets.shape[0] > MAX_EXACT_SETS:
         own_values = rows.index_select(1, union).masked_fill(~owned, 0)
         out.addmm_(own_values, _float_columns(weight_int8, weight_scale, union, x.dtype))
@@ -127,6 +189,13 @@ def per_sequence_int8_matmul(
             which = (row_set == index).nonzero().view(-1)
             out.index_copy_(0, which, out.index_select(0, which).addmm(rows[which].index_select(1, columns), weights))
     return out.view(*shape[:-1], -1)
+
+
+def _column_mask(columns: torch.Tensor | None, width: int, device: torch.device) -> torch.Tensor:
+    mask = torch.zeros(width, dtype=torch.bool, device=device)
+    if columns is not None:
+        mask[columns] = True
+    return mask
 
 
 def _float_columns(
@@ -155,7 +224,20 @@ def _forward(self: Linear8bitLt, x: torch.Tensor) -> torch.Tensor:
         return _own_forward(self, x)
     if self.bias is not None and self.bias.dtype != x.dtype:
         self.bias.data = self.bias.data.to(x.dtype)
-    return per_sequence_int8_matmul(x, rows, scales, self.bias, self.state.threshold, _real_positions(x))
+    columns = _WHOLE_SEQUENCE.get()
+    if columns is None:
+        return per_sequence_int8_matmul(x, rows, scales, self.bias, self.state.threshold, _real_positions(x))
+    width = x.shape[-1]
+    return per_sequence_int8_matmul(
+        x,
+        rows,
+        scales,
+        self.bias,
+        self.state.threshold,
+        _real_positions(x),
+        forced=columns.forced.get(id(self)),
+        flagged=columns.flagged_of(self, width, x.device),
+    )
 
 
 def _int8_layers(model: torch.nn.Module) -> list[Linear8bitLt]:

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 from quant_fixtures.json_types import JsonObject, JsonValue
 from quant_fixtures.metrics.position_buckets import LongContextComparison, LongContextFp16, VariantBucket
@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 # 3: exact KL from FP16 hidden states everywhere; corpus_kl gains reverse KL, top-K agreement, KL by
 #    FP16 confidence and llama.cpp's --kl-divergence tables
 # 5: long_context (harm by position bucket and retrieval probes)
-SCHEMA_VERSION = 5
+# 6: gates carry a verdict (PASS/FAIL/UNDECIDED) with its interval, p-values and the sample that would
+#    decide it; long_context records its prefill reads (LLM.int8 columns of the whole prefill)
+SCHEMA_VERSION = 6
 OMIT_IF_NONE = {"omit_if_none": True}  # field metadata: left out of the JSON when None
 D = TypeVar("D", bound="DataclassInstance")
 LongContextBuckets = LongContextComparison | LongContextFp16
@@ -238,6 +240,14 @@ class NoiseFloor:
     ci95: list[float]
 
 
+class PrefillReads(TypedDict):
+    """How often a sequence's prefill was read: more than once only for LLM.int8 read in chunks, until
+    its outlier columns were those of the whole prefill (compute/long_context.py)."""
+
+    max_reads: int
+    unsettled_sequences: list[int]  # sequences (stretches, then probes) whose columns had not settled
+
+
 @dataclass
 class LongContext:
     """Harm far into the context (session/long_context_stage.py): by position bucket over long
@@ -255,6 +265,7 @@ class LongContext:
     buckets: LongContextBuckets
     deepest: VariantBucket | None  # the last bucket of a variant's comparison (None for FP16)
     retrieval: RetrievalCounts
+    prefill_reads: PrefillReads
     seconds: float
     peak_gb: float | None  # the most the process held on its GPU during the stage (None on the CPU)
 

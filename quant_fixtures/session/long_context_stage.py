@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,7 +39,7 @@ from quant_fixtures.metrics.retrieval import (
     retrieval_summary,
 )
 from quant_fixtures.models.loading import LoadedModel
-from quant_fixtures.report.schema import LongContext
+from quant_fixtures.report.schema import LongContext, PrefillReads
 from quant_fixtures.session.context import PassContext
 from quant_fixtures.session.long_plan import LongPlan, long_plan
 
@@ -97,22 +98,53 @@ def _positions_of(plan: LongPlan) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(per), np.repeat(np.arange(len(per)), [p.size for p in per])
 
 
-def _score(run: PassContext, loaded: LoadedModel, plan: LongPlan, hooks: tuple[LogprobHook, LogprobHook]) -> float:
-    """Score the stretches with hooks[0] and the probes with hooks[1]; the seconds it took."""
+@dataclass(frozen=True)
+class Reads:
+    """How the stage read its sequences: the seconds, and per sequence (stretches, then probes) how
+    many reads its prefill took and whether its LLM.int8 outlier columns settled."""
+
+    seconds: float
+    reads: list[int]
+    settled: list[bool]
+
+    def record(self) -> PrefillReads:
+        unsettled = [i for i, ok in enumerate(self.settled) if not ok]
+        return {"max_reads": max(self.reads, default=0), "unsettled_sequences": unsettled}
+
+
+def _score(run: PassContext, loaded: LoadedModel, plan: LongPlan, hooks: tuple[LogprobHook, LogprobHook]) -> Reads:
+    """Score the stretches with hooks[0] and the probes with hooks[1] (their answers one token per
+    forward pass, as greedy decoding reads them)."""
     chunk, started = run.settings.long_context.chunk_tokens, time.perf_counter()
     total = len(plan.stretch_windows) + len(plan.probe_windows)
+    answers = [w.first_target - w.begin for w in plan.probe_windows]
+    reads: list[int] = []
+    settled: list[bool] = []
     with run.stage(STAGE, STAGE, shown=True, total=total, unit="sequences") as advance:
-        for windows, hook in zip((plan.stretch_windows, plan.probe_windows), hooks):
-            score_in_chunks(
-                loaded.model, plan.ids, windows, chunk, STAGE, hook, advance, budget=run.budget, log=run.batches
+        for windows, hook, decode_from in zip(
+            (plan.stretch_windows, plan.probe_windows), hooks, (None, answers)
+        ):
+            scores = score_in_chunks(
+                loaded.model,
+                plan.ids,
+                windows,
+                chunk,
+                STAGE,
+                hook,
+                advance,
+                budget=run.budget,
+                log=run.batches,
+                decode_from=decode_from,
             )
-    return time.perf_counter() - started
+            reads += scores.reads
+            settled += scores.settled
+    return Reads(time.perf_counter() - started, reads, settled)
 
 
 def _section(
     run: PassContext,
     plan: LongPlan,
-    seconds: float,
+    reads: Reads,
     peak: int | None,
     buckets: LongContextComparison | LongContextFp16,
     deepest: VariantBucket | None,
@@ -133,16 +165,19 @@ def _section(
         f"protocol reads it) cut into consecutive stretches of {shape.length} tokens from its start; each "
         "stretch read alone from its first token (replaced by BOS where the tokenizer puts BOS first), every "
         "later token scored",
-        method=f"each sequence read alone in chunks of {protocol.chunk_tokens} positions with a KV cache "
-        "(sliding-window layers keep only their window); log-softmax in float32 of the model's head; KL(FP16 || "
+        method=f"each sequence read alone, its prefill in chunks of {protocol.chunk_tokens} positions with a KV "
+        "cache (sliding-window layers keep only their window) and a probe's answer one token per forward pass, "
+        "as greedy decoding reads it; LLM.int8 outlier columns chosen over the whole prefill, as a read at once "
+        "chooses them (compute/long_context.py); log-softmax in float32 of the model's head; KL(FP16 || "
         "variant) exact over the whole vocabulary from the FP16 final hidden states and head, in float64; "
         "95 % CIs over blocks of 128 consecutive positions (metrics/position_buckets.py)" + dropped,
+        prefill_reads=reads.record(),
         probe_protocol=probe_protocol(),
         retrieval_method=RETRIEVAL_METHOD,
         buckets=buckets,
         deepest=deepest,
         retrieval=retrieval,
-        seconds=round(seconds, 3),
+        seconds=round(reads.seconds, 3),
         peak_gb=peak / GB if peak is not None else None,
     )
 
@@ -158,7 +193,7 @@ def fp16_long_stage(run: PassContext, model: str, loaded: LoadedModel) -> LongCo
     )
     probe_hidden, probe_targets = HiddenRecorder(len(plan.probe_windows)), TargetRecorder(len(plan.probe_windows))
     run.budget.start_stage_peak()
-    seconds = _score(
+    reads = _score(
         run, loaded, plan, (BothHooks(stretch_hidden, stretch_targets), BothHooks(probe_hidden, probe_targets))
     )
     peak = run.budget.stage_peak_bytes()
@@ -176,7 +211,7 @@ def fp16_long_stage(run: PassContext, model: str, loaded: LoadedModel) -> LongCo
     context, stretch = _positions_of(plan)
     buckets = long_context_fp16(context, stretch, stretch_targets.all_logp(), run.settings.long_context.bucket_edges)
     lengths, depths = [p.length for p in plan.probes], [p.depth for p in plan.probes]
-    return _section(run, plan, seconds, peak, buckets, None, fp16_retrieval_summary(lengths, depths, hits))
+    return _section(run, plan, reads, peak, buckets, None, fp16_retrieval_summary(lengths, depths, hits))
 
 
 def variant_long_stage(
@@ -191,7 +226,7 @@ def variant_long_stage(
     probe_kl = KLAgainstReference({"hidden": reference["probe_hidden"]}, [w.scored for w in plan.probe_windows], head)
     probe_targets = TargetRecorder(len(plan.probe_windows))
     run.budget.start_stage_peak()
-    seconds = _score(run, loaded, plan, (stretch_kl, BothHooks(probe_kl, probe_targets)))
+    reads = _score(run, loaded, plan, (stretch_kl, BothHooks(probe_kl, probe_targets)))
     peak = run.budget.stage_peak_bytes()
     with run.stage("statistics", "statistics"):
         at = stretch_kl.positions()
@@ -216,4 +251,4 @@ def variant_long_stage(
             probe_targets.window_hits(),
             answer_kl,
         )
-    return _section(run, plan, seconds, peak, buckets, buckets["buckets"][-1], retrieval)
+    return _section(run, plan, reads, peak, buckets, buckets["buckets"][-1], retrieval)

@@ -60,12 +60,27 @@ def tiny_config(arch: str, tokenizer: Any) -> Any:
     raise ValueError(arch)
 
 
-def build_tiny_model(arch: str, tokenizer: Any, directory: Path) -> Path:
-    """Random weights (fixed seed), saved as float16 safetensors with the SmolLM2 tokenizer."""
+# Outlier features planted by build_tiny_model(outliers=True): these hidden dimensions of every
+# layer's normalised inputs are scaled by OUTLIER_GAIN, so a token's activation there reaches
+# LLM.int8's threshold of 6 when its normalised value is beyond 6 / OUTLIER_GAIN (about 2): a few
+# percent of the tokens, so which columns are outliers depends on which tokens a matmul sees, as
+# with the massive activations of real models (Dettmers et al. 2022).
+OUTLIER_DIMS = (3, 17, 40, 58)
+OUTLIER_GAIN = 3.0
+
+
+def build_tiny_model(arch: str, tokenizer: Any, directory: Path, outliers: bool = False) -> Path:
+    """Random weights (fixed seed), saved as float16 safetensors with the SmolLM2 tokenizer; with
+    ``outliers``, the outlier features above planted in every layer's norms."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(TINY_SEED)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer), dtype=torch.float32)
+    if outliers:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                    norm.weight[list(OUTLIER_DIMS)] = OUTLIER_GAIN
     model.to(torch.float16).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from integration_support import TINY_ARCHS, load_variant, plain_window_nll
+from integration_support import TINY_ARCHS, build_tiny_model, load_variant, plain_window_nll
 
 from quant_fixtures.compute.corpus_kl import HiddenRecorder
 from quant_fixtures.compute.long_context import score_in_chunks
@@ -52,3 +52,77 @@ def test_a_bad_chunk_length_is_an_error(tiny_models, digest_cache, wikitext_ids)
     model = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
     with pytest.raises(ValueError, match="chunk_tokens must be >= 1, got 0"):
         score_in_chunks(model, wikitext_ids, WINDOWS, chunk_tokens=0, stage="long context")
+
+
+# -- LLM.int8 read as a user's model reads it (compute/long_context.py) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_with_outliers(tmp_path_factory, smollm2_tokenizer, digest_cache):
+    """Per architecture, the tiny model with planted outlier features, loaded in LLM.int8."""
+    root = tmp_path_factory.mktemp("tiny-outliers")
+    return {
+        arch: load_variant(
+            build_tiny_model(arch, smollm2_tokenizer, root / arch, outliers=True),
+            "int8",
+            digest_cache,
+            key=f"tiny-outliers-{arch}",
+        ).model
+        for arch in TINY_ARCHS
+    }
+
+
+LONG = [Window(0, 400, 1), Window(400, 800, 401)]
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_int8_in_chunks_equals_the_whole_read(arch, int8_with_outliers, wikitext_ids, monkeypatch):
+    """Chunks of 48 give what one read of each 400-token sequence gives, because every chunk uses
+    the outlier columns of the whole sequence; columns chosen per chunk (the control) do not."""
+    model = int8_with_outliers[arch]
+    whole = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=1000, stage="long context")
+    chunked = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=48, stage="long context")
+    assert whole.reads == [1, 1] and chunked.settled == [True, True] and min(chunked.reads) >= 2
+    assert chunked.window_nll == pytest.approx(whole.window_nll, rel=1e-6)  # measured: within 1e-7
+    monkeypatch.setattr("quant_fixtures.compute.long_context.amplifies_float_noise", lambda model: False)
+    per_chunk = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=48, stage="long context")
+    # measured: 3e-5 to 1.6e-4, several hundred times the float noise above
+    assert max(abs(a / b - 1) for a, b in zip(per_chunk.window_nll, whole.window_nll)) > 2e-5
+
+
+class ArgmaxRecorder:
+    """Hook: the argmax at each scored position, window after window."""
+
+    def __init__(self) -> None:
+        self.argmax: list[int] = []
+
+    def reset(self, batch) -> None:
+        self.argmax = []
+
+    def __call__(self, chunk) -> None:
+        for row in range(len(chunk.windows)):
+            self.argmax += chunk.logp[row].argmax(-1)[chunk.mask[row]].tolist()
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("chunk", [500, 48])
+def test_a_probe_answer_read_token_by_token_is_what_generate_decodes(arch, chunk, int8_with_outliers, wikitext_ids):
+    """A probe's answer is read as greedy decoding reads it: the prompt's prefill (whole, or in chunks
+    with the prompt's own outlier columns), then one token per forward pass. Fed generate's own
+    greedy continuation, every step's argmax is that continuation's next token, so a probe whose
+    answer is what generate produces is retrieved, and one whose answer differs is not."""
+    model = int8_with_outliers[arch]
+    prompt = wikitext_ids[1000:1300]
+    with torch.inference_mode():
+        generated = model.generate(
+            prompt.unsqueeze(0),
+            attention_mask=torch.ones(1, prompt.numel(), dtype=torch.long),
+            max_new_tokens=6,
+            do_sample=False,
+            min_new_tokens=6,
+        )[0, prompt.numel() :]
+    ids = torch.cat([prompt, generated])
+    window = Window(0, ids.numel(), prompt.numel())
+    recorder = ArgmaxRecorder()
+    score_in_chunks(model, ids, [window], chunk, "long context", recorder, decode_from=[prompt.numel()])
+    assert recorder.argmax == generated.tolist()
