@@ -24,6 +24,9 @@ from quant_fixtures.variants import VARIANTS, CheckpointSpec, Variant, checkpoin
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "inputs" / "quant_suite.toml"  # shipped in the package
 
 UNGATED_KEY = "ungated"  # a gate table's explicit opt-out: ungated = ["max_kl_mean"]
+UNDECIDED_KEY = "undecided"  # [gates] undecided = "fail" | "warn" | "pass"
+UNDECIDED_POLICIES = ("fail", "warn", "pass")
+DEFAULT_UNDECIDED = "fail"  # release gating: a variant not shown within its limits does not ship (README)
 DEFAULT_SNAPSHOT_TOLERANCES: dict[str, dict[str, float]] = {
     name: dict(METRICS[name].tolerance or {}) for name in SNAPSHOT_METRICS
 }
@@ -85,6 +88,7 @@ class SuiteConfig:
     models: dict[str, ModelSpec]
     ungated: dict[str, frozenset[str]] = field(default_factory=dict)
     snapshot_tolerances: dict[str, dict[str, float]] = field(default_factory=lambda: dict(DEFAULT_SNAPSHOT_TOLERANCES))
+    undecided: str = DEFAULT_UNDECIDED  # [gates] undecided: what an UNDECIDED gate does to the exit code
 
     def variant(self, model: str, key: str) -> Variant:
         """The variant ``key`` of ``model``: a registered method or the model's own checkpoint."""
@@ -323,7 +327,13 @@ def config_from_table(raw: Mapping[str, object], path: Path, require_models: boo
     if not models and require_models:
         raise ConfigError(f"{path}: no [models.*] tables (add one, or give the model with --model org/name)")
     own = [k for spec in models.values() for k in spec.variants]
-    gates, ungated = _check_gates(f"{path}: [gates]", tables["gates"], own)
+    gate_tables = dict(tables["gates"])
+    undecided = gate_tables.pop(UNDECIDED_KEY, DEFAULT_UNDECIDED)
+    if undecided not in UNDECIDED_POLICIES:
+        raise ConfigError(
+            f"{path}: [gates] {UNDECIDED_KEY} = {undecided!r}: expected one of {', '.join(map(repr, UNDECIDED_POLICIES))}"
+        )
+    gates, ungated = _check_gates(f"{path}: [gates]", gate_tables, own)
     return SuiteConfig(
         path=path,
         defaults=Defaults(**defaults),
@@ -331,6 +341,7 @@ def config_from_table(raw: Mapping[str, object], path: Path, require_models: boo
         ungated=ungated,
         models=models,
         snapshot_tolerances=_parse_tolerances(path, tables["snapshot_tolerances"]),
+        undecided=undecided,
     )
 
 

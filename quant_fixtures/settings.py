@@ -94,7 +94,8 @@ class LoadSettings:
 @dataclass(frozen=True)
 class GatePolicy:
     mode: str = "enforce"  # "enforce" fails gate tests; "report" records verdicts, failures xfail
-    on: str = "point"  # "point", or "upper": the 95 % CI's bound on the failing side
+    undecided: str = "fail"  # what an UNDECIDED gate does to the exit code: "fail", "warn" or "pass"
+    alpha: float = 0.05  # a gate PASSes at confidence 1 - alpha; the run's FAILs hold a family-wise alpha
     frozen_baselines: bool = False  # a missing or stale FP16 reference is an error, not recomputed
 
 
@@ -129,7 +130,7 @@ class Defaults:
     long_stretches_cpu: int = 1
     long_chunk_cuda: int = 1024
     long_chunk_cpu: int = 2048
-    probe_keys_cuda: int = 1
+    probe_keys_cuda: int = 3
     probe_keys_cpu: int = 1
 
 

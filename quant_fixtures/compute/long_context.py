@@ -107,41 +107,41 @@ def score_in_chunks(
     hook_time = [0.0]
     cache_arg = cache_argument(model)
 
-    def read(
-        index: int, calls: list[tuple[int, int]], prefill: int, columns: WholeSequenceColumns | None, scoring: bool
-    ) -> float:
-        w = windows[index]
-        tokens = token_ids[w.begin : w.end].to(device)
-        input_ids = tokens[:-1].clone()  # the last target is never read
-        if w.first_input is not None:
-            input_ids[0] = w.first_input
-        first = torch.tensor([w.first_target - w.begin], device=out)
-        cache = {cache_arg: DynamicCache(config=model.config)}
-        total = torch.zeros(1, dtype=torch.float64, device=out)
-        for lo, hi in calls:
-            with whole_sequence_columns(columns if lo < prefill else None):
-                hidden = model.base_model(
-                    input_ids=input_ids[lo:hi].unsqueeze(0), use_cache=True, **cache
-                ).last_hidden_state
-            if not scoring or hi < w.first_target - w.begin:  # every target it predicts is before the scored ones
-                continue
-            # hidden position j (window offset lo + j) predicts the token at offset lo + j + 1
-            total += score_hidden(
-                model,
-                [index],
-                hidden,
-                tokens[lo + 1 : hi + 1].unsqueeze(0).to(out),
-                lo + 1,
-                first,
-                budget,
-                hook,
-                hook_time,
-            )
-            del hidden
-        del cache
-        return float(total.item()) if scoring else 0.0
-
     def run(batch: list[int]) -> None:
+        def read(
+            index: int, calls: list[tuple[int, int]], prefill: int, columns: WholeSequenceColumns | None, scoring: bool
+        ) -> float:
+            w = windows[index]
+            tokens = token_ids[w.begin : w.end].to(device)
+            input_ids = tokens[:-1].clone()  # the last target is never read
+            if w.first_input is not None:
+                input_ids[0] = w.first_input
+            first = torch.tensor([w.first_target - w.begin], device=out)
+            cache = {cache_arg: DynamicCache(config=model.config)}
+            total = torch.zeros(1, dtype=torch.float64, device=out)
+            for lo, hi in calls:
+                with whole_sequence_columns(columns if lo < prefill else None):
+                    hidden = model.base_model(
+                        input_ids=input_ids[lo:hi].unsqueeze(0), use_cache=True, **cache
+                    ).last_hidden_state
+                if not scoring or hi < w.first_target - w.begin:  # every target it predicts is before the scored ones
+                    continue
+                # hidden position j (window offset lo + j) predicts the token at offset lo + j + 1
+                total += score_hidden(
+                    model,
+                    [index],
+                    hidden,
+                    tokens[lo + 1 : hi + 1].unsqueeze(0).to(out),
+                    lo + 1,
+                    first,
+                    budget,
+                    hook,
+                    hook_time,
+                )
+                del hidden
+            del cache
+            return float(total.item()) if scoring else 0.0
+
         (index,) = batch
         w = windows[index]
         n_inputs = w.length - 1

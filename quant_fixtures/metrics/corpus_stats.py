@@ -136,6 +136,16 @@ class ReverseKL(TypedDict):
     max: float
 
 
+class WindowSums(TypedDict):
+    """Per perplexity window (the units of the gates' intervals, metrics/gate_evidence.py): the sum
+    of the finite KL, the finite positions, the positions where the argmaxes agree, all positions."""
+
+    kl_sum: list[float]
+    finite_positions: list[int]
+    same_top1: list[int]
+    positions: list[int]
+
+
 class CorpusComparison(TypedDict):
     """The report's ``corpus_kl`` section (report/schema.CorpusKL)."""
 
@@ -157,6 +167,7 @@ class CorpusComparison(TypedDict):
     topk_agreement: list[float]
     by_confidence: list[ConfidenceBucket]
     llama_cpp: LlamaCppTables
+    per_window: WindowSums
     method: str
 
 
@@ -243,6 +254,18 @@ def window_cis(
     return list(ratio_bootstrap_ci(kl_sums, counts)), list(ratio_bootstrap_ci(same_sums, counts))
 
 
+def window_sums(kl: np.ndarray, same: np.ndarray, finite: np.ndarray, window_tokens: Sequence[int]) -> WindowSums:
+    """:class:`WindowSums` of positions in window order."""
+    bounds = np.cumsum([0, *window_tokens])
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    return {
+        "kl_sum": [float(kl[lo:hi][finite[lo:hi]].sum()) for lo, hi in spans],
+        "finite_positions": [int(finite[lo:hi].sum()) for lo, hi in spans],
+        "same_top1": [int(same[lo:hi].sum()) for lo, hi in spans],
+        "positions": [int(hi - lo) for lo, hi in spans],
+    }
+
+
 def noise_floor(noise_kl: np.ndarray) -> CorpusNoiseFloor:
     """Summary of FP16's KL against itself (another batch composition) over the first windows."""
     finite = noise_kl[np.isfinite(noise_kl)]
@@ -298,6 +321,7 @@ def corpus_comparison(
         "llama_cpp": llama_cpp_statistics(
             kl_f, positions["logq_target"][finite], positions["logp_target"][finite], same[finite]
         ),
+        "per_window": window_sums(kl, same, finite, window_tokens),
         "method": CORPUS_METHOD,
     }
 

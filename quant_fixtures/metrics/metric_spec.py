@@ -66,6 +66,7 @@ class MetricSpec:
     # A metric computed from other numbers of the document rather than stored at ``path``.
     derive: Callable[[object], float | None] | None = None
     description: str = ""
+    sampled: bool = True  # an estimate from a sample (prompts, windows, probes): its gate has an interval
 
     @property
     def heading(self) -> str:
@@ -94,20 +95,6 @@ class MetricSpec:
             return self.half_width(document)
         pair = self.ci(document)
         return None if not pair else (pair[1] - pair[0]) / 2.0
-
-    def gate_value(self, document: object, gate_on: str) -> float | None:
-        """The number a gate compares: the point estimate, or with ``gate_on == "upper"`` the CI's
-        bound on the failing side (upper for a maximum, lower for a minimum) where a CI exists."""
-        pair = self.ci(document) if gate_on == "upper" else None
-        if not pair:
-            return self.value(document)
-        return pair[1] if self.better == "lower" else pair[0]
-
-    def passes(self, value: float | None, limit: float) -> bool:
-        """A missing or non-finite value fails."""
-        if value is None or not math.isfinite(value):
-            return False
-        return value <= limit if self.better == "lower" else value >= limit
 
     def limit_problem(self, limit: float) -> str | None:
         """Why ``limit`` is not a valid limit for this metric, or None."""

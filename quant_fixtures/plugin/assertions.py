@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import pytest
 
 from quant_fixtures.json_types import JsonObject, JsonValue
+from quant_fixtures.report.gates import UNDECIDED
 from quant_fixtures.report.schema import EvaluationDocument
 
 if TYPE_CHECKING:
     from syrupy.assertion import SnapshotAssertion
 
 
-def assert_gate(document: EvaluationDocument, metric: str, mode: str = "enforce") -> None:
-    """Fail (or, with ``mode == "report"``, xfail) when the document's gate on ``metric`` failed."""
+class UndecidedGateWarning(UserWarning):
+    """A gate whose interval crosses its limit, under ``undecided = "warn"``."""
+
+
+def assert_gate(document: EvaluationDocument, metric: str, mode: str = "enforce", undecided: str = "fail") -> None:
+    """FAIL fails (with ``mode == "report"``, xfails); UNDECIDED fails, warns or passes as
+    ``undecided`` says (report mode: xfails unless "pass"); PASS passes."""
     __tracebackhide__ = True
     model, variant_key = document.model.key, document.variant.key
     gates = [g for g in document.gates if g.metric == metric]
@@ -26,12 +33,18 @@ def assert_gate(document: EvaluationDocument, metric: str, mode: str = "enforce"
             pytest.skip(f"{model} {variant_key}: {metric} not gated: {reason}")
         pytest.fail(f"{model} {variant_key}: no limit configured for {metric} and no explicit opt-out", pytrace=False)
     for gate in gates:
-        if gate.passed:
-            continue
-        line = f"{model} {variant_key}: {gate.line()}"
-        if mode == "report":
-            pytest.xfail(f"gate failed (report mode): {line}")
-        pytest.fail(f"gate failed: {line}", pytrace=False)
+        line = gate.describe(model, variant_key)
+        if gate.failed:
+            if mode == "report":
+                pytest.xfail(f"gate FAIL (report mode): {line}")
+            pytest.fail(f"gate FAIL: {line}", pytrace=False)
+        if gate.verdict == UNDECIDED and undecided != "pass":
+            if mode == "report":
+                pytest.xfail(f"gate UNDECIDED (report mode): {line}")
+            if undecided == "warn":
+                warnings.warn(UndecidedGateWarning(f"gate UNDECIDED: {line}"), stacklevel=1)
+            else:
+                pytest.fail(f"gate UNDECIDED (undecided = 'fail'): {line}", pytrace=False)
 
 
 def assert_harm_snapshot(

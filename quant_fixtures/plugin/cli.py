@@ -331,7 +331,9 @@ def build_settings(config: pytest.Config) -> RunSettings:
             may_spread=not is_worker(config),
         ),
         gates=GatePolicy(
-            mode=option("--gate-mode"), on=option("--gate-on"), frozen_baselines=option("--frozen-baselines")
+            mode=option("--gate-mode"),
+            undecided=option("--undecided") or suite.undecided,
+            frozen_baselines=option("--frozen-baselines"),
         ),
         long_context=long_context,
         run_id=run_id(config),

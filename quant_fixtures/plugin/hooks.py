@@ -6,11 +6,12 @@ are in fixtures.py, the command line in cli.py, the work in
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from quant_fixtures import cpu_kernels
-from quant_fixtures.config import ConfigError, load_config
+from quant_fixtures.config import UNDECIDED_POLICIES, ConfigError, load_config
 from quant_fixtures.inputs.wikitext import DEFAULT_SOURCE, SOURCES
 from quant_fixtures.plugin.cli import (
     CONFIG_KEY,
@@ -29,7 +30,11 @@ from quant_fixtures.plugin.rootdir import check_rootdir_not_taken_from_an_option
 from quant_fixtures.plugin.state import preflight_models
 from quant_fixtures.variants import DEFAULT_VARIANTS, DTYPE_NAMES, VARIANTS
 
+if TYPE_CHECKING:
+    from quant_fixtures.metrics.decision import JointVerdict
+
 REPORT_KEY = pytest.StashKey[Path]()
+VERDICT_KEY = pytest.StashKey["JointVerdict"]()
 GATE_MODES = ("enforce", "report")
 PAIR_FIXTURES = ("variant_eval", "quantized_eval", "bench_model")  # parametrized over (model, variant)
 
@@ -161,10 +166,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--skip-prompts", action="store_true", help="perplexity and memory only: no prompt KL stage")
     add_long_context_options(g)
     g.addoption(
-        "--gate-on",
-        default="point",
-        choices=("point", "upper"),
-        help="gate on the point estimate, or on the 95%% CI's bound on the failing side where a CI exists",
+        "--undecided",
+        default=None,
+        choices=UNDECIDED_POLICIES,
+        help="what an UNDECIDED gate (its interval crosses the limit) does: fail, warn or pass ([gates] undecided)",
     )
     g.addoption(
         "--gate-mode",
@@ -299,23 +304,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
     from quant_fixtures.plugin.workers import is_worker
 
-    if CONFIG_KEY in config.stash and not is_worker(config) and not config.option.collectonly:
-        # (xdist: the controller checks, in xdist.py)
-        preflight_models(config, models_in(items))
+    if CONFIG_KEY not in config.stash:
+        return
+    from quant_fixtures.plugin.state import session_of
+
+    pairs = pairs_in(config, items)
+    session_of(config).use_gate_pairs(pairs)  # the gates this run decides together (each worker too)
+    if not is_worker(config) and not config.option.collectonly:  # (xdist: the controller checks, in xdist.py)
+        preflight_models(config, {model for model, _ in pairs})
 
 
-def models_in(items: list[pytest.Item]) -> set[str]:
-    """Models whose tests will run (not skipped for want of CUDA)."""
-    models = set()
+def pairs_in(config: pytest.Config, items: list[pytest.Item]) -> list[tuple[str, str]]:
+    """(model, variant) pairs that the selected tests evaluate (not skipped, e.g. for want of CUDA):
+    a whole-model test evaluates every runnable variant of its model."""
+    from quant_fixtures.plugin.cli import runnable_pairs
+
+    pairs: dict[tuple[str, str], None] = {}
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is None or item.get_closest_marker("skip"):
             continue
-        for name in ("model_documents", "gated_metric", *PAIR_FIXTURES):
+        for name in ("gated_metric", *PAIR_FIXTURES):
             value = callspec.params.get(name)
             if value is not None:
-                models.add(value[0] if isinstance(value, tuple) else value)  # (model, variant[, metric]) or model
-    return models
+                pairs[(value[0], value[1])] = None
+        model = callspec.params.get("model_documents")
+        if model is not None:
+            pairs.update({pair: None for pair in runnable_pairs(config) if pair[0] == model})
+    return list(pairs)
 
 
 def results_dir(config: pytest.Config) -> Path:
@@ -323,21 +339,32 @@ def results_dir(config: pytest.Config) -> Path:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Controller only: REPORT.md and plots from every document of this run, and from other runs
-    into the same directory that were measured against the same FP16 references. An interrupt
-    here leaves the previous REPORT.md as it was (atomic writes) and ends the run as interrupted."""
+    """Controller only: the run's release verdict over every gate of this run's documents (into
+    each model's comparison file, and the exit code: 1 when it fails the run and nothing else did),
+    then REPORT.md and plots from every document of this run, and from other runs into the same
+    directory that were measured against the same FP16 references. An interrupt here leaves the
+    previous REPORT.md as it was (atomic writes) and ends the run as interrupted."""
     from quant_fixtures.plugin.workers import is_worker, run_id
-    from quant_fixtures.report.comparison import collect_comparable_documents
+    from quant_fixtures.report.comparison import collect_comparable_documents, collect_run_documents
+    from quant_fixtures.report.release import fails_the_run, record_in_comparisons, release_verdict
 
     config = session.config
     if is_worker(config) or CONFIG_KEY not in config.stash:
         return
     try:
+        ours = collect_run_documents(results_dir(config), run_id(config))
+        verdict = release_verdict(ours) if ours else None
+        if verdict is not None:
+            config.stash[VERDICT_KEY] = verdict
+            record_in_comparisons(results_dir(config), list(ours), verdict)
+            gates = settings_of(config).gates
+            if gates.mode == "enforce" and fails_the_run(verdict, gates.undecided) and session.exitstatus == 0:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a gate deselected or skipped still counts
         documents = collect_comparable_documents(results_dir(config), run_id(config))
         if documents:
             from quant_fixtures.report.markdown import write_report
 
-            config.stash[REPORT_KEY] = write_report(results_dir(config), documents)
+            config.stash[REPORT_KEY] = write_report(results_dir(config), documents, verdict)
     except KeyboardInterrupt:
         session.exitstatus = pytest.ExitCode.INTERRUPTED
         config.get_terminal_writer().line("interrupted while writing REPORT.md: not written", red=True)
@@ -357,6 +384,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
     terminalreporter.section("quantization harm")
     for line in summary_lines(documents):
         terminalreporter.write_line(line)
+    verdict = config.stash.get(VERDICT_KEY, None)
+    if verdict is not None:
+        from quant_fixtures.report.release import release_lines
+
+        gates = settings_of(config).gates
+        lines = release_lines(verdict, gates.undecided)
+        colour = {"PASS": "green", "FAIL": "red"}.get(verdict.verdict, "yellow")
+        terminalreporter.write_line(lines[0], **{colour: True, "bold": True})
+        for line in lines[1:]:
+            terminalreporter.write_line(line)
     for given in given_models(config):  # the key a --model got names its report files
         terminalreporter.write_line(f"--model {given.given}: model {given.key!r}")
     report = config.stash.get(REPORT_KEY, None)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from quant_fixtures.compute.scoring import WindowScores
 from quant_fixtures.json_types import JsonObject
+from quant_fixtures.metrics.decision import family_alpha
+from quant_fixtures.metrics.registry import GATEABLE
 from quant_fixtures.metrics.stats import delta_pct, paired_bootstrap_delta_ppl_ci
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.gates import evaluate_gates
@@ -147,8 +149,11 @@ def evaluation_document(
     run_id: str,
     limits: dict[str, float],
     ungated: dict[str, str] | None = None,
+    gate_family: int = 0,
 ) -> EvaluationDocument:
-    """The `{variant}_quantized_{model}_evaluation.json` document, gates included."""
+    """The `{variant}_quantized_{model}_evaluation.json` document, gates included: each decided at
+    ``policy.alpha`` (PASS) and ``alpha / gate_family`` (FAIL; ``gate_family``: the sampled gates of
+    the whole run, at least this document's)."""
     s, b = m.scores, m.baseline
     footprint, fp16_footprint = m.loaded.footprint_bytes / GB, b.footprint_bytes / GB
     delta = delta_pct(s.ppl, b.ppl)
@@ -199,6 +204,7 @@ def evaluation_document(
             **_units(m),
             ci_method="paired percentile bootstrap over perplexity windows (2000 resamples, seed 0)",
             window_nll=s.window_nll,
+            fp16_window_nll=b.window_nll,
             window_tokens=s.window_tokens,
         ),
         memory=Memory(
@@ -221,13 +227,15 @@ def evaluation_document(
         corpus_kl=m.corpus_kl,
         flips=m.flips,
         noise_floor=m.noise_floor,
-        gate_on=policy.on,
+        gate_family=gate_family,
         gates=[],
         ungated={},
         long_context=m.long_context,
     )
     if not m.variant.is_baseline:
-        document.gates = evaluate_gates(limits, document, policy.on)
+        family = max(gate_family, sum(GATEABLE[name].sampled for name in limits))
+        document.gate_family = family
+        document.gates = evaluate_gates(limits, document, policy.alpha, family_alpha(policy.alpha, family))
         document.ungated = dict(ungated or {})
     return document
 

@@ -106,7 +106,7 @@ def variant_row(doc: EvaluationDocument) -> JsonObject:
         "compression_ratio": m.compression_ratio,
         "peak_gb": m.peak_gb,
         "tokens_per_s": doc.timing.ppl_tokens_per_s,
-        "gates_passed": all(g.passed for g in doc.gates),
+        "gates_passed": all(g.passed for g in doc.gates),  # every gate PASS (FAIL or UNDECIDED: false)
         "gates": doc.gates,
     }
     for name, spec in METRICS.items():  # every registered metric under its registry name (a new one appears here)

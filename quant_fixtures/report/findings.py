@@ -3,7 +3,7 @@ size/quality trade-off, failed gates and an overall assessment stated from numbe
 
 from __future__ import annotations
 
-from quant_fixtures.report.gates import failed_gate_lines
+from quant_fixtures.report.gates import FAIL, PASS, UNDECIDED, failed_gate_lines
 from quant_fixtures.report.schema import BestTradeoff, EvaluationDocument, Findings
 from quant_fixtures.report.sections import AffectedCategory
 
@@ -40,10 +40,10 @@ def best_tradeoff(documents: Documents) -> BestTradeoff | None:
     passing = {key: d for key, d in candidates.items() if all(g.passed for g in d.gates)}
     if passing:
         variant_key = min(passing, key=lambda key: passing[key].memory.footprint_gb)
-        why = "smallest footprint among the variants that pass every gate"
+        why = "smallest footprint among the variants that PASS every gate"
     else:
         variant_key = min(candidates, key=lambda key: candidates[key].perplexity.delta_ppl_pct)
-        why = "no variant passes every gate; this one loses the least perplexity"
+        why = "no variant PASSes every gate; this one loses the least perplexity"
     d = candidates[variant_key]
     return BestTradeoff(
         variant=variant_key,
@@ -83,34 +83,30 @@ def assessment(documents: Documents) -> list[str]:
         speed = speed_ratio(d, fp16)
         if speed is not None:
             parts.append(f"perplexity pass at {speed:.2f}x FP16 speed")
-        failed = [g for g in d.gates if not g.passed]
-        verdict = "passes all its gates" if not failed else "FAILS " + "; ".join(g.line() for g in failed)
+        failed, undecided = [g for g in d.gates if g.failed], [g for g in d.gates if g.verdict == UNDECIDED]
+        verdicts = ["FAILS " + "; ".join(g.line() for g in failed)] if failed else []
+        verdicts += ["is UNDECIDED on " + "; ".join(g.line() for g in undecided)] if undecided else []
+        verdict = " and ".join(verdicts) or ("passes all its gates" if d.gates else "has no gates")
         sentences.append(f"{variant_key} {verdict}: " + "; ".join(parts) + ".")
-        sentences += [f"{variant_key}: {line}" for line in confidence_lines(d) + noise_floor_warnings(d)]
+        sentences += [f"{variant_key}: {line}" for line in verdict_lines(d) + noise_floor_warnings(d)]
     return sentences
 
 
-def confidence_lines(doc: EvaluationDocument) -> list[str]:
-    """The non-inferiority reading of each passed gate whose metric has a 95 % CI: whether the CI's
-    failing-side bound is within the limit too, or only the point estimate is."""
-    from quant_fixtures.metrics.registry import METRICS
-
+def verdict_lines(doc: EvaluationDocument) -> list[str]:
+    """What each sampled gate's verdict says: within or beyond its limit with the stated confidence,
+    or undecided and what would decide it."""
     lines = []
     for g in doc.gates:
-        spec = METRICS.get(g.metric)
-        pair = spec.ci(doc) if spec else None
-        if spec is None or not g.passed or not pair:
+        if g.exact or g.interval is None:
             continue
-        bound = pair[1] if spec.better == "lower" else pair[0]
-        if spec.passes(bound, g.limit):
-            lines.append(
-                f"{g.metric} is within its limit with 95 % confidence (CI bound {bound:.4g} {g.op} {g.limit:g})"
-            )
+        low, high = g.interval
+        bounds = f"{low:.4g} to {high:.4g} ({g.units} {g.unit})"
+        if g.verdict == PASS:
+            lines.append(f"{g.metric} is within {g.op} {g.limit:g} with {100 * (1 - g.alpha):g} % confidence: {bounds}")
+        elif g.verdict == FAIL:
+            lines.append(f"{g.metric} is beyond {g.op} {g.limit:g} with the run's confidence: {bounds}")
         else:
-            lines.append(
-                f"{g.metric}: the point estimate {g.value:.4g} is within {g.op} {g.limit:g} but its 95 % CI "
-                f"({pair[0]:.4g} to {pair[1]:.4g}) crosses the limit: not shown with 95 % confidence"
-            )
+            lines.append(f"{g.metric} is UNDECIDED against {g.op} {g.limit:g}: {bounds} crosses it; {g.need()}")
     return lines
 
 

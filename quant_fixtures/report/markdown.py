@@ -8,7 +8,9 @@ from pathlib import Path
 from quant_fixtures.metrics.registry import METRICS, TABLE_METRICS, MetricSpec, lookup
 from quant_fixtures.report.corpus_markdown import corpus_section
 from quant_fixtures.report.findings import baseline_of, findings, quantized
-from quant_fixtures.report.gates import failed_metrics
+from quant_fixtures.metrics.decision import JointVerdict
+from quant_fixtures.report.gates import verdict as gate_verdict
+from quant_fixtures.report.release import release_lines
 from quant_fixtures.report.long_context_markdown import long_context_section
 from quant_fixtures.report.plots import model_plots
 from quant_fixtures.report.schema import EvaluationDocument
@@ -42,8 +44,7 @@ def _variants_table(documents: Documents) -> list[str]:
     headings = [m.heading + (" [95 % CI]" if m.ci_path else "") for m in TABLE_METRICS]
     rows = ["| variant | " + " | ".join(headings) + " | gates |", "|---" * (len(headings) + 2) + "|"]
     for variant_key, d in documents.items():
-        failed = failed_metrics(d)
-        verdict = "–" if not d.gates else ("**pass**" if not failed else "**FAIL**: " + ", ".join(failed))
+        verdict = "–" if not d.gates else f"**{gate_verdict(d)}**"
         rows.append(
             f"| {variant_key} | " + " | ".join(_metric_cell(m, d, fp16) for m in TABLE_METRICS) + f" | {verdict} |"
         )
@@ -71,13 +72,22 @@ def _units_table(documents: Documents) -> list[str]:
 
 
 def _gates_table(documents: Documents) -> list[str]:
-    rows = ["| variant | metric | value | limit | verdict |", "|---|---|---|---|---|"]
+    """Each gate: value, the interval its verdict uses, p-values, the sample and what would decide it."""
+    rows = [
+        "| variant | metric | value | interval | limit | p within / beyond | sample | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for key, d in documents.items():
         for g in d.gates:
             unit = METRICS[g.metric].unit if g.metric in METRICS else ""
+            interval = "exact" if g.exact else _ci(g.interval, ".4g").strip() or "–"
+            p = "–" if g.exact or g.p_within is None else f"{g.p_within:.3g} / {g.p_beyond:.3g}"
+            sample = "–" if g.units is None else f"{g.units} {g.unit}"
+            verdict = g.verdict if g.passed else f"**{g.verdict}**"
+            need = g.need()
             rows.append(
-                f"| {key} | {g.metric} | {_f(g.value, '.4g')} | {g.op} {g.limit:g}{' ' + unit if unit else ''} | "
-                f"{'pass' if g.passed else '**FAIL**'} |"
+                f"| {key} | {g.metric} | {_f(g.value, '.4g')} | {interval} | {g.op} {g.limit:g}"
+                f"{' ' + unit if unit else ''} | {p} | {sample} | {verdict}{': ' + _escape(need) if need else ''} |"
             )
     return rows if len(rows) > 2 else ["No gates configured."]
 
@@ -179,8 +189,9 @@ def model_section(model: str, documents: Documents, plots: dict[str, Path]) -> l
     return lines + [""]
 
 
-def write_report(results_dir: Path, documents: dict[str, Documents]) -> Path:
-    """Write REPORT.md and its PNGs next to the JSON reports (atomically); returns the path."""
+def write_report(results_dir: Path, documents: dict[str, Documents], verdict: JointVerdict | None = None) -> Path:
+    """Write REPORT.md and its PNGs next to the JSON reports (atomically); returns the path.
+    ``verdict``: the run's release verdict (report/release.py), at the top."""
     results_dir = Path(results_dir)
     lines = ["# Quantization harm report", ""]
     any_doc = next(iter(next(iter(documents.values())).values()))
@@ -188,6 +199,9 @@ def write_report(results_dir: Path, documents: dict[str, Documents]) -> Path:
     versions = env["packages"]
     packages = ", ".join(f"{k} {v}" for k, v in versions.items() if v) if isinstance(versions, dict) else "–"
     lines += [f"Generated {any_doc.generated_at} on {env['device']} ({env['device_name']}); {packages}.", ""]
+    if verdict is not None:
+        first, *rest = release_lines(verdict)
+        lines += [f"**{first}**", "", *[f"- {line.strip()}" for line in rest], "", f"_{verdict.method}._", ""]
     for model, docs in documents.items():
         lines += model_section(model, docs, model_plots(model, docs, results_dir))
     path = results_dir / "REPORT.md"

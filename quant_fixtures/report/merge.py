@@ -16,7 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from quant_fixtures.config import DEFAULT_UNDECIDED, UNDECIDED_POLICIES
+from quant_fixtures.metrics.decision import JointVerdict
 from quant_fixtures.report.comparison import comparison_document, comparison_path, evaluation_path, variant_order
+from quant_fixtures.report.release import fails_the_run, release_lines, release_verdict
 from quant_fixtures.report.schema import EvaluationDocument, SchemaError, read_document, write_document
 
 
@@ -66,45 +69,47 @@ def _differing(a: dict[str, str | None], b: dict[str, str | None]) -> str:
     return ", ".join(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "keys"
 
 
-def merge(directories: list[Path], into: Path) -> dict[str, dict[str, EvaluationDocument]]:
-    """Write the merged documents, comparison files and REPORT.md into ``into``."""
+def merge(directories: list[Path], into: Path) -> tuple[dict[str, dict[str, EvaluationDocument]], JointVerdict]:
+    """Write the merged documents, comparison files and REPORT.md into ``into``; the documents and
+    the release verdict over every job's gates together (Holm over all of them)."""
     from quant_fixtures.report.markdown import write_report
 
     documents = merge_documents(directories)
+    verdict = release_verdict(documents)
     for model, by_variant in documents.items():
         for variant_key, doc in by_variant.items():
             write_document(evaluation_path(into, model, variant_key), doc)
-        write_document(comparison_path(into, model), comparison_document(model, by_variant))
-    write_report(into, documents)
-    return documents
+        comparison = comparison_document(model, by_variant)
+        comparison.release_verdict = verdict
+        write_document(comparison_path(into, model), comparison)
+    write_report(into, documents, verdict)
+    return documents, verdict
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quant-harm-merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("--into", required=True, type=Path, help="the merged results directory")
+    parser.add_argument(
+        "--undecided",
+        choices=UNDECIDED_POLICIES,
+        default=DEFAULT_UNDECIDED,
+        help="what an UNDECIDED release verdict does to the exit code (default: %(default)s)",
+    )
     parser.add_argument("directories", nargs="+", type=Path, help="results directories of the jobs")
     args = parser.parse_args(argv)
     from quant_fixtures.report.terminal import summary_lines
 
     try:
-        documents = merge(args.directories, args.into)
+        documents, verdict = merge(args.directories, args.into)
     except MergeError as exc:
         print(f"quant-harm-merge: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(documents)))
-    failed = [
-        g.describe(d.model.key, d.variant.key)
-        for by_variant in documents.values()
-        for d in by_variant.values()
-        for g in d.gates
-        if not g.passed
-    ]
     print(
         f"merged {sum(len(v) for v in documents.values())} documents into {args.into} (read {args.into / 'REPORT.md'})"
     )
-    for line in failed:
-        print(line)
-    return 1 if failed else 0  # like the gate tests: a failed gate fails the merge job
+    print("\n".join(release_lines(verdict, args.undecided)))
+    return 1 if fails_the_run(verdict, args.undecided) else 0  # like the run: the verdict sets the exit code
 
 
 if __name__ == "__main__":

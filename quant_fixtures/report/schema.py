@@ -17,9 +17,10 @@ import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from quant_fixtures.json_types import JsonObject, JsonValue
+from quant_fixtures.metrics.decision import JointVerdict
 from quant_fixtures.metrics.position_buckets import LongContextComparison, LongContextFp16, VariantBucket
 from quant_fixtures.metrics.retrieval import Fp16RetrievalSummary, RetrievalSummary
 from quant_fixtures.report.gates import GateResult
@@ -29,9 +30,11 @@ from quant_fixtures.report.sections import (
     ConfidenceBucket,
     CorpusNoiseFloor,
     LlamaCppTables,
+    PrefillReads,
     PromptRecord,
     ProtocolSummary,
     TopKBound,
+    WindowSums,
     WorstPrompt,
 )
 from quant_fixtures.store.atomic import write_json_atomic
@@ -39,12 +42,8 @@ from quant_fixtures.store.atomic import write_json_atomic
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-# 2: batching records what memory allowed, timing has the stage table
-# 3: exact KL from FP16 hidden states everywhere; corpus_kl gains reverse KL, top-K agreement, KL by
-#    FP16 confidence and llama.cpp's --kl-divergence tables
-# 5: long_context (harm by position bucket and retrieval probes)
-# 6: gates carry a verdict (PASS/FAIL/UNDECIDED) with its interval, p-values and the sample that would
-#    decide it; long_context records its prefill reads (LLM.int8 columns of the whole prefill)
+# Versions: 2 batching and stage times; 3 exact KL everywhere, corpus_kl with llama.cpp's tables; 5 long
+# context; 6 gate verdicts (interval, p-values, the sample that would decide), long-context prefill reads
 SCHEMA_VERSION = 6
 OMIT_IF_NONE = {"omit_if_none": True}  # field metadata: left out of the JSON when None
 D = TypeVar("D", bound="DataclassInstance")
@@ -124,6 +123,7 @@ class Perplexity:
     fp16_word_perplexity: float | None
     ci_method: str
     window_nll: list[float]
+    fp16_window_nll: list[float]  # the FP16 reference's, window for window (the units of ΔPPL's interval)
     window_tokens: list[int]
 
 
@@ -199,6 +199,7 @@ class CorpusKL:
     topk_agreement: list[float]
     by_confidence: list[ConfidenceBucket]
     llama_cpp: LlamaCppTables
+    per_window: WindowSums
     method: str
 
 
@@ -240,14 +241,6 @@ class NoiseFloor:
     ci95: list[float]
 
 
-class PrefillReads(TypedDict):
-    """How often a sequence's prefill was read: more than once only for LLM.int8 read in chunks, until
-    its outlier columns were those of the whole prefill (compute/long_context.py)."""
-
-    max_reads: int
-    unsettled_sequences: list[int]  # sequences (stretches, then probes) whose columns had not settled
-
-
 @dataclass
 class LongContext:
     """Harm far into the context (session/long_context_stage.py): by position bucket over long
@@ -287,7 +280,7 @@ class EvaluationDocument:
     corpus_kl: CorpusKL | None
     flips: Flips | None
     noise_floor: NoiseFloor | None
-    gate_on: str
+    gate_family: int  # sampled gates the run decided together: each FAILs at alpha / this (report/gates.py)
     gates: list[GateResult]
     ungated: dict[str, str]  # metric -> why it has no gate
     long_context: LongContext | None = field(default=None, metadata=OMIT_IF_NONE)
@@ -326,6 +319,7 @@ class ComparisonDocument:
     variants: dict[str, JsonObject]  # variant key -> its row (report/comparison.variant_row)
     failed_gates: list[str]
     findings: Findings
+    release_verdict: JointVerdict | None = field(default=None, metadata=OMIT_IF_NONE)  # the run's (report/release.py)
 
 
 def now_utc() -> str:

@@ -18,6 +18,7 @@ from quant_fixtures.metrics.corpus_stats import (
     KLDistribution,
     LlamaCppPerplexity,
     LlamaCppTables,
+    WindowSums,
     WithUncertainty,
 )
 from quant_fixtures.metrics.prompt_summary import CategoryStats, PromptRecord, TopKBound, WorstPrompt
@@ -32,9 +33,11 @@ __all__ = [
     "LlamaCppPerplexity",
     "LlamaCppTables",
     "PercentileKey",
+    "PrefillReads",
     "PromptRecord",
     "ProtocolSummary",
     "TopKBound",
+    "WindowSums",
     "WithUncertainty",
     "WorstPrompt",
 ]
@@ -61,3 +64,11 @@ class ProtocolSummary(TypedDict):
     windows: int
     dataset_sha256: str
     protocol: str
+
+
+class PrefillReads(TypedDict):
+    """How often a sequence's prefill was read: more than once only for LLM.int8 read in chunks, until
+    its outlier columns were those of the whole prefill (compute/long_context.py)."""
+
+    max_reads: int
+    unsettled_sequences: list[int]  # sequences (stretches, then probes) whose columns had not settled

@@ -80,7 +80,7 @@ def harm_summary(
     }
     variants: dict[str, JsonObject] = {
         variant_key: {
-            "gates": {g.metric: "pass" if g.passed else "FAIL" for g in doc.gates},
+            "gates": {g.metric: g.verdict for g in doc.gates},
             **{name: METRICS[name].value(doc) for name in SNAPSHOT_METRICS},
             "checkable_prompts": doc.flips.checkable_prompts if doc.flips else None,
         }
@@ -258,7 +258,6 @@ def settings_tag(settings: RunSettings) -> str:
         [
             f"-nf4c{load.nf4_compute_dtype}" if load.nf4_compute_dtype else "",
             "-nf4dq" if load.nf4_double_quant else "",
-            "-gateupper" if settings.gates.on == "upper" else "",
         ]
     )
     return f"{load.device_type}-ctx{ppl.ctx}-{budget}-{selection}{long_tag}-{load.weight_dtype}-{variants}{extras}"

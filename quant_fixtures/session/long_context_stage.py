@@ -39,7 +39,8 @@ from quant_fixtures.metrics.retrieval import (
     retrieval_summary,
 )
 from quant_fixtures.models.loading import LoadedModel
-from quant_fixtures.report.schema import LongContext, PrefillReads
+from quant_fixtures.report.schema import LongContext
+from quant_fixtures.report.sections import PrefillReads
 from quant_fixtures.session.context import PassContext
 from quant_fixtures.session.long_plan import LongPlan, long_plan
 
@@ -121,9 +122,7 @@ def _score(run: PassContext, loaded: LoadedModel, plan: LongPlan, hooks: tuple[L
     reads: list[int] = []
     settled: list[bool] = []
     with run.stage(STAGE, STAGE, shown=True, total=total, unit="sequences") as advance:
-        for windows, hook, decode_from in zip(
-            (plan.stretch_windows, plan.probe_windows), hooks, (None, answers)
-        ):
+        for windows, hook, decode_from in zip((plan.stretch_windows, plan.probe_windows), hooks, (None, answers)):
             scores = score_in_chunks(
                 loaded.model,
                 plan.ids,

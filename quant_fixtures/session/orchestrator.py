@@ -80,6 +80,23 @@ class EvaluationSession:
         self._budget_enforced = False
         self._startup_s: float | None = process_age()  # reported once, by the first evaluation
         self._nested_s = 0.0  # wall time of FP16 passes that a variant's evaluation ran first
+        self._gate_pairs: list[tuple[str, str]] | None = None  # the run's pairs (the plugin's collection)
+
+    def use_gate_pairs(self, pairs: list[tuple[str, str]]) -> None:
+        """The (model, variant) pairs whose gates this run decides together (what the selected tests
+        evaluate): their number of sampled gates sets the level of FAIL (:meth:`gate_family`)."""
+        self._gate_pairs = list(pairs)
+
+    def gate_family(self) -> int:
+        """How many sampled gates the run decides: a gate FAILs at alpha / this, so that the run's
+        chance of a false FAIL is at most alpha (metrics/decision.family_alpha)."""
+        pairs = self._gate_pairs
+        if pairs is None:  # used without the plugin: every selected model with every selected variant
+            pairs = [
+                (m, v) for m in self.settings.models for v in self.settings.variants if v in self.suite.variant_keys(m)
+            ]
+        quantized = [(m, v) for m, v in pairs if not self.suite.variant(m, v).is_baseline]
+        return sum(GATEABLE[name].sampled for m, v in quantized for name in self._gates(m, v)[0])
 
     def evaluate(self, model: str, variant_key: str) -> EvaluationDocument:
         """Evaluate one pair (once per session) and write its reports; returns the document.
@@ -198,7 +215,13 @@ class EvaluationSession:
         with run.stage("report", "report"):
             limits, ungated = self._gates(model, variant_key)
             return evaluation_document(
-                measured, self.settings.perplexity, self.settings.gates, self.settings.run_id, limits, ungated
+                measured,
+                self.settings.perplexity,
+                self.settings.gates,
+                self.settings.run_id,
+                limits,
+                ungated,
+                self.gate_family(),
             )
 
     def _gates(self, model: str, variant_key: str) -> tuple[dict[str, float], dict[str, str]]:

@@ -15,4 +15,5 @@ def test_perplexity_is_measured(variant_eval):
 
 
 def test_within_limit(gated_metric, quant_session):
-    assert_gate(gated_metric.document, gated_metric.metric.name, quant_session.settings.gates.mode)
+    gates = quant_session.settings.gates
+    assert_gate(gated_metric.document, gated_metric.metric.name, gates.mode, gates.undecided)

@@ -24,3 +24,24 @@ def typed(partial: dict[str, Any]) -> EvaluationDocument:
         else:
             doc[section] = value
     return from_json_object(EvaluationDocument, doc)
+
+
+def gate_record(metric: str, value: float | None, limit: float, op: str, verdict: str) -> dict[str, Any]:
+    """A gate's JSON record with this verdict, decided without sampling error (as a memory gate is)."""
+    return {
+        "metric": metric,
+        "value": value,
+        "limit": limit,
+        "op": op,
+        "verdict": verdict,
+        "interval": None if value is None else [value, value],
+        "p_within": None if value is None else float(verdict != "PASS"),
+        "p_beyond": None if value is None else float(verdict == "PASS"),
+        "alpha": 0.05,
+        "alpha_beyond": 0.05,
+        "units": None,
+        "unit": None,
+        "more_units": None,
+        "exact": True,
+        "method": "deterministic: no sampling error",
+    }

@@ -156,6 +156,20 @@ def test_partial_defaults(tmp_path: Path) -> None:
     assert suite.defaults.cpu_ppl_max_tokens == Defaults().cpu_ppl_max_tokens
 
 
+def test_undecided_policy_defaults_to_fail_and_reads_from_gates(tmp_path: Path) -> None:
+    assert load_config(write_toml(tmp_path, MINIMAL_MODEL)).undecided == "fail"
+    suite = load_config(
+        write_toml(tmp_path, '[gates]\nundecided = "warn"\n[gates.int8]\nmax_kl_mean = 0.2\n' + MINIMAL_MODEL)
+    )
+    assert suite.undecided == "warn" and suite.gates == {"int8": {"max_kl_mean": 0.2}}
+
+
+@pytest.mark.parametrize("value", ['"fial"', "true", '"FAIL"'])
+def test_an_unknown_undecided_policy_is_an_error(tmp_path: Path, value: str) -> None:
+    message = config_error(write_toml(tmp_path, f"[gates]\nundecided = {value}\n" + MINIMAL_MODEL))
+    assert "[gates] undecided" in message and "expected one of 'fail', 'warn', 'pass'" in message
+
+
 def test_limit_names_come_from_the_registry() -> None:
     # max_ for a metric where lower is better, min_ where higher is; required ones must be set or opted out of
     assert set(REQUIRED_LIMITS) == {"max_delta_ppl_pct", "min_memory_reduction_pct", "max_kl_mean"}

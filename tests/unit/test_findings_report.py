@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from documents_for_tests import typed
+from documents_for_tests import gate_record, typed
 
 from quant_fixtures.report.bench_summary import throughput_summary
 from quant_fixtures.report.findings import best_tradeoff, findings, most_affected_categories
@@ -86,7 +86,7 @@ def _doc(variant, ppl, footprint, kl=None, gates=(), speed=100.0):
             "flips": None if kl is None else {"flips": 1, "checkable_prompts": 2, "batch_sensitivity": None},
             "corpus_kl": None,
             "noise_floor": {"mean": 1e-9, "max": 2e-9},
-            "gates": [{"metric": m, "value": v, "limit": lim, "op": "<=", "passed": v <= lim} for m, v, lim in gates],
+            "gates": [gate_record(m, v, lim, "<=", "PASS" if v <= lim else "FAIL") for m, v, lim in gates],
         }
     )
 
@@ -102,7 +102,7 @@ DOCS = {
 
 def test_best_tradeoff_is_smallest_passing_variant():
     best = best_tradeoff(DOCS)
-    assert best.variant == "int8" and "pass every gate" in best.reason
+    assert best.variant == "int8" and "PASS every gate" in best.reason
     # Two passing variants: the smaller one wins, whatever the registry order.
     two = {**DOCS, "nf4": _doc("nf4", 10.5, 0.7, kl=[("math", 0.05)], gates=[("delta_ppl_pct", 5.0, 8.0)])}
     assert best_tradeoff(two).variant == "nf4"
@@ -113,7 +113,7 @@ def test_best_tradeoff_is_smallest_passing_variant():
 def test_best_tradeoff_when_nothing_passes_is_least_ppl_loss():
     failing = {**DOCS, "int8": _doc("int8", 10.5, 1.2, gates=[("delta_ppl_pct", 5.0001, 5.0)])}
     assert best_tradeoff(failing).variant == "int8"
-    assert "no variant passes" in best_tradeoff(failing).reason
+    assert "no variant PASSes" in best_tradeoff(failing).reason
 
 
 def test_most_affected_categories_sorted_by_kl():
@@ -163,7 +163,7 @@ def test_report_written_with_tables_and_plots(tmp_path: Path):
         "## m",
         "Best size/quality trade-off: int8",
         "**FAIL**",
-        "| nf4 | delta_ppl_pct | 10 | <= 5 % | **FAIL** |",
+        "| nf4 | delta_ppl_pct | 10 | exact | <= 5 % | – | – | **FAIL** |",
         "Most affected categories",
         "a\\|b",
         "a ⏎ c",
@@ -197,20 +197,28 @@ def test_throughput_summary_rates_and_ratios():
     assert s["ratios"]["fp16_batched_vs_hf_guide"] == 4.0
 
 
-def test_non_inferiority_reading_of_passed_gates():
-    from quant_fixtures.report.findings import confidence_lines
+def _sampled(verdict: str, interval: list[float], more: int | None = None) -> dict:
+    record = gate_record("delta_ppl_pct", 1.0, 1.2, "<=", verdict)
+    return {**record, "interval": interval, "exact": False, "units": 12, "unit": "windows", "more_units": more}
 
-    # ΔPPL CI [0.5, 1.5]: the upper bound is within 5 %, and not within 1.2 % though the point (1.0) is
-    sure = _doc("int8", 10.1, 1.2, kl=[("math", 0.01)], gates=[("delta_ppl_pct", 1.0, 5.0)])
-    assert confidence_lines(sure) == ["delta_ppl_pct is within its limit with 95 % confidence (CI bound 1.5 <= 5)"]
-    crossing = _doc("int8", 10.1, 1.2, kl=[("math", 0.01)], gates=[("delta_ppl_pct", 1.0, 1.2)])
-    assert confidence_lines(crossing) == [
-        "delta_ppl_pct: the point estimate 1 is within <= 1.2 but its 95 % CI "
-        "(0.5 to 1.5) crosses the limit: not shown with 95 % confidence"
+
+def test_each_sampled_gate_says_what_its_verdict_means():
+    from quant_fixtures.report.findings import verdict_lines
+
+    def lines(gate: dict) -> list[str]:
+        return verdict_lines(typed({"gates": [gate]}))
+
+    assert lines(_sampled("PASS", [0.5, 1.1])) == [
+        "delta_ppl_pct is within <= 1.2 with 95 % confidence: 0.5 to 1.1 (12 windows)"
     ]
-    failed = _doc("int8", 10.1, 1.2, kl=[("math", 0.01)], gates=[("delta_ppl_pct", 1.0, 0.8)])
-    assert confidence_lines(failed) == []  # a failed gate is reported as failed, not read for confidence
-    assert any("with 95 % confidence" in s for s in findings({"int8": sure}).assessment)
+    assert lines(_sampled("UNDECIDED", [0.5, 1.5], 30)) == [
+        "delta_ppl_pct is UNDECIDED against <= 1.2: 0.5 to 1.5 (12 windows) crosses it; about 30 more windows "
+        "would decide it at the effect measured"
+    ]
+    assert lines(_sampled("FAIL", [1.3, 1.5])) == [
+        "delta_ppl_pct is beyond <= 1.2 with the run's confidence: 1.3 to 1.5 (12 windows)"
+    ]
+    assert lines(gate_record("memory_reduction_pct", 40.0, 30.0, ">=", "PASS")) == []  # exact: nothing to read
 
 
 def test_kl_limits_below_ten_times_the_noise_floor_are_called_out():

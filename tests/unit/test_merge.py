@@ -36,9 +36,12 @@ def _job(root: Path, name: str, variants: list[str], edit=None) -> Path:
 def test_jobs_split_by_variant_merge_into_one_comparison(tmp_path: Path) -> None:
     a = _job(tmp_path, "a", ["fp16", "int8"])
     b = _job(tmp_path, "b", ["fp16", "nf4"])  # every job measured FP16 first
-    documents = merge([a, b], tmp_path / "out")
+    documents, verdict = merge([a, b], tmp_path / "out")
     assert list(documents["tiny"]) == ["fp16", "int8", "nf4"]
     comparison = json.loads((tmp_path / "out" / "tiny_quantization_comparison.json").read_text())
+    # one verdict over both jobs' gates: the golden nf4's ΔPPL is beyond its limit
+    assert verdict.verdict == "FAIL" and comparison["release_verdict"]["beyond"] == ["tiny nf4 delta_ppl_pct"]
+    assert "release verdict: FAIL" in (tmp_path / "out" / "REPORT.md").read_text()
     assert list(comparison["variants"]) == ["fp16", "int8", "nf4"]
     assert comparison["failed_gates"] == [line for line in comparison["findings"]["failed_gates"]]
     assert (
@@ -75,10 +78,10 @@ def test_a_broken_or_missing_result_stops_the_merge(tmp_path: Path) -> None:
 def test_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     a = _job(tmp_path, "a", ["fp16", "int8"])
     assert main(["--into", str(tmp_path / "o1"), str(a)]) == 0  # int8's gates passed
-    b = _job(tmp_path, "b", ["fp16", "nf4"])  # the golden nf4 fails two gates
+    b = _job(tmp_path, "b", ["fp16", "nf4"])  # the golden nf4: ΔPPL beyond its limit, KL undecided
     assert main(["--into", str(tmp_path / "o2"), str(a), str(b)]) == 1
     out = capsys.readouterr().out
-    assert "tiny nf4: delta_ppl_pct = 11.94 (limit <= 2) FAILED" in out and "merged 3 documents" in out
+    assert "release verdict: FAIL" in out and "  beyond: tiny nf4 delta_ppl_pct" in out and "merged 3 documents" in out
     shutil.rmtree(b)
     assert main(["--into", str(tmp_path / "o3"), str(a), str(b)]) == 2
     assert "not a directory" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from documents_for_tests import typed
+from documents_for_tests import gate_record, typed
 
 from quant_fixtures.report.comparison import comparison_document, comparison_path, evaluation_path
 from quant_fixtures.report.schema import SCHEMA_VERSION, now_utc, to_json_object, write_document
@@ -96,7 +96,7 @@ def test_now_utc_is_iso_seconds() -> None:
 
 
 def gate(metric: str, value: float | None, limit: float, op: str, passed: bool) -> dict[str, Any]:
-    return {"metric": metric, "value": value, "limit": limit, "op": op, "passed": passed}
+    return gate_record(metric, value, limit, op, "PASS" if passed else "FAIL")
 
 
 def evaluation(

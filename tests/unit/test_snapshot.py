@@ -251,7 +251,6 @@ def test_settings_tag_carries_what_selects_the_content(tmp_path):
         )
         == tag
     )
-    assert settings_tag(replace(base, gates=GatePolicy(on="upper"))).endswith("-gateupper")
 
 
 def test_snapshots_of_other_hardware_are_told_apart():

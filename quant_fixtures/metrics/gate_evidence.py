@@ -1,0 +1,221 @@
+"""How each gateable metric was sampled, read from an evaluation document: the evidence a verdict
+(metrics/decision.py) stands on.
+
+Every sampled metric is an estimate over independent units, and its evidence names them:
+
+* perplexity (``ppl``, ``delta_ppl_pct``, ``bits_per_byte_delta``): perplexity windows. Per window
+  ``d_w`` = variant NLL - FP16 NLL (nats, summed over the window's scored tokens) and ``t_w`` tokens;
+  the ratio estimator ``r = sum d_w / sum t_w`` is the mean log-ratio of perplexities
+  (``PPL / PPL_fp16 = exp(r)``), with the cluster standard error over windows and Student's t with
+  ``windows - 1`` degrees of freedom. ``ΔPPL % = 100 (exp(r) - 1)``, ``PPL = PPL_fp16 exp(r)`` and
+  ``Δ bits per byte = r T / (B ln 2)`` (T tokens, B bytes) are increasing functions of ``r``, so
+  their bounds and p-values are those of ``r`` (the FP16 reference is fixed: it is what the
+  variant is compared with).
+* prompt KL (``kl_mean``, ``top1_agreement``): prompts, each weighted equally (mean over prompts of
+  the prompt's own mean), Student's t; ``kl_p99``: the percentile bootstrap over prompts.
+* corpus KL (``corpus_kl_mean``, ``corpus_top1_agreement``): WikiText-2 windows, ratio estimator of
+  the per-window sums over positions, Student's t.
+* long context (``long_delta_ppl_pct``, ``long_kl_mean``): blocks of 128 consecutive positions of
+  the deepest bucket (metrics/position_buckets.py), Student's t; ``long_kl_growth``: the buckets'
+  least-squares slope with the standard error from each bucket's, t with the fewest blocks' df.
+* answer flips and retrieval probe flips: the count of flips among prompts (probes), exact
+  binomial: a flip is a discordant pair of FP16's and the variant's verdicts, and the flip rate is
+  the rate of discordant pairs.
+* memory (``footprint_gb``, ``memory_reduction_pct``): deterministic, no sampling error.
+
+A metric whose section is missing has no evidence (None): its gate fails as "missing".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from quant_fixtures.metrics.decision import (
+    BinomialEvidence,
+    BootstrapEvidence,
+    ExactEvidence,
+    MeanEvidence,
+    bootstrap_evidence,
+    mean_evidence,
+    ratio_evidence,
+)
+from quant_fixtures.metrics.metric_spec import lookup, number
+
+Evidence = MeanEvidence | BinomialEvidence | BootstrapEvidence | ExactEvidence
+EvidenceOf = Callable[[object], Evidence | None]
+BLOCKS = "blocks of 128 positions"
+
+
+def _field(record: object, name: str) -> object:
+    return record.get(name) if isinstance(record, Mapping) else getattr(record, name, None)
+
+
+def _floats(values: object, where: str) -> list[float]:
+    if not isinstance(values, Sequence):
+        raise TypeError(f"{where}: {values!r} is not a list of numbers")
+    return [float(v) for v in values]
+
+
+def _window_log_ratio(
+    document: object, to_value: Callable[[float], float], from_value: Callable[[float], float]
+) -> MeanEvidence | None:
+    """The mean per-token log-ratio of variant to FP16 perplexity over the perplexity windows."""
+    nll = lookup(document, ("perplexity", "window_nll"))
+    fp16 = lookup(document, ("perplexity", "fp16_window_nll"))
+    tokens = lookup(document, ("perplexity", "window_tokens"))
+    if nll is None or fp16 is None or tokens is None:
+        return None
+    diffs = np.asarray(_floats(nll, "window_nll")) - np.asarray(_floats(fp16, "fp16_window_nll"))
+    ctx = number(lookup(document, ("perplexity", "ctx")), "perplexity.ctx")
+    return ratio_evidence(diffs, _floats(tokens, "window_tokens"), "windows", to_value, from_value, ctx)
+
+
+def _delta_ppl(document: object) -> MeanEvidence | None:
+    return _window_log_ratio(document, lambda r: 100.0 * math.expm1(r), lambda v: math.log1p(v / 100.0))
+
+
+def _ppl(document: object) -> MeanEvidence | None:
+    fp16 = number(lookup(document, ("perplexity", "fp16_ppl")), "perplexity.fp16_ppl")
+    if fp16 is None:
+        return None
+    return _window_log_ratio(document, lambda r: fp16 * math.exp(r), lambda v: math.log(v / fp16))
+
+
+def _bits_per_byte_delta(document: object) -> MeanEvidence | None:
+    tokens = lookup(document, ("perplexity", "window_tokens"))
+    scored_bytes = number(lookup(document, ("perplexity", "scored_bytes")), "perplexity.scored_bytes")
+    if tokens is None or not scored_bytes:
+        return None
+    per_r = sum(_floats(tokens, "window_tokens")) / (scored_bytes * math.log(2))  # bits per byte per nat of r
+    return _window_log_ratio(document, lambda r: r * per_r, lambda v: v / per_r)
+
+
+def _per_prompt(document: object, name: str) -> list[float] | None:
+    records = lookup(document, ("kl_divergence", "per_prompt"))
+    if records is None:
+        return None
+    if not isinstance(records, Sequence):
+        raise TypeError(f"kl_divergence.per_prompt: {records!r} is not a list of records")
+    values = [_field(r, name) for r in records]
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def _prompt_mean(name: str) -> EvidenceOf:
+    def evidence(document: object) -> MeanEvidence | None:
+        values = _per_prompt(document, name)
+        return mean_evidence(values, "prompts") if values else None
+
+    return evidence
+
+
+def _prompt_p99(document: object) -> BootstrapEvidence | None:
+    values = _per_prompt(document, "kl_mean")
+    if not values:
+        return None
+    return bootstrap_evidence(values, _p99, "prompts")
+
+
+def _p99(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.asarray(np.percentile(values, 99.0, axis=axis))
+
+
+def _corpus(sums: str, counts: str) -> EvidenceOf:
+    def evidence(document: object) -> MeanEvidence | None:
+        windows = lookup(document, ("corpus_kl", "per_window"))
+        if windows is None:
+            return None
+        return ratio_evidence(
+            _floats(_field(windows, sums), f"corpus_kl.per_window.{sums}"),
+            _floats(_field(windows, counts), f"corpus_kl.per_window.{counts}"),
+            "windows",
+        )
+
+    return evidence
+
+
+def _deepest(estimate: str, se: str, percent: bool) -> EvidenceOf:
+    """The deepest bucket's ``estimate`` with its block standard error ``se`` (for ΔPPL %, that of the
+    mean log-ratio it is 100 (exp(r) - 1) of)."""
+
+    def evidence(document: object) -> MeanEvidence | None:
+        bucket = lookup(document, ("long_context", "deepest"))
+        if bucket is None:
+            return None
+        value, spread, blocks = _field(bucket, estimate), _field(bucket, se), _field(bucket, "blocks")
+        if not isinstance(value, (int, float)) or not isinstance(blocks, int):
+            return None
+        if not isinstance(spread, (int, float)):  # fewer than 2 blocks: no spread to estimate
+            spread, blocks = math.nan, 1
+        if not percent:
+            return MeanEvidence(float(value), float(spread), blocks, BLOCKS, tokens_per_unit=128.0)
+        return MeanEvidence(
+            math.log1p(float(value) / 100.0),
+            float(spread),
+            blocks,
+            BLOCKS,
+            to_value=lambda r: 100.0 * math.expm1(r),
+            from_value=lambda v: math.log1p(v / 100.0),
+            tokens_per_unit=128.0,
+        )
+
+    return evidence
+
+
+def _growth(document: object) -> MeanEvidence | None:
+    """The least-squares slope of the buckets' mean KL on log2 of their mean context: a linear
+    combination ``sum c_i y_i`` with ``c_i = (x_i - x̄) / Sxx``, so ``SE = sqrt(sum c_i^2 SE_i^2)``
+    (buckets hold disjoint positions); t with the fewest blocks of a bucket less one as df."""
+    buckets = lookup(document, ("long_context", "buckets", "buckets"))
+    slope = lookup(document, ("long_context", "buckets", "growth", "kl_slope_per_doubling"))
+    if not isinstance(buckets, Sequence) or not isinstance(slope, (int, float)):
+        return None
+    used = [b for b in buckets if isinstance(_field(b, "kl_mean"), (int, float))]
+    x = np.array([math.log2(float(_field(b, "mean_context"))) for b in used])  # type: ignore[arg-type]
+    se = [_field(b, "kl_mean_se") for b in used]
+    if len(used) < 2 or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in se):
+        return MeanEvidence(float(slope), math.nan, 1, BLOCKS)
+    c = (x - x.mean()) / float(((x - x.mean()) ** 2).sum())
+    spread = math.sqrt(float((c**2 * np.array(se, dtype=np.float64) ** 2).sum()))
+    blocks = min(int(_field(b, "blocks")) for b in used)  # type: ignore[call-overload]
+    return MeanEvidence(float(slope), spread, blocks, BLOCKS)
+
+
+def _flips(section: tuple[str, ...], of: str, unit: str) -> EvidenceOf:
+    def evidence(document: object) -> BinomialEvidence | None:
+        flips = number(lookup(document, (*section, "flips")), ".".join((*section, "flips")))
+        trials = number(lookup(document, (*section, of)), ".".join((*section, of)))
+        if flips is None or trials is None:
+            return None
+        return BinomialEvidence(int(flips), int(trials), unit)
+
+    return evidence
+
+
+def _exact(path: tuple[str, ...]) -> EvidenceOf:
+    def evidence(document: object) -> ExactEvidence | None:
+        value = number(lookup(document, path), path)
+        return None if value is None else ExactEvidence(float(value))
+
+    return evidence
+
+
+EVIDENCE: dict[str, EvidenceOf] = {
+    "ppl": _ppl,
+    "delta_ppl_pct": _delta_ppl,
+    "bits_per_byte_delta": _bits_per_byte_delta,
+    "kl_mean": _prompt_mean("kl_mean"),
+    "kl_p99": _prompt_p99,
+    "top1_agreement": _prompt_mean("top1_agreement"),
+    "corpus_kl_mean": _corpus("kl_sum", "finite_positions"),
+    "corpus_top1_agreement": _corpus("same_top1", "positions"),
+    "long_delta_ppl_pct": _deepest("delta_ppl_pct", "log_ratio_se", percent=True),
+    "long_kl_mean": _deepest("kl_mean", "kl_mean_se", percent=False),
+    "long_kl_growth": _growth,
+    "retrieval_flip_rate": _flips(("long_context", "retrieval"), "probes", "probes"),
+    "flip_rate": _flips(("flips",), "checkable_prompts", "prompts with a checkable answer"),
+    "footprint_gb": _exact(("memory", "footprint_gb")),
+    "memory_reduction_pct": _exact(("memory", "reduction_pct")),
+}
