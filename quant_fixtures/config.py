@@ -330,9 +330,8 @@ def config_from_table(raw: Mapping[str, object], path: Path, require_models: boo
     gate_tables = dict(tables["gates"])
     undecided = gate_tables.pop(UNDECIDED_KEY, DEFAULT_UNDECIDED)
     if undecided not in UNDECIDED_POLICIES:
-        raise ConfigError(
-            f"{path}: [gates] {UNDECIDED_KEY} = {undecided!r}: expected one of {', '.join(map(repr, UNDECIDED_POLICIES))}"
-        )
+        expected = ", ".join(map(repr, UNDECIDED_POLICIES))
+        raise ConfigError(f"{path}: [gates] {UNDECIDED_KEY} = {undecided!r}: expected one of {expected}")
     gates, ungated = _check_gates(f"{path}: [gates]", gate_tables, own)
     return SuiteConfig(
         path=path,

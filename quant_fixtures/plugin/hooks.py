@@ -6,13 +6,13 @@ are in fixtures.py, the command line in cli.py, the work in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from quant_fixtures import cpu_kernels
 from quant_fixtures.config import UNDECIDED_POLICIES, ConfigError, load_config
 from quant_fixtures.inputs.wikitext import DEFAULT_SOURCE, SOURCES
+from quant_fixtures.metrics.decision import JointVerdict
 from quant_fixtures.plugin.cli import (
     CONFIG_KEY,
     SHIPPED,
@@ -30,11 +30,8 @@ from quant_fixtures.plugin.rootdir import check_rootdir_not_taken_from_an_option
 from quant_fixtures.plugin.state import preflight_models
 from quant_fixtures.variants import DEFAULT_VARIANTS, DTYPE_NAMES, VARIANTS
 
-if TYPE_CHECKING:
-    from quant_fixtures.metrics.decision import JointVerdict
-
 REPORT_KEY = pytest.StashKey[Path]()
-VERDICT_KEY = pytest.StashKey["JointVerdict"]()
+VERDICT_KEY = pytest.StashKey[JointVerdict]()
 GATE_MODES = ("enforce", "report")
 PAIR_FIXTURES = ("variant_eval", "quantized_eval", "bench_model")  # parametrized over (model, variant)
 

@@ -64,7 +64,8 @@ class GateResult:
         return self.method
 
     def describe(self, *who: str) -> str:
-        """'<who>: <line> PASS|FAIL|UNDECIDED', e.g. 'mistral7b int8: delta_ppl_pct = 7.25 [6.1, 8.4] (limit <= 5) FAIL'."""
+        """'<who>: <line> <verdict> (what would decide it)', e.g.
+        'mistral7b int8: delta_ppl_pct = 7.25 [6.1, 8.4] (limit <= 5) FAIL'."""
         need = self.need()
         return f"{' '.join(who)}: {self.line()} {self.verdict}" + (f" ({need})" if need else "")
 

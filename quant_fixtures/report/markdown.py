@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from quant_fixtures.metrics.decision import JointVerdict
 from quant_fixtures.metrics.registry import METRICS, TABLE_METRICS, MetricSpec, lookup
 from quant_fixtures.report.corpus_markdown import corpus_section
 from quant_fixtures.report.findings import baseline_of, findings, quantized
-from quant_fixtures.metrics.decision import JointVerdict
 from quant_fixtures.report.gates import verdict as gate_verdict
-from quant_fixtures.report.release import release_lines
 from quant_fixtures.report.long_context_markdown import long_context_section
 from quant_fixtures.report.plots import model_plots
+from quant_fixtures.report.release import release_lines
 from quant_fixtures.report.schema import EvaluationDocument
 from quant_fixtures.report.terminal import settings_line
 from quant_fixtures.store.atomic import write_text_atomic

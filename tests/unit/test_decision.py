@@ -195,7 +195,9 @@ def test_coverage_of_the_mean() -> None:
 def test_coverage_of_the_percentile_bootstrap() -> None:
     """The 90th percentile of 96 gamma(1.5) values, 1000 resamples each. The percentile bootstrap of a quantile
     under-covers at this size: 0.931 over 8,000 samples (0.931 to 0.937 for gamma(1.5), gamma(4), normal, uniform
-    and exponential data), so the lower limit here is 0.91, not 0.93."""
+    and exponential data), so the lower limit here is 0.91, not 0.93. It is also lopsided: over 6,000 samples the
+    truth lies above the 97.5 % upper bound 5.6 to 5.9 % of the time and below the lower one 0.7 to 1.3 %; above the
+    one-sided 95 % upper bound (a lower-is-better PASS) about 10 %, twice the nominal 5 %."""
     rng = np.random.default_rng(3)
     data, truth, n = np.sort(rng.gamma(1.5, size=(2000, 96)), axis=-1), float(stats.gamma.ppf(0.9, 1.5)), 96
     covered = []
@@ -246,7 +248,7 @@ def test_limit_at_the_passing_bound_passes(to: Scale, back: Scale) -> None:
         assert interval is not None
         bound = interval[side]
         at = decide(ev, bound, better)
-        assert at.verdict == "PASS" and at.p_within == pytest.approx(0.05, rel=1e-9) and at.p_within <= 0.05
+        assert at.verdict == "PASS" and at.p_within is not None and 0.05 - 1e-11 < at.p_within <= 0.05
         assert decide(ev, math.nextafter(bound, -out), better).verdict == "PASS"
         outside = decide(ev, math.nextafter(bound, out), better)
         assert outside.verdict == "UNDECIDED" and outside.p_within is not None and outside.p_within > 0.05

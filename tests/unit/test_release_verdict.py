@@ -27,12 +27,13 @@ def run(*pairs: tuple[str, str, list[dict]]) -> dict:
 
 
 def test_every_gate_within_passes() -> None:
+    memory = gate_record("memory_reduction_pct", 40, 30, ">=", "PASS")
     verdict = release_verdict(
         run(
-            ("a", "int8", [sampled("kl_mean", "PASS", 0.01, 0.99), gate_record("memory_reduction_pct", 40, 30, ">=", "PASS")]),
+            ("a", "int8", [sampled("kl_mean", "PASS", 0.01, 0.99), memory]),
             ("b", "nf4", [sampled("kl_mean", "PASS", 0.04, 0.96)]),
         )
-    )  # fmt: skip
+    )
     assert (verdict.verdict, verdict.gates, verdict.statistical_gates) == ("PASS", 3, 2)
     assert not fails_the_run(verdict, "fail")
     line = release_lines(verdict)[0]
