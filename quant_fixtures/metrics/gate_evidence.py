@@ -12,7 +12,8 @@ Every sampled metric is an estimate over independent units, and its evidence nam
   their bounds and p-values are those of ``r`` (the FP16 reference is fixed: it is what the
   variant is compared with).
 * prompt KL (``kl_mean``, ``top1_agreement``): prompts, each weighted equally (mean over prompts of
-  the prompt's own mean), Student's t; ``kl_p99``: the percentile bootstrap over prompts.
+  the prompt's own mean), Student's t; ``kl_p99``: the exact, distribution-free binomial test of the
+  prompts above the limit (:func:`decide_quantile`).
 * corpus KL (``corpus_kl_mean``, ``corpus_top1_agreement``): WikiText-2 windows, ratio estimator of
   the per-window sums over positions, Student's t.
 * long context (``long_delta_ppl_pct``, ``long_kl_mean``): blocks of 128 consecutive positions of
@@ -30,22 +31,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from quant_fixtures.metrics.decision import (
     BinomialEvidence,
-    BootstrapEvidence,
+    Decision,
     ExactEvidence,
     MeanEvidence,
-    bootstrap_evidence,
+    binom_cdf,
+    binom_sf,
+    decide,
     mean_evidence,
     ratio_evidence,
 )
 from quant_fixtures.metrics.metric_spec import lookup, number
 
-Evidence = MeanEvidence | BinomialEvidence | BootstrapEvidence | ExactEvidence
-EvidenceOf = Callable[[object], Evidence | None]
+EvidenceOf = Callable[[object], "Evidence | None"]
 BLOCKS = "blocks of 128 positions"
 
 
@@ -111,15 +114,70 @@ def _prompt_mean(name: str) -> EvidenceOf:
     return evidence
 
 
-def _prompt_p99(document: object) -> BootstrapEvidence | None:
+@dataclass(frozen=True, eq=False)
+class QuantileEvidence:
+    """The ``q`` quantile of per-unit ``values`` (a p99 over prompts), decided without assumptions on
+    their distribution by :func:`decide_quantile`."""
+
+    values: np.ndarray
+    q: float
+    unit: str
+
+
+Evidence = MeanEvidence | BinomialEvidence | ExactEvidence | QuantileEvidence
+
+
+def decide_gate(evidence: Evidence, limit: float, better: str, alpha: float, alpha_beyond: float) -> Decision:
+    """:func:`decide_quantile` for a quantile, else metrics/decision.decide."""
+    if isinstance(evidence, QuantileEvidence):
+        return decide_quantile(evidence, limit, better, alpha, alpha_beyond)
+    return decide(evidence, limit, better, alpha, alpha_beyond)
+
+
+def decide_quantile(
+    evidence: QuantileEvidence, limit: float, better: str, alpha: float, alpha_beyond: float
+) -> Decision:
+    """A lower-is-better limit on the ``q`` quantile Q: Q <= L exactly when the share of units above L
+    is at most 1 - q, so the gate is the exact binomial test of the units at or above L against the
+    rate 1 - q (distribution-free: no bootstrap, whose upper bound of a p99 over 96 prompts never
+    exceeds their maximum). p_within = P(Bin(n, 1 - q) <= #{x >= L}), p_beyond = P(Bin(n, 1 - q) >=
+    #{x > L}); the interval holds the order statistics where the verdict changes: PASS iff L lies
+    above the upper one (infinite when n is too small to pass at all: n < log(alpha) / log(q), 299
+    for a p99 at 5 %), FAIL iff L lies below the lower one. ``value`` is the linear-interpolated
+    percentile the report shows."""
+    if better != "lower":
+        raise ValueError("a quantile gate is a maximum (lower is better)")
+    x = np.sort(evidence.values)
+    n, rate = x.size, 1.0 - evidence.q
+    at_or_above, above = int((x >= limit).sum()), int((x > limit).sum())
+    binomial = decide(BinomialEvidence(at_or_above, n, evidence.unit), rate, "lower", alpha, alpha_beyond)
+    beyond = binom_sf(above, n, rate)
+    verdict = "FAIL" if beyond <= alpha_beyond else "PASS" if binomial.verdict == "PASS" else "UNDECIDED"
+    most = -1  # PASS iff #{x >= L} <= most (binom_cdf rises with e)
+    while most < n and binom_cdf(most + 1, n, rate) <= alpha:
+        most += 1
+    least = 0  # FAIL iff #{x > L} >= least (binom_sf falls with e)
+    while least <= n and binom_sf(least, n, rate) > alpha_beyond:
+        least += 1
+    upper = float(x[n - most - 1]) if 0 <= most < n else -math.inf if most >= n else math.inf
+    lower = float(x[n - least]) if 0 < least <= n else -math.inf
+    return Decision(
+        verdict=verdict,
+        value=float(np.percentile(x, 100.0 * evidence.q)),
+        interval=[lower, upper],
+        p_within=binomial.p_within,
+        p_beyond=beyond,
+        units=n,
+        unit=evidence.unit,
+        more_units=binomial.more_units if verdict == "UNDECIDED" else None,
+        method=f"exact binomial test of the {evidence.unit} above the limit against {rate:g} (distribution-free "
+        f"bound of the {100 * evidence.q:g}th percentile over {n} {evidence.unit})",
+    )
+
+
+def _prompt_p99(document: object) -> QuantileEvidence | None:
     values = _per_prompt(document, "kl_mean")
-    if not values:
-        return None
-    return bootstrap_evidence(values, _p99, "prompts")
-
-
-def _p99(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.asarray(np.percentile(values, 99.0, axis=axis))
+    return QuantileEvidence(np.asarray(values, dtype=np.float64), 0.99, "prompts") if values else None
 
 
 def _corpus(sums: str, counts: str) -> EvidenceOf:

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from quant_fixtures.metrics.decision import ALPHA, GateOutcome, decide
-from quant_fixtures.metrics.gate_evidence import EVIDENCE
+from quant_fixtures.metrics.decision import ALPHA, GateOutcome
+from quant_fixtures.metrics.gate_evidence import EVIDENCE, decide_gate
 from quant_fixtures.metrics.registry import GATEABLE
 
 PASS, FAIL, UNDECIDED = "PASS", "FAIL", "UNDECIDED"
@@ -111,7 +111,7 @@ def evaluate_gates(
                 )  # fmt: skip
             )
             continue
-        d = decide(evidence, limit, spec.better, alpha, alpha_beyond)
+        d = decide_gate(evidence, limit, spec.better, alpha, alpha_beyond)
         reported = spec.value(document)  # the number the report shows (the decision's, to the last bits)
         results.append(
             GateResult(

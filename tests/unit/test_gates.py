@@ -151,9 +151,34 @@ def test_a_clear_kl_excess_fails_and_the_family_level_can_hold_it_back() -> None
     assert held.verdict == UNDECIDED and held.interval[0] <= 0.1  # the failing-side bound at the family level
 
 
-def test_kl_p99_is_a_bootstrap_over_prompts() -> None:
-    result = only({"max_kl_p99": 10.0}, prompts(list(np.linspace(0.01, 0.5, 50))))
-    assert result.verdict == PASS and "bootstrap" in result.method and result.unit == "prompts"
+def test_a_p99_over_96_prompts_cannot_pass_but_can_fail() -> None:
+    """The distribution-free test: 0 of n units above the limit bounds the share above it below 1 %
+    only from n = 299 (0.99^n <= 0.05); 96 prompts can show a p99 beyond its limit, never within."""
+    kl = list(np.linspace(0.01, 0.5, 96))
+    within = only({"max_kl_p99": 10.0}, prompts(kl))
+    assert within.verdict == UNDECIDED and within.interval[1] == math.inf and within.more_units == 299 - 96
+    assert within.value == pytest.approx(np.percentile(kl, 99))
+    beyond = only({"max_kl_p99": 0.3}, prompts(kl))  # 38 of 96 above: far more than 1 %
+    assert beyond.verdict == FAIL and beyond.p_beyond == pytest.approx(stats.binom.sf(37, 96, 0.01), rel=1e-9)
+
+
+def test_the_p99_verdict_changes_where_its_interval_says_and_holds_its_error_rate() -> None:
+    from quant_fixtures.metrics.gate_evidence import QuantileEvidence, decide_quantile
+
+    rng = np.random.default_rng(11)
+    values = rng.exponential(1.0, 600)
+    lower, upper = decide_quantile(QuantileEvidence(values, 0.99, "prompts"), 1.0, "lower", 0.05, 0.01).interval
+    for limit in np.linspace(2.0, 8.0, 61):
+        d = decide_quantile(QuantileEvidence(values, 0.99, "prompts"), float(limit), "lower", 0.05, 0.01)
+        assert d.verdict == (PASS if limit > upper else FAIL if limit < lower else UNDECIDED), limit
+    # least favourable truth: the limit is the true p99 (log 100 for Exp(1)); PASS at most 5 % of the time
+    truth = math.log(100.0)
+    passes = sum(
+        decide_quantile(QuantileEvidence(rng.exponential(1.0, 600), 0.99, "p"), truth, "lower", 0.05, 0.05).verdict
+        == PASS
+        for _ in range(2000)
+    )
+    assert passes / 2000 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 2000)
 
 
 # -- flip rates: exact binomial ------------------------------------------------------------------------
