@@ -35,12 +35,14 @@ eval: install
 # then the benchmarks with a tiny budget (timings are printed, never asserted). The committed
 # snapshot was recorded with the CPU's default batch sizes (1 window, 32 prompts per generation
 # batch); CI runs other ones, so every green run also shows the verdict does not hang on them.
-# The harm run reads 2 windows of 512 tokens, the 16 prompts of two categories (each with a
-# checkable answer) and a long-context stage of one 768-token stretch and two 256-token probes;
+# The harm run reads 32 windows of 128 tokens, the 16 prompts of two categories (each with a
+# checkable answer) and a long-context stage of one 768-token stretch (its deepest bucket, 128-768
+# tokens of context, is 5 blocks of 128 positions) and 30 probes of 128 tokens: enough units that
+# the embedded model's int8 and nf4 gates are decided (PASS or FAIL, not UNDECIDED) at this budget;
 # make eval reads more (README).
-CI_BUDGET ?= --ctx 512 --ppl-max-tokens 1024 --max-new-tokens 16 \
+CI_BUDGET ?= --ctx 128 --ppl-max-tokens 4096 --max-new-tokens 16 \
 	--categories question_answering,mathematical_reasoning \
-	--long-ctx 768 --probe-lengths 256 --probe-depths 0.1,0.9
+	--long-ctx 768 --long-buckets 0,128,768 --probe-lengths 128 --probe-depths 0.1,0.5,0.9 --probe-keys 10
 TEST_ARGS ?= $(CI_BUDGET) --batch-size 2 --gen-batch-size 48
 # The benchmarks in CI show they run, not how fast: one round of one 256-token window and 4 prompts.
 CI_BENCH_BUDGET ?= --bench-rounds 1 --bench-ctx 256 --bench-prompts 4 --bench-new-tokens 4

@@ -17,8 +17,9 @@ Every sampled metric is an estimate over independent units, and its evidence nam
 * corpus KL (``corpus_kl_mean``, ``corpus_top1_agreement``): WikiText-2 windows, ratio estimator of
   the per-window sums over positions, Student's t.
 * long context (``long_delta_ppl_pct``, ``long_kl_mean``): blocks of 128 consecutive positions of
-  the deepest bucket (metrics/position_buckets.py), Student's t; ``long_kl_growth``: the buckets'
-  least-squares slope with the standard error from each bucket's, t with the fewest blocks' df.
+  the deepest bucket (its ``block_sums``, metrics/position_buckets.py), ratio estimator, Student's
+  t; ``long_kl_growth``: the buckets' least-squares slope with the standard error from each
+  bucket's, t with the fewest blocks' df.
 * answer flips and retrieval probe flips: the count of flips among prompts (probes), exact
   binomial: a flip is a discordant pair of FP16's and the variant's verdicts, and the flip rate is
   the rate of discordant pairs.
@@ -194,30 +195,25 @@ def _corpus(sums: str, counts: str) -> EvidenceOf:
     return evidence
 
 
-def _deepest(estimate: str, se: str, percent: bool) -> EvidenceOf:
-    """The deepest bucket's ``estimate`` with its block standard error ``se`` (for ΔPPL %, that of the
-    mean log-ratio it is 100 (exp(r) - 1) of)."""
+def _blocks(bucket: object, sums: str, counts: str, percent: bool) -> MeanEvidence | None:
+    """The ratio estimator over a bucket's blocks (its ``block_sums``): mean log-ratio of
+    perplexities (``percent``: reported as ΔPPL %) or mean KL."""
+    blocks = _field(bucket, "block_sums")
+    if blocks is None:
+        return None
+    values = _floats(_field(blocks, sums), f"block_sums.{sums}")
+    positions = _floats(_field(blocks, counts), f"block_sums.{counts}")
+    if not percent:
+        return ratio_evidence(values, positions, BLOCKS, tokens_per_unit=128.0)
+    return ratio_evidence(
+        values, positions, BLOCKS, lambda r: 100.0 * math.expm1(r), lambda v: math.log1p(v / 100.0), 128.0
+    )
 
+
+def _deepest(sums: str, counts: str, percent: bool) -> EvidenceOf:
     def evidence(document: object) -> MeanEvidence | None:
         bucket = lookup(document, ("long_context", "deepest"))
-        if bucket is None:
-            return None
-        value, spread, blocks = _field(bucket, estimate), _field(bucket, se), _field(bucket, "blocks")
-        if not isinstance(value, (int, float)) or not isinstance(blocks, int):
-            return None
-        if not isinstance(spread, (int, float)):  # fewer than 2 blocks: no spread to estimate
-            spread, blocks = math.nan, 1
-        if not percent:
-            return MeanEvidence(float(value), float(spread), blocks, BLOCKS, tokens_per_unit=128.0)
-        return MeanEvidence(
-            math.log1p(float(value) / 100.0),
-            float(spread),
-            blocks,
-            BLOCKS,
-            to_value=lambda r: 100.0 * math.expm1(r),
-            from_value=lambda v: math.log1p(v / 100.0),
-            tokens_per_unit=128.0,
-        )
+        return None if bucket is None else _blocks(bucket, sums, counts, percent)
 
     return evidence
 
@@ -225,20 +221,19 @@ def _deepest(estimate: str, se: str, percent: bool) -> EvidenceOf:
 def _growth(document: object) -> MeanEvidence | None:
     """The least-squares slope of the buckets' mean KL on log2 of their mean context: a linear
     combination ``sum c_i y_i`` with ``c_i = (x_i - x̄) / Sxx``, so ``SE = sqrt(sum c_i^2 SE_i^2)``
-    (buckets hold disjoint positions); t with the fewest blocks of a bucket less one as df."""
+    (buckets hold disjoint positions; SE_i over the bucket's blocks); t with the fewest blocks of a
+    bucket less one as df."""
     buckets = lookup(document, ("long_context", "buckets", "buckets"))
     slope = lookup(document, ("long_context", "buckets", "growth", "kl_slope_per_doubling"))
     if not isinstance(buckets, Sequence) or not isinstance(slope, (int, float)):
         return None
-    used = [b for b in buckets if isinstance(_field(b, "kl_mean"), (int, float))]
-    x = np.array([math.log2(float(_field(b, "mean_context"))) for b in used])  # type: ignore[arg-type]
-    se = [_field(b, "kl_mean_se") for b in used]
-    if len(used) < 2 or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in se):
+    used = [(b, e) for b in buckets if (e := _blocks(b, "kl", "kl_positions", False)) is not None]
+    if len(used) < 2:
         return MeanEvidence(float(slope), math.nan, 1, BLOCKS)
+    x = np.array([math.log2(float(_field(b, "mean_context"))) for b, _ in used])  # type: ignore[arg-type]
     c = (x - x.mean()) / float(((x - x.mean()) ** 2).sum())
-    spread = math.sqrt(float((c**2 * np.array(se, dtype=np.float64) ** 2).sum()))
-    blocks = min(int(_field(b, "blocks")) for b in used)  # type: ignore[call-overload]
-    return MeanEvidence(float(slope), spread, blocks, BLOCKS)
+    spread = math.sqrt(float(sum(ci**2 * e.se**2 for ci, (_, e) in zip(c, used))))
+    return MeanEvidence(float(slope), spread, min(e.units for _, e in used), BLOCKS)
 
 
 def _flips(section: tuple[str, ...], of: str, unit: str) -> EvidenceOf:
@@ -269,8 +264,8 @@ EVIDENCE: dict[str, EvidenceOf] = {
     "top1_agreement": _prompt_mean("top1_agreement"),
     "corpus_kl_mean": _corpus("kl_sum", "finite_positions"),
     "corpus_top1_agreement": _corpus("same_top1", "positions"),
-    "long_delta_ppl_pct": _deepest("delta_ppl_pct", "log_ratio_se", percent=True),
-    "long_kl_mean": _deepest("kl_mean", "kl_mean_se", percent=False),
+    "long_delta_ppl_pct": _deepest("log_ratio", "positions", percent=True),
+    "long_kl_mean": _deepest("kl", "kl_positions", percent=False),
     "long_kl_growth": _growth,
     "retrieval_flip_rate": _flips(("long_context", "retrieval"), "probes", "probes"),
     "flip_rate": _flips(("flips",), "checkable_prompts", "prompts with a checkable answer"),

@@ -21,21 +21,9 @@ from typing import TypedDict, TypeGuard
 
 import numpy as np
 
+from quant_fixtures.metrics.blocks import BlockSums, block_ids, block_mean_ci, block_sums
 from quant_fixtures.metrics.corpus_stats import percentiles
-from quant_fixtures.metrics.decision import t_ppf
 from quant_fixtures.metrics.stats import delta_pct
-
-BLOCK = 128
-"""Consecutive positions of one stretch and one bucket that form one unit of the block CIs."""
-
-
-def t975(df: int) -> float:
-    """Student's t 0.975 quantile with ``df`` degrees of freedom (a bucket holds few blocks at short
-    contexts, 2 to 4 below 512 tokens, where the normal quantile would make the interval far too narrow)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return t_ppf(0.975, df)
-
 
 POSITION_UNIT = "tokens of context before the predicted token"
 
@@ -61,13 +49,12 @@ class VariantBucket(Fp16Bucket):
     ppl: float  # the variant's exp(-mean log-prob of the correct token)
     delta_ppl_pct: float  # 100 * (ppl / fp16_ppl - 1)
     delta_ppl_pct_ci95: list[float] | None  # [low, high]; None: fewer than 2 blocks
-    log_ratio_se: float | None  # block standard error of the mean log-ratio log(ppl / fp16_ppl); None: < 2 blocks
     kl_mean: float | None  # mean finite KL(FP16 || variant), nats; None: no finite KL
     kl_mean_ci95: list[float] | None  # [low, high] nats; None: fewer than 2 blocks with finite KL
-    kl_mean_se: float | None  # block standard error of kl_mean, nats; None: fewer than 2 blocks with finite KL
     kl_p99: float | None  # 99th percentile of the finite KL, nats (linear interpolation)
     non_finite_kl: int  # positions whose KL is NaN or infinite, left out of the three KL fields
     same_top1_rate: float  # share of positions where the variant's argmax is FP16's
+    block_sums: BlockSums  # the blocks' own sums: the units of the gates' intervals (metrics/gate_evidence.py)
 
 
 class Growth(TypedDict):
@@ -125,46 +112,6 @@ def clip_edges(edges: Sequence[int], longest_context: int) -> list[tuple[int, in
     lo, hi = kept[-1]
     kept[-1] = (lo, min(hi, longest_context + 1))
     return kept
-
-
-def block_ids(stretch: np.ndarray) -> np.ndarray:
-    """Block number (0, 1, ...) of each position of one bucket, in the order given.
-
-    A block is a run of at most :data:`BLOCK` consecutive positions of one stretch: a new block
-    starts where the stretch changes and after every ``BLOCK`` positions of the same stretch, so a
-    stretch's short remainder is a block of its own.
-    """
-    n = stretch.size
-    index = np.arange(n)
-    run_start = np.ones(n, dtype=bool)
-    run_start[1:] = stretch[1:] != stretch[:-1]
-    rank = index - np.maximum.accumulate(np.where(run_start, index, 0))
-    return np.cumsum(rank % BLOCK == 0) - 1
-
-
-def block_mean_ci(values: np.ndarray, blocks: np.ndarray) -> tuple[float, tuple[float, float] | None, float | None]:
-    """The plain mean ``m`` of ``values``, its 95 % CI and standard error, blocks as the independent units.
-
-    ``blocks`` gives each value's block number. With ``B`` non-empty blocks of ``n_b`` values,
-    means ``m_b`` and ``N = sum n_b``, ``m = sum (n_b / N) m_b`` (the plain mean: a short block
-    weighs by its size) and the standard error is the cluster (ratio-estimator) one,
-    ``SE = sqrt(B / (B - 1) * sum (n_b / N)^2 (m_b - m)^2)``; with equal blocks this is the standard
-    error of the block means, ``std(m_b, ddof=1) / sqrt(B)``. The CI is ``m ± t SE`` with ``t`` the
-    0.975 quantile of Student's t with ``B - 1`` degrees of freedom (:func:`t975`), in the units of
-    ``values``; CI and SE are None with fewer than 2 blocks.
-    """
-    sums = np.bincount(blocks, weights=values)
-    counts = np.bincount(blocks).astype(np.float64)
-    present = counts > 0
-    sums, counts = sums[present], counts[present]
-    total = float(counts.sum())
-    mean = float(sums.sum() / total)
-    b = counts.size
-    if b < 2:
-        return mean, None, None
-    se = math.sqrt(b / (b - 1) * float((((counts / total) * (sums / counts - mean)) ** 2).sum()))
-    t = t975(b - 1)
-    return mean, (mean - t * se, mean + t * se), se
 
 
 def _array(values: Ints | Floats, name: str, n: int | None, kind: str) -> np.ndarray:
@@ -283,10 +230,10 @@ def variant_buckets(
         inside = _inside(context, lo, hi)
         base = _fp16_bucket(lo, hi, context[inside], stretches[inside], logp[inside])
         blocks = block_ids(stretches[inside])
-        _, d_ci, d_se = block_mean_ci(logp[inside] - logq[inside], blocks)
+        _, d_ci = block_mean_ci(logp[inside] - logq[inside], blocks)
         kl_in = kl[inside]
         finite = np.isfinite(kl_in)
-        kl_mean, kl_ci, kl_se = block_mean_ci(kl_in[finite], blocks[finite]) if finite.any() else (None, None, None)
+        kl_mean, kl_ci = block_mean_ci(kl_in[finite], blocks[finite]) if finite.any() else (None, None)
         ppl = math.exp(-float(logq[inside].mean()))
         out.append(
             {
@@ -295,13 +242,12 @@ def variant_buckets(
                 "ppl": ppl,
                 "delta_ppl_pct": delta_pct(ppl, base["fp16_ppl"]),
                 "delta_ppl_pct_ci95": None if d_ci is None else [100.0 * math.expm1(b) for b in d_ci],
-                "log_ratio_se": d_se,
                 "kl_mean": kl_mean,
                 "kl_mean_ci95": _ci(kl_ci),
-                "kl_mean_se": kl_se,
                 "kl_p99": percentiles(kl_in[finite])["p99"] if finite.any() else None,
                 "non_finite_kl": int((~finite).sum()),
                 "same_top1_rate": float(same[inside].mean()),
+                "block_sums": block_sums(blocks, logp[inside] - logq[inside], kl_in),
             }
         )
     return out

@@ -52,6 +52,15 @@ class CellCounts(TypedDict):
     flips: int
 
 
+class ProbeVerdicts(TypedDict):
+    """One probe: where its key sat, and whether FP16 and the variant retrieved it."""
+
+    length: int
+    depth: float
+    fp16: bool
+    variant: bool
+
+
 class RetrievalSummary(TypedDict):
     """FP16 against one variant over all probes."""
 
@@ -66,6 +75,7 @@ class RetrievalSummary(TypedDict):
     by_length: list[LengthCounts]
     by_depth: list[DepthCounts]
     cells: list[CellCounts]
+    per_probe: list[ProbeVerdicts]  # the units of the flip rate's exact binomial gate
 
 
 class Fp16LengthCounts(TypedDict):
@@ -232,6 +242,10 @@ def retrieval_summary(
         "by_length": by_length,
         "by_depth": by_depth,
         "cells": cells,
+        "per_probe": [
+            {"length": n, "depth": d, "fp16": bool(f), "variant": bool(v)}
+            for n, d, f, v in zip(lens, deps, fp16, variant)
+        ],
     }
 
 

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from quant_fixtures.metrics import blocks as blocks_module
 from quant_fixtures.metrics import position_buckets as pb
 
 
@@ -105,9 +106,9 @@ def test_short_last_block_weighs_by_size():
     # Blocks of 128, 128 and 4 positions with means 0, 1, 10: plain mean (128 + 40) / 260 = 0.646154.
     # Weights 128/260, 128/260, 4/260; SE^2 = 3/2 * sum w^2 (m_b - m)^2.
     values = np.concatenate([np.zeros(128), np.ones(128), np.full(4, 10.0)])
-    blocks = pb.block_ids(np.zeros(260, dtype=int))
+    blocks = blocks_module.block_ids(np.zeros(260, dtype=int))
     assert list(np.bincount(blocks)) == [128, 128, 4]
-    mean, ci, _ = pb.block_mean_ci(values, blocks)
+    mean, ci = blocks_module.block_mean_ci(values, blocks)
     m = 168 / 260
     w = np.array([128, 128, 4]) / 260
     se = math.sqrt(1.5 * float((w**2 * (np.array([0.0, 1.0, 10.0]) - m) ** 2).sum()))
@@ -117,14 +118,14 @@ def test_short_last_block_weighs_by_size():
 
 def test_blocks_stop_at_stretch_boundaries():
     # Two stretches of 100 positions in one bucket: two blocks of 100, not 128 + 72.
-    blocks = pb.block_ids(np.repeat([4, 9], 100))
+    blocks = blocks_module.block_ids(np.repeat([4, 9], 100))
     assert list(np.bincount(blocks)) == [100, 100]
     # 300 positions of one stretch: 128, 128, 44.
-    assert list(np.bincount(pb.block_ids(np.zeros(300, dtype=int)))) == [128, 128, 44]
+    assert list(np.bincount(blocks_module.block_ids(np.zeros(300, dtype=int)))) == [128, 128, 44]
 
 
 def test_one_block_has_no_ci():
-    mean, ci, _ = pb.block_mean_ci(np.array([1.0, 2.0, 6.0]), np.zeros(3, dtype=int))
+    mean, ci = blocks_module.block_mean_ci(np.array([1.0, 2.0, 6.0]), np.zeros(3, dtype=int))
     assert mean == pytest.approx(3.0) and ci is None
 
 
@@ -147,11 +148,11 @@ def reference_buckets(context, stretch, logp, logq, kl, same, buckets):
         n = sum(len(g) for g in groups.values())
         m = sum(sum(g) for g in groups.values()) / n
         if len(groups) < 2:
-            return m, None, None
+            return m, None
         var = sum((len(g) / n) ** 2 * (sum(g) / len(g) - m) ** 2 for g in groups.values())
         se = math.sqrt(len(groups) / (len(groups) - 1) * var)
-        t = pb.t975(len(groups) - 1)  # the quantile itself is checked against a table below
-        return m, (m - t * se, m + t * se), se
+        t = blocks_module.t975(len(groups) - 1)  # the quantile itself is checked against a table below
+        return m, (m - t * se, m + t * se)
 
     out = []
     for lo, hi in buckets:
@@ -167,9 +168,10 @@ def reference_buckets(context, stretch, logp, logq, kl, same, buckets):
         n = len(rows)
         fp16_ppl = math.exp(-sum(logp[i] for _, i in rows) / n)
         ppl = math.exp(-sum(logq[i] for _, i in rows) / n)
-        _, d_ci, d_se = ci([(b, logp[i] - logq[i]) for b, i in rows])
+        _, d_ci = ci([(b, logp[i] - logq[i]) for b, i in rows])
         finite = [(b, kl[i]) for b, i in rows if math.isfinite(kl[i])]
-        kl_mean, kl_ci, kl_se = ci(finite) if finite else (None, None, None)
+        kl_mean, kl_ci = ci(finite) if finite else (None, None)
+        blocks = range(block + 1)
         out.append(
             {
                 "lo": lo,
@@ -182,13 +184,17 @@ def reference_buckets(context, stretch, logp, logq, kl, same, buckets):
                 "ppl": ppl,
                 "delta_ppl_pct": 100 * (ppl / fp16_ppl - 1),
                 "delta_ppl_pct_ci95": None if d_ci is None else [100 * (math.exp(b) - 1) for b in d_ci],
-                "log_ratio_se": d_se,
                 "kl_mean": kl_mean,
                 "kl_mean_ci95": None if kl_ci is None else list(kl_ci),
-                "kl_mean_se": kl_se,
                 "kl_p99": None if not finite else float(np.percentile([v for _, v in finite], 99)),
                 "non_finite_kl": n - len(finite),
                 "same_top1_rate": sum(bool(same[i]) for _, i in rows) / n,
+                "block_sums": {
+                    "positions": [sum(1 for b, _ in rows if b == k) for k in blocks],
+                    "log_ratio": [sum(logp[i] - logq[i] for b, i in rows if b == k) for k in blocks],
+                    "kl_positions": [sum(1 for b, v in finite if b == k) for k in blocks],
+                    "kl": [sum(v for b, v in finite if b == k) for k in blocks],
+                },
             }
         )
     return out
@@ -215,7 +221,11 @@ def test_matches_plain_python_on_random_stretches():
     for g, w in zip(got, want):
         assert set(g) == set(w)
         for key, value in w.items():
-            assert g[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+            if key == "block_sums":
+                for part, sums in value.items():
+                    assert g[key][part] == pytest.approx(sums, rel=1e-9, abs=1e-12), part
+            else:
+                assert g[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
     ref_growth_slope = np.polyfit(np.log2([b["mean_context"] for b in want]), [b["kl_mean"] for b in want], 1)[0]
     assert pb.harm_growth(got)["kl_slope_per_doubling"] == pytest.approx(ref_growth_slope)
 
@@ -332,4 +342,4 @@ def test_a_bucket_without_positions_is_an_error():
 
 @pytest.mark.parametrize("df", sorted(STUDENT_T975))
 def test_student_t_quantiles(df):
-    assert pb.t975(df) == pytest.approx(STUDENT_T975[df], abs=1e-4)
+    assert blocks_module.t975(df) == pytest.approx(STUDENT_T975[df], abs=1e-4)

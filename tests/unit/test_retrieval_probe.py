@@ -282,6 +282,12 @@ def test_a_hand_computed_summary() -> None:
             {"length": 256, "depth": 0.0, "probes": 1, "fp16_retrieved": 0, "retrieved": 1, "flips": 1},
             {"length": 256, "depth": 1.0, "probes": 1, "fp16_retrieved": 1, "retrieved": 1, "flips": 0},
         ],
+        "per_probe": [
+            {"length": 128, "depth": 0.0, "fp16": True, "variant": True},
+            {"length": 128, "depth": 1.0, "fp16": True, "variant": False},
+            {"length": 256, "depth": 0.0, "fp16": False, "variant": True},
+            {"length": 256, "depth": 1.0, "fp16": True, "variant": True},
+        ],
     }
     assert rm.retrieval_summary(LENGTHS, DEPTHS, FP16, VARIANT)["answer_kl_mean"] is None
     same = rm.retrieval_summary(LENGTHS, DEPTHS, FP16, FP16)
