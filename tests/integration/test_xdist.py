@@ -84,7 +84,7 @@ def test_parallel_run_matches_serial_run(pytester, project, monkeypatch):
                 [r["kl_mean"] for r in kl2["per_prompt"]], rel=1e-6, abs=1e-12
             )
             assert [r["response"] for r in kl1["per_prompt"]] == [r["response"] for r in kl2["per_prompt"]]
-            assert [g["passed"] for g in one[name]["gates"]] == [g["passed"] for g in two[name]["gates"]]
+            assert [g["verdict"] for g in one[name]["gates"]] == [g["verdict"] for g in two[name]["gates"]]
     # The comparison file is assembled from both workers' documents.
     comparison = two["tiny_quantization_comparison.json"]
     assert list(comparison["variants"]) == ["fp16", "int8", "nf4"]
