@@ -188,18 +188,21 @@ def scenario(pools: list[dict[str, list]], limits: dict[str, float], runs: int, 
     """Decide ``runs`` runs drawn from the pools in turn; how often the joint verdict was each."""
     rng = np.random.default_rng(seed)
     counts = {"PASS": 0, "FAIL": 0, "UNDECIDED": 0}
-    per_gate: dict[str, int] = {}
+    fails: dict[str, int] = {}
+    passes: dict[str, int] = {}
     for i in range(runs):
         doc = run_document(pools[i % len(pools)], rng)
         gates = evaluate_gates(limits, doc, ALPHA, family_alpha(ALPHA, len(limits)))
         verdict = release_verdict({"smollm2": {"run": _Doc(gates)}})
         counts[verdict.verdict] += 1
         for g in gates:
-            per_gate[g.metric] = per_gate.get(g.metric, 0) + g.failed
+            fails[g.metric] = fails.get(g.metric, 0) + g.failed
+            passes[g.metric] = passes.get(g.metric, 0) + g.passed
     return {
         "limits": limits,
         **{f"joint_{k.lower()}": rate(v, runs) for k, v in counts.items()},
-        "gate_fail": {k: rate(v, runs) for k, v in per_gate.items()},
+        "gate_fail": {k: rate(v, runs) for k, v in fails.items()},
+        "gate_pass": {k: rate(v, runs) for k, v in passes.items()},
     }
 
 
