@@ -12,12 +12,13 @@ sees, so the numbers of a sequence never depend on another.
 
 What is read is what a user's model reads, whatever the chunk length:
 
-* A sequence's prefill (a whole stretch; a probe's prompt) is one read of the model. For a model
-  with LLM.int8 layers read in more than one chunk, the outlier columns are those of the whole
-  prefill (models/int8_per_sequence.WholeSequenceColumns): the sequence is read again with the
-  columns the previous read flagged until every layer's forced and flagged columns agree (usually
-  the second read; at most :data:`MAX_READS`), so the numbers equal a read of the prefill at once up
-  to float summation order. Other models are exact in chunks (tested against the whole forward).
+* A sequence's prefill (a whole stretch; a probe's prompt) is one read of the model. A model with
+  LLM.int8 layers reads a prefill longer than a chunk at once where memory allows; where it does
+  not, in chunks with the outlier columns of the whole prefill
+  (models/int8_per_sequence.WholeSequenceColumns): the sequence is read again with the columns the
+  previous read flagged until every layer's forced and flagged columns agree (usually the second or
+  third read; at most :data:`MAX_READS`), so the numbers equal a read of the prefill at once up to
+  float summation order. Other models are exact in chunks (tested against the whole forward).
 * From ``decode_from`` on (a probe's answer), one position per forward pass, as greedy decoding
   feeds a model its answer token by token: position ``j`` predicts token ``j + 1`` from the cache of
   everything before it. Fed the key's tokens, the argmax at each step is what greedy decoding
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from quant_fixtures.compute.memory import BatchLog, MemoryBudget, run_batches
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget, is_out_of_memory, run_batches
 from quant_fixtures.compute.scoring import LogprobHook, WindowScores, head_device, model_device, score_hidden
 from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.models.int8_per_sequence import (
@@ -54,6 +55,7 @@ class ChunkedScores(WindowScores):
 
     reads: list[int] = field(default_factory=list)
     settled: list[bool] = field(default_factory=list)
+    chunked: list[bool] = field(default_factory=list)  # LLM.int8 prefills too big to read at once
 
 
 def cache_argument(model: PreTrainedModel) -> str:
@@ -83,12 +85,15 @@ def score_in_chunks(
     budget: MemoryBudget | None = None,
     log: BatchLog | None = None,
     decode_from: Sequence[int] | None = None,
+    whole_first: bool = True,
 ) -> ChunkedScores:
     """Sum of -log p(target | the tokens before it in the window) per window, in float64, each window
     read alone (see the module docstring): its prefill in chunks of ``chunk_tokens`` positions with a
     KV cache, and with ``decode_from`` (one window offset per window, e.g. a probe's first answer
     token) the positions from there on one per forward pass. The same quantities as
-    compute/scoring.score_windows, which reads a window at once, up to float summation order."""
+    compute/scoring.score_windows, which reads a window at once, up to float summation order. A model
+    with LLM.int8 layers first tries each longer prefill in one call (``whole_first``) and reads it in
+    chunks with the whole prefill's outlier columns only when that runs out of memory."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     if decode_from is not None and len(decode_from) != len(windows):
@@ -104,6 +109,7 @@ def score_in_chunks(
     nll = [0.0] * len(windows)
     reads = [0] * len(windows)
     settled = [True] * len(windows)
+    chunked = [False] * len(windows)
     hook_time = [0.0]
     cache_arg = cache_argument(model)
 
@@ -146,11 +152,26 @@ def score_in_chunks(
         w = windows[index]
         n_inputs = w.length - 1
         prefill = n_inputs if decode_from is None else min(max(decode_from[index], 1), n_inputs)
+        reads[index] = 0
+        if int8 and prefill > chunk_tokens and whole_first:  # LLM.int8: the prefill at once where memory allows
+            if hook is not None and hasattr(hook, "reset"):
+                hook.reset(batch)
+            try:
+                nll[index], reads[index] = read(index, _calls(n_inputs, prefill, prefill), prefill, None, True), 1
+            except Exception as exc:  # out of memory: read in chunks below (anything else is raised)
+                if not is_out_of_memory(exc):
+                    raise
+            if reads[index]:
+                if progress is not None:
+                    progress(1)
+                return
+            chunked[index] = True
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         calls = _calls(n_inputs, prefill, chunk_tokens)
         # LLM.int8 in more than one prefill call: first a read that only flags columns, then reads
         # that force them until they settle
         columns = WholeSequenceColumns() if int8 and prefill > chunk_tokens else None
-        reads[index] = 0
         if columns is not None:
             read(index, calls, prefill, columns, scoring=False)
             reads[index] = 1
@@ -187,4 +208,5 @@ def score_in_chunks(
         hook_seconds=hook_time[0],
         reads=reads,
         settled=settled,
+        chunked=chunked,
     )

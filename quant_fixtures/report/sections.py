@@ -67,8 +67,9 @@ class ProtocolSummary(TypedDict):
 
 
 class PrefillReads(TypedDict):
-    """How often a sequence's prefill was read: more than once only for LLM.int8 read in chunks, until
-    its outlier columns were those of the whole prefill (compute/long_context.py)."""
+    """How the prefills were read: LLM.int8 ones longer than a chunk at once where memory allowed, else
+    in chunks, again until their outlier columns were those of the whole prefill (compute/long_context.py)."""
 
     max_reads: int
-    unsettled_sequences: list[int]  # sequences (stretches, then probes) whose columns had not settled
+    chunked_sequences: list[int]  # LLM.int8 sequences (stretches, then probes) too big to read at once
+    unsettled_sequences: list[int]  # of those, the ones whose columns had not settled

@@ -102,15 +102,20 @@ def _positions_of(plan: LongPlan) -> tuple[np.ndarray, np.ndarray]:
 @dataclass(frozen=True)
 class Reads:
     """How the stage read its sequences: the seconds, and per sequence (stretches, then probes) how
-    many reads its prefill took and whether its LLM.int8 outlier columns settled."""
+    many reads its prefill took, whether an LLM.int8 one was read in chunks and whether its outlier
+    columns settled."""
 
     seconds: float
     reads: list[int]
     settled: list[bool]
+    chunked: list[bool]
 
     def record(self) -> PrefillReads:
-        unsettled = [i for i, ok in enumerate(self.settled) if not ok]
-        return {"max_reads": max(self.reads, default=0), "unsettled_sequences": unsettled}
+        return {
+            "max_reads": max(self.reads, default=0),
+            "chunked_sequences": [i for i, c in enumerate(self.chunked) if c],
+            "unsettled_sequences": [i for i, ok in enumerate(self.settled) if not ok],
+        }
 
 
 def _score(run: PassContext, loaded: LoadedModel, plan: LongPlan, hooks: tuple[LogprobHook, LogprobHook]) -> Reads:
@@ -121,6 +126,7 @@ def _score(run: PassContext, loaded: LoadedModel, plan: LongPlan, hooks: tuple[L
     answers = [w.first_target - w.begin for w in plan.probe_windows]
     reads: list[int] = []
     settled: list[bool] = []
+    chunked: list[bool] = []
     with run.stage(STAGE, STAGE, shown=True, total=total, unit="sequences") as advance:
         for windows, hook, decode_from in zip((plan.stretch_windows, plan.probe_windows), hooks, (None, answers)):
             scores = score_in_chunks(
@@ -137,7 +143,8 @@ def _score(run: PassContext, loaded: LoadedModel, plan: LongPlan, hooks: tuple[L
             )
             reads += scores.reads
             settled += scores.settled
-    return Reads(time.perf_counter() - started, reads, settled)
+            chunked += scores.chunked
+    return Reads(time.perf_counter() - started, reads, settled, chunked)
 
 
 def _section(

@@ -81,13 +81,33 @@ def test_int8_in_chunks_equals_the_whole_read(arch, int8_with_outliers, wikitext
     the outlier columns of the whole sequence; columns chosen per chunk (the control) do not."""
     model = int8_with_outliers[arch]
     whole = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=1000, stage="long context")
-    chunked = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=48, stage="long context")
+    chunked = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=48, stage="long context", whole_first=False)
     assert whole.reads == [1, 1] and chunked.settled == [True, True] and min(chunked.reads) >= 2
     assert chunked.window_nll == pytest.approx(whole.window_nll, rel=1e-6)  # measured: within 1e-7
     monkeypatch.setattr("quant_fixtures.compute.long_context.amplifies_float_noise", lambda model: False)
-    per_chunk = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=48, stage="long context")
+    per_chunk = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=48, stage="long context", whole_first=False)
     # measured: 3e-5 to 1.6e-4, several hundred times the float noise above
     assert max(abs(a / b - 1) for a, b in zip(per_chunk.window_nll, whole.window_nll)) > 2e-5
+
+
+def test_int8_reads_a_prefill_at_once_and_in_chunks_only_when_that_runs_out_of_memory(int8_with_outliers, wikitext_ids):
+    """A prefill longer than a chunk is read at once; where that runs out of memory (here: a forward of
+    more than 48 positions raises it), in chunks with the whole prefill's columns: the same numbers."""
+    model = int8_with_outliers["llama"]
+    at_once = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=48, stage="long context")
+    assert at_once.reads == [1, 1] and at_once.chunked == [False, False]
+
+    def no_room(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] > 48:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handle = model.base_model.register_forward_pre_hook(no_room, with_kwargs=True)
+    try:
+        fallback = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=48, stage="long context")
+    finally:
+        handle.remove()
+    assert fallback.chunked == [True, True] and min(fallback.reads) >= 2 and all(fallback.settled)
+    assert fallback.window_nll == pytest.approx(at_once.window_nll, rel=1e-6)
 
 
 class ArgmaxRecorder:

@@ -141,7 +141,9 @@ def test_own_variants_end_to_end(pytester, own):
     # registry order, then the model's own variants by name
     assert list(comparison["variants"]) == ["fp16", "nf4", "gguf_q4_0", "gguf_q8_0", "nf4_checkpoint"]
     passing = {
-        v: d["memory"]["footprint_gb"] for v, d in docs.items() if v != "fp16" and all(g["verdict"] == "PASS" for g in d["gates"])
+        v: d["memory"]["footprint_gb"]
+        for v, d in docs.items()
+        if v != "fp16" and all(g["verdict"] == "PASS" for g in d["gates"])
     }
     assert comparison["findings"]["best_tradeoff"]["footprint_gb"] == min(passing.values())
     report = (results / "REPORT.md").read_text()
