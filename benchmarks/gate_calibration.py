@@ -23,8 +23,8 @@ Scenarios, each RUNS runs (no harm: spread over the NO_HARM variants):
 * at_limit: the harmful variant with every limit set to its pool value (the least favourable truth
   for a false FAIL): joint FAIL <= 5 %.
 * power[gate]: the harmful variant with that gate's limit at its pool value / 1.5 (a harm 1.5x the
-  limit; for the flip rate, POWER_RATIO_RATE) and every other limit far above its truth: joint FAIL
-  >= 80 %.
+  limit; for the retrieval flip rate also 2x and 3x, RATE_RATIOS) and every other limit far above
+  its truth: joint FAIL >= 80 %.
 The record (every rate with its exact 95 % interval) goes to --out; README quotes it. A benchmark,
 never a timed or asserted test.
 """
@@ -66,7 +66,10 @@ SEED_LIMITS = {  # the shipped [gates.int8] (quant_suite.toml), memory left out:
     "max_retrieval_flip_rate": 0.1,
 }
 POWER_RATIO = 1.5
-POWER_RATIO_RATE = 1.5
+# A rate's exact test needs many more units than a mean's at 1.5x: its power is measured at several
+# ratios (the record says which reaches 80 % at the run's probes).
+RATES = ("max_retrieval_flip_rate",)
+RATE_RATIOS = (1.5, 2.0, 3.0)
 ALPHA = 0.05
 
 
@@ -255,9 +258,10 @@ def main() -> int:
         "at_limit": scenario([harm], dict(harm_truth), args.runs, 2),
     }
     for i, gate in enumerate(SEED_LIMITS):
-        ratio = POWER_RATIO_RATE if gate == "max_retrieval_flip_rate" else POWER_RATIO
-        limits = {g: (v / ratio if g == gate else 3.0 * v + 1e-3) for g, v in harm_truth.items()}
-        scenarios[f"power_{gate}"] = {"truth_over_limit": ratio, **scenario([harm], limits, args.runs, 10 + i)}
+        for ratio in RATE_RATIOS if gate in RATES else (POWER_RATIO,):
+            limits = {g: (v / ratio if g == gate else 3.0 * v + 1e-3) for g, v in harm_truth.items()}
+            name = f"power_{gate}" + (f"_x{ratio:g}" if gate in RATES else "")
+            scenarios[name] = {"truth_over_limit": ratio, **scenario([harm], limits, args.runs, 10 + i)}
     record["scenarios"] = scenarios
     record["seconds"] = round(time.time() - started, 1)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
