@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quant_fixtures.metrics.blocks import BLOCK
 from quant_fixtures.metrics.decision import (
     BinomialEvidence,
     Decision,
@@ -50,7 +51,7 @@ from quant_fixtures.metrics.decision import (
 from quant_fixtures.metrics.metric_spec import lookup, number
 
 EvidenceOf = Callable[[object], "Evidence | None"]
-BLOCKS = "blocks of 128 positions"
+BLOCKS = f"blocks of {BLOCK} positions"
 
 
 def _field(record: object, name: str) -> object:
@@ -204,9 +205,9 @@ def _blocks(bucket: object, sums: str, counts: str, percent: bool) -> MeanEviden
     values = _floats(_field(blocks, sums), f"block_sums.{sums}")
     positions = _floats(_field(blocks, counts), f"block_sums.{counts}")
     if not percent:
-        return ratio_evidence(values, positions, BLOCKS, tokens_per_unit=128.0)
+        return ratio_evidence(values, positions, BLOCKS, tokens_per_unit=float(BLOCK))
     return ratio_evidence(
-        values, positions, BLOCKS, lambda r: 100.0 * math.expm1(r), lambda v: math.log1p(v / 100.0), 128.0
+        values, positions, BLOCKS, lambda r: 100.0 * math.expm1(r), lambda v: math.log1p(v / 100.0), float(BLOCK)
     )
 
 

@@ -386,7 +386,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
         from quant_fixtures.report.release import release_lines
 
         gates = settings_of(config).gates
-        lines = release_lines(verdict, gates.undecided)
+        lines = release_lines(verdict, gates.undecided if gates.mode == "enforce" else None)
+        if gates.mode == "report":
+            lines[0] += "; --gate-mode report: the exit code does not follow it"
         colour = {"PASS": "green", "FAIL": "red"}.get(verdict.verdict, "yellow")
         terminalreporter.write_line(lines[0], **{colour: True, "bold": True})
         for line in lines[1:]:
