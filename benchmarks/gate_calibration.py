@@ -124,6 +124,9 @@ def suite_toml(base: Path, made: dict[str, Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+MEASURED_HERE: list[str] = []  # the variants whose pool this invocation measured (the others: read back)
+
+
 def measure_pool(made: dict[str, Path], base: Path, work: Path) -> dict[str, dict]:
     """Each variant's evaluation document over the pool budget, measured by the suite (a subprocess);
     a variant an earlier run into the same --work directory measured is read back, not measured again
@@ -131,6 +134,7 @@ def measure_pool(made: dict[str, Path], base: Path, work: Path) -> dict[str, dic
     results = work / "results"
     path = {name: results / f"{name}_quantized_smollm2_evaluation.json" for name in made}
     missing = [name for name in made if not path[name].exists()]
+    MEASURED_HERE.extend(missing)
     if missing:
         (work / "suite.toml").write_text(suite_toml(base, made))
         command = [
@@ -290,6 +294,7 @@ def main() -> int:
             scenarios[key] = {"truth_over_limit": ratio, **scenario([pool], limits, args.runs, 10 + i)}
     record["scenarios"] = scenarios
     record["seconds"] = round(time.time() - started, 1)
+    record["pools_measured_by_this_run"] = MEASURED_HERE  # the others were read back from --work
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: v.get("joint_fail") for k, v in scenarios.items()}, indent=1))  # type: ignore[union-attr]
     return 0
