@@ -194,7 +194,7 @@ METRICS: dict[str, MetricSpec] = {
             "KL growth",
             "+.4f",
             unit="nats per doubling",
-            tolerance={"abs": 1e-4},
+            tolerance={"abs": 5e-5},  # CI's int8 grows -0.0010 per doubling: a 10 % change must fail
             in_table=False,
             gate=OPTIONAL,
             description="least-squares slope of the position buckets' mean KL against log2 of their mean context: "

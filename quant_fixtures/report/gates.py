@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from quant_fixtures.metrics.decision import ALPHA, GateOutcome
+from quant_fixtures.metrics.decision import ALPHA, Decision, GateOutcome
 from quant_fixtures.metrics.gate_evidence import EVIDENCE, decide_gate
 from quant_fixtures.metrics.registry import GATEABLE
 
@@ -90,28 +90,10 @@ def evaluate_gates(
     for limit_name, limit in sorted(limits.items()):
         spec = GATEABLE[limit_name]
         evidence = EVIDENCE[spec.name](document)
-        if evidence is None:
-            results.append(
-                GateResult(
-                    spec.name,
-                    None,
-                    limit,
-                    spec.op,
-                    FAIL,
-                    None,
-                    None,
-                    0.0,
-                    alpha,
-                    alpha_beyond,
-                    None,
-                    None,
-                    None,
-                    True,
-                    "missing: the metric was not measured",
-                )  # fmt: skip
-            )
-            continue
-        d = decide_gate(evidence, limit, spec.better, alpha, alpha_beyond)
+        if evidence is None:  # not measured: FAIL, with nothing sampled to weigh
+            d = Decision(FAIL, None, None, None, 0.0, None, None, None, "missing: the metric was not measured")
+        else:
+            d = decide_gate(evidence, limit, spec.better, alpha, alpha_beyond)
         reported = spec.value(document)  # the number the report shows (the decision's, to the last bits)
         results.append(
             GateResult(
@@ -128,7 +110,7 @@ def evaluate_gates(
                 units=d.units,
                 unit=d.unit,
                 more_units=d.more_units,
-                exact=not spec.sampled,
+                exact=not spec.sampled or evidence is None,
                 method=d.method,
             )
         )

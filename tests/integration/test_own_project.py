@@ -30,6 +30,9 @@ VARIANTS = ("fp16", "int8", "nf4")
 # optional flip-rate gate of its config), 2 footprint checks, 1 int8-only check, 1 across variants.
 EXPECTED_TESTS = 3 + 7 + 2 + 1 + 1
 MEMORY_GATES = [f"test_my_model.py::test_within_limit[tiny-llama-{v}-memory_reduction_pct]" for v in ("int8", "nf4")]
+# The flip-rate gate over this budget's 8 prompts: no flip in 8 cannot show a rate below 0.25 (the
+# exact bound needs 11), so it is UNDECIDED, an xfail in report mode.
+UNDECIDED_GATE = "test_my_model.py::test_within_limit[tiny-llama-nf4-flip_rate]"
 
 
 def test_the_example_runs_in_a_project_outside_the_repository(tiny_models, tmp_path):
@@ -67,8 +70,8 @@ def test_the_example_runs_in_a_project_outside_the_repository(tiny_models, tmp_p
     )
     out = result.stdout
     assert result.returncode == 0, out[-4000:] + result.stderr[-2000:]
-    assert re.search(rf"\b{EXPECTED_TESTS - 2} passed, 2 xfailed\b", out), out[-3000:]
-    assert sorted(re.findall(r"^XFAIL (\S+)", out, re.M)) == MEMORY_GATES, out[-3000:]
+    assert re.search(rf"\b{EXPECTED_TESTS - 3} passed, 3 xfailed\b", out), out[-3000:]
+    assert sorted(re.findall(r"^XFAIL (\S+)", out, re.M)) == sorted([*MEMORY_GATES, UNDECIDED_GATE]), out[-3000:]
     # The key, before the run and in the summary; the configured model of the example was not run.
     assert (
         f"quant-fixtures: --model {model}: model 'tiny-llama' from {model}; default variants fp16,int8,nf4, "
