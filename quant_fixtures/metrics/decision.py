@@ -17,8 +17,6 @@ from typing import TypeAlias
 
 import numpy as np
 
-from quant_fixtures.metrics.stats import Statistic, _resample_index_chunks
-
 ALPHA = 0.05
 _NORMAL = NormalDist()
 _TINY = 1e-300
@@ -28,7 +26,7 @@ Num = float | None
 Data = Sequence[float] | np.ndarray
 Who = tuple[int | None, str | None, str]  # units, unit, method
 Side = tuple[float, bool, float, float]  # limit, lower is better, alpha, alpha_beyond
-Evidence: TypeAlias = "MeanEvidence | BinomialEvidence | BootstrapEvidence | ExactEvidence"
+Evidence: TypeAlias = "MeanEvidence | BinomialEvidence | ExactEvidence"
 
 
 def regularized_incomplete_beta(x: float, a: float, b: float, y: float | None = None) -> float:
@@ -191,28 +189,6 @@ class BinomialEvidence:
     unit: str
 
 
-@dataclass(frozen=True, eq=False)
-class BootstrapEvidence:
-    """A statistic with no closed form (e.g. a percentile): its ``estimate`` and bootstrap ``replicates``."""
-
-    estimate: float
-    replicates: np.ndarray
-    units: int
-    unit: str
-
-
-def bootstrap_evidence(
-    values: Data, statistic: Statistic, unit: str, n_resamples: int = 10000, seed: int = 0
-) -> BootstrapEvidence:
-    """``statistic(values)`` (reducing ``axis=-1`` like np.mean) and its replicates on units resampled with replacement
-    (``np.random.default_rng(seed).integers``)."""
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    if arr.size == 0 or n_resamples < 1:
-        raise ValueError(f"bootstrap needs values and n_resamples >= 1, got {arr.size} values, {n_resamples}")
-    reps = [np.asarray(statistic(arr[i], axis=-1)) for i in _resample_index_chunks(arr.size, n_resamples, seed)]
-    return BootstrapEvidence(float(statistic(arr, axis=-1)), np.concatenate(reps).astype(np.float64), arr.size, unit)
-
-
 @dataclass(frozen=True)
 class ExactEvidence:
     """A deterministic number (a memory footprint): no sampling error."""
@@ -288,9 +264,8 @@ def decide(
     """PASS, FAIL or UNDECIDED (module docstring); for ``better="lower"``, mirrored for "higher"; non-finite: UNDECIDED.
     Mean: l = from_value(limit), T = (estimate - l) / se, p_within = F_t(T; df), p_beyond = F_t(-T; df), bounds
     to_value(estimate -+ t_{1-a}(df) se); se = 0: exact; under 2 units: none. Binomial: p_within = P(X <= x | limit),
-    p_beyond = P(X >= x | limit), Clopper-Pearson bounds. Bootstrap: p_within = mean(replicates >= limit), p_beyond =
-    mean(replicates <= limit), bounds their 1 - alpha and alpha_beyond quantiles. ``more_units`` (UNDECIDED): fewest
-    units to add that decide at the estimate and per-unit spread measured (t; exact binomial; bootstrap: normal)."""
+    p_beyond = P(X >= x | limit), Clopper-Pearson bounds. ``more_units`` (UNDECIDED): fewest units to add that
+    decide at the estimate and per-unit spread measured (t; exact binomial)."""
     for name, level in (("alpha", alpha), ("alpha_beyond", alpha_beyond)):
         if not 0.0 < level <= 0.5:
             raise ValueError(f"{name} must lie in (0, 0.5], got {level}")
@@ -315,18 +290,6 @@ def decide(
         who: Who = (n, unit, f"exact binomial (Clopper-Pearson) bounds and p-values over {n} {unit}: {sides}")
         more = lambda: None if x / n == limit else _search(n, decides, 10**7)  # noqa: E731
         return _finish((x / n, cp[0](x, n, alpha), cp[1](x, n, alpha_beyond), *ps), side, True, who, more)
-    if isinstance(evidence, BootstrapEvidence):
-        est, units, unit = evidence.estimate, evidence.units, evidence.unit
-        reps = np.asarray(evidence.replicates, dtype=np.float64).reshape(-1)
-        if units < 2 or not (math.isfinite(est) and reps.size and np.all(np.isfinite(reps))):
-            why = f"at least 2 units are needed, got {units}" if units < 2 else "a value is not finite"
-            return Decision("UNDECIDED", est, None, None, None, units, unit, None, f"{why}: no verdict")
-        ps = (float(np.mean(reps >= limit)), float(np.mean(reps <= limit)))[:: 1 if lower else -1]
-        qs = np.quantile(reps, [1 - alpha, alpha_beyond] if lower else [alpha, 1 - alpha_beyond], method="linear")
-        spread = float(np.std(reps)) * math.sqrt(units)
-        who = (units, unit, f"percentile bootstrap over {units} {unit} ({reps.size} resamples): {sides}")
-        more = lambda: _more(units, sign * (limit - est), spread, lambda p, m: _NORMAL.inv_cdf(p), side)  # noqa: E731
-        return _finish((est, float(qs[0]), float(qs[1]), *ps), side, False, who, more)
     est, se, units, unit, to = evidence.estimate, evidence.se, evidence.units, evidence.unit, evidence.to_value
     if units < 2 or not (math.isfinite(est) and math.isfinite(se)):
         why = f"at least 2 units are needed, got {units}" if units < 2 and math.isfinite(est) else "not finite"

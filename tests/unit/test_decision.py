@@ -3,7 +3,6 @@ cases, interval coverage by simulation, verdict boundaries, more_units and the j
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -14,13 +13,11 @@ from scipy import special, stats
 
 from quant_fixtures.metrics.decision import (
     BinomialEvidence,
-    BootstrapEvidence,
     ExactEvidence,
     GateOutcome,
     MeanEvidence,
     binom_cdf,
     binom_sf,
-    bootstrap_evidence,
     clopper_pearson_lower,
     clopper_pearson_upper,
     decide,
@@ -172,7 +169,7 @@ def test_mean_decision_by_hand() -> None:
 # -- 3. coverage by simulation: two-sided 95 % from the two one-sided 97.5 % bounds ---------------------------------
 
 
-def _covers(evidence: MeanEvidence | BootstrapEvidence | BinomialEvidence, truth: float) -> bool:
+def _covers(evidence: MeanEvidence | BinomialEvidence, truth: float) -> bool:
     d = decide(evidence, truth, "lower", alpha=0.025, alpha_beyond=0.025)
     assert d.interval is not None and (d.verdict == "UNDECIDED") == (d.interval[0] <= truth < d.interval[1])
     return d.interval[0] <= truth <= d.interval[1]
@@ -192,45 +189,12 @@ def test_coverage_of_the_mean() -> None:
     assert 0.93 <= coverage <= 0.97
 
 
-def test_coverage_of_the_percentile_bootstrap() -> None:
-    """The 90th percentile of 96 gamma(1.5) values, 1000 resamples each. The percentile bootstrap of a quantile
-    under-covers at this size: 0.931 over 8,000 samples (0.931 to 0.937 for gamma(1.5), gamma(4), normal, uniform
-    and exponential data), so the lower limit here is 0.91, not 0.93. It is also lopsided: over 6,000 samples the
-    truth lies above the 97.5 % upper bound 5.6 to 5.9 % of the time and below the lower one 0.7 to 1.3 %; above the
-    one-sided 95 % upper bound (a lower-is-better PASS) about 10 %, twice the nominal 5 %."""
-    rng = np.random.default_rng(3)
-    data, truth, n = np.sort(rng.gamma(1.5, size=(2000, 96)), axis=-1), float(stats.gamma.ppf(0.9, 1.5)), 96
-    covered = []
-    for block in np.split(data, 20):
-        # np.percentile(resample, 90) is the mean of its order statistics 85 and 86 (position 0.9 * 95): with the
-        # values sorted, those are the values at the order statistics 85 and 86 of the resampled indices.
-        idx = np.partition(rng.integers(0, n, size=(len(block), 1000, n), dtype=np.int16), [85, 86], axis=-1)
-        reps = 0.5 * (np.take_along_axis(block, idx[..., 85], -1) + np.take_along_axis(block, idx[..., 86], -1))
-        estimates = np.percentile(block, 90, axis=-1)
-        covered += [_covers(BootstrapEvidence(float(e), r, n, "prompts"), truth) for e, r in zip(estimates, reps)]
-    assert 0.91 <= np.mean(covered) <= 0.97
-
-
 def test_coverage_of_clopper_pearson() -> None:
     n, p = 100, 0.3
     covers = np.array([_covers(BinomialEvidence(x, n, "probes"), p) for x in range(n + 1)])
     exact = float(np.sum(stats.binom.pmf(np.arange(n + 1), n, p)[covers]))
     simulated = float(np.mean(covers[np.random.default_rng(4).binomial(n, p, size=2000)]))
     assert 0.95 <= exact <= 0.99 and 0.95 <= simulated <= 0.99
-
-
-def test_bootstrap_evidence_resamples_units_with_the_seeded_generator() -> None:
-    values = np.random.default_rng(5).normal(size=50)
-    ev = bootstrap_evidence(values, np.mean, "prompts", n_resamples=300, seed=7)
-    idx = np.random.default_rng(7).integers(0, 50, size=(300, 50))
-    np.testing.assert_array_equal(ev.replicates, values[idx].mean(axis=-1))
-    assert ev.estimate == values.mean() and ev.units == 50
-    p99 = bootstrap_evidence(values, lambda v, axis=-1: np.percentile(v, 99, axis=axis), "prompts", 200)
-    partial = bootstrap_evidence(values, functools.partial(np.percentile, q=99), "prompts", 200)
-    np.testing.assert_array_equal(p99.replicates, partial.replicates)
-    assert p99.estimate == np.percentile(values, 99) and p99.replicates.shape == (200,)
-    d = decide(p99, 10.0, "lower")
-    assert d.verdict == "PASS" and d.method.startswith("percentile bootstrap over 50 prompts (200 resamples)")
 
 
 # -- 4. verdict boundaries ----------------------------------------------------------------------------------------
@@ -298,14 +262,6 @@ def test_binomial_duality_of_bounds_and_p_values() -> None:
         assert (d.verdict == "FAIL") == (binom_sf(x, 29, limit) <= 0.01)
 
 
-def test_bootstrap_interval_agrees_with_the_p_value_verdict() -> None:
-    ev = BootstrapEvidence(50.0, np.arange(1.0, 101.0), 40, "prompts")  # 95 % quantile: 95.05
-    d = decide(ev, 95.02, "lower")  # 5 of 100 replicates >= 95.02: p_within = 0.05
-    assert d.verdict == "PASS" and d.p_within == 0.05 and d.interval is not None and d.interval[1] == 95.02
-    assert decide(ev, 95.0, "lower").verdict == "UNDECIDED"
-    assert decide(ev, 5.0, "lower").verdict == "FAIL" and decide(ev, 96.0, "higher").verdict == "FAIL"
-
-
 def test_exact_evidence() -> None:
     for better in ("lower", "higher"):
         d = decide(ExactEvidence(3.0), 3.0, better)
@@ -326,7 +282,6 @@ def test_no_verdict_without_two_units_or_a_finite_estimate() -> None:
         MeanEvidence(math.inf, 0.1, 10, "prompts"),
         MeanEvidence(0.1, math.nan, 10, "prompts"),
         ExactEvidence(math.nan),
-        BootstrapEvidence(1.0, np.array([1.0, math.nan]), 10, "prompts"),
     ):
         for better in ("lower", "higher"):
             d = decide(ev, 1.0, better)
@@ -376,14 +331,6 @@ def test_more_units_decide_the_mean_and_one_fewer_does_not(estimate: float, bett
 
     assert at(n + d.more_units) != "UNDECIDED" and at(n + d.more_units - 1) == "UNDECIDED"
     assert decide(MeanEvidence(limit, se, n, "prompts"), limit, better).more_units is None
-
-
-def test_more_units_for_the_bootstrap_uses_the_normal_approximation() -> None:
-    reps = np.random.default_rng(6).normal(0.9, 0.08, size=4000)
-    d = decide(BootstrapEvidence(0.9, reps, 30, "prompts"), 1.0, "lower")
-    assert d.verdict == "UNDECIDED"
-    spread = float(np.std(reps)) * math.sqrt(30)
-    assert d.more_units == math.ceil((stats.norm.ppf(0.95) * spread / 0.1) ** 2) - 30
 
 
 # -- 6. the joint rule --------------------------------------------------------------------------------------------
