@@ -8,7 +8,10 @@ PYTEST_ARGS select the snapshot's settings exactly as the snapshot run gives the
 with its own empty cache and baselines (as another machine would: FP16 references are recomputed
 there too): the arguments as given; other batch sizes; and on the CPU, one thread. (CPU kernels
 are pinned to AVX2 on every x86-64 CPU, cpu_kernels.py, so the instruction set is not a source of
-noise; a run with QUANT_FIXTURES_CPU_KERNELS=native is another environment, named as such.)
+noise.) On the CPU one more run stands for a processor of another kind: the CPU's own kernels
+(QUANT_FIXTURES_CPU_KERNELS=native: AVX512 where the CPU has it, and LLM.int8 through torch._int_mm
+instead of a float matmul). Its moves are recorded apart, as the spread across kinds, which a
+snapshot comparison on a machine of a kind with no snapshot of its own allows (README, CI).
 The record (report/reproduction.py) goes to OUT/<model>[<settings>].json, one per model; the next
 `pytest --snapshot-update` with the same settings stores it in the snapshot, whose comparison then
 allows twice the measured spread (never less than [snapshot_tolerances]).
@@ -26,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from quant_fixtures import cpu_kernels  # noqa: E402
 from quant_fixtures.report.reproduction import documents_of, measure, write_record  # noqa: E402
 
 BATCH_OPTIONS = ("--batch-size", "--gen-batch-size")
@@ -45,12 +49,16 @@ def without_options(args: list[str], names: tuple[str, ...]) -> list[str]:
     return kept
 
 
+OTHER_KIND = "native-kernels"  # the run that stands for another kind of processor
+
+
 def configurations(args: list[str], cuda: bool) -> dict[str, tuple[list[str], dict[str, str]]]:
     """label -> (pytest arguments, environment additions)."""
     other_batches = [*without_options(args, BATCH_OPTIONS), "--batch-size=2", "--gen-batch-size=12"]
     runs = {"as-given": (args, {}), "other-batches": (other_batches, {})}
     if not cuda:
         runs["one-thread"] = (args, {"OMP_NUM_THREADS": "1"})
+        runs[OTHER_KIND] = (args, {cpu_kernels.MODE_ENV: "native"})
     return runs
 
 
@@ -99,6 +107,10 @@ def run_one(label: str, args: list[str], env_extra: dict[str, str], work: Path) 
         *args,
     ]
     env = {**os.environ, **env_extra}
+    if env_extra.get(cpu_kernels.MODE_ENV) == "native":  # this process pinned them (collecting): unpin
+        for name, value in cpu_kernels.AVX2_SWITCHES.items():
+            if env.get(name) == value:
+                del env[name]
     print(
         f"snapshot-noise: {label}: {' '.join(f'{k}={v}' for k, v in env_extra.items())} {' '.join(command[3:])}",
         flush=True,
@@ -136,11 +148,14 @@ def main() -> int:
             label: " ".join([*(f"{k}={v}" for k, v in env.items()), *run_args])
             for label, (run_args, env) in configurations(args.pytest_args, cuda).items()
         }
-        record = measure(model, runs, tag, descriptions)
+        record = measure(model, runs, tag, descriptions, other_kinds={OTHER_KIND} & set(runs))
         path = write_record(args.out, record)
         print(f"snapshot-noise: {model}: wrote {path}")
         for variant, spread in record["spread"].items():
             print(f"  {variant:10s} " + "  ".join(f"{m} {v:.3g}" for m, v in spread.items()))
+        across = record.get("across_kinds")
+        for variant, spread in (across["spread"] if across else {}).items():
+            print(f"  {variant:10s} across kinds: " + "  ".join(f"{m} {v:.3g}" for m, v in spread.items()))
     return 0
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.registry import SNAPSHOT_METRICS
 from quant_fixtures.report.schema import EvaluationDocument, read_document
-from quant_fixtures.report.snapshot import MARGIN, harm_summary
+from quant_fixtures.report.snapshot import MARGIN, HarmSummary, harm_summary
 from quant_fixtures.store.atomic import write_json_atomic
 
 
@@ -43,14 +43,26 @@ class ReproductionRun(TypedDict):
     settings: str
 
 
+Spreads = dict[str, dict[str, float]]  # variant key -> metric -> largest minus smallest value
+
+
+class AcrossKinds(TypedDict):
+    """The spread over every run, those standing for other kinds of processor included."""
+
+    runs: list[str]  # the labels of the runs that stand for another kind
+    spread: Spreads
+    how: str
+
+
 class ReproductionRecord(TypedDict):
     model: str
     settings_tag: str
     margin: float
     runs: list[ReproductionRun]
-    spread: dict[str, dict[str, float]]  # variant key -> metric -> largest minus smallest value
+    spread: Spreads  # over the runs on this kind of processor
     prompt_kl_paired_relative_difference: dict[str, PairedDifferences | None]
     how: str
+    across_kinds: NotRequired[AcrossKinds]
 
 
 def documents_of(directory: Path, model: str) -> dict[str, EvaluationDocument]:
@@ -89,14 +101,31 @@ def _paired_prompt_differences(runs: list[EvaluationDocument]) -> PairedDifferen
     }
 
 
+def _spreads(summaries: list[HarmSummary]) -> Spreads:
+    """Per variant and snapshot metric, largest minus smallest value over the summaries (a metric
+    that is not a finite number in every one has none)."""
+    spread: Spreads = {}
+    for variant_key in summaries[0]["variants"]:
+        spread[variant_key] = {}
+        for metric in SNAPSHOT_METRICS:
+            values = [s["variants"][variant_key][metric] for s in summaries]
+            finite = [x for x in values if isinstance(x, (int, float)) and math.isfinite(x)]
+            if len(finite) == len(values):
+                spread[variant_key][metric] = max(finite) - min(finite)
+    return spread
+
+
 def measure(
     model: str,
     runs: dict[str, dict[str, EvaluationDocument]],
     settings_tag: str,
     descriptions: dict[str, str] | None = None,
+    other_kinds: set[str] | frozenset[str] = frozenset(),
 ) -> ReproductionRecord:
     """The reproduction record of ``runs`` (label -> that run's documents by variant): every run
-    must hold the same variants measured with the same settings, on the same text and prompts."""
+    must hold the same variants measured with the same settings, on the same text and prompts.
+    The runs labelled in ``other_kinds`` stand for processors of another kind: they count in the
+    spread across kinds only."""
     from quant_fixtures.environment import describe
 
     descriptions = descriptions or {}
@@ -110,17 +139,18 @@ def measure(
                 f"{model}: run {label!r} was measured with other settings or variants than "
                 f"{first_label!r}: {summary['settings']} vs {first['settings']}"
             )
-    spread: dict[str, dict[str, float]] = {}
-    prompts: dict[str, PairedDifferences | None] = {}
-    for variant_key in first["variants"]:
-        spread[variant_key] = {}
-        for metric in SNAPSHOT_METRICS:
-            values = [s["variants"][variant_key][metric] for s in summaries.values()]
-            finite = [x for x in values if isinstance(x, (int, float)) and math.isfinite(x)]
-            if len(finite) == len(values):
-                spread[variant_key][metric] = max(finite) - min(finite)
-        prompts[variant_key] = _paired_prompt_differences([docs[variant_key] for docs in runs.values()])
-    return {
+    same_kind = [s for label, s in summaries.items() if label not in other_kinds]
+    if len(same_kind) < 2:
+        raise ReproductionError(f"{model}: a reproduction measurement needs two runs on one kind of processor")
+    if not other_kinds <= summaries.keys():
+        raise ReproductionError(f"{model}: no run labelled {sorted(other_kinds - summaries.keys())}")
+    prompts = {
+        variant_key: _paired_prompt_differences(
+            [docs[variant_key] for label, docs in runs.items() if label not in other_kinds]
+        )
+        for variant_key in first["variants"]
+    }
+    record: ReproductionRecord = {
         "model": model,
         "settings_tag": settings_tag,
         "margin": MARGIN,
@@ -132,11 +162,19 @@ def measure(
             }
             for label, docs in runs.items()
         ],
-        "spread": spread,
+        "spread": _spreads(same_kind),
         "prompt_kl_paired_relative_difference": prompts,
-        "how": "spread = largest minus smallest value of each metric over the runs (same text, prompts and FP16 "
-        "responses); prompt KL differences are paired per prompt against the first run",
+        "how": "spread = largest minus smallest value of each metric over the runs on this kind of processor "
+        "(same text, prompts and FP16 responses); prompt KL differences are paired per prompt against the first run",
     }
+    if other_kinds:
+        record["across_kinds"] = {
+            "runs": [label for label in runs if label in other_kinds],
+            "spread": _spreads(list(summaries.values())),
+            "how": "largest minus smallest value over every run, those standing for another kind of processor "
+            "included: what a comparison with a snapshot made on another kind allows (MARGIN times it)",
+        }
+    return record
 
 
 def record_path(directory: Path, model: str, settings_tag: str) -> Path:
