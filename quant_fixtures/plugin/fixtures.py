@@ -15,9 +15,8 @@ from quant_fixtures.plugin.state import session_of
 from quant_fixtures.report.schema import EvaluationDocument
 
 if TYPE_CHECKING:
-    from syrupy.assertion import SnapshotAssertion
-
     from quant_fixtures.models.loading import LoadedModel
+    from quant_fixtures.plugin.snapshot_extension import HarmSnapshot
     from quant_fixtures.session.orchestrator import EvaluationSession
 
 
@@ -98,15 +97,16 @@ def bench_model(
 
 
 @pytest.fixture
-def harm_snapshot(quant_session: EvaluationSession, request: pytest.FixtureRequest) -> SnapshotAssertion:
-    """A syrupy snapshot assertion with per-metric tolerances, named after the run's settings.
+def harm_snapshot(quant_session: EvaluationSession, request: pytest.FixtureRequest) -> HarmSnapshot:
+    """The harm snapshots of this test and run settings, one per hardware kind, with per-metric
+    tolerances (plugin/snapshot_extension.py; plugin/assertions.assert_harm_snapshot compares).
 
     Built here rather than from syrupy's ``snapshot`` fixture: that one registers the default
     (amber) extension, whose discovery walks all of __snapshots__/ and reports every other
     settings' JSON snapshot as an unknown collection, so ``--snapshot-update`` would delete it.
-    This extension claims only the file of this run's own settings (plugin/snapshot_extension.py).
+    This extension claims only the file it compares with.
     """
-    from quant_fixtures.plugin.snapshot_extension import tolerant_snapshot
+    from quant_fixtures.plugin.snapshot_extension import HarmSnapshot
     from quant_fixtures.report.snapshot import settings_tag
 
-    return tolerant_snapshot(request, quant_session.suite.snapshot_tolerances, settings_tag(quant_session.settings))
+    return HarmSnapshot(request, quant_session.suite.snapshot_tolerances, settings_tag(quant_session.settings))

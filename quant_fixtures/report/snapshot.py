@@ -10,6 +10,12 @@ well the prompts estimate the model's harm, not whether a re-measurement differs
 changed only when an exact binomial test says the two counts differ (p < 0.05). The environment
 each snapshot was made in is stored beside it and named when a comparison fails, so drift of the
 environment can be told from harm of the model. `pytest --snapshot-update` accepts a new snapshot.
+
+Snapshots are kept per kind of hardware (:func:`hardware_kind`: the CPU's vendor, instruction
+set and kernels, or the GPU): LLM.int8's numbers move with the last bits of other processors'
+float kernels, so a run compares with the snapshot of its own kind. Where its kind has none, it
+compares with the snapshots of the same settings made on other kinds, allowing MARGIN times the
+spread measured across kinds (the reproduction record's ``across_kinds``): looser, never off.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ class SnapshotSettings(TypedDict):
     prompts: str | None
 
 
-AllowedMove = TypedDict("AllowedMove", {"allowed": float, "from": str})
+# "across_kinds": the move allowed against a snapshot made on another kind of processor.
+AllowedMove = TypedDict("AllowedMove", {"allowed": float, "from": str, "across_kinds": NotRequired[float]})
 
 
 class HarmSummary(TypedDict):
@@ -93,6 +100,7 @@ def harm_summary(
     cpu = env.get("cpu")
     if env["device_type"] == "cpu" and isinstance(cpu, dict):  # LLM.int8 on the CPU moves with the thread count too
         environment["cpu_threads"] = cpu["threads"]  # (README)
+        environment["cpu_vendor"] = cpu_vendor(str(cpu.get("model", "")))
     if floors is None:
         return {"settings": settings, "variants": variants, REPRODUCTION: reproduction, ENVIRONMENT: environment}
     return {
@@ -104,23 +112,38 @@ def harm_summary(
     }
 
 
-def allowed_move(metric: str, old: float, floors: Tolerances, spread: float | None) -> tuple[float, str]:
+def allowed_move(
+    metric: str, old: float, floors: Tolerances, spread: float | None, across_kinds: bool = False
+) -> tuple[float, str]:
     """How far ``metric`` may move from its snapshot value ``old``, and why: the configured floor
-    (abs, or rel of the old value) or MARGIN x the recorded reproduction spread, whichever is larger."""
+    (abs, or rel of the old value) or MARGIN x the recorded spread (the reproduction spread, or
+    with ``across_kinds`` the spread measured across kinds of processor), whichever is larger."""
     tol = floors.get(metric, {})
     floor = max(tol.get("abs", 0.0), tol.get("rel", 0.0) * abs(old))
     noise = MARGIN * spread if spread is not None else 0.0
     if noise > floor:
-        return noise, f"{MARGIN:g} x the reproduction spread {spread:.3g}"
+        what = "spread measured across kinds of processor" if across_kinds else "reproduction spread"
+        return noise, f"{MARGIN:g} x the {what} {spread:.3g}"
     return floor, "the configured tolerance"
 
 
-def _spread(reproduction: object, variant_key: str, metric: str) -> float | None:
-    """The recorded spread of ``metric`` of a variant in a reproduction record (report/reproduction.py)."""
+def _spread(reproduction: object, variant_key: str, metric: str, across_kinds: bool = False) -> float | None:
+    """The recorded spread of ``metric`` of a variant in a reproduction record (report/reproduction.py):
+    on one kind of processor, or with ``across_kinds`` across kinds (None where not measured)."""
     if not isinstance(reproduction, dict):
         return None
+    if across_kinds:
+        reproduction = reproduction.get("across_kinds")
+        if not isinstance(reproduction, dict):
+            return None
     value = (reproduction.get("spread") or {}).get(variant_key, {}).get(metric)
     return value if isinstance(value, (int, float)) else None
+
+
+def measured_across_kinds(snapshot: object) -> bool:
+    """Whether a stored snapshot's reproduction record carries a spread across kinds of processor."""
+    reproduction = snapshot.get(REPRODUCTION) if isinstance(snapshot, dict) else None
+    return isinstance(reproduction, dict) and isinstance(reproduction.get("across_kinds"), dict)
 
 
 def allowed_moves(
@@ -136,11 +159,14 @@ def allowed_moves(
                 continue
             allowed, source = allowed_move(metric, value, floors, _spread(reproduction, variant_key, metric))
             moves[variant_key][metric] = {"allowed": allowed, "from": source}
+            across = _spread(reproduction, variant_key, metric, across_kinds=True)
+            if across is not None:
+                moves[variant_key][metric]["across_kinds"] = allowed_move(metric, value, floors, across, True)[0]
     return moves
 
 
 def _number_difference(
-    path: str, metric: str, new: float, old: float, tolerances: Tolerances, spread: float | None
+    path: str, metric: str, new: float, old: float, tolerances: Tolerances, spread: float | None, across_kinds: bool
 ) -> str | None:
     spec = METRICS.get(metric)
     if spec is not None and spec.is_count and isinstance(new, int) and isinstance(old, int):
@@ -151,21 +177,31 @@ def _number_difference(
         return f"{path}: {new} vs snapshot {old} (exact binomial test p = {p_value:.3g} < {FLIPS_ALPHA})"
     if metric not in tolerances or not (math.isfinite(new) and math.isfinite(old)):
         return None if new == old else f"{path}: {new!r} vs snapshot {old!r} (must be equal)"
-    allowed, source = allowed_move(metric, old, tolerances, spread)
+    allowed, source = allowed_move(metric, old, tolerances, spread, across_kinds)
     if abs(new - old) <= allowed:
         return None
     return f"{path}: {new:.6g} vs snapshot {old:.6g} (moved {new - old:+.4g}, more than {allowed:.4g}, {source})"
 
 
-def snapshot_differences(new: object, old: object, tolerances: Tolerances) -> list[str]:
+def snapshot_differences(new: object, old: object, tolerances: Tolerances, across_kinds: bool = False) -> list[str]:
     """Every difference beyond tolerance, one line each (empty: the snapshot matches). The spread
-    comes from the snapshot's own reproduction record: the measurement its numbers were made with."""
+    comes from the snapshot's own reproduction record: the measurement its numbers were made with;
+    with ``across_kinds`` (``old`` was made on another kind of processor), the spread measured
+    across kinds, which the record must carry (:func:`measured_across_kinds`)."""
+    if across_kinds and not measured_across_kinds(old):
+        raise ValueError("a snapshot whose record measured no spread across kinds cannot be compared across kinds")
     reproduction = old.get(REPRODUCTION) if isinstance(old, dict) else None
-    return _differences(new, old, tolerances, "", reproduction, None)
+    return _differences(new, old, tolerances, "", reproduction, None, across_kinds)
 
 
 def _differences(
-    new: object, old: object, tolerances: Tolerances, path: str, reproduction: object, variant_key: str | None
+    new: object,
+    old: object,
+    tolerances: Tolerances,
+    path: str,
+    reproduction: object,
+    variant_key: str | None,
+    across_kinds: bool = False,
 ) -> list[str]:
     metric = path.rsplit(".", 1)[-1] if path else None
     if isinstance(new, dict) and isinstance(old, dict):
@@ -176,7 +212,13 @@ def _differences(
         for key in compared:
             inner_variant_key = key if path == "variants" else variant_key
             lines += _differences(
-                new[key], old[key], tolerances, f"{path}.{key}" if path else key, reproduction, inner_variant_key
+                new[key],
+                old[key],
+                tolerances,
+                f"{path}.{key}" if path else key,
+                reproduction,
+                inner_variant_key,
+                across_kinds,
             )
         return lines
     if isinstance(new, list) and isinstance(old, list):
@@ -185,34 +227,49 @@ def _differences(
         return [
             line
             for i, (a, b) in enumerate(zip(new, old))
-            for line in _differences(a, b, tolerances, f"{path}[{i}]", reproduction, variant_key)
+            for line in _differences(a, b, tolerances, f"{path}[{i}]", reproduction, variant_key, across_kinds)
         ]
     if isinstance(new, bool) or isinstance(old, bool):  # True == 1 in Python; not here
         return [] if type(new) is type(old) and new == old else [f"{path}: {new!r} vs snapshot {old!r}"]
     if isinstance(new, (int, float)) and isinstance(old, (int, float)):
-        spread = _spread(reproduction, variant_key, metric) if variant_key and metric else None
-        line = _number_difference(path, metric or "", new, old, tolerances, spread)
+        spread = _spread(reproduction, variant_key, metric, across_kinds) if variant_key and metric else None
+        line = _number_difference(path, metric or "", new, old, tolerances, spread, across_kinds)
         return [line] if line else []
     return [] if new == old else [f"{path}: {new!r} vs snapshot {old!r}"]
 
 
-def within_tolerance(new: object, old: object, tolerances: Tolerances) -> bool:
-    return not snapshot_differences(new, old, tolerances)
+def within_tolerance(new: object, old: object, tolerances: Tolerances, across_kinds: bool = False) -> bool:
+    return not snapshot_differences(new, old, tolerances, across_kinds)
 
 
-# What a snapshot's numbers are only comparable within: the processor's kind and instruction set
-# (and the GPU). Measured with the kernels pinned (cpu_kernels.py) at CI's settings, SmolLM2 INT8 PPL
-# was 20.5220 on an AMD EPYC (AVX512) and 20.5523 on an Intel Xeon (AVX512 + AMX), ΔPPL +1.42 % and
-# +1.57 %: LLM.int8's outlier threshold turns the last bits of other CPUs' float kernels into other
-# numbers, so no tolerance that still catches a 10 % change covers both.
-HARDWARE_KEYS = ("device_type", "cpu_isa", "gpu", "capability")
+# A snapshot's numbers are comparable at the tight tolerance within one kind of hardware only. With
+# the kernels pinned (cpu_kernels.py), SmolLM2 INT8 PPL was 20.5220 on an AMD EPYC (AVX512) and
+# 20.5523 on an Intel Xeon (AVX512 + AMX), ΔPPL +1.42 % and +1.57 %: LLM.int8's outlier threshold
+# turns the last bits of other CPUs' float kernels into other numbers.
+CPU_VENDORS = {"amd": "amd", "authenticamd": "amd", "intel": "intel", "genuineintel": "intel"}
 
 
-def hardware_differences(old: object, new: object) -> list[str]:
-    """The hardware keys in which two recorded environments differ (none when either records none)."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return []
-    return [k for k in HARDWARE_KEYS if k in old and old.get(k) != new.get(k)]
+def cpu_vendor(model_name: str) -> str:
+    """'amd', 'intel' or the model name's first word, lower case ('' when unknown)."""
+    words = re.findall(r"[a-z0-9]+", model_name.lower())
+    return next((CPU_VENDORS[w] for w in words if w in CPU_VENDORS), words[0] if words else "")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def hardware_kind(environment: object) -> str:
+    """A file-name-safe label of the hardware kind a harm summary's environment records: the GPU and
+    its compute capability, or the CPU's vendor, instruction-set features and the kernels ATen
+    dispatched (a run with the CPU's own kernels is another kind than one pinned to AVX2)."""
+    if not isinstance(environment, dict):
+        raise ValueError("the harm summary records no environment, so no hardware kind")
+    if environment.get("device_type") == "cuda":
+        return f"{_slug(str(environment.get('gpu')))}-sm{_slug(str(environment.get('capability')))}"
+    isa = "+".join(_slug(f) for f in str(environment.get("cpu_isa") or "").split(",") if f) or "baseline"
+    kernels = _slug(str(environment.get("cpu_capability") or "unknown"))
+    return f"{_slug(str(environment.get('cpu_vendor') or 'cpu'))}-{isa}-kernels-{kernels}"
 
 
 def environment_note(old: object, new: object) -> str:

@@ -142,3 +142,94 @@ def test_syrupy_keeps_its_session_where_the_plugin_reads_it(pytestconfig: pytest
     assert isinstance(syrupy_session(pytestconfig), SnapshotSession)
     with pytest.raises(RuntimeError, match=r"syrupy \S+ keeps no SnapshotSession in config\._syrupy.*pins"):
         syrupy_session(SimpleNamespace())  # type: ignore[arg-type]  # a config without syrupy's session
+
+
+# One harm snapshot per hardware kind (plugin/snapshot_extension.HarmSnapshot with
+# plugin/assertions.assert_harm_snapshot, as tests/harm/test_snapshots.py uses them). The kind comes
+# from the summary's environment, set here from VENDOR; RECORD is the reproduction record.
+KIND_FILE = """
+import json
+import os
+
+import pytest
+
+from quant_fixtures.plugin.assertions import assert_harm_snapshot
+from quant_fixtures.plugin.snapshot_extension import HarmSnapshot
+
+
+@pytest.fixture
+def harm_snapshot(request):
+    return HarmSnapshot(request, {tol!r}, "cpu-tag")
+
+
+@pytest.mark.parametrize("model", ["tiny"])
+def test_summary(model, harm_snapshot, pytestconfig):
+    summary = {{
+        "variants": {{"int8": {{"kl_mean": float(os.environ["KL"])}}}},
+        "reproduction": json.loads(os.environ["RECORD"]),
+        "environment": {{
+            "device_type": "cpu", "cpu_vendor": os.environ["VENDOR"], "cpu_isa": "avx2,avx512f", "cpu_capability": "AVX2",
+        }},
+    }}
+    assert_harm_snapshot(summary, harm_snapshot, pytestconfig)
+"""
+NO_ACROSS = {"spread": {"int8": {"kl_mean": 0.0}}}
+ACROSS = {**NO_ACROSS, "across_kinds": {"runs": ["native"], "spread": {"int8": {"kl_mean": 0.01}}}}
+AMD = "test_summary[tiny][cpu-tag@amd-avx2+avx512f-kernels-avx2].json"
+INTEL = "test_summary[tiny][cpu-tag@intel-avx2+avx512f-kernels-avx2].json"
+
+
+def _run_kind(pytester, monkeypatch, vendor: str, kl: float, record: dict, *args: str) -> pytest.RunResult:
+    import json
+
+    monkeypatch.setenv("VENDOR", vendor)
+    monkeypatch.setenv("RECORD", json.dumps(record))
+    return _run(pytester, monkeypatch, "unused", kl, *args)
+
+
+def _agrees(result: pytest.RunResult) -> bool:
+    """syrupy's summary line says what the test's outcome says."""
+    out = result.stdout.str()
+    if result.ret == 0:
+        return "1 snapshot passed" in out and "failed" not in out
+    return "snapshot failed" in out or "snapshots failed" in out or "no snapshot" in out
+
+
+def test_each_hardware_kind_has_its_own_snapshot_and_other_kinds_compare_across_kinds(
+    pytester: pytest.Pytester, monkeypatch
+) -> None:
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_snap=KIND_FILE.format(tol=TOL))
+    missing = _run_kind(pytester, monkeypatch, "amd", 0.1, NO_ACROSS)
+    assert missing.ret == pytest.ExitCode.TESTS_FAILED and "on any hardware kind" in missing.stdout.str()
+    assert _run_kind(pytester, monkeypatch, "amd", 0.1, NO_ACROSS, "--snapshot-update").ret == 0
+    assert _snapshots(pytester) == [AMD]
+    same = _run_kind(pytester, monkeypatch, "amd", 0.1004, NO_ACROSS)
+    assert same.ret == 0 and _agrees(same), same.stdout.str()
+    # Another kind, and the record measured nothing across kinds: a failure that says so, not a skip.
+    unmeasured = _run_kind(pytester, monkeypatch, "intel", 0.1, NO_ACROSS)
+    assert unmeasured.ret == pytest.ExitCode.TESTS_FAILED
+    assert "measured no spread across kinds" in unmeasured.stdout.str()
+    assert "skipped" not in unmeasured.stdout.str()
+    # The record re-measured across kinds: --snapshot-update stores it although the numbers match.
+    assert _run_kind(pytester, monkeypatch, "amd", 0.1, ACROSS, "--snapshot-update").ret == 0
+    assert '"across_kinds"' in (pytester.path / "__snapshots__" / "test_snap" / AMD).read_text()
+    # Another kind compares at 2 x the spread across kinds (0.02), and says which snapshot it used.
+    within = _run_kind(pytester, monkeypatch, "intel", 0.115, ACROSS)
+    assert within.ret == 0 and _agrees(within), within.stdout.str()
+    assert "compared with the one made on amd-avx2+avx512f-kernels-avx2" in within.stdout.str()
+    beyond = _run_kind(pytester, monkeypatch, "intel", 0.15, ACROSS)
+    assert beyond.ret == pytest.ExitCode.TESTS_FAILED and _agrees(beyond), beyond.stdout.str()
+    assert "tolerance measured across kinds" in beyond.stdout.str()
+    # The same 15 % move on the snapshot's own kind fails; 0.115 does too (tight tolerance 0.002).
+    assert _run_kind(pytester, monkeypatch, "amd", 0.115, ACROSS).ret == pytest.ExitCode.TESTS_FAILED
+    # Recording the other kind adds its file and leaves the first as it was.
+    before = (pytester.path / "__snapshots__" / "test_snap" / AMD).read_text()
+    assert _run_kind(pytester, monkeypatch, "intel", 0.115, ACROSS, "--snapshot-update").ret == 0
+    assert _snapshots(pytester) == [AMD, INTEL]
+    assert (pytester.path / "__snapshots__" / "test_snap" / AMD).read_text() == before
+    assert _run_kind(pytester, monkeypatch, "intel", 0.115, ACROSS).ret == 0
+    # A third kind compares with both: within 0.02 of 0.1 and of 0.115 passes, beyond either fails.
+    third = _run_kind(pytester, monkeypatch, "zhaoxin", 0.11, ACROSS)
+    assert third.ret == 0 and "2 snapshots passed" in third.stdout.str(), third.stdout.str()
+    assert _run_kind(pytester, monkeypatch, "zhaoxin", 0.125, ACROSS).ret == pytest.ExitCode.TESTS_FAILED
