@@ -29,6 +29,7 @@ CONFIG_KEY = pytest.StashKey[SuiteConfig]()
 SETTINGS_KEY = pytest.StashKey[RunSettings]()
 PROMPTS_KEY: pytest.StashKey[list[Prompt]] = pytest.StashKey()  # the prompt suite as validated at start-up
 PAIRS_KEY: pytest.StashKey[list[tuple[str, str]]] = pytest.StashKey()  # what --models and --variants select
+NO_GPU_KEY: pytest.StashKey[str] = pytest.StashKey()  # xdist controller: why the workers ran nothing
 SHIPPED = "default"  # --suite-config default: the configuration shipped in the package
 
 

@@ -15,6 +15,7 @@ from quant_fixtures.inputs.wikitext import DEFAULT_SOURCE, SOURCES
 from quant_fixtures.metrics.decision import JointVerdict
 from quant_fixtures.plugin.cli import (
     CONFIG_KEY,
+    NO_GPU_KEY,
     SHIPPED,
     check_options,
     selected_pairs,
@@ -169,6 +170,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="what an UNDECIDED gate (its interval crosses the limit) does: fail, warn or pass ([gates] undecided)",
     )
     g.addoption(
+        "--allow-no-gpu",
+        action="store_true",
+        help="skip the selected GPU tests when no GPU is visible (without it such a run fails: it would check nothing)",
+    )
+    g.addoption(
         "--gate-mode",
         default="enforce",
         choices=GATE_MODES,
@@ -177,7 +183,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "gpu: needs CUDA; skipped (never passed) without it")
+    config.addinivalue_line(
+        "markers", "gpu: needs CUDA; without a GPU the run fails up front, or with --allow-no-gpu skips them"
+    )
     config.addinivalue_line("markers", "slow: takes minutes")
     config.addinivalue_line("markers", "xdist_group(name): tests of one (model, variant) share an xdist worker")
     config.addinivalue_line("markers", "quant_variants(*keys): run this test for these variants only")
@@ -291,16 +299,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: only what will run is checked
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
-    if gpu_items:
-        import torch
-
-        if not torch.cuda.is_available():
-            skip = pytest.mark.skip(reason="needs CUDA: no GPU visible to torch")
-            for item in gpu_items:
-                item.add_marker(skip)
     from quant_fixtures.plugin.workers import is_worker
 
+    if not handle_gpu_items_without_gpu(config, items):
+        return
     if CONFIG_KEY not in config.stash:
         return
     from quant_fixtures.plugin.state import session_of
@@ -308,7 +310,56 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     pairs = pairs_in(config, items)
     session_of(config).use_gate_pairs(pairs)  # the gates this run decides together (each worker too)
     if not is_worker(config) and not config.option.collectonly:  # (xdist: the controller checks, in xdist.py)
+        check_snapshot_files({item.path for item in items})
         preflight_models(config, {model for model, _ in pairs})
+
+
+def check_snapshot_files(test_modules: set[Path]) -> None:
+    from quant_fixtures.plugin.snapshot_extension import unreadable_snapshot
+
+    problem = unreadable_snapshot(test_modules)
+    if problem:
+        raise pytest.UsageError(problem)
+
+
+def handle_gpu_items_without_gpu(config: pytest.Config, items: list[pytest.Item]) -> bool:
+    """Selected GPU tests where torch sees no GPU: skipped with --allow-no-gpu (or outside a suite
+    project, whose `gpu` marker is not ours to enforce); otherwise the run fails up front, since
+    it would check nothing. An xdist worker cannot end the run: it deselects everything and hands
+    the reason to the controller (plugin/xdist.py). False when nothing is left to run."""
+    runnable = [i for i in items if i.get_closest_marker("gpu") and not i.get_closest_marker("skip")]
+    if not runnable or config.option.collectonly:  # listing GPU tests checks nothing either way
+        return True
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    if CONFIG_KEY not in config.stash or config.getoption("--allow-no-gpu"):
+        skip = pytest.mark.skip(reason="needs CUDA: no GPU visible to torch (--allow-no-gpu)")
+        for item in runnable:
+            item.add_marker(skip)
+        return True
+    from quant_fixtures.plugin.workers import NO_GPU_OUTPUT, hand_to_controller, is_worker
+
+    message = no_gpu_message(runnable, torch.__version__, torch.version.cuda)
+    if not is_worker(config):
+        raise pytest.UsageError(message)
+    hand_to_controller(config, NO_GPU_OUTPUT, message)
+    config.hook.pytest_deselected(items=list(items))
+    items[:] = []
+    return False
+
+
+def no_gpu_message(items: list[pytest.Item], torch_version: str, cuda: str | None) -> str:
+    """One line: how many selected tests need a GPU, which modules, and what to do."""
+    modules = sorted({i.nodeid.split("::")[0] for i in items})
+    build = "a CPU-only build" if cuda is None else f"built for CUDA {cuda}"
+    return (
+        f"{len(items)} selected test(s) need a GPU ({', '.join(modules[:3])}{', ...' if len(modules) > 3 else ''}) "
+        f"but torch {torch_version} ({build}) sees none (torch.cuda.is_available() is False): this run would "
+        "check nothing. Run it where a GPU is visible (check CUDA_VISIBLE_DEVICES and the driver), or pass "
+        "--allow-no-gpu to skip them"
+    )
 
 
 def pairs_in(config: pytest.Config, items: list[pytest.Item]) -> list[tuple[str, str]]:
@@ -347,6 +398,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     config = session.config
     if is_worker(config) or CONFIG_KEY not in config.stash:
+        return
+    no_gpu = config.stash.get(NO_GPU_KEY, None)
+    if no_gpu:  # xdist: the workers deselected everything for want of a GPU
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        config.get_terminal_writer().line(f"ERROR: {no_gpu}", red=True)
         return
     try:
         ours = collect_run_documents(results_dir(config), run_id(config))

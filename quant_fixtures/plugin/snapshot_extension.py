@@ -150,3 +150,19 @@ class HarmSnapshot:
             return [(kind, False)]
         others = self.kinds()
         return [(other, True) for other in others] if others else [(kind, False)]
+
+
+def unreadable_snapshot(test_modules: Iterable[Path]) -> str | None:
+    """One line naming the first JSON snapshot of these test modules that does not parse, or None:
+    checked before anything runs, so a damaged file costs no evaluation."""
+    for module in sorted(set(test_modules)):
+        folder = module.parent / "__snapshots__" / module.stem
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                return (
+                    f"snapshot {path}: not readable JSON ({exc}); restore it (git checkout -- '{path}') or "
+                    "delete it and record it again with --snapshot-update"
+                )
+    return None

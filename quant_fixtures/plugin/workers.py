@@ -9,6 +9,7 @@ import pytest
 
 RUN_ID_KEY = "quant_fixtures_run_id"
 PATHS_KEY = "quant_fixtures_paths"  # the controller's resolved output directories
+NO_GPU_OUTPUT = "quant_fixtures_no_gpu"  # workeroutput: why a worker ran nothing (plugin/hooks.py)
 _RUN_ID = pytest.StashKey[str]()  # the controller's (or a serial run's) run id
 
 
@@ -48,3 +49,11 @@ def device_for(config: pytest.Config) -> str:
     if not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{worker_index(config) % torch.cuda.device_count()}"
+
+
+def hand_to_controller(config: pytest.Config, key: str, value: str) -> None:
+    """Leave ``value`` for the xdist controller, which reads it from the node's ``workeroutput``
+    when the worker goes down (plugin/xdist.py)."""
+    output = getattr(config, "workeroutput", None)
+    if isinstance(output, dict):
+        output[key] = value

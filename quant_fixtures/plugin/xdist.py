@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
-from quant_fixtures.plugin.workers import PATHS_KEY, RUN_ID_KEY, run_id
+from quant_fixtures.plugin.workers import NO_GPU_OUTPUT, PATHS_KEY, RUN_ID_KEY, run_id
 
 if TYPE_CHECKING:
     from quant_fixtures.config import ModelSpec
@@ -78,6 +78,14 @@ class XdistHooks:
             config, log, pair=pair, baseline=BASELINE_VARIANT, size=size, models=frozenset(models)
         )
 
+    def pytest_testnodedown(self, node: object, error: object) -> None:
+        """A worker that deselected everything for want of a GPU says why (plugin/hooks.py)."""
+        from quant_fixtures.plugin.cli import NO_GPU_KEY
+
+        output = getattr(node, "workeroutput", None)
+        if isinstance(output, dict) and isinstance(output.get(NO_GPU_OUTPUT), str):
+            self.config.stash[NO_GPU_KEY] = output[NO_GPU_OUTPUT]
+
     def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
         """The controller's up-front model checks, once, for the models the workers collected."""
         from quant_fixtures.plugin.cli import CONFIG_KEY, selected_pairs
@@ -95,4 +103,7 @@ class XdistHooks:
             if any(f"[{m}-" in i or f"[{m}]" in i for i in ids)
             and (torch.cuda.is_available() or not suite.models[m].requires_gpu)
         }
+        from quant_fixtures.plugin.hooks import check_snapshot_files
+
+        check_snapshot_files({self.config.rootpath / i.split("::")[0] for i in ids})
         preflight_models(self.config, models)

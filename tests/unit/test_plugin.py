@@ -260,11 +260,26 @@ def test_requires_gpu_comes_from_the_config(suite_dir: pytest.Pytester) -> None:
 # -- running GPU tests without CUDA -----------------------------------------------------------------
 
 
-def test_gpu_tests_skip_without_cuda(suite_dir: pytest.Pytester) -> None:
+def test_gpu_tests_without_cuda_fail_the_run_up_front(suite_dir: pytest.Pytester) -> None:
+    """A release check whose GPU went missing must not pass having checked nothing."""
+    if torch.cuda.is_available():
+        pytest.skip("this check is for machines without CUDA")
+    result = run(suite_dir, "-m", "gpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    n_gpu = len(expected_matrix(SEED_MODELS))
+    [line] = [x for x in result.errlines if "need a GPU" in x]
+    assert f"{n_gpu} selected test(s) need a GPU" in line and "--allow-no-gpu" in line and "CPU-only" in line
+    assert "passed" not in result.stdout.str() and "skipped" not in result.stdout.str()
+    assert not (suite_dir.path / "results").exists() and not (suite_dir.path / "baselines").exists()
+    # Listing them is not a run: it still works.
+    assert run(suite_dir, "-m", "gpu", "--collect-only", "-q").ret == pytest.ExitCode.OK
+
+
+def test_gpu_tests_skip_without_cuda_when_allowed(suite_dir: pytest.Pytester) -> None:
     if torch.cuda.is_available():
         pytest.skip("this check is for machines without CUDA")
     junit = suite_dir.path / "junit.xml"
-    result = run(suite_dir, "-m", "gpu", "-rs", f"--junitxml={junit}")
+    result = run(suite_dir, "-m", "gpu", "--allow-no-gpu", "-rs", f"--junitxml={junit}")
     assert result.ret == pytest.ExitCode.OK
     n_gpu = len(expected_matrix(SEED_MODELS))
     n_cpu = len(expected_matrix(["smollm2-135m"]))
@@ -283,6 +298,32 @@ def test_gpu_tests_skip_without_cuda(suite_dir: pytest.Pytester) -> None:
     assert all("needs CUDA" in message for message in reasons.values()), reasons
     # No model was touched: no report or baseline was written.
     assert not (suite_dir.path / "results").exists() and not (suite_dir.path / "baselines").exists()
+
+
+def test_gpu_tests_without_cuda_fail_under_xdist_too(suite_dir: pytest.Pytester) -> None:
+    """xdist workers cannot end the run: they run nothing and the controller fails it, one line."""
+    if torch.cuda.is_available():
+        pytest.skip("this check is for machines without CUDA")
+    result = suite_dir.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--suite-config={SHIPPED_CONFIG}", "-m", "gpu", "-n", "2", "-k", "qwen and nf4"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    assert len([x for x in result.outlines if "need a GPU" in x]) == 1, result.stdout.str()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_snapshot_that_is_not_json_is_refused_before_anything_runs(suite_dir: pytest.Pytester, workers) -> None:
+    folder = suite_dir.path / "__snapshots__" / "test_gates_under_test"
+    folder.mkdir(parents=True)
+    broken = folder / "test_x[tiny][cpu@amd].json"
+    broken.write_text('{"variants": {"int8": ', encoding="utf-8")
+    args = ("-p", "no:cacheprovider", f"--suite-config={SHIPPED_CONFIG}", "-m", "gpu", "--allow-no-gpu", *workers)
+    result = suite_dir.runpytest_subprocess(*args) if workers else run(suite_dir, *args[3:])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    [line] = [x for x in result.errlines + result.outlines if "not readable JSON" in x]
+    assert str(broken) in line and "--snapshot-update" in line
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
 
 
 # -- up-front checks: every option and output location before anything loads ----------------------

@@ -168,7 +168,10 @@ def test_summary(model, harm_snapshot, pytestconfig):
         "variants": {{"int8": {{"kl_mean": float(os.environ["KL"])}}}},
         "reproduction": json.loads(os.environ["RECORD"]),
         "environment": {{
-            "device_type": "cpu", "cpu_vendor": os.environ["VENDOR"], "cpu_isa": "avx2,avx512f", "cpu_capability": "AVX2",
+            "device_type": "cpu",
+            "cpu_vendor": os.environ["VENDOR"],
+            "cpu_isa": "avx2,avx512f",
+            "cpu_capability": "AVX2",
         }},
     }}
     assert_harm_snapshot(summary, harm_snapshot, pytestconfig)
