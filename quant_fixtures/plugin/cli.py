@@ -126,7 +126,7 @@ def check_options(config: pytest.Config) -> None:
     from quant_fixtures.session.preflight import PreflightError, check_limits, check_output_dirs
 
     settings = settings_of(config)
-    try:  # budgets against each model's window: in preflight_models, once its config is read
+    try:  # budgets and prompt lengths against each model: in preflight_models, once its config is read
         check_limits(suite_of(config), selected_pairs(config))
         check_output_dirs(path_options(settings.paths))
     except PreflightError as exc:

@@ -76,7 +76,8 @@ def check_limits(suite: SuiteConfig, pairs: Iterable[tuple[str, str]]) -> None:
 
 def check_models(session: EvaluationSession, models: Iterable[str]) -> None:
     """What needs each model's config or stored references, before any model loads: the budgets
-    against the model's window, the top-k against the vocabulary, and with --frozen-baselines, that
+    against the model's window, the top-k against the vocabulary, every prompt against the model's
+    positions, and with --frozen-baselines, that
     every FP16 reference is stored; each selected variant of the model's own (a checkpoint, a GGUF
     file) is resolved and its tokenizer checked against the base's. A model or checkpoint that
     cannot be resolved (offline Hub) is left to its tests, which name the remedy."""
@@ -97,6 +98,8 @@ def check_models(session: EvaluationSession, models: Iterable[str]) -> None:
         vocab = getattr(model_config, "vocab_size", None)
         if not s.prompts.skip and vocab and s.prompts.top_k > vocab:
             raise PreflightError(f"--top-k {s.prompts.top_k} is larger than the vocabulary of {model} ({vocab} tokens)")
+        if not s.prompts.skip:
+            check_prompts_fit(session, model)
         if s.gates.frozen_baselines:
             refs, reason = session.references.load(model)
             if refs is None:
@@ -108,3 +111,25 @@ def check_models(session: EvaluationSession, models: Iterable[str]) -> None:
                 continue
             except (GGUFSourceError, TokenizerMismatchError) as exc:
                 raise PreflightError(str(exc)) from None
+
+
+def check_prompts_fit(session: EvaluationSession, model: str) -> None:
+    """Each selected prompt, as ``model`` reads it, plus its new tokens fits the model's positions
+    (session/prompt_fit.py); a model whose config states no maximum is not checked."""
+    from quant_fixtures.compute.generation import prompt_token_ids
+    from quant_fixtures.session.prompt_fit import longest_token_chars, too_long, too_long_message
+
+    limit = session.plans.max_length(model)
+    if limit is None:
+        return
+    q, tokenizer = session.settings.prompts, session.models.tokenizer(model)
+    found = too_long(
+        session.prompt_suite.prompts(),
+        limit,
+        q.max_new_tokens_cap,
+        lambda text: len(prompt_token_ids(tokenizer, text, q.use_chat_template)),
+        lambda: longest_token_chars(tokenizer),
+    )
+    if found:
+        templated = q.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+        raise PreflightError(too_long_message(found, model, limit, str(q.path), templated))
