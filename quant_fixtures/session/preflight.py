@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from quant_fixtures.config import SuiteConfig
+    from quant_fixtures.inputs.prompts import Prompt
     from quant_fixtures.session.orchestrator import EvaluationSession
+    from quant_fixtures.settings import PromptProtocol
 
 
 class PreflightError(ValueError):
@@ -72,6 +74,28 @@ def check_limits(suite: SuiteConfig, pairs: Iterable[tuple[str, str]]) -> None:
         message = suite.missing_limits_message(model, variant_key)
         if message:
             raise PreflightError(message)
+
+
+def check_flip_gates(
+    suite: SuiteConfig, pairs: Iterable[tuple[str, str]], prompts: list[Prompt], protocol: PromptProtocol
+) -> None:
+    """A flip-rate gate needs prompts with a checkable answer: without one it has no flip to count
+    and can never be decided. Refused here rather than run to an UNDECIDED that no budget could
+    decide, and that ``undecided = "pass"`` would let pass."""
+    from quant_fixtures.metrics.registry import METRICS
+
+    limit = METRICS["flip_rate"].limit_name
+    if protocol.skip or any(p.answer is not None for p in prompts):
+        return
+    gated = [f"{model} {key}" for model, key in pairs if limit in suite.gates_for(model, key)]
+    if not gated:
+        return
+    which = f" in categories {', '.join(protocol.categories)}" if protocol.categories else ""
+    raise PreflightError(
+        f"{limit} ({', '.join(gated)}) cannot be decided: no prompt of {protocol.path}{which} has an 'answer', "
+        "so no answer can flip; select categories that have answers (--categories), give prompts an "
+        f"'answer', or remove {limit} from those gates in {suite.path}"
+    )
 
 
 def check_models(session: EvaluationSession, models: Iterable[str]) -> None:

@@ -191,3 +191,22 @@ def test_a_one_megabyte_prompt_is_a_usage_error_not_an_allocation(project: pytes
             "+ max_new_tokens 4*"
         ]
     )
+
+
+def test_a_flip_gate_without_checkable_answers_is_a_usage_error(project: pytest.Pytester) -> None:
+    prompts = prompt_file(
+        project.path / "p.jsonl",
+        {"id": "free", "category": "writing", "prompt": words(3)},
+        {"id": "checked", "category": "qa", "prompt": words(3), "answer": "answer"},
+    )
+    common = ("--collect-only", "--models", "a_roomy", "--variants", "nf4", f"--prompts={prompts}")
+    result = run(project, *common, "--categories", "writing")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: max_flip_rate (a_roomy nf4) cannot be decided: no prompt of {prompts} in categories writing "
+            "has an 'answer', so no answer can flip; select categories that have answers (--categories)*"
+        ]
+    )
+    assert run(project, *common, "--categories", "writing,qa").ret == pytest.ExitCode.OK
+    assert run(project, *common, "--categories", "writing", "--skip-prompts").ret == pytest.ExitCode.OK
