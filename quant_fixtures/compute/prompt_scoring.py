@@ -67,7 +67,7 @@ def reference_responses(
 ) -> tuple[list[list[int]], list[list[int]]]:
     """(prompt ids, greedy FP16 responses) of the suite."""
     prompt_ids = [prompt_token_ids(tokenizer, p.prompt, key.use_chat_template) for p in prompts]
-    limits = [min(p.max_new_tokens, key.max_new_tokens_cap or p.max_new_tokens) for p in prompts]
+    limits = [p.new_tokens(key.max_new_tokens_cap) for p in prompts]
     return prompt_ids, greedy_generate(
         model, tokenizer, prompt_ids, limits, gen_batch, progress, budget=budget, log=log
     )
@@ -230,6 +230,5 @@ def generate_responses(
 ) -> list[list[int]]:
     """The variant's own greedy responses to the same prompt ids, with the FP16 length limits
     (``shift``: see generation.length_batches)."""
-    cap = reference.key.max_new_tokens_cap
-    limits = [min(p.max_new_tokens, cap or p.max_new_tokens) for p in prompts]
+    limits = [p.new_tokens(reference.key.max_new_tokens_cap) for p in prompts]
     return greedy_generate(model, tokenizer, reference.prompt_ids, limits, gen_batch, progress, shift, budget, log)

@@ -55,6 +55,11 @@ class Prompt:
     answer: str | None = None
     answer_is_regex: bool = False
 
+    def new_tokens(self, cap: int | None) -> int:
+        """The most tokens generated for this prompt: its own max_new_tokens, cut to the run's
+        ``cap`` (--max-new-tokens, or the CPU default) when there is one."""
+        return min(self.max_new_tokens, cap) if cap else self.max_new_tokens
+
     def is_correct(self, response: str) -> bool | None:
         """Whether ``response`` contains the expected answer; None if there is none.
 

@@ -281,7 +281,7 @@ def decide(
         if not (0.0 <= limit <= 1.0 and 0 <= x <= n):
             raise ValueError(f"need a rate limit in [0, 1] and 0 <= events <= trials, got {limit}, {x} of {n}")
         if n == 0:
-            return Decision("UNDECIDED", None, None, None, None, 0, unit, None, "no trials: no verdict")
+            return Decision("UNDECIDED", None, None, None, None, 0, unit, None, f"no {unit}: no verdict")
         below = x / n < limit  # the rate's side: the matching tail decides at the matching level (FAIL: strictly)
         level, tail = (alpha if below == lower else alpha_beyond), binom_cdf if below else binom_sf
         decides = lambda m: (p := tail(round(x * m / n), m, limit)) < level or (below == lower and p == level)  # noqa: E731

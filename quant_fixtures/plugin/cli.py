@@ -124,11 +124,12 @@ def check_options(config: pytest.Config) -> None:
     """Every option, limit and output location, before anything loads (exit 4, one line). The
     options are parsed, each once, into the run's settings (build_settings); what needs the
     configuration or the file system besides is checked here."""
-    from quant_fixtures.session.preflight import PreflightError, check_limits, check_output_dirs
+    from quant_fixtures.session.preflight import PreflightError, check_flip_gates, check_limits, check_output_dirs
 
     settings = settings_of(config)
-    try:  # budgets against each model's window: in preflight_models, once its config is read
+    try:  # budgets and prompt lengths against each model: in preflight_models, once its config is read
         check_limits(suite_of(config), selected_pairs(config))
+        check_flip_gates(suite_of(config), selected_pairs(config), config.stash[PROMPTS_KEY], settings.prompts)
         check_output_dirs(path_options(settings.paths))
     except PreflightError as exc:
         raise pytest.UsageError(str(exc)) from None

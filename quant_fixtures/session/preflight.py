@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from quant_fixtures.config import SuiteConfig
+    from quant_fixtures.inputs.prompts import Prompt
     from quant_fixtures.session.orchestrator import EvaluationSession
+    from quant_fixtures.settings import PromptProtocol
 
 
 class PreflightError(ValueError):
@@ -74,9 +76,32 @@ def check_limits(suite: SuiteConfig, pairs: Iterable[tuple[str, str]]) -> None:
             raise PreflightError(message)
 
 
+def check_flip_gates(
+    suite: SuiteConfig, pairs: Iterable[tuple[str, str]], prompts: list[Prompt], protocol: PromptProtocol
+) -> None:
+    """A flip-rate gate needs prompts with a checkable answer: without one it has no flip to count
+    and can never be decided. Refused here rather than run to an UNDECIDED that no budget could
+    decide, and that ``undecided = "pass"`` would let pass."""
+    from quant_fixtures.metrics.registry import METRICS
+
+    limit = METRICS["flip_rate"].limit_name
+    if protocol.skip or any(p.answer is not None for p in prompts):
+        return
+    gated = [f"{model} {key}" for model, key in pairs if limit in suite.gates_for(model, key)]
+    if not gated:
+        return
+    which = f" in categories {', '.join(protocol.categories)}" if protocol.categories else ""
+    raise PreflightError(
+        f"{limit} ({', '.join(gated)}) cannot be decided: no prompt of {protocol.path}{which} has an 'answer', "
+        "so no answer can flip; select categories that have answers (--categories), give prompts an "
+        f"'answer', or remove {limit} from those gates in {suite.path}"
+    )
+
+
 def check_models(session: EvaluationSession, models: Iterable[str]) -> None:
     """What needs each model's config or stored references, before any model loads: the budgets
-    against the model's window, the top-k against the vocabulary, and with --frozen-baselines, that
+    against the model's window, the top-k against the vocabulary, every prompt against the model's
+    positions, and with --frozen-baselines, that
     every FP16 reference is stored; each selected variant of the model's own (a checkpoint, a GGUF
     file) is resolved and its tokenizer checked against the base's. A model or checkpoint that
     cannot be resolved (offline Hub) is left to its tests, which name the remedy."""
@@ -97,6 +122,8 @@ def check_models(session: EvaluationSession, models: Iterable[str]) -> None:
         vocab = getattr(model_config, "vocab_size", None)
         if not s.prompts.skip and vocab and s.prompts.top_k > vocab:
             raise PreflightError(f"--top-k {s.prompts.top_k} is larger than the vocabulary of {model} ({vocab} tokens)")
+        if not s.prompts.skip:
+            check_prompts_fit(session, model)
         if s.gates.frozen_baselines:
             refs, reason = session.references.load(model)
             if refs is None:
@@ -108,3 +135,25 @@ def check_models(session: EvaluationSession, models: Iterable[str]) -> None:
                 continue
             except (GGUFSourceError, TokenizerMismatchError) as exc:
                 raise PreflightError(str(exc)) from None
+
+
+def check_prompts_fit(session: EvaluationSession, model: str) -> None:
+    """Each selected prompt, as ``model`` reads it, plus its new tokens fits the model's positions
+    (session/prompt_fit.py); a model whose config states no maximum is not checked."""
+    from quant_fixtures.compute.generation import prompt_token_ids
+    from quant_fixtures.session.prompt_fit import longest_token_chars, too_long, too_long_message
+
+    limit = session.plans.max_length(model)
+    if limit is None:
+        return
+    q, tokenizer = session.settings.prompts, session.models.tokenizer(model)
+    found = too_long(
+        session.prompt_suite.prompts(),
+        limit,
+        q.max_new_tokens_cap,
+        lambda text: len(prompt_token_ids(tokenizer, text, q.use_chat_template)),
+        lambda: longest_token_chars(tokenizer),
+    )
+    if found:
+        templated = q.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+        raise PreflightError(too_long_message(found, model, limit, str(q.path), templated))

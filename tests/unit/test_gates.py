@@ -191,6 +191,16 @@ def test_zero_flips_in_29_prompts_bounds_the_rate_below_a_tenth_and_28_do_not() 
     assert short.interval[1] == pytest.approx(1 - 0.05 ** (1 / 28), rel=1e-9)
 
 
+def test_no_checkable_prompt_leaves_the_flip_gate_undecided_saying_why() -> None:
+    # The plugin refuses such a run up front (session/preflight.check_flip_gates); a document
+    # decided elsewhere still must not pass, and its line says what was missing.
+    result = only({"max_flip_rate": 0.1}, flips(0, 0))
+    assert result.verdict == UNDECIDED
+    assert result.describe("m", "nf4") == (
+        "m nf4: flip_rate = missing (limit <= 0.1) UNDECIDED (no prompts with a checkable answer: no verdict)"
+    )
+
+
 def test_many_flips_fail() -> None:
     result = only({"max_flip_rate": 0.1}, flips(12, 40))
     assert result.verdict == FAIL and result.p_beyond == pytest.approx(stats.binom.sf(11, 40, 0.1), rel=1e-9)
