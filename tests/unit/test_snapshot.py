@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,8 @@ RATE_OF_COUNT = {"flip_rate": "flips", "retrieval_flip_rate": "retrieval_flips"}
 
 
 def _committed_id(path: Path) -> str:
-    return path.stem.split("[", 2)[2].rstrip("]")
+    """The settings tag of a committed snapshot file (its name ends with ``@<hardware kind>``)."""
+    return path.stem.split("[", 2)[2].rstrip("]").split("@")[0]
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
@@ -198,6 +200,46 @@ def test_a_ten_percent_change_of_any_gated_metric_fails_naming_it(path):
                 )
                 checked += 1
     assert checked >= 10
+
+
+ACROSS_KINDS_CHANGE = 0.50  # ... and one of this size on a machine of a kind with no snapshot of its own
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
+def test_a_fifty_percent_change_fails_on_a_machine_of_another_kind(path):
+    """Compared from a machine of another hardware kind (at the tolerance measured across kinds),
+    each gated and tolerated number of a quantized variant moved by 50 % either way still fails."""
+    from quant_fixtures.metrics.registry import METRICS
+    from quant_fixtures.report.snapshot import measured_across_kinds
+
+    old = json.loads(path.read_text())
+    assert measured_across_kinds(old), f"{path.name}: its record measured no spread across kinds (make snapshot-noise)"
+    tolerances = load_config().snapshot_tolerances
+    assert within_tolerance(old, old, tolerances, across_kinds=True)
+    checked = 0
+    for variant, values in old["variants"].items():
+        if not values["gates"]:
+            continue
+        for metric in tolerances:
+            if METRICS[metric].is_count or not values.get(metric):
+                continue
+            for factor in (1 + ACROSS_KINDS_CHANGE, 1 - ACROSS_KINDS_CHANGE):
+                changed = json.loads(path.read_text())
+                changed["variants"][variant][metric] = values[metric] * factor
+                lines = snapshot_differences(changed, old, tolerances, across_kinds=True)
+                assert any(line.startswith(f"variants.{variant}.{metric}:") for line in lines), (
+                    f"{variant} {metric} x{factor} passed across kinds: {old['tolerances'][variant][metric]}"
+                )
+                checked += 1
+    assert checked >= 10
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
+def test_the_committed_snapshot_is_named_after_the_hardware_kind_it_records(path):
+    from quant_fixtures.report.snapshot import hardware_kind
+
+    old = json.loads(path.read_text())
+    assert path.stem.endswith(f"@{hardware_kind(old['environment'])}]")
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
@@ -253,13 +295,49 @@ def test_settings_tag_carries_what_selects_the_content(tmp_path):
     )
 
 
-def test_snapshots_of_other_hardware_are_told_apart():
-    from quant_fixtures.report.snapshot import hardware_differences
+def test_hardware_kinds_are_told_apart():
+    from quant_fixtures.report.snapshot import cpu_vendor, hardware_kind
 
-    amd = {"device_type": "cpu", "cpu_isa": "avx2,avx512f", "cpu_threads": 2, "cpu_switches": "A=1"}
-    intel = {**amd, "cpu_isa": "amx_tile,avx2,avx512f"}
-    assert hardware_differences(amd, intel) == ["cpu_isa"]
+    amd = {
+        "device_type": "cpu",
+        "cpu_vendor": "amd",
+        "cpu_isa": "avx2,avx512f",
+        "cpu_capability": "AVX2",
+        "cpu_threads": 2,
+        "cpu_switches": "A=1",
+    }
+    assert hardware_kind(amd) == "amd-avx2+avx512f-kernels-avx2"
+    kinds = {
+        hardware_kind(env)
+        for env in (
+            amd,
+            {**amd, "cpu_vendor": "intel"},
+            {**amd, "cpu_isa": "amx_tile,avx2,avx512f"},
+            {**amd, "cpu_capability": "AVX512"},  # the CPU's own kernels: other numbers
+            {"device_type": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "capability": "9.0"},
+        )
+    }
+    assert len(kinds) == 5 and all(re.fullmatch(r"[a-z0-9.+-]+", k) for k in kinds)
     # threads and switches move numbers too, but they are this run's choices, compared as usual
-    assert hardware_differences(amd, {**amd, "cpu_threads": 16, "cpu_switches": "B=2"}) == []
-    assert hardware_differences(amd, {**amd, "device_type": "cuda"}) == ["device_type"]
-    assert hardware_differences(None, intel) == [] and hardware_differences(amd, None) == []
+    assert hardware_kind({**amd, "cpu_threads": 16, "cpu_switches": "B=2"}) == hardware_kind(amd)
+    assert cpu_vendor("AMD EPYC 9R14") == "amd" and cpu_vendor("Intel(R) Xeon(R) Platinum 8480+") == "intel"
+    with pytest.raises(ValueError, match="no environment"):
+        hardware_kind(None)
+
+
+def test_a_reproduction_measurement_keeps_the_runs_of_other_kinds_apart():
+    from golden_measurements import golden_evaluations
+
+    from quant_fixtures.report.reproduction import ReproductionError, measure
+
+    runs = {"a": golden_evaluations(1.01), "b": golden_evaluations(1.01), "native": golden_evaluations(1.03)}
+    record = measure("tiny", runs, "tag", other_kinds={"native"})
+    assert record["spread"]["int8"]["ppl"] == 0.0  # a and b: one kind
+    across = record["across_kinds"]
+    assert across["runs"] == ["native"]
+    assert across["spread"]["int8"]["ppl"] == pytest.approx(
+        runs["native"]["int8"].perplexity.ppl - runs["a"]["int8"].perplexity.ppl
+    )
+    with pytest.raises(ReproductionError, match="two runs on one kind"):
+        measure("tiny", {"a": runs["a"], "native": runs["native"]}, "tag", other_kinds={"native"})
+    assert "across_kinds" not in measure("tiny", {"a": runs["a"], "b": runs["b"]}, "tag")
