@@ -18,6 +18,7 @@ from quant_fixtures.metrics.registry import (
     TOLERANCE_ALIASES,
     limit_spec,
 )
+from quant_fixtures.names import case_clash, derive_key, hub_id_parts, key_problem
 from quant_fixtures.settings import Defaults  # the [defaults] table (importable from here too)
 from quant_fixtures.variants import VARIANTS, CheckpointSpec, Variant, checkpoint_variant  # CheckpointSpec: as Defaults
 
@@ -207,7 +208,37 @@ _MODEL_TYPES: dict[str, type] = {
 }
 
 
+def _toml_key(key: str) -> str:
+    """``key`` as written in a TOML table header: bare when it can be, else quoted (a '.' must be)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _check_key(where: str, kind: str, key: str, table_pattern: str) -> None:
+    """A model or variant key follows the key rule (names.py). ``table_pattern``: the table header
+    with ``{}`` for the key, to say what to write instead of a key copied from a Hub id."""
+    problem = key_problem(kind, key)
+    if problem is None:
+        return
+    hub_id = hub_id_parts(key)
+    hint = ""
+    if hub_id is not None:
+        table = table_pattern.format(_toml_key(derive_key(hub_id[1])))
+        hint = f"; a key is not a Hub id: write {table} with hub_id = {json.dumps(key)}"
+    raise ConfigError(f"{where}: {problem}{hint}")
+
+
+def _check_case(where: str, keys: list[str]) -> None:
+    """Keys that differ only in case would write one file on a case-insensitive file system."""
+    clash = case_clash(keys)
+    if clash is not None:
+        raise ConfigError(
+            f"{where}: {clash[0]!r} and {clash[1]!r} differ only in case, so on a case-insensitive file system "
+            "(macOS, Windows) their report files would be one; rename one"
+        )
+
+
 def _parse_model(path: Path, key: str, table: object) -> ModelSpec:
+    _check_key(f"{path}: [models.{_toml_key(key)}]", "model", key, "[models.{}]")
     where = f"{path}: [models.{key}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
@@ -254,10 +285,9 @@ def _parse_variants(
     parsed: dict[str, CheckpointSpec] = {}
     for key, entry in table.items():
         here = f"{where}.variants.{key}"
+        _check_key(f"{where}.variants.{_toml_key(key)}", "variant", key, f"[models.{_toml_key(model)}.variants.{{}}]")
         if key in VARIANTS:
             raise ConfigError(f"{here}: {key!r} is a registered method's key; name the checkpoint otherwise")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", key):
-            raise ConfigError(f"{here}: a variant key is letters, digits, '_', '.', '-' (it names report files)")
         if not isinstance(entry, dict):
             raise ConfigError(f"{here}: expected a table")
         unknown = set(entry) - set(_VARIANT_TYPES)
@@ -288,6 +318,7 @@ def _parse_variants(
         if entry.get("revision") and not entry.get("hub_id"):
             raise ConfigError(f"{here}: revision needs hub_id")
         parsed[key] = CheckpointSpec(key=key, model=model, **{**entry, "packages": tuple(entry.get("packages", ()))})
+    _check_case(f"{where}.variants", [*VARIANTS, *parsed])  # a registered method's report file too
     return parsed
 
 
@@ -324,6 +355,7 @@ def config_from_table(raw: Mapping[str, object], path: Path, require_models: boo
             raise ConfigError(f"{path}: [defaults] {name} must be a positive integer, got {value!r}")
         defaults[name] = value
     models = {key: _parse_model(path, key, table) for key, table in tables["models"].items()}
+    _check_case(f"{path}: [models]", list(models))
     if not models and require_models:
         raise ConfigError(f"{path}: no [models.*] tables (add one, or give the model with --model org/name)")
     own = [k for spec in models.values() for k in spec.variants]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from quant_fixtures.config import ConfigError, ModelSpec, SuiteConfig
+from quant_fixtures.names import KEY, derive_key, key_problem
 
 # The Hub's rules for a repository id: letters, digits, '-', '_', '.'; no '--' or '..'; '-' and
 # '.' neither start nor end a part; at most 96 characters. A revision may follow after '@'.
@@ -21,7 +22,6 @@ HUB_ID = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?)(?:@(?P<revision>[^\s@]+))?"
 )
 HUB_ID_MAX = 96
-MODEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # it names report and baseline files
 
 
 class ModelSource(TypedDict, total=False):
@@ -44,6 +44,11 @@ class GivenModel:
     def key(self) -> str:
         return self.spec.key
 
+    @property
+    def source_given(self) -> str:
+        """The value without its ``KEY=``: what to give again under another key."""
+        return split_key(self.given)[1]
+
     def describe(self, suite: SuiteConfig) -> str:
         """One line for the run's header: which key the model got and where its settings come from."""
         if self.configured:
@@ -55,10 +60,10 @@ class GivenModel:
         )
 
 
-def derive_key(name: str) -> str:
-    """The model key of a Hub repository name or directory name: lower case, every run of other
-    characters than letters, digits, '.', '_' and '-' made one '-' (``Qwen2.5-0.5B`` -> ``qwen2.5-0.5b``)."""
-    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")
+def split_key(value: str) -> tuple[str | None, str]:
+    """(KEY, source) of a ``--model KEY=source`` value; (None, value) when it names no key."""
+    head, sep, rest = value.partition("=")
+    return (head, rest) if sep and KEY.fullmatch(head) else (None, value)
 
 
 def _looks_like_path(source: str) -> bool:
@@ -103,8 +108,7 @@ def _same_source(spec: ModelSpec, source: ModelSource, base_dir: Path) -> bool:
 
 
 def _given_model(suite: SuiteConfig, value: str, base_dir: Path) -> GivenModel:
-    head, sep, rest = value.partition("=")
-    key, source = (head, rest) if sep and MODEL_KEY.fullmatch(head) else (None, value)
+    key, source = split_key(value)
     if key is None and source in suite.models:  # a configured key: select that entry
         return GivenModel(value, suite.models[source], configured=True)
     fields = source_of(value, source, base_dir)
@@ -116,6 +120,15 @@ def _given_model(suite: SuiteConfig, value: str, base_dir: Path) -> GivenModel:
         key = derive_key(hub_id.split("/")[-1] if hub_id else Path(str(path)).name)
         if not key:
             raise ConfigError(f"--model {value}: no model key can be made from it; name one: --model KEY={value}")
+    problem = key_problem("model", key)
+    if problem is not None:
+        raise ConfigError(f"--model {value}: {problem}; name it yourself: --model KEY={source}")
+    clash = next((k for k in suite.models if k.lower() == key.lower() and k != key), None)
+    if clash is not None:
+        raise ConfigError(
+            f"--model {value}: its key {key!r} differs only in case from the model {clash!r} in {suite.path} "
+            f"(one report file on a case-insensitive file system); give it another key: --model OTHER_KEY={source}"
+        )
     existing = suite.models.get(key)
     if existing is not None:
         if _same_source(existing, fields, base_dir):
@@ -133,13 +146,19 @@ def add_given_models(suite: SuiteConfig, values: list[str], base_dir: Path) -> t
     given: list[GivenModel] = []
     for value in values:
         model = _given_model(suite, value, base_dir)
-        earlier = next((g for g in given if g.key == model.key), None)
+        earlier = next((g for g in given if g.key.lower() == model.key.lower()), None)
         if earlier is None:
             given.append(model)
         elif earlier.spec != model.spec:
+            keys = (
+                f"both make the model key {model.key!r}"
+                if earlier.key == model.key
+                else f"make the model keys {earlier.key!r} and {model.key!r}, which differ only in case "
+                "(one report file on a case-insensitive file system)"
+            )
             raise ConfigError(
-                f"--model {earlier.given} and --model {value} both make the model key "
-                f"{model.key!r}; give one another key: --model OTHER_KEY={value}"
+                f"--model {earlier.given} and --model {value} {keys}; "
+                f"give one another key: --model OTHER_KEY={model.source_given}"
             )
     added = {g.key: g.spec for g in given if not g.configured}
     return replace(suite, models={**suite.models, **added}), given

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.registry import METRICS
+from quant_fixtures.names import file_in
 from quant_fixtures.report.gates import failed_gate_lines
 from quant_fixtures.report.schema import (
     SCHEMA_VERSION,
@@ -22,11 +23,11 @@ Documents = dict[str, EvaluationDocument]  # variant key -> evaluation document,
 
 
 def evaluation_path(results_dir: Path, model: str, variant_key: str) -> Path:
-    return Path(results_dir) / f"{variant_key}_quantized_{model}_evaluation.json"
+    return file_in(Path(results_dir), f"{variant_key}_quantized_{model}_evaluation.json")
 
 
 def comparison_path(results_dir: Path, model: str) -> Path:
-    return Path(results_dir) / f"{model}_quantization_comparison.json"
+    return file_in(Path(results_dir), f"{model}_quantization_comparison.json")
 
 
 def _documents(results_dir: Path) -> list[EvaluationDocument]:

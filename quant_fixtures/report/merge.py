@@ -18,6 +18,7 @@ from pathlib import Path
 
 from quant_fixtures.config import DEFAULT_UNDECIDED, UNDECIDED_POLICIES
 from quant_fixtures.metrics.decision import JointVerdict
+from quant_fixtures.names import case_clash, key_problem
 from quant_fixtures.report.comparison import comparison_document, comparison_path, evaluation_path, variant_order
 from quant_fixtures.report.release import fails_the_run, release_lines, release_verdict
 from quant_fixtures.report.schema import EvaluationDocument, SchemaError, read_document, write_document
@@ -38,10 +39,20 @@ def read_results(directory: Path) -> list[tuple[Path, EvaluationDocument]]:
     found = []
     for path in paths:
         try:
-            found.append((path, read_document(EvaluationDocument, path)))
+            doc = read_document(EvaluationDocument, path)
         except SchemaError as exc:
             raise MergeError(str(exc)) from None
+        _check_keys(path, doc)
+        found.append((path, doc))
     return found
+
+
+def _check_keys(path: Path, doc: EvaluationDocument) -> None:
+    """The merge writes files named by the document's keys: they follow the run's key rule."""
+    for kind, key in (("model", doc.model.key), ("variant", doc.variant.key)):
+        problem = key_problem(kind, key)
+        if problem is not None:
+            raise MergeError(f"{path}: {problem}")
 
 
 def merge_documents(directories: list[Path]) -> dict[str, dict[str, EvaluationDocument]]:
@@ -59,6 +70,12 @@ def merge_documents(directories: list[Path]) -> dict[str, dict[str, EvaluationDo
                     )
                 break
             model.setdefault(doc.variant.key, (path, doc))  # a repeated pair (FP16 in every job): first kept
+    clash = case_clash(merged)
+    if clash is not None:
+        raise MergeError(
+            f"models {clash[0]!r} and {clash[1]!r} differ only in case: merged into one directory, their files "
+            "would be one on a case-insensitive file system; rename one in its job's config"
+        )
     return {
         m: {key: pair[1] for key, pair in sorted(by_variant.items(), key=lambda kv: variant_order(kv[0]))}
         for m, by_variant in merged.items()

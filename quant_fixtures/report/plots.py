@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from quant_fixtures.metrics.position_buckets import is_comparison, is_variant_bucket
 from quant_fixtures.metrics.registry import METRICS
+from quant_fixtures.names import file_in
 from quant_fixtures.report.findings import quantized
 from quant_fixtures.report.schema import EvaluationDocument
 from quant_fixtures.store.atomic import atomic_path
@@ -153,14 +154,14 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def model_plots(model: str, documents: Documents, directory: Path) -> dict[str, Path]:
     """All plots of one model; returns {title: path} of those that had data."""
+
+    def plot_file(kind: str) -> Path:
+        return file_in(directory, f"{model}_{kind}.png")
+
     made = {
-        "KL distribution per variant": kl_distribution(model, documents, directory / f"{model}_kl_distribution.png"),
-        "KL by category": kl_by_category(model, documents, directory / f"{model}_kl_by_category.png"),
-        "Footprint versus ΔPPL%": footprint_vs_delta_ppl(
-            model, documents, directory / f"{model}_footprint_vs_delta_ppl.png"
-        ),
-        "Harm by position in a long context": harm_by_position(
-            model, documents, directory / f"{model}_harm_by_position.png"
-        ),
+        "KL distribution per variant": kl_distribution(model, documents, plot_file("kl_distribution")),
+        "KL by category": kl_by_category(model, documents, plot_file("kl_by_category")),
+        "Footprint versus ΔPPL%": footprint_vs_delta_ppl(model, documents, plot_file("footprint_vs_delta_ppl")),
+        "Harm by position in a long context": harm_by_position(model, documents, plot_file("harm_by_position")),
     }
     return {title: p for title, p in made.items() if p is not None}

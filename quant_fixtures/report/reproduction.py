@@ -19,6 +19,7 @@ from typing import NotRequired, TypedDict
 
 from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.registry import SNAPSHOT_METRICS
+from quant_fixtures.names import file_in
 from quant_fixtures.report.schema import EvaluationDocument, read_document
 from quant_fixtures.report.snapshot import MARGIN, HarmSummary, harm_summary
 from quant_fixtures.store.atomic import write_json_atomic
@@ -178,7 +179,7 @@ def measure(
 
 
 def record_path(directory: Path, model: str, settings_tag: str) -> Path:
-    return Path(directory) / f"{model}[{settings_tag}].json"
+    return file_in(Path(directory), f"{model}[{settings_tag}].json")
 
 
 def write_record(directory: Path, record: ReproductionRecord) -> Path:

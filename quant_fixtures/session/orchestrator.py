@@ -19,6 +19,7 @@ from quant_fixtures.config import SuiteConfig
 from quant_fixtures.environment import process_age
 from quant_fixtures.metrics.registry import GATEABLE
 from quant_fixtures.models.loading import load_model, release
+from quant_fixtures.names import file_in
 from quant_fixtures.report.build import evaluation_document
 from quant_fixtures.report.comparison import (
     collect_comparable_documents,
@@ -113,7 +114,7 @@ class EvaluationSession:
                 return self._from_other_worker(model, variant_key) or self._evaluate_here(model, variant_key)
         # One worker evaluates a quantized pair; another that needs it (a whole-model test) waits
         # for its document instead of evaluating it again.
-        with file_lock(self.settings.paths.results_dir / f".{model}-{variant_key}.evaluating.lock"):
+        with file_lock(file_in(self.settings.paths.results_dir, f".{model}-{variant_key}.evaluating.lock")):
             return self._from_other_worker(model, variant_key) or self._evaluate_here(model, variant_key)
 
     def _evaluate_here(self, model: str, variant_key: str) -> EvaluationDocument:
@@ -245,7 +246,7 @@ class EvaluationSession:
         self.evaluations.setdefault(model, {})[variant_key] = document
         results = self.settings.paths.results_dir
         write_document(evaluation_path(results, model, variant_key), document)
-        with file_lock(results / f".{model}.lock"):  # workers each add their variants
+        with file_lock(file_in(results, f".{model}.lock")):  # workers each add their variants
             comparable = collect_comparable_documents(results, self.settings.run_id).get(model, {})
             write_document(comparison_path(results, model), comparison_document(model, comparable))
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from quant_fixtures.inputs.retrieval_probe import PROBE_VERSION
 from quant_fixtures.metrics.divergence import METRICS_VERSION
+from quant_fixtures.names import file_in
 from quant_fixtures.report.schema import NoiseFloor, SchemaError, from_json_object
 from quant_fixtures.session.corpus_plans import CorpusPlans
 from quant_fixtures.session.inputs import CorpusText, PromptSuite, RunEnvironment
@@ -61,7 +62,7 @@ class ReferenceStore:
         """Serialises FP16 passes across xdist workers: one computes, the others wait and read.
         One (reentrant) lock object per model and process."""
         if model not in self._locks:
-            self._locks[model] = file_lock(self.settings.paths.cache_dir / "locks" / f"{model}.lock")
+            self._locks[model] = file_lock(file_in(self.settings.paths.cache_dir / "locks", f"{model}.lock"))
         return self._locks[model]
 
     # -- keys -------------------------------------------------------------------------------------

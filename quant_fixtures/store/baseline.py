@@ -8,13 +8,14 @@ with ``frozen``, the run stops).
 
 from __future__ import annotations
 
+import glob
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from quant_fixtures.json_types import JsonObject
+from quant_fixtures.names import file_in
 from quant_fixtures.store.keys import StoreKey
 from quant_fixtures.store.records import integers, numbers, read_record, write_record
 
@@ -58,8 +59,7 @@ class Baseline:
 
 
 def baseline_path(directory: Path, key: BaselineKey) -> Path:
-    safe_model = re.sub(r"[^A-Za-z0-9._-]", "_", key.model)
-    return Path(directory) / f"{safe_model}-{key.digest()[:12]}.json"
+    return file_in(Path(directory), f"{key.model}-{key.digest()[:12]}.json")
 
 
 BODY_FIELDS = ("ppl", "window_nll", "window_tokens", "footprint_bytes")
@@ -104,8 +104,7 @@ def _nearest_difference(directory: Path, key: BaselineKey) -> str:
     """'; closest stored one differs in: ...' for the same model's other baselines, if any."""
     wanted = key.as_dict()
     best: list[str] | None = None
-    safe_model = re.sub(r"[^A-Za-z0-9._-]", "_", key.model)
-    for other in Path(directory).glob(f"{safe_model}-*.json"):
+    for other in Path(directory).glob(f"{glob.escape(key.model)}-*.json"):
         try:
             stored = json.loads(other.read_text()).get("key")
         except (OSError, ValueError, AttributeError):

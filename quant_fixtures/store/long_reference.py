@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quant_fixtures.json_types import JsonObject
+from quant_fixtures.names import file_in
 from quant_fixtures.store.atomic import load_tensors, save_tensors
 from quant_fixtures.store.keys import StoreKey
 
@@ -44,7 +45,7 @@ class LongReferenceKey(StoreKey):
 
 
 def long_reference_path(cache_dir: Path, key: LongReferenceKey) -> Path:
-    return Path(cache_dir) / "long_reference" / f"{key.model}-{key.digest()[:16]}.safetensors"
+    return file_in(Path(cache_dir) / "long_reference", f"{key.model}-{key.digest()[:16]}.safetensors")
 
 
 def _key_text(key: LongReferenceKey) -> str:

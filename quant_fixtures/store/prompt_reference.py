@@ -18,6 +18,7 @@ import torch
 
 from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.reference_head import ReferenceHead
+from quant_fixtures.names import file_in
 from quant_fixtures.store.atomic import load_tensors, save_tensors
 from quant_fixtures.store.keys import StoreKey
 
@@ -87,7 +88,7 @@ class PromptReference:
 
 
 def reference_path(cache_dir: Path, key: ReferenceKey) -> Path:
-    return Path(cache_dir) / "reference" / f"{key.model}-{key.digest()[:16]}.safetensors"
+    return file_in(Path(cache_dir) / "reference", f"{key.model}-{key.digest()[:16]}.safetensors")
 
 
 def store_reference(cache_dir: Path, reference: PromptReference) -> Path:

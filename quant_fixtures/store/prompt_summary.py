@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from quant_fixtures.json_types import JsonObject
+from quant_fixtures.names import file_in
 from quant_fixtures.store.prompt_reference import ReferenceKey
 from quant_fixtures.store.records import read_record, write_record
 
@@ -15,7 +16,7 @@ FIELDS = ("noise_floor", "responses")
 
 
 def prompt_summary_path(baselines_dir: Path, key: ReferenceKey) -> Path:
-    return Path(baselines_dir) / f"{key.model}-prompts-{key.digest()[:12]}.json"
+    return file_in(Path(baselines_dir), f"{key.model}-prompts-{key.digest()[:12]}.json")
 
 
 def store_prompt_summary(

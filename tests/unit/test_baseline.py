@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from quant_fixtures.names import UnsafeFileName
 from quant_fixtures.store.baseline import (
     BASELINE_SCHEMA,
     Baseline,
@@ -113,11 +114,12 @@ def test_store_creates_directory_and_overwrites(tmp_path: Path) -> None:
 
 
 def test_path_is_safe_and_key_specific(tmp_path: Path) -> None:
-    key = replace(KEY, model="org/model name:v1")
-    path = baseline_path(tmp_path, key)
+    path = baseline_path(tmp_path, KEY)
     assert path.parent == tmp_path
-    assert path.name == f"org_model_name_v1-{key.digest()[:12]}.json"
-    assert baseline_path(tmp_path, replace(key, ctx=1024)) != path
+    assert path.name == f"{KEY.model}-{KEY.digest()[:12]}.json"
+    assert baseline_path(tmp_path, replace(KEY, ctx=1024)) != path
+    with pytest.raises(UnsafeFileName):  # a model key that would leave the directory is refused, not rewritten
+        baseline_path(tmp_path, replace(KEY, model="../org/model"))
 
 
 def test_digest_is_stable_and_field_sensitive() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from quant_fixtures.config import (
     load_config,
 )
 from quant_fixtures.metrics.registry import GATEABLE, REQUIRED_LIMITS
+from quant_fixtures.names import KEY_RULE
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "quant_suite.toml"
 
@@ -428,3 +430,54 @@ def test_security_opt_ins_default_off(tmp_path: Path) -> None:
         "tiny"
     ]
     assert spec.trust_remote_code and spec.allow_pickle
+
+
+# -- model and variant keys: one rule, checked when the config is read (they name files) -------------------------
+
+RULE = f"breaks the key rule: {KEY_RULE} (it names report, baseline and cache files)"
+
+
+@pytest.mark.parametrize("key", ["../../escaped", "..", "a/b/c", "/abs/path", ".hidden", "a b", "x" * 101])
+def test_a_model_key_outside_the_rule_is_refused(tmp_path: Path, key: str) -> None:
+    path = write_toml(tmp_path, f'[models.{json.dumps(key)}]\nhub_id = "org/tiny"\n')
+    header = json.dumps(key) if key != "x" * 101 else key
+    assert config_error(path) == f"{path}: [models.{header}]: model key {key!r} {RULE}"
+
+
+def test_a_model_key_copied_from_a_hub_id_says_what_to_write_instead(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, '[models."Qwen/Qwen2.5-0.5B"]\nhub_id = "Qwen/Qwen2.5-0.5B"\n')
+    assert config_error(path) == (
+        f"{path}: [models.\"Qwen/Qwen2.5-0.5B\"]: model key 'Qwen/Qwen2.5-0.5B' {RULE}; a key is not a Hub id: "
+        'write [models."qwen2.5-0.5b"] with hub_id = "Qwen/Qwen2.5-0.5B"'
+    )
+    fixed = write_toml(tmp_path, '[models."qwen2.5-0.5b"]\nhub_id = "Qwen/Qwen2.5-0.5B"\n', "fixed.toml")
+    assert load_config(fixed).models["qwen2.5-0.5b"].hub_id == "Qwen/Qwen2.5-0.5B"  # the advice loads
+
+
+@pytest.mark.parametrize("key", ["../q", "org/q", "/abs/q"])
+def test_a_variant_key_outside_the_rule_is_refused(tmp_path: Path, key: str) -> None:
+    path = write_toml(tmp_path, f'{MINIMAL_MODEL}[models.tiny.variants.{json.dumps(key)}]\npath = "/q"\n')
+    message = config_error(path)
+    assert message.startswith(f"{path}: [models.tiny].variants.{json.dumps(key)}: variant key {key!r} {RULE}")
+    hint = '; a key is not a Hub id: write [models.tiny.variants.q] with hub_id = "org/q"'
+    assert message.endswith(hint) == (key == "org/q")
+
+
+def test_model_keys_that_differ_only_in_case_are_refused(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, '[models.Qwen]\nhub_id = "org/a"\n\n[models.qwen]\nhub_id = "org/b"\n')
+    assert config_error(path) == (
+        f"{path}: [models]: 'Qwen' and 'qwen' differ only in case, so on a case-insensitive file system "
+        "(macOS, Windows) their report files would be one; rename one"
+    )
+
+
+@pytest.mark.parametrize(
+    "variants, clash",
+    [
+        ('[models.tiny.variants.GPTQ]\npath = "/a"\n[models.tiny.variants.gptq]\npath = "/b"\n', "'GPTQ' and 'gptq'"),
+        ('[models.tiny.variants.INT8]\npath = "/a"\n', "'int8' and 'INT8'"),  # a registered method's report file
+    ],
+)
+def test_variant_keys_that_differ_only_in_case_are_refused(tmp_path: Path, variants: str, clash: str) -> None:
+    message = config_error(write_toml(tmp_path, MINIMAL_MODEL + variants))
+    assert f"[models.tiny].variants: {clash} differ only in case" in message

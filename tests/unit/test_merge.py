@@ -85,3 +85,20 @@ def test_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     shutil.rmtree(b)
     assert main(["--into", str(tmp_path / "o3"), str(a), str(b)]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_a_document_whose_key_would_leave_the_merged_directory_is_refused(tmp_path: Path) -> None:
+    def escape(data: dict) -> None:
+        data["model"]["key"] = "../../escaped"
+
+    job = _job(tmp_path, "a", ["fp16"], edit=escape)
+    with pytest.raises(MergeError, match="fp16_quantized_tiny_evaluation.json: model key '../../escaped' breaks"):
+        merge([job], tmp_path / "out" / "merged")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escaped").exists()  # nothing written
+
+
+def test_models_that_differ_only_in_case_are_refused(tmp_path: Path) -> None:
+    a = _job(tmp_path, "a", ["fp16"])
+    b = _job(tmp_path, "b", ["fp16"], edit=lambda d: d["model"].update(key="Tiny"))
+    with pytest.raises(MergeError, match="models 'tiny' and 'Tiny' differ only in case"):
+        merge_documents([a, b])

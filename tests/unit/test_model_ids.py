@@ -9,6 +9,7 @@ import pytest
 
 from quant_fixtures.config import DEFAULT_CONFIG_PATH, ConfigError, ModelSpec, load_config
 from quant_fixtures.model_ids import add_given_models, derive_key, source_of
+from quant_fixtures.names import KEY_RULE
 from quant_fixtures.variants import DEFAULT_VARIANTS
 
 SHIPPED = load_config(DEFAULT_CONFIG_PATH)
@@ -157,6 +158,35 @@ def test_two_values_of_one_key(tmp_path: Path) -> None:
     )
     suite, models = given(["a/model", "a/model", "x=a/model"], tmp_path)  # the same one twice counts once
     assert [m.key for m in models] == ["model", "x"]
+
+
+def test_two_sources_under_one_named_key_are_told_to_rename_the_source_not_the_value(tmp_path: Path) -> None:
+    # the advice is a --model value that works: OTHER_KEY= and the source, not OTHER_KEY=x=org/b
+    assert error(["x=org/a", "x=org/b"], tmp_path) == (
+        "--model x=org/a and --model x=org/b both make the model key 'x'; give one another key: --model OTHER_KEY=org/b"
+    )
+    suite, (first, second) = given(["x=org/a", "y=org/b"], tmp_path)  # the advice taken, it runs
+    assert (first.key, second.key, second.spec.hub_id) == ("x", "y", "org/b")
+
+
+def test_keys_that_differ_only_in_case_are_refused(tmp_path: Path) -> None:
+    assert error(["Tiny=org/a", "tiny=org/b"], tmp_path) == (
+        "--model Tiny=org/a and --model tiny=org/b make the model keys 'Tiny' and 'tiny', which differ only in "
+        "case (one report file on a case-insensitive file system); give one another key: --model OTHER_KEY=org/b"
+    )
+    assert error(["SmolLM2-135M=org/other"], tmp_path) == (
+        f"--model SmolLM2-135M=org/other: its key 'SmolLM2-135M' differs only in case from the model "
+        f"'smollm2-135m' in {DEFAULT_CONFIG_PATH} (one report file on a case-insensitive file system); give it "
+        "another key: --model OTHER_KEY=org/other"
+    )
+
+
+def test_a_named_key_follows_the_key_rule(tmp_path: Path) -> None:
+    long_key = "k" * 101
+    assert error([f"{long_key}=org/a"], tmp_path) == (
+        f"--model {long_key}=org/a: model key {long_key!r} breaks the key rule: {KEY_RULE} (it names report, "
+        "baseline and cache files); name it yourself: --model KEY=org/a"
+    )
 
 
 def test_no_key_can_be_made(tmp_path: Path) -> None:

@@ -183,6 +183,16 @@ def test_bad_suite_config_is_usage_error_naming_file(suite_dir: pytest.Pytester)
     result.stderr.fnmatch_lines([f"*{bad}*models.x*exactly one*"])
 
 
+def test_a_model_key_that_would_leave_the_output_directories_is_a_usage_error(suite_dir: pytest.Pytester) -> None:
+    bad = suite_dir.path / "escaping_suite.toml"
+    bad.write_text(SMALL_CONFIG + '\n[models."../../escaped"]\nhub_id = "org/escaped"\n', encoding="utf-8")
+    result = run(suite_dir, config=bad)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # refused while the config is read, before any model
+    result.stderr.fnmatch_lines(
+        [f"*{bad}: [[]models.\"../../escaped\"[]]: model key '../../escaped' breaks the key rule*"]
+    )
+
+
 def test_valid_options_collect_fine(suite_dir: pytest.Pytester) -> None:
     result = run(
         suite_dir,

@@ -143,7 +143,7 @@ def test_own_variants_parse_with_their_gates(tmp_path):
         ('[models.smol.variants.q]\npath = "/x"\ndefault = "yes"\n', "default must be a boolean"),
         ('[models.smol.variants.q]\npath = "/x"\npackages = "gptqmodel"\n', "packages must be a list of module names"),
         ('[models.smol.variants.q]\npath = "/x"\nrevision = "abc"\n', "revision needs hub_id"),
-        ('[models.smol.variants."a b"]\npath = "/x"\n', "a variant key is letters, digits"),
+        ('[models.smol.variants."a b"]\npath = "/x"\n', "variant key 'a b' breaks the key rule: letters, digits"),
         (f"[models.smol.gates.nosuch]\n{LIMITS}", "unknown variant 'nosuch'"),
     ],
 )
