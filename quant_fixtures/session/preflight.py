@@ -6,7 +6,8 @@ it into a usage error (exit 4), so a typo never costs a whole evaluation.
 
 from __future__ import annotations
 
-import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,9 +22,10 @@ class PreflightError(ValueError):
 
 
 def output_dir_problem(path: Path) -> str | None:
-    """Why results/baselines/cache cannot go to ``path``, or None. Nothing is created: the
-    directory, or its nearest existing parent (where it would be created), must be a writable
-    directory."""
+    """Why results/baselines/cache cannot go to ``path``, or None. The directory (or its nearest
+    existing parent, where it would be created) must be a directory that really takes a new
+    directory and file: os.access says yes to root whatever the file system says (a read-only
+    mount, /proc), so a probe is made there and removed; the path itself is not created."""
     if path.exists() and not path.is_dir():
         return "exists and is not a directory"
     existing = path
@@ -31,8 +33,28 @@ def output_dir_problem(path: Path) -> str | None:
         existing = existing.parent
     if not existing.is_dir():
         return f"cannot be created: {existing} is a file"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"is not writable ({existing} does not allow writing)"
+    problem = _write_problem(existing, path.relative_to(existing))
+    if problem is None:
+        return None
+    return f"is not writable ({problem})" if path == existing else f"cannot be created in {existing} ({problem})"
+
+
+def _write_problem(existing: Path, missing: Path) -> str | None:
+    """Why a new directory named ``missing`` (the part of the path still to create) with a file in
+    it cannot be made in ``existing``, or None. Made under a probe directory of a unique name, so
+    concurrent runs (xdist workers) never see each other's, and removed whole."""
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".quant-fixtures-probe-", dir=existing))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        target = probe / missing
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "probe").write_bytes(b"")
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
     return None
 
 
