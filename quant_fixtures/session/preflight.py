@@ -6,14 +6,18 @@ it into a usage error (exit 4), so a typo never costs a whole evaluation.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from quant_fixtures.config import DEFAULT_CONFIG_PATH
+
 if TYPE_CHECKING:
     from quant_fixtures.config import SuiteConfig
+    from quant_fixtures.models.sources import UnusableModelError
     from quant_fixtures.session.orchestrator import EvaluationSession
 
 
@@ -96,20 +100,24 @@ def check_limits(suite: SuiteConfig, pairs: Iterable[tuple[str, str]]) -> None:
             raise PreflightError(message)
 
 
-def check_models(session: EvaluationSession, models: Iterable[str]) -> None:
-    """What needs each model's config or stored references, before any model loads: the budgets
-    against the model's window, the top-k against the vocabulary, and with --frozen-baselines, that
-    every FP16 reference is stored; each selected variant of the model's own (a checkpoint, a GGUF
-    file) is resolved and its tokenizer checked against the base's. A model or checkpoint that
-    cannot be resolved (offline Hub) is left to its tests, which name the remedy."""
+def check_models(session: EvaluationSession, models: Iterable[str], given: Collection[str] = ()) -> None:
+    """What needs each model's config or stored references, before any model loads: its config
+    and weights usable, the budgets against the model's window, the top-k against the vocabulary,
+    and with --frozen-baselines, that every FP16 reference is stored; each selected variant of the
+    model's own (a checkpoint, a GGUF file) is resolved and its tokenizer checked against the base's.
+    A model or checkpoint that cannot be resolved (offline Hub) is left to its tests, which name the
+    remedy. ``given``: the models --model added (not a TOML entry), for the remedy of pickle weights."""
     from quant_fixtures.models.gguf import GGUFSourceError
-    from quant_fixtures.models.sources import ModelUnavailableError
+    from quant_fixtures.models.sources import ModelUnavailableError, UnusableModelError
     from quant_fixtures.models.tokenizer_match import TokenizerMismatchError
 
     s = session.settings
     for model in models:
         try:
             model_config = session.models.model_config(model)
+            session.models.check_weights(model)
+        except UnusableModelError as exc:
+            raise PreflightError(unusable_message(exc, session.suite, model, None, model in given)) from None
         except ModelUnavailableError:
             continue
         if s.perplexity.protocol != "lm-eval":  # whole documents: a budget smaller than a window is fine
@@ -126,7 +134,56 @@ def check_models(session: EvaluationSession, models: Iterable[str]) -> None:
         for key in [k for k in s.variants if k in session.suite.models[model].variants]:
             try:
                 session.models.weights(model, session.suite.variant(model, key))
+            except UnusableModelError as exc:
+                raise PreflightError(unusable_message(exc, session.suite, model, key, False)) from None
             except ModelUnavailableError:
                 continue
             except (GGUFSourceError, TokenizerMismatchError) as exc:
                 raise PreflightError(str(exc)) from None
+
+
+def unusable_message(
+    exc: UnusableModelError, suite: SuiteConfig, model: str, variant_key: str | None, from_command_line: bool
+) -> str:
+    """The error's line; for pickle weights, with the remedy of the route the model came by."""
+    from quant_fixtures.models.sources import PickleWeightsRefused
+
+    if not isinstance(exc, PickleWeightsRefused):
+        return str(exc)
+    if from_command_line:
+        return f"{exc.problem}; {_command_line_pickle_remedy(suite, model)}"
+    table = f"[models.{model}]" if variant_key is None else f"[models.{model}.variants.{variant_key}]"
+    return (
+        f"{exc.problem}; set allow_pickle = true in {table} of {suite.path} (only for a source you trust), "
+        "or convert them to safetensors"
+    )
+
+
+def _command_line_pickle_remedy(suite: SuiteConfig, model: str) -> str:
+    """--model has no allow_pickle: only a suite TOML's entry opts in (and --model of the same source
+    selects that entry). The shipped config lives in the package: the user's own TOML, then."""
+    spec = suite.models[model]
+    source = f"hub_id = {json.dumps(spec.hub_id)}" if spec.hub_id else f"path = {json.dumps(spec.path)}"
+    if spec.revision:
+        source += f", revision = {json.dumps(spec.revision)}"
+    toml = "a suite TOML of your own (--suite-config=FILE)" if suite.path == DEFAULT_CONFIG_PATH else suite.path
+    return (
+        "--model cannot allow them: convert them to safetensors, or (only for a source you trust) add "
+        f"[models.{model}] with {source} and allow_pickle = true to {toml}"
+    )
+
+
+def check_corpus_source(session: EvaluationSession) -> None:
+    """--dataset-source hub: the Hub is reachable (one short request, where `datasets` would retry
+    for minutes) and the split is loaded now, so that a failure is one line before any model loads."""
+    from quant_fixtures.inputs.wikitext import DatasetError, hub_problem
+
+    if session.settings.perplexity.dataset_source != "hub":
+        return
+    problem = hub_problem()
+    if problem:
+        raise PreflightError(problem)
+    try:
+        session.corpus_text.text()  # kept by the session: the passes do not load it again
+    except DatasetError as exc:
+        raise PreflightError(str(exc)) from None
