@@ -330,6 +330,8 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH, require_models: bool = T
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError(f"{path}: config file cannot be read ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     return config_from_table(raw, path, require_models)

@@ -32,10 +32,52 @@ class EvalText:
     rows: tuple[str, ...] = ()  # the split's rows (lines of wiki.test.raw), for the document-level protocol
 
 
+HUB_PROBE_TIMEOUT_S = 10.0
+USE_VENDORED = "use --dataset-source vendored (the same text, sha256-checked)"
+
+
 def _rows_from_hub() -> list[str]:
     import datasets
 
     return list(datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"])
+
+
+def _one_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def hub_problem() -> str | None:
+    """Why --dataset-source hub cannot work here, found in seconds, or None: `datasets` retries an
+    unreachable Hub for minutes. In offline mode (HF_HUB_OFFLINE) it reads only its cache, which the
+    load itself checks quickly; otherwise one short request to the Hub endpoint `datasets` uses."""
+    import datasets.config
+    from huggingface_hub import get_session
+
+    if datasets.config.HF_HUB_OFFLINE:
+        return None
+    endpoint = datasets.config.HF_ENDPOINT
+    try:
+        get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception as exc:  # DNS, refused, timeout, proxy: the HTTP client's own exception types
+        return (
+            f"--dataset-source hub: the Hub ({endpoint}) cannot be reached ({_one_line(exc)}); {USE_VENDORED}, "
+            "or set HF_HUB_OFFLINE=1 to read the copy in the datasets cache"
+        )
+    return None
+
+
+def _hub_failure(exc: Exception) -> DatasetError:
+    """One line for a failed Hub load; in offline mode, that only the datasets cache was read."""
+    import datasets.config
+
+    failed = f"--dataset-source hub: WikiText-2 could not be loaded from the Hub: {_one_line(exc)}"
+    if datasets.config.HF_HUB_OFFLINE:
+        return DatasetError(
+            f"{failed}; offline mode (HF_HUB_OFFLINE) reads only the datasets cache "
+            f"({datasets.config.HF_DATASETS_CACHE}), which holds no usable copy: {USE_VENDORED}"
+        )
+    return DatasetError(failed)
 
 
 def _rows_from_parquet(path: Path) -> list[str]:
@@ -67,7 +109,7 @@ def load_wikitext2_test(source: str = DEFAULT_SOURCE, parquet: Path = VENDORED_P
         try:
             rows, used = _rows_from_hub(), "hub"
         except Exception as exc:  # network, auth, offline mode or cache trouble
-            raise DatasetError(f"--dataset-source hub: WikiText-2 could not be loaded from the Hub: {exc}") from exc
+            raise _hub_failure(exc) from exc
     else:
         rows, used = _rows_from_parquet(parquet), "vendored"
     text = join_rows(rows)

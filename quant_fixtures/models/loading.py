@@ -157,7 +157,7 @@ def load_model(
     trust_code = spec.trust_remote_code or bool(own and own.trust_remote_code)
     where = placement(
         device,
-        weight_bytes(resolved.directory, allow_pickle, spec.key),
+        weight_bytes(resolved.directory, allow_pickle, f"model {spec.key!r}"),
         variant.weight_share,
         gpu_limits(options.max_gpu_memory) if device.startswith("cuda") else [],
         options.may_spread,

@@ -4,6 +4,7 @@ identity of those exact weights, which every stored result is keyed by."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,27 @@ IDENTITY_FILES = ("config.json", "generation_config.json")
 
 class ModelUnavailableError(RuntimeError):
     """The weights are neither reachable nor cached; the message names the remedy in one line."""
+
+
+class UnusableModelError(ModelUnavailableError):
+    """The model's files are there but cannot be used as they are (no weights, pickle weights not
+    opted in, a config.json transformers cannot read): no retry or download changes that, so the
+    up-front checks refuse it before any model loads."""
+
+
+class PickleWeightsRefused(UnusableModelError):
+    """Only pickle weights, and no opt-in. ``problem`` says so without a remedy: the remedy depends
+    on where the model came from (a TOML entry can opt in, --model cannot), which the caller knows."""
+
+    def __init__(self, where: str, directory: Path, pickles: list[Path]) -> None:
+        self.problem = (
+            f"{where}: {directory} holds only pickle weights ({', '.join(p.name for p in pickles[:3])}); "
+            "loading a pickle can run arbitrary code, so they are refused"
+        )
+        super().__init__(
+            f"{self.problem} unless the model's entry says allow_pickle = true (only for a source you "
+            "trust), or convert them to safetensors"
+        )
 
 
 @dataclass(frozen=True)
@@ -60,8 +82,9 @@ def _file_digest(path: Path, cache_dir: Path) -> str:
     return digest
 
 
-def weight_files(directory: Path, allow_pickle: bool = False, key: str = "model") -> list[Path]:
-    """The directory's weight files: safetensors, plus pickles only when the model opts in."""
+def weight_files(directory: Path, allow_pickle: bool = False, where: str = "the model") -> list[Path]:
+    """The directory's weight files: safetensors, plus pickles only when the model opts in.
+    ``where`` names the model in errors (``model 'x'``, ``model 'x' variant 'v'``)."""
     files = sorted({p for pat in SAFE_WEIGHTS for p in directory.glob(pat)})
     pickles = sorted({p for pat in PICKLE_WEIGHTS for p in directory.glob(pat)})
     if allow_pickle:
@@ -69,23 +92,36 @@ def weight_files(directory: Path, allow_pickle: bool = False, key: str = "model"
     if files:
         return files
     if pickles:
-        raise ModelUnavailableError(
-            f"model {key!r}: {directory} holds only pickle weights ({', '.join(p.name for p in pickles[:3])}); "
-            "loading a pickle can run arbitrary code, so they are refused unless the model's entry says "
-            "allow_pickle = true (only for a source you trust), or convert them to safetensors"
-        )
-    raise ModelUnavailableError(f"{directory}: no weight files ({', '.join(SAFE_WEIGHTS)}) in this directory")
+        raise PickleWeightsRefused(where, directory, pickles)
+    raise UnusableModelError(
+        f"{where}: {directory} holds no weight files ({', '.join(SAFE_WEIGHTS)}): give the directory "
+        "the checkpoint's weights are in"
+    )
 
 
-def weight_bytes(directory: Path, allow_pickle: bool = False, key: str = "model") -> int:
+def weight_bytes(directory: Path, allow_pickle: bool = False, where: str = "the model") -> int:
     """Bytes of the directory's weight files (those :func:`weight_files` accepts)."""
-    return sum(p.stat().st_size for p in weight_files(directory, allow_pickle, key))
+    return sum(p.stat().st_size for p in weight_files(directory, allow_pickle, where))
 
 
-def directory_identity(directory: Path, cache_dir: Path, allow_pickle: bool = False, key: str = "model") -> str:
+def check_config_json(directory: Path, where: str) -> None:
+    """The directory's config.json is a JSON object. Checked here because transformers' own error
+    for a broken one is a long traceback that does not say where the file is broken."""
+    path = directory / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UnusableModelError(f"{where}: {path} cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # not JSON (json.JSONDecodeError), not UTF-8 (UnicodeDecodeError)
+        raise UnusableModelError(f"{where}: {path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise UnusableModelError(f"{where}: {path} is not a JSON object (a model's config is one)")
+
+
+def directory_identity(directory: Path, cache_dir: Path, allow_pickle: bool = False, where: str = "the model") -> str:
     """sha256 over the names and block-wise digests of a directory's weight, config and
     generation-config files (the tokenizer has its own digest in every key)."""
-    files = weight_files(directory, allow_pickle, key)
+    files = weight_files(directory, allow_pickle, where)
     summary = hashlib.sha256()
     for p in files + [directory / name for name in IDENTITY_FILES]:
         if p.is_file():
@@ -93,32 +129,33 @@ def directory_identity(directory: Path, cache_dir: Path, allow_pickle: bool = Fa
     return "sha256-blocks:" + summary.hexdigest()
 
 
-def _resolve_hub(spec: ModelSpec | CheckpointSpec, key: str) -> ResolvedModel:
+def _resolve_hub(spec: ModelSpec | CheckpointSpec, where: str) -> ResolvedModel:
     from huggingface_hub import snapshot_download
 
     if not spec.hub_id:
-        raise ModelUnavailableError(f"{key}: no Hub id to download")
+        raise ModelUnavailableError(f"{where}: no Hub id to download")
     revision = spec.revision or "main"
     try:
         patterns = HUB_PATTERNS + (list(PICKLE_WEIGHTS) if spec.allow_pickle else [])
         directory = Path(snapshot_download(spec.hub_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:  # offline, unknown repo, gated repo: all end in the same remedy
         raise ModelUnavailableError(
-            f"{key} ({spec.hub_id}@{revision}) is not in the local Hugging Face cache and the Hub "
+            f"{where} ({spec.hub_id}@{revision}) is not in the local Hugging Face cache and the Hub "
             f"could not serve it ({type(exc).__name__}); remedy: download it where the Hub is reachable "
             f"(`hf download {spec.hub_id} --revision {revision}`) and point HF_HOME at that cache, or set "
             f'`path = "/local/dir"` for it in quant_suite.toml (or give --model=/local/dir)'
         ) from None
-    weight_files(directory, spec.allow_pickle, key)  # safetensors, or pickles only by opt-in
+    weight_files(directory, spec.allow_pickle, where)  # safetensors, or pickles only by opt-in
     # Snapshot directories are named by the commit hash, which pins the weights exactly.
     return ResolvedModel(directory, f"hub:{spec.hub_id}@{directory.name}")
 
 
-def _local_directory(path: str, key: str, cache_dir: Path, allow_pickle: bool) -> ResolvedModel:
+def _local_directory(path: str, where: str, cache_dir: Path, allow_pickle: bool) -> ResolvedModel:
     directory = Path(path).expanduser()
     if not (directory / "config.json").is_file():
-        raise ModelUnavailableError(f"{key}: {directory} is not a Hugging Face model directory (no config.json)")
-    return ResolvedModel(directory, directory_identity(directory, cache_dir, allow_pickle, key))
+        raise UnusableModelError(f"{where}: {directory} is not a Hugging Face model directory (no config.json)")
+    check_config_json(directory, where)
+    return ResolvedModel(directory, directory_identity(directory, cache_dir, allow_pickle, where))
 
 
 def _gguf(gguf_path: Path, cache_dir: Path) -> ResolvedModel:

@@ -52,7 +52,11 @@ def suite_config_path(config: pytest.Config) -> Path | None:
     if given == SHIPPED:
         return DEFAULT_CONFIG_PATH
     if given:
-        return Path(config.invocation_params.dir) / Path(given).expanduser()
+        path = Path(config.invocation_params.dir) / Path(given).expanduser()
+        if path.is_dir():
+            inside = " (it holds quant_suite.toml: give that)" if (path / "quant_suite.toml").is_file() else ""
+            raise pytest.UsageError(f"--suite-config {given}: {path} is a directory, not a suite TOML file{inside}")
+        return path
     candidate = config.rootpath / "quant_suite.toml"
     if candidate.is_file():
         return candidate

@@ -28,12 +28,16 @@ def session_of(config: pytest.Config) -> EvaluationSession:
 
 
 def preflight_models(config: pytest.Config, models: set[str]) -> None:
-    """Checks that need a model's config or its stored references, before any model loads."""
-    from quant_fixtures.session.preflight import PreflightError, check_models
+    """Checks that need a model's config or its stored references, or the corpus from the Hub,
+    before any model loads."""
+    from quant_fixtures.plugin.model_option import given_models
+    from quant_fixtures.session.preflight import PreflightError, check_corpus_source, check_models
 
     if not models:
         return
+    from_command_line = {g.key for g in given_models(config) if not g.configured}
     try:
-        check_models(session_of(config), sorted(models))
+        check_corpus_source(session_of(config))
+        check_models(session_of(config), sorted(models), from_command_line)
     except PreflightError as exc:
         raise pytest.UsageError(str(exc)) from None

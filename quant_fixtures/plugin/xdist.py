@@ -35,7 +35,7 @@ def local_weight_bytes(spec: ModelSpec) -> int:
     from quant_fixtures.models.sources import ModelUnavailableError, weight_bytes
 
     try:
-        return weight_bytes(Path(spec.path).expanduser(), spec.allow_pickle, spec.key)
+        return weight_bytes(Path(spec.path).expanduser(), spec.allow_pickle, f"model {spec.key!r}")
     except ModelUnavailableError:
         return 0
 

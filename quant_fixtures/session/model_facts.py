@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quant_fixtures.config import ModelSpec, SuiteConfig
-from quant_fixtures.models.sources import ResolvedModel, resolve_checkpoint, resolve_model
+from quant_fixtures.models.sources import (
+    ResolvedModel,
+    UnusableModelError,
+    check_config_json,
+    resolve_checkpoint,
+    resolve_model,
+    weight_files,
+)
 from quant_fixtures.models.tokenizer_match import check_same_tokenizer
 from quant_fixtures.variants import Variant
 
@@ -63,14 +70,31 @@ class ModelFacts:
                 return directory
         return self.resolved(model).directory
 
+    def check_weights(self, model: str) -> None:
+        """The model has weights the suite may load (safetensors, or pickles by opt-in): a local
+        directory's are listed, not hashed (as in _directory); a Hub or GGUF source is resolved."""
+        spec = self.spec(model)
+        if model not in self._resolved and spec.source_kind == "local" and spec.path is not None:
+            weight_files(Path(spec.path).expanduser(), spec.allow_pickle, f"model {model!r}")
+        else:
+            self.resolved(model)
+
     def model_config(self, model: str) -> PretrainedConfig:
-        """The model's transformers config."""
+        """The model's transformers config; one that cannot be read is an UnusableModelError."""
         if model not in self._configs:
             from transformers import AutoConfig
 
-            self._configs[model] = AutoConfig.from_pretrained(
-                self._directory(model), trust_remote_code=self.spec(model).trust_remote_code
-            )
+            directory = self._directory(model)
+            check_config_json(directory, f"model {model!r}")
+            try:
+                self._configs[model] = AutoConfig.from_pretrained(
+                    directory, trust_remote_code=self.spec(model).trust_remote_code
+                )
+            except (OSError, ValueError) as exc:  # e.g. a model_type this transformers does not know
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # one line, not pages
+                raise UnusableModelError(
+                    f"model {model!r}: transformers cannot read {directory / 'config.json'}: {first_line}"
+                ) from None
         return self._configs[model]
 
     def tokenizer(self, model: str) -> PreTrainedTokenizerBase:

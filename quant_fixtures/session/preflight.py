@@ -6,14 +6,19 @@ it into a usage error (exit 4), so a typo never costs a whole evaluation.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
+import json
+import shutil
+import tempfile
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from quant_fixtures.config import DEFAULT_CONFIG_PATH
 
 if TYPE_CHECKING:
     from quant_fixtures.config import SuiteConfig
     from quant_fixtures.inputs.prompts import Prompt
+    from quant_fixtures.models.sources import UnusableModelError
     from quant_fixtures.session.orchestrator import EvaluationSession
     from quant_fixtures.settings import PromptProtocol
 
@@ -23,9 +28,10 @@ class PreflightError(ValueError):
 
 
 def output_dir_problem(path: Path) -> str | None:
-    """Why results/baselines/cache cannot go to ``path``, or None. Nothing is created: the
-    directory, or its nearest existing parent (where it would be created), must be a writable
-    directory."""
+    """Why results/baselines/cache cannot go to ``path``, or None. The directory (or its nearest
+    existing parent, where it would be created) must be a directory that really takes a new
+    directory and file: os.access says yes to root whatever the file system says (a read-only
+    mount, /proc), so a probe is made there and removed; the path itself is not created."""
     if path.exists() and not path.is_dir():
         return "exists and is not a directory"
     existing = path
@@ -33,8 +39,28 @@ def output_dir_problem(path: Path) -> str | None:
         existing = existing.parent
     if not existing.is_dir():
         return f"cannot be created: {existing} is a file"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"is not writable ({existing} does not allow writing)"
+    problem = _write_problem(existing, path.relative_to(existing))
+    if problem is None:
+        return None
+    return f"is not writable ({problem})" if path == existing else f"cannot be created in {existing} ({problem})"
+
+
+def _write_problem(existing: Path, missing: Path) -> str | None:
+    """Why a new directory named ``missing`` (the part of the path still to create) with a file in
+    it cannot be made in ``existing``, or None. Made under a probe directory of a unique name, so
+    concurrent runs (xdist workers) never see each other's, and removed whole."""
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".quant-fixtures-probe-", dir=existing))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        target = probe / missing
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "probe").write_bytes(b"")
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
     return None
 
 
@@ -98,21 +124,25 @@ def check_flip_gates(
     )
 
 
-def check_models(session: EvaluationSession, models: Iterable[str]) -> None:
-    """What needs each model's config or stored references, before any model loads: the budgets
-    against the model's window, the top-k against the vocabulary, every prompt against the model's
-    positions, and with --frozen-baselines, that
-    every FP16 reference is stored; each selected variant of the model's own (a checkpoint, a GGUF
-    file) is resolved and its tokenizer checked against the base's. A model or checkpoint that
-    cannot be resolved (offline Hub) is left to its tests, which name the remedy."""
+def check_models(session: EvaluationSession, models: Iterable[str], given: Collection[str] = ()) -> None:
+    """What needs each model's config or stored references, before any model loads: its config
+    and weights usable, the budgets against the model's window, the top-k against the vocabulary,
+    every prompt against the model's positions, and with --frozen-baselines, that every FP16
+    reference is stored; each selected variant of the
+    model's own (a checkpoint, a GGUF file) is resolved and its tokenizer checked against the base's.
+    A model or checkpoint that cannot be resolved (offline Hub) is left to its tests, which name the
+    remedy. ``given``: the models --model added (not a TOML entry), for the remedy of pickle weights."""
     from quant_fixtures.models.gguf import GGUFSourceError
-    from quant_fixtures.models.sources import ModelUnavailableError
+    from quant_fixtures.models.sources import ModelUnavailableError, UnusableModelError
     from quant_fixtures.models.tokenizer_match import TokenizerMismatchError
 
     s = session.settings
     for model in models:
         try:
             model_config = session.models.model_config(model)
+            session.models.check_weights(model)
+        except UnusableModelError as exc:
+            raise PreflightError(unusable_message(exc, session.suite, model, None, model in given)) from None
         except ModelUnavailableError:
             continue
         if s.perplexity.protocol != "lm-eval":  # whole documents: a budget smaller than a window is fine
@@ -131,6 +161,8 @@ def check_models(session: EvaluationSession, models: Iterable[str]) -> None:
         for key in [k for k in s.variants if k in session.suite.models[model].variants]:
             try:
                 session.models.weights(model, session.suite.variant(model, key))
+            except UnusableModelError as exc:
+                raise PreflightError(unusable_message(exc, session.suite, model, key, False)) from None
             except ModelUnavailableError:
                 continue
             except (GGUFSourceError, TokenizerMismatchError) as exc:
@@ -157,3 +189,50 @@ def check_prompts_fit(session: EvaluationSession, model: str) -> None:
     if found:
         templated = q.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
         raise PreflightError(too_long_message(found, model, limit, str(q.path), templated))
+
+
+def unusable_message(
+    exc: UnusableModelError, suite: SuiteConfig, model: str, variant_key: str | None, from_command_line: bool
+) -> str:
+    """The error's line; for pickle weights, with the remedy of the route the model came by."""
+    from quant_fixtures.models.sources import PickleWeightsRefused
+
+    if not isinstance(exc, PickleWeightsRefused):
+        return str(exc)
+    if from_command_line:
+        return f"{exc.problem}; {_command_line_pickle_remedy(suite, model)}"
+    table = f"[models.{model}]" if variant_key is None else f"[models.{model}.variants.{variant_key}]"
+    return (
+        f"{exc.problem}; set allow_pickle = true in {table} of {suite.path} (only for a source you trust), "
+        "or convert them to safetensors"
+    )
+
+
+def _command_line_pickle_remedy(suite: SuiteConfig, model: str) -> str:
+    """--model has no allow_pickle: only a suite TOML's entry opts in (and --model of the same source
+    selects that entry). The shipped config lives in the package: the user's own TOML, then."""
+    spec = suite.models[model]
+    source = f"hub_id = {json.dumps(spec.hub_id)}" if spec.hub_id else f"path = {json.dumps(spec.path)}"
+    if spec.revision:
+        source += f", revision = {json.dumps(spec.revision)}"
+    toml = "a suite TOML of your own (--suite-config=FILE)" if suite.path == DEFAULT_CONFIG_PATH else suite.path
+    return (
+        "--model cannot allow them: convert them to safetensors, or (only for a source you trust) add "
+        f"[models.{model}] with {source} and allow_pickle = true to {toml}"
+    )
+
+
+def check_corpus_source(session: EvaluationSession) -> None:
+    """--dataset-source hub: the Hub is reachable (one short request, where `datasets` would retry
+    for minutes) and the split is loaded now, so that a failure is one line before any model loads."""
+    from quant_fixtures.inputs.wikitext import DatasetError, hub_problem
+
+    if session.settings.perplexity.dataset_source != "hub":
+        return
+    problem = hub_problem()
+    if problem:
+        raise PreflightError(problem)
+    try:
+        session.corpus_text.text()  # kept by the session: the passes do not load it again
+    except DatasetError as exc:
+        raise PreflightError(str(exc)) from None

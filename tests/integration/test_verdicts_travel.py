@@ -330,7 +330,7 @@ def test_snapshots_of_other_settings_survive_an_update(pytester, warm, tmp_path)
 def test_pickle_weights_need_an_explicit_opt_in(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
     with pytest.raises(ModelUnavailableError, match="allow_pickle = true"):
-        weight_files(tmp_path, key="m")
+        weight_files(tmp_path, where="model 'm'")
     assert weight_files(tmp_path, allow_pickle=True) == [tmp_path / "pytorch_model.bin"]
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert weight_files(tmp_path) == [tmp_path / "model.safetensors"]  # the pickle is never read

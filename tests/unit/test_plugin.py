@@ -356,6 +356,25 @@ def test_baselines_dir_under_a_file_is_a_usage_error(suite_dir: pytest.Pytester)
     result.stderr.fnmatch_lines([f"ERROR: --baselines-dir {blocker / 'sub'}: cannot be created: {blocker} is a file"])
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("option", ["--results-dir", "--cache-dir"])
+def test_an_output_dir_the_file_system_refuses_is_a_usage_error(suite_dir: pytest.Pytester, option: str) -> None:
+    """/proc takes no new directory, whoever asks; os.access says root may write there (root is
+    what CI containers often run as), so only a real attempt finds out before the FP16 pass."""
+    result = run(suite_dir, "--collect-only", f"{option}=/proc/quant-fixtures/out")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0].startswith(f"ERROR: {option} /proc/quant-fixtures/out: cannot be created in /proc (")
+
+
+def test_the_output_dir_check_leaves_nothing_behind(suite_dir: pytest.Pytester, tmp_path: Path) -> None:
+    """The check makes a directory and a file to see that it can, and removes them: a run that
+    writes nothing (here --collect-only) leaves no results directory."""
+    before = sorted(tmp_path.iterdir())
+    result = run(suite_dir, "--collect-only", f"--results-dir={tmp_path / 'new' / 'results'}")
+    assert result.ret == pytest.ExitCode.OK
+    assert sorted(tmp_path.iterdir()) == before
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
