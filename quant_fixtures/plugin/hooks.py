@@ -25,6 +25,8 @@ from quant_fixtures.plugin.cli import (
     terminate_as_interrupt,
     unavailable_reason,
 )
+from quant_fixtures.plugin.collection_checks import check_snapshot_files, handle_gpu_items_without_gpu
+from quant_fixtures.plugin.ctx_option import ctx_help
 from quant_fixtures.plugin.long_context_options import add_long_context_options
 from quant_fixtures.plugin.model_option import given_models, model_values, with_given_models
 from quant_fixtures.plugin.rootdir import check_rootdir_not_taken_from_an_option
@@ -35,29 +37,6 @@ REPORT_KEY = pytest.StashKey[Path]()
 VERDICT_KEY = pytest.StashKey[JointVerdict]()
 GATE_MODES = ("enforce", "report")
 PAIR_FIXTURES = ("variant_eval", "quantized_eval", "bench_model")  # parametrized over (model, variant)
-
-# What --ctx sets under each --ppl-protocol (the windows: inputs/corpus_protocols.py), and the
-# defaults of the protocols that do not take the config's ctx (build_settings, CONFIG_CTX_PROTOCOLS;
-# session/inputs.py RunInputs.ctx). tests/unit/test_plugin.py checks both against the code.
-CTX_MEANINGS = {
-    "nonoverlapping": "the length of each window, which scores ctx - 1 tokens",
-    "strided": "the length of each window, the windows starting every --ppl-stride tokens",
-    "llama.cpp": "llama-perplexity's n_ctx, the length of each chunk, whose second half is scored",
-    "lm-eval": "lm-eval's max_length, the length of the rolling windows over each document",
-}
-CTX_OWN_DEFAULTS = {
-    "llama.cpp": "512, llama-perplexity's",
-    "lm-eval": "the model's maximum length, as lm-eval reads it",
-}
-
-
-def ctx_help() -> str:
-    """The --ctx help: what the number means under each protocol, and its default there."""
-    meanings = [
-        f"{name}: {meaning} (default: {CTX_OWN_DEFAULTS.get(name, '[defaults].ctx of the suite config')})"
-        for name, meaning in CTX_MEANINGS.items()
-    ]
-    return "tokens of perplexity context, capped at each model's maximum, by --ppl-protocol: " + "; ".join(meanings)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -301,7 +280,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from quant_fixtures.plugin.workers import is_worker
 
-    if not handle_gpu_items_without_gpu(config, items):
+    if not handle_gpu_items_without_gpu(config, items, CONFIG_KEY in config.stash):
         return
     if CONFIG_KEY not in config.stash:
         return
@@ -312,54 +291,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not is_worker(config) and not config.option.collectonly:  # (xdist: the controller checks, in xdist.py)
         check_snapshot_files({item.path for item in items})
         preflight_models(config, {model for model, _ in pairs})
-
-
-def check_snapshot_files(test_modules: set[Path]) -> None:
-    from quant_fixtures.plugin.snapshot_extension import unreadable_snapshot
-
-    problem = unreadable_snapshot(test_modules)
-    if problem:
-        raise pytest.UsageError(problem)
-
-
-def handle_gpu_items_without_gpu(config: pytest.Config, items: list[pytest.Item]) -> bool:
-    """Selected GPU tests where torch sees no GPU: skipped with --allow-no-gpu (or outside a suite
-    project, whose `gpu` marker is not ours to enforce); otherwise the run fails up front, since
-    it would check nothing. An xdist worker cannot end the run: it deselects everything and hands
-    the reason to the controller (plugin/xdist.py). False when nothing is left to run."""
-    runnable = [i for i in items if i.get_closest_marker("gpu") and not i.get_closest_marker("skip")]
-    if not runnable or config.option.collectonly:  # listing GPU tests checks nothing either way
-        return True
-    import torch
-
-    if torch.cuda.is_available():
-        return True
-    if CONFIG_KEY not in config.stash or config.getoption("--allow-no-gpu"):
-        skip = pytest.mark.skip(reason="needs CUDA: no GPU visible to torch (--allow-no-gpu)")
-        for item in runnable:
-            item.add_marker(skip)
-        return True
-    from quant_fixtures.plugin.workers import NO_GPU_OUTPUT, hand_to_controller, is_worker
-
-    message = no_gpu_message(runnable, torch.__version__, torch.version.cuda)
-    if not is_worker(config):
-        raise pytest.UsageError(message)
-    hand_to_controller(config, NO_GPU_OUTPUT, message)
-    config.hook.pytest_deselected(items=list(items))
-    items[:] = []
-    return False
-
-
-def no_gpu_message(items: list[pytest.Item], torch_version: str, cuda: str | None) -> str:
-    """One line: how many selected tests need a GPU, which modules, and what to do."""
-    modules = sorted({i.nodeid.split("::")[0] for i in items})
-    build = "a CPU-only build" if cuda is None else f"built for CUDA {cuda}"
-    return (
-        f"{len(items)} selected test(s) need a GPU ({', '.join(modules[:3])}{', ...' if len(modules) > 3 else ''}) "
-        f"but torch {torch_version} ({build}) sees none (torch.cuda.is_available() is False): this run would "
-        "check nothing. Run it where a GPU is visible (check CUDA_VISIBLE_DEVICES and the driver), or pass "
-        "--allow-no-gpu to skip them"
-    )
 
 
 def pairs_in(config: pytest.Config, items: list[pytest.Item]) -> list[tuple[str, str]]:

@@ -103,7 +103,7 @@ class XdistHooks:
             if any(f"[{m}-" in i or f"[{m}]" in i for i in ids)
             and (torch.cuda.is_available() or not suite.models[m].requires_gpu)
         }
-        from quant_fixtures.plugin.hooks import check_snapshot_files
+        from quant_fixtures.plugin.collection_checks import check_snapshot_files
 
         check_snapshot_files({self.config.rootpath / i.split("::")[0] for i in ids})
         preflight_models(self.config, models)

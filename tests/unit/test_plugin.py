@@ -421,16 +421,17 @@ def test_the_ctx_help_says_what_ctx_is_under_every_protocol() -> None:
     from quant_fixtures.inputs.corpus_protocols import LLAMA_CPP_DEFAULT_CTX, PROTOCOLS
     from quant_fixtures.plugin import hooks
     from quant_fixtures.plugin.cli import CONFIG_CTX_PROTOCOLS
+    from quant_fixtures.plugin.ctx_option import CTX_MEANINGS, CTX_OWN_DEFAULTS
 
     options = _RecordedOptions()
     hooks.pytest_addoption(options)
-    assert list(hooks.CTX_MEANINGS) == list(PROTOCOLS)
+    assert list(CTX_MEANINGS) == list(PROTOCOLS)
     assert set(CONFIG_CTX_PROTOCOLS) <= set(PROTOCOLS)
-    assert set(hooks.CTX_OWN_DEFAULTS) == set(PROTOCOLS) - set(CONFIG_CTX_PROTOCOLS)
-    assert hooks.CTX_OWN_DEFAULTS["llama.cpp"].startswith(f"{LLAMA_CPP_DEFAULT_CTX},")
+    assert set(CTX_OWN_DEFAULTS) == set(PROTOCOLS) - set(CONFIG_CTX_PROTOCOLS)
+    assert CTX_OWN_DEFAULTS["llama.cpp"].startswith(f"{LLAMA_CPP_DEFAULT_CTX},")
     for protocol in PROTOCOLS:
-        default = hooks.CTX_OWN_DEFAULTS.get(protocol, "[defaults].ctx of the suite config")
-        assert f"{protocol}: {hooks.CTX_MEANINGS[protocol]} (default: {default})" in options.help["--ctx"]
+        default = CTX_OWN_DEFAULTS.get(protocol, "[defaults].ctx of the suite config")
+        assert f"{protocol}: {CTX_MEANINGS[protocol]} (default: {default})" in options.help["--ctx"]
 
 
 @pytest.mark.parametrize("protocol", ["nonoverlapping", "strided", "llama.cpp", "lm-eval"])
