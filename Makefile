@@ -12,6 +12,10 @@ TORCH_INDEX ?=
 EVAL_ARGS ?=
 # The embedded model's default matrix and its two GGUF re-quantizations (quant_suite.toml).
 EVAL_VARIANTS ?= fp16,int8,nf4,gguf_q8_0,gguf_q4_0
+# make eval's FP16 baselines: beside its reports, in the ignored results/. The committed baselines/
+# hold those of the CI budget that make test reads; eval's budget is another, so it would only add
+# untracked files there.
+EVAL_BASELINES ?= results/baselines
 
 .PHONY: install eval test lint lint-fix typecheck gpu gpu-check bench calibrate snapshot-noise snapshot-update clean-results
 
@@ -29,7 +33,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 # Exits 0 once the evaluation completed, whatever the verdicts (failed gates show as xfail).
 eval: install
 	$(PYTEST) tests/harm/test_release_gates.py -m "not gpu" --models smollm2-135m --variants $(EVAL_VARIANTS) \
-		--gate-mode report $(EVAL_ARGS)
+		--gate-mode report --baselines-dir=$(EVAL_BASELINES) $(EVAL_ARGS)
 
 # CI-sized: unit and integration tests, the embedded model's gates and snapshot on a small budget,
 # then the benchmarks with a tiny budget (timings are printed, never asserted). The committed

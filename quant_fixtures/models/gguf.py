@@ -19,6 +19,7 @@ from pathlib import Path
 
 from quant_fixtures.store.atomic import atomic_path, file_lock
 from quant_fixtures.store.digests import sha256_file
+from quant_fixtures.store.stale import warn_recomputed
 
 MANIFEST = "quant_fixtures_manifest.json"
 CONVERTER_VERSION = 1
@@ -51,17 +52,23 @@ def package_file(package: str, filename: str) -> Path:
     return path
 
 
-def _manifest_ok(directory: Path, expected: dict) -> bool:
+def _manifest_problem(directory: Path, expected: dict) -> str | None:
+    """Why the converted directory cannot be reused (no manifest, another source, a file missing or
+    of another size than recorded), or None when it can."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    if manifest.get("source") != expected:
-        return False
-    files = manifest.get("files", {})
-    return bool(files) and all(
-        (directory / name).is_file() and (directory / name).stat().st_size == size for name, size in files.items()
-    )
+        source, files = manifest.get("source"), manifest.get("files")
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"no readable {MANIFEST} ({type(exc).__name__})"
+    if source != expected:
+        changed = sorted(k for k in expected if not isinstance(source, dict) or source.get(k) != expected[k])
+        return f"converted from another source or converter ({', '.join(changed) or 'extra fields'})"
+    if not isinstance(files, dict) or not files:
+        return f"{MANIFEST} lists no files"
+    for name, size in files.items():
+        if not (directory / name).is_file() or (directory / name).stat().st_size != size:
+            return f"{name} is missing or not the {size} bytes the manifest records (truncated or edited)"
+    return None
 
 
 def _write_hf_directory(gguf_path: Path, out: Path) -> None:
@@ -140,12 +147,14 @@ def convert_gguf_file(gguf_path: Path, cache_root: Path) -> ConvertedModel:
     tag = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
     target = cache_root / f"{Path(filename).stem}-{tag}"
     identity = f"gguf:{gguf_sha}:transformers-{transformers.__version__}:v{CONVERTER_VERSION}"
-    if _manifest_ok(target, source):
+    if _manifest_problem(target, source) is None:
         return ConvertedModel(target, identity)
     with file_lock(cache_root / f".{target.name}.lock"):  # concurrent runs convert once
-        if _manifest_ok(target, source):
+        problem = _manifest_problem(target, source)
+        if problem is None:
             return ConvertedModel(target, identity)
         if target.exists():
+            warn_recomputed(target, problem)
             shutil.rmtree(target)  # stale or half-written: never reused
         with atomic_path(target, directory=True) as tmp:
             _write_hf_directory(gguf_path, tmp)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from quant_fixtures.store.atomic import atomic_path, file_lock, write_text_atomic
 from quant_fixtures.store.digests import sha256_file
+from quant_fixtures.store.stale import warn_recomputed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,6 +99,7 @@ def requantized_gguf(source: Path, type_name: str, cache_root: Path) -> Path:
     with file_lock(cache_root / f".{target.name}.lock"):
         if target.is_file() and _recorded_sha(manifest) == sha256_file(target):
             return target
+        warn_recomputed(target, f"its sha256 is not the one {manifest.name} records (truncated or edited)")
         with atomic_path(target) as tmp:
             write_requantized(source, type_name, tmp)
         write_text_atomic(manifest, json.dumps({"source": key, "sha256": sha256_file(target)}, indent=2))

@@ -20,6 +20,7 @@ from quant_fixtures.models.gguf import (
 from quant_fixtures.models.gguf_quantize import requantized_gguf
 from quant_fixtures.store.atomic import write_text_atomic
 from quant_fixtures.store.digests import sha256_blocks
+from quant_fixtures.store.stale import warn_recomputed
 
 SAFE_WEIGHTS = ("*.safetensors",)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth")  # torch pickles: loading one can run arbitrary code
@@ -77,6 +78,7 @@ def _file_digest(path: Path, cache_dir: Path) -> str:
         memoised = ""
     if re.fullmatch(r"[0-9a-f]{64}", memoised):  # anything else (empty, edited) is recomputed
         return memoised
+    warn_recomputed(memo, f"the memoised digest of {path.name} is not a sha256")
     digest = sha256_blocks(path)
     write_text_atomic(memo, digest)
     return digest

@@ -13,7 +13,7 @@ from quant_fixtures.report.gates import verdict as gate_verdict
 from quant_fixtures.report.long_context_markdown import long_context_section
 from quant_fixtures.report.plots import model_plots
 from quant_fixtures.report.release import release_lines
-from quant_fixtures.report.schema import EvaluationDocument
+from quant_fixtures.report.schema import EvaluationDocument, now_utc
 from quant_fixtures.report.terminal import settings_line
 from quant_fixtures.store.atomic import write_text_atomic
 
@@ -198,7 +198,8 @@ def write_report(results_dir: Path, documents: dict[str, Documents], verdict: Jo
     env = any_doc.environment
     versions = env["packages"]
     packages = ", ".join(f"{k} {v}" for k, v in versions.items() if v) if isinstance(versions, dict) else "–"
-    lines += [f"Generated {any_doc.generated_at} on {env['device']} ({env['device_name']}); {packages}.", ""]
+    # Now, not a document's time: the documents may come from earlier runs (the FP16 pass's, a merge's).
+    lines += [f"Generated {now_utc()} on {env['device']} ({env['device_name']}); {packages}.", ""]
     if verdict is not None:
         first, *rest = release_lines(verdict)
         lines += [f"**{first}**", "", *[f"- {line.strip()}" for line in rest], "", f"_{verdict.method}._", ""]

@@ -59,13 +59,15 @@ class CorpusPlans:
         per tokenizer, cached on disk."""
         import torch
 
-        from quant_fixtures.store.corpus_tokens import load_corpus_tokens, save_corpus_tokens
+        from quant_fixtures.store.corpus_tokens import corpus_tokens_path, load_corpus_tokens, save_corpus_tokens
+        from quant_fixtures.store.stale import warn_recomputed
 
         by_document = self._by_document() and not joined
         kind, names = ("documents-v2", ("ids", "lengths")) if by_document else ("joined-v2", ("ids", "ends"))
         if (digest, kind) not in self._tokens_by_tokenizer:
-            tensors, _ = load_corpus_tokens(self.cache_dir, digest, text.sha256, kind, names)
+            tensors, reason = load_corpus_tokens(self.cache_dir, digest, text.sha256, kind, names)
             if tensors is None:  # the tokenizer was loaded (for the digest) before this job was submitted
+                warn_recomputed(corpus_tokens_path(self.cache_dir, digest, text.sha256, kind), reason)
                 tokenizer = self.models.tokenizer(model)
                 if by_document:
                     docs = document_tokens(tokenizer, [detokenize(p) for p in self.corpus.pages()])

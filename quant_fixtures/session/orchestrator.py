@@ -170,6 +170,7 @@ class EvaluationSession:
             if self.settings.gates.frozen_baselines:
                 raise StaleBaselineError(f"--frozen-baselines: {model}: {reason}")
             log.warning("running the FP16 pass of %s first: %s", model, reason)
+            self.references.say_why_recomputed(model)
             started = time.perf_counter()
             try:
                 self.evaluate(model, BASELINE_VARIANT)

@@ -10,6 +10,7 @@ all of them; if one is missing or stale, the FP16 pass runs first.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quant_fixtures.inputs.retrieval_probe import PROBE_VERSION
@@ -22,11 +23,23 @@ from quant_fixtures.session.long_plan import long_shape
 from quant_fixtures.session.model_facts import ModelFacts
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.atomic import file_lock
-from quant_fixtures.store.baseline import Baseline, BaselineKey, load_baseline, store_baseline
+from quant_fixtures.store.baseline import Baseline, BaselineKey, baseline_path, load_baseline, store_baseline
 from quant_fixtures.store.corpus_reference import corpus_reference_path, load_corpus_reference, store_corpus_reference
-from quant_fixtures.store.long_reference import LongReferenceKey, load_long_reference, store_long_reference
-from quant_fixtures.store.prompt_reference import PromptReference, ReferenceKey, load_reference, store_reference
-from quant_fixtures.store.prompt_summary import load_prompt_summary, store_prompt_summary
+from quant_fixtures.store.long_reference import (
+    LongReferenceKey,
+    load_long_reference,
+    long_reference_path,
+    store_long_reference,
+)
+from quant_fixtures.store.prompt_reference import (
+    PromptReference,
+    ReferenceKey,
+    load_reference,
+    reference_path,
+    store_reference,
+)
+from quant_fixtures.store.prompt_summary import load_prompt_summary, prompt_summary_path, store_prompt_summary
+from quant_fixtures.store.stale import warn_recomputed
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +70,8 @@ class ReferenceStore:
         self._prompt_keys: dict[str, ReferenceKey] = {}
         self._locks: dict[str, BaseFileLock] = {}
         self._loaded: dict[str, References] = {}  # read and verified once (preflight, then every variant)
+        self._unusable_file: dict[str, tuple[Path, str]] = {}  # model -> the stored file the last read refused
+        self._warned: set[tuple[Path, str]] = set()
 
     def lock(self, model: str) -> BaseFileLock:
         """Serialises FP16 passes across xdist workers: one computes, the others wait and read.
@@ -152,34 +167,57 @@ class ReferenceStore:
         key = self.baseline_key(model)
         baseline, reason = load_baseline(paths.baselines_dir, key)
         if baseline is None:
-            return None, reason
-        corpus = load_corpus_reference(
-            corpus_reference_path(paths.cache_dir, key.digest()), key.digest(), baseline.tokens
-        )
+            return self._unusable(model, baseline_path(paths.baselines_dir, key), reason)
+        corpus_path = corpus_reference_path(paths.cache_dir, key.digest())
+        corpus, reason = load_corpus_reference(corpus_path, key.digest(), baseline.tokens)
         if corpus is None:
-            return None, "FP16 corpus hidden states missing or stale in the cache"
+            return self._unusable(model, corpus_path, reason)
         prompts, noise = None, None
         if not self.settings.prompts.skip:
             pkey = self.prompt_key(model)
             prompts, reason = load_reference(paths.cache_dir, pkey)
             if prompts is None:
-                return None, reason
+                return self._unusable(model, reference_path(paths.cache_dir, pkey), reason)
+            summary_path = prompt_summary_path(paths.baselines_dir, pkey)
             summary, reason = load_prompt_summary(paths.baselines_dir, pkey)
             if summary is None:  # corrupt or stale: the FP16 pass rebuilds it (the noise floor with it)
-                return None, reason
+                return self._unusable(model, summary_path, reason)
             try:
                 noise = from_json_object(NoiseFloor, summary["noise_floor"], "noise_floor")
             except SchemaError as exc:  # likewise
-                return None, f"FP16 prompt summary of {model}: {exc}"
+                return self._unusable(model, summary_path, f"FP16 prompt summary of {model}: {exc}")
         long = None
         if not self.settings.long_context.skip:
-            long, reason = load_long_reference(paths.cache_dir, self.long_key(model))
+            long_key = self.long_key(model)
+            long, reason = load_long_reference(paths.cache_dir, long_key)
             if long is None:
-                return None, reason
+                return self._unusable(model, long_reference_path(paths.cache_dir, long_key), reason)
         return References(baseline, corpus, prompts, noise, long), "ok"
 
+    def _unusable(self, model: str, path: Path, reason: str) -> tuple[None, str]:
+        """Notes which stored file kept the references from being read (say_why_recomputed tells it)."""
+        self._unusable_file[model] = (path, reason)
+        return None, reason
+
+    def say_why_recomputed(self, model: str) -> None:
+        """Before the FP16 pass replaces the file that could not be used: which, and why (nothing
+        when the file was just not there yet)."""
+        if model in self._unusable_file:
+            self._warn_once(*self._unusable_file.pop(model))
+
+    def _warn_once(self, path: Path, reason: str) -> None:
+        if (path, reason) not in self._warned:  # the prompt stage may find the same file again
+            self._warned.add((path, reason))
+            warn_recomputed(path, reason)
+
     def cached_prompt_reference(self, model: str) -> tuple[PromptReference | None, str]:
-        return load_reference(self.settings.paths.cache_dir, self.prompt_key(model))
+        """The FP16 pass's cached prompt reference, or None and why (said when the file is there:
+        the pass generates it again)."""
+        key = self.prompt_key(model)
+        reference, reason = load_reference(self.settings.paths.cache_dir, key)
+        if reference is None:
+            self._warn_once(reference_path(self.settings.paths.cache_dir, key), reason)
+        return reference, reason
 
     # -- writing (the FP16 pass) ------------------------------------------------------------------
     def save_perplexity(self, baseline: Baseline, corpus: dict[str, torch.Tensor]) -> None:

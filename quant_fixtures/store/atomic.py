@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,12 +31,8 @@ def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+    tmp = _new_sibling(path, directory)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # what open() (mkdir) gives here: 0666 (0777) less the umask
     try:
         yield tmp
         if directory:
@@ -45,12 +42,29 @@ def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
                 if not path.is_dir():
                     raise
         else:
+            os.chmod(tmp, mode)  # a writer may have put its own file there (safetensors does, with 0600)
             os.replace(tmp, path)
     finally:
         if directory:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def _new_sibling(path: Path, directory: bool) -> Path:
+    """A new, empty file (or directory) with a unique name beside ``path``, created with the mode a
+    plain open() (mkdir) gives: 0666 (0777) less the umask. tempfile's 0600 (0700) would survive the
+    rename and leave reports and caches unreadable to a CI artifact or a shared results folder."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            if directory:
+                tmp.mkdir(mode=0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue  # another writer's temporary: draw another name
+        return tmp
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -25,13 +25,20 @@ def store_corpus_reference(path: Path, tensors: dict[str, torch.Tensor], baselin
     save_tensors(path, tensors, {"baseline_key_sha256": baseline_digest})
 
 
-def load_corpus_reference(path: Path, baseline_digest: str, positions: int) -> dict[str, torch.Tensor] | None:
-    """The stored hidden states and head if they belong to this baseline and are intact, else None."""
-    tensors, meta, _ = load_tensors(path)
-    if tensors is None or meta.get("baseline_key_sha256") != baseline_digest:
-        return None
-    if not REQUIRED <= set(tensors) <= REQUIRED | OPTIONAL or tensors["hidden"].shape[0] != positions:
-        return None
+def load_corpus_reference(
+    path: Path, baseline_digest: str, positions: int
+) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """(the stored hidden states and head, "ok") if they belong to this baseline and are intact,
+    else (None, why not)."""
+    tensors, meta, reason = load_tensors(path)
+    if tensors is None:
+        return None, reason
+    if meta.get("baseline_key_sha256") != baseline_digest:
+        return None, f"{path}: recorded with another FP16 baseline"
+    if not REQUIRED <= set(tensors) <= REQUIRED | OPTIONAL:
+        return None, f"{path}: tensors {sorted(tensors)} are not a corpus reference's"
+    if tensors["hidden"].shape[0] != positions:
+        return None, f"{path}: {tensors['hidden'].shape[0]} hidden states for the baseline's {positions} positions"
     if tensors["hidden"].shape[-1] != tensors["head_weight"].shape[-1]:
-        return None
-    return tensors
+        return None, f"{path}: hidden states and output head differ in width"
+    return tensors, "ok"

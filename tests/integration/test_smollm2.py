@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from integration_support import SMOLLM2_GGUF, SMOLLM2_PACKAGE, load_variant, pla
 import quant_fixtures.models.gguf as gguf
 from quant_fixtures.compute.scoring import score_windows
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
+from quant_fixtures.store.stale import StaleStoreWarning
 
 
 def test_converted_directory_is_a_plain_float16_hf_model(smollm2_converted):
@@ -108,7 +110,12 @@ def test_damaged_conversion_is_redone_not_reused(smollm2_converted, tmp_path, mo
         (out / "config.json").write_text("{}")
 
     monkeypatch.setattr(gguf, "_write_hf_directory", recording_writer)
-    result = gguf.convert_gguf_package(SMOLLM2_PACKAGE, SMOLLM2_GGUF, root)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        result = gguf.convert_gguf_package(SMOLLM2_PACKAGE, SMOLLM2_GGUF, root)
+    # A damaged copy is converted again and the run says which directory and why; an intact one says nothing.
+    named = [str(w.message).split(": recomputed, not used: ")[0] for w in said if w.category is StaleStoreWarning]
+    assert named == ([] if damage is None else [str(copy)])
     assert result.directory == copy and result.identity == smollm2_converted.identity
     if damage is None:
         assert calls == []

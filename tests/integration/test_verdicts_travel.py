@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,28 @@ def test_a_corrupt_prompt_summary_is_rebuilt_not_used(pytester, warm, tmp_path):
     document = json.loads(summary.read_text())
     assert read_record(summary, document["schema_version"], document["key"], ("noise_floor",), "summary")[1] == "ok"
     assert report(tmp_path / "R", "int8")["noise_floor"]["mean"] is not None
+    assert f"StaleStoreWarning: {summary}: recomputed, not used: unreadable FP16 prompt summary" in result.stdout.str()
+
+
+def test_damaged_cache_files_are_recomputed_and_each_says_why(pytester, warm, tmp_path):
+    """The tokenized corpus, the FP16 corpus hidden states and the FP16 prompt reference, each with
+    its last bytes changed (every such file of the module's cache: other tests add their own
+    settings'): each one the run needs is computed again, and the run names it and what was wrong."""
+    cache = shutil.copytree(warm.cache, tmp_path / "C")
+    folders = ("corpus-tokens", "corpus_reference", "reference")
+    for path in [p for folder in folders for p in (cache / folder).glob("*.safetensors")]:
+        data = bytearray(path.read_bytes())
+        data[-4:] = bytes(255 - b for b in data[-4:])
+        path.write_bytes(bytes(data))
+    with_cache = SimpleNamespace(**{**vars(warm), "cache": cache})
+    result = run_suite(pytester, with_cache, tmp_path / "R", copy_baselines(warm, tmp_path / "B"), "--variants", "int8")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    said = re.findall(
+        r"StaleStoreWarning: (\S+): recomputed, not used: content digest mismatch \(corrupt\)$",
+        result.stdout.str(),
+        re.M,
+    )
+    assert sorted(Path(p).parent.name for p in said) == sorted(folders), result.stdout.str()[-3000:]
 
 
 def test_top_k_larger_than_the_vocabulary_is_a_usage_error(pytester, warm, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 
 from quant_fixtures.models.sources import directory_identity
 from quant_fixtures.store import digests
+from quant_fixtures.store.stale import StaleStoreWarning
 
 
 @pytest.mark.parametrize("size", [0, 1, 3 * 1024 + 17, 5 * 1024])
@@ -36,3 +37,19 @@ def test_a_changed_byte_in_any_block_changes_the_identity(tmp_path, monkeypatch)
     data[3000] = 1  # third block
     weights.write_bytes(bytes(data))
     assert directory_identity(model, tmp_path / "cache") != first
+
+
+def test_an_edited_digest_memo_is_recomputed_and_says_so(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(bytes(4096))
+    first = directory_identity(model, tmp_path / "cache")
+    memos = sorted((tmp_path / "cache" / "digests").iterdir())
+    for memo in memos:
+        memo.write_text("edited")
+    with pytest.warns(StaleStoreWarning) as caught:
+        assert directory_identity(model, tmp_path / "cache") == first
+    said = {str(w.message).split(": ", 1)[0]: str(w.message) for w in caught}  # memo file -> message
+    assert set(said) == {str(m) for m in memos}
+    assert any("memoised digest of model.safetensors is not a sha256" in message for message in said.values())

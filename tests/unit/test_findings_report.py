@@ -3,6 +3,8 @@ documents whose numbers are known."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 from documents_for_tests import gate_record, typed
@@ -173,6 +175,15 @@ def test_report_written_with_tables_and_plots(tmp_path: Path):
     for png in ("m_kl_distribution.png", "m_kl_by_category.png", "m_footprint_vs_delta_ppl.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_report_says_when_it_was_generated_not_when_a_variant_ran(tmp_path: Path):
+    """Every document here ran at 2026-11-27T00:00; REPORT.md written now says now."""
+    before = datetime.now(UTC).replace(microsecond=0)
+    text = write_report(tmp_path, {"m": DOCS}).read_text()
+    after = datetime.now(UTC)
+    (stamp,) = re.findall(r"^Generated (\S+) on ", text, re.M)
+    assert before <= datetime.fromisoformat(stamp) <= after
 
 
 def test_throughput_summary_rates_and_ratios():

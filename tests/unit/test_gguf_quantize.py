@@ -9,7 +9,9 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
+from quant_fixtures.models import gguf_quantize  # noqa: E402
 from quant_fixtures.models.gguf_quantize import quantized_tensor  # noqa: E402
+from quant_fixtures.store.stale import StaleStoreWarning  # noqa: E402
 
 BLOCK = 32
 
@@ -93,3 +95,23 @@ def test_the_reference_note_names_the_files_quantization(tmp_path):
     assert "carries the file's Q8_0 quantization" in note and "not against the original float16 model" in note
     plain = _gguf_with(tmp_path / "m.F32.gguf", {"norm.weight": (weights[0], None)})
     assert reference_note(plain) == "the FP16 reference is m.F32.gguf (F32 x1) converted to float16"
+
+
+def test_a_damaged_requantized_file_is_written_again_and_says_why(tmp_path, monkeypatch):
+    """The writer is replaced by one that records its calls (the real one is checked above)."""
+    source = tmp_path / "model.Q4_1.gguf"
+    source.write_bytes(b"source")
+    written = []
+
+    def writer(source_path, type_name, out):
+        written.append(type_name)
+        out.write_bytes(b"requantized")
+
+    monkeypatch.setattr(gguf_quantize, "write_requantized", writer)
+    target = gguf_quantize.requantized_gguf(source, "Q8_0", tmp_path / "cache")
+    assert gguf_quantize.requantized_gguf(source, "Q8_0", tmp_path / "cache") == target and written == ["Q8_0"]
+    target.write_bytes(b"requant")  # truncated
+    with pytest.warns(StaleStoreWarning, match="recomputed, not used: its sha256 is not the one") as caught:
+        gguf_quantize.requantized_gguf(source, "Q8_0", tmp_path / "cache")
+    assert str(caught[0].message).startswith(f"{target}: ")
+    assert written == ["Q8_0", "Q8_0"] and target.read_bytes() == b"requantized"

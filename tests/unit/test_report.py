@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from documents_for_tests import gate_record, typed
 
 from quant_fixtures.report.comparison import comparison_document, comparison_path, evaluation_path
 from quant_fixtures.report.schema import SCHEMA_VERSION, now_utc, to_json_object, write_document
-from quant_fixtures.store.atomic import write_json_atomic
+from quant_fixtures.store.atomic import atomic_path, save_tensors, write_json_atomic
 
 # -- write_json_atomic ------------------------------------------------------------------------------
 
@@ -41,6 +45,30 @@ def test_write_replaces_existing(tmp_path: Path) -> None:
     write_json_atomic(path, {"v": 2})
     assert json.loads(path.read_text()) == {"v": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    """Sets the process's umask for one test and restores it afterwards."""
+    before = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(before)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002], ids=oct)
+def test_written_files_get_the_mode_open_would_give(tmp_path: Path, umask: Callable[[int], None], mask: int) -> None:
+    """Reports, plots and caches must be readable wherever a plain open() would make them so (a CI
+    artifact, a shared results folder): 0666 less the umask, directories 0777 less it."""
+    umask(mask)
+    write_json_atomic(tmp_path / "report.json", {"v": 1})
+    save_tensors(tmp_path / "hidden.safetensors", {"h": torch.zeros(2)}, {})  # safetensors writes its own file
+    with atomic_path(tmp_path / "converted", directory=True) as tmp:
+        (tmp / "config.json").write_text("{}")
+    for name in ("report.json", "hidden.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask, name
+    assert stat.S_IMODE((tmp_path / "converted").stat().st_mode) == 0o777 & ~mask
 
 
 @pytest.mark.parametrize(
