@@ -1,9 +1,10 @@
 """Prompts checked before any model loads: each selected prompt plus its new tokens must fit each
 model's positions (session/prompt_fit.py), and a flip-rate gate needs prompts with an answer.
 
-The end-to-end cases run the plugin in-process on model directories that hold only a config.json and
-a tokenizer built here: no weights, so a run that got past the checks would fail to load instead of
-ending in the usage error (exit 4) these tests expect. torch and transformers are imported here,
+The end-to-end cases run the plugin in-process on model directories that hold only a config.json, a
+tokenizer built here and an empty weights file (the up-front checks list weight files, they do not
+read them): a run that got past the checks would fail to load instead of ending in the usage error
+(exit 4) these tests expect. torch and transformers are imported here,
 before any inner run (see tests/unit/test_plugin.py).
 """
 
@@ -34,8 +35,8 @@ max_flip_rate = 0.25
 
 
 def tiny_model_dir(directory: Path, positions: int) -> Path:
-    """A model directory without weights: a Llama config of ``positions`` positions and a word-level
-    tokenizer (one token per word) with the chat template above."""
+    """A model directory without real weights: a Llama config of ``positions`` positions, a word-level
+    tokenizer (one token per word) with the chat template above, and an empty model.safetensors."""
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<a>")
@@ -50,6 +51,7 @@ def tiny_model_dir(directory: Path, positions: int) -> Path:
         max_position_embeddings=positions,
     )
     config.save_pretrained(directory)
+    (directory / "model.safetensors").write_bytes(b"")
     return directory
 
 
