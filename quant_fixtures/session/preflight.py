@@ -152,8 +152,6 @@ def check_models(session: EvaluationSession, models: Iterable[str], given: Colle
         vocab = getattr(model_config, "vocab_size", None)
         if not s.prompts.skip and vocab and s.prompts.top_k > vocab:
             raise PreflightError(f"--top-k {s.prompts.top_k} is larger than the vocabulary of {model} ({vocab} tokens)")
-        if not s.prompts.skip:
-            check_prompts_fit(session, model)
         if s.gates.frozen_baselines:
             refs, reason = session.references.load(model)
             if refs is None:
@@ -167,6 +165,8 @@ def check_models(session: EvaluationSession, models: Iterable[str], given: Colle
                 continue
             except (GGUFSourceError, TokenizerMismatchError) as exc:
                 raise PreflightError(str(exc)) from None
+        if not s.prompts.skip:
+            check_prompts_fit(session, model)
 
 
 def check_prompts_fit(session: EvaluationSession, model: str) -> None:
@@ -178,7 +178,12 @@ def check_prompts_fit(session: EvaluationSession, model: str) -> None:
     limit = session.plans.max_length(model)
     if limit is None:
         return
-    q, tokenizer = session.settings.prompts, session.models.tokenizer(model)
+    q = session.settings.prompts
+    try:
+        tokenizer = session.models.tokenizer(model)
+    except (OSError, ValueError) as exc:  # a folder without tokenizer files, or one transformers cannot read
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PreflightError(f"model {model!r}: its tokenizer cannot be loaded: {first_line}") from None
     found = too_long(
         session.prompt_suite.prompts(),
         limit,

@@ -142,6 +142,14 @@ def test_a_model_folder_without_weights(project: pytest.Pytester) -> None:
     assert refusal(project, run(project, "--model=./tiny")) == expected
 
 
+def test_a_model_folder_without_a_tokenizer(project: pytest.Pytester) -> None:
+    """The prompts are checked against the model's positions as its tokenizer reads them: a folder
+    without one is refused in one line, not an INTERNALERROR."""
+    folder = model_folder(project.path, "tiny", "model.safetensors")
+    line = refusal(project, run(project, f"--suite-config={write_suite(project, folder)}"))
+    assert line.startswith("model 'tiny': its tokenizer cannot be loaded: ")
+
+
 def test_a_toml_path_that_holds_no_model(project: pytest.Pytester) -> None:
     missing = project.path / "not-downloaded"
     assert refusal(project, run(project, f"--suite-config={write_suite(project, missing)}")) == (
