@@ -2,8 +2,10 @@
 
 ``{variant}_quantized_{model}_evaluation.json`` is an :class:`EvaluationDocument`;
 ``{model}_quantization_comparison.json`` a :class:`ComparisonDocument`. Field order is the JSON's
-key order. Per-prompt records, per-category statistics and the corpus tables stay plain JSON objects
-with fixed keys (typed in report/sections.py); the environment and a row of the comparison are opaque
+key order. The prompt and corpus sections (``kl_divergence``, ``flips``, ``corpus_kl``) are built
+where their numbers are made (metrics/prompt_summary.py, metrics/corpus_stats.py) and imported here.
+Per-prompt records, per-category statistics and the corpus tables stay plain JSON objects with fixed
+keys (typed in report/sections.py); the environment and a row of the comparison are opaque
 JSON (environment.py, report/comparison.variant_row). Reading is strict: a file whose schema version,
 keys or types do not match is not this schema (the records inside a section are read as they are).
 """
@@ -19,22 +21,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from quant_fixtures.json_types import JsonObject, JsonValue
+from quant_fixtures.json_types import OMIT_IF_NONE, JsonObject, JsonValue
+from quant_fixtures.metrics.corpus_stats import CorpusKL
 from quant_fixtures.metrics.decision import JointVerdict
 from quant_fixtures.metrics.position_buckets import LongContextComparison, LongContextFp16, VariantBucket
+from quant_fixtures.metrics.prompt_summary import BatchSensitivity as BatchSensitivity  # re-exported: flips' part
+from quant_fixtures.metrics.prompt_summary import Flips, PromptKL
 from quant_fixtures.metrics.retrieval import Fp16RetrievalSummary, RetrievalSummary
 from quant_fixtures.report.gates import GateResult
 from quant_fixtures.report.sections import (
     AffectedCategory,
-    CategoryStats,
-    ConfidenceBucket,
-    CorpusNoiseFloor,
-    LlamaCppTables,
     PrefillReads,
-    PromptRecord,
     ProtocolSummary,
-    TopKBound,
-    WindowSums,
     WorstPrompt,
 )
 from quant_fixtures.store.atomic import write_json_atomic
@@ -45,7 +43,6 @@ if TYPE_CHECKING:
 # Versions: 2 batching and stage times; 3 exact KL everywhere, corpus_kl with llama.cpp's tables; 5 long
 # context; 6 gate verdicts (interval, p-values, the sample that would decide), long-context prefill reads
 SCHEMA_VERSION = 6
-OMIT_IF_NONE = {"omit_if_none": True}  # field metadata: left out of the JSON when None
 D = TypeVar("D", bound="DataclassInstance")
 LongContextBuckets = LongContextComparison | LongContextFp16
 RetrievalCounts = RetrievalSummary | Fp16RetrievalSummary
@@ -148,87 +145,6 @@ class Timing:
     # Seconds per row of the stage table (session/context.STAGE_ROWS); start-up only in the first
     # document a process evaluates, and an FP16 pass a variant triggered is in the FP16 document.
     stages: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class PromptKL:
-    """Per-prompt KL(P_fp16 || Q_variant) statistics over the prompt suite (metrics/prompt_summary.py)."""
-
-    mean: float
-    median: float
-    min: float
-    max: float
-    p90: float
-    p99: float
-    prompts: int
-    ci95: list[float]
-    p99_ci95: list[float]
-    top1_agreement: float
-    top1_agreement_ci95: list[float]
-    tail_mass: float
-    basis: str
-    topk: TopKBound
-    per_prompt: list[PromptRecord]
-    per_category: dict[str, CategoryStats]
-    macro_kl_mean: float
-    macro_kl_ci95: list[float]
-    worst_prompts: list[WorstPrompt]
-    method: str
-    method_settings: str
-
-
-@dataclass
-class CorpusKL:
-    """Position-level comparison over the WikiText-2 perplexity pass (metrics/corpus_stats.py)."""
-
-    tokens: int
-    nonfinite: int
-    mean: float
-    median: float
-    p90: float
-    p99: float
-    p99_9: float
-    max: float
-    min: float
-    same_top1_rate: float
-    ci95: list[float]
-    same_top1_rate_ci95: list[float]
-    basis: str
-    noise_floor: CorpusNoiseFloor | None
-    reverse: dict[str, float]
-    topk_agreement: list[float]
-    by_confidence: list[ConfidenceBucket]
-    llama_cpp: LlamaCppTables
-    per_window: WindowSums
-    method: str
-
-
-@dataclass
-class BatchSensitivity:
-    batch_size: int
-    shift: int
-    prompts: int
-    responses_changed: int
-    verdicts_changed: int
-    flips: int
-    flips_other_batch: int
-    method: str
-
-
-@dataclass
-class Flips:
-    checkable_prompts: int
-    fp16_correct: int
-    variant_correct: int
-    flips: int
-    correct_to_wrong: int
-    wrong_to_correct: int
-    # McNemar's exact test of correct_to_wrong vs wrong_to_correct (metrics/stats.counts_differ_p_value):
-    # small when the variant's answers changed one way more than the other, beyond chance
-    mcnemar_p: float
-    flipped_ids: list[str]
-    exact_match_rate: float | None
-    batch_sensitivity: BatchSensitivity | None = field(default=None, metadata=OMIT_IF_NONE)
 
 
 @dataclass
