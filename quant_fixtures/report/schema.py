@@ -5,21 +5,18 @@
 key order. The prompt and corpus sections (``kl_divergence``, ``flips``, ``corpus_kl``) are built
 where their numbers are made (metrics/prompt_summary.py, metrics/corpus_stats.py) and imported here.
 Per-prompt records, per-category statistics and the corpus tables stay plain JSON objects with fixed
-keys (typed in report/sections.py); the environment and a row of the comparison are opaque
-JSON (environment.py, report/comparison.variant_row). Reading is strict: a file whose schema version,
-keys or types do not match is not this schema (the records inside a section are read as they are).
+keys (TypedDicts, report/sections.py); the environment and a row of the comparison are opaque JSON
+(environment.py, report/comparison.variant_row). Reading is strict (report/json_reader.py): a file
+whose schema version, keys or value types do not match, down to the records' fields, is not this schema.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
 
 from quant_fixtures.json_types import OMIT_IF_NONE, JsonObject, JsonValue
 from quant_fixtures.metrics.corpus_stats import CorpusKL
@@ -29,6 +26,7 @@ from quant_fixtures.metrics.prompt_summary import BatchSensitivity as BatchSensi
 from quant_fixtures.metrics.prompt_summary import Flips, PromptKL
 from quant_fixtures.metrics.retrieval import Fp16RetrievalSummary, RetrievalSummary
 from quant_fixtures.report.gates import GateResult
+from quant_fixtures.report.json_reader import D, SchemaError, from_json_object  # the reader, re-exported
 from quant_fixtures.report.sections import (
     AffectedCategory,
     PrefillReads,
@@ -37,22 +35,11 @@ from quant_fixtures.report.sections import (
 )
 from quant_fixtures.store.atomic import write_json_atomic
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
 # Versions: 2 batching and stage times; 3 exact KL everywhere, corpus_kl with llama.cpp's tables; 5 long
 # context; 6 gate verdicts (interval, p-values, the sample that would decide), long-context prefill reads
 SCHEMA_VERSION = 6
-D = TypeVar("D", bound="DataclassInstance")
 LongContextBuckets = LongContextComparison | LongContextFp16
 RetrievalCounts = RetrievalSummary | Fp16RetrievalSummary
-# The JSON aliases are recursive strings, which typing.get_type_hints cannot evaluate: the reader
-# sees them as what they are at run time (an object, or any value), read as they are.
-_HINT_NAMES = {"JsonObject": dict, "JsonValue": object}
-
-
-class SchemaError(ValueError):
-    """A JSON object that does not have the shape of the schema type it is read as."""
 
 
 @dataclass
@@ -267,50 +254,13 @@ def write_document(path: Path, document: object) -> None:
     write_json_atomic(path, to_json_object(document))
 
 
-def from_json_object(cls: type[D], data: object, where: str = "document") -> D:
-    """Read a JSON object back into ``cls``; nested schema types are read recursively. Every
-    field must be present (except omitted optional ones) and no other key may be."""
-    if not isinstance(data, dict):
-        raise SchemaError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls, localns=_HINT_NAMES)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise SchemaError(f"{where}: unknown keys {sorted(unknown)} for {cls.__name__}")
-    values: dict[str, object] = {}
-    for name, f in fields.items():
-        if name not in data:
-            if f.metadata.get("omit_if_none"):
-                continue
-            raise SchemaError(f"{where}: missing key {name!r} of {cls.__name__}")
-        values[name] = _read(hints[name], data[name], f"{where}.{name}")
-    return cls(**values)
-
-
-def _read(hint: object, value: object, where: str) -> object:
-    if value is None:
-        return None
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _read(inner[0], value, where) if len(inner) == 1 else value
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return from_json_object(hint, value, where)
-    item = typing.get_args(hint)[0] if origin is list and typing.get_args(hint) else None
-    if isinstance(item, type) and dataclasses.is_dataclass(item):
-        if not isinstance(value, list):
-            raise SchemaError(f"{where}: expected a list, got {type(value).__name__}")
-        return [from_json_object(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
-
-
 def read_document(cls: type[D], path: Path) -> D:
     """A stored document of type ``cls``; SchemaError (naming the file) when it is not one."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SchemaError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+        raise SchemaError(str(path), f"unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
         version = data.get("schema_version") if isinstance(data, dict) else None
-        raise SchemaError(f"{path}: schema version {version!r}, this suite reads {SCHEMA_VERSION}")
+        raise SchemaError(str(path), f"schema version {version!r}, this suite reads {SCHEMA_VERSION}")
     return from_json_object(cls, data, str(path))
