@@ -5,5 +5,8 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
+# Dataclass field metadata: the field is left out of the JSON when None (report/schema.to_json_object).
+OMIT_IF_NONE = {"omit_if_none": True}
+
 JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue] | dict[str, JsonValue]"
 JsonObject: TypeAlias = "dict[str, JsonValue]"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypedDict
 
 import numpy as np
@@ -146,8 +147,10 @@ class WindowSums(TypedDict):
     positions: list[int]
 
 
-class CorpusComparison(TypedDict):
-    """The report's ``corpus_kl`` section (report/schema.CorpusKL)."""
+@dataclass
+class CorpusKL:
+    """The report's ``corpus_kl`` section: the position-level comparison over the WikiText-2
+    perplexity pass (re-exported by report/schema.py)."""
 
     tokens: int
     nonfinite: int
@@ -281,7 +284,7 @@ def noise_floor(noise_kl: np.ndarray) -> CorpusNoiseFloor:
 
 def corpus_comparison(
     positions: dict[str, np.ndarray], window_tokens: Sequence[int], noise_kl: np.ndarray | None = None
-) -> CorpusComparison:
+) -> CorpusKL:
     """The report's ``corpus_kl`` section from :func:`metrics.token_comparison.compare_positions`
     output over every scored position (window order)."""
     kl, reverse = positions["kl_pq"], positions["kl_qp"]
@@ -295,35 +298,35 @@ def corpus_comparison(
     overlap = positions["topk_overlap"].astype(np.float64)
     k = np.arange(1, overlap.shape[1] + 1)
     ci95, same_ci95 = window_cis(kl, same, finite, window_tokens)
-    return {
-        "tokens": int(kl.size),
-        "nonfinite": int((~finite).sum()),
-        "mean": float(kl_f.mean()),
-        "median": float(np.median(kl_f)),
-        "p90": float(np.percentile(kl_f, 90)),
-        "p99": float(np.percentile(kl_f, 99)),
-        "p99_9": float(np.percentile(kl_f, 99.9)),
-        "max": float(kl_f.max()),
-        "min": float(kl_f.min()),
-        "same_top1_rate": float(same.mean()),
-        "ci95": ci95,
-        "same_top1_rate_ci95": same_ci95,
-        "basis": "exact",
-        "noise_floor": noise_floor(noise_kl) if noise_kl is not None else None,
-        "reverse": {
+    return CorpusKL(
+        tokens=int(kl.size),
+        nonfinite=int((~finite).sum()),
+        mean=float(kl_f.mean()),
+        median=float(np.median(kl_f)),
+        p90=float(np.percentile(kl_f, 90)),
+        p99=float(np.percentile(kl_f, 99)),
+        p99_9=float(np.percentile(kl_f, 99.9)),
+        max=float(kl_f.max()),
+        min=float(kl_f.min()),
+        same_top1_rate=float(same.mean()),
+        ci95=ci95,
+        same_top1_rate_ci95=same_ci95,
+        basis="exact",
+        noise_floor=noise_floor(noise_kl) if noise_kl is not None else None,
+        reverse={
             "mean": float(rev_f.mean()),
             "median": float(np.median(rev_f)),
             "p99": float(np.percentile(rev_f, 99)),
             "max": float(rev_f.max()),
         },
-        "topk_agreement": [float(v) for v in (overlap / k).mean(axis=0)],
-        "by_confidence": by_confidence(kl_f, positions["p_top1"][finite], same[finite]),
-        "llama_cpp": llama_cpp_statistics(
+        topk_agreement=[float(v) for v in (overlap / k).mean(axis=0)],
+        by_confidence=by_confidence(kl_f, positions["p_top1"][finite], same[finite]),
+        llama_cpp=llama_cpp_statistics(
             kl_f, positions["logq_target"][finite], positions["logp_target"][finite], same[finite]
         ),
-        "per_window": window_sums(kl, same, finite, window_tokens),
-        "method": CORPUS_METHOD,
-    }
+        per_window=window_sums(kl, same, finite, window_tokens),
+        method=CORPUS_METHOD,
+    )
 
 
 CORPUS_METHOD = (

@@ -1,17 +1,20 @@
 """Aggregate per-prompt harm into the report's `kl_divergence` and `flips` sections.
 
-The records and sections are typed here (TypedDicts: they are the JSON objects the evaluation
-document holds, key for key, in the order they are built); report/schema.py reads them back.
+The sections are the report's own types (dataclasses, re-exported by report/schema.py), built here
+where their numbers are made; the records inside them are TypedDicts, the JSON objects the evaluation
+document holds, key for key, in the order they are built.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import NotRequired, TypedDict
+from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 
+from quant_fixtures.json_types import OMIT_IF_NONE
 from quant_fixtures.metrics.stats import bootstrap_ci, counts_differ_p_value, summarize
 
 WORST_PROMPTS = 5
@@ -40,7 +43,10 @@ class PromptRecord(TypedDict):
     response: str
 
 
-class BatchSensitivitySummary(TypedDict):
+@dataclass
+class BatchSensitivity:
+    """The ``flips.batch_sensitivity`` section (batch-dependent variants, session/prompt_stage.py)."""
+
     batch_size: int
     shift: int
     prompts: int
@@ -51,17 +57,22 @@ class BatchSensitivitySummary(TypedDict):
     method: str
 
 
-class FlipSummary(TypedDict):
+@dataclass
+class Flips:
+    """The report's ``flips`` section: answers FP16 and the variant got right or wrong."""
+
     checkable_prompts: int
     fp16_correct: int
     variant_correct: int
     flips: int
     correct_to_wrong: int
     wrong_to_correct: int
+    # McNemar's exact test of correct_to_wrong vs wrong_to_correct (metrics/stats.counts_differ_p_value):
+    # small when the variant's answers changed one way more than the other, beyond chance
     mcnemar_p: float
     flipped_ids: list[str]
     exact_match_rate: float | None
-    batch_sensitivity: NotRequired[BatchSensitivitySummary]  # batch-dependent variants (session/prompt_stage.py)
+    batch_sensitivity: BatchSensitivity | None = field(default=None, metadata=OMIT_IF_NONE)
 
 
 class CategoryStats(TypedDict):
@@ -89,8 +100,10 @@ class WorstPrompt(TypedDict):
     response: str
 
 
-class KLSection(TypedDict):
-    """The report's ``kl_divergence`` section (report/schema.PromptKL)."""
+@dataclass
+class PromptKL:
+    """The report's ``kl_divergence`` section: per-prompt KL(P_fp16 || Q_variant) statistics over the
+    prompt suite."""
 
     mean: float
     median: float
@@ -146,21 +159,21 @@ def _truncate(text: str) -> str:
     return text if len(text) <= RESPONSE_CHARS else text[:RESPONSE_CHARS] + "..."
 
 
-def flip_summary(records: Sequence[PromptRecord]) -> FlipSummary:
+def flip_summary(records: Sequence[PromptRecord]) -> Flips:
     checkable = [r for r in records if r["flip"] is not None]
     worse = sum(bool(r["fp16_correct"] and not r["correct"]) for r in checkable)
     better = sum(bool(r["correct"] and not r["fp16_correct"]) for r in checkable)
-    return {
-        "checkable_prompts": len(checkable),
-        "fp16_correct": sum(bool(r["fp16_correct"]) for r in checkable),
-        "variant_correct": sum(bool(r["correct"]) for r in checkable),
-        "flips": sum(bool(r["flip"]) for r in checkable),
-        "correct_to_wrong": worse,
-        "wrong_to_correct": better,
-        "mcnemar_p": counts_differ_p_value(worse, better),
-        "flipped_ids": [r["id"] for r in checkable if r["flip"]],
-        "exact_match_rate": float(np.mean([r["exact_match"] for r in records])) if records else None,
-    }
+    return Flips(
+        checkable_prompts=len(checkable),
+        fp16_correct=sum(bool(r["fp16_correct"]) for r in checkable),
+        variant_correct=sum(bool(r["correct"]) for r in checkable),
+        flips=sum(bool(r["flip"]) for r in checkable),
+        correct_to_wrong=worse,
+        wrong_to_correct=better,
+        mcnemar_p=counts_differ_p_value(worse, better),
+        flipped_ids=[r["id"] for r in checkable if r["flip"]],
+        exact_match_rate=float(np.mean([r["exact_match"] for r in records])) if records else None,
+    )
 
 
 def batch_sensitivity(
@@ -169,30 +182,30 @@ def batch_sensitivity(
     batch: int,
     shift: int,
     which: str = "every prompt",
-) -> BatchSensitivitySummary:
+) -> BatchSensitivity:
     """How much a batch-dependent variant's generation moves when every prompt gets other
     neighbours: the prompts of ``records`` (``which`` says which they are) generated again, alone
     together, with the batch boundaries moved by ``shift``."""
     checkable = [(a, b) for a, b in zip(records, again) if a["flip"] is not None]
-    return {
-        "batch_size": batch,
-        "shift": shift,
-        "prompts": len(records),
-        "responses_changed": sum(a["response"] != b["response"] for a, b in zip(records, again)),
-        "verdicts_changed": sum(a["correct"] != b["correct"] for a, b in checkable),
-        "flips": sum(bool(a["flip"]) for a, _ in checkable),
-        "flips_other_batch": sum(bool(b["flip"]) for _, b in checkable),
-        "method": (
+    return BatchSensitivity(
+        batch_size=batch,
+        shift=shift,
+        prompts=len(records),
+        responses_changed=sum(a["response"] != b["response"] for a, b in zip(records, again)),
+        verdicts_changed=sum(a["correct"] != b["correct"] for a, b in checkable),
+        flips=sum(bool(a["flip"]) for a, _ in checkable),
+        flips_other_batch=sum(bool(b["flip"]) for _, b in checkable),
+        method=(
             f"the variant's greedy responses to {which} generated a second time, without the other prompts, "
             f"in batches of up to {batch} with every batch boundary moved by {shift} (other neighbours and "
             "padding for every prompt); counts of prompts whose response or answer verdict changed"
         ),
-    }
+    )
 
 
 def kl_section(
     records: Sequence[PromptRecord], top_k: int, method: str, method_settings: str = "", seed: int = 0
-) -> KLSection:
+) -> PromptKL:
     """Per-prompt KL statistics with 95 % bootstrap CIs resampling prompts (seeded)."""
     scored = [r for r in records if r["kl_mean"] is not None]
     if not scored:
@@ -227,27 +240,27 @@ def kl_section(
         # (exact - top-k) / exact: how much the top-k + tail bucket lower bound leaves out
         "rel_gap_vs_exact": float((kl.mean() - topk_values.mean()) / kl.mean()) if kl.mean() > 0 else None,
     }
-    return {
-        "mean": stats["mean"],
-        "median": stats["median"],
-        "min": stats["min"],
-        "max": stats["max"],
-        "p90": stats["p90"],
-        "p99": stats["p99"],
-        "prompts": len(scored),
-        "ci95": list(bootstrap_ci(kl, seed=seed)),
-        "p99_ci95": list(bootstrap_ci(kl, statistic=_p99, seed=seed)),
-        "top1_agreement": float(top1.mean()),
-        "top1_agreement_ci95": list(bootstrap_ci(top1, seed=seed)),
-        "tail_mass": float(np.mean([r["tail_mass_mean"] for r in scored])),
-        "basis": basis,
-        "topk": topk,
-        "per_prompt": list(records),
-        "per_category": per_category,
+    return PromptKL(
+        mean=stats["mean"],
+        median=stats["median"],
+        min=stats["min"],
+        max=stats["max"],
+        p90=stats["p90"],
+        p99=stats["p99"],
+        prompts=len(scored),
+        ci95=list(bootstrap_ci(kl, seed=seed)),
+        p99_ci95=list(bootstrap_ci(kl, statistic=_p99, seed=seed)),
+        top1_agreement=float(top1.mean()),
+        top1_agreement_ci95=list(bootstrap_ci(top1, seed=seed)),
+        tail_mass=float(np.mean([r["tail_mass_mean"] for r in scored])),
+        basis=basis,
+        topk=topk,
+        per_prompt=list(records),
+        per_category=per_category,
         # every category weighted equally, whatever its number of prompts; CI: stratified bootstrap
-        "macro_kl_mean": macro_mean,
-        "macro_kl_ci95": macro_ci,
-        "worst_prompts": [
+        macro_kl_mean=macro_mean,
+        macro_kl_ci95=macro_ci,
+        worst_prompts=[
             {
                 "id": r["id"],
                 "category": r["category"],
@@ -258,9 +271,9 @@ def kl_section(
             }
             for r in worst
         ],
-        "method": method,
-        "method_settings": method_settings,
-    }
+        method=method,
+        method_settings=method_settings,
+    )
 
 
 def kl_method_text(top_k: int, use_chat_template: bool, cap: int | None) -> str:

@@ -2,60 +2,44 @@
 
 ``{variant}_quantized_{model}_evaluation.json`` is an :class:`EvaluationDocument`;
 ``{model}_quantization_comparison.json`` a :class:`ComparisonDocument`. Field order is the JSON's
-key order. Per-prompt records, per-category statistics and the corpus tables stay plain JSON objects
-with fixed keys (typed in report/sections.py); the environment and a row of the comparison are opaque
-JSON (environment.py, report/comparison.variant_row). Reading is strict: a file whose schema version,
-keys or types do not match is not this schema (the records inside a section are read as they are).
+key order. The prompt and corpus sections (``kl_divergence``, ``flips``, ``corpus_kl``) are built
+where their numbers are made (metrics/prompt_summary.py, metrics/corpus_stats.py) and imported here.
+Per-prompt records, per-category statistics and the corpus tables stay plain JSON objects with fixed
+keys (TypedDicts, report/sections.py); the environment and a row of the comparison are opaque JSON
+(environment.py, report/comparison.variant_row). Reading is strict (report/json_reader.py): a file
+whose schema version, keys or value types do not match, down to the records' fields, is not this schema.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
 
-from quant_fixtures.json_types import JsonObject, JsonValue
+from quant_fixtures.json_types import OMIT_IF_NONE, JsonObject, JsonValue
+from quant_fixtures.metrics.corpus_stats import CorpusKL
 from quant_fixtures.metrics.decision import JointVerdict
 from quant_fixtures.metrics.position_buckets import LongContextComparison, LongContextFp16, VariantBucket
+from quant_fixtures.metrics.prompt_summary import BatchSensitivity as BatchSensitivity  # re-exported: flips' part
+from quant_fixtures.metrics.prompt_summary import Flips, PromptKL
 from quant_fixtures.metrics.retrieval import Fp16RetrievalSummary, RetrievalSummary
 from quant_fixtures.report.gates import GateResult
+from quant_fixtures.report.json_reader import D, SchemaError, from_json_object  # the reader, re-exported
 from quant_fixtures.report.sections import (
     AffectedCategory,
-    CategoryStats,
-    ConfidenceBucket,
-    CorpusNoiseFloor,
-    LlamaCppTables,
     PrefillReads,
-    PromptRecord,
     ProtocolSummary,
-    TopKBound,
-    WindowSums,
     WorstPrompt,
 )
 from quant_fixtures.store.atomic import write_json_atomic
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
 # Versions: 2 batching and stage times; 3 exact KL everywhere, corpus_kl with llama.cpp's tables; 5 long
 # context; 6 gate verdicts (interval, p-values, the sample that would decide), long-context prefill reads
 SCHEMA_VERSION = 6
-OMIT_IF_NONE = {"omit_if_none": True}  # field metadata: left out of the JSON when None
-D = TypeVar("D", bound="DataclassInstance")
 LongContextBuckets = LongContextComparison | LongContextFp16
 RetrievalCounts = RetrievalSummary | Fp16RetrievalSummary
-# The JSON aliases are recursive strings, which typing.get_type_hints cannot evaluate: the reader
-# sees them as what they are at run time (an object, or any value), read as they are.
-_HINT_NAMES = {"JsonObject": dict, "JsonValue": object}
-
-
-class SchemaError(ValueError):
-    """A JSON object that does not have the shape of the schema type it is read as."""
 
 
 @dataclass
@@ -148,87 +132,6 @@ class Timing:
     # Seconds per row of the stage table (session/context.STAGE_ROWS); start-up only in the first
     # document a process evaluates, and an FP16 pass a variant triggered is in the FP16 document.
     stages: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class PromptKL:
-    """Per-prompt KL(P_fp16 || Q_variant) statistics over the prompt suite (metrics/prompt_summary.py)."""
-
-    mean: float
-    median: float
-    min: float
-    max: float
-    p90: float
-    p99: float
-    prompts: int
-    ci95: list[float]
-    p99_ci95: list[float]
-    top1_agreement: float
-    top1_agreement_ci95: list[float]
-    tail_mass: float
-    basis: str
-    topk: TopKBound
-    per_prompt: list[PromptRecord]
-    per_category: dict[str, CategoryStats]
-    macro_kl_mean: float
-    macro_kl_ci95: list[float]
-    worst_prompts: list[WorstPrompt]
-    method: str
-    method_settings: str
-
-
-@dataclass
-class CorpusKL:
-    """Position-level comparison over the WikiText-2 perplexity pass (metrics/corpus_stats.py)."""
-
-    tokens: int
-    nonfinite: int
-    mean: float
-    median: float
-    p90: float
-    p99: float
-    p99_9: float
-    max: float
-    min: float
-    same_top1_rate: float
-    ci95: list[float]
-    same_top1_rate_ci95: list[float]
-    basis: str
-    noise_floor: CorpusNoiseFloor | None
-    reverse: dict[str, float]
-    topk_agreement: list[float]
-    by_confidence: list[ConfidenceBucket]
-    llama_cpp: LlamaCppTables
-    per_window: WindowSums
-    method: str
-
-
-@dataclass
-class BatchSensitivity:
-    batch_size: int
-    shift: int
-    prompts: int
-    responses_changed: int
-    verdicts_changed: int
-    flips: int
-    flips_other_batch: int
-    method: str
-
-
-@dataclass
-class Flips:
-    checkable_prompts: int
-    fp16_correct: int
-    variant_correct: int
-    flips: int
-    correct_to_wrong: int
-    wrong_to_correct: int
-    # McNemar's exact test of correct_to_wrong vs wrong_to_correct (metrics/stats.counts_differ_p_value):
-    # small when the variant's answers changed one way more than the other, beyond chance
-    mcnemar_p: float
-    flipped_ids: list[str]
-    exact_match_rate: float | None
-    batch_sensitivity: BatchSensitivity | None = field(default=None, metadata=OMIT_IF_NONE)
 
 
 @dataclass
@@ -351,50 +254,13 @@ def write_document(path: Path, document: object) -> None:
     write_json_atomic(path, to_json_object(document))
 
 
-def from_json_object(cls: type[D], data: object, where: str = "document") -> D:
-    """Read a JSON object back into ``cls``; nested schema types are read recursively. Every
-    field must be present (except omitted optional ones) and no other key may be."""
-    if not isinstance(data, dict):
-        raise SchemaError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls, localns=_HINT_NAMES)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise SchemaError(f"{where}: unknown keys {sorted(unknown)} for {cls.__name__}")
-    values: dict[str, object] = {}
-    for name, f in fields.items():
-        if name not in data:
-            if f.metadata.get("omit_if_none"):
-                continue
-            raise SchemaError(f"{where}: missing key {name!r} of {cls.__name__}")
-        values[name] = _read(hints[name], data[name], f"{where}.{name}")
-    return cls(**values)
-
-
-def _read(hint: object, value: object, where: str) -> object:
-    if value is None:
-        return None
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _read(inner[0], value, where) if len(inner) == 1 else value
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return from_json_object(hint, value, where)
-    item = typing.get_args(hint)[0] if origin is list and typing.get_args(hint) else None
-    if isinstance(item, type) and dataclasses.is_dataclass(item):
-        if not isinstance(value, list):
-            raise SchemaError(f"{where}: expected a list, got {type(value).__name__}")
-        return [from_json_object(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
-
-
 def read_document(cls: type[D], path: Path) -> D:
     """A stored document of type ``cls``; SchemaError (naming the file) when it is not one."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SchemaError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+        raise SchemaError(str(path), f"unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
         version = data.get("schema_version") if isinstance(data, dict) else None
-        raise SchemaError(f"{path}: schema version {version!r}, this suite reads {SCHEMA_VERSION}")
+        raise SchemaError(str(path), f"schema version {version!r}, this suite reads {SCHEMA_VERSION}")
     return from_json_object(cls, data, str(path))

@@ -17,7 +17,7 @@ from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.build import Measurements
-from quant_fixtures.report.schema import Batching, CorpusKL, LongContext, from_json_object
+from quant_fixtures.report.schema import Batching, CorpusKL, LongContext
 from quant_fixtures.session.context import PassContext
 from quant_fixtures.session.long_context_stage import fp16_long_stage, variant_long_stage
 from quant_fixtures.session.prompt_stage import PromptResults, fp16_prompt_stage, variant_prompt_stage
@@ -220,8 +220,7 @@ def variant_pass(run: PassContext, model: str, variant: Variant, loaded: LoadedM
     if refs.baseline.window_tokens != scores.window_tokens:
         raise RuntimeError(f"{model} {variant.key}: perplexity windows differ from the FP16 baseline's")
     with run.stage("statistics", "statistics"):
-        comparison = corpus_comparison(hook.positions(), scores.window_tokens, refs.corpus["noise_kl"].numpy())
-        corpus_kl = from_json_object(CorpusKL, comparison, "corpus_kl")
+        corpus_kl = corpus_comparison(hook.positions(), scores.window_tokens, refs.corpus["noise_kl"].numpy())
     prompts, seconds = (
         (None, None)
         if run.settings.prompts.skip

@@ -31,7 +31,7 @@ from quant_fixtures.metrics.prompt_summary import (
 )
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.models.loading import LoadedModel
-from quant_fixtures.report.schema import Batching, BatchSensitivity, Flips, NoiseFloor, PromptKL, from_json_object
+from quant_fixtures.report.schema import Batching, Flips, NoiseFloor, PromptKL
 from quant_fixtures.session.context import PassContext
 from quant_fixtures.session.references import References
 from quant_fixtures.store.prompt_reference import PromptReference
@@ -96,16 +96,15 @@ def fp16_prompt_stage(run: PassContext, model: str, loaded: LoadedModel) -> Prom
         )
     with run.stage("statistics", "statistics"):
         records = per_prompt_records(prompts, reference, scores, reference.response_ids, loaded.tokenizer)
-        section = kl_section(
+        kl = kl_section(
             records,
             q.top_k,
             method + f" Here: FP16 against itself, batch size {other} instead of {used} (the noise floor).",
             settings,
         )
-        kl = from_json_object(PromptKL, section, "kl_divergence")
         noise = NoiseFloor(mean=kl.mean, max=kl.max, p99=kl.p99, ci95=kl.ci95)
         responses_text = {p.id: response_text(loaded.tokenizer, r) for p, r in zip(prompts, reference.response_ids)}
-        flips = from_json_object(Flips, flip_summary(records), "flips")
+        flips = flip_summary(records)
     with run.stage("prompt summary (store)", "references"):
         store.save_prompt_summary(model, responses_text, noise)
     return kl, flips, noise
@@ -142,7 +141,7 @@ def variant_prompt_stage(
         )
     with run.stage("statistics", "statistics"):
         records = per_prompt_records(prompts, reference, scores, responses, loaded.tokenizer)
-        flips = from_json_object(Flips, flip_summary(records), "flips")
+        flips = flip_summary(records)
     # Generation can move with the batch even when scoring does not: LLM.int8 turns the float noise
     # of other padding into other tokens now and then (models/int8_per_sequence.amplifies_float_noise).
     if not variant.batch_invariant or loaded.per_sequence_int8_layers:
@@ -155,10 +154,11 @@ def variant_prompt_stage(
                 again.prompts, again.reference, [NO_SCORE] * len(chosen), again.responses, loaded.tokenizer
             )
             before = [records[i] for i in chosen]
-            summary = batch_sensitivity(before, moved, again.batch, again.shift, _which(chosen, records))
-            flips.batch_sensitivity = from_json_object(BatchSensitivity, summary, "flips.batch_sensitivity")
+            flips.batch_sensitivity = batch_sensitivity(
+                before, moved, again.batch, again.shift, _which(chosen, records)
+            )
     with run.stage("statistics", "statistics"):
-        kl = from_json_object(PromptKL, kl_section(records, q.top_k, method, settings), "kl_divergence")
+        kl = kl_section(records, q.top_k, method, settings)
     return kl, flips, refs.noise_floor
 
 

@@ -15,8 +15,6 @@ from quant_fixtures.report.build import Measurements, evaluation_document
 from quant_fixtures.report.comparison import comparison_document
 from quant_fixtures.report.schema import (
     Batching,
-    CorpusKL,
-    Flips,
     NoiseFloor,
     PromptKL,
     from_json_object,
@@ -128,7 +126,7 @@ def _corpus_positions(scale: float) -> dict[str, np.ndarray]:
     }
 
 
-def _kl(records: list[dict[str, Any]], text: str) -> dict[str, Any]:
+def _kl(records: list[dict[str, Any]], text: str) -> PromptKL:
     return kl_section(records, 256, f"KL method ({text}).", "6 prompts, max_new_tokens <= 16, top-256, chat template")
 
 
@@ -152,7 +150,7 @@ def _measurements(
         flips = flip_summary(records)
     if variant_key == "int8":
         again = [dict(r, response="moved", correct=r["correct"]) for r in records]
-        flips["batch_sensitivity"] = batch_sensitivity(records, again, 48, 24)
+        flips.batch_sensitivity = batch_sensitivity(records, again, 48, 24)
     if not variant.is_baseline:
         noise_kl = np.full(511, 2e-7)
         noise_kl[::100] = 5e-7
@@ -176,9 +174,9 @@ def _measurements(
         peak_gb=None,
         dataset_source="vendored",
         dataset_sha256="696cca6b",
-        corpus_kl=from_json_object(CorpusKL, corpus, "corpus_kl") if corpus is not None else None,
-        kl=from_json_object(PromptKL, kl, "kl_divergence") if kl is not None else None,
-        flips=from_json_object(Flips, flips, "flips") if flips is not None else None,
+        corpus_kl=corpus,
+        kl=kl,
+        flips=flips,
         noise_floor=from_json_object(NoiseFloor, noise, "noise_floor"),
         prompt_seconds=3.0,
         batching=Batching(

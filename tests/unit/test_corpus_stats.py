@@ -128,10 +128,10 @@ def test_corpus_comparison_top_k_agreement_and_bad_input():
     }
     positions["topk_overlap"][2] = np.arange(0, 10)  # one position off by one at every K
     out = cs.corpus_comparison(positions, [2, 2])
-    assert out["topk_agreement"][0] == pytest.approx(0.75)  # K=1: 3 of 4 positions share the top token
-    assert out["topk_agreement"][9] == pytest.approx((3 * 1.0 + 0.9) / 4)
-    assert out["mean"] == pytest.approx(0.25) and out["reverse"]["mean"] == pytest.approx(0.275)
-    assert out["same_top1_rate"] == 0.75 and out["basis"] == "exact"
+    assert out.topk_agreement[0] == pytest.approx(0.75)  # K=1: 3 of 4 positions share the top token
+    assert out.topk_agreement[9] == pytest.approx((3 * 1.0 + 0.9) / 4)
+    assert out.mean == pytest.approx(0.25) and out.reverse["mean"] == pytest.approx(0.275)
+    assert out.same_top1_rate == 0.75 and out.basis == "exact"
     with pytest.raises(ValueError, match="4 positions for windows scoring 5"):
         cs.corpus_comparison(positions, [2, 3])
 
@@ -149,5 +149,5 @@ def test_noise_floor_summary_and_its_place_in_the_section():
         "logp_target": np.full(n, -1.0),
         "logq_target": np.full(n, -1.0),
     }
-    assert cs.corpus_comparison(positions, [4], np.array([1e-6, 2e-6]))["noise_floor"]["mean"] == pytest.approx(1.5e-6)
-    assert cs.corpus_comparison(positions, [4])["noise_floor"] is None
+    assert cs.corpus_comparison(positions, [4], np.array([1e-6, 2e-6])).noise_floor["mean"] == pytest.approx(1.5e-6)
+    assert cs.corpus_comparison(positions, [4]).noise_floor is None

@@ -242,8 +242,7 @@ def test_unknown_limit_name_is_rejected() -> None:
 def test_optional_gates_from_the_registry_read_from_a_real_document(tmp_path) -> None:
     """max_kl_p99, min_top1_agreement and max_flip_rate: configured like any limit, decided on the
     units the document holds (flip_rate: flips of checkable prompts)."""
-    import json
-    from pathlib import Path
+    from documents_for_tests import golden_document
 
     from quant_fixtures.config import load_config
     from quant_fixtures.report.schema import EvaluationDocument, from_json_object
@@ -254,8 +253,7 @@ def test_optional_gates_from_the_registry_read_from_a_real_document(tmp_path) ->
         "min_top1_agreement = 0.95\nmax_flip_rate = 0.25\n"
     )
     limits = load_config(path).gates_for("tiny", "nf4")
-    golden = Path(__file__).parent / "golden" / "nf4_evaluation.json"
-    doc = from_json_object(EvaluationDocument, json.loads(golden.read_text()))
+    doc = from_json_object(EvaluationDocument, golden_document("nf4_evaluation"))
     assert (doc.flips.flips, doc.flips.checkable_prompts) == (2, 4)
     results = {r.metric: r for r in evaluate_gates(limits, doc)}
     assert results["flip_rate"].value == 0.5 and results["flip_rate"].unit == "prompts with a checkable answer"

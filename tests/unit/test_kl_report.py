@@ -15,6 +15,7 @@ from quant_fixtures.metrics.prompt_summary import (
     kl_method_text,
     kl_section,
 )
+from quant_fixtures.report.schema import to_json_object
 from quant_fixtures.store.atomic import write_json_atomic
 
 
@@ -105,32 +106,32 @@ SCORED_TAIL = {"m1": 0.02, "m2": 0.01, "m3": 0.03, "q1": 0.04, "q2": 0.01, "q3":
 def test_summary_statistics_cover_scored_prompts_only(records):
     section = kl_section(records, top_k=256, method="the method")
     kl = np.array(list(SCORED_KL.values()))
-    assert section["prompts"] == 7
-    assert section["mean"] == pytest.approx(kl.mean(), rel=1e-12)
-    assert section["median"] == pytest.approx(0.20, rel=1e-12)
-    assert section["min"] == pytest.approx(0.01, rel=1e-12)
-    assert section["max"] == pytest.approx(0.40, rel=1e-12)
-    assert section["p90"] == pytest.approx(np.percentile(kl, 90), rel=1e-12)
-    assert section["p99"] == pytest.approx(np.percentile(kl, 99), rel=1e-12)
-    assert section["top1_agreement"] == pytest.approx(np.mean(list(SCORED_TOP1.values())), rel=1e-12)
-    assert section["tail_mass"] == pytest.approx(np.mean(list(SCORED_TAIL.values())), rel=1e-12)
-    assert section["method"] == "the method"
-    assert section["per_prompt"] == records  # every record, unscored ones included, in order
+    assert section.prompts == 7
+    assert section.mean == pytest.approx(kl.mean(), rel=1e-12)
+    assert section.median == pytest.approx(0.20, rel=1e-12)
+    assert section.min == pytest.approx(0.01, rel=1e-12)
+    assert section.max == pytest.approx(0.40, rel=1e-12)
+    assert section.p90 == pytest.approx(np.percentile(kl, 90), rel=1e-12)
+    assert section.p99 == pytest.approx(np.percentile(kl, 99), rel=1e-12)
+    assert section.top1_agreement == pytest.approx(np.mean(list(SCORED_TOP1.values())), rel=1e-12)
+    assert section.tail_mass == pytest.approx(np.mean(list(SCORED_TAIL.values())), rel=1e-12)
+    assert section.method == "the method"
+    assert section.per_prompt == records  # every record, unscored ones included, in order
 
 
 def test_ci95_contains_the_mean_and_is_seeded(records):
     section = kl_section(records, top_k=256, method="m")
-    low, high = section["ci95"]
-    assert low <= section["mean"] <= high
+    low, high = section.ci95
+    assert low <= section.mean <= high
     assert low >= min(SCORED_KL.values()) and high <= max(SCORED_KL.values())
-    t_low, t_high = section["top1_agreement_ci95"]
-    assert t_low <= section["top1_agreement"] <= t_high
-    assert kl_section(records, top_k=256, method="m")["ci95"] == section["ci95"]  # same seed, same CI
-    assert kl_section(records, top_k=256, method="m", seed=0)["ci95"] == section["ci95"]
+    t_low, t_high = section.top1_agreement_ci95
+    assert t_low <= section.top1_agreement <= t_high
+    assert kl_section(records, top_k=256, method="m").ci95 == section.ci95  # same seed, same CI
+    assert kl_section(records, top_k=256, method="m", seed=0).ci95 == section.ci95
 
 
 def test_per_category_means_flips_and_exact_matches(records):
-    cats = kl_section(records, top_k=256, method="m")["per_category"]
+    cats = kl_section(records, top_k=256, method="m").per_category
     assert set(cats) == {"mathematical_reasoning", "question_answering", "scientific_knowledge"}
 
     math_ = cats["mathematical_reasoning"]
@@ -157,15 +158,17 @@ def test_per_category_means_flips_and_exact_matches(records):
 def test_category_without_any_scored_prompt_reports_null_means(records, tmp_path):
     records.append(record("h1", "historical_knowledge", None, None))
     section = kl_section(records, top_k=256, method="m")
-    cats = section["per_category"]
+    cats = section.per_category
     assert cats["historical_knowledge"]["kl_mean"] is None
     assert cats["historical_knowledge"]["top1_agreement"] is None
     assert cats["historical_knowledge"]["prompts"] == 1
-    write_json_atomic(tmp_path / "r.json", section)  # JSON has no NaN: the report must still be writable
+    write_json_atomic(
+        tmp_path / "r.json", to_json_object(section)
+    )  # JSON has no NaN: the report must still be writable
 
 
 def test_worst_prompts_sorted_descending_and_truncated(records):
-    worst = kl_section(records, top_k=256, method="m")["worst_prompts"]
+    worst = kl_section(records, top_k=256, method="m").worst_prompts
     assert WORST_PROMPTS == 5
     assert [w["id"] for w in worst] == ["m2", "q2", "s1", "q1", "m1"]
     assert [w["kl_mean"] for w in worst] == [0.40, 0.30, 0.25, 0.20, 0.10]
@@ -186,21 +189,21 @@ def test_fewer_prompts_than_the_worst_list_keeps_them_all():
         record("c", "question_answering", None),
     ]
     section = kl_section(recs, top_k=8, method="m")
-    assert [w["id"] for w in section["worst_prompts"]] == ["b", "a"]
-    assert section["prompts"] == 2
-    assert section["mean"] == pytest.approx(0.35, rel=1e-12)
+    assert [w["id"] for w in section.worst_prompts] == ["b", "a"]
+    assert section.prompts == 2
+    assert section.mean == pytest.approx(0.35, rel=1e-12)
 
 
 def test_response_of_exactly_the_limit_is_not_truncated():
     text = "y" * RESPONSE_CHARS
     section = kl_section([record("a", "question_answering", 0.2, fp16_text=text)], top_k=8, method="m")
-    assert section["worst_prompts"][0]["fp16_response"] == text
+    assert section.worst_prompts[0]["fp16_response"] == text
 
 
 def test_single_prompt_ci_is_degenerate():
     section = kl_section([record("a", "question_answering", 0.125)], top_k=8, method="m")
-    assert section["ci95"] == [0.125, 0.125]
-    assert section["mean"] == 0.125
+    assert section.ci95 == [0.125, 0.125]
+    assert section.mean == 0.125
 
 
 def test_no_scored_prompt_raises():
@@ -214,39 +217,39 @@ def test_no_scored_prompt_raises():
 def test_flip_summary_counts(records):
     summary = flip_summary(records)
     # Checkable: every record with an answer (m1, m2, m3, q1, q3, s2).
-    assert summary["checkable_prompts"] == 6
-    assert summary["fp16_correct"] == 4  # m1, m2, q3, s2
-    assert summary["variant_correct"] == 3  # m1, m3, q3
-    assert summary["flips"] == 3
-    assert summary["correct_to_wrong"] == 2  # m2, s2
-    assert summary["wrong_to_correct"] == 1  # m3
-    assert summary["flips"] == summary["correct_to_wrong"] + summary["wrong_to_correct"]
+    assert summary.checkable_prompts == 6
+    assert summary.fp16_correct == 4  # m1, m2, q3, s2
+    assert summary.variant_correct == 3  # m1, m3, q3
+    assert summary.flips == 3
+    assert summary.correct_to_wrong == 2  # m2, s2
+    assert summary.wrong_to_correct == 1  # m3
+    assert summary.flips == summary.correct_to_wrong + summary.wrong_to_correct
     # McNemar exact: 3 discordant pairs, 2 vs 1; p = 2 * P(X <= 1), X ~ Bin(3, 1/2) = 2 * 4/8, capped at 1
-    assert summary["mcnemar_p"] == 1.0
-    assert summary["flipped_ids"] == ["m2", "m3", "s2"]
-    assert summary["exact_match_rate"] == pytest.approx(4 / 8, rel=1e-12)  # m1, q1, q3, s1 of all 8
+    assert summary.mcnemar_p == 1.0
+    assert summary.flipped_ids == ["m2", "m3", "s2"]
+    assert summary.exact_match_rate == pytest.approx(4 / 8, rel=1e-12)  # m1, q1, q3, s1 of all 8
 
 
 def test_flip_summary_without_checkable_prompts():
     recs = [record("a", "creative_writing", 0.1, exact=False), record("b", "creative_writing", 0.2)]
     summary = flip_summary(recs)
-    assert summary["checkable_prompts"] == 0
-    assert summary["flips"] == 0 and summary["flipped_ids"] == []
-    assert summary["fp16_correct"] == summary["variant_correct"] == 0
-    assert summary["exact_match_rate"] == pytest.approx(0.5)
+    assert summary.checkable_prompts == 0
+    assert summary.flips == 0 and summary.flipped_ids == []
+    assert summary.fp16_correct == summary.variant_correct == 0
+    assert summary.exact_match_rate == pytest.approx(0.5)
 
 
 def test_mcnemar_p_of_one_sided_flips():
     recs = [record(f"r{i}", "mathematical_reasoning", 0.1, fp16_correct=True, correct=False) for i in range(6)]
     summary = flip_summary(recs)
     # 6 right-to-wrong, 0 wrong-to-right: p = 2 * (1/2)^6 = 1/32
-    assert summary["correct_to_wrong"] == 6 and summary["mcnemar_p"] == pytest.approx(2 / 64)
+    assert summary.correct_to_wrong == 6 and summary.mcnemar_p == pytest.approx(2 / 64)
 
 
 def test_flip_summary_of_no_records():
     summary = flip_summary([])
-    assert summary["checkable_prompts"] == 0
-    assert summary["exact_match_rate"] is None
+    assert summary.checkable_prompts == 0
+    assert summary.exact_match_rate is None
 
 
 def test_method_text_names_settings():
@@ -263,9 +266,9 @@ def test_exact_basis_reports_topk_gap():
         dict(record("b", "question_answering", 0.30), kl_topk_mean=0.285),
     ]
     section = kl_section(recs, top_k=256, method="m")
-    assert section["basis"] == "exact" and section["mean"] == pytest.approx(0.2)
-    assert section["topk"]["mean"] == pytest.approx(0.19) and section["topk"]["k"] == 256
-    assert section["topk"]["rel_gap_vs_exact"] == pytest.approx(0.05)
+    assert section.basis == "exact" and section.mean == pytest.approx(0.2)
+    assert section.topk["mean"] == pytest.approx(0.19) and section.topk["k"] == 256
+    assert section.topk["rel_gap_vs_exact"] == pytest.approx(0.05)
 
 
 def test_macro_average_weights_categories_equally():
