@@ -239,7 +239,9 @@ def _reference_store(tmp_path: Path) -> references.ReferenceStore:
     return ReferenceStore(settings, models, corpus_text, plans, prompt_suite, environment)  # type: ignore[arg-type]
 
 
-def test_the_stored_references_are_keyed_by_the_metrics_version(tmp_path: Path, monkeypatch) -> None:
+def test_the_stored_references_are_keyed_by_the_metrics_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The baseline and prompt-reference keys the session builds carry METRICS_VERSION, so a bump
     changes their digests (the files they name) and a baseline stored before it is not used."""
     store = _reference_store(tmp_path)
