@@ -85,7 +85,7 @@ def test_no_gates_is_no_verdict() -> None:
 
 def test_the_verdict_goes_into_each_comparison_file(tmp_path: Path) -> None:
     documents = run(("a", "int8", [sampled("kl_mean", "PASS", 0.01, 0.99)]))
-    write_document(comparison_path(tmp_path, "a"), comparison_document("a", documents["a"]))
+    write_document(comparison_path(tmp_path, "a"), comparison_document(documents["a"]))
     verdict = release_verdict(documents)
     record_in_comparisons(tmp_path, ["a", "missing-model"], verdict)  # a model without a file is left alone
     stored = json.loads(comparison_path(tmp_path, "a").read_text())["release_verdict"]
