@@ -17,6 +17,7 @@ from quant_fixtures.compute.benchmarking import hf_guide_strided_ppl, synchroniz
 from quant_fixtures.compute.generation import greedy_generate, prompt_token_ids
 from quant_fixtures.compute.scoring import score_windows
 from quant_fixtures.metrics.perplexity import Window, nonoverlapping_windows, strided_windows
+from quant_fixtures.settings import BenchSettings
 
 if TYPE_CHECKING:
     from pytest_benchmark.fixture import BenchmarkFixture
@@ -43,7 +44,7 @@ def _check_recorded(benchmark: BenchmarkFixture, rounds: int) -> None:
     assert len(timings) == rounds and all(t > 0 for t in timings), timings
 
 
-def test_perplexity_pass(benchmark, bench_model, bench_settings, quant_session):
+def test_perplexity_pass(benchmark, bench_model, bench_settings: BenchSettings, quant_session) -> None:
     model, variant_key, loaded = bench_model
     ids, windows = _corpus(quant_session, model, bench_settings)
     batch = min(len(windows), quant_session.settings.perplexity.batch_size)
@@ -69,7 +70,7 @@ def test_perplexity_pass(benchmark, bench_model, bench_settings, quant_session):
 
 
 @pytest.mark.quant_variants("fp16")
-def test_hf_guide_strided_loop(benchmark, bench_model, bench_settings, quant_session):
+def test_hf_guide_strided_loop(benchmark, bench_model, bench_settings: BenchSettings, quant_session) -> None:
     """The guide's loop (stride = ctx / 4, one window per forward) over the same tokens."""
     model, variant_key, loaded = bench_model
     ids, windows = _corpus(quant_session, model, bench_settings)
@@ -87,7 +88,7 @@ def test_hf_guide_strided_loop(benchmark, bench_model, bench_settings, quant_ses
     )
 
 
-def test_batched_generation(benchmark, bench_model, bench_settings, quant_session):
+def test_batched_generation(benchmark, bench_model, bench_settings: BenchSettings, quant_session) -> None:
     model, variant_key, loaded = bench_model
     prompts = quant_session.prompt_suite.prompts()[: bench_settings.prompts]
     ids = [

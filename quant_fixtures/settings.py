@@ -28,10 +28,6 @@ class PerplexityProtocol:
     dataset_source: str = "vendored"
     protocol: str = "nonoverlapping"  # inputs/corpus_protocols.PROTOCOLS
 
-    @property
-    def method(self) -> str:
-        return self.protocol
-
 
 @dataclass(frozen=True)
 class PromptProtocol:

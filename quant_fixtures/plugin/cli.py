@@ -281,7 +281,8 @@ def runnable_pairs(config: pytest.Config) -> list[tuple[str, str]]:
 
 
 # The protocols whose window defaults to the config's [defaults].ctx; llama.cpp and lm-eval have
-# their own defaults (session/inputs.py RunInputs.ctx). The --ctx help says so (plugin/hooks.py).
+# their own defaults, applied per model (session/corpus_plans.py CorpusPlans.ctx). The --ctx help
+# says so (plugin/ctx_option.py).
 CONFIG_CTX_PROTOCOLS = ("nonoverlapping", "strided")
 
 

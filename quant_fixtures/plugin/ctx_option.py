@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 # What --ctx sets under each --ppl-protocol (the windows: inputs/corpus_protocols.py), and the
-# defaults of the protocols that do not take the config's ctx (build_settings, CONFIG_CTX_PROTOCOLS;
-# session/inputs.py RunInputs.ctx). tests/unit/test_plugin.py checks both against the code.
+# defaults of the protocols that do not take the config's ctx (plugin/cli.py build_settings and
+# CONFIG_CTX_PROTOCOLS; session/corpus_plans.py CorpusPlans.ctx). tests/unit/test_plugin.py checks
+# both against the code.
 CTX_MEANINGS = {
     "nonoverlapping": "the length of each window, which scores ctx - 1 tokens",
     "strided": "the length of each window, the windows starting every --ppl-stride tokens",

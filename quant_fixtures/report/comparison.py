@@ -115,7 +115,7 @@ def variant_row(doc: EvaluationDocument) -> JsonObject:
     return {name: to_json_object(value) for name, value in row.items()}
 
 
-def comparison_document(model: str, evaluations: Documents) -> ComparisonDocument:
+def comparison_document(evaluations: Documents) -> ComparisonDocument:
     """All evaluated variants of one model side by side, with findings, from their documents."""
     from quant_fixtures.report.findings import findings
 

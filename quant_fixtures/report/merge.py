@@ -96,7 +96,7 @@ def merge(directories: list[Path], into: Path) -> tuple[dict[str, dict[str, Eval
     for model, by_variant in documents.items():
         for variant_key, doc in by_variant.items():
             write_document(evaluation_path(into, model, variant_key), doc)
-        comparison = comparison_document(model, by_variant)
+        comparison = comparison_document(by_variant)
         comparison.release_verdict = verdict
         write_document(comparison_path(into, model), comparison)
     write_report(into, documents, verdict)

@@ -249,7 +249,7 @@ class EvaluationSession:
         write_document(evaluation_path(results, model, variant_key), document)
         with file_lock(file_in(results, f".{model}.lock")):  # workers each add their variants
             comparable = collect_comparable_documents(results, self.settings.run_id).get(model, {})
-            write_document(comparison_path(results, model), comparison_document(model, comparable))
+            write_document(comparison_path(results, model), comparison_document(comparable))
 
     def _from_other_worker(self, model: str, variant_key: str) -> EvaluationDocument | None:
         """A document this run already wrote (another xdist worker evaluated the pair)."""

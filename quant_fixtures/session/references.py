@@ -88,7 +88,7 @@ class ReferenceStore:
             weights_identity=models.resolved(model).identity,
             tokenizer_sha256=models.tokenizer_sha256(model),
             dataset_sha256=self.corpus_text.text().sha256,
-            method=p.method,
+            method=p.protocol,
             ctx=self.plans.ctx(model),
             stride=p.stride,
             max_tokens=p.max_tokens,

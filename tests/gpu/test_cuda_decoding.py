@@ -39,7 +39,7 @@ def _prompts(rows: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("variant", ["fp16", "nf4"])
-def test_captured_decoding_gives_the_eager_and_generate_tokens(tiny_llama, variant):
+def test_captured_decoding_gives_the_eager_and_generate_tokens(tiny_llama: Path, variant) -> None:
     from quant_fixtures.compute.decoding import can_capture, static_greedy
 
     model = _load(tiny_llama, variant)
@@ -67,13 +67,13 @@ def test_captured_decoding_gives_the_eager_and_generate_tokens(tiny_llama, varia
     assert same >= 0.9, f"only {same:.0%} of rows match transformers' generate"
 
 
-def test_int8_is_not_captured(tiny_llama):
+def test_int8_is_not_captured(tiny_llama: Path) -> None:
     from quant_fixtures.compute.decoding import can_capture
 
     assert not can_capture(_load(tiny_llama, "int8"))
 
 
-def test_decoding_holds_no_memory_batch_after_batch(tiny_llama):
+def test_decoding_holds_no_memory_batch_after_batch(tiny_llama: Path) -> None:
     """Warm-up and capture run on one stream per device: cuBLAS keeps a workspace for every stream it
     ran on, and a new stream per batch held 32 MiB more after each (H100; see decoding.side_stream)."""
     from quant_fixtures.compute.decoding import side_stream, static_greedy

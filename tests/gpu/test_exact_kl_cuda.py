@@ -4,6 +4,8 @@ against them, both directions, matches a plain full-softmax computation within 1
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -28,7 +30,7 @@ def _kl(logp, logq):
     return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
 
 
-def test_rebuilt_logits_and_exact_corpus_kl_on_cuda(tiny_llama):
+def test_rebuilt_logits_and_exact_corpus_kl_on_cuda(tiny_llama: Path) -> None:
     from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
     from quant_fixtures.compute.scoring import score_windows
     from quant_fixtures.metrics.perplexity import nonoverlapping_windows

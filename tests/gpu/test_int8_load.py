@@ -19,7 +19,7 @@ def _load(path: Path):
     ).eval()
 
 
-def test_on_device_quantization_matches_transformers_loader(tiny_llama):
+def test_on_device_quantization_matches_transformers_loader(tiny_llama: Path) -> None:
     from quant_fixtures.models.int8_on_device import int8_quantized_on_device
 
     theirs = _load(tiny_llama)

@@ -4,6 +4,8 @@ left padding, and a real model's per-sequence KL to FP16 scored in one padded ba
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,7 +24,7 @@ def _layer(seed: int = 0):
     return layer.cuda().eval()
 
 
-def test_layer_in_a_padded_batch_matches_bitsandbytes_alone():
+def test_layer_in_a_padded_batch_matches_bitsandbytes_alone() -> None:
     from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, real_tokens
 
     layer = _layer()
@@ -55,7 +57,7 @@ def test_layer_in_a_padded_batch_matches_bitsandbytes_alone():
     assert stock_worst > 10 * worst  # the control: bitsandbytes' own batch moves them
 
 
-def test_a_batch_of_one_length_matches_one_sequence_alone(tiny_llama):
+def test_a_batch_of_one_length_matches_one_sequence_alone(tiny_llama: Path) -> None:
     """Log-probs of a batch of equal-length sequences (how the suite batches LLM.int8: perplexity
     windows, and scoring rows of one length) with per-sequence outliers, against bitsandbytes' own
     layer one sequence at a time; one sequence carries an outlier embedding that makes every layer

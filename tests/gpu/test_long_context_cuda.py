@@ -5,6 +5,8 @@ few hidden dimensions so that some tokens cross LLM.int8's threshold and others 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ OUTLIER_DIMS = [3, 17, 40, 58, 101]
 
 
 @pytest.fixture(scope="module")
-def int8_with_outliers(tiny_llama):
+def int8_with_outliers(tiny_llama: Path):
     from transformers import AutoModelForCausalLM
 
     from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8
@@ -31,7 +33,7 @@ def int8_with_outliers(tiny_llama):
     return model
 
 
-def test_int8_in_chunks_equals_the_whole_read_on_cuda(int8_with_outliers, monkeypatch):
+def test_int8_in_chunks_equals_the_whole_read_on_cuda(int8_with_outliers, monkeypatch: pytest.MonkeyPatch) -> None:
     from quant_fixtures.compute.long_context import score_in_chunks
     from quant_fixtures.metrics.perplexity import Window
 
@@ -48,7 +50,7 @@ def test_int8_in_chunks_equals_the_whole_read_on_cuda(int8_with_outliers, monkey
     assert ours < 1e-3  # float16 sums in another order (the KV cache) at most
 
 
-def test_a_probe_answer_read_token_by_token_is_what_generate_decodes_on_cuda(int8_with_outliers):
+def test_a_probe_answer_read_token_by_token_is_what_generate_decodes_on_cuda(int8_with_outliers) -> None:
     from quant_fixtures.compute.long_context import score_in_chunks
     from quant_fixtures.metrics.perplexity import Window
 

@@ -62,7 +62,7 @@ def _load(path: Path, key: str):
 
 
 @pytest.fixture(scope="module")
-def fp16(model_dir):
+def fp16(model_dir: Path):
     loaded = _load(model_dir, "fp16")
     tokens = torch.randint(3, 1024, (4, 64), generator=torch.Generator().manual_seed(0)).cuda()
     with torch.inference_mode():
@@ -73,7 +73,7 @@ def fp16(model_dir):
 
 
 @pytest.mark.parametrize("key", [k for k, v in VARIANTS.items() if not v.is_baseline])
-def test_method_runs_on_cuda(key, model_dir, fp16):
+def test_method_runs_on_cuda(key, model_dir: Path, fp16) -> None:
     reason = VARIANTS[key].unavailable_reason("cuda")
     if reason:
         pytest.skip(reason)

@@ -4,6 +4,8 @@ its GPU) gives the numbers of the same model on one GPU: perplexity windows, gen
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ def _load(path, **placement):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float16, **placement).eval()
 
 
-def test_spread_model_gives_the_one_gpu_numbers(tiny_llama):
+def test_spread_model_gives_the_one_gpu_numbers(tiny_llama: Path) -> None:
     from quant_fixtures.compute.decoding import can_capture
     from quant_fixtures.compute.generation import greedy_generate, response_logits
     from quant_fixtures.compute.scoring import head_device, model_device, score_windows

@@ -17,7 +17,7 @@ from quant_fixtures.report.snapshot import harm_summary, settings_tag
 REPRODUCTION = Path(__file__).parent / "reproduction"
 
 
-def test_harm_summary_matches_snapshot(model_documents, harm_snapshot, quant_session, pytestconfig):
+def test_harm_summary_matches_snapshot(model_documents, harm_snapshot, quant_session, pytestconfig) -> None:
     model = next(iter(model_documents.values())).model.key
     record = read_record(REPRODUCTION, model, settings_tag(quant_session.settings))
     floors = quant_session.suite.snapshot_tolerances

@@ -3,6 +3,9 @@ for the same tokenizer, text and kind of tokenization, and tokenized again when 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from quant_fixtures.inputs.corpus_protocols import joined_tokens
@@ -12,7 +15,7 @@ from quant_fixtures.store.corpus_tokens import corpus_tokens_path, load_corpus_t
 NAMES = ("ids", "ends")
 
 
-def test_cached_ids_are_the_tokenizers_and_checked(tmp_path, smollm2_tokenizer, wikitext):
+def test_cached_ids_are_the_tokenizers_and_checked(tmp_path: Path, smollm2_tokenizer: Any, wikitext: Any) -> None:
     text = wikitext.text[:20000]
     ids, ends = joined_tokens(smollm2_tokenizer, text)
     assert torch.equal(ids, tokenize_text(smollm2_tokenizer, text))  # the offsets change nothing in the ids

@@ -78,7 +78,7 @@ def build_hub_cache(model_dir: Path, cache: Path, repo_id: str, commit: str) -> 
 
 
 @pytest.fixture(scope="module")
-def hub_run(tiny_models, tmp_path_factory):
+def hub_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("hub")
     snapshot = build_hub_cache(tiny_models["llama"], root / "hub-cache", REPO_ID, COMMIT)
     env = {
@@ -99,7 +99,7 @@ def hub_run(tiny_models, tmp_path_factory):
     return snapshot, json.loads(line[len("RESULT ") :])
 
 
-def test_cache_is_laid_out_like_the_hub_client_writes_it(hub_run):
+def test_cache_is_laid_out_like_the_hub_client_writes_it(hub_run) -> None:
     from huggingface_hub import scan_cache_dir
 
     snapshot, result = hub_run
@@ -113,7 +113,7 @@ def test_cache_is_laid_out_like_the_hub_client_writes_it(hub_run):
     assert result["hub_cache"] == str(snapshot.parents[2]) and result["offline"] is True
 
 
-def test_resolve_returns_the_snapshot_and_pins_the_commit(hub_run):
+def test_resolve_returns_the_snapshot_and_pins_the_commit(hub_run) -> None:
     snapshot, result = hub_run
     assert Path(result["directory"]) == snapshot
     assert result["identity"] == f"hub:{REPO_ID}@{COMMIT}"
@@ -122,7 +122,7 @@ def test_resolve_returns_the_snapshot_and_pins_the_commit(hub_run):
     assert result["pinned"] == [str(snapshot), result["identity"]]
 
 
-def test_load_model_works_from_the_snapshot(hub_run):
+def test_load_model_works_from_the_snapshot(hub_run) -> None:
     _, result = hub_run
     for variant, linear in (("fp16", "Linear"), ("nf4", "Linear4bit")):
         loaded = result[variant]
@@ -132,7 +132,7 @@ def test_load_model_works_from_the_snapshot(hub_run):
 
 
 @pytest.mark.parametrize("which", ["tiny-org/ghost@main", f"{REPO_ID}@v9"])
-def test_missing_model_raises_one_line_remedy(hub_run, which):
+def test_missing_model_raises_one_line_remedy(hub_run, which) -> None:
     _, result = hub_run
     error = result["errors"][which]
     message = error["message"]

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from integration_support import suite_cache_holding
@@ -65,7 +66,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-def test_installed_package_runs_from_another_directory(installed: Path, tmp_path: Path, smollm2_converted) -> None:
+def test_installed_package_runs_from_another_directory(installed: Path, tmp_path: Path, smollm2_converted: Any) -> None:
     # What this test is about is where the inputs come from, not converting the GGUF once more.
     cache = suite_cache_holding(smollm2_converted, tmp_path / "cache")
     shipped = installed / "quant_fixtures" / "inputs"

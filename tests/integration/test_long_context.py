@@ -5,6 +5,9 @@ only what the window sees."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 from integration_support import TINY_ARCHS, build_tiny_model, load_variant, plain_window_nll
@@ -18,7 +21,9 @@ WINDOWS = [Window(0, 300, 1), Window(300, 600, 301), Window(600, 900, 650)]  # t
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_chunks_with_a_cache_give_the_whole_sequence_forward(arch, tiny_models, digest_cache, wikitext_ids):
+def test_chunks_with_a_cache_give_the_whole_sequence_forward(
+    arch, tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
     model = load_variant(tiny_models[arch], "fp16", digest_cache, key=f"tiny-{arch}").model
     chunked = score_in_chunks(model, wikitext_ids, WINDOWS, chunk_tokens=48, stage="long context")
     plain = [plain_window_nll(model, wikitext_ids, w) for w in WINDOWS]
@@ -27,7 +32,9 @@ def test_chunks_with_a_cache_give_the_whole_sequence_forward(arch, tiny_models, 
         assert got == pytest.approx(expected, rel=1e-6)
 
 
-def test_chunk_length_does_not_change_what_is_recorded(tiny_models, digest_cache, wikitext_ids):
+def test_chunk_length_does_not_change_what_is_recorded(
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
     """The hooks see every scored position once, in order, whatever the chunk length: the hidden
     states recorded in chunks of 7 and of 300 are the same rows."""
     model = load_variant(tiny_models["qwen2"], "fp16", digest_cache, key="tiny-qwen2").model
@@ -40,7 +47,9 @@ def test_chunk_length_does_not_change_what_is_recorded(tiny_models, digest_cache
     torch.testing.assert_close(recorded[0], recorded[1], rtol=1e-4, atol=1e-4)
 
 
-def test_nf4_in_chunks_matches_its_windows(tiny_models, digest_cache, wikitext_ids):
+def test_nf4_in_chunks_matches_its_windows(
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
     """A quantized model too (NF4 dequantizes per block, so chunking does not change its weights)."""
     model = load_variant(tiny_models["llama"], "nf4", digest_cache, key="tiny-llama").model
     chunked = score_in_chunks(model, wikitext_ids, WINDOWS, chunk_tokens=64, stage="long context")
@@ -48,7 +57,9 @@ def test_nf4_in_chunks_matches_its_windows(tiny_models, digest_cache, wikitext_i
     assert chunked.window_nll == pytest.approx(whole.window_nll, rel=1e-5)
 
 
-def test_a_bad_chunk_length_is_an_error(tiny_models, digest_cache, wikitext_ids):
+def test_a_bad_chunk_length_is_an_error(
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
     model = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
     with pytest.raises(ValueError, match="chunk_tokens must be >= 1, got 0"):
         score_in_chunks(model, wikitext_ids, WINDOWS, chunk_tokens=0, stage="long context")
@@ -58,7 +69,7 @@ def test_a_bad_chunk_length_is_an_error(tiny_models, digest_cache, wikitext_ids)
 
 
 @pytest.fixture(scope="module")
-def int8_with_outliers(tmp_path_factory, smollm2_tokenizer, digest_cache):
+def int8_with_outliers(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any, digest_cache: Path):
     """Per architecture, the tiny model with planted outlier features, loaded in LLM.int8."""
     root = tmp_path_factory.mktemp("tiny-outliers")
     return {
@@ -76,7 +87,9 @@ LONG = [Window(0, 400, 1), Window(400, 800, 401)]
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_int8_in_chunks_equals_the_whole_read(arch, int8_with_outliers, wikitext_ids, monkeypatch):
+def test_int8_in_chunks_equals_the_whole_read(
+    arch, int8_with_outliers, wikitext_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Chunks of 48 give what one read of each 400-token sequence gives, because every chunk uses
     the outlier columns of the whole sequence; columns chosen per chunk (the control) do not."""
     model = int8_with_outliers[arch]
@@ -90,14 +103,16 @@ def test_int8_in_chunks_equals_the_whole_read(arch, int8_with_outliers, wikitext
     assert max(abs(a / b - 1) for a, b in zip(per_chunk.window_nll, whole.window_nll)) > 2e-5
 
 
-def test_int8_reads_a_prefill_at_once_and_in_chunks_only_when_that_runs_out_of_memory(int8_with_outliers, wikitext_ids):
+def test_int8_reads_a_prefill_at_once_and_in_chunks_only_when_that_runs_out_of_memory(
+    int8_with_outliers, wikitext_ids: torch.Tensor
+) -> None:
     """A prefill longer than a chunk is read at once; where that runs out of memory (here: a forward of
     more than 48 positions raises it), in chunks with the whole prefill's columns: the same numbers."""
     model = int8_with_outliers["llama"]
     at_once = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=48, stage="long context")
     assert at_once.reads == [1, 1] and at_once.chunked == [False, False]
 
-    def no_room(module, args, kwargs):
+    def no_room(module, args, kwargs) -> None:
         if kwargs["input_ids"].shape[1] > 48:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
@@ -126,7 +141,9 @@ class ArgmaxRecorder:
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 @pytest.mark.parametrize("chunk", [500, 48])
-def test_a_probe_answer_read_token_by_token_is_what_generate_decodes(arch, chunk, int8_with_outliers, wikitext_ids):
+def test_a_probe_answer_read_token_by_token_is_what_generate_decodes(
+    arch, chunk, int8_with_outliers, wikitext_ids: torch.Tensor
+) -> None:
     """A probe's answer is read as greedy decoding reads it: the prompt's prefill (whole, or in chunks
     with the prompt's own outlier columns), then one token per forward pass. Fed generate's own
     greedy continuation, every step's argmax is that continuation's next token, so a probe whose

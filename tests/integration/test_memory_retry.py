@@ -4,6 +4,8 @@ after the hooks saw part of it) equal a run that never failed; prompt scoring li
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from integration_support import load_variant
@@ -43,16 +45,16 @@ class PlannedBudget(MemoryBudget):
 
 
 @pytest.fixture(scope="module")
-def model(tiny_models, digest_cache):
+def model(tiny_models: dict[str, Path], digest_cache: Path):
     return load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
 
 
 @pytest.fixture(scope="module")
-def ids(wikitext_ids):
+def ids(wikitext_ids: torch.Tensor):
     return wikitext_ids[: CTX * 12 + 1]
 
 
-def _fail_second_chunk_of_big_batches(monkeypatch):
+def _fail_second_chunk_of_big_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Out of memory on the second log-prob chunk of any batch of more than two windows."""
     real, calls = scoring.output_logits, {}
 
@@ -67,7 +69,7 @@ def _fail_second_chunk_of_big_batches(monkeypatch):
     monkeypatch.setattr(scoring, "output_logits", output_logits)
 
 
-def test_perplexity_and_corpus_kl_survive_retries_unchanged(model, ids, monkeypatch):
+def test_perplexity_and_corpus_kl_survive_retries_unchanged(model, ids, monkeypatch: pytest.MonkeyPatch) -> None:
     windows = nonoverlapping_windows(len(ids), CTX)
     vocab = model.get_output_embeddings().weight.shape[0]
     budget = PlannedBudget(chunk_elements=vocab * 8 * 16)  # 16 positions per chunk at 8 windows a pass
@@ -98,7 +100,9 @@ def test_perplexity_and_corpus_kl_survive_retries_unchanged(model, ids, monkeypa
     assert ours["kl_pq"].mean() == pytest.approx(theirs["kl_pq"].mean(), abs=1e-7)
 
 
-def test_one_window_that_does_not_fit_is_retried_with_smaller_chunks(model, ids, monkeypatch):
+def test_one_window_that_does_not_fit_is_retried_with_smaller_chunks(
+    model, ids, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Out of memory at one window per pass halves the chunks inside the pass (the budget's scale),
     not the run: the executor retries until the chunk fits, and the numbers are those of a clean run."""
     windows = nonoverlapping_windows(len(ids), CTX)[:3]
@@ -122,10 +126,10 @@ def test_one_window_that_does_not_fit_is_retried_with_smaller_chunks(model, ids,
     torch.testing.assert_close(torch.tensor(retried.window_nll), torch.tensor(clean.window_nll), rtol=0, atol=1e-9)
 
 
-def test_out_of_memory_at_the_smallest_chunk_is_raised(model, ids, monkeypatch):
+def test_out_of_memory_at_the_smallest_chunk_is_raised(model, ids, monkeypatch: pytest.MonkeyPatch) -> None:
     windows = nonoverlapping_windows(len(ids), CTX)[:1]
 
-    def output_logits(model, hidden):
+    def output_logits(model, hidden) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(scoring, "output_logits", output_logits)

@@ -4,6 +4,8 @@ width, the logits stay near FP16's, and what the registry says about batch depen
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from integration_support import CPU_OPTIONS, load_variant
@@ -31,13 +33,13 @@ KL_BOUND = {8: 0.005, 4: 0.3, 3: 0.6}
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def test_every_cpu_capable_method_is_listed_here():
+def test_every_cpu_capable_method_is_listed_here() -> None:
     cpu = {k for k, v in VARIANTS.items() if "cpu" in v.devices and not v.is_baseline}
     assert cpu == set(CPU_METHODS)
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tiny_models):
+def tiny_llama(tiny_models: dict[str, Path]):
     return tiny_models["llama"]
 
 
@@ -48,7 +50,7 @@ def tokens():
 
 
 @pytest.fixture(scope="module")
-def variant(tiny_llama, digest_cache):
+def variant(tiny_llama, digest_cache: Path):
     """Each variant loaded once for the module (tiny: they all fit)."""
     cache = {}
 
@@ -80,7 +82,7 @@ def _projections(model):
 
 
 @pytest.mark.parametrize("key", sorted(CPU_METHODS))
-def test_method_quantizes_linear_layers_and_stays_near_fp16(key, variant, tokens, fp16):
+def test_method_quantizes_linear_layers_and_stays_near_fp16(key, variant, tokens, fp16) -> None:
     module_type, bits = CPU_METHODS[key]
     base, reference = fp16
     loaded = variant(key)
@@ -97,7 +99,7 @@ def test_method_quantizes_linear_layers_and_stays_near_fp16(key, variant, tokens
     assert 0 < kl < KL_BOUND[bits], f"{key}: KL {kl}"
 
 
-def test_footprints_follow_bit_widths(variant, fp16):
+def test_footprints_follow_bit_widths(variant, fp16) -> None:
     """Each family: fewer bits, smaller footprint; the 16-bit parts of the model are the same bytes."""
     sizes = {
         k: variant(k).footprint_bytes
@@ -127,7 +129,7 @@ def test_footprints_follow_bit_widths(variant, fp16):
         assert sizes["int8"] < sizes["torchao_int8wo"] < sizes["int8"] + 8 * linear // 64
 
 
-def test_hqq_keeps_scales_and_zeros_as_counted_state(variant):
+def test_hqq_keeps_scales_and_zeros_as_counted_state(variant) -> None:
     loaded = variant("hqq_4bit")
     groups = sum(p.meta["shape"][0] * p.meta["shape"][1] // 64 for p in loaded.model.modules() if hasattr(p, "W_q"))
     assert loaded.quant_state_bytes == groups * 2 * 2  # a float16 scale and zero per group of 64
@@ -135,7 +137,7 @@ def test_hqq_keeps_scales_and_zeros_as_counted_state(variant):
     assert layer.compute_dtype == torch.float32 and layer.meta["scale"].dtype == torch.float32  # upcast after
 
 
-def test_nf4_variants_keep_their_own_settings(variant):
+def test_nf4_variants_keep_their_own_settings(variant) -> None:
     dq, bf16, fp4, nf4 = (variant(k) for k in ("nf4_dq", "nf4_bf16", "fp4", "nf4"))
     assert _projections(dq.model)[0].weight.quant_state.nested  # the block scales quantized again
     assert dq.quant_state_bytes != nf4.quant_state_bytes
@@ -161,7 +163,7 @@ def _outlier_batch(model, tokens):
 
 
 @pytest.mark.parametrize("key", sorted(CPU_METHODS))
-def test_batch_dependence_is_as_registered(key, variant, tokens):
+def test_batch_dependence_is_as_registered(key, variant, tokens) -> None:
     """A batch-invariant variant gives a sequence the same logits whatever its neighbours (a
     batch-dependent one would be scored one sequence per pass)."""
     moved = _outlier_batch(variant(key).model, tokens)
@@ -171,7 +173,7 @@ def test_batch_dependence_is_as_registered(key, variant, tokens):
         assert moved > 1e-3, f"{key} is registered batch-dependent but did not move"
 
 
-def test_stock_llm_int8_depends_on_the_batch_and_the_loader_makes_it_per_sequence(variant, tokens):
+def test_stock_llm_int8_depends_on_the_batch_and_the_loader_makes_it_per_sequence(variant, tokens) -> None:
     """bitsandbytes' own LLM.int8 moves a sequence when its neighbour has an outlier (the control);
     the loader's per-sequence outlier columns (models/int8_per_sequence.py) give it back exactly."""
     from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, remove_per_sequence_int8
@@ -187,7 +189,7 @@ def test_stock_llm_int8_depends_on_the_batch_and_the_loader_makes_it_per_sequenc
 
 
 @pytest.mark.parametrize("key", ["torchao_int4wo", "quanto_int4"])
-def test_cuda_only_method_is_refused_on_the_cpu_with_the_reason(key, tiny_llama, digest_cache):
+def test_cuda_only_method_is_refused_on_the_cpu_with_the_reason(key, tiny_llama, digest_cache: Path) -> None:
     from quant_fixtures.config import ModelSpec
     from quant_fixtures.models.sources import resolve_model
 

@@ -35,7 +35,7 @@ MEMORY_GATES = [f"test_my_model.py::test_within_limit[tiny-llama-{v}-memory_redu
 UNDECIDED_GATE = "test_my_model.py::test_within_limit[tiny-llama-nf4-flip_rate]"
 
 
-def test_the_example_runs_in_a_project_outside_the_repository(tiny_models, tmp_path):
+def test_the_example_runs_in_a_project_outside_the_repository(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     project = tmp_path / "my-project"
     shutil.copytree(EXAMPLE, project)
     assert not project.resolve().is_relative_to(REPO)

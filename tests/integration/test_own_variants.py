@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from integration_support import HARM_TESTS, SMOLLM2_GGUF, SMOLLM2_PACKAGE, suite_cache_holding
@@ -39,7 +40,7 @@ def _toml(variants: dict[str, dict[str, object]]) -> str:
 
 
 @pytest.fixture(scope="module")
-def own(tmp_path_factory, smollm2_converted):
+def own(tmp_path_factory: pytest.TempPathFactory, smollm2_converted: Any):
     """The files the variants point at, and a suite cache that reuses the session's conversion."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -58,7 +59,7 @@ def own(tmp_path_factory, smollm2_converted):
     return SimpleNamespace(root=root, cache=cache, q4_file=q4_file, checkpoint=checkpoint)
 
 
-def _run(pytester, own, variants_toml, *args):
+def _run(pytester: pytest.Pytester, own, variants_toml, *args):
     (pytester.path / "suite.toml").write_text(_toml(variants_toml))
     shutil.copy(HARM_TESTS, pytester.path / "test_release_gates.py")
     results = pytester.path / "results"
@@ -101,7 +102,7 @@ def _expected_gguf_bytes(path: Path) -> int:
     return total
 
 
-def test_own_variants_end_to_end(pytester, own):
+def test_own_variants_end_to_end(pytester: pytest.Pytester, own) -> None:
     variants = {
         "gguf_q8_0": {"gguf_type": "Q8_0", "description": "Q8_0 written by the suite"},
         "gguf_q4_0": {"gguf_file": str(own.q4_file)},
@@ -150,7 +151,7 @@ def test_own_variants_end_to_end(pytester, own):
     assert all(f"| {v} |" in report or f"| {v} " in report for v in VARIANTS)
 
 
-def test_checkpoint_with_another_tokenizer_is_a_usage_error(pytester, own):
+def test_checkpoint_with_another_tokenizer_is_a_usage_error(pytester: pytest.Pytester, own) -> None:
     from transformers import AutoTokenizer
 
     other = own.root / "other-tokenizer"

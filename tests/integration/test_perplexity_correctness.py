@@ -7,6 +7,8 @@ to float32 precision; the Hugging Face guide's strided loop runs on the real Smo
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -40,7 +42,7 @@ def _pair_id(pair: tuple[str, str]) -> str:
 
 
 @pytest.fixture(scope="module", params=PAIRS, ids=_pair_id)
-def pair(request, tiny_models, digest_cache):
+def pair(request: pytest.FixtureRequest, tiny_models: dict[str, Path], digest_cache: Path):
     arch, variant = request.param
     loaded = load_variant(tiny_models[arch], variant, digest_cache, key=f"tiny-{arch}")
     yield request.param, loaded.model
@@ -52,7 +54,7 @@ def _rel(a: float, b: float) -> float:
 
 
 @pytest.mark.parametrize("plan_name", ["nonoverlapping", "strided"])
-def test_score_windows_matches_plain_forward(pair, wikitext_ids, plan_name):
+def test_score_windows_matches_plain_forward(pair, wikitext_ids: torch.Tensor, plan_name) -> None:
     (arch, variant), model = pair
     plan = _plans(len(wikitext_ids))[plan_name]
     if plan_name == "strided":
@@ -71,7 +73,7 @@ def test_score_windows_matches_plain_forward(pair, wikitext_ids, plan_name):
 
 @pytest.mark.parametrize("pair", BATCH_SAFE, indirect=True, ids=_pair_id)
 @pytest.mark.parametrize("plan_name", ["nonoverlapping", "strided"])
-def test_batched_equals_one_at_a_time(pair, wikitext_ids, plan_name):
+def test_batched_equals_one_at_a_time(pair, wikitext_ids: torch.Tensor, plan_name) -> None:
     (arch, variant), model = pair
     plan = _plans(len(wikitext_ids))[plan_name]
     single = score_windows(model, wikitext_ids, plan, batch_size=1)
@@ -83,13 +85,15 @@ def test_batched_equals_one_at_a_time(pair, wikitext_ids, plan_name):
 
 @pytest.mark.parametrize("pair", CHUNK_PAIRS, indirect=True, ids=_pair_id)
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_tiny_logprob_chunks_give_the_same_sums(pair, wikitext_ids, monkeypatch, batch_size):
+def test_tiny_logprob_chunks_give_the_same_sums(
+    pair, wikitext_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch, batch_size
+) -> None:
     (arch, variant), model = pair
     plan = _plans(len(wikitext_ids))["strided"]
     whole = score_windows(model, wikitext_ids, plan, batch_size=batch_size)
     seen: list[int] = []
 
-    def hook(chunk):
+    def hook(chunk) -> None:
         seen.append(chunk.targets.shape[1])
 
     # 3 positions per chunk for a single window, 1 for a batch of 3: many chunks per window.
@@ -147,7 +151,7 @@ def hf_guide_strided(model, ids: torch.Tensor, max_length: int, stride: int) -> 
     }
 
 
-def test_strided_windows_match_hf_guide_on_smollm2(smollm2_fp16, wikitext_ids):
+def test_strided_windows_match_hf_guide_on_smollm2(smollm2_fp16: Any, wikitext_ids: torch.Tensor) -> None:
     # The first window, a full later one and a shorter last one (trg_len 232 < stride).
     ids = wikitext_ids[:1000]
     ctx, stride = 512, 256
@@ -180,7 +184,9 @@ def test_strided_windows_match_hf_guide_on_smollm2(smollm2_fp16, wikitext_ids):
     assert 0 < _rel(scores.ppl, guide["literal_ppl"]) < 5e-4
 
 
-def test_hook_time_is_not_the_models(tiny_models, digest_cache, wikitext_ids):
+def test_hook_time_is_not_the_models(
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
     """tok/s compares variants with FP16: the exact comparison a variant's hook does is timed apart."""
     import time as clock
 

@@ -15,6 +15,7 @@ import math
 import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import bitsandbytes  # noqa: F401  # imported before pytester snapshots sys.modules: a second import fails
 import pytest
@@ -66,7 +67,7 @@ def _rel(a: float, b: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def e2e(tiny_models, tmp_path_factory) -> SimpleNamespace:
+def e2e(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("e2e")
     return SimpleNamespace(
         model_dir=tiny_models["llama"],
@@ -79,7 +80,7 @@ def e2e(tiny_models, tmp_path_factory) -> SimpleNamespace:
 
 
 @pytest.fixture(autouse=True)
-def _environment(monkeypatch, e2e):
+def _environment(monkeypatch: pytest.MonkeyPatch, e2e: SimpleNamespace) -> None:
     # pytester gives every run a fresh HOME; share the datasets cache so the vendored parquet is
     # prepared once, and keep the Hub out of it.
     monkeypatch.setenv("HF_DATASETS_CACHE", str(e2e.datasets))
@@ -87,7 +88,7 @@ def _environment(monkeypatch, e2e):
 
 
 @pytest.fixture
-def full_run(pytester, e2e) -> SimpleNamespace:
+def full_run(pytester: pytest.Pytester, e2e: SimpleNamespace) -> SimpleNamespace:
     """The full run (fp16, int8, nf4) with passing gates; run once per module, by the first test
     that needs it. Its results and baselines directories are shared, read-only, with later tests."""
     if e2e.full is None:
@@ -98,7 +99,7 @@ def full_run(pytester, e2e) -> SimpleNamespace:
     return e2e.full
 
 
-def test_full_run_passes_and_writes_reports(full_run, e2e):
+def test_full_run_passes_and_writes_reports(full_run: SimpleNamespace, e2e: SimpleNamespace) -> None:
     assert full_run.ret == 0, "\n".join(full_run.lines[-60:] + full_run.stderr[-30:])
     # 3 perplexity tests, 2 quantized variants x 3 gates.
     assert full_run.outcomes == {"passed": 9}, full_run.outcomes
@@ -179,7 +180,9 @@ def test_full_run_passes_and_writes_reports(full_run, e2e):
     assert baseline["key"]["weights_identity"] == fp16["model"]["weights_identity"]
 
 
-def test_reported_fp16_perplexity_matches_plain_computation(full_run, e2e, digest_cache, wikitext_ids):
+def test_reported_fp16_perplexity_matches_plain_computation(
+    full_run: SimpleNamespace, e2e: SimpleNamespace, digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
     """The run's FP16 numbers, recomputed here from scratch, window by window."""
     fp16 = report(e2e.results, "fp16")["perplexity"]
     loaded = load_variant(e2e.model_dir, "fp16", digest_cache, key="tiny")
@@ -190,7 +193,9 @@ def test_reported_fp16_perplexity_matches_plain_computation(full_run, e2e, diges
         assert _rel(reported, reference) < 1e-6, f"window {i}: reported {reported!r}, plain {reference!r}"
 
 
-def test_second_run_reuses_the_stored_baseline(pytester, full_run, e2e):
+def test_second_run_reuses_the_stored_baseline(
+    pytester: pytest.Pytester, full_run: SimpleNamespace, e2e: SimpleNamespace
+) -> None:
     make_project(pytester, e2e, PASSING_GATES)
     before = snapshot(e2e.baselines)
     results = pytester.path / "R"
@@ -208,7 +213,9 @@ def test_second_run_reuses_the_stored_baseline(pytester, full_run, e2e):
     assert _rel(int8["perplexity"]["ppl"], first["perplexity"]["ppl"]) < 1e-9
 
 
-def test_changing_ctx_makes_a_new_baseline(pytester, full_run, e2e):
+def test_changing_ctx_makes_a_new_baseline(
+    pytester: pytest.Pytester, full_run: SimpleNamespace, e2e: SimpleNamespace
+) -> None:
     make_project(pytester, e2e, PASSING_GATES)
     baselines = copy_baselines(e2e, pytester.path / "B")
     before = snapshot(baselines)
@@ -241,7 +248,9 @@ def _tamper_ppl(baselines: Path) -> None:
         ("edited", (), "checksum mismatch"),
     ],
 )
-def test_frozen_baselines_refuse_to_recompute(pytester, full_run, e2e, case, extra, reason):
+def test_frozen_baselines_refuse_to_recompute(
+    pytester: pytest.Pytester, full_run: SimpleNamespace, e2e: SimpleNamespace, case, extra, reason
+) -> None:
     make_project(pytester, e2e, PASSING_GATES)
     baselines = copy_baselines(e2e, pytester.path / "B")
     if case == "edited":
@@ -266,7 +275,9 @@ def _gate_line(result: pytest.RunResult, prefix: str) -> re.Match:
     return matches[0]
 
 
-def test_failed_gate_fails_the_run_with_one_line(pytester, full_run, e2e):
+def test_failed_gate_fails_the_run_with_one_line(
+    pytester: pytest.Pytester, full_run: SimpleNamespace, e2e: SimpleNamespace
+) -> None:
     make_project(pytester, e2e, FAILING_GATES)
     baselines = copy_baselines(e2e, pytester.path / "B")
     results = pytester.path / "R"
@@ -297,7 +308,9 @@ def test_failed_gate_fails_the_run_with_one_line(pytester, full_run, e2e):
     assert comparison["findings"]["failed_gates"] == comparison["failed_gates"]  # one format
 
 
-def test_report_mode_records_the_failed_gate_as_xfail(pytester, full_run, e2e):
+def test_report_mode_records_the_failed_gate_as_xfail(
+    pytester: pytest.Pytester, full_run: SimpleNamespace, e2e: SimpleNamespace
+) -> None:
     make_project(pytester, e2e, FAILING_GATES)
     baselines = copy_baselines(e2e, pytester.path / "B")
     result = run_suite(pytester, e2e, pytester.path / "R", baselines, "--variants", "int8", "--gate-mode", "report")
@@ -344,7 +357,7 @@ def _assert_stages_shown(lines: list[str], variant: str) -> None:
         assert len(starts) == 1 and len(ends) == 1 and starts[0] < ends[0], (stage, shown)
 
 
-def test_stage_progress_shows_under_output_capture(full_run):
+def test_stage_progress_shows_under_output_capture(full_run: SimpleNamespace) -> None:
     """The default capture, stdout not a terminal (a CI log): one line as each long stage starts and
     one as it ends, on lines of their own, and none per batch."""
     for variant in SHOWN_STAGES:
@@ -354,7 +367,9 @@ def test_stage_progress_shows_under_output_capture(full_run):
     assert not [line for line in progress if re.search(r"\d+/\d+ \w+, ", line)], progress  # no per-batch lines
 
 
-def test_stage_progress_shows_with_q(pytester, full_run, e2e):
+def test_stage_progress_shows_with_q(
+    pytester: pytest.Pytester, full_run: SimpleNamespace, e2e: SimpleNamespace
+) -> None:
     make_project(pytester, e2e, PASSING_GATES)
     result = run_suite(pytester, e2e, pytester.path / "R", e2e.baselines, "-q", "--variants", "int8")
     assert result.ret == 0, result.stdout.str()[-4000:]
@@ -368,7 +383,13 @@ def _plain_positions(model, ids: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(model(input_ids=ids.unsqueeze(0)).logits[0].double(), -1)
 
 
-def test_long_context_matches_plain_computation(full_run, e2e, digest_cache, wikitext_ids, smollm2_tokenizer):
+def test_long_context_matches_plain_computation(
+    full_run: SimpleNamespace,
+    e2e: SimpleNamespace,
+    digest_cache: Path,
+    wikitext_ids: torch.Tensor,
+    smollm2_tokenizer: Any,
+) -> None:
     """The long-context section, recomputed here from scratch: the stretch read at once (the suite
     reads it in chunks with a KV cache), buckets by tokens of context, KL(FP16 || NF4) summed by
     hand, and each probe's verdict from the argmax at its answer positions."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -33,12 +35,12 @@ pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_models, digest_cache):
+def tiny(tiny_models: dict[str, Path], digest_cache: Path):
     return load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
 
 
 @pytest.fixture(scope="module")
-def pages(wikitext):
+def pages(wikitext: Any):
     return wikitext_pages(wikitext.rows)
 
 
@@ -47,7 +49,7 @@ def _logp(model, ids):
         return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
 
 
-def test_the_document_level_split(pages):
+def test_the_document_level_split(pages) -> None:
     """EleutherAI/wikitext_document_level's test split: 62 pages; lm-eval's word and byte counts."""
     assert len(pages) == 62
     assert pages[0].startswith(" = Robert Boulter = \n \n Robert Boulter is an English film")
@@ -55,7 +57,7 @@ def test_the_document_level_split(pages):
     assert sum(len(p.encode("utf-8")) for p in pages) == 1_290_527
 
 
-def test_llama_cpp_protocol_matches_a_plain_llama_perplexity_loop(tiny, wikitext, smollm2_tokenizer):
+def test_llama_cpp_protocol_matches_a_plain_llama_perplexity_loop(tiny, wikitext: Any, smollm2_tokenizer: Any) -> None:
     ids, ends = joined_tokens(smollm2_tokenizer, wikitext.text)
     n_ctx, bos = 64, 0  # SmolLM2's tokenizer adds no BOS; force one to exercise the replacement
     assert adds_bos(smollm2_tokenizer) is None
@@ -92,7 +94,7 @@ def _plain_rolling_loglikelihood(model, tokens, prefix, max_len):
     return total
 
 
-def test_lm_eval_protocol_matches_a_plain_rolling_loglikelihood(tiny, pages, smollm2_tokenizer):
+def test_lm_eval_protocol_matches_a_plain_rolling_loglikelihood(tiny, pages, smollm2_tokenizer: Any) -> None:
     texts = [detokenize(p) for p in pages[:2]]
     docs = document_tokens(smollm2_tokenizer, texts)
     budget = len(docs[0]) + len(docs[1])
@@ -115,7 +117,16 @@ def test_lm_eval_protocol_matches_a_plain_rolling_loglikelihood(tiny, pages, smo
         ("llama.cpp", ("--ctx", "64", "--ppl-max-tokens", "512")),
     ],
 )
-def test_protocol_end_to_end(pytester, tiny_models, tmp_path, monkeypatch, protocol, extra, pages, smollm2_tokenizer):
+def test_protocol_end_to_end(
+    pytester: pytest.Pytester,
+    tiny_models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    protocol,
+    extra,
+    pages,
+    smollm2_tokenizer: Any,
+) -> None:
     from types import SimpleNamespace
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -230,7 +230,9 @@ def rel(a: float, b: float) -> float:
 # --- a. per-prompt KL against exact and plain computations ---------------------------------------
 
 
-def test_reference_prompts_and_greedy_responses(prompts, reference, plain, smol):
+def test_reference_prompts_and_greedy_responses(
+    prompts: list[Any], reference: Any, plain: list[dict[str, Any]], smol: dict[str, Any]
+) -> None:
     eos = smol["fp16"].generation_config.eos_token_id
     for p, ref_prompt, ref_resp, mine in zip(prompts, reference.prompt_ids, reference.response_ids, plain):
         assert ref_prompt == mine["prompt_ids"], p.id
@@ -247,7 +249,9 @@ def test_reference_prompts_and_greedy_responses(prompts, reference, plain, smol)
         assert reference.logits(i, "cpu").argmax(-1).tolist() == mine["response"]
 
 
-def test_topk_estimate_is_a_lower_bound_of_the_exact_kl(plain, nf4_scores):
+def test_topk_estimate_is_a_lower_bound_of_the_exact_kl(
+    plain: list[dict[str, Any]], nf4_scores: dict[int, list[Any]]
+) -> None:
     """Plain float64: top-256+tail <= top-1024+tail <= exact, per position (log-sum inequality,
     refined partitions); the library's unpadded per-prompt means sit below the exact ones too."""
     worst_gap = 0.0
@@ -265,7 +269,7 @@ def test_topk_estimate_is_a_lower_bound_of_the_exact_kl(plain, nf4_scores):
     _report("max rel (exact - library top-256 KL) / exact, per-prompt mean, batch 1", worst_gap)
 
 
-def test_topk_estimate_within_1e3_of_exact_when_k_covers_the_tail(plain):
+def test_topk_estimate_within_1e3_of_exact_when_k_covers_the_tail(plain: list[dict[str, Any]]) -> None:
     """The library's top-k + tail bucket formula converges to the exact KL: at k = 16,384 (tail mass
     ~7e-5 on this model) every per-prompt mean is within 1e-3 relative of the exact one."""
     worst = 0.0
@@ -278,7 +282,7 @@ def test_topk_estimate_within_1e3_of_exact_when_k_covers_the_tail(plain):
     _report("max rel |top-16384 KL - exact KL|, per-prompt mean", worst)
 
 
-def test_rebuilt_fp16_logits_equal_the_forward_pass(plain, reference):
+def test_rebuilt_fp16_logits_equal_the_forward_pass(plain: list[dict[str, Any]], reference: Any) -> None:
     """The FP16 logits rebuilt from the stored hidden states and head are the FP16 forward's own (here
     float32 on the CPU; the reference was scored in padded batches of 3, the plain pass one prompt at
     a time, so they may differ by the float32 noise of another batch shape)."""
@@ -291,7 +295,9 @@ def test_rebuilt_fp16_logits_equal_the_forward_pass(plain, reference):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_library_kl_both_ways_matches_plain_full_softmax(plain, nf4_scores, batch):
+def test_library_kl_both_ways_matches_plain_full_softmax(
+    plain: list[dict[str, Any]], nf4_scores: dict[int, list[Any]], batch
+) -> None:
     """KL(P||Q) and KL(Q||P) per prompt equal the plain full-vocabulary float64 computation within the
     1e-3 relative the suite promises, and the top-k bound stays below the exact KL."""
     worst = 0.0
@@ -329,17 +335,17 @@ def _check_against_plain(scores: list[Any], plain: list[dict[str, Any]], label: 
     _report(f"max abs |library tail mass - plain| per position, {label}", worst_tail)
 
 
-def test_unpadded_library_scores_match_plain(nf4_scores, plain):
+def test_unpadded_library_scores_match_plain(nf4_scores: dict[int, list[Any]], plain: list[dict[str, Any]]) -> None:
     """Batch size 1 (no padding): KL, top-1 agreement, NLL and tail mass agree with the plain maths."""
     _check_against_plain(nf4_scores[1], plain, "batch 1")
 
 
-def test_batched_library_scores_match_plain(nf4_scores, plain):
+def test_batched_library_scores_match_plain(nf4_scores: dict[int, list[Any]], plain: list[dict[str, Any]]) -> None:
     """As the suite scores (batch 3, left padding) the same agreement should hold."""
     _check_against_plain(nf4_scores[3], plain, "batch 3")
 
 
-def test_nf4_linear_computes_in_float32(smol):
+def test_nf4_linear_computes_in_float32(smol: dict[str, Any]) -> None:
     """upcast_unquantized sets compute_dtype float32; a float32 matmul does not give outputs that are
     all exactly representable in bfloat16."""
     layer = smol["nf4"].model.layers[0].self_attn.q_proj
@@ -355,7 +361,7 @@ def test_nf4_linear_computes_in_float32(smol):
 
 
 @pytest.mark.parametrize("variant", ["fp16", "nf4"])
-def test_greedy_batched_equals_one_at_a_time(smol, prompts, reference, variant):
+def test_greedy_batched_equals_one_at_a_time(smol: dict[str, Any], prompts: list[Any], reference: Any, variant) -> None:
     """Identical tokens for every prompt. (For NF4 this holds on these prompts despite the bf16
     kernel: its padding noise moves probabilities, not, here, any argmax.)"""
     limits = [min(p.max_new_tokens, CAP) for p in prompts]
@@ -368,7 +374,9 @@ def test_greedy_batched_equals_one_at_a_time(smol, prompts, reference, variant):
 
 
 @pytest.mark.parametrize("variant", ["fp16", "nf4"])
-def test_static_cache_decoding_gives_the_tokens_of_transformers_generate(smol, prompts, reference, variant):
+def test_static_cache_decoding_gives_the_tokens_of_transformers_generate(
+    smol: dict[str, Any], prompts: list[Any], reference: Any, variant
+) -> None:
     """The suite's decoder (static cache, fixed 4D masks; on CUDA the step is a captured graph)
     against transformers' own greedy search with its dynamic cache, batch by batch, left padding
     included: the same tokens for every prompt (cut at the limit and the first EOS)."""
@@ -400,7 +408,7 @@ def test_static_cache_decoding_gives_the_tokens_of_transformers_generate(smol, p
     assert sum(len(r) for r in cut) > len(cut)  # responses, not just one token each
 
 
-def test_nf4_scoring_batched_equals_one_at_a_time(nf4_scores):
+def test_nf4_scoring_batched_equals_one_at_a_time(nf4_scores: dict[int, list[Any]]) -> None:
     """fp16-vs-nf4: per position, KL and NLL within 1e-4 nats ABSOLUTE, identical top-1."""
     batched, single = nf4_scores[6], nf4_scores[1]
     worst_abs = worst_rel = 0.0
@@ -417,7 +425,7 @@ def test_nf4_scoring_batched_equals_one_at_a_time(nf4_scores):
 
 
 @pytest.fixture(scope="module")
-def int8_model(tmp_path_factory, smollm2_converted) -> Any:
+def int8_model(tmp_path_factory: pytest.TempPathFactory, smollm2_converted: Any) -> Any:
     spec = ModelSpec(key="smol", path=str(smollm2_converted.directory))
     return load_model(
         spec,
@@ -427,7 +435,9 @@ def int8_model(tmp_path_factory, smollm2_converted) -> Any:
     ).model
 
 
-def test_int8_in_a_padded_batch_equals_bitsandbytes_one_prompt_alone(smol, reference, int8_model, monkeypatch):
+def test_int8_in_a_padded_batch_equals_bitsandbytes_one_prompt_alone(
+    smol: dict[str, Any], reference: Any, int8_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """LLM.int8 picks outlier columns per sequence (models/int8_per_sequence.py), padding left out,
     and shares a pass only between rows of one length: the 6 prompts (45 to 69 tokens) scored at
     batch size 6 give every prompt the per-position KL that bitsandbytes' own layer gives it alone.
@@ -456,7 +466,9 @@ def test_int8_in_a_padded_batch_equals_bitsandbytes_one_prompt_alone(smol, refer
     assert stock > 1e-3
 
 
-def test_int8_rows_of_one_length_share_a_pass_and_get_exactly_what_they_get_alone(int8_model, smol, monkeypatch):
+def test_int8_rows_of_one_length_share_a_pass_and_get_exactly_what_they_get_alone(
+    int8_model: Any, smol: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Scoring LLM.int8 batches only rows of equal length: the attention kernels reduce over the
     padded length, and that float noise (~1e-7) crossed LLM.int8's threshold often enough to move a
     prompt's KL by up to 99 % (SmolLM2, CI prompts). Rows of lengths 20, 20, 13, 20, 13 run in two
@@ -477,7 +489,7 @@ def test_int8_rows_of_one_length_share_a_pass_and_get_exactly_what_they_get_alon
     batches: list[int] = []
     log = BatchLog()
 
-    def keep(i, logits, _):
+    def keep(i, logits, _) -> None:
         got[i] = logits.clone()
 
     import quant_fixtures.compute.generation as generation
@@ -512,7 +524,7 @@ def test_int8_rows_of_one_length_share_a_pass_and_get_exactly_what_they_get_alon
 # --- c. FP16 against itself ---------------------------------------------------------------------
 
 
-def test_fp16_against_itself_is_zero(smol, reference):
+def test_fp16_against_itself_is_zero(smol: dict[str, Any], reference: Any) -> None:
     """FP16 scored against its own reference, in a batch of 6 (the reference was scored in batches of
     3, so the padding differs): KL ~ 0, full top-1 agreement, and the NLL of each response token is
     minus its stored top-1 log-prob. This also shows the harness is batch independent for FP16."""
@@ -563,7 +575,9 @@ def plain_corpus(smol: dict[str, Any], ids: torch.Tensor, windows: list[Any]) ->
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def test_corpus_kl_hooks_match_plain(smol, corpus_ids, monkeypatch):
+def test_corpus_kl_hooks_match_plain(
+    smol: dict[str, Any], corpus_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The FP16 pass stores hidden states in chunks of 40 positions; the NF4 pass rebuilds the FP16
     logits from them in chunks of 64, and every per-position figure equals the plain computation."""
     vocab = smol["fp16"].get_output_embeddings().weight.shape[0]
@@ -576,7 +590,7 @@ def test_corpus_kl_hooks_match_plain(smol, corpus_ids, monkeypatch):
     recorder = HiddenRecorder(len(windows))
     chunks: list[int] = []
 
-    def fp16_hook(chunk):
+    def fp16_hook(chunk) -> None:
         chunks.append(int(chunk.mask.sum()))
         recorder(chunk)
 

@@ -6,6 +6,8 @@ import json
 import shutil
 import time
 import warnings
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 from quant_fixtures.store.stale import StaleStoreWarning
 
 
-def test_converted_directory_is_a_plain_float16_hf_model(smollm2_converted):
+def test_converted_directory_is_a_plain_float16_hf_model(smollm2_converted: Any) -> None:
     import transformers
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
@@ -51,11 +53,13 @@ def test_converted_directory_is_a_plain_float16_hf_model(smollm2_converted):
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
 
 
-def test_second_conversion_reuses_the_cache(smollm2_converted, gguf_cache_root, monkeypatch):
+def test_second_conversion_reuses_the_cache(
+    smollm2_converted: Any, gguf_cache_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manifest = smollm2_converted.directory / gguf.MANIFEST
     before = manifest.stat().st_mtime_ns
 
-    def no_conversion(*args, **kwargs):
+    def no_conversion(*args, **kwargs) -> None:
         raise AssertionError("the cached conversion should have been reused")
 
     monkeypatch.setattr(gguf, "_write_hf_directory", no_conversion)
@@ -72,17 +76,17 @@ def _entries(root):
     return sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock"))
 
 
-def _truncate_weights(directory):
+def _truncate_weights(directory) -> None:
     weights = directory / "model.safetensors"
     with weights.open("r+b") as fh:
         fh.truncate(weights.stat().st_size // 2)
 
 
-def _drop_manifest(directory):
+def _drop_manifest(directory) -> None:
     (directory / gguf.MANIFEST).unlink()
 
 
-def _manifest_from_other_transformers(directory):
+def _manifest_from_other_transformers(directory) -> None:
     path = directory / gguf.MANIFEST
     manifest = json.loads(path.read_text())
     manifest["source"]["transformers"] = "0.0.0"
@@ -94,7 +98,9 @@ def _manifest_from_other_transformers(directory):
     [None, _truncate_weights, _drop_manifest, _manifest_from_other_transformers],
     ids=["intact", "truncated-weights", "no-manifest", "stale-manifest"],
 )
-def test_damaged_conversion_is_redone_not_reused(smollm2_converted, tmp_path, monkeypatch, damage):
+def test_damaged_conversion_is_redone_not_reused(
+    smollm2_converted: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage
+) -> None:
     """A copy of the real converted directory in a fresh cache root, damaged; the converter's writer is
     replaced by a recorder (a real reconversion costs ~20 s and is what the session fixture did)."""
     root = tmp_path / "gguf"
@@ -104,7 +110,7 @@ def test_damaged_conversion_is_redone_not_reused(smollm2_converted, tmp_path, mo
         damage(copy)
     calls = []
 
-    def recording_writer(gguf_path, out):
+    def recording_writer(gguf_path, out) -> None:
         calls.append((gguf_path.name, out))
         (out / "model.safetensors").write_bytes(b"reconverted")
         (out / "config.json").write_text("{}")
@@ -133,7 +139,7 @@ def test_damaged_conversion_is_redone_not_reused(smollm2_converted, tmp_path, mo
 
 
 @pytest.fixture(params=["fp16", "nf4"])
-def smollm2(request, smollm2_fp16, smollm2_converted, digest_cache):
+def smollm2(request: pytest.FixtureRequest, smollm2_fp16: Any, smollm2_converted: Any, digest_cache: Path):
     if request.param == "fp16":
         yield request.param, smollm2_fp16
         return
@@ -142,7 +148,7 @@ def smollm2(request, smollm2_fp16, smollm2_converted, digest_cache):
     loaded.model = None
 
 
-def test_perplexity_matches_plain_computation(smollm2, wikitext_ids):
+def test_perplexity_matches_plain_computation(smollm2, wikitext_ids: torch.Tensor) -> None:
     variant, loaded = smollm2
     assert loaded.compute_dtype == "float32"
     plan = nonoverlapping_windows(len(wikitext_ids), 512, 1024)

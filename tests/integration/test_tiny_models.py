@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_models, digest_cache):
+def loaded(tiny_models: dict[str, Path], digest_cache: Path):
     """Every (arch, variant) loaded once; tiny, so all fit at once."""
     return {
         (arch, variant): load_variant(tiny_models[arch], variant, digest_cache, key=f"tiny-{arch}")
@@ -31,7 +32,7 @@ def _linears(model):
     ]
 
 
-def test_saved_models_are_float16_safetensors_with_tokenizer(tiny_models):
+def test_saved_models_are_float16_safetensors_with_tokenizer(tiny_models: dict[str, Path]) -> None:
     from safetensors import safe_open
     from transformers import AutoTokenizer
 
@@ -50,7 +51,7 @@ def test_saved_models_are_float16_safetensors_with_tokenizer(tiny_models):
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_linear_layers_are_bitsandbytes_modules(loaded, arch):
+def test_linear_layers_are_bitsandbytes_modules(loaded, arch) -> None:
     import bitsandbytes as bnb
 
     fp16, int8, nf4 = (loaded[arch, v].model for v in VARIANT_KEYS)
@@ -77,7 +78,7 @@ def test_linear_layers_are_bitsandbytes_modules(loaded, arch):
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_footprint_strictly_decreases(loaded, arch):
+def test_footprint_strictly_decreases(loaded, arch) -> None:
     fp16, int8, nf4 = (loaded[arch, v] for v in VARIANT_KEYS)
     assert fp16.footprint_bytes > int8.footprint_bytes > nf4.footprint_bytes > 0
     # The baseline footprint is exactly 2 bytes per (distinct) parameter plus the float32 buffers.
@@ -108,7 +109,7 @@ def _quantized_weight_bytes(model, variant: str) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_footprint_counts_quantized_weights_at_their_storage_size(loaded, arch):
+def test_footprint_counts_quantized_weights_at_their_storage_size(loaded, arch) -> None:
     """What the footprint does count: 1 byte (int8) or half a byte (NF4) per quantized weight."""
     fp16 = loaded[arch, "fp16"]
     for variant, bytes_per_weight in (("int8", 1.0), ("nf4", 0.5)):
@@ -121,7 +122,7 @@ def test_footprint_counts_quantized_weights_at_their_storage_size(loaded, arch):
 
 
 @pytest.mark.parametrize("variant", ("int8", "nf4"))
-def test_footprint_plus_quantization_state_is_resident(loaded, variant):
+def test_footprint_plus_quantization_state_is_resident(loaded, variant) -> None:
     """get_memory_footprint (the footprint, as the seed figures use it) leaves out bitsandbytes'
     scales; the suite measures them separately, and footprint + state is what is resident."""
     fp16, pair = loaded["llama", "fp16"], loaded["llama", variant]
@@ -135,7 +136,7 @@ def test_footprint_plus_quantization_state_is_resident(loaded, variant):
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_tied_embeddings_stay_tied(loaded, arch):
+def test_tied_embeddings_stay_tied(loaded, arch) -> None:
     for variant in VARIANT_KEYS:
         model = loaded[arch, variant].model
         tied = model.lm_head.weight is model.model.embed_tokens.weight
@@ -144,7 +145,7 @@ def test_tied_embeddings_stay_tied(loaded, arch):
 
 @pytest.mark.parametrize("variant", VARIANT_KEYS)
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_compute_dtype_is_float32_after_upcast(loaded, arch, variant):
+def test_compute_dtype_is_float32_after_upcast(loaded, arch, variant) -> None:
     import bitsandbytes as bnb
 
     pair = loaded[arch, variant]
@@ -162,7 +163,7 @@ def test_compute_dtype_is_float32_after_upcast(loaded, arch, variant):
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_quantization_config_is_recorded(loaded, arch):
+def test_quantization_config_is_recorded(loaded, arch) -> None:
     assert loaded[arch, "fp16"].quantization_config is None
     int8 = loaded[arch, "int8"].quantization_config
     assert int8["load_in_8bit"] is True and not int8.get("load_in_4bit", False)
@@ -171,7 +172,7 @@ def test_quantization_config_is_recorded(loaded, arch):
     assert not nf4.get("load_in_8bit", False)
 
 
-def test_quantization_config_records_effective_settings(loaded):
+def test_quantization_config_records_effective_settings(loaded) -> None:
     int8 = loaded["llama", "int8"].quantization_config
     nf4 = loaded["llama", "nf4"].quantization_config
     assert int8.get("llm_int8_threshold") == 6.0
@@ -181,7 +182,7 @@ def test_quantization_config_records_effective_settings(loaded):
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_forward_gives_finite_float32_logits_close_to_fp16(loaded, wikitext_ids, arch):
+def test_forward_gives_finite_float32_logits_close_to_fp16(loaded, wikitext_ids: torch.Tensor, arch) -> None:
     ids = wikitext_ids[:48].unsqueeze(0)
     logits = {}
     with torch.inference_mode():

@@ -28,7 +28,7 @@ PROJECT_SNAPSHOT_TESTS = "test_project_snapshots.py"  # a name no module of this
 
 
 @pytest.fixture(scope="module")
-def e2e(tiny_models, tmp_path_factory) -> SimpleNamespace:
+def e2e(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("travel")
     return SimpleNamespace(
         model_dir=tiny_models["llama"],
@@ -41,13 +41,13 @@ def e2e(tiny_models, tmp_path_factory) -> SimpleNamespace:
 
 
 @pytest.fixture(autouse=True)
-def _environment(monkeypatch, e2e):
+def _environment(monkeypatch: pytest.MonkeyPatch, e2e: SimpleNamespace) -> None:
     monkeypatch.setenv("HF_DATASETS_CACHE", str(e2e.root / "datasets-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture
-def warm(pytester, e2e) -> SimpleNamespace:
+def warm(pytester: pytest.Pytester, e2e: SimpleNamespace) -> SimpleNamespace:
     """FP16 references of the tiny model for the default tiny settings, computed once per module."""
     if not e2e.warm:
         make_project(pytester, e2e, PASSING_GATES)
@@ -63,7 +63,9 @@ def no_temporaries(*directories: Path) -> list[Path]:
     return [p for d in directories if d.exists() for p in d.rglob("*.tmp")]
 
 
-def test_a_changed_tokenizer_gets_its_own_fp16_baseline(pytester, warm, tmp_path):
+def test_a_changed_tokenizer_gets_its_own_fp16_baseline(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path
+) -> None:
     model = tmp_path / "tiny-copy"
     shutil.copytree(warm.model_dir, model)
     e2e = SimpleNamespace(**{**vars(warm), "model_dir": model})
@@ -90,7 +92,9 @@ def test_a_changed_tokenizer_gets_its_own_fp16_baseline(pytester, warm, tmp_path
     assert len(set(keys)) == 2
 
 
-def test_a_corrupt_prompt_summary_is_rebuilt_not_used(pytester, warm, tmp_path):
+def test_a_corrupt_prompt_summary_is_rebuilt_not_used(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path
+) -> None:
     baselines = copy_baselines(warm, tmp_path / "B")
     (summary,) = baselines.glob("tiny-prompts-*.json")
     summary.write_text('{"schema_version": 2, "noise_floor": null')  # truncated
@@ -103,7 +107,9 @@ def test_a_corrupt_prompt_summary_is_rebuilt_not_used(pytester, warm, tmp_path):
     assert f"StaleStoreWarning: {summary}: recomputed, not used: unreadable FP16 prompt summary" in result.stdout.str()
 
 
-def test_damaged_cache_files_are_recomputed_and_each_says_why(pytester, warm, tmp_path):
+def test_damaged_cache_files_are_recomputed_and_each_says_why(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path
+) -> None:
     """The tokenized corpus, the FP16 corpus hidden states and the FP16 prompt reference, each with
     its last bytes changed (every such file of the module's cache: other tests add their own
     settings'): each one the run needs is computed again, and the run names it and what was wrong."""
@@ -124,7 +130,9 @@ def test_damaged_cache_files_are_recomputed_and_each_says_why(pytester, warm, tm
     assert sorted(Path(p).parent.name for p in said) == sorted(folders), result.stdout.str()[-3000:]
 
 
-def test_top_k_larger_than_the_vocabulary_is_a_usage_error(pytester, warm, tmp_path):
+def test_top_k_larger_than_the_vocabulary_is_a_usage_error(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path
+) -> None:
     result = run_suite(pytester, warm, tmp_path / "R", warm.baselines, "--variants", "int8", "--top-k", "100000")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --top-k 100000 is larger than the vocabulary of tiny (49152 tokens)"])
@@ -142,14 +150,18 @@ def test_top_k_larger_than_the_vocabulary_is_a_usage_error(pytester, warm, tmp_p
         (("--ctx", "64", "--ppl-stride", "128"), "ERROR: --ppl-stride 128 is larger than the window of --ctx 64*"),
     ],
 )
-def test_budgets_are_checked_against_the_models_window(pytester, warm, tmp_path, args, message):
+def test_budgets_are_checked_against_the_models_window(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path, args, message
+) -> None:
     result = run_suite(pytester, warm, tmp_path / "R", warm.baselines, "--variants", "int8", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert not (tmp_path / "R").exists()
 
 
-def test_ctx_above_the_models_maximum_is_capped_not_an_error(pytester, warm, tmp_path):
+def test_ctx_above_the_models_maximum_is_capped_not_an_error(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path
+) -> None:
     result = run_suite(
         pytester,
         warm,
@@ -168,7 +180,9 @@ def test_ctx_above_the_models_maximum_is_capped_not_an_error(pytester, warm, tmp
     assert (ppl["ctx"], ppl["windows"]) == (512, 2)
 
 
-def test_int8_numbers_do_not_depend_on_batch_sizes(pytester, warm, tmp_path):
+def test_int8_numbers_do_not_depend_on_batch_sizes(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path
+) -> None:
     """LLM.int8 picks outlier columns per sequence (models/int8_per_sequence.py), so the suite batches
     int8 like every other variant and its perplexity and each prompt's KL stay what they are at
     batch size 1."""
@@ -199,7 +213,9 @@ def test_int8_numbers_do_not_depend_on_batch_sizes(pytester, warm, tmp_path):
     assert "batch_sensitivity" not in report(warm.results, "fp16")["flips"]  # FP16 is batch-invariant
 
 
-def test_two_runs_into_one_results_directory_compare_every_variant(pytester, warm, tmp_path):
+def test_two_runs_into_one_results_directory_compare_every_variant(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path
+) -> None:
     """Sequential, then concurrent: every variant ends up in the comparison and REPORT.md, every
     file is whole, and the shared caches are intact."""
     results, baselines = tmp_path / "R", tmp_path / "B"
@@ -236,7 +252,9 @@ def test_two_runs_into_one_results_directory_compare_every_variant(pytester, war
     assert not no_temporaries(together, warm.cache)
 
 
-def test_jobs_of_a_matrix_merge_into_one_comparison(pytester, warm, tmp_path):
+def test_jobs_of_a_matrix_merge_into_one_comparison(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path
+) -> None:
     """Real runs in separate directories, as the jobs of a matrix per variant would make them (each
     with its own copy of the committed baselines), merged by the command into one comparison."""
     jobs = {}
@@ -277,7 +295,9 @@ markdown_report.write_text_atomic = interrupted_write
 """
 
 
-def test_an_interrupt_while_the_report_is_written_leaves_no_half_file(pytester, warm, tmp_path):
+def test_an_interrupt_while_the_report_is_written_leaves_no_half_file(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path
+) -> None:
     results = tmp_path / "R"
     results.mkdir()
     (results / "REPORT.md").write_text("the previous report\n")
@@ -307,7 +327,9 @@ session.score_windows = score_windows
 """
 
 
-def test_out_of_memory_fails_that_variant_and_the_others_run(pytester, warm, tmp_path):
+def test_out_of_memory_fails_that_variant_and_the_others_run(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path
+) -> None:
     pytester.makeconftest(CONFTEST_OUT_OF_MEMORY)
     results = tmp_path / "R"
     result = run_suite(pytester, warm, results, warm.baselines, "--variants", "int8,nf4")
@@ -325,7 +347,9 @@ def test_out_of_memory_fails_that_variant_and_the_others_run(pytester, warm, tmp
     assert report(results, "nf4")["gates"] and not (results / "int8_quantized_tiny_evaluation.json").exists()
 
 
-def test_snapshots_of_other_settings_survive_an_update(pytester, warm, tmp_path):
+def test_snapshots_of_other_settings_survive_an_update(
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path
+) -> None:
     shutil.copy(SNAPSHOT_TESTS, pytester.path / PROJECT_SNAPSHOT_TESTS)
     snapshots = pytester.path / "__snapshots__" / Path(PROJECT_SNAPSHOT_TESTS).stem
 
@@ -350,7 +374,7 @@ def test_snapshots_of_other_settings_survive_an_update(pytester, warm, tmp_path)
     assert run().ret == 0  # and the all-variants snapshot, kept, still matches
 
 
-def test_pickle_weights_need_an_explicit_opt_in(tmp_path):
+def test_pickle_weights_need_an_explicit_opt_in(tmp_path: Path) -> None:
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
     with pytest.raises(ModelUnavailableError, match="allow_pickle = true"):
         weight_files(tmp_path, where="model 'm'")
@@ -368,8 +392,14 @@ def test_pickle_weights_need_an_explicit_opt_in(tmp_path):
     ],
 )
 def test_an_unreadable_memory_cap_is_a_usage_error_not_no_cap(
-    pytester, warm, tmp_path, monkeypatch, option, env, message
-):
+    pytester: pytest.Pytester,
+    warm: SimpleNamespace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    option,
+    env,
+    message,
+) -> None:
     if env is not None:
         monkeypatch.setenv("QUANT_MAX_GPU_MEMORY", env)
     result = run_suite(pytester, warm, tmp_path / "R", warm.baselines, "--variants", "int8", *option)

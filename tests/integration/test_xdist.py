@@ -7,6 +7,7 @@ lock (a worker whose quantized variant needs the FP16 references computes or wai
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -25,7 +26,12 @@ SAME_NUMBERS = [
 
 
 @pytest.fixture
-def project(pytester, tiny_models, tmp_path_factory, monkeypatch):
+def project(
+    pytester: pytest.Pytester,
+    tiny_models: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+):
     root = tmp_path_factory.mktemp("xdist")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(root / "datasets"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -54,7 +60,7 @@ def _documents(results):
     return {p.name: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
 
 
-def test_parallel_run_matches_serial_run(pytester, project, monkeypatch):
+def test_parallel_run_matches_serial_run(pytester: pytest.Pytester, project, monkeypatch: pytest.MonkeyPatch) -> None:
     root, e2e = project
     pytester.makeconftest(CONFTEST_COUNT_PASSES)
     passes = root / "passes.log"

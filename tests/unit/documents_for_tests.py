@@ -15,7 +15,7 @@ GOLDEN = Path(__file__).parent / "golden"
 def golden_document(name: str) -> dict[str, Any]:
     """A golden evaluation document as JSON, with what the golden test masks (the time it was made,
     the timing section: "<masked>" strings) given values of the schema's types."""
-    doc = json.loads((GOLDEN / f"{name}.json").read_text(encoding="utf-8"))
+    doc: dict[str, Any] = json.loads((GOLDEN / f"{name}.json").read_text(encoding="utf-8"))
     doc["generated_at"] = "2026-11-27T00:00:00+00:00"
     doc["timing"] = {"load_s": 1.0, "ppl_s": 2.0, "ppl_tokens_per_s": 100.0, "prompts_s": 3.0, "stages": {"load": 1.0}}
     return doc

@@ -251,7 +251,7 @@ def golden_documents() -> dict[str, dict[str, Any]]:
         "fp16_evaluation": docs["fp16"],
         "int8_evaluation": docs["int8"],
         "nf4_evaluation": docs["nf4"],
-        "comparison": comparison_document("tiny", docs),
+        "comparison": comparison_document(docs),
         "harm_summary": harm_summary(docs, DEFAULT_SNAPSHOT_TOLERANCES),
     }
     return {name: to_json_object(doc) for name, doc in built.items()}

@@ -184,7 +184,7 @@ def test_the_checks_see_a_violation() -> None:
         upward_imports({"tools.x": {"metrics.stats"}, "metrics.stats": set()}, "tools.x")
 
 
-def test_the_int8_loader_replacement_is_scoped_to_cuda_loads():
+def test_the_int8_loader_replacement_is_scoped_to_cuda_loads() -> None:
     """On the CPU nothing is replaced; on CUDA transformers' converter is restored afterwards."""
     from quant_fixtures.models import int8_on_device
 
@@ -266,7 +266,7 @@ def test_strict_mode_refuses_a_forward_outside_the_executor() -> None:
     assert len(ran) == 1
 
 
-def test_test_modules_have_unique_basenames():
+def test_test_modules_have_unique_basenames() -> None:
     """Test folders are not packages, so pytest imports each test file by its basename: two files of
     one name in different folders stop the whole collection ("import file mismatch")."""
     root = PACKAGE.parent

@@ -60,7 +60,7 @@ def _pair(d):
     return d["value"], d["uncertainty"]
 
 
-def test_llama_cpp_tables_equal_the_running_sum_transcription():
+def test_llama_cpp_tables_equal_the_running_sum_transcription() -> None:
     rng = random.Random(0)
     n = 5000
     logp = [-abs(rng.gauss(2.0, 1.5)) for _ in range(n)]
@@ -86,7 +86,7 @@ def test_llama_cpp_tables_equal_the_running_sum_transcription():
     assert 0.9 < ppl["cor_ln_ppl"] <= 1.0  # Q's NLL follows the base's closely here
 
 
-def test_percentiles_interpolate_like_llama_cpp():
+def test_percentiles_interpolate_like_llama_cpp() -> None:
     values = np.array([5.0, 1.0, 4.0, 2.0, 3.0])
     got = cs.percentiles(values)
     # fraction * (n - 1) = 0.25 * 4 = 1: the second smallest; 0.1 * 4 = 0.4: 1 + 0.4 * (2 - 1)
@@ -96,13 +96,13 @@ def test_percentiles_interpolate_like_llama_cpp():
     assert list(got) == [f"p{p:g}".replace(".", "_") for p in cs.PERCENTILES]  # named after PERCENTILES, in order
 
 
-def test_uncertainty_is_zero_for_ten_or_fewer_values():
+def test_uncertainty_is_zero_for_ten_or_fewer_values() -> None:
     assert cs.mean_and_uncertainty(np.arange(10.0)) == (4.5, 0.0)
     mean, unc = cs.mean_and_uncertainty(np.arange(11.0))
     assert mean == 5.0 and unc == pytest.approx(math.sqrt(10.0 / 10))  # population variance 10, n - 1 = 10
 
 
-def test_confidence_buckets_by_hand():
+def test_confidence_buckets_by_hand() -> None:
     kl = np.array([0.5, 0.1, 0.2, 0.0, 0.4])
     p_top1 = np.array([0.1, 0.95, 0.3, 1.0, 0.15])
     same = np.array([False, True, True, True, False])
@@ -115,7 +115,7 @@ def test_confidence_buckets_by_hand():
     assert sum(b["positions"] for b in buckets.values()) == 5
 
 
-def test_corpus_comparison_top_k_agreement_and_bad_input():
+def test_corpus_comparison_top_k_agreement_and_bad_input() -> None:
     n = 4
     positions = {
         "kl_pq": np.array([0.1, 0.2, 0.3, 0.4]),
@@ -136,7 +136,7 @@ def test_corpus_comparison_top_k_agreement_and_bad_input():
         cs.corpus_comparison(positions, [2, 3])
 
 
-def test_noise_floor_summary_and_its_place_in_the_section():
+def test_noise_floor_summary_and_its_place_in_the_section() -> None:
     floor = cs.noise_floor(np.array([0.0, 1e-6, 3e-6, float("nan")]))
     assert floor["positions"] == 4 and floor["mean"] == pytest.approx(4e-6 / 3) and floor["max"] == 3e-6
     n = 4

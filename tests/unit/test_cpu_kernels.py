@@ -37,22 +37,22 @@ def run_probe(code: str = PROBE, **env: str) -> str:
 
 
 @pytest.mark.skipif(not cpu_kernels._x86_64(), reason="the pin is for x86-64 CPUs")
-def test_importing_the_package_before_torch_pins_avx2_kernels():
+def test_importing_the_package_before_torch_pins_avx2_kernels() -> None:
     assert run_probe() == "avx2 AVX2 AVX2"
 
 
-def test_int8_products_stay_exact_with_the_pin():
+def test_int8_products_stay_exact_with_the_pin() -> None:
     assert run_probe(INT_MM) == "0"
 
 
 @pytest.mark.skipif(not cpu_kernels._x86_64(), reason="the pin is for x86-64 CPUs")
-def test_native_and_the_users_own_switches_are_kept():
+def test_native_and_the_users_own_switches_are_kept() -> None:
     native = run_probe(QUANT_FIXTURES_CPU_KERNELS="native").split()
     assert native[:2] == ["None", "None"]
     assert run_probe(ATEN_CPU_CAPABILITY="default").split()[:2] == ["default", "AVX2"]
 
 
-def test_the_mode_is_checked(monkeypatch):
+def test_the_mode_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cpu_kernels.MODE_ENV, " Native ")
     assert cpu_kernels.mode() == "native"
     monkeypatch.setenv(cpu_kernels.MODE_ENV, "avx-2")
@@ -64,7 +64,7 @@ def test_the_mode_is_checked(monkeypatch):
         cpu_kernels.mode()
 
 
-def test_a_typo_in_the_mode_is_a_usage_error(pytester: pytest.Pytester, monkeypatch):
+def test_a_typo_in_the_mode_is_a_usage_error(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_x="def test_x():\n    pass\n")
     monkeypatch.setenv(cpu_kernels.MODE_ENV, "nativ")
@@ -73,7 +73,7 @@ def test_a_typo_in_the_mode_is_a_usage_error(pytester: pytest.Pytester, monkeypa
     result.stderr.fnmatch_lines(["ERROR: $QUANT_FIXTURES_CPU_KERNELS='nativ': expected one of avx2, native"])
 
 
-def test_kernels_not_pinned_are_reported(monkeypatch):
+def test_kernels_not_pinned_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     """torch imported before the package (this test process: AVX2 already, or the CPU's own)."""
     import torch
 

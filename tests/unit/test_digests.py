@@ -1,6 +1,7 @@
 """The block-wise file digest that identifies local weights, against a plain sequential computation."""
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from quant_fixtures.store.stale import StaleStoreWarning
 
 
 @pytest.mark.parametrize("size", [0, 1, 3 * 1024 + 17, 5 * 1024])
-def test_block_digest_is_sha256_over_block_digests(tmp_path, monkeypatch, size):
+def test_block_digest_is_sha256_over_block_digests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size) -> None:
     monkeypatch.setattr(digests, "BLOCK_BYTES", 1024)  # several blocks, the last one short
     monkeypatch.setattr(digests, "READ_BYTES", 300)  # several reads a block, not dividing it
     data = bytes((i * 7919) % 251 for i in range(size))
@@ -23,7 +24,7 @@ def test_block_digest_is_sha256_over_block_digests(tmp_path, monkeypatch, size):
     assert digests.sha256_blocks(path, workers=1) == plain
 
 
-def test_a_changed_byte_in_any_block_changes_the_identity(tmp_path, monkeypatch):
+def test_a_changed_byte_in_any_block_changes_the_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(digests, "BLOCK_BYTES", 1024)
     model = tmp_path / "model"
     model.mkdir()
@@ -39,7 +40,7 @@ def test_a_changed_byte_in_any_block_changes_the_identity(tmp_path, monkeypatch)
     assert directory_identity(model, tmp_path / "cache") != first
 
 
-def test_an_edited_digest_memo_is_recomputed_and_says_so(tmp_path):
+def test_an_edited_digest_memo_is_recomputed_and_says_so(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")

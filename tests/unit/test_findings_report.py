@@ -102,7 +102,7 @@ DOCS = {
 }
 
 
-def test_best_tradeoff_is_smallest_passing_variant():
+def test_best_tradeoff_is_smallest_passing_variant() -> None:
     best = best_tradeoff(DOCS)
     assert best.variant == "int8" and "PASS every gate" in best.reason
     # Two passing variants: the smaller one wins, whatever the registry order.
@@ -112,18 +112,18 @@ def test_best_tradeoff_is_smallest_passing_variant():
     assert best_tradeoff(bigger).variant == "int8"
 
 
-def test_best_tradeoff_when_nothing_passes_is_least_ppl_loss():
+def test_best_tradeoff_when_nothing_passes_is_least_ppl_loss() -> None:
     failing = {**DOCS, "int8": _doc("int8", 10.5, 1.2, gates=[("delta_ppl_pct", 5.0001, 5.0)])}
     assert best_tradeoff(failing).variant == "int8"
     assert "no variant PASSes" in best_tradeoff(failing).reason
 
 
-def test_most_affected_categories_sorted_by_kl():
+def test_most_affected_categories_sorted_by_kl() -> None:
     assert [c["category"] for c in most_affected_categories(DOCS["int8"])] == ["code", "math"]
     assert [c["category"] for c in most_affected_categories(DOCS["nf4"])] == ["math", "code"]
 
 
-def test_findings_name_failed_gates_and_speed():
+def test_findings_name_failed_gates_and_speed() -> None:
     found = findings(DOCS)
     assert found.failed_gates == ["nf4: delta_ppl_pct = 10 (limit <= 5)"]
     assert found.speed_vs_fp16["int8"] == 0.5
@@ -131,12 +131,12 @@ def test_findings_name_failed_gates_and_speed():
     assert any(s.startswith("int8 passes all its gates") and "+2.00 %" in s for s in found.assessment)
 
 
-def test_summary_table_has_every_variant_and_verdict():
+def test_summary_table_has_every_variant_and_verdict() -> None:
     text = "\n".join(summary_lines({"m": DOCS}))
     assert "int8" in text and "PASS" in text and "FAIL delta_ppl_pct" in text and "+10.00" in text
 
 
-def test_report_written_with_tables_and_plots(tmp_path: Path):
+def test_report_written_with_tables_and_plots(tmp_path: Path) -> None:
     from dataclasses import replace
 
     from quant_fixtures.report.schema import BatchSensitivity
@@ -177,7 +177,7 @@ def test_report_written_with_tables_and_plots(tmp_path: Path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_report_says_when_it_was_generated_not_when_a_variant_ran(tmp_path: Path):
+def test_report_says_when_it_was_generated_not_when_a_variant_ran(tmp_path: Path) -> None:
     """Every document here ran at 2026-11-27T00:00; REPORT.md written now says now."""
     before = datetime.now(UTC).replace(microsecond=0)
     text = write_report(tmp_path, {"m": DOCS}).read_text()
@@ -186,7 +186,7 @@ def test_report_says_when_it_was_generated_not_when_a_variant_ran(tmp_path: Path
     assert before <= datetime.fromisoformat(stamp) <= after
 
 
-def test_throughput_summary_rates_and_ratios():
+def test_throughput_summary_rates_and_ratios() -> None:
     bench = [
         {
             "extra_info": {"kind": "ppl_batched", "model": "m", "variant": "fp16", "tokens": 1000},
@@ -213,7 +213,7 @@ def _sampled(verdict: str, interval: list[float], more: int | None = None) -> di
     return {**record, "interval": interval, "exact": False, "units": 12, "unit": "windows", "more_units": more}
 
 
-def test_each_sampled_gate_says_what_its_verdict_means():
+def test_each_sampled_gate_says_what_its_verdict_means() -> None:
     from quant_fixtures.report.findings import verdict_lines
 
     def lines(gate: dict) -> list[str]:
@@ -232,7 +232,7 @@ def test_each_sampled_gate_says_what_its_verdict_means():
     assert lines(gate_record("memory_reduction_pct", 40.0, 30.0, ">=", "PASS")) == []  # exact: nothing to read
 
 
-def test_kl_limits_below_ten_times_the_noise_floor_are_called_out():
+def test_kl_limits_below_ten_times_the_noise_floor_are_called_out() -> None:
     from quant_fixtures.report.findings import noise_floor_warnings
 
     # the noise floor's mean is 1e-9 nats: a limit of 5e-9 is below 10x, 1e-8 is not

@@ -6,6 +6,7 @@ missing metric fails, and the one-line format."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,7 +240,7 @@ def test_unknown_limit_name_is_rejected() -> None:
         evaluate_gates({"max_bogus": 1.0}, {})
 
 
-def test_optional_gates_from_the_registry_read_from_a_real_document(tmp_path) -> None:
+def test_optional_gates_from_the_registry_read_from_a_real_document(tmp_path: Path) -> None:
     """max_kl_p99, min_top1_agreement and max_flip_rate: configured like any limit, decided on the
     units the document holds (flip_rate: flips of checkable prompts)."""
     from documents_for_tests import golden_document

@@ -32,32 +32,32 @@ from quant_fixtures.store.prompt_reference import (
 # --- truncate_response ---------------------------------------------------------------------------
 
 
-def test_truncate_caps_the_length_without_eos():
+def test_truncate_caps_the_length_without_eos() -> None:
     assert truncate_response([5, 6, 7, 8, 9], 3, {2}) == [5, 6, 7]
     assert truncate_response([5, 6], 10, {2}) == [5, 6]
     assert truncate_response([], 4, {2}) == []
 
 
-def test_truncate_keeps_the_first_eos_and_drops_the_rest():
+def test_truncate_keeps_the_first_eos_and_drops_the_rest() -> None:
     assert truncate_response([5, 6, 2, 7, 2, 8], 10, {2}) == [5, 6, 2]
     assert truncate_response([2, 5, 6], 10, {2}) == [2]
     # Padding after EOS (pad == eos, as for SmolLM2) is cut too.
     assert truncate_response([5, 2, 2, 2, 2], 10, {2}) == [5, 2]
 
 
-def test_truncate_cap_before_eos_wins():
+def test_truncate_cap_before_eos_wins() -> None:
     assert truncate_response([5, 6, 7, 2], 3, {2}) == [5, 6, 7]
     assert truncate_response([5, 6, 2, 7], 3, {2}) == [5, 6, 2]  # EOS exactly at the cap is kept
 
 
-def test_truncate_stops_at_whichever_eos_id_comes_first():
+def test_truncate_stops_at_whichever_eos_id_comes_first() -> None:
     eos = {2, 49, 100}
     assert truncate_response([5, 100, 6, 2], 10, eos) == [5, 100]
     assert truncate_response([5, 6, 49, 2, 100], 10, eos) == [5, 6, 49]
     assert truncate_response([5, 6, 7], 10, eos) == [5, 6, 7]
 
 
-def test_truncate_accepts_tensors_and_returns_python_ints():
+def test_truncate_accepts_tensors_and_returns_python_ints() -> None:
     out = truncate_response(torch.tensor([5, 6, 2, 7]), 10, {2})  # EOS found in a tensor row too
     assert out == [5, 6, 2] and all(type(t) is int for t in out)
     out = truncate_response(torch.tensor([5, 6, 2, 7]).tolist(), 10, {2})
@@ -69,19 +69,19 @@ def test_truncate_accepts_tensors_and_returns_python_ints():
 # --- first_divergence ----------------------------------------------------------------------------
 
 
-def test_first_divergence_identical_is_none():
+def test_first_divergence_identical_is_none() -> None:
     assert first_divergence([1, 2, 3], [1, 2, 3]) is None
     assert first_divergence([], []) is None
 
 
-def test_first_divergence_index_of_the_first_difference():
+def test_first_divergence_index_of_the_first_difference() -> None:
     assert first_divergence([1, 2, 3, 4], [1, 2, 9, 4]) == 2
     assert first_divergence([7, 2, 3], [1, 2, 3]) == 0
     assert first_divergence([1, 2, 3, 4], [1, 2, 3, 5]) == 3
     assert first_divergence([1, 2, 3, 4], [1, 9, 3]) == 1  # a difference before the shorter one ends
 
 
-def test_first_divergence_prefix_gives_the_shorter_length():
+def test_first_divergence_prefix_gives_the_shorter_length() -> None:
     assert first_divergence([1, 2], [1, 2, 3, 4]) == 2
     assert first_divergence([1, 2, 3, 4], [1, 2]) == 2
     assert first_divergence([], [5]) == 0
@@ -91,7 +91,7 @@ def test_first_divergence_prefix_gives_the_shorter_length():
 # --- length_batches ------------------------------------------------------------------------------
 
 
-def test_length_batches_sorted_by_length_with_index_tiebreak():
+def test_length_batches_sorted_by_length_with_index_tiebreak() -> None:
     lengths = [5, 1, 3, 5, 2, 1, 4]
     batches = length_batches(lengths, 3)
     assert batches == [[1, 5, 4], [2, 6, 0], [3]]
@@ -103,7 +103,7 @@ def test_length_batches_sorted_by_length_with_index_tiebreak():
 @pytest.mark.parametrize(
     "n,batch_size,sizes", [(7, 3, [3, 3, 1]), (6, 3, [3, 3]), (6, 1, [1] * 6), (4, 10, [4]), (1, 1, [1]), (0, 4, [])]
 )
-def test_length_batches_sizes(n, batch_size, sizes):
+def test_length_batches_sizes(n, batch_size, sizes) -> None:
     lengths = [(i * 7) % 5 for i in range(n)]
     batches = length_batches(lengths, batch_size)
     assert [len(b) for b in batches] == sizes
@@ -119,7 +119,7 @@ def _fake(eos_model, eos_tok, pad_tok=None, pad_model=None):
     return model, tok
 
 
-def test_eos_ids_from_generation_config_list_or_tokenizer():
+def test_eos_ids_from_generation_config_list_or_tokenizer() -> None:
     assert eos_token_ids(*_fake([2, 7], 9)) == {2, 7}
     assert eos_token_ids(*_fake(2, 9)) == {2}
     assert eos_token_ids(*_fake(None, 9)) == {9}
@@ -127,7 +127,7 @@ def test_eos_ids_from_generation_config_list_or_tokenizer():
     assert eos_token_ids(*_fake(None, None)) == set()
 
 
-def test_pad_id_preference_order():
+def test_pad_id_preference_order() -> None:
     assert pad_token_id(*_fake(2, 3, pad_tok=5, pad_model=6)) == 5
     assert pad_token_id(*_fake(2, 3, pad_tok=None, pad_model=6)) == 6
     assert pad_token_id(*_fake(2, 3, pad_tok=None, pad_model=None)) == 3
@@ -180,7 +180,7 @@ def assert_same_reference(got: PromptReference, want: PromptReference) -> None:
         assert torch.equal(got.logits(i, "cpu"), want.logits(i, "cpu"))
 
 
-def test_round_trip(tmp_path):
+def test_round_trip(tmp_path: Path) -> None:
     key = make_key()
     ref = make_reference(key)
     path = store_reference(tmp_path, ref)
@@ -191,7 +191,7 @@ def test_round_trip(tmp_path):
     assert_same_reference(loaded, ref)
 
 
-def test_round_trip_with_an_empty_response_and_no_categories(tmp_path):
+def test_round_trip_with_an_empty_response_and_no_categories(tmp_path: Path) -> None:
     key = make_key(categories=None, max_new_tokens_cap=None)
     ref = make_reference(key)
     ref.response_ids[1] = []
@@ -203,7 +203,7 @@ def test_round_trip_with_an_empty_response_and_no_categories(tmp_path):
     assert loaded.hidden[1].shape == (0, 6)
 
 
-def test_missing_file(tmp_path):
+def test_missing_file(tmp_path: Path) -> None:
     loaded, reason = load_reference(tmp_path, make_key())
     assert loaded is None and "no cached FP16 prompt reference" in reason
 
@@ -225,12 +225,12 @@ CHANGED = {
 }
 
 
-def test_every_key_field_is_covered():
+def test_every_key_field_is_covered() -> None:
     assert set(CHANGED) == {f.name for f in dataclasses.fields(ReferenceKey)}
 
 
 @pytest.mark.parametrize("field", sorted(CHANGED))
-def test_changed_key_field_is_not_served(tmp_path, field):
+def test_changed_key_field_is_not_served(tmp_path: Path, field) -> None:
     store_reference(tmp_path, make_reference(make_key()))
     new_key = make_key(**{field: CHANGED[field]})
     assert new_key.digest() != make_key().digest()
@@ -243,7 +243,7 @@ def test_changed_key_field_is_not_served(tmp_path, field):
 
 
 @pytest.mark.parametrize("keep", [0, 7, 100, -1])
-def test_truncated_file_is_refused(tmp_path, keep):
+def test_truncated_file_is_refused(tmp_path: Path, keep) -> None:
     key = make_key()
     path = store_reference(tmp_path, make_reference(key))
     data = path.read_bytes()
@@ -253,7 +253,7 @@ def test_truncated_file_is_refused(tmp_path, keep):
     assert "unreadable" in reason or "mismatch" in reason
 
 
-def test_garbage_file_is_refused(tmp_path):
+def test_garbage_file_is_refused(tmp_path: Path) -> None:
     key = make_key()
     path = reference_path(tmp_path, key)
     path.parent.mkdir(parents=True)
@@ -262,7 +262,7 @@ def test_garbage_file_is_refused(tmp_path):
     assert loaded is None and "unreadable" in reason
 
 
-def test_flipped_byte_in_tensor_data_is_a_digest_mismatch(tmp_path):
+def test_flipped_byte_in_tensor_data_is_a_digest_mismatch(tmp_path: Path) -> None:
     key = make_key()
     path = store_reference(tmp_path, make_reference(key))
     data = bytearray(path.read_bytes())
@@ -285,7 +285,7 @@ def _read(path: Path) -> tuple[dict, dict]:
         return {n: fh.get_tensor(n) for n in fh.keys()}, fh.metadata()
 
 
-def test_edited_tensor_with_the_same_metadata_is_a_digest_mismatch(tmp_path):
+def test_edited_tensor_with_the_same_metadata_is_a_digest_mismatch(tmp_path: Path) -> None:
     key = make_key()
     path = store_reference(tmp_path, make_reference(key))
     tensors, meta = _read(path)
@@ -296,7 +296,7 @@ def test_edited_tensor_with_the_same_metadata_is_a_digest_mismatch(tmp_path):
     assert loaded is None and "digest mismatch" in reason
 
 
-def test_edited_response_ids_with_the_same_metadata_is_a_digest_mismatch(tmp_path):
+def test_edited_response_ids_with_the_same_metadata_is_a_digest_mismatch(tmp_path: Path) -> None:
     key = make_key()
     path = store_reference(tmp_path, make_reference(key))
     tensors, meta = _read(path)
@@ -306,7 +306,7 @@ def test_edited_response_ids_with_the_same_metadata_is_a_digest_mismatch(tmp_pat
     assert loaded is None and "digest mismatch" in reason
 
 
-def test_unchanged_resave_still_loads(tmp_path):
+def test_unchanged_resave_still_loads(tmp_path: Path) -> None:
     """The control for the edit tests: re-saving the same tensors and metadata is accepted."""
     key = make_key()
     ref = make_reference(key)
@@ -320,7 +320,7 @@ def test_unchanged_resave_still_loads(tmp_path):
     assert_same_reference(loaded, ref)
 
 
-def test_other_format_is_refused(tmp_path):
+def test_other_format_is_refused(tmp_path: Path) -> None:
     key = make_key()
     path = store_reference(tmp_path, make_reference(key))
     tensors, meta = _read(path)
@@ -329,7 +329,7 @@ def test_other_format_is_refused(tmp_path):
     assert loaded is None and "format" in reason
 
 
-def test_store_overwrites_the_previous_file(tmp_path):
+def test_store_overwrites_the_previous_file(tmp_path: Path) -> None:
     key = make_key()
     first = make_reference(key)
     store_reference(tmp_path, first)
@@ -340,7 +340,7 @@ def test_store_overwrites_the_previous_file(tmp_path):
     assert reason == "ok" and loaded.response_ids[0] == [10, 11, 3]
 
 
-def test_hidden_states_that_do_not_cover_the_responses_are_refused(tmp_path):
+def test_hidden_states_that_do_not_cover_the_responses_are_refused(tmp_path: Path) -> None:
     key = make_key()
     ref = make_reference(key)
     ref.hidden[2] = ref.hidden[2][:-1]  # one response position without its hidden state
@@ -349,7 +349,7 @@ def test_hidden_states_that_do_not_cover_the_responses_are_refused(tmp_path):
     assert loaded is None and "hidden states for" in reason
 
 
-def test_length_batches_with_a_shift_change_every_batch():
+def test_length_batches_with_a_shift_change_every_batch() -> None:
     lengths = list(range(10))
     plain = length_batches(lengths, 4)
     shifted = length_batches(lengths, 4, shift=2)

@@ -4,6 +4,8 @@ the writer quantizes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -45,7 +47,7 @@ def plain_q4_0(values: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name, plain", [("Q8_0", plain_q8_0), ("Q4_0", plain_q4_0)])
-def test_quantized_values_match_llama_cpp_reference(name, plain):
+def test_quantized_values_match_llama_cpp_reference(name, plain) -> None:
     rng = np.random.default_rng(0)
     values = (rng.standard_normal((6, 128)) * rng.uniform(0.01, 3, (6, 1))).astype(np.float16).astype(np.float32)
     values[2, :32] = 0.0  # an all-zero block: scale 0, values 0
@@ -61,7 +63,7 @@ def test_quantized_values_match_llama_cpp_reference(name, plain):
     assert np.all(restored[2, :32] == 0)
 
 
-def test_which_tensors_are_quantized():
+def test_which_tensors_are_quantized() -> None:
     qtype = gguf.GGMLQuantizationType.Q8_0
     norm, kind = quantized_tensor(np.ones(64, dtype=np.float32), qtype)
     assert kind == gguf.GGMLQuantizationType.F32 and norm.dtype == np.float32  # 1-D stays float32
@@ -82,7 +84,7 @@ def _gguf_with(path, tensors):
     return path
 
 
-def test_the_reference_note_names_the_files_quantization(tmp_path):
+def test_the_reference_note_names_the_files_quantization(tmp_path: Path) -> None:
     """A model whose weights come from a GGUF is compared against that GGUF dequantized: every
     report says so, naming the file's quantized types (most common first)."""
     from quant_fixtures.models.gguf import reference_note
@@ -97,13 +99,15 @@ def test_the_reference_note_names_the_files_quantization(tmp_path):
     assert reference_note(plain) == "the FP16 reference is m.F32.gguf (F32 x1) converted to float16"
 
 
-def test_a_damaged_requantized_file_is_written_again_and_says_why(tmp_path, monkeypatch):
+def test_a_damaged_requantized_file_is_written_again_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The writer is replaced by one that records its calls (the real one is checked above)."""
     source = tmp_path / "model.Q4_1.gguf"
     source.write_bytes(b"source")
     written = []
 
-    def writer(source_path, type_name, out):
+    def writer(source_path, type_name, out) -> None:
         written.append(type_name)
         out.write_bytes(b"requantized")
 

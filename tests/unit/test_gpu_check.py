@@ -21,7 +21,7 @@ def _run(wall: float, pairs=(), failures=(), errors=()) -> dict:
     }
 
 
-def test_steps_of_the_same_commit_are_kept_and_others_dropped(tmp_path):
+def test_steps_of_the_same_commit_are_kept_and_others_dropped(tmp_path: Path) -> None:
     path = tmp_path / "record.json"
     path.write_text(json.dumps({"commit": "abc", "cap_15gib": {"passed": True}, "matrix": None}))
     assert gpu_check.earlier_steps(path, "abc") == {"cap_15gib": {"passed": True}}
@@ -31,7 +31,7 @@ def test_steps_of_the_same_commit_are_kept_and_others_dropped(tmp_path):
     assert gpu_check.earlier_steps(path, "abc") == {}
 
 
-def test_a_record_is_complete_only_with_the_cap_and_the_matrix():
+def test_a_record_is_complete_only_with_the_cap_and_the_matrix() -> None:
     pair = {"model": "mistral7b", "variant": "int8", "stages": {"start-up": 5.0, "perplexity": 30.0}, "peak_gb": 9.0}
     nf4 = {**pair, "variant": "nf4", "stages": {"perplexity": 10.0}}
     cap = {**_run(200.0, [pair]), "passed": True}
@@ -45,7 +45,7 @@ def test_a_record_is_complete_only_with_the_cap_and_the_matrix():
     assert "targets" not in gpu_check.finish({"cap_15gib": cap, "matrix": _run(1.0)}, two_gpus_possible=True)
 
 
-def test_quality_gates_and_missing_snapshots_are_expected_on_random_weights():
+def test_quality_gates_and_missing_snapshots_are_expected_on_random_weights() -> None:
     expected = gpu_check.expected_on_random_weights
     assert expected({"test": "t::test_within_limit[m-nf4-kl_mean]", "message": "gate FAIL: m nf4: kl_mean = 0.9"})
     assert expected({"test": "t::test_harm_summary_matches_snapshot[m]", "message": "Failed: no snapshot for these"})

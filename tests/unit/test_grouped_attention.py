@@ -17,7 +17,7 @@ def plain_attention(query, key, value, mask, scale):
 
 
 @pytest.mark.parametrize("heads,kv_heads,q_len", [(8, 2, 1), (8, 8, 1), (6, 3, 5), (14, 2, 1)])
-def test_grouped_attention_matches_head_copies(heads, kv_heads, q_len):
+def test_grouped_attention_matches_head_copies(heads, kv_heads, q_len) -> None:
     gen = torch.Generator().manual_seed(0)
     batch, length, dim = 3, 11, 16
     query = torch.randn(batch, heads, q_len, dim, generator=gen)
@@ -31,7 +31,7 @@ def test_grouped_attention_matches_head_copies(heads, kv_heads, q_len):
     torch.testing.assert_close(out.double(), plain_attention(query, key, value, mask, dim**-0.5), rtol=1e-5, atol=1e-5)
 
 
-def test_the_model_uses_it_only_inside_the_context():
+def test_the_model_uses_it_only_inside_the_context() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ def _alone(layer, x):
         return [layer(x[i : i + 1])[0] for i in range(x.shape[0])]
 
 
-def test_sequences_with_their_own_outliers_get_what_they_get_alone(layer):
+def test_sequences_with_their_own_outliers_get_what_they_get_alone(layer) -> None:
     x = torch.randn(3, 5, 64) * 1.5
     x[0, 1, 3], x[1, 4, 10], x[2, 0, 20], x[2, 2, 3] = 9.0, -8.0, 7.0, 6.5  # three different column sets
     alone = _alone(layer, x)
@@ -46,7 +46,7 @@ def test_sequences_with_their_own_outliers_get_what_they_get_alone(layer):
     assert max(float((stock[i] - alone[i]).abs().max()) for i in range(3)) > 1e-2  # the control
 
 
-def test_padding_takes_no_part_in_choosing_columns(layer):
+def test_padding_takes_no_part_in_choosing_columns(layer) -> None:
     x = torch.randn(2, 6, 64)
     x[1, 3, 7] = 12.0
     padded = torch.cat([torch.randn(2, 3, 64), x], 1)
@@ -62,7 +62,7 @@ def test_padding_takes_no_part_in_choosing_columns(layer):
 
 
 @pytest.mark.parametrize("sequences", [5, MAX_EXACT_SETS + 8])
-def test_single_token_sequences_use_one_masked_product(layer, sequences):
+def test_single_token_sequences_use_one_masked_product(layer, sequences) -> None:
     """Decode steps (and more sets than MAX_EXACT_SETS) take one product over the union with the
     columns a row does not own zeroed; the same terms, so within float rounding of alone."""
     x = torch.randn(sequences, 1, 64) * 2
@@ -76,7 +76,7 @@ def test_single_token_sequences_use_one_masked_product(layer, sequences):
         torch.testing.assert_close(ours[i], alone[i], rtol=1e-5, atol=1e-5)
 
 
-def test_remove_gives_bitsandbytes_its_forward_back(layer):
+def test_remove_gives_bitsandbytes_its_forward_back(layer) -> None:
     assert install_per_sequence_int8(layer) == 1
     assert "forward" in vars(layer)
     assert remove_per_sequence_int8(layer) == 1

@@ -5,6 +5,8 @@ All records are hand-made; the expected numbers are worked out in the test from 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -103,7 +105,7 @@ SCORED_TAIL = {"m1": 0.02, "m2": 0.01, "m3": 0.03, "q1": 0.04, "q2": 0.01, "q3":
 # --- kl_section ----------------------------------------------------------------------------------
 
 
-def test_summary_statistics_cover_scored_prompts_only(records):
+def test_summary_statistics_cover_scored_prompts_only(records: list[dict]) -> None:
     section = kl_section(records, top_k=256, method="the method")
     kl = np.array(list(SCORED_KL.values()))
     assert section.prompts == 7
@@ -119,7 +121,7 @@ def test_summary_statistics_cover_scored_prompts_only(records):
     assert section.per_prompt == records  # every record, unscored ones included, in order
 
 
-def test_ci95_contains_the_mean_and_is_seeded(records):
+def test_ci95_contains_the_mean_and_is_seeded(records: list[dict]) -> None:
     section = kl_section(records, top_k=256, method="m")
     low, high = section.ci95
     assert low <= section.mean <= high
@@ -130,7 +132,7 @@ def test_ci95_contains_the_mean_and_is_seeded(records):
     assert kl_section(records, top_k=256, method="m", seed=0).ci95 == section.ci95
 
 
-def test_per_category_means_flips_and_exact_matches(records):
+def test_per_category_means_flips_and_exact_matches(records: list[dict]) -> None:
     cats = kl_section(records, top_k=256, method="m").per_category
     assert set(cats) == {"mathematical_reasoning", "question_answering", "scientific_knowledge"}
 
@@ -155,7 +157,7 @@ def test_per_category_means_flips_and_exact_matches(records):
     assert sci["exact_match"] == 1
 
 
-def test_category_without_any_scored_prompt_reports_null_means(records, tmp_path):
+def test_category_without_any_scored_prompt_reports_null_means(records: list[dict], tmp_path: Path) -> None:
     records.append(record("h1", "historical_knowledge", None, None))
     section = kl_section(records, top_k=256, method="m")
     cats = section.per_category
@@ -167,7 +169,7 @@ def test_category_without_any_scored_prompt_reports_null_means(records, tmp_path
     )  # JSON has no NaN: the report must still be writable
 
 
-def test_worst_prompts_sorted_descending_and_truncated(records):
+def test_worst_prompts_sorted_descending_and_truncated(records: list[dict]) -> None:
     worst = kl_section(records, top_k=256, method="m").worst_prompts
     assert WORST_PROMPTS == 5
     assert [w["id"] for w in worst] == ["m2", "q2", "s1", "q1", "m1"]
@@ -182,7 +184,7 @@ def test_worst_prompts_sorted_descending_and_truncated(records):
     assert "s2" not in by_id  # never ranked without a KL
 
 
-def test_fewer_prompts_than_the_worst_list_keeps_them_all():
+def test_fewer_prompts_than_the_worst_list_keeps_them_all() -> None:
     recs = [
         record("a", "question_answering", 0.2),
         record("b", "question_answering", 0.5),
@@ -194,19 +196,19 @@ def test_fewer_prompts_than_the_worst_list_keeps_them_all():
     assert section.mean == pytest.approx(0.35, rel=1e-12)
 
 
-def test_response_of_exactly_the_limit_is_not_truncated():
+def test_response_of_exactly_the_limit_is_not_truncated() -> None:
     text = "y" * RESPONSE_CHARS
     section = kl_section([record("a", "question_answering", 0.2, fp16_text=text)], top_k=8, method="m")
     assert section.worst_prompts[0]["fp16_response"] == text
 
 
-def test_single_prompt_ci_is_degenerate():
+def test_single_prompt_ci_is_degenerate() -> None:
     section = kl_section([record("a", "question_answering", 0.125)], top_k=8, method="m")
     assert section.ci95 == [0.125, 0.125]
     assert section.mean == 0.125
 
 
-def test_no_scored_prompt_raises():
+def test_no_scored_prompt_raises() -> None:
     with pytest.raises(ValueError, match="no prompt has a scored response position"):
         kl_section([record("a", "question_answering", None)], top_k=8, method="m")
 
@@ -214,7 +216,7 @@ def test_no_scored_prompt_raises():
 # --- flip_summary --------------------------------------------------------------------------------
 
 
-def test_flip_summary_counts(records):
+def test_flip_summary_counts(records: list[dict]) -> None:
     summary = flip_summary(records)
     # Checkable: every record with an answer (m1, m2, m3, q1, q3, s2).
     assert summary.checkable_prompts == 6
@@ -230,7 +232,7 @@ def test_flip_summary_counts(records):
     assert summary.exact_match_rate == pytest.approx(4 / 8, rel=1e-12)  # m1, q1, q3, s1 of all 8
 
 
-def test_flip_summary_without_checkable_prompts():
+def test_flip_summary_without_checkable_prompts() -> None:
     recs = [record("a", "creative_writing", 0.1, exact=False), record("b", "creative_writing", 0.2)]
     summary = flip_summary(recs)
     assert summary.checkable_prompts == 0
@@ -239,20 +241,20 @@ def test_flip_summary_without_checkable_prompts():
     assert summary.exact_match_rate == pytest.approx(0.5)
 
 
-def test_mcnemar_p_of_one_sided_flips():
+def test_mcnemar_p_of_one_sided_flips() -> None:
     recs = [record(f"r{i}", "mathematical_reasoning", 0.1, fp16_correct=True, correct=False) for i in range(6)]
     summary = flip_summary(recs)
     # 6 right-to-wrong, 0 wrong-to-right: p = 2 * (1/2)^6 = 1/32
     assert summary.correct_to_wrong == 6 and summary.mcnemar_p == pytest.approx(2 / 64)
 
 
-def test_flip_summary_of_no_records():
+def test_flip_summary_of_no_records() -> None:
     summary = flip_summary([])
     assert summary.checkable_prompts == 0
     assert summary.exact_match_rate is None
 
 
-def test_method_text_names_settings():
+def test_method_text_names_settings() -> None:
     text = kl_method_text(256, True, 12)
     assert "top-256" in text and "chat template" in text and "capped at 12" in text and "lower bound" in text
     plain = kl_method_text(32, False, None)
@@ -260,7 +262,7 @@ def test_method_text_names_settings():
     assert "over the full vocabulary" in plain and "hidden states" in plain
 
 
-def test_exact_basis_reports_topk_gap():
+def test_exact_basis_reports_topk_gap() -> None:
     recs = [
         dict(record("a", "question_answering", 0.10), kl_topk_mean=0.095),
         dict(record("b", "question_answering", 0.30), kl_topk_mean=0.285),
@@ -271,7 +273,7 @@ def test_exact_basis_reports_topk_gap():
     assert section.topk["rel_gap_vs_exact"] == pytest.approx(0.05)
 
 
-def test_macro_average_weights_categories_equally():
+def test_macro_average_weights_categories_equally() -> None:
     from quant_fixtures.metrics.prompt_summary import macro_average
 
     groups = {"a": np.array([1.0, 1.0, 1.0, 1.0]), "b": np.array([3.0])}

@@ -23,7 +23,7 @@ def settings(device: str = "cpu", **given: object):
     return long_context_settings(Options(**given), device_defaults(Defaults(), device))  # type: ignore[arg-type]
 
 
-def test_device_defaults():
+def test_device_defaults() -> None:
     cpu, cuda = settings("cpu"), settings("cuda:0")
     assert (cpu.max_length, cpu.stretches, cpu.chunk_tokens, cpu.probe_keys) == (2048, 1, 2048, 1)
     # CUDA: 4 lengths x 3 depths x 3 keys = 36 probes, so no flip in them bounds the rate below 0.1
@@ -32,7 +32,7 @@ def test_device_defaults():
     assert cpu.probe_lengths is None and not cpu.skip
 
 
-def test_given_values_are_parsed():
+def test_given_values_are_parsed() -> None:
     given = settings(
         long_ctx=4096,
         long_stretches=3,
@@ -68,7 +68,7 @@ def test_given_values_are_parsed():
         ({"long_buckets": "0,-5"}, "--long-buckets: expected at least two"),
     ],
 )
-def test_a_bad_value_is_a_usage_error_naming_the_option(given, message):
+def test_a_bad_value_is_a_usage_error_naming_the_option(given, message) -> None:
     with pytest.raises(pytest.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         settings(**given)
 
@@ -77,11 +77,11 @@ def test_a_bad_value_is_a_usage_error_naming_the_option(given, message):
     ("length", "expected"),
     [(32768, (512, 2048, 8192, 32768)), (2048, (512, 2048)), (1024, (256, 1024)), (300, (300,)), (100, (100,))],
 )
-def test_default_probe_lengths(length, expected):
+def test_default_probe_lengths(length, expected) -> None:
     assert default_probe_lengths(length) == expected
 
 
-def test_a_model_shorter_than_the_long_length_caps_it_and_its_probes():
+def test_a_model_shorter_than_the_long_length_caps_it_and_its_probes() -> None:
     shape = long_shape(settings(long_ctx=4096, probe_lengths="256,1024,4096"), model_max=2048)
     assert (shape.length, shape.probe_lengths, shape.dropped_probe_lengths) == (2048, (256, 1024), (4096,))
     unlimited = long_shape(settings(long_ctx=4096), model_max=None)

@@ -41,7 +41,7 @@ def _oom() -> torch.OutOfMemoryError:
     return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
 
 
-def test_the_batch_is_as_large_as_fits_after_the_probe():
+def test_the_batch_is_as_large_as_fits_after_the_probe() -> None:
     log, ran = BatchLog(), []
     size = size_by_probe(
         8, lambda: ran.append("probe"), PlannedBudget(free=10 * GiB, need=3 * GiB), log, "perplexity", "windows"
@@ -53,15 +53,15 @@ def test_the_batch_is_as_large_as_fits_after_the_probe():
     assert size_by_probe(8, lambda: None, PlannedBudget(free=1 * GiB, need=5 * GiB), BatchLog(), "p", "w") == 1
 
 
-def test_on_the_cpu_the_requested_size_is_used():
+def test_on_the_cpu_the_requested_size_is_used() -> None:
     budget = MemoryBudget("cpu", cap_bytes=GiB)
     assert budget.fit(16, 10 * GiB) == 16 and budget.free() is None and budget.limit() is None
 
 
-def test_out_of_memory_halves_the_batch_and_every_later_one():
+def test_out_of_memory_halves_the_batch_and_every_later_one() -> None:
     budget, log, seen = PlannedBudget(free=GiB, need=1), BatchLog(), []
 
-    def run(batch):
+    def run(batch) -> None:
         seen.append(list(batch))
         if len(batch) > 2:
             raise _oom()
@@ -75,23 +75,23 @@ def test_out_of_memory_halves_the_batch_and_every_later_one():
     assert log.used["scoring"] == 2 and budget.released == 2
 
 
-def test_out_of_memory_at_one_item_and_other_errors_are_raised():
+def test_out_of_memory_at_one_item_and_other_errors_are_raised() -> None:
     budget = PlannedBudget(free=GiB, need=1)
 
-    def always(batch):
+    def always(batch) -> None:
         raise _oom()
 
     with pytest.raises(torch.OutOfMemoryError):
         run_batches([[0, 1]], always, budget, BatchLog(), "generation", "prompts")
 
-    def broken(batch):
+    def broken(batch) -> None:
         raise ValueError("not memory")
 
     with pytest.raises(ValueError):
         run_batches([[0, 1]], broken, budget, BatchLog(), "generation", "prompts")
 
 
-def test_groups_keep_only_items_allowed_together():
+def test_groups_keep_only_items_allowed_together() -> None:
     lengths = [4, 4, 4, 2, 2]
     assert chunked(range(5), 2, lambda a, b: lengths[a] == lengths[b]) == [[0, 1], [2], [3, 4]]
 
@@ -100,17 +100,17 @@ def test_groups_keep_only_items_allowed_together():
     "text,expected",
     [("15GiB", 15 * GiB), ("16 GB", 16 * 10**9), ("15.5e9", int(15.5e9)), ("800MiB", 800 * 2**20), ("1tib", 2**40)],
 )
-def test_memory_sizes_parse(text, expected):
+def test_memory_sizes_parse(text, expected) -> None:
     assert parse_size(text, "--max-gpu-memory") == expected
 
 
 @pytest.mark.parametrize("text", ["15 GiBs", "lots", "", "-3GiB", "15GiB 2", "100MB"])
-def test_bad_memory_sizes_name_the_option(text):
+def test_bad_memory_sizes_name_the_option(text) -> None:
     with pytest.raises(ValueError, match="--max-gpu-memory"):
         parse_size(text, "--max-gpu-memory")
 
 
-def test_out_of_memory_is_recognised():
+def test_out_of_memory_is_recognised() -> None:
     assert is_out_of_memory(_oom()) and is_out_of_memory(MemoryError())
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))

@@ -230,7 +230,7 @@ def _reference_store(tmp_path: Path) -> references.ReferenceStore:
     prompt_suite = SimpleNamespace(sha256=lambda: "b" * 64)
     environment = SimpleNamespace(numerics=lambda: {"device_type": "cpu", "torch": "2.13.0"})
     settings = SimpleNamespace(
-        perplexity=SimpleNamespace(method="nonoverlapping", stride=None, max_tokens=2048),
+        perplexity=SimpleNamespace(protocol="nonoverlapping", stride=None, max_tokens=2048),
         prompts=SimpleNamespace(categories=None, use_chat_template=True, max_new_tokens_cap=16, top_k=256),
         load=SimpleNamespace(weight_dtype="float16", compute_dtype="float32", device_type="cpu"),
         paths=SimpleNamespace(baselines_dir=tmp_path, cache_dir=tmp_path / "cache"),
@@ -239,7 +239,9 @@ def _reference_store(tmp_path: Path) -> references.ReferenceStore:
     return ReferenceStore(settings, models, corpus_text, plans, prompt_suite, environment)  # type: ignore[arg-type]
 
 
-def test_the_stored_references_are_keyed_by_the_metrics_version(tmp_path: Path, monkeypatch) -> None:
+def test_the_stored_references_are_keyed_by_the_metrics_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The baseline and prompt-reference keys the session builds carry METRICS_VERSION, so a bump
     changes their digests (the files they name) and a baseline stored before it is not used."""
     store = _reference_store(tmp_path)

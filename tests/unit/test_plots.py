@@ -93,7 +93,7 @@ def colours_by_variant(fig: Figure) -> dict[str, tuple[float, float, float]]:
     return {label: to_rgba(colour)[:3] for label, colour in found.items()}
 
 
-def test_a_variant_has_one_colour_in_every_plot(drawn):
+def test_a_variant_has_one_colour_in_every_plot(drawn) -> None:
     expected = {key: colour[:3] for key, colour in variant_colours(DOCS).items()}
     assert len(set(expected.values())) == len(DOCS)  # and every variant its own
     for make in FIGURES:
@@ -103,7 +103,7 @@ def test_a_variant_has_one_colour_in_every_plot(drawn):
         assert shown == {key: expected[key] for key in shown}, make.__name__
 
 
-def test_footprint_names_do_not_overlap(drawn):
+def test_footprint_names_do_not_overlap(drawn) -> None:
     fig = drawn(footprint_figure)
     renderer = fig.canvas.get_renderer()
     names = {text.get_text(): text.get_window_extent(renderer) for text in fig.axes[0].texts}
@@ -112,7 +112,7 @@ def test_footprint_names_do_not_overlap(drawn):
         assert not box_a.overlaps(box_b), f"{a} and {b} overlap"
 
 
-def test_footprint_names_are_placed_the_same_way_every_time(drawn):
+def test_footprint_names_are_placed_the_same_way_every_time(drawn) -> None:
     def positions() -> list[tuple[float, float]]:
         return [text.xyann for text in drawn(footprint_figure).axes[0].texts]
 
@@ -120,7 +120,7 @@ def test_footprint_names_are_placed_the_same_way_every_time(drawn):
 
 
 @pytest.mark.parametrize("make", FIGURES, ids=lambda f: f.__name__)
-def test_axis_labels_and_title_are_inside_the_figure(drawn, make):
+def test_axis_labels_and_title_are_inside_the_figure(drawn, make) -> None:
     fig = drawn(make)
     renderer, ax = fig.canvas.get_renderer(), fig.axes[0]
     for text in (ax.xaxis.label, ax.yaxis.label, ax.title):

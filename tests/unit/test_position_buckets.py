@@ -28,7 +28,7 @@ HAND_KL = np.array([0.1, 0.3, 0.2, 0.4, 0.6])
 HAND_SAME = np.array([True, False, True, True, False])
 
 
-def test_hand_case_two_buckets():
+def test_hand_case_two_buckets() -> None:
     buckets = pb.clip_edges((0, 3, 8), 5)
     assert buckets == [(0, 3), (3, 6)]
     first, second = pb.variant_buckets(HAND_CONTEXT, HAND_STRETCH, HAND_LOGP, HAND_LOGQ, HAND_KL, HAND_SAME, buckets)
@@ -59,7 +59,7 @@ def test_hand_case_two_buckets():
         assert bucket["non_finite_kl"] == 0
 
 
-def test_hand_case_fp16_summary_and_entry_points():
+def test_hand_case_fp16_summary_and_entry_points() -> None:
     fp16 = pb.long_context_fp16(HAND_CONTEXT, HAND_STRETCH, HAND_LOGP, (0, 3, 8))
     assert [(b["lo"], b["hi"], b["positions"]) for b in fp16["buckets"]] == [(0, 3, 2), (3, 6, 3)]
     assert [b["fp16_ppl"] for b in fp16["buckets"]] == pytest.approx([math.exp(2), math.exp(2)])
@@ -76,7 +76,7 @@ def test_hand_case_fp16_summary_and_entry_points():
 # --- block CIs by hand ----------------------------------------------------------------------------
 
 
-def test_block_ci_two_blocks_per_bucket():
+def test_block_ci_two_blocks_per_bucket() -> None:
     # One stretch of 513 tokens: contexts 1..512; buckets [1, 257) and [257, 513), 256 positions each,
     # i.e. two blocks of 128 per bucket. Per bucket, block 1 has KL 1 and d = logp - logq = 0.1,
     # block 2 KL 3 and d = 0.3 (second bucket: KL and d doubled).
@@ -102,7 +102,7 @@ def test_block_ci_two_blocks_per_bucket():
     assert second["delta_ppl_pct_ci95"] == pytest.approx([100 * math.expm1(-2.141241), 100 * math.expm1(2.941241)])
 
 
-def test_short_last_block_weighs_by_size():
+def test_short_last_block_weighs_by_size() -> None:
     # Blocks of 128, 128 and 4 positions with means 0, 1, 10: plain mean (128 + 40) / 260 = 0.646154.
     # Weights 128/260, 128/260, 4/260; SE^2 = 3/2 * sum w^2 (m_b - m)^2.
     values = np.concatenate([np.zeros(128), np.ones(128), np.full(4, 10.0)])
@@ -116,7 +116,7 @@ def test_short_last_block_weighs_by_size():
     assert ci == pytest.approx((m - 4.30265 * se, m + 4.30265 * se))  # three blocks: t with 2 degrees of freedom
 
 
-def test_blocks_stop_at_stretch_boundaries():
+def test_blocks_stop_at_stretch_boundaries() -> None:
     # Two stretches of 100 positions in one bucket: two blocks of 100, not 128 + 72.
     blocks = blocks_module.block_ids(np.repeat([4, 9], 100))
     assert list(np.bincount(blocks)) == [100, 100]
@@ -124,7 +124,7 @@ def test_blocks_stop_at_stretch_boundaries():
     assert list(np.bincount(blocks_module.block_ids(np.zeros(300, dtype=int)))) == [128, 128, 44]
 
 
-def test_one_block_has_no_ci():
+def test_one_block_has_no_ci() -> None:
     mean, ci = blocks_module.block_mean_ci(np.array([1.0, 2.0, 6.0]), np.zeros(3, dtype=int))
     assert mean == pytest.approx(3.0) and ci is None
 
@@ -200,7 +200,7 @@ def reference_buckets(context, stretch, logp, logq, kl, same, buckets):
     return out
 
 
-def test_matches_plain_python_on_random_stretches():
+def test_matches_plain_python_on_random_stretches() -> None:
     rng = random.Random(7)
     lengths = [300, 1000, 50, 700, 129]
     context, stretch = stretches_of(lengths)
@@ -233,7 +233,7 @@ def test_matches_plain_python_on_random_stretches():
 # --- clip_edges ----------------------------------------------------------------------------------
 
 
-def test_clip_edges_cuts_the_bucket_holding_the_longest_context():
+def test_clip_edges_cuts_the_bucket_holding_the_longest_context() -> None:
     assert pb.clip_edges((0, 512, 2048, 8192, 32768), 1000) == [(0, 512), (512, 1001)]
     assert pb.clip_edges((0, 512, 2048), 511) == [(0, 512)]
     assert pb.clip_edges((0, 512, 2048), 512) == [(0, 512), (512, 513)]
@@ -241,7 +241,7 @@ def test_clip_edges_cuts_the_bucket_holding_the_longest_context():
     assert pb.clip_edges((0, 1, 10), 5) == [(1, 6)]
 
 
-def test_clip_edges_beyond_the_last_edge_keeps_the_edges():
+def test_clip_edges_beyond_the_last_edge_keeps_the_edges() -> None:
     assert pb.clip_edges((0, 512, 2048), 5000) == [(0, 512), (512, 2048)]
     context, stretch = stretches_of([12])  # contexts 1..11; edges stop at 8
     result = pb.long_context_fp16(context, stretch, np.full(11, -1.0), (0, 4, 8))
@@ -260,7 +260,7 @@ def test_clip_edges_beyond_the_last_edge_keeps_the_edges():
         ((0, 1), 50, "(0, 1)"),
     ],
 )
-def test_clip_edges_rejects_bad_edges(edges, longest, shown):
+def test_clip_edges_rejects_bad_edges(edges, longest, shown) -> None:
     with pytest.raises(ValueError, match=r"bucket edges " + shown.replace("(", r"\(").replace(")", r"\)")):
         pb.clip_edges(edges, longest)
 
@@ -272,7 +272,7 @@ def _bucket(mean_context, kl_mean, delta):
     return {"mean_context": mean_context, "kl_mean": kl_mean, "delta_ppl_pct": delta}
 
 
-def test_growth_by_hand():
+def test_growth_by_hand() -> None:
     # x = log2(1, 2, 4, 8) = 0, 1, 2, 3 (mean 1.5); y = 0.1, 0.2, 0.2, 0.5 (mean 0.25).
     # sum (x - 1.5)(y - 0.25) = 0.225 + 0.025 - 0.025 + 0.375 = 0.6; sum (x - 1.5)^2 = 5 -> slope 0.12.
     buckets = [_bucket(1, 0.1, 1.0), _bucket(2, 0.2, 1.5), _bucket(4, 0.2, 2.0), _bucket(8, 0.5, 4.5)]
@@ -282,7 +282,7 @@ def test_growth_by_hand():
     assert growth["delta_ppl_pct_change"] == pytest.approx(3.5)
 
 
-def test_growth_without_a_first_kl_or_with_one_bucket():
+def test_growth_without_a_first_kl_or_with_one_bucket() -> None:
     growth = pb.harm_growth([_bucket(1, 0.0, 1.0), _bucket(8, 0.3, 2.0)])
     assert growth["kl_ratio_last_first"] is None
     assert growth["kl_slope_per_doubling"] == pytest.approx(0.1)  # 0.3 / 3 doublings
@@ -293,7 +293,7 @@ def test_growth_without_a_first_kl_or_with_one_bucket():
 # --- non-finite values and validation -------------------------------------------------------------
 
 
-def test_non_finite_kl_is_counted_not_averaged():
+def test_non_finite_kl_is_counted_not_averaged() -> None:
     kl = np.array([0.1, math.nan, math.inf, -math.inf, 0.3])
     first, second = pb.variant_buckets(
         HAND_CONTEXT, HAND_STRETCH, HAND_LOGP, HAND_LOGQ, kl, HAND_SAME, pb.clip_edges((0, 3, 8), 5)
@@ -322,7 +322,7 @@ def test_non_finite_kl_is_counted_not_averaged():
         ({"same_top1": HAND_SAME[:2]}, "same_top1 has 2 positions"),
     ],
 )
-def test_bad_inputs_name_the_argument(change, message):
+def test_bad_inputs_name_the_argument(change, message) -> None:
     args = {
         "context_tokens": HAND_CONTEXT,
         "stretch": HAND_STRETCH,
@@ -335,11 +335,11 @@ def test_bad_inputs_name_the_argument(change, message):
         pb.variant_buckets(**{**args, **change}, buckets=[(0, 3), (3, 6)])
 
 
-def test_a_bucket_without_positions_is_an_error():
+def test_a_bucket_without_positions_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"bucket \[6, 9\) holds no scored position"):
         pb.fp16_buckets(HAND_CONTEXT, HAND_STRETCH, HAND_LOGP, [(0, 6), (6, 9)])
 
 
 @pytest.mark.parametrize("df", sorted(STUDENT_T975))
-def test_student_t_quantiles(df):
+def test_student_t_quantiles(df) -> None:
     assert blocks_module.t975(df) == pytest.approx(STUDENT_T975[df], abs=1e-4)

@@ -34,11 +34,11 @@ def _event(phase: str, done: int = 0, total: int | None = 4, unit: str = "window
         (_event("failed", total=None, unit=""), "quant-fixtures: tiny int8 perplexity: FAILED after 1.2 s"),
     ],
 )
-def test_each_event_is_one_line_with_counts_and_seconds(event, line):
+def test_each_event_is_one_line_with_counts_and_seconds(event, line) -> None:
     assert describe(event) == line
 
 
-def test_a_stage_tells_its_start_each_step_and_its_end():
+def test_a_stage_tells_its_start_each_step_and_its_end() -> None:
     events: list[StageEvent] = []
     with StageProgress(events.append, "tiny fp16", "generation", 8, "prompts") as progress:
         progress.advance(5)
@@ -48,7 +48,7 @@ def test_a_stage_tells_its_start_each_step_and_its_end():
     assert events[-1].seconds >= events[0].seconds >= 0
 
 
-def test_a_stage_left_by_an_exception_tells_it_failed():
+def test_a_stage_left_by_an_exception_tells_it_failed() -> None:
     events: list[StageEvent] = []
     with pytest.raises(MemoryError):
         with StageProgress(events.append, "tiny int8", "load"):
@@ -56,7 +56,7 @@ def test_a_stage_left_by_an_exception_tells_it_failed():
     assert [e.phase for e in events] == ["start", "failed"]
 
 
-def test_without_a_sink_a_stage_does_nothing():
+def test_without_a_sink_a_stage_does_nothing() -> None:
     with StageProgress(None, "tiny int8", "load", 3, "windows") as progress:
         progress.advance(1)
     assert progress.done == 1
@@ -78,7 +78,7 @@ def _context(events: list[StageEvent]) -> PassContext:
     )
 
 
-def test_only_shown_stages_of_a_pass_reach_the_sink():
+def test_only_shown_stages_of_a_pass_reach_the_sink() -> None:
     events: list[StageEvent] = []
     run = _context(events)
     with run.stage("statistics", "statistics") as advance:
@@ -94,7 +94,7 @@ def test_only_shown_stages_of_a_pass_reach_the_sink():
     assert run.seconds["perplexity"] > 0
 
 
-def test_a_failed_pass_stage_is_told_and_still_named():
+def test_a_failed_pass_stage_is_told_and_still_named() -> None:
     events: list[StageEvent] = []
     run = _context(events)
     with pytest.raises(RuntimeError):
@@ -153,7 +153,7 @@ def _stage(sink: TerminalProgress) -> None:
     sink(_event("end", 4))
 
 
-def test_in_a_log_each_stage_writes_its_start_and_end_only():
+def test_in_a_log_each_stage_writes_its_start_and_end_only() -> None:
     sink, reporter, capture = _sink(live=False)
     reporter.write("test_release_gates.py ")  # pytest in the middle of a line of results
     _stage(sink)
@@ -166,7 +166,7 @@ def test_in_a_log_each_stage_writes_its_start_and_end_only():
     assert reporter.flushes == [True, True]  # once per line, while the capture was off
 
 
-def test_on_a_terminal_one_line_is_redrawn_and_stays_when_the_stage_ends(monkeypatch):
+def test_on_a_terminal_one_line_is_redrawn_and_stays_when_the_stage_ends(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(terminal, "REDRAW_S", 0.0)
     sink, reporter, _ = _sink(live=True)
     _stage(sink)
@@ -180,7 +180,7 @@ def test_on_a_terminal_one_line_is_redrawn_and_stays_when_the_stage_ends(monkeyp
     assert drawn[1] == "\rquant-fixtures: tiny int8 perplexity: 4 windows ..."  # the next stage, below
 
 
-def test_on_a_terminal_redraws_are_throttled(monkeypatch):
+def test_on_a_terminal_redraws_are_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(terminal, "REDRAW_S", 3600.0)
     sink, reporter, _ = _sink(live=True)
     _stage(sink)
@@ -197,7 +197,7 @@ def _config(workerinput: dict | None = None, reporter: object | None = None) -> 
     return config
 
 
-def test_an_xdist_worker_and_a_run_without_a_terminal_stay_quiet():
+def test_an_xdist_worker_and_a_run_without_a_terminal_stay_quiet() -> None:
     reporter = Reporter()
     reporter.isatty = lambda: False
     assert terminal_progress(_config({"workerid": "gw0"}, reporter)) is None
@@ -206,7 +206,7 @@ def test_an_xdist_worker_and_a_run_without_a_terminal_stay_quiet():
     assert isinstance(sink, TerminalProgress) and not sink.live
 
 
-def test_prompt_scoring_counts_every_prompt_once():
+def test_prompt_scoring_counts_every_prompt_once() -> None:
     """response_logits reports each pass's prompts, and those with an empty response (nothing to
     score) at once, so the stage ends at its total."""
     import torch

@@ -47,21 +47,21 @@ def plain_rolling(tokens, prefix, max_len):
 
 
 @pytest.mark.parametrize("n_tokens,n_ctx,bos", [(2048, 512, 1), (1500, 512, None), (100, 8, 0), (37, 6, 5)])
-def test_llama_cpp_windows_read_and_score_what_llama_perplexity_does(n_tokens, n_ctx, bos):
+def test_llama_cpp_windows_read_and_score_what_llama_perplexity_does(n_tokens, n_ctx, bos) -> None:
     tokens = list(range(100, 100 + n_tokens))
     windows = llama_cpp_windows(n_tokens, n_ctx, bos)
     assert [reads_and_scores(tokens, w) for w in windows] == plain_llama_cpp(tokens, n_ctx, bos)
     assert all(w.scored == n_ctx - 1 - n_ctx // 2 for w in windows)  # 255 for 512
 
 
-def test_llama_cpp_windows_respect_the_budget_and_refuse_too_little():
+def test_llama_cpp_windows_respect_the_budget_and_refuse_too_little() -> None:
     assert len(llama_cpp_windows(5000, 512, 1, max_tokens=1100)) == 2
     with pytest.raises(ValueError, match="no complete chunk"):
         llama_cpp_windows(500, 512, 1)
 
 
 @pytest.mark.parametrize("n_doc,max_len", [(1, 4), (4, 4), (5, 4), (9, 4), (13, 4), (30, 7), (3, 10), (64, 16)])
-def test_rolling_windows_read_and_score_what_lm_eval_does(n_doc, max_len):
+def test_rolling_windows_read_and_score_what_lm_eval_does(n_doc, max_len) -> None:
     doc = list(range(1000, 1000 + n_doc))
     seq = [7, 7, 7] + [99] + doc + [8]  # other tokens around; the prefix (99) at position 3
     windows = rolling_windows(3, n_doc, max_len)
@@ -70,7 +70,7 @@ def test_rolling_windows_read_and_score_what_lm_eval_does(n_doc, max_len):
     assert all(w.length - 1 <= max_len for w in windows)  # never reads more than max_len tokens
 
 
-def test_documents_plan_places_each_document_after_its_prefix():
+def test_documents_plan_places_each_document_after_its_prefix() -> None:
     docs, pages = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]], ["a b\n", " c ", "d é"]
     plan = documents_plan(docs, pages, prefix=0, max_len=2, max_tokens=None)
     assert plan.ids.tolist() == [0, 1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 10]
@@ -83,13 +83,13 @@ def test_documents_plan_places_each_document_after_its_prefix():
         documents_plan(docs, pages, prefix=0, max_len=2, max_tokens=2)
 
 
-def test_word_count_is_lm_evals():
+def test_word_count_is_lm_evals() -> None:
     # re.split on whitespace runs: leading and trailing whitespace each add an empty piece
     assert lm_eval_word_count(" = A = \n b c\n") == 7
     assert lm_eval_word_count("a b") == 2
 
 
-def test_pages_of_a_small_split():
+def test_pages_of_a_small_split() -> None:
     rows = [
         "",
         " = First = \n",
@@ -115,13 +115,13 @@ def test_pages_of_a_small_split():
     assert detokenize(pages[0]) == " = First =\n\nText one .\n\n== Section ==\n\nMore-text .\n"
 
 
-def test_detokenizer_rules():
+def test_detokenizer_rules() -> None:
     # " N " -> " 1 " (WikiText's number placeholder), then " 's" -> "'s"
     assert detokenize('a @,@ b @.@ c ( x ) [ y ] " q " 20 ° C N \'s') == 'a,b.c (x) [y] "q" 20°C 1\'s'
     assert detokenize("the dogs ' bone ; yes ! no ? ok : fine") == "the dogs' bone; yes! no? ok: fine"
 
 
-def test_text_units_of_windows_that_score_everything_after_the_first_token():
+def test_text_units_of_windows_that_score_everything_after_the_first_token() -> None:
     text = "héllo  wörld\nfoo"
     ends = [0, 5, 6, 12, 16]  # a BOS (no text), then tokens ending at these characters
     from quant_fixtures.metrics.perplexity import Window

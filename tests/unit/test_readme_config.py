@@ -32,12 +32,12 @@ def assert_gated(suite: SuiteConfig, models: list[str], variants_of) -> None:
                 assert suite.missing_limits_message(model, variant) is None
 
 
-def test_the_readme_has_toml_examples():
+def test_the_readme_has_toml_examples() -> None:
     assert len(BLOCKS) >= 2
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=IDS)
-def test_every_readme_toml_block_works_added_to_the_shipped_configuration(block):
+def test_every_readme_toml_block_works_added_to_the_shipped_configuration(block) -> None:
     table = tomllib.loads(block)
     shipped = tomllib.loads(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
     suite = config_from_table(merged(shipped, table), Path("README.md block + shipped quant_suite.toml"))
@@ -49,7 +49,7 @@ def test_every_readme_toml_block_works_added_to_the_shipped_configuration(block)
     [b for b in BLOCKS if "gates" in tomllib.loads(b)],
     ids=[i for i, b in zip(IDS, BLOCKS) if "gates" in tomllib.loads(b)],
 )
-def test_a_whole_file_block_works_alone(block):
+def test_a_whole_file_block_works_alone(block) -> None:
     table = tomllib.loads(block)
     suite = config_from_table(table, Path("README.md block"))
     assert_gated(suite, list(table.get("models", {})), SuiteConfig.default_variant_keys)

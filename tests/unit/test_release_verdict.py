@@ -4,6 +4,7 @@ line, what it does to the exit code, and its place in the comparison files."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from documents_for_tests import gate_record, typed
@@ -82,9 +83,9 @@ def test_no_gates_is_no_verdict() -> None:
     assert release_lines(verdict) == ["release verdict: NONE (no gates in this run)"]
 
 
-def test_the_verdict_goes_into_each_comparison_file(tmp_path) -> None:
+def test_the_verdict_goes_into_each_comparison_file(tmp_path: Path) -> None:
     documents = run(("a", "int8", [sampled("kl_mean", "PASS", 0.01, 0.99)]))
-    write_document(comparison_path(tmp_path, "a"), comparison_document("a", documents["a"]))
+    write_document(comparison_path(tmp_path, "a"), comparison_document(documents["a"]))
     verdict = release_verdict(documents)
     record_in_comparisons(tmp_path, ["a", "missing-model"], verdict)  # a model without a file is left alone
     stored = json.loads(comparison_path(tmp_path, "a").read_text())["release_verdict"]

@@ -190,7 +190,7 @@ NF4 = evaluation(
 
 
 def test_comparison_lists_variants_in_order() -> None:
-    doc = to_json_object(comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4}))
+    doc = to_json_object(comparison_document({"fp16": FP16, "int8": INT8, "nf4": NF4}))
     assert list(doc["variants"]) == ["fp16", "int8", "nf4"]
     assert doc["schema_version"] == SCHEMA_VERSION
     assert doc["model"] == to_json_object(FP16.model)
@@ -208,7 +208,7 @@ def test_comparison_lists_variants_in_order() -> None:
 
 
 def test_comparison_rows() -> None:
-    doc = to_json_object(comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4}))
+    doc = to_json_object(comparison_document({"fp16": FP16, "int8": INT8, "nf4": NF4}))
     int8 = doc["variants"]["int8"]
     expected = {
         "method": "bitsandbytes-llm.int8",
@@ -231,7 +231,7 @@ def test_comparison_rows() -> None:
 
 
 def test_comparison_failed_gates() -> None:
-    doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4})
+    doc = comparison_document({"fp16": FP16, "int8": INT8, "nf4": NF4})
     # one format for a failed gate, here and in the findings
     assert doc.failed_gates == doc.findings.failed_gates == ["nf4: delta_ppl_pct = 25 (limit <= 20)"]
 
@@ -249,7 +249,7 @@ def test_comparison_failed_gates_several_and_missing_value() -> None:
             gate("memory_reduction_pct", None, 45.0, ">=", False),
         ],
     )
-    doc = comparison_document("tiny", {"int8": int8, "nf4": NF4})
+    doc = comparison_document({"int8": int8, "nf4": NF4})
     assert list(doc.variants) == ["int8", "nf4"]
     assert doc.failed_gates == [
         "int8: delta_ppl_pct = 10 (limit <= 5)",
@@ -259,13 +259,13 @@ def test_comparison_failed_gates_several_and_missing_value() -> None:
 
 
 def test_comparison_all_passed_has_no_failures() -> None:
-    doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8})
+    doc = comparison_document({"fp16": FP16, "int8": INT8})
     assert doc.failed_gates == []
     assert all(row["gates_passed"] for row in doc.variants.values())
 
 
 def test_comparison_document_is_writable_json(tmp_path: Path) -> None:
-    doc = comparison_document("tiny", {"fp16": FP16, "int8": INT8, "nf4": NF4})
+    doc = comparison_document({"fp16": FP16, "int8": INT8, "nf4": NF4})
     path = comparison_path(tmp_path, "tiny")
     write_document(path, doc)
     back = json.loads(path.read_text())

@@ -81,7 +81,9 @@ def _layout(tokenizer: PreTrainedTokenizerFast, probe: rp.Probe) -> dict[str, in
 
 @pytest.mark.parametrize("length", [100, 128, 257, 512, 1500])
 @pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
-def test_probes_have_exactly_the_requested_length(with_bos, without_bos, length, depth) -> None:
+def test_probes_have_exactly_the_requested_length(
+    with_bos: PreTrainedTokenizerFast, without_bos: PreTrainedTokenizerFast, length, depth
+) -> None:
     for tokenizer in (with_bos, without_bos):
         probe = rp.build_probe(tokenizer, length, depth, "482913")
         assert len(probe.ids) == probe.length == length
@@ -89,7 +91,9 @@ def test_probes_have_exactly_the_requested_length(with_bos, without_bos, length,
         assert probe.depth == depth
 
 
-def test_bos_is_put_first_only_when_the_tokenizer_adds_it(with_bos, without_bos) -> None:
+def test_bos_is_put_first_only_when_the_tokenizer_adds_it(
+    with_bos: PreTrainedTokenizerFast, without_bos: PreTrainedTokenizerFast
+) -> None:
     bos = with_bos.bos_token_id
     first = rp.build_probe(with_bos, 200, 0.0, "482913")
     assert first.ids[0] == bos and first.ids.count(bos) == 1
@@ -100,7 +104,9 @@ def test_bos_is_put_first_only_when_the_tokenizer_adds_it(with_bos, without_bos)
     assert first.ids[1:] == second.ids[:cut] + second.ids[cut + 1 :]
 
 
-def test_the_joins_tokenize_as_running_text(with_bos, without_bos, sentencepiece_like) -> None:
+def test_the_joins_tokenize_as_running_text(
+    with_bos: PreTrainedTokenizerFast, without_bos: PreTrainedTokenizerFast, sentencepiece_like: PreTrainedTokenizerFast
+) -> None:
     """A probe's ids are what the tokenizer makes of the probe's text, BOS included as it adds it."""
     lone_space = sentencepiece_like.convert_tokens_to_ids("▁")
     assert (
@@ -117,7 +123,7 @@ def test_the_joins_tokenize_as_running_text(with_bos, without_bos, sentencepiece
     assert sentencepiece_like.decode(probe.ids[probe.answer_start :]).strip() == "482913"
 
 
-def test_the_answer_span_is_the_key_after_the_question(with_bos) -> None:
+def test_the_answer_span_is_the_key_after_the_question(with_bos: PreTrainedTokenizerFast) -> None:
     for key in ("482913", "100000", "999999", "305070"):
         probe = rp.build_probe(with_bos, 300, 0.5, key)
         answer = probe.ids[probe.answer_start :]
@@ -132,7 +138,7 @@ def test_the_answer_span_is_the_key_after_the_question(with_bos) -> None:
 
 
 @pytest.mark.parametrize("length", [128, 400, 1200])
-def test_depth_places_the_needle_as_documented(with_bos, length) -> None:
+def test_depth_places_the_needle_as_documented(with_bos: PreTrainedTokenizerFast, length) -> None:
     longest = max(len(_encode(with_bos, s)) for s in rp.FILLER)
     positions = []
     for depth in (0.0, 0.25, 0.5, 0.75, 1.0):
@@ -155,7 +161,7 @@ def test_depth_places_the_needle_as_documented(with_bos, length) -> None:
     assert positions == sorted(positions) and positions[0] < positions[-1]
 
 
-def test_the_filler_is_varied_plain_text(with_bos) -> None:
+def test_the_filler_is_varied_plain_text(with_bos: PreTrainedTokenizerFast) -> None:
     needle_words = {"remember", "vault", "code"}
     for sentence in rp.FILLER:
         assert sentence.startswith(" ") and sentence.endswith(".")
@@ -178,7 +184,7 @@ def test_the_filler_is_varied_plain_text(with_bos) -> None:
     )
 
 
-def test_build_probes_order_and_keys(with_bos) -> None:
+def test_build_probes_order_and_keys(with_bos: PreTrainedTokenizerFast) -> None:
     probes = rp.build_probes(with_bos, [256, 128], [0.0, 0.5, 1.0], 3, seed=11)
     assert [(p.length, p.depth) for p in probes] == [(n, d) for n in (256, 128) for d in (0.0, 0.5, 1.0) for _ in "kkk"]
     keys = [p.key for p in probes]
@@ -188,7 +194,7 @@ def test_build_probes_order_and_keys(with_bos) -> None:
     assert keys == [rp.probe_key(11, p.length, p.depth, i % 3) for i, p in enumerate(probes)]
 
 
-def test_a_probe_does_not_change_when_other_lengths_are_added(with_bos) -> None:
+def test_a_probe_does_not_change_when_other_lengths_are_added(with_bos: PreTrainedTokenizerFast) -> None:
     alone = rp.build_probes(with_bos, [128], [0.0, 1.0], 2, seed=5)
     more = rp.build_probes(with_bos, [512, 128, 300], [0.0, 1.0], 2, seed=5)
     assert [p for p in more if p.length == 128] == alone
@@ -202,7 +208,7 @@ def test_keys_are_distinct_even_when_a_draw_collides() -> None:
     assert rp.probe_key(1, 128, 0.5, 0) == first  # stable
 
 
-def test_too_short_lengths_and_bad_inputs_are_named(with_bos) -> None:
+def test_too_short_lengths_and_bad_inputs_are_named(with_bos: PreTrainedTokenizerFast) -> None:
     parts = _layout(with_bos, rp.build_probe(with_bos, 200, 0.5, "482913"))
     shortest = 200 - parts["filler"] + rp.MIN_FILLER_TOKENS
     assert len(rp.build_probe(with_bos, shortest, 0.5, "482913").ids) == shortest

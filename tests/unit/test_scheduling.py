@@ -125,12 +125,12 @@ def simulate(scheduler_class: type, workers: int = 2, **kwargs: Any) -> tuple[fl
     return end, order, waited
 
 
-def test_fp16_groups_start_first_one_per_worker_largest_model_first():
+def test_fp16_groups_start_first_one_per_worker_largest_model_first() -> None:
     _, order, _ = simulate(PairAwareScheduling, **OURS)
     assert order["gw0"][0] == "mistral-7b-fp16" and order["gw1"][0] == "qwen-0.5b-fp16"
 
 
-def test_no_worker_waits_and_the_matrix_finishes_sooner_than_with_xdists_order():
+def test_no_worker_waits_and_the_matrix_finishes_sooner_than_with_xdists_order() -> None:
     ours, order, waited = simulate(PairAwareScheduling, **OURS)
     theirs, _, _ = simulate(LoadGroupScheduling)
     serial = sum(SECONDS.values())
@@ -144,7 +144,7 @@ def test_no_worker_waits_and_the_matrix_finishes_sooner_than_with_xdists_order()
         assert all(_pair(g) is None for g in worker[first:])
 
 
-def test_a_variant_waits_only_when_nothing_else_is_ready():
+def test_a_variant_waits_only_when_nothing_else_is_ready() -> None:
     waiting = ["mistral-7b-int8", "qwen-0.5b-nf4"]
     # Mistral's FP16 runs on another worker, Qwen's is finished: take Qwen's variant
     assert (
@@ -208,5 +208,5 @@ def test_a_variant_waits_only_when_nothing_else_is_ready():
         ("other-int8", None),
     ],
 )
-def test_group_names_map_back_to_pairs(group, expected):
+def test_group_names_map_back_to_pairs(group, expected) -> None:
     assert pair_of_group(group, MODELS, VARIANTS) == expected

@@ -17,7 +17,7 @@ pytest_plugins = ["pytester"]
 TOL = {"kl_mean": {"rel": 0.02, "abs": 5e-4}, "ppl": {"rel": 1e-3}, "flips": {"abs": 0}}
 
 
-def test_numbers_within_abs_or_rel_match():
+def test_numbers_within_abs_or_rel_match() -> None:
     assert within_tolerance({"kl_mean": 0.1004}, {"kl_mean": 0.1}, TOL)  # |d| 4e-4 <= abs
     assert within_tolerance({"kl_mean": 1.019}, {"kl_mean": 1.0}, TOL)  # rel 1.9 %
     assert not within_tolerance({"kl_mean": 1.03}, {"kl_mean": 1.0}, TOL)
@@ -25,7 +25,7 @@ def test_numbers_within_abs_or_rel_match():
     assert not within_tolerance({"ppl": 20.03}, {"ppl": 20.0}, TOL)
 
 
-def test_flip_counts_differ_only_when_a_binomial_test_says_so():
+def test_flip_counts_differ_only_when_a_binomial_test_says_so() -> None:
     # Never exact equality of a count: 4 / 5 / 6 flips out of 40 is what other CPUs give.
     assert within_tolerance({"flips": 3}, {"flips": 2}, TOL)
     assert within_tolerance({"flips": 6}, {"flips": 4}, TOL)
@@ -42,7 +42,7 @@ def _int8(kl_mean: float, spread: float | None = None) -> dict:
     return summary
 
 
-def test_the_snapshots_reproduction_spread_widens_the_tolerance():
+def test_the_snapshots_reproduction_spread_widens_the_tolerance() -> None:
     # INT8's mean KL measured again with other kernels moved 0.0004 between the runs of the
     # snapshot's reproduction measurement: twice that is allowed, more is a change.
     old = _int8(0.0199, spread=0.0004)
@@ -62,7 +62,7 @@ def test_the_snapshots_reproduction_spread_widens_the_tolerance():
     assert snapshot_differences(_int8(0.0208), other, TOL)
 
 
-def test_the_records_never_compared():
+def test_the_records_never_compared() -> None:
     old = {**_int8(0.02, spread=0.0), "tolerances": {"int8": {}}, "environment": {"described": "a"}}
     new = {
         **_int8(0.02),
@@ -73,7 +73,7 @@ def test_the_records_never_compared():
     assert within_tolerance(new, old, TOL)
 
 
-def test_a_reproduction_measurement_records_the_spread_and_paired_prompts():
+def test_a_reproduction_measurement_records_the_spread_and_paired_prompts() -> None:
     from golden_measurements import golden_evaluations
 
     from quant_fixtures.report.reproduction import ReproductionError, measure
@@ -92,7 +92,7 @@ def test_a_reproduction_measurement_records_the_spread_and_paired_prompts():
         measure("tiny", fewer, "tag")
 
 
-def test_environment_is_recorded_not_compared():
+def test_environment_is_recorded_not_compared() -> None:
     new = {"ppl": 20.0, "environment": {"described": "AVX2 box", "cpu_capability": "AVX2"}}
     old = {"ppl": 20.0, "environment": {"described": "AMX box", "cpu_capability": "AVX512"}}
     assert within_tolerance(new, old, TOL)
@@ -105,7 +105,7 @@ def test_environment_is_recorded_not_compared():
     assert "same environment" in environment_note(new["environment"], {**new["environment"], "cpu_threads": 2})
 
 
-def test_untolerated_values_and_structure_must_be_equal():
+def test_untolerated_values_and_structure_must_be_equal() -> None:
     assert not within_tolerance({"other": 1.0000001}, {"other": 1.0}, TOL)  # no tolerance: exact
     assert not within_tolerance({"gates": {"kl_mean": "FAIL"}}, {"gates": {"kl_mean": "pass"}}, TOL)
     assert not within_tolerance({"ppl": 1.0, "extra": 1}, {"ppl": 1.0}, TOL)
@@ -114,14 +114,14 @@ def test_untolerated_values_and_structure_must_be_equal():
     assert within_tolerance({"v": {"int8": {"kl_mean": 0.1002}}}, {"v": {"int8": {"kl_mean": 0.1}}}, TOL)
 
 
-def test_extension_compares_parsed_json():
+def test_extension_compares_parsed_json() -> None:
     ext = tolerant_json_extension(TOL)()
     assert ext.matches(serialized_data=json.dumps({"ppl": 20.01}), snapshot_data=json.dumps({"ppl": 20.0}))
     assert not ext.matches(serialized_data=json.dumps({"ppl": 21.0}), snapshot_data=json.dumps({"ppl": 20.0}))
     assert not ext.matches(serialized_data=json.dumps({"ppl": 21.0}), snapshot_data=None)
 
 
-def test_serializer_does_not_round():
+def test_serializer_does_not_round() -> None:
     ext = tolerant_json_extension(TOL)()
     text = ext.serialize({"kl_mean": 0.123456789012345})
     assert "0.123456789012345" in text
@@ -139,7 +139,7 @@ def test_summary(snapshot):
 
 
 @pytest.mark.parametrize("new_kl, passes", [(0.1004, True), (0.1019, True), (0.2, False)])
-def test_perturbed_result_inside_tolerance_passes_outside_fails(pytester, new_kl, passes):
+def test_perturbed_result_inside_tolerance_passes_outside_fails(pytester: pytest.Pytester, new_kl, passes) -> None:
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_snap=TEST_FILE.format(tol=TOL, kl=0.1))
     # The suite's own plugin is not needed here (and would import torch inside the inner run).
@@ -154,7 +154,7 @@ def test_perturbed_result_inside_tolerance_passes_outside_fails(pytester, new_kl
         assert "kl_mean" in out and "0.2" in out  # the diff names the metric and shows the new value
 
 
-def test_default_tolerances_cover_every_snapshot_metric():
+def test_default_tolerances_cover_every_snapshot_metric() -> None:
     from quant_fixtures.metrics.registry import METRICS, SNAPSHOT_METRICS
 
     assert set(DEFAULT_SNAPSHOT_TOLERANCES) == set(SNAPSHOT_METRICS)
@@ -173,7 +173,7 @@ def _committed_id(path: Path) -> str:
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
-def test_a_ten_percent_change_of_any_gated_metric_fails_naming_it(path):
+def test_a_ten_percent_change_of_any_gated_metric_fails_naming_it(path) -> None:
     """Each number a variant gates, and every other tolerated number, moved by 10 % either way
     against the committed snapshot: the comparison reports it, naming the variant and metric."""
     from quant_fixtures.metrics.registry import METRICS
@@ -206,7 +206,7 @@ ACROSS_KINDS_CHANGE = 0.50  # ... and one of this size on a machine of a kind wi
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
-def test_a_fifty_percent_change_fails_on_a_machine_of_another_kind(path):
+def test_a_fifty_percent_change_fails_on_a_machine_of_another_kind(path) -> None:
     """Compared from a machine of another hardware kind (at the tolerance measured across kinds),
     each gated and tolerated number of a quantized variant moved by 50 % either way still fails."""
     from quant_fixtures.metrics.registry import METRICS
@@ -235,7 +235,7 @@ def test_a_fifty_percent_change_fails_on_a_machine_of_another_kind(path):
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
-def test_the_committed_snapshot_is_named_after_the_hardware_kind_it_records(path):
+def test_the_committed_snapshot_is_named_after_the_hardware_kind_it_records(path) -> None:
     from quant_fixtures.report.snapshot import hardware_kind
 
     old = json.loads(path.read_text())
@@ -243,7 +243,7 @@ def test_the_committed_snapshot_is_named_after_the_hardware_kind_it_records(path
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
-def test_the_committed_snapshot_records_its_reproduction_noise(path):
+def test_the_committed_snapshot_records_its_reproduction_noise(path) -> None:
     """A CPU snapshot carries the reproduction measurement of its own settings (the one committed
     in tests/harm/reproduction/) and the moves it allows follow from it and the config."""
     from quant_fixtures.report.reproduction import read_record
@@ -258,7 +258,7 @@ def test_the_committed_snapshot_records_its_reproduction_noise(path):
     assert len(record["runs"]) >= 3
 
 
-def test_settings_tag_carries_what_selects_the_content(tmp_path):
+def test_settings_tag_carries_what_selects_the_content(tmp_path: Path) -> None:
     from dataclasses import replace
 
     from quant_fixtures.settings import GatePolicy, LoadSettings, Paths, PerplexityProtocol, PromptProtocol, RunSettings
@@ -295,7 +295,7 @@ def test_settings_tag_carries_what_selects_the_content(tmp_path):
     )
 
 
-def test_hardware_kinds_are_told_apart():
+def test_hardware_kinds_are_told_apart() -> None:
     from quant_fixtures.report.snapshot import cpu_vendor, hardware_kind
 
     amd = {
@@ -325,7 +325,7 @@ def test_hardware_kinds_are_told_apart():
         hardware_kind(None)
 
 
-def test_a_reproduction_measurement_keeps_the_runs_of_other_kinds_apart():
+def test_a_reproduction_measurement_keeps_the_runs_of_other_kinds_apart() -> None:
     from golden_measurements import golden_evaluations
 
     from quant_fixtures.report.reproduction import ReproductionError, measure

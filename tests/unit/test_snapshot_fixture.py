@@ -84,7 +84,9 @@ def _snapshots(pytester: pytest.Pytester) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-def test_each_settings_tag_keeps_its_own_file_through_updates(pytester: pytest.Pytester, monkeypatch) -> None:
+def test_each_settings_tag_keeps_its_own_file_through_updates(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_snap=TEST_FILE.format(tol=TOL))
     missing = _run(pytester, monkeypatch, "cpu-a", 0.1)
@@ -107,7 +109,9 @@ def test_each_settings_tag_keeps_its_own_file_through_updates(pytester: pytest.P
     assert _run(pytester, monkeypatch, "cpu-a", 0.2).ret == 0
 
 
-def test_syrupy_public_route_still_deletes_the_other_settings(pytester: pytest.Pytester, monkeypatch) -> None:
+def test_syrupy_public_route_still_deletes_the_other_settings(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Why the private name: through syrupy's ``snapshot`` fixture, with the same extension, the
     default extension's discovery takes the other tag's file for an unknown collection and deletes
     it. When this test fails, syrupy no longer does that: build harm_snapshot with
@@ -182,7 +186,9 @@ AMD = "test_summary[tiny][cpu-tag@amd-avx2+avx512f-kernels-avx2].json"
 INTEL = "test_summary[tiny][cpu-tag@intel-avx2+avx512f-kernels-avx2].json"
 
 
-def _run_kind(pytester, monkeypatch, vendor: str, kl: float, record: dict, *args: str) -> pytest.RunResult:
+def _run_kind(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, vendor: str, kl: float, record: dict, *args: str
+) -> pytest.RunResult:
     import json
 
     monkeypatch.setenv("VENDOR", vendor)
@@ -199,7 +205,7 @@ def _agrees(result: pytest.RunResult) -> bool:
 
 
 def test_each_hardware_kind_has_its_own_snapshot_and_other_kinds_compare_across_kinds(
-    pytester: pytest.Pytester, monkeypatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_snap=KIND_FILE.format(tol=TOL))

@@ -14,7 +14,7 @@ def _logits(*probs):
     return torch.tensor([[math.log(p) if p > 0 else float("-inf") for p in row] for row in probs], dtype=torch.float64)
 
 
-def test_a_three_token_case_by_hand():
+def test_a_three_token_case_by_hand() -> None:
     # P = (0.5, 0.3, 0.2), Q = (0.35, 0.45, 0.2); the correct token is the third.
     out = tc.compare_positions(_logits((0.5, 0.3, 0.2)), _logits((0.35, 0.45, 0.2)), torch.tensor([2]))
     kl_pq = 0.5 * math.log(0.5 / 0.35) + 0.3 * math.log(0.3 / 0.45)  # the 0.2 terms cancel
@@ -29,7 +29,7 @@ def test_a_three_token_case_by_hand():
     assert out["logq_target"][0] == pytest.approx(math.log(0.2))
 
 
-def test_zero_probabilities():
+def test_zero_probabilities() -> None:
     # P puts everything on token 0: KL(P||Q) = -log q_0; KL(Q||P) is infinite (Q has mass where P has none).
     out = tc.compare_positions(_logits((1.0, 0.0, 0.0)), _logits((0.5, 0.25, 0.25)), torch.tensor([0]))
     assert out["kl_pq"][0] == pytest.approx(math.log(2))
@@ -37,7 +37,7 @@ def test_zero_probabilities():
     assert out["same_top1"][0] and out["p_top1"][0] == 1.0
 
 
-def test_identical_distributions_compare_to_zero_and_full_agreement():
+def test_identical_distributions_compare_to_zero_and_full_agreement() -> None:
     logits = torch.randn(5, 40, generator=torch.Generator().manual_seed(0))
     out = tc.compare_positions(logits, logits.clone(), torch.arange(5))
     assert np.all(out["kl_pq"] == 0) and np.all(out["kl_qp"] == 0)
@@ -45,7 +45,7 @@ def test_identical_distributions_compare_to_zero_and_full_agreement():
     assert (out["topk_overlap"] == np.arange(1, tc.TOPK_MAX + 1)).all()
 
 
-def test_slicing_long_inputs_changes_nothing(monkeypatch):
+def test_slicing_long_inputs_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     gen = torch.Generator().manual_seed(1)
     ref, cand = torch.randn(37, 50, generator=gen), torch.randn(37, 50, generator=gen)
     targets = torch.randint(0, 50, (37,), generator=gen)
@@ -56,7 +56,7 @@ def test_slicing_long_inputs_changes_nothing(monkeypatch):
         np.testing.assert_array_equal(whole[name], sliced[name])
 
 
-def test_topk_overlap_against_sets():
+def test_topk_overlap_against_sets() -> None:
     gen = torch.Generator().manual_seed(2)
     ref, cand = torch.randn(20, 30, generator=gen), torch.randn(20, 30, generator=gen)
     out = tc.compare_positions(ref, cand, torch.zeros(20, dtype=torch.long))
@@ -67,14 +67,14 @@ def test_topk_overlap_against_sets():
             assert out["topk_overlap"][row, k - 1] == len(set(p_order[:k]) & set(q_order[:k]))
 
 
-def test_mismatched_shapes_are_refused():
+def test_mismatched_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         tc.compare_positions(torch.zeros(2, 5), torch.zeros(2, 6), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="targets"):
         tc.compare_positions(torch.zeros(2, 5), torch.zeros(2, 5), torch.zeros(3, dtype=torch.long))
 
 
-def test_reference_head_rebuilds_a_linear_heads_logits():
+def test_reference_head_rebuilds_a_linear_heads_logits() -> None:
     gen = torch.Generator().manual_seed(3)
     layer = torch.nn.Linear(6, 11, bias=True)
     model = type(

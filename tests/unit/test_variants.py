@@ -36,7 +36,7 @@ def error_of(tmp_path: Path, text: str) -> str:
 # -- the registry ---------------------------------------------------------------------------------
 
 
-def test_registry_keys_name_report_files_and_defaults_are_the_seed_matrix():
+def test_registry_keys_name_report_files_and_defaults_are_the_seed_matrix() -> None:
     assert DEFAULT_VARIANTS == ("fp16", "int8", "nf4")
     for key in VARIANTS:
         assert re.fullmatch(r"[a-z0-9_]+", key), key  # {key}_quantized_{model}_evaluation.json
@@ -46,7 +46,7 @@ def test_registry_keys_name_report_files_and_defaults_are_the_seed_matrix():
         assert (v.extra is None) == (not v.packages), v.key  # a method outside the core names its extra
 
 
-def test_each_extra_is_declared_in_pyproject():
+def test_each_extra_is_declared_in_pyproject() -> None:
     import tomllib
 
     project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
@@ -59,7 +59,7 @@ def test_each_extra_is_declared_in_pyproject():
             assert v.extra in Requirement(extras["methods"][0]).extras, v.key
 
 
-def test_missing_package_names_the_install_command(monkeypatch):
+def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
@@ -69,7 +69,9 @@ def test_missing_package_names_the_install_command(monkeypatch):
     assert VARIANTS["int8"].unavailable_reason("cpu") is None
 
 
-def test_a_dotted_package_whose_parent_is_missing_is_a_skip_reason_not_an_error(monkeypatch):
+def test_a_dotted_package_whose_parent_is_missing_is_a_skip_reason_not_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """quanto's module is ``optimum.quanto``: without ``optimum`` find_spec raises ModuleNotFoundError
     (it imports the parent); that is a missing package with its install command."""
     import importlib.util
@@ -94,7 +96,7 @@ def test_a_dotted_package_whose_parent_is_missing_is_a_skip_reason_not_an_error(
     )
 
 
-def test_device_support_is_a_reason_too():
+def test_device_support_is_a_reason_too() -> None:
     variant = VARIANTS["torchao_int4wo"]
     if variant.missing_packages():
         pytest.skip("torchao is not installed")
@@ -102,7 +104,7 @@ def test_device_support_is_a_reason_too():
     assert variant.unavailable_reason("cuda") is None
 
 
-def test_method_settings_override_the_run_only_where_the_method_needs_it():
+def test_method_settings_override_the_run_only_where_the_method_needs_it() -> None:
     cpu, cuda = LoadSettings(device="cpu"), LoadSettings(device="cuda:0")
     assert VARIANTS["torchao_int4wo"].load_settings(cuda).weight_dtype == "bfloat16"
     assert VARIANTS["nf4"].load_settings(cuda) is cuda
@@ -115,7 +117,7 @@ def test_method_settings_override_the_run_only_where_the_method_needs_it():
 # -- a model's own variants in the config ---------------------------------------------------------
 
 
-def test_own_variants_parse_with_their_gates(tmp_path):
+def test_own_variants_parse_with_their_gates(tmp_path: Path) -> None:
     text = (
         GGUF_BASE + '[models.smol.variants.q8]\ngguf_type = "Q8_0"\ndefault = false\n'
         '[models.smol.variants.awq_4bit]\nhub_id = "org/awq"\nrevision = "abc"\npackages = ["gptqmodel"]\n'
@@ -147,17 +149,17 @@ def test_own_variants_parse_with_their_gates(tmp_path):
         (f"[models.smol.gates.nosuch]\n{LIMITS}", "unknown variant 'nosuch'"),
     ],
 )
-def test_own_variant_errors_name_the_table(tmp_path, body, message):
+def test_own_variant_errors_name_the_table(tmp_path: Path, body, message) -> None:
     error = error_of(tmp_path, GGUF_BASE + body)
     assert "[models.smol]" in error and message in error
 
 
-def test_gguf_type_needs_a_gguf_base(tmp_path):
+def test_gguf_type_needs_a_gguf_base(tmp_path: Path) -> None:
     error = error_of(tmp_path, '[models.m]\npath = "/m"\n[models.m.variants.q]\ngguf_type = "Q4_0"\n')
     assert "re-quantizes the model's own GGUF, and 'm' is not a GGUF entry" in error
 
 
-def test_a_model_gates_only_its_own_variants(tmp_path):
+def test_a_model_gates_only_its_own_variants(tmp_path: Path) -> None:
     text = (
         GGUF_BASE + '[models.smol.variants.q8]\ngguf_type = "Q8_0"\n'
         f'[models.other]\nhub_id = "org/o"\n[models.other.gates.q8]\n{LIMITS}'
@@ -168,7 +170,7 @@ def test_a_model_gates_only_its_own_variants(tmp_path):
 # -- footprints -------------------------------------------------------------------------------------
 
 
-def test_footprint_equals_get_memory_footprint_for_plain_models():
+def test_footprint_equals_get_memory_footprint_for_plain_models() -> None:
     model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10)).to(torch.float16)
     model.register_buffer("inv_freq", torch.ones(4, dtype=torch.float32))
     model.get_memory_footprint = None
@@ -176,7 +178,7 @@ def test_footprint_equals_get_memory_footprint_for_plain_models():
     assert model_footprint(model, torch.float16) == expected == 2 * (80 + 80 + 10) + 16
 
 
-def test_footprint_counts_float_parameters_at_the_weight_dtype_and_tied_weights_once():
+def test_footprint_counts_float_parameters_at_the_weight_dtype_and_tied_weights_once() -> None:
     embedding = torch.nn.Embedding(10, 8)
     head = torch.nn.Linear(8, 10, bias=False)
     head.weight = embedding.weight  # tied
@@ -198,19 +200,19 @@ class _Packed(torch.Tensor):
         return ["data_", "scale"], None
 
     @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None) -> None:
         raise NotImplementedError(func)
 
 
-def test_footprint_counts_tensor_subclasses_by_their_inner_tensors():
+def test_footprint_counts_tensor_subclasses_by_their_inner_tensors() -> None:
     layer = torch.nn.Linear(64, 32, bias=False)
     layer._parameters["weight"] = _Packed(torch.zeros(32, 64, dtype=torch.int8), torch.ones(32))
     assert model_footprint(layer, torch.float16) == 32 * 64 * 1 + 32 * 4  # not 32 * 64 * 2
 
 
-def test_state_beside_the_weights_is_counted():
+def test_state_beside_the_weights_is_counted() -> None:
     class HQQLike(torch.nn.Module):
-        def __init__(self):
+        def __init__(self) -> None:
             super().__init__()
             self.W_q = torch.nn.Parameter(torch.zeros(16, 8, dtype=torch.uint8), requires_grad=False)
             self.meta = {
@@ -232,7 +234,7 @@ def _tokenizer(vocab, bos=0, eos=1):
     )
 
 
-def test_tokenizer_differences_name_what_moved():
+def test_tokenizer_differences_name_what_moved() -> None:
     base = _tokenizer({"<s>": 0, "</s>": 1, "a": 2, "b": 3})
     assert tokenizer_differences(base, _tokenizer({"<s>": 0, "</s>": 1, "a": 2, "b": 3})) == []
     swapped = tokenizer_differences(base, _tokenizer({"<s>": 0, "</s>": 1, "a": 3, "b": 2}))
@@ -246,7 +248,7 @@ def test_tokenizer_differences_name_what_moved():
 # -- README -------------------------------------------------------------------------------------------
 
 
-def test_readme_methods_table_lists_every_registered_variant():
+def test_readme_methods_table_lists_every_registered_variant() -> None:
     text = README.read_text(encoding="utf-8")
     section = text.split("## Quantization methods", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]

@@ -9,11 +9,11 @@ from quant_fixtures.inputs.wikitext import WIKITEXT_SHA256, DatasetError, load_w
 
 
 @pytest.fixture
-def no_network(monkeypatch):
+def no_network(monkeypatch: pytest.MonkeyPatch):
     """Any attempt to reach the network fails the test."""
     attempts = []
 
-    def refuse(*args, **kwargs):
+    def refuse(*args, **kwargs) -> None:
         attempts.append(args)
         raise AssertionError(f"network access: {args}")
 
@@ -23,25 +23,25 @@ def no_network(monkeypatch):
 
 
 @pytest.mark.parametrize("source", ["vendored", "auto"])
-def test_the_default_and_auto_read_the_shipped_copy_without_the_network(no_network, source):
+def test_the_default_and_auto_read_the_shipped_copy_without_the_network(no_network, source) -> None:
     text = load_wikitext2_test(source)
     assert (text.source, text.sha256) == ("vendored", WIKITEXT_SHA256)
     assert no_network == []
 
 
-def test_the_default_source_is_the_shipped_copy(no_network):
+def test_the_default_source_is_the_shipped_copy(no_network) -> None:
     assert load_wikitext2_test().source == "vendored"
     from quant_fixtures.settings import PerplexityProtocol
 
     assert PerplexityProtocol(ctx=None, max_tokens=None, stride=None, batch_size=1).dataset_source == "vendored"
 
 
-def test_hub_is_asked_for_and_fails_loudly(no_network):
+def test_hub_is_asked_for_and_fails_loudly(no_network) -> None:
     with pytest.raises(DatasetError, match="--dataset-source hub: WikiText-2 could not be loaded from the Hub"):
         load_wikitext2_test("hub")
     assert no_network  # it did try
 
 
-def test_an_unknown_source_names_the_valid_ones():
+def test_an_unknown_source_names_the_valid_ones() -> None:
     with pytest.raises(DatasetError, match="unknown dataset source 'web'; valid: vendored, hub, auto"):
         load_wikitext2_test("web")

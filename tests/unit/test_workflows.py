@@ -58,12 +58,12 @@ def violations(workflow: dict[Any, Any]) -> list[str]:
     return found
 
 
-def test_the_workflows_are_found():
+def test_the_workflows_are_found() -> None:
     assert {p.name for p in WORKFLOWS} >= {"release-gate.yml", "release-matrix.yml"}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_workflow_runs_only_trusted_code_with_a_read_only_token(path: Path):
+def test_workflow_runs_only_trusted_code_with_a_read_only_token(path: Path) -> None:
     assert violations(yaml.safe_load(path.read_text(encoding="utf-8"))) == []
 
 
@@ -102,7 +102,7 @@ READ_ONLY = "permissions:\n  contents: read\n"
         ),
     ],
 )
-def test_the_check_sees_a_violation(text: str, expected: list[str]):
+def test_the_check_sees_a_violation(text: str, expected: list[str]) -> None:
     workflow = yaml.safe_load(text)
     assert True in workflow  # the bare key `on` as PyYAML reads it
     assert violations(workflow) == expected
