@@ -360,16 +360,16 @@ def test_snapshots_of_other_settings_survive_an_update(
     assert missing.ret == pytest.ExitCode.TESTS_FAILED
     missing.stdout.fnmatch_lines(
         [
-            "no snapshot test_harm_summary_matches_snapshot*-fp16+int8+nf4* for these settings "
-            "yet: record it with `pytest *test_project_snapshots.py* --snapshot-update` and commit "
-            "tests/harm/__snapshots__/"
+            "no snapshot test_harm_summary_matches_snapshot*-fp16+int8+nf4@* for these settings on any "
+            "hardware kind yet: record it with `pytest *test_project_snapshots.py* --snapshot-update` and "
+            "commit tests/harm/__snapshots__/"
         ]
     )
     assert run("--snapshot-update").ret == 0
     assert run("--variants", "fp16,int8", "--snapshot-update").ret == 0
     names = sorted(p.name for p in snapshots.iterdir())
     assert (
-        len(names) == 2 and [n for n in names if "-fp16+int8]." in n] and [n for n in names if "-fp16+int8+nf4]." in n]
+        len(names) == 2 and [n for n in names if "-fp16+int8@" in n] and [n for n in names if "-fp16+int8+nf4@" in n]
     )
     assert run().ret == 0  # and the all-variants snapshot, kept, still matches
 
