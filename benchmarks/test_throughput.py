@@ -30,7 +30,9 @@ pytestmark = pytest.mark.benchmark
 
 
 def _corpus(quant_session: EvaluationSession, model: str, settings: BenchSettings) -> tuple[torch.Tensor, list[Window]]:
-    ids = quant_session.plans.plan(model).ids  # the joined text (benchmarks run the default protocol)
+    ids = quant_session.plans.plan(
+        quant_session.models.under_test(model)
+    ).ids  # the joined text (benchmarks run the default protocol)
     windows = nonoverlapping_windows(len(ids), settings.ctx, settings.ctx * settings.windows)
     return ids, windows
 

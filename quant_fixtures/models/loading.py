@@ -35,6 +35,7 @@ class LoadedModel:
     device: str
     load_seconds: float
     quantization_config: JsonObject | None
+    weights_identity: str  # the identity of the weights it was loaded from (ResolvedModel.identity)
     quant_state_bytes: int = 0  # scales kept outside parameters and buffers (bitsandbytes, HQQ): not in the footprint
     placement_note: str | None = None  # set when the model is spread over several GPUs
     footprint_method: str = ""  # how footprint_bytes was counted (models/footprint.py)
@@ -201,6 +202,7 @@ def load_model(
         device=device,
         load_seconds=time.perf_counter() - start,
         quantization_config=_applied_config(model, kwargs),
+        weights_identity=resolved.identity,
         quant_state_bytes=state_bytes,
         placement_note=where.note,
         footprint_method=method,

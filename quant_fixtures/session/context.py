@@ -1,7 +1,8 @@
-"""What a pass receives: the run's settings, what it reads (each model's facts and corpus plan, the
-text, the prompt suite, the environment), the FP16 reference store, the stage it is in (so that
-running out of memory can say where), the seconds spent in each row of the stage table every report
-carries (``timing.stages``) and where the progress of long stages goes."""
+"""What a pass receives: the services the session shares with every pass (the run's settings, what
+the passes read: corpus plans, text, prompt suite, environment; the FP16 reference store, the memory
+budget and where the progress of long stages goes), and what the pass itself records: the stage it
+is in (so that running out of memory can say where), the seconds spent in each row of the stage
+table every report carries (``timing.stages``) and the batches it ran."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from dataclasses import dataclass, field
 from quant_fixtures.compute.memory import BatchLog, MemoryBudget
 from quant_fixtures.session.corpus_plans import CorpusPlans
 from quant_fixtures.session.inputs import CorpusText, PromptSuite, RunEnvironment
-from quant_fixtures.session.model_facts import ModelFacts
 from quant_fixtures.session.progress import ProgressSink, StageProgress
 from quant_fixtures.session.references import ReferenceStore
 from quant_fixtures.settings import RunSettings
@@ -35,22 +35,30 @@ STAGE_ROWS = (
 )
 
 
-@dataclass
-class PassContext:
+@dataclass(frozen=True)
+class SessionServices:
+    """What the session shares with every pass, built once per session."""
+
     settings: RunSettings
-    models: ModelFacts
     corpus_text: CorpusText
     plans: CorpusPlans
     prompt_suite: PromptSuite
     environment: RunEnvironment
     references: ReferenceStore
     budget: MemoryBudget
+    progress: ProgressSink | None = None  # None: progress is not shown
+
+
+@dataclass
+class PassContext:
+    """One pass: the session's services, and the stages, seconds and batches of this pass alone."""
+
+    shared: SessionServices
+    pair: str = ""  # "model variant", as progress names it
     current_stage: str = "start"
     failed_stage: str | None = None  # the innermost stage an exception left (clean-up stages run after it)
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGE_ROWS, 0.0))
     batches: BatchLog = field(default_factory=BatchLog)
-    pair: str = ""  # "model variant", as progress names it
-    progress: ProgressSink | None = None  # None: progress is not shown
 
     @contextmanager
     def stage(
@@ -63,7 +71,7 @@ class PassContext:
         if row not in self.seconds:
             raise ValueError(f"unknown stage-table row {row!r}")
         self.current_stage = name
-        with StageProgress(self.progress if shown else None, self.pair, name, total, unit) as progress:
+        with StageProgress(self.shared.progress if shown else None, self.pair, name, total, unit) as progress:
             start = time.perf_counter()
             try:
                 yield progress.advance
@@ -71,7 +79,7 @@ class PassContext:
                 self.failed_stage = self.failed_stage or name
                 raise
             finally:
-                self.budget.synchronize()  # before the stage's end is told: its GPU work is done
+                self.shared.budget.synchronize()  # before the stage's end is told: its GPU work is done
                 self.seconds[row] += time.perf_counter() - start
 
     def stage_table(self, wall_seconds: float) -> dict[str, float]:

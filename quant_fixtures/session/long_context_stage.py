@@ -43,6 +43,7 @@ from quant_fixtures.report.schema import LongContext
 from quant_fixtures.report.sections import PrefillReads
 from quant_fixtures.session.context import PassContext
 from quant_fixtures.session.long_plan import LongPlan, long_plan
+from quant_fixtures.session.model_facts import ModelUnderTest
 
 if TYPE_CHECKING:
     import torch
@@ -121,7 +122,7 @@ class Reads:
 def _score(run: PassContext, loaded: LoadedModel, plan: LongPlan, hooks: tuple[LogprobHook, LogprobHook]) -> Reads:
     """Score the stretches with hooks[0] and the probes with hooks[1] (their answers one token per
     forward pass, as greedy decoding reads them)."""
-    chunk, started = run.settings.long_context.chunk_tokens, time.perf_counter()
+    chunk, started = run.shared.settings.long_context.chunk_tokens, time.perf_counter()
     total = len(plan.stretch_windows) + len(plan.probe_windows)
     answers = [w.first_target - w.begin for w in plan.probe_windows]
     reads: list[int] = []
@@ -137,7 +138,7 @@ def _score(run: PassContext, loaded: LoadedModel, plan: LongPlan, hooks: tuple[L
                 STAGE,
                 hook,
                 advance,
-                budget=run.budget,
+                budget=run.shared.budget,
                 log=run.batches,
                 decode_from=decode_from,
             )
@@ -156,7 +157,7 @@ def _section(
     deepest: VariantBucket | None,
     retrieval: RetrievalSummary | Fp16RetrievalSummary,
 ) -> LongContext:
-    shape, protocol = plan.shape, run.settings.long_context
+    shape, protocol = plan.shape, run.shared.settings.long_context
     dropped = (
         f"; probe lengths longer than the model's {shape.length} left out: {list(shape.dropped_probe_lengths)}"
         if shape.dropped_probe_lengths
@@ -188,24 +189,24 @@ def _section(
     )
 
 
-def fp16_long_stage(run: PassContext, model: str, loaded: LoadedModel) -> LongContext:
+def fp16_long_stage(run: PassContext, model: ModelUnderTest, loaded: LoadedModel) -> LongContext:
     """FP16's perplexity by position and its retrievals; stores what variants are compared with."""
     import torch
 
-    plan = long_plan(run.settings.long_context, model, run.models, run.plans)
+    plan = long_plan(run.shared.settings.long_context, model, run.shared.plans)
     stretch_hidden, stretch_targets = (
         HiddenRecorder(len(plan.stretch_windows)),
         TargetRecorder(len(plan.stretch_windows)),
     )
     probe_hidden, probe_targets = HiddenRecorder(len(plan.probe_windows)), TargetRecorder(len(plan.probe_windows))
-    run.budget.start_stage_peak()
+    run.shared.budget.start_stage_peak()
     reads = _score(
         run, loaded, plan, (BothHooks(stretch_hidden, stretch_targets), BothHooks(probe_hidden, probe_targets))
     )
-    peak = run.budget.stage_peak_bytes()
+    peak = run.shared.budget.stage_peak_bytes()
     hits = probe_targets.window_hits()
     with run.stage("FP16 long-context references (store)", "references"):
-        run.references.save_long(
+        run.shared.references.save_long(
             model,
             {
                 "stretch_hidden": stretch_hidden.hidden_states(),
@@ -215,25 +216,27 @@ def fp16_long_stage(run: PassContext, model: str, loaded: LoadedModel) -> LongCo
             },
         )
     context, stretch = _positions_of(plan)
-    buckets = long_context_fp16(context, stretch, stretch_targets.all_logp(), run.settings.long_context.bucket_edges)
+    buckets = long_context_fp16(
+        context, stretch, stretch_targets.all_logp(), run.shared.settings.long_context.bucket_edges
+    )
     lengths, depths = [p.length for p in plan.probes], [p.depth for p in plan.probes]
     return _section(run, plan, reads, peak, buckets, None, fp16_retrieval_summary(lengths, depths, hits))
 
 
 def variant_long_stage(
-    run: PassContext, model: str, loaded: LoadedModel, reference: dict[str, torch.Tensor]
+    run: PassContext, model: ModelUnderTest, loaded: LoadedModel, reference: dict[str, torch.Tensor]
 ) -> LongContext:
     """The variant's harm by position against FP16, and its retrieval flips."""
-    plan = long_plan(run.settings.long_context, model, run.models, run.plans)
+    plan = long_plan(run.shared.settings.long_context, model, run.shared.plans)
     head = ReferenceHead.from_tensors(reference)
     stretch_kl = KLAgainstReference(
         {"hidden": reference["stretch_hidden"]}, [w.scored for w in plan.stretch_windows], head
     )
     probe_kl = KLAgainstReference({"hidden": reference["probe_hidden"]}, [w.scored for w in plan.probe_windows], head)
     probe_targets = TargetRecorder(len(plan.probe_windows))
-    run.budget.start_stage_peak()
+    run.shared.budget.start_stage_peak()
     reads = _score(run, loaded, plan, (stretch_kl, BothHooks(probe_kl, probe_targets)))
-    peak = run.budget.stage_peak_bytes()
+    peak = run.shared.budget.stage_peak_bytes()
     with run.stage("statistics", "statistics"):
         at = stretch_kl.positions()
         context, stretch = _positions_of(plan)
@@ -244,7 +247,7 @@ def variant_long_stage(
             at["logq_target"],
             at["kl_pq"],
             at["same_top1"],
-            run.settings.long_context.bucket_edges,
+            run.shared.settings.long_context.bucket_edges,
         )
         answer = probe_kl.positions()
         ends = np.cumsum([w.scored for w in plan.probe_windows])[:-1]

@@ -17,7 +17,7 @@ from quant_fixtures.inputs.corpus_protocols import adds_bos
 from quant_fixtures.inputs.retrieval_probe import Probe, build_probes
 from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.session.corpus_plans import CorpusPlans
-from quant_fixtures.session.model_facts import ModelFacts
+from quant_fixtures.session.model_facts import ModelUnderTest
 from quant_fixtures.settings import LongContextProtocol, default_probe_lengths
 
 if TYPE_CHECKING:
@@ -62,19 +62,19 @@ class LongPlan:
         return sum(w.scored for w in self.probe_windows)
 
 
-def long_plan(protocol: LongContextProtocol, model: str, models: ModelFacts, plans: CorpusPlans) -> LongPlan:
+def long_plan(protocol: LongContextProtocol, model: ModelUnderTest, plans: CorpusPlans) -> LongPlan:
     """The stretches and probes of ``model`` (ValueError naming the model when the test split holds
     no whole stretch)."""
     import torch
 
-    shape = long_shape(protocol, plans.max_length(model))
-    tokenizer = models.tokenizer(model)
+    shape = long_shape(protocol, model.max_length)
+    tokenizer = model.tokenizer
     corpus = plans.joined_ids(model)
     length = shape.length
     stretches = min(protocol.stretches, corpus.numel() // length)
     if stretches < 1:
         raise ValueError(
-            f"{model}: the joined WikiText-2 test split is {corpus.numel()} tokens, shorter than one "
+            f"{model.key}: the joined WikiText-2 test split is {corpus.numel()} tokens, shorter than one "
             f"long-context stretch of {length} (--long-ctx)"
         )
     bos = adds_bos(tokenizer)

@@ -1,9 +1,10 @@
 """The evaluation session: evaluates each (model, variant) once, in order, and writes its reports.
 
-Data flows one way: settings -> what the passes read (model facts, corpus plans, text, prompts) ->
-loaded variant -> FP16 or variant pass -> measurements -> document (with gates) -> JSON files. Tests
-read finished documents from here. A quantized variant needs the model's FP16 references; when they
-are missing or stale, the FP16 pass runs first.
+Data flows one way: settings -> the model resolved once (a ModelUnderTest) and what every pass shares
+(corpus plans, text, prompts, references: SessionServices) -> loaded variant -> FP16 or variant pass ->
+measurements -> document (with gates) -> JSON files. Tests read finished documents from here. A
+quantized variant needs the model's FP16 references; when they are missing or stale, the FP16 pass
+runs first.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from quant_fixtures.report.comparison import (
     evaluation_path,
 )
 from quant_fixtures.report.schema import EvaluationDocument, SchemaError, read_document, write_document
-from quant_fixtures.session.context import PassContext
+from quant_fixtures.session.context import PassContext, SessionServices
 from quant_fixtures.session.corpus_plans import CorpusPlans
 from quant_fixtures.session.inputs import CorpusText, PromptSuite, RunEnvironment
-from quant_fixtures.session.model_facts import ModelFacts
+from quant_fixtures.session.model_facts import ModelFacts, ModelUnderTest
 from quant_fixtures.session.passes import fp16_pass, variant_pass
 from quant_fixtures.session.progress import ProgressSink, StageProgress
 from quant_fixtures.session.references import References, ReferenceStore
@@ -65,19 +66,27 @@ class EvaluationSession:
     def __init__(self, suite: SuiteConfig, settings: RunSettings, progress: ProgressSink | None = None) -> None:
         self.suite, self.settings, self.progress = suite, settings, progress  # progress: None shows none
         # What the passes read, each found once per run.
-        self.models = ModelFacts(suite, settings.paths.cache_dir)
+        self.models = ModelFacts(suite, settings.paths.cache_dir, settings.perplexity)
         self.corpus_text = CorpusText(settings.perplexity.dataset_source)
-        self.plans = CorpusPlans(settings.perplexity, settings.paths.cache_dir, self.corpus_text, self.models)
+        self.plans = CorpusPlans(settings.perplexity, settings.paths.cache_dir, self.corpus_text)
         self.prompt_suite = PromptSuite(settings.prompts)
         self.environment = RunEnvironment(settings.load.device)
-        self.references = ReferenceStore(
-            settings, self.models, self.corpus_text, self.plans, self.prompt_suite, self.environment
-        )
+        self.references = ReferenceStore(settings, self.corpus_text, self.prompt_suite, self.environment)
         self.evaluations: dict[str, dict[str, EvaluationDocument]] = {}
         self._failed: dict[tuple[str, str], str] = {}
         # Enforced at the first evaluation, not here: an xdist controller builds a session for its
         # up-front checks and must not open a CUDA context on a worker's GPU.
         self.budget = MemoryBudget(settings.load.device, settings.load.max_gpu_memory)
+        self.shared = SessionServices(
+            settings=settings,
+            corpus_text=self.corpus_text,
+            plans=self.plans,
+            prompt_suite=self.prompt_suite,
+            environment=self.environment,
+            references=self.references,
+            budget=self.budget,
+            progress=progress,
+        )
         self._budget_enforced = False
         self._startup_s: float | None = process_age()  # reported once, by the first evaluation
         self._nested_s = 0.0  # wall time of FP16 passes that a variant's evaluation ran first
@@ -122,18 +131,7 @@ class EvaluationSession:
             self.budget.enforce()
             self._budget_enforced = True
         pair = f"{model} {variant_key}"
-        run = PassContext(
-            settings=self.settings,
-            models=self.models,
-            corpus_text=self.corpus_text,
-            plans=self.plans,
-            prompt_suite=self.prompt_suite,
-            environment=self.environment,
-            references=self.references,
-            budget=self.budget,
-            pair=pair,
-            progress=self.progress,
-        )
+        run = PassContext(shared=self.shared, pair=pair)
         if self._startup_s is not None:
             run.seconds["start-up"], self._startup_s = self._startup_s, None
         started, nested_before = time.perf_counter(), self._nested_s
@@ -161,30 +159,32 @@ class EvaluationSession:
         self._write(model, variant_key, document)  # milliseconds; after the table is sealed
         return document
 
-    def fp16_references(self, model: str) -> References:
+    def fp16_references(self, model: ModelUnderTest) -> References:
         """The stored FP16 references, after running the FP16 pass if they are missing or stale."""
-        with self.references.lock(model):
+        with self.references.lock(model.key):
             refs, reason = self.references.load(model)
             if refs is not None:
                 return refs
             if self.settings.gates.frozen_baselines:
-                raise StaleBaselineError(f"--frozen-baselines: {model}: {reason}")
-            log.warning("running the FP16 pass of %s first: %s", model, reason)
-            self.references.say_why_recomputed(model)
+                raise StaleBaselineError(f"--frozen-baselines: {model.key}: {reason}")
+            log.warning("running the FP16 pass of %s first: %s", model.key, reason)
+            self.references.say_why_recomputed(model.key)
             started = time.perf_counter()
             try:
-                self.evaluate(model, BASELINE_VARIANT)
+                self.evaluate(model.key, BASELINE_VARIANT)
             except EvaluationFailed as exc:
                 raise EvaluationFailed(f"the FP16 pass this variant is compared with failed: {exc}") from None
             finally:
                 self._nested_s += time.perf_counter() - started
             refs, reason = self.references.load(model)
         if refs is None:
-            raise RuntimeError(f"FP16 references of {model} were computed but cannot be read back: {reason}")
+            raise RuntimeError(f"FP16 references of {model.key} were computed but cannot be read back: {reason}")
         return refs
 
-    def _evaluate(self, run: PassContext, model: str, variant_key: str) -> EvaluationDocument:
-        spec, variant = self.models.spec(model), self.suite.variant(model, variant_key)
+    def _evaluate(self, run: PassContext, model_key: str, variant_key: str) -> EvaluationDocument:
+        variant = self.suite.variant(model_key, variant_key)
+        with run.stage("resolve model", "load"):  # once per model and run: weights hashed, tokenizer read
+            model = self.models.under_test(model_key)
         refs = None
         if not variant.is_baseline:
             with run.stage("FP16 references", "references", shown=True):  # may run the FP16 pass first (timed apart)
@@ -193,15 +193,15 @@ class EvaluationSession:
             run.seconds["references"] -= self._nested_s - nested_before
         with run.stage("tokenize (start)", "tokenize"):  # tokenized (or read from the cache) while the model loads
             self.plans.prefetch(model)
-        with self.references.lock(model) if variant.is_baseline else nullcontext():
+        with self.references.lock(model.key) if variant.is_baseline else nullcontext():
             self.budget.start_peak()
             with run.stage("load", "load", shown=True):
                 loaded = load_model(
-                    spec,
-                    self.models.weights(model, variant),
+                    model.spec,
+                    self.models.weights(model_key, variant),
                     variant,
                     self.settings.load,
-                    tokenizer_from=self.models.resolved(model).directory if variant.source else None,
+                    tokenizer_from=model.resolved.directory if variant.source else None,
                 )
                 if strict_executor():  # the tests: a forward pass outside the memory executor is an error
                     loaded.model.base_model.register_forward_pre_hook(require_executor)
@@ -215,7 +215,7 @@ class EvaluationSession:
                 with run.stage("release", "load"):
                     release(loaded)
         with run.stage("report", "report"):
-            limits, ungated = self._gates(model, variant_key)
+            limits, ungated = self._gates(model_key, variant_key)
             return evaluation_document(
                 measured,
                 self.settings.perplexity,

@@ -20,6 +20,7 @@ from quant_fixtures.report.build import Measurements
 from quant_fixtures.report.schema import Batching, CorpusKL, LongContext
 from quant_fixtures.session.context import PassContext
 from quant_fixtures.session.long_context_stage import fp16_long_stage, variant_long_stage
+from quant_fixtures.session.model_facts import ModelUnderTest
 from quant_fixtures.session.prompt_stage import PromptResults, fp16_prompt_stage, variant_prompt_stage
 from quant_fixtures.session.references import References
 from quant_fixtures.settings import RunSettings
@@ -50,7 +51,7 @@ def batching_for(variant: Variant, settings: RunSettings) -> Batching:
 
 def batching_used(run: PassContext, asked: Batching) -> Batching:
     """What ran: the largest batch of each stage, the memory limit and every change memory forced."""
-    used, limit = run.batches.used, run.budget.limit()
+    used, limit = run.batches.used, run.shared.budget.limit()
     return Batching(
         perplexity_windows_per_pass=used.get("perplexity", asked.perplexity_windows_per_pass),
         prompt_scoring_per_pass=used.get(
@@ -69,10 +70,10 @@ def batching_used(run: PassContext, asked: Batching) -> Batching:
     )
 
 
-def _plan(run: PassContext, model: str, loaded: LoadedModel) -> CorpusPlan:
+def _plan(run: PassContext, model: ModelUnderTest) -> CorpusPlan:
     """The corpus token ids and the protocol's windows over them (the same for every variant)."""
     with run.stage("tokenize", "tokenize"):
-        return run.plans.plan(model)
+        return run.shared.plans.plan(model)
 
 
 def _perplexity(
@@ -91,16 +92,17 @@ def _perplexity(
             batching.perplexity_windows_per_pass,
             hook=hook,
             progress=advance,
-            budget=run.budget,
+            budget=run.shared.budget,
             log=run.batches,
         )
 
 
 def _measurements(
     run: PassContext,
-    model: str,
+    model: ModelUnderTest,
     variant: Variant,
     loaded: LoadedModel,
+    *,
     scores: WindowScores,
     corpus: CorpusPlan,
     baseline: Baseline,
@@ -110,17 +112,18 @@ def _measurements(
     prompt_seconds: float | None,
     long_context: LongContext | None,
 ) -> Measurements:
-    spec, models, text = run.models.spec(model), run.models, run.corpus_text.text()
+    """What the pass measured, with what it was measured on, as a document is built from it."""
+    spec, text = model.spec, run.shared.corpus_text.text()
     kl, flips, noise = prompt_results or (None, None, None)
-    peak = run.budget.peak_bytes()
+    peak = run.shared.budget.peak_bytes()
     return Measurements(
-        model=model,
+        model=model.key,
         variant=variant,
         loaded=loaded,
         source=spec.source,
-        note="; ".join(n for n in (spec.note, models.resolved(model).reference_note) if n) or None,
-        weights_identity=models.resolved(model).identity,
-        ctx=run.plans.ctx(model),
+        note="; ".join(n for n in (spec.note, model.resolved.reference_note) if n) or None,
+        weights_identity=model.resolved.identity,
+        ctx=model.ctx,
         windows=len(corpus.windows),
         scored_bytes=corpus.scored_bytes,
         scored_words=corpus.scored_words,
@@ -137,9 +140,9 @@ def _measurements(
         noise_floor=noise,
         prompt_seconds=prompt_seconds,
         batching=batching_used(run, batching),
-        environment=run.environment.fingerprint(),
-        keys=run.references.keys_of(model, baseline),
-        variant_identity=models.weights(model, variant).identity if variant.source else None,
+        environment=run.shared.environment.fingerprint(),
+        keys=run.shared.references.keys_of(model, baseline),
+        variant_identity=loaded.weights_identity if variant.source else None,
         long_context=long_context,
     )
 
@@ -178,20 +181,20 @@ def _corpus_noise(
     subset = {**reference, "hidden": reference["hidden"][:positions]}
     hook = KLAgainstReference(subset, [w.scored for w in windows], ReferenceHead.live(loaded.model))
     score_windows(
-        loaded.model, corpus.ids, windows, other, hook=hook, progress=advance, budget=run.budget, log=BatchLog()
+        loaded.model, corpus.ids, windows, other, hook=hook, progress=advance, budget=run.shared.budget, log=BatchLog()
     )
     return torch.from_numpy(hook.positions()["kl_pq"]).to(torch.float64)
 
 
-def fp16_pass(run: PassContext, model: str, variant: Variant, loaded: LoadedModel) -> Measurements:
+def fp16_pass(run: PassContext, model: ModelUnderTest, variant: Variant, loaded: LoadedModel) -> Measurements:
     """Measure FP16 and store what variants are compared with: the baseline, the corpus top-k
     log-probs and (unless prompts are skipped) the prompt reference with its noise floor."""
-    batching = batching_for(variant, run.settings)
-    corpus = _plan(run, model, loaded)
+    batching = batching_for(variant, run.shared.settings)
+    corpus = _plan(run, model)
     recorder = HiddenRecorder(len(corpus.windows))
     scores = _perplexity(run, loaded, corpus, recorder, batching)
     baseline = Baseline(
-        key=run.references.baseline_key(model),
+        key=run.shared.references.baseline_key(model),
         ppl=scores.ppl,
         window_nll=scores.window_nll,
         window_tokens=scores.window_tokens,
@@ -203,30 +206,56 @@ def fp16_pass(run: PassContext, model: str, variant: Variant, loaded: LoadedMode
     ) as advance:
         reference["noise_kl"] = _corpus_noise(run, loaded, corpus, reference, batching, advance)
     with run.stage("FP16 perplexity references (store)", "references", shown=True):
-        run.references.save_perplexity(baseline, reference)
+        run.shared.references.save_perplexity(baseline, reference)
     prompts, seconds = (
-        (None, None) if run.settings.prompts.skip else _timed(lambda: fp16_prompt_stage(run, model, loaded))
+        (None, None) if run.shared.settings.prompts.skip else _timed(lambda: fp16_prompt_stage(run, model, loaded))
     )
-    long = None if run.settings.long_context.skip else fp16_long_stage(run, model, loaded)
-    return _measurements(run, model, variant, loaded, scores, corpus, baseline, batching, None, prompts, seconds, long)
+    long = None if run.shared.settings.long_context.skip else fp16_long_stage(run, model, loaded)
+    return _measurements(
+        run,
+        model,
+        variant,
+        loaded,
+        scores=scores,
+        corpus=corpus,
+        baseline=baseline,
+        batching=batching,
+        corpus_kl=None,
+        prompt_results=prompts,
+        prompt_seconds=seconds,
+        long_context=long,
+    )
 
 
-def variant_pass(run: PassContext, model: str, variant: Variant, loaded: LoadedModel, refs: References) -> Measurements:
+def variant_pass(
+    run: PassContext, model: ModelUnderTest, variant: Variant, loaded: LoadedModel, refs: References
+) -> Measurements:
     """Measure a quantized variant against the stored FP16 references ``refs``."""
-    batching = batching_for(variant, run.settings)
+    batching = batching_for(variant, run.shared.settings)
     hook = KLAgainstReference(refs.corpus, refs.baseline.window_tokens)
-    corpus = _plan(run, model, loaded)
+    corpus = _plan(run, model)
     scores = _perplexity(run, loaded, corpus, hook, batching)
     if refs.baseline.window_tokens != scores.window_tokens:
-        raise RuntimeError(f"{model} {variant.key}: perplexity windows differ from the FP16 baseline's")
+        raise RuntimeError(f"{model.key} {variant.key}: perplexity windows differ from the FP16 baseline's")
     with run.stage("statistics", "statistics"):
         corpus_kl = corpus_comparison(hook.positions(), scores.window_tokens, refs.corpus["noise_kl"].numpy())
     prompts, seconds = (
         (None, None)
-        if run.settings.prompts.skip
+        if run.shared.settings.prompts.skip
         else _timed(lambda: variant_prompt_stage(run, model, variant, loaded, refs, batching))
     )
     long = None if refs.long is None else variant_long_stage(run, model, loaded, refs.long)
     return _measurements(
-        run, model, variant, loaded, scores, corpus, refs.baseline, batching, corpus_kl, prompts, seconds, long
+        run,
+        model,
+        variant,
+        loaded,
+        scores=scores,
+        corpus=corpus,
+        baseline=refs.baseline,
+        batching=batching,
+        corpus_kl=corpus_kl,
+        prompt_results=prompts,
+        prompt_seconds=seconds,
+        long_context=long,
     )

@@ -147,13 +147,13 @@ def check_models(session: EvaluationSession, models: Iterable[str], given: Colle
             continue
         if s.perplexity.protocol != "lm-eval":  # whole documents: a budget smaller than a window is fine
             check_budgets(
-                session.plans.ctx(model), s.perplexity.max_tokens, s.perplexity.stride, model, s.perplexity.ctx
+                session.models.ctx(model), s.perplexity.max_tokens, s.perplexity.stride, model, s.perplexity.ctx
             )
         vocab = getattr(model_config, "vocab_size", None)
         if not s.prompts.skip and vocab and s.prompts.top_k > vocab:
             raise PreflightError(f"--top-k {s.prompts.top_k} is larger than the vocabulary of {model} ({vocab} tokens)")
         if s.gates.frozen_baselines:
-            refs, reason = session.references.load(model)
+            refs, reason = session.references.load(session.models.under_test(model))
             if refs is None:
                 raise PreflightError(f"--frozen-baselines: {model}: {reason}")
         for key in [k for k in s.variants if k in session.suite.models[model].variants]:
@@ -175,7 +175,7 @@ def check_prompts_fit(session: EvaluationSession, model: str) -> None:
     from quant_fixtures.compute.generation import prompt_token_ids
     from quant_fixtures.session.prompt_fit import longest_token_chars, too_long, too_long_message
 
-    limit = session.plans.max_length(model)
+    limit = session.models.max_length(model)
     if limit is None:
         return
     q = session.settings.prompts

@@ -33,6 +33,7 @@ from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.models.loading import LoadedModel
 from quant_fixtures.report.schema import Batching, Flips, NoiseFloor, PromptKL
 from quant_fixtures.session.context import PassContext
+from quant_fixtures.session.model_facts import ModelUnderTest
 from quant_fixtures.session.references import References
 from quant_fixtures.store.prompt_reference import PromptReference
 from quant_fixtures.variants import Variant
@@ -41,26 +42,27 @@ log = logging.getLogger("quant_fixtures")
 PromptResults = tuple[PromptKL, Flips, NoiseFloor | None]
 
 
-def _texts(run: PassContext, model: str) -> tuple[str, str]:
-    q, prompts = run.settings.prompts, run.prompt_suite.prompts()
+def _texts(run: PassContext) -> tuple[str, str]:
+    """The KL section's method and settings texts."""
+    q, prompts = run.shared.settings.prompts, run.shared.prompt_suite.prompts()
     method = kl_method_text(q.top_k, q.use_chat_template, q.max_new_tokens_cap)
     return method, kl_settings_text(len(prompts), q.top_k, q.use_chat_template, q.max_new_tokens_cap)
 
 
-def fp16_prompt_stage(run: PassContext, model: str, loaded: LoadedModel) -> PromptResults:
+def fp16_prompt_stage(run: PassContext, model: ModelUnderTest, loaded: LoadedModel) -> PromptResults:
     """Reuse a valid cached FP16 reference or generate it; then the noise floor: FP16 against
     itself, scored with another batch composition; stores the prompt summary."""
-    q, prompts, store = run.settings.prompts, run.prompt_suite.prompts(), run.references
-    method, settings = _texts(run, model)
+    q, prompts, store = run.shared.settings.prompts, run.shared.prompt_suite.prompts(), run.shared.references
+    method, settings = _texts(run)
     reference, reason = store.cached_prompt_reference(model)
     if reference is None:
-        log.warning("generating the FP16 prompt reference of %s: %s", model, reason)
+        log.warning("generating the FP16 prompt reference of %s: %s", model.key, reason)
         key, n = store.prompt_key(model), len(prompts)
         with run.stage(
             "FP16 prompt reference (generation)", "generation", shown=True, total=n, unit="prompts"
         ) as advance:
             prompt_ids, responses = reference_responses(
-                loaded.model, loaded.tokenizer, prompts, key, q.gen_batch_size, advance, run.budget, run.batches
+                loaded.model, loaded.tokenizer, prompts, key, q.gen_batch_size, advance, run.shared.budget, run.batches
             )
         with run.stage("FP16 prompt reference (scoring)", "scoring", shown=True, total=n, unit="prompts") as advance:
             reference = reference_hidden_states(
@@ -71,7 +73,7 @@ def fp16_prompt_stage(run: PassContext, model: str, loaded: LoadedModel) -> Prom
                 prompt_ids,
                 responses,
                 q.score_batch_size,
-                run.budget,
+                run.shared.budget,
                 run.batches,
                 advance,
             )
@@ -89,7 +91,7 @@ def fp16_prompt_stage(run: PassContext, model: str, loaded: LoadedModel) -> Prom
             loaded.tokenizer,
             replace(reference, head=ReferenceHead.live(loaded.model)),
             other,
-            run.budget,
+            run.shared.budget,
             run.batches,
             "noise floor",
             advance,
@@ -111,20 +113,25 @@ def fp16_prompt_stage(run: PassContext, model: str, loaded: LoadedModel) -> Prom
 
 
 def variant_prompt_stage(
-    run: PassContext, model: str, variant: Variant, loaded: LoadedModel, refs: References, batching: Batching
+    run: PassContext,
+    model: ModelUnderTest,
+    variant: Variant,
+    loaded: LoadedModel,
+    refs: References,
+    batching: Batching,
 ) -> PromptResults:
     """Score the variant against the FP16 reference, generate its own responses, count flips."""
-    q, prompts, reference = run.settings.prompts, run.prompt_suite.prompts(), refs.prompts
+    q, prompts, reference = run.shared.settings.prompts, run.shared.prompt_suite.prompts(), refs.prompts
     if reference is None:
-        raise RuntimeError(f"{model} {variant.key}: the FP16 prompt reference was not loaded (prompts skipped?)")
-    method, settings = _texts(run, model)
+        raise RuntimeError(f"{model.key} {variant.key}: the FP16 prompt reference was not loaded (prompts skipped?)")
+    method, settings = _texts(run)
     with run.stage("prompt scoring", "scoring", shown=True, total=len(prompts), unit="prompts") as advance:
         scores = score_against_reference(
             loaded.model,
             loaded.tokenizer,
             reference,
             batching.prompt_scoring_per_pass,
-            run.budget,
+            run.shared.budget,
             run.batches,
             progress=advance,
         )
@@ -136,7 +143,7 @@ def variant_prompt_stage(
             reference,
             q.gen_batch_size,
             advance,
-            budget=run.budget,
+            budget=run.shared.budget,
             log=run.batches,
         )
     with run.stage("statistics", "statistics"):
@@ -196,11 +203,22 @@ def _generate_again(
     batch boundary moved by half a batch: other neighbours for each, at a fraction of a second full
     generation (the long free-text prompts are not rerun); their verdicts, the thing flips count,
     are what the batch sensitivity compares."""
-    batch, prompts = run.batches.used.get("generation", run.settings.prompts.gen_batch_size), run.prompt_suite.prompts()
+    batch, prompts = (
+        run.batches.used.get("generation", run.shared.settings.prompts.gen_batch_size),
+        run.shared.prompt_suite.prompts(),
+    )
     subset = reference.subset(chosen)
     picked = [prompts[i] for i in chosen]
     shift = max(1, min(batch, len(chosen)) // 2)
     again = generate_responses(
-        loaded.model, loaded.tokenizer, picked, subset, batch, advance, shift=shift, budget=run.budget, log=BatchLog()
+        loaded.model,
+        loaded.tokenizer,
+        picked,
+        subset,
+        batch,
+        advance,
+        shift=shift,
+        budget=run.shared.budget,
+        log=BatchLog(),
     )
     return _GeneratedAgain(picked, subset, again, batch, shift)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from quant_fixtures.inputs.retrieval_probe import PROBE_VERSION
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.divergence import METRICS_VERSION
 from quant_fixtures.names import file_in
 from quant_fixtures.report.schema import NoiseFloor, SchemaError, from_json_object
-from quant_fixtures.session.corpus_plans import CorpusPlans
 from quant_fixtures.session.inputs import CorpusText, PromptSuite, RunEnvironment
 from quant_fixtures.session.long_plan import long_shape
-from quant_fixtures.session.model_facts import ModelFacts
+from quant_fixtures.session.model_facts import ModelUnderTest
 from quant_fixtures.settings import RunSettings
 from quant_fixtures.store.atomic import file_lock
 from quant_fixtures.store.baseline import Baseline, BaselineKey, baseline_path, load_baseline, store_baseline
@@ -55,17 +55,24 @@ class References:
     long: dict[str, torch.Tensor] | None = None  # store/long_reference.py; None with --skip-long-context
 
 
+class SharedKeyFields(TypedDict):
+    """The fields every reference key shares (store/keys.ReferenceKeyBase), as this run sets them."""
+
+    model: str
+    weights_identity: str
+    tokenizer_sha256: str
+    weight_dtype: str
+    compute_dtype: str
+    device_type: str
+    metrics_version: int
+    environment: JsonObject
+
+
 class ReferenceStore:
     def __init__(
-        self,
-        settings: RunSettings,
-        models: ModelFacts,
-        corpus_text: CorpusText,
-        plans: CorpusPlans,
-        prompt_suite: PromptSuite,
-        environment: RunEnvironment,
+        self, settings: RunSettings, corpus_text: CorpusText, prompt_suite: PromptSuite, environment: RunEnvironment
     ) -> None:
-        self.settings, self.models, self.corpus_text, self.plans = settings, models, corpus_text, plans
+        self.settings, self.corpus_text = settings, corpus_text
         self.prompt_suite, self.environment = prompt_suite, environment
         self._prompt_keys: dict[str, ReferenceKey] = {}
         self._locks: dict[str, BaseFileLock] = {}
@@ -81,17 +88,12 @@ class ReferenceStore:
         return self._locks[model]
 
     # -- keys -------------------------------------------------------------------------------------
-    def baseline_key(self, model: str) -> BaselineKey:
-        p, load, models = self.settings.perplexity, self.settings.load, self.models
-        return BaselineKey(
-            model=model,
-            weights_identity=models.resolved(model).identity,
-            tokenizer_sha256=models.tokenizer_sha256(model),
-            dataset_sha256=self.corpus_text.text().sha256,
-            method=p.protocol,
-            ctx=self.plans.ctx(model),
-            stride=p.stride,
-            max_tokens=p.max_tokens,
+    def _shared_fields(self, model: ModelUnderTest) -> SharedKeyFields:
+        load = self.settings.load
+        return SharedKeyFields(
+            model=model.key,
+            weights_identity=model.resolved.identity,
+            tokenizer_sha256=model.tokenizer_sha256,
             weight_dtype=load.weight_dtype,
             compute_dtype=load.compute_dtype,
             device_type=load.device_type,
@@ -99,34 +101,36 @@ class ReferenceStore:
             environment=self.environment.numerics(),
         )
 
-    def prompt_key(self, model: str) -> ReferenceKey:
-        """Built once per model (it reads the tokenizer and hashes files)."""
-        if model not in self._prompt_keys:
-            q, load, models = self.settings.prompts, self.settings.load, self.models
-            self._prompt_keys[model] = ReferenceKey(
-                model=model,
-                weights_identity=models.resolved(model).identity,
-                tokenizer_sha256=models.tokenizer_sha256(model),
+    def baseline_key(self, model: ModelUnderTest) -> BaselineKey:
+        p = self.settings.perplexity
+        return BaselineKey(
+            **self._shared_fields(model),
+            dataset_sha256=self.corpus_text.text().sha256,
+            method=p.protocol,
+            ctx=model.ctx,
+            stride=p.stride,
+            max_tokens=p.max_tokens,
+        )
+
+    def prompt_key(self, model: ModelUnderTest) -> ReferenceKey:
+        """Built once per model (it hashes the prompt suite)."""
+        if model.key not in self._prompt_keys:
+            q = self.settings.prompts
+            self._prompt_keys[model.key] = ReferenceKey(
+                **self._shared_fields(model),
                 prompts_sha256=self.prompt_suite.sha256(),
                 categories=q.categories,
                 use_chat_template=q.use_chat_template,
                 max_new_tokens_cap=q.max_new_tokens_cap,
                 top_k=q.top_k,
-                weight_dtype=load.weight_dtype,
-                compute_dtype=load.compute_dtype,
-                device_type=load.device_type,
-                metrics_version=METRICS_VERSION,
-                environment=self.environment.numerics(),
             )
-        return self._prompt_keys[model]
+        return self._prompt_keys[model.key]
 
-    def long_key(self, model: str) -> LongReferenceKey:
-        protocol, load, models = self.settings.long_context, self.settings.load, self.models
-        shape = long_shape(protocol, self.plans.max_length(model))
+    def long_key(self, model: ModelUnderTest) -> LongReferenceKey:
+        protocol = self.settings.long_context
+        shape = long_shape(protocol, model.max_length)
         return LongReferenceKey(
-            model=model,
-            weights_identity=models.resolved(model).identity,
-            tokenizer_sha256=models.tokenizer_sha256(model),
+            **self._shared_fields(model),
             dataset_sha256=self.corpus_text.text().sha256,
             length=shape.length,
             stretches=protocol.stretches,
@@ -135,14 +139,9 @@ class ReferenceStore:
             probe_depths=protocol.probe_depths,
             probe_keys=protocol.probe_keys,
             probe_version=PROBE_VERSION,
-            weight_dtype=load.weight_dtype,
-            compute_dtype=load.compute_dtype,
-            device_type=load.device_type,
-            metrics_version=METRICS_VERSION,
-            environment=self.environment.numerics(),
         )
 
-    def keys_of(self, model: str, baseline: Baseline) -> dict[str, str | None]:
+    def keys_of(self, model: ModelUnderTest, baseline: Baseline) -> dict[str, str | None]:
         """Digests of the references a document was measured against (comparable documents share them)."""
         keys = {
             "baseline_sha256": baseline.key.digest(),
@@ -153,16 +152,16 @@ class ReferenceStore:
         return keys
 
     # -- reading ----------------------------------------------------------------------------------
-    def load(self, model: str) -> tuple[References | None, str]:
+    def load(self, model: ModelUnderTest) -> tuple[References | None, str]:
         """All FP16 references for the current settings, or None and why they cannot be used."""
-        if model not in self._loaded:
+        if model.key not in self._loaded:
             refs, reason = self._read(model)
             if refs is None:
                 return None, reason
-            self._loaded[model] = refs
-        return self._loaded[model], "ok"
+            self._loaded[model.key] = refs
+        return self._loaded[model.key], "ok"
 
-    def _read(self, model: str) -> tuple[References | None, str]:
+    def _read(self, model: ModelUnderTest) -> tuple[References | None, str]:
         paths = self.settings.paths
         key = self.baseline_key(model)
         baseline, reason = load_baseline(paths.baselines_dir, key)
@@ -185,7 +184,7 @@ class ReferenceStore:
             try:
                 noise = from_json_object(NoiseFloor, summary["noise_floor"], "noise_floor")
             except SchemaError as exc:  # likewise
-                return self._unusable(model, summary_path, f"FP16 prompt summary of {model}: {exc}")
+                return self._unusable(model, summary_path, f"FP16 prompt summary of {model.key}: {exc}")
         long = None
         if not self.settings.long_context.skip:
             long_key = self.long_key(model)
@@ -194,9 +193,9 @@ class ReferenceStore:
                 return self._unusable(model, long_reference_path(paths.cache_dir, long_key), reason)
         return References(baseline, corpus, prompts, noise, long), "ok"
 
-    def _unusable(self, model: str, path: Path, reason: str) -> tuple[None, str]:
+    def _unusable(self, model: ModelUnderTest, path: Path, reason: str) -> tuple[None, str]:
         """Notes which stored file kept the references from being read (say_why_recomputed tells it)."""
-        self._unusable_file[model] = (path, reason)
+        self._unusable_file[model.key] = (path, reason)
         return None, reason
 
     def say_why_recomputed(self, model: str) -> None:
@@ -210,7 +209,7 @@ class ReferenceStore:
             self._warned.add((path, reason))
             warn_recomputed(path, reason)
 
-    def cached_prompt_reference(self, model: str) -> tuple[PromptReference | None, str]:
+    def cached_prompt_reference(self, model: ModelUnderTest) -> tuple[PromptReference | None, str]:
         """The FP16 pass's cached prompt reference, or None and why (said when the file is there:
         the pass generates it again)."""
         key = self.prompt_key(model)
@@ -227,16 +226,16 @@ class ReferenceStore:
         digest = baseline.key.digest()
         store_corpus_reference(corpus_reference_path(paths.cache_dir, digest), corpus, digest)
 
-    def save_long(self, model: str, tensors: dict[str, torch.Tensor]) -> None:
-        self._loaded.pop(model, None)
+    def save_long(self, model: ModelUnderTest, tensors: dict[str, torch.Tensor]) -> None:
+        self._loaded.pop(model.key, None)
         store_long_reference(self.settings.paths.cache_dir, self.long_key(model), tensors)
 
     def save_prompt_reference(self, reference: PromptReference) -> None:
         self._loaded.pop(reference.key.model, None)
         store_reference(self.settings.paths.cache_dir, reference)
 
-    def save_prompt_summary(self, model: str, responses: dict[str, str], noise_floor: NoiseFloor) -> None:
-        self._loaded.pop(model, None)
+    def save_prompt_summary(self, model: ModelUnderTest, responses: dict[str, str], noise_floor: NoiseFloor) -> None:
+        self._loaded.pop(model.key, None)
         store_prompt_summary(
             self.settings.paths.baselines_dir,
             self.prompt_key(model),

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from quant_fixtures.json_types import JsonObject
 from quant_fixtures.names import file_in
-from quant_fixtures.store.keys import StoreKey
+from quant_fixtures.store.keys import ReferenceKeyBase
 from quant_fixtures.store.records import integers, numbers, read_record, write_record
 
 BASELINE_SCHEMA = 1
@@ -27,22 +26,14 @@ class StaleBaselineError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class BaselineKey(StoreKey):
+class BaselineKey(ReferenceKeyBase):
     """Everything that shapes the FP16 perplexity numbers (see environment.numerics_key)."""
 
-    model: str
-    weights_identity: str
-    tokenizer_sha256: str
     dataset_sha256: str
     method: str
     ctx: int
     stride: int | None
     max_tokens: int | None
-    weight_dtype: str
-    compute_dtype: str
-    device_type: str
-    metrics_version: int
-    environment: JsonObject  # library versions and the kernels' device/ISA
 
 
 @dataclass(frozen=True)

@@ -20,3 +20,18 @@ class StoreKey:
 
     def as_dict(self) -> JsonObject:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReferenceKeyBase(StoreKey):
+    """The fields every FP16 reference's key shares: the model's weights and tokenizer, and the
+    numerics it ran with. Each kind of reference adds the settings of its own measurement."""
+
+    model: str
+    weights_identity: str
+    tokenizer_sha256: str
+    weight_dtype: str
+    compute_dtype: str
+    device_type: str
+    metrics_version: int
+    environment: JsonObject  # library versions and the kernels' device/ISA

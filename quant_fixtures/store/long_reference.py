@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from quant_fixtures.json_types import JsonObject
 from quant_fixtures.names import file_in
 from quant_fixtures.store.atomic import load_tensors, save_tensors
-from quant_fixtures.store.keys import StoreKey
+from quant_fixtures.store.keys import ReferenceKeyBase
 
 if TYPE_CHECKING:
     import torch
@@ -25,10 +24,7 @@ OPTIONAL = {"head_bias", "head_softcap"}
 
 
 @dataclass(frozen=True)
-class LongReferenceKey(StoreKey):
-    model: str
-    weights_identity: str
-    tokenizer_sha256: str
+class LongReferenceKey(ReferenceKeyBase):
     dataset_sha256: str
     length: int  # tokens per stretch (the model's, after its maximum)
     stretches: int
@@ -37,11 +33,6 @@ class LongReferenceKey(StoreKey):
     probe_depths: tuple[float, ...]
     probe_keys: int
     probe_version: int
-    weight_dtype: str
-    compute_dtype: str
-    device_type: str
-    metrics_version: int
-    environment: JsonObject
 
 
 def long_reference_path(cache_dir: Path, key: LongReferenceKey) -> Path:

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from quant_fixtures.json_types import JsonObject
 from quant_fixtures.metrics.reference_head import ReferenceHead
 from quant_fixtures.names import file_in
 from quant_fixtures.store.atomic import load_tensors, save_tensors
-from quant_fixtures.store.keys import StoreKey
+from quant_fixtures.store.keys import ReferenceKeyBase
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -29,20 +28,12 @@ REFERENCE_FORMAT = 2  # 2: hidden states + output head (1 kept top-k log-probs)
 
 
 @dataclass(frozen=True)
-class ReferenceKey(StoreKey):
-    model: str
-    weights_identity: str
-    tokenizer_sha256: str
+class ReferenceKey(ReferenceKeyBase):
     prompts_sha256: str
     categories: tuple[str, ...] | None
     use_chat_template: bool
     max_new_tokens_cap: int | None
     top_k: int
-    weight_dtype: str
-    compute_dtype: str
-    device_type: str
-    metrics_version: int
-    environment: JsonObject  # library versions and the kernels' device/ISA
 
 
 @dataclass

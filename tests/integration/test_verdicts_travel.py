@@ -368,9 +368,7 @@ def test_snapshots_of_other_settings_survive_an_update(
     assert run("--snapshot-update").ret == 0
     assert run("--variants", "fp16,int8", "--snapshot-update").ret == 0
     names = sorted(p.name for p in snapshots.iterdir())
-    assert (
-        len(names) == 2 and [n for n in names if "-fp16+int8@" in n] and [n for n in names if "-fp16+int8+nf4@" in n]
-    )
+    assert len(names) == 2 and [n for n in names if "-fp16+int8@" in n] and [n for n in names if "-fp16+int8+nf4@" in n]
     assert run().ret == 0  # and the all-variants snapshot, kept, still matches
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import pytest
 import torch
@@ -27,6 +28,9 @@ from quant_fixtures.metrics.divergence import (
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows, perplexity, strided_windows
 from quant_fixtures.session import references
 from quant_fixtures.store.baseline import Baseline, load_baseline, store_baseline
+
+if TYPE_CHECKING:
+    from quant_fixtures.session.model_facts import ModelUnderTest
 
 # The numbers of each metric on the fixed inputs below, per METRICS_VERSION. Float64 maths are
 # compared to 1e-9 (relative), what runs in float32 or float16 on the way to 1e-5.
@@ -221,12 +225,7 @@ def _reference_store(tmp_path: Path) -> references.ReferenceStore:
     """The session's reference store over stand-in inputs and settings: only what its keys read."""
     from quant_fixtures.session.references import ReferenceStore
 
-    models = SimpleNamespace(
-        resolved=lambda model: SimpleNamespace(identity=f"{model}@0123abcd"),
-        tokenizer_sha256=lambda model: "a" * 64,
-    )
     corpus_text = SimpleNamespace(text=lambda: SimpleNamespace(sha256="f" * 64))
-    plans = SimpleNamespace(ctx=lambda model: 512)
     prompt_suite = SimpleNamespace(sha256=lambda: "b" * 64)
     environment = SimpleNamespace(numerics=lambda: {"device_type": "cpu", "torch": "2.13.0"})
     settings = SimpleNamespace(
@@ -236,7 +235,14 @@ def _reference_store(tmp_path: Path) -> references.ReferenceStore:
         paths=SimpleNamespace(baselines_dir=tmp_path, cache_dir=tmp_path / "cache"),
     )
     # stand-ins of what the keys read
-    return ReferenceStore(settings, models, corpus_text, plans, prompt_suite, environment)  # type: ignore[arg-type]
+    return ReferenceStore(settings, corpus_text, prompt_suite, environment)  # type: ignore[arg-type]
+
+
+# The model as an evaluation resolves it: only what the keys read.
+TINY = cast(
+    "ModelUnderTest",
+    SimpleNamespace(key="tiny", resolved=SimpleNamespace(identity="tiny@0123abcd"), tokenizer_sha256="a" * 64, ctx=512),
+)
 
 
 def test_the_stored_references_are_keyed_by_the_metrics_version(
@@ -245,7 +251,7 @@ def test_the_stored_references_are_keyed_by_the_metrics_version(
     """The baseline and prompt-reference keys the session builds carry METRICS_VERSION, so a bump
     changes their digests (the files they name) and a baseline stored before it is not used."""
     store = _reference_store(tmp_path)
-    baseline_key, prompt_key = store.baseline_key("tiny"), store.prompt_key("tiny")
+    baseline_key, prompt_key = store.baseline_key(TINY), store.prompt_key(TINY)
     assert baseline_key.metrics_version == prompt_key.metrics_version == METRICS_VERSION
     stored = Baseline(key=baseline_key, ppl=13.0, window_nll=[1300.0], window_tokens=[511], footprint_bytes=1)
     store_baseline(tmp_path, stored)
@@ -253,10 +259,8 @@ def test_the_stored_references_are_keyed_by_the_metrics_version(
 
     monkeypatch.setattr(references, "METRICS_VERSION", METRICS_VERSION + 1)
     bumped = _reference_store(tmp_path)
-    assert (
-        bumped.baseline_key("tiny").metrics_version == bumped.prompt_key("tiny").metrics_version == METRICS_VERSION + 1
-    )
-    assert bumped.baseline_key("tiny").digest() != baseline_key.digest()
-    assert bumped.prompt_key("tiny").digest() != prompt_key.digest()
-    reloaded, reason = load_baseline(tmp_path, bumped.baseline_key("tiny"))
+    assert bumped.baseline_key(TINY).metrics_version == bumped.prompt_key(TINY).metrics_version == METRICS_VERSION + 1
+    assert bumped.baseline_key(TINY).digest() != baseline_key.digest()
+    assert bumped.prompt_key(TINY).digest() != prompt_key.digest()
+    reloaded, reason = load_baseline(tmp_path, bumped.baseline_key(TINY))
     assert reloaded is None and "metrics_version" in reason, reason

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from quant_fixtures.compute.memory import MemoryBudget
 from quant_fixtures.plugin import progress as terminal
 from quant_fixtures.plugin.progress import TerminalProgress, terminal_progress
-from quant_fixtures.session.context import PassContext
+from quant_fixtures.session.context import PassContext, SessionServices
 from quant_fixtures.session.progress import StageEvent, StageProgress, describe
 
 
@@ -64,18 +65,18 @@ def test_without_a_sink_a_stage_does_nothing() -> None:
 
 def _context(events: list[StageEvent]) -> PassContext:
     # Only the budget is used by a stage (it synchronises the device).
-    return PassContext(
-        settings=None,
-        models=None,
-        corpus_text=None,
-        plans=None,
-        prompt_suite=None,
-        environment=None,
-        references=None,
+    unused: Any = None
+    shared = SessionServices(
+        settings=unused,
+        corpus_text=unused,
+        plans=unused,
+        prompt_suite=unused,
+        environment=unused,
+        references=unused,
         budget=MemoryBudget("cpu"),
-        pair="tiny nf4",
         progress=events.append,
     )
+    return PassContext(shared=shared, pair="tiny nf4")
 
 
 def test_only_shown_stages_of_a_pass_reach_the_sink() -> None:
