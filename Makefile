@@ -83,7 +83,7 @@ snapshot-update: install
 	$(PYTEST) tests/harm -q -m "not gpu" $(CI_BUDGET) --snapshot-update
 
 # The release verdict's error rates measured on the embedded model (no harm, at the limit, just past
-# it): benchmarks/gate-calibration.json, which README quotes. About an hour on 2 cores.
+# it): benchmarks/gate-calibration.json, which docs/METRICS.md quotes. About an hour on 2 cores.
 calibrate: install
 	$(PY) benchmarks/gate_calibration.py $(CALIBRATE_ARGS)
 

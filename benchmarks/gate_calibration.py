@@ -28,8 +28,8 @@ Scenarios, each RUNS runs (no harm: spread over the NO_HARM variants):
   limit; for the two flip rates also 2x and 3x, RATE_RATIOS: an exact test of a rate needs many
   more units) and every other limit far above its truth: joint FAIL >= 80 %. Besides the seed's int8
   gates, the answer flip rate (``max_flip_rate``, an optional gate) is measured this way too.
-The record (every rate with its exact 95 % interval) goes to --out; README quotes it. A benchmark,
-never a timed or asserted test.
+The record (every rate with its exact 95 % interval) goes to --out; docs/METRICS.md quotes it. A
+benchmark, never a timed or asserted test.
 """
 
 from __future__ import annotations

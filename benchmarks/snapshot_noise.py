@@ -11,7 +11,8 @@ are pinned to AVX2 on every x86-64 CPU, cpu_kernels.py, so the instruction set i
 noise.) On the CPU one more run stands for a processor of another kind: the CPU's own kernels
 (QUANT_FIXTURES_CPU_KERNELS=native: AVX512 where the CPU has it, and LLM.int8 through torch._int_mm
 instead of a float matmul). Its moves are recorded apart, as the spread across kinds, which a
-snapshot comparison on a machine of a kind with no snapshot of its own allows (README, CI).
+snapshot comparison on a machine of a kind with no snapshot of its own allows (docs/SNAPSHOTS.md,
+docs/CI.md).
 The record (report/reproduction.py) goes to OUT/<model>[<settings>].json, one per model; the next
 `pytest --snapshot-update` with the same settings stores it in the snapshot, whose comparison then
 allows twice the measured spread (never less than [snapshot_tolerances]).

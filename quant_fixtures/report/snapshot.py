@@ -99,7 +99,7 @@ def harm_summary(
     }
     cpu = env.get("cpu")
     if env["device_type"] == "cpu" and isinstance(cpu, dict):  # LLM.int8 on the CPU moves with the thread count too
-        environment["cpu_threads"] = cpu["threads"]  # (README)
+        environment["cpu_threads"] = cpu["threads"]  # (docs/REPRODUCIBILITY.md)
         environment["cpu_vendor"] = cpu_vendor(str(cpu.get("model", "")))
     if floors is None:
         return {"settings": settings, "variants": variants, REPRODUCTION: reproduction, ENVIRONMENT: environment}

@@ -203,7 +203,7 @@ def suite_args(
         str(CTX),
         "--ppl-max-tokens",
         str(MAX_TOKENS),
-        # paths joined with '=': pytest picks the rootdir before plugins load (see README, Options)
+        # paths joined with '=': pytest picks the rootdir before plugins load (docs/ARCHITECTURE.md)
         f"--results-dir={results}",
         f"--baselines-dir={baselines}",
         f"--cache-dir={e2e.cache}",

@@ -1,4 +1,4 @@
-"""README's "Checks in your own project", run as a user runs it: examples/own_project (its
+"""docs/OWN_PROJECT.md ("Checks in your own project"), run as a user runs it: examples/own_project (its
 quant_suite.toml and test_my_model.py) copied to a directory outside this repository, and pytest
 started there in a subprocess with the model given on the command line (``--model=DIR``: the tiny
 random Llama of conftest.py, so nothing comes from the Hub). Only the package comes from this

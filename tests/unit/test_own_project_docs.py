@@ -1,6 +1,6 @@
-"""examples/own_project and README's "Checks in your own project" kept true: the example's config
-parses, its tests collect against the plugin's fixtures (in-process, nothing loads), the README
-shows the example's files as they are, and its fixtures table lists the plugin's fixtures with
+"""examples/own_project and docs/OWN_PROJECT.md ("Checks in your own project") kept true: the
+example's config parses, its tests collect against the plugin's fixtures (in-process, nothing
+loads), the document shows the example's files as they are, and its fixtures table lists the plugin's fixtures with
 their scopes. The example's run end to end is tests/integration/test_own_project.py."""
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ FIXTURES = REPO / "quant_fixtures" / "plugin" / "fixtures.py"
 
 
 def readme_section() -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    return text.split("## Checks in your own project\n", 1)[1].split("\n## ", 1)[0]
+    """docs/OWN_PROJECT.md, which README's "Checks in your own project" points to."""
+    assert "(docs/OWN_PROJECT.md)" in (REPO / "README.md").read_text(encoding="utf-8")
+    return (REPO / "docs" / "OWN_PROJECT.md").read_text(encoding="utf-8")
 
 
 def blocks(text: str, language: str) -> list[str]:
