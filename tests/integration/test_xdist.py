@@ -47,7 +47,7 @@ import quant_fixtures.session.orchestrator as orchestrator
 def _counted(name, real):
     def run(ctx, model, var, *args):
         with open(os.environ["QUANT_TEST_PASS_LOG"], "a") as log:
-            log.write(f"{model} {var.key}\\n")
+            log.write(f"{model.key} {var.key}\\n")  # model: the ModelUnderTest
         return real(ctx, model, var, *args)
     return run
 
