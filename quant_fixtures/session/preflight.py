@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from quant_fixtures.config import DEFAULT_CONFIG_PATH
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from quant_fixtures.config import SuiteConfig
     from quant_fixtures.inputs.prompts import Prompt
     from quant_fixtures.models.sources import UnusableModelError
@@ -167,6 +169,31 @@ def check_models(session: EvaluationSession, models: Iterable[str], given: Colle
                 raise PreflightError(str(exc)) from None
         if not s.prompts.skip:
             check_prompts_fit(session, model)
+        if not s.long_context.skip:
+            check_probes(session, model)
+
+
+def _tokenizer(session: EvaluationSession, model: str) -> PreTrainedTokenizerBase:
+    try:
+        return session.models.tokenizer(model)
+    except (OSError, ValueError) as exc:  # a folder without tokenizer files, or one transformers cannot read
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PreflightError(f"model {model!r}: its tokenizer cannot be loaded: {first_line}") from None
+
+
+def check_probes(session: EvaluationSession, model: str) -> None:
+    """The long-context stage's retrieval probes, built here as the stage builds them: a probe length
+    too short for the model's tokenizer is refused now, not after the FP16 pass."""
+    from quant_fixtures.inputs.retrieval_probe import build_probes
+    from quant_fixtures.session.long_plan import PROBE_SEED, long_shape
+
+    protocol = session.settings.long_context
+    shape = long_shape(protocol, session.models.max_length(model))
+    tokenizer = _tokenizer(session, model)
+    try:
+        build_probes(tokenizer, shape.probe_lengths, protocol.probe_depths, protocol.probe_keys, PROBE_SEED)
+    except ValueError as exc:
+        raise PreflightError(f"--probe-lengths: model {model!r}: {exc}") from None
 
 
 def check_prompts_fit(session: EvaluationSession, model: str) -> None:
@@ -178,12 +205,7 @@ def check_prompts_fit(session: EvaluationSession, model: str) -> None:
     limit = session.models.max_length(model)
     if limit is None:
         return
-    q = session.settings.prompts
-    try:
-        tokenizer = session.models.tokenizer(model)
-    except (OSError, ValueError) as exc:  # a folder without tokenizer files, or one transformers cannot read
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PreflightError(f"model {model!r}: its tokenizer cannot be loaded: {first_line}") from None
+    q, tokenizer = session.settings.prompts, _tokenizer(session, model)
     found = too_long(
         session.prompt_suite.prompts(),
         limit,

@@ -402,6 +402,17 @@ def test_options_are_checked_up_front(suite_dir: pytest.Pytester, args: list[str
     result.stderr.fnmatch_lines([message])
 
 
+def test_a_probe_length_too_short_for_the_tokenizer_is_refused_before_anything_loads(
+    suite_dir: pytest.Pytester,
+) -> None:
+    """The probes are built up front as the long-context stage builds them: a length shorter than the
+    probe's own text is one line now, not a traceback in every test after the FP16 pass."""
+    result = run(suite_dir, "-m", "not gpu", "--variants", "fp16,int8", "--probe-lengths", "64")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
+    result.stderr.fnmatch_lines(["ERROR: --probe-lengths: model 'smollm2-135m': length 64 is too short*(length >= *)"])
+    assert not (suite_dir.path / "results").exists()
+
+
 class _RecordedOptions:
     """Stands in for pytest's parser: records the help of every option pytest_addoption registers."""
 
