@@ -1,6 +1,6 @@
-"""The harm snapshot (plugin/snapshot_extension.tolerant_snapshot, which the ``harm_snapshot`` fixture
-returns): one file per settings tag, tolerant comparison, and the snapshots of other settings neither
-reported unused nor deleted by ``--snapshot-update``.
+"""The harm snapshot (plugin/snapshot_extension.tolerant_snapshot, which the ``harm_snapshot`` fixture's
+HarmSnapshot builds for each file it compares): one file per settings tag and hardware kind, tolerant
+comparison, and the snapshots of other settings neither reported unused nor deleted by ``--snapshot-update``.
 
 It reaches syrupy's session through a private name (``config._syrupy``), so syrupy is pinned in
 pyproject.toml; these tests run syrupy itself (pytester) and fail, with the reason, on a syrupy that
