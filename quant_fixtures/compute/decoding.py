@@ -4,8 +4,9 @@ launches (about 80 ms a step through ``model.generate`` on the H200 host, shared
 
 The cache, the attention mask and every input of a step live in fixed buffers; the step itself
 writes its token, opens the next cache slot in the mask and advances positions, so the host only
-replays. Where a kernel cannot be captured (bitsandbytes LLM.int8 finds its outlier columns with a
-data-dependent shape) the same step runs eagerly. The tokens are those of ``model.generate``'s
+replays. LLM.int8 layers take their static-shape path there (models/int8_static.py), checked once
+per batch: a batch whose outlier columns overflowed it runs again eagerly on the exact path. Where a
+kernel cannot be captured the same step runs eagerly. The tokens are those of ``model.generate``'s
 greedy search: same model calls, masks with the same allowed keys (tested against it).
 """
 
@@ -20,7 +21,8 @@ import torch
 
 from quant_fixtures.compute.grouped_attention import grouped_attention_for
 from quant_fixtures.compute.scoring import embedding_weight, output_logits
-from quant_fixtures.models.int8_per_sequence import real_tokens
+from quant_fixtures.models.int8_per_sequence import has_batch_dependent_int8, real_tokens, static_int8_applies
+from quant_fixtures.models.int8_static import OverflowGuard, static_outlier_columns
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -46,15 +48,12 @@ def supports_static_decoding(model: PreTrainedModel, length: int) -> bool:
 
 
 def can_capture(model: torch.nn.Module) -> bool:
-    """CUDA graphs need static shapes and no host sync: not LLM.int8 layers (data-dependent outliers)."""
+    """CUDA graphs need static shapes and no host sync: LLM.int8 layers only with per-sequence
+    columns, which take the static path while decoding (bitsandbytes' own find columns by shape)."""
     devices = {p.device for p in model.parameters()}
     if len(devices) != 1 or next(iter(devices)).type != "cuda":  # one graph per GPU: not for a spread model
         return False
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return True
-    return not any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+    return not has_batch_dependent_int8(model)
 
 
 class StaticGreedyBatch:
@@ -137,10 +136,29 @@ def static_greedy(
     model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos: set[int], use_graph: bool
 ) -> tuple[torch.Tensor, str]:
     """Greedy tokens [B, steps] (rows past their EOS hold what greedy search would have gone on
-    with: callers cut at the first EOS) and how the steps ran ("cuda graph" or "eager")."""
+    with: callers cut at the first EOS) and how the steps ran ("cuda graph" or "eager"). LLM.int8
+    layers run their static path (on CUDA); a batch that overflowed it is decoded again exactly."""
+    guard = OverflowGuard(ids.device) if static_int8_applies(model, ids.device) else None
+    out, how = _greedy(model, ids, mask, steps, eos, use_graph, guard)
+    if guard is not None and guard.overflowed():
+        out, how = _greedy(model, ids, mask, steps, eos, False, None)
+        how += " (LLM.int8 outlier columns past the static path's width: exact path)"
+    return out, how
+
+
+def _greedy(
+    model: PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    steps: int,
+    eos: set[int],
+    use_graph: bool,
+    guard: OverflowGuard | None,
+) -> tuple[torch.Tensor, str]:
     run = StaticGreedyBatch(model, ids, mask, steps, eos)
     on_device = torch.cuda.device(ids.device) if ids.device.type == "cuda" else nullcontext()
-    with torch.inference_mode(), on_device:  # graphs and side streams belong to the model's GPU
+    # graphs and side streams belong to the model's GPU
+    with torch.inference_mode(), on_device, static_outlier_columns(guard):
         run.prefill()
         done, graph, how = 1, None, "eager"
         warmup = 2  # eager steps before capture (kernels pick their workspaces, lazy inits run)

@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from quant_fixtures.models.int8_static import active_guard, static_per_sequence_int8_matmul
+
 if TYPE_CHECKING:
     from bitsandbytes.nn import Linear8bitLt
 
@@ -225,6 +227,11 @@ def _forward(self: Linear8bitLt, x: torch.Tensor) -> torch.Tensor:
     if self.bias is not None and self.bias.dtype != x.dtype:
         self.bias.data = self.bias.data.to(x.dtype)
     columns = _WHOLE_SEQUENCE.get()
+    guard = active_guard()
+    if columns is None and guard is not None:  # no host sync (int8_static.py)
+        return static_per_sequence_int8_matmul(
+            x, rows, scales, self.bias, self.state.threshold, guard, _real_positions(x)
+        )
     if columns is None:
         return per_sequence_int8_matmul(x, rows, scales, self.bias, self.state.threshold, _real_positions(x))
     width = x.shape[-1]
@@ -274,6 +281,15 @@ def remove_per_sequence_int8(model: torch.nn.Module) -> int:
 def has_batch_dependent_int8(model: torch.nn.Module) -> bool:
     """Whether an LLM.int8 layer of ``model`` still picks outlier columns over the whole batch."""
     return any(not getattr(m, _MARK, False) for m in _int8_layers(model))
+
+
+def static_int8_applies(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether decoding ``model`` on ``device`` runs its LLM.int8 layers on the static path
+    (int8_static.py): per-sequence layers on a device in ``STATIC_DEVICE_TYPES``."""
+    from quant_fixtures.models import int8_static
+
+    layers = _int8_layers(model)
+    return bool(layers) and device.type in int8_static.STATIC_DEVICE_TYPES and not has_batch_dependent_int8(model)
 
 
 def amplifies_float_noise(model: torch.nn.Module) -> bool:

@@ -101,3 +101,72 @@ def test_a_batch_of_one_length_matches_one_sequence_alone(tiny_llama: Path) -> N
     print(f"\n[measured] max |log-prob batch - alone| per-sequence {worst:.2e}, stock bitsandbytes {stock_worst:.2e}")
     assert worst < 5e-3
     assert stock_worst > 10 * worst
+
+
+def test_static_path_in_a_padded_batch_matches_bitsandbytes_alone() -> None:
+    """The static-shape path (models/int8_static.py) that CUDA graphs capture: each sequence of a
+    padded batch against bitsandbytes' own layer on the sequence alone, with the overflow guard clear."""
+    from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, real_tokens
+    from quant_fixtures.models.int8_static import OverflowGuard, static_outlier_columns
+
+    layer = _layer()
+    lengths = [37, 64, 9, 50]
+    width = max(lengths)
+    g = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(len(lengths), width, 512, device="cuda", dtype=torch.float16, generator=g)
+    mask = torch.zeros(len(lengths), width, dtype=torch.bool, device="cuda")
+    for i, n in enumerate(lengths):
+        mask[i, width - n :] = True
+    x[0, 40, 9], x[1, 10, 7], x[3, -1, 100] = 8.0, 9.0, -12.0
+    x[2, 0, 200] = 40.0  # padding of sequence 2: must not count
+    guard = OverflowGuard("cuda")
+    with torch.inference_mode():
+        alone = [layer(x[i : i + 1, width - n :]) for i, n in enumerate(lengths)]
+        install_per_sequence_int8(layer)
+        with real_tokens(mask), static_outlier_columns(guard):
+            ours = layer(x)
+    assert not guard.overflowed()
+    worst = 0.0
+    for i, n in enumerate(lengths):
+        scale = alone[i].float().abs().max()
+        worst = max(worst, float((ours[i, width - n :] - alone[i][0]).float().abs().max() / scale))
+    print(f"\n[measured] static path: max |batch - bitsandbytes alone| / max|out| = {worst:.2e}")
+    assert worst < 2e-3  # float16 sums in another order at most
+
+
+def test_int8_decoding_is_captured_and_gives_the_exact_paths_tokens(tiny_llama: Path) -> None:
+    """An LLM.int8 model decodes as a CUDA graph on the static path, with the tokens of the exact
+    (dynamic, eager) per-sequence path; a layer with outliers in every step keeps the guard busy."""
+    from transformers import AutoModelForCausalLM
+
+    from quant_fixtures.compute.decoding import can_capture, static_greedy
+    from quant_fixtures.models import int8_static
+    from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8
+    from quant_fixtures.variants import VARIANTS
+
+    int8 = AutoModelForCausalLM.from_pretrained(
+        tiny_llama, dtype=torch.float16, device_map="cuda:0", **VARIANTS["int8"].load_kwargs(None)
+    ).eval()
+    install_per_sequence_int8(int8)
+    with torch.no_grad():
+        int8.model.embed_tokens.weight[7, 3] = 40.0  # an outlier column wherever token 7 is read
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(10, 500, (4, 24), generator=g)
+    ids[1, 5] = 7
+    mask = torch.ones_like(ids)
+    mask[0, :6] = 0  # left padding
+    ids, mask = ids.cuda(), mask.cuda()
+    assert can_capture(int8)
+    captured, how = static_greedy(int8, ids, mask, 40, set(), use_graph=True)
+    saved = int8_static.STATIC_DEVICE_TYPES
+    int8_static.STATIC_DEVICE_TYPES = frozenset()
+    try:
+        exact, exact_how = static_greedy(int8, ids, mask, 40, set(), use_graph=False)
+    finally:
+        int8_static.STATIC_DEVICE_TYPES = saved
+    print(f"\n[measured] int8 decoding: {how}; exact path: {exact_how}")
+    assert how == "cuda graph"
+    assert exact_how == "eager"
+    agree = float((captured == exact).float().mean())
+    print(f"[measured] tokens equal to the exact path's: {agree:.3f}")
+    assert agree == 1.0

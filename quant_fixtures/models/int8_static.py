@@ -1,0 +1,122 @@
+"""Per-sequence LLM.int8 with static shapes: no host synchronisation, so a CUDA graph can capture it.
+
+The per-sequence layer (int8_per_sequence.py) finds the outlier columns with ``argwhere``,
+``nonzero`` and ``unique``: every call waits for the GPU and has shapes that depend on the data, so
+decoding an INT8 model could not be captured as a CUDA graph and every layer of every step stalled
+the GPU (Mistral-7B int8 generation: 27 s eager against 3.4 s for NF4, H100, 2026-12-06).
+
+Here every shape is fixed by the input's shape alone. For ``x`` [B, T, K]:
+
+    1. each row quantized by its own absmax over its elements below the threshold, outlier elements
+       zeroed (bitsandbytes' ``int8_vectorwise_quant`` on the row with its outliers masked: the row
+       statistics bitsandbytes computes with the threshold);
+    2. sequence s owns the columns in which one of its real rows has ``|x| >= threshold``; its rows
+       get those columns zeroed in int8, times the int8 weight, dequantized (``int8_scaled_mm``);
+    3. the float part over ``columns`` fixed columns: the ``columns`` largest of the union of owned
+       columns (all of them when the union has no more), each row's values kept only in the columns
+       its sequence owns, times the dequantized weight columns.
+
+That is, per sequence, the sum bitsandbytes computes for the sequence alone: the same int8 terms
+(exact in int32) and the same float terms, plus products with zeros, in another summation order.
+When the union has more than ``columns`` columns, the columns past the largest ``columns`` are
+left out: the call is wrong, and ``OverflowGuard`` records it on the device. A caller reads the
+guard once after its work (one synchronisation, not one per layer) and redoes the work with the
+exact dynamic path (``int8_per_sequence``) when it is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+
+# Float columns per call. Outliers of LLM.int8 sit in a few feature dimensions (Dettmers et al.,
+# arXiv 2208.07339: 6 dimensions carry them at 6.7B parameters), so 64 leaves room across a batch.
+STATIC_OUTLIER_COLUMNS = 64
+# Where decoding takes the static path: CUDA, for its graphs. The CPU keeps the exact dynamic path,
+# bit for bit bitsandbytes' numbers for each sequence alone (tests add "cpu" to run this one there).
+STATIC_DEVICE_TYPES = frozenset({"cuda"})
+
+
+class OverflowGuard:
+    """A device flag that a static call sets when its outlier columns did not fit (see the module
+    docstring). Made before the work, on the model's device, so a captured graph writes into it; an
+    inference tensor, written only in inference mode, wherever the guard's caller is."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        with torch.inference_mode():
+            self.flag = torch.zeros((), dtype=torch.bool, device=device)
+
+    def record(self, overflow: torch.Tensor) -> None:
+        with torch.inference_mode():
+            self.flag.logical_or_(overflow)
+
+    def overflowed(self) -> bool:
+        """Whether a call overflowed since the guard was made or reset (waits for the device)."""
+        return bool(self.flag.item())
+
+    def reset(self) -> None:
+        with torch.inference_mode():
+            self.flag.zero_()
+
+
+_STATIC: ContextVar[OverflowGuard | None] = ContextVar("quant_fixtures_static_int8", default=None)
+
+
+@contextmanager
+def static_outlier_columns(guard: OverflowGuard | None) -> Iterator[None]:
+    """While active with a guard, per-sequence int8 layers take the static path and record overflows
+    in ``guard`` (None: the exact dynamic path)."""
+    token = _STATIC.set(guard)
+    try:
+        yield
+    finally:
+        _STATIC.reset(token)
+
+
+def active_guard() -> OverflowGuard | None:
+    return _STATIC.get()
+
+
+def static_per_sequence_int8_matmul(
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    threshold: float,
+    guard: OverflowGuard,
+    real: torch.Tensor | None = None,
+    columns: int | None = None,
+) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` by per-sequence LLM.int8 with static shapes (see the module docstring).
+
+    ``x`` [B, T, K] (B sequences) or [N, K] (one sequence); ``weight_int8`` [O, K] and
+    ``weight_scale`` [O]: bitsandbytes' CB and SCB; ``real`` [B, T] bool: the positions that choose
+    outlier columns (None: all); ``guard`` records a call whose union of owned columns exceeds
+    ``columns`` (default ``STATIC_OUTLIER_COLUMNS``)."""
+    ops = torch.ops.bitsandbytes
+    shape, width = x.shape, x.shape[-1]
+    sequences = x if x.dim() == 3 else x.reshape(1, -1, width)
+    half = sequences.to(torch.float16)
+    outlier = half.abs() >= threshold  # [B, T, K]
+    # 1. the row statistics bitsandbytes computes with a threshold: outlier elements left out
+    quantized, row_scale, _ = ops.int8_vectorwise_quant.default(half.masked_fill(outlier, 0).view(-1, width), 0.0)
+    # 2. each sequence's own columns leave its int8 rows
+    seen = outlier if real is None else outlier & real.to(outlier.device).unsqueeze(-1)
+    owns = seen.any(1)  # [B, K]
+    quantized = quantized.view(sequences.shape).masked_fill(owns.unsqueeze(1), 0).view(-1, width)
+    out: torch.Tensor = ops.int8_scaled_mm.default(  # torch.ops' operators are untyped
+        quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=x.dtype
+    )
+    # 3. the float part over a fixed number of columns: every owned one, unless the union overflows
+    union = owns.any(0)
+    take = min(STATIC_OUTLIER_COLUMNS if columns is None else columns, width)
+    _, index = union.to(torch.float16).topk(take)  # the union's columns first (ties: any order)
+    guard.record(union.sum() > take)
+    kept = owns.index_select(1, index).unsqueeze(1)  # [B, 1, take]: a sequence keeps only its own
+    values = sequences.index_select(2, index).masked_fill(~kept, 0).view(-1, take)
+    dequantized = ops.int8_vectorwise_dequant.default(weight_int8.index_select(1, index), weight_scale)
+    out.addmm_(values, dequantized.to(x.dtype).t())
+    return out.view(*shape[:-1], -1)

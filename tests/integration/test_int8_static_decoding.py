@@ -1,0 +1,86 @@
+"""Decoding an LLM.int8 model on the static path (models/int8_static.py), run here on the CPU as it
+runs on CUDA: the same tokens as the exact per-sequence path, and a batch whose outlier columns
+overflow the static width is decoded again on the exact path, saying so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from integration_support import load_variant
+
+from quant_fixtures.compute.decoding import static_greedy
+from quant_fixtures.compute.generation import _left_pad, eos_token_ids, pad_token_id
+from quant_fixtures.models import int8_per_sequence, int8_static
+
+pytest.importorskip("bitsandbytes")
+
+STEPS = 12
+# Below the default 6.0 so that the tiny random model has outlier columns in most layers.
+THRESHOLD = 2.5
+
+
+@pytest.fixture(scope="module")
+def int8_model(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import bitsandbytes as bnb
+
+    loaded = load_variant(tiny_models["llama"], "int8", tmp_path_factory.mktemp("digests"))
+    for module in loaded.model.modules():
+        if isinstance(module, bnb.nn.Linear8bitLt):
+            module.state.threshold = THRESHOLD
+    return loaded
+
+
+def _batch(loaded: Any) -> tuple[torch.Tensor, torch.Tensor, set[int]]:
+    prompts = [
+        "The capital of France is",
+        "Quantization maps weights to fewer bits, and",
+        "1 2 3 4 5",
+    ]
+    rows = [loaded.tokenizer(p)["input_ids"] for p in prompts]
+    ids, mask = _left_pad(rows, pad_token_id(loaded.model, loaded.tokenizer), torch.device("cpu"))
+    return ids, mask, eos_token_ids(loaded.model, loaded.tokenizer)
+
+
+@pytest.fixture
+def static_on_cpu(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Turns the static path on for the CPU and counts the layer calls that take it."""
+    monkeypatch.setattr(int8_static, "STATIC_DEVICE_TYPES", frozenset({"cuda", "cpu"}))
+    calls = [0]
+    original = int8_per_sequence.static_per_sequence_int8_matmul
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(int8_per_sequence, "static_per_sequence_int8_matmul", counted)
+    return calls
+
+
+def test_static_decoding_gives_the_tokens_of_the_exact_path(int8_model: Any, static_on_cpu: list[int]) -> None:
+    ids, mask, eos = _batch(int8_model)
+    exact, exact_how = _exact(int8_model.model, ids, mask, eos)
+    ours, how = static_greedy(int8_model.model, ids, mask, STEPS, eos, use_graph=False)
+    assert static_on_cpu[0] > 0  # the layers took the static path
+    assert how == exact_how == "eager"
+    assert torch.equal(ours, exact)
+
+
+def test_an_overflowing_batch_is_decoded_again_exactly(
+    int8_model: Any, static_on_cpu: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, mask, eos = _batch(int8_model)
+    exact, _ = _exact(int8_model.model, ids, mask, eos)
+    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 1)  # narrower than any layer's union
+    ours, how = static_greedy(int8_model.model, ids, mask, STEPS, eos, use_graph=False)
+    assert static_on_cpu[0] > 0
+    assert "exact path" in how
+    assert torch.equal(ours, exact)
+
+
+def _exact(model: Any, ids: torch.Tensor, mask: torch.Tensor, eos: set[int]) -> tuple[torch.Tensor, str]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(int8_static, "STATIC_DEVICE_TYPES", frozenset())
+        return static_greedy(model, ids, mask, STEPS, eos, use_graph=False)

@@ -1,0 +1,101 @@
+"""Per-sequence LLM.int8 with static shapes (models/int8_static.py) on one bitsandbytes layer, on
+the CPU: each sequence of a padded batch gets what bitsandbytes' own layer gives it alone (up to float
+summation order), and a union of outlier columns wider than the static width is flagged, never
+silently cut."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+bnb = pytest.importorskip("bitsandbytes")
+
+from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, real_tokens  # noqa: E402
+from quant_fixtures.models.int8_static import (  # noqa: E402
+    OverflowGuard,
+    static_outlier_columns,
+    static_per_sequence_int8_matmul,
+)
+
+
+@pytest.fixture
+def layer() -> Any:
+    torch.manual_seed(0)
+    module = bnb.nn.Linear8bitLt(64, 48, bias=True, has_fp16_weights=False, threshold=6.0)
+    module.weight = bnb.nn.Int8Params(
+        torch.randn(48, 64, dtype=torch.float16), requires_grad=False, has_fp16_weights=False
+    )
+    module.bias = torch.nn.Parameter(torch.randn(48) * 0.1)
+    return module.to("cpu").eval()
+
+
+def _padded_batch() -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    torch.manual_seed(1)
+    lengths = [5, 8, 3]
+    width = max(lengths)
+    x = torch.randn(len(lengths), width, 64) * 1.5
+    mask = torch.zeros(len(lengths), width, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, width - n :] = True
+    x[0, 4, 3], x[1, 2, 10], x[1, 7, 3], x[2, 6, 20] = 9.0, -8.0, 6.5, 7.0  # own columns per sequence
+    x[2, 0, 40] = 50.0  # in sequence 2's padding: chooses nothing
+    return x, mask, lengths
+
+
+def test_each_sequence_gets_what_bitsandbytes_gives_it_alone(layer: Any) -> None:
+    x, mask, lengths = _padded_batch()
+    width = x.shape[1]
+    with torch.inference_mode():
+        alone = [layer(x[i : i + 1, width - n :])[0] for i, n in enumerate(lengths)]
+        stock = layer(x)
+        install_per_sequence_int8(layer)
+        guard = OverflowGuard("cpu")
+        with real_tokens(mask), static_outlier_columns(guard):
+            ours = layer(x)
+    assert not guard.overflowed()
+    for i, n in enumerate(lengths):
+        scale = float(alone[i].abs().max())
+        # the same terms in another order: float32 rounding of the sum, far below int8's own error
+        assert float((ours[i, width - n :] - alone[i]).abs().max()) <= 1e-5 * scale
+    control = max(float((stock[i, width - n :] - alone[i]).abs().max()) for i, n in enumerate(lengths))
+    assert control > 1e-2  # bitsandbytes' own batch picks columns over every row and moves them
+
+
+def test_static_and_dynamic_paths_agree_on_one_sequence(layer: Any) -> None:
+    x = torch.randn(6, 64) * 2
+    x[2, 5], x[4, 33] = 11.0, -7.5
+    with torch.inference_mode():
+        alone = layer(x)
+        install_per_sequence_int8(layer)
+        ours = static_per_sequence_int8_matmul(
+            x, layer.state.CB, layer.state.SCB, layer.bias, 6.0, OverflowGuard("cpu"), columns=4
+        )
+    assert ours.shape == alone.shape
+    assert float((ours - alone).abs().max()) <= 1e-5 * float(alone.abs().max())
+
+
+def test_a_union_wider_than_the_static_columns_is_flagged(layer: Any) -> None:
+    x = torch.randn(2, 3, 64)
+    x[0, 0, :3] = 9.0
+    x[1, 1, 10:13] = -9.0  # six outlier columns in the batch
+    with torch.inference_mode():
+        layer(x)  # bitsandbytes moves the int8 rows into the layer's state on first use
+        fits, cut = OverflowGuard("cpu"), OverflowGuard("cpu")
+        static_per_sequence_int8_matmul(x, layer.state.CB, layer.state.SCB, layer.bias, 6.0, fits, columns=6)
+        static_per_sequence_int8_matmul(x, layer.state.CB, layer.state.SCB, layer.bias, 6.0, cut, columns=5)
+    assert not fits.overflowed()
+    assert cut.overflowed()
+    cut.reset()
+    assert not cut.overflowed()
+
+
+def test_without_a_guard_the_layer_takes_the_exact_path(layer: Any) -> None:
+    x, mask, _ = _padded_batch()
+    install_per_sequence_int8(layer)
+    with torch.inference_mode(), real_tokens(mask):
+        exact = layer(x)
+        with static_outlier_columns(None):
+            again = layer(x)
+    torch.testing.assert_close(again, exact, rtol=0, atol=0)
