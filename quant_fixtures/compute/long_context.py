@@ -24,6 +24,8 @@ What is read is what a user's model reads, whatever the chunk length:
   everything before it. Fed the key's tokens, the argmax at each step is what greedy decoding
   produces while it follows the key, so "every step's argmax is the key's token" is exactly
   "greedy decoding of the answer's length produces the key" (tested against ``model.generate``).
+  On CUDA, LLM.int8 layers take their static-shape path in these one-position calls (no host sync
+  per layer, models/int8_static.py); a read in which one overflowed it is read again exactly.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ from quant_fixtures.models.int8_per_sequence import (
     WholeSequenceColumns,
     amplifies_float_noise,
     has_batch_dependent_int8,
+    static_int8_applies,
     whole_sequence_columns,
 )
+from quant_fixtures.models.int8_static import OverflowGuard, static_outlier_columns
 
 
 @dataclass
@@ -111,11 +115,19 @@ def score_in_chunks(
     settled = [True] * len(windows)
     chunked = [False] * len(windows)
     hook_time = [0.0]
+    static_reruns = [0]
     cache_arg = cache_argument(model)
+    # LLM.int8's one-position calls on the static path (no host sync per layer: int8_static.py)
+    guard = OverflowGuard(device) if static_int8_applies(model, device) else None
 
     def run(batch: list[int]) -> None:
         def read(
-            index: int, calls: list[tuple[int, int]], prefill: int, columns: WholeSequenceColumns | None, scoring: bool
+            index: int,
+            calls: list[tuple[int, int]],
+            prefill: int,
+            columns: WholeSequenceColumns | None,
+            scoring: bool,
+            static: OverflowGuard | None = None,
         ) -> float:
             w = windows[index]
             tokens = token_ids[w.begin : w.end].to(device)
@@ -126,7 +138,11 @@ def score_in_chunks(
             cache = {cache_arg: DynamicCache(config=model.config)}
             total = torch.zeros(1, dtype=torch.float64, device=out)
             for lo, hi in calls:
-                with whole_sequence_columns(columns if lo < prefill else None):
+                reading_prefill = lo < prefill
+                with (
+                    whole_sequence_columns(columns if reading_prefill else None),
+                    static_outlier_columns(None if reading_prefill else static),
+                ):
                     hidden = model.base_model(
                         input_ids=input_ids[lo:hi].unsqueeze(0), use_cache=True, **cache
                     ).last_hidden_state
@@ -148,16 +164,29 @@ def score_in_chunks(
             del cache
             return float(total.item()) if scoring else 0.0
 
+        def scored_read(
+            index: int, calls: list[tuple[int, int]], prefill: int, columns: WholeSequenceColumns | None
+        ) -> float:
+            """A scoring read; read again on the exact path if a static call overflowed."""
+            for static in (guard, None) if guard is not None else (None,):
+                if hook is not None and hasattr(hook, "reset"):
+                    hook.reset(batch)
+                if static is not None:
+                    static.reset()
+                value = read(index, calls, prefill, columns, True, static)
+                if static is None or not static.overflowed():
+                    break
+                static_reruns[0] += 1
+            return value
+
         (index,) = batch
         w = windows[index]
         n_inputs = w.length - 1
         prefill = n_inputs if decode_from is None else min(max(decode_from[index], 1), n_inputs)
         reads[index] = 0
         if int8 and prefill > chunk_tokens and whole_first:  # LLM.int8: the prefill at once where memory allows
-            if hook is not None and hasattr(hook, "reset"):
-                hook.reset(batch)
             try:
-                nll[index], reads[index] = read(index, _calls(n_inputs, prefill, prefill), prefill, None, True), 1
+                nll[index], reads[index] = scored_read(index, _calls(n_inputs, prefill, prefill), prefill, None), 1
             except Exception as exc:  # out of memory: read in chunks below (anything else is raised)
                 if not is_out_of_memory(exc):
                     raise
@@ -178,9 +207,7 @@ def score_in_chunks(
         while True:
             if columns is not None:
                 columns.next_read()
-            if hook is not None and hasattr(hook, "reset"):
-                hook.reset(batch)
-            nll[index] = read(index, calls, prefill, columns, scoring=True)
+            nll[index] = scored_read(index, calls, prefill, columns)
             reads[index] += 1
             if columns is None or columns.agrees():
                 break
@@ -197,6 +224,11 @@ def score_in_chunks(
         )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    if static_reruns[0] and log is not None:
+        log.notes.append(
+            f"{stage}: {static_reruns[0]} sequences read again on LLM.int8's exact path (their one-position "
+            "calls had more outlier columns than the static path takes)"
+        )
     if not all(math.isfinite(v) for v in nll):
         bad = [i for i, v in enumerate(nll) if not math.isfinite(v)]
         raise FloatingPointError(f"{stage}: non-finite NLL in sequences {bad[:10]}: the model produced NaN/inf")

@@ -116,7 +116,7 @@ def static_per_sequence_int8_matmul(
     _, index = union.to(torch.float16).topk(take)  # the union's columns first (ties: any order)
     guard.record(union.sum() > take)
     kept = owns.index_select(1, index).unsqueeze(1)  # [B, 1, take]: a sequence keeps only its own
-    values = sequences.index_select(2, index).masked_fill(~kept, 0).view(-1, take)
+    values = sequences.index_select(2, index).masked_fill(~kept, 0).view(quantized.shape[0], take)
     dequantized = ops.int8_vectorwise_dequant.default(weight_int8.index_select(1, index), weight_scale)
     out.addmm_(values, dequantized.to(x.dtype).t())
     return out.view(*shape[:-1], -1)

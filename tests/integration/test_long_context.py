@@ -163,3 +163,36 @@ def test_a_probe_answer_read_token_by_token_is_what_generate_decodes(
     recorder = ArgmaxRecorder()
     score_in_chunks(model, ids, [window], chunk, "long context", recorder, decode_from=[prompt.numel()])
     assert recorder.argmax == generated.tolist()
+
+
+def test_int8_one_position_calls_on_the_static_path_give_the_exact_numbers(
+    int8_with_outliers, wikitext_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer positions read one per call take LLM.int8's static-shape path on CUDA (run here on
+    the CPU): the numbers of the exact path; a read whose calls overflow the static width is read
+    again exactly, and the log says so."""
+    from quant_fixtures.compute.memory import BatchLog
+    from quant_fixtures.models import int8_per_sequence, int8_static
+
+    model = int8_with_outliers["llama"]
+    decode_from = [300, 350]
+    exact = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=64, stage="long context", decode_from=decode_from)
+    calls = [0]
+    original = int8_per_sequence.static_per_sequence_int8_matmul
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(int8_static, "STATIC_DEVICE_TYPES", frozenset({"cpu"}))
+    monkeypatch.setattr(int8_per_sequence, "static_per_sequence_int8_matmul", counted)
+    static = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=64, stage="long context", decode_from=decode_from)
+    assert calls[0] > 0
+    assert static.window_nll == pytest.approx(exact.window_nll, rel=1e-6)
+    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 0)  # every call with an outlier overflows
+    log = BatchLog()
+    again = score_in_chunks(
+        model, wikitext_ids, LONG, chunk_tokens=64, stage="long context", decode_from=decode_from, log=log
+    )
+    assert any("read again on LLM.int8's exact path" in note for note in log.notes)
+    assert again.window_nll == pytest.approx(exact.window_nll, rel=1e-6)
