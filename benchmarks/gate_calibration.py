@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -52,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from quant_fixtures.metrics.decision import clopper_pearson_lower, clopper_pearson_upper, family_alpha  # noqa: E402
 from quant_fixtures.report.gates import evaluate_gates  # noqa: E402
 from quant_fixtures.report.release import release_verdict  # noqa: E402
+from quant_fixtures.report.schema import EvaluationDocument  # noqa: E402
 
 NO_HARM = 4  # last-bit variants
 HARM_SIGMA = 0.05  # planted harm: weight noise in units of each tensor's standard deviation
@@ -227,7 +229,7 @@ def scenario(pools: list[dict[str, list]], limits: dict[str, float], runs: int, 
     for i in range(runs):
         doc = run_document(pools[i % len(pools)], rng)
         gates = evaluate_gates(limits, doc, ALPHA, family_alpha(ALPHA, len(limits)))
-        verdict = release_verdict({"smollm2": {"run": _Doc(gates)}})
+        verdict = release_verdict({"smollm2": {"run": cast(EvaluationDocument, _Doc(gates))}})  # reads only .gates
         counts[verdict.verdict] += 1
         for g in gates:
             fails[g.metric] = fails.get(g.metric, 0) + g.failed
@@ -279,7 +281,7 @@ def main() -> int:
     }
     no_harm = [pools[n] for n in pools if n.startswith("noharm")]
     harm, probes = pools["harm"], pools["harm_probes"]
-    scenarios: dict[str, object] = {
+    scenarios: dict[str, dict[str, object]] = {
         "no_harm": scenario(no_harm, SEED_LIMITS, args.runs, 1),
         "at_limit": scenario([harm], {g: truths["harm"][g] for g in HARM_GATES}, args.runs, 2),
         "at_limit_retrieval": scenario(
@@ -296,7 +298,7 @@ def main() -> int:
     record["seconds"] = round(time.time() - started, 1)
     record["pools_measured_by_this_run"] = MEASURED_HERE  # the others were read back from --work
     args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: v.get("joint_fail") for k, v in scenarios.items()}, indent=1))  # type: ignore[union-attr]
+    print(json.dumps({k: v.get("joint_fail") for k, v in scenarios.items()}, indent=1))
     return 0
 
 

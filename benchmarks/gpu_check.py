@@ -30,12 +30,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from matrix import measure  # noqa: E402
+if TYPE_CHECKING:  # mypy names the scripts from the root; at run time benchmarks/ is on sys.path
+    from benchmarks.matrix import measure
+else:
+    from matrix import measure
 
 from quant_fixtures.compute.memory import STRICT_ENV  # noqa: E402
 

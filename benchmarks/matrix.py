@@ -19,12 +19,21 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quant_fixtures.report.schema import EvaluationDocument, SchemaError, read_document  # noqa: E402
 from quant_fixtures.session.context import STAGE_ROWS  # noqa: E402
+
+
+class GpuSummary(TypedDict):
+    """What the sampler saw: per GPU index its mean utilization (%) and most memory used (GiB)."""
+
+    gpus: list[int]
+    samples: int
+    busy_pct: dict[int, float]
+    max_used_gib: dict[int, float]
 
 
 class GpuSampler:
@@ -65,7 +74,7 @@ class GpuSampler:
             self.proc.terminate()
             self.proc.wait()
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> GpuSummary:
         gpus = sorted({s[1] for s in self.samples})
         per_gpu = {g: [s for s in self.samples if s[1] == g] for g in gpus}
         return {

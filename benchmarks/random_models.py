@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SEED_CONFIGS = {
+SEED_CONFIGS: dict[str, dict[str, Any]] = {  # AutoConfig.for_model arguments
     "mistral7b": dict(
         model_type="mistral",
         hidden_size=4096,

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from quant_fixtures import cpu_kernels  # noqa: E402
 from quant_fixtures.report.reproduction import documents_of, measure, write_record  # noqa: E402
+from quant_fixtures.settings import RunSettings  # noqa: E402
 
 BATCH_OPTIONS = ("--batch-size", "--gen-batch-size")
 
@@ -56,21 +57,21 @@ OTHER_KIND = "native-kernels"  # the run that stands for another kind of process
 def configurations(args: list[str], cuda: bool) -> dict[str, tuple[list[str], dict[str, str]]]:
     """label -> (pytest arguments, environment additions)."""
     other_batches = [*without_options(args, BATCH_OPTIONS), "--batch-size=2", "--gen-batch-size=12"]
-    runs = {"as-given": (args, {}), "other-batches": (other_batches, {})}
+    runs: dict[str, tuple[list[str], dict[str, str]]] = {"as-given": (args, {}), "other-batches": (other_batches, {})}
     if not cuda:
         runs["one-thread"] = (args, {"OMP_NUM_THREADS": "1"})
         runs[OTHER_KIND] = (args, {cpu_kernels.MODE_ENV: "native"})
     return runs
 
 
-def snapshot_settings(args: list[str]):
+def snapshot_settings(args: list[str]) -> RunSettings:
     """The run settings these pytest arguments give (collected in-process, nothing evaluated)."""
     import pytest
 
     from quant_fixtures.plugin.cli import settings_of
 
     class Grab:
-        settings = None
+        settings: RunSettings | None = None
 
         def pytest_collection_finish(self, session: pytest.Session) -> None:
             Grab.settings = settings_of(session.config)

@@ -46,7 +46,12 @@ def _check_recorded(benchmark: BenchmarkFixture, rounds: int) -> None:
     assert len(timings) == rounds and all(t > 0 for t in timings), timings
 
 
-def test_perplexity_pass(benchmark, bench_model, bench_settings: BenchSettings, quant_session) -> None:
+def test_perplexity_pass(
+    benchmark: BenchmarkFixture,
+    bench_model: tuple[str, str, LoadedModel],
+    bench_settings: BenchSettings,
+    quant_session: EvaluationSession,
+) -> None:
     model, variant_key, loaded = bench_model
     ids, windows = _corpus(quant_session, model, bench_settings)
     batch = min(len(windows), quant_session.settings.perplexity.batch_size)
@@ -72,7 +77,12 @@ def test_perplexity_pass(benchmark, bench_model, bench_settings: BenchSettings, 
 
 
 @pytest.mark.quant_variants("fp16")
-def test_hf_guide_strided_loop(benchmark, bench_model, bench_settings: BenchSettings, quant_session) -> None:
+def test_hf_guide_strided_loop(
+    benchmark: BenchmarkFixture,
+    bench_model: tuple[str, str, LoadedModel],
+    bench_settings: BenchSettings,
+    quant_session: EvaluationSession,
+) -> None:
     """The guide's loop (stride = ctx / 4, one window per forward) over the same tokens."""
     model, variant_key, loaded = bench_model
     ids, windows = _corpus(quant_session, model, bench_settings)
@@ -90,7 +100,12 @@ def test_hf_guide_strided_loop(benchmark, bench_model, bench_settings: BenchSett
     )
 
 
-def test_batched_generation(benchmark, bench_model, bench_settings: BenchSettings, quant_session) -> None:
+def test_batched_generation(
+    benchmark: BenchmarkFixture,
+    bench_model: tuple[str, str, LoadedModel],
+    bench_settings: BenchSettings,
+    quant_session: EvaluationSession,
+) -> None:
     model, variant_key, loaded = bench_model
     prompts = quant_session.prompt_suite.prompts()[: bench_settings.prompts]
     ids = [

@@ -82,7 +82,7 @@ def length_batches(lengths: Sequence[int], batch_size: int, shift: int = 0) -> l
     return head + [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
 
 
-def truncate_response(tokens: Sequence[int], max_new_tokens: int, eos: set[int]) -> list[int]:
+def truncate_response(tokens: Sequence[int] | torch.Tensor, max_new_tokens: int, eos: set[int]) -> list[int]:
     """The response as a user would see it: at most max_new_tokens, ending at the first EOS (kept)."""
     out: list[int] = []
     for token in list(tokens)[:max_new_tokens]:

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from quant_fixtures.json_types import JsonObject, JsonValue
+from quant_fixtures.json_types import JsonValue
 from quant_fixtures.report.gates import UNDECIDED
 from quant_fixtures.report.schema import EvaluationDocument
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
     from quant_fixtures.plugin.snapshot_extension import HarmSnapshot
@@ -53,7 +54,7 @@ def assert_gate(document: EvaluationDocument, metric: str, mode: str = "enforce"
                 pytest.fail(f"gate UNDECIDED (undecided = 'fail'): {line}", pytrace=False)
 
 
-def assert_harm_snapshot(summary: JsonObject, harm: HarmSnapshot, config: pytest.Config) -> None:
+def assert_harm_snapshot(summary: Mapping[str, object], harm: HarmSnapshot, config: pytest.Config) -> None:
     """Compare with the committed snapshot of this machine's hardware kind or, where that kind has
     none, with those of other kinds at the tolerance measured across kinds (never a skip). A failure
     lists only what moved beyond tolerance and where each snapshot was made; a missing snapshot says
@@ -113,7 +114,7 @@ def _not_comparable_across_kinds(path: Path) -> str | None:
 
 
 def _difference_message(
-    summary: JsonObject, recalled: object, name: str, harm: HarmSnapshot, across_kinds: bool
+    summary: Mapping[str, object], recalled: object, name: str, harm: HarmSnapshot, across_kinds: bool
 ) -> str:
     import json
 

@@ -26,5 +26,5 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pad_token_id=0,
     )
     path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).to(torch.float16).save_pretrained(path)
+    LlamaForCausalLM(config).to(torch.float16).save_pretrained(path)  # type: ignore[arg-type]  # transformers types the wrapped .to() as unbound
     return path

@@ -39,7 +39,7 @@ def _prompts(rows: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("variant", ["fp16", "nf4"])
-def test_captured_decoding_gives_the_eager_and_generate_tokens(tiny_llama: Path, variant) -> None:
+def test_captured_decoding_gives_the_eager_and_generate_tokens(tiny_llama: Path, variant: str) -> None:
     from quant_fixtures.compute.decoding import can_capture, static_greedy
 
     model = _load(tiny_llama, variant)

@@ -5,6 +5,7 @@ against them, both directions, matches a plain full-softmax computation within 1
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def _load(path, nf4: bool):
+def _load(path: Path, nf4: bool) -> Any:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     quant = (
@@ -25,7 +26,7 @@ def _load(path, nf4: bool):
     ).eval()
 
 
-def _kl(logp, logq):
+def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     p = logp.exp()
     return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
 

@@ -4,6 +4,7 @@ copies each weight to the host and back first): same int8 rows, same scales, sam
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def _load(path: Path):
+def _load(path: Path) -> Any:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     return AutoModelForCausalLM.from_pretrained(

@@ -5,14 +5,18 @@ left padding, and a real model's per-sequence KL to FP16 scored in one padded ba
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
+if TYPE_CHECKING:
+    import bitsandbytes as bnb
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-def _layer(seed: int = 0):
+def _layer(seed: int = 0) -> bnb.nn.Linear8bitLt:
     import bitsandbytes as bnb
 
     torch.manual_seed(seed)
@@ -65,10 +69,11 @@ def test_a_batch_of_one_length_matches_one_sequence_alone(tiny_llama: Path) -> N
     from transformers import AutoModelForCausalLM
 
     from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, real_tokens, remove_per_sequence_int8
+    from quant_fixtures.settings import LoadSettings
     from quant_fixtures.variants import VARIANTS
 
     int8 = AutoModelForCausalLM.from_pretrained(
-        tiny_llama, dtype=torch.float16, device_map="cuda:0", **VARIANTS["int8"].load_kwargs(None)
+        tiny_llama, dtype=torch.float16, device_map="cuda:0", **VARIANTS["int8"].load_kwargs(LoadSettings("cuda:0"))
     ).eval()
     assert install_per_sequence_int8(int8) > 0 and VARIANTS["int8"].batch_invariant
     with torch.no_grad():

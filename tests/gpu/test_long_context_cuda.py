@@ -6,9 +6,13 @@ few hidden dimensions so that some tokens cross LLM.int8's threshold and others 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from quant_fixtures.compute.scoring import ScoredChunk
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -16,14 +20,15 @@ OUTLIER_DIMS = [3, 17, 40, 58, 101]
 
 
 @pytest.fixture(scope="module")
-def int8_with_outliers(tiny_llama: Path):
+def int8_with_outliers(tiny_llama: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8
+    from quant_fixtures.settings import LoadSettings
     from quant_fixtures.variants import VARIANTS
 
     model = AutoModelForCausalLM.from_pretrained(
-        tiny_llama, dtype=torch.float16, device_map="cuda:0", **VARIANTS["int8"].load_kwargs(None)
+        tiny_llama, dtype=torch.float16, device_map="cuda:0", **VARIANTS["int8"].load_kwargs(LoadSettings("cuda:0"))
     ).eval()
     with torch.no_grad():
         for layer in model.model.layers:
@@ -33,7 +38,7 @@ def int8_with_outliers(tiny_llama: Path):
     return model
 
 
-def test_int8_in_chunks_equals_the_whole_read_on_cuda(int8_with_outliers, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_int8_in_chunks_equals_the_whole_read_on_cuda(int8_with_outliers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from quant_fixtures.compute.long_context import score_in_chunks
     from quant_fixtures.metrics.perplexity import Window
 
@@ -50,7 +55,7 @@ def test_int8_in_chunks_equals_the_whole_read_on_cuda(int8_with_outliers, monkey
     assert ours < 1e-3  # float16 sums in another order (the KV cache) at most
 
 
-def test_a_probe_answer_read_token_by_token_is_what_generate_decodes_on_cuda(int8_with_outliers) -> None:
+def test_a_probe_answer_read_token_by_token_is_what_generate_decodes_on_cuda(int8_with_outliers: Any) -> None:
     from quant_fixtures.compute.long_context import score_in_chunks
     from quant_fixtures.metrics.perplexity import Window
 
@@ -65,7 +70,7 @@ def test_a_probe_answer_read_token_by_token_is_what_generate_decodes_on_cuda(int
         )[0, prompt.numel() :]
     argmax: list[int] = []
 
-    def record(chunk) -> None:
+    def record(chunk: ScoredChunk) -> None:
         argmax.extend(chunk.logp[0].argmax(-1)[chunk.mask[0]].tolist())
 
     ids = torch.cat([prompt, generated]).cpu()

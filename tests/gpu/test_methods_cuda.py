@@ -5,6 +5,7 @@ FP16's. A missing package skips with its install command."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -12,6 +13,9 @@ import torch
 from quant_fixtures.config import ModelSpec
 from quant_fixtures.settings import LoadSettings
 from quant_fixtures.variants import VARIANTS
+
+if TYPE_CHECKING:
+    from quant_fixtures.models.loading import LoadedModel
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -41,7 +45,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pad_token_id=0,
         initializer_range=0.05,
     )
-    LlamaForCausalLM(config).to(torch.float16).save_pretrained(path)
+    LlamaForCausalLM(config).to(torch.float16).save_pretrained(path)  # type: ignore[arg-type]  # transformers types the wrapped .to() as unbound
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 1024)}}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
@@ -53,7 +57,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _load(path: Path, key: str):
+def _load(path: Path, key: str) -> LoadedModel:
     from quant_fixtures.models.loading import load_model
     from quant_fixtures.models.sources import resolve_model
 
@@ -62,18 +66,18 @@ def _load(path: Path, key: str):
 
 
 @pytest.fixture(scope="module")
-def fp16(model_dir: Path):
+def fp16(model_dir: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
     loaded = _load(model_dir, "fp16")
     tokens = torch.randint(3, 1024, (4, 64), generator=torch.Generator().manual_seed(0)).cuda()
     with torch.inference_mode():
         reference = torch.log_softmax(loaded.model(tokens).logits.double(), -1)
     footprint = loaded.footprint_bytes
-    loaded.model = None
+    del loaded.model  # its one reference: the FP16 model goes before the methods load
     return tokens, reference, footprint
 
 
 @pytest.mark.parametrize("key", [k for k, v in VARIANTS.items() if not v.is_baseline])
-def test_method_runs_on_cuda(key, model_dir: Path, fp16) -> None:
+def test_method_runs_on_cuda(key: str, model_dir: Path, fp16: tuple[torch.Tensor, torch.Tensor, int]) -> None:
     reason = VARIANTS[key].unavailable_reason("cuda")
     if reason:
         pytest.skip(reason)

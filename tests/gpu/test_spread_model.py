@@ -5,14 +5,18 @@ its GPU) gives the numbers of the same model on one GPU: perplexity windows, gen
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import torch
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")]
 
 
-def _load(path, **placement):
+def _load(path: Path, **placement: object) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float16, **placement).eval()
@@ -37,12 +41,13 @@ def test_spread_model_gives_the_one_gpu_numbers(tiny_llama: Path) -> None:
     class Tok:
         pad_token_id, eos_token_id = 0, 2
 
+    tok = cast("PreTrainedTokenizerBase", Tok())  # greedy_generate reads only the two token ids
     prompts = [ids[i : i + 5 + i % 7].tolist() for i in range(0, 60, 6)]
     limits = [12] * len(prompts)
-    assert greedy_generate(spread, Tok(), prompts, limits, 4) == greedy_generate(one, Tok(), prompts, limits, 4)
-    got = {}
+    assert greedy_generate(spread, tok, prompts, limits, 4) == greedy_generate(one, tok, prompts, limits, 4)
+    got: dict[int, torch.Tensor] = {}
     response_logits(spread, prompts, [[3, 4, 5]] * len(prompts), 4, 0, lambda i, lg, _h: got.__setitem__(i, lg))
-    want = {}
-    response_logits(one, prompts, [[3, 4, 5]] * len(prompts), 4, 0, lambda i, lg: want.__setitem__(i, lg))
+    want: dict[int, torch.Tensor] = {}
+    response_logits(one, prompts, [[3, 4, 5]] * len(prompts), 4, 0, lambda i, lg, _h: want.__setitem__(i, lg))
     for i in want:
         torch.testing.assert_close(got[i].to(want[i].device), want[i], rtol=1e-2, atol=1e-2)

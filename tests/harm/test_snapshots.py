@@ -8,16 +8,31 @@ these settings (tests/harm/reproduction/, made by benchmarks/snapshot_noise.py) 
 `pytest --snapshot-update` and commit the snapshot file.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
 
 from quant_fixtures.plugin.assertions import assert_harm_snapshot
 from quant_fixtures.report.reproduction import read_record
 from quant_fixtures.report.snapshot import harm_summary, settings_tag
 
+if TYPE_CHECKING:
+    from quant_fixtures.plugin.snapshot_extension import HarmSnapshot
+    from quant_fixtures.report.schema import EvaluationDocument
+    from quant_fixtures.session.orchestrator import EvaluationSession
+
 REPRODUCTION = Path(__file__).parent / "reproduction"
 
 
-def test_harm_summary_matches_snapshot(model_documents, harm_snapshot, quant_session, pytestconfig) -> None:
+def test_harm_summary_matches_snapshot(
+    model_documents: dict[str, EvaluationDocument],
+    harm_snapshot: HarmSnapshot,
+    quant_session: EvaluationSession,
+    pytestconfig: pytest.Config,
+) -> None:
     model = next(iter(model_documents.values())).model.key
     record = read_record(REPRODUCTION, model, settings_tag(quant_session.settings))
     floors = quant_session.suite.snapshot_tolerances

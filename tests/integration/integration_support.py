@@ -34,7 +34,7 @@ TINY_ARCHS = ("llama", "mistral", "qwen2")
 TINY_SEED = 1234
 # Small but real: 64-wide (a multiple of bitsandbytes' 4-bit block of 64), 2 layers, grouped-query
 # attention (4 query heads, 2 key/value heads of width 16), a 128-wide MLP.
-TINY_DIMS = dict(
+TINY_DIMS: dict[str, Any] = dict(  # the config classes' keyword arguments
     vocab_size=SMOLLM2_VOCAB,
     hidden_size=64,
     intermediate_size=128,
@@ -233,8 +233,9 @@ def run_suite(
     return pytester.runpytest_inprocess(*args)
 
 
-def report(results: Path, variant: str) -> dict:
-    return json.loads((results / f"{variant}_quantized_tiny_evaluation.json").read_text())
+def report(results: Path, variant: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((results / f"{variant}_quantized_tiny_evaluation.json").read_text())
+    return document
 
 
 def report_files(results: Path) -> list[str]:

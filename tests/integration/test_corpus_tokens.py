@@ -24,7 +24,9 @@ def test_cached_ids_are_the_tokenizers_and_checked(tmp_path: Path, smollm2_token
     assert load_corpus_tokens(tmp_path, t, x, "joined-v2", NAMES)[0] is None  # nothing cached yet
     save_corpus_tokens(tmp_path, t, x, "joined-v2", {"ids": ids, "ends": ends})
     cached, status = load_corpus_tokens(tmp_path, t, x, "joined-v2", NAMES)
-    assert status == "ok" and torch.equal(cached["ids"], ids) and torch.equal(cached["ends"], ends)
+    assert (
+        status == "ok" and cached is not None and torch.equal(cached["ids"], ids) and torch.equal(cached["ends"], ends)
+    )
     assert load_corpus_tokens(tmp_path, "u" * 64, x, "joined-v2", NAMES)[0] is None  # another tokenizer
     assert load_corpus_tokens(tmp_path, t, "y" * 64, "joined-v2", NAMES)[0] is None  # another text
     assert load_corpus_tokens(tmp_path, t, x, "documents-v2", ("ids", "lengths"))[0] is None  # another kind

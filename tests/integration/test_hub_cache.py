@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,7 +79,8 @@ def build_hub_cache(model_dir: Path, cache: Path, repo_id: str, commit: str) -> 
 
 
 @pytest.fixture(scope="module")
-def hub_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+def hub_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """(the snapshot directory, what the script in a fresh process printed after RESULT)."""
     root = tmp_path_factory.mktemp("hub")
     snapshot = build_hub_cache(tiny_models["llama"], root / "hub-cache", REPO_ID, COMMIT)
     env = {
@@ -99,7 +101,7 @@ def hub_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     return snapshot, json.loads(line[len("RESULT ") :])
 
 
-def test_cache_is_laid_out_like_the_hub_client_writes_it(hub_run) -> None:
+def test_cache_is_laid_out_like_the_hub_client_writes_it(hub_run: tuple[Path, dict[str, Any]]) -> None:
     from huggingface_hub import scan_cache_dir
 
     snapshot, result = hub_run
@@ -113,7 +115,7 @@ def test_cache_is_laid_out_like_the_hub_client_writes_it(hub_run) -> None:
     assert result["hub_cache"] == str(snapshot.parents[2]) and result["offline"] is True
 
 
-def test_resolve_returns_the_snapshot_and_pins_the_commit(hub_run) -> None:
+def test_resolve_returns_the_snapshot_and_pins_the_commit(hub_run: tuple[Path, dict[str, Any]]) -> None:
     snapshot, result = hub_run
     assert Path(result["directory"]) == snapshot
     assert result["identity"] == f"hub:{REPO_ID}@{COMMIT}"
@@ -122,7 +124,7 @@ def test_resolve_returns_the_snapshot_and_pins_the_commit(hub_run) -> None:
     assert result["pinned"] == [str(snapshot), result["identity"]]
 
 
-def test_load_model_works_from_the_snapshot(hub_run) -> None:
+def test_load_model_works_from_the_snapshot(hub_run: tuple[Path, dict[str, Any]]) -> None:
     _, result = hub_run
     for variant, linear in (("fp16", "Linear"), ("nf4", "Linear4bit")):
         loaded = result[variant]
@@ -132,7 +134,7 @@ def test_load_model_works_from_the_snapshot(hub_run) -> None:
 
 
 @pytest.mark.parametrize("which", ["tiny-org/ghost@main", f"{REPO_ID}@v9"])
-def test_missing_model_raises_one_line_remedy(hub_run, which) -> None:
+def test_missing_model_raises_one_line_remedy(hub_run: tuple[Path, dict[str, Any]], which: str) -> None:
     _, result = hub_run
     error = result["errors"][which]
     message = error["message"]

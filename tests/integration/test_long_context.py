@@ -5,6 +5,7 @@ only what the window sees."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from integration_support import TINY_ARCHS, build_tiny_model, load_variant, plai
 
 from quant_fixtures.compute.corpus_kl import HiddenRecorder
 from quant_fixtures.compute.long_context import score_in_chunks
-from quant_fixtures.compute.scoring import score_windows
+from quant_fixtures.compute.scoring import ScoredChunk, score_windows
 from quant_fixtures.metrics.perplexity import Window
 
 WINDOWS = [Window(0, 300, 1), Window(300, 600, 301), Window(600, 900, 650)]  # the last scores from offset 50
@@ -22,7 +23,7 @@ WINDOWS = [Window(0, 300, 1), Window(300, 600, 301), Window(600, 900, 650)]  # t
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_chunks_with_a_cache_give_the_whole_sequence_forward(
-    arch, tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+    arch: str, tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
 ) -> None:
     model = load_variant(tiny_models[arch], "fp16", digest_cache, key=f"tiny-{arch}").model
     chunked = score_in_chunks(model, wikitext_ids, WINDOWS, chunk_tokens=48, stage="long context")
@@ -69,7 +70,9 @@ def test_a_bad_chunk_length_is_an_error(
 
 
 @pytest.fixture(scope="module")
-def int8_with_outliers(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any, digest_cache: Path):
+def int8_with_outliers(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any, digest_cache: Path
+) -> dict[str, Any]:
     """Per architecture, the tiny model with planted outlier features, loaded in LLM.int8."""
     root = tmp_path_factory.mktemp("tiny-outliers")
     return {
@@ -88,7 +91,7 @@ LONG = [Window(0, 400, 1), Window(400, 800, 401)]
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_int8_in_chunks_equals_the_whole_read(
-    arch, int8_with_outliers, wikitext_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+    arch: str, int8_with_outliers: dict[str, Any], wikitext_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunks of 48 give what one read of each 400-token sequence gives, because every chunk uses
     the outlier columns of the whole sequence; columns chosen per chunk (the control) do not."""
@@ -104,7 +107,7 @@ def test_int8_in_chunks_equals_the_whole_read(
 
 
 def test_int8_reads_a_prefill_at_once_and_in_chunks_only_when_that_runs_out_of_memory(
-    int8_with_outliers, wikitext_ids: torch.Tensor
+    int8_with_outliers: dict[str, Any], wikitext_ids: torch.Tensor
 ) -> None:
     """A prefill longer than a chunk is read at once; where that runs out of memory (here: a forward of
     more than 48 positions raises it), in chunks with the whole prefill's columns: the same numbers."""
@@ -112,7 +115,7 @@ def test_int8_reads_a_prefill_at_once_and_in_chunks_only_when_that_runs_out_of_m
     at_once = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=48, stage="long context")
     assert at_once.reads == [1, 1] and at_once.chunked == [False, False]
 
-    def no_room(module, args, kwargs) -> None:
+    def no_room(module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, Any]) -> None:
         if kwargs["input_ids"].shape[1] > 48:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
@@ -131,10 +134,10 @@ class ArgmaxRecorder:
     def __init__(self) -> None:
         self.argmax: list[int] = []
 
-    def reset(self, batch) -> None:
+    def reset(self, batch: Sequence[int]) -> None:
         self.argmax = []
 
-    def __call__(self, chunk) -> None:
+    def __call__(self, chunk: ScoredChunk) -> None:
         for row in range(len(chunk.windows)):
             self.argmax += chunk.logp[row].argmax(-1)[chunk.mask[row]].tolist()
 
@@ -142,7 +145,7 @@ class ArgmaxRecorder:
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 @pytest.mark.parametrize("chunk", [500, 48])
 def test_a_probe_answer_read_token_by_token_is_what_generate_decodes(
-    arch, chunk, int8_with_outliers, wikitext_ids: torch.Tensor
+    arch: str, chunk: int, int8_with_outliers: dict[str, Any], wikitext_ids: torch.Tensor
 ) -> None:
     """A probe's answer is read as greedy decoding reads it: the prompt's prefill (whole, or in chunks
     with the prompt's own outlier columns), then one token per forward pass. Fed generate's own

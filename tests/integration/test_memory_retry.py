@@ -4,7 +4,9 @@ after the hooks saw part of it) equal a run that never failed; prompt scoring li
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from quant_fixtures.compute.memory import BatchLog, GiB, MemoryBudget
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
 
 CTX = 64
+T = TypeVar("T")
 
 
 class PlannedBudget(MemoryBudget):
@@ -31,7 +34,7 @@ class PlannedBudget(MemoryBudget):
     def limit(self) -> int:
         return 64 * GiB
 
-    def probe(self, run):
+    def probe(self, run: Callable[[], T]) -> tuple[T, int]:
         return run(), GiB  # 64 GiB x 0.9 / 1 GiB: the requested size fits
 
     def chunk_elements(self, ceiling: int, floor: int, bytes_per_element: int = 16) -> int:
@@ -45,20 +48,21 @@ class PlannedBudget(MemoryBudget):
 
 
 @pytest.fixture(scope="module")
-def model(tiny_models: dict[str, Path], digest_cache: Path):
+def model(tiny_models: dict[str, Path], digest_cache: Path) -> Any:
     return load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
 
 
 @pytest.fixture(scope="module")
-def ids(wikitext_ids: torch.Tensor):
+def ids(wikitext_ids: torch.Tensor) -> torch.Tensor:
     return wikitext_ids[: CTX * 12 + 1]
 
 
 def _fail_second_chunk_of_big_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Out of memory on the second log-prob chunk of any batch of more than two windows."""
-    real, calls = scoring.output_logits, {}
+    real = scoring.output_logits
+    calls: dict[tuple[int, int], int] = {}  # (storage, rows) -> log-prob chunks computed
 
-    def output_logits(model, hidden):
+    def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
         rows = hidden.shape[0] if hidden.dim() == 3 else 1
         key = (id(hidden.untyped_storage()), rows)
         calls[key] = calls.get(key, 0) + 1
@@ -69,7 +73,9 @@ def _fail_second_chunk_of_big_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scoring, "output_logits", output_logits)
 
 
-def test_perplexity_and_corpus_kl_survive_retries_unchanged(model, ids, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_perplexity_and_corpus_kl_survive_retries_unchanged(
+    model: Any, ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     windows = nonoverlapping_windows(len(ids), CTX)
     vocab = model.get_output_embeddings().weight.shape[0]
     budget = PlannedBudget(chunk_elements=vocab * 8 * 16)  # 16 positions per chunk at 8 windows a pass
@@ -101,7 +107,7 @@ def test_perplexity_and_corpus_kl_survive_retries_unchanged(model, ids, monkeypa
 
 
 def test_one_window_that_does_not_fit_is_retried_with_smaller_chunks(
-    model, ids, monkeypatch: pytest.MonkeyPatch
+    model: Any, ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Out of memory at one window per pass halves the chunks inside the pass (the budget's scale),
     not the run: the executor retries until the chunk fits, and the numbers are those of a clean run."""
@@ -110,7 +116,7 @@ def test_one_window_that_does_not_fit_is_retried_with_smaller_chunks(
     clean = scoring.score_windows(model, ids, windows, 1, budget=PlannedBudget(chunk_elements=vocab * 64))
     real = scoring.output_logits
 
-    def output_logits(model, hidden):
+    def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
         if hidden.shape[-2] > 16:  # more than 16 positions at once does not "fit"
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
         return real(model, hidden)
@@ -126,10 +132,12 @@ def test_one_window_that_does_not_fit_is_retried_with_smaller_chunks(
     torch.testing.assert_close(torch.tensor(retried.window_nll), torch.tensor(clean.window_nll), rtol=0, atol=1e-9)
 
 
-def test_out_of_memory_at_the_smallest_chunk_is_raised(model, ids, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_of_memory_at_the_smallest_chunk_is_raised(
+    model: Any, ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     windows = nonoverlapping_windows(len(ids), CTX)[:1]
 
-    def output_logits(model, hidden) -> None:
+    def output_logits(model: Any, hidden: torch.Tensor) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(scoring, "output_logits", output_logits)

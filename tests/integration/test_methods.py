@@ -4,7 +4,9 @@ width, the logits stay near FP16's, and what the registry says about batch depen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -39,22 +41,22 @@ def test_every_cpu_capable_method_is_listed_here() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tiny_models: dict[str, Path]):
+def tiny_llama(tiny_models: dict[str, Path]) -> Path:
     return tiny_models["llama"]
 
 
 @pytest.fixture(scope="module")
-def tokens():
+def tokens() -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     return torch.randint(0, 49152, (2, 24), generator=generator)
 
 
 @pytest.fixture(scope="module")
-def variant(tiny_llama, digest_cache: Path):
+def variant(tiny_llama: Path, digest_cache: Path) -> Callable[[str], Any]:
     """Each variant loaded once for the module (tiny: they all fit)."""
-    cache = {}
+    cache: dict[str, Any] = {}
 
-    def loaded(key):
+    def loaded(key: str) -> Any:
         if key not in cache:
             reason = VARIANTS[key].unavailable_reason("cpu")
             if reason:
@@ -66,14 +68,14 @@ def variant(tiny_llama, digest_cache: Path):
 
 
 @pytest.fixture(scope="module")
-def fp16(variant, tokens):
+def fp16(variant: Callable[[str], Any], tokens: torch.Tensor) -> tuple[Any, torch.Tensor]:
     loaded = variant("fp16")
     with torch.no_grad():
         logp = torch.log_softmax(loaded.model(tokens).logits.double(), -1)
     return loaded, logp
 
 
-def _projections(model):
+def _projections(model: Any) -> list[Any]:
     layer = model.model.layers[0]
     return [
         getattr(layer.self_attn if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else layer.mlp, name)
@@ -82,7 +84,9 @@ def _projections(model):
 
 
 @pytest.mark.parametrize("key", sorted(CPU_METHODS))
-def test_method_quantizes_linear_layers_and_stays_near_fp16(key, variant, tokens, fp16) -> None:
+def test_method_quantizes_linear_layers_and_stays_near_fp16(
+    key: str, variant: Callable[[str], Any], tokens: torch.Tensor, fp16: tuple[Any, torch.Tensor]
+) -> None:
     module_type, bits = CPU_METHODS[key]
     base, reference = fp16
     loaded = variant(key)
@@ -99,7 +103,7 @@ def test_method_quantizes_linear_layers_and_stays_near_fp16(key, variant, tokens
     assert 0 < kl < KL_BOUND[bits], f"{key}: KL {kl}"
 
 
-def test_footprints_follow_bit_widths(variant, fp16) -> None:
+def test_footprints_follow_bit_widths(variant: Callable[[str], Any], fp16: tuple[Any, torch.Tensor]) -> None:
     """Each family: fewer bits, smaller footprint; the 16-bit parts of the model are the same bytes."""
     sizes = {
         k: variant(k).footprint_bytes
@@ -129,7 +133,7 @@ def test_footprints_follow_bit_widths(variant, fp16) -> None:
         assert sizes["int8"] < sizes["torchao_int8wo"] < sizes["int8"] + 8 * linear // 64
 
 
-def test_hqq_keeps_scales_and_zeros_as_counted_state(variant) -> None:
+def test_hqq_keeps_scales_and_zeros_as_counted_state(variant: Callable[[str], Any]) -> None:
     loaded = variant("hqq_4bit")
     groups = sum(p.meta["shape"][0] * p.meta["shape"][1] // 64 for p in loaded.model.modules() if hasattr(p, "W_q"))
     assert loaded.quant_state_bytes == groups * 2 * 2  # a float16 scale and zero per group of 64
@@ -137,7 +141,7 @@ def test_hqq_keeps_scales_and_zeros_as_counted_state(variant) -> None:
     assert layer.compute_dtype == torch.float32 and layer.meta["scale"].dtype == torch.float32  # upcast after
 
 
-def test_nf4_variants_keep_their_own_settings(variant) -> None:
+def test_nf4_variants_keep_their_own_settings(variant: Callable[[str], Any]) -> None:
     dq, bf16, fp4, nf4 = (variant(k) for k in ("nf4_dq", "nf4_bf16", "fp4", "nf4"))
     assert _projections(dq.model)[0].weight.quant_state.nested  # the block scales quantized again
     assert dq.quant_state_bytes != nf4.quant_state_bytes
@@ -146,7 +150,7 @@ def test_nf4_variants_keep_their_own_settings(variant) -> None:
     assert _projections(fp4.model)[0].weight.quant_state.quant_type == "fp4"
 
 
-def _outlier_batch(model, tokens):
+def _outlier_batch(model: Any, tokens: torch.Tensor) -> float:
     """The first sequence, and the same beside a sequence whose first token's embedding has one
     huge dimension (an activation outlier above LLM.int8's threshold of 6 in every layer)."""
     outlier = tokens[1].clone()
@@ -163,7 +167,7 @@ def _outlier_batch(model, tokens):
 
 
 @pytest.mark.parametrize("key", sorted(CPU_METHODS))
-def test_batch_dependence_is_as_registered(key, variant, tokens) -> None:
+def test_batch_dependence_is_as_registered(key: str, variant: Callable[[str], Any], tokens: torch.Tensor) -> None:
     """A batch-invariant variant gives a sequence the same logits whatever its neighbours (a
     batch-dependent one would be scored one sequence per pass)."""
     moved = _outlier_batch(variant(key).model, tokens)
@@ -173,7 +177,9 @@ def test_batch_dependence_is_as_registered(key, variant, tokens) -> None:
         assert moved > 1e-3, f"{key} is registered batch-dependent but did not move"
 
 
-def test_stock_llm_int8_depends_on_the_batch_and_the_loader_makes_it_per_sequence(variant, tokens) -> None:
+def test_stock_llm_int8_depends_on_the_batch_and_the_loader_makes_it_per_sequence(
+    variant: Callable[[str], Any], tokens: torch.Tensor
+) -> None:
     """bitsandbytes' own LLM.int8 moves a sequence when its neighbour has an outlier (the control);
     the loader's per-sequence outlier columns (models/int8_per_sequence.py) give it back exactly."""
     from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, remove_per_sequence_int8
@@ -189,12 +195,14 @@ def test_stock_llm_int8_depends_on_the_batch_and_the_loader_makes_it_per_sequenc
 
 
 @pytest.mark.parametrize("key", ["torchao_int4wo", "quanto_int4"])
-def test_cuda_only_method_is_refused_on_the_cpu_with_the_reason(key, tiny_llama, digest_cache: Path) -> None:
+def test_cuda_only_method_is_refused_on_the_cpu_with_the_reason(key: str, tiny_llama: Path, digest_cache: Path) -> None:
     from quant_fixtures.config import ModelSpec
     from quant_fixtures.models.sources import resolve_model
 
     if VARIANTS[key].missing_packages():
-        pytest.skip(VARIANTS[key].unavailable_reason("cpu"))
+        reason = VARIANTS[key].unavailable_reason("cpu")
+        assert reason is not None  # a missing package is a reason
+        pytest.skip(reason)
     spec = ModelSpec(key="tiny", path=str(tiny_llama))
     with pytest.raises(VariantUnavailableError, match=f"{key} runs on CUDA only, not cpu"):
         load_model(spec, resolve_model(spec, digest_cache), VARIANTS[key], CPU_OPTIONS)

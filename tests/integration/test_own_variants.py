@@ -40,7 +40,7 @@ def _toml(variants: dict[str, dict[str, object]]) -> str:
 
 
 @pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory, smollm2_converted: Any):
+def own(tmp_path_factory: pytest.TempPathFactory, smollm2_converted: Any) -> SimpleNamespace:
     """The files the variants point at, and a suite cache that reuses the session's conversion."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -59,7 +59,9 @@ def own(tmp_path_factory: pytest.TempPathFactory, smollm2_converted: Any):
     return SimpleNamespace(root=root, cache=cache, q4_file=q4_file, checkpoint=checkpoint)
 
 
-def _run(pytester: pytest.Pytester, own, variants_toml, *args):
+def _run(
+    pytester: pytest.Pytester, own: SimpleNamespace, variants_toml: dict[str, dict[str, object]], *args: str
+) -> tuple[pytest.RunResult, Path]:
     (pytester.path / "suite.toml").write_text(_toml(variants_toml))
     shutil.copy(HARM_TESTS, pytester.path / "test_release_gates.py")
     results = pytester.path / "results"
@@ -102,8 +104,8 @@ def _expected_gguf_bytes(path: Path) -> int:
     return total
 
 
-def test_own_variants_end_to_end(pytester: pytest.Pytester, own) -> None:
-    variants = {
+def test_own_variants_end_to_end(pytester: pytest.Pytester, own: SimpleNamespace) -> None:
+    variants: dict[str, dict[str, object]] = {
         "gguf_q8_0": {"gguf_type": "Q8_0", "description": "Q8_0 written by the suite"},
         "gguf_q4_0": {"gguf_file": str(own.q4_file)},
         "nf4_checkpoint": {"path": str(own.checkpoint)},
@@ -151,7 +153,7 @@ def test_own_variants_end_to_end(pytester: pytest.Pytester, own) -> None:
     assert all(f"| {v} |" in report or f"| {v} " in report for v in VARIANTS)
 
 
-def test_checkpoint_with_another_tokenizer_is_a_usage_error(pytester: pytest.Pytester, own) -> None:
+def test_checkpoint_with_another_tokenizer_is_a_usage_error(pytester: pytest.Pytester, own: SimpleNamespace) -> None:
     from transformers import AutoTokenizer
 
     other = own.root / "other-tokenizer"

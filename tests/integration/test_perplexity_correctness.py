@@ -7,6 +7,7 @@ to float32 precision; the Hugging Face guide's strided loop runs on the real Smo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from integration_support import load_variant, plain_window_nll
 
 import quant_fixtures.compute.scoring as evaluation
-from quant_fixtures.compute.scoring import score_windows
+from quant_fixtures.compute.scoring import ScoredChunk, score_windows
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows, perplexity, strided_windows
 
 VOCAB = 49152
@@ -42,7 +43,9 @@ def _pair_id(pair: tuple[str, str]) -> str:
 
 
 @pytest.fixture(scope="module", params=PAIRS, ids=_pair_id)
-def pair(request: pytest.FixtureRequest, tiny_models: dict[str, Path], digest_cache: Path):
+def pair(
+    request: pytest.FixtureRequest, tiny_models: dict[str, Path], digest_cache: Path
+) -> Iterator[tuple[tuple[str, str], Any]]:
     arch, variant = request.param
     loaded = load_variant(tiny_models[arch], variant, digest_cache, key=f"tiny-{arch}")
     yield request.param, loaded.model
@@ -54,7 +57,9 @@ def _rel(a: float, b: float) -> float:
 
 
 @pytest.mark.parametrize("plan_name", ["nonoverlapping", "strided"])
-def test_score_windows_matches_plain_forward(pair, wikitext_ids: torch.Tensor, plan_name) -> None:
+def test_score_windows_matches_plain_forward(
+    pair: tuple[tuple[str, str], Any], wikitext_ids: torch.Tensor, plan_name: str
+) -> None:
     (arch, variant), model = pair
     plan = _plans(len(wikitext_ids))[plan_name]
     if plan_name == "strided":
@@ -73,7 +78,9 @@ def test_score_windows_matches_plain_forward(pair, wikitext_ids: torch.Tensor, p
 
 @pytest.mark.parametrize("pair", BATCH_SAFE, indirect=True, ids=_pair_id)
 @pytest.mark.parametrize("plan_name", ["nonoverlapping", "strided"])
-def test_batched_equals_one_at_a_time(pair, wikitext_ids: torch.Tensor, plan_name) -> None:
+def test_batched_equals_one_at_a_time(
+    pair: tuple[tuple[str, str], Any], wikitext_ids: torch.Tensor, plan_name: str
+) -> None:
     (arch, variant), model = pair
     plan = _plans(len(wikitext_ids))[plan_name]
     single = score_windows(model, wikitext_ids, plan, batch_size=1)
@@ -86,14 +93,14 @@ def test_batched_equals_one_at_a_time(pair, wikitext_ids: torch.Tensor, plan_nam
 @pytest.mark.parametrize("pair", CHUNK_PAIRS, indirect=True, ids=_pair_id)
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_tiny_logprob_chunks_give_the_same_sums(
-    pair, wikitext_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch, batch_size
+    pair: tuple[tuple[str, str], Any], wikitext_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch, batch_size: int
 ) -> None:
     (arch, variant), model = pair
     plan = _plans(len(wikitext_ids))["strided"]
     whole = score_windows(model, wikitext_ids, plan, batch_size=batch_size)
     seen: list[int] = []
 
-    def hook(chunk) -> None:
+    def hook(chunk: ScoredChunk) -> None:
         seen.append(chunk.targets.shape[1])
 
     # 3 positions per chunk for a single window, 1 for a batch of 3: many chunks per window.
@@ -112,7 +119,7 @@ def test_tiny_logprob_chunks_give_the_same_sums(
 # --- the Hugging Face perplexity guide's strided loop, on the real SmolLM2 ------------------------------
 
 
-def hf_guide_strided(model, ids: torch.Tensor, max_length: int, stride: int) -> dict:
+def hf_guide_strided(model: Any, ids: torch.Tensor, max_length: int, stride: int) -> dict:
     """The guide's loop (https://huggingface.co/docs/transformers/perplexity), written out plainly.
 
     Besides the guide's own weighting (mean loss x (valid labels - batch size)), accumulates the
@@ -131,12 +138,12 @@ def hf_guide_strided(model, ids: torch.Tensor, max_length: int, stride: int) -> 
         target_ids[:, :-trg_len] = -100
         with torch.no_grad():
             neg_log_likelihood = model(input_ids, labels=target_ids).loss.item()
-        num_valid_tokens = (target_ids != -100).sum().item()
+        num_valid_tokens = int((target_ids != -100).sum().item())
         batch_size = target_ids.size(0)
         num_loss_tokens = num_valid_tokens - batch_size
         literal_sum += neg_log_likelihood * num_loss_tokens
         literal_tokens += num_loss_tokens
-        scored = (target_ids[:, 1:] != -100).sum().item()  # labels shift left by one inside the model
+        scored = int((target_ids[:, 1:] != -100).sum().item())  # labels shift left by one inside the model
         exact_sum += neg_log_likelihood * scored
         exact_tokens += scored
         per_window.append((neg_log_likelihood, num_loss_tokens, scored))

@@ -96,7 +96,8 @@ def full_run(pytester: pytest.Pytester, e2e: SimpleNamespace) -> SimpleNamespace
         result = run_suite(pytester, e2e, e2e.results, e2e.baselines)
         outcomes = {k: v for k, v in result.parseoutcomes().items() if k not in ("warnings", "warning")}
         e2e.full = SimpleNamespace(ret=result.ret, outcomes=outcomes, lines=result.outlines, stderr=result.errlines)
-    return e2e.full
+    full: SimpleNamespace = e2e.full
+    return full
 
 
 def test_full_run_passes_and_writes_reports(full_run: SimpleNamespace, e2e: SimpleNamespace) -> None:
@@ -249,7 +250,12 @@ def _tamper_ppl(baselines: Path) -> None:
     ],
 )
 def test_frozen_baselines_refuse_to_recompute(
-    pytester: pytest.Pytester, full_run: SimpleNamespace, e2e: SimpleNamespace, case, extra, reason
+    pytester: pytest.Pytester,
+    full_run: SimpleNamespace,
+    e2e: SimpleNamespace,
+    case: str,
+    extra: tuple[str, ...],
+    reason: str,
 ) -> None:
     make_project(pytester, e2e, PASSING_GATES)
     baselines = copy_baselines(e2e, pytester.path / "B")
@@ -377,7 +383,7 @@ def test_stage_progress_shows_with_q(
     assert not [line for line in result.outlines if line.startswith(f"{PROGRESS} fp16 ")]  # its references were stored
 
 
-def _plain_positions(model, ids: torch.Tensor) -> torch.Tensor:
+def _plain_positions(model: Any, ids: torch.Tensor) -> torch.Tensor:
     """log-softmax in float64 of the model's own forward over the whole sequence at once."""
     with torch.inference_mode():
         return torch.log_softmax(model(input_ids=ids.unsqueeze(0)).logits[0].double(), -1)
@@ -422,7 +428,7 @@ def test_long_context_matches_plain_computation(
     depths = [float(d) for d in LONG_ARGS[LONG_ARGS.index("--probe-depths") + 1].split(",")]
     probe_length = int(LONG_ARGS[LONG_ARGS.index("--probe-lengths") + 1])
     probes = build_probes(smollm2_tokenizer, [probe_length], depths, 1, PROBE_SEED)
-    verdicts = {"fp16": [], "nf4": []}
+    verdicts: dict[str, list[bool]] = {"fp16": [], "nf4": []}  # variant -> each probe retrieved
     for probe in probes:
         probe_ids = torch.tensor(probe.ids)
         answer = probe_ids[probe.answer_start :]

@@ -35,21 +35,21 @@ pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_models: dict[str, Path], digest_cache: Path):
+def tiny(tiny_models: dict[str, Path], digest_cache: Path) -> Any:
     return load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
 
 
 @pytest.fixture(scope="module")
-def pages(wikitext: Any):
+def pages(wikitext: Any) -> list[str]:
     return wikitext_pages(wikitext.rows)
 
 
-def _logp(model, ids):
+def _logp(model: Any, ids: list[int]) -> torch.Tensor:
     with torch.inference_mode():
         return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
 
 
-def test_the_document_level_split(pages) -> None:
+def test_the_document_level_split(pages: list[str]) -> None:
     """EleutherAI/wikitext_document_level's test split: 62 pages; lm-eval's word and byte counts."""
     assert len(pages) == 62
     assert pages[0].startswith(" = Robert Boulter = \n \n Robert Boulter is an English film")
@@ -57,7 +57,9 @@ def test_the_document_level_split(pages) -> None:
     assert sum(len(p.encode("utf-8")) for p in pages) == 1_290_527
 
 
-def test_llama_cpp_protocol_matches_a_plain_llama_perplexity_loop(tiny, wikitext: Any, smollm2_tokenizer: Any) -> None:
+def test_llama_cpp_protocol_matches_a_plain_llama_perplexity_loop(
+    tiny: Any, wikitext: Any, smollm2_tokenizer: Any
+) -> None:
     ids, ends = joined_tokens(smollm2_tokenizer, wikitext.text)
     n_ctx, bos = 64, 0  # SmolLM2's tokenizer adds no BOS; force one to exercise the replacement
     assert adds_bos(smollm2_tokenizer) is None
@@ -76,7 +78,7 @@ def test_llama_cpp_protocol_matches_a_plain_llama_perplexity_loop(tiny, wikitext
     assert plan.scored_bytes > 0 and plan.scored_words > 0
 
 
-def _plain_rolling_loglikelihood(model, tokens, prefix, max_len):
+def _plain_rolling_loglikelihood(model: Any, tokens: list[int], prefix: int, max_len: int) -> float:
     """lm-eval's rolling loglikelihood of one document, window by window."""
     windows = [([prefix] + tokens[: min(max_len, len(tokens)) - 1], tokens[: min(max_len, len(tokens))])]
     done = len(windows[0][1])
@@ -94,7 +96,9 @@ def _plain_rolling_loglikelihood(model, tokens, prefix, max_len):
     return total
 
 
-def test_lm_eval_protocol_matches_a_plain_rolling_loglikelihood(tiny, pages, smollm2_tokenizer: Any) -> None:
+def test_lm_eval_protocol_matches_a_plain_rolling_loglikelihood(
+    tiny: Any, pages: list[str], smollm2_tokenizer: Any
+) -> None:
     texts = [detokenize(p) for p in pages[:2]]
     docs = document_tokens(smollm2_tokenizer, texts)
     budget = len(docs[0]) + len(docs[1])
@@ -122,9 +126,9 @@ def test_protocol_end_to_end(
     tiny_models: dict[str, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    protocol,
-    extra,
-    pages,
+    protocol: str,
+    extra: tuple[str, ...],
+    pages: list[str],
     smollm2_tokenizer: Any,
 ) -> None:
     from types import SimpleNamespace

@@ -24,6 +24,7 @@ position; corpus per-position KL 1e-4 nats absolute and means 1e-3 relative.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ import quant_fixtures.compute.scoring as evaluation
 from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
 from quant_fixtures.compute.generation import greedy_generate
 from quant_fixtures.compute.prompt_scoring import compute_reference, score_against_reference
-from quant_fixtures.compute.scoring import score_windows
+from quant_fixtures.compute.scoring import ScoredChunk, score_windows
 from quant_fixtures.config import ModelSpec
 from quant_fixtures.inputs.prompts import CATEGORIES, load_prompt_suite
 from quant_fixtures.inputs.wikitext import load_wikitext2_test
@@ -51,7 +52,7 @@ CAP = 12
 CORPUS_K = 32
 CORPUS_CTX = 256
 
-PROMPTS = [
+PROMPTS: list[dict[str, Any]] = [
     {
         "id": "math-add",
         "category": "mathematical_reasoning",
@@ -101,7 +102,7 @@ def _report(name: str, value: float) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
+def one_torch_thread() -> Iterator[None]:
     """One intra-op thread while this module runs: on the shared 2-core machine two spinning OpenMP
     threads made FP16 generation ~30x slower (90 s instead of 3 s for 6 prompts). Restored after."""
     before = torch.get_num_threads()
@@ -296,7 +297,7 @@ def test_rebuilt_fp16_logits_equal_the_forward_pass(plain: list[dict[str, Any]],
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_library_kl_both_ways_matches_plain_full_softmax(
-    plain: list[dict[str, Any]], nf4_scores: dict[int, list[Any]], batch
+    plain: list[dict[str, Any]], nf4_scores: dict[int, list[Any]], batch: int
 ) -> None:
     """KL(P||Q) and KL(Q||P) per prompt equal the plain full-vocabulary float64 computation within the
     1e-3 relative the suite promises, and the top-k bound stays below the exact KL."""
@@ -361,7 +362,9 @@ def test_nf4_linear_computes_in_float32(smol: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("variant", ["fp16", "nf4"])
-def test_greedy_batched_equals_one_at_a_time(smol: dict[str, Any], prompts: list[Any], reference: Any, variant) -> None:
+def test_greedy_batched_equals_one_at_a_time(
+    smol: dict[str, Any], prompts: list[Any], reference: Any, variant: str
+) -> None:
     """Identical tokens for every prompt. (For NF4 this holds on these prompts despite the bf16
     kernel: its padding noise moves probabilities, not, here, any argmax.)"""
     limits = [min(p.max_new_tokens, CAP) for p in prompts]
@@ -375,7 +378,7 @@ def test_greedy_batched_equals_one_at_a_time(smol: dict[str, Any], prompts: list
 
 @pytest.mark.parametrize("variant", ["fp16", "nf4"])
 def test_static_cache_decoding_gives_the_tokens_of_transformers_generate(
-    smol: dict[str, Any], prompts: list[Any], reference: Any, variant
+    smol: dict[str, Any], prompts: list[Any], reference: Any, variant: str
 ) -> None:
     """The suite's decoder (static cache, fixed 4D masks; on CUDA the step is a captured graph)
     against transformers' own greedy search with its dynamic cache, batch by batch, left padding
@@ -489,15 +492,19 @@ def test_int8_rows_of_one_length_share_a_pass_and_get_exactly_what_they_get_alon
     batches: list[int] = []
     log = BatchLog()
 
-    def keep(i, logits, _) -> None:
+    def keep(i: int, logits: torch.Tensor, _: torch.Tensor) -> None:
         got[i] = logits.clone()
 
     import quant_fixtures.compute.generation as generation
 
     real_run = generation.run_sized
 
-    def counting(todo, size, run, *args, **kwargs):
-        return real_run(todo, size, lambda batch: (batches.append(len(batch)), run(batch)), *args, **kwargs)
+    def counting(todo: Sequence[int], size: int, run: Callable[[list[int]], None], *args: Any, **kwargs: Any) -> None:
+        def counted(batch: list[int]) -> None:
+            batches.append(len(batch))
+            run(batch)
+
+        real_run(todo, size, counted, *args, **kwargs)
 
     with monkeypatch.context() as patch:
         patch.setattr(generation, "run_sized", counting)
@@ -507,14 +514,11 @@ def test_int8_rows_of_one_length_share_a_pass_and_get_exactly_what_they_get_alon
     remove_per_sequence_int8(int8_model)
     try:
         for i in range(len(prompts)):
-            response_logits(
-                int8_model,
-                [prompts[i]],
-                [responses[i]],
-                1,
-                0,
-                lambda _, logits, __, i=i: alone.__setitem__(i, logits.clone()),
-            )
+
+            def keep_alone(_: int, logits: torch.Tensor, __: torch.Tensor, i: int = i) -> None:
+                alone[i] = logits.clone()
+
+            response_logits(int8_model, [prompts[i]], [responses[i]], 1, 0, keep_alone)
     finally:
         install_per_sequence_int8(int8_model)
     for i in range(len(prompts)):
@@ -590,7 +594,7 @@ def test_corpus_kl_hooks_match_plain(
     recorder = HiddenRecorder(len(windows))
     chunks: list[int] = []
 
-    def fp16_hook(chunk) -> None:
+    def fp16_hook(chunk: ScoredChunk) -> None:
         chunks.append(int(chunk.mask.sum()))
         recorder(chunk)
 

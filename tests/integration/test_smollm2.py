@@ -6,6 +6,7 @@ import json
 import shutil
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def test_second_conversion_reuses_the_cache(
     manifest = smollm2_converted.directory / gguf.MANIFEST
     before = manifest.stat().st_mtime_ns
 
-    def no_conversion(*args, **kwargs) -> None:
+    def no_conversion(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached conversion should have been reused")
 
     monkeypatch.setattr(gguf, "_write_hf_directory", no_conversion)
@@ -71,22 +72,22 @@ def test_second_conversion_reuses_the_cache(
     assert _entries(gguf_cache_root) == [smollm2_converted.directory.name]
 
 
-def _entries(root):
+def _entries(root: Path) -> list[str]:
     """What a cache root holds, less the lock files that serialise conversions (filelock keeps them)."""
     return sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock"))
 
 
-def _truncate_weights(directory) -> None:
+def _truncate_weights(directory: Path) -> None:
     weights = directory / "model.safetensors"
     with weights.open("r+b") as fh:
         fh.truncate(weights.stat().st_size // 2)
 
 
-def _drop_manifest(directory) -> None:
+def _drop_manifest(directory: Path) -> None:
     (directory / gguf.MANIFEST).unlink()
 
 
-def _manifest_from_other_transformers(directory) -> None:
+def _manifest_from_other_transformers(directory: Path) -> None:
     path = directory / gguf.MANIFEST
     manifest = json.loads(path.read_text())
     manifest["source"]["transformers"] = "0.0.0"
@@ -99,7 +100,7 @@ def _manifest_from_other_transformers(directory) -> None:
     ids=["intact", "truncated-weights", "no-manifest", "stale-manifest"],
 )
 def test_damaged_conversion_is_redone_not_reused(
-    smollm2_converted: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage
+    smollm2_converted: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: Callable[[Path], None] | None
 ) -> None:
     """A copy of the real converted directory in a fresh cache root, damaged; the converter's writer is
     replaced by a recorder (a real reconversion costs ~20 s and is what the session fixture did)."""
@@ -110,7 +111,7 @@ def test_damaged_conversion_is_redone_not_reused(
         damage(copy)
     calls = []
 
-    def recording_writer(gguf_path, out) -> None:
+    def recording_writer(gguf_path: Path, out: Path) -> None:
         calls.append((gguf_path.name, out))
         (out / "model.safetensors").write_bytes(b"reconverted")
         (out / "config.json").write_text("{}")
@@ -139,7 +140,9 @@ def test_damaged_conversion_is_redone_not_reused(
 
 
 @pytest.fixture(params=["fp16", "nf4"])
-def smollm2(request: pytest.FixtureRequest, smollm2_fp16: Any, smollm2_converted: Any, digest_cache: Path):
+def smollm2(
+    request: pytest.FixtureRequest, smollm2_fp16: Any, smollm2_converted: Any, digest_cache: Path
+) -> Iterator[tuple[str, Any]]:
     if request.param == "fp16":
         yield request.param, smollm2_fp16
         return
@@ -148,7 +151,7 @@ def smollm2(request: pytest.FixtureRequest, smollm2_fp16: Any, smollm2_converted
     loaded.model = None
 
 
-def test_perplexity_matches_plain_computation(smollm2, wikitext_ids: torch.Tensor) -> None:
+def test_perplexity_matches_plain_computation(smollm2: tuple[str, Any], wikitext_ids: torch.Tensor) -> None:
     variant, loaded = smollm2
     assert loaded.compute_dtype == "float32"
     plan = nonoverlapping_windows(len(wikitext_ids), 512, 1024)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_models: dict[str, Path], digest_cache: Path):
+def loaded(tiny_models: dict[str, Path], digest_cache: Path) -> dict[tuple[str, str], Any]:
     """Every (arch, variant) loaded once; tiny, so all fit at once."""
     return {
         (arch, variant): load_variant(tiny_models[arch], variant, digest_cache, key=f"tiny-{arch}")
@@ -24,7 +25,7 @@ def loaded(tiny_models: dict[str, Path], digest_cache: Path):
     }
 
 
-def _linears(model):
+def _linears(model: Any) -> list[Any]:
     return [
         getattr(layer.self_attn if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else layer.mlp, name)
         for layer in model.model.layers
@@ -51,7 +52,7 @@ def test_saved_models_are_float16_safetensors_with_tokenizer(tiny_models: dict[s
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_linear_layers_are_bitsandbytes_modules(loaded, arch) -> None:
+def test_linear_layers_are_bitsandbytes_modules(loaded: dict[tuple[str, str], Any], arch: str) -> None:
     import bitsandbytes as bnb
 
     fp16, int8, nf4 = (loaded[arch, v].model for v in VARIANT_KEYS)
@@ -78,7 +79,7 @@ def test_linear_layers_are_bitsandbytes_modules(loaded, arch) -> None:
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_footprint_strictly_decreases(loaded, arch) -> None:
+def test_footprint_strictly_decreases(loaded: dict[tuple[str, str], Any], arch: str) -> None:
     fp16, int8, nf4 = (loaded[arch, v] for v in VARIANT_KEYS)
     assert fp16.footprint_bytes > int8.footprint_bytes > nf4.footprint_bytes > 0
     # The baseline footprint is exactly 2 bytes per (distinct) parameter plus the float32 buffers.
@@ -92,7 +93,7 @@ NF4_BLOCK = 64  # bitsandbytes' 4-bit block size: one float32 absmax per 64 weig
 NF4_CODE_BYTES = 16 * 4  # the NF4 code book: 16 float32 levels per quantized weight
 
 
-def _quantized_weight_bytes(model, variant: str) -> tuple[int, int, int]:
+def _quantized_weight_bytes(model: Any, variant: str) -> tuple[int, int, int]:
     """(fp16 bytes the quantized weights had, bytes of their quantized storage, bytes of the
     quantization state), worked out from the layer shapes alone: LLM.int8 stores 1 byte per weight
     and one float32 scale per output row; NF4 half a byte per weight, a float32 absmax per block of
@@ -109,7 +110,9 @@ def _quantized_weight_bytes(model, variant: str) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_footprint_counts_quantized_weights_at_their_storage_size(loaded, arch) -> None:
+def test_footprint_counts_quantized_weights_at_their_storage_size(
+    loaded: dict[tuple[str, str], Any], arch: str
+) -> None:
     """What the footprint does count: 1 byte (int8) or half a byte (NF4) per quantized weight."""
     fp16 = loaded[arch, "fp16"]
     for variant, bytes_per_weight in (("int8", 1.0), ("nf4", 0.5)):
@@ -122,7 +125,7 @@ def test_footprint_counts_quantized_weights_at_their_storage_size(loaded, arch) 
 
 
 @pytest.mark.parametrize("variant", ("int8", "nf4"))
-def test_footprint_plus_quantization_state_is_resident(loaded, variant) -> None:
+def test_footprint_plus_quantization_state_is_resident(loaded: dict[tuple[str, str], Any], variant: str) -> None:
     """get_memory_footprint (the footprint, as the seed figures use it) leaves out bitsandbytes'
     scales; the suite measures them separately, and footprint + state is what is resident."""
     fp16, pair = loaded["llama", "fp16"], loaded["llama", variant]
@@ -136,7 +139,7 @@ def test_footprint_plus_quantization_state_is_resident(loaded, variant) -> None:
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_tied_embeddings_stay_tied(loaded, arch) -> None:
+def test_tied_embeddings_stay_tied(loaded: dict[tuple[str, str], Any], arch: str) -> None:
     for variant in VARIANT_KEYS:
         model = loaded[arch, variant].model
         tied = model.lm_head.weight is model.model.embed_tokens.weight
@@ -145,7 +148,7 @@ def test_tied_embeddings_stay_tied(loaded, arch) -> None:
 
 @pytest.mark.parametrize("variant", VARIANT_KEYS)
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_compute_dtype_is_float32_after_upcast(loaded, arch, variant) -> None:
+def test_compute_dtype_is_float32_after_upcast(loaded: dict[tuple[str, str], Any], arch: str, variant: str) -> None:
     import bitsandbytes as bnb
 
     pair = loaded[arch, variant]
@@ -163,7 +166,7 @@ def test_compute_dtype_is_float32_after_upcast(loaded, arch, variant) -> None:
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_quantization_config_is_recorded(loaded, arch) -> None:
+def test_quantization_config_is_recorded(loaded: dict[tuple[str, str], Any], arch: str) -> None:
     assert loaded[arch, "fp16"].quantization_config is None
     int8 = loaded[arch, "int8"].quantization_config
     assert int8["load_in_8bit"] is True and not int8.get("load_in_4bit", False)
@@ -172,7 +175,7 @@ def test_quantization_config_is_recorded(loaded, arch) -> None:
     assert not nf4.get("load_in_8bit", False)
 
 
-def test_quantization_config_records_effective_settings(loaded) -> None:
+def test_quantization_config_records_effective_settings(loaded: dict[tuple[str, str], Any]) -> None:
     int8 = loaded["llama", "int8"].quantization_config
     nf4 = loaded["llama", "nf4"].quantization_config
     assert int8.get("llm_int8_threshold") == 6.0
@@ -182,7 +185,9 @@ def test_quantization_config_records_effective_settings(loaded) -> None:
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_forward_gives_finite_float32_logits_close_to_fp16(loaded, wikitext_ids: torch.Tensor, arch) -> None:
+def test_forward_gives_finite_float32_logits_close_to_fp16(
+    loaded: dict[tuple[str, str], Any], wikitext_ids: torch.Tensor, arch: str
+) -> None:
     ids = wikitext_ids[:48].unsqueeze(0)
     logits = {}
     with torch.inference_mode():

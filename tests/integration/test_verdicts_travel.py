@@ -151,7 +151,7 @@ def test_top_k_larger_than_the_vocabulary_is_a_usage_error(
     ],
 )
 def test_budgets_are_checked_against_the_models_window(
-    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path, args, message
+    pytester: pytest.Pytester, warm: SimpleNamespace, tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
     result = run_suite(pytester, warm, tmp_path / "R", warm.baselines, "--variants", "int8", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -394,9 +394,9 @@ def test_an_unreadable_memory_cap_is_a_usage_error_not_no_cap(
     warm: SimpleNamespace,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    option,
-    env,
-    message,
+    option: tuple[str, ...],
+    env: str | None,
+    message: str,
 ) -> None:
     if env is not None:
         monkeypatch.setenv("QUANT_MAX_GPU_MEMORY", env)

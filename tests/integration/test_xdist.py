@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from integration_support import PASSING_GATES, make_project, run_suite
@@ -31,7 +32,7 @@ def project(
     tiny_models: dict[str, Path],
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
-):
+) -> tuple[Path, SimpleNamespace]:
     root = tmp_path_factory.mktemp("xdist")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(root / "datasets"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -56,11 +57,13 @@ orchestrator.variant_pass = _counted("variant", orchestrator.variant_pass)
 """
 
 
-def _documents(results):
+def _documents(results: Path) -> dict[str, Any]:
     return {p.name: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
 
 
-def test_parallel_run_matches_serial_run(pytester: pytest.Pytester, project, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parallel_run_matches_serial_run(
+    pytester: pytest.Pytester, project: tuple[Path, SimpleNamespace], monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, e2e = project
     pytester.makeconftest(CONFTEST_COUNT_PASSES)
     passes = root / "passes.log"

@@ -4,13 +4,16 @@ explicit opt-out skips."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from documents_for_tests import gate_record, typed
 
 from quant_fixtures.plugin.assertions import UndecidedGateWarning, assert_gate
+from quant_fixtures.report.schema import EvaluationDocument
 
 
-def document(verdict: str, ungated: dict | None = None):
+def document(verdict: str, ungated: dict[str, Any] | None = None) -> EvaluationDocument:
     gates = [gate_record("kl_mean", 0.2, 0.1, "<=", verdict)] if verdict else []
     return typed({"gates": gates, "ungated": ungated or {}})
 

@@ -68,7 +68,8 @@ def test_changed_covers_every_key_field() -> None:
 
 
 def read_doc(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    document: dict[str, Any] = json.loads(path.read_text())
+    return document
 
 
 def write_doc(path: Path, document: Any) -> None:

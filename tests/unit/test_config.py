@@ -368,6 +368,7 @@ ungated = ["min_memory_reduction_pct", "max_kl_mean"]
     suite = load_config(path)
     assert suite.missing_limits("tiny", "int8") == ["max_kl_mean"]
     message = suite.missing_limits_message("tiny", "int8")
+    assert message is not None
     assert str(path) in message and "max_kl_mean" in message and "[gates.int8]" in message
     assert 'ungated = ["max_kl_mean"]' in message
     assert suite.missing_limits("tiny", "nf4") == []

@@ -3,6 +3,7 @@
 
 import math
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ import pytest
 from quant_fixtures.metrics import corpus_stats as cs
 
 
-def llama_cpp_by_running_sums(kld, logq_t, logp_t, same):
+def llama_cpp_by_running_sums(
+    kld: list[float], logq_t: list[float], logp_t: list[float], same: list[bool]
+) -> dict[str, Any]:
     """The sums kl_divergence_result keeps, one token at a time, and the final formulas of
     kl_divergence() (tools/perplexity/perplexity.cpp), in plain Python floats."""
     s = dict(nll=0.0, nll2=0.0, base=0.0, base2=0.0, nb=0.0, kld=0.0, kld2=0.0, dp=0.0, dp2=0.0, dp4=0.0, same=0)
@@ -30,7 +33,7 @@ def llama_cpp_by_running_sums(kld, logq_t, logp_t, same):
         s["dp4"] += d**4
         s["same"] += int(sm)
 
-    def mu(total, total2):
+    def mu(total: float, total2: float) -> tuple[float, float]:
         f = total / n
         df = total2 / n - f * f
         return f, (math.sqrt(df / (n - 1)) if df > 0 and n > 10 else 0.0)
@@ -56,7 +59,7 @@ def llama_cpp_by_running_sums(kld, logq_t, logp_t, same):
     }
 
 
-def _pair(d):
+def _pair(d: cs.WithUncertainty) -> tuple[float, float]:
     return d["value"], d["uncertainty"]
 
 
@@ -83,7 +86,7 @@ def test_llama_cpp_tables_equal_the_running_sum_transcription() -> None:
     ):
         assert mine == pytest.approx(theirs, rel=1e-9, abs=1e-15)
     assert ppl["cor_ln_ppl"] == pytest.approx(want["cor"], rel=1e-9)
-    assert 0.9 < ppl["cor_ln_ppl"] <= 1.0  # Q's NLL follows the base's closely here
+    assert ppl["cor_ln_ppl"] is not None and 0.9 < ppl["cor_ln_ppl"] <= 1.0  # Q's NLL follows the base's closely here
 
 
 def test_percentiles_interpolate_like_llama_cpp() -> None:
@@ -149,5 +152,6 @@ def test_noise_floor_summary_and_its_place_in_the_section() -> None:
         "logp_target": np.full(n, -1.0),
         "logq_target": np.full(n, -1.0),
     }
-    assert cs.corpus_comparison(positions, [4], np.array([1e-6, 2e-6])).noise_floor["mean"] == pytest.approx(1.5e-6)
+    measured = cs.corpus_comparison(positions, [4], np.array([1e-6, 2e-6])).noise_floor
+    assert measured is not None and measured["mean"] == pytest.approx(1.5e-6)
     assert cs.corpus_comparison(positions, [4]).noise_floor is None

@@ -84,6 +84,10 @@ def test_kernels_not_pinned_are_reported(monkeypatch: pytest.MonkeyPatch) -> Non
         else "not AVX2"
     )
     problem = cpu_kernels.problem()
-    assert (problem is None) if expected is None else ("not AVX2" in problem and "native" in problem)
+    assert (
+        (problem is None)
+        if expected is None
+        else (problem is not None and "not AVX2" in problem and "native" in problem)
+    )
     monkeypatch.setenv(cpu_kernels.MODE_ENV, "native")
     assert cpu_kernels.problem() is None

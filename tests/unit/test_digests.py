@@ -11,7 +11,7 @@ from quant_fixtures.store.stale import StaleStoreWarning
 
 
 @pytest.mark.parametrize("size", [0, 1, 3 * 1024 + 17, 5 * 1024])
-def test_block_digest_is_sha256_over_block_digests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size) -> None:
+def test_block_digest_is_sha256_over_block_digests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     monkeypatch.setattr(digests, "BLOCK_BYTES", 1024)  # several blocks, the last one short
     monkeypatch.setattr(digests, "READ_BYTES", 300)  # several reads a block, not dividing it
     data = bytes((i * 7919) % 251 for i in range(size))

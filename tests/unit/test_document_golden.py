@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from golden_measurements import golden_documents
@@ -33,8 +34,8 @@ GOLDEN = Path(__file__).parent / "golden"
 MASKED = "<masked>"
 
 
-def _masked(document: dict) -> dict:
-    doc = json.loads(json.dumps(document))
+def _masked(document: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(json.dumps(document))
     if "generated_at" in doc:
         doc["generated_at"] = MASKED
     if isinstance(doc.get("timing"), dict):
@@ -42,7 +43,7 @@ def _masked(document: dict) -> dict:
     return doc
 
 
-def _text(document: dict) -> str:
+def _text(document: dict[str, Any]) -> str:
     return json.dumps(_masked(document), indent=2, allow_nan=False) + "\n"
 
 

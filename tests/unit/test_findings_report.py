@@ -4,6 +4,7 @@ documents whose numbers are known."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,10 +13,18 @@ from documents_for_tests import gate_record, typed
 from quant_fixtures.report.bench_summary import throughput_summary
 from quant_fixtures.report.findings import best_tradeoff, findings, most_affected_categories
 from quant_fixtures.report.markdown import write_report
+from quant_fixtures.report.schema import BestTradeoff, EvaluationDocument
 from quant_fixtures.report.terminal import summary_lines
 
 
-def _doc(variant, ppl, footprint, kl=None, gates=(), speed=100.0):
+def _doc(
+    variant: str,
+    ppl: float,
+    footprint: float,
+    kl: list[tuple[str, float]] | None = None,
+    gates: Sequence[tuple[str, float, float]] = (),
+    speed: float = 100.0,
+) -> EvaluationDocument:
     per_prompt = (
         []
         if kl is None
@@ -102,20 +111,26 @@ DOCS = {
 }
 
 
+def _best(documents: dict[str, EvaluationDocument]) -> BestTradeoff:
+    best = best_tradeoff(documents)
+    assert best is not None, "no best trade-off"
+    return best
+
+
 def test_best_tradeoff_is_smallest_passing_variant() -> None:
-    best = best_tradeoff(DOCS)
+    best = _best(DOCS)
     assert best.variant == "int8" and "PASS every gate" in best.reason
     # Two passing variants: the smaller one wins, whatever the registry order.
     two = {**DOCS, "nf4": _doc("nf4", 10.5, 0.7, kl=[("math", 0.05)], gates=[("delta_ppl_pct", 5.0, 8.0)])}
-    assert best_tradeoff(two).variant == "nf4"
+    assert _best(two).variant == "nf4"
     bigger = {**DOCS, "nf4": _doc("nf4", 10.5, 1.5, kl=[("math", 0.05)], gates=[("delta_ppl_pct", 5.0, 8.0)])}
-    assert best_tradeoff(bigger).variant == "int8"
+    assert _best(bigger).variant == "int8"
 
 
 def test_best_tradeoff_when_nothing_passes_is_least_ppl_loss() -> None:
     failing = {**DOCS, "int8": _doc("int8", 10.5, 1.2, gates=[("delta_ppl_pct", 5.0001, 5.0)])}
-    assert best_tradeoff(failing).variant == "int8"
-    assert "no variant PASSes" in best_tradeoff(failing).reason
+    assert _best(failing).variant == "int8"
+    assert "no variant PASSes" in _best(failing).reason
 
 
 def test_most_affected_categories_sorted_by_kl() -> None:
@@ -151,7 +166,9 @@ def test_report_written_with_tables_and_plots(tmp_path: Path) -> None:
         flips_other_batch=2,
         method="m",
     )
-    docs = {**DOCS, "int8": replace(DOCS["int8"], flips=replace(DOCS["int8"].flips, batch_sensitivity=moved))}
+    flips = DOCS["int8"].flips
+    assert flips is not None
+    docs = {**DOCS, "int8": replace(DOCS["int8"], flips=replace(flips, batch_sensitivity=moved))}
     path = write_report(tmp_path, {"m": docs})
     text = path.read_text()
     assert (
@@ -187,7 +204,7 @@ def test_report_says_when_it_was_generated_not_when_a_variant_ran(tmp_path: Path
 
 
 def test_throughput_summary_rates_and_ratios() -> None:
-    bench = [
+    bench: list[dict[str, object]] = [
         {
             "extra_info": {"kind": "ppl_batched", "model": "m", "variant": "fp16", "tokens": 1000},
             "stats": {"mean": 2.0},
@@ -204,7 +221,8 @@ def test_throughput_summary_rates_and_ratios() -> None:
     ]
     s = throughput_summary(bench)["m"]
     assert s["tokens_per_s"]["ppl_batched"] == {"fp16": 500.0, "int8": 250.0}
-    assert s["ratios"]["ppl_batched_vs_fp16"]["int8"] == 0.5
+    per_variant = s["ratios"]["ppl_batched_vs_fp16"]
+    assert isinstance(per_variant, dict) and per_variant["int8"] == 0.5
     assert s["ratios"]["fp16_batched_vs_hf_guide"] == 4.0
 
 

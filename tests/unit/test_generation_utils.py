@@ -12,9 +12,13 @@ import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from quant_fixtures.compute.generation import eos_token_ids, length_batches, pad_token_id, truncate_response
 from quant_fixtures.compute.prompt_scoring import first_divergence
@@ -103,7 +107,7 @@ def test_length_batches_sorted_by_length_with_index_tiebreak() -> None:
 @pytest.mark.parametrize(
     "n,batch_size,sizes", [(7, 3, [3, 3, 1]), (6, 3, [3, 3]), (6, 1, [1] * 6), (4, 10, [4]), (1, 1, [1]), (0, 4, [])]
 )
-def test_length_batches_sizes(n, batch_size, sizes) -> None:
+def test_length_batches_sizes(n: int, batch_size: int, sizes: list[int]) -> None:
     lengths = [(i * 7) % 5 for i in range(n)]
     batches = length_batches(lengths, batch_size)
     assert [len(b) for b in batches] == sizes
@@ -113,10 +117,16 @@ def test_length_batches_sizes(n, batch_size, sizes) -> None:
 # --- eos / pad selection -------------------------------------------------------------------------
 
 
-def _fake(eos_model, eos_tok, pad_tok=None, pad_model=None):
+def _fake(
+    eos_model: int | list[int | None] | None,
+    eos_tok: int | None,
+    pad_tok: int | None = None,
+    pad_model: int | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model and a tokenizer with just the token ids the functions read."""
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=eos_model, pad_token_id=pad_model))
     tok = SimpleNamespace(eos_token_id=eos_tok, pad_token_id=pad_tok)
-    return model, tok
+    return cast("PreTrainedModel", model), cast("PreTrainedTokenizerBase", tok)
 
 
 def test_eos_ids_from_generation_config_list_or_tokenizer() -> None:
@@ -140,7 +150,7 @@ def test_pad_id_preference_order() -> None:
 K = 4
 
 
-def make_key(**changes) -> ReferenceKey:
+def make_key(**changes: Any) -> ReferenceKey:
     key = ReferenceKey(
         model="tiny",
         weights_identity="sha256:abc",
@@ -187,7 +197,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert path == reference_path(tmp_path, key) and path.is_file()
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
     loaded, reason = load_reference(tmp_path, key)
-    assert reason == "ok"
+    assert reason == "ok" and loaded is not None
     assert_same_reference(loaded, ref)
 
 
@@ -198,7 +208,7 @@ def test_round_trip_with_an_empty_response_and_no_categories(tmp_path: Path) -> 
     ref.hidden[1] = torch.zeros(0, 6, dtype=torch.float16)
     store_reference(tmp_path, ref)
     loaded, reason = load_reference(tmp_path, key)
-    assert reason == "ok"
+    assert reason == "ok" and loaded is not None
     assert_same_reference(loaded, ref)
     assert loaded.hidden[1].shape == (0, 6)
 
@@ -230,7 +240,7 @@ def test_every_key_field_is_covered() -> None:
 
 
 @pytest.mark.parametrize("field", sorted(CHANGED))
-def test_changed_key_field_is_not_served(tmp_path: Path, field) -> None:
+def test_changed_key_field_is_not_served(tmp_path: Path, field: str) -> None:
     store_reference(tmp_path, make_reference(make_key()))
     new_key = make_key(**{field: CHANGED[field]})
     assert new_key.digest() != make_key().digest()
@@ -243,7 +253,7 @@ def test_changed_key_field_is_not_served(tmp_path: Path, field) -> None:
 
 
 @pytest.mark.parametrize("keep", [0, 7, 100, -1])
-def test_truncated_file_is_refused(tmp_path: Path, keep) -> None:
+def test_truncated_file_is_refused(tmp_path: Path, keep: int) -> None:
     key = make_key()
     path = store_reference(tmp_path, make_reference(key))
     data = path.read_bytes()
@@ -316,7 +326,7 @@ def test_unchanged_resave_still_loads(tmp_path: Path) -> None:
     assert json.loads(meta["key"])["top_k"] == K
     _resave(path, tensors, meta)
     loaded, reason = load_reference(tmp_path, key)
-    assert reason == "ok"
+    assert reason == "ok" and loaded is not None
     assert_same_reference(loaded, ref)
 
 
@@ -337,7 +347,7 @@ def test_store_overwrites_the_previous_file(tmp_path: Path) -> None:
     second.response_ids[0] = [10, 11, 3]
     store_reference(tmp_path, second)
     loaded, reason = load_reference(tmp_path, key)
-    assert reason == "ok" and loaded.response_ids[0] == [10, 11, 3]
+    assert reason == "ok" and loaded is not None and loaded.response_ids[0] == [10, 11, 3]
 
 
 def test_hidden_states_that_do_not_cover_the_responses_are_refused(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ the writer quantizes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,7 +49,7 @@ def plain_q4_0(values: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name, plain", [("Q8_0", plain_q8_0), ("Q4_0", plain_q4_0)])
-def test_quantized_values_match_llama_cpp_reference(name, plain) -> None:
+def test_quantized_values_match_llama_cpp_reference(name: str, plain: Callable[[np.ndarray], np.ndarray]) -> None:
     rng = np.random.default_rng(0)
     values = (rng.standard_normal((6, 128)) * rng.uniform(0.01, 3, (6, 1))).astype(np.float16).astype(np.float32)
     values[2, :32] = 0.0  # an all-zero block: scale 0, values 0
@@ -73,7 +75,7 @@ def test_which_tensors_are_quantized() -> None:
     assert rounded[0] == 1.0  # values are first rounded to float16, the FP16 reference's precision
 
 
-def _gguf_with(path, tensors):
+def _gguf_with(path: Path, tensors: dict[str, tuple[np.ndarray, Any]]) -> Path:
     writer = gguf.GGUFWriter(str(path), "llama")
     for name, (array, raw_type) in tensors.items():
         writer.add_tensor(name, array, raw_dtype=raw_type)
@@ -105,9 +107,9 @@ def test_a_damaged_requantized_file_is_written_again_and_says_why(
     """The writer is replaced by one that records its calls (the real one is checked above)."""
     source = tmp_path / "model.Q4_1.gguf"
     source.write_bytes(b"source")
-    written = []
+    written: list[str] = []
 
-    def writer(source_path, type_name, out) -> None:
+    def writer(source_path: Path, type_name: str, out: Path) -> None:
         written.append(type_name)
         out.write_bytes(b"requantized")
 

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-import gpu_check  # noqa: E402
+if TYPE_CHECKING:  # mypy names the script from the root; at run time benchmarks/ is on sys.path
+    from benchmarks import gpu_check
+else:
+    import gpu_check
 
 
-def _run(wall: float, pairs=(), failures=(), errors=()) -> dict:
+def _run(
+    wall: float,
+    pairs: Iterable[dict[str, Any]] = (),
+    failures: Iterable[str] = (),
+    errors: Iterable[str] = (),
+) -> dict[str, Any]:
     return {
         "wall_s": wall,
         "busy_pct": {"0": 50.0},

@@ -9,7 +9,9 @@ import torch
 from quant_fixtures.compute.grouped_attention import NAME, grouped_attention, grouped_attention_for
 
 
-def plain_attention(query, key, value, mask, scale):
+def plain_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
     group = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
     scores = query @ key.transpose(2, 3) * scale + mask[:, :, :, : key.shape[2]]
@@ -17,7 +19,7 @@ def plain_attention(query, key, value, mask, scale):
 
 
 @pytest.mark.parametrize("heads,kv_heads,q_len", [(8, 2, 1), (8, 8, 1), (6, 3, 5), (14, 2, 1)])
-def test_grouped_attention_matches_head_copies(heads, kv_heads, q_len) -> None:
+def test_grouped_attention_matches_head_copies(heads: int, kv_heads: int, q_len: int) -> None:
     gen = torch.Generator().manual_seed(0)
     batch, length, dim = 3, 11, 16
     query = torch.randn(batch, heads, q_len, dim, generator=gen)
@@ -26,7 +28,7 @@ def test_grouped_attention_matches_head_copies(heads, kv_heads, q_len) -> None:
     mask = torch.zeros(batch, 1, q_len, length + 4)
     mask[0, :, :, :3] = torch.finfo(torch.float32).min  # a left-padded row
     mask[2, :, :, 7:] = torch.finfo(torch.float32).min  # slots not yet written
-    out, weights = grouped_attention(None, query, key, value, mask, scaling=dim**-0.5)
+    out, weights = grouped_attention(torch.nn.Module(), query, key, value, mask, scaling=dim**-0.5)
     assert weights is None and out.shape == (batch, q_len, heads, dim)
     torch.testing.assert_close(out.double(), plain_attention(query, key, value, mask, dim**-0.5), rtol=1e-5, atol=1e-5)
 

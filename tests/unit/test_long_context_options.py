@@ -6,7 +6,14 @@ import pytest
 
 from quant_fixtures.plugin.long_context_options import long_context_settings
 from quant_fixtures.session.long_plan import long_shape
-from quant_fixtures.settings import LONG_BUCKET_EDGES, PROBE_DEPTHS, Defaults, default_probe_lengths, device_defaults
+from quant_fixtures.settings import (
+    LONG_BUCKET_EDGES,
+    PROBE_DEPTHS,
+    Defaults,
+    LongContextProtocol,
+    default_probe_lengths,
+    device_defaults,
+)
 
 
 class Options:
@@ -19,7 +26,7 @@ class Options:
         return self.given.get(name, False if name == "--skip-long-context" else None)
 
 
-def settings(device: str = "cpu", **given: object):
+def settings(device: str = "cpu", **given: object) -> LongContextProtocol:
     return long_context_settings(Options(**given), device_defaults(Defaults(), device))  # type: ignore[arg-type]
 
 
@@ -68,16 +75,16 @@ def test_given_values_are_parsed() -> None:
         ({"long_buckets": "0,-5"}, "--long-buckets: expected at least two"),
     ],
 )
-def test_a_bad_value_is_a_usage_error_naming_the_option(given, message) -> None:
+def test_a_bad_value_is_a_usage_error_naming_the_option(given: dict[str, object], message: str) -> None:
     with pytest.raises(pytest.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        settings(**given)
+        settings("cpu", **given)
 
 
 @pytest.mark.parametrize(
     ("length", "expected"),
     [(32768, (512, 2048, 8192, 32768)), (2048, (512, 2048)), (1024, (256, 1024)), (300, (300,)), (100, (100,))],
 )
-def test_default_probe_lengths(length, expected) -> None:
+def test_default_probe_lengths(length: int, expected: tuple[int, ...]) -> None:
     assert default_probe_lengths(length) == expected
 
 

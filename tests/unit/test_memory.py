@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import pytest
 import torch
 
@@ -15,6 +18,8 @@ from quant_fixtures.compute.memory import (
     run_batches,
     size_by_probe,
 )
+
+T = TypeVar("T")
 
 
 class PlannedBudget(MemoryBudget):
@@ -30,7 +35,7 @@ class PlannedBudget(MemoryBudget):
     def limit(self) -> int:
         return self._free
 
-    def probe(self, run):
+    def probe(self, run: Callable[[], T]) -> tuple[T, int]:
         return run(), self._need
 
     def release_cached(self) -> None:
@@ -61,7 +66,7 @@ def test_on_the_cpu_the_requested_size_is_used() -> None:
 def test_out_of_memory_halves_the_batch_and_every_later_one() -> None:
     budget, log, seen = PlannedBudget(free=GiB, need=1), BatchLog(), []
 
-    def run(batch) -> None:
+    def run(batch: list[int]) -> None:
         seen.append(list(batch))
         if len(batch) > 2:
             raise _oom()
@@ -78,13 +83,13 @@ def test_out_of_memory_halves_the_batch_and_every_later_one() -> None:
 def test_out_of_memory_at_one_item_and_other_errors_are_raised() -> None:
     budget = PlannedBudget(free=GiB, need=1)
 
-    def always(batch) -> None:
+    def always(batch: list[int]) -> None:
         raise _oom()
 
     with pytest.raises(torch.OutOfMemoryError):
         run_batches([[0, 1]], always, budget, BatchLog(), "generation", "prompts")
 
-    def broken(batch) -> None:
+    def broken(batch: list[int]) -> None:
         raise ValueError("not memory")
 
     with pytest.raises(ValueError):
@@ -100,12 +105,12 @@ def test_groups_keep_only_items_allowed_together() -> None:
     "text,expected",
     [("15GiB", 15 * GiB), ("16 GB", 16 * 10**9), ("15.5e9", int(15.5e9)), ("800MiB", 800 * 2**20), ("1tib", 2**40)],
 )
-def test_memory_sizes_parse(text, expected) -> None:
+def test_memory_sizes_parse(text: str, expected: int) -> None:
     assert parse_size(text, "--max-gpu-memory") == expected
 
 
 @pytest.mark.parametrize("text", ["15 GiBs", "lots", "", "-3GiB", "15GiB 2", "100MB"])
-def test_bad_memory_sizes_name_the_option(text) -> None:
+def test_bad_memory_sizes_name_the_option(text: str) -> None:
     with pytest.raises(ValueError, match="--max-gpu-memory"):
         parse_size(text, "--max-gpu-memory")
 

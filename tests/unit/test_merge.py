@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +15,7 @@ from quant_fixtures.report.merge import MergeError, main, merge, merge_documents
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def _job(root: Path, name: str, variants: list[str], edit=None) -> Path:
+def _job(root: Path, name: str, variants: list[str], edit: Callable[[dict[str, Any]], object] | None = None) -> Path:
     """A job's results directory holding the golden documents of ``variants`` (model 'tiny')."""
     directory = root / name
     directory.mkdir()

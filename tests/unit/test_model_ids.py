@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from quant_fixtures.config import DEFAULT_CONFIG_PATH, ConfigError, ModelSpec, load_config
-from quant_fixtures.model_ids import add_given_models, derive_key, source_of
+from quant_fixtures.config import DEFAULT_CONFIG_PATH, ConfigError, ModelSpec, SuiteConfig, load_config
+from quant_fixtures.model_ids import GivenModel, add_given_models, derive_key, source_of
 from quant_fixtures.names import KEY_RULE
 from quant_fixtures.variants import DEFAULT_VARIANTS
 
@@ -21,11 +21,11 @@ def checkpoint(directory: Path) -> Path:
     return directory
 
 
-def given(values: list[str], base_dir: Path, suite=SHIPPED):
+def given(values: list[str], base_dir: Path, suite: SuiteConfig = SHIPPED) -> tuple[SuiteConfig, list[GivenModel]]:
     return add_given_models(suite, values, base_dir)
 
 
-def error(values: list[str], base_dir: Path, suite=SHIPPED) -> str:
+def error(values: list[str], base_dir: Path, suite: SuiteConfig = SHIPPED) -> str:
     with pytest.raises(ConfigError) as info:
         add_given_models(suite, values, base_dir)
     return str(info.value)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from quant_fixtures.names import KEY_MAX, UnsafeFileName, case_clash, file_in, hub_id_parts, key_problem
 from quant_fixtures.report.comparison import comparison_path, evaluation_path
 from quant_fixtures.report.reproduction import record_path
-from quant_fixtures.store.baseline import baseline_path
-from quant_fixtures.store.long_reference import long_reference_path
-from quant_fixtures.store.prompt_reference import reference_path
+from quant_fixtures.store.baseline import BaselineKey, baseline_path
+from quant_fixtures.store.long_reference import LongReferenceKey, long_reference_path
+from quant_fixtures.store.prompt_reference import ReferenceKey, reference_path
 from quant_fixtures.store.prompt_summary import prompt_summary_path
 
 ESCAPING = ["..", "../escaped", "../../escaped", "Org/name", "a/b", "/abs/path", "a\\b"]
@@ -66,10 +67,10 @@ PATH_BUILDERS: dict[str, Callable[[Path, str], Path]] = {
     "evaluation (variant)": lambda d, key: evaluation_path(d, "tiny", key),
     "comparison": comparison_path,
     "reproduction record": lambda d, key: record_path(d, key, "cpu-ctx128"),
-    "baseline": lambda d, key: baseline_path(d, _Key(key)),
-    "prompt reference": lambda d, key: reference_path(d, _Key(key)),
-    "long reference": lambda d, key: long_reference_path(d, _Key(key)),
-    "prompt summary": lambda d, key: prompt_summary_path(d, _Key(key)),
+    "baseline": lambda d, key: baseline_path(d, cast(BaselineKey, _Key(key))),
+    "prompt reference": lambda d, key: reference_path(d, cast(ReferenceKey, _Key(key))),
+    "long reference": lambda d, key: long_reference_path(d, cast(LongReferenceKey, _Key(key))),
+    "prompt summary": lambda d, key: prompt_summary_path(d, cast(ReferenceKey, _Key(key))),
 }
 
 

@@ -49,13 +49,17 @@ def test_the_readme_shows_the_example_as_it_is() -> None:
 
 def _plugin_fixtures() -> dict[str, str]:
     """{name: scope} of every @pytest.fixture in plugin/fixtures.py, read from its source."""
-    found = {}
+    found: dict[str, str] = {}
     for node in ast.parse(FIXTURES.read_text(encoding="utf-8")).body:
-        for decorator in getattr(node, "decorator_list", []):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for decorator in node.decorator_list:
             call = decorator if isinstance(decorator, ast.Call) else None
             target = call.func if call else decorator
             if isinstance(target, ast.Attribute) and target.attr == "fixture":
-                scope = next((k.value.value for k in (call.keywords if call else []) if k.arg == "scope"), "function")
+                scope = next(
+                    (ast.literal_eval(k.value) for k in (call.keywords if call else []) if k.arg == "scope"), "function"
+                )
                 found[node.name] = scope
     return found
 

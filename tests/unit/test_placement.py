@@ -29,7 +29,9 @@ def test_a_model_too_big_for_its_gpu_spreads_over_the_hosts_gpus() -> None:
     where = placement("cuda:0", MISTRAL_FP16, 1.0, [12 * GiB, 12 * GiB], may_spread=True)
     assert where.device_map == "auto"
     assert where.max_memory == {0: int(12 * GiB * 0.9), 1: int(12 * GiB * 0.9)}
-    assert where.note.startswith("load: 13.5 GiB of weights do not fit cuda:0 (12.0 GiB); spread over 2 GPUs")
+    assert where.note is not None and where.note.startswith(
+        "load: 13.5 GiB of weights do not fit cuda:0 (12.0 GiB); spread over 2 GPUs"
+    )
 
 
 def test_the_variants_share_decides() -> None:
@@ -60,7 +62,7 @@ def two_cards(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-def test_a_gpu_holds_its_card_or_the_cap_where_smaller(two_cards) -> None:
+def test_a_gpu_holds_its_card_or_the_cap_where_smaller(two_cards: None) -> None:
     assert gpu_limits(None) == [80 * GiB, 40 * GiB]
     assert gpu_limits(60 * GiB) == [60 * GiB, 40 * GiB]
     # the memory budget every batched stage plans with reads the same rule

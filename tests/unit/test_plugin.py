@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -41,6 +42,7 @@ def _parametrized_tests() -> tuple[list[str], list[str]]:
     need no edit here.
     """
     spec = importlib.util.spec_from_file_location("_release_gates_for_unit_tests", RELEASE_GATES)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     every, gated = [], []
@@ -323,7 +325,9 @@ def test_gpu_tests_without_cuda_fail_under_xdist_too(suite_dir: pytest.Pytester)
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
-def test_a_snapshot_that_is_not_json_is_refused_before_anything_runs(suite_dir: pytest.Pytester, workers) -> None:
+def test_a_snapshot_that_is_not_json_is_refused_before_anything_runs(
+    suite_dir: pytest.Pytester, workers: list[str]
+) -> None:
     folder = suite_dir.path / "__snapshots__" / "test_gates_under_test"
     folder.mkdir(parents=True)
     broken = folder / "test_x[tiny][cpu@amd].json"
@@ -435,7 +439,7 @@ def test_the_ctx_help_says_what_ctx_is_under_every_protocol() -> None:
     from quant_fixtures.plugin.ctx_option import CTX_MEANINGS, CTX_OWN_DEFAULTS
 
     options = _RecordedOptions()
-    hooks.pytest_addoption(options)
+    hooks.pytest_addoption(cast(pytest.Parser, options))
     assert list(CTX_MEANINGS) == list(PROTOCOLS)
     assert set(CONFIG_CTX_PROTOCOLS) <= set(PROTOCOLS)
     assert set(CTX_OWN_DEFAULTS) == set(PROTOCOLS) - set(CONFIG_CTX_PROTOCOLS)

@@ -5,9 +5,10 @@ lines of a real run under pytest's output capture."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -18,7 +19,9 @@ from quant_fixtures.session.context import PassContext, SessionServices
 from quant_fixtures.session.progress import StageEvent, StageProgress, describe
 
 
-def _event(phase: str, done: int = 0, total: int | None = 4, unit: str = "windows", seconds: float = 1.25):
+def _event(
+    phase: str, done: int = 0, total: int | None = 4, unit: str = "windows", seconds: float = 1.25
+) -> StageEvent:
     return StageEvent("tiny int8", "perplexity", phase, done, total, unit, seconds)
 
 
@@ -35,7 +38,7 @@ def _event(phase: str, done: int = 0, total: int | None = 4, unit: str = "window
         (_event("failed", total=None, unit=""), "quant-fixtures: tiny int8 perplexity: FAILED after 1.2 s"),
     ],
 )
-def test_each_event_is_one_line_with_counts_and_seconds(event, line) -> None:
+def test_each_event_is_one_line_with_counts_and_seconds(event: StageEvent, line: str) -> None:
     assert describe(event) == line
 
 
@@ -134,7 +137,7 @@ class Capture:
         reporter.capture = self
 
     @contextmanager
-    def global_and_fixture_disabled(self):
+    def global_and_fixture_disabled(self) -> Iterator[None]:
         before, self.suspended = len(self.reporter.out), True
         yield
         self.suspended = False
@@ -144,7 +147,7 @@ class Capture:
 def _sink(live: bool) -> tuple[TerminalProgress, Reporter, Capture]:
     reporter = Reporter()
     capture = Capture(reporter)
-    return TerminalProgress(reporter, reporter, capture, live), reporter, capture
+    return TerminalProgress(cast(pytest.TerminalReporter, reporter), reporter, capture, live), reporter, capture
 
 
 def _stage(sink: TerminalProgress) -> None:
@@ -188,19 +191,22 @@ def test_on_a_terminal_redraws_are_throttled(monkeypatch: pytest.MonkeyPatch) ->
     assert reporter.out.count("\r") == 2  # the start and the end, no step within the hour
 
 
-def _config(workerinput: dict | None = None, reporter: object | None = None) -> SimpleNamespace:
+def _config(workerinput: dict[str, str] | None = None, reporter: object | None = None) -> pytest.Config:
     plugins = {"terminalreporter": reporter, "capturemanager": None}
     config = SimpleNamespace(
         pluginmanager=SimpleNamespace(get_plugin=plugins.get), get_terminal_writer=lambda: reporter
     )
     if workerinput is not None:
         config.workerinput = workerinput
-    return config
+    return cast(pytest.Config, config)  # the parts terminal_progress reads
 
 
 def test_an_xdist_worker_and_a_run_without_a_terminal_stay_quiet() -> None:
-    reporter = Reporter()
-    reporter.isatty = lambda: False
+    class NotATerminal(Reporter):
+        def isatty(self) -> bool:
+            return False
+
+    reporter = NotATerminal()
     assert terminal_progress(_config({"workerid": "gw0"}, reporter)) is None
     assert terminal_progress(_config(None, None)) is None
     sink = terminal_progress(_config(None, reporter))

@@ -200,7 +200,7 @@ def test_a_users_file_brings_its_own_categories(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("category", ["", "  ", " padded", "tab\there", 7, None, "x" * 65])
-def test_invalid_category_name_is_refused(tmp_path: Path, category) -> None:
+def test_invalid_category_name_is_refused(tmp_path: Path, category: object) -> None:
     _expect_error(_write(tmp_path, [_rec(category=category)]), 1, "'category' must be a non-empty name")
 
 

@@ -2,14 +2,18 @@
 (llama.cpp tools/perplexity/perplexity.cpp perplexity(); lm-eval utils.get_rolling_token_windows
 with context_len=1 followed by make_disjoint_window), and the document-level split."""
 
+from collections.abc import Sequence
+
 import pytest
 
 from quant_fixtures.inputs.corpus_protocols import documents_plan, lm_eval_word_count, scored_text_units
 from quant_fixtures.inputs.wikitext_documents import detokenize, raw_lines, wikitext_pages
-from quant_fixtures.metrics.perplexity import llama_cpp_windows, rolling_windows
+from quant_fixtures.metrics.perplexity import Window, llama_cpp_windows, rolling_windows
+
+ReadsAndScores = tuple[list[int], list[int]]  # (token ids the model reads, target ids scored)
 
 
-def reads_and_scores(seq, w):
+def reads_and_scores(seq: Sequence[int], w: Window) -> ReadsAndScores:
     """(token ids the model reads, target ids scored) of one window of the suite."""
     reads = list(seq[w.begin : w.end - 1])
     if w.first_input is not None:
@@ -17,8 +21,8 @@ def reads_and_scores(seq, w):
     return reads, list(seq[w.first_target : w.end])
 
 
-def plain_llama_cpp(tokens, n_ctx, bos):
-    out = []
+def plain_llama_cpp(tokens: list[int], n_ctx: int, bos: int | None) -> list[ReadsAndScores]:
+    out: list[ReadsAndScores] = []
     for i in range(len(tokens) // n_ctx):
         chunk = list(tokens[i * n_ctx : (i + 1) * n_ctx])
         if bos is not None:
@@ -29,8 +33,8 @@ def plain_llama_cpp(tokens, n_ctx, bos):
     return out
 
 
-def plain_rolling(tokens, prefix, max_len):
-    pairs = []
+def plain_rolling(tokens: list[int], prefix: int, max_len: int) -> list[ReadsAndScores]:
+    pairs: list[tuple[list[int], list[int]]] = []
     first = min(max_len, len(tokens))
     pairs.append(([prefix] + tokens[: first - 1], tokens[:first]))
     done = first
@@ -39,7 +43,7 @@ def plain_rolling(tokens, prefix, max_len):
         end = done + size
         pairs.append((tokens[end - max_len - 1 : end - 1], tokens[end - size : end]))
         done = end
-    out = []
+    out: list[ReadsAndScores] = []
     for context, continuation in pairs:  # make_disjoint_window, then the model reads (context + cont)[:-1]
         context = context[: len(context) - (len(continuation) - 1)]
         out.append(((context + continuation)[:-1], continuation))
@@ -47,7 +51,9 @@ def plain_rolling(tokens, prefix, max_len):
 
 
 @pytest.mark.parametrize("n_tokens,n_ctx,bos", [(2048, 512, 1), (1500, 512, None), (100, 8, 0), (37, 6, 5)])
-def test_llama_cpp_windows_read_and_score_what_llama_perplexity_does(n_tokens, n_ctx, bos) -> None:
+def test_llama_cpp_windows_read_and_score_what_llama_perplexity_does(
+    n_tokens: int, n_ctx: int, bos: int | None
+) -> None:
     tokens = list(range(100, 100 + n_tokens))
     windows = llama_cpp_windows(n_tokens, n_ctx, bos)
     assert [reads_and_scores(tokens, w) for w in windows] == plain_llama_cpp(tokens, n_ctx, bos)
@@ -61,7 +67,7 @@ def test_llama_cpp_windows_respect_the_budget_and_refuse_too_little() -> None:
 
 
 @pytest.mark.parametrize("n_doc,max_len", [(1, 4), (4, 4), (5, 4), (9, 4), (13, 4), (30, 7), (3, 10), (64, 16)])
-def test_rolling_windows_read_and_score_what_lm_eval_does(n_doc, max_len) -> None:
+def test_rolling_windows_read_and_score_what_lm_eval_does(n_doc: int, max_len: int) -> None:
     doc = list(range(1000, 1000 + n_doc))
     seq = [7, 7, 7] + [99] + doc + [8]  # other tokens around; the prefix (99) at position 3
     windows = rolling_windows(3, n_doc, max_len)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def merged(base: dict, block: dict) -> dict:
     return out
 
 
-def assert_gated(suite: SuiteConfig, models: list[str], variants_of) -> None:
+def assert_gated(suite: SuiteConfig, models: list[str], variants_of: Callable[[SuiteConfig, str], list[str]]) -> None:
     for model in models:
         for variant in variants_of(suite, model):
             if not suite.variant(model, variant).is_baseline:
@@ -47,7 +48,7 @@ def test_the_readme_has_toml_examples() -> None:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=IDS)
-def test_every_readme_toml_block_works_added_to_the_shipped_configuration(block) -> None:
+def test_every_readme_toml_block_works_added_to_the_shipped_configuration(block: str) -> None:
     table = tomllib.loads(block)
     shipped = tomllib.loads(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
     suite = config_from_table(merged(shipped, table), Path("documented block + shipped quant_suite.toml"))
@@ -59,7 +60,7 @@ def test_every_readme_toml_block_works_added_to_the_shipped_configuration(block)
     [b for b in BLOCKS if "gates" in tomllib.loads(b)],
     ids=[i for i, b in zip(IDS, BLOCKS) if "gates" in tomllib.loads(b)],
 )
-def test_a_whole_file_block_works_alone(block) -> None:
+def test_a_whole_file_block_works_alone(block: str) -> None:
     table = tomllib.loads(block)
     suite = config_from_table(table, Path("documented block"))
     assert_gated(suite, list(table.get("models", {})), SuiteConfig.default_variant_keys)

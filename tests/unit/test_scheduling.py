@@ -31,14 +31,15 @@ def _pair(group: str) -> Any:
     return pair_of_group(group, MODELS, VARIANTS)
 
 
-OURS = dict(
+OURS: dict[str, Any] = dict(  # PairAwareScheduling's arguments
     pair=_pair, baseline="fp16", size=lambda g: SIZE[_pair(g)[0]] if _pair(g) else 0.0, models=frozenset(MODELS)
 )
 
 
 class FakeNode:
     def __init__(self, name: str) -> None:
-        self.name, self.queue, self.shutting_down = name, [], False
+        self.name, self.shutting_down = name, False
+        self.queue: list[int] = []
         self.gateway = SimpleNamespace(id=name)
 
     def send_runtest_some(self, indices: list[int]) -> None:
@@ -79,7 +80,9 @@ def simulate(scheduler_class: type, workers: int = 2, **kwargs: Any) -> tuple[fl
     sched.schedule()
     done_at: dict[tuple[str, str], float] = {}  # pair -> when its document (and references) exist
     order: dict[str, list[str]] = {n.name: [] for n in nodes}
-    clock, waited, events, busy = {n.name: 0.0 for n in nodes}, 0.0, [], set()
+    clock, waited = {n.name: 0.0 for n in nodes}, 0.0
+    events: list[tuple[float, str, int]] = []  # (when a test ends, worker, test index), a heap
+    busy: set[str] = set()
 
     def evaluate(model: str, variant: str, t: float, count_wait: bool = True) -> float:
         """When this worker has the pair's document, starting at ``t``: wait for another worker
@@ -105,7 +108,8 @@ def simulate(scheduler_class: type, workers: int = 2, **kwargs: Any) -> tuple[fl
                 for variant in VARIANTS:  # waiting here is what is left at the end: not counted
                     t = evaluate(group, variant, t, count_wait=False)
             elif _pair(group):
-                t = evaluate(*_pair(group), t)
+                model, variant = _pair(group)
+                t = evaluate(model, variant, t)
         heapq.heappush(events, (t, node.name, index))
         busy.add(node.name)
 
@@ -208,5 +212,5 @@ def test_a_variant_waits_only_when_nothing_else_is_ready() -> None:
         ("other-int8", None),
     ],
 )
-def test_group_names_map_back_to_pairs(group, expected) -> None:
+def test_group_names_map_back_to_pairs(group: str, expected: tuple[str, str] | None) -> None:
     assert pair_of_group(group, MODELS, VARIANTS) == expected

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from documents_for_tests import golden_document
@@ -37,8 +39,10 @@ def test_a_written_document_reads_back_into_the_same_types_and_bytes(tmp_path: P
 def test_an_optional_section_left_out_when_empty_and_read_back_as_none() -> None:
     fp16, int8 = golden_document("fp16_evaluation"), golden_document("int8_evaluation")
     assert "batch_sensitivity" not in fp16["flips"] and "batch_sensitivity" in int8["flips"]
-    assert from_json_object(EvaluationDocument, fp16).flips.batch_sensitivity is None
-    assert from_json_object(Flips, int8["flips"]).batch_sensitivity.shift == 24
+    fp16_flips = from_json_object(EvaluationDocument, fp16).flips
+    assert fp16_flips is not None and fp16_flips.batch_sensitivity is None
+    int8_sensitivity = from_json_object(Flips, int8["flips"]).batch_sensitivity
+    assert int8_sensitivity is not None and int8_sensitivity.shift == 24
 
 
 @pytest.mark.parametrize(
@@ -50,7 +54,9 @@ def test_an_optional_section_left_out_when_empty_and_read_back_as_none() -> None
         (lambda d: d.update(model=[1, 2]), "expected an object for ModelInfo"),
     ],
 )
-def test_a_document_of_another_shape_is_refused_naming_where(change, message) -> None:
+def test_a_document_of_another_shape_is_refused_naming_where(
+    change: Callable[[dict[str, Any]], object], message: str
+) -> None:
     data = golden_document("int8_evaluation")
     change(data)
     with pytest.raises(SchemaError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -73,7 +79,9 @@ def test_serialiser_refuses_nan(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_document(tmp_path / "x.json", doc)
     assert not list(tmp_path.iterdir())
-    assert to_json_object(doc)["perplexity"]["ppl"] != to_json_object(doc)["perplexity"]["ppl"]  # NaN kept in memory
+    written = to_json_object(doc)
+    assert isinstance(written, dict) and isinstance(written["perplexity"], dict)
+    assert written["perplexity"]["ppl"] != written["perplexity"]["ppl"]  # NaN kept in memory
 
 
 # -- values are checked against the annotations, down to the records inside the sections --------------
@@ -114,7 +122,9 @@ def test_serialiser_refuses_nan(tmp_path: Path) -> None:
         (lambda d: d.update(kl_divergence=5), "document.kl_divergence: expected an object for PromptKL, got int"),
     ],
 )
-def test_a_value_of_the_wrong_type_is_refused_naming_its_path(change, message) -> None:
+def test_a_value_of_the_wrong_type_is_refused_naming_its_path(
+    change: Callable[[dict[str, Any]], object], message: str
+) -> None:
     data = golden_document("int8_evaluation")
     change(data)
     with pytest.raises(SchemaError, match=re.escape(message)):

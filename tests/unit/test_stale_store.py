@@ -41,7 +41,9 @@ HIDDEN = {"hidden": torch.zeros(6, 4), "head_weight": torch.zeros(10, 4), "noise
     ],
     ids=["intact", "other-baseline", "other-positions"],
 )
-def test_the_corpus_reference_says_why_it_cannot_be_used(tmp_path: Path, digest, positions, reason) -> None:
+def test_the_corpus_reference_says_why_it_cannot_be_used(
+    tmp_path: Path, digest: str, positions: int, reason: str
+) -> None:
     path = corpus_reference_path(tmp_path, "a" * 64)
     store_corpus_reference(path, HIDDEN, "a" * 64)
     tensors, why = load_corpus_reference(path, digest, positions)

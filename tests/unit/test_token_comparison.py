@@ -10,7 +10,7 @@ from quant_fixtures.metrics import token_comparison as tc
 from quant_fixtures.metrics.reference_head import ReferenceHead
 
 
-def _logits(*probs):
+def _logits(*probs: tuple[float, ...]) -> torch.Tensor:
     return torch.tensor([[math.log(p) if p > 0 else float("-inf") for p in row] for row in probs], dtype=torch.float64)
 
 

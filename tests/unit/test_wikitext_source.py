@@ -9,11 +9,11 @@ from quant_fixtures.inputs.wikitext import WIKITEXT_SHA256, DatasetError, load_w
 
 
 @pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch):
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
     """Any attempt to reach the network fails the test."""
-    attempts = []
+    attempts: list[tuple[object, ...]] = []
 
-    def refuse(*args, **kwargs) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
         attempts.append(args)
         raise AssertionError(f"network access: {args}")
 
@@ -23,20 +23,22 @@ def no_network(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.mark.parametrize("source", ["vendored", "auto"])
-def test_the_default_and_auto_read_the_shipped_copy_without_the_network(no_network, source) -> None:
+def test_the_default_and_auto_read_the_shipped_copy_without_the_network(
+    no_network: list[tuple[object, ...]], source: str
+) -> None:
     text = load_wikitext2_test(source)
     assert (text.source, text.sha256) == ("vendored", WIKITEXT_SHA256)
     assert no_network == []
 
 
-def test_the_default_source_is_the_shipped_copy(no_network) -> None:
+def test_the_default_source_is_the_shipped_copy(no_network: list[tuple[object, ...]]) -> None:
     assert load_wikitext2_test().source == "vendored"
     from quant_fixtures.settings import PerplexityProtocol
 
     assert PerplexityProtocol(ctx=None, max_tokens=None, stride=None, batch_size=1).dataset_source == "vendored"
 
 
-def test_hub_is_asked_for_and_fails_loudly(no_network) -> None:
+def test_hub_is_asked_for_and_fails_loudly(no_network: list[tuple[object, ...]]) -> None:
     with pytest.raises(DatasetError, match="--dataset-source hub: WikiText-2 could not be loaded from the Hub"):
         load_wikitext2_test("hub")
     assert no_network  # it did try
