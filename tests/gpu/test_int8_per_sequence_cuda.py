@@ -147,10 +147,11 @@ def test_int8_decoding_is_captured_and_gives_the_exact_paths_tokens(tiny_llama: 
     from quant_fixtures.compute.decoding import can_capture, static_greedy
     from quant_fixtures.models import int8_static
     from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8
+    from quant_fixtures.settings import LoadSettings
     from quant_fixtures.variants import VARIANTS
 
     int8 = AutoModelForCausalLM.from_pretrained(
-        tiny_llama, dtype=torch.float16, device_map="cuda:0", **VARIANTS["int8"].load_kwargs(None)
+        tiny_llama, dtype=torch.float16, device_map="cuda:0", **VARIANTS["int8"].load_kwargs(LoadSettings("cuda:0"))
     ).eval()
     install_per_sequence_int8(int8)
     with torch.no_grad():

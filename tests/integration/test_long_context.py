@@ -169,7 +169,7 @@ def test_a_probe_answer_read_token_by_token_is_what_generate_decodes(
 
 
 def test_int8_one_position_calls_on_the_static_path_give_the_exact_numbers(
-    int8_with_outliers, wikitext_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+    int8_with_outliers: dict[str, Any], wikitext_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The answer positions read one per call take LLM.int8's static-shape path on CUDA (run here on
     the CPU): the numbers of the exact path; a read whose calls overflow the static width is read
