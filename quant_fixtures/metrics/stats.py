@@ -126,10 +126,10 @@ def bootstrap_ci(
 
 
 def _paired_window_arrays(
-    base_nll: Sequence[float],
-    base_tokens: Sequence[int],
-    cand_nll: Sequence[float],
-    cand_tokens: Sequence[int],
+    base_nll: Sequence[float] | np.ndarray,
+    base_tokens: Sequence[int] | np.ndarray,
+    cand_nll: Sequence[float] | np.ndarray,
+    cand_tokens: Sequence[int] | np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate per-window inputs; return ``(cand_nll - base_nll, tokens)`` as float64."""
     arrays = {
@@ -158,10 +158,10 @@ def _paired_window_arrays(
 
 
 def paired_bootstrap_delta_ppl_ci(
-    base_nll: Sequence[float],
-    base_tokens: Sequence[int],
-    cand_nll: Sequence[float],
-    cand_tokens: Sequence[int],
+    base_nll: Sequence[float] | np.ndarray,
+    base_tokens: Sequence[int] | np.ndarray,
+    cand_nll: Sequence[float] | np.ndarray,
+    cand_tokens: Sequence[int] | np.ndarray,
     n_resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,

@@ -22,11 +22,11 @@ from quant_fixtures.report.schema import (
 Documents = dict[str, EvaluationDocument]  # variant key -> evaluation document, registry order
 
 
-def evaluation_path(results_dir: Path, model: str, variant_key: str) -> Path:
+def evaluation_path(results_dir: Path | str, model: str, variant_key: str) -> Path:
     return file_in(Path(results_dir), f"{variant_key}_quantized_{model}_evaluation.json")
 
 
-def comparison_path(results_dir: Path, model: str) -> Path:
+def comparison_path(results_dir: Path | str, model: str) -> Path:
     return file_in(Path(results_dir), f"{model}_quantization_comparison.json")
 
 

@@ -4,17 +4,19 @@ the suite's own builders (used by test_document_golden.py)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from quant_fixtures.compute.scoring import WindowScores
+from quant_fixtures.json_types import JsonObject, JsonValue
 from quant_fixtures.metrics.corpus_stats import corpus_comparison
-from quant_fixtures.metrics.prompt_summary import batch_sensitivity, flip_summary, kl_section
+from quant_fixtures.metrics.prompt_summary import PromptRecord, batch_sensitivity, flip_summary, kl_section
 from quant_fixtures.report.build import Measurements, evaluation_document
 from quant_fixtures.report.comparison import comparison_document
 from quant_fixtures.report.schema import (
     Batching,
+    EvaluationDocument,
     NoiseFloor,
     PromptKL,
     from_json_object,
@@ -25,7 +27,10 @@ from quant_fixtures.settings import GatePolicy, PerplexityProtocol
 from quant_fixtures.store.baseline import Baseline, BaselineKey
 from quant_fixtures.variants import VARIANTS
 
-ENVIRONMENT = {
+if TYPE_CHECKING:
+    from quant_fixtures.models.loading import LoadedModel
+
+ENVIRONMENT: JsonObject = {
     "python": "3.12.0",
     "platform": "Linux-test",
     "device": "cpu",
@@ -50,7 +55,7 @@ ENVIRONMENT = {
     },
     "device_name": "Test CPU",
 }
-NUMERICS = {
+NUMERICS: JsonObject = {
     "device_type": "cpu",
     "torch": "2.13.0",
     "transformers": "5.24.0",
@@ -72,16 +77,16 @@ def _record(
     ok: bool | None,
     exact: bool,
     response: str = "the answer is 4",
-) -> dict[str, Any]:
+) -> PromptRecord:
     scored = kl is not None
     return {
         "id": pid,
         "category": category,
         "positions": 6 if scored else 0,
         "kl_mean": kl,
-        "kl_max": 3 * kl if scored else None,
-        "kl_reverse_mean": 1.1 * kl if scored else None,
-        "kl_topk_mean": 0.9 * kl if scored else None,
+        "kl_max": 3 * kl if kl is not None else None,
+        "kl_reverse_mean": 1.1 * kl if kl is not None else None,
+        "kl_topk_mean": 0.9 * kl if kl is not None else None,
         "top1_agreement": top1,
         "nll_fp16_tokens": 2.5,
         "tail_mass_mean": 0.015 if scored else None,
@@ -95,7 +100,7 @@ def _record(
     }
 
 
-def _records(scale: float) -> list[dict[str, Any]]:
+def _records(scale: float) -> list[PromptRecord]:
     return [
         _record("math-1", "math", 0.010 * scale, 1.0, True, True, True),
         _record(
@@ -126,12 +131,12 @@ def _corpus_positions(scale: float) -> dict[str, np.ndarray]:
     }
 
 
-def _kl(records: list[dict[str, Any]], text: str) -> PromptKL:
+def _kl(records: list[PromptRecord], text: str) -> PromptKL:
     return kl_section(records, 256, f"KL method ({text}).", "6 prompts, max_new_tokens <= 16, top-256, chat template")
 
 
 def _measurements(
-    variant_key: str, nll: list[float], footprint: int, records: list[dict[str, Any]] | None, baseline: Baseline
+    variant_key: str, nll: list[float], footprint: int, records: list[PromptRecord] | None, baseline: Baseline
 ) -> Measurements:
     variant = VARIANTS[variant_key]
     qconfig = None if variant.is_baseline else {"quant_method": "bitsandbytes", f"load_in_{variant_key}": True}
@@ -149,7 +154,8 @@ def _measurements(
         kl = _kl(records, "FP16 against itself" if variant.is_baseline else variant_key)
         flips = flip_summary(records)
     if variant_key == "int8":
-        again = [dict(r, response="moved", correct=r["correct"]) for r in records]
+        assert records is not None and flips is not None
+        again: list[PromptRecord] = [{**r, "response": "moved", "correct": r["correct"]} for r in records]
         flips.batch_sensitivity = batch_sensitivity(records, again, 48, 24)
     if not variant.is_baseline:
         noise_kl = np.full(511, 2e-7)
@@ -159,7 +165,7 @@ def _measurements(
     return Measurements(
         model="tiny",
         variant=variant,
-        loaded=loaded,
+        loaded=cast("LoadedModel", loaded),  # a stand-in with the fields the builders read
         source="org/tiny@main",
         note="random weights",
         weights_identity="sha256:abc",
@@ -200,7 +206,7 @@ def _measurements(
     )
 
 
-def golden_evaluations(int8_nll_scale: float = 1.01) -> dict[str, Any]:
+def golden_evaluations(int8_nll_scale: float = 1.01) -> dict[str, EvaluationDocument]:
     """The three evaluation documents (objects); ``int8_nll_scale`` sets INT8's window NLLs against FP16's."""
     key = BaselineKey(
         model="tiny",
@@ -243,7 +249,7 @@ def golden_evaluations(int8_nll_scale: float = 1.01) -> dict[str, Any]:
     }
 
 
-def golden_documents() -> dict[str, dict[str, Any]]:
+def golden_documents() -> dict[str, JsonObject]:
     from quant_fixtures.config import DEFAULT_SNAPSHOT_TOLERANCES
 
     docs = golden_evaluations()
@@ -254,4 +260,9 @@ def golden_documents() -> dict[str, dict[str, Any]]:
         "comparison": comparison_document(docs),
         "harm_summary": harm_summary(docs, DEFAULT_SNAPSHOT_TOLERANCES),
     }
-    return {name: to_json_object(doc) for name, doc in built.items()}
+    return {name: _json_object(to_json_object(doc)) for name, doc in built.items()}
+
+
+def _json_object(value: JsonValue) -> JsonObject:
+    assert isinstance(value, dict)
+    return value

@@ -107,7 +107,7 @@ def test_delta_ppl_decision_matches_an_independent_t_test() -> None:
     assert result.p_within == pytest.approx(stats.t.cdf(t, 11), rel=1e-9)
     assert result.p_beyond == pytest.approx(stats.t.sf(t, 11), rel=1e-9)
     upper = 100 * math.expm1(r.mean() + stats.t.ppf(0.95, 11) * se)
-    assert result.interval[1] == pytest.approx(upper, rel=1e-9)
+    assert result.interval is not None and result.interval[1] == pytest.approx(upper, rel=1e-9)
     assert result.value == doc["perplexity"]["delta_ppl_pct"]  # the reported number, to the last bit
     assert result.verdict == PASS and (result.units, result.unit) == (12, "windows")
 
@@ -141,15 +141,21 @@ def test_kl_mean_over_prompts_ignores_unscored_prompts_and_says_what_would_decid
     finite = np.array([0.08, 0.12, 0.09, 0.11, 0.10, 0.07])
     t = (finite.mean() - 0.1) / (finite.std(ddof=1) / math.sqrt(finite.size))
     assert result.units == 6 and result.p_within == pytest.approx(stats.t.cdf(t, 5), rel=1e-9)
-    assert result.verdict == UNDECIDED and result.more_units > 0 and "more prompts" in result.need()
+    assert (
+        result.verdict == UNDECIDED
+        and result.more_units is not None
+        and result.more_units > 0
+        and "more prompts" in result.need()
+    )
 
 
 def test_a_clear_kl_excess_fails_and_the_family_level_can_hold_it_back() -> None:
     kl = list(np.random.default_rng(5).gamma(4.0, 0.03, 40))  # mean about 0.12
     alone = only({"max_kl_mean": 0.1}, prompts(kl))
-    assert alone.verdict == FAIL and alone.p_beyond <= 0.05
+    assert alone.verdict == FAIL and alone.p_beyond is not None and alone.p_beyond <= 0.05
     held = only({"max_kl_mean": 0.1}, prompts(kl), alpha_beyond=alone.p_beyond / 2)
-    assert held.verdict == UNDECIDED and held.interval[0] <= 0.1  # the failing-side bound at the family level
+    # the failing-side bound at the family level
+    assert held.verdict == UNDECIDED and held.interval is not None and held.interval[0] <= 0.1
 
 
 def test_a_p99_over_96_prompts_cannot_pass_but_can_fail() -> None:
@@ -157,7 +163,12 @@ def test_a_p99_over_96_prompts_cannot_pass_but_can_fail() -> None:
     only from n = 299 (0.99^n <= 0.05); 96 prompts can show a p99 beyond its limit, never within."""
     kl = list(np.linspace(0.01, 0.5, 96))
     within = only({"max_kl_p99": 10.0}, prompts(kl))
-    assert within.verdict == UNDECIDED and within.interval[1] == math.inf and within.more_units == 299 - 96
+    assert (
+        within.verdict == UNDECIDED
+        and within.interval is not None
+        and within.interval[1] == math.inf
+        and within.more_units == 299 - 96
+    )
     assert within.value == pytest.approx(np.percentile(kl, 99))
     beyond = only({"max_kl_p99": 0.3}, prompts(kl))  # 38 of 96 above: far more than 1 %
     assert beyond.verdict == FAIL and beyond.p_beyond == pytest.approx(stats.binom.sf(37, 96, 0.01), rel=1e-9)
@@ -168,7 +179,9 @@ def test_the_p99_verdict_changes_where_its_interval_says_and_holds_its_error_rat
 
     rng = np.random.default_rng(11)
     values = rng.exponential(1.0, 600)
-    lower, upper = decide_quantile(QuantileEvidence(values, 0.99, "prompts"), 1.0, "lower", 0.05, 0.01).interval
+    interval = decide_quantile(QuantileEvidence(values, 0.99, "prompts"), 1.0, "lower", 0.05, 0.01).interval
+    assert interval is not None
+    lower, upper = interval
     for limit in np.linspace(2.0, 8.0, 61):
         d = decide_quantile(QuantileEvidence(values, 0.99, "prompts"), float(limit), "lower", 0.05, 0.01)
         assert d.verdict == (PASS if limit > upper else FAIL if limit < lower else UNDECIDED), limit
@@ -189,7 +202,7 @@ def test_zero_flips_in_29_prompts_bounds_the_rate_below_a_tenth_and_28_do_not() 
     assert only({"max_flip_rate": 0.1}, flips(0, 29)).verdict == PASS
     short = only({"max_flip_rate": 0.1}, flips(0, 28))
     assert short.verdict == UNDECIDED and short.more_units == 1
-    assert short.interval[1] == pytest.approx(1 - 0.05 ** (1 / 28), rel=1e-9)
+    assert short.interval is not None and short.interval[1] == pytest.approx(1 - 0.05 ** (1 / 28), rel=1e-9)
 
 
 def test_no_checkable_prompt_leaves_the_flip_gate_undecided_saying_why() -> None:
@@ -229,6 +242,7 @@ def test_document_verdict_lists_failed_and_undecided_metrics() -> None:
 
 def test_json_record_keys() -> None:
     record = to_json_object(only({"max_flip_rate": 0.1}, flips(0, 29)))
+    assert isinstance(record, dict)
     assert list(record) == [
         "metric", "value", "limit", "op", "verdict", "interval", "p_within", "p_beyond", "alpha", "alpha_beyond",
         "units", "unit", "more_units", "exact", "method",
@@ -255,6 +269,7 @@ def test_optional_gates_from_the_registry_read_from_a_real_document(tmp_path: Pa
     )
     limits = load_config(path).gates_for("tiny", "nf4")
     doc = from_json_object(EvaluationDocument, golden_document("nf4_evaluation"))
+    assert doc.flips is not None and doc.kl_divergence is not None
     assert (doc.flips.flips, doc.flips.checkable_prompts) == (2, 4)
     results = {r.metric: r for r in evaluate_gates(limits, doc)}
     assert results["flip_rate"].value == 0.5 and results["flip_rate"].unit == "prompts with a checkable answer"

@@ -13,6 +13,7 @@ import pytest
 from quant_fixtures.metrics.prompt_summary import (
     RESPONSE_CHARS,
     WORST_PROMPTS,
+    PromptRecord,
     flip_summary,
     kl_method_text,
     kl_section,
@@ -34,7 +35,7 @@ def record(
     first_div: int | None = None,
     fp16_text: str = "fp16 says",
     text: str = "variant says",
-) -> dict:
+) -> PromptRecord:
     """One per-prompt record shaped like prompt_eval.per_prompt_records' output."""
     scored = kl is not None
     return {
@@ -42,9 +43,9 @@ def record(
         "category": category,
         "positions": 4 if scored else 0,
         "kl_mean": kl,
-        "kl_max": (2 * kl) if scored else None,
-        "kl_reverse_mean": (1.2 * kl) if scored else None,
-        "kl_topk_mean": (0.95 * kl) if scored else None,
+        "kl_max": (2 * kl) if kl is not None else None,
+        "kl_reverse_mean": (1.2 * kl) if kl is not None else None,
+        "kl_topk_mean": (0.95 * kl) if kl is not None else None,
         "top1_agreement": top1 if scored else None,
         "nll_fp16_tokens": 1.5,
         "tail_mass_mean": tail if scored else None,
@@ -62,7 +63,7 @@ LONG = "x" * (RESPONSE_CHARS + 50)
 
 
 @pytest.fixture
-def records() -> list[dict]:
+def records() -> list[PromptRecord]:
     return [
         record("m1", "mathematical_reasoning", 0.10, 0.75, fp16_correct=True, correct=True, tail=0.02),
         record(
@@ -105,7 +106,7 @@ SCORED_TAIL = {"m1": 0.02, "m2": 0.01, "m3": 0.03, "q1": 0.04, "q2": 0.01, "q3":
 # --- kl_section ----------------------------------------------------------------------------------
 
 
-def test_summary_statistics_cover_scored_prompts_only(records: list[dict]) -> None:
+def test_summary_statistics_cover_scored_prompts_only(records: list[PromptRecord]) -> None:
     section = kl_section(records, top_k=256, method="the method")
     kl = np.array(list(SCORED_KL.values()))
     assert section.prompts == 7
@@ -121,7 +122,7 @@ def test_summary_statistics_cover_scored_prompts_only(records: list[dict]) -> No
     assert section.per_prompt == records  # every record, unscored ones included, in order
 
 
-def test_ci95_contains_the_mean_and_is_seeded(records: list[dict]) -> None:
+def test_ci95_contains_the_mean_and_is_seeded(records: list[PromptRecord]) -> None:
     section = kl_section(records, top_k=256, method="m")
     low, high = section.ci95
     assert low <= section.mean <= high
@@ -132,7 +133,7 @@ def test_ci95_contains_the_mean_and_is_seeded(records: list[dict]) -> None:
     assert kl_section(records, top_k=256, method="m", seed=0).ci95 == section.ci95
 
 
-def test_per_category_means_flips_and_exact_matches(records: list[dict]) -> None:
+def test_per_category_means_flips_and_exact_matches(records: list[PromptRecord]) -> None:
     cats = kl_section(records, top_k=256, method="m").per_category
     assert set(cats) == {"mathematical_reasoning", "question_answering", "scientific_knowledge"}
 
@@ -157,7 +158,7 @@ def test_per_category_means_flips_and_exact_matches(records: list[dict]) -> None
     assert sci["exact_match"] == 1
 
 
-def test_category_without_any_scored_prompt_reports_null_means(records: list[dict], tmp_path: Path) -> None:
+def test_category_without_any_scored_prompt_reports_null_means(records: list[PromptRecord], tmp_path: Path) -> None:
     records.append(record("h1", "historical_knowledge", None, None))
     section = kl_section(records, top_k=256, method="m")
     cats = section.per_category
@@ -169,7 +170,7 @@ def test_category_without_any_scored_prompt_reports_null_means(records: list[dic
     )  # JSON has no NaN: the report must still be writable
 
 
-def test_worst_prompts_sorted_descending_and_truncated(records: list[dict]) -> None:
+def test_worst_prompts_sorted_descending_and_truncated(records: list[PromptRecord]) -> None:
     worst = kl_section(records, top_k=256, method="m").worst_prompts
     assert WORST_PROMPTS == 5
     assert [w["id"] for w in worst] == ["m2", "q2", "s1", "q1", "m1"]
@@ -216,7 +217,7 @@ def test_no_scored_prompt_raises() -> None:
 # --- flip_summary --------------------------------------------------------------------------------
 
 
-def test_flip_summary_counts(records: list[dict]) -> None:
+def test_flip_summary_counts(records: list[PromptRecord]) -> None:
     summary = flip_summary(records)
     # Checkable: every record with an answer (m1, m2, m3, q1, q3, s2).
     assert summary.checkable_prompts == 6
@@ -263,9 +264,9 @@ def test_method_text_names_settings() -> None:
 
 
 def test_exact_basis_reports_topk_gap() -> None:
-    recs = [
-        dict(record("a", "question_answering", 0.10), kl_topk_mean=0.095),
-        dict(record("b", "question_answering", 0.30), kl_topk_mean=0.285),
+    recs: list[PromptRecord] = [
+        {**record("a", "question_answering", 0.10), "kl_topk_mean": 0.095},
+        {**record("b", "question_answering", 0.30), "kl_topk_mean": 0.285},
     ]
     section = kl_section(recs, top_k=256, method="m")
     assert section.basis == "exact" and section.mean == pytest.approx(0.2)

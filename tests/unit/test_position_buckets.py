@@ -3,6 +3,8 @@ summary against a plain-Python transcription of the definitions on random stretc
 
 import math
 import random
+from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from quant_fixtures.metrics import blocks as blocks_module
 from quant_fixtures.metrics import position_buckets as pb
 
 
-def stretches_of(lengths):
+def stretches_of(lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """context_tokens and stretch arrays for stretches of these token counts (L - 1 positions each)."""
     context = [c for length in lengths for c in range(1, length)]
     stretch = [s for s, length in enumerate(lengths) for _ in range(1, length)]
@@ -136,13 +138,21 @@ STUDENT_T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.446
 STUDENT_T975 |= {10: 2.2281, 20: 2.0860, 30: 2.0423, 60: 2.0003, 120: 1.9799}
 
 
-def reference_buckets(context, stretch, logp, logq, kl, same, buckets):
+def reference_buckets(
+    context: list[int],
+    stretch: list[int],
+    logp: list[float],
+    logq: list[float],
+    kl: list[float],
+    same: list[bool],
+    buckets: list[tuple[int, int]],
+) -> list[pb.VariantBucket]:
     """The definitions, position by position in Python floats: blocks are runs of up to 128 positions
     of one stretch inside one bucket; CI = mean ± t(B - 1) sqrt(B / (B - 1) sum (n_b / N)^2 (m_b - m)^2)
     with t the Student's t 0.975 quantile (checked on its own against a table written out here)."""
 
-    def ci(pairs):  # pairs: [(block, value)]
-        groups = {}
+    def ci(pairs: list[tuple[int, float]]) -> tuple[float, tuple[float, float] | None]:  # pairs: [(block, value)]
+        groups: dict[int, list[float]] = {}
         for block, value in pairs:
             groups.setdefault(block, []).append(value)
         n = sum(len(g) for g in groups.values())
@@ -154,9 +164,12 @@ def reference_buckets(context, stretch, logp, logq, kl, same, buckets):
         t = blocks_module.t975(len(groups) - 1)  # the quantile itself is checked against a table below
         return m, (m - t * se, m + t * se)
 
-    out = []
+    out: list[pb.VariantBucket] = []
     for lo, hi in buckets:
-        rows, seen, block, previous, rank = [], set(), -1, None, 0
+        rows: list[tuple[int, int]] = []  # (block, position)
+        seen: set[int] = set()
+        block, rank = -1, 0
+        previous: int | None = None
         for i in range(len(context)):
             if lo <= context[i] < hi:
                 rank = rank + 1 if stretch[i] == previous else 0
@@ -200,6 +213,11 @@ def reference_buckets(context, stretch, logp, logq, kl, same, buckets):
     return out
 
 
+def _known(value: float | None) -> float:
+    assert value is not None
+    return value
+
+
 def test_matches_plain_python_on_random_stretches() -> None:
     rng = random.Random(7)
     lengths = [300, 1000, 50, 700, 129]
@@ -220,13 +238,15 @@ def test_matches_plain_python_on_random_stretches() -> None:
     assert [b["positions"] for b in got] == [63 * 4 + 49, 192 * 3 + 65, 44 + 744 + 444]
     for g, w in zip(got, want):
         assert set(g) == set(w)
+        got_row: Mapping[str, object] = g
         for key, value in w.items():
-            if key == "block_sums":
-                for part, sums in value.items():
-                    assert g[key][part] == pytest.approx(sums, rel=1e-9, abs=1e-12), part
-            else:
-                assert g[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
-    ref_growth_slope = np.polyfit(np.log2([b["mean_context"] for b in want]), [b["kl_mean"] for b in want], 1)[0]
+            if key != "block_sums":
+                assert got_row[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+        got_sums: Mapping[str, object] = g["block_sums"]
+        for part, sums in w["block_sums"].items():
+            assert got_sums[part] == pytest.approx(sums, rel=1e-9, abs=1e-12), part
+    ref_kl = [_known(b["kl_mean"]) for b in want]
+    ref_growth_slope = np.polyfit(np.log2([b["mean_context"] for b in want]), ref_kl, 1)[0]
     assert pb.harm_growth(got)["kl_slope_per_doubling"] == pytest.approx(ref_growth_slope)
 
 
@@ -260,7 +280,7 @@ def test_clip_edges_beyond_the_last_edge_keeps_the_edges() -> None:
         ((0, 1), 50, "(0, 1)"),
     ],
 )
-def test_clip_edges_rejects_bad_edges(edges, longest, shown) -> None:
+def test_clip_edges_rejects_bad_edges(edges: tuple[int, ...], longest: int, shown: str) -> None:
     with pytest.raises(ValueError, match=r"bucket edges " + shown.replace("(", r"\(").replace(")", r"\)")):
         pb.clip_edges(edges, longest)
 
@@ -268,8 +288,9 @@ def test_clip_edges_rejects_bad_edges(edges, longest, shown) -> None:
 # --- growth by hand ---------------------------------------------------------------------------------
 
 
-def _bucket(mean_context, kl_mean, delta):
-    return {"mean_context": mean_context, "kl_mean": kl_mean, "delta_ppl_pct": delta}
+def _bucket(mean_context: float, kl_mean: float, delta: float) -> pb.VariantBucket:
+    # a stand-in with the fields harm_growth reads
+    return cast(pb.VariantBucket, {"mean_context": mean_context, "kl_mean": kl_mean, "delta_ppl_pct": delta})
 
 
 def test_growth_by_hand() -> None:
@@ -322,7 +343,7 @@ def test_non_finite_kl_is_counted_not_averaged() -> None:
         ({"same_top1": HAND_SAME[:2]}, "same_top1 has 2 positions"),
     ],
 )
-def test_bad_inputs_name_the_argument(change, message) -> None:
+def test_bad_inputs_name_the_argument(change: dict[str, np.ndarray], message: str) -> None:
     args = {
         "context_tokens": HAND_CONTEXT,
         "stretch": HAND_STRETCH,
@@ -341,5 +362,5 @@ def test_a_bucket_without_positions_is_an_error() -> None:
 
 
 @pytest.mark.parametrize("df", sorted(STUDENT_T975))
-def test_student_t_quantiles(df) -> None:
+def test_student_t_quantiles(df: int) -> None:
     assert blocks_module.t975(df) == pytest.approx(STUDENT_T975[df], abs=1e-4)

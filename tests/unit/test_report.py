@@ -15,8 +15,15 @@ import pytest
 import torch
 from documents_for_tests import gate_record, typed
 
+from quant_fixtures.json_types import JsonObject, JsonValue
 from quant_fixtures.report.comparison import comparison_document, comparison_path, evaluation_path
-from quant_fixtures.report.schema import SCHEMA_VERSION, now_utc, to_json_object, write_document
+from quant_fixtures.report.schema import (
+    SCHEMA_VERSION,
+    EvaluationDocument,
+    now_utc,
+    to_json_object,
+    write_document,
+)
 from quant_fixtures.store.atomic import atomic_path, save_tensors, write_json_atomic
 
 # -- write_json_atomic ------------------------------------------------------------------------------
@@ -48,7 +55,7 @@ def test_write_replaces_existing(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def umask() -> Iterator[Callable[[int], None]]:
+def umask() -> Iterator[Callable[[int], int]]:
     """Sets the process's umask for one test and restores it afterwards."""
     before = os.umask(0o022)
     try:
@@ -58,7 +65,7 @@ def umask() -> Iterator[Callable[[int], None]]:
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o002], ids=oct)
-def test_written_files_get_the_mode_open_would_give(tmp_path: Path, umask: Callable[[int], None], mask: int) -> None:
+def test_written_files_get_the_mode_open_would_give(tmp_path: Path, umask: Callable[[int], int], mask: int) -> None:
     """Reports, plots and caches must be readable wherever a plain open() would make them so (a CI
     artifact, a shared results folder): 0666 less the umask, directories 0777 less it."""
     umask(mask)
@@ -116,7 +123,8 @@ def test_comparison_path(tmp_path: Path) -> None:
 def test_now_utc_is_iso_seconds() -> None:
     stamp = now_utc()
     parsed = datetime.fromisoformat(stamp)
-    assert parsed.utcoffset().total_seconds() == 0
+    offset = parsed.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     assert parsed.microsecond == 0
 
 
@@ -129,7 +137,7 @@ def gate(metric: str, value: float | None, limit: float, op: str, passed: bool) 
 
 def evaluation(
     variant: str, method: str, ppl: float, delta: float, footprint: float, reduction: float, gates: list[dict[str, Any]]
-) -> Any:
+) -> EvaluationDocument:
     """An evaluation document whose numbers comparison_document reads are these, and no prompt KL."""
     return typed(
         {
@@ -189,9 +197,14 @@ NF4 = evaluation(
 )
 
 
+def _object(value: JsonValue) -> JsonObject:
+    assert isinstance(value, dict), value
+    return value
+
+
 def test_comparison_lists_variants_in_order() -> None:
-    doc = to_json_object(comparison_document({"fp16": FP16, "int8": INT8, "nf4": NF4}))
-    assert list(doc["variants"]) == ["fp16", "int8", "nf4"]
+    doc = _object(to_json_object(comparison_document({"fp16": FP16, "int8": INT8, "nf4": NF4})))
+    assert list(_object(doc["variants"])) == ["fp16", "int8", "nf4"]
     assert doc["schema_version"] == SCHEMA_VERSION
     assert doc["model"] == to_json_object(FP16.model)
     assert doc["fp16_ppl"] == 10.0
@@ -204,12 +217,15 @@ def test_comparison_lists_variants_in_order() -> None:
         "dataset_sha256": "ab" * 32,
         "protocol": "text",
     }
-    datetime.fromisoformat(doc["generated_at"])
+    generated_at = doc["generated_at"]
+    assert isinstance(generated_at, str)
+    datetime.fromisoformat(generated_at)
 
 
 def test_comparison_rows() -> None:
-    doc = to_json_object(comparison_document({"fp16": FP16, "int8": INT8, "nf4": NF4}))
-    int8 = doc["variants"]["int8"]
+    doc = _object(to_json_object(comparison_document({"fp16": FP16, "int8": INT8, "nf4": NF4})))
+    variants = _object(doc["variants"])
+    int8 = _object(variants["int8"])
     expected = {
         "method": "bitsandbytes-llm.int8",
         "ppl": 10.3,
@@ -226,8 +242,8 @@ def test_comparison_rows() -> None:
     assert {k: int8[k] for k in expected} == expected
     # These documents carry no prompt or corpus KL: those columns are empty, not invented.
     assert all(int8[k] is None for k in ("kl_mean", "kl_p99", "top1_agreement", "flips", "corpus_kl_mean"))
-    assert doc["variants"]["fp16"]["gates_passed"] is True  # no gates: nothing failed
-    assert doc["variants"]["nf4"]["gates_passed"] is False
+    assert _object(variants["fp16"])["gates_passed"] is True  # no gates: nothing failed
+    assert _object(variants["nf4"])["gates_passed"] is False
 
 
 def test_comparison_failed_gates() -> None:

@@ -4,6 +4,8 @@ offline here, and their scoring (metrics/retrieval.py) against hand-computed sum
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,7 +64,15 @@ def without_bos() -> PreTrainedTokenizerFast:
 
 
 def _encode(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def _decode(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    """One sequence's text (decode is typed for batches as well)."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+    assert isinstance(text, str)
+    return text
 
 
 def _layout(tokenizer: PreTrainedTokenizerFast, probe: rp.Probe) -> dict[str, int]:
@@ -82,7 +92,7 @@ def _layout(tokenizer: PreTrainedTokenizerFast, probe: rp.Probe) -> dict[str, in
 @pytest.mark.parametrize("length", [100, 128, 257, 512, 1500])
 @pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
 def test_probes_have_exactly_the_requested_length(
-    with_bos: PreTrainedTokenizerFast, without_bos: PreTrainedTokenizerFast, length, depth
+    with_bos: PreTrainedTokenizerFast, without_bos: PreTrainedTokenizerFast, length: int, depth: float
 ) -> None:
     for tokenizer in (with_bos, without_bos):
         probe = rp.build_probe(tokenizer, length, depth, "482913")
@@ -115,12 +125,12 @@ def test_the_joins_tokenize_as_running_text(
     for tokenizer in (with_bos, without_bos, sentencepiece_like):
         for length, depth in ((150, 0.0), (333, 0.4), (700, 0.8), (1000, 1.0)):
             probe = rp.build_probe(tokenizer, length, depth, "482913")
-            text = tokenizer.decode(probe.ids, skip_special_tokens=True)
+            text = _decode(tokenizer, probe.ids, skip_special_tokens=True)
             assert tokenizer(text)["input_ids"] == list(probe.ids), (length, depth)
             assert text.startswith(rp.INTRO) and "  " not in text
     probe = rp.build_probe(sentencepiece_like, 300, 0.5, "482913")
     assert lone_space not in probe.ids
-    assert sentencepiece_like.decode(probe.ids[probe.answer_start :]).strip() == "482913"
+    assert _decode(sentencepiece_like, probe.ids[probe.answer_start :]).strip() == "482913"
 
 
 def test_the_answer_span_is_the_key_after_the_question(with_bos: PreTrainedTokenizerFast) -> None:
@@ -128,17 +138,17 @@ def test_the_answer_span_is_the_key_after_the_question(with_bos: PreTrainedToken
         probe = rp.build_probe(with_bos, 300, 0.5, key)
         answer = probe.ids[probe.answer_start :]
         assert len(answer) == probe.answer_tokens > 1
-        assert with_bos.decode(answer) == " " + key
-        text = with_bos.decode(probe.ids, skip_special_tokens=True)
+        assert _decode(with_bos, answer) == " " + key
+        text = _decode(with_bos, probe.ids, skip_special_tokens=True)
         assert text.startswith(rp.INTRO)
         assert text.endswith(rp.QUESTION + " " + key)
         assert text.count(key) == 2  # the needle and the answer
         assert rp.NEEDLE.format(key=key) in text
-        assert with_bos.decode(probe.ids[: probe.answer_start]).endswith("The vault code is")
+        assert _decode(with_bos, probe.ids[: probe.answer_start]).endswith("The vault code is")
 
 
 @pytest.mark.parametrize("length", [128, 400, 1200])
-def test_depth_places_the_needle_as_documented(with_bos: PreTrainedTokenizerFast, length) -> None:
+def test_depth_places_the_needle_as_documented(with_bos: PreTrainedTokenizerFast, length: int) -> None:
     longest = max(len(_encode(with_bos, s)) for s in rp.FILLER)
     positions = []
     for depth in (0.0, 0.25, 0.5, 0.75, 1.0):
@@ -156,7 +166,7 @@ def test_depth_places_the_needle_as_documented(with_bos: PreTrainedTokenizerFast
         else:
             assert abs(before - depth * parts["filler"]) <= longest / 2
             # A sentence boundary: the filler before the needle ends a sentence.
-            assert with_bos.decode(probe.ids[: probe.needle_position]).endswith(".")
+            assert _decode(with_bos, probe.ids[: probe.needle_position]).endswith(".")
         positions.append(probe.needle_position)
     assert positions == sorted(positions) and positions[0] < positions[-1]
 
@@ -170,7 +180,7 @@ def test_the_filler_is_varied_plain_text(with_bos: PreTrainedTokenizerFast) -> N
     assert len(set(rp.FILLER)) == len(rp.FILLER) >= 20
     for seed in range(25):  # rounds of shuffles meet about once in 24 times on the same sentence
         probe = rp.build_probe(with_bos, 1500, 1.0, "482913", filler_seed=seed)
-        text = with_bos.decode(probe.ids[: probe.needle_position], skip_special_tokens=True)
+        text = _decode(with_bos, probe.ids[: probe.needle_position], skip_special_tokens=True)
         sentences = [s.strip() + "." for s in text.removeprefix(rp.INTRO).split(".") if s.strip()]
         whole = [s for s in sentences if " " + s in rp.FILLER]
         assert len(set(whole)) == len(rp.FILLER)  # every sentence, not one repeated
@@ -190,7 +200,7 @@ def test_build_probes_order_and_keys(with_bos: PreTrainedTokenizerFast) -> None:
     keys = [p.key for p in probes]
     assert all(re.fullmatch(r"[1-9]\d{5}", k) for k in keys) and rp.KEY_DIGITS == 6
     assert len(set(keys)) == len(keys)
-    assert all(with_bos.decode(p.ids[p.answer_start :]) == " " + p.key for p in probes)
+    assert all(_decode(with_bos, p.ids[p.answer_start :]) == " " + p.key for p in probes)
     assert keys == [rp.probe_key(11, p.length, p.depth, i % 3) for i, p in enumerate(probes)]
 
 
@@ -231,7 +241,8 @@ def test_too_short_lengths_and_bad_inputs_are_named(with_bos: PreTrainedTokenize
     for depth in (-0.1, float("nan"), True):
         with pytest.raises(ValueError, match=r"depth must be a number in \[0, 1\]"):
             rp.build_probe(with_bos, 256, depth, "482913")
-    for key in ("012345", "48291", "4829130", 482913, "48291x"):
+    bad_keys: tuple[Any, ...] = ("012345", "48291", "4829130", 482913, "48291x")  # an int on purpose
+    for key in bad_keys:
         with pytest.raises(ValueError, match=r"key must be a string of 6 digits"):
             rp.build_probe(with_bos, 256, 0.5, key)
 
@@ -309,7 +320,7 @@ def test_groups_keep_the_order_of_first_appearance() -> None:
         (128, 0.5, 1),
         (512, 0.0, 1),
     ]
-    assert (summary["lost"], summary["gained"], summary["flip_rate"]) == (1, 0, pytest.approx(1 / 3))
+    assert (summary["lost"], summary["gained"]) == (1, 0) and summary["flip_rate"] == pytest.approx(1 / 3)
 
 
 def test_the_fp16_summary_counts() -> None:

@@ -9,12 +9,19 @@ from pathlib import Path
 import pytest
 
 from quant_fixtures.config import DEFAULT_SNAPSHOT_TOLERANCES, load_config
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.plugin.snapshot_extension import tolerant_json_extension
-from quant_fixtures.report.snapshot import environment_note, settings_tag, snapshot_differences, within_tolerance
+from quant_fixtures.report.snapshot import (
+    Tolerances,
+    environment_note,
+    settings_tag,
+    snapshot_differences,
+    within_tolerance,
+)
 
 pytest_plugins = ["pytester"]
 
-TOL = {"kl_mean": {"rel": 0.02, "abs": 5e-4}, "ppl": {"rel": 1e-3}, "flips": {"abs": 0}}
+TOL: Tolerances = {"kl_mean": {"rel": 0.02, "abs": 5e-4}, "ppl": {"rel": 1e-3}, "flips": {"abs": 0}}
 
 
 def test_numbers_within_abs_or_rel_match() -> None:
@@ -35,8 +42,8 @@ def test_flip_counts_differ_only_when_a_binomial_test_says_so() -> None:
     assert not within_tolerance({"flips": 6}, {"flips": 0}, TOL)
 
 
-def _int8(kl_mean: float, spread: float | None = None) -> dict:
-    summary = {"variants": {"int8": {"kl_mean": kl_mean}, "nf4": {"kl_mean": 0.2}}}
+def _int8(kl_mean: float, spread: float | None = None) -> JsonObject:
+    summary: JsonObject = {"variants": {"int8": {"kl_mean": kl_mean}, "nf4": {"kl_mean": 0.2}}}
     if spread is not None:
         summary["reproduction"] = {"spread": {"int8": {"kl_mean": spread}}}
     return summary
@@ -63,8 +70,8 @@ def test_the_snapshots_reproduction_spread_widens_the_tolerance() -> None:
 
 
 def test_the_records_never_compared() -> None:
-    old = {**_int8(0.02, spread=0.0), "tolerances": {"int8": {}}, "environment": {"described": "a"}}
-    new = {
+    old: JsonObject = {**_int8(0.02, spread=0.0), "tolerances": {"int8": {}}, "environment": {"described": "a"}}
+    new: JsonObject = {
         **_int8(0.02),
         "reproduction": {"spread": {}},
         "tolerances": {"int8": {"kl_mean": 1}},
@@ -83,7 +90,8 @@ def test_a_reproduction_measurement_records_the_spread_and_paired_prompts() -> N
     spread = record["spread"]["int8"]
     assert spread["ppl"] == pytest.approx(abs(runs["b"]["int8"].perplexity.ppl - runs["a"]["int8"].perplexity.ppl))
     assert spread["kl_mean"] == 0.0 and record["spread"]["fp16"]["ppl"] == 0.0
-    assert record["prompt_kl_paired_relative_difference"]["int8"]["max"] == 0.0
+    paired = record["prompt_kl_paired_relative_difference"]["int8"]
+    assert paired is not None and paired["max"] == 0.0
     assert [r["label"] for r in record["runs"]] == ["a", "b"] and record["runs"][1]["settings"] == "other kernels"
     with pytest.raises(ReproductionError, match="at least two runs"):
         measure("tiny", {"a": runs["a"]}, "tag")
@@ -93,16 +101,18 @@ def test_a_reproduction_measurement_records_the_spread_and_paired_prompts() -> N
 
 
 def test_environment_is_recorded_not_compared() -> None:
-    new = {"ppl": 20.0, "environment": {"described": "AVX2 box", "cpu_capability": "AVX2"}}
-    old = {"ppl": 20.0, "environment": {"described": "AMX box", "cpu_capability": "AVX512"}}
+    new_environment: JsonObject = {"described": "AVX2 box", "cpu_capability": "AVX2"}
+    old_environment: JsonObject = {"described": "AMX box", "cpu_capability": "AVX512"}
+    new = {"ppl": 20.0, "environment": new_environment}
+    old = {"ppl": 20.0, "environment": old_environment}
     assert within_tolerance(new, old, TOL)
-    note = environment_note(old["environment"], new["environment"])
+    note = environment_note(old_environment, new_environment)
     assert note.startswith("snapshot made with AMX box; this run: AVX2 box") and "cpu_capability" in note
-    assert "same environment" in environment_note(old["environment"], old["environment"])
+    assert "same environment" in environment_note(old_environment, old_environment)
     # Another thread count is named; a key an older snapshot lacks is not a difference.
-    threads = environment_note({**new["environment"], "cpu_threads": 2}, {**new["environment"], "cpu_threads": 16})
+    threads = environment_note({**new_environment, "cpu_threads": 2}, {**new_environment, "cpu_threads": 16})
     assert "differs in cpu_threads" in threads
-    assert "same environment" in environment_note(new["environment"], {**new["environment"], "cpu_threads": 2})
+    assert "same environment" in environment_note(new_environment, {**new_environment, "cpu_threads": 2})
 
 
 def test_untolerated_values_and_structure_must_be_equal() -> None:
@@ -139,7 +149,9 @@ def test_summary(snapshot):
 
 
 @pytest.mark.parametrize("new_kl, passes", [(0.1004, True), (0.1019, True), (0.2, False)])
-def test_perturbed_result_inside_tolerance_passes_outside_fails(pytester: pytest.Pytester, new_kl, passes) -> None:
+def test_perturbed_result_inside_tolerance_passes_outside_fails(
+    pytester: pytest.Pytester, new_kl: float, passes: bool
+) -> None:
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_snap=TEST_FILE.format(tol=TOL, kl=0.1))
     # The suite's own plugin is not needed here (and would import torch inside the inner run).
@@ -173,7 +185,7 @@ def _committed_id(path: Path) -> str:
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
-def test_a_ten_percent_change_of_any_gated_metric_fails_naming_it(path) -> None:
+def test_a_ten_percent_change_of_any_gated_metric_fails_naming_it(path: Path) -> None:
     """Each number a variant gates, and every other tolerated number, moved by 10 % either way
     against the committed snapshot: the comparison reports it, naming the variant and metric."""
     from quant_fixtures.metrics.registry import METRICS
@@ -206,7 +218,7 @@ ACROSS_KINDS_CHANGE = 0.50  # ... and one of this size on a machine of a kind wi
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
-def test_a_fifty_percent_change_fails_on_a_machine_of_another_kind(path) -> None:
+def test_a_fifty_percent_change_fails_on_a_machine_of_another_kind(path: Path) -> None:
     """Compared from a machine of another hardware kind (at the tolerance measured across kinds),
     each gated and tolerated number of a quantized variant moved by 50 % either way still fails."""
     from quant_fixtures.metrics.registry import METRICS
@@ -235,7 +247,7 @@ def test_a_fifty_percent_change_fails_on_a_machine_of_another_kind(path) -> None
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
-def test_the_committed_snapshot_is_named_after_the_hardware_kind_it_records(path) -> None:
+def test_the_committed_snapshot_is_named_after_the_hardware_kind_it_records(path: Path) -> None:
     from quant_fixtures.report.snapshot import hardware_kind
 
     old = json.loads(path.read_text())
@@ -243,7 +255,7 @@ def test_the_committed_snapshot_is_named_after_the_hardware_kind_it_records(path
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=_committed_id)
-def test_the_committed_snapshot_records_its_reproduction_noise(path) -> None:
+def test_the_committed_snapshot_records_its_reproduction_noise(path: Path) -> None:
     """A CPU snapshot carries the reproduction measurement of its own settings (the one committed
     in tests/harm/reproduction/) and the moves it allows follow from it and the config."""
     from quant_fixtures.report.reproduction import read_record
@@ -255,7 +267,8 @@ def test_the_committed_snapshot_records_its_reproduction_noise(path) -> None:
     assert record is not None, f"no reproduction measurement for {model} [{tag}] in {REPRODUCTION}"
     assert old["reproduction"] == record, "re-record the snapshot (--snapshot-update) after re-measuring the noise"
     assert old["tolerances"] == allowed_moves(old["variants"], load_config().snapshot_tolerances, record)
-    assert len(record["runs"]) >= 3
+    runs = record["runs"]
+    assert isinstance(runs, list) and len(runs) >= 3
 
 
 def test_settings_tag_carries_what_selects_the_content(tmp_path: Path) -> None:
@@ -275,8 +288,8 @@ def test_settings_tag_carries_what_selects_the_content(tmp_path: Path) -> None:
         gates=GatePolicy(),
     )
 
-    def with_prompts(**changes):
-        return replace(base, prompts=replace(base.prompts, **changes))
+    def with_prompts(categories: tuple[str, ...]) -> RunSettings:
+        return replace(base, prompts=replace(base.prompts, categories=categories))
 
     tag = settings_tag(base)
     assert tag.endswith("-float16-fp16+int8+nf4") and "ppl4096" in tag and "mnt16" in tag

