@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from quant_fixtures.models.int8_static import active_guard, static_per_sequence_int8_matmul
+from quant_fixtures.models.int8_static import active_guard, scaled_int8_product, static_per_sequence_int8_matmul
 
 if TYPE_CHECKING:
     from bitsandbytes.nn import Linear8bitLt
@@ -149,7 +149,7 @@ def per_sequence_int8_matmul(
         union = (extra | _column_mask(union, width, x.device)).nonzero().view(-1)
     out: torch.Tensor  # torch.ops' operators are untyped
     if union is None or union.numel() == 0:
-        out = ops.int8_scaled_mm.default(quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=x.dtype)
+        out = scaled_int8_product(quantized, weight_int8, row_scale, weight_scale, bias, x.dtype)
         return out.view(*shape[:-1], -1)
     # Which of the union's columns each sequence owns: those where one of its real rows has an outlier.
     sub = rows.index_select(1, union).to(torch.float16)
@@ -164,7 +164,7 @@ def per_sequence_int8_matmul(
     # The union's columns a row does not own go back to int8 (default backend's formula), its own stay zero.
     requantized = torch.round(sub.masked_fill(outlier, 0) * (127.0 / row_scale.unsqueeze(-1))).to(torch.int8)
     quantized.index_copy_(1, union, requantized.masked_fill(owned, 0))
-    out = ops.int8_scaled_mm.default(quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=x.dtype)
+    out = scaled_int8_product(quantized, weight_int8, row_scale, weight_scale, bias, x.dtype)
     # The float part. On the CPU, once per distinct set of owned columns (usually one: the model's few
     # massive activation dimensions) over exactly those columns: the product bitsandbytes computes
     # alone. On CUDA, whose float16 kernels sum differently with the shape anyway, for decode steps

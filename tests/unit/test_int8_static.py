@@ -99,3 +99,29 @@ def test_without_a_guard_the_layer_takes_the_exact_path(layer: Any) -> None:
         with static_outlier_columns(None):
             again = layer(x)
     torch.testing.assert_close(again, exact, rtol=0, atol=0)
+
+
+def test_the_cpu_int8_product_is_bitsandbytes_product_in_exact_integers() -> None:
+    from quant_fixtures.models.int8_static import scaled_int8_product
+
+    torch.manual_seed(4)
+    rows = torch.randint(-127, 128, (9, 64), dtype=torch.int8)
+    weight = torch.randint(-127, 128, (24, 64), dtype=torch.int8)
+    row_scale, weight_scale = torch.rand(9) * 3 + 0.1, torch.rand(24) + 0.1
+    bias = torch.randn(24)
+    theirs = torch.ops.bitsandbytes.int8_scaled_mm.default(
+        rows, weight, row_scale, weight_scale, bias=bias, dtype=torch.float32
+    )
+    ours = scaled_int8_product(rows, weight, row_scale, weight_scale, bias, torch.float32)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)  # sums far below 2**24: both exact
+    # 2,048 products of 127 * 127 pass 2**24, where a float32 sum rounds: the integers do not
+    wide_rows = torch.full((17, 2048), 127, dtype=torch.int8)
+    wide_weight = torch.full((8, 2048), 127, dtype=torch.int8)
+    wide_weight[:, 0] = 126
+    scales = torch.full((17,), 127.0), torch.full((8,), 127.0)
+    exact = (wide_rows.long() @ wide_weight.long().t()).to(torch.int32)  # 33,032,065: odd, above 2**24
+    float_sum = torch.matmul(wide_rows.float(), wide_weight.float().t()).to(torch.int32)
+    assert not torch.equal(float_sum, exact)  # the control: bitsandbytes' float32 fallback rounds
+    got = scaled_int8_product(wide_rows, wide_weight, *scales, None, torch.float32)
+    expected = torch.ops.bitsandbytes.int8_mm_dequant.default(exact, *scales, dtype=torch.float32)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
