@@ -26,6 +26,7 @@ exact dynamic path (``int8_per_sequence``) when it is set.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -80,6 +81,23 @@ def active_guard() -> OverflowGuard | None:
     return _STATIC.get()
 
 
+@functools.cache
+def int_mm_is_exact() -> bool:
+    """Whether ``torch._int_mm`` multiplies int8 matrices exactly on this CPU. oneDNN's int8 GEMM
+    for AVX2 alone saturates sums of product pairs (off by up to 119,357 on random matrices,
+    docs/REPRODUCIBILITY.md); on such a machine bitsandbytes' own product is used. Checked once per
+    process on random and extreme matrices against int64 arithmetic."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (64, 576), generator=generator, dtype=torch.int8)
+    b = torch.randint(-128, 128, (256, 576), generator=generator, dtype=torch.int8)
+    a[:8], b[:8], a[8:16], b[8:16] = 127, 127, -128, -128  # the largest pair sums either way
+    try:
+        product = torch._int_mm(a, b.t())
+    except RuntimeError:  # no int8 GEMM for this CPU or build
+        return False
+    return torch.equal(product.long(), a.long() @ b.long().t())
+
+
 def scaled_int8_product(
     quantized: torch.Tensor,
     weight_int8: torch.Tensor,
@@ -90,13 +108,13 @@ def scaled_int8_product(
 ) -> torch.Tensor:
     """bitsandbytes' ``int8_scaled_mm``: the int8 product in int32, dequantized by both scales.
 
-    On the CPU the int32 product is ``torch._int_mm``. bitsandbytes takes it only where ATen
-    dispatches AVX-512, and otherwise (on every machine under the suite's AVX2 pin, cpu_kernels.py)
-    multiplies the int8 values as float32: exact while no partial sum passes 2**24, and 4x slower
-    (SmolLM2-135M, 2 cores: 2.3 s of a 5.3 s forward of 2048 tokens). Integer sums are exact on
-    every machine, so this is bitsandbytes' number wherever its own float32 sum is exact."""
+    On the CPU the int32 product is ``torch._int_mm`` where it is exact (see :func:`int_mm_is_exact`).
+    bitsandbytes takes it only where ATen dispatches AVX-512, and otherwise (on every machine under
+    the suite's AVX2 pin, cpu_kernels.py) multiplies the int8 values as float32: exact while no
+    partial sum passes 2**24, and 4x slower (SmolLM2-135M, 2 cores: 2.3 s of a 5.3 s forward of 2048
+    tokens). So this is bitsandbytes' number wherever its own float32 sum is exact."""
     ops = torch.ops.bitsandbytes
-    if quantized.device.type != "cpu":
+    if quantized.device.type != "cpu" or not int_mm_is_exact():
         scaled: torch.Tensor = ops.int8_scaled_mm.default(  # torch.ops' operators are untyped
             quantized, weight_int8, row_scale, weight_scale, bias=bias, dtype=dtype
         )

@@ -125,3 +125,21 @@ def test_the_cpu_int8_product_is_bitsandbytes_product_in_exact_integers() -> Non
     got = scaled_int8_product(wide_rows, wide_weight, *scales, None, torch.float32)
     expected = torch.ops.bitsandbytes.int8_mm_dequant.default(exact, *scales, dtype=torch.float32)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_where_int_mm_is_not_exact_bitsandbytes_multiplies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU whose int8 GEMM saturates (oneDNN with AVX2 alone) the product is bitsandbytes' own."""
+    from quant_fixtures.models import int8_static
+
+    calls = [0]
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls[0] += 1
+        return torch.zeros(1)
+
+    monkeypatch.setattr(int8_static, "int_mm_is_exact", lambda: False)
+    monkeypatch.setattr(int8_static.torch, "_int_mm", counted)
+    rows, weight = torch.ones(3, 8, dtype=torch.int8), torch.ones(4, 8, dtype=torch.int8)
+    got = int8_static.scaled_int8_product(rows, weight, torch.ones(3), torch.ones(4), None, torch.float32)
+    assert calls[0] == 0
+    torch.testing.assert_close(got, torch.full((3, 4), 8 / 127**2))
