@@ -14,12 +14,18 @@ import hashlib
 import importlib.util
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quant_fixtures.store.atomic import atomic_path, file_lock
 from quant_fixtures.store.digests import sha256_file
 from quant_fixtures.store.stale import warn_recomputed
+
+if TYPE_CHECKING:
+    from gguf import GGUFReader
 
 MANIFEST = "quant_fixtures_manifest.json"
 CONVERTER_VERSION = 1
@@ -30,9 +36,33 @@ class GGUFSourceError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class GGUFTensors:
+    """What a GGUF file stores: its tensors' bytes as stored (quantized blocks included: what
+    llama.cpp holds) and how many tensors of each GGML type. Read once at conversion (a parse of the
+    file's metadata takes seconds) and kept in the converted directory's manifest."""
+
+    stored_bytes: int
+    types: dict[str, int]
+
+    @classmethod
+    def of(cls, reader: GGUFReader) -> GGUFTensors:
+        types: dict[str, int] = {}
+        for tensor in reader.tensors:
+            types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
+        return cls(sum(int(t.n_bytes) for t in reader.tensors), types)
+
+    @classmethod
+    def of_file(cls, gguf_path: Path) -> GGUFTensors:
+        from gguf import GGUFReader
+
+        return cls.of(GGUFReader(gguf_path))
+
+
+@dataclass(frozen=True)
 class ConvertedModel:
     directory: Path
     identity: str
+    tensors: GGUFTensors
 
 
 def package_file(package: str, filename: str) -> Path:
@@ -65,20 +95,64 @@ def _manifest_problem(directory: Path, expected: dict) -> str | None:
         return f"converted from another source or converter ({', '.join(changed) or 'extra fields'})"
     if not isinstance(files, dict) or not files:
         return f"{MANIFEST} lists no files"
+    if _manifest_tensors(manifest) is None:
+        return f"{MANIFEST} does not describe the GGUF's tensors (written by an earlier version)"
     for name, size in files.items():
         if not (directory / name).is_file() or (directory / name).stat().st_size != size:
             return f"{name} is missing or not the {size} bytes the manifest records (truncated or edited)"
     return None
 
 
-def _write_hf_directory(gguf_path: Path, out: Path) -> None:
+@contextmanager
+def one_reader_per_file() -> Iterator[None]:
+    """While active, ``gguf.GGUFReader(path)`` parses each file once and hands the same reader back.
+
+    transformers parses a GGUF afresh for its config, its tokenizer and its weights (``from gguf
+    import GGUFReader`` inside ``load_gguf_checkpoint``), and a parse of SmolLM2's 49,152-token
+    vocabulary takes about 4 s on 2 cores: three of the 23 s of each conversion, three conversions
+    in a first ``make eval``. The readers only read (a memory map), so one parse serves every call."""
+    import gguf
+
+    original: Callable[..., GGUFReader] = gguf.GGUFReader
+    readers: dict[tuple[str, str], GGUFReader] = {}
+
+    def shared(path: str | Path, mode: str = "r") -> GGUFReader:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    setattr(gguf, "GGUFReader", shared)  # noqa: B010 (mypy refuses assigning to a class name)
+    try:
+        yield
+    finally:
+        setattr(gguf, "GGUFReader", original)  # noqa: B010
+
+
+def _manifest_tensors(manifest: object) -> GGUFTensors | None:
+    tensors = manifest.get("tensors") if isinstance(manifest, dict) else None
+    if not isinstance(tensors, dict):
+        return None
+    stored, types = tensors.get("stored_bytes"), tensors.get("types")
+    if not isinstance(stored, int) or not isinstance(types, dict):
+        return None
+    if not all(isinstance(k, str) and isinstance(v, int) for k, v in types.items()):
+        return None
+    return GGUFTensors(stored, types)
+
+
+def _write_hf_directory(gguf_path: Path, out: Path) -> GGUFTensors:
+    """Write the float16 directory; what the file stores (parsed once for everything here)."""
+    import gguf
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory, name = gguf_path.parent, gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float16)
+    with one_reader_per_file():
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float16)
+        stored = GGUFTensors.of(gguf.GGUFReader(gguf_path))
     state = model.state_dict()
     # Tied output weights share storage with the embedding; safetensors stores each tensor once.
     seen: set[int] = set()
@@ -96,6 +170,7 @@ def _write_hf_directory(gguf_path: Path, out: Path) -> None:
     model_config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return stored
 
 
 def convert_gguf_package(package: str, filename: str, cache_root: Path) -> ConvertedModel:
@@ -103,27 +178,18 @@ def convert_gguf_package(package: str, filename: str, cache_root: Path) -> Conve
     return convert_gguf_file(package_file(package, filename), cache_root)
 
 
-def gguf_tensor_bytes(gguf_path: Path) -> int:
-    """Bytes of the file's tensor data as stored (quantized blocks included): what llama.cpp holds."""
-    from gguf import GGUFReader
-
-    return sum(int(t.n_bytes) for t in GGUFReader(gguf_path).tensors)
-
-
-def reference_note(gguf_path: Path) -> str:
+def reference_note(gguf_name: str, tensors: GGUFTensors) -> str:
     """What a model's FP16 reference is when its weights come from a GGUF: the file's tensors
     dequantized to float16, so they carry the file's own quantization (said in every report)."""
     from collections import Counter
 
-    from gguf import GGUFReader
-
-    types = Counter(t.tensor_type.name for t in GGUFReader(gguf_path).tensors)
+    types = Counter(tensors.types)
     stored = ", ".join(f"{name} x{count}" for name, count in types.most_common())
     quantized = [name for name, _ in types.most_common() if name not in ("F32", "F16", "BF16")]
     if not quantized:
-        return f"the FP16 reference is {gguf_path.name} ({stored}) converted to float16"
+        return f"the FP16 reference is {gguf_name} ({stored}) converted to float16"
     return (
-        f"the FP16 reference is {gguf_path.name} dequantized to float16 (its tensors: {stored}): it carries "
+        f"the FP16 reference is {gguf_name} dequantized to float16 (its tensors: {stored}): it carries "
         f"the file's {'/'.join(quantized)} quantization, so harm is measured against that GGUF, not against "
         "the original float16 model"
     )
@@ -148,16 +214,25 @@ def convert_gguf_file(gguf_path: Path, cache_root: Path) -> ConvertedModel:
     target = cache_root / f"{Path(filename).stem}-{tag}"
     identity = f"gguf:{gguf_sha}:transformers-{transformers.__version__}:v{CONVERTER_VERSION}"
     if _manifest_problem(target, source) is None:
-        return ConvertedModel(target, identity)
+        return ConvertedModel(target, identity, _stored_tensors(target))
     with file_lock(cache_root / f".{target.name}.lock"):  # concurrent runs convert once
         problem = _manifest_problem(target, source)
         if problem is None:
-            return ConvertedModel(target, identity)
+            return ConvertedModel(target, identity, _stored_tensors(target))
         if target.exists():
             warn_recomputed(target, problem)
             shutil.rmtree(target)  # stale or half-written: never reused
         with atomic_path(target, directory=True) as tmp:
-            _write_hf_directory(gguf_path, tmp)
+            tensors = _write_hf_directory(gguf_path, tmp)
             files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-            (tmp / MANIFEST).write_text(json.dumps({"source": source, "files": files}, indent=2))
-    return ConvertedModel(target, identity)
+            manifest = {"source": source, "files": files, "tensors": asdict(tensors)}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return ConvertedModel(target, identity, tensors)
+
+
+def _stored_tensors(directory: Path) -> GGUFTensors:
+    """The tensors recorded in a manifest :func:`_manifest_problem` has just accepted."""
+    tensors = _manifest_tensors(json.loads((directory / MANIFEST).read_text()))
+    if tensors is None:  # accepted a moment ago: only a concurrent edit gets here
+        raise GGUFSourceError(f"{directory / MANIFEST}: changed while being read")
+    return tensors

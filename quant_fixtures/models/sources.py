@@ -13,7 +13,6 @@ from quant_fixtures.config import CheckpointSpec, ModelSpec
 from quant_fixtures.models.gguf import (
     convert_gguf_file,
     convert_gguf_package,
-    gguf_tensor_bytes,
     package_file,
     reference_note,
 )
@@ -162,7 +161,7 @@ def _local_directory(path: str, where: str, cache_dir: Path, allow_pickle: bool)
 
 def _gguf(gguf_path: Path, cache_dir: Path) -> ResolvedModel:
     converted = convert_gguf_file(gguf_path, cache_dir / "gguf")
-    return ResolvedModel(converted.directory, converted.identity, gguf_tensor_bytes(gguf_path))
+    return ResolvedModel(converted.directory, converted.identity, converted.tensors.stored_bytes)
 
 
 def resolve_checkpoint(spec: CheckpointSpec, base: ModelSpec, cache_dir: Path) -> ResolvedModel:
@@ -198,5 +197,5 @@ def resolve_model(spec: ModelSpec, cache_dir: Path) -> ResolvedModel:
     return ResolvedModel(
         converted.directory,
         converted.identity,
-        reference_note=reference_note(package_file(package, filename)),
+        reference_note=reference_note(filename, converted.tensors),
     )

@@ -35,6 +35,10 @@ def test_converted_directory_is_a_plain_float16_hf_model(smollm2_converted: Any)
         "converter_version": gguf.CONVERTER_VERSION,
     }
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(manifest["files"])
+    # what the GGUF stores, read at conversion so that a reuse never parses the file again
+    stored = gguf.GGUFTensors.of_file(gguf.package_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF))
+    assert manifest["tensors"] == {"stored_bytes": stored.stored_bytes, "types": stored.types}
+    assert smollm2_converted.tensors == stored and stored.types["Q4_1"] == 210
     for name, size in manifest["files"].items():
         assert (directory / name).stat().st_size == size, name
     assert smollm2_converted.identity == (
@@ -94,10 +98,17 @@ def _manifest_from_other_transformers(directory: Path) -> None:
     path.write_text(json.dumps(manifest))
 
 
+def _manifest_without_tensors(directory: Path) -> None:  # written by an earlier version
+    path = directory / gguf.MANIFEST
+    manifest = json.loads(path.read_text())
+    del manifest["tensors"]
+    path.write_text(json.dumps(manifest))
+
+
 @pytest.mark.parametrize(
     "damage",
-    [None, _truncate_weights, _drop_manifest, _manifest_from_other_transformers],
-    ids=["intact", "truncated-weights", "no-manifest", "stale-manifest"],
+    [None, _truncate_weights, _drop_manifest, _manifest_from_other_transformers, _manifest_without_tensors],
+    ids=["intact", "truncated-weights", "no-manifest", "stale-manifest", "manifest-without-tensors"],
 )
 def test_damaged_conversion_is_redone_not_reused(
     smollm2_converted: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: Callable[[Path], None] | None
@@ -111,10 +122,11 @@ def test_damaged_conversion_is_redone_not_reused(
         damage(copy)
     calls = []
 
-    def recording_writer(gguf_path: Path, out: Path) -> None:
+    def recording_writer(gguf_path: Path, out: Path) -> gguf.GGUFTensors:
         calls.append((gguf_path.name, out))
         (out / "model.safetensors").write_bytes(b"reconverted")
         (out / "config.json").write_text("{}")
+        return gguf.GGUFTensors(1, {"Q4_1": 1})
 
     monkeypatch.setattr(gguf, "_write_hf_directory", recording_writer)
     with warnings.catch_warnings(record=True) as said:

@@ -89,16 +89,19 @@ def _gguf_with(path: Path, tensors: dict[str, tuple[np.ndarray, Any]]) -> Path:
 def test_the_reference_note_names_the_files_quantization(tmp_path: Path) -> None:
     """A model whose weights come from a GGUF is compared against that GGUF dequantized: every
     report says so, naming the file's quantized types (most common first)."""
-    from quant_fixtures.models.gguf import reference_note
+    from quant_fixtures.models.gguf import GGUFTensors, reference_note
 
     weights = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
     q8 = quantized_tensor(weights, gguf.GGMLQuantizationType.Q8_0)
     path = _gguf_with(tmp_path / "m.Q8_0.gguf", {"a.weight": q8, "b.weight": q8, "norm.weight": (weights[0], None)})
-    note = reference_note(path)
+    note = reference_note(path.name, GGUFTensors.of_file(path))
     assert note.startswith("the FP16 reference is m.Q8_0.gguf dequantized to float16 (its tensors: Q8_0 x2, F32 x1)")
     assert "carries the file's Q8_0 quantization" in note and "not against the original float16 model" in note
     plain = _gguf_with(tmp_path / "m.F32.gguf", {"norm.weight": (weights[0], None)})
-    assert reference_note(plain) == "the FP16 reference is m.F32.gguf (F32 x1) converted to float16"
+    assert (
+        reference_note(plain.name, GGUFTensors.of_file(plain))
+        == "the FP16 reference is m.F32.gguf (F32 x1) converted to float16"
+    )
 
 
 def test_a_damaged_requantized_file_is_written_again_and_says_why(
@@ -121,3 +124,18 @@ def test_a_damaged_requantized_file_is_written_again_and_says_why(
         gguf_quantize.requantized_gguf(source, "Q8_0", tmp_path / "cache")
     assert str(caught[0].message).startswith(f"{target}: ")
     assert written == ["Q8_0", "Q8_0"] and target.read_bytes() == b"requantized"
+
+
+def test_while_converting_each_gguf_file_is_parsed_once(tmp_path: Path) -> None:
+    """transformers opens a GGUF for its config, tokenizer and weights; the conversion hands it one
+    parse of each file (a parse of a real vocabulary takes seconds)."""
+    from quant_fixtures.models.gguf import one_reader_per_file
+
+    weights = np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32)
+    first = _gguf_with(tmp_path / "a.gguf", {"a.weight": (weights, None)})
+    second = _gguf_with(tmp_path / "b.gguf", {"b.weight": (weights, None)})
+    with one_reader_per_file():
+        assert gguf.GGUFReader(first) is gguf.GGUFReader(str(first))
+        assert gguf.GGUFReader(second) is not gguf.GGUFReader(first)
+    assert gguf.GGUFReader(first) is not gguf.GGUFReader(first)  # outside: the library's own class again
+    assert isinstance(gguf.GGUFReader(first), gguf.GGUFReader)
