@@ -28,13 +28,11 @@ def _layer(seed: int = 0) -> bnb.nn.Linear8bitLt:
     return layer.cuda().eval()
 
 
-def test_layer_in_a_padded_batch_matches_bitsandbytes_alone() -> None:
-    from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, real_tokens
-
-    layer = _layer()
-    lengths = [37, 64, 9, 50]
+def _left_padded_inputs(lengths: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, max length, 512] float16 inputs, left padded (``mask`` true on real positions), with
+    outliers owned by sequences 1 and 3 and one in sequence 2's padding."""
     width = max(lengths)
-    g = torch.Generator(device="cuda").manual_seed(1)
+    g = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(len(lengths), width, 512, device="cuda", dtype=torch.float16, generator=g)
     mask = torch.zeros(len(lengths), width, dtype=torch.bool, device="cuda")
     for i, n in enumerate(lengths):
@@ -42,6 +40,16 @@ def test_layer_in_a_padded_batch_matches_bitsandbytes_alone() -> None:
     x[1, 10, 7] = 9.0  # sequence 1 owns column 7
     x[3, -1, 100] = -12.0  # sequence 3 owns column 100
     x[2, 0, 200] = 40.0  # padding of sequence 2: must not count
+    return x, mask
+
+
+def test_layer_in_a_padded_batch_matches_bitsandbytes_alone() -> None:
+    from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, real_tokens
+
+    layer = _layer()
+    lengths = [37, 64, 9, 50]
+    width = max(lengths)
+    x, mask = _left_padded_inputs(lengths, seed=1)
     with torch.inference_mode():
         alone = [layer(x[i : i + 1, width - n :]) for i, n in enumerate(lengths)]
         stock = layer(x)
@@ -117,13 +125,8 @@ def test_static_path_in_a_padded_batch_matches_bitsandbytes_alone() -> None:
     layer = _layer()
     lengths = [37, 64, 9, 50]
     width = max(lengths)
-    g = torch.Generator(device="cuda").manual_seed(2)
-    x = torch.randn(len(lengths), width, 512, device="cuda", dtype=torch.float16, generator=g)
-    mask = torch.zeros(len(lengths), width, dtype=torch.bool, device="cuda")
-    for i, n in enumerate(lengths):
-        mask[i, width - n :] = True
-    x[0, 40, 9], x[1, 10, 7], x[3, -1, 100] = 8.0, 9.0, -12.0
-    x[2, 0, 200] = 40.0  # padding of sequence 2: must not count
+    x, mask = _left_padded_inputs(lengths, seed=2)
+    x[0, 40, 9] = 8.0  # sequence 0 owns column 9 too
     guard = OverflowGuard("cuda")
     with torch.inference_mode():
         alone = [layer(x[i : i + 1, width - n :]) for i, n in enumerate(lengths)]
