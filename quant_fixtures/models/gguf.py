@@ -82,9 +82,10 @@ def package_file(package: str, filename: str) -> Path:
     return path
 
 
-def _manifest_problem(directory: Path, expected: dict) -> str | None:
-    """Why the converted directory cannot be reused (no manifest, another source, a file missing or
-    of another size than recorded), or None when it can."""
+def _reusable(directory: Path, expected: dict) -> GGUFTensors | str:
+    """What the file stores, as the converted directory's manifest records it, when the directory can
+    be reused; else why not (no manifest, another source, no tensors recorded, a file missing or of
+    another size than recorded)."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
         source, files = manifest.get("source"), manifest.get("files")
@@ -95,12 +96,13 @@ def _manifest_problem(directory: Path, expected: dict) -> str | None:
         return f"converted from another source or converter ({', '.join(changed) or 'extra fields'})"
     if not isinstance(files, dict) or not files:
         return f"{MANIFEST} lists no files"
-    if _manifest_tensors(manifest) is None:
+    tensors = _manifest_tensors(manifest)
+    if tensors is None:
         return f"{MANIFEST} does not describe the GGUF's tensors (written by an earlier version)"
     for name, size in files.items():
         if not (directory / name).is_file() or (directory / name).stat().st_size != size:
             return f"{name} is missing or not the {size} bytes the manifest records (truncated or edited)"
-    return None
+    return tensors
 
 
 @contextmanager
@@ -213,12 +215,13 @@ def convert_gguf_file(gguf_path: Path, cache_root: Path) -> ConvertedModel:
     tag = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
     target = cache_root / f"{Path(filename).stem}-{tag}"
     identity = f"gguf:{gguf_sha}:transformers-{transformers.__version__}:v{CONVERTER_VERSION}"
-    if _manifest_problem(target, source) is None:
-        return ConvertedModel(target, identity, _stored_tensors(target))
+    reusable = _reusable(target, source)
+    if isinstance(reusable, GGUFTensors):
+        return ConvertedModel(target, identity, reusable)
     with file_lock(cache_root / f".{target.name}.lock"):  # concurrent runs convert once
-        problem = _manifest_problem(target, source)
-        if problem is None:
-            return ConvertedModel(target, identity, _stored_tensors(target))
+        problem = _reusable(target, source)
+        if isinstance(problem, GGUFTensors):
+            return ConvertedModel(target, identity, problem)
         if target.exists():
             warn_recomputed(target, problem)
             shutil.rmtree(target)  # stale or half-written: never reused
@@ -228,11 +231,3 @@ def convert_gguf_file(gguf_path: Path, cache_root: Path) -> ConvertedModel:
             manifest = {"source": source, "files": files, "tensors": asdict(tensors)}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return ConvertedModel(target, identity, tensors)
-
-
-def _stored_tensors(directory: Path) -> GGUFTensors:
-    """The tensors recorded in a manifest :func:`_manifest_problem` has just accepted."""
-    tensors = _manifest_tensors(json.loads((directory / MANIFEST).read_text()))
-    if tensors is None:  # accepted a moment ago: only a concurrent edit gets here
-        raise GGUFSourceError(f"{directory / MANIFEST}: changed while being read")
-    return tensors

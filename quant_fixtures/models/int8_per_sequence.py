@@ -15,7 +15,8 @@ costs half the throughput on the GPU.
 Here C is chosen per sequence (a row of ``X`` of shape [B, T, K]; padding positions named by
 :func:`real_tokens` take no part): row r of sequence s gets its own columns C_s in float and every
 other column in int8, in one batched call. bitsandbytes' own operators do the work (the row
-quantization, the int8 matmul and its dequantization, the weight dequantization); only the columns
+quantization, the int8 matmul and its dequantization, the weight dequantization; on the CPU the
+int8 matmul is ``torch._int_mm`` where exact, int8_static.scaled_int8_product); only the columns
 of the union that are not a row's own are quantized again here, with the default backend's formula
 (``round(x * 127 / absmax)``), and on the CPU the float part runs once per distinct set of owned columns over
 exactly those columns, as bitsandbytes runs it for the sequence alone, so a sequence in a batch gets
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from quant_fixtures.models import int8_static
 from quant_fixtures.models.int8_static import active_guard, scaled_int8_product, static_per_sequence_int8_matmul
 
 if TYPE_CHECKING:
@@ -147,7 +149,6 @@ def per_sequence_int8_matmul(
             extra[union] = False
         quantized[:, extra] = 0
         union = (extra | _column_mask(union, width, x.device)).nonzero().view(-1)
-    out: torch.Tensor  # torch.ops' operators are untyped
     if union is None or union.numel() == 0:
         out = scaled_int8_product(quantized, weight_int8, row_scale, weight_scale, bias, x.dtype)
         return out.view(*shape[:-1], -1)
@@ -286,10 +287,9 @@ def has_batch_dependent_int8(model: torch.nn.Module) -> bool:
 def static_int8_applies(model: torch.nn.Module, device: torch.device) -> bool:
     """Whether decoding ``model`` on ``device`` runs its LLM.int8 layers on the static path
     (int8_static.py): per-sequence layers on a device in ``STATIC_DEVICE_TYPES``."""
-    from quant_fixtures.models import int8_static
-
     layers = _int8_layers(model)
-    return bool(layers) and device.type in int8_static.STATIC_DEVICE_TYPES and not has_batch_dependent_int8(model)
+    per_sequence = all(getattr(m, _MARK, False) for m in layers)
+    return bool(layers) and per_sequence and device.type in int8_static.STATIC_DEVICE_TYPES
 
 
 def amplifies_float_noise(model: torch.nn.Module) -> bool:
