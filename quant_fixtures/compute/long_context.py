@@ -7,8 +7,10 @@ chunk's activations and the cache (for a model with sliding-window attention, su
 Mistral-7B-v0.1, only the window's keys and values: transformers' ``DynamicCache(config=...)``).
 Each chunk's final hidden states go through the same head, log-softmax and hooks as a window of the
 perplexity pass (compute/scoring.score_hidden), so FP16 references and the exact comparison with
-them work unchanged. One sequence per pass: LLM.int8 picks outlier columns over the rows a matmul
-sees, so the numbers of a sequence never depend on another.
+them work unchanged. Sequences of the same length and prefill may share a pass (``batch_size``):
+each row is a sequence of its own, with its own cache row, and LLM.int8 layers pick outlier columns
+per sequence (models/int8_per_sequence.py), so a sequence's numbers do not depend on the others up
+to float summation order.
 
 What is read is what a user's model reads, whatever the chunk length:
 
@@ -39,7 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from quant_fixtures.compute.memory import BatchLog, MemoryBudget, is_out_of_memory, run_batches
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget, is_out_of_memory, run_sized
 from quant_fixtures.compute.scoring import LogprobHook, WindowScores, head_device, model_device, score_hidden
 from quant_fixtures.metrics.perplexity import Window
 from quant_fixtures.models.int8_per_sequence import (
@@ -90,16 +92,24 @@ def score_in_chunks(
     log: BatchLog | None = None,
     decode_from: Sequence[int] | None = None,
     whole_first: bool = True,
+    batch_size: int = 1,
 ) -> ChunkedScores:
     """Sum of -log p(target | the tokens before it in the window) per window, in float64, each window
-    read alone (see the module docstring): its prefill in chunks of ``chunk_tokens`` positions with a
-    KV cache, and with ``decode_from`` (one window offset per window, e.g. a probe's first answer
-    token) the positions from there on one per forward pass. The same quantities as
+    read as a sequence of its own (see the module docstring): its prefill in chunks of ``chunk_tokens``
+    positions with a KV cache, and with ``decode_from`` (one window offset per window, e.g. a probe's
+    first answer token) the positions from there on one per forward pass. The same quantities as
     compute/scoring.score_windows, which reads a window at once, up to float summation order. A model
     with LLM.int8 layers first tries each longer prefill in one call (``whole_first``) and reads it in
-    chunks with the whole prefill's outlier columns only when that runs out of memory."""
+    chunks with the whole prefill's outlier columns only when that runs out of memory.
+
+    Windows of the same length and prefill run together, at most ``batch_size`` per pass and as many as
+    fit (compute/memory.run_sized, longest first, so the first pass measures the largest). Each row is
+    a sequence of its own (LLM.int8 layers pick outlier columns per sequence); a chunk shrinks with the
+    budget's ``scale`` when one sequence runs out of memory."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if decode_from is not None and len(decode_from) != len(windows):
         raise ValueError(f"decode_from has {len(decode_from)} entries for {len(windows)} windows")
     int8 = amplifies_float_noise(model)
@@ -120,107 +130,118 @@ def score_in_chunks(
     # LLM.int8's one-position calls on the static path (no host sync per layer: int8_static.py)
     guard = OverflowGuard(device) if static_int8_applies(model, device) else None
 
-    def run(batch: list[int]) -> None:
-        def read(
-            index: int,
-            calls: list[tuple[int, int]],
-            prefill: int,
-            columns: WholeSequenceColumns | None,
-            scoring: bool,
-            static: OverflowGuard | None = None,
-        ) -> float:
-            w = windows[index]
-            tokens = token_ids[w.begin : w.end].to(device)
-            input_ids = tokens[:-1].clone()  # the last target is never read
+    def prefill_of(index: int) -> int:
+        n_inputs = windows[index].length - 1
+        return n_inputs if decode_from is None else min(max(decode_from[index], 1), n_inputs)
+
+    def read(
+        batch: list[int],
+        calls: list[tuple[int, int]],
+        prefill: int,
+        columns: WholeSequenceColumns | None,
+        scoring: bool,
+        static: OverflowGuard | None = None,
+    ) -> list[float]:
+        group = [windows[i] for i in batch]
+        tokens = torch.stack([token_ids[w.begin : w.end] for w in group]).to(device)
+        input_ids = tokens[:, :-1].clone()  # the last target is never read
+        for row, w in enumerate(group):
             if w.first_input is not None:
-                input_ids[0] = w.first_input
-            first = torch.tensor([w.first_target - w.begin], device=out)
-            cache = {cache_arg: DynamicCache(config=model.config)}
-            total = torch.zeros(1, dtype=torch.float64, device=out)
-            for lo, hi in calls:
-                reading_prefill = lo < prefill
-                with (
-                    whole_sequence_columns(columns if reading_prefill else None),
-                    static_outlier_columns(None if reading_prefill else static),
-                ):
-                    hidden = model.base_model(
-                        input_ids=input_ids[lo:hi].unsqueeze(0), use_cache=True, **cache
-                    ).last_hidden_state
-                if not scoring or hi < w.first_target - w.begin:  # every target it predicts is before the scored ones
-                    continue
-                # hidden position j (window offset lo + j) predicts the token at offset lo + j + 1
-                total += score_hidden(
-                    model,
-                    [index],
-                    hidden,
-                    tokens[lo + 1 : hi + 1].unsqueeze(0).to(out),
-                    lo + 1,
-                    first,
-                    budget,
-                    hook,
-                    hook_time,
-                )
-                del hidden
-            del cache
-            return float(total.item()) if scoring else 0.0
+                input_ids[row, 0] = w.first_input
+        offsets = [w.first_target - w.begin for w in group]
+        first = torch.tensor(offsets, device=out)
+        cache = {cache_arg: DynamicCache(config=model.config)}
+        total = torch.zeros(len(batch), dtype=torch.float64, device=out)
+        for lo, hi in calls:
+            reading_prefill = lo < prefill
+            with (
+                whole_sequence_columns(columns if reading_prefill else None),
+                static_outlier_columns(None if reading_prefill else static),
+            ):
+                hidden = model.base_model(input_ids=input_ids[:, lo:hi], use_cache=True, **cache).last_hidden_state
+            if not scoring or hi < min(offsets):  # every target it predicts is before the scored ones
+                continue
+            # hidden position j (window offset lo + j) predicts the token at offset lo + j + 1
+            total += score_hidden(
+                model, batch, hidden, tokens[:, lo + 1 : hi + 1].to(out), lo + 1, first, budget, hook, hook_time
+            )
+            del hidden
+        del cache
+        return total.tolist() if scoring else [0.0] * len(batch)
 
-        def scored_read(
-            index: int, calls: list[tuple[int, int]], prefill: int, columns: WholeSequenceColumns | None
-        ) -> float:
-            """A scoring read; read again on the exact path if a static call overflowed."""
-            for static in (guard, None) if guard is not None else (None,):
-                if hook is not None and hasattr(hook, "reset"):
-                    hook.reset(batch)
-                if static is not None:
-                    static.reset()
-                value = read(index, calls, prefill, columns, True, static)
-                if static is None or not static.overflowed():
-                    break
-                static_reruns[0] += 1
-            return value
+    def scored_read(
+        batch: list[int], calls: list[tuple[int, int]], prefill: int, columns: WholeSequenceColumns | None
+    ) -> None:
+        """A scoring read of ``batch`` into ``nll``; read again on the exact path if a static call overflowed."""
+        for static in (guard, None) if guard is not None else (None,):
+            if hook is not None and hasattr(hook, "reset"):
+                hook.reset(batch)
+            if static is not None:
+                static.reset()
+            values = read(batch, calls, prefill, columns, True, static)
+            if static is None or not static.overflowed():
+                break
+            static_reruns[0] += len(batch)
+        for index, value in zip(batch, values):
+            nll[index] = value
 
-        (index,) = batch
-        w = windows[index]
-        n_inputs = w.length - 1
-        prefill = n_inputs if decode_from is None else min(max(decode_from[index], 1), n_inputs)
-        reads[index] = 0
-        if int8 and prefill > chunk_tokens and whole_first:  # LLM.int8: the prefill at once where memory allows
-            try:
-                nll[index], reads[index] = scored_read(index, _calls(n_inputs, prefill, prefill), prefill, None), 1
-            except Exception as exc:  # out of memory: read in chunks below (anything else is raised)
-                if not is_out_of_memory(exc):
-                    raise
-            if reads[index]:
-                if progress is not None:
-                    progress(1)
-                return
-            chunked[index] = True
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        calls = _calls(n_inputs, prefill, chunk_tokens)
-        # LLM.int8 in more than one prefill call: first a read that only flags columns, then reads
-        # that force them until they settle
-        columns = WholeSequenceColumns() if int8 and prefill > chunk_tokens else None
-        if columns is not None:
-            read(index, calls, prefill, columns, scoring=False)
-            reads[index] = 1
+    def settle_in_chunks(index: int, chunk: int, prefill: int) -> None:
+        """LLM.int8 in more than one prefill call: first a read that only flags columns, then reads that
+        force them until they settle."""
+        calls = _calls(windows[index].length - 1, prefill, chunk)
+        columns = WholeSequenceColumns()
+        read([index], calls, prefill, columns, scoring=False)
+        reads[index] = 1
         while True:
-            if columns is not None:
-                columns.next_read()
-            nll[index] = scored_read(index, calls, prefill, columns)
+            columns.next_read()
+            scored_read([index], calls, prefill, columns)
             reads[index] += 1
-            if columns is None or columns.agrees():
+            if columns.agrees():
                 break
             if reads[index] >= MAX_READS:
                 settled[index] = False
                 break
+
+    def run(batch: list[int]) -> None:
+        n_inputs, prefill = windows[batch[0]].length - 1, prefill_of(batch[0])
+        chunk = max(1, int(chunk_tokens * budget.scale))
+        for index in batch:
+            reads[index], chunked[index] = 1, False
+        if not (int8 and prefill > chunk):
+            scored_read(batch, _calls(n_inputs, prefill, chunk), prefill, None)
+        else:
+            at_once = False
+            if whole_first:  # LLM.int8: the prefill at once where memory allows
+                try:
+                    scored_read(batch, _calls(n_inputs, prefill, prefill), prefill, None)
+                    at_once = True
+                except Exception as exc:  # out of memory: fewer sequences, then chunks (anything else is raised)
+                    if not is_out_of_memory(exc) or len(batch) > 1:
+                        raise
+                if not at_once and device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if not at_once:
+                for index in batch:
+                    chunked[index] = True
+                    settle_in_chunks(index, chunk, prefill)
         if progress is not None:
-            progress(1)
+            progress(len(batch))
+
+    def same_group(a: int, b: int) -> bool:
+        return windows[a].length == windows[b].length and prefill_of(a) == prefill_of(b)
 
     start = time.perf_counter()
     with torch.inference_mode():
-        run_batches(
-            [[i] for i in range(len(windows))], run, budget, log if log is not None else BatchLog(), stage, "sequences"
+        longest_first = sorted(range(len(windows)), key=lambda i: (-windows[i].length, -prefill_of(i), i))
+        run_sized(
+            longest_first,
+            batch_size,
+            run,
+            budget,
+            log if log is not None else BatchLog(),
+            stage,
+            "sequences",
+            same_group,
         )
     if device.type == "cuda":
         torch.cuda.synchronize(device)

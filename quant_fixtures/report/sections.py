@@ -70,6 +70,7 @@ class PrefillReads(TypedDict):
     """How the prefills were read: LLM.int8 ones longer than a chunk at once where memory allowed, else
     in chunks, again until their outlier columns were those of the whole prefill (compute/long_context.py)."""
 
+    sequences_per_pass: int  # the most sequences (of one length and prefill) that shared a pass
     max_reads: int
     chunked_sequences: list[int]  # LLM.int8 sequences (stretches, then probes) too big to read at once
     unsettled_sequences: list[int]  # of those, the ones whose columns had not settled

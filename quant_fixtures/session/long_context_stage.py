@@ -110,18 +110,27 @@ class Reads:
     reads: list[int]
     settled: list[bool]
     chunked: list[bool]
+    sequences_per_pass: int
 
     def record(self) -> PrefillReads:
         return {
+            "sequences_per_pass": self.sequences_per_pass,
             "max_reads": max(self.reads, default=0),
             "chunked_sequences": [i for i, c in enumerate(self.chunked) if c],
             "unsettled_sequences": [i for i, ok in enumerate(self.settled) if not ok],
         }
 
 
-def _score(run: PassContext, loaded: LoadedModel, plan: LongPlan, hooks: tuple[LogprobHook, LogprobHook]) -> Reads:
+def _score(
+    run: PassContext,
+    loaded: LoadedModel,
+    plan: LongPlan,
+    hooks: tuple[LogprobHook, LogprobHook],
+    sequences_per_pass: int,
+) -> Reads:
     """Score the stretches with hooks[0] and the probes with hooks[1] (their answers one token per
-    forward pass, as greedy decoding reads them)."""
+    forward pass, as greedy decoding reads them), at most ``sequences_per_pass`` of one length and
+    prefill per pass."""
     chunk, started = run.shared.settings.long_context.chunk_tokens, time.perf_counter()
     total = len(plan.stretch_windows) + len(plan.probe_windows)
     answers = [w.first_target - w.begin for w in plan.probe_windows]
@@ -141,11 +150,13 @@ def _score(run: PassContext, loaded: LoadedModel, plan: LongPlan, hooks: tuple[L
                 budget=run.shared.budget,
                 log=run.batches,
                 decode_from=decode_from,
+                batch_size=sequences_per_pass,
             )
             reads += scores.reads
             settled += scores.settled
             chunked += scores.chunked
-    return Reads(time.perf_counter() - started, reads, settled, chunked)
+    used = run.batches.used.get(STAGE, 1)
+    return Reads(time.perf_counter() - started, reads, settled, chunked, used)
 
 
 def _section(
@@ -170,14 +181,17 @@ def _section(
         bucket_edges=list(protocol.bucket_edges),
         text=f"the joined WikiText-2 test split (articles one after another, as the non-overlapping perplexity "
         f"protocol reads it) cut into consecutive stretches of {shape.length} tokens from its start; each "
-        "stretch read alone from its first token (replaced by BOS where the tokenizer puts BOS first), every "
-        "later token scored",
-        method=f"each sequence read alone, its prefill in chunks of {protocol.chunk_tokens} positions with a KV "
-        "cache (sliding-window layers keep only their window) and a probe's answer one token per forward pass, "
-        "as greedy decoding reads it; LLM.int8 outlier columns chosen over the whole prefill, as a read at once "
-        "chooses them (compute/long_context.py); log-softmax in float32 of the model's head; KL(FP16 || "
-        "variant) exact over the whole vocabulary from the FP16 final hidden states and head, in float64; "
-        "95 % CIs over blocks of 128 consecutive positions (metrics/position_buckets.py)" + dropped,
+        "stretch read as a sequence of its own from its first token (replaced by BOS where the tokenizer puts "
+        "BOS first), every later token scored",
+        method=f"each sequence read as one of its own (sequences of one length and prefill share a pass, up to "
+        "the perplexity stage's windows per pass and as many as memory allows: prefill_reads.sequences_per_pass), "
+        f"its prefill in chunks of {protocol.chunk_tokens} positions with a KV cache (sliding-window layers keep "
+        "only their window; halved when one sequence runs out of memory: batching.notes) and a probe's answer one "
+        "token per forward pass, as greedy decoding reads it; LLM.int8 outlier columns chosen per sequence over "
+        "its whole prefill, as a read at once chooses them (compute/long_context.py); log-softmax in float32 of "
+        "the model's head; KL(FP16 || variant) exact over the whole vocabulary from the FP16 final hidden states "
+        "and head, in float64; 95 % CIs over blocks of 128 consecutive positions (metrics/position_buckets.py)"
+        + dropped,
         prefill_reads=reads.record(),
         probe_protocol=probe_protocol(),
         retrieval_method=RETRIEVAL_METHOD,
@@ -189,7 +203,9 @@ def _section(
     )
 
 
-def fp16_long_stage(run: PassContext, model: ModelUnderTest, loaded: LoadedModel) -> LongContext:
+def fp16_long_stage(
+    run: PassContext, model: ModelUnderTest, loaded: LoadedModel, sequences_per_pass: int
+) -> LongContext:
     """FP16's perplexity by position and its retrievals; stores what variants are compared with."""
     import torch
 
@@ -201,7 +217,11 @@ def fp16_long_stage(run: PassContext, model: ModelUnderTest, loaded: LoadedModel
     probe_hidden, probe_targets = HiddenRecorder(len(plan.probe_windows)), TargetRecorder(len(plan.probe_windows))
     run.shared.budget.start_stage_peak()
     reads = _score(
-        run, loaded, plan, (BothHooks(stretch_hidden, stretch_targets), BothHooks(probe_hidden, probe_targets))
+        run,
+        loaded,
+        plan,
+        (BothHooks(stretch_hidden, stretch_targets), BothHooks(probe_hidden, probe_targets)),
+        sequences_per_pass,
     )
     peak = run.shared.budget.stage_peak_bytes()
     hits = probe_targets.window_hits()
@@ -224,7 +244,11 @@ def fp16_long_stage(run: PassContext, model: ModelUnderTest, loaded: LoadedModel
 
 
 def variant_long_stage(
-    run: PassContext, model: ModelUnderTest, loaded: LoadedModel, reference: dict[str, torch.Tensor]
+    run: PassContext,
+    model: ModelUnderTest,
+    loaded: LoadedModel,
+    reference: dict[str, torch.Tensor],
+    sequences_per_pass: int,
 ) -> LongContext:
     """The variant's harm by position against FP16, and its retrieval flips."""
     plan = long_plan(run.shared.settings.long_context, model, run.shared.plans)
@@ -235,7 +259,7 @@ def variant_long_stage(
     probe_kl = KLAgainstReference({"hidden": reference["probe_hidden"]}, [w.scored for w in plan.probe_windows], head)
     probe_targets = TargetRecorder(len(plan.probe_windows))
     run.shared.budget.start_stage_peak()
-    reads = _score(run, loaded, plan, (stretch_kl, BothHooks(probe_kl, probe_targets)))
+    reads = _score(run, loaded, plan, (stretch_kl, BothHooks(probe_kl, probe_targets)), sequences_per_pass)
     peak = run.shared.budget.stage_peak_bytes()
     with run.stage("statistics", "statistics"):
         at = stretch_kl.positions()

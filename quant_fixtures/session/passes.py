@@ -210,7 +210,11 @@ def fp16_pass(run: PassContext, model: ModelUnderTest, variant: Variant, loaded:
     prompts, seconds = (
         (None, None) if run.shared.settings.prompts.skip else _timed(lambda: fp16_prompt_stage(run, model, loaded))
     )
-    long = None if run.shared.settings.long_context.skip else fp16_long_stage(run, model, loaded)
+    long = (
+        None
+        if run.shared.settings.long_context.skip
+        else fp16_long_stage(run, model, loaded, batching.perplexity_windows_per_pass)
+    )
     return _measurements(
         run,
         model,
@@ -244,7 +248,11 @@ def variant_pass(
         if run.shared.settings.prompts.skip
         else _timed(lambda: variant_prompt_stage(run, model, variant, loaded, refs, batching))
     )
-    long = None if refs.long is None else variant_long_stage(run, model, loaded, refs.long)
+    long = (
+        None
+        if refs.long is None
+        else variant_long_stage(run, model, loaded, refs.long, batching.perplexity_windows_per_pass)
+    )
     return _measurements(
         run,
         model,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from integration_support import TINY_ARCHS, build_tiny_model, load_variant, plain_window_nll
@@ -17,6 +18,7 @@ from quant_fixtures.compute.corpus_kl import HiddenRecorder
 from quant_fixtures.compute.long_context import score_in_chunks
 from quant_fixtures.compute.scoring import ScoredChunk, score_windows
 from quant_fixtures.metrics.perplexity import Window
+from quant_fixtures.session.long_context_stage import TargetRecorder
 
 WINDOWS = [Window(0, 300, 1), Window(300, 600, 301), Window(600, 900, 650)]  # the last scores from offset 50
 
@@ -199,3 +201,83 @@ def test_int8_one_position_calls_on_the_static_path_give_the_exact_numbers(
     )
     assert any("read again on LLM.int8's exact path" in note for note in log.notes)
     assert again.window_nll == pytest.approx(exact.window_nll, rel=1e-6)
+
+
+# -- several sequences per pass -------------------------------------------------------------------
+
+SAME_LENGTH = [Window(0, 400, 1), Window(400, 800, 401), Window(1200, 1300, 1201), Window(800, 1200, 801)]
+
+
+@pytest.mark.parametrize("variant", ["fp16", "int8"])
+def test_sequences_read_together_give_what_each_gives_alone(
+    variant: str,
+    tiny_models: dict[str, Path],
+    digest_cache: Path,
+    int8_with_outliers: dict[str, Any],
+    wikitext_ids: torch.Tensor,
+) -> None:
+    """Windows of one length and prefill share a pass (three of 400 tokens; the one of 100 alone), and
+    each row reads what the window read alone reads: the same sums, the same recorded positions, the
+    same argmax at every answer position read one per call."""
+    from quant_fixtures.compute.memory import BatchLog
+
+    if variant == "fp16":
+        model = load_variant(tiny_models["qwen2"], "fp16", digest_cache, key="tiny-qwen2").model
+    else:
+        model = int8_with_outliers["mistral"]
+    decode_from = [350, 350, 60, 350]
+    results = []
+    for batch_size in (1, 8):
+        log, hidden, answers = BatchLog(), HiddenRecorder(len(SAME_LENGTH)), TargetRecorder(len(SAME_LENGTH))
+        scores = score_in_chunks(
+            model, wikitext_ids, SAME_LENGTH, 48, "long context", hidden, log=log, batch_size=batch_size
+        )
+        score_in_chunks(
+            model,
+            wikitext_ids,
+            SAME_LENGTH,
+            48,
+            "long context",
+            answers,
+            decode_from=decode_from,
+            batch_size=batch_size,
+        )
+        results.append((scores, hidden.hidden_states(), answers, log.used["long context"]))
+    (alone, alone_hidden, alone_answers, alone_used), (together, together_hidden, together_answers, used) = results
+    assert alone_used == 1 and used == 3
+    assert together.window_nll == pytest.approx(alone.window_nll, rel=1e-6)
+    assert together.reads == alone.reads == [1, 1, 1, 1]
+    torch.testing.assert_close(together_hidden, alone_hidden, rtol=1e-4, atol=1e-4)
+    hits = [h.tolist() for h in together_answers.window_hits()]
+    assert [len(h) for h in hits] == [399, 399, 99, 399] and hits == [h.tolist() for h in alone_answers.window_hits()]
+    np.testing.assert_allclose(together_answers.all_logp(), alone_answers.all_logp(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_pass_that_runs_out_of_memory_reads_fewer_sequences_then_shorter_chunks(
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
+    """Out of memory with several sequences halves how many share a pass; with one, the chunk length
+    (the budget's scale); the numbers stay those of the unconstrained read and the log says what
+    changed."""
+    from quant_fixtures.compute.memory import BatchLog, MemoryBudget
+
+    model = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    free = score_in_chunks(model, wikitext_ids, SAME_LENGTH[:3], 64, "long context", batch_size=4)
+
+    def no_room(module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, Any]) -> None:
+        rows, positions = kwargs["input_ids"].shape
+        if rows > 1 or positions > 32:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    log, budget = BatchLog(), MemoryBudget("cpu")
+    handle = model.base_model.register_forward_pre_hook(no_room, with_kwargs=True)
+    try:
+        tight = score_in_chunks(
+            model, wikitext_ids, SAME_LENGTH[:3], 64, "long context", budget=budget, log=log, batch_size=4
+        )
+    finally:
+        handle.remove()
+    assert budget.scale == 0.5 and log.used["long context"] == 1, log.notes
+    assert any("out of memory at 2 sequences per pass" in note for note in log.notes), log.notes
+    assert any("retried with chunks at 0.5" in note for note in log.notes)
+    assert tight.window_nll == pytest.approx(free.window_nll, rel=1e-6)
