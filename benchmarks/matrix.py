@@ -168,7 +168,8 @@ def measure(suite_config: str, results_dir: Path, pytest_args: list[str], echo: 
 
 
 def long_context_record(doc: EvaluationDocument) -> dict[str, Any] | None:
-    """What the long-context stage took: its length, stretches and probes, seconds, its own GPU peak,
+    """What the long-context stage took: its length, stretches and probes, chunk length and sequences per
+    pass (why they differ from what was asked: the pair's batching notes), seconds, its own GPU peak,
     and (a quantized variant) the deepest bucket's ΔPPL and KL and the retrieval flips."""
     long = doc.long_context
     if long is None:
@@ -179,6 +180,8 @@ def long_context_record(doc: EvaluationDocument) -> dict[str, Any] | None:
         "length": long.length,
         "stretches": long.stretches,
         "probes": retrieval["probes"],
+        "chunk_tokens": long.chunk_tokens,
+        "prefill_reads": long.prefill_reads,  # sequences per pass, reads, chunked LLM.int8 prefills
         "seconds": long.seconds,
         "peak_gb": long.peak_gb,
         "deepest_bucket": None if deepest is None else f"{deepest['lo']}-{deepest['hi']}",

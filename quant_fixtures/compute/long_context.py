@@ -134,75 +134,75 @@ def score_in_chunks(
         n_inputs = windows[index].length - 1
         return n_inputs if decode_from is None else min(max(decode_from[index], 1), n_inputs)
 
-    def read(
-        batch: list[int],
-        calls: list[tuple[int, int]],
-        prefill: int,
-        columns: WholeSequenceColumns | None,
-        scoring: bool,
-        static: OverflowGuard | None = None,
-    ) -> list[float]:
-        group = [windows[i] for i in batch]
-        tokens = torch.stack([token_ids[w.begin : w.end] for w in group]).to(device)
-        input_ids = tokens[:, :-1].clone()  # the last target is never read
-        for row, w in enumerate(group):
-            if w.first_input is not None:
-                input_ids[row, 0] = w.first_input
-        offsets = [w.first_target - w.begin for w in group]
-        first = torch.tensor(offsets, device=out)
-        cache = {cache_arg: DynamicCache(config=model.config)}
-        total = torch.zeros(len(batch), dtype=torch.float64, device=out)
-        for lo, hi in calls:
-            reading_prefill = lo < prefill
-            with (
-                whole_sequence_columns(columns if reading_prefill else None),
-                static_outlier_columns(None if reading_prefill else static),
-            ):
-                hidden = model.base_model(input_ids=input_ids[:, lo:hi], use_cache=True, **cache).last_hidden_state
-            if not scoring or hi < min(offsets):  # every target it predicts is before the scored ones
-                continue
-            # hidden position j (window offset lo + j) predicts the token at offset lo + j + 1
-            total += score_hidden(
-                model, batch, hidden, tokens[:, lo + 1 : hi + 1].to(out), lo + 1, first, budget, hook, hook_time
-            )
-            del hidden
-        del cache
-        return total.tolist() if scoring else [0.0] * len(batch)
-
-    def scored_read(
-        batch: list[int], calls: list[tuple[int, int]], prefill: int, columns: WholeSequenceColumns | None
-    ) -> None:
-        """A scoring read of ``batch`` into ``nll``; read again on the exact path if a static call overflowed."""
-        for static in (guard, None) if guard is not None else (None,):
-            if hook is not None and hasattr(hook, "reset"):
-                hook.reset(batch)
-            if static is not None:
-                static.reset()
-            values = read(batch, calls, prefill, columns, True, static)
-            if static is None or not static.overflowed():
-                break
-            static_reruns[0] += len(batch)
-        for index, value in zip(batch, values):
-            nll[index] = value
-
-    def settle_in_chunks(index: int, chunk: int, prefill: int) -> None:
-        """LLM.int8 in more than one prefill call: first a read that only flags columns, then reads that
-        force them until they settle."""
-        calls = _calls(windows[index].length - 1, prefill, chunk)
-        columns = WholeSequenceColumns()
-        read([index], calls, prefill, columns, scoring=False)
-        reads[index] = 1
-        while True:
-            columns.next_read()
-            scored_read([index], calls, prefill, columns)
-            reads[index] += 1
-            if columns.agrees():
-                break
-            if reads[index] >= MAX_READS:
-                settled[index] = False
-                break
-
     def run(batch: list[int]) -> None:
+        def read(
+            batch: list[int],
+            calls: list[tuple[int, int]],
+            prefill: int,
+            columns: WholeSequenceColumns | None,
+            scoring: bool,
+            static: OverflowGuard | None = None,
+        ) -> list[float]:
+            group = [windows[i] for i in batch]
+            tokens = torch.stack([token_ids[w.begin : w.end] for w in group]).to(device)
+            input_ids = tokens[:, :-1].clone()  # the last target is never read
+            for row, w in enumerate(group):
+                if w.first_input is not None:
+                    input_ids[row, 0] = w.first_input
+            offsets = [w.first_target - w.begin for w in group]
+            first = torch.tensor(offsets, device=out)
+            cache = {cache_arg: DynamicCache(config=model.config)}
+            total = torch.zeros(len(batch), dtype=torch.float64, device=out)
+            for lo, hi in calls:
+                reading_prefill = lo < prefill
+                with (
+                    whole_sequence_columns(columns if reading_prefill else None),
+                    static_outlier_columns(None if reading_prefill else static),
+                ):
+                    hidden = model.base_model(input_ids=input_ids[:, lo:hi], use_cache=True, **cache).last_hidden_state
+                if not scoring or hi < min(offsets):  # every target it predicts is before the scored ones
+                    continue
+                # hidden position j (window offset lo + j) predicts the token at offset lo + j + 1
+                total += score_hidden(
+                    model, batch, hidden, tokens[:, lo + 1 : hi + 1].to(out), lo + 1, first, budget, hook, hook_time
+                )
+                del hidden
+            del cache
+            return total.tolist() if scoring else [0.0] * len(batch)
+
+        def scored_read(
+            batch: list[int], calls: list[tuple[int, int]], prefill: int, columns: WholeSequenceColumns | None
+        ) -> None:
+            """A scoring read of ``batch`` into ``nll``; read again on the exact path if a static call overflowed."""
+            for static in (guard, None) if guard is not None else (None,):
+                if hook is not None and hasattr(hook, "reset"):
+                    hook.reset(batch)
+                if static is not None:
+                    static.reset()
+                values = read(batch, calls, prefill, columns, True, static)
+                if static is None or not static.overflowed():
+                    break
+                static_reruns[0] += len(batch)
+            for index, value in zip(batch, values):
+                nll[index] = value
+
+        def settle_in_chunks(index: int, chunk: int, prefill: int) -> None:
+            """LLM.int8 in more than one prefill call: first a read that only flags columns, then reads that
+            force them until they settle."""
+            calls = _calls(windows[index].length - 1, prefill, chunk)
+            columns = WholeSequenceColumns()
+            read([index], calls, prefill, columns, scoring=False)
+            reads[index] = 1
+            while True:
+                columns.next_read()
+                scored_read([index], calls, prefill, columns)
+                reads[index] += 1
+                if columns.agrees():
+                    break
+                if reads[index] >= MAX_READS:
+                    settled[index] = False
+                    break
+
         n_inputs, prefill = windows[batch[0]].length - 1, prefill_of(batch[0])
         chunk = max(1, int(chunk_tokens * budget.scale))
         for index in batch:

@@ -63,3 +63,32 @@ def test_quality_gates_and_missing_snapshots_are_expected_on_random_weights() ->
     assert not expected({"test": "t::test_perplexity_is_measured[m-fp16]", "message": "RuntimeError: out of memory"})
     undecided = "Failed: gate UNDECIDED (undecided = 'fail'): m int8: retrieval_flip_rate = 0"
     assert expected({"test": "t::test_within_limit[m-int8-retrieval_flip_rate]", "message": undecided})
+
+
+def test_the_long_context_record_says_how_the_stage_read_its_sequences() -> None:
+    """The record keeps the chunk length and the prefill reads (sequences per pass, chunked LLM.int8
+    prefills) beside the stage's seconds, so a slow stage can be read from the record alone."""
+    from types import SimpleNamespace
+
+    if TYPE_CHECKING:
+        from benchmarks import matrix
+    else:
+        import matrix
+
+    reads = {"sequences_per_pass": 3, "max_reads": 1, "chunked_sequences": [], "unsettled_sequences": []}
+    deepest = {"lo": 1024, "hi": 2048, "delta_ppl_pct": 1.5, "kl_mean": 0.02}
+    long = SimpleNamespace(
+        length=2048,
+        stretches=1,
+        chunk_tokens=512,
+        prefill_reads=reads,
+        seconds=4.25,
+        peak_gb=None,
+        deepest=deepest,
+        retrieval={"probes": 9, "flips": 1},
+    )
+    record = matrix.long_context_record(SimpleNamespace(long_context=long))
+    assert record is not None
+    assert (record["chunk_tokens"], record["prefill_reads"], record["probes"]) == (512, reads, 9)
+    assert (record["deepest_bucket"], record["retrieval_flips"]) == ("1024-2048", 1)
+    assert matrix.long_context_record(SimpleNamespace(long_context=None)) is None
