@@ -6,12 +6,13 @@ import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 if TYPE_CHECKING:  # mypy names the script from the root; at run time benchmarks/ is on sys.path
     from benchmarks import gpu_check
+    from quant_fixtures.report.schema import EvaluationDocument
 else:
     import gpu_check
 
@@ -87,8 +88,8 @@ def test_the_long_context_record_says_how_the_stage_read_its_sequences() -> None
         deepest=deepest,
         retrieval={"probes": 9, "flips": 1},
     )
-    record = matrix.long_context_record(SimpleNamespace(long_context=long))
+    record = matrix.long_context_record(cast("EvaluationDocument", SimpleNamespace(long_context=long)))
     assert record is not None
     assert (record["chunk_tokens"], record["prefill_reads"], record["probes"]) == (512, reads, 9)
     assert (record["deepest_bucket"], record["retrieval_flips"]) == ("1024-2048", 1)
-    assert matrix.long_context_record(SimpleNamespace(long_context=None)) is None
+    assert matrix.long_context_record(cast("EvaluationDocument", SimpleNamespace(long_context=None))) is None
