@@ -77,3 +77,24 @@ def test_a_probe_answer_read_token_by_token_is_what_generate_decodes_on_cuda(int
     score_in_chunks(int8_with_outliers, ids, [Window(0, ids.numel(), 300)], 128, "long context", record,
                     decode_from=[300])  # fmt: skip
     assert argmax == generated.tolist()
+
+
+def test_sequences_read_together_on_cuda_give_what_each_gives_alone(int8_with_outliers: Any) -> None:
+    """Three windows of one length share a pass (their answers read one position per call, LLM.int8's
+    static path included): each row's sum is its sum read alone, up to float16 summation order."""
+    from quant_fixtures.compute.long_context import score_in_chunks
+    from quant_fixtures.compute.memory import BatchLog
+    from quant_fixtures.metrics.perplexity import Window
+
+    ids = torch.randint(3, 500, (1800,), generator=torch.Generator().manual_seed(1))
+    windows = [Window(0, 600, 1), Window(600, 1200, 601), Window(1200, 1800, 1201)]
+    decode_from = [590, 590, 590]
+    alone = score_in_chunks(int8_with_outliers, ids, windows, 128, "long context", decode_from=decode_from)
+    log = BatchLog()
+    together = score_in_chunks(
+        int8_with_outliers, ids, windows, 128, "long context", decode_from=decode_from, log=log, batch_size=3
+    )
+    worst = max(abs(a / b - 1) for a, b in zip(together.window_nll, alone.window_nll))
+    print(f"\n[measured] {log.used['long context']} sequences per pass: relative difference to alone {worst:.2e}")
+    assert log.used["long context"] > 1
+    assert worst < 1e-3  # float16 sums in another order at most
