@@ -126,6 +126,9 @@ def score_in_chunks(
     chunked = [False] * len(windows)
     hook_time = [0.0]
     static_reruns = [0]
+    # the shortest LLM.int8 prefill that ran out of memory read at once: one as long or longer goes
+    # straight to chunks (a failed whole read of 32K positions costs seconds on a 7B model)
+    too_long_at_once = [math.inf]
     cache_arg = cache_argument(model)
     # LLM.int8's one-position calls on the static path (no host sync per layer: int8_static.py)
     guard = OverflowGuard(device) if static_int8_applies(model, device) else None
@@ -211,13 +214,14 @@ def score_in_chunks(
             scored_read(batch, _calls(n_inputs, prefill, chunk), prefill, None)
         else:
             at_once = False
-            if whole_first:  # LLM.int8: the prefill at once where memory allows
+            if whole_first and prefill < too_long_at_once[0]:  # LLM.int8: the prefill at once where memory allows
                 try:
                     scored_read(batch, _calls(n_inputs, prefill, prefill), prefill, None)
                     at_once = True
                 except Exception as exc:  # out of memory: fewer sequences, then chunks (anything else is raised)
                     if not is_out_of_memory(exc) or len(batch) > 1:
                         raise
+                    too_long_at_once[0] = prefill
                 if not at_once and device.type == "cuda":
                     torch.cuda.empty_cache()
             if not at_once:

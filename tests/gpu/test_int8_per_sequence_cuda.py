@@ -144,7 +144,10 @@ def test_static_path_in_a_padded_batch_matches_bitsandbytes_alone() -> None:
 
 def test_int8_decoding_is_captured_and_gives_the_exact_paths_tokens(tiny_llama: Path) -> None:
     """An LLM.int8 model decodes as a CUDA graph on the static path, with the tokens of the exact
-    (dynamic, eager) per-sequence path; a layer with outliers in every step keeps the guard busy."""
+    (dynamic, eager) per-sequence path up to float summation order: a row may leave the exact path's
+    tokens only at a step where the exact path's two best logits are within float16 noise of each
+    other (measured on an H100: 1 of 160 tokens, a near tie of this random model). A layer with
+    outliers in every step keeps the guard busy."""
     from transformers import AutoModelForCausalLM
 
     from quant_fixtures.compute.decoding import can_capture, static_greedy
@@ -169,13 +172,29 @@ def test_int8_decoding_is_captured_and_gives_the_exact_paths_tokens(tiny_llama: 
     captured, how = static_greedy(int8, ids, mask, 40, set(), use_graph=True)
     saved = int8_static.STATIC_DEVICE_TYPES
     int8_static.STATIC_DEVICE_TYPES = frozenset()
+    logits: list[torch.Tensor] = []  # the exact path's logits of each step: [B, vocab]
+    hook = int8.lm_head.register_forward_hook(
+        lambda _m, _a, out: logits.append(out.float().reshape(out.shape[0], -1, out.shape[-1])[:, -1])
+    )
     try:
         exact, exact_how = static_greedy(int8, ids, mask, 40, set(), use_graph=False)
     finally:
         int8_static.STATIC_DEVICE_TYPES = saved
+        hook.remove()
     print(f"\n[measured] int8 decoding: {how}; exact path: {exact_how}")
     assert how == "cuda graph"
     assert exact_how == "eager"
     agree = float((captured == exact).float().mean())
-    print(f"[measured] tokens equal to the exact path's: {agree:.3f}")
-    assert agree == 1.0
+    steps = torch.stack(logits, 1)  # [B, steps, vocab]
+    assert steps.shape[:2] == exact.shape
+    worst = 0.0
+    for row in range(exact.shape[0]):
+        differ = (captured[row] != exact[row]).nonzero()
+        if differ.numel():  # where the row first leaves the exact path, its token must tie with the exact one
+            step = int(differ[0, 0])
+            at = steps[row, step]
+            gap = float(at[exact[row, step]] - at[captured[row, step]]) / float(at.abs().max())
+            worst = max(worst, gap)
+    print(f"[measured] tokens equal to the exact path's: {agree:.3f}; first departure within {worst:.1e} of max|logit|")
+    assert agree > 0.9
+    assert worst < 5e-3
