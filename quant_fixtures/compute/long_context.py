@@ -26,8 +26,10 @@ What is read is what a user's model reads, whatever the chunk length:
   everything before it. Fed the key's tokens, the argmax at each step is what greedy decoding
   produces while it follows the key, so "every step's argmax is the key's token" is exactly
   "greedy decoding of the answer's length produces the key" (tested against ``model.generate``).
-  On CUDA, LLM.int8 layers take their static-shape path in these one-position calls (no host sync
-  per layer, models/int8_static.py); a read in which one overflowed it is read again exactly.
+  LLM.int8 layers take their exact per-sequence path in these calls, not decoding's static one
+  (models/int8_static.py): a read whose static calls overflowed would be read again whole, prefill
+  included (random-weight Mistral-7B overflowed on every probe, H100 2026-12-07), and a probe's few
+  answer calls gain little from it.
 """
 
 from __future__ import annotations
@@ -48,10 +50,8 @@ from quant_fixtures.models.int8_per_sequence import (
     WholeSequenceColumns,
     amplifies_float_noise,
     has_batch_dependent_int8,
-    static_int8_applies,
     whole_sequence_columns,
 )
-from quant_fixtures.models.int8_static import OverflowGuard, static_outlier_columns
 
 
 @dataclass
@@ -125,13 +125,10 @@ def score_in_chunks(
     settled = [True] * len(windows)
     chunked = [False] * len(windows)
     hook_time = [0.0]
-    static_reruns = [0]
     # the shortest LLM.int8 prefill that ran out of memory read at once: one as long or longer goes
     # straight to chunks (a failed whole read of 32K positions costs seconds on a 7B model)
     too_long_at_once = [math.inf]
     cache_arg = cache_argument(model)
-    # LLM.int8's one-position calls on the static path (no host sync per layer: int8_static.py)
-    guard = OverflowGuard(device) if static_int8_applies(model, device) else None
 
     def prefill_of(index: int) -> int:
         n_inputs = windows[index].length - 1
@@ -144,7 +141,6 @@ def score_in_chunks(
             prefill: int,
             columns: WholeSequenceColumns | None,
             scoring: bool,
-            static: OverflowGuard | None = None,
         ) -> list[float]:
             group = [windows[i] for i in batch]
             tokens = torch.stack([token_ids[w.begin : w.end] for w in group]).to(device)
@@ -157,11 +153,9 @@ def score_in_chunks(
             cache = {cache_arg: DynamicCache(config=model.config)}
             total = torch.zeros(len(batch), dtype=torch.float64, device=out)
             for lo, hi in calls:
-                reading_prefill = lo < prefill
-                with (
-                    whole_sequence_columns(columns if reading_prefill else None),
-                    static_outlier_columns(None if reading_prefill else static),
-                ):
+                if not scoring and lo >= prefill:  # a read that only flags columns ends with the prefill
+                    break
+                with whole_sequence_columns(columns if lo < prefill else None):
                     hidden = model.base_model(input_ids=input_ids[:, lo:hi], use_cache=True, **cache).last_hidden_state
                 if not scoring or hi < min(offsets):  # every target it predicts is before the scored ones
                     continue
@@ -176,16 +170,10 @@ def score_in_chunks(
         def scored_read(
             batch: list[int], calls: list[tuple[int, int]], prefill: int, columns: WholeSequenceColumns | None
         ) -> None:
-            """A scoring read of ``batch`` into ``nll``; read again on the exact path if a static call overflowed."""
-            for static in (guard, None) if guard is not None else (None,):
-                if hook is not None and hasattr(hook, "reset"):
-                    hook.reset(batch)
-                if static is not None:
-                    static.reset()
-                values = read(batch, calls, prefill, columns, True, static)
-                if static is None or not static.overflowed():
-                    break
-                static_reruns[0] += len(batch)
+            """A scoring read of ``batch`` into ``nll`` (the hook starts these sequences afresh)."""
+            if hook is not None and hasattr(hook, "reset"):
+                hook.reset(batch)
+            values = read(batch, calls, prefill, columns, True)
             for index, value in zip(batch, values):
                 nll[index] = value
 
@@ -249,11 +237,6 @@ def score_in_chunks(
         )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    if static_reruns[0] and log is not None:
-        log.notes.append(
-            f"{stage}: {static_reruns[0]} sequences read again on LLM.int8's exact path (their one-position "
-            "calls had more outlier columns than the static path takes)"
-        )
     if not all(math.isfinite(v) for v in nll):
         bad = [i for i, v in enumerate(nll) if not math.isfinite(v)]
         raise FloatingPointError(f"{stage}: non-finite NLL in sequences {bad[:10]}: the model produced NaN/inf")

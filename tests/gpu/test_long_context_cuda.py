@@ -80,8 +80,8 @@ def test_a_probe_answer_read_token_by_token_is_what_generate_decodes_on_cuda(int
 
 
 def test_sequences_read_together_on_cuda_give_what_each_gives_alone(int8_with_outliers: Any) -> None:
-    """Three windows of one length share a pass (their answers read one position per call, LLM.int8's
-    static path included): each row's sum is its sum read alone, up to float16 summation order."""
+    """Three windows of one length share a pass (their answers read one position per call): each row's
+    sum is its sum read alone, up to float16 summation order."""
     from quant_fixtures.compute.long_context import score_in_chunks
     from quant_fixtures.compute.memory import BatchLog
     from quant_fixtures.metrics.perplexity import Window

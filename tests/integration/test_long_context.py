@@ -134,6 +134,28 @@ def test_int8_reads_a_prefill_at_once_and_in_chunks_only_when_that_runs_out_of_m
     assert fallback.window_nll == pytest.approx(at_once.window_nll, rel=1e-6)
 
 
+def test_a_read_that_only_flags_columns_stops_at_the_answer(
+    int8_with_outliers: dict[str, Any], wikitext_ids: torch.Tensor
+) -> None:
+    """LLM.int8 in chunks: the first read of a probe only flags its prefill's outlier columns, so it
+    reads no answer position; each scoring read reads every answer position once."""
+    model = int8_with_outliers["llama"]
+    one_position = [0]
+
+    def count(module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, Any]) -> None:
+        one_position[0] += int(kwargs["input_ids"].shape[1] == 1)
+
+    handle = model.base_model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        scores = score_in_chunks(
+            model, wikitext_ids, LONG[:1], 48, "long context", decode_from=[300], whole_first=False
+        )
+    finally:
+        handle.remove()
+    assert scores.chunked == [True] and scores.reads[0] >= 2
+    assert one_position[0] == (scores.reads[0] - 1) * (399 - 300)
+
+
 class ArgmaxRecorder:
     """Hook: the argmax at each scored position, window after window."""
 
@@ -172,39 +194,6 @@ def test_a_probe_answer_read_token_by_token_is_what_generate_decodes(
     recorder = ArgmaxRecorder()
     score_in_chunks(model, ids, [window], chunk, "long context", recorder, decode_from=[prompt.numel()])
     assert recorder.argmax == generated.tolist()
-
-
-def test_int8_one_position_calls_on_the_static_path_give_the_exact_numbers(
-    int8_with_outliers: dict[str, Any], wikitext_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The answer positions read one per call take LLM.int8's static-shape path on CUDA (run here on
-    the CPU): the numbers of the exact path; a read whose calls overflow the static width is read
-    again exactly, and the log says so."""
-    from quant_fixtures.compute.memory import BatchLog
-    from quant_fixtures.models import int8_per_sequence, int8_static
-
-    model = int8_with_outliers["llama"]
-    decode_from = [300, 350]
-    exact = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=64, stage="long context", decode_from=decode_from)
-    calls = [0]
-    original = int8_per_sequence.static_per_sequence_int8_matmul
-
-    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(int8_static, "STATIC_DEVICE_TYPES", frozenset({"cpu"}))
-    monkeypatch.setattr(int8_per_sequence, "static_per_sequence_int8_matmul", counted)
-    static = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=64, stage="long context", decode_from=decode_from)
-    assert calls[0] > 0
-    assert static.window_nll == pytest.approx(exact.window_nll, rel=1e-6)
-    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 0)  # every call with an outlier overflows
-    log = BatchLog()
-    again = score_in_chunks(
-        model, wikitext_ids, LONG, chunk_tokens=64, stage="long context", decode_from=decode_from, log=log
-    )
-    assert any("read again on LLM.int8's exact path" in note for note in log.notes)
-    assert again.window_nll == pytest.approx(exact.window_nll, rel=1e-6)
 
 
 # -- several sequences per pass -------------------------------------------------------------------
