@@ -16,7 +16,8 @@ What is read is what a user's model reads, whatever the chunk length:
 
 * A sequence's prefill (a whole stretch; a probe's prompt) is one read of the model. A model with
   LLM.int8 layers reads a prefill longer than a chunk at once where memory allows; where it does
-  not, in chunks with the outlier columns of the whole prefill
+  not, in chunks as long as fit (half the prefill, halved while out of memory, down to
+  ``chunk_tokens``) with the outlier columns of the whole prefill
   (models/int8_per_sequence.WholeSequenceColumns): the sequence is read again with the columns the
   previous read flagged until every layer's forced and flagged columns agree (usually the second or
   third read; at most :data:`MAX_READS`), so the numbers equal a read of the prefill at once up to
@@ -62,6 +63,7 @@ class ChunkedScores(WindowScores):
     reads: list[int] = field(default_factory=list)
     settled: list[bool] = field(default_factory=list)
     chunked: list[bool] = field(default_factory=list)  # LLM.int8 prefills too big to read at once
+    prefill_chunk: list[int] = field(default_factory=list)  # positions per prefill call (the prefill: at once)
 
 
 def cache_argument(model: PreTrainedModel) -> str:
@@ -124,10 +126,13 @@ def score_in_chunks(
     reads = [0] * len(windows)
     settled = [True] * len(windows)
     chunked = [False] * len(windows)
+    prefill_chunk = [0] * len(windows)
     hook_time = [0.0]
     # the shortest LLM.int8 prefill that ran out of memory read at once: one as long or longer goes
     # straight to chunks (a failed whole read of 32K positions costs seconds on a 7B model)
     too_long_at_once = [math.inf]
+    # the chunk the last such prefill fitted in: the next starts there (None: none read in chunks yet)
+    fitted_chunk: list[int | None] = [None]
     cache_arg = cache_argument(model)
 
     def prefill_of(index: int) -> int:
@@ -193,11 +198,36 @@ def score_in_chunks(
                 if reads[index] >= MAX_READS:
                     settled[index] = False
                     break
+            prefill_chunk[index] = chunk
+
+        def settle_in_chunks_that_fit(index: int, floor: int, prefill: int) -> None:
+            """:func:`settle_in_chunks` for a prefill that ran out of memory at once: in half the prefill
+            first (or the chunk the last one fitted in), halved while out of memory, down to ``floor``
+            (the planned chunk), so a card with room reads few long chunks."""
+            size = max(floor, min(fitted_chunk[0] or prefill, -(-prefill // 2)))
+            while True:
+                out_of_memory = False
+                try:
+                    settle_in_chunks(index, size, prefill)
+                except Exception as exc:  # out of memory: shorter chunks (anything else is raised)
+                    if not is_out_of_memory(exc) or size <= floor:
+                        raise
+                    out_of_memory = True
+                if not out_of_memory:
+                    break
+                budget.release_cached()  # once the exception and the tensors its frames held are gone
+                size = max(floor, size // 2)
+            if size != fitted_chunk[0] and log is not None:
+                log.notes.append(
+                    f"{stage}: LLM.int8 prefills of {prefill} positions ran out of memory at once; "
+                    f"read in chunks of {size}"
+                )
+            fitted_chunk[0] = size
 
         n_inputs, prefill = windows[batch[0]].length - 1, prefill_of(batch[0])
         chunk = max(1, int(chunk_tokens * budget.scale))
         for index in batch:
-            reads[index], chunked[index] = 1, False
+            reads[index], chunked[index], prefill_chunk[index] = 1, False, min(prefill, chunk)
         if not (int8 and prefill > chunk):
             scored_read(batch, _calls(n_inputs, prefill, chunk), prefill, None)
         else:
@@ -206,6 +236,8 @@ def score_in_chunks(
                 try:
                     scored_read(batch, _calls(n_inputs, prefill, prefill), prefill, None)
                     at_once = True
+                    for index in batch:
+                        prefill_chunk[index] = prefill
                 except Exception as exc:  # out of memory: fewer sequences, then chunks (anything else is raised)
                     if not is_out_of_memory(exc) or len(batch) > 1:
                         raise
@@ -215,7 +247,10 @@ def score_in_chunks(
             if not at_once:
                 for index in batch:
                     chunked[index] = True
-                    settle_in_chunks(index, chunk, prefill)
+                    if whole_first:  # not at once for want of memory: chunks as long as fit
+                        settle_in_chunks_that_fit(index, chunk, prefill)
+                    else:
+                        settle_in_chunks(index, chunk, prefill)
         if progress is not None:
             progress(len(batch))
 
@@ -249,4 +284,5 @@ def score_in_chunks(
         reads=reads,
         settled=settled,
         chunked=chunked,
+        prefill_chunk=prefill_chunk,
     )

@@ -73,4 +73,5 @@ class PrefillReads(TypedDict):
     sequences_per_pass: int  # the most sequences (of one length and prefill) that shared a pass
     max_reads: int
     chunked_sequences: list[int]  # LLM.int8 sequences (stretches, then probes) too big to read at once
+    chunked_prefill_chunks: list[int]  # for each of those, the positions per prefill call that fitted
     unsettled_sequences: list[int]  # of those, the ones whose columns had not settled

@@ -110,6 +110,7 @@ class Reads:
     reads: list[int]
     settled: list[bool]
     chunked: list[bool]
+    prefill_chunk: list[int]
     sequences_per_pass: int
 
     def record(self) -> PrefillReads:
@@ -117,6 +118,7 @@ class Reads:
             "sequences_per_pass": self.sequences_per_pass,
             "max_reads": max(self.reads, default=0),
             "chunked_sequences": [i for i, c in enumerate(self.chunked) if c],
+            "chunked_prefill_chunks": [n for n, c in zip(self.prefill_chunk, self.chunked) if c],
             "unsettled_sequences": [i for i, ok in enumerate(self.settled) if not ok],
         }
 
@@ -137,6 +139,7 @@ def _score(
     reads: list[int] = []
     settled: list[bool] = []
     chunked: list[bool] = []
+    prefill_chunk: list[int] = []
     with run.stage(STAGE, STAGE, shown=True, total=total, unit="sequences") as advance:
         for windows, hook, decode_from in zip((plan.stretch_windows, plan.probe_windows), hooks, (None, answers)):
             scores = score_in_chunks(
@@ -155,8 +158,9 @@ def _score(
             reads += scores.reads
             settled += scores.settled
             chunked += scores.chunked
+            prefill_chunk += scores.prefill_chunk
     used = run.batches.used.get(STAGE, 1)
-    return Reads(time.perf_counter() - started, reads, settled, chunked, used)
+    return Reads(time.perf_counter() - started, reads, settled, chunked, prefill_chunk, used)
 
 
 def _section(
@@ -188,7 +192,9 @@ def _section(
         f"its prefill in chunks of {protocol.chunk_tokens} positions with a KV cache (sliding-window layers keep "
         "only their window; halved when one sequence runs out of memory: batching.notes) and a probe's answer one "
         "token per forward pass, as greedy decoding reads it; LLM.int8 outlier columns chosen per sequence over "
-        "its whole prefill, as a read at once chooses them (compute/long_context.py); log-softmax in float32 of "
+        "its whole prefill, as a read at once chooses them: a prefill read at once where memory allows, else in "
+        "chunks as long as fit (prefill_reads.chunked_prefill_chunks) read again until the columns settle "
+        "(compute/long_context.py); log-softmax in float32 of "
         "the model's head; KL(FP16 || variant) exact over the whole vocabulary from the FP16 final hidden states "
         "and head, in float64; 95 % CIs over blocks of 128 consecutive positions (metrics/position_buckets.py)"
         + dropped,

@@ -112,16 +112,17 @@ def test_int8_reads_a_prefill_at_once_and_in_chunks_only_when_that_runs_out_of_m
     int8_with_outliers: dict[str, Any], wikitext_ids: torch.Tensor
 ) -> None:
     """A prefill longer than a chunk is read at once; where that runs out of memory (here: a forward of
-    more than 48 positions raises it), in chunks with the whole prefill's columns: the same numbers.
-    A prefill as long as one that ran out of memory is not tried at once again."""
+    more than 60 positions raises it), in chunks as long as fit (not shorter than the planned 48)
+    with the whole prefill's columns: the same numbers. A prefill as long as one that ran out of
+    memory is not tried at once again."""
     model = int8_with_outliers["llama"]
     at_once = score_in_chunks(model, wikitext_ids, LONG, chunk_tokens=48, stage="long context")
     assert at_once.reads == [1, 1] and at_once.chunked == [False, False]
-    tried = [0]
+    tried: list[int] = []  # positions of each call that ran out of memory
 
     def no_room(module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, Any]) -> None:
-        if kwargs["input_ids"].shape[1] > 48:
-            tried[0] += 1
+        if kwargs["input_ids"].shape[1] > 60:
+            tried.append(kwargs["input_ids"].shape[1])
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     handle = model.base_model.register_forward_pre_hook(no_room, with_kwargs=True)
@@ -130,7 +131,10 @@ def test_int8_reads_a_prefill_at_once_and_in_chunks_only_when_that_runs_out_of_m
     finally:
         handle.remove()
     assert fallback.chunked == [True, True] and min(fallback.reads) >= 2 and all(fallback.settled)
-    assert tried[0] == 1  # the second sequence, as long as the first, went straight to chunks
+    # the whole prefill, then chunks of half of it, halved while out of memory; the second sequence,
+    # as long as the first, went straight to the chunk that fitted
+    assert tried == [399, 200, 100] and fallback.prefill_chunk == [50, 50]
+    assert at_once.prefill_chunk == [399, 399]
     assert fallback.window_nll == pytest.approx(at_once.window_nll, rel=1e-6)
 
 

@@ -76,7 +76,13 @@ def test_the_long_context_record_says_how_the_stage_read_its_sequences() -> None
     else:
         import matrix
 
-    reads = {"sequences_per_pass": 3, "max_reads": 1, "chunked_sequences": [], "unsettled_sequences": []}
+    reads = {
+        "sequences_per_pass": 3,
+        "max_reads": 1,
+        "chunked_sequences": [],
+        "chunked_prefill_chunks": [],
+        "unsettled_sequences": [],
+    }
     deepest = {"lo": 1024, "hi": 2048, "delta_ppl_pct": 1.5, "kl_mean": 0.02}
     long = SimpleNamespace(
         length=2048,
