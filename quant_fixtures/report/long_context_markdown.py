@@ -59,6 +59,21 @@ def _retrieval_lines(documents: dict[str, LongContext]) -> list[str]:
     return lines
 
 
+def _unsettled_lines(documents: dict[str, LongContext]) -> list[str]:
+    """A warning per variant whose chunked LLM.int8 prefills did not settle (compute/long_context.py)."""
+    lines = []
+    for variant_key, long in documents.items():
+        unsettled = long.prefill_reads["unsettled_sequences"]
+        if unsettled:  # their numbers are those of the last read, not of a read at once
+            lines.append(
+                f"- **{variant_key}: {len(unsettled)} sequence(s) read in chunks whose LLM.int8 outlier columns had "
+                f"not settled after {long.prefill_reads['max_reads']} reads** (stretches first, then probes: "
+                f"{unsettled}): their numbers are the last read's and may differ from a read at once; more GPU "
+                "memory (a read at once) removes this."
+            )
+    return lines
+
+
 def long_context_section(documents: Documents) -> list[str]:
     """The section's lines, or none when no document measured long context."""
     measured = {key: d.long_context for key, d in documents.items() if d.long_context is not None}
@@ -82,5 +97,6 @@ def long_context_section(documents: Documents) -> list[str]:
                 f"the context (last bucket / first: {_f(growth['kl_ratio_last_first'], '.2f')}x); ΔPPL moves "
                 f"{growth['delta_ppl_pct_change']:+.2f} points from the first bucket to the last."
             )
+    lines += _unsettled_lines(measured)
     lines += ["", "Retrieval probes: " + first.probe_protocol.split("\n")[0], "", *_retrieval_lines(measured)]
     return lines

@@ -105,6 +105,17 @@ def test_stored_document_layout(tmp_path: Path) -> None:
     assert len(document["checksum"]) == 64
 
 
+def test_the_same_numbers_leave_the_stored_file_as_it_was(tmp_path: Path) -> None:
+    """Measured again with the same key and numbers (a fresh clone's FP16 pass over the committed
+    baselines), the file keeps its bytes, the environment it was first measured in included."""
+    path = store_baseline(tmp_path, BASELINE, {"cpu": {"threads": 2}})
+    before = path.read_bytes()
+    store_baseline(tmp_path, BASELINE, {"cpu": {"threads": 1}})
+    assert path.read_bytes() == before
+    store_baseline(tmp_path, replace(BASELINE, ppl=BASELINE.ppl + 1e-9), {"cpu": {"threads": 1}})
+    assert path.read_bytes() != before  # other numbers are written
+
+
 def test_store_creates_directory_and_overwrites(tmp_path: Path) -> None:
     directory = tmp_path / "nested" / "baselines"
     store_baseline(directory, BASELINE)
