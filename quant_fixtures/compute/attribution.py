@@ -1,0 +1,131 @@
+"""Per-layer harm attribution: which decoder layers make a quantized model differ from FP16.
+
+With a 16-bit model and a quantized model of the same architecture both loaded, each decoder layer
+is swapped between them in place: the two layer modules change owners, nothing is reloaded or
+copied. After the swap of layer ``i`` one pass of each model gives both measurements:
+
+* **quantized alone**: the 16-bit model with only layer ``i`` quantized (how much harm layer ``i``
+  does by itself);
+* **restored alone**: the quantized model with only layer ``i`` back in 16 bits (how much harm
+  keeping layer ``i`` in 16 bits removes).
+
+Every configuration reads the same windows and is compared with the FP16 model's final hidden
+states and head exactly over the whole vocabulary (compute/corpus_kl.KLAgainstReference):
+KL(FP16 || configuration) at each scored position, its mean and a 95 % CI with blocks of
+consecutive positions of one window as the independent units (metrics/blocks.py). The sum of the
+layers' quantized-alone KLs against the whole variant's KL says how additive the harm is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
+from quant_fixtures.compute.memory import BatchLog, MemoryBudget
+from quant_fixtures.compute.scoring import score_windows
+from quant_fixtures.metrics.blocks import block_ids, block_mean_ci
+from quant_fixtures.metrics.perplexity import Window
+
+
+@dataclass(frozen=True)
+class MeanKL:
+    """KL(FP16 || configuration) over the scored positions: mean and its 95 % CI (None: too few blocks)."""
+
+    mean: float
+    ci: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class LayerHarm:
+    layer: int
+    quantized_alone: MeanKL  # the 16-bit model with only this layer quantized
+    restored_alone: MeanKL  # the quantized model with only this layer in 16 bits
+
+
+@dataclass(frozen=True)
+class Attribution:
+    whole: MeanKL  # the quantized model as loaded
+    layers: list[LayerHarm]
+    positions: int
+
+    def ranked(self) -> list[LayerHarm]:
+        """Layers by the harm they do alone, largest first (ties: the lower index first)."""
+        return sorted(self.layers, key=lambda h: (-h.quantized_alone.mean, h.layer))
+
+    def additivity(self) -> float | None:
+        """Sum of the layers' quantized-alone KLs over the whole variant's KL (1: the harm adds up)."""
+        if self.whole.mean <= 0:
+            return None
+        return sum(h.quantized_alone.mean for h in self.layers) / self.whole.mean
+
+
+def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The model's decoder layers (``model.model.layers`` for Llama, Mistral and Qwen2 alike)."""
+    layers = getattr(model.base_model, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(
+            f"{type(model).__name__}: no decoder layer list at base_model.layers; per-layer attribution "
+            "supports decoder-only models laid out as Llama, Mistral and Qwen2 are"
+        )
+    return layers
+
+
+@contextmanager
+def swapped_layer(first: PreTrainedModel, second: PreTrainedModel, index: int) -> Iterator[None]:
+    """Layer ``index`` of each model lent to the other while active (swapped back on exit, error or not)."""
+    a, b = decoder_layers(first), decoder_layers(second)
+    a[index], b[index] = b[index], a[index]
+    try:
+        yield
+    finally:
+        a[index], b[index] = b[index], a[index]
+
+
+def _check_pair(fp16: PreTrainedModel, quantized: PreTrainedModel) -> int:
+    n, m = len(decoder_layers(fp16)), len(decoder_layers(quantized))
+    if n != m:
+        raise ValueError(f"the 16-bit model has {n} decoder layers and the quantized one {m}: not the same model")
+    return n
+
+
+def attribute_layers(
+    fp16: PreTrainedModel,
+    quantized: PreTrainedModel,
+    token_ids: torch.Tensor,
+    windows: Sequence[Window],
+    batch_size: int = 1,
+    budget: MemoryBudget | None = None,
+    log: BatchLog | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Attribution:
+    """Every decoder layer's quantized-alone and restored-alone KL against FP16 over ``windows``
+    (see the module docstring): one FP16 pass for the reference, one pass of the quantized model,
+    then two passes per layer (one per model)."""
+    n_layers = _check_pair(fp16, quantized)
+    tokens = [w.scored for w in windows]
+    recorder = HiddenRecorder(len(windows))
+    score_windows(fp16, token_ids, windows, batch_size, recorder, budget=budget, log=log)
+    reference = recorder.tensors(fp16)
+    window_of_position = np.repeat(np.arange(len(windows)), tokens)
+    blocks = block_ids(window_of_position)
+
+    def mean_kl(model: PreTrainedModel) -> MeanKL:
+        hook = KLAgainstReference(reference, tokens)
+        score_windows(model, token_ids, windows, batch_size, hook, budget=budget, log=log)
+        mean, ci = block_mean_ci(hook.positions()["kl_pq"].astype(np.float64), blocks)
+        return MeanKL(mean, ci)
+
+    whole = mean_kl(quantized)
+    layers = []
+    for index in range(n_layers):
+        if progress is not None:
+            progress(f"layer {index + 1}/{n_layers}")
+        with swapped_layer(fp16, quantized, index):
+            layers.append(LayerHarm(index, quantized_alone=mean_kl(fp16), restored_alone=mean_kl(quantized)))
+    return Attribution(whole, layers, int(sum(tokens)))

@@ -1,0 +1,88 @@
+"""Per-layer harm attribution (compute/attribution.py) on tiny models: a deliberately damaged layer
+ranks first, swaps leave both models as they were, and the numbers equal a plain computation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import torch
+from integration_support import load_variant
+
+from quant_fixtures.compute.attribution import attribute_layers, decoder_layers, swapped_layer
+from quant_fixtures.metrics.perplexity import nonoverlapping_windows
+
+WINDOWS = nonoverlapping_windows(512, 64)
+
+
+def _plain_mean_kl(reference: Any, candidate: Any, token_ids: torch.Tensor) -> float:
+    """Independent: each window read whole by both models, float64 log-softmax, KL(ref || cand) at
+    every scored position (the positions predicting tokens first_target..end-1), averaged."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for w in WINDOWS:
+            ids = token_ids[w.begin : w.end - 1].unsqueeze(0)
+            first = w.first_target - w.begin - 1
+            logp = torch.log_softmax(reference(input_ids=ids).logits[0, first:].double(), -1)
+            logq = torch.log_softmax(candidate(input_ids=ids).logits[0, first:].double(), -1)
+            total += float((logp.exp() * (logp - logq)).sum())
+            count += logp.shape[0]
+    return total / count
+
+
+def test_a_damaged_layer_ranks_first_and_the_rest_do_no_harm(
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
+    """The "quantized" model is the 16-bit one with layer 1's MLP perturbed: layer 1 alone carries all
+    the harm (the whole model's KL), every other layer none, and restoring layer 1 removes it."""
+    fp16 = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    damaged = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    with torch.no_grad():
+        layer: Any = decoder_layers(damaged)[1]
+        weight = cast(torch.Tensor, layer.mlp.down_proj.weight)
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * weight.std() * 3)
+    owners = [list(decoder_layers(m)) for m in (fp16, damaged)]
+    result = attribute_layers(fp16, damaged, wikitext_ids, WINDOWS)
+    assert [list(decoder_layers(m)) for m in (fp16, damaged)] == owners  # every layer back with its model
+    assert result.positions == sum(w.scored for w in WINDOWS)
+    assert result.ranked()[0].layer == 1
+    assert result.whole.mean > 1e-3 and result.whole.ci is not None
+    assert result.whole.ci[0] <= result.whole.mean <= result.whole.ci[1]
+    harm = result.layers[1]
+    assert harm.quantized_alone.mean == pytest.approx(result.whole.mean, rel=1e-9)
+    assert abs(harm.restored_alone.mean) < 1e-9
+    for other in result.layers[:1] + result.layers[2:]:
+        assert abs(other.quantized_alone.mean) < 1e-9
+        assert other.restored_alone.mean == pytest.approx(result.whole.mean, rel=1e-9)
+    assert result.additivity() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_nf4_layer_numbers_equal_a_plain_computation(
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
+    """Real NF4 layers: the whole model's KL and layer 0's two KLs against an independent plain
+    computation with the same layer swapped by hand."""
+    fp16 = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    nf4 = load_variant(tiny_models["llama"], "nf4", digest_cache, key="tiny-llama").model
+    result = attribute_layers(fp16, nf4, wikitext_ids, WINDOWS)
+    assert result.whole.mean == pytest.approx(_plain_mean_kl(fp16, nf4, wikitext_ids), rel=1e-4)
+    reference = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    with swapped_layer(fp16, nf4, 0):
+        assert result.layers[0].quantized_alone.mean == pytest.approx(
+            _plain_mean_kl(reference, fp16, wikitext_ids), rel=1e-4
+        )
+        assert result.layers[0].restored_alone.mean == pytest.approx(
+            _plain_mean_kl(reference, nf4, wikitext_ids), rel=1e-4
+        )
+    assert all(h.quantized_alone.mean > 0 for h in result.layers)
+
+
+def test_models_of_another_depth_are_refused(
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
+    fp16 = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    other = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    del decoder_layers(other)[-1]
+    with pytest.raises(ValueError, match="decoder layers"):
+        attribute_layers(fp16, other, wikitext_ids, WINDOWS)
