@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,6 +53,8 @@ class Attribution:
     whole: MeanKL  # the quantized model as loaded
     layers: list[LayerHarm]
     positions: int
+    # the FP16 pass's hidden states and head the KLs were measured against (for recommend)
+    reference: dict[str, torch.Tensor] = field(repr=False, compare=False, default_factory=dict)
 
     def ranked(self) -> list[LayerHarm]:
         """Layers by the harm they do alone, largest first (ties: the lower index first)."""
@@ -109,9 +111,7 @@ def attribute_layers(
     then two passes per layer (one per model)."""
     n_layers = _check_pair(fp16, quantized)
     tokens = [w.scored for w in windows]
-    recorder = HiddenRecorder(len(windows))
-    score_windows(fp16, token_ids, windows, batch_size, recorder, budget=budget, log=log)
-    reference = recorder.tensors(fp16)
+    reference = _reference(fp16, token_ids, windows, batch_size, budget, log)
     window_of_position = np.repeat(np.arange(len(windows)), tokens)
     blocks = block_ids(window_of_position)
 
@@ -128,4 +128,106 @@ def attribute_layers(
             progress(f"layer {index + 1}/{n_layers}")
         with swapped_layer(fp16, quantized, index):
             layers.append(LayerHarm(index, quantized_alone=mean_kl(fp16), restored_alone=mean_kl(quantized)))
-    return Attribution(whole, layers, int(sum(tokens)))
+    return Attribution(whole, layers, int(sum(tokens)), reference)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The layers to keep in 16 bits so the variant's KL comes within ``limit``, checked."""
+
+    keep: list[int]  # decoder layer indices, in the order they were added
+    # their linear modules' names and the output head's, which bitsandbytes keeps in 16 bits by
+    # default and a given list replaces: BitsAndBytesConfig(llm_int8_skip_modules=modules)
+    modules: list[str]
+    predicted: float  # the whole KL minus each kept layer's restored-alone gain (at least 0)
+    measured: MeanKL  # the quantized model with exactly these layers in 16 bits, read for real
+    limit: float
+
+    @property
+    def within(self) -> bool:
+        return self.measured.mean <= self.limit
+
+
+def linear_module_names(model: PreTrainedModel, layer: int) -> list[str]:
+    """The names of layer ``layer``'s linear modules in ``model`` (bitsandbytes' skip list entries:
+    full names, so ``layers.1.`` never matches ``layers.11.``)."""
+    target = decoder_layers(model)[layer]
+    prefix = next(name for name, module in model.named_modules() if module is target)
+    return [f"{prefix}.{name}" for name, module in target.named_modules() if isinstance(module, torch.nn.Linear)]
+
+
+def output_head_name(model: PreTrainedModel) -> str:
+    head = model.get_output_embeddings()
+    name: str = next(name for name, module in model.named_modules() if module is head)
+    return name
+
+
+@contextmanager
+def restored_layers(fp16: PreTrainedModel, quantized: PreTrainedModel, layers: Sequence[int]) -> Iterator[None]:
+    """The quantized model with ``layers`` in 16 bits (lent by ``fp16``) while active."""
+    with _swapped_all(fp16, quantized, list(layers)):
+        yield
+
+
+@contextmanager
+def _swapped_all(first: PreTrainedModel, second: PreTrainedModel, layers: list[int]) -> Iterator[None]:
+    if not layers:
+        yield
+        return
+    with swapped_layer(first, second, layers[0]), _swapped_all(first, second, layers[1:]):
+        yield
+
+
+def recommend(
+    attribution: Attribution,
+    limit: float,
+    fp16: PreTrainedModel,
+    quantized: PreTrainedModel,
+    token_ids: torch.Tensor,
+    windows: Sequence[Window],
+    batch_size: int = 1,
+) -> Recommendation:
+    """The fewest layers, by restored-alone gain, whose 16-bit copies bring the predicted KL within
+    ``limit``; the configuration is then read for real, and while it is still beyond the limit the
+    next layer by gain is added and read again (every returned number is measured, not predicted).
+    ``within`` is False only when every layer is kept and the KL is still beyond the limit."""
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    whole = attribution.whole.mean
+    order = sorted(attribution.layers, key=lambda h: (-(whole - h.restored_alone.mean), h.layer))
+    keep: list[int] = []
+    predicted = whole
+    for harm in order:
+        if predicted <= limit:
+            break
+        keep.append(harm.layer)
+        predicted = max(0.0, predicted - (whole - harm.restored_alone.mean))
+    tokens = [w.scored for w in windows]
+    if sum(tokens) != attribution.positions or not attribution.reference:
+        raise ValueError("recommend: give it the windows its attribution was measured on")
+    reference = attribution.reference
+    blocks = block_ids(np.repeat(np.arange(len(windows)), tokens))
+    while True:
+        with restored_layers(fp16, quantized, keep):
+            hook = KLAgainstReference(reference, tokens)
+            score_windows(quantized, token_ids, windows, batch_size, hook)
+        measured = MeanKL(*block_mean_ci(hook.positions()["kl_pq"].astype(np.float64), blocks))
+        if measured.mean <= limit or len(keep) == len(order):
+            break
+        keep.append(order[len(keep)].layer)
+    modules = [name for layer in keep for name in linear_module_names(quantized, layer)] + [output_head_name(quantized)]
+    return Recommendation(keep, modules, predicted, measured, limit)
+
+
+def _reference(
+    fp16: PreTrainedModel,
+    token_ids: torch.Tensor,
+    windows: Sequence[Window],
+    batch_size: int,
+    budget: MemoryBudget | None = None,
+    log: BatchLog | None = None,
+) -> dict[str, torch.Tensor]:
+    """The FP16 pass's final hidden states at every scored position and its head."""
+    recorder = HiddenRecorder(len(windows))
+    score_windows(fp16, token_ids, windows, batch_size, recorder, budget=budget, log=log)
+    return recorder.tensors(fp16)

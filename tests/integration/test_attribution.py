@@ -86,3 +86,40 @@ def test_models_of_another_depth_are_refused(
     del decoder_layers(other)[-1]
     with pytest.raises(ValueError, match="decoder layers"):
         attribute_layers(fp16, other, wikitext_ids, WINDOWS)
+
+
+def test_the_recommended_layers_loaded_in_16_bits_give_the_measured_kl(
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
+    """NF4 on the tiny model with a limit of half its KL: the recommendation comes within it, and a
+    real load with its modules in BitsAndBytesConfig(llm_int8_skip_modules=...) gives the KL it
+    measured (the swap is the configuration, not an estimate of it)."""
+    from dataclasses import replace
+
+    from integration_support import CPU_OPTIONS
+
+    from quant_fixtures.compute.attribution import recommend
+    from quant_fixtures.config import ModelSpec
+    from quant_fixtures.models.loading import load_model
+    from quant_fixtures.models.sources import resolve_model
+    from quant_fixtures.variants import VARIANTS
+
+    fp16 = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    nf4 = load_variant(tiny_models["llama"], "nf4", digest_cache, key="tiny-llama").model
+    attribution = attribute_layers(fp16, nf4, wikitext_ids, WINDOWS)
+    limit = attribution.whole.mean / 2
+    advice = recommend(attribution, limit, fp16, nf4, wikitext_ids, WINDOWS)
+    assert advice.within and advice.measured.mean <= limit < attribution.whole.mean
+    assert 0 < len(advice.keep) < len(attribution.layers)
+    assert advice.modules[-1] == "lm_head" and all(f"layers.{i}." in " ".join(advice.modules) for i in advice.keep)
+
+    def kwargs(options: Any) -> Any:
+        loaded = VARIANTS["nf4"].load_kwargs(options)
+        loaded["quantization_config"].llm_int8_skip_modules = advice.modules
+        return loaded
+
+    spec = ModelSpec(key="tiny-llama", path=str(tiny_models["llama"]))
+    variant = replace(VARIANTS["nf4"], key="nf4_keep", load_kwargs=kwargs)
+    kept = load_model(spec, resolve_model(spec, digest_cache), variant, CPU_OPTIONS).model
+    reference = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    assert advice.measured.mean == pytest.approx(_plain_mean_kl(reference, kept, wikitext_ids), rel=1e-4)
