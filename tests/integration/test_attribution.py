@@ -123,3 +123,44 @@ def test_the_recommended_layers_loaded_in_16_bits_give_the_measured_kl(
     kept = load_model(spec, resolve_model(spec, digest_cache), variant, CPU_OPTIONS).model
     reference = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
     assert advice.measured.mean == pytest.approx(_plain_mean_kl(reference, kept, wikitext_ids), rel=1e-4)
+
+
+def test_the_command_writes_the_ranked_table_the_document_and_the_chart(
+    tiny_models: dict[str, Path], digest_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m quant_fixtures.attribute` as a user runs it, on a suite config naming the tiny model."""
+    import json
+
+    from quant_fixtures.attribute import main
+
+    config = tmp_path / "suite.toml"
+    config.write_text(f'[models.tiny]\npath = "{tiny_models["llama"]}"\n')
+    common = ["--suite-config", str(config), "--results-dir", str(tmp_path / "out"), "--cache-dir", str(digest_cache)]
+    assert main(["--model", "tiny", "--variant", "nf4", "--windows", "2", "--ctx", "64", "--limit", "0", *common]) == 0
+    document = json.loads((tmp_path / "out" / "attribution_tiny_nf4.json").read_text())
+    n_layers = len(document["layers"])
+    assert sorted(document["ranked"]) == list(range(n_layers)) and document["budget"]["scored_positions"] == 126
+    assert document["recommendation"]["keep_layers"] and document["recommendation"]["limit"] == 0
+    markdown = (tmp_path / "out" / "attribution_tiny_nf4.md").read_text()
+    assert markdown.count("\n| ") == n_layers + 1 and "llm_int8_skip_modules=" in markdown
+    assert (tmp_path / "out" / "attribution_tiny_nf4.png").stat().st_size > 0
+    assert "Per-layer harm: tiny nf4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--model", "nope", "--variant", "nf4"], "--model 'nope'"),
+        (["--model", "tiny", "--variant", "fp16"], "--variant 'fp16'"),
+        (["--model", "tiny", "--variant", "nf4", "--limit", "-1"], "--limit -1.0"),
+    ],
+)
+def test_the_command_refuses_bad_input_in_one_line(
+    args: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quant_fixtures.attribute import main
+
+    config = tmp_path / "suite.toml"
+    config.write_text(f'[models.tiny]\npath = "{tmp_path}"\n')
+    assert main([*args, "--suite-config", str(config)]) == 4
+    assert named in capsys.readouterr().err
