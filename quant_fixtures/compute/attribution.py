@@ -31,6 +31,7 @@ from quant_fixtures.compute.memory import BatchLog, MemoryBudget
 from quant_fixtures.compute.scoring import score_windows
 from quant_fixtures.metrics.blocks import block_ids, block_mean_ci
 from quant_fixtures.metrics.perplexity import Window
+from quant_fixtures.models.footprint import model_footprint
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Attribution:
     whole: MeanKL  # the quantized model as loaded
     layers: list[LayerHarm]
     positions: int
+    fp16_ppl: float = float("nan")  # perplexity of the 16-bit model over the same windows
     # the FP16 pass's hidden states and head the KLs were measured against (for recommend)
     reference: dict[str, torch.Tensor] = field(repr=False, compare=False, default_factory=dict)
 
@@ -111,7 +113,7 @@ def attribute_layers(
     then two passes per layer (one per model)."""
     n_layers = _check_pair(fp16, quantized)
     tokens = [w.scored for w in windows]
-    reference = _reference(fp16, token_ids, windows, batch_size, budget, log)
+    reference, fp16_ppl = _reference(fp16, token_ids, windows, batch_size, budget, log)
     window_of_position = np.repeat(np.arange(len(windows)), tokens)
     blocks = block_ids(window_of_position)
 
@@ -128,7 +130,7 @@ def attribute_layers(
             progress(f"layer {index + 1}/{n_layers}")
         with swapped_layer(fp16, quantized, index):
             layers.append(LayerHarm(index, quantized_alone=mean_kl(fp16), restored_alone=mean_kl(quantized)))
-    return Attribution(whole, layers, int(sum(tokens)), reference)
+    return Attribution(whole, layers, int(sum(tokens)), fp16_ppl, reference)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,9 @@ class Recommendation:
     predicted: float  # the whole KL minus each kept layer's restored-alone gain (at least 0)
     measured: MeanKL  # the quantized model with exactly these layers in 16 bits, read for real
     limit: float
+    delta_ppl_pct: float  # that configuration's perplexity against the 16-bit model's, same windows
+    footprint_bytes: int  # that configuration's parameters and buffers as held (16-bit weights at 2 bytes)
+    quantized_footprint_bytes: int  # the variant as loaded
 
     @property
     def within(self) -> bool:
@@ -210,13 +215,16 @@ def recommend(
     while True:
         with restored_layers(fp16, quantized, keep):
             hook = KLAgainstReference(reference, tokens)
-            score_windows(quantized, token_ids, windows, batch_size, hook)
+            ppl = score_windows(quantized, token_ids, windows, batch_size, hook).ppl
+            footprint = model_footprint(quantized, torch.float16)
         measured = MeanKL(*block_mean_ci(hook.positions()["kl_pq"].astype(np.float64), blocks))
         if measured.mean <= limit or len(keep) == len(order):
             break
         keep.append(order[len(keep)].layer)
     modules = [name for layer in keep for name in linear_module_names(quantized, layer)] + [output_head_name(quantized)]
-    return Recommendation(keep, modules, predicted, measured, limit)
+    delta_ppl = 100 * (ppl / attribution.fp16_ppl - 1)
+    quantized_footprint = model_footprint(quantized, torch.float16)
+    return Recommendation(keep, modules, predicted, measured, limit, delta_ppl, footprint, quantized_footprint)
 
 
 def _reference(
@@ -226,8 +234,8 @@ def _reference(
     batch_size: int,
     budget: MemoryBudget | None = None,
     log: BatchLog | None = None,
-) -> dict[str, torch.Tensor]:
-    """The FP16 pass's final hidden states at every scored position and its head."""
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The FP16 pass's final hidden states at every scored position and its head, and its perplexity."""
     recorder = HiddenRecorder(len(windows))
-    score_windows(fp16, token_ids, windows, batch_size, recorder, budget=budget, log=log)
-    return recorder.tensors(fp16)
+    scores = score_windows(fp16, token_ids, windows, batch_size, recorder, budget=budget, log=log)
+    return recorder.tensors(fp16), scores.ppl

@@ -50,6 +50,9 @@ def _recommendation(advice: Recommendation) -> JsonObject:
         "predicted_kl": advice.predicted,
         "measured": _kl(advice.measured),
         "within": advice.within,
+        "measured_delta_ppl_pct": advice.delta_ppl_pct,
+        "footprint_bytes": advice.footprint_bytes,
+        "quantized_footprint_bytes": advice.quantized_footprint_bytes,
     }
 
 
@@ -83,7 +86,9 @@ def attribution_markdown(model: str, variant: str, attribution: Attribution, adv
             f"## Keep in 16 bits for KL <= {advice.limit:.5f}",
             "",
             f"Layers {advice.keep}: predicted KL {advice.predicted:.5f}, measured {advice.measured.mean:.5f} "
-            f"{_ci(advice.measured)}, {verdict} the limit. As a BitsAndBytesConfig:",
+            f"{_ci(advice.measured)}, {verdict} the limit; ΔPPL {advice.delta_ppl_pct:+.2f} % against the 16-bit "
+            f"model over the same windows; footprint {advice.footprint_bytes / 1e6:.1f} MB (the variant as loaded: "
+            f"{advice.quantized_footprint_bytes / 1e6:.1f} MB). As a BitsAndBytesConfig:",
             "",
             "```python",
             f"BitsAndBytesConfig(..., llm_int8_skip_modules={advice.modules!r})",

@@ -3,12 +3,13 @@ ranks first, swaps leave both models as they were, and the numbers equal a plain
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import torch
-from integration_support import load_variant
+from integration_support import load_variant, plain_window_nll
 
 from quant_fixtures.compute.attribution import attribute_layers, decoder_layers, swapped_layer
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows
@@ -100,6 +101,7 @@ def test_the_recommended_layers_loaded_in_16_bits_give_the_measured_kl(
 
     from quant_fixtures.compute.attribution import recommend
     from quant_fixtures.config import ModelSpec
+    from quant_fixtures.models.footprint import model_footprint
     from quant_fixtures.models.loading import load_model
     from quant_fixtures.models.sources import resolve_model
     from quant_fixtures.variants import VARIANTS
@@ -123,6 +125,13 @@ def test_the_recommended_layers_loaded_in_16_bits_give_the_measured_kl(
     kept = load_model(spec, resolve_model(spec, digest_cache), variant, CPU_OPTIONS).model
     reference = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
     assert advice.measured.mean == pytest.approx(_plain_mean_kl(reference, kept, wikitext_ids), rel=1e-4)
+    assert advice.footprint_bytes == model_footprint(kept, torch.float16) > advice.quantized_footprint_bytes
+
+    def plain_ppl(model: Any) -> float:
+        sums = [plain_window_nll(model, wikitext_ids, w) for w in WINDOWS]
+        return math.exp(sum(n for n, _ in sums) / sum(t for _, t in sums))
+
+    assert advice.delta_ppl_pct == pytest.approx(100 * (plain_ppl(kept) / plain_ppl(reference) - 1), abs=1e-3)
 
 
 def test_the_command_writes_the_ranked_table_the_document_and_the_chart(
