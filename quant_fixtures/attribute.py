@@ -1,14 +1,15 @@
 """`python -m quant_fixtures.attribute`: which decoder layers of a quantized model do its harm, and
 which to keep in 16 bits to bring it within a KL limit (issue 32; compute/attribution.py).
 
-    python -m quant_fixtures.attribute --model smollm2-135m --variant nf4 [--limit KL]
+    python -m quant_fixtures.attribute --model smollm2-135m --variant nf4 [--limit KL | --footprint-mb MB]
         [--windows 4] [--ctx 256] [--suite-config quant_suite.toml] [--results-dir results]
         [--cache-dir DIR] [--device cpu|cuda:0]
 
 Loads the model once in 16 bits and once quantized, reads ``--windows`` WikiText-2 windows of
 ``--ctx`` tokens (2 + 2 x layers reads), and writes ``attribution_<model>_<variant>.json``,
 ``.md`` and ``.png`` into ``--results-dir``. ``--limit`` defaults to the variant's ``kl_mean``
-gate for the model in the suite config; without one, no recommendation is made.
+gate for the model in the suite config; without one, no recommendation is made. ``--footprint-mb``
+asks instead for the layers that lower KL most within that footprint.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="a model key of the suite config")
     parser.add_argument("--variant", required=True, help="a registered quantization method, e.g. int8 or nf4")
     parser.add_argument("--limit", type=float, help="KL(FP16 || variant) to come within (default: its kl_mean gate)")
+    parser.add_argument(
+        "--footprint-mb", type=float, help="instead of a KL limit: the best layers to keep within this footprint (MB)"
+    )
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--ctx", type=int, default=256)
     parser.add_argument("--suite-config", type=Path, default=DEFAULT_CONFIG_PATH)
@@ -54,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"--windows {args.windows} --ctx {args.ctx}: need at least 1 window of at least 2 tokens")
     if args.limit is not None and args.limit < 0:
         problems.append(f"--limit {args.limit}: a KL limit is >= 0")
+    if args.limit is not None and args.footprint_mb is not None:
+        problems.append("--limit and --footprint-mb: give one (a KL to reach, or the memory to spend)")
     if problems:
         for problem in problems:
             print(f"quant_fixtures.attribute: {problem}", file=sys.stderr)
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, config: SuiteConfig) -> int:
-    from quant_fixtures.compute.attribution import attribute_layers, recommend
+    from quant_fixtures.compute.attribution import attribute_layers, recommend, recommend_for_memory
     from quant_fixtures.inputs.wikitext import load_wikitext2_test, tokenize_text
     from quant_fixtures.metrics.perplexity import nonoverlapping_windows
     from quant_fixtures.models.loading import load_model
@@ -89,7 +95,11 @@ def _run(args: argparse.Namespace, config: SuiteConfig) -> int:
     attribution = attribute_layers(fp16.model, quantized, ids, windows, len(windows), progress=progress)
     limit = args.limit if args.limit is not None else _limit(config, args.model, args.variant)
     advice = None
-    if limit is not None:
+    if args.footprint_mb is not None:
+        progress(f"recommendation for a footprint of {args.footprint_mb} MB")
+        budget = int(args.footprint_mb * 1e6)
+        advice = recommend_for_memory(attribution, budget, fp16.model, quantized, ids, windows, len(windows))
+    elif limit is not None:
         progress(f"recommendation for KL <= {limit}")
         advice = recommend(attribution, limit, fp16.model, quantized, ids, windows, len(windows))
     document = attribution_document(args.model, args.variant, len(windows), args.ctx, attribution, advice)

@@ -135,7 +135,7 @@ def attribute_layers(
 
 @dataclass(frozen=True)
 class Recommendation:
-    """The layers to keep in 16 bits so the variant's KL comes within ``limit``, checked."""
+    """Layers to keep in 16 bits (for a KL limit or a footprint budget), the configuration measured."""
 
     keep: list[int]  # decoder layer indices, in the order they were added
     # their linear modules' names and the output head's, which bitsandbytes keeps in 16 bits by
@@ -143,14 +143,18 @@ class Recommendation:
     modules: list[str]
     predicted: float  # the whole KL minus each kept layer's restored-alone gain (at least 0)
     measured: MeanKL  # the quantized model with exactly these layers in 16 bits, read for real
-    limit: float
+    limit: float | None  # the KL asked for (None: a footprint budget was)
     delta_ppl_pct: float  # that configuration's perplexity against the 16-bit model's, same windows
     footprint_bytes: int  # that configuration's parameters and buffers as held (16-bit weights at 2 bytes)
     quantized_footprint_bytes: int  # the variant as loaded
+    footprint_budget: int | None = None  # the bytes asked for (None: a KL limit was)
 
     @property
     def within(self) -> bool:
-        return self.measured.mean <= self.limit
+        """Whether the measured configuration meets what was asked: the KL limit or the footprint budget."""
+        if self.limit is not None:
+            return self.measured.mean <= self.limit
+        return self.footprint_budget is None or self.footprint_bytes <= self.footprint_budget
 
 
 def linear_module_names(model: PreTrainedModel, layer: int) -> list[str]:
@@ -183,6 +187,11 @@ def _swapped_all(first: PreTrainedModel, second: PreTrainedModel, layers: list[i
         yield
 
 
+def _gain(attribution: Attribution, harm: LayerHarm) -> float:
+    """The KL that keeping ``harm``'s layer in 16 bits removes alone."""
+    return attribution.whole.mean - harm.restored_alone.mean
+
+
 def recommend(
     attribution: Attribution,
     limit: float,
@@ -198,33 +207,88 @@ def recommend(
     ``within`` is False only when every layer is kept and the KL is still beyond the limit."""
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    whole = attribution.whole.mean
-    order = sorted(attribution.layers, key=lambda h: (-(whole - h.restored_alone.mean), h.layer))
+    order = sorted(attribution.layers, key=lambda h: (-_gain(attribution, h), h.layer))
     keep: list[int] = []
-    predicted = whole
+    predicted = attribution.whole.mean
     for harm in order:
         if predicted <= limit:
             break
         keep.append(harm.layer)
-        predicted = max(0.0, predicted - (whole - harm.restored_alone.mean))
+        predicted = max(0.0, predicted - _gain(attribution, harm))
+    while True:
+        advice = _configuration(attribution, keep, predicted, fp16, quantized, token_ids, windows, batch_size, limit)
+        if advice.within or len(keep) == len(order):
+            return advice
+        harm = order[len(keep)]
+        keep.append(harm.layer)
+        predicted = max(0.0, predicted - _gain(attribution, harm))
+
+
+def recommend_for_memory(
+    attribution: Attribution,
+    footprint_budget: int,
+    fp16: PreTrainedModel,
+    quantized: PreTrainedModel,
+    token_ids: torch.Tensor,
+    windows: Sequence[Window],
+    batch_size: int = 1,
+) -> Recommendation:
+    """The layers to keep in 16 bits within ``footprint_budget`` bytes of the whole model: by
+    restored-alone gain per extra byte, each taken while it fits (greedy), then read for real."""
+    base = model_footprint(quantized, torch.float16)
+    if footprint_budget < base:
+        raise ValueError(f"a footprint budget of {footprint_budget} bytes is below the variant's own {base} bytes")
+    extra = {
+        h.layer: model_footprint(decoder_layers(fp16)[h.layer], torch.float16)
+        - model_footprint(decoder_layers(quantized)[h.layer], torch.float16)
+        for h in attribution.layers
+    }
+    room, keep, predicted = footprint_budget - base, [], attribution.whole.mean
+    by_value = sorted(attribution.layers, key=lambda h: (-_gain(attribution, h) / max(extra[h.layer], 1), h.layer))
+    for harm in by_value:
+        if _gain(attribution, harm) > 0 and extra[harm.layer] <= room:
+            keep.append(harm.layer)
+            room -= extra[harm.layer]
+            predicted = max(0.0, predicted - _gain(attribution, harm))
+    return _configuration(
+        attribution, keep, predicted, fp16, quantized, token_ids, windows, batch_size, footprint_budget=footprint_budget
+    )
+
+
+def _configuration(
+    attribution: Attribution,
+    keep: list[int],
+    predicted: float,
+    fp16: PreTrainedModel,
+    quantized: PreTrainedModel,
+    token_ids: torch.Tensor,
+    windows: Sequence[Window],
+    batch_size: int,
+    limit: float | None = None,
+    footprint_budget: int | None = None,
+) -> Recommendation:
+    """The quantized model with ``keep`` in 16 bits, read for real: KL, ΔPPL and footprint."""
     tokens = [w.scored for w in windows]
     if sum(tokens) != attribution.positions or not attribution.reference:
         raise ValueError("recommend: give it the windows its attribution was measured on")
-    reference = attribution.reference
+    with restored_layers(fp16, quantized, keep):
+        hook = KLAgainstReference(attribution.reference, tokens)
+        ppl = score_windows(quantized, token_ids, windows, batch_size, hook).ppl
+        footprint = model_footprint(quantized, torch.float16)
     blocks = block_ids(np.repeat(np.arange(len(windows)), tokens))
-    while True:
-        with restored_layers(fp16, quantized, keep):
-            hook = KLAgainstReference(reference, tokens)
-            ppl = score_windows(quantized, token_ids, windows, batch_size, hook).ppl
-            footprint = model_footprint(quantized, torch.float16)
-        measured = MeanKL(*block_mean_ci(hook.positions()["kl_pq"].astype(np.float64), blocks))
-        if measured.mean <= limit or len(keep) == len(order):
-            break
-        keep.append(order[len(keep)].layer)
+    measured = MeanKL(*block_mean_ci(hook.positions()["kl_pq"].astype(np.float64), blocks))
     modules = [name for layer in keep for name in linear_module_names(quantized, layer)] + [output_head_name(quantized)]
-    delta_ppl = 100 * (ppl / attribution.fp16_ppl - 1)
-    quantized_footprint = model_footprint(quantized, torch.float16)
-    return Recommendation(keep, modules, predicted, measured, limit, delta_ppl, footprint, quantized_footprint)
+    return Recommendation(
+        keep=list(keep),
+        modules=modules,
+        predicted=predicted,
+        measured=measured,
+        limit=limit,
+        delta_ppl_pct=100 * (ppl / attribution.fp16_ppl - 1),
+        footprint_bytes=footprint,
+        quantized_footprint_bytes=model_footprint(quantized, torch.float16),
+        footprint_budget=footprint_budget,
+    )
 
 
 def _reference(

@@ -50,6 +50,7 @@ def _recommendation(advice: Recommendation) -> JsonObject:
         "predicted_kl": advice.predicted,
         "measured": _kl(advice.measured),
         "within": advice.within,
+        "footprint_budget_bytes": advice.footprint_budget,
         "measured_delta_ppl_pct": advice.delta_ppl_pct,
         "footprint_bytes": advice.footprint_bytes,
         "quantized_footprint_bytes": advice.quantized_footprint_bytes,
@@ -80,13 +81,17 @@ def attribution_markdown(model: str, variant: str, attribution: Attribution, adv
             f"| {rank} | {harm.layer} | {alone.mean:.5f} | {_ci(alone)} | {restored.mean:.5f} | {_ci(restored)} |"
         )
     if advice is not None:
-        verdict = "within" if advice.within else "still beyond (every layer kept)"
+        if advice.limit is not None:
+            verdict = "within" if advice.within else "still beyond (every layer kept)"
+            title, verdict = f"KL <= {advice.limit:.5f}", f"{verdict} the limit"
+        else:
+            title, verdict = f"a footprint of {(advice.footprint_budget or 0) / 1e6:.1f} MB", "the best the budget buys"
         lines += [
             "",
-            f"## Keep in 16 bits for KL <= {advice.limit:.5f}",
+            f"## Keep in 16 bits for {title}",
             "",
             f"Layers {advice.keep}: predicted KL {advice.predicted:.5f}, measured {advice.measured.mean:.5f} "
-            f"{_ci(advice.measured)}, {verdict} the limit; ΔPPL {advice.delta_ppl_pct:+.2f} % against the 16-bit "
+            f"{_ci(advice.measured)}, {verdict}; ΔPPL {advice.delta_ppl_pct:+.2f} % against the 16-bit "
             f"model over the same windows; footprint {advice.footprint_bytes / 1e6:.1f} MB (the variant as loaded: "
             f"{advice.quantized_footprint_bytes / 1e6:.1f} MB). As a BitsAndBytesConfig:",
             "",

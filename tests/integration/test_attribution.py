@@ -173,3 +173,26 @@ def test_the_command_refuses_bad_input_in_one_line(
     config.write_text(f'[models.tiny]\npath = "{tmp_path}"\n')
     assert main([*args, "--suite-config", str(config)]) == 4
     assert named in capsys.readouterr().err
+
+
+def test_a_footprint_budget_buys_the_layers_that_fit(
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
+    """Room for two layers in 16 bits: at most two are kept, the measured footprint is within the
+    budget and the KL below the variant's; a budget below the variant's own footprint is refused."""
+    from quant_fixtures.compute.attribution import recommend_for_memory
+    from quant_fixtures.models.footprint import model_footprint
+
+    fp16 = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    nf4 = load_variant(tiny_models["llama"], "nf4", digest_cache, key="tiny-llama").model
+    attribution = attribute_layers(fp16, nf4, wikitext_ids, WINDOWS)
+    base = model_footprint(nf4, torch.float16)
+    one_layer = model_footprint(decoder_layers(fp16)[0], torch.float16) - model_footprint(
+        decoder_layers(nf4)[0], torch.float16
+    )
+    advice = recommend_for_memory(attribution, base + 2 * one_layer, fp16, nf4, wikitext_ids, WINDOWS)
+    assert 1 <= len(advice.keep) <= 2 and advice.within and advice.limit is None
+    assert advice.footprint_bytes <= base + 2 * one_layer
+    assert advice.measured.mean < attribution.whole.mean
+    with pytest.raises(ValueError, match="below the variant's own"):
+        recommend_for_memory(attribution, base - 1, fp16, nf4, wikitext_ids, WINDOWS)
