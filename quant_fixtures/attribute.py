@@ -7,7 +7,7 @@ which to keep in 16 bits to bring it within a KL limit (issue 32; compute/attrib
 
 Loads the model once in 16 bits and once quantized, reads ``--windows`` WikiText-2 windows of
 ``--ctx`` tokens (2 + 2 x layers reads), and writes ``attribution_<model>_<variant>.json``,
-``.md`` and ``.png`` into ``--results-dir``. ``--limit`` defaults to the variant's ``kl_mean``
+``.md`` and ``.png`` into ``--results-dir``. ``--limit`` defaults to the variant's ``max_kl_mean``
 gate for the model in the suite config; without one, no recommendation is made. ``--footprint-mb``
 asks instead for the layers that lower KL most within that footprint.
 """
@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quant_fixtures.config import DEFAULT_CONFIG_PATH, SuiteConfig, load_config
+from quant_fixtures.config import DEFAULT_CONFIG_PATH, ConfigError, SuiteConfig, load_config
 from quant_fixtures.names import file_in
 from quant_fixtures.store.atomic import write_json_atomic, write_text_atomic
 
@@ -26,15 +26,15 @@ USAGE_ERROR = 4  # as the pytest plugin's usage errors
 
 
 def _limit(config: SuiteConfig, model: str, variant: str) -> float | None:
-    own = config.models[model].gates.get(variant, {}).get("kl_mean")
-    return own if own is not None else config.gates.get(variant, {}).get("kl_mean")
+    own = config.models[model].gates.get(variant, {}).get("max_kl_mean")
+    return own if own is not None else config.gates.get(variant, {}).get("max_kl_mean")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quant_fixtures.attribute", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="a model key of the suite config")
     parser.add_argument("--variant", required=True, help="a registered quantization method, e.g. int8 or nf4")
-    parser.add_argument("--limit", type=float, help="KL(FP16 || variant) to come within (default: its kl_mean gate)")
+    parser.add_argument("--limit", type=float, help="KL(FP16 || variant) to reach (default: its max_kl_mean gate)")
     parser.add_argument(
         "--footprint-mb", type=float, help="instead of a KL limit: the best layers to keep within this footprint (MB)"
     )
@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/quant_fixtures").expanduser())
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    config = load_config(args.suite_config)
+    try:
+        config = load_config(args.suite_config)
+    except (ConfigError, OSError) as exc:
+        print(f"quant_fixtures.attribute: --suite-config {args.suite_config}: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     from quant_fixtures.variants import VARIANTS
 
     problems = []

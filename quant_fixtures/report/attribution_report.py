@@ -90,7 +90,8 @@ def attribution_markdown(model: str, variant: str, attribution: Attribution, adv
             "",
             f"## Keep in 16 bits for {title}",
             "",
-            f"Layers {advice.keep}: predicted KL {advice.predicted:.5f}, measured {advice.measured.mean:.5f} "
+            ("No layer needs to stay in 16 bits" if not advice.keep else f"Layers {advice.keep}")
+            + f": predicted KL {advice.predicted:.5f}, measured {advice.measured.mean:.5f} "
             f"{_ci(advice.measured)}, {verdict}; ΔPPL {advice.delta_ppl_pct:+.2f} % against the 16-bit "
             f"model over the same windows; footprint {advice.footprint_bytes / 1e6:.1f} MB (the variant as loaded: "
             f"{advice.quantized_footprint_bytes / 1e6:.1f} MB). As a BitsAndBytesConfig:",

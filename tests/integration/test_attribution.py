@@ -143,13 +143,15 @@ def test_the_command_writes_the_ranked_table_the_document_and_the_chart(
     from quant_fixtures.attribute import main
 
     config = tmp_path / "suite.toml"
-    config.write_text(f'[models.tiny]\npath = "{tiny_models["llama"]}"\n')
+    # the model's own nf4 gate is the default limit: so small that every layer is kept
+    config.write_text(f'[models.tiny]\npath = "{tiny_models["llama"]}"\n[models.tiny.gates.nf4]\nmax_kl_mean = 1e-9\n')
     common = ["--suite-config", str(config), "--results-dir", str(tmp_path / "out"), "--cache-dir", str(digest_cache)]
-    assert main(["--model", "tiny", "--variant", "nf4", "--windows", "2", "--ctx", "64", "--limit", "0", *common]) == 0
+    assert main(["--model", "tiny", "--variant", "nf4", "--windows", "2", "--ctx", "64", *common]) == 0
     document = json.loads((tmp_path / "out" / "attribution_tiny_nf4.json").read_text())
     n_layers = len(document["layers"])
     assert sorted(document["ranked"]) == list(range(n_layers)) and document["budget"]["scored_positions"] == 126
-    assert document["recommendation"]["keep_layers"] and document["recommendation"]["limit"] == 0
+    assert sorted(document["recommendation"]["keep_layers"]) == list(range(n_layers))
+    assert document["recommendation"]["limit"] == 1e-9
     markdown = (tmp_path / "out" / "attribution_tiny_nf4.md").read_text()
     assert markdown.count("\n| ") == n_layers + 1 and "llm_int8_skip_modules=" in markdown
     assert (tmp_path / "out" / "attribution_tiny_nf4.png").stat().st_size > 0
@@ -162,6 +164,7 @@ def test_the_command_writes_the_ranked_table_the_document_and_the_chart(
         (["--model", "nope", "--variant", "nf4"], "--model 'nope'"),
         (["--model", "tiny", "--variant", "fp16"], "--variant 'fp16'"),
         (["--model", "tiny", "--variant", "nf4", "--limit", "-1"], "--limit -1.0"),
+        (["--model", "tiny", "--variant", "nf4", "--limit", "1", "--footprint-mb", "9"], "give one"),
     ],
 )
 def test_the_command_refuses_bad_input_in_one_line(
@@ -196,3 +199,12 @@ def test_a_footprint_budget_buys_the_layers_that_fit(
     assert advice.measured.mean < attribution.whole.mean
     with pytest.raises(ValueError, match="below the variant's own"):
         recommend_for_memory(attribution, base - 1, fp16, nf4, wikitext_ids, WINDOWS)
+
+
+def test_a_bad_suite_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from quant_fixtures.attribute import main
+
+    config = tmp_path / "suite.toml"
+    config.write_text("[models.tiny]\npath = 3\n")
+    assert main(["--model", "tiny", "--variant", "nf4", "--suite-config", str(config)]) == 4
+    assert str(config) in capsys.readouterr().err
