@@ -27,9 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from quant_fixtures.compute.attribution import attribute_layers, recommend, restored_layers  # noqa: E402
-from quant_fixtures.compute.corpus_kl import KLAgainstReference  # noqa: E402
-from quant_fixtures.compute.scoring import score_windows  # noqa: E402
+from quant_fixtures.compute.attribution import (  # noqa: E402
+    attribute_layers,
+    read_against,
+    recommend,
+    restored_layers,
+)
 from quant_fixtures.config import load_config  # noqa: E402
 from quant_fixtures.inputs.wikitext import load_wikitext2_test, tokenize_text  # noqa: E402
 from quant_fixtures.metrics.perplexity import nonoverlapping_windows  # noqa: E402
@@ -60,13 +63,10 @@ def main() -> None:
     started = time.perf_counter()
     attribution = attribute_layers(fp16.model, quantized, ids, windows, batch_size=len(windows))
     attribution_s = time.perf_counter() - started
-    tokens = [w.scored for w in windows]
 
     def kl_with(kept: list[int]) -> float:
-        hook = KLAgainstReference(attribution.reference, tokens)
         with restored_layers(fp16.model, quantized, kept):
-            score_windows(quantized, ids, windows, len(windows), hook)
-        return float(np.mean(hook.positions()["kl_pq"]))
+            return read_against(quantized, attribution.reference, ids, windows, len(windows))[0].mean
 
     top3 = [h.layer for h in attribution.ranked()[:3]]
     n_layers = len(attribution.layers)

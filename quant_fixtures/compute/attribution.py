@@ -19,7 +19,7 @@ layers' quantized-alone KLs against the whole variant's KL says how additive the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,14 +114,9 @@ def attribute_layers(
     n_layers = _check_pair(fp16, quantized)
     tokens = [w.scored for w in windows]
     reference, fp16_ppl = _reference(fp16, token_ids, windows, batch_size, budget, log)
-    window_of_position = np.repeat(np.arange(len(windows)), tokens)
-    blocks = block_ids(window_of_position)
 
     def mean_kl(model: PreTrainedModel) -> MeanKL:
-        hook = KLAgainstReference(reference, tokens)
-        score_windows(model, token_ids, windows, batch_size, hook, budget=budget, log=log)
-        mean, ci = block_mean_ci(hook.positions()["kl_pq"].astype(np.float64), blocks)
-        return MeanKL(mean, ci)
+        return read_against(model, reference, token_ids, windows, batch_size, budget, log)[0]
 
     whole = mean_kl(quantized)
     layers = []
@@ -174,16 +169,9 @@ def output_head_name(model: PreTrainedModel) -> str:
 @contextmanager
 def restored_layers(fp16: PreTrainedModel, quantized: PreTrainedModel, layers: Sequence[int]) -> Iterator[None]:
     """The quantized model with ``layers`` in 16 bits (lent by ``fp16``) while active."""
-    with _swapped_all(fp16, quantized, list(layers)):
-        yield
-
-
-@contextmanager
-def _swapped_all(first: PreTrainedModel, second: PreTrainedModel, layers: list[int]) -> Iterator[None]:
-    if not layers:
-        yield
-        return
-    with swapped_layer(first, second, layers[0]), _swapped_all(first, second, layers[1:]):
+    with ExitStack() as stack:
+        for layer in layers:
+            stack.enter_context(swapped_layer(fp16, quantized, layer))
         yield
 
 
@@ -272,11 +260,8 @@ def _configuration(
     if sum(tokens) != attribution.positions or not attribution.reference:
         raise ValueError("recommend: give it the windows its attribution was measured on")
     with restored_layers(fp16, quantized, keep):
-        hook = KLAgainstReference(attribution.reference, tokens)
-        ppl = score_windows(quantized, token_ids, windows, batch_size, hook).ppl
+        measured, ppl = read_against(quantized, attribution.reference, token_ids, windows, batch_size)
         footprint = model_footprint(quantized, torch.float16)
-    blocks = block_ids(np.repeat(np.arange(len(windows)), tokens))
-    measured = MeanKL(*block_mean_ci(hook.positions()["kl_pq"].astype(np.float64), blocks))
     modules = [name for layer in keep for name in linear_module_names(quantized, layer)] + [output_head_name(quantized)]
     return Recommendation(
         keep=list(keep),
@@ -289,6 +274,24 @@ def _configuration(
         quantized_footprint_bytes=model_footprint(quantized, torch.float16),
         footprint_budget=footprint_budget,
     )
+
+
+def read_against(
+    model: PreTrainedModel,
+    reference: dict[str, torch.Tensor],
+    token_ids: torch.Tensor,
+    windows: Sequence[Window],
+    batch_size: int,
+    budget: MemoryBudget | None = None,
+    log: BatchLog | None = None,
+) -> tuple[MeanKL, float]:
+    """One read of ``model`` over ``windows``: its KL against the FP16 reference (mean, block CI) and
+    its perplexity."""
+    tokens = [w.scored for w in windows]
+    hook = KLAgainstReference(reference, tokens)
+    ppl = score_windows(model, token_ids, windows, batch_size, hook, budget=budget, log=log).ppl
+    blocks = block_ids(np.repeat(np.arange(len(windows)), tokens))
+    return MeanKL(*block_mean_ci(hook.positions()["kl_pq"].astype(np.float64), blocks)), ppl
 
 
 def _reference(
