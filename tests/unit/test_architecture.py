@@ -19,7 +19,7 @@ LAYERS = [
     ("compute",),
     ("report",),
     ("session",),
-    ("plugin",),
+    ("plugin", "attribute"),  # the pytest plugin and the attribution command: entry points
 ]
 MAX_LINES = 400
 

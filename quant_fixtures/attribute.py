@@ -1,0 +1,122 @@
+"""`python -m quant_fixtures.attribute`: which decoder layers of a quantized model do its harm, and
+which to keep in 16 bits to bring it within a KL limit (issue 32; compute/attribution.py).
+
+    python -m quant_fixtures.attribute --model smollm2-135m --variant nf4 [--limit KL | --footprint-mb MB]
+        [--windows 4] [--ctx 256] [--suite-config quant_suite.toml] [--results-dir results]
+        [--cache-dir DIR] [--device cpu|cuda:0]
+
+Loads the model once in 16 bits and once quantized, reads ``--windows`` WikiText-2 windows of
+``--ctx`` tokens (2 + 2 x layers reads), and writes ``attribution_<model>_<variant>.json``,
+``.md`` and ``.png`` into ``--results-dir``. ``--limit`` defaults to the variant's ``max_kl_mean``
+gate for the model in the suite config; without one, no recommendation is made. ``--footprint-mb``
+asks instead for the layers that lower KL most within that footprint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from quant_fixtures.config import DEFAULT_CONFIG_PATH, ConfigError, SuiteConfig, load_config
+from quant_fixtures.names import file_in
+from quant_fixtures.store.atomic import write_json_atomic, write_text_atomic
+
+USAGE_ERROR = 4  # as the pytest plugin's usage errors
+
+
+def _limit(config: SuiteConfig, model: str, variant: str) -> float | None:
+    own = config.models[model].gates.get(variant, {}).get("max_kl_mean")
+    return own if own is not None else config.gates.get(variant, {}).get("max_kl_mean")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quant_fixtures.attribute", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="a model key of the suite config")
+    parser.add_argument("--variant", required=True, help="a registered quantization method, e.g. int8 or nf4")
+    parser.add_argument("--limit", type=float, help="KL(FP16 || variant) to reach (default: its max_kl_mean gate)")
+    parser.add_argument(
+        "--footprint-mb", type=float, help="instead of a KL limit: the best layers to keep within this footprint (MB)"
+    )
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--ctx", type=int, default=256)
+    parser.add_argument("--suite-config", type=Path, default=DEFAULT_CONFIG_PATH)
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/quant_fixtures").expanduser())
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.suite_config)
+    except (ConfigError, OSError) as exc:
+        print(f"quant_fixtures.attribute: --suite-config {args.suite_config}: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    from quant_fixtures.variants import VARIANTS
+
+    problems = []
+    if args.model not in config.models:
+        problems.append(f"--model {args.model!r}: not in {args.suite_config} (models: {', '.join(config.models)})")
+    if args.variant not in VARIANTS or VARIANTS[args.variant].is_baseline or VARIANTS[args.variant].source:
+        quantizing = [k for k, v in VARIANTS.items() if not v.is_baseline and v.source is None]
+        problems.append(f"--variant {args.variant!r}: not a registered quantization method ({', '.join(quantizing)})")
+    if args.windows < 1 or args.ctx < 2:
+        problems.append(f"--windows {args.windows} --ctx {args.ctx}: need at least 1 window of at least 2 tokens")
+    if args.limit is not None and args.limit < 0:
+        problems.append(f"--limit {args.limit}: a KL limit is >= 0")
+    if args.limit is not None and args.footprint_mb is not None:
+        problems.append("--limit and --footprint-mb: give one (a KL to reach, or the memory to spend)")
+    if problems:
+        for problem in problems:
+            print(f"quant_fixtures.attribute: {problem}", file=sys.stderr)
+        return USAGE_ERROR
+    return _run(args, config)
+
+
+def _run(args: argparse.Namespace, config: SuiteConfig) -> int:
+    from quant_fixtures.compute.attribution import attribute_layers, recommend, recommend_for_memory
+    from quant_fixtures.inputs.wikitext import load_wikitext2_test, tokenize_text
+    from quant_fixtures.metrics.perplexity import nonoverlapping_windows
+    from quant_fixtures.models.loading import load_model
+    from quant_fixtures.models.sources import resolve_model
+    from quant_fixtures.report.attribution_report import (
+        attribution_chart,
+        attribution_document,
+        attribution_markdown,
+    )
+    from quant_fixtures.settings import LoadSettings
+    from quant_fixtures.variants import VARIANTS
+
+    spec = config.models[args.model]
+    resolved = resolve_model(spec, args.cache_dir)
+    options = LoadSettings(args.device)
+    fp16 = load_model(spec, resolved, VARIANTS["fp16"], options)
+    quantized = load_model(spec, resolved, VARIANTS[args.variant], options).model
+    ids = tokenize_text(fp16.tokenizer, load_wikitext2_test("vendored").text)
+    windows = nonoverlapping_windows(ids.numel(), args.ctx, args.windows * args.ctx)
+
+    def progress(step: str) -> None:
+        print(f"quant_fixtures.attribute: {args.model} {args.variant}: {step}", file=sys.stderr, flush=True)
+
+    attribution = attribute_layers(fp16.model, quantized, ids, windows, len(windows), progress=progress)
+    limit = args.limit if args.limit is not None else _limit(config, args.model, args.variant)
+    advice = None
+    if args.footprint_mb is not None:
+        progress(f"recommendation for a footprint of {args.footprint_mb} MB")
+        budget = int(args.footprint_mb * 1e6)
+        advice = recommend_for_memory(attribution, budget, fp16.model, quantized, ids, windows, len(windows))
+    elif limit is not None:
+        progress(f"recommendation for KL <= {limit}")
+        advice = recommend(attribution, limit, fp16.model, quantized, ids, windows, len(windows))
+    document = attribution_document(args.model, args.variant, len(windows), args.ctx, attribution, advice)
+    stem = f"attribution_{args.model}_{args.variant}"
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(file_in(args.results_dir, f"{stem}.json"), document)
+    markdown = attribution_markdown(args.model, args.variant, attribution, advice)
+    write_text_atomic(file_in(args.results_dir, f"{stem}.md"), markdown)
+    attribution_chart(args.model, args.variant, attribution, file_in(args.results_dir, f"{stem}.png"))
+    print(markdown)
+    print(f"wrote {args.results_dir / stem}.json, .md and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

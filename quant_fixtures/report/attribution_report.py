@@ -1,0 +1,121 @@
+"""What `python -m quant_fixtures.attribute` writes: a JSON document, a ranked Markdown table and a
+bar chart of the per-layer harm (compute/attribution.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quant_fixtures.compute.attribution import Attribution, MeanKL, Recommendation
+from quant_fixtures.json_types import JsonObject, JsonValue
+from quant_fixtures.report.plots import _save, _use_agg
+
+METHOD = (
+    "each decoder layer swapped in place between the 16-bit and the quantized model; KL(FP16 || configuration) "
+    "exact over the whole vocabulary against the FP16 pass's final hidden states and head, in float64, mean over "
+    "the scored positions of the windows; 95 % CIs with blocks of 128 consecutive positions of one window as the "
+    "units (metrics/blocks.py)"
+)
+
+
+def _kl(value: MeanKL) -> JsonObject:
+    return {"mean": value.mean, "ci95": list(value.ci) if value.ci else None}
+
+
+def attribution_document(
+    model: str, variant: str, windows: int, ctx: int, attribution: Attribution, advice: Recommendation | None
+) -> JsonObject:
+    return {
+        "model": model,
+        "variant": variant,
+        "budget": {"windows": windows, "ctx": ctx, "scored_positions": attribution.positions},
+        "method": METHOD,
+        "whole": _kl(attribution.whole),
+        "additivity": attribution.additivity(),
+        "layers": [
+            {"layer": h.layer, "quantized_alone": _kl(h.quantized_alone), "restored_alone": _kl(h.restored_alone)}
+            for h in attribution.layers
+        ],
+        "ranked": [h.layer for h in attribution.ranked()],
+        "recommendation": None if advice is None else _recommendation(advice),
+    }
+
+
+def _recommendation(advice: Recommendation) -> JsonObject:
+    keep: list[JsonValue] = list(advice.keep)
+    modules: list[JsonValue] = list(advice.modules)
+    return {
+        "limit": advice.limit,
+        "keep_layers": keep,
+        "llm_int8_skip_modules": modules,
+        "predicted_kl": advice.predicted,
+        "measured": _kl(advice.measured),
+        "within": advice.within,
+        "footprint_budget_bytes": advice.footprint_budget,
+        "measured_delta_ppl_pct": advice.delta_ppl_pct,
+        "footprint_bytes": advice.footprint_bytes,
+        "quantized_footprint_bytes": advice.quantized_footprint_bytes,
+    }
+
+
+def _ci(kl: MeanKL) -> str:
+    return f"[{kl.ci[0]:.4f}, {kl.ci[1]:.4f}]" if kl.ci else "n/a"
+
+
+def attribution_markdown(model: str, variant: str, attribution: Attribution, advice: Recommendation | None) -> str:
+    """The ranked table (every layer, largest harm alone first) and the recommendation."""
+    whole, additivity = attribution.whole, attribution.additivity()
+    adds_up = f"; the layers' KLs alone sum to {additivity:.2f}x of it" if additivity is not None else ""
+    lines = [
+        f"# Per-layer harm: {model} {variant}",
+        "",
+        f"Whole variant: KL {whole.mean:.5f} {_ci(whole)} over {attribution.positions} positions{adds_up}.",
+        "",
+        f"Method: {METHOD}.",
+        "",
+        "| rank | layer | KL, only this layer quantized | 95 % CI | KL, only this layer in 16 bits | 95 % CI |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rank, harm in enumerate(attribution.ranked(), start=1):
+        alone, restored = harm.quantized_alone, harm.restored_alone
+        lines.append(
+            f"| {rank} | {harm.layer} | {alone.mean:.5f} | {_ci(alone)} | {restored.mean:.5f} | {_ci(restored)} |"
+        )
+    if advice is not None:
+        if advice.limit is not None:
+            verdict = "within" if advice.within else "still beyond (every layer kept)"
+            title, verdict = f"KL <= {advice.limit:.5f}", f"{verdict} the limit"
+        else:
+            title, verdict = f"a footprint of {(advice.footprint_budget or 0) / 1e6:.1f} MB", "the best the budget buys"
+        lines += [
+            "",
+            f"## Keep in 16 bits for {title}",
+            "",
+            ("No layer needs to stay in 16 bits" if not advice.keep else f"Layers {advice.keep}")
+            + f": predicted KL {advice.predicted:.5f}, measured {advice.measured.mean:.5f} "
+            f"{_ci(advice.measured)}, {verdict}; ΔPPL {advice.delta_ppl_pct:+.2f} % against the 16-bit "
+            f"model over the same windows; footprint {advice.footprint_bytes / 1e6:.1f} MB (the variant as loaded: "
+            f"{advice.quantized_footprint_bytes / 1e6:.1f} MB). As a BitsAndBytesConfig:",
+            "",
+            "```python",
+            f"BitsAndBytesConfig(..., llm_int8_skip_modules={advice.modules!r})",
+            "```",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def attribution_chart(model: str, variant: str, attribution: Attribution, path: Path) -> Path | None:
+    """Bars per layer: KL with only that layer quantized, with its 95 % CI."""
+    _use_agg()
+    import matplotlib.pyplot as plt
+
+    means = [h.quantized_alone.mean for h in attribution.layers]
+    cis = [h.quantized_alone.ci or (m, m) for h, m in zip(attribution.layers, means)]
+    errors = [[m - lo for m, (lo, _) in zip(means, cis)], [hi - m for m, (_, hi) in zip(means, cis)]]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(means) + 2), 3.5))
+    ax.bar([h.layer for h in attribution.layers], means, yerr=errors, capsize=2)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("KL(FP16 || only this layer quantized), nats")
+    ax.set_title(f"{model} {variant}: harm per layer")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
