@@ -81,7 +81,7 @@ def main() -> None:
         return time.perf_counter() - started
 
     read(min(int(c) for c in args.chunks.split(",")), 1)  # warm-up (kernels, allocator)
-    rows = []
+    rows: list[dict[str, object]] = []
     for batch in (int(b) for b in args.batch.split(",")):
         for chunk in (int(c) for c in args.chunks.split(",")):
             if cuda:
@@ -94,7 +94,12 @@ def main() -> None:
                     torch.cuda.empty_cache()
                 continue
             peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-            row = {"chunk": chunk, "batch": batch, "seconds": round(seconds, 3), "tokens_per_s": round(total / seconds)}
+            row: dict[str, object] = {
+                "chunk": chunk,
+                "batch": batch,
+                "seconds": round(seconds, 3),
+                "tokens_per_s": round(total / seconds),
+            }
             row["peak_gib"] = round(peak, 2) if peak is not None else None
             rows.append(row)
             print(json.dumps(row), flush=True)
