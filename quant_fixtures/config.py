@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,9 +17,15 @@ from quant_fixtures.metrics.registry import (
     TOLERANCE_ALIASES,
     limit_spec,
 )
-from quant_fixtures.names import case_clash, derive_key, hub_id_parts, key_problem
+from quant_fixtures.names import case_clash, derive_key, hub_id_parts, key_problem, toml_key
 from quant_fixtures.settings import Defaults  # the [defaults] table (importable from here too)
-from quant_fixtures.variants import VARIANTS, CheckpointSpec, Variant, checkpoint_variant  # CheckpointSpec: as Defaults
+from quant_fixtures.variants import (
+    VARIANTS,
+    CheckpointSpec,
+    Variant,
+    checkpoint_variant,
+    keeps_modules,
+)  # CheckpointSpec: as Defaults
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "inputs" / "quant_suite.toml"  # shipped in the package
 
@@ -105,21 +110,33 @@ class SuiteConfig:
         """What runs for ``model`` when --variants is not given."""
         return [k for k in self.variant_keys(model) if self.variant(model, k).default]
 
+    def _base_method(self, model: str, variant_key: str) -> str | None:
+        """The registered method a model's own variant quantizes with, keeping modules in 16 bits."""
+        own = self.models[model].variants.get(variant_key)
+        return own.quantize if own is not None else None
+
     def gates_for(self, model: str, variant_key: str) -> dict[str, float]:
         """The limits for one (model, variant): the global ones, then the model's overrides; a
-        limit the model opts out of (``ungated``) is left out."""
-        limits = {
-            k: v
+        limit the model opts out of (``ungated``) is left out. A variant that keeps modules of a
+        registered method in 16 bits starts from that method's limits (it is the same release,
+        made less harmful), then its own."""
+        base = self._base_method(model, variant_key)
+        limits = self.gates_for(model, base) if base is not None else {}
+        limits.update(
+            (k, v)
             for k, v in self.gates.get(variant_key, {}).items()
             if k not in self.models[model].ungated.get(variant_key, ())
-        }
+        )
         limits.update(self.models[model].gates.get(variant_key, {}))
         return limits
 
     def ungated_for(self, model: str, variant_key: str) -> set[str]:
-        """Limit names this (model, variant) explicitly opts out of (model table or global table)."""
+        """Limit names this (model, variant) explicitly opts out of (model table or global table;
+        for a variant keeping modules of a method in 16 bits, the method's too)."""
         global_opt_out = set(self.ungated.get(variant_key, ())) - set(self.models[model].gates.get(variant_key, {}))
-        return (global_opt_out | set(self.models[model].ungated.get(variant_key, ()))) - set(
+        base = self._base_method(model, variant_key)
+        inherited = self.ungated_for(model, base) if base is not None else set()
+        return (global_opt_out | inherited | set(self.models[model].ungated.get(variant_key, ()))) - set(
             self.gates_for(model, variant_key)
         )
 
@@ -208,11 +225,6 @@ _MODEL_TYPES: dict[str, type] = {
 }
 
 
-def _toml_key(key: str) -> str:
-    """``key`` as written in a TOML table header: bare when it can be, else quoted (a '.' must be)."""
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
 def _check_key(where: str, kind: str, key: str, table_pattern: str) -> None:
     """A model or variant key follows the key rule (names.py). ``table_pattern``: the table header
     with ``{}`` for the key, to say what to write instead of a key copied from a Hub id."""
@@ -222,7 +234,7 @@ def _check_key(where: str, kind: str, key: str, table_pattern: str) -> None:
     hub_id = hub_id_parts(key)
     hint = ""
     if hub_id is not None:
-        table = table_pattern.format(_toml_key(derive_key(hub_id[1])))
+        table = table_pattern.format(toml_key(derive_key(hub_id[1])))
         hint = f"; a key is not a Hub id: write {table} with hub_id = {json.dumps(key)}"
     raise ConfigError(f"{where}: {problem}{hint}")
 
@@ -238,7 +250,7 @@ def _check_case(where: str, keys: list[str]) -> None:
 
 
 def _parse_model(path: Path, key: str, table: object) -> ModelSpec:
-    _check_key(f"{path}: [models.{_toml_key(key)}]", "model", key, "[models.{}]")
+    _check_key(f"{path}: [models.{toml_key(key)}]", "model", key, "[models.{}]")
     where = f"{path}: [models.{key}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
@@ -271,8 +283,10 @@ _VARIANT_TYPES: dict[str, type] = {
     "packages": list,
     "trust_remote_code": bool,
     "allow_pickle": bool,
+    "quantize": str,
+    "keep_16bit": list,
 }
-_VARIANT_SOURCES = ("hub_id", "path", "gguf_file", "gguf_type")
+_VARIANT_SOURCES = ("hub_id", "path", "gguf_file", "gguf_type", "quantize")
 
 
 def _parse_variants(
@@ -285,7 +299,7 @@ def _parse_variants(
     parsed: dict[str, CheckpointSpec] = {}
     for key, entry in table.items():
         here = f"{where}.variants.{key}"
-        _check_key(f"{where}.variants.{_toml_key(key)}", "variant", key, f"[models.{_toml_key(model)}.variants.{{}}]")
+        _check_key(f"{where}.variants.{toml_key(key)}", "variant", key, f"[models.{toml_key(model)}.variants.{{}}]")
         if key in VARIANTS:
             raise ConfigError(f"{here}: {key!r} is a registered method's key; name the checkpoint otherwise")
         if not isinstance(entry, dict):
@@ -317,9 +331,39 @@ def _parse_variants(
                 )
         if entry.get("revision") and not entry.get("hub_id"):
             raise ConfigError(f"{here}: revision needs hub_id")
-        parsed[key] = CheckpointSpec(key=key, model=model, **{**entry, "packages": tuple(entry.get("packages", ()))})
+        _check_kept_modules(here, entry)
+        parsed[key] = CheckpointSpec(
+            key=key,
+            model=model,
+            **{
+                **entry,
+                "packages": tuple(entry.get("packages", ())),
+                "keep_16bit": tuple(entry.get("keep_16bit", ())),
+            },
+        )
     _check_case(f"{where}.variants", [*VARIANTS, *parsed])  # a registered method's report file too
     return parsed
+
+
+def _check_kept_modules(here: str, entry: Mapping[str, object]) -> None:
+    """``quantize`` names a registered bitsandbytes method and comes with a non-empty ``keep_16bit``
+    (module names), and ``keep_16bit`` comes only with it."""
+    method, keep = entry.get("quantize"), entry.get("keep_16bit")
+    if method is None:
+        if keep is not None:
+            raise ConfigError(f"{here}: keep_16bit needs quantize (the registered method whose modules it keeps)")
+        return
+    keeping = [k for k, v in VARIANTS.items() if keeps_modules(v)]
+    if method not in keeping:
+        raise ConfigError(
+            f"{here}: quantize {method!r} is not a registered method that can keep modules in 16 bits; "
+            f"valid: {', '.join(keeping)}"
+        )
+    if not keep or not isinstance(keep, list) or not all(isinstance(m, str) and m.strip() for m in keep):
+        raise ConfigError(
+            f"{here}: keep_16bit must be a non-empty list of module names (as python -m quant_fixtures.attribute "
+            f"prints them), got {keep!r}"
+        )
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG_PATH, require_models: bool = True) -> SuiteConfig:

@@ -10,6 +10,7 @@ system (macOS, Windows), so one model's report would overwrite the other's. The 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -64,3 +65,8 @@ def file_in(directory: Path, name: str) -> Path:
             f"'/', '\\' or '..'?); keys are {KEY_RULE}"
         )
     return path
+
+
+def toml_key(key: str) -> str:
+    """``key`` as written in a TOML table header: bare when it can be, else quoted (a '.' must be)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
 
 if TYPE_CHECKING:
@@ -64,10 +64,15 @@ class CheckpointSpec:
     packages: tuple[str, ...] = ()  # modules transformers needs to load it (e.g. gptqmodel)
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    # A registered bitsandbytes method applied to the entry's own 16-bit weights with these modules
+    # kept in 16 bits (BitsAndBytesConfig(llm_int8_skip_modules=...)): what the attribution command
+    # recommends, pasted into the config (see derived_variant).
+    quantize: str | None = None
+    keep_16bit: tuple[str, ...] = ()
 
     @property
     def source_kind(self) -> str:
-        return next(k for k in ("hub_id", "path", "gguf_file", "gguf_type") if getattr(self, k))
+        return next(k for k in ("hub_id", "path", "gguf_file", "gguf_type", "quantize") if getattr(self, k))
 
     @property
     def source(self) -> str:
@@ -75,10 +80,14 @@ class CheckpointSpec:
             return f"{self.hub_id}@{self.revision or 'main'}"
         if self.gguf_type:
             return f"{self.model}'s GGUF re-quantized to {self.gguf_type} (gguf package)"
+        if self.quantize:
+            return f"{self.model}'s 16-bit weights, {self.quantize} with {len(self.keep_16bit)} modules kept in 16 bits"
         return self.path or self.gguf_file or ""
 
     @property
     def method(self) -> str:
+        if self.quantize:
+            return VARIANTS[self.quantize].method
         if self.gguf_type:
             return f"gguf-{self.gguf_type}"
         return "gguf" if self.gguf_file else "pre-quantized"
@@ -369,9 +378,50 @@ BASELINE_VARIANT = next(k for k, v in VARIANTS.items() if v.is_baseline)
 DEFAULT_VARIANTS = tuple(k for k, v in VARIANTS.items() if v.default)
 
 
+def keeps_modules(variant: Variant) -> bool:
+    """Whether a registered method can keep named modules in 16 bits (``keep_16bit``): the
+    bitsandbytes ones, through BitsAndBytesConfig(llm_int8_skip_modules=...)."""
+    return variant.method.startswith("bitsandbytes") and variant.source is None and not variant.is_baseline
+
+
+def _keeping(
+    base: Callable[[LoadSettings], FromPretrainedKwargs], keep: tuple[str, ...]
+) -> Callable[[LoadSettings], FromPretrainedKwargs]:
+    def kwargs(options: LoadSettings) -> FromPretrainedKwargs:
+        made = base(options)
+        # The list replaces bitsandbytes' default (the output head), so it names the head itself
+        # where the head is to stay in 16 bits; transformers matches each entry as a full module name.
+        made["quantization_config"].llm_int8_skip_modules = list(keep)
+        return made
+
+    return kwargs
+
+
+def derived_variant(spec: CheckpointSpec) -> Variant:
+    """A model's own variant that is a registered bitsandbytes method with ``spec.keep_16bit`` kept in
+    16 bits: loaded from the entry's 16-bit weights as the method is, gated as the method is
+    (config.SuiteConfig.gates_for) unless the entry sets its own limits."""
+    if spec.quantize is None:
+        raise ValueError(f"variant {spec.key!r} of {spec.model!r} does not name a method to quantize with")
+    base = VARIANTS[spec.quantize]
+    description = spec.description or (
+        f"{base.description}; {len(spec.keep_16bit)} modules kept in 16 bits: {', '.join(spec.keep_16bit)}"
+    )
+    return replace(
+        base,
+        key=spec.key,
+        description=description,
+        load_kwargs=_keeping(base.load_kwargs, spec.keep_16bit),
+        default=spec.default,
+    )
+
+
 def checkpoint_variant(spec: CheckpointSpec) -> Variant:
     """The variant of a model's own checkpoint: loaded as it is stored, its
-    quantization config read from the checkpoint; a GGUF file is dequantized by transformers."""
+    quantization config read from the checkpoint; a GGUF file is dequantized by transformers. A
+    registered method with modules kept in 16 bits (``quantize``): :func:`derived_variant`."""
+    if spec.quantize is not None:
+        return derived_variant(spec)
     return Variant(
         spec.key,
         spec.method,

@@ -3,10 +3,12 @@ bar chart of the per-layer harm (compute/attribution.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from quant_fixtures.compute.attribution import Attribution, MeanKL, Recommendation
 from quant_fixtures.json_types import JsonObject, JsonValue
+from quant_fixtures.names import toml_key
 from quant_fixtures.report.plots import _save, _use_agg
 
 METHOD = (
@@ -57,6 +59,28 @@ def _recommendation(advice: Recommendation) -> JsonObject:
     }
 
 
+def variant_key(variant: str, advice: Recommendation) -> str:
+    """The key the recommended configuration gets in the suite config: the method's and how many
+    layers it keeps."""
+    return f"{variant}_keep{len(advice.keep)}"
+
+
+def variant_entry(model: str, variant: str, advice: Recommendation) -> str:
+    """The recommended configuration as a model's own variant of the suite config (TOML, to paste):
+    ``variant`` with these modules kept in 16 bits, gated as ``variant`` (config.SuiteConfig.gates_for)."""
+    modules = "".join(f"    {json.dumps(m)},\n" for m in advice.modules)
+    measured = (
+        f"KL {advice.measured.mean:.4g}, ΔPPL {advice.delta_ppl_pct:+.3g} %, {advice.footprint_bytes / 1e6:.1f} MB"
+    )
+    description = f"{variant} with decoder layers {advice.keep} in 16 bits (attribution: {measured})"
+    return (
+        f"[models.{toml_key(model)}.variants.{toml_key(variant_key(variant, advice))}]\n"
+        f"quantize = {json.dumps(variant)}\n"
+        f"keep_16bit = [\n{modules}]\n"
+        f"description = {json.dumps(description)}\n"
+    )
+
+
 def _ci(kl: MeanKL) -> str:
     return f"[{kl.ci[0]:.4f}, {kl.ci[1]:.4f}]" if kl.ci else "n/a"
 
@@ -98,6 +122,13 @@ def attribution_markdown(model: str, variant: str, attribution: Attribution, adv
             "",
             "```python",
             f"BitsAndBytesConfig(..., llm_int8_skip_modules={advice.modules!r})",
+            "```",
+            "",
+            "As a variant of the suite config (paste it into quant_suite.toml, then run the whole suite on it with "
+            f"`pytest --models {model} --variants {variant_key(variant, advice)}`; it is gated as {variant}):",
+            "",
+            "```toml",
+            variant_entry(model, variant, advice).rstrip("\n"),
             "```",
         ]
     return "\n".join(lines) + "\n"

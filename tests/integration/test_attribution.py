@@ -90,21 +90,20 @@ def test_models_of_another_depth_are_refused(
 
 
 def test_the_recommended_layers_loaded_in_16_bits_give_the_measured_kl(
-    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor, tmp_path: Path
 ) -> None:
     """NF4 on the tiny model with a limit of half its KL: the recommendation comes within it, and a
-    real load with its modules in BitsAndBytesConfig(llm_int8_skip_modules=...) gives the KL it
-    measured (the swap is the configuration, not an estimate of it)."""
-    from dataclasses import replace
-
+    real load of the variant entry it prints, pasted into a suite config (its modules in
+    BitsAndBytesConfig(llm_int8_skip_modules=...)), gives the KL it measured (the swap is the
+    configuration, not an estimate of it)."""
     from integration_support import CPU_OPTIONS
 
     from quant_fixtures.compute.attribution import recommend
-    from quant_fixtures.config import ModelSpec
+    from quant_fixtures.config import load_config
     from quant_fixtures.models.footprint import model_footprint
     from quant_fixtures.models.loading import load_model
     from quant_fixtures.models.sources import resolve_model
-    from quant_fixtures.variants import VARIANTS
+    from quant_fixtures.report.attribution_report import variant_entry, variant_key
 
     fp16 = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
     nf4 = load_variant(tiny_models["llama"], "nf4", digest_cache, key="tiny-llama").model
@@ -115,13 +114,14 @@ def test_the_recommended_layers_loaded_in_16_bits_give_the_measured_kl(
     assert 0 < len(advice.keep) < len(attribution.layers)
     assert advice.modules[-1] == "lm_head" and all(f"layers.{i}." in " ".join(advice.modules) for i in advice.keep)
 
-    def kwargs(options: Any) -> Any:
-        loaded = VARIANTS["nf4"].load_kwargs(options)
-        loaded["quantization_config"].llm_int8_skip_modules = advice.modules
-        return loaded
-
-    spec = ModelSpec(key="tiny-llama", path=str(tiny_models["llama"]))
-    variant = replace(VARIANTS["nf4"], key="nf4_keep", load_kwargs=kwargs)
+    config = tmp_path / "suite.toml"
+    entry = variant_entry("tiny-llama", "nf4", advice)
+    config.write_text(f'[models.tiny-llama]\npath = "{tiny_models["llama"]}"\n{entry}', encoding="utf-8")
+    suite = load_config(config)
+    key = variant_key("nf4", advice)
+    variant = suite.variant("tiny-llama", key)
+    assert suite.variant_keys("tiny-llama")[-1] == key and variant.source is None
+    spec = suite.models["tiny-llama"]
     kept = load_model(spec, resolve_model(spec, digest_cache), variant, CPU_OPTIONS).model
     reference = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
     assert advice.measured.mean == pytest.approx(_plain_mean_kl(reference, kept, wikitext_ids), rel=1e-4)
@@ -154,6 +154,7 @@ def test_the_command_writes_the_ranked_table_the_document_and_the_chart(
     assert document["recommendation"]["limit"] == 1e-9
     markdown = (tmp_path / "out" / "attribution_tiny_nf4.md").read_text()
     assert markdown.count("\n| ") == n_layers + 1 and "llm_int8_skip_modules=" in markdown
+    assert f'[models.tiny.variants.nf4_keep{n_layers}]\nquantize = "nf4"\nkeep_16bit = [' in markdown
     assert (tmp_path / "out" / "attribution_tiny_nf4.png").stat().st_size > 0
     assert "Per-layer harm: tiny nf4" in capsys.readouterr().out
 

@@ -161,6 +161,48 @@ def test_own_variant_errors_name_the_table(tmp_path: Path, body: str, message: s
     assert "[models.smol]" in error and message in error
 
 
+def test_a_variant_keeping_modules_loads_as_its_method_with_them_in_16_bits_and_its_gates(tmp_path: Path) -> None:
+    """What the attribution command prints (report/attribution_report.variant_entry), pasted."""
+    text = (
+        GGUF_BASE + "[gates.nf4]\nmax_kl_mean = 0.5\nmax_delta_ppl_pct = 20.0\nmin_memory_reduction_pct = 40.0\n"
+        "[models.smol.gates.nf4]\nmax_delta_ppl_pct = 30.0\n"
+        '[models.smol.variants.nf4_keep2]\nquantize = "nf4"\nkeep_16bit = ["model.layers.3.mlp.up_proj", "lm_head"]\n'
+        "[models.smol.gates.nf4_keep2]\nmin_memory_reduction_pct = 30.0\n"
+    )
+    suite = load_config(write(tmp_path, text))
+    kept = suite.variant("smol", "nf4_keep2")
+    assert kept.key == "nf4_keep2" and kept.method == "bitsandbytes-nf4" and kept.source is None and kept.default
+    config = kept.load_kwargs(LoadSettings("cpu"))["quantization_config"]
+    assert config.llm_int8_skip_modules == ["model.layers.3.mlp.up_proj", "lm_head"] and config.load_in_4bit
+    assert "model.layers.3.mlp.up_proj" in kept.description
+    assert VARIANTS["nf4"].load_kwargs(LoadSettings("cpu"))["quantization_config"].llm_int8_skip_modules is None
+    # the method's limits (the model's override included), then its own
+    assert suite.gates_for("smol", "nf4_keep2") == {
+        "max_kl_mean": 0.5,
+        "max_delta_ppl_pct": 30.0,
+        "min_memory_reduction_pct": 30.0,
+    }
+    assert suite.missing_limits("smol", "nf4_keep2") == []
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('quantize = "fp16"\nkeep_16bit = ["lm_head"]\n', "quantize 'fp16' is not a registered method that can keep"),
+        ('quantize = "hqq_4bit"\nkeep_16bit = ["lm_head"]\n', "valid: int8, nf4, fp4"),
+        ('quantize = "nf4"\n', "keep_16bit must be a non-empty list of module names"),
+        ('quantize = "nf4"\nkeep_16bit = []\n', "keep_16bit must be a non-empty list"),
+        ('quantize = "nf4"\nkeep_16bit = [""]\n', "keep_16bit must be a non-empty list"),
+        ('quantize = "nf4"\nkeep_16bit = "lm_head"\n', "keep_16bit must be a list of module names"),
+        ('path = "/x"\nkeep_16bit = ["lm_head"]\n', "keep_16bit needs quantize"),
+        ('path = "/x"\nquantize = "nf4"\nkeep_16bit = ["lm_head"]\n', "give exactly one of"),
+    ],
+)
+def test_a_variant_keeping_modules_is_checked(tmp_path: Path, body: str, message: str) -> None:
+    error = error_of(tmp_path, GGUF_BASE + "[models.smol.variants.keep]\n" + body)
+    assert "[models.smol].variants.keep" in error and message in error
+
+
 def test_gguf_type_needs_a_gguf_base(tmp_path: Path) -> None:
     error = error_of(tmp_path, '[models.m]\npath = "/m"\n[models.m.variants.q]\ngguf_type = "Q4_0"\n')
     assert "re-quantizes the model's own GGUF, and 'm' is not a GGUF entry" in error
