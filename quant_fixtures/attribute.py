@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from quant_fixtures.config import DEFAULT_CONFIG_PATH, ConfigError, SuiteConfig, load_config
+from quant_fixtures.json_types import JsonObject
 from quant_fixtures.names import file_in
 from quant_fixtures.store.atomic import write_json_atomic, write_text_atomic
 
@@ -72,6 +75,52 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, config: SuiteConfig) -> int:
+    def progress(step: str) -> None:
+        print(f"quant_fixtures.attribute: {args.model} {args.variant}: {step}", file=sys.stderr, flush=True)
+
+    written = attribute_variant(
+        config,
+        args.model,
+        args.variant,
+        windows=args.windows,
+        ctx=args.ctx,
+        results_dir=args.results_dir,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        limit=args.limit,
+        footprint_mb=args.footprint_mb,
+        progress=progress,
+    )
+    print(written.markdown)
+    print(f"wrote {written.stem}.json, .md and .png")
+    return 0
+
+
+@dataclass(frozen=True)
+class Written:
+    stem: Path  # results_dir / attribution_<model>_<variant>, without a suffix
+    markdown: str
+    document: JsonObject
+
+
+def attribute_variant(
+    config: SuiteConfig,
+    model: str,
+    variant: str,
+    *,
+    windows: int,
+    ctx: int,
+    results_dir: Path,
+    cache_dir: Path,
+    device: str,
+    limit: float | None = None,
+    footprint_mb: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    run_id: str | None = None,
+) -> Written:
+    """Attribution of ``variant`` of ``model`` and a checked recommendation (for ``limit``, default the
+    variant's ``max_kl_mean`` gate, or for ``footprint_mb``), written as JSON, Markdown and a chart.
+    ``run_id``: the pytest run that asked for it (after a failed gate), kept in the JSON."""
     from quant_fixtures.compute.attribution import attribute_layers, recommend, recommend_for_memory
     from quant_fixtures.inputs.wikitext import load_wikitext2_test, tokenize_text
     from quant_fixtures.metrics.perplexity import nonoverlapping_windows
@@ -85,37 +134,32 @@ def _run(args: argparse.Namespace, config: SuiteConfig) -> int:
     from quant_fixtures.settings import LoadSettings
     from quant_fixtures.variants import VARIANTS
 
-    spec = config.models[args.model]
-    resolved = resolve_model(spec, args.cache_dir)
-    options = LoadSettings(args.device)
+    say = progress or (lambda step: None)
+    spec = config.models[model]
+    resolved = resolve_model(spec, cache_dir)
+    options = LoadSettings(device)
     fp16 = load_model(spec, resolved, VARIANTS["fp16"], options)
-    quantized = load_model(spec, resolved, VARIANTS[args.variant], options).model
+    quantized = load_model(spec, resolved, VARIANTS[variant], options).model
     ids = tokenize_text(fp16.tokenizer, load_wikitext2_test("vendored").text)
-    windows = nonoverlapping_windows(ids.numel(), args.ctx, args.windows * args.ctx)
-
-    def progress(step: str) -> None:
-        print(f"quant_fixtures.attribute: {args.model} {args.variant}: {step}", file=sys.stderr, flush=True)
-
-    attribution = attribute_layers(fp16.model, quantized, ids, windows, len(windows), progress=progress)
-    limit = args.limit if args.limit is not None else _limit(config, args.model, args.variant)
+    read = nonoverlapping_windows(ids.numel(), ctx, windows * ctx)
+    attribution = attribute_layers(fp16.model, quantized, ids, read, len(read), progress=say)
+    limit = limit if limit is not None else _limit(config, model, variant)
     advice = None
-    if args.footprint_mb is not None:
-        progress(f"recommendation for a footprint of {args.footprint_mb} MB")
-        budget = int(args.footprint_mb * 1e6)
-        advice = recommend_for_memory(attribution, budget, fp16.model, quantized, ids, windows, len(windows))
+    if footprint_mb is not None:
+        say(f"recommendation for a footprint of {footprint_mb} MB")
+        advice = recommend_for_memory(attribution, int(footprint_mb * 1e6), fp16.model, quantized, ids, read, len(read))
     elif limit is not None:
-        progress(f"recommendation for KL <= {limit}")
-        advice = recommend(attribution, limit, fp16.model, quantized, ids, windows, len(windows))
-    document = attribution_document(args.model, args.variant, len(windows), args.ctx, attribution, advice)
-    stem = f"attribution_{args.model}_{args.variant}"
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(file_in(args.results_dir, f"{stem}.json"), document)
-    markdown = attribution_markdown(args.model, args.variant, attribution, advice)
-    write_text_atomic(file_in(args.results_dir, f"{stem}.md"), markdown)
-    attribution_chart(args.model, args.variant, attribution, file_in(args.results_dir, f"{stem}.png"))
-    print(markdown)
-    print(f"wrote {args.results_dir / stem}.json, .md and .png")
-    return 0
+        say(f"recommendation for KL <= {limit}")
+        advice = recommend(attribution, limit, fp16.model, quantized, ids, read, len(read))
+    document = attribution_document(model, variant, len(read), ctx, attribution, advice)
+    document["run_id"] = run_id
+    stem = results_dir / f"attribution_{model}_{variant}"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(file_in(results_dir, f"{stem.name}.json"), document)
+    markdown = attribution_markdown(model, variant, attribution, advice)
+    write_text_atomic(file_in(results_dir, f"{stem.name}.md"), markdown)
+    attribution_chart(model, variant, attribution, file_in(results_dir, f"{stem.name}.png"))
+    return Written(stem, markdown, document)
 
 
 if __name__ == "__main__":

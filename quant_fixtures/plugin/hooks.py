@@ -13,6 +13,7 @@ from quant_fixtures import cpu_kernels
 from quant_fixtures.config import UNDECIDED_POLICIES, ConfigError, load_config
 from quant_fixtures.inputs.wikitext import DEFAULT_SOURCE, SOURCES
 from quant_fixtures.metrics.decision import JointVerdict
+from quant_fixtures.plugin.auto_attribution import LINES_KEY, add_attribution_option, attribute_after_failed_gates
 from quant_fixtures.plugin.cli import (
     CONFIG_KEY,
     NO_GPU_KEY,
@@ -142,6 +143,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     g.addoption("--skip-prompts", action="store_true", help="perplexity and memory only: no prompt KL stage")
     add_long_context_options(g)
+    add_attribution_option(g)
     g.addoption(
         "--undecided",
         default=None,
@@ -344,6 +346,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             gates = settings_of(config).gates
             if gates.mode == "enforce" and fails_the_run(verdict, gates.undecided) and session.exitstatus == 0:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a gate deselected or skipped still counts
+            attribute_after_failed_gates(config, ours, verdict)  # before REPORT.md, which shows it
         documents = collect_comparable_documents(results_dir(config), run_id(config))
         if documents:
             from quant_fixtures.report.markdown import write_report
@@ -382,5 +385,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
             terminalreporter.write_line(line)
     for given in given_models(config):  # the key a --model got names its report files
         terminalreporter.write_line(f"--model {given.given}: model {given.key!r}")
+    for line in config.stash.get(LINES_KEY, []):
+        terminalreporter.write_line(line)
     report = config.stash.get(REPORT_KEY, None)
     terminalreporter.write_line(f"reports: {results_dir(config)}" + (f" (read {report})" if report else ""))

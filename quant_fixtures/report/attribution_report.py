@@ -150,3 +150,21 @@ def attribution_chart(model: str, variant: str, attribution: Attribution, path: 
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def attribution_section(results_dir: Path, model: str, variant: str, run_id: str) -> list[str]:
+    """REPORT.md's lines for the attribution a run made of ``variant`` after a failed gate (the
+    command's Markdown, its headings a level below the model's, and its chart); none when there is
+    none of that run (a command's own, or an earlier run's, belongs to other numbers)."""
+    stem = results_dir / f"attribution_{model}_{variant}"
+    try:
+        document = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
+        markdown = stem.with_suffix(".md").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return []
+    if not isinstance(document, dict) or document.get("run_id") != run_id:
+        return []
+    lines = [f"##{line}" if line.startswith("#") else line for line in markdown.splitlines()]
+    if stem.with_suffix(".png").exists():
+        lines += ["", f"![per-layer harm of {model} {variant}]({stem.name}.png)"]
+    return [*lines, ""]

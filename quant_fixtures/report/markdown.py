@@ -7,6 +7,7 @@ from pathlib import Path
 
 from quant_fixtures.metrics.decision import JointVerdict
 from quant_fixtures.metrics.registry import METRICS, TABLE_METRICS, MetricSpec, lookup
+from quant_fixtures.report.attribution_report import attribution_section
 from quant_fixtures.report.corpus_markdown import corpus_section
 from quant_fixtures.report.findings import baseline_of, findings, quantized
 from quant_fixtures.report.gates import verdict as gate_verdict
@@ -205,6 +206,8 @@ def write_report(results_dir: Path, documents: dict[str, Documents], verdict: Jo
         lines += [f"**{first}**", "", *[f"- {line.strip()}" for line in rest], "", f"_{verdict.method}._", ""]
     for model, docs in documents.items():
         lines += model_section(model, docs, model_plots(model, docs, results_dir))
+        for key, document in docs.items():  # made after a failed gate (plugin/auto_attribution.py)
+            lines += attribution_section(results_dir, model, key, document.run_id)
     path = results_dir / "REPORT.md"
     write_text_atomic(path, "\n".join(lines))
     return path

@@ -325,6 +325,41 @@ def test_report_mode_records_the_failed_gate_as_xfail(
     _gate_line(result, r"gate FAIL \(report mode\): ")
 
 
+def test_a_failed_kl_gate_attributes_the_harm_to_layers_within_the_budget(
+    pytester: pytest.Pytester, full_run: SimpleNamespace, e2e: SimpleNamespace
+) -> None:
+    """nf4's KL gate at a limit no quantized model meets: with --attribute-budget 0 a line names the
+    command; within the budget the run writes the attribution of this run and REPORT.md shows it."""
+    gates = {"nf4": {**PASSING_GATES["nf4"], "max_kl_mean": 1e-9}}
+    make_project(pytester, e2e, gates)
+    baselines = copy_baselines(e2e, pytester.path / "B")
+    results = pytester.path / "R"
+    args = ("--variants", "nf4", "--gate-mode", "report")
+    result = run_suite(pytester, e2e, results, baselines, *args, "--attribute-budget", "0")
+    assert result.ret == 0, result.stdout.str()[-4000:]
+    result.stdout.fnmatch_lines(
+        [
+            "per-layer harm of tiny nf4 (kl_mean beyond): not run, --attribute-budget 0: "
+            "python -m quant_fixtures.attribute --model tiny --variant nf4"
+        ]
+    )
+    assert not list(results.glob("attribution_*"))
+    result = run_suite(pytester, e2e, results, baselines, *args)
+    assert result.ret == 0, result.stdout.str()[-4000:]
+    result.stdout.fnmatch_lines(
+        ["per-layer harm of tiny nf4 (kl_mean beyond): layers [[]*[]] first; */attribution_tiny_nf4.md"]
+    )
+    document = json.loads((results / "attribution_tiny_nf4.json").read_text())
+    assert document["run_id"] == report(results, "nf4")["run_id"] and document["recommendation"]["limit"] == 1e-9
+    assert sorted(document["ranked"]) == [0, 1] and document["budget"] == {
+        "windows": 4,
+        "ctx": 256,
+        "scored_positions": 1020,
+    }
+    text = (results / "REPORT.md").read_text()
+    assert "### Per-layer harm: tiny nf4" in text and "![per-layer harm of tiny nf4](attribution_tiny_nf4.png)" in text
+
+
 # -- stage progress under pytest's output capture (plugin/progress.py) -----------------------------
 
 PROGRESS = "quant-fixtures: tiny"
