@@ -99,3 +99,34 @@ def test_the_long_context_record_says_how_the_stage_read_its_sequences() -> None
     assert (record["chunk_tokens"], record["prefill_reads"], record["probes"]) == (512, reads, 9)
     assert (record["deepest_bucket"], record["retrieval_flips"]) == ("1024-2048", 1)
     assert matrix.long_context_record(cast("EvaluationDocument", SimpleNamespace(long_context=None))) is None
+
+
+def test_the_attribution_step_records_the_commands_time_and_findings(monkeypatch: Any, tmp_path: Path) -> None:
+    """The step reads what the command wrote; a failed command is recorded with its error, not parsed."""
+    import subprocess
+
+    def fake(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        out = Path(next(a.split("=", 1)[1] for a in command if a.startswith("--results-dir=")))
+        out.mkdir(parents=True)
+        document = {
+            "layers": [{}] * 32,
+            "budget": {"windows": 4, "ctx": 256, "scored_positions": 1020},
+            "whole": {"mean": 0.9},
+            "additivity": 1.1,
+            "ranked": [3, 1, 2, 0, 5, 4],
+            "recommendation": {"limit": 0.5, "keep_layers": [3, 1], "predicted_kl": 0.4, "within": True},
+        }
+        (out / "attribution_mistral7b_nf4.json").write_text(json.dumps(document))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", fake)
+    step = gpu_check.attribution(tmp_path / "suite.toml", tmp_path)
+    assert "--device=cuda:0" in step["command"] and step["exit"] == 0 and step["reads"] == 66
+    assert step["ranked_first"] == [3, 1, 2, 0, 5] and step["recommendation"]["keep_layers"] == [3, 1]
+
+    def failing(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(command, 1, "", "CUDA error: out of memory")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", failing)
+    step = gpu_check.attribution(tmp_path / "suite.toml", tmp_path / "again")
+    assert step["exit"] == 1 and "out of memory" in step["stderr_tail"] and "whole_kl" not in step
