@@ -10,6 +10,7 @@ from quant_fixtures.compute.attribution import Attribution, MeanKL, Recommendati
 from quant_fixtures.json_types import JsonObject, JsonValue
 from quant_fixtures.names import toml_key
 from quant_fixtures.report.plots import _save, _use_agg
+from quant_fixtures.variants import VARIANTS, keeps_modules
 
 METHOD = (
     "each decoder layer swapped in place between the 16-bit and the quantized model; KL(FP16 || configuration) "
@@ -123,14 +124,17 @@ def attribution_markdown(model: str, variant: str, attribution: Attribution, adv
             "```python",
             f"BitsAndBytesConfig(..., llm_int8_skip_modules={advice.modules!r})",
             "```",
-            "",
-            "As a variant of the suite config (paste it into quant_suite.toml, then run the whole suite on it with "
-            f"`pytest --models {model} --variants {variant_key(variant, advice)}`; it is gated as {variant}):",
-            "",
-            "```toml",
-            variant_entry(model, variant, advice).rstrip("\n"),
-            "```",
         ]
+        if advice.keep and keeps_modules(VARIANTS[variant]):
+            lines += [
+                "",
+                "As a variant of the suite config (paste it into quant_suite.toml, then run the whole suite on it "
+                f"with `pytest --models {model} --variants {variant_key(variant, advice)}`; it is gated as {variant}):",
+                "",
+                "```toml",
+                variant_entry(model, variant, advice).rstrip("\n"),
+                "```",
+            ]
     return "\n".join(lines) + "\n"
 
 
