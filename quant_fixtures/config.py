@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quant_fixtures.config_checks import GGUF_TYPES as GGUF_TYPES  # importable from here too
+from quant_fixtures.config_checks import ConfigError as ConfigError
+from quant_fixtures.config_checks import check_case, check_key
 from quant_fixtures.metrics.registry import (
     GATEABLE,
     METRICS,
@@ -17,15 +20,11 @@ from quant_fixtures.metrics.registry import (
     TOLERANCE_ALIASES,
     limit_spec,
 )
-from quant_fixtures.names import case_clash, derive_key, hub_id_parts, key_problem, toml_key
+from quant_fixtures.names import toml_key
+from quant_fixtures.own_variants import checkpoint_variant, parse_variants
 from quant_fixtures.settings import Defaults  # the [defaults] table (importable from here too)
-from quant_fixtures.variants import (
-    VARIANTS,
-    CheckpointSpec,
-    Variant,
-    checkpoint_variant,
-    keeps_modules,
-)  # CheckpointSpec: as Defaults
+from quant_fixtures.variants import VARIANTS, Variant
+from quant_fixtures.variants import CheckpointSpec as CheckpointSpec  # as Defaults
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "inputs" / "quant_suite.toml"  # shipped in the package
 
@@ -36,13 +35,6 @@ DEFAULT_UNDECIDED = "fail"  # release gating: a variant not shown within its lim
 DEFAULT_SNAPSHOT_TOLERANCES: dict[str, dict[str, float]] = {
     name: dict(METRICS[name].tolerance or {}) for name in SNAPSHOT_METRICS
 }
-
-
-class ConfigError(ValueError):
-    """The suite configuration file is missing or invalid."""
-
-
-GGUF_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")  # what the gguf package can quantize (models/gguf_quantize.py)
 
 
 @dataclass(frozen=True)
@@ -225,32 +217,8 @@ _MODEL_TYPES: dict[str, type] = {
 }
 
 
-def _check_key(where: str, kind: str, key: str, table_pattern: str) -> None:
-    """A model or variant key follows the key rule (names.py). ``table_pattern``: the table header
-    with ``{}`` for the key, to say what to write instead of a key copied from a Hub id."""
-    problem = key_problem(kind, key)
-    if problem is None:
-        return
-    hub_id = hub_id_parts(key)
-    hint = ""
-    if hub_id is not None:
-        table = table_pattern.format(toml_key(derive_key(hub_id[1])))
-        hint = f"; a key is not a Hub id: write {table} with hub_id = {json.dumps(key)}"
-    raise ConfigError(f"{where}: {problem}{hint}")
-
-
-def _check_case(where: str, keys: list[str]) -> None:
-    """Keys that differ only in case would write one file on a case-insensitive file system."""
-    clash = case_clash(keys)
-    if clash is not None:
-        raise ConfigError(
-            f"{where}: {clash[0]!r} and {clash[1]!r} differ only in case, so on a case-insensitive file system "
-            "(macOS, Windows) their report files would be one; rename one"
-        )
-
-
 def _parse_model(path: Path, key: str, table: object) -> ModelSpec:
-    _check_key(f"{path}: [models.{toml_key(key)}]", "model", key, "[models.{}]")
+    check_key(f"{path}: [models.{toml_key(key)}]", "model", key, "[models.{}]")
     where = f"{path}: [models.{key}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
@@ -266,104 +234,9 @@ def _parse_model(path: Path, key: str, table: object) -> ModelSpec:
             raise ConfigError(f"{where}: {name} must be a {'boolean' if expected is bool else 'string'}, got {value!r}")
     if table.get("gguf_package") and not table.get("gguf_file"):
         raise ConfigError(f"{where}: gguf_package needs gguf_file")
-    variants = _parse_variants(where, key, table.get("variants", {}), table)
+    variants = parse_variants(where, key, table.get("variants", {}), table)
     gates, ungated = _check_gates(f"{where}.gates", table.get("gates", {}), list(variants))
     return ModelSpec(key=key, **{**table, "gates": gates, "ungated": ungated, "variants": variants})
-
-
-_VARIANT_TYPES: dict[str, type] = {
-    "hub_id": str,
-    "revision": str,
-    "path": str,
-    "gguf_file": str,
-    "gguf_type": str,
-    "description": str,
-    "default": bool,
-    "batch_invariant": bool,
-    "packages": list,
-    "trust_remote_code": bool,
-    "allow_pickle": bool,
-    "quantize": str,
-    "keep_16bit": list,
-}
-_VARIANT_SOURCES = ("hub_id", "path", "gguf_file", "gguf_type", "quantize")
-
-
-def _parse_variants(
-    where: str, model: str, table: object, model_table: Mapping[str, object]
-) -> dict[str, CheckpointSpec]:
-    """A model's own variants, each checked: a key that is not a registered method's, one source,
-    known keys of the right types, a GGUF type the suite can write from a GGUF base."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}.variants: expected a table of variants, got {table!r}")
-    parsed: dict[str, CheckpointSpec] = {}
-    for key, entry in table.items():
-        here = f"{where}.variants.{key}"
-        _check_key(f"{where}.variants.{toml_key(key)}", "variant", key, f"[models.{toml_key(model)}.variants.{{}}]")
-        if key in VARIANTS:
-            raise ConfigError(f"{here}: {key!r} is a registered method's key; name the checkpoint otherwise")
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{here}: expected a table")
-        unknown = set(entry) - set(_VARIANT_TYPES)
-        if unknown:
-            raise ConfigError(f"{here}: unknown keys {sorted(unknown)}; valid: {sorted(_VARIANT_TYPES)}")
-        for name, value in entry.items():
-            expected = _VARIANT_TYPES[name]
-            if not isinstance(value, expected) or (
-                isinstance(value, list) and not all(isinstance(p, str) for p in value)
-            ):
-                kind = {bool: "boolean", list: "list of module names", str: "string"}[expected]
-                raise ConfigError(f"{here}: {name} must be a {kind}, got {value!r}")
-        sources = [s for s in _VARIANT_SOURCES if entry.get(s)]
-        if len(sources) != 1:
-            raise ConfigError(f"{here}: give exactly one of {', '.join(_VARIANT_SOURCES)} (got {sources or 'none'})")
-        gguf_type = entry.get("gguf_type")
-        if gguf_type is not None:
-            if gguf_type not in GGUF_TYPES:
-                raise ConfigError(
-                    f"{here}: gguf_type {gguf_type!r} is not one the gguf package can write; "
-                    f"valid: {', '.join(GGUF_TYPES)}"
-                )
-            if not model_table.get("gguf_package"):
-                raise ConfigError(
-                    f"{here}: gguf_type re-quantizes the model's own GGUF, and {model!r} is not "
-                    "a GGUF entry (gguf_package); point gguf_file at a GGUF file instead"
-                )
-        if entry.get("revision") and not entry.get("hub_id"):
-            raise ConfigError(f"{here}: revision needs hub_id")
-        _check_kept_modules(here, entry)
-        parsed[key] = CheckpointSpec(
-            key=key,
-            model=model,
-            **{
-                **entry,
-                "packages": tuple(entry.get("packages", ())),
-                "keep_16bit": tuple(entry.get("keep_16bit", ())),
-            },
-        )
-    _check_case(f"{where}.variants", [*VARIANTS, *parsed])  # a registered method's report file too
-    return parsed
-
-
-def _check_kept_modules(here: str, entry: Mapping[str, object]) -> None:
-    """``quantize`` names a registered bitsandbytes method and comes with a non-empty ``keep_16bit``
-    (module names), and ``keep_16bit`` comes only with it."""
-    method, keep = entry.get("quantize"), entry.get("keep_16bit")
-    if method is None:
-        if keep is not None:
-            raise ConfigError(f"{here}: keep_16bit needs quantize (the registered method whose modules it keeps)")
-        return
-    keeping = [k for k, v in VARIANTS.items() if keeps_modules(v)]
-    if method not in keeping:
-        raise ConfigError(
-            f"{here}: quantize {method!r} is not a registered method that can keep modules in 16 bits; "
-            f"valid: {', '.join(keeping)}"
-        )
-    if not keep or not isinstance(keep, list) or not all(isinstance(m, str) and m.strip() for m in keep):
-        raise ConfigError(
-            f"{here}: keep_16bit must be a non-empty list of module names (as python -m quant_fixtures.attribute "
-            f"prints them), got {keep!r}"
-        )
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG_PATH, require_models: bool = True) -> SuiteConfig:
@@ -401,7 +274,7 @@ def config_from_table(raw: Mapping[str, object], path: Path, require_models: boo
             raise ConfigError(f"{path}: [defaults] {name} must be a positive integer, got {value!r}")
         defaults[name] = value
     models = {key: _parse_model(path, key, table) for key, table in tables["models"].items()}
-    _check_case(f"{path}: [models]", list(models))
+    check_case(f"{path}: [models]", list(models))
     if not models and require_models:
         raise ConfigError(f"{path}: no [models.*] tables (add one, or give the model with --model org/name)")
     own = [k for spec in models.values() for k in spec.variants]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _baseline_kwargs(options: LoadSettings) -> FromPretrainedKwargs:
+def baseline_kwargs(options: LoadSettings) -> FromPretrainedKwargs:
     return {}
 
 
@@ -251,7 +251,7 @@ VARIANTS: dict[str, Variant] = {
             "fp16",
             "none",
             "16-bit floating point reference (float16, or bfloat16 by option)",
-            _baseline_kwargs,
+            baseline_kwargs,
             is_baseline=True,
             default=True,
         ),
@@ -337,7 +337,7 @@ VARIANTS: dict[str, Variant] = {
             "hqq_4bit",
             "hqq",
             f"HQQ half-quadratic 4-bit linear weights, groups of {HQQ_GROUP_SIZE}, 16-bit scale and zero",
-            _baseline_kwargs,  # a 16-bit load; quantize_loaded quantizes it
+            baseline_kwargs,  # a 16-bit load; quantize_loaded quantizes it
             quantize_loaded=_hqq(4),
             **_HQQ,
         ),
@@ -345,7 +345,7 @@ VARIANTS: dict[str, Variant] = {
             "hqq_3bit",
             "hqq",
             f"HQQ half-quadratic 3-bit linear weights, groups of {HQQ_GROUP_SIZE}, 16-bit scale and zero",
-            _baseline_kwargs,  # a 16-bit load; quantize_loaded quantizes it
+            baseline_kwargs,  # a 16-bit load; quantize_loaded quantizes it
             quantize_loaded=_hqq(3),
             **_HQQ,
         ),
@@ -376,60 +376,3 @@ VARIANTS: dict[str, Variant] = {
 
 BASELINE_VARIANT = next(k for k, v in VARIANTS.items() if v.is_baseline)
 DEFAULT_VARIANTS = tuple(k for k, v in VARIANTS.items() if v.default)
-
-
-def keeps_modules(variant: Variant) -> bool:
-    """Whether a registered method can keep named modules in 16 bits (``keep_16bit``): the
-    bitsandbytes ones, through BitsAndBytesConfig(llm_int8_skip_modules=...)."""
-    return variant.method.startswith("bitsandbytes") and variant.source is None and not variant.is_baseline
-
-
-def _keeping(
-    base: Callable[[LoadSettings], FromPretrainedKwargs], keep: tuple[str, ...]
-) -> Callable[[LoadSettings], FromPretrainedKwargs]:
-    def kwargs(options: LoadSettings) -> FromPretrainedKwargs:
-        made = base(options)
-        # The list replaces bitsandbytes' default (the output head), so it names the head itself
-        # where the head is to stay in 16 bits; transformers matches each entry as a full module name.
-        made["quantization_config"].llm_int8_skip_modules = list(keep)
-        return made
-
-    return kwargs
-
-
-def derived_variant(spec: CheckpointSpec) -> Variant:
-    """A model's own variant that is a registered bitsandbytes method with ``spec.keep_16bit`` kept in
-    16 bits: loaded from the entry's 16-bit weights as the method is, gated as the method is
-    (config.SuiteConfig.gates_for) unless the entry sets its own limits."""
-    if spec.quantize is None:
-        raise ValueError(f"variant {spec.key!r} of {spec.model!r} does not name a method to quantize with")
-    base = VARIANTS[spec.quantize]
-    description = spec.description or (
-        f"{base.description}; {len(spec.keep_16bit)} modules kept in 16 bits: {', '.join(spec.keep_16bit)}"
-    )
-    return replace(
-        base,
-        key=spec.key,
-        description=description,
-        load_kwargs=_keeping(base.load_kwargs, spec.keep_16bit),
-        default=spec.default,
-    )
-
-
-def checkpoint_variant(spec: CheckpointSpec) -> Variant:
-    """The variant of a model's own checkpoint: loaded as it is stored, its
-    quantization config read from the checkpoint; a GGUF file is dequantized by transformers. A
-    registered method with modules kept in 16 bits (``quantize``): :func:`derived_variant`."""
-    if spec.quantize is not None:
-        return derived_variant(spec)
-    return Variant(
-        spec.key,
-        spec.method,
-        spec.description,
-        _baseline_kwargs,
-        default=spec.default,
-        batch_invariant=spec.batch_invariant,
-        extra=None,
-        packages=tuple(spec.packages),
-        source=spec,
-    )

@@ -9,8 +9,9 @@ from pathlib import Path
 from quant_fixtures.compute.attribution import Attribution, MeanKL, Recommendation
 from quant_fixtures.json_types import JsonObject, JsonValue
 from quant_fixtures.names import toml_key
+from quant_fixtures.own_variants import keeps_modules
 from quant_fixtures.report.plots import _save, _use_agg
-from quant_fixtures.variants import VARIANTS, keeps_modules
+from quant_fixtures.variants import VARIANTS
 
 METHOD = (
     "each decoder layer swapped in place between the 16-bit and the quantized model; KL(FP16 || configuration) "
