@@ -6,13 +6,14 @@ A pair it does not fit gets a line saying why and the command that does it."""
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from quant_fixtures.config import SuiteConfig
+from quant_fixtures.config import DEFAULT_CONFIG_PATH, SuiteConfig
 from quant_fixtures.metrics.decision import JointVerdict
 from quant_fixtures.report.schema import EvaluationDocument
 from quant_fixtures.variants import VARIANTS
@@ -76,8 +77,11 @@ class Plan:
     run: bool
     why_not: str | None = None
 
-    def command(self) -> str:
-        return f"python -m quant_fixtures.attribute --model {self.model} --variant {self.variant}"
+    def command(self, config: SuiteConfig, device: str) -> str:
+        """The command that does it by hand: this run's suite config and device where not the defaults."""
+        extra = "" if config.path == DEFAULT_CONFIG_PATH else f" --suite-config {config.path}"
+        extra += "" if device == "cpu" else f" --device {device}"
+        return f"python -m quant_fixtures.attribute --model {self.model} --variant {self.variant}{extra}"
 
 
 def failed_pairs(
@@ -139,7 +143,7 @@ def plan(
         need = MEMORY_MARGIN * (document.memory.footprint_gb + document.memory.fp16_footprint_gb) * 1e9
         why = None
         if budget_s <= 0:
-            why = "--attribute-budget 0"
+            why = f"--attribute-budget {budget_s:g}"
         elif seconds > budget_s:
             why = f"estimated {seconds:.0f} s > --attribute-budget {budget_s:g} s"
         elif free is not None and need > free:
@@ -162,24 +166,32 @@ def attribute_failed(
 
     lines = []
     for p in plans:
-        gates = ", ".join(p.gates)
+        which = f"per-layer harm of {p.model} {p.variant} ({', '.join(p.gates)} beyond)"
         if not p.run:
-            lines.append(
-                f"per-layer harm of {p.model} {p.variant} ({gates} beyond): not run, {p.why_not}: {p.command()}"
-            )
+            lines.append(f"{which}: not run, {p.why_not}: {p.command(config, device)}")
             continue
-        written = attribute_variant(
-            config,
-            p.model,
-            p.variant,
-            windows=WINDOWS,
-            ctx=CTX,
-            results_dir=results_dir,
-            cache_dir=cache_dir,
-            device=device,
-            run_id=run_id,
-        )
+        try:
+            written = attribute_variant(
+                config,
+                p.model,
+                p.variant,
+                windows=WINDOWS,
+                ctx=CTX,
+                results_dir=results_dir,
+                cache_dir=cache_dir,
+                device=device,
+                run_id=run_id,
+            )
+        except Exception as exc:  # an explanation that fails must not cost the run its verdict or REPORT.md
+            traceback.clear_frames(exc.__traceback__)  # its frames hold both models
+            if device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+            reason = (str(exc).splitlines() or [""])[0][:300]
+            lines.append(f"{which}: failed ({type(exc).__name__}: {reason}): {p.command(config, device)}")
+            continue
         ranked = written.document["ranked"]
         top = ranked[:3] if isinstance(ranked, list) else []
-        lines.append(f"per-layer harm of {p.model} {p.variant} ({gates} beyond): layers {top} first; {written.stem}.md")
+        lines.append(f"{which}: layers {top} first; {written.stem}.md")
     return lines

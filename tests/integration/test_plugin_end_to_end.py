@@ -340,7 +340,8 @@ def test_a_failed_kl_gate_attributes_the_harm_to_layers_within_the_budget(
     result.stdout.fnmatch_lines(
         [
             "per-layer harm of tiny nf4 (kl_mean beyond): not run, --attribute-budget 0: "
-            "python -m quant_fixtures.attribute --model tiny --variant nf4"
+            "python -m quant_fixtures.attribute --model tiny --variant nf4 "
+            f"--suite-config {pytester.path / 'suite.toml'}"
         ]
     )
     assert not list(results.glob("attribution_*"))
