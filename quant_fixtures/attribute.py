@@ -28,11 +28,6 @@ from quant_fixtures.store.atomic import write_json_atomic, write_text_atomic
 USAGE_ERROR = 4  # as the pytest plugin's usage errors
 
 
-def _limit(config: SuiteConfig, model: str, variant: str) -> float | None:
-    own = config.models[model].gates.get(variant, {}).get("max_kl_mean")
-    return own if own is not None else config.gates.get(variant, {}).get("max_kl_mean")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quant_fixtures.attribute", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="a model key of the suite config")
@@ -53,14 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"quant_fixtures.attribute: --suite-config {args.suite_config}: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    from quant_fixtures.variants import VARIANTS
+    from quant_fixtures.variants import QUANTIZATION_METHODS
 
     problems = []
     if args.model not in config.models:
         problems.append(f"--model {args.model!r}: not in {args.suite_config} (models: {', '.join(config.models)})")
-    if args.variant not in VARIANTS or VARIANTS[args.variant].is_baseline or VARIANTS[args.variant].source:
-        quantizing = [k for k, v in VARIANTS.items() if not v.is_baseline and v.source is None]
-        problems.append(f"--variant {args.variant!r}: not a registered quantization method ({', '.join(quantizing)})")
+    if args.variant not in QUANTIZATION_METHODS:
+        methods = ", ".join(QUANTIZATION_METHODS)
+        problems.append(f"--variant {args.variant!r}: not a registered quantization method ({methods})")
     if args.windows < 1 or args.ctx < 2:
         problems.append(f"--windows {args.windows} --ctx {args.ctx}: need at least 1 window of at least 2 tokens")
     if args.limit is not None and args.limit < 0:
@@ -143,7 +138,7 @@ def attribute_variant(
     ids = tokenize_text(fp16.tokenizer, load_wikitext2_test("vendored").text)
     read = nonoverlapping_windows(ids.numel(), ctx, windows * ctx)
     attribution = attribute_layers(fp16.model, quantized, ids, read, len(read), progress=say)
-    limit = limit if limit is not None else _limit(config, model, variant)
+    limit = limit if limit is not None else config.gates_for(model, variant).get("max_kl_mean")
     advice = None
     if footprint_mb is not None:
         say(f"recommendation for a footprint of {footprint_mb} MB")

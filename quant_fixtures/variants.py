@@ -376,3 +376,4 @@ VARIANTS: dict[str, Variant] = {
 
 BASELINE_VARIANT = next(k for k, v in VARIANTS.items() if v.is_baseline)
 DEFAULT_VARIANTS = tuple(k for k, v in VARIANTS.items() if v.default)
+QUANTIZATION_METHODS = tuple(k for k, v in VARIANTS.items() if not v.is_baseline)  # registered, not own checkpoints

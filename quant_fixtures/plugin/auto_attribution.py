@@ -16,7 +16,7 @@ import pytest
 from quant_fixtures.config import DEFAULT_CONFIG_PATH, SuiteConfig
 from quant_fixtures.metrics.decision import JointVerdict
 from quant_fixtures.report.schema import EvaluationDocument
-from quant_fixtures.variants import VARIANTS
+from quant_fixtures.variants import QUANTIZATION_METHODS
 
 # The gates whose harm attribution explains: KL and ΔPPL, over prompts, the corpus and long context.
 ATTRIBUTED_METRICS = frozenset(
@@ -93,8 +93,7 @@ def failed_pairs(
     found: dict[tuple[str, str], list[str]] = {}
     for model, by_variant in documents.items():
         for key, document in by_variant.items():
-            method = VARIANTS.get(key)
-            if method is None or method.is_baseline or method.source is not None:
+            if key not in QUANTIZATION_METHODS:
                 continue
             gates = [g.metric for g in document.gates if g.metric in ATTRIBUTED_METRICS]
             failed = [g for g in gates if f"{model} {key} {g}" in beyond]
