@@ -138,14 +138,16 @@ def attribute_variant(
     ids = tokenize_text(fp16.tokenizer, load_wikitext2_test("vendored").text)
     read = nonoverlapping_windows(ids.numel(), ctx, windows * ctx)
     attribution = attribute_layers(fp16.model, quantized, ids, read, len(read), progress=say)
-    limit = limit if limit is not None else config.gates_for(model, variant).get("max_kl_mean")
+    gates = config.gates_for(model, variant)
+    limit = limit if limit is not None else gates.get("max_kl_mean")
+    max_delta_ppl = gates.get("max_delta_ppl_pct")  # within its gates: ΔPPL's too
     advice = None
     if footprint_mb is not None:
         say(f"recommendation for a footprint of {footprint_mb} MB")
         advice = recommend_for_memory(attribution, int(footprint_mb * 1e6), fp16.model, quantized, ids, read, len(read))
     elif limit is not None:
-        say(f"recommendation for KL <= {limit}")
-        advice = recommend(attribution, limit, fp16.model, quantized, ids, read, len(read))
+        say(f"recommendation for KL <= {limit}" + (f" and ΔPPL <= {max_delta_ppl} %" if max_delta_ppl is not None else ""))
+        advice = recommend(attribution, limit, fp16.model, quantized, ids, read, len(read), max_delta_ppl)
     document = attribution_document(model, variant, len(read), ctx, attribution, advice)
     document["run_id"] = run_id
     stem = results_dir / f"attribution_{model}_{variant}"

@@ -143,12 +143,15 @@ class Recommendation:
     footprint_bytes: int  # that configuration's parameters and buffers as held (16-bit weights at 2 bytes)
     quantized_footprint_bytes: int  # the variant as loaded
     footprint_budget: int | None = None  # the bytes asked for (None: a KL limit was)
+    delta_ppl_limit: float | None = None  # a ΔPPL % asked for beside the KL limit (the variant's gate)
 
     @property
     def within(self) -> bool:
-        """Whether the measured configuration meets what was asked: the KL limit or the footprint budget."""
+        """Whether the measured configuration meets what was asked: the KL limit (and the ΔPPL limit,
+        where one was given) or the footprint budget."""
         if self.limit is not None:
-            return self.measured.mean <= self.limit
+            ppl_ok = self.delta_ppl_limit is None or self.delta_ppl_pct <= self.delta_ppl_limit
+            return self.measured.mean <= self.limit and ppl_ok
         return self.footprint_budget is None or self.footprint_bytes <= self.footprint_budget
 
 
@@ -188,11 +191,13 @@ def recommend(
     token_ids: torch.Tensor,
     windows: Sequence[Window],
     batch_size: int = 1,
+    max_delta_ppl_pct: float | None = None,
 ) -> Recommendation:
     """The fewest layers, by restored-alone gain, whose 16-bit copies bring the predicted KL within
-    ``limit``; the configuration is then read for real, and while it is still beyond the limit the
-    next layer by gain is added and read again (every returned number is measured, not predicted).
-    ``within`` is False only when every layer is kept and the KL is still beyond the limit."""
+    ``limit``; the configuration is then read for real, and while it is still beyond the limit (or
+    beyond ``max_delta_ppl_pct``, where given: a ΔPPL gate) the next layer by gain is added and read
+    again (every returned number is measured, not predicted). ``within`` is False only when every
+    layer is kept and it is still beyond."""
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     order = sorted(attribution.layers, key=lambda h: (-_gain(attribution, h), h.layer))
@@ -204,7 +209,19 @@ def recommend(
         keep.append(harm.layer)
         predicted = max(0.0, predicted - _gain(attribution, harm))
     while True:
-        advice = _configuration(attribution, keep, predicted, fp16, quantized, token_ids, windows, batch_size, limit)
+        advice = _configuration(
+            attribution,
+            keep,
+            predicted,
+            fp16,
+            quantized,
+            token_ids,
+            windows,
+            batch_size,
+            limit,
+            None,
+            max_delta_ppl_pct,
+        )
         if advice.within or len(keep) == len(order):
             return advice
         harm = order[len(keep)]
@@ -254,6 +271,7 @@ def _configuration(
     batch_size: int,
     limit: float | None = None,
     footprint_budget: int | None = None,
+    delta_ppl_limit: float | None = None,
 ) -> Recommendation:
     """The quantized model with ``keep`` in 16 bits, read for real: KL, ΔPPL and footprint."""
     tokens = [w.scored for w in windows]
@@ -273,6 +291,7 @@ def _configuration(
         footprint_bytes=footprint,
         quantized_footprint_bytes=model_footprint(quantized, torch.float16),
         footprint_budget=footprint_budget,
+        delta_ppl_limit=delta_ppl_limit,
     )
 
 

@@ -55,6 +55,7 @@ def _recommendation(advice: Recommendation) -> JsonObject:
         "measured": _kl(advice.measured),
         "within": advice.within,
         "footprint_budget_bytes": advice.footprint_budget,
+        "delta_ppl_limit_pct": advice.delta_ppl_limit,
         "measured_delta_ppl_pct": advice.delta_ppl_pct,
         "footprint_bytes": advice.footprint_bytes,
         "quantized_footprint_bytes": advice.quantized_footprint_bytes,
@@ -109,7 +110,8 @@ def attribution_markdown(model: str, variant: str, attribution: Attribution, adv
     if advice is not None:
         if advice.limit is not None:
             verdict = "within" if advice.within else "still beyond (every layer kept)"
-            title, verdict = f"KL <= {advice.limit:.5f}", f"{verdict} the limit"
+            ppl = f" and ΔPPL <= {advice.delta_ppl_limit:g} %" if advice.delta_ppl_limit is not None else ""
+            title, verdict = f"KL <= {advice.limit:.5f}{ppl}", f"{verdict} the limit" + ("s" if ppl else "")
         else:
             title, verdict = f"a footprint of {(advice.footprint_budget or 0) / 1e6:.1f} MB", "the best the budget buys"
         lines += [

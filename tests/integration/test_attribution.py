@@ -134,6 +134,27 @@ def test_the_recommended_layers_loaded_in_16_bits_give_the_measured_kl(
     assert advice.delta_ppl_pct == pytest.approx(100 * (plain_ppl(kept) / plain_ppl(reference) - 1), abs=1e-3)
 
 
+def test_a_delta_ppl_gate_widens_the_recommendation(
+    tiny_models: dict[str, Path], digest_cache: Path, wikitext_ids: torch.Tensor
+) -> None:
+    """A KL limit the variant meets already keeps no layer; with a ΔPPL limit of half the variant's
+    ΔPPL beside it, layers are kept until the measured ΔPPL is within it too."""
+    from quant_fixtures.compute.attribution import recommend
+
+    fp16 = load_variant(tiny_models["llama"], "fp16", digest_cache, key="tiny-llama").model
+    nf4 = load_variant(tiny_models["llama"], "nf4", digest_cache, key="tiny-llama").model
+    attribution = attribute_layers(fp16, nf4, wikitext_ids, WINDOWS)
+    loose = 2 * attribution.whole.mean
+    alone = recommend(attribution, loose, fp16, nf4, wikitext_ids, WINDOWS)
+    assert alone.keep == [] and alone.within and alone.delta_ppl_limit is None
+    assert alone.delta_ppl_pct > 0
+    ppl_limit = alone.delta_ppl_pct / 2
+    both = recommend(attribution, loose, fp16, nf4, wikitext_ids, WINDOWS, max_delta_ppl_pct=ppl_limit)
+    assert both.keep and both.delta_ppl_limit == ppl_limit
+    assert both.within == (both.delta_ppl_pct <= ppl_limit and both.measured.mean <= loose)
+    assert both.within or len(both.keep) == len(attribution.layers)
+
+
 def test_the_command_writes_the_ranked_table_the_document_and_the_chart(
     tiny_models: dict[str, Path], digest_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
