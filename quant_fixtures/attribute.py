@@ -146,7 +146,8 @@ def attribute_variant(
         say(f"recommendation for a footprint of {footprint_mb} MB")
         advice = recommend_for_memory(attribution, int(footprint_mb * 1e6), fp16.model, quantized, ids, read, len(read))
     elif limit is not None:
-        say(f"recommendation for KL <= {limit}" + (f" and ΔPPL <= {max_delta_ppl} %" if max_delta_ppl is not None else ""))
+        ppl = f" and ΔPPL <= {max_delta_ppl} %" if max_delta_ppl is not None else ""
+        say(f"recommendation for KL <= {limit}{ppl}")
         advice = recommend(attribution, limit, fp16.model, quantized, ids, read, len(read), max_delta_ppl)
     document = attribution_document(model, variant, len(read), ctx, attribution, advice)
     document["run_id"] = run_id
