@@ -10,6 +10,7 @@ validated by a manifest on every reuse.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -126,9 +127,28 @@ def one_reader_per_file() -> Iterator[None]:
 
     setattr(gguf, "GGUFReader", shared)  # noqa: B010 (mypy refuses assigning to a class name)
     try:
-        yield
+        with one_name_map_per_architecture():
+            yield
     finally:
         setattr(gguf, "GGUFReader", original)  # noqa: B010
+
+
+@contextmanager
+def one_name_map_per_architecture() -> Iterator[None]:
+    """While active, ``gguf.get_tensor_name_map(arch, n_blocks)`` builds each map once.
+
+    transformers builds the GGUF-to-Hugging-Face name map afresh for every module of the model it
+    loads (``get_gguf_hf_weights_map`` recurses over the modules; ``from gguf import
+    get_tensor_name_map`` inside it): 397 maps for SmolLM2, 5.7 of a conversion's 22 s on 2 cores
+    (profiled). A map depends only on its two arguments and is only read."""
+    import gguf
+
+    original = gguf.get_tensor_name_map
+    setattr(gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(original))  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(gguf, "get_tensor_name_map", original)  # noqa: B010
 
 
 def _manifest_tensors(manifest: object) -> GGUFTensors | None:

@@ -139,3 +139,20 @@ def test_while_converting_each_gguf_file_is_parsed_once(tmp_path: Path) -> None:
         assert gguf.GGUFReader(second) is not gguf.GGUFReader(first)
     assert gguf.GGUFReader(first) is not gguf.GGUFReader(first)  # outside: the library's own class again
     assert isinstance(gguf.GGUFReader(first), gguf.GGUFReader)
+
+
+def test_while_converting_each_name_map_is_built_once() -> None:
+    """transformers builds the GGUF name map for every module it loads; during a conversion one map
+    per (architecture, blocks) serves them all, and the same names come out of it."""
+    from quant_fixtures.models.gguf import one_reader_per_file
+
+    original = gguf.get_tensor_name_map
+    arch = gguf.MODEL_ARCH.LLAMA
+    with one_reader_per_file():
+        assert gguf.get_tensor_name_map(arch, 30) is gguf.get_tensor_name_map(arch, 30)
+        assert gguf.get_tensor_name_map(arch, 2) is not gguf.get_tensor_name_map(arch, 30)
+        shared = gguf.get_tensor_name_map(arch, 30)
+        assert shared.get_name("model.layers.3.mlp.up_proj") == original(arch, 30).get_name(
+            "model.layers.3.mlp.up_proj"
+        )
+    assert gguf.get_tensor_name_map is original
