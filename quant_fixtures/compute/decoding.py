@@ -5,7 +5,8 @@ launches (about 80 ms a step through ``model.generate`` on the H200 host, shared
 The cache, the attention mask and every input of a step live in fixed buffers; the step itself
 writes its token, opens the next cache slot in the mask and advances positions, so the host only
 replays. LLM.int8 layers take their static-shape path there (models/int8_static.py), checked once
-per batch: a batch whose outlier columns overflowed it runs again eagerly on the exact path. Where a
+per batch: a batch whose outlier columns overflowed it runs again at a width that holds them, and
+after ``STATIC_TRIES`` tries eagerly on the exact path. Where a
 kernel cannot be captured the same step runs eagerly. The tokens are those of ``model.generate``'s
 greedy search: same model calls, masks with the same allowed keys (tested against it).
 """
@@ -22,12 +23,14 @@ import torch
 from quant_fixtures.compute.grouped_attention import grouped_attention_for
 from quant_fixtures.compute.scoring import embedding_weight, output_logits
 from quant_fixtures.models.int8_per_sequence import has_batch_dependent_int8, real_tokens, static_int8_applies
-from quant_fixtures.models.int8_static import OverflowGuard, static_outlier_columns
+from quant_fixtures.models.int8_static import OverflowGuard, static_outlier_columns, wider_columns
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 EOS_CHECK_EVERY = 16  # decode steps between checks whether every row has finished (one host sync)
+# Static LLM.int8 tries per batch (the default width, then wider ones) before the exact eager path.
+STATIC_TRIES = 3
 
 
 def _cache_kwarg(model: PreTrainedModel) -> str:
@@ -137,13 +140,40 @@ def static_greedy(
 ) -> tuple[torch.Tensor, str]:
     """Greedy tokens [B, steps] (rows past their EOS hold what greedy search would have gone on
     with: callers cut at the first EOS) and how the steps ran ("cuda graph" or "eager"). LLM.int8
-    layers run their static path (on CUDA); a batch that overflowed it is decoded again exactly."""
-    guard = OverflowGuard(ids.device) if static_int8_applies(model, ids.device) else None
-    out, how = _greedy(model, ids, mask, steps, eos, use_graph, guard)
-    if guard is not None and guard.overflowed():
-        out, how = _greedy(model, ids, mask, steps, eos, False, None)
-        how += " (LLM.int8 outlier columns past the static path's width: exact path)"
-    return out, how
+    layers run their static path (on CUDA). A batch that overflowed its width is decoded again at a
+    width that holds the widest union seen (int8_static.wider_columns), up to ``STATIC_TRIES`` tries
+    in all, then exactly on the dynamic path; ``how`` names the width that ran."""
+    if not static_int8_applies(model, ids.device):
+        return _greedy(model, ids, mask, steps, eos, use_graph, None)
+    guard, tried = OverflowGuard(ids.device), []
+    while True:
+        tried.append(guard.columns)
+        try:
+            out, how = _greedy(model, ids, mask, steps, eos, use_graph, guard)
+        except torch.OutOfMemoryError:
+            if len(tried) == 1:
+                raise  # the batch itself does not fit: the caller's batch sizing decides
+            return _exact(model, ids, mask, steps, eos, f"width {guard.columns} ran out of memory")
+        if not guard.overflowed():
+            if len(tried) > 1:
+                how += f" (LLM.int8 static path at {guard.columns} float columns; {_widths(tried[:-1])} overflowed)"
+            return out, how
+        if len(tried) == STATIC_TRIES:
+            return _exact(model, ids, mask, steps, eos, f"outlier columns past the static path's {_widths(tried)}")
+        guard = OverflowGuard(ids.device, wider_columns(guard))
+
+
+def _exact(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos: set[int], why: str
+) -> tuple[torch.Tensor, str]:
+    if ids.device.type == "cuda":
+        torch.cuda.empty_cache()  # what the failed static try held
+    out, how = _greedy(model, ids, mask, steps, eos, False, None)
+    return out, f"{how} (LLM.int8 {why}: exact path)"
+
+
+def _widths(columns: list[int]) -> str:
+    return "width " + ", ".join(str(c) for c in columns)
 
 
 def _greedy(

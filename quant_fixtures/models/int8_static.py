@@ -19,9 +19,10 @@ Here every shape is fixed by the input's shape alone. For ``x`` [B, T, K]:
 That is, per sequence, the sum bitsandbytes computes for the sequence alone: the same int8 terms
 (exact in int32) and the same float terms, plus products with zeros, in another summation order.
 When the union has more than ``columns`` columns, the columns past the largest ``columns`` are
-left out: the call is wrong, and ``OverflowGuard`` records it on the device. A caller reads the
-guard once after its work (one synchronisation, not one per layer) and redoes the work with the
-exact dynamic path (``int8_per_sequence``) when it is set.
+left out: the call is wrong, and ``OverflowGuard`` records it on the device, with the widest union
+it saw. A caller reads the guard once after its work (one synchronisation, not one per layer) and
+redoes the work with a guard of a width that holds that union (:func:`wider_columns`), or with the
+exact dynamic path (``int8_per_sequence``).
 """
 
 from __future__ import annotations
@@ -42,25 +43,45 @@ STATIC_DEVICE_TYPES = frozenset({"cuda"})
 
 
 class OverflowGuard:
-    """A device flag that a static call sets when its outlier columns did not fit (see the module
-    docstring). Made before the work, on the model's device, so a captured graph writes into it; an
-    inference tensor, written only in inference mode, wherever the guard's caller is."""
+    """The float columns of the static calls it guards (``columns``) and a device flag that a call
+    sets when its union of outlier columns did not fit (see the module docstring), beside the widest
+    union seen. Made before the work, on the model's device, so a captured graph writes into them;
+    inference tensors, written only in inference mode, wherever the guard's caller is."""
 
-    def __init__(self, device: torch.device | str) -> None:
+    def __init__(self, device: torch.device | str, columns: int | None = None) -> None:
+        self.columns = STATIC_OUTLIER_COLUMNS if columns is None else columns
+        if self.columns < 1:
+            raise ValueError(f"static LLM.int8 path: columns must be at least 1, got {self.columns}")
         with torch.inference_mode():
             self.flag = torch.zeros((), dtype=torch.bool, device=device)
+            self.widest = torch.zeros((), dtype=torch.int64, device=device)
 
-    def record(self, overflow: torch.Tensor) -> None:
+    def record(self, union_size: torch.Tensor, take: int) -> None:
+        """A call whose union of owned columns has ``union_size`` columns and that kept ``take``."""
         with torch.inference_mode():
-            self.flag.logical_or_(overflow)
+            self.flag.logical_or_(union_size > take)
+            torch.maximum(self.widest, union_size, out=self.widest)
 
     def overflowed(self) -> bool:
         """Whether a call overflowed since the guard was made or reset (waits for the device)."""
         return bool(self.flag.item())
 
+    def widest_union(self) -> int:
+        """The most outlier columns one call's union held since the guard was made or reset."""
+        return int(self.widest.item())
+
     def reset(self) -> None:
         with torch.inference_mode():
             self.flag.zero_()
+            self.widest.zero_()
+
+
+def wider_columns(guard: OverflowGuard) -> int:
+    """The width for a second try after ``guard`` overflowed: a power of two of at least twice the
+    widest union it saw. The union moves once the overflowing calls are computed right (the next
+    layers see other activations), hence the margin; a try that overflows again says so the same way."""
+    need = max(2 * guard.widest_union(), 2 * guard.columns)
+    return 1 << (need - 1).bit_length()
 
 
 _STATIC: ContextVar[OverflowGuard | None] = ContextVar("quant_fixtures_static_int8", default=None)
@@ -139,7 +160,7 @@ def static_per_sequence_int8_matmul(
     ``x`` [B, T, K] (B sequences) or [N, K] (one sequence); ``weight_int8`` [O, K] and
     ``weight_scale`` [O]: bitsandbytes' CB and SCB; ``real`` [B, T] bool: the positions that choose
     outlier columns (None: all); ``guard`` records a call whose union of owned columns exceeds
-    ``columns`` (default ``STATIC_OUTLIER_COLUMNS``)."""
+    ``columns`` (default: the guard's)."""
     ops = torch.ops.bitsandbytes
     shape, width = x.shape, x.shape[-1]
     sequences = x if x.dim() == 3 else x.reshape(1, -1, width)
@@ -154,9 +175,9 @@ def static_per_sequence_int8_matmul(
     out = scaled_int8_product(quantized, weight_int8, row_scale, weight_scale, bias, x.dtype)
     # 3. the float part over a fixed number of columns: every owned one, unless the union overflows
     union = owns.any(0)
-    take = min(STATIC_OUTLIER_COLUMNS if columns is None else columns, width)
+    take = min(guard.columns if columns is None else columns, width)
     _, index = union.to(torch.float16).topk(take)  # the union's columns first (ties: any order)
-    guard.record(union.sum() > take)
+    guard.record(union.sum(), take)
     kept = owns.index_select(1, index).unsqueeze(1)  # [B, 1, take]: a sequence keeps only its own
     values = sequences.index_select(2, index).masked_fill(~kept, 0).view(quantized.shape[0], take)
     dequantized = ops.int8_vectorwise_dequant.default(weight_int8.index_select(1, index), weight_scale)

@@ -1,6 +1,7 @@
 """Decoding an LLM.int8 model on the static path (models/int8_static.py), run here on the CPU as it
-runs on CUDA: the same tokens as the exact per-sequence path, and a batch whose outlier columns
-overflow the static width is decoded again on the exact path, saying so."""
+runs on CUDA: the same tokens as the exact per-sequence path; a batch whose outlier columns overflow
+the static width is decoded again at a width that holds them, and after the last try on the exact
+path, saying so."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from integration_support import load_variant
 
+from quant_fixtures.compute import decoding
 from quant_fixtures.compute.decoding import static_greedy
 from quant_fixtures.compute.generation import _left_pad, eos_token_ids, pad_token_id
 from quant_fixtures.models import int8_per_sequence, int8_static
@@ -68,7 +70,7 @@ def test_static_decoding_gives_the_tokens_of_the_exact_path(int8_model: Any, sta
     assert torch.equal(ours, exact)
 
 
-def test_an_overflowing_batch_is_decoded_again_exactly(
+def test_an_overflowing_batch_is_decoded_again_at_a_width_that_holds_it(
     int8_model: Any, static_on_cpu: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids, mask, eos = _batch(int8_model)
@@ -76,7 +78,21 @@ def test_an_overflowing_batch_is_decoded_again_exactly(
     monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 1)  # narrower than any layer's union
     ours, how = static_greedy(int8_model.model, ids, mask, STEPS, eos, use_graph=False)
     assert static_on_cpu[0] > 0
-    assert "exact path" in how
+    assert "width 1 overflowed" in how and "exact path" not in how
+    width = int(how.split("static path at ")[1].split()[0])
+    assert width > 1
+    assert torch.equal(ours, exact)
+
+
+def test_a_batch_that_overflows_every_try_is_decoded_exactly(
+    int8_model: Any, static_on_cpu: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, mask, eos = _batch(int8_model)
+    exact, _ = _exact(int8_model.model, ids, mask, eos)
+    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 1)
+    monkeypatch.setattr(decoding, "wider_columns", lambda guard: guard.columns + 1)  # never wide enough
+    ours, how = static_greedy(int8_model.model, ids, mask, STEPS, eos, use_graph=False)
+    assert how.endswith("(LLM.int8 outlier columns past the static path's width 1, 2, 3: exact path)")
     assert torch.equal(ours, exact)
 
 

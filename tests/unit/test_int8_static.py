@@ -17,6 +17,7 @@ from quant_fixtures.models.int8_static import (  # noqa: E402
     OverflowGuard,
     static_outlier_columns,
     static_per_sequence_int8_matmul,
+    wider_columns,
 )
 
 
@@ -143,3 +144,29 @@ def test_where_int_mm_is_not_exact_bitsandbytes_multiplies(monkeypatch: pytest.M
     got = int8_static.scaled_int8_product(rows, weight, torch.ones(3), torch.ones(4), None, torch.float32)
     assert calls[0] == 0
     torch.testing.assert_close(got, torch.full((3, 4), 8 / 127**2))
+
+
+def test_the_guard_keeps_the_widest_union_and_a_wider_try_holds_it(layer: Any) -> None:
+    x = torch.randn(2, 3, 64)
+    x[0, 0, 0:5] = 8.0  # five outlier columns in sequence 0
+    x[1, 2, 5:8] = -9.0  # three more in sequence 1: a union of eight
+    guard = OverflowGuard("cpu", columns=4)
+    with torch.inference_mode():
+        alone = [layer(x[i : i + 1])[0] for i in range(2)]  # bitsandbytes' own layer, each alone
+        install_per_sequence_int8(layer)
+        static_per_sequence_int8_matmul(x, layer.state.CB, layer.state.SCB, layer.bias, 6.0, guard)
+    assert guard.overflowed() and guard.widest_union() == 8
+    wider = OverflowGuard("cpu", wider_columns(guard))
+    assert wider.columns == 16  # a power of two of at least twice the widest union
+    with torch.inference_mode():
+        ours = static_per_sequence_int8_matmul(x, layer.state.CB, layer.state.SCB, layer.bias, 6.0, wider)
+    assert not wider.overflowed()
+    for i in range(2):
+        assert float((ours[i] - alone[i]).abs().max()) <= 1e-5 * float(alone[i].abs().max())
+    guard.reset()
+    assert not guard.overflowed() and guard.widest_union() == 0
+
+
+def test_a_guard_of_no_columns_is_refused() -> None:
+    with pytest.raises(ValueError, match="columns must be at least 1, got 0"):
+        OverflowGuard("cpu", columns=0)
