@@ -87,3 +87,55 @@ def test_reference_head_rebuilds_a_linear_heads_logits() -> None:
     with torch.no_grad():
         want = torch.tanh(layer(hidden) / 5.0) * 5.0
     torch.testing.assert_close(head.logits(hidden), want, rtol=0, atol=0)
+
+
+def _numpy_comparison(ref: np.ndarray, cand: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """The module docstring's definitions in plain float64 numpy, for rows without ties in their top-K."""
+
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        shifted = x - x.max(-1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+    logp, logq = log_softmax(ref.astype(np.float64)), log_softmax(cand.astype(np.float64))
+    p, q = np.exp(logp), np.exp(logq)
+    p_order, q_order = np.argsort(-ref, axis=-1, kind="stable"), np.argsort(-cand, axis=-1, kind="stable")
+    overlap = [
+        [len(set(p_order[r, :k]) & set(q_order[r, :k])) for k in range(1, tc.TOPK_MAX + 1)] for r in range(len(ref))
+    ]
+    rows = np.arange(len(ref))
+    return {
+        "kl_pq": (p * (logp - logq)).sum(-1),
+        "kl_qp": (q * (logq - logp)).sum(-1),
+        "p_top1": p.max(-1),
+        "same_top1": ref.argmax(-1) == cand.argmax(-1),
+        "topk_overlap": np.array(overlap),
+        "logp_target": logp[rows, targets],
+        "logq_target": logq[rows, targets],
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_half_precision_logits_against_plain_numpy(dtype: torch.dtype) -> None:
+    """Logits as a model hands them over (float16 on a GPU): every field equals the float64 numpy
+    computation of its definition; ranks are read from the logits themselves (see _compare_slice)."""
+    gen = torch.Generator().manual_seed(4)
+    ref = (torch.randn(64, 3000, generator=gen) * 3).to(dtype)
+    cand = (ref.float() + torch.randn(64, 3000, generator=gen) * 0.3).to(dtype)
+    targets = torch.randint(0, 3000, (64,), generator=gen)
+    ours = tc.compare_positions(ref, cand, targets)
+    plain = _numpy_comparison(ref.float().numpy(), cand.float().numpy(), targets.numpy())
+    for name in ("kl_pq", "kl_qp", "p_top1", "logp_target", "logq_target"):
+        np.testing.assert_allclose(ours[name], plain[name], rtol=1e-12, atol=1e-15, err_msg=name)
+    np.testing.assert_array_equal(ours["same_top1"], plain["same_top1"])
+    # top-K sets are defined up to ties at the K-th place: compare the rows whose top-K+1 are distinct
+    distinct = [
+        r
+        for r in range(64)
+        if all(
+            len(set(x[r].sort(descending=True).values[: tc.TOPK_MAX + 1].tolist())) == tc.TOPK_MAX + 1
+            for x in (ref, cand)
+        )
+    ]
+    assert len(distinct) >= (2 if dtype == torch.bfloat16 else 16)  # bfloat16's 8 bits tie most rows' top-K
+    np.testing.assert_array_equal(ours["topk_overlap"][distinct], plain["topk_overlap"][distinct])
+    assert 0 < plain["same_top1"].mean() < 1  # the case separates agreeing and disagreeing rows
