@@ -87,6 +87,8 @@ def fingerprint(device: str) -> JsonObject:
     """Everything recorded about where a number was measured (for reports and messages)."""
     import torch
 
+    from quant_fixtures.attention_kernels import ATTENTION_KERNELS
+
     cpu_name, flags = _cpuinfo()
     env: JsonObject = {
         "python": platform.python_version(),
@@ -112,6 +114,7 @@ def fingerprint(device: str) -> JsonObject:
             "capability": f"{major}.{minor}",
             "cuda": torch.version.cuda,
             "driver": _nvidia_driver(),
+            "attention": ATTENTION_KERNELS,
         }
         env["device_name"], env["cuda"] = gpu_name, torch.version.cuda
     else:
@@ -142,7 +145,7 @@ def numerics_key(env: JsonObject, packages: tuple[str, ...] = ("torch", "transfo
     key: JsonObject = {"device_type": env["device_type"], **{name: versions.get(name) for name in packages}}
     if env["device_type"] == "cuda":
         gpu = _table(env, "gpu")
-        key.update(gpu=gpu["name"], capability=gpu["capability"], cuda=gpu["cuda"])
+        key.update(gpu=gpu["name"], capability=gpu["capability"], cuda=gpu["cuda"], attention=gpu.get("attention"))
     else:
         cpu = _table(env, "cpu")
         key.update(

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "quant_fixtures"
 # Bottom to top; a module may import modules of its own layer or below, never above.
 LAYERS = [
-    ("cpu_kernels", "json_types", "environment", "metrics", "names"),
+    ("cpu_kernels", "attention_kernels", "json_types", "environment", "metrics", "names"),
     ("settings", "variants", "own_variants", "config_checks", "config", "model_ids", "inputs"),
     ("store",),
     ("models",),
