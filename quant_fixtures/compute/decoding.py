@@ -142,7 +142,7 @@ def static_greedy(
     with: callers cut at the first EOS) and how the steps ran ("cuda graph" or "eager"). LLM.int8
     layers run their static path (on CUDA). A batch that overflowed its width is decoded again at a
     width that holds the widest union seen (int8_static.wider_columns), up to ``STATIC_TRIES`` tries
-    in all, then exactly on the dynamic path; ``how`` names the width that ran."""
+    in all and ``MAX_STATIC_COLUMNS`` wide, then exactly on the dynamic path; ``how`` names the widths."""
     if not static_int8_applies(model, ids.device):
         return _greedy(model, ids, mask, steps, eos, use_graph, None)
     guard, tried = OverflowGuard(ids.device), []
@@ -158,9 +158,10 @@ def static_greedy(
             if len(tried) > 1:
                 how += f" (LLM.int8 static path at {guard.columns} float columns; {_widths(tried[:-1])} overflowed)"
             return out, how
-        if len(tried) == STATIC_TRIES:
+        wider = wider_columns(guard) if len(tried) < STATIC_TRIES else None
+        if wider is None:
             return _exact(model, ids, mask, steps, eos, f"outlier columns past the static path's {_widths(tried)}")
-        guard = OverflowGuard(ids.device, wider_columns(guard))
+        guard = OverflowGuard(ids.device, wider)
 
 
 def _exact(

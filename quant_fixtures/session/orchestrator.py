@@ -15,7 +15,6 @@ import time
 import traceback
 from contextlib import nullcontext
 
-from quant_fixtures.attention_kernels import suite_attention
 from quant_fixtures.compute.memory import GiB, MemoryBudget, is_out_of_memory, require_executor, strict_executor
 from quant_fixtures.config import SuiteConfig
 from quant_fixtures.environment import process_age
@@ -138,7 +137,7 @@ class EvaluationSession:
         started, nested_before = time.perf_counter(), self._nested_s
         failure = None
         try:
-            with StageProgress(self.progress, pair, "evaluation"), suite_attention(self.settings.load.device):
+            with StageProgress(self.progress, pair, "evaluation"):
                 document = self._evaluate(run, model, variant_key)
         except EvaluationFailed as exc:
             self._failed[model, variant_key] = str(exc)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from quant_fixtures.attention_kernels import prompt_attention
 from quant_fixtures.compute.corpus_kl import HiddenRecorder, KLAgainstReference
 from quant_fixtures.compute.memory import BatchLog
 from quant_fixtures.compute.scoring import LogprobHook, WindowScores, check_output_head, score_windows
@@ -147,6 +148,13 @@ def _measurements(
     )
 
 
+def _prompts(run: PassContext, stage: Callable[..., PromptResults], *args: Any) -> PromptResults:
+    """A prompt stage (scoring, noise floor, generation) with the suite's prompt attention kernels:
+    its padded batches meet a new shape at nearly every call (attention_kernels.py)."""
+    with prompt_attention(run.shared.settings.load.device):
+        return stage(*args)
+
+
 def _timed(measure: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     result = measure()
@@ -208,7 +216,9 @@ def fp16_pass(run: PassContext, model: ModelUnderTest, variant: Variant, loaded:
     with run.stage("FP16 perplexity references (store)", "references", shown=True):
         run.shared.references.save_perplexity(baseline, reference)
     prompts, seconds = (
-        (None, None) if run.shared.settings.prompts.skip else _timed(lambda: fp16_prompt_stage(run, model, loaded))
+        (None, None)
+        if run.shared.settings.prompts.skip
+        else _timed(lambda: _prompts(run, fp16_prompt_stage, run, model, loaded))
     )
     long = (
         None
@@ -246,7 +256,7 @@ def variant_pass(
     prompts, seconds = (
         (None, None)
         if run.shared.settings.prompts.skip
-        else _timed(lambda: variant_prompt_stage(run, model, variant, loaded, refs, batching))
+        else _timed(lambda: _prompts(run, variant_prompt_stage, run, model, variant, loaded, refs, batching))
     )
     long = (
         None

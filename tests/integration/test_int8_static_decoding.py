@@ -100,3 +100,15 @@ def _exact(model: Any, ids: torch.Tensor, mask: torch.Tensor, eos: set[int]) -> 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(int8_static, "STATIC_DEVICE_TYPES", frozenset())
         return static_greedy(model, ids, mask, STEPS, eos, use_graph=False)
+
+
+def test_a_union_past_the_static_limit_goes_to_the_exact_path_at_once(
+    int8_model: Any, static_on_cpu: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, mask, eos = _batch(int8_model)
+    exact, _ = _exact(int8_model.model, ids, mask, eos)
+    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 1)
+    monkeypatch.setattr(int8_static, "MAX_STATIC_COLUMNS", 1)  # no wider try is worth it
+    ours, how = static_greedy(int8_model.model, ids, mask, STEPS, eos, use_graph=False)
+    assert how.endswith("(LLM.int8 outlier columns past the static path's width 1: exact path)")
+    assert torch.equal(ours, exact)

@@ -1,12 +1,16 @@
-"""The suite's attention kernels on CUDA (quant_fixtures/attention_kernels.py): cuDNN's SDPA off while
-a pair is evaluated there, everything restored afterwards, the CPU untouched, and the choice part of
-the CUDA numerics key so references read with other kernels count as stale."""
+"""The prompt stages' attention kernels on CUDA (quant_fixtures/attention_kernels.py): cuDNN's SDPA off
+while they run there, everything restored afterwards, the CPU untouched, the other stages left to
+torch, and the choice part of the CUDA numerics key so references read with other kernels count as
+stale."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 
-from quant_fixtures.attention_kernels import ATTENTION_KERNELS, suite_attention
+from quant_fixtures.attention_kernels import ATTENTION_KERNELS, prompt_attention
 from quant_fixtures.environment import differences, numerics_key
 
 
@@ -15,16 +19,16 @@ def _flags() -> tuple[bool, bool, bool, bool]:
     return b.cudnn_sdp_enabled(), b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled()
 
 
-def test_cuda_reads_run_without_cudnn_attention_and_the_flags_come_back() -> None:
+def test_cuda_prompt_stages_run_without_cudnn_attention_and_the_flags_come_back() -> None:
     before = _flags()
-    with suite_attention("cuda:0"):
+    with prompt_attention("cuda:0"):
         assert _flags() == (False, True, True, True)
     assert _flags() == before
 
 
 def test_the_cpu_is_left_as_it_is() -> None:
     before = _flags()
-    with suite_attention("cpu"):
+    with prompt_attention("cpu"):
         assert _flags() == before
 
 
@@ -41,3 +45,16 @@ def test_the_kernels_are_part_of_the_cuda_numerics_key() -> None:
     assert differences(_cuda_fingerprint(None), _cuda_fingerprint(ATTENTION_KERNELS)) == [
         f"attention: None -> {ATTENTION_KERNELS}"
     ]
+
+
+def test_a_prompt_stage_runs_inside_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """passes._prompts, which fp16_pass and variant_pass run their prompt stages through."""
+    from quant_fixtures.session import passes
+
+    seen: list[tuple[str, tuple[bool, bool, bool, bool]]] = []
+    monkeypatch.setattr(passes, "fp16_prompt_stage", lambda *args: seen.append(("fp16", _flags())) or "fp16 results")
+    run = SimpleNamespace(shared=SimpleNamespace(settings=SimpleNamespace(load=SimpleNamespace(device="cuda:0"))))
+    before = _flags()
+    assert passes._prompts(run, passes.fp16_prompt_stage, "args") == "fp16 results"
+    assert seen == [("fp16", (False, True, True, True))]
+    assert _flags() == before

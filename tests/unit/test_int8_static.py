@@ -12,6 +12,7 @@ import torch
 
 bnb = pytest.importorskip("bitsandbytes")
 
+from quant_fixtures.models import int8_static  # noqa: E402
 from quant_fixtures.models.int8_per_sequence import install_per_sequence_int8, real_tokens  # noqa: E402
 from quant_fixtures.models.int8_static import (  # noqa: E402
     OverflowGuard,
@@ -170,3 +171,15 @@ def test_the_guard_keeps_the_widest_union_and_a_wider_try_holds_it(layer: Any) -
 def test_a_guard_of_no_columns_is_refused() -> None:
     with pytest.raises(ValueError, match="columns must be at least 1, got 0"):
         OverflowGuard("cpu", columns=0)
+
+
+def test_no_try_wider_than_the_static_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = OverflowGuard("cpu", columns=64)
+    with torch.inference_mode():
+        guard.widest.fill_(300)
+    assert wider_columns(guard) == 1024  # 2 x 300 -> the next power of two
+    with torch.inference_mode():
+        guard.widest.fill_(513)
+    assert wider_columns(guard) is None  # 2048 > MAX_STATIC_COLUMNS: the exact path
+    monkeypatch.setattr(int8_static, "MAX_STATIC_COLUMNS", 4096)
+    assert wider_columns(guard) == 2048
