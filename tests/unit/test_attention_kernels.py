@@ -6,12 +6,13 @@ stale."""
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
-import pytest
 import torch
 
 from quant_fixtures.attention_kernels import ATTENTION_KERNELS, prompt_attention
 from quant_fixtures.environment import differences, numerics_key
+from quant_fixtures.json_types import JsonObject
 
 
 def _flags() -> tuple[bool, bool, bool, bool]:
@@ -32,8 +33,8 @@ def test_the_cpu_is_left_as_it_is() -> None:
         assert _flags() == before
 
 
-def _cuda_fingerprint(attention: str | None) -> dict[str, object]:
-    gpu: dict[str, object] = {"name": "NVIDIA H100 80GB HBM3", "capability": "9.0", "cuda": "13.0", "driver": "580"}
+def _cuda_fingerprint(attention: str | None) -> JsonObject:
+    gpu: JsonObject = {"name": "NVIDIA H100 80GB HBM3", "capability": "9.0", "cuda": "13.0", "driver": "580"}
     if attention is not None:
         gpu["attention"] = attention
     return {"device_type": "cuda", "packages": {"torch": "2.11.0", "transformers": "5.17.0"}, "gpu": gpu}
@@ -47,14 +48,19 @@ def test_the_kernels_are_part_of_the_cuda_numerics_key() -> None:
     ]
 
 
-def test_a_prompt_stage_runs_inside_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_prompt_stage_runs_inside_the_choice() -> None:
     """passes._prompts, which fp16_pass and variant_pass run their prompt stages through."""
     from quant_fixtures.session import passes
 
-    seen: list[tuple[str, tuple[bool, bool, bool, bool]]] = []
-    monkeypatch.setattr(passes, "fp16_prompt_stage", lambda *args: seen.append(("fp16", _flags())) or "fp16 results")
-    run = SimpleNamespace(shared=SimpleNamespace(settings=SimpleNamespace(load=SimpleNamespace(device="cuda:0"))))
+    seen: list[tuple[bool, bool, bool, bool]] = []
+
+    def stage(*args: Any) -> Any:
+        seen.append(_flags())
+        return args
+
+    run: Any = SimpleNamespace(shared=SimpleNamespace(settings=SimpleNamespace(load=SimpleNamespace(device="cuda:0"))))
     before = _flags()
-    assert passes._prompts(run, passes.fp16_prompt_stage, "args") == "fp16 results"
-    assert seen == [("fp16", (False, True, True, True))]
+    result: Any = passes._prompts(run, stage, "a", 1)
+    assert result == ("a", 1)
+    assert seen == [(False, True, True, True)]
     assert _flags() == before

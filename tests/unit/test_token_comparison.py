@@ -94,7 +94,8 @@ def _numpy_comparison(ref: np.ndarray, cand: np.ndarray, targets: np.ndarray) ->
 
     def log_softmax(x: np.ndarray) -> np.ndarray:
         shifted = x - x.max(-1, keepdims=True)
-        return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        out: np.ndarray = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        return out
 
     logp, logq = log_softmax(ref.astype(np.float64)), log_softmax(cand.astype(np.float64))
     p, q = np.exp(logp), np.exp(logq)
