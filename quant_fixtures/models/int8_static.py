@@ -185,6 +185,8 @@ def static_per_sequence_int8_matmul(
     union = owns.any(0)
     take = min(guard.columns if columns is None else columns, width)
     _, index = union.to(torch.float16).topk(take)  # the union's columns first (ties: any order)
+    # in column order: gathering int8 weight columns in topk's order reads single bytes far apart
+    index = index.sort().values
     guard.record(union.sum(), take)
     kept = owns.index_select(1, index).unsqueeze(1)  # [B, 1, take]: a sequence keeps only its own
     values = sequences.index_select(2, index).masked_fill(~kept, 0).view(quantized.shape[0], take)
