@@ -5,6 +5,7 @@ path, saying so."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,36 @@ def test_a_union_past_the_static_limit_goes_to_the_exact_path_at_once(
     ours, how = static_greedy(int8_model.model, ids, mask, STEPS, eos, use_graph=False)
     assert how.endswith("(LLM.int8 outlier columns past the static path's width 1: exact path)")
     assert torch.equal(ours, exact)
+
+
+def test_a_wider_try_that_runs_out_of_memory_goes_to_the_exact_path(
+    int8_model: Any, static_on_cpu: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, mask, eos = _batch(int8_model)
+    exact, _ = _exact(int8_model.model, ids, mask, eos)
+    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 1)
+    greedy = decoding._greedy
+
+    def short_of_memory(*args: Any) -> Any:
+        guard = args[-1]
+        if guard is not None and guard.columns > 1:  # the wider try
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return greedy(*args)
+
+    monkeypatch.setattr(decoding, "_greedy", short_of_memory)
+    ours, how = static_greedy(int8_model.model, ids, mask, STEPS, eos, use_graph=False)
+    assert re.search(r"\(LLM\.int8 width ([2-9]|\d\d+) ran out of memory: exact path\)$", how), how
+    assert torch.equal(ours, exact)
+
+
+def test_the_first_try_running_out_of_memory_is_the_batch_sizers_to_handle(
+    int8_model: Any, static_on_cpu: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, mask, eos = _batch(int8_model)
+
+    def short_of_memory(*args: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(decoding, "_greedy", short_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        static_greedy(int8_model.model, ids, mask, STEPS, eos, use_graph=False)
