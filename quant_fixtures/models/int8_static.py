@@ -161,14 +161,13 @@ def static_per_sequence_int8_matmul(
     threshold: float,
     guard: OverflowGuard,
     real: torch.Tensor | None = None,
-    columns: int | None = None,
 ) -> torch.Tensor:
     """``x @ W.T (+ bias)`` by per-sequence LLM.int8 with static shapes (see the module docstring).
 
     ``x`` [B, T, K] (B sequences) or [N, K] (one sequence); ``weight_int8`` [O, K] and
     ``weight_scale`` [O]: bitsandbytes' CB and SCB; ``real`` [B, T] bool: the positions that choose
-    outlier columns (None: all); ``guard`` records a call whose union of owned columns exceeds
-    ``columns`` (default: the guard's)."""
+    outlier columns (None: all); ``guard`` gives the float columns and records a call whose union
+    of owned columns exceeds them."""
     ops = torch.ops.bitsandbytes
     shape, width = x.shape, x.shape[-1]
     sequences = x if x.dim() == 3 else x.reshape(1, -1, width)
@@ -183,7 +182,7 @@ def static_per_sequence_int8_matmul(
     out = scaled_int8_product(quantized, weight_int8, row_scale, weight_scale, bias, x.dtype)
     # 3. the float part over a fixed number of columns: every owned one, unless the union overflows
     union = owns.any(0)
-    take = min(guard.columns if columns is None else columns, width)
+    take = min(guard.columns, width)
     _, index = union.to(torch.float16).topk(take)  # the union's columns first (ties: any order)
     # in column order: gathering int8 weight columns in topk's order reads single bytes far apart
     index = index.sort().values

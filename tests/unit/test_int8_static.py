@@ -72,7 +72,7 @@ def test_static_and_dynamic_paths_agree_on_one_sequence(layer: Any) -> None:
         alone = layer(x)
         install_per_sequence_int8(layer)
         ours = static_per_sequence_int8_matmul(
-            x, layer.state.CB, layer.state.SCB, layer.bias, 6.0, OverflowGuard("cpu"), columns=4
+            x, layer.state.CB, layer.state.SCB, layer.bias, 6.0, OverflowGuard("cpu", columns=4)
         )
     assert ours.shape == alone.shape
     assert float((ours - alone).abs().max()) <= 1e-5 * float(alone.abs().max())
@@ -84,9 +84,9 @@ def test_a_union_wider_than_the_static_columns_is_flagged(layer: Any) -> None:
     x[1, 1, 10:13] = -9.0  # six outlier columns in the batch
     with torch.inference_mode():
         layer(x)  # bitsandbytes moves the int8 rows into the layer's state on first use
-        fits, cut = OverflowGuard("cpu"), OverflowGuard("cpu")
-        static_per_sequence_int8_matmul(x, layer.state.CB, layer.state.SCB, layer.bias, 6.0, fits, columns=6)
-        static_per_sequence_int8_matmul(x, layer.state.CB, layer.state.SCB, layer.bias, 6.0, cut, columns=5)
+        fits, cut = OverflowGuard("cpu", columns=6), OverflowGuard("cpu", columns=5)
+        static_per_sequence_int8_matmul(x, layer.state.CB, layer.state.SCB, layer.bias, 6.0, fits)
+        static_per_sequence_int8_matmul(x, layer.state.CB, layer.state.SCB, layer.bias, 6.0, cut)
     assert not fits.overflowed()
     assert cut.overflowed()
     cut.reset()
