@@ -7,8 +7,9 @@
 Builds the architecture (benchmarks/random_models.SEED_CONFIGS, ``--layers`` decoder layers) in
 float16, saves it, loads it as the suite loads INT8 (per-sequence LLM.int8 layers), and decodes one
 batch of random prompts: once per static width (a CUDA graph; "full" = the widest layer input) and
-once on the exact path. Prints seconds, whether the width overflowed, the widest union of outlier
-columns seen, and whether the tokens equal the exact path's. A measurement, never a test.
+once on the exact path (with PyTorch's attention choice and with the prompt stages' one). Prints
+seconds, whether the width overflowed, the widest union of outlier columns seen, and whether the
+tokens equal the exact path's. A measurement, never a test.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 if TYPE_CHECKING:  # mypy names the scripts from the root; at run time benchmarks/ is on sys.path
-    from benchmarks.random_models import SEED_CONFIGS
+    from benchmarks.random_models import SEED_CONFIGS, train_tokenizer
 else:
-    from random_models import SEED_CONFIGS
+    from random_models import SEED_CONFIGS, train_tokenizer
 
 
 def main() -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from quant_fixtures.attention_kernels import prompt_attention
     from quant_fixtures.compute.decoding import _greedy
     from quant_fixtures.config import ModelSpec
     from quant_fixtures.models.int8_static import OverflowGuard
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--widths", default="64,1024,full")
+    parser.add_argument("--tokenizer", type=Path, help="a tokenizer folder to reuse (default: train one)")
     parser.add_argument("--device", default="cuda:0", help="cuda:N (cpu: a dry run of the script, no graphs)")
     args = parser.parse_args()
 
@@ -59,6 +62,10 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     with torch.device(args.device):
         AutoModelForCausalLM.from_config(config, dtype=torch.float16).save_pretrained(work / "model")
+    if args.tokenizer is None:  # the suite's loader wants a tokenizer beside the weights
+        args.tokenizer = work / "tokenizer"
+        train_tokenizer(args.tokenizer)
+    AutoTokenizer.from_pretrained(args.tokenizer).save_pretrained(work / "model")
     spec = ModelSpec(key="bench", path=str(work / "model"))
     model = load_model(spec, resolve_model(spec, work / "cache"), VARIANTS["int8"], LoadSettings(args.device)).model
     ids = torch.randint(3, config.vocab_size, (args.batch, args.prompt_tokens), device=args.device)
@@ -77,6 +84,11 @@ def main() -> None:
     decode(None)  # warm-up: kernels and allocator
     exact, exact_s = decode(None)
     print(json.dumps({"path": "exact (eager)", "seconds": round(exact_s, 2)}), flush=True)
+    with prompt_attention(args.device):  # the attention the suite's prompt stages run with
+        decode(None)
+        same, no_cudnn_s = decode(None)
+    row = {"path": "exact (eager), prompt stages' attention (no cuDNN)", "seconds": round(no_cudnn_s, 2)}
+    print(json.dumps(row | {"tokens_equal_exact": bool(torch.equal(same, exact))}), flush=True)
     for width in args.widths.split(","):
         columns = full if width == "full" else int(width)
         guard = OverflowGuard(args.device, columns)
