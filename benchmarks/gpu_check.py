@@ -17,10 +17,12 @@ their KL gates, which would otherwise start an attribution after the run (step 4
 
 Each run sets QUANT_FIXTURES_STRICT_EXECUTOR=1, so a forward pass outside the memory executor is an
 error there too. The record (JSON) holds the commit (``git rev-parse HEAD``, or $GPU_CHECK_COMMIT
-where the tree has no git), the card, the library versions, per run the wall time, GPU busy %,
-peak memory, per pair the stage table and batch sizes, every failed or erroring test by name (a
-quality gate or a missing snapshot is expected to fail on random weights, and is marked so), and
-the issue's targets with what was measured against each. Targets are recorded, never asserted.
+where the tree has no git), the card, the library versions, per step the card, host and time it
+ran on (a check cut in two calls may get two card kinds: compare timings of one card only), per
+run the wall time, GPU busy %, peak memory, per pair the stage table and batch sizes, every failed
+or erroring test by name (a quality gate or a missing snapshot is expected to fail on random
+weights, and is marked so), and the issue's targets with what was measured against each.
+Targets are recorded, never asserted.
 """
 
 from __future__ import annotations
@@ -252,7 +254,9 @@ def earlier_steps(path: Path, sha: str | None) -> dict[str, Any]:
         return {}
     if earlier.get("commit") != sha:
         return {}
-    return {step: earlier[step] for step in STEPS if earlier.get(step) is not None}
+    # Each step keeps the card and the time it was measured on: a later call may get another kind.
+    where = {key: earlier.get(key) for key in ("cards", "host", "measured_at")}
+    return {step: where | earlier[step] for step in STEPS if earlier.get(step) is not None}
 
 
 def finish(record: dict[str, Any], two_gpus_possible: bool) -> dict[str, Any]:
@@ -304,11 +308,13 @@ def main() -> int:
         **environment(),
         **earlier_steps(args.record, sha),
     }
+    here = {"cards": record["cards"], "host": record["host"], "measured_at": started}
+
     # The cap first: it is the regression a 16 GB card meets. The record is written after every
     # step (complete: false until the cap and the matrix are in), so a check cut short still says
     # what it measured, and a later call for the same commit adds the steps it runs.
     if "cap_15gib" in steps:
-        cap = run(suite, work, "cap", [f"--max-gpu-memory={CAP}", "--models=mistral7b"])
+        cap = here | run(suite, work, "cap", [f"--max-gpu-memory={CAP}", "--models=mistral7b"])
         cap["passed"] = (
             not cap["tests"]["errors"]
             and not cap["unexpected_failures"]
@@ -318,13 +324,13 @@ def main() -> int:
         record["cap_15gib"] = cap
         write(args.record, finish(record, two_gpus_possible))
     if "matrix" in steps:
-        record["matrix"] = run(suite, work, "matrix", [])
+        record["matrix"] = here | run(suite, work, "matrix", [])
         write(args.record, finish(record, two_gpus_possible))
     if "attribution" in steps:
-        record["attribution"] = attribution(suite, work)
+        record["attribution"] = here | attribution(suite, work)
         write(args.record, finish(record, two_gpus_possible))
     if "two_gpus" in steps and two_gpus_possible:
-        record["two_gpus"] = run(suite, work, "two_gpus", ["-n", "2", "--dist", "loadgroup"])
+        record["two_gpus"] = here | run(suite, work, "two_gpus", ["-n", "2", "--dist", "loadgroup"])
         write(args.record, finish(record, two_gpus_possible))
     print(json.dumps(record.get("targets", {"complete": False, "steps": [s for s in STEPS if s in record]}), indent=2))
     print(f"wrote {args.record}")

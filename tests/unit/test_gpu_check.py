@@ -34,8 +34,16 @@ def _run(
 
 def test_steps_of_the_same_commit_are_kept_and_others_dropped(tmp_path: Path) -> None:
     path = tmp_path / "record.json"
-    path.write_text(json.dumps({"commit": "abc", "cap_15gib": {"passed": True}, "matrix": None}))
-    assert gpu_check.earlier_steps(path, "abc") == {"cap_15gib": {"passed": True}}
+    h100 = [{"name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.2}]
+    earlier = {"commit": "abc", "cards": h100, "host": "vm", "measured_at": "T1"}
+    path.write_text(json.dumps(earlier | {"cap_15gib": {"passed": True}, "matrix": None}))
+    where = {"cards": h100, "host": "vm", "measured_at": "T1"}
+    assert gpu_check.earlier_steps(path, "abc") == {"cap_15gib": where | {"passed": True}}
+    # a step that says where it ran keeps that, whatever the record's latest call was
+    h200 = [{"name": "NVIDIA H200", "memory_gib": 139.8}]
+    step = {"passed": True, "cards": h200, "host": "other", "measured_at": "T0"}
+    path.write_text(json.dumps(earlier | {"cap_15gib": step}))
+    assert gpu_check.earlier_steps(path, "abc") == {"cap_15gib": step}
     assert gpu_check.earlier_steps(path, "def") == {}
     assert gpu_check.earlier_steps(tmp_path / "missing.json", "abc") == {}
     path.write_text("{not json")
