@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -243,6 +244,19 @@ def attribution(suite: Path, work: Path) -> dict[str, Any]:
     return result
 
 
+def capped(suite: Path, work: Path) -> dict[str, Any]:
+    """Mistral-7B alone under the 15 GiB cap; passed: no error, no unexpected failure, every peak
+    within the cap."""
+    cap = run(suite, work, "cap", [f"--max-gpu-memory={CAP}", "--models=mistral7b"])
+    cap["passed"] = (
+        not cap["tests"]["errors"]
+        and not cap["unexpected_failures"]
+        and bool(cap["pairs"])
+        and all(p["peak_gb"] is not None and p["peak_gb"] * 1e9 <= CAP_BYTES for p in cap["pairs"])
+    )
+    return cap
+
+
 def earlier_steps(path: Path, sha: str | None) -> dict[str, Any]:
     """The steps an earlier call recorded for the same commit (a GPU machine's command limit can cut a
     whole check in two calls: ``--steps cap_15gib`` then ``--steps matrix``); nothing otherwise."""
@@ -275,10 +289,11 @@ def main() -> int:
     parser.add_argument(
         "--steps",
         default=",".join(STEPS),
-        help="steps to run now (default all); steps the record holds for the same commit are kept",
+        help="steps to run now, in this order (default all, the cap first); steps the record holds for "
+        "the same commit are kept",
     )
     args = parser.parse_args()
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    steps = list(dict.fromkeys(s.strip() for s in args.steps.split(",") if s.strip()))
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
         print(f"gpu-check: --steps {','.join(unknown)}: unknown; valid: {', '.join(STEPS)}", file=sys.stderr)
@@ -309,28 +324,20 @@ def main() -> int:
         **earlier_steps(args.record, sha),
     }
     here = {"cards": record["cards"], "host": record["host"], "measured_at": started}
-
-    # The cap first: it is the regression a 16 GB card meets. The record is written after every
-    # step (complete: false until the cap and the matrix are in), so a check cut short still says
-    # what it measured, and a later call for the same commit adds the steps it runs.
-    if "cap_15gib" in steps:
-        cap = here | run(suite, work, "cap", [f"--max-gpu-memory={CAP}", "--models=mistral7b"])
-        cap["passed"] = (
-            not cap["tests"]["errors"]
-            and not cap["unexpected_failures"]
-            and bool(cap["pairs"])
-            and all(p["peak_gb"] is not None and p["peak_gb"] * 1e9 <= CAP_BYTES for p in cap["pairs"])
-        )
-        record["cap_15gib"] = cap
-        write(args.record, finish(record, two_gpus_possible))
-    if "matrix" in steps:
-        record["matrix"] = here | run(suite, work, "matrix", [])
-        write(args.record, finish(record, two_gpus_possible))
-    if "attribution" in steps:
-        record["attribution"] = here | attribution(suite, work)
-        write(args.record, finish(record, two_gpus_possible))
-    if "two_gpus" in steps and two_gpus_possible:
-        record["two_gpus"] = here | run(suite, work, "two_gpus", ["-n", "2", "--dist", "loadgroup"])
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        "cap_15gib": lambda: capped(suite, work),
+        "matrix": lambda: run(suite, work, "matrix", []),
+        "attribution": lambda: attribution(suite, work),
+        "two_gpus": lambda: run(suite, work, "two_gpus", ["-n", "2", "--dist", "loadgroup"]),
+    }
+    # In the order asked (by default the cap first: it is the regression a 16 GB card meets). The
+    # record is written after every step (complete: false until the cap and the matrix are in), so a
+    # check cut short still says what it measured, and a later call for the same commit adds the
+    # steps it runs.
+    for step in steps:
+        if step == "two_gpus" and not two_gpus_possible:
+            continue
+        record[step] = here | runs[step]()
         write(args.record, finish(record, two_gpus_possible))
     print(json.dumps(record.get("targets", {"complete": False, "steps": [s for s in STEPS if s in record]}), indent=2))
     print(f"wrote {args.record}")

@@ -138,3 +138,41 @@ def test_the_attribution_step_records_the_commands_time_and_findings(monkeypatch
     monkeypatch.setattr(gpu_check.subprocess, "run", failing)
     step = gpu_check.attribution(tmp_path / "suite.toml", tmp_path / "again")
     assert step["exit"] == 1 and "out of memory" in step["stderr_tail"] and "whole_kl" not in step
+
+
+def test_steps_run_in_the_order_asked_and_each_says_where_it_ran(monkeypatch: Any, tmp_path: Path) -> None:
+    """A call cut to fit a machine's command limit runs the steps it names, in that order, once each;
+    the record keeps an earlier call's step for the same commit with that call's card."""
+    import torch
+
+    ran: list[str] = []
+
+    def step(name: str, result: dict[str, Any]) -> Any:
+        def fake(*_: Any) -> dict[str, Any]:
+            ran.append(name)
+            return dict(result)
+
+        return fake
+
+    card = [{"name": "NVIDIA H200", "memory_gib": 139.8}]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(gpu_check, "environment", lambda: {"cards": card, "versions": {}, "host": "here"})
+    monkeypatch.setattr(gpu_check, "capped", step("cap_15gib", _run(450.0) | {"passed": True}))
+    monkeypatch.setattr(gpu_check, "attribution", step("attribution", {"exit": 0}))
+    monkeypatch.setattr(gpu_check, "run", lambda _s, _w, name, _a: step(name, _run(100.0))())
+    monkeypatch.setenv("GPU_CHECK_COMMIT", "abc")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "suite.toml").write_text("")
+    record = tmp_path / "record.json"
+    h100 = [{"name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.2}]
+    earlier = {"commit": "abc", "cards": h100, "host": "vm", "measured_at": "T0", "matrix": _run(400.0)}
+    record.write_text(json.dumps(earlier))
+    argv = ["gpu_check.py", f"--record={record}", f"--models-dir={tmp_path / 'models'}", f"--work={tmp_path}"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--steps=attribution,cap_15gib,attribution"])
+    assert gpu_check.main() == 0
+    assert ran == ["attribution", "cap_15gib"]
+    written = json.loads(record.read_text())
+    assert written["complete"] is True  # the cap now, the matrix from the earlier call
+    assert written["matrix"]["cards"] == h100 and written["matrix"]["wall_s"] == 400.0
+    assert written["cap_15gib"]["cards"] == card and written["attribution"]["host"] == "here"
