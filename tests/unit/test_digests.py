@@ -4,6 +4,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from quant_fixtures.models.sources import directory_identity
 from quant_fixtures.store import digests
@@ -54,3 +55,33 @@ def test_an_edited_digest_memo_is_recomputed_and_says_so(tmp_path: Path) -> None
     said = {str(w.message).split(": ", 1)[0]: str(w.message) for w in caught}  # memo file -> message
     assert set(said) == {str(m) for m in memos}
     assert any("memoised digest of model.safetensors is not a sha256" in message for message in said.values())
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.arange(24, dtype=torch.float16).reshape(2, 3, 4) / 7,
+        torch.arange(24, dtype=torch.float64).reshape(4, 6).t(),  # not contiguous
+        torch.tensor([True, False, True]),
+        torch.tensor(3, dtype=torch.int64),  # no dimensions
+        torch.zeros(0, 5, dtype=torch.int16),
+    ],
+    ids=["float16", "float64-transposed", "bool", "scalar", "empty"],
+)
+def test_the_tensors_digest_is_sha256_of_name_dtype_shape_and_c_order_bytes(tensor: torch.Tensor) -> None:
+    """Stored references keep their digests: the same sha256 as hashing a plain copy of the bytes."""
+    other = torch.arange(5, dtype=torch.float32)
+    plain = hashlib.sha256()
+    for name, t in (("a", other), ("b", tensor)):
+        plain.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        plain.update(t.contiguous().numpy().tobytes())
+    assert digests.tensors_digest({"b": tensor, "a": other}) == plain.hexdigest()
+
+
+def test_the_tensors_digest_reads_bfloat16_and_sees_every_byte() -> None:
+    t = torch.arange(8, dtype=torch.bfloat16)
+    before = digests.tensors_digest({"h": t})
+    plain = hashlib.sha256(b"h:torch.bfloat16:(8,)" + t.view(torch.int16).numpy().tobytes()).hexdigest()
+    assert before == plain
+    t[5] = 100.0
+    assert digests.tensors_digest({"h": t}) != before
