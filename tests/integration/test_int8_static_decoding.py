@@ -74,9 +74,7 @@ def test_static_decoding_gives_the_tokens_of_the_exact_path(int8_model: Any, sta
 def test_an_overflowing_batch_is_decoded_again_at_a_width_that_holds_it(
     int8_model: Any, static_on_cpu: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids, mask, eos = _batch(int8_model)
-    exact, _ = _exact(int8_model.model, ids, mask, eos)
-    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 1)  # narrower than any layer's union
+    ids, mask, eos, exact = _overflowing_batch(int8_model, monkeypatch)
     ours, how = static_greedy(int8_model.model, ids, mask, STEPS, eos, use_graph=False)
     assert static_on_cpu[0] > 0
     assert "width 1 overflowed" in how and "exact path" not in how
@@ -88,13 +86,21 @@ def test_an_overflowing_batch_is_decoded_again_at_a_width_that_holds_it(
 def test_a_batch_that_overflows_every_try_is_decoded_exactly(
     int8_model: Any, static_on_cpu: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids, mask, eos = _batch(int8_model)
-    exact, _ = _exact(int8_model.model, ids, mask, eos)
-    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 1)
+    ids, mask, eos, exact = _overflowing_batch(int8_model, monkeypatch)
     monkeypatch.setattr(decoding, "wider_columns", lambda guard: guard.columns + 1)  # never wide enough
     ours, how = static_greedy(int8_model.model, ids, mask, STEPS, eos, use_graph=False)
     assert how.endswith("(LLM.int8 outlier columns past the static path's width 1, 2, 3: exact path)")
     assert torch.equal(ours, exact)
+
+
+def _overflowing_batch(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[torch.Tensor, torch.Tensor, set[int], torch.Tensor]:
+    """The batch, its tokens on the exact path, and a static width (1) narrower than any layer's union."""
+    ids, mask, eos = _batch(loaded)
+    exact, _ = _exact(loaded.model, ids, mask, eos)
+    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 1)
+    return ids, mask, eos, exact
 
 
 def _exact(model: Any, ids: torch.Tensor, mask: torch.Tensor, eos: set[int]) -> tuple[torch.Tensor, str]:
@@ -106,9 +112,7 @@ def _exact(model: Any, ids: torch.Tensor, mask: torch.Tensor, eos: set[int]) -> 
 def test_a_union_past_the_static_limit_goes_to_the_exact_path_at_once(
     int8_model: Any, static_on_cpu: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids, mask, eos = _batch(int8_model)
-    exact, _ = _exact(int8_model.model, ids, mask, eos)
-    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 1)
+    ids, mask, eos, exact = _overflowing_batch(int8_model, monkeypatch)
     monkeypatch.setattr(int8_static, "MAX_STATIC_COLUMNS", 1)  # no wider try is worth it
     ours, how = static_greedy(int8_model.model, ids, mask, STEPS, eos, use_graph=False)
     assert how.endswith("(LLM.int8 outlier columns past the static path's width 1: exact path)")
@@ -118,9 +122,7 @@ def test_a_union_past_the_static_limit_goes_to_the_exact_path_at_once(
 def test_a_wider_try_that_runs_out_of_memory_goes_to_the_exact_path(
     int8_model: Any, static_on_cpu: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids, mask, eos = _batch(int8_model)
-    exact, _ = _exact(int8_model.model, ids, mask, eos)
-    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 1)
+    ids, mask, eos, exact = _overflowing_batch(int8_model, monkeypatch)
     greedy = decoding._greedy
 
     def short_of_memory(*args: Any) -> Any:
