@@ -4,9 +4,9 @@ launches (about 80 ms a step through ``model.generate`` on the H200 host, shared
 
 The cache, the attention mask and every input of a step live in fixed buffers; the step itself
 writes its token, opens the next cache slot in the mask and advances positions, so the host only
-replays. LLM.int8 layers take their static-shape path there (models/int8_static.py), checked once
-per batch: a batch whose outlier columns overflowed it runs again at a width that holds them, and
-after ``STATIC_TRIES`` tries eagerly on the exact path. Where a
+replays. LLM.int8 layers take their static-shape path there (models/int8_static.py), checked after
+the prefill and at each EOS check: a batch whose outlier columns overflowed it stops there and runs
+again at a width that holds them, and after ``STATIC_TRIES`` tries eagerly on the exact path. Where a
 kernel cannot be captured the same step runs eagerly. The tokens are those of ``model.generate``'s
 greedy search: same model calls, masks with the same allowed keys (tested against it).
 """
@@ -192,9 +192,13 @@ def _greedy(
     with torch.inference_mode(), on_device, static_outlier_columns(guard):
         run.prefill()
         done, graph, how = 1, None, "eager"
+        if guard is not None and guard.overflowed():  # the prompts alone overflowed: no step can hold
+            return run.out[:, :done], how
         warmup = 2  # eager steps before capture (kernels pick their workspaces, lazy inits run)
         while done < steps:
-            if done % EOS_CHECK_EVERY == 0 and run.finished(done):
+            # one synchronisation every EOS_CHECK_EVERY steps; an overflowed try stops there, as its
+            # tokens are thrown away (the guard's flag never clears, so the verdict is the same)
+            if done % EOS_CHECK_EVERY == 0 and (run.finished(done) or (guard is not None and guard.overflowed())):
                 break
             if graph is not None:
                 graph.replay()

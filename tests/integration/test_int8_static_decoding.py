@@ -93,6 +93,36 @@ def test_a_batch_that_overflows_every_try_is_decoded_exactly(
     assert torch.equal(ours, exact)
 
 
+def test_an_overflowing_try_stops_at_the_first_check(
+    int8_model: Any, static_on_cpu: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its tokens are thrown away, so it stops after the prefill, or at the first EOS check when the
+    prefill held (the exact path that follows does not count: it takes no static call)."""
+    ids, mask, _ = _batch(int8_model)
+    static_greedy(int8_model.model, ids, mask, 1, set(), use_graph=False)  # the prefill alone
+    per_forward, static_on_cpu[0] = static_on_cpu[0], 0
+    assert per_forward > 0
+    monkeypatch.setattr(int8_static, "STATIC_OUTLIER_COLUMNS", 1)
+    monkeypatch.setattr(int8_static, "MAX_STATIC_COLUMNS", 1)
+    steps = decoding.EOS_CHECK_EVERY + 4  # no EOS set: only the guard can stop the try early
+    _, how = static_greedy(int8_model.model, ids, mask, steps, set(), use_graph=False)
+    assert "exact path" in how
+    assert static_on_cpu[0] == per_forward  # the prefill, no step
+
+    # A guard that reads clear after the prefill: the try stops at the first EOS check instead.
+    static_on_cpu[0] = 0
+    reads: list[bool] = []
+    overflowed = int8_static.OverflowGuard.overflowed
+
+    def clear_once(guard: int8_static.OverflowGuard) -> bool:
+        reads.append(overflowed(guard))
+        return reads[-1] and len(reads) > 1
+
+    monkeypatch.setattr(int8_static.OverflowGuard, "overflowed", clear_once)
+    static_greedy(int8_model.model, ids, mask, steps, set(), use_graph=False)
+    assert static_on_cpu[0] == per_forward * decoding.EOS_CHECK_EVERY  # the prefill and 15 steps
+
+
 def _overflowing_batch(
     loaded: Any, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[torch.Tensor, torch.Tensor, set[int], torch.Tensor]:
