@@ -76,11 +76,13 @@ class OverflowGuard:
             self.widest.zero_()
 
 
-# The widest static path worth a second try. Its float part multiplies every call's rows by this many
-# dequantized weight columns, dequantized again at every call: at the whole width it is slower than
-# the exact path. Random-weight Mistral-7B INT8, whose unions cover most of its 14,336 MLP columns,
-# decoded at 32,768 columns in 38.9 s against 36.0 s on the exact path (H100, 2026-12-07).
-MAX_STATIC_COLUMNS = 1024
+# The widest static try. Its float part dequantizes that many weight columns at every call, yet even
+# at a layer's whole width the CUDA graph beats the exact path, whose every layer waits for the host:
+# random-weight Mistral-7B INT8 (4 of its layers, 96 prompts, 64 steps; its unions cover all 14,336
+# MLP columns) decoded in 1.17 s at the whole width against 1.68 s exactly, one process, H100,
+# 2026-12-07 (benchmarks/int8_decode_widths.py). So the limit is past any layer input of the seed
+# models (Mistral-7B's widest is 14,336): a try wider than a layer's input takes its whole width.
+MAX_STATIC_COLUMNS = 1 << 16
 
 
 def wider_columns(guard: OverflowGuard) -> int | None:
@@ -183,12 +185,16 @@ def static_per_sequence_int8_matmul(
     # 3. the float part over a fixed number of columns: every owned one, unless the union overflows
     union = owns.any(0)
     take = min(guard.columns, width)
-    _, index = union.to(torch.float16).topk(take)  # the union's columns first (ties: any order)
-    # in column order: gathering int8 weight columns in topk's order reads single bytes far apart
-    index = index.sort().values
     guard.record(union.sum(), take)
-    kept = owns.index_select(1, index).unsqueeze(1)  # [B, 1, take]: a sequence keeps only its own
-    values = sequences.index_select(2, index).masked_fill(~kept, 0).view(quantized.shape[0], take)
-    dequantized = ops.int8_vectorwise_dequant.default(weight_int8.index_select(1, index), weight_scale)
+    if take == width:  # every column: nothing to choose, and no copy of the weight to gather
+        kept, values, columns = owns.unsqueeze(1), sequences, weight_int8
+    else:
+        _, index = union.to(torch.float16).topk(take)  # the union's columns first (ties: any order)
+        # in column order: gathering int8 weight columns in topk's order reads single bytes far apart
+        index = index.sort().values
+        kept = owns.index_select(1, index).unsqueeze(1)  # [B, 1, take]: a sequence keeps only its own
+        values, columns = sequences.index_select(2, index), weight_int8.index_select(1, index)
+    values = values.masked_fill(~kept, 0).view(quantized.shape[0], take)
+    dequantized = ops.int8_vectorwise_dequant.default(columns, weight_scale)
     out.addmm_(values, dequantized.to(x.dtype).t())
     return out.view(*shape[:-1], -1)

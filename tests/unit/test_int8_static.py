@@ -179,7 +179,29 @@ def test_no_try_wider_than_the_static_limit(monkeypatch: pytest.MonkeyPatch) -> 
         guard.widest.fill_(300)
     assert wider_columns(guard) == 1024  # 2 x 300 -> the next power of two
     with torch.inference_mode():
+        guard.widest.fill_(14336)  # Mistral-7B's whole MLP width
+    assert wider_columns(guard) == 32768  # any layer's whole width, then
+    monkeypatch.setattr(int8_static, "MAX_STATIC_COLUMNS", 1024)
+    assert wider_columns(guard) is None  # past the limit: the exact path
+    with torch.inference_mode():
         guard.widest.fill_(513)
-    assert wider_columns(guard) is None  # 2048 > MAX_STATIC_COLUMNS: the exact path
+    assert wider_columns(guard) is None  # 2048 > 1024
     monkeypatch.setattr(int8_static, "MAX_STATIC_COLUMNS", 4096)
     assert wider_columns(guard) == 2048
+
+
+@pytest.mark.parametrize("columns", [64, 65, 4096])
+def test_a_try_at_the_whole_width_gets_what_bitsandbytes_gives_each_sequence(layer: Any, columns: int) -> None:
+    """At (or past) the layer's 64 input columns the float part takes every column without choosing."""
+    x, mask, lengths = _padded_batch()
+    x[1, 5, :20] = 7.0  # a wide union: twenty more columns
+    width = x.shape[1]
+    with torch.inference_mode():
+        alone = [layer(x[i : i + 1, width - n :])[0] for i, n in enumerate(lengths)]
+        install_per_sequence_int8(layer)
+        guard = OverflowGuard("cpu", columns)
+        with real_tokens(mask), static_outlier_columns(guard):
+            ours = layer(x)
+    assert not guard.overflowed() and guard.widest_union() >= 20
+    for i, n in enumerate(lengths):
+        assert float((ours[i, width - n :] - alone[i]).abs().max()) <= 1e-5 * float(alone[i].abs().max())
