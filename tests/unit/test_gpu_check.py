@@ -62,6 +62,38 @@ def test_a_record_is_complete_only_with_the_cap_and_the_matrix() -> None:
     assert targets["mistral_int8_over_nf4"]["measured"] == 3.0 and not targets["mistral_int8_over_nf4"]["met"]
     assert targets["cap_15gib"]["met"] is True and targets["two_gpus_over_one"]["met"] is None
     assert "targets" not in gpu_check.finish({"cap_15gib": cap, "matrix": _run(1.0)}, two_gpus_possible=True)
+    assert targets["matrix_warm_wall_s"]["measured"] is None and "did not run" in targets["matrix_warm_wall_s"]["why"]
+    warm = gpu_check.finish(
+        {"cap_15gib": cap, "matrix": _run(120.0, [pair, nf4]), "matrix_warm": _run(61.0)}, two_gpus_possible=False
+    )["targets"]["matrix_warm_wall_s"]
+    assert warm == {"goal": "<= 60.0", "measured": 61.0, "met": False}
+
+
+def test_the_warm_matrix_reruns_over_the_matrix_steps_cache_and_baselines(monkeypatch: Any, tmp_path: Path) -> None:
+    """The warm step is a user's second run: the matrix step's cache and baselines, fresh results; without
+    that cache in --work it stops with what to run instead of timing a cold run as warm."""
+    import pytest
+
+    seen: list[list[str]] = []
+
+    def fake_measure(_suite: str, results: Path, args: list[str]) -> dict[str, Any]:
+        seen.append([str(results), *args])
+        (tmp_path / "matrix" / "cache" / "refs").mkdir(parents=True, exist_ok=True)  # a cold run fills its cache
+        return {"pytest_exit": 0, "tests": {"failures": [], "errors": []}, "gpu": {"busy_pct": {"0": 70.0}}}
+
+    monkeypatch.setattr(gpu_check, "measure", fake_measure)
+    with pytest.raises(SystemExit, match="--steps matrix,matrix_warm"):
+        gpu_check.run(tmp_path / "suite.toml", tmp_path, "matrix_warm", [], warm_from="matrix")
+    assert seen == []
+    gpu_check.run(tmp_path / "suite.toml", tmp_path, "matrix", [])
+    gpu_check.run(tmp_path / "suite.toml", tmp_path, "matrix_warm", [], warm_from="matrix")
+    cold, warm = seen
+    assert cold[0] == str(tmp_path / "matrix" / "results") and warm[0] == str(tmp_path / "matrix_warm" / "results")
+    assert (
+        f"--cache-dir={tmp_path / 'matrix' / 'cache'}" in cold
+        and f"--cache-dir={tmp_path / 'matrix' / 'cache'}" in warm
+    )
+    assert f"--baselines-dir={tmp_path / 'matrix' / 'baselines'}" in warm
 
 
 def test_quality_gates_and_missing_snapshots_are_expected_on_random_weights() -> None:
