@@ -16,7 +16,7 @@ a user would:
 6. with two GPUs or more, the matrix again with ``-n 2 --dist loadgroup``.
 
 The pytest runs pass ``--attribute-budget=0``: they time the evaluation, and random weights fail
-their KL gates, which would otherwise start an attribution after the run (step 4 times it alone).
+their KL gates, which would otherwise start an attribution after the run (step 5 times it alone).
 
 Each run sets QUANT_FIXTURES_STRICT_EXECUTOR=1, so a forward pass outside the memory executor is an
 error there too. The record (JSON) holds the commit (``git rev-parse HEAD``, or $GPU_CHECK_COMMIT
