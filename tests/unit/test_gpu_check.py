@@ -67,6 +67,16 @@ def test_a_record_is_complete_only_with_the_cap_and_the_matrix() -> None:
         {"cap_15gib": cap, "matrix": _run(120.0, [pair, nf4]), "matrix_warm": _run(61.0)}, two_gpus_possible=False
     )["targets"]["matrix_warm_wall_s"]
     assert warm == {"goal": "<= 60.0", "measured": 61.0, "met": False}
+    assert targets["no_unexpected_failure"]["met"] is True
+    failing = gpu_check.finish(
+        {
+            "cap_15gib": cap,
+            "matrix": _run(120.0),
+            "matrix_warm": _run(50.0, failures=["t::a"]) | {"tests": {"failures": [], "errors": [{"test": "t::b"}]}},
+        },
+        two_gpus_possible=False,
+    )["targets"]["no_unexpected_failure"]
+    assert failing["measured"] == ["t::a", "t::b"] and failing["met"] is False
 
 
 def test_the_warm_matrix_reruns_over_the_matrix_steps_cache_and_baselines(monkeypatch: Any, tmp_path: Path) -> None:
