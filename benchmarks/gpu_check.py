@@ -155,6 +155,12 @@ def run(suite: Path, work: Path, name: str, args: list[str], warm_from: str | No
     return summary
 
 
+def unexpected_tests(summary: dict[str, Any]) -> list[str]:
+    """A run's failures that random weights do not explain, and its errors, by test name."""
+    errors = [str(e["test"]) for e in summary["tests"]["errors"]]
+    return [str(test) for test in summary["unexpected_failures"]] + errors
+
+
 def totals(summary: dict[str, Any]) -> dict[str, float]:
     """Seconds per pair, start-up left out (it is the process's, not the pair's)."""
     return {
@@ -170,12 +176,7 @@ def targets(
     int8, nf4 = pair.get("mistral7b int8"), pair.get("mistral7b nf4")
     busy = list(matrix["busy_pct"].values())
     cap_peaks = [p["peak_gb"] for p in cap["pairs"] if p["peak_gb"] is not None]
-    unexpected = [
-        test
-        for step in (matrix, warm)
-        if step
-        for test in step["unexpected_failures"] + [e["test"] for e in step["tests"]["errors"]]
-    ]
+    unexpected = [test for step in (matrix, warm) if step for test in unexpected_tests(step)]
     result = {
         "matrix_cold_wall_s": {
             "goal": f"<= {TARGETS['matrix_cold_wall_s']}",
@@ -275,8 +276,7 @@ def capped(suite: Path, work: Path) -> dict[str, Any]:
     within the cap."""
     cap = run(suite, work, "cap", [f"--max-gpu-memory={CAP}", "--models=mistral7b"])
     cap["passed"] = (
-        not cap["tests"]["errors"]
-        and not cap["unexpected_failures"]
+        not unexpected_tests(cap)
         and bool(cap["pairs"])
         and all(p["peak_gb"] is not None and p["peak_gb"] * 1e9 <= CAP_BYTES for p in cap["pairs"])
     )
@@ -373,9 +373,7 @@ def main() -> int:
     print(f"wrote {args.record}")
     cap_ok = record.get("cap_15gib", {}).get("passed", True)
     runs_ok = all(
-        not record[step].get("unexpected_failures") and not record[step].get("tests", {}).get("errors")
-        for step in ("matrix", "matrix_warm", "two_gpus")
-        if step in record
+        not unexpected_tests(record[step]) for step in ("matrix", "matrix_warm", "two_gpus") if step in record
     )
     attribution_ok = record.get("attribution", {}).get("exit", 0) == 0
     return 0 if cap_ok and runs_ok and attribution_ok else 1
