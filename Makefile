@@ -69,13 +69,8 @@ lint-fix: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-# mypy (one core, about 50 s from a cold cache) runs beside the tests, whose two workers leave about a
-# third of the second core idle; its output is printed after them, and either failing fails the target.
-test: install lint
-	log=$$(mktemp); $(VENV)/bin/mypy > $$log 2>&1 & typing=$$!; \
-	OMP_NUM_THREADS=1 $(PYTEST) tests -q --durations=12 $(TEST_WORKERS) $(TEST_ARGS); tests=$$?; \
-	wait $$typing; typed=$$?; echo "mypy:"; cat $$log; rm -f $$log; \
-	test $$tests -eq 0 && test $$typed -eq 0
+test: install lint typecheck
+	OMP_NUM_THREADS=1 $(PYTEST) tests -q --durations=12 $(TEST_WORKERS) $(TEST_ARGS)
 	$(PYTEST) benchmarks -q $(CI_BENCH_BUDGET) --benchmark-json=results/benchmarks.json
 
 # The committed CPU snapshot's reproduction noise (the same run cold with other batch sizes and
